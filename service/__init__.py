@@ -1,0 +1,1 @@
+"""sessionrec: real-time session-based recommendations over HTTP, backed by Redis."""

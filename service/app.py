@@ -1,0 +1,240 @@
+"""The HTTP API (aiohttp): routes, the error middleware, app state and its lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+
+from service import validation
+from service.errors import ApiError
+from service.jsonutil import dumps
+from service.openapi import api_page, openapi_document
+from service.settings import Settings
+from service.store import Store, ensure_groups
+
+log = logging.getLogger("sessionrec.api")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Metrics:
+    """Prometheus series of one app (own registry: several apps may live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sessionrec_http_requests", "HTTP requests answered",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "sessionrec_http_request_seconds", "Time to answer, by route", ["route"],
+            buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
+            registry=self.registry)
+        self.events = Counter("sessionrec_events_accepted", "Events accepted by this process",
+                              registry=self.registry)
+        self.state = Gauge("sessionrec_state", "Figures of GET /stats", ["figure"],
+                           registry=self.registry)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(body), status=status, content_type="application/json")
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the JSON error shape; a client can never cause a 500."""
+    metrics = request.app[METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
+        else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _http_error(request, exc)
+    except (RedisError, ConnectionError, OSError, TimeoutError) as exc:
+        log.warning("redis unavailable: %r", exc)
+        response = ApiError(503, "unavailable",
+                            "The data store is unreachable; retry shortly.").response()
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = ApiError(500, "internal", "Unexpected server error.").response()
+    metrics.requests.labels(route, str(response.status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = HTTP_CODES.get(exc.status, "http_error")
+    headers = {}
+    if exc.status == 404:
+        message, field = f"No route {request.path}; see /openapi.json.", "path"
+    elif exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        headers["Allow"] = allowed
+        message, field = f"{request.method} is not allowed here; use {allowed}.", "method"
+    elif exc.status == 413:
+        limit = request.app[SETTINGS].max_body_bytes
+        message, field = f"The body is larger than {limit} bytes; send less.", "body"
+    else:
+        message, field = exc.reason, None
+    return ApiError(exc.status, code, message, field, headers).response()
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, whatever the content type (sendBeacon posts text/plain)."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return validation.parse_json(await request.read())
+
+
+# --- handlers -----------------------------------------------------------------------------
+async def iid_recommend(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    req = validation.recommend_request(await read_json(request), settings, time.time())
+    answer = await request.app[STORE].recommend(
+        [(i.item_id, i.timestamp, i.rating) for i in req.interactions], req.k,
+        req.recommend_seen)
+    return json_response(answer.body())
+
+
+async def post_events(request: web.Request) -> web.Response:
+    events = validation.events(await read_json(request), request.app[SETTINGS], time.time())
+    await request.app[STORE].ingest(events)
+    request.app[METRICS].events.inc(len(events))
+    return json_response({"accepted": len(events)}, status=202)
+
+
+def _k(request: web.Request) -> int:
+    return validation.query_integer(request.query.get("k"), "k", default=10, low=1,
+                                    high=request.app[SETTINGS].max_k)
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    return validation.identifier(request.match_info[name], name, request.app[SETTINGS])
+
+
+async def session_recommendations(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    k = _k(request)
+    seen = validation.query_bool(request.query.get("recommend_seen"), "recommend_seen",
+                                 default=False)
+    store = request.app[STORE]
+    live = await store.live_session(session_id)
+    answer = await store.recommend([(x.item_id, x.timestamp, x.rating) for x in live], k, seen,
+                                   session_id=session_id)
+    return json_response(answer.body())
+
+
+async def similar(request: web.Request) -> web.Response:
+    item_id = _path_id(request, "item_id")
+    answer = await request.app[STORE].similar(item_id, _k(request))
+    return json_response(answer.body())
+
+
+async def popular(request: web.Request) -> web.Response:
+    return json_response((await request.app[STORE].popular(_k(request))).body())
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(await request.app[STORE].stats())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except (RedisError, ConnectionError, OSError, TimeoutError):
+        raise ApiError(503, "unavailable", "Redis is unreachable.") from None
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    try:
+        for figure, value in (await request.app[STORE].stats()).items():
+            m.state.labels(figure).set(value)
+    except (RedisError, ConnectionError, OSError, TimeoutError):
+        pass  # the request series are still worth scraping while Redis is away
+    return web.Response(body=generate_latest(m.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[SETTINGS]))
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=api_page(request.app[SETTINGS]), content_type="text/html")
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/docs")
+
+
+def _static(path: str, content_type: str) -> Handler:
+    body = resources.files("service").joinpath(path).read_bytes()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type,
+                            headers={"Cache-Control": "public, max-age=300"})
+    return handler
+
+
+# --- assembly -------------------------------------------------------------------------------
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+
+    async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        own = store is None
+        app[STORE] = Store(settings) if store is None else store
+        try:
+            await app[STORE].check_layout()
+            await ensure_groups(app[STORE].redis, app[STORE].keys)
+        except (RedisError, ConnectionError, OSError) as exc:
+            log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
+        yield
+        if own:
+            await app[STORE].close()
+
+    app.cleanup_ctx.append(redis_lifecycle)
+    app.router.add_post("/iid_recommend", iid_recommend)
+    app.router.add_post("/events", post_events)
+    app.router.add_get("/sessions/{session_id}/recommendations", session_recommendations)
+    app.router.add_get("/items/{item_id:.+}/similar", similar)
+    app.router.add_get("/popular", popular)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/docs", docs)
+    app.router.add_get("/", index)
+    app.router.add_get("/sdk.js", _static("static/sdk.js", "application/javascript"))
+    app.router.add_get("/demo", _static("static/demo.html", "text/html"))
+    app.router.add_get("/demo/catalogue.json", _static("data/catalogue.json",
+                                                       "application/json"))
+    return app

@@ -1,0 +1,138 @@
+"""``sessionrec``: the one console script (serve, worker, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from service.settings import Settings, add_arguments, from_args
+
+log = logging.getLogger("sessionrec")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessionrec",
+        description="Real-time session-based recommendations served over HTTP, backed by Redis.")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    add_arguments(serve, "serve")
+    worker = commands.add_parser("worker", help="run one stream consumer (as many as needed)")
+    add_arguments(worker, "worker")
+    demo = commands.add_parser(
+        "demo", help="API, worker and sample data in one process on an embedded store")
+    add_arguments(demo, "serve")
+    return parser
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return
+    uvloop.install()
+
+
+def _serve_one(settings: Settings, sock: socket.socket | None) -> None:
+    from service.app import create_app
+
+    install_uvloop()
+    app = create_app(settings)
+    if sock is None:
+        web.run_app(app, host=settings.host, port=settings.port, print=None,
+                    shutdown_timeout=10, access_log=None)
+    else:
+        web.run_app(app, sock=sock, print=None, shutdown_timeout=10, access_log=None)
+
+
+def _reuse_port_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings) -> int:
+    log.info("sessionrec API on http://%s:%d (%d process(es), redis %s)", settings.host,
+             settings.port, settings.processes, settings.redis_url)
+    if settings.processes <= 1:
+        _serve_one(settings, None)
+        return 0
+    children = []
+    for _ in range(settings.processes):
+        sock = _reuse_port_socket(settings)
+        child = multiprocessing.get_context("fork").Process(
+            target=_serve_one, args=(settings, sock), daemon=False)
+        child.start()
+        sock.close()
+        children.append(child)
+
+    def forward(signum: int, _frame: object) -> None:
+        for c in children:
+            if c.pid is not None and c.is_alive():
+                c.terminate()
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for c in children:
+        c.join()
+    return max((c.exitcode or 0) for c in children)
+
+
+def worker(settings: Settings) -> int:
+    from workers.consumer import Worker
+
+    install_uvloop()
+
+    async def main() -> None:
+        w = Worker(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.stop)
+        log.info("worker %s consuming %d partition(s) of %s", w.id, settings.partitions,
+                 settings.redis_url)
+        try:
+            await w.run()
+        finally:
+            await w.redis.aclose()
+        log.info("worker %s stopped after applying %d events", w.id, w.applied)
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            from service.demo import run_demo
+
+            settings = from_args(args, "serve")
+            if args.redis_url is None and not os.environ.get("SESSIONREC_REDIS_URL"):
+                settings = settings.replace(redis_url="memory://")
+            return run_demo(settings)
+        settings = from_args(args, args.command)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.command == "serve":
+        return serve(settings)
+    return worker(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The Redis key layout and the Lua scripts: the only module that spells a key.
+
+Why it looks like this
+----------------------
+* Ids are opaque. Item and session ids are hashed (BLAKE2b, 8 bytes, one personalisation per
+  kind) and keys carry the hash in hex, so any Unicode id — braces, colons, spaces, NUL, 10 KB —
+  has a fixed-size key that can neither collide with nor reach another key. The original item
+  id is kept as a hash field value (``names``) and as the trending member.
+* Every key starts with ``<ns>:{<tag>}`` and the tag is ours, never an id: Redis Cluster hashes
+  the first ``{...}``, so an id containing braces cannot move a key to another slot.
+* Two families of tags. ``{pN}``: partition N of the event stream, and with it every key of the
+  sessions hashed to that partition (their live interactions and learned histories), so the
+  ingest script, the worker's read of a batch's histories and its commit (effects, watermark and
+  XACK) each stay in one slot. ``{iN}``: item shard N of ITEM_SHARDS, holding the per-item
+  neighbour index, names and document frequencies. ``{g}``: the few global keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+ITEM_SHARDS = 64
+"""Item keys are spread over this many hash tags. Fixed: changing it would move every item key."""
+
+HASH_BYTES = 8
+ENTRY_BYTES = 16
+"""Packed entries are 16 bytes: an 8-byte big-endian time key and an 8-byte id hash."""
+
+GROUP = "workers"
+"""The consumer group every worker reads each partition stream through."""
+
+
+def item_hash(item_id: str) -> bytes:
+    return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
+                           person=b"sessionrec-item").digest()
+
+
+def session_hash(session_id: str) -> bytes:
+    return hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
+                           person=b"sessionrec-sess").digest()
+
+
+def hash_number(h: bytes) -> int:
+    return int.from_bytes(h, "little")
+
+
+def partition_of(session: bytes, partitions: int) -> int:
+    """The stream partition of a session hash: producers writing to Redis directly use this."""
+    return hash_number(session) % partitions
+
+
+def shard_of(item: bytes) -> int:
+    return hash_number(item) % ITEM_SHARDS
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds every key of one namespace. Instances are cheap; build them once per process."""
+
+    ns: str
+    partitions: int
+
+    # --- partition keys -------------------------------------------------------------------
+    def _p(self, p: int) -> str:
+        return f"{self.ns}:{{p{p}}}"
+
+    def stream(self, p: int) -> str:
+        return self._p(p) + ":events"
+
+    def dead(self, p: int) -> str:
+        return self._p(p) + ":dead"
+
+    def watermark(self, p: int) -> str:
+        """Id of the last stream entry whose effects are committed (the 'already applied' mark)."""
+        return self._p(p) + ":applied"
+
+    def lease(self, p: int) -> str:
+        return self._p(p) + ":lease"
+
+    def counters(self, p: int) -> str:
+        return self._p(p) + ":counters"
+
+    def live_registry(self, p: int) -> str:
+        """Zset session hash -> last activity (ms): counts live sessions without SCAN."""
+        return self._p(p) + ":live"
+
+    def live_items(self, session: bytes) -> str:
+        return f"{self._p(partition_of(session, self.partitions))}:lv:{session.hex()}"
+
+    def live_ratings(self, session: bytes) -> str:
+        return f"{self._p(partition_of(session, self.partitions))}:lr:{session.hex()}"
+
+    def history(self, session: bytes) -> str:
+        return f"{self._p(partition_of(session, self.partitions))}:h:{session.hex()}"
+
+    def partition_keys(self) -> list[tuple[int, str]]:
+        return [(p, self.stream(p)) for p in range(self.partitions)]
+
+    # --- item keys ------------------------------------------------------------------------
+    def _i(self, shard: int) -> str:
+        return f"{self.ns}:{{i{shard}}}"
+
+    def index(self, item: bytes) -> str:
+        return f"{self._i(shard_of(item))}:x:{item.hex()}"
+
+    def names(self, shard: int) -> str:
+        return self._i(shard) + ":names"
+
+    def doc_freq(self, shard: int) -> str:
+        return self._i(shard) + ":df"
+
+    # --- global keys ----------------------------------------------------------------------
+    def trend(self) -> str:
+        return f"{self.ns}:{{g}}:trend"
+
+    def trend_anchor(self) -> str:
+        return f"{self.ns}:{{g}}:anchor"
+
+    def workers(self) -> str:
+        """Zset worker id -> last heartbeat (ms): how many workers share the partitions."""
+        return f"{self.ns}:{{g}}:workers"
+
+    def meta(self) -> str:
+        return f"{self.ns}:{{g}}:meta"
+
+    def consumer(self, p: int) -> str:
+        """Consumer name for partition p: whoever holds the lease reads as this consumer, so it
+        inherits the previous holder's pending entries without a claim."""
+        return f"partition-{p}"
+
+
+@cache
+def lua(name: str) -> str:
+    """Source of one of the package's Lua scripts (``service/lua/<name>.lua``)."""
+    return resources.files("service").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+SCRIPTS = ("ingest", "commit", "trim", "lease")

@@ -1,0 +1,127 @@
+"""The learned state and its update rule, free of I/O.
+
+State (all of it derived from the event stream, and independent of how sessions interleave):
+
+* per session, its **history**: the last ``history_cap`` events as packed 16-byte entries
+  ``item hash (8) | time key (8)``;
+* per item, its **neighbour index**: the ``index_cap`` sessions that touched it most recently,
+  as sorted 16-byte entries ``time key (8, big-endian) | session hash (8)``; a session's entry
+  carries the time of its latest event on the item. Keeping the top ``index_cap`` by
+  ``(time, session)`` gives the same set whatever order sessions arrive in, which is what lets
+  several workers and crashes end in exactly the state of one clean pass;
+* per item, its **document frequency** (sessions that contain it) and its original id;
+* **trending**: per item ``log2(sum of weight * 2^(t / half_life))`` over its events, an
+  order-free way to keep exponentially decayed popularity without ever overflowing.
+
+The rule reads a session's history, which only the worker holding the session's partition
+writes, and events of a partition are applied in stream order, so every effect is a pure
+function of the events. ``apply_events`` is used by the worker, and by the bulk loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from service.keyspace import ENTRY_BYTES, HASH_BYTES, item_hash, session_hash
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+TYPE_RATING = {"view": 1.0, "click": 3.0, "add_to_cart": 4.0, "purchase": 5.0}
+"""Rating implied by an event type when the event carries none (the SDK's defaults too)."""
+
+MAX_TIME_KEY = (1 << 63) - 1
+
+
+def time_key(ts: float) -> int:
+    """Microseconds, clamped to a non-negative int64 so big-endian bytes sort like times."""
+    return min(max(round(ts * 1_000_000), 0), MAX_TIME_KEY)
+
+
+def history_entry(item: bytes, tkey: int) -> bytes:
+    return item + tkey.to_bytes(8, "big")
+
+
+def index_entry(tkey: int, session: bytes) -> bytes:
+    return tkey.to_bytes(8, "big") + session
+
+
+def split_entries(blob: bytes) -> list[tuple[bytes, int]]:
+    """History blob -> [(item hash, time key)], oldest first."""
+    return [(blob[o:o + HASH_BYTES], int.from_bytes(blob[o + HASH_BYTES:o + ENTRY_BYTES], "big"))
+            for o in range(0, len(blob) - len(blob) % ENTRY_BYTES, ENTRY_BYTES)]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    session_id: str
+    item_id: str
+    timestamp: float
+    type: str = "view"
+    rating: float | None = None
+
+    @property
+    def effective_rating(self) -> float:
+        return TYPE_RATING[self.type] if self.rating is None else self.rating
+
+
+@dataclass(frozen=True, slots=True)
+class IndexChange:
+    item: bytes
+    old: bytes  # entry to remove, b"" for none
+    new: bytes
+
+
+@dataclass
+class Effects:
+    """Everything one batch of events changes, ready to be committed in one step."""
+
+    histories: dict[bytes, bytes] = field(default_factory=dict)
+    index: list[IndexChange] = field(default_factory=list)
+    doc_freq: dict[bytes, int] = field(default_factory=dict)
+    names: dict[bytes, str] = field(default_factory=dict)
+    trend: list[tuple[str, float, float]] = field(default_factory=list)
+    applied: int = 0
+
+
+def trend_weight(event: Event) -> float:
+    """Each interaction counts once toward popularity, whatever its type."""
+    return 1.0
+
+
+def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
+                 history_cap: int) -> Effects:
+    """Fold events (in stream order) into effects, given the sessions' current histories.
+
+    ``histories`` maps session hash to its stored blob (missing means new session); it is not
+    modified. Per session, the item's index entry moves to the latest time the session touched
+    it; an item new to the session's kept history counts once toward its document frequency.
+    """
+    fx = Effects()
+    current: dict[bytes, list[tuple[bytes, int]]] = {}
+    for ev in events:
+        s = session_hash(ev.session_id)
+        if s not in current:
+            current[s] = split_entries(histories.get(s, b""))
+        hist = current[s]
+        i = item_hash(ev.item_id)
+        tkey = time_key(ev.timestamp)
+        previous = max((t for it, t in hist if it == i), default=None)
+        if previous is None:
+            fx.doc_freq[i] = fx.doc_freq.get(i, 0) + 1
+            fx.index.append(IndexChange(i, b"", index_entry(tkey, s)))
+        elif tkey > previous:
+            fx.index.append(IndexChange(i, index_entry(previous, s), index_entry(tkey, s)))
+        hist.append((i, tkey))
+        if len(hist) > history_cap:
+            del hist[: len(hist) - history_cap]
+        fx.names.setdefault(i, ev.item_id)
+        fx.trend.append((ev.item_id, ev.timestamp, trend_weight(ev)))
+        fx.applied += 1
+    for s, hist in current.items():
+        fx.histories[s] = b"".join(history_entry(it, t) for it, t in hist)
+    return fx
+
+
+def sessions_of(events: Sequence[Event]) -> list[bytes]:
+    """Distinct session hashes of a batch, in first-seen order (whose histories to read)."""
+    return list(dict.fromkeys(session_hash(ev.session_id) for ev in events))

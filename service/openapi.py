@@ -1,0 +1,180 @@
+"""The OpenAPI 3.1 description of the API and a readable page rendered from it (no CDN: the page
+works offline, and the document is the single source of both)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from service.model import EVENT_TYPES
+from service.settings import Settings
+
+
+def _error() -> dict[str, Any]:
+    return {"description": "Error", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Recommendations"}}}}
+
+
+def _k(s: Settings) -> dict[str, Any]:
+    return {"name": "k", "in": "query", "required": False,
+            "description": "Number of recommendations.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10}}
+
+
+def openapi_document(s: Settings) -> dict[str, Any]:
+    ident = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
+    errors = {"400": _error(), "413": _error(), "503": _error()}
+    event = {
+        "type": "object", "additionalProperties": False,
+        "required": ["session_id", "item_id"],
+        "properties": {
+            "session_id": ident,
+            "item_id": {"oneOf": [ident, {"type": "integer"}],
+                        "description": "Stored as a string."},
+            "timestamp": {"type": "number", "minimum": 0, "maximum": 1e11,
+                          "description": "Unix seconds; default: time of receipt."},
+            "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
+            "rating": {"type": "number", "description": "Finite; default implied by type."},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sessionrec", "version": "0.1.0",
+                 "description": "Real-time session-based recommendations. Limits: body "
+                                f"{s.max_body_bytes} bytes, {s.max_interactions} interactions "
+                                f"per request, {s.max_batch} events per batch, ids of at most "
+                                f"{s.max_id_length} characters, k at most {s.max_k}."},
+        "paths": {
+            "/iid_recommend": {"post": {
+                "summary": "Recommend from the interactions the browser sends",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/RecommendRequest"},
+                    "example": {"user_interactions": {
+                        "89898": {"timestamp": 1704060026, "rating": 4.5},
+                        "22898": {"timestamp": 1704060026, "rating": 4.5}},
+                        "k": 10, "recommend_seen": True}}}},
+                "responses": {"200": _answer("Recommendations"), **errors}}},
+            "/events": {"post": {
+                "summary": "Accept one event or a batch (all or nothing)",
+                "description": "Answered 202 only once the events are stored in Redis. A body "
+                               "sent as text/plain (navigator.sendBeacon) is read as JSON.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"oneOf": [
+                        {"$ref": "#/components/schemas/Event"},
+                        {"type": "object", "additionalProperties": False,
+                         "required": ["events"],
+                         "properties": {"events": {
+                             "type": "array", "minItems": 1, "maxItems": s.max_batch,
+                             "items": {"$ref": "#/components/schemas/Event"}}}}]}}}},
+                "responses": {"202": {"description": "Accepted", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["accepted"],
+                        "properties": {"accepted": {"type": "integer"}}}}}}, **errors}}},
+            "/sessions/{session_id}/recommendations": {"get": {
+                "summary": "Recommend from a session's live interactions stored in Redis",
+                "parameters": [
+                    {"name": "session_id", "in": "path", "required": True, "schema": ident},
+                    _k(s),
+                    {"name": "recommend_seen", "in": "query", "required": False,
+                     "schema": {"type": "boolean", "default": False}}],
+                "responses": {"200": _answer("Recommendations"), **errors}}},
+            "/items/{item_id}/similar": {"get": {
+                "summary": "Items most co-visited with one item (never the item itself)",
+                "parameters": [
+                    {"name": "item_id", "in": "path", "required": True, "schema": ident},
+                    _k(s)],
+                "responses": {"200": _answer("Similar items"), **errors}}},
+            "/popular": {"get": {
+                "summary": "Trending items (time-decayed popularity)",
+                "parameters": [_k(s)],
+                "responses": {"200": _answer("Trending items"), **errors}}},
+            "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
+                "200": {"description": "Counters", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},
+            "/healthz": {"get": {"summary": "The process is alive",
+                                 "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Redis is reachable",
+                                "responses": {"200": {"description": "Ready"},
+                                              "503": _error()}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Text format"}}}},
+            "/sdk.js": {"get": {"summary": "The browser SDK",
+                                "responses": {"200": {"description": "JavaScript"}}}},
+            "/demo": {"get": {"summary": "A demo shop using the SDK",
+                              "responses": {"200": {"description": "HTML"}}}},
+        },
+        "components": {"schemas": {
+            "RecommendRequest": {
+                "type": "object", "additionalProperties": False,
+                "required": ["user_interactions"],
+                "properties": {
+                    "user_interactions": {
+                        "type": "object", "maxProperties": s.max_interactions,
+                        "description": "Keyed by item id; may be empty (then trending items).",
+                        "additionalProperties": {
+                            "type": "object", "additionalProperties": False,
+                            "properties": {
+                                "timestamp": {"type": "number", "minimum": 0,
+                                              "maximum": 1e11,
+                                              "description": "Unix seconds; default now."},
+                                "rating": {"type": "number",
+                                           "description": "Finite; default 1 (a view)."}}}},
+                    "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
+                    "recommend_seen": {"type": "boolean", "default": False}}},
+            "Event": event,
+            "Recommendations": {
+                "type": "object", "required": ["recommendations", "message"],
+                "properties": {
+                    "recommendations": {"type": "array", "items": {
+                        "type": "object", "required": ["id", "score"],
+                        "properties": {"id": {"type": "string"},
+                                       "score": {"type": "number", "minimum": 0,
+                                                 "maximum": 1}}}},
+                    "message": {"type": "string"}}},
+            "Stats": {"type": "object", "properties": {
+                name: {"type": "integer"} for name in (
+                    "events_accepted", "events_processed", "events_dead", "pending", "items",
+                    "live_sessions")}},
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"},
+                                   "message": {"type": "string"},
+                                   "field": {"type": ["string", "null"]}}}}},
+        }},
+    }
+
+
+def api_page(s: Settings) -> str:
+    doc = openapi_document(s)
+    rows = []
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            rows.append(f"<tr><td><code>{method.upper()}</code></td>"
+                        f"<td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op['summary'])}"
+                        f"{'<br><small>' + html.escape(op['description']) + '</small>' if 'description' in op else ''}"  # noqa: E501
+                        "</td></tr>")
+    example = ('curl -s localhost:8000/iid_recommend -H "Content-Type: application/json" -d '
+               "'{\"user_interactions\": {\"89898\": {\"timestamp\": 1704060026, "
+               "\"rating\": 4.5}}, \"k\": 10, \"recommend_seen\": true}'")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>sessionrec API</title><meta name="viewport" content="width=device-width,initial-scale=1">
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;width:100%}}td{{border-top:1px solid #ddd;padding:.4rem;
+vertical-align:top}}pre{{background:#f4f4f4;padding:1rem;overflow:auto}}</style></head><body>
+<h1>sessionrec API</h1><p>{html.escape(doc['info']['description'])}</p>
+<p>Machine-readable: <a href="/openapi.json">/openapi.json</a>. Try the
+<a href="/demo">demo shop</a>.</p>
+<table>{''.join(rows)}</table>
+<h2>Example</h2><pre>{html.escape(example)}</pre>
+<h2>Errors</h2><p>Every error is JSON:
+<code>{{"error": {{"code": "...", "message": "...", "field": "..."}}}}</code>; 400 invalid input,
+413 body too large, 404 unknown route, 405 wrong method, 503 Redis unreachable.</p>
+</body></html>"""

@@ -1,0 +1,153 @@
+"""Request-time scoring, free of I/O: session neighbourhoods over the live neighbour index.
+
+Two steps, each fed by one Redis round trip:
+
+1. ``neighbours``: the indexes of the session's most recent items list the sessions that touched
+   each item most recently. A candidate session's similarity is the sum of the weights of the
+   query items it shares (weights favour recent positions and higher ratings). Of the
+   ``sample_sessions`` most recent candidates, the ``neighbours`` most similar are kept.
+2. ``score``: every item of a neighbour's history scores the neighbour's similarity; an item
+   that directly follows the session's last item inside a neighbour earns ``sequence_weight``
+   times more, divided by its distance (the sequential, next-click signal).
+
+Arrays are numpy throughout: a request touches thousands of (session, item) pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.settings import Settings
+
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+
+INDEX_DTYPE = np.dtype([("t", ">i8"), ("s", "<u8")])
+HISTORY_DTYPE = np.dtype([("i", "<u8"), ("t", ">i8")])
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    query_items: int = 20
+    sample_sessions: int = 500
+    neighbours: int = 100
+    sequence_weight: float = 1.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Params:
+        return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The session as the scorer sees it."""
+
+    items: U64  # the items used to find neighbours, oldest first (distinct)
+    weights: F64  # one per item in ``items``
+    seen: U64  # every item of the session (excluded unless recommend_seen)
+
+    @property
+    def last(self) -> int | None:
+        return int(self.items[-1]) if len(self.items) else None
+
+
+def as_u64(hashes: Sequence[bytes]) -> U64:
+    return np.frombuffer(b"".join(hashes), dtype="<u8").astype(np.uint64)
+
+
+def to_hash(value: int) -> bytes:
+    return int(value).to_bytes(8, "little")
+
+
+def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequence[float],
+                params: Params) -> Query:
+    """Order the session by time (stable for equal times) and weight its positions.
+
+    The item at distance d from the end weighs ``1 / (1 + d)``, times its rating relative to the
+    session's highest rating (non-positive ratings weigh nothing: no evidence of interest).
+    """
+    seen = as_u64(hashes)
+    if not len(seen):
+        return Query(seen, np.zeros(0), seen)
+    order = np.argsort(np.asarray(timestamps, dtype=np.float64), kind="stable")
+    order = order[-params.query_items:]
+    items = seen[order]
+    rates = np.clip(np.asarray(ratings, dtype=np.float64)[order], 0.0, None)
+    top = rates.max()
+    rates = rates / top if top > 0 else rates
+    distance = np.arange(len(items) - 1, -1, -1, dtype=np.float64)
+    weights = rates / (1.0 + distance)
+    keep = weights > 0
+    return Query(items[keep], weights[keep], seen)
+
+
+def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params,
+               exclude_session: int | None = None) -> tuple[U64, F64]:
+    """Neighbour sessions and their similarities, most similar first."""
+    parts = [np.frombuffer(b, dtype=INDEX_DTYPE) if b else None for b in index_blobs]
+    lengths = [0 if p is None else len(p) for p in parts]
+    if not sum(lengths):
+        return np.zeros(0, np.uint64), np.zeros(0)
+    data = np.concatenate([p for p in parts if p is not None])
+    weight = np.repeat(query.weights, lengths)
+    sessions, inverse = np.unique(data["s"], return_inverse=True)
+    similarity = np.bincount(inverse, weights=weight, minlength=len(sessions)).astype(np.float64)
+    latest = np.zeros(len(sessions), dtype=np.int64)
+    np.maximum.at(latest, inverse, data["t"].astype(np.int64))
+    if exclude_session is not None:
+        keep = sessions != np.uint64(exclude_session)
+        sessions, similarity, latest = sessions[keep], similarity[keep], latest[keep]
+    if len(sessions) > params.sample_sessions:
+        recent = np.argpartition(-latest, params.sample_sessions - 1)[:params.sample_sessions]
+        sessions, similarity, latest = sessions[recent], similarity[recent], latest[recent]
+    # most similar first; among equals the most recent, then the smaller hash (deterministic)
+    order = np.lexsort((sessions, -latest, -similarity))[:params.neighbours]
+    return sessions[order], similarity[order].astype(np.float64)
+
+
+def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
+          params: Params) -> tuple[U64, F64]:
+    """Candidate items and their raw scores (unsorted)."""
+    parts = [np.frombuffer(b, dtype=HISTORY_DTYPE)["i"] if b else np.zeros(0, "<u8")
+             for b in history_blobs]
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    if not lengths.sum():
+        return np.zeros(0, np.uint64), np.zeros(0)
+    items = np.concatenate(parts).astype(np.uint64)
+    owner = np.repeat(np.arange(len(parts)), lengths)
+    weight = similarity[owner].astype(np.float64)
+    if params.sequence_weight and query.last is not None:
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        position = np.arange(len(items)) - starts[owner]
+        is_last = items == np.uint64(query.last)
+        last_at = np.full(len(parts), -1, dtype=np.int64)
+        np.maximum.at(last_at, owner[is_last], position[is_last])
+        distance = position - last_at[owner]
+        follows = (last_at[owner] >= 0) & (distance > 0)
+        weight = weight + np.where(follows, weight * params.sequence_weight
+                                   / np.maximum(distance, 1), 0.0)
+    # an item counts once per neighbour: keep its best-weighted occurrence
+    pair = np.lexsort((-weight, items, owner))
+    items, owner, weight = items[pair], owner[pair], weight[pair]
+    first = np.ones(len(items), dtype=bool)
+    first[1:] = (items[1:] != items[:-1]) | (owner[1:] != owner[:-1])
+    candidates, inverse = np.unique(items[first], return_inverse=True)
+    totals = np.bincount(inverse, weights=weight[first], minlength=len(candidates))
+    return candidates, totals.astype(np.float64)
+
+
+def top(candidates: U64, scores: F64, k: int, exclude: U64 | None = None) -> tuple[U64, F64]:
+    """The k best positive-scoring candidates, best first (ties: smaller hash first)."""
+    keep = scores > 0
+    if exclude is not None and len(exclude):
+        keep &= ~np.isin(candidates, exclude)
+    candidates, scores = candidates[keep], scores[keep]
+    if len(candidates) > k:
+        cut = np.argpartition(-scores, k - 1)[:k]
+        candidates, scores = candidates[cut], scores[cut]
+    order = np.lexsort((candidates, -scores))
+    return candidates[order], scores[order]

@@ -1,0 +1,189 @@
+"""One typed settings object for every command, read from flags and ``SESSIONREC_*`` env vars.
+
+Every field has a default, an env variable named after it (``SESSIONREC_`` + upper-case name)
+and, for the commands that use it, a ``--flag`` of the same name with dashes. Precedence:
+flag > environment > default. The README's configuration table is generated from this module
+(``python -m service.settings``), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "SESSIONREC_"
+
+
+def _doc(text: str, *, commands: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"doc": text, "commands": commands}
+
+
+SERVE = ("serve",)
+WORKER = ("worker",)
+BOTH = ("serve", "worker")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by the API, the workers, the loader and the evaluator."""
+
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_doc("Redis URL; `redis+cluster://host:port` selects Redis Cluster.",
+                      commands=BOTH),
+    )
+    namespace: str = field(
+        default="sr",
+        metadata=_doc("Prefix of every Redis key (letters, digits, `_`, `-`, `.`).",
+                      commands=BOTH),
+    )
+    partitions: int = field(
+        default=8,
+        metadata=_doc("Event stream partitions (by session). Fixed for the life of a namespace.",
+                      commands=BOTH),
+    )
+    host: str = field(default="127.0.0.1", metadata=_doc("Address the API binds.",
+                                                          commands=SERVE))
+    port: int = field(default=8000, metadata=_doc("Port the API listens on.", commands=SERVE))
+    processes: int = field(
+        default=1,
+        metadata=_doc("API processes sharing the port (SO_REUSEPORT); one per core.",
+                      commands=SERVE),
+    )
+    redis_timeout: float = field(
+        default=0.5,
+        metadata=_doc("Seconds to wait for Redis before answering 503.", commands=BOTH),
+    )
+    # --- request limits -------------------------------------------------------------------
+    max_body_bytes: int = field(
+        default=1 << 20, metadata=_doc("Largest request body accepted (413 above).",
+                                       commands=SERVE))
+    max_interactions: int = field(
+        default=200, metadata=_doc("Most entries in `user_interactions`.", commands=SERVE))
+    max_batch: int = field(
+        default=1000, metadata=_doc("Most events in one POST /events batch.", commands=SERVE))
+    max_id_length: int = field(
+        default=256,
+        metadata=_doc("Longest item or session id, in characters.", commands=SERVE))
+    max_k: int = field(default=1000, metadata=_doc("Largest `k` a request may ask for.",
+                                                   commands=SERVE))
+    # --- live sessions ----------------------------------------------------------------------
+    live_ttl: int = field(
+        default=1800,
+        metadata=_doc("Seconds of inactivity after which a live session expires.",
+                      commands=SERVE))
+    live_cap: int = field(
+        default=200, metadata=_doc("Most items kept per live session (oldest dropped).",
+                                   commands=SERVE))
+    # --- learned state ----------------------------------------------------------------------
+    history_ttl: int = field(
+        default=30 * 86400,
+        metadata=_doc("Seconds a learned session history is kept after its last event "
+                      "(it is a neighbour for kNN until then).", commands=WORKER))
+    history_cap: int = field(
+        default=100, metadata=_doc("Most events kept per learned session history.",
+                                   commands=WORKER))
+    index_cap: int = field(
+        default=500,
+        metadata=_doc("Most recent sessions indexed per item (neighbours per item).",
+                      commands=WORKER))
+    trend_half_life: float = field(
+        default=86400.0,
+        metadata=_doc("Half-life in seconds of the trending (popularity) score.",
+                      commands=WORKER))
+    # --- scoring ----------------------------------------------------------------------------
+    query_items: int = field(
+        default=20, metadata=_doc("Most recent session items used to find neighbours.",
+                                  commands=SERVE))
+    sample_sessions: int = field(
+        default=500, metadata=_doc("Most recent candidate sessions considered.",
+                                   commands=SERVE))
+    neighbours: int = field(
+        default=100, metadata=_doc("Neighbour sessions whose items are scored.",
+                                   commands=SERVE))
+    sequence_weight: float = field(
+        default=1.0,
+        metadata=_doc("Extra weight for items that directly follow the session's last item "
+                      "inside a neighbour session.", commands=SERVE))
+    # --- worker -----------------------------------------------------------------------------
+    batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
+                                                       commands=WORKER))
+    block_ms: int = field(default=200, metadata=_doc("How long a worker waits for new events.",
+                                                     commands=WORKER))
+    lease_ms: int = field(
+        default=10_000,
+        metadata=_doc("Partition lease; another worker takes over a dead worker's partitions "
+                      "after this long.", commands=WORKER))
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):
+            raise ValueError("namespace: use 1-32 letters, digits, '_', '-' or '.'")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{f.name}: must not be negative")
+        if self.partitions < 1:
+            raise ValueError("partitions: must be at least 1")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``SESSIONREC_*`` variables, then explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = {"int": int, "float": float, "str": str}[str(type_name)]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a valid {kind.__name__}")\
+            from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add a ``--flag`` for every setting the command uses (default None: env/default win)."""
+    for f in fields(Settings):
+        if command not in f.metadata.get("commands", ()):
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type)]
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+            help=f"{f.metadata['doc']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})",
+        )
+
+
+def from_args(args: argparse.Namespace, command: str,
+              env: Mapping[str, str] | None = None) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)
+                 if command in f.metadata.get("commands", ())}
+    return Settings.from_env(env, **overrides)
+
+
+def markdown_table(names: Sequence[str] | None = None) -> str:
+    rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        rows.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | `{f.default}` | "
+                    f"{f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,211 @@
+/* sessionrec browser SDK: track what a visitor touches, ask what to show next.
+ * Drop in with <script src="/sdk.js"></script>, then sessionrec.init({...}).
+ * Interactions live in sessionStorage in the seed's shape: {itemId: {timestamp, rating}}.
+ * No cookies, no dependencies, no build step. */
+(function (global) {
+  "use strict";
+  var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
+      QUEUE_KEY = "sessionrec:queue";
+  var cfg = {
+    endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true,
+    maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true,
+    ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
+  };
+  var queue = [], timer = null, observer = null, viewed = {};
+
+  function storage() { try { return global.sessionStorage; } catch (e) { return null; } }
+  function read(key, fallback) {
+    var s = storage(); if (!s || !cfg.consent) return fallback;
+    try { var v = JSON.parse(s.getItem(key)); return v == null ? fallback : v; }
+    catch (e) { return fallback; }
+  }
+  function write(key, value) {
+    var s = storage(); if (!s || !cfg.consent) return;
+    try { s.setItem(key, JSON.stringify(value)); } catch (e) { /* quota: ignore */ }
+  }
+  function now() { return Math.floor(Date.now() / 1000); }
+  function randomId() {
+    if (global.crypto && global.crypto.randomUUID) return global.crypto.randomUUID();
+    return "s-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
+  }
+  function sessionId() {
+    var id = read(SESSION_KEY, null);
+    if (!id) { id = randomId(); write(SESSION_KEY, id); }
+    return id;
+  }
+
+  /* Pure: fold one interaction into the map; a later, stronger interaction raises the
+   * rating; the map keeps the `cap` most recent items. */
+  function addInteraction(map, itemId, rating, timestamp, cap) {
+    var next = {}, id;
+    for (id in map) if (Object.prototype.hasOwnProperty.call(map, id)) next[id] = map[id];
+    var old = next[itemId];
+    next[itemId] = { timestamp: timestamp,
+                     rating: old && old.rating > rating ? old.rating : rating };
+    var ids = Object.keys(next);
+    if (ids.length > cap) {
+      ids.sort(function (a, b) { return next[a].timestamp - next[b].timestamp; });
+      for (var i = 0; i < ids.length - cap; i++) delete next[ids[i]];
+    }
+    return next;
+  }
+
+  function interactions() { return read(STORE_KEY, {}); }
+
+  function headers(json) {
+    var h = {};
+    if (json) h["Content-Type"] = "application/json";
+    if (cfg.key) h["X-API-Key"] = cfg.key;
+    return h;
+  }
+
+  function flush() {
+    if (!queue.length || !cfg.consent) { queue = []; write(QUEUE_KEY, []); return; }
+    var batch = queue.splice(0, cfg.batchSize);
+    write(QUEUE_KEY, queue);
+    var body = JSON.stringify({ events: batch });
+    var url = cfg.endpoint + "/events";
+    var sent = false;
+    if (!cfg.key && global.navigator && global.navigator.sendBeacon) {
+      try { sent = global.navigator.sendBeacon(url, new Blob([body], { type: "text/plain" })); }
+      catch (e) { sent = false; }
+    }
+    if (!sent && global.fetch) {
+      global.fetch(url, { method: "POST", body: body, keepalive: true, headers: headers(true) })
+        .catch(function () { queue = batch.concat(queue); write(QUEUE_KEY, queue); });
+    }
+    if (queue.length) flush();
+  }
+
+  function schedule() {
+    if (timer) return;
+    timer = setTimeout(function () { timer = null; flush(); }, cfg.flushInterval);
+  }
+
+  function track(itemId, type) {
+    if (!cfg.consent || itemId == null || itemId === "") return;
+    type = type || "view";
+    var rating = cfg.ratings[type] != null ? cfg.ratings[type] : 1;
+    var ts = now();
+    write(STORE_KEY, addInteraction(interactions(), String(itemId), rating, ts,
+                                    cfg.maxInteractions));
+    queue.push({ session_id: sessionId(), item_id: String(itemId), type: type, timestamp: ts });
+    write(QUEUE_KEY, queue);
+    if (queue.length >= cfg.batchSize) flush(); else schedule();
+  }
+
+  function recommend(options) {
+    options = options || {};
+    var body = { user_interactions: interactions(), k: options.k || cfg.k,
+                 recommend_seen: options.recommendSeen != null ? options.recommendSeen
+                                                                : cfg.recommendSeen };
+    return global.fetch(cfg.endpoint + "/iid_recommend", {
+      method: "POST", headers: headers(true), body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().then(function (data) {
+        if (!r.ok) { var e = new Error((data.error && data.error.message) || r.statusText);
+                     e.status = r.status; e.error = data.error; throw e; }
+        return data;
+      });
+    });
+  }
+
+  function defaultTemplate(rec) {
+    var el = global.document.createElement("div");
+    el.className = "sessionrec-item";
+    el.setAttribute("data-item-id", rec.id);
+    el.textContent = rec.id;
+    return el;
+  }
+
+  function render(container, template, options) {
+    var target = typeof container === "string" ? global.document.querySelector(container)
+                                               : container;
+    return recommend(options).then(function (answer) {
+      if (!target) return answer;
+      target.innerHTML = "";
+      answer.recommendations.forEach(function (rec) {
+        var node = (template || defaultTemplate)(rec);
+        if (typeof node === "string") {
+          var wrap = global.document.createElement("div"); wrap.innerHTML = node;
+          node = wrap.firstElementChild || wrap;
+        }
+        target.appendChild(node);
+      });
+      observeAll(target);
+      return answer;
+    });
+  }
+
+  function itemOf(el) {
+    while (el && el !== global.document) {
+      if (el.getAttribute && el.getAttribute("data-item-id") != null) return el;
+      el = el.parentNode;
+    }
+    return null;
+  }
+
+  function onClick(event) {
+    var el = itemOf(event.target);
+    if (el) track(el.getAttribute("data-item-id"), el.getAttribute("data-event-type") || "click");
+  }
+
+  function observeAll(root) {
+    if (!observer) return;
+    var nodes = (root || global.document).querySelectorAll("[data-item-id]");
+    for (var i = 0; i < nodes.length; i++) observer.observe(nodes[i]);
+  }
+
+  function startAutoTrack() {
+    global.document.addEventListener("click", onClick, true);
+    if (global.IntersectionObserver) {
+      var timers = {};
+      observer = new global.IntersectionObserver(function (entries) {
+        entries.forEach(function (entry) {
+          var id = entry.target.getAttribute("data-item-id");
+          if (entry.isIntersecting) {
+            if (viewed[id] || timers[id]) return;
+            timers[id] = setTimeout(function () { viewed[id] = true; delete timers[id];
+                                                  track(id, "view"); }, 1000);
+          } else if (timers[id]) { clearTimeout(timers[id]); delete timers[id]; }
+        });
+      }, { threshold: 0.5 });
+      observeAll();
+    }
+  }
+
+  function init(options) {
+    options = options || {};
+    for (var k in options) if (Object.prototype.hasOwnProperty.call(options, k)) {
+      if (k === "ratings") { for (var t in options.ratings) cfg.ratings[t] = options.ratings[t]; }
+      else cfg[k] = options[k];
+    }
+    queue = read(QUEUE_KEY, []);
+    if (queue.length) schedule();
+    global.document.addEventListener("visibilitychange", function () {
+      if (global.document.visibilityState === "hidden") flush();
+    });
+    global.addEventListener("pagehide", flush);
+    if (cfg.autoTrack) {
+      if (global.document.readyState === "loading")
+        global.document.addEventListener("DOMContentLoaded", startAutoTrack);
+      else startAutoTrack();
+    }
+    return api;
+  }
+
+  function setConsent(granted) {
+    cfg.consent = !!granted;
+    if (!granted) {
+      queue = [];
+      var s = storage();
+      if (s) { s.removeItem(STORE_KEY); s.removeItem(SESSION_KEY); s.removeItem(QUEUE_KEY); }
+    }
+  }
+
+  var api = { init: init, track: track, recommend: recommend, render: render, flush: flush,
+              interactions: interactions, sessionId: sessionId, setConsent: setConsent,
+              _addInteraction: addInteraction };
+  global.sessionrec = api;
+  if (typeof module !== "undefined" && module.exports) module.exports = api;
+})(typeof window !== "undefined" ? window : globalThis);

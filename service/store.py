@@ -1,0 +1,300 @@
+"""Redis I/O for the API: ingestion, the reads behind every recommendation, and statistics.
+
+A recommendation costs two round trips (the query items' neighbour indexes plus the trending
+head; then the chosen neighbours' histories) and a third only for item ids not yet in this
+process' name cache. Keys come from ``keyspace.Keys``; scripts are registered once per client
+(EVALSHA, falling back to EVAL after a script flush).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
+
+from service import scoring
+from service.entries import encode, number
+from service.keyspace import (
+    GROUP,
+    ITEM_SHARDS,
+    Keys,
+    item_hash,
+    lua,
+    partition_of,
+    session_hash,
+    shard_of,
+)
+from service.model import TYPE_RATING, Event
+from service.scoring import Params, Query
+from service.settings import Settings
+
+MEMORY_URL = "memory://"
+"""The embedded store (fakeredis, in-process): the demo's zero-install default."""
+
+MSG_SESSION = "Recommendations based on session interactions."
+MSG_BOTH = "Recommendations based on session interactions, completed with trending items."
+MSG_POPULAR = "Trending items: the session gives no co-visitation signal yet."
+MSG_SIMILAR = "Items most often visited in the same sessions as this item."
+MSG_NO_SIMILAR = "No session has visited this item with another one yet."
+MSG_TRENDING = "Trending items (time-decayed popularity)."
+
+_embedded_server: Any = None
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """A client for ``settings.redis_url`` with short timeouts and no retries: when Redis is
+    unreachable the API must answer 503 within a second, not hang."""
+    if settings.redis_url == MEMORY_URL:
+        global _embedded_server
+        import fakeredis
+
+        if _embedded_server is None:
+            _embedded_server = fakeredis.FakeServer()
+        client: aioredis.Redis = fakeredis.aioredis.FakeRedis(server=_embedded_server)
+        return client
+    if settings.redis_url.startswith("redis+cluster://"):
+        raise ValueError("redis_url: Redis Cluster support is not built yet; "
+                         "use a redis:// URL")
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=256,
+    )
+
+
+async def ensure_groups(client: aioredis.Redis, keys: Keys) -> None:
+    """Create the consumer group of every partition stream (from the start; idempotent), so
+    events accepted before any worker ever ran are still delivered."""
+    for _, stream in keys.partition_keys():
+        try:
+            await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    recommendations: list[dict[str, Any]]
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"recommendations": self.recommendations, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class LiveInteraction:
+    item_id: str
+    timestamp: float
+    rating: float
+
+
+class NameCache:
+    """Item hash -> id. Entries never change (a hash names one id), so no invalidation; bounded
+    FIFO so a huge catalogue cannot grow a process without limit."""
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self.capacity = capacity
+        self._names: dict[int, str] = {}
+
+    def get(self, key: int) -> str | None:
+        return self._names.get(key)
+
+    def put(self, key: int, name: str) -> None:
+        if len(self._names) >= self.capacity:
+            for _ in range(self.capacity // 10 or 1):
+                self._names.pop(next(iter(self._names)))
+        self._names[key] = name
+
+
+class Store:
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client if client is not None else connect(settings)
+        self.keys = Keys(settings.namespace, settings.partitions)
+        self.params = Params.from_settings(settings)
+        self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0)
+        self.names = NameCache()
+        self.ingest_script = self.redis.register_script(lua("ingest"))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def check_layout(self) -> None:
+        """Refuse to run against a namespace laid out with another partition count."""
+        meta = self.keys.meta()
+        await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
+        stored = int(await self.redis.hget(meta, "partitions") or 0)
+        if stored != self.settings.partitions:
+            raise RuntimeError(
+                f"namespace {self.settings.namespace!r} was created with {stored} partitions; "
+                f"this process is configured with {self.settings.partitions}. Use the same "
+                "SESSIONREC_PARTITIONS everywhere, or another SESSIONREC_NAMESPACE.")
+
+    # --- ingestion --------------------------------------------------------------------------
+    async def ingest(self, events: Sequence[Event]) -> list[str]:
+        """Append events to their partitions and their sessions' live interactions, atomically
+        for the whole batch. Returns the stream ids."""
+        keys: list[str] = []
+        args: list[Any] = [int(time.time() * 1000), self.settings.live_ttl * 1000,
+                           self.settings.live_cap]
+        for ev in events:
+            s = session_hash(ev.session_id)
+            p = partition_of(s, self.settings.partitions)
+            keys += [self.keys.stream(p), self.keys.live_items(s), self.keys.live_ratings(s),
+                     self.keys.live_registry(p)]
+            args += [ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
+                     "" if ev.rating is None else number(ev.rating),
+                     number(TYPE_RATING[ev.type]), s.hex()]
+        ids = await self.ingest_script(keys=keys, args=args)
+        return [i.decode() for i in ids]
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Write events to their partition streams only, in the documented entry format (what
+        an external producer does): learned by the workers, not recorded as live sessions."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for ev in events:
+                p = partition_of(session_hash(ev.session_id), self.settings.partitions)
+                pipe.xadd(self.keys.stream(p), encode(ev))  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def live_session(self, session_id: str) -> list[LiveInteraction]:
+        s = session_hash(session_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.live_items(s), 0, -1, withscores=True)
+            pipe.hgetall(self.keys.live_ratings(s))
+            items, ratings = await pipe.execute()
+        return [LiveInteraction(item.decode("utf-8", "surrogatepass"), ts,
+                                float(ratings.get(item, 1.0)))
+                for item, ts in items]
+
+    # --- reads behind recommendations --------------------------------------------------------
+    async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
+                        recommend_seen: bool, session_id: str | None = None) -> Answer:
+        hashes = [item_hash(item) for item, _, _ in interactions]
+        query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
+                                    [r for _, _, r in interactions], self.params)
+        exclude_session = (int.from_bytes(session_hash(session_id), "little")
+                           if session_id is not None else None)
+        seen = None if recommend_seen else query.seen
+        return await self._answer(query, k, seen, self.params, exclude_session,
+                                  fill_with_trending=True)
+
+    async def similar(self, item_id: str, k: int) -> Answer:
+        h = item_hash(item_id)
+        query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
+        return await self._answer(query, k, query.seen, self.similar_params, None,
+                                  fill_with_trending=False)
+
+    async def popular(self, k: int) -> Answer:
+        trending = await self.redis.zrevrange(self.keys.trend(), 0, k - 1, withscores=True)
+        return Answer(_normalised_trending(cast(Any, trending), k, set(), 1.0), MSG_TRENDING)
+
+    async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
+                      exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
+        extra = len(query.seen) if seen is not None else 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if len(query.items):
+                pipe.mget([self.keys.index(scoring.to_hash(i)) for i in query.items])
+            if fill_with_trending:
+                pipe.zrevrange(self.keys.trend(), 0, k + extra - 1, withscores=True)
+            replies = await pipe.execute()
+        index_blobs = replies.pop(0) if len(query.items) else []
+        trending = replies.pop(0) if fill_with_trending else []
+
+        sessions, similarity = scoring.neighbours(query, index_blobs, params, exclude_session)
+        candidates = np.zeros(0, np.uint64)
+        scores = np.zeros(0)
+        if len(sessions):
+            histories: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
+                [self.keys.history(scoring.to_hash(s)) for s in sessions])
+            candidates, scores = scoring.score(query, histories, similarity, params)
+        best, best_scores = scoring.top(candidates, scores, k, seen)
+        names = await self.item_names(best)
+        found: list[dict[str, Any]] = [
+            {"id": name, "score": round(float(sc / best_scores[0]), 6)}
+                 for name, sc in zip(names, best_scores, strict=True)]
+        if not fill_with_trending:
+            return Answer(found, MSG_SIMILAR if found else MSG_NO_SIMILAR)
+        if len(found) >= k:
+            return Answer(found, MSG_SESSION)
+        taken = {r["id"] for r in found}
+        if seen is not None:
+            taken |= {int(x) for x in seen}
+        floor = float(found[-1]["score"]) if found else 1.0
+        filler = _normalised_trending(trending, k - len(found), taken, floor)
+        if not found:
+            return Answer(filler, MSG_POPULAR)
+        return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)
+
+    async def item_names(self, hashes: scoring.U64) -> list[str]:
+        missing = [int(h) for h in hashes if self.names.get(int(h)) is None]
+        if missing:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for h in missing:
+                    raw = scoring.to_hash(h)
+                    pipe.hget(self.keys.names(shard_of(raw)), raw.hex())
+                for h, name in zip(missing, await pipe.execute(), strict=True):
+                    if name is not None:
+                        self.names.put(h, name.decode("utf-8", "surrogatepass"))
+        return [self.names.get(int(h)) or scoring.to_hash(h).hex() for h in hashes]
+
+    # --- statistics ---------------------------------------------------------------------------
+    async def stats(self) -> dict[str, int]:
+        now_ms = int(time.time() * 1000)
+        partitions = range(self.settings.partitions)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.xinfo_stream(self.keys.stream(p))
+                pipe.hgetall(self.keys.counters(p))
+                pipe.zcount(self.keys.live_registry(p), now_ms - self.settings.live_ttl * 1000,
+                            "+inf")
+            for shard in range(ITEM_SHARDS):
+                pipe.hlen(self.keys.names(shard))
+            replies = await pipe.execute(raise_on_error=False)
+        accepted = processed = dead = live = 0
+        for p in partitions:
+            info, counters, sessions = replies[3 * p: 3 * p + 3]
+            if isinstance(info, dict):
+                accepted += int(info.get("entries-added", 0))
+            processed += int(counters.get(b"processed", 0))
+            dead += int(counters.get(b"dead", 0))
+            live += int(sessions)
+        items = sum(int(n) for n in replies[3 * self.settings.partitions:])
+        return {"events_accepted": accepted, "events_processed": processed,
+                "events_dead": dead, "pending": max(accepted - processed - dead, 0),
+                "items": items, "live_sessions": live}
+
+
+def _normalised_trending(trending: Sequence[tuple[bytes, float]], k: int, taken: set[Any],
+                         ceiling: float) -> list[dict[str, Any]]:
+    """Trending members as answer rows scaled into (0, ceiling], skipping taken ids/hashes.
+
+    Trending scores are log2 of decayed counts, so ``2^(s - s_max)`` is the share of the leader.
+    """
+    rows: list[dict[str, Any]] = []
+    if not trending:
+        return rows
+    leader = trending[0][1]
+    for member, log_score in trending:
+        name = member.decode("utf-8", "surrogatepass")
+        if name in taken or int.from_bytes(item_hash(name), "little") in taken:
+            continue
+        rows.append({"id": name,
+                     "score": round(ceiling * math.pow(2.0, log_score - leader), 6)})
+        if len(rows) == k:
+            break
+    return rows

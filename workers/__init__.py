@@ -1,0 +1,1 @@
+"""Stream consumers that apply accepted events to the learned state."""
