@@ -1,0 +1,76 @@
+"""Test helpers: run workers until the stream is drained, snapshot the learned state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from service.model import Event
+from service.settings import Settings
+from service.store import Store
+from workers.consumer import Worker
+
+LEARNED = (":h:", ":x:", ":names", ":df", ":trend")
+"""Key parts of the learned state (what the model reads). Stream bookkeeping, leases,
+watermarks and live sessions are not learned state."""
+
+
+async def wait_drained(store: Store, timeout: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await store.stats()
+        if stats["pending"] == 0:
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"stream not drained in {timeout}s: {stats}")
+        await asyncio.sleep(0.02)
+
+
+async def drain(settings: Settings, workers: int = 1) -> dict[str, int]:
+    """Run ``workers`` in-process workers until every accepted event is applied."""
+    store = Store(settings)
+    ws = [Worker(settings, worker_id=f"w{n}") for n in range(workers)]
+    tasks = [asyncio.create_task(w.run()) for w in ws]
+    try:
+        return await wait_drained(store)
+    finally:
+        for w in ws:
+            w.stop()
+        await asyncio.gather(*tasks)
+        for w in ws:
+            await w.redis.aclose()
+        await store.close()
+
+
+async def ingest(settings: Settings, events: list[Event], batch: int = 200) -> None:
+    store = Store(settings)
+    try:
+        await store.check_layout()
+        for start in range(0, len(events), batch):
+            await store.ingest(events[start:start + batch])
+    finally:
+        await store.close()
+
+
+async def snapshot(client: aioredis.Redis, namespace: str) -> dict[str, Any]:
+    """The namespace's learned state, key by key, with floats rounded (float rounding only)."""
+    state: dict[str, Any] = {}
+    async for raw in client.scan_iter(match=f"{namespace}:*", count=1000):
+        key = raw.decode()
+        if not any(part in key for part in LEARNED):
+            continue
+        kind = (await client.type(raw)).decode()
+        short = key[len(namespace):]
+        if kind == "string":
+            state[short] = await client.get(raw)
+        elif kind == "hash":
+            state[short] = await client.hgetall(raw)
+        elif kind == "zset":
+            state[short] = {m: round(s, 6) for m, s in
+                            await client.zrange(raw, 0, -1, withscores=True)}
+        else:
+            raise AssertionError(f"unexpected {kind} at {key}")
+    return state

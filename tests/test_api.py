@@ -1,0 +1,232 @@
+"""Every endpoint through HTTP against a real Redis, with a real worker applying the events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.settings import Settings
+from tests.helpers import drain
+
+SEED = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
+                              "22898": {"timestamp": 1704060026, "rating": 4.5},
+                              "21255": {"timestamp": 1704060026, "rating": 4.5}},
+        "k": 10, "recommend_seen": True}
+
+
+def check_answer(body: dict[str, Any], k: int) -> list[str]:
+    assert set(body) == {"recommendations", "message"}
+    recs = body["recommendations"]
+    ids = [r["id"] for r in recs]
+    scores = [r["score"] for r in recs]
+    assert len(recs) <= k and len(set(ids)) == len(ids)
+    assert all(isinstance(i, str) for i in ids)
+    assert all(0 <= s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+    return ids
+
+
+def check_error(body: dict[str, Any], code: str | None = None, field: str | None = None) -> None:
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "field"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    if field is not None:
+        assert body["error"]["field"] == field
+
+
+def shop_events() -> list[dict[str, Any]]:
+    """'grinder' is always visited with 'espresso'; other sessions browse unrelated items."""
+    events: list[dict[str, Any]] = []
+    t = 1_700_000_000
+    for s in range(30):
+        seq = ["espresso", "grinder", f"filler{s % 7}"] if s % 2 == 0 else \
+            [f"filler{s % 7}", "espresso", "grinder"]
+        for n, item in enumerate(seq):
+            events.append({"session_id": f"shop-{s}", "item_id": item, "timestamp": t + n})
+        t += 100
+    for s in range(20):
+        for n in range(3):
+            events.append({"session_id": f"other-{s}", "item_id": f"filler{(s + n) % 7}",
+                           "timestamp": t + n})
+        t += 100
+    return events
+
+
+async def post_all(client: TestClient, events: list[dict[str, Any]]) -> None:
+    for start in range(0, len(events), 100):
+        resp = await client.post("/events", json={"events": events[start:start + 100]})
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json()) == {"accepted": len(events[start:start + 100])}
+
+
+async def test_seed_request_on_an_empty_model_answers_trending_shape(client: TestClient) -> None:
+    resp = await client.post("/iid_recommend", json=SEED)
+    assert resp.status == 200
+    body = await resp.json()
+    assert check_answer(body, 10) == []
+    assert body["message"]
+
+
+async def test_learns_co_visitation_end_to_end(client: TestClient, settings: Settings) -> None:
+    await post_all(client, shop_events())
+    stats = await drain(settings)
+    assert stats["events_processed"] == stats["events_accepted"] == 150
+    assert stats["pending"] == 0 and stats["items"] == 9
+
+    body = {"user_interactions": {"espresso": {"timestamp": 1_800_000_000}}, "k": 5}
+    resp = await client.post("/iid_recommend", json=body)
+    ids = check_answer(await resp.json(), 5)
+    assert ids[0] == "grinder" and "espresso" not in ids
+    assert (await resp.json())["message"] == "Recommendations based on session interactions."
+
+    similar = await (await client.get("/items/espresso/similar?k=3")).json()
+    assert check_answer(similar, 3)[0] == "grinder"
+    assert "espresso" not in [r["id"] for r in similar["recommendations"]]
+
+    popular = await (await client.get("/popular?k=4")).json()
+    assert len(check_answer(popular, 4)) == 4
+
+
+async def test_recommend_seen_both_ways(client: TestClient, settings: Settings) -> None:
+    await post_all(client, shop_events())
+    await drain(settings)
+    inter = {"espresso": {"timestamp": 1}, "grinder": {"timestamp": 2}}
+    hidden = await (await client.post("/iid_recommend", json={
+        "user_interactions": inter, "k": 20, "recommend_seen": False})).json()
+    assert not {"espresso", "grinder"} & set(check_answer(hidden, 20))
+    shown = await (await client.post("/iid_recommend", json={
+        "user_interactions": inter, "k": 20, "recommend_seen": True})).json()
+    assert {"espresso", "grinder"} <= set(check_answer(shown, 20))
+
+
+async def test_fewer_than_k_only_when_nothing_else_is_eligible(client: TestClient,
+                                                               settings: Settings) -> None:
+    pair = [{"session_id": "pair", "item_id": i, "timestamp": 1_800_000_000} for i in "ab"]
+    await post_all(client, shop_events() + pair)
+    await drain(settings)
+    body = await (await client.post("/iid_recommend", json={
+        "user_interactions": {"a": {}}, "k": 1000})).json()
+    ids = check_answer(body, 1000)
+    assert len(ids) == 10 and ids[0] == "b"  # eleven items, one seen; the rest trending
+    assert "trending" in body["message"]
+    one = await (await client.post("/iid_recommend", json={
+        "user_interactions": {"espresso": {}}, "k": 1})).json()
+    assert check_answer(one, 1) == ["grinder"]
+
+
+async def test_session_endpoint_uses_live_interactions(client: TestClient,
+                                                       settings: Settings) -> None:
+    await post_all(client, shop_events())
+    await drain(settings)
+    resp = await client.post("/events", json={"session_id": "visitor", "item_id": "espresso"})
+    assert resp.status == 202
+    # no worker ran since: the live session is already there
+    body = await (await client.get("/sessions/visitor/recommendations?k=3")).json()
+    assert check_answer(body, 3)[0] == "grinder"
+    with_seen = await (await client.get(
+        "/sessions/visitor/recommendations?k=9&recommend_seen=true")).json()
+    assert "espresso" in check_answer(with_seen, 9)
+    assert (await (await client.get("/stats")).json())["live_sessions"] == 51  # 50 + visitor
+    unknown = await (await client.get("/sessions/nobody/recommendations")).json()
+    assert unknown["message"].startswith("Trending")
+
+
+async def test_text_plain_body_is_accepted(client: TestClient) -> None:
+    resp = await client.post("/events", data=b'{"session_id": "b", "item_id": 7}',
+                             headers={"Content-Type": "text/plain;charset=UTF-8"})
+    assert resp.status == 202
+    assert (await (await client.get("/stats")).json())["events_accepted"] == 1
+
+
+async def test_batch_is_all_or_nothing(client: TestClient) -> None:
+    events = [{"session_id": "s", "item_id": str(n)} for n in range(5)]
+    events.append({"session_id": "s", "item_id": "x", "rating": "high"})
+    resp = await client.post("/events", json={"events": events})
+    assert resp.status == 400
+    check_error(await resp.json(), "invalid", "events[5].rating")
+    assert (await (await client.get("/stats")).json())["events_accepted"] == 0
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "field"), [
+    ("POST", "/iid_recommend", b"{", 400, "body"),
+    ("POST", "/iid_recommend", b"", 400, "body"),
+    ("POST", "/iid_recommend", b'{"user_interactions": {}, "k": 0}', 400, "k"),
+    ("POST", "/iid_recommend", b'{"user_interactions": {}, "k": 1001}', 400, "k"),
+    ("POST", "/iid_recommend", b'{"user_interactions": {"a": {"rating": NaN}}}', 400, "body"),
+    ("POST", "/events", b'{"session_id": "s"}', 400, "item_id"),
+    ("GET", "/items/a/similar?k=abc", None, 400, "k"),
+    ("GET", "/popular?k=-1", None, 400, "k"),
+    ("GET", "/sessions/s/recommendations?recommend_seen=perhaps", None, 400, "recommend_seen"),
+    ("GET", "/nope", None, 404, "path"),
+    ("GET", "/iid_recommend", None, 405, "method"),
+    ("DELETE", "/events", None, 405, "method"),
+])
+async def test_errors_have_the_json_shape(client: TestClient, method: str, path: str,
+                                          body: bytes | None, status: int, field: str) -> None:
+    resp = await client.request(method, path, data=body)
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    check_error(await resp.json(), field=field)
+
+
+async def test_body_over_the_limit_is_413(aiohttp_client: Any, settings: Settings) -> None:
+    from service.app import create_app
+
+    small = await aiohttp_client(create_app(settings.replace(max_body_bytes=1000)))
+    resp = await small.post("/events", data=b'{"events": [' + b" " * 2000 + b"]}")
+    assert resp.status == 413
+    check_error(await resp.json(), "body_too_large", "body")
+
+
+async def test_operational_endpoints(client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    stats = await (await client.get("/stats")).json()
+    assert {"events_accepted", "events_processed", "pending", "items", "live_sessions"} <= set(
+        stats)
+    await client.post("/iid_recommend", json=SEED)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'sessionrec_http_requests_total{route="/iid_recommend",status="200"}' in metrics
+    assert 'sessionrec_state{figure="pending"}' in metrics
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.") and "/iid_recommend" in doc["paths"]
+    page = await client.get("/docs")
+    assert page.status == 200 and "/iid_recommend" in await page.text()
+    sdk = await client.get("/sdk.js")
+    assert sdk.status == 200 and "sessionrec" in await sdk.text()
+    demo = await client.get("/demo")
+    assert demo.status == 200 and "/sdk.js" in await demo.text()
+    catalogue = await (await client.get("/demo/catalogue.json")).json()
+    assert len(catalogue) >= 40 and {"id", "name", "price"} <= set(catalogue[0])
+
+
+ODD_IDS = ["{tag}", "a}b{c", "ns:{p0}:events", "with space", 'quo"te', "ünïcødé ☕", "日本語",
+           "new\nline", "nul\u0000byte", "*", "x" * 256]
+
+
+async def test_odd_ids_round_trip_byte_identical(client: TestClient, settings: Settings) -> None:
+    events = []
+    for n, odd in enumerate(ODD_IDS):
+        sid = f"{odd[:240]}-s{n}"  # odd characters in session ids too
+        events += [{"session_id": sid, "item_id": odd, "timestamp": 100 + n},
+                   {"session_id": sid, "item_id": "anchor", "timestamp": 101 + n}]
+    await post_all(client, events)
+    stats = await drain(settings)
+    assert stats["items"] == len(ODD_IDS) + 1
+    body = await (await client.get("/items/anchor/similar?k=50")).json()
+    assert sorted(check_answer(body, 50)) == sorted(ODD_IDS)
+    for odd in ODD_IDS:
+        live = await (await client.post("/iid_recommend", json={
+            "user_interactions": {odd: {}}, "k": 5})).json()
+        assert check_answer(live, 5)[0] == "anchor"
+    # the namespace holds only keys it laid out: no id leaked into a key name
+    from service.store import Store
+    store = Store(settings)
+    try:
+        keys = [k.decode() async for k in store.redis.scan_iter(match=f"{settings.namespace}:*")]
+    finally:
+        await store.close()
+    assert keys and all(k.split(":")[1].startswith("{") for k in keys)
+    assert not any(odd in k for k in keys for odd in ODD_IDS if odd not in ("*",))

@@ -1,0 +1,87 @@
+"""Scoring math on hand-made indexes and histories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service import scoring
+from service.keyspace import item_hash, session_hash
+from service.model import history_entry, index_entry, time_key
+from service.scoring import Params
+
+P = Params(query_items=20, sample_sessions=500, neighbours=100, sequence_weight=0.0)
+
+
+def u64(h: bytes) -> int:
+    return int.from_bytes(h, "little")
+
+
+def index(*pairs: tuple[float, str]) -> bytes:
+    entries = sorted(index_entry(time_key(t), session_hash(s)) for t, s in pairs)
+    return b"".join(entries)
+
+
+def history(*items: str) -> bytes:
+    return b"".join(history_entry(item_hash(i), time_key(n)) for n, i in enumerate(items))
+
+
+def test_query_weights_favour_recent_and_rated_items() -> None:
+    q = scoring.build_query([item_hash("a"), item_hash("b"), item_hash("c")], [3.0, 1.0, 2.0],
+                            [1.0, 2.0, 2.0], P)
+    assert [int(x) for x in q.items] == [u64(item_hash(i)) for i in ("b", "c", "a")]
+    # distances 2, 1, 0 from the end; ratings relative to the best (2)
+    assert q.weights == pytest.approx([1.0 / 3, 1.0 / 2, 0.5])
+    assert q.last == u64(item_hash("a"))
+
+
+def test_non_positive_ratings_carry_no_weight_but_stay_seen() -> None:
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [3.0, -1.0], P)
+    assert [int(x) for x in q.items] == [u64(item_hash("a"))]
+    assert len(q.seen) == 2
+
+
+def test_neighbour_similarity_sums_shared_item_weights() -> None:
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], P)
+    blobs = [index((5, "n1"), (6, "n2")), index((7, "n2"), (8, "n3"))]
+    sessions, sims = scoring.neighbours(q, blobs, P)
+    got = {int(s): float(w) for s, w in zip(sessions, sims, strict=True)}
+    assert got == pytest.approx({u64(session_hash("n2")): 1.5, u64(session_hash("n3")): 1.0,
+                                 u64(session_hash("n1")): 0.5})
+    assert int(sessions[0]) == u64(session_hash("n2"))
+
+
+def test_sample_keeps_most_recent_candidates_and_excludes_self() -> None:
+    q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
+    blob = index(*[(float(t), f"s{t}") for t in range(10)])
+    small = Params(20, 3, 100, 0.0)
+    sessions, _ = scoring.neighbours(q, [blob], small, u64(session_hash("s9")))
+    assert {int(s) for s in sessions} == {u64(session_hash(f"s{t}")) for t in (6, 7, 8)}
+
+
+def test_items_score_by_neighbour_similarity_once_per_neighbour() -> None:
+    q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
+    items, scores = scoring.score(q, [history("a", "x", "x", "y"), history("a", "x"), None],
+                                  np.array([2.0, 1.0, 5.0]), P)
+    got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
+    assert got == pytest.approx({u64(item_hash("a")): 3.0, u64(item_hash("x")): 3.0,
+                                 u64(item_hash("y")): 2.0})
+
+
+def test_sequence_weight_boosts_what_follows_the_last_item() -> None:
+    q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
+    seq = Params(20, 500, 100, sequence_weight=1.0)
+    items, scores = scoring.score(q, [history("y", "a", "x", "z")], np.array([1.0]), seq)
+    got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
+    assert got[u64(item_hash("x"))] == pytest.approx(2.0)  # distance 1: 1 + 1/1
+    assert got[u64(item_hash("z"))] == pytest.approx(1.5)  # distance 2: 1 + 1/2
+    assert got[u64(item_hash("y"))] == pytest.approx(1.0)  # before: no bonus
+
+
+def test_top_excludes_and_orders() -> None:
+    c = np.array([5, 3, 9, 1], dtype=np.uint64)
+    s = np.array([0.5, 2.0, 2.0, 0.0])
+    items, scores = scoring.top(c, s, 10, exclude=np.array([9], dtype=np.uint64))
+    assert [int(i) for i in items] == [3, 5] and list(scores) == [2.0, 0.5]
+    items, _ = scoring.top(c, s, 1)
+    assert [int(i) for i in items] == [3]

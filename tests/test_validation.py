@@ -1,0 +1,110 @@
+"""Validation: every bad input names its field and says what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service import validation
+from service.errors import ApiError
+from service.settings import Settings
+
+S = Settings(max_interactions=3, max_batch=2, max_id_length=8, max_k=50)
+NOW = 1_700_000_000.0
+
+
+def rejected(call: Any, *args: Any) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        call(*args)
+    assert info.value.status == 400
+    assert info.value.message
+    return info.value
+
+
+def test_seed_request_parses_in_order() -> None:
+    body = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
+                                  "22898": {"timestamp": 1704060027.5, "rating": 4.5}},
+            "k": 10, "recommend_seen": True}
+    req = validation.recommend_request(body, S, NOW)
+    assert [i.item_id for i in req.interactions] == ["89898", "22898"]
+    assert req.interactions[1].timestamp == 1704060027.5
+    assert (req.k, req.recommend_seen) == (10, True)
+
+
+def test_defaults_missing_timestamp_is_now_and_rating_is_a_view() -> None:
+    req = validation.recommend_request({"user_interactions": {"a": {}}}, S, NOW)
+    assert req.interactions[0].timestamp == NOW
+    assert req.interactions[0].rating == 1.0
+    assert (req.k, req.recommend_seen) == (10, False)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ([], "body"),
+    ({"k": 3}, "user_interactions"),
+    ({"user_interactions": []}, "user_interactions"),
+    ({"user_interactions": {"a": 5}}, "user_interactions.a"),
+    ({"user_interactions": {"a": {"rating": "5"}}}, "user_interactions.a.rating"),
+    ({"user_interactions": {"a": {"rating": True}}}, "user_interactions.a.rating"),
+    ({"user_interactions": {"a": {"timestamp": -1}}}, "user_interactions.a.timestamp"),
+    ({"user_interactions": {"a": {"timestamp": 1e300}}}, "user_interactions.a.timestamp"),
+    ({"user_interactions": {"a": {"when": 1}}}, "user_interactions.a.when"),
+    ({"user_interactions": {"": {}}}, "user_interactions."),
+    ({"user_interactions": {"x" * 9: {}}}, "user_interactions." + "x" * 9),
+    ({"user_interactions": {str(n): {} for n in range(4)}}, "user_interactions"),
+    ({"user_interactions": {}, "k": 0}, "k"),
+    ({"user_interactions": {}, "k": 51}, "k"),
+    ({"user_interactions": {}, "k": True}, "k"),
+    ({"user_interactions": {}, "k": 2.5}, "k"),
+    ({"user_interactions": {}, "recommend_seen": "yes"}, "recommend_seen"),
+    ({"user_interactions": {}, "recomend_seen": True}, "recomend_seen"),
+])
+def test_recommend_request_rejections_name_the_field(body: Any, field: str) -> None:
+    assert rejected(validation.recommend_request, body, S, NOW).field == field
+
+
+def test_events_single_and_batch() -> None:
+    one = validation.events({"session_id": "s", "item_id": 42}, S, NOW)
+    assert one[0].item_id == "42" and one[0].timestamp == NOW and one[0].type == "view"
+    batch = validation.events({"events": [
+        {"session_id": "s", "item_id": "a", "type": "purchase", "rating": 2, "timestamp": 5},
+        {"session_id": "s", "item_id": "b"}]}, S, NOW)
+    assert [(e.item_id, e.type, e.rating, e.timestamp) for e in batch] == [
+        ("a", "purchase", 2.0, 5.0), ("b", "view", None, NOW)]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"session_id": "s"}, "item_id"),
+    ({"item_id": "a"}, "session_id"),
+    ({"session_id": 7, "item_id": "a"}, "session_id"),
+    ({"session_id": "s", "item_id": True}, "item_id"),
+    ({"session_id": "s", "item_id": 1.5}, "item_id"),
+    ({"session_id": "s", "item_id": "a", "type": "hover"}, "type"),
+    ({"events": [{"session_id": "s", "item_id": "a"}, {"session_id": "", "item_id": "a"}]},
+     "events[1].session_id"),
+    ({"events": []}, "events"),
+    ({"events": {}}, "events"),
+    ({"events": [{"session_id": "s", "item_id": "a"}] * 3}, "events"),
+    ({"events": [], "extra": 1}, "extra"),
+])
+def test_event_rejections_name_the_field(body: Any, field: str) -> None:
+    assert rejected(validation.events, body, S, NOW).field == field
+
+
+def test_json_errors() -> None:
+    assert rejected(validation.parse_json, b"").field == "body"
+    assert rejected(validation.parse_json, b"{nope").code == "invalid_json"
+    assert rejected(validation.parse_json, b'{"a": NaN}').code == "invalid_json"
+    assert rejected(validation.parse_json, b"[" * 5000 + b"]" * 5000).code == "invalid_json"
+
+
+def test_query_parameters() -> None:
+    assert validation.query_integer(None, "k", default=10, low=1, high=5) == 10
+    assert validation.query_integer("3", "k", default=10, low=1, high=5) == 3
+    for raw in ("x", "9", "0", "2.5"):
+        with pytest.raises(ApiError) as info:
+            validation.query_integer(raw, "k", default=10, low=1, high=5)
+        assert info.value.field == "k"
+    assert validation.query_bool("TRUE", "recommend_seen", default=False) is True
+    with pytest.raises(ApiError):
+        validation.query_bool("maybe", "recommend_seen", default=False)
