@@ -18,7 +18,7 @@ from service.errors import ApiError
 from service.jsonutil import dumps
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
-from service.store import Store, ensure_groups
+from service.store import Store
 
 log = logging.getLogger("sessionrec.api")
 
@@ -212,8 +212,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         own = store is None
         app[STORE] = Store(settings) if store is None else store
         try:
-            await app[STORE].check_layout()
-            await ensure_groups(app[STORE].redis, app[STORE].keys)
+            await app[STORE].prepare()
         except (RedisError, ConnectionError, OSError) as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
         yield

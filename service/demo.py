@@ -22,7 +22,7 @@ from service.app import create_app
 from service.cli import install_uvloop
 from service.model import Event
 from service.settings import Settings
-from service.store import Store, ensure_groups
+from service.store import Store
 from workers.consumer import Worker
 
 
@@ -41,7 +41,6 @@ def catalogue() -> list[dict[str, Any]]:
 
 async def load_sample(store: Store, worker: Worker) -> int:
     """Replay the sample log through the stream and wait until the worker applied it all."""
-    await ensure_groups(store.redis, store.keys)
     stats = await store.stats()
     if stats["events_accepted"] == 0:
         await store.append(sample_events(time.time()))
@@ -52,7 +51,7 @@ async def load_sample(store: Store, worker: Worker) -> int:
 
 async def serve_demo(settings: Settings) -> None:
     store = Store(settings)
-    await store.check_layout()
+    await store.prepare()
     worker = Worker(settings, client=store.redis, worker_id="demo")
     worker_task = asyncio.create_task(worker.run())
     print("sessionrec demo: loading the sample shop's click log ...", flush=True)

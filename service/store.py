@@ -133,8 +133,9 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
-    async def check_layout(self) -> None:
-        """Refuse to run against a namespace laid out with another partition count."""
+    async def prepare(self) -> None:
+        """Refuse to run against a namespace laid out with another partition count, and make
+        sure every partition stream has its consumer group."""
         meta = self.keys.meta()
         await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
         stored = int(await self.redis.hget(meta, "partitions") or 0)
@@ -143,6 +144,7 @@ class Store:
                 f"namespace {self.settings.namespace!r} was created with {stored} partitions; "
                 f"this process is configured with {self.settings.partitions}. Use the same "
                 "SESSIONREC_PARTITIONS everywhere, or another SESSIONREC_NAMESPACE.")
+        await ensure_groups(self.redis, self.keys)
 
     # --- ingestion --------------------------------------------------------------------------
     async def ingest(self, events: Sequence[Event]) -> list[str]:

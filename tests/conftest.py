@@ -11,13 +11,17 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+
+Client = TestClient[web.Request, web.Application]
 
 _namespaces = itertools.count()
 
@@ -70,6 +74,5 @@ def settings(redis_url: str) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: object, settings: Settings) -> AsyncIterator[TestClient]:
-    make = aiohttp_client
-    yield await make(create_app(settings))  # type: ignore[operator]
+async def client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[Client]:
+    yield await aiohttp_client(create_app(settings))

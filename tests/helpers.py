@@ -6,8 +6,6 @@ import asyncio
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from service.model import Event
 from service.settings import Settings
 from service.store import Store
@@ -48,14 +46,14 @@ async def drain(settings: Settings, workers: int = 1) -> dict[str, int]:
 async def ingest(settings: Settings, events: list[Event], batch: int = 200) -> None:
     store = Store(settings)
     try:
-        await store.check_layout()
+        await store.prepare()
         for start in range(0, len(events), batch):
             await store.ingest(events[start:start + batch])
     finally:
         await store.close()
 
 
-async def snapshot(client: aioredis.Redis, namespace: str) -> dict[str, Any]:
+async def snapshot(client: Any, namespace: str) -> dict[str, Any]:
     """The namespace's learned state, key by key, with floats rounded (float rounding only)."""
     state: dict[str, Any] = {}
     async for raw in client.scan_iter(match=f"{namespace}:*", count=1000):

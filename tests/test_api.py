@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from service.settings import Settings
+from tests.conftest import Client
 from tests.helpers import drain
 
 SEED = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
@@ -54,14 +54,14 @@ def shop_events() -> list[dict[str, Any]]:
     return events
 
 
-async def post_all(client: TestClient, events: list[dict[str, Any]]) -> None:
+async def post_all(client: Client, events: list[dict[str, Any]]) -> None:
     for start in range(0, len(events), 100):
         resp = await client.post("/events", json={"events": events[start:start + 100]})
         assert resp.status == 202, await resp.text()
         assert (await resp.json()) == {"accepted": len(events[start:start + 100])}
 
 
-async def test_seed_request_on_an_empty_model_answers_trending_shape(client: TestClient) -> None:
+async def test_seed_request_on_an_empty_model_answers_trending_shape(client: Client) -> None:
     resp = await client.post("/iid_recommend", json=SEED)
     assert resp.status == 200
     body = await resp.json()
@@ -69,7 +69,7 @@ async def test_seed_request_on_an_empty_model_answers_trending_shape(client: Tes
     assert body["message"]
 
 
-async def test_learns_co_visitation_end_to_end(client: TestClient, settings: Settings) -> None:
+async def test_learns_co_visitation_end_to_end(client: Client, settings: Settings) -> None:
     await post_all(client, shop_events())
     stats = await drain(settings)
     assert stats["events_processed"] == stats["events_accepted"] == 150
@@ -89,7 +89,7 @@ async def test_learns_co_visitation_end_to_end(client: TestClient, settings: Set
     assert len(check_answer(popular, 4)) == 4
 
 
-async def test_recommend_seen_both_ways(client: TestClient, settings: Settings) -> None:
+async def test_recommend_seen_both_ways(client: Client, settings: Settings) -> None:
     await post_all(client, shop_events())
     await drain(settings)
     inter = {"espresso": {"timestamp": 1}, "grinder": {"timestamp": 2}}
@@ -101,7 +101,7 @@ async def test_recommend_seen_both_ways(client: TestClient, settings: Settings) 
     assert {"espresso", "grinder"} <= set(check_answer(shown, 20))
 
 
-async def test_fewer_than_k_only_when_nothing_else_is_eligible(client: TestClient,
+async def test_fewer_than_k_only_when_nothing_else_is_eligible(client: Client,
                                                                settings: Settings) -> None:
     pair = [{"session_id": "pair", "item_id": i, "timestamp": 1_800_000_000} for i in "ab"]
     await post_all(client, shop_events() + pair)
@@ -116,7 +116,7 @@ async def test_fewer_than_k_only_when_nothing_else_is_eligible(client: TestClien
     assert check_answer(one, 1) == ["grinder"]
 
 
-async def test_session_endpoint_uses_live_interactions(client: TestClient,
+async def test_session_endpoint_uses_live_interactions(client: Client,
                                                        settings: Settings) -> None:
     await post_all(client, shop_events())
     await drain(settings)
@@ -133,14 +133,14 @@ async def test_session_endpoint_uses_live_interactions(client: TestClient,
     assert unknown["message"].startswith("Trending")
 
 
-async def test_text_plain_body_is_accepted(client: TestClient) -> None:
+async def test_text_plain_body_is_accepted(client: Client) -> None:
     resp = await client.post("/events", data=b'{"session_id": "b", "item_id": 7}',
                              headers={"Content-Type": "text/plain;charset=UTF-8"})
     assert resp.status == 202
     assert (await (await client.get("/stats")).json())["events_accepted"] == 1
 
 
-async def test_batch_is_all_or_nothing(client: TestClient) -> None:
+async def test_batch_is_all_or_nothing(client: Client) -> None:
     events = [{"session_id": "s", "item_id": str(n)} for n in range(5)]
     events.append({"session_id": "s", "item_id": "x", "rating": "high"})
     resp = await client.post("/events", json={"events": events})
@@ -163,7 +163,7 @@ async def test_batch_is_all_or_nothing(client: TestClient) -> None:
     ("GET", "/iid_recommend", None, 405, "method"),
     ("DELETE", "/events", None, 405, "method"),
 ])
-async def test_errors_have_the_json_shape(client: TestClient, method: str, path: str,
+async def test_errors_have_the_json_shape(client: Client, method: str, path: str,
                                           body: bytes | None, status: int, field: str) -> None:
     resp = await client.request(method, path, data=body)
     assert resp.status == status
@@ -174,13 +174,13 @@ async def test_errors_have_the_json_shape(client: TestClient, method: str, path:
 async def test_body_over_the_limit_is_413(aiohttp_client: Any, settings: Settings) -> None:
     from service.app import create_app
 
-    small = await aiohttp_client(create_app(settings.replace(max_body_bytes=1000)))
+    small: Client = await aiohttp_client(create_app(settings.replace(max_body_bytes=1000)))
     resp = await small.post("/events", data=b'{"events": [' + b" " * 2000 + b"]}")
     assert resp.status == 413
     check_error(await resp.json(), "body_too_large", "body")
 
 
-async def test_operational_endpoints(client: TestClient) -> None:
+async def test_operational_endpoints(client: Client) -> None:
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
     stats = await (await client.get("/stats")).json()
@@ -206,7 +206,7 @@ ODD_IDS = ["{tag}", "a}b{c", "ns:{p0}:events", "with space", 'quo"te', "ünïcø
            "new\nline", "nul\u0000byte", "*", "x" * 256]
 
 
-async def test_odd_ids_round_trip_byte_identical(client: TestClient, settings: Settings) -> None:
+async def test_odd_ids_round_trip_byte_identical(client: Client, settings: Settings) -> None:
     events = []
     for n, odd in enumerate(ODD_IDS):
         sid = f"{odd[:240]}-s{n}"  # odd characters in session ids too

@@ -84,9 +84,12 @@ class Worker:
         """Work until ``stop()``; survive Redis outages by backing off and resuming."""
         delay = 0.1
         last_trim = 0.0
+        grouped = False
         while not self.stopping.is_set():
             try:
-                await ensure_groups(self.redis, self.keys)
+                if not grouped:
+                    await ensure_groups(self.redis, self.keys)
+                    grouped = True
                 await self.balance()
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     await self.trim()

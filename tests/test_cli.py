@@ -1,0 +1,111 @@
+"""The console script as an operator runs it: ``sessionrec serve`` + ``sessionrec worker``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from service.cli import build_parser
+from service.settings import Settings, from_args
+from tests.conftest import free_port
+
+
+def call(base: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_until_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        assert proc.poll() is None, "server exited"
+        try:
+            if call(base, "/healthz")[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("server did not come up")
+
+
+@pytest.fixture
+def stack(settings: Settings) -> Iterator[str]:
+    port = free_port()
+    env = dict(os.environ, SESSIONREC_REDIS_URL=settings.redis_url,
+               SESSIONREC_NAMESPACE=settings.namespace, SESSIONREC_PORT=str(port))
+    cmd = [sys.executable, "-m", "service.cli", "--log-level", "WARNING"]
+    serve = subprocess.Popen([*cmd, "serve"], env=env)
+    worker = subprocess.Popen([*cmd, "worker", "--block-ms", "20"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, serve)
+        yield base
+    finally:
+        for proc in (serve, worker):
+            proc.send_signal(signal.SIGTERM)
+        assert serve.wait(15) == 0 and worker.wait(15) == 0
+
+
+def test_serve_and_worker_learn_and_answer_the_seed_request(stack: str) -> None:
+    status, body = call(stack, "/iid_recommend", {
+        "user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
+                              "22898": {"timestamp": 1704060026, "rating": 4.5},
+                              "21255": {"timestamp": 1704060026, "rating": 4.5}},
+        "k": 10, "recommend_seen": True})
+    assert status == 200 and set(body) == {"recommendations", "message"}
+
+    events = []
+    for s in range(40):
+        events += [{"session_id": f"s{s}", "item_id": 89898, "timestamp": 1704060000 + s},
+                   {"session_id": f"s{s}", "item_id": "21098", "timestamp": 1704060001 + s},
+                   {"session_id": f"s{s}", "item_id": f"other{s % 9}",
+                    "timestamp": 1704060002 + s}]
+    assert call(stack, "/events", {"events": events}) == (202, {"accepted": 120})
+    for _ in range(200):
+        stats = call(stack, "/stats")[1]
+        if stats["pending"] == 0 and stats["events_processed"] == 120:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"worker did not apply the events: {stats}")
+    status, body = call(stack, "/iid_recommend", {
+        "user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5}},
+        "k": 10, "recommend_seen": True})
+    top3 = [r["id"] for r in body["recommendations"][:3]]
+    assert status == 200 and "21098" in top3
+
+
+def test_flags_override_env_and_env_overrides_defaults() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--port", "9001"])
+    env = {"SESSIONREC_PORT": "9000", "SESSIONREC_REDIS_URL": "redis://example:1/2",
+           "SESSIONREC_MAX_K": "50"}
+    s = from_args(args, "serve", env)
+    assert (s.port, s.redis_url, s.max_k, s.host) == (9001, "redis://example:1/2", 50,
+                                                      "127.0.0.1")
+    with pytest.raises(ValueError, match="SESSIONREC_PORT"):
+        Settings.from_env({"SESSIONREC_PORT": "eighty"})
+    with pytest.raises(ValueError, match="namespace"):
+        Settings(namespace="has{brace}")
+
+
+def test_every_command_has_help() -> None:
+    for command in ("serve", "worker", "demo"):
+        out = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "--redis-url" in out

@@ -1,0 +1,165 @@
+"""Exactly-once: redelivery, crashes, restarts and several workers end in one clean pass' state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from service.keyspace import GROUP
+from service.model import Event
+from service.settings import Settings
+from service.store import Store, ensure_groups
+from tests.helpers import drain, ingest, snapshot, wait_drained
+from workers.consumer import Entry, Worker
+
+
+def click_log(n_events: int, seed: int = 7) -> list[Event]:
+    """A generated click log: sessions of 2-8 events over a skewed catalogue."""
+    rnd = random.Random(seed)
+    events: list[Event] = []
+    t = 1_700_000_000.0
+    s = 0
+    while len(events) < n_events:
+        s += 1
+        for _ in range(rnd.randint(2, 8)):
+            t += rnd.random() * 3
+            item = str(int(rnd.paretovariate(1.2) * 10) % 400)
+            kind = rnd.choice(["view", "view", "view", "click", "add_to_cart", "purchase"])
+            events.append(Event(f"sess-{s}", item, round(t, 3), kind))
+    return events[:n_events]
+
+
+async def test_redelivered_entry_changes_nothing(settings: Settings) -> None:
+    await ingest(settings, click_log(300))
+    await drain(settings)
+    store = Store(settings)
+    r: Any = store.redis
+    before = await snapshot(r, settings.namespace)
+    # replay every entry of partition 0 through the commit path as if redelivered
+    stream = store.keys.stream(0)
+    entries = [Entry(i.decode(), f) for i, f in await r.xrange(stream)]
+    assert entries
+    worker = Worker(settings, client=r, worker_id="replayer")
+    await worker.process(0, entries)
+    await worker.process(0, entries[:1])
+    assert await snapshot(r, settings.namespace) == before
+    assert (await store.stats())["events_processed"] == 300
+    await store.close()
+
+
+async def test_two_workers_and_restarts_equal_one_clean_pass(settings: Settings) -> None:
+    events = click_log(3000)
+    clean = settings.replace(namespace=settings.namespace + "-clean")
+    await ingest(clean, events)
+    await drain(clean, workers=1)
+
+    await ingest(settings, events[:1000])
+    await drain(settings, workers=2)
+    await ingest(settings, events[1000:])
+    await drain(settings, workers=3)
+
+    store = Store(settings)
+    r: Any = store.redis
+    assert await snapshot(r, settings.namespace) == \
+        await snapshot(r, clean.namespace)
+    stats = await store.stats()
+    assert stats["events_processed"] == stats["events_accepted"] == 3000
+    await store.close()
+
+
+def spawn_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SESSIONREC_REDIS_URL=settings.redis_url,
+               SESSIONREC_NAMESPACE=settings.namespace,
+               SESSIONREC_PARTITIONS=str(settings.partitions), SESSIONREC_LEASE_MS="600",
+               SESSIONREC_BATCH_SIZE="50", SESSIONREC_BLOCK_MS="20")
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                             "worker"], env=env)
+
+
+async def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings: Settings) -> None:
+    """Shortened in CI; scripts/crash_test.py runs the long version."""
+    events = click_log(6000, seed=11)
+    clean = settings.replace(namespace=settings.namespace + "-clean")
+    await ingest(clean, events)
+    await drain(clean)
+
+    await ingest(settings, events)
+    store = Store(settings)
+    r: Any = store.redis
+    rnd = random.Random(3)
+    kills = 0
+    procs = [spawn_worker(settings), spawn_worker(settings)]
+    deadline = time.monotonic() + 60
+    while (await store.stats())["pending"] > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(rnd.uniform(0.05, 0.4))
+        victim = rnd.randrange(len(procs))
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        kills += 1
+        procs[victim] = spawn_worker(settings)
+    try:
+        stats = await wait_drained(store, timeout=60)
+        await asyncio.sleep(2.0)  # let the last respawned worker finish starting up
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(15) for p in procs]
+    assert codes == [0, 0]  # graceful shutdown on SIGTERM
+    assert kills >= 2
+    assert stats["events_processed"] == stats["events_accepted"] == 6000
+    assert await snapshot(r, settings.namespace) == \
+        await snapshot(r, clean.namespace)
+    await store.close()
+
+
+async def test_unreadable_entries_go_to_dead_letters_without_blocking(settings: Settings) -> None:
+    store = Store(settings)
+    r: Any = store.redis
+    await ensure_groups(store.redis, store.keys)
+    stream = store.keys.stream(0)
+    await r.xadd(stream, {"session": "s", "item": "a", "ts": "nan"})
+    await r.xadd(stream, {"garbage": "yes"})
+    await r.xadd(stream, {"session": "s", "item": "b", "ts": "5", "type": "teleport"})
+    await r.xadd(stream, {"session": "s", "item": "c", "ts": "6"})
+    stats = await drain(settings)
+    assert stats["events_dead"] == 3 and stats["events_processed"] == 1
+    assert stats["pending"] == 0
+    dead = await r.xrange(store.keys.dead(0))
+    assert len(dead) == 3 and all(b"reason" in fields for _, fields in dead)
+    await store.close()
+
+
+async def test_stream_is_trimmed_only_below_what_the_group_acknowledged(
+        settings: Settings) -> None:
+    store = Store(settings.replace(partitions=1))
+    r: Any = store.redis
+    s1 = settings.replace(partitions=1)
+    await ingest(s1, click_log(100))
+    stream = store.keys.stream(0)
+    # a consumer takes 10 entries and does not acknowledge them
+    await r.xreadgroup(GROUP, "someone", {stream: ">"}, count=10)
+    worker = Worker(s1, client=r, worker_id="trimmer")
+    await worker.trim()
+    assert await r.xlen(stream) == 100  # nothing acknowledged: nothing trimmed
+    first_ids = [i for i, _ in await r.xrange(stream, count=10)]
+    await r.xack(stream, GROUP, *first_ids[:5])
+    await worker.trim()
+    assert await r.xlen(stream) == 95
+    assert (await r.xrange(stream, count=1))[0][0] == first_ids[5]
+    await store.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_worker_exits_cleanly_on_signal(settings: Settings, sig: int) -> None:
+    proc = spawn_worker(settings)
+    await asyncio.sleep(1.0)
+    proc.send_signal(sig)
+    assert proc.wait(15) == 0
