@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from service.cli import build_parser
+from service.redisproc import free_port
 from service.settings import Settings, from_args
-from tests.conftest import free_port
 
 
 def call(base: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 from service.app import create_app
+from service.redisproc import free_port
 from service.settings import Settings
-from tests.conftest import Client, free_port
+from tests.conftest import Client
 
 
 async def test_unreachable_redis_answers_503_fast(aiohttp_client: Any,
