@@ -1,0 +1,38 @@
+"""``sessionrec load`` leaves exactly the state that streaming the same events leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.settings import Settings
+from service.store import Store
+from tests.helpers import assert_same_state, drain, ingest, snapshot
+from tests.test_worker import click_log
+from workers.loader import NotEmpty, build_indexes, load
+
+
+async def test_load_equals_stream(settings: Settings) -> None:
+    # small caps so trimming of indexes and histories is exercised
+    settings = settings.replace(index_cap=5, history_cap=4)
+    events = click_log(2500, seed=5)
+    await ingest(settings, events)
+    await drain(settings, workers=2)
+
+    loaded = settings.replace(namespace=settings.namespace + "-load")
+    store = Store(loaded)
+    report = await load(store, events)
+    assert report.events == 2500 and report.items > 50
+    r: Any = store.redis
+    assert_same_state(await snapshot(r, loaded.namespace), await snapshot(r, settings.namespace))
+    with pytest.raises(NotEmpty):
+        await load(store, events)
+    await store.close()
+
+
+def test_build_indexes_keeps_newest_entries_sorted() -> None:
+    e = [bytes([t]) * 8 + b"s" * 8 for t in range(10)]
+    out = build_indexes([(b"i", b"", e[3]), (b"i", b"", e[1]), (b"i", e[1], e[7]),
+                         (b"i", b"", e[2]), (b"j", b"", e[0])], cap=2)
+    assert out == {b"i": e[3] + e[7], b"j": e[0]}
