@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from service.clicklog import FORMATS
 from service.settings import Settings, add_arguments, from_args
 
 log = logging.getLogger("sessionrec")
@@ -32,7 +33,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="API, worker and sample data in one process on an embedded store")
     add_arguments(demo, "serve")
+    loader = commands.add_parser(
+        "load", help="bootstrap the learned state from historical click logs")
+    loader.add_argument("files", nargs="+", metavar="FILE", help="click logs (.gz allowed)")
+    _log_format_arguments(loader)
+    add_arguments(loader, "worker")
+    evaluate = commands.add_parser(
+        "eval", help="next-item accuracy of sessionrec and baselines on a dataset")
+    evaluate.add_argument("--train", required=True, help="training click log")
+    evaluate.add_argument("--test", required=True, help="test click log")
+    _log_format_arguments(evaluate)
+    evaluate.add_argument("--protocol", choices=("static", "streaming", "both"),
+                          default="static")
+    evaluate.add_argument("--models", default="sessionrec,pop,cooc,sr,vsknn",
+                          help="comma-separated: sessionrec, pop, cooc, sr, vsknn")
+    evaluate.add_argument("--limit", type=int, default=None,
+                          help="evaluate only the first N predictions")
+    evaluate.add_argument("--no-http", dest="http", action="store_false",
+                          help="call the serving code directly instead of through HTTP")
+    evaluate.add_argument("--out", default=None,
+                          help="write the Markdown report and PNG chart with this path prefix")
+    evaluate.add_argument("--title", default=None, help="report title")
+    add_arguments(evaluate, "serve", "worker")
     return parser
+
+
+def _log_format_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="click log format (default: detected from the header)")
+    parser.add_argument("--columns", default="",
+                        help="for --format csv: session=COL,item=COL[,time=COL]")
+    parser.add_argument("--delimiter", default=",", help="for --format csv")
 
 
 def install_uvloop() -> None:
@@ -122,11 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from service.demo import run_demo
 
-            settings = from_args(args, "serve")
+            settings = from_args(args)
             if args.redis_url is None and not os.environ.get("SESSIONREC_REDIS_URL"):
                 settings = settings.replace(redis_url="memory://")
             return run_demo(settings)
-        settings = from_args(args, args.command)
+        if args.command in ("load", "eval"):
+            from service import commands as offline
+
+            run = offline.load_command if args.command == "load" else offline.eval_command
+            return run(args)
+        settings = from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     if args.command == "serve":

@@ -155,10 +155,10 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
             from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """Add a ``--flag`` for every setting the command uses (default None: env/default win)."""
+def add_arguments(parser: argparse.ArgumentParser, *commands: str) -> None:
+    """Add a ``--flag`` for every setting the commands use (default None: env/default win)."""
     for f in fields(Settings):
-        if command not in f.metadata.get("commands", ()):
+        if not set(commands) & set(f.metadata.get("commands", ())):
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type)]
         parser.add_argument(
@@ -167,10 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         )
 
 
-def from_args(args: argparse.Namespace, command: str,
-              env: Mapping[str, str] | None = None) -> Settings:
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)
-                 if command in f.metadata.get("commands", ())}
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
     return Settings.from_env(env, **overrides)
 
 

@@ -95,7 +95,7 @@ def test_flags_override_env_and_env_overrides_defaults() -> None:
     args = parser.parse_args(["serve", "--port", "9001"])
     env = {"SESSIONREC_PORT": "9000", "SESSIONREC_REDIS_URL": "redis://example:1/2",
            "SESSIONREC_MAX_K": "50"}
-    s = from_args(args, "serve", env)
+    s = from_args(args, env)
     assert (s.port, s.redis_url, s.max_k, s.host) == (9001, "redis://example:1/2", 50,
                                                       "127.0.0.1")
     with pytest.raises(ValueError, match="SESSIONREC_PORT"):

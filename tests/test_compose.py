@@ -27,7 +27,7 @@ def test_compose_services_run_real_commands() -> None:
         assert command[0] == "sessionrec"
         args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown flag
         seen.add(args.command)
-        settings = from_args(args, args.command, services[name]["environment"])
+        settings = from_args(args, services[name]["environment"])
         assert settings.redis_url == "redis://redis:6379/0"
         assert "container_name" not in services[name]  # would forbid --scale
     assert seen == {"serve", "worker"}
