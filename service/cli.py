@@ -55,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write the Markdown report and PNG chart with this path prefix")
     evaluate.add_argument("--title", default=None, help="report title")
     add_arguments(evaluate, "serve", "worker")
+    tuner = commands.add_parser(
+        "tune", help="choose model parameters on a validation split cut from training data")
+    tuner.add_argument("--train", required=True, help="training click log (never the test)")
+    _log_format_arguments(tuner)
+    tuner.add_argument("--valid-fraction", type=float, default=0.1,
+                       help="last fraction of training sessions used for validation")
+    tuner.add_argument("--limit", type=int, default=20000,
+                       help="validation predictions per trial")
+    tuner.add_argument("--params", default=None,
+                       help="comma-separated parameters to search (default: all)")
+    tuner.add_argument("--out", default="tuned.env", help="env file to write")
+    add_arguments(tuner, "serve", "worker")
     return parser
 
 
@@ -157,11 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.redis_url is None and not os.environ.get("SESSIONREC_REDIS_URL"):
                 settings = settings.replace(redis_url="memory://")
             return run_demo(settings)
-        if args.command in ("load", "eval"):
+        if args.command in ("load", "eval", "tune"):
             from service import commands as offline
 
-            run = offline.load_command if args.command == "load" else offline.eval_command
-            return run(args)
+            return {"load": offline.load_command, "eval": offline.eval_command,
+                    "tune": offline.tune_command}[args.command](args)
         settings = from_args(args)
     except ValueError as exc:
         parser.error(str(exc))

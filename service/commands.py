@@ -85,3 +85,24 @@ def _run(settings: Settings, train: ClickLog, test: ClickLog, models: list[str],
         with RedisProcess() as url:
             return asyncio.run(main(settings.replace(redis_url=url)))
     return asyncio.run(main(settings))
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from service.tune import env_file, tune
+
+    settings = from_args(args)
+    train = read_log(args.train, args)
+    params = [p.strip() for p in args.params.split(",")] if args.params else None
+
+    async def main(s: Settings) -> Settings:
+        best, _ = await tune(s, train, valid_fraction=args.valid_fraction, limit=args.limit,
+                             params=params)
+        return best
+    if "SESSIONREC_REDIS_URL" not in os.environ and args.redis_url is None:
+        with RedisProcess() as url:
+            best = asyncio.run(main(settings.replace(redis_url=url)))
+    else:
+        best = asyncio.run(main(settings))
+    Path(args.out).write_text(env_file(best), encoding="utf-8")
+    print(f"best setting written to {args.out}:\n{env_file(best)}")
+    return 0

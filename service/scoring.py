@@ -6,9 +6,12 @@ Two steps, each fed by one Redis round trip:
    each item most recently. A candidate session's similarity is the sum of the weights of the
    query items it shares (weights favour recent positions and higher ratings). Of the
    ``sample_sessions`` most recent candidates, the ``neighbours`` most similar are kept.
-2. ``score``: every item of a neighbour's history scores the neighbour's similarity; an item
-   that directly follows the session's last item inside a neighbour earns ``sequence_weight``
-   times more, divided by its distance (the sequential, next-click signal).
+2. ``score``: every item of a neighbour's history scores the neighbour's similarity. Inside
+   each neighbour, the *anchor* is the most recent session item it contains; an item at
+   distance d after the anchor earns ``sequence_weight / d`` times more (the sequential,
+   next-click signal), one before it ``before_weight / d``.
+3. ``apply_idf``: scores are divided by the item's document frequency to the power
+   ``idf_weight``, so that items present in every session do not crowd out specific ones.
 
 Arrays are numpy throughout: a request touches thousands of (session, item) pairs.
 """
@@ -36,10 +39,14 @@ class Params:
     sample_sessions: int = 500
     neighbours: int = 100
     sequence_weight: float = 1.0
+    before_weight: float = 0.0
+    position_decay: float = 1.0
+    idf_weight: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:
-        return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight)
+        return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight,
+                   s.before_weight, s.position_decay, s.idf_weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +74,9 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
                 params: Params) -> Query:
     """Order the session by time (stable for equal times) and weight its positions.
 
-    The item at distance d from the end weighs ``1 / (1 + d)``, times its rating relative to the
-    session's highest rating (non-positive ratings weigh nothing: no evidence of interest).
+    The item at distance d from the end weighs ``(1 + d)^-position_decay``, times its rating
+    relative to the session's highest rating (non-positive ratings weigh nothing: no evidence
+    of interest).
     """
     seen = as_u64(hashes)
     if not len(seen):
@@ -80,7 +88,7 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
     top = rates.max()
     rates = rates / top if top > 0 else rates
     distance = np.arange(len(items) - 1, -1, -1, dtype=np.float64)
-    weights = rates / (1.0 + distance)
+    weights = rates * np.power(1.0 + distance, -params.position_decay)
     keep = weights > 0
     return Query(items[keep], weights[keep], seen)
 
@@ -120,16 +128,17 @@ def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
     items = np.concatenate(parts).astype(np.uint64)
     owner = np.repeat(np.arange(len(parts)), lengths)
     weight = similarity[owner].astype(np.float64)
-    if params.sequence_weight and query.last is not None:
+    if (params.sequence_weight or params.before_weight) and len(query.items):
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         position = np.arange(len(items)) - starts[owner]
-        is_last = items == np.uint64(query.last)
-        last_at = np.full(len(parts), -1, dtype=np.int64)
-        np.maximum.at(last_at, owner[is_last], position[is_last])
-        distance = position - last_at[owner]
-        follows = (last_at[owner] >= 0) & (distance > 0)
-        weight = weight + np.where(follows, weight * params.sequence_weight
-                                   / np.maximum(distance, 1), 0.0)
+        anchor = _anchors(query, items, owner, position, len(parts))[owner]
+        distance = position - anchor
+        anchored = anchor >= 0  # the neighbour contains a session item
+        after = anchored & (distance > 0)
+        before = anchored & (distance < 0)
+        gap = np.maximum(np.abs(distance), 1)
+        weight = weight * (1.0 + np.where(after, params.sequence_weight / gap, 0.0)
+                           + np.where(before, params.before_weight / gap, 0.0))
     # an item counts once per neighbour: keep its best-weighted occurrence
     pair = np.lexsort((-weight, items, owner))
     items, owner, weight = items[pair], owner[pair], weight[pair]
@@ -138,6 +147,28 @@ def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
     candidates, inverse = np.unique(items[first], return_inverse=True)
     totals = np.bincount(inverse, weights=weight[first], minlength=len(candidates))
     return candidates, totals.astype(np.float64)
+
+
+def _anchors(query: Query, items: U64, owner: npt.NDArray[np.int64],
+             position: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
+    """Per neighbour, the latest position of its highest-weighted session item (-1: none)."""
+    order = np.argsort(query.items)
+    keys, values = query.items[order], query.weights[order]
+    at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
+    qweight = np.where(keys[at] == items, values[at], 0.0)
+    ranked = np.lexsort((position, qweight, owner))
+    last = np.ones(len(ranked), dtype=bool)
+    last[:-1] = owner[ranked][1:] != owner[ranked][:-1]
+    best = ranked[last]
+    anchors = np.full(n, -1, dtype=np.int64)
+    anchors[owner[best]] = np.where(qweight[best] > 0, position[best], -1)
+    return anchors
+
+
+def apply_idf(scores: F64, doc_freq: F64, params: Params) -> F64:
+    if not params.idf_weight:
+        return scores
+    return scores / np.power(np.maximum(doc_freq, 1.0), params.idf_weight)
 
 
 def top(candidates: U64, scores: F64, k: int, exclude: U64 | None = None) -> tuple[U64, F64]:

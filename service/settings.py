@@ -108,8 +108,19 @@ class Settings:
                                    commands=SERVE))
     sequence_weight: float = field(
         default=1.0,
-        metadata=_doc("Extra weight for items that directly follow the session's last item "
-                      "inside a neighbour session.", commands=SERVE))
+        metadata=_doc("Extra weight, divided by the distance, for items that follow the "
+                      "session's most recent item inside a neighbour session.", commands=SERVE))
+    before_weight: float = field(
+        default=0.0,
+        metadata=_doc("The same for items that precede it (0: none).", commands=SERVE))
+    position_decay: float = field(
+        default=1.0,
+        metadata=_doc("Session item at distance d from the end weighs (1 + d)^-decay.",
+                      commands=SERVE))
+    idf_weight: float = field(
+        default=0.0,
+        metadata=_doc("Scores are divided by (sessions containing the item)^idf_weight, "
+                      "so hubs do not crowd out specific items.", commands=SERVE))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -117,6 +118,37 @@ class NameCache:
         self._names[key] = name
 
 
+class FrequencyCache:
+    """Item hash -> sessions containing it, for idf weighting: sorted numpy arrays, so that
+    thousands of candidates are looked up in one vectorised call. Entries are refreshed after
+    ``ttl`` seconds (a slightly stale frequency is harmless; a missing one costs a round trip).
+    """
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self.clear()
+
+    def clear(self) -> None:
+        self.keys = np.zeros(0, np.uint64)
+        self.values = np.zeros(0)
+        self.since = time.monotonic()
+
+    def lookup(self, items: scoring.U64) -> tuple[scoring.F64, npt.NDArray[np.bool_]]:
+        if time.monotonic() - self.since > self.ttl:
+            self.clear()
+        if not len(self.keys):
+            return np.zeros(len(items)), np.ones(len(items), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, items), len(self.keys) - 1)
+        found = self.keys[at] == items
+        return np.where(found, self.values[at], 0.0), ~found
+
+    def add(self, items: scoring.U64, values: scoring.F64) -> None:
+        keys = np.concatenate((self.keys, items))
+        vals = np.concatenate((self.values, values))
+        keys, first = np.unique(keys, return_index=True)
+        self.keys, self.values = keys, vals[first]
+
+
 class Store:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
@@ -125,6 +157,7 @@ class Store:
         self.params = Params.from_settings(settings)
         self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0)
         self.names = NameCache()
+        self.frequencies = FrequencyCache()
         self.ingest_script = self.redis.register_script(lua("ingest"))
 
     async def close(self) -> None:
@@ -224,6 +257,8 @@ class Store:
             histories: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
                 [self.keys.history(scoring.to_hash(s)) for s in sessions])
             candidates, scores = scoring.score(query, histories, similarity, params)
+            if params.idf_weight:
+                scores = scoring.apply_idf(scores, await self.doc_freq(candidates), params)
         best, best_scores = scoring.top(candidates, scores, k, seen)
         names = await self.item_names(best)
         found: list[dict[str, Any]] = [
@@ -241,6 +276,25 @@ class Store:
         if not found:
             return Answer(filler, MSG_POPULAR)
         return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)
+
+    async def doc_freq(self, items: scoring.U64) -> scoring.F64:
+        """Sessions containing each item (cached; misses cost one pipelined round trip)."""
+        values, missing = self.frequencies.lookup(items)
+        if missing.any():
+            wanted = items[missing]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard in range(ITEM_SHARDS):
+                    fields = [scoring.to_hash(h).hex() for h in wanted[wanted % ITEM_SHARDS
+                                                                         == shard]]
+                    if fields:
+                        pipe.hmget(self.keys.doc_freq(shard), fields)
+                replies = await pipe.execute()
+            order = np.concatenate([wanted[wanted % ITEM_SHARDS == shard]
+                                    for shard in range(ITEM_SHARDS)])
+            got = np.array([float(v or 0) for reply in replies for v in reply])
+            self.frequencies.add(order, got)
+            values, _ = self.frequencies.lookup(items)
+        return values
 
     async def item_names(self, hashes: scoring.U64) -> list[str]:
         missing = [int(h) for h in hashes if self.names.get(int(h)) is None]

@@ -85,3 +85,30 @@ def test_top_excludes_and_orders() -> None:
     assert [int(i) for i in items] == [3, 5] and list(scores) == [2.0, 0.5]
     items, _ = scoring.top(c, s, 1)
     assert [int(i) for i in items] == [3]
+
+
+def test_anchor_is_the_most_recent_session_item_the_neighbour_contains() -> None:
+    # session a -> b; the neighbour lacks b, so its anchor is a: x follows a at distance 1
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], P)
+    seq = Params(20, 500, 100, sequence_weight=1.0, before_weight=0.5)
+    items, scores = scoring.score(q, [history("w", "a", "x")], np.array([1.0]), seq)
+    got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
+    assert got[u64(item_hash("x"))] == pytest.approx(2.0)
+    assert got[u64(item_hash("w"))] == pytest.approx(1.5)  # before, distance 1: 1 + 0.5
+    assert got[u64(item_hash("a"))] == pytest.approx(1.0)
+
+
+def test_position_decay_shapes_query_weights() -> None:
+    flat = Params(position_decay=0.0)
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], flat)
+    assert list(q.weights) == [1.0, 1.0]
+    steep = Params(position_decay=2.0)
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], steep)
+    assert list(q.weights) == pytest.approx([0.25, 1.0])
+
+
+def test_idf_divides_by_document_frequency_power() -> None:
+    scores = np.array([8.0, 8.0, 3.0])
+    df = np.array([4.0, 1.0, 0.0])
+    assert list(scoring.apply_idf(scores, df, Params(idf_weight=0.5))) == [4.0, 8.0, 3.0]
+    assert scoring.apply_idf(scores, df, Params(idf_weight=0.0)) is scores
