@@ -81,6 +81,7 @@ class Effects:
     names: dict[bytes, str] = field(default_factory=dict)
     trend: list[tuple[str, float, float]] = field(default_factory=list)
     applied: int = 0
+    new_sessions: int = 0  # sessions without a kept history before this batch (idf's N)
 
 
 def trend_weight(event: Event) -> float:
@@ -102,6 +103,7 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
         s = session_hash(ev.session_id)
         if s not in current:
             current[s] = split_entries(histories.get(s, b""))
+            fx.new_sessions += not current[s]
         hist = current[s]
         i = item_hash(ev.item_id)
         tkey = time_key(ev.timestamp)

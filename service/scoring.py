@@ -10,8 +10,9 @@ Two steps, each fed by one Redis round trip:
    each neighbour, the *anchor* is the most recent session item it contains; an item at
    distance d after the anchor earns ``sequence_weight / d`` times more (the sequential,
    next-click signal), one before it ``before_weight / d``.
-3. ``apply_idf``: scores are divided by the item's document frequency to the power
-   ``idf_weight``, so that items present in every session do not crowd out specific ones.
+3. ``apply_idf``: scores are multiplied by ``log(1 + N / df)^idf_weight`` (N sessions, df of
+   them contain the item), so that items present in every session do not crowd out specific
+   ones.
 
 Arrays are numpy throughout: a request touches thousands of (session, item) pairs.
 """
@@ -165,10 +166,11 @@ def _anchors(query: Query, items: U64, owner: npt.NDArray[np.int64],
     return anchors
 
 
-def apply_idf(scores: F64, doc_freq: F64, params: Params) -> F64:
+def apply_idf(scores: F64, doc_freq: F64, sessions: float, params: Params) -> F64:
     if not params.idf_weight:
         return scores
-    return scores / np.power(np.maximum(doc_freq, 1.0), params.idf_weight)
+    idf = np.log1p(max(sessions, 1.0) / np.maximum(doc_freq, 1.0))
+    return scores * np.power(idf, params.idf_weight)
 
 
 def top(candidates: U64, scores: F64, k: int, exclude: U64 | None = None) -> tuple[U64, F64]:

@@ -119,8 +119,8 @@ class Settings:
                       commands=SERVE))
     idf_weight: float = field(
         default=0.0,
-        metadata=_doc("Scores are divided by (sessions containing the item)^idf_weight, "
-                      "so hubs do not crowd out specific items.", commands=SERVE))
+        metadata=_doc("Scores are multiplied by log(1 + sessions / sessions with the item)"
+                      "^idf_weight, so hubs do not crowd out specific items.", commands=SERVE))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
@@ -194,5 +194,20 @@ def markdown_table(names: Sequence[str] | None = None) -> str:
     return "\n".join(rows)
 
 
+def update_readme(path: str) -> None:
+    """Replace the configuration table in a README with the current one."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("| setting | env | default | meaning |")
+    end = text.index("\n\n", start)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + markdown_table() + text[end:])
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if len(sys.argv) > 1:
+        update_readme(sys.argv[1])
+    else:
+        print(markdown_table())

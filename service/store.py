@@ -131,6 +131,7 @@ class FrequencyCache:
     def clear(self) -> None:
         self.keys = np.zeros(0, np.uint64)
         self.values = np.zeros(0)
+        self.sessions: float | None = None
         self.since = time.monotonic()
 
     def lookup(self, items: scoring.U64) -> tuple[scoring.F64, npt.NDArray[np.bool_]]:
@@ -258,7 +259,8 @@ class Store:
                 [self.keys.history(scoring.to_hash(s)) for s in sessions])
             candidates, scores = scoring.score(query, histories, similarity, params)
             if params.idf_weight:
-                scores = scoring.apply_idf(scores, await self.doc_freq(candidates), params)
+                df, n_sessions = await self.doc_freq(candidates)
+                scores = scoring.apply_idf(scores, df, n_sessions, params)
         best, best_scores = scoring.top(candidates, scores, k, seen)
         names = await self.item_names(best)
         found: list[dict[str, Any]] = [
@@ -277,24 +279,27 @@ class Store:
             return Answer(filler, MSG_POPULAR)
         return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)
 
-    async def doc_freq(self, items: scoring.U64) -> scoring.F64:
-        """Sessions containing each item (cached; misses cost one pipelined round trip)."""
+    async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
+        """Sessions containing each item, and sessions in all (cached; misses cost one
+        pipelined round trip)."""
         values, missing = self.frequencies.lookup(items)
-        if missing.any():
+        if missing.any() or self.frequencies.sessions is None:
             wanted = items[missing]
             async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self.keys.meta(), "sessions")
                 for shard in range(ITEM_SHARDS):
                     fields = [scoring.to_hash(h).hex() for h in wanted[wanted % ITEM_SHARDS
                                                                          == shard]]
                     if fields:
                         pipe.hmget(self.keys.doc_freq(shard), fields)
                 replies = await pipe.execute()
+            self.frequencies.sessions = float(replies.pop(0) or 0)
             order = np.concatenate([wanted[wanted % ITEM_SHARDS == shard]
                                     for shard in range(ITEM_SHARDS)])
             got = np.array([float(v or 0) for reply in replies for v in reply])
             self.frequencies.add(order, got)
             values, _ = self.frequencies.lookup(items)
-        return values
+        return values, self.frequencies.sessions or 0.0
 
     async def item_names(self, hashes: scoring.U64) -> list[str]:
         missing = [int(h) for h in hashes if self.names.get(int(h)) is None]

@@ -23,12 +23,13 @@ from service.settings import ENV_PREFIX, Settings
 
 STATE = ("index_cap", "history_cap")
 GRID: dict[str, Sequence[float]] = {
-    "neighbours": (50, 100, 200, 400),
-    "sample_sessions": (250, 500, 1000, 2000),
-    "sequence_weight": (0.0, 0.5, 1.0, 2.0, 4.0),
-    "position_decay": (0.5, 1.0, 2.0),
     "idf_weight": (0.0, 0.5, 1.0, 2.0),
+    "neighbours": (50, 100, 200),
     "query_items": (5, 10, 20),
+    "sequence_weight": (0.0, 0.5, 1.0, 2.0),
+    "before_weight": (0.0, 0.25, 0.5, 1.0),
+    "position_decay": (0.5, 1.0, 2.0),
+    "sample_sessions": (250, 500, 1000),
     "index_cap": (250, 500, 1000),
 }
 

@@ -107,8 +107,9 @@ def test_position_decay_shapes_query_weights() -> None:
     assert list(q.weights) == pytest.approx([0.25, 1.0])
 
 
-def test_idf_divides_by_document_frequency_power() -> None:
-    scores = np.array([8.0, 8.0, 3.0])
-    df = np.array([4.0, 1.0, 0.0])
-    assert list(scoring.apply_idf(scores, df, Params(idf_weight=0.5))) == [4.0, 8.0, 3.0]
-    assert scoring.apply_idf(scores, df, Params(idf_weight=0.0)) is scores
+def test_idf_weighs_rare_items_up() -> None:
+    scores = np.array([1.0, 1.0, 2.0])
+    df = np.array([99.0, 1.0, 0.0])
+    got = scoring.apply_idf(scores, df, 99.0, Params(idf_weight=2.0))
+    assert list(got) == pytest.approx([np.log(2) ** 2, np.log(100) ** 2, 2 * np.log(100) ** 2])
+    assert scoring.apply_idf(scores, df, 99.0, Params(idf_weight=0.0)) is scores

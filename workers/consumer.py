@@ -231,7 +231,7 @@ class Worker:
     def _commit_args(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
                      fx: Effects, mark: str, new_mark: str) -> tuple[list[str], list[Any]]:
         k = self.keys
-        keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.trend()]
+        keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.trend(), k.meta()]
         slot: dict[str, int] = {}
 
         def ref(key: str) -> int:
@@ -241,7 +241,8 @@ class Worker:
             return slot[key]
 
         s = self.settings
-        args: list[Any] = [GROUP, mark, new_mark, s.trend_half_life, fx.applied, len(entries)]
+        args: list[Any] = [GROUP, mark, new_mark, s.trend_half_life, fx.applied,
+                           fx.new_sessions, len(entries)]
         args += [e.id for e in entries]
         args.append(len(dead))
         for entry, reason in dead:

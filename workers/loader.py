@@ -87,6 +87,7 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
         commands.append(partial(_hsetnx, keys.names(shard_of(item)), item.hex(), name))
     for item, count in fx.doc_freq.items():
         commands.append(partial(_hincrby, keys.doc_freq(shard_of(item)), item.hex(), count))
+    commands.append(partial(_hincrby, keys.meta(), "sessions", fx.new_sessions))
     members = list(trend.items())
     for start in range(0, len(members), 1000):
         commands.append(partial(_zadd, keys.trend(), dict(members[start:start + 1000])))

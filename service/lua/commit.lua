@@ -1,9 +1,9 @@
 -- Apply one batch of a partition's events: effects, the 'already applied' watermark and the
 -- XACK commit together, so a crash at any point leaves either all of it or none of it.
 -- KEYS[1] stream, KEYS[2] watermark, KEYS[3] counters, KEYS[4] dead letters,
--- KEYS[5] trending zset, KEYS[6..] keys the ops name by index.
+-- KEYS[5] trending zset, KEYS[6] meta hash, KEYS[7..] keys the ops name by index.
 -- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark,
--- ARGV[4] half-life (s), ARGV[5] applied count, ARGV[6] n_ack, then n_ack ids,
+-- ARGV[4] half-life (s), ARGV[5] applied count, ARGV[6] new sessions, ARGV[7] n_ack, then ids,
 -- then n_dead, then 4 per dead entry (id, reason, raw fields as JSON, deliveries), then ops:
 --   'X' key old_entry new_entry cap   neighbour index: replace/insert a sorted 16-byte entry,
 --                                      keep the newest cap entries
@@ -16,7 +16,7 @@ if current ~= ARGV[2] then
   return -1
 end
 local half_life = tonumber(ARGV[4])
-local i = 6
+local i = 7
 local n_ack = tonumber(ARGV[i])
 local acks = {}
 for a = 1, n_ack do acks[a] = ARGV[i + a] end
@@ -97,5 +97,6 @@ end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('HINCRBY', KEYS[3], 'processed', ARGV[5])
 if n_dead > 0 then redis.call('HINCRBY', KEYS[3], 'dead', n_dead) end
+if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', KEYS[6], 'sessions', ARGV[6]) end
 if n_ack > 0 then redis.call('XACK', KEYS[1], ARGV[1], unpack(acks)) end
 return 1
