@@ -1,6 +1,6 @@
 """Request-time scoring, free of I/O: session neighbourhoods over the live neighbour index.
 
-Two steps, each fed by one Redis round trip:
+Steps 1 and 2 are each fed by one Redis round trip:
 
 1. ``neighbours``: the indexes of the session's most recent items list the sessions that touched
    each item most recently. A candidate session's similarity is the sum of the weights of the
@@ -13,6 +13,8 @@ Two steps, each fed by one Redis round trip:
 3. ``apply_idf``: scores are multiplied by ``log(1 + N / df)^idf_weight`` (N sessions, df of
    them contain the item), so that items present in every session do not crowd out specific
    ones.
+4. ``add_repeats``: with ``recommend_seen``, the session's own items are boosted by their
+   recency (people come back to what they just looked at).
 
 Arrays are numpy throughout: a request touches thousands of (session, item) pairs.
 """
@@ -43,11 +45,12 @@ class Params:
     before_weight: float = 0.0
     position_decay: float = 1.0
     idf_weight: float = 0.0
+    repeat_weight: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:
         return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight,
-                   s.before_weight, s.position_decay, s.idf_weight)
+                   s.before_weight, s.position_decay, s.idf_weight, s.repeat_weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,20 @@ def apply_idf(scores: F64, doc_freq: F64, sessions: float, params: Params) -> F6
         return scores
     idf = np.log1p(max(sessions, 1.0) / np.maximum(doc_freq, 1.0))
     return scores * np.power(idf, params.idf_weight)
+
+
+def add_repeats(candidates: U64, scores: F64, query: Query, params: Params
+                ) -> tuple[U64, F64]:
+    """Repeat consumption (only used when seen items may be returned): scale neighbourhood
+    scores to a best of 1, then add ``repeat_weight`` times each session item's weight."""
+    if not params.repeat_weight or not len(query.items):
+        return candidates, scores
+    best = scores.max() if len(scores) else 0.0
+    scaled = scores / best if best > 0 else scores
+    items = np.concatenate((candidates, query.items))
+    values = np.concatenate((scaled, params.repeat_weight * query.weights))
+    merged, inverse = np.unique(items, return_inverse=True)
+    return merged, np.bincount(inverse, weights=values, minlength=len(merged)).astype(np.float64)
 
 
 def top(candidates: U64, scores: F64, k: int, exclude: U64 | None = None) -> tuple[U64, F64]:

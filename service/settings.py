@@ -121,6 +121,11 @@ class Settings:
         default=0.0,
         metadata=_doc("Scores are multiplied by log(1 + sessions / sessions with the item)"
                       "^idf_weight, so hubs do not crowd out specific items.", commands=SERVE))
+    repeat_weight: float = field(
+        default=0.0,
+        metadata=_doc("With recommend_seen, boost for items of the session itself (times their "
+                      "recency weight), relative to the best neighbourhood score.",
+                      commands=SERVE))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))

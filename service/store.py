@@ -261,6 +261,8 @@ class Store:
             if params.idf_weight:
                 df, n_sessions = await self.doc_freq(candidates)
                 scores = scoring.apply_idf(scores, df, n_sessions, params)
+        if seen is None:
+            candidates, scores = scoring.add_repeats(candidates, scores, query, params)
         best, best_scores = scoring.top(candidates, scores, k, seen)
         names = await self.item_names(best)
         found: list[dict[str, Any]] = [

@@ -23,7 +23,8 @@ from service.settings import ENV_PREFIX, Settings
 
 STATE = ("index_cap", "history_cap")
 GRID: dict[str, Sequence[float]] = {
-    "idf_weight": (0.0, 0.5, 1.0, 2.0),
+    "idf_weight": (0.0, 1.0, 2.0, 3.0, 4.0),
+    "repeat_weight": (0.0, 0.25, 0.5, 1.0, 2.0),
     "neighbours": (50, 100, 200),
     "query_items": (5, 10, 20),
     "sequence_weight": (0.0, 0.5, 1.0, 2.0),

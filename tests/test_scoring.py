@@ -113,3 +113,14 @@ def test_idf_weighs_rare_items_up() -> None:
     got = scoring.apply_idf(scores, df, 99.0, Params(idf_weight=2.0))
     assert list(got) == pytest.approx([np.log(2) ** 2, np.log(100) ** 2, 2 * np.log(100) ** 2])
     assert scoring.apply_idf(scores, df, 99.0, Params(idf_weight=0.0)) is scores
+
+
+def test_repeats_boost_the_sessions_own_items_by_recency() -> None:
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], P)
+    c = np.array([u64(item_hash("b")), u64(item_hash("x"))], dtype=np.uint64)
+    items, scores = scoring.add_repeats(c, np.array([2.0, 4.0]), q, Params(repeat_weight=1.0))
+    got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
+    assert got == pytest.approx({u64(item_hash("x")): 1.0, u64(item_hash("b")): 1.5,
+                                 u64(item_hash("a")): 0.5})
+    same = scoring.add_repeats(c, np.array([2.0, 4.0]), q, Params(repeat_weight=0.0))
+    assert list(same[1]) == [2.0, 4.0]
