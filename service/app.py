@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from service import validation
+from service import cors, validation
 from service.errors import ApiError
 from service.jsonutil import dumps
 from service.openapi import api_page, openapi_document
@@ -60,8 +60,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     route = request.match_info.route.resource.canonical if request.match_info.route.resource \
         else "unmatched"
     started = time.perf_counter()
+    allowed = request.app[SETTINGS].allowed_origins
     try:
-        response = await handler(request)
+        response = await cors.apply(request, handler, allowed)
     except ApiError as exc:
         response = exc.response()
     except web.HTTPException as exc:
@@ -75,6 +76,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = ApiError(500, "internal", "Unexpected server error.").response()
+    cors.add_headers(request, response, allowed)
     metrics.requests.labels(route, str(response.status)).inc()
     metrics.latency.labels(route).observe(time.perf_counter() - started)
     return response

@@ -55,6 +55,11 @@ class Settings:
         metadata=_doc("API processes sharing the port (SO_REUSEPORT); one per core.",
                       commands=SERVE),
     )
+    cors_origins: str = field(
+        default="",
+        metadata=_doc("Browser origins allowed besides the API's own, comma-separated "
+                      "(`https://shop.example,https://m.shop.example`; `*` for any).",
+                      commands=SERVE))
     redis_timeout: float = field(
         default=0.5,
         metadata=_doc("Seconds to wait for Redis before answering 503.", commands=BOTH),
@@ -145,6 +150,11 @@ class Settings:
                 raise ValueError(f"{f.name}: must not be negative")
         if self.partitions < 1:
             raise ValueError("partitions: must be at least 1")
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",")
+                         if o.strip())
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -230,3 +230,41 @@ async def test_odd_ids_round_trip_byte_identical(client: Client, settings: Setti
         await store.close()
     assert keys and all(k.split(":")[1].startswith("{") for k in keys)
     assert not any(odd in k for k in keys for odd in ODD_IDS if odd not in ("*",))
+
+
+async def test_cors_allow_list_and_preflight(aiohttp_client: Any, settings: Settings) -> None:
+    from service.app import create_app
+
+    client: Client = await aiohttp_client(create_app(
+        settings.replace(cors_origins="https://shop.example, https://m.shop.example/")))
+    body: dict[str, Any] = {"user_interactions": {}}
+    ok = await client.post("/iid_recommend", json=body,
+                           headers={"Origin": "https://m.shop.example"})
+    assert ok.status == 200
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://m.shop.example"
+    pre = await client.options("/events", headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-api-key"})
+    assert pre.status == 204
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert "X-API-Key" in pre.headers["Access-Control-Allow-Headers"]
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    # an error answer is readable by an allowed origin too
+    bad = await client.post("/events", data=b"{", headers={"Origin": "https://shop.example"})
+    assert bad.status == 400 and bad.headers["Access-Control-Allow-Origin"]
+    # anyone else: refused, even for a "simple" text/plain beacon post
+    for method, path in [("POST", "/events"), ("POST", "/iid_recommend")]:
+        resp = await client.request(method, path, data=b'{"session_id": "s", "item_id": 1}',
+                                    headers={"Origin": "https://evil.example",
+                                             "Content-Type": "text/plain"})
+        assert resp.status == 403
+        check_error(await resp.json(), "origin_not_allowed", "Origin")
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    evil_pre = await client.options("/events", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert evil_pre.status == 403
+    assert (await (await client.get("/stats")).json())["events_accepted"] == 0
+    # same origin is always allowed; no Origin header (curl, back ends) too
+    host = f"http://{client.host}:{client.port}"
+    assert (await client.post("/iid_recommend", json=body, headers={"Origin": host})).status \
+        == 200
