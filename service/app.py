@@ -194,6 +194,10 @@ async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound("/docs")
 
 
+async def favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
 def _static(path: str, content_type: str) -> Handler:
     body = resources.files("service").joinpath(path).read_bytes()
 
@@ -234,6 +238,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/docs", docs)
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/sdk.js", _static("static/sdk.js", "application/javascript"))
     app.router.add_get("/demo", _static("static/demo.html", "text/html"))
     app.router.add_get("/demo/catalogue.json", _static("data/catalogue.json",

@@ -1,17 +1,20 @@
 /* sessionrec browser SDK: track what a visitor touches, ask what to show next.
- * Drop in with <script src="/sdk.js"></script>, then sessionrec.init({...}).
- * Interactions live in sessionStorage in the seed's shape: {itemId: {timestamp, rating}}.
- * No cookies, no dependencies, no build step. */
+ * Drop in with <script src="/sdk.js"></script>, then sessionrec.init({endpoint, container}).
+ * Clicks on elements with data-item-id are tracked; an element that also has data-track-view
+ * counts as viewed after staying half visible for a second. Interactions live in
+ * sessionStorage in the seed's shape: {itemId: {timestamp, rating}}. Events go to /events in
+ * batches (sendBeacon, text/plain). No cookies, no dependencies, no build step. */
 (function (global) {
   "use strict";
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
       QUEUE_KEY = "sessionrec:queue";
   var cfg = {
     endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true,
+    container: null, template: null, onRender: null,
     maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true,
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
   };
-  var queue = [], timer = null, observer = null, viewed = {};
+  var queue = [], timer = null, observer = null, viewed = {}, renderTimer = null;
 
   function storage() { try { return global.sessionStorage; } catch (e) { return null; } }
   function read(key, fallback) {
@@ -92,6 +95,19 @@
     queue.push({ session_id: sessionId(), item_id: String(itemId), type: type, timestamp: ts });
     write(QUEUE_KEY, queue);
     if (queue.length >= cfg.batchSize) flush(); else schedule();
+    if (cfg.container) scheduleRender();
+  }
+
+  function scheduleRender() {
+    if (renderTimer) return;
+    renderTimer = setTimeout(function () {
+      renderTimer = null;
+      render(cfg.container, cfg.template).then(function (answer) {
+        if (cfg.onRender) cfg.onRender(answer);
+      }, function (err) {
+        if (global.console) global.console.warn("sessionrec: " + err.message);
+      });
+    }, 50);
   }
 
   function recommend(options) {
@@ -152,7 +168,7 @@
 
   function observeAll(root) {
     if (!observer) return;
-    var nodes = (root || global.document).querySelectorAll("[data-item-id]");
+    var nodes = (root || global.document).querySelectorAll("[data-item-id][data-track-view]");
     for (var i = 0; i < nodes.length; i++) observer.observe(nodes[i]);
   }
 
@@ -186,11 +202,13 @@
       if (global.document.visibilityState === "hidden") flush();
     });
     global.addEventListener("pagehide", flush);
-    if (cfg.autoTrack) {
-      if (global.document.readyState === "loading")
-        global.document.addEventListener("DOMContentLoaded", startAutoTrack);
-      else startAutoTrack();
+    function start() {
+      if (cfg.autoTrack) startAutoTrack();
+      if (cfg.container) scheduleRender();
     }
+    if (global.document.readyState === "loading")
+      global.document.addEventListener("DOMContentLoaded", start);
+    else start();
     return api;
   }
 
