@@ -32,8 +32,6 @@ CATEGORIES = {
 PAIRS = [("Espresso machine", "Burr grinder"), ("Sleeping bag", "Two-person tent"),
          ("Turntable", "Vinyl cleaner"), ("Chef's knife", "Knife sharpener"),
          ("Cast-iron teapot", "Sencha green tea"), ("Camping stove", "Trail Cooking")]
-EMOJI = {"Coffee": "☕", "Tea": "🍵", "Outdoors": "⛺", "Kitchen": "🔪", "Audio": "🎧",
-         "Books": "📚"}
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def main() -> None:
         for name in names:
             number += 1
             product = {"id": str(number), "name": name, "category": category,
-                       "price": round(rng.uniform(6, 400), 2), "emoji": EMOJI[category]}
+                       "price": round(rng.uniform(6, 400), 2)}
             catalogue.append(product)
             by_name[name] = product
     (out / "catalogue.json").write_text(json.dumps(catalogue, indent=1, ensure_ascii=False)

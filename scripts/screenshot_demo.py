@@ -1,0 +1,55 @@
+"""Screenshot of the demo shop after a few clicks, for the docs.
+
+    python scripts/screenshot_demo.py docs/demo.png
+
+Runs the demo stack on the embedded store in-process and drives Debian's Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from aiohttp import web
+from playwright.async_api import async_playwright
+
+from service.app import create_app
+from service.demo import load_sample
+from service.redisproc import free_port
+from service.settings import Settings
+from service.store import Store
+from workers.consumer import Worker
+
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+async def main(out: str) -> None:
+    settings = Settings(redis_url="memory://", port=free_port())
+    store = Store(settings)
+    await store.prepare()
+    worker = Worker(settings, client=store.redis, worker_id="screenshot")
+    task = asyncio.create_task(worker.run())
+    await load_sample(store, worker)
+    runner = web.AppRunner(create_app(settings, store), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        page = await browser.new_page(viewport={"width": 1280, "height": 860})
+        await page.goto(f"http://127.0.0.1:{settings.port}/demo")
+        await page.wait_for_selector("#recs .card")
+        for item in ("1017", "1018"):  # Two-person tent, then Sleeping bag
+            await page.click(f'#catalogue .card[data-item-id="{item}"] .name')
+            await page.wait_for_timeout(400)
+        await page.evaluate("window.scrollTo(0, 0)")
+        await page.wait_for_timeout(200)
+        await page.screenshot(path=out)
+        await browser.close()
+    await runner.cleanup()
+    worker.stop()
+    await task
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "docs/demo.png"))
