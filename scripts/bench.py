@@ -1,0 +1,333 @@
+"""Benchmarks: sessionrec against the physical limits of this machine, measured in the same run.
+
+    python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
+        --append docs/BENCHMARKS.md
+    python scripts/bench.py api|latency|worker|load --data DIR
+
+Every figure starts its own redis-server and servers on loopback ports. Request bodies are
+prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
+model loaded from the training log. References run in the same script, alternating rounds with
+the measured system, and medians are quoted:
+
+* a bare aiohttp handler (uvloop) that parses the same bodies with orjson and returns a fixed
+  answer: the HTTP limit of one Python process here;
+* redis-benchmark, pipelined HINCRBY: the Redis limit here.
+
+Latency at a fixed rate is measured open-loop: each request's latency runs from the moment it
+was due, so queueing is counted, not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service import clicklog  # noqa: E402
+from service.evaluate import align_times, static_cases  # noqa: E402
+from service.redisproc import RedisProcess, free_port  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.store import Store  # noqa: E402
+from workers.consumer import Worker  # noqa: E402
+from workers.loader import load  # noqa: E402
+
+BARE = ROOT / "scripts" / "bare_server.py"
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+def bodies(data: Path, n: int = 2000, max_items: int = 20) -> list[bytes]:
+    train = clicklog.read(data / "train.tsv")
+    test = align_times(train, clicklog.read(data / "test.tsv"))
+    out = []
+    for case in static_cases(test):
+        if len(case.prefix) > max_items:
+            continue
+        inter = {item: {"timestamp": int(ts)} for item, ts in zip(case.prefix, case.times,
+                                                                  strict=True)}
+        out.append(json.dumps({"user_interactions": inter, "k": 20,
+                               "recommend_seen": True}).encode())
+        if len(out) >= n:
+            break
+    return out
+
+
+async def build_model(settings: Settings, data: Path) -> float:
+    train = clicklog.read(data / "train.tsv")
+    store = Store(settings)
+    try:
+        await store.prepare()
+        return (await load(store, train.events())).seconds
+    finally:
+        await store.close()
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{cmd} did not listen on {port}")
+        time.sleep(0.3)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def sessionrec_server(settings: Settings, processes: int = 1) -> Iterator[str]:
+    port = free_port()
+    env = {"SESSIONREC_REDIS_URL": settings.redis_url, "SESSIONREC_NAMESPACE": settings.namespace,
+           "SESSIONREC_PORT": str(port), "SESSIONREC_PROCESSES": str(processes)}
+    with process([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"], env,
+                 port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def bare_server() -> Iterator[str]:
+    port = free_port()
+    with process([sys.executable, str(BARE), str(port)], {}, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+def wrk_script(payloads: list[bytes], path: str) -> str:
+    chunks = ",\n".join("[==[" + p.decode() + "]==]" for p in payloads)
+    lua = f"""local bodies = {{
+{chunks}
+}}
+local i = 0
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "{path}", {{["Content-Type"] = "application/json"}}, bodies[i])
+end
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    return f.name
+
+
+def wrk(url: str, script: str, seconds: int, connections: int = 32) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-s", script, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error answers:\n{out}")
+    return {"rps": rps}
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+# --- figures ------------------------------------------------------------------------------------
+def bench_api(settings: Settings, data: Path, seconds: int, rounds: int) -> dict[str, Any]:
+    script = wrk_script(bodies(data), "/iid_recommend")
+    ours: list[float] = []
+    ref: list[float] = []
+    ours2: list[float] = []
+    with bare_server() as bare, sessionrec_server(settings) as api, \
+            sessionrec_server(settings, processes=2) as api2:
+        wrk(api, script, 2)  # warm the name and frequency caches
+        wrk(api2, script, 2)
+        for _ in range(rounds):
+            ref.append(wrk(bare, script, seconds)["rps"])
+            ours.append(wrk(api, script, seconds)["rps"])
+            ours2.append(wrk(api2, script, seconds)["rps"])
+    return {"bare aiohttp req/s": median(ref), "sessionrec req/s (1 process)": median(ours),
+            "ratio to bare": median(ours) / median(ref),
+            "sessionrec req/s (--processes 2)": median(ours2),
+            "2 processes / 1 process": median(ours2) / median(ours),
+            "rounds": rounds, "seconds per round": seconds}
+
+
+async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
+                    ) -> list[float]:
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter() + 0.2
+        total = int(rate * seconds)
+
+        async def one(n: int) -> None:
+            due = start + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with session.post(url, data=payloads[n % len(payloads)],
+                                    headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
+            latencies.append(time.perf_counter() - due)
+        await asyncio.gather(*(one(n) for n in range(total)))
+    return latencies
+
+
+def _open_loop_child(url: str, payload_file: str, rate: float, seconds: float) -> None:
+    import uvloop
+
+    payloads = [line.encode() for line in Path(payload_file).read_text().splitlines()]
+    lat = uvloop.run(open_loop(url, payloads, rate, seconds))
+    print(json.dumps(lat))
+
+
+def bench_latency(settings: Settings, data: Path, rate: float, seconds: float, rounds: int
+                  ) -> dict[str, Any]:
+    payloads = bodies(data)
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(p.decode() for p in payloads))
+    p99s, p50s, p90s = [], [], []
+    with sessionrec_server(settings) as api:
+        for r in range(rounds + 1):
+            out = subprocess.run([sys.executable, __file__, "_open_loop", api + "/iid_recommend",
+                                  f.name, str(rate), str(seconds)], capture_output=True,
+                                 text=True, check=True).stdout
+            lat = np.array(json.loads(out)) * 1000
+            if r == 0:
+                continue  # warm-up round
+            p50s.append(float(np.percentile(lat, 50)))
+            p90s.append(float(np.percentile(lat, 90)))
+            p99s.append(float(np.percentile(lat, 99)))
+    return {"rate req/s": rate, "p50 ms": median(p50s), "p90 ms": median(p90s),
+            "p99 ms": median(p99s), "rounds": rounds, "seconds per round": seconds}
+
+
+def redis_benchmark_hincrby(url_port: int, n: int = 2_000_000) -> float:
+    out = subprocess.run(["redis-benchmark", "-p", str(url_port), "-P", "32", "-n", str(n), "-q",
+                          "hincrby", "bench:h", "__rand_int__", "1", "-r", "100000"],
+                         capture_output=True, text=True, check=True).stdout
+    return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float]:
+    train = clicklog.read(data / "train.tsv")
+    store = Store(settings)
+    await store.prepare()
+    events = list(train.events())
+    for start in range(0, len(events), 20000):
+        await store.append(events[start:start + 20000])
+    worker = Worker(settings, worker_id="bench")
+    started = time.perf_counter()
+    task = asyncio.create_task(worker.run())
+    while (await store.stats())["pending"] > 0:
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    await task
+    await worker.redis.aclose()
+    await store.close()
+    return len(events), elapsed
+
+
+def bench_worker(settings: Settings, data: Path, rounds: int) -> dict[str, Any]:
+    rates, raw = [], []
+    port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+    for r in range(rounds):
+        raw.append(redis_benchmark_hincrby(port))
+        s = settings.replace(namespace=f"{settings.namespace}-w{r}")
+        n, seconds = asyncio.run(_drain_worker(s, data))
+        rates.append(n / seconds)
+    # per event the commit issues about 5 Redis writes (index splice, history, frequency,
+    # name, trending) plus its share of the batch's XACK and bookkeeping
+    updates = median(rates) * 5
+    return {"events": n, "worker events/s": median(rates),
+            "implied Redis updates/s": updates,
+            "redis-benchmark pipelined HINCRBY/s": median(raw),
+            "updates / raw Redis limit": updates / median(raw), "rounds": rounds}
+
+
+def bench_load(settings: Settings, data: Path) -> dict[str, Any]:
+    seconds = asyncio.run(build_model(settings.replace(namespace=settings.namespace + "-l"),
+                                      data))
+    return {"events": 906140, "load seconds": seconds}
+
+
+MACHINE = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def table(title: str, figures: dict[str, Any]) -> str:
+    rows = [f"| {k} | {v:,.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in figures.items()]
+    return f"| {title} | |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_open_loop":
+        _open_loop_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("api", "latency", "worker", "load", "all"))
+    parser.add_argument("--data", type=Path, required=True,
+                        help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--append", type=Path, default=None, help="append results to this file")
+    args = parser.parse_args()
+    chosen = ("load", "api", "latency", "worker") if args.what == "all" else (args.what,)
+    sections = []
+    with RedisProcess() as url:
+        settings = Settings(redis_url=url, namespace="bench")
+        if set(chosen) & {"api", "latency"}:
+            asyncio.run(build_model(settings, args.data))
+        for what in chosen:
+            if what == "api":
+                figures = bench_api(settings, args.data, args.seconds, args.rounds)
+                title = "POST /iid_recommend, wrk -t1 -c32, closed loop"
+            elif what == "latency":
+                figures = bench_latency(settings, args.data, args.rate, args.seconds,
+                                        args.rounds)
+                title = f"POST /iid_recommend at a fixed {args.rate:.0f} req/s, open loop"
+            elif what == "worker":
+                figures = bench_worker(settings, args.data, args.rounds)
+                title = "one worker applying the DIGINETICA training log"
+            else:
+                figures = bench_load(settings, args.data)
+                title = "sessionrec load of the DIGINETICA training log"
+            sections.append(table(title, figures))
+            print(sections[-1], flush=True)
+    if args.append:
+        command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+        header = (f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M} — {MACHINE}\n\n"
+                  f"Command: `{command}`\n\n")
+        with args.append.open("a", encoding="utf-8") as f:
+            f.write(header + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
