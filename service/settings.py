@@ -136,6 +136,10 @@ class Settings:
                                                        commands=WORKER))
     block_ms: int = field(default=200, metadata=_doc("How long a worker waits for new events.",
                                                      commands=WORKER))
+    max_deliveries: int = field(
+        default=5,
+        metadata=_doc("Deliveries after which an entry that keeps failing (or crashing its "
+                      "worker) goes to the dead-letter stream.", commands=WORKER))
     lease_ms: int = field(
         default=10_000,
         metadata=_doc("Partition lease; another worker takes over a dead worker's partitions "

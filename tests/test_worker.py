@@ -163,3 +163,27 @@ async def test_worker_exits_cleanly_on_signal(settings: Settings, sig: int) -> N
     await asyncio.sleep(1.0)
     proc.send_signal(sig)
     assert proc.wait(15) == 0
+
+
+async def test_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
+        settings: Settings) -> None:
+    """An entry whose processing crashes the worker process (simulated: it is delivered and
+    never acknowledged, again and again) ends in the dead letters; the rest is applied."""
+    s = settings.replace(partitions=1, max_deliveries=3)
+    await ingest(s, click_log(20))
+    store = Store(s)
+    r: Any = store.redis
+    stream = store.keys.stream(0)
+    consumer = store.keys.consumer(0)
+    # three crashed attempts: the first entry delivered three times, never acknowledged
+    first_id = (await r.xrange(stream, count=1))[0][0]
+    await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=5)
+    for _ in range(2):
+        await r.xreadgroup(GROUP, consumer, {stream: "0"}, count=1)
+    stats = await drain(s)
+    assert stats["events_dead"] == 1 and stats["events_processed"] == 19
+    dead = await r.xrange(store.keys.dead(0))
+    assert dead[0][1][b"id"] == first_id and b"delivered 3 times" in dead[0][1][b"reason"]
+    assert await r.xpending(stream, GROUP) == {"pending": 0, "min": None, "max": None,
+                                                 "consumers": []}
+    await store.close()

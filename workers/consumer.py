@@ -61,6 +61,12 @@ def id_tuple(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _before(entry_id: str) -> str:
+    """The stream id just before ``entry_id``: XREADGROUP returns entries after the id given."""
+    ms, seq = id_tuple(entry_id)
+    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{2**64 - 1}"
+
+
 class Worker:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None,
                  worker_id: str | None = None) -> None:
@@ -158,7 +164,7 @@ class Worker:
             try:
                 entries = await self.read(p, backlog)
                 if backlog and not entries:
-                    backlog = False
+                    backlog = await self._has_pending(p)
                     continue
                 if entries:
                     await asyncio.shield(self.process(p, entries))
@@ -174,14 +180,55 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def read(self, p: int, backlog: bool) -> list[Entry]:
+        """New entries, or on a backlog read the entries left pending. Pending entries that
+        were delivered before are returned one at a time: if one of them crashes the worker,
+        it is the only one retried, and after ``max_deliveries`` it is dead-lettered."""
+        stream = self.keys.stream(p)
+        if backlog:
+            pending: list[dict[str, Any]] = await self.redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=self.settings.batch_size,
+                consumername=self.keys.consumer(p))
+            if not pending:
+                return []
+            retried = [x for x in pending if x["times_delivered"] > 1]
+            if retried:
+                first = retried[0]
+                entry_id = first["message_id"]
+                entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                return await self._read_one(p, entry_id, int(first["times_delivered"]))
         reply = await self.redis.xreadgroup(
-            GROUP, self.keys.consumer(p), {self.keys.stream(p): "0" if backlog else ">"},
+            GROUP, self.keys.consumer(p), {stream: "0" if backlog else ">"},
             count=self.settings.batch_size, block=None if backlog else self.settings.block_ms)
         if not reply:
             return []
         _, messages = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]],
                            reply)[0]
         return [Entry(mid.decode(), fields) for mid, fields in messages if fields is not None]
+
+    async def _read_one(self, p: int, entry_id: str, delivered: int) -> list[Entry]:
+        stream = self.keys.stream(p)
+        reply: Any = await self.redis.xreadgroup(GROUP, self.keys.consumer(p),
+                                                 {stream: _before(entry_id)}, count=1)
+        messages = cast(list[tuple[bytes, dict[bytes, bytes] | None]],
+                        reply[0][1] if reply else [])
+        fields = messages[0][1] if messages else None
+        if fields is None:
+            # the entry was trimmed away: acknowledge it so it stops blocking the partition
+            await self.redis.xack(stream, GROUP, entry_id)
+            return []
+        entry = Entry(messages[0][0].decode(), fields)
+        if delivered >= self.settings.max_deliveries:
+            log.error("partition %d: entry %s delivered %d times without being applied: "
+                      "dead-lettered", p, entry.id, delivered)
+            await self._commit_batch(p, [entry], dead_reason=(
+                f"delivered {delivered} times without being applied"))
+            return []
+        return [entry]
+
+    async def _has_pending(self, p: int) -> bool:
+        return bool(await self.redis.xpending_range(
+            self.keys.stream(p), GROUP, min="-", max="+", count=1,
+            consumername=self.keys.consumer(p)))
 
     async def process(self, p: int, entries: Sequence[Entry]) -> None:
         """Apply one batch; on a script error, bisect to isolate the entry that causes it."""
@@ -248,7 +295,7 @@ class Worker:
         for entry, reason in dead:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
                    for key, value in entry.fields.items()}
-            args += [entry.id, reason, orjson.dumps(raw), 1]
+            args += [entry.id, reason, orjson.dumps(raw)]
         for change in fx.index:
             args += ["X", ref(k.index(change.item)), change.old, change.new, s.index_cap]
         ttl_ms = s.history_ttl * 1000

@@ -4,7 +4,7 @@
 -- KEYS[5] trending zset, KEYS[6] meta hash, KEYS[7..] keys the ops name by index.
 -- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark,
 -- ARGV[4] half-life (s), ARGV[5] applied count, ARGV[6] new sessions, ARGV[7] n_ack, then ids,
--- then n_dead, then 4 per dead entry (id, reason, raw fields as JSON, deliveries), then ops:
+-- then n_dead, then 3 per dead entry (id, reason, raw fields as JSON), then ops:
 --   'X' key old_entry new_entry cap   neighbour index: replace/insert a sorted 16-byte entry,
 --                                      keep the newest cap entries
 --   'H' key value ttl_ms              learned session history
@@ -23,11 +23,10 @@ for a = 1, n_ack do acks[a] = ARGV[i + a] end
 i = i + n_ack + 1
 local n_dead = tonumber(ARGV[i])
 for d = 0, n_dead - 1 do
-  local b = i + d * 4
-  redis.call('XADD', KEYS[4], '*', 'id', ARGV[b + 1], 'reason', ARGV[b + 2], 'fields', ARGV[b + 3],
-             'deliveries', ARGV[b + 4])
+  local b = i + d * 3
+  redis.call('XADD', KEYS[4], '*', 'id', ARGV[b + 1], 'reason', ARGV[b + 2], 'fields', ARGV[b + 3])
 end
-i = i + n_dead * 4 + 1
+i = i + n_dead * 3 + 1
 
 local ENTRY = 16
 local function splice_index(key, old, new, cap)
