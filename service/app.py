@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from service import cors, validation
+from service import access, cors, validation
 from service.errors import ApiError
 from service.jsonutil import dumps
+from service.keyspace import lua
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
 from service.store import Store
@@ -23,6 +24,8 @@ from service.store import Store
 log = logging.getLogger("sessionrec.api")
 
 SETTINGS = web.AppKey("settings", Settings)
+KEYS = web.AppKey("keys", access.Keys)
+LIMITER: web.AppKey[access.RateLimiter | None] = web.AppKey("limiter")
 STORE = web.AppKey("store", Store)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
@@ -52,6 +55,16 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
+ACCESS = {
+    "/iid_recommend": access.PUBLIC, "/events": access.PUBLIC,
+    "/sessions/{session_id}/recommendations": access.PUBLIC,
+    "/items/{item_id}/similar": access.PUBLIC, "/popular": access.PUBLIC,
+    "/stats": access.PUBLIC,
+    "/admin/items/{item_id}/hide": access.ADMIN, "/admin/items/{item_id}": access.ADMIN,
+    "/admin/sessions/{session_id}": access.ADMIN,
+}
+"""The key each route needs (routes not listed are open: health, metrics, docs, SDK, demo)."""
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -62,7 +75,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     allowed = request.app[SETTINGS].allowed_origins
     try:
-        response = await cors.apply(request, handler, allowed)
+        response = await cors.apply(request, guarded(handler), allowed)
     except ApiError as exc:
         response = exc.response()
     except web.HTTPException as exc:
@@ -80,6 +93,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     metrics.requests.labels(route, str(response.status)).inc()
     metrics.latency.labels(route).observe(time.perf_counter() - started)
     return response
+
+
+def guarded(handler: Handler) -> Handler:
+    """Check the API key the route needs, then the client's rate limit."""
+    async def check(request: web.Request) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        need = ACCESS.get(resource.canonical if resource else "", access.OPEN)
+        key = access.check(request, request.app[KEYS], need)
+        limiter = request.app[LIMITER]
+        if limiter is not None and need == access.PUBLIC:
+            await limiter.admit(access.client_identity(request, key))
+        return await handler(request)
+    return check
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -190,6 +216,26 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=api_page(request.app[SETTINGS]), content_type="text/html")
 
 
+async def hide_item(request: web.Request) -> web.Response:
+    item_id = _path_id(request, "item_id")
+    hidden = request.method == "POST"
+    await request.app[STORE].hide(item_id, hidden)
+    return json_response({"item_id": item_id, "hidden": hidden})
+
+
+async def forget_item(request: web.Request) -> web.Response:
+    item_id = _path_id(request, "item_id")
+    scrubbed = await request.app[STORE].forget_item(item_id)
+    return json_response({"item_id": item_id, "forgotten": True,
+                          "histories_scrubbed": scrubbed})
+
+
+async def reset_session(request: web.Request) -> web.Response:
+    session_id = _path_id(request, "session_id")
+    await request.app[STORE].reset_session(session_id)
+    return json_response({"session_id": session_id, "reset": True})
+
+
 async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound("/docs")
 
@@ -213,10 +259,17 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                           middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[KEYS] = access.Keys.from_settings(settings)
+    app[LIMITER] = None
+    access.warn_if_open(app[KEYS])
 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         own = store is None
         app[STORE] = Store(settings) if store is None else store
+        if settings.rate_limit > 0:
+            app[LIMITER] = access.RateLimiter(
+                app[STORE].redis.register_script(lua("ratelimit")), app[STORE].keys.rate_bucket,
+                settings.rate_limit, settings.rate_burst)
         try:
             await app[STORE].prepare()
         except (RedisError, ConnectionError, OSError) as exc:
@@ -237,6 +290,10 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/docs", docs)
+    app.router.add_post("/admin/items/{item_id:.+}/hide", hide_item)
+    app.router.add_delete("/admin/items/{item_id:.+}/hide", hide_item)
+    app.router.add_delete("/admin/items/{item_id:.+}", forget_item)
+    app.router.add_delete("/admin/sessions/{session_id}", reset_session)
     app.router.add_get("/", index)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/sdk.js", _static("static/sdk.js", "application/javascript"))

@@ -123,6 +123,15 @@ class Keys:
         """Zset worker id -> last heartbeat (ms): how many workers share the partitions."""
         return f"{self.ns}:{{g}}:workers"
 
+    def hidden(self) -> str:
+        """Set of item hashes (hex) never to recommend."""
+        return f"{self.ns}:{{g}}:hidden"
+
+    def rate_bucket(self, client: str) -> str:
+        """A client's token bucket; the client identity is hashed into its own tag."""
+        digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        return f"{self.ns}:{{r{digest}}}:bucket"
+
     def meta(self) -> str:
         return f"{self.ns}:{{g}}:meta"
 
@@ -138,4 +147,4 @@ def lua(name: str) -> str:
     return resources.files("service").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
-SCRIPTS = ("ingest", "commit", "trim", "lease")
+SCRIPTS = ("ingest", "commit", "trim", "lease", "ratelimit")

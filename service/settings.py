@@ -60,6 +60,26 @@ class Settings:
         metadata=_doc("Browser origins allowed besides the API's own, comma-separated "
                       "(`https://shop.example,https://m.shop.example`; `*` for any).",
                       commands=SERVE))
+    publishable_keys: str = field(
+        default="",
+        metadata=_doc("API keys safe in a browser (recommendations, events), comma-separated. "
+                      "No keys at all: the API is open (a warning is logged).",
+                      commands=SERVE))
+    secret_keys: str = field(
+        default="",
+        metadata=_doc("API keys for admin operations too (hide, forget, reset), "
+                      "comma-separated.", commands=SERVE))
+    keys_file: str = field(
+        default="",
+        metadata=_doc("File with more keys, one per line: `publishable KEY` or `secret KEY`.",
+                      commands=SERVE))
+    rate_limit: float = field(
+        default=0.0,
+        metadata=_doc("Requests per second per client (API key, else IP) on public endpoints; "
+                      "0 turns rate limiting off.", commands=SERVE))
+    rate_burst: int = field(
+        default=50, metadata=_doc("Requests a client may burst above the rate.",
+                                  commands=SERVE))
     redis_timeout: float = field(
         default=0.5,
         metadata=_doc("Seconds to wait for Redis before answering 503.", commands=BOTH),

@@ -159,6 +159,7 @@ class Store:
         self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0)
         self.names = NameCache()
         self.frequencies = FrequencyCache()
+        self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
         self.ingest_script = self.redis.register_script(lua("ingest"))
 
     async def close(self) -> None:
@@ -236,8 +237,65 @@ class Store:
                                   fill_with_trending=False)
 
     async def popular(self, k: int) -> Answer:
-        trending = await self.redis.zrevrange(self.keys.trend(), 0, k - 1, withscores=True)
-        return Answer(_normalised_trending(cast(Any, trending), k, set(), 1.0), MSG_TRENDING)
+        hidden = await self.hidden_items()
+        trending = await self.redis.zrevrange(self.keys.trend(), 0, k + len(hidden) - 1,
+                                              withscores=True)
+        return Answer(_normalised_trending(cast(Any, trending), k, {int(h) for h in hidden},
+                                           1.0), MSG_TRENDING)
+
+    async def hidden_items(self, max_age: float = 1.0) -> scoring.U64:
+        """Hidden item hashes, re-read at most every ``max_age`` seconds per process."""
+        fetched, items = self._hidden
+        if time.monotonic() - fetched > max_age:
+            members: set[bytes] = await self.redis.smembers(  # type: ignore[assignment]
+                self.keys.hidden())
+            items = np.array(sorted(int.from_bytes(bytes.fromhex(m.decode()), "little")
+                                    for m in members), dtype=np.uint64)
+            self._hidden = (time.monotonic(), items)
+        return items
+
+    # --- admin operations ---------------------------------------------------------------------
+    async def hide(self, item_id: str, hidden: bool) -> None:
+        key, member = self.keys.hidden(), item_hash(item_id).hex()
+        await (self.redis.sadd(key, member) if hidden else self.redis.srem(key, member))
+        self._hidden = (-1.0, self._hidden[1])
+
+    async def forget_item(self, item_id: str) -> int:
+        """Delete an item's learned state: its neighbour index, frequency and trending score,
+        and its entries in the histories of the sessions its index lists. Returns how many
+        histories were scrubbed. (Histories older than the index reaches expire on their own;
+        hide the item too if it must never come back.)"""
+        h = item_hash(item_id)
+        index_key = self.keys.index(h)
+        blob: bytes = await self.redis.get(index_key) or b""  # type: ignore[assignment]
+        sessions = [blob[o + 8:o + 16] for o in range(0, len(blob), 16)]
+        keys = [self.keys.history(s) for s in sessions]
+        histories: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
+            keys) if keys else []
+        scrubbed = 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, history in zip(keys, histories, strict=True):
+                if not history:
+                    continue
+                kept = b"".join(history[o:o + 16] for o in range(0, len(history), 16)
+                                if history[o:o + 8] != h)
+                if kept != history:
+                    pipe.set(key, kept, keepttl=True)
+                    scrubbed += 1
+            pipe.delete(index_key)
+            pipe.hdel(self.keys.doc_freq(shard_of(h)), h.hex())
+            pipe.zrem(self.keys.trend(), item_id)
+            await pipe.execute()
+        return scrubbed
+
+    async def reset_session(self, session_id: str) -> None:
+        """Forget a visitor's session: live interactions and learned history."""
+        s = session_hash(session_id)
+        p = partition_of(s, self.settings.partitions)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.live_items(s), self.keys.live_ratings(s), self.keys.history(s))
+            pipe.zrem(self.keys.live_registry(p), s.hex())
+            await pipe.execute()
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
@@ -263,7 +321,9 @@ class Store:
                 scores = scoring.apply_idf(scores, df, n_sessions, params)
         if seen is None:
             candidates, scores = scoring.add_repeats(candidates, scores, query, params)
-        best, best_scores = scoring.top(candidates, scores, k, seen)
+        hidden = await self.hidden_items()
+        exclude = hidden if seen is None else np.concatenate((seen, hidden))
+        best, best_scores = scoring.top(candidates, scores, k, exclude)
         names = await self.item_names(best)
         found: list[dict[str, Any]] = [
             {"id": name, "score": round(float(sc / best_scores[0]), 6)}
@@ -272,9 +332,7 @@ class Store:
             return Answer(found, MSG_SIMILAR if found else MSG_NO_SIMILAR)
         if len(found) >= k:
             return Answer(found, MSG_SESSION)
-        taken = {r["id"] for r in found}
-        if seen is not None:
-            taken |= {int(x) for x in seen}
+        taken: set[Any] = {r["id"] for r in found} | {int(x) for x in exclude}
         floor = float(found[-1]["score"]) if found else 1.0
         filler = _normalised_trending(trending, k - len(found), taken, floor)
         if not found:

@@ -68,9 +68,11 @@
     write(QUEUE_KEY, queue);
     var body = JSON.stringify({ events: batch });
     var url = cfg.endpoint + "/events";
+    // a beacon cannot carry headers: a (publishable) key travels in the query instead
+    var beaconUrl = cfg.key ? url + "?key=" + encodeURIComponent(cfg.key) : url;
     var sent = false;
-    if (!cfg.key && global.navigator && global.navigator.sendBeacon) {
-      try { sent = global.navigator.sendBeacon(url, new Blob([body], { type: "text/plain" })); }
+    if (global.navigator && global.navigator.sendBeacon) {
+      try { sent = global.navigator.sendBeacon(beaconUrl, new Blob([body], { type: "text/plain" })); }
       catch (e) { sent = false; }
     }
     if (!sent && global.fetch) {

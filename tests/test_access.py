@@ -1,0 +1,98 @@
+"""API keys, admin operations and rate limiting, through HTTP against a real Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.app import STORE, create_app
+from service.settings import Settings
+from tests.conftest import Client
+from tests.helpers import drain
+
+PUB, SECRET = "pk_test_browser", "sk_test_admin"
+
+
+async def keyed(aiohttp_client: Any, settings: Settings, **extra: Any) -> Client:
+    client: Client = await aiohttp_client(create_app(settings.replace(
+        publishable_keys=PUB, secret_keys=SECRET, **extra)))
+    return client
+
+
+async def test_keys_gate_public_and_admin_routes(aiohttp_client: Any,
+                                                 settings: Settings) -> None:
+    client = await keyed(aiohttp_client, settings)
+    body: dict[str, Any] = {"user_interactions": {}}
+    missing = await client.post("/iid_recommend", json=body)
+    assert missing.status == 401
+    assert (await missing.json())["error"]["field"] == "X-API-Key"
+    assert (await client.post("/iid_recommend", json=body,
+                              headers={"X-API-Key": "nope"})).status == 401
+    for key in (PUB, SECRET):
+        assert (await client.post("/iid_recommend", json=body,
+                                  headers={"X-API-Key": key})).status == 200
+    # a beacon cannot send headers: publishable keys may come in the query, secret ones not
+    event = b'{"session_id": "s", "item_id": "a"}'
+    assert (await client.post(f"/events?key={PUB}", data=event)).status == 202
+    assert (await client.post(f"/events?key={SECRET}", data=event)).status == 401
+    forbidden = await client.post("/admin/items/a/hide", headers={"X-API-Key": PUB})
+    assert forbidden.status == 403
+    assert (await forbidden.json())["error"]["code"] == "forbidden"
+    assert (await client.post("/admin/items/a/hide", headers={"X-API-Key": SECRET})).status \
+        == 200
+    # open routes stay open
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/sdk.js", "/demo"):
+        assert (await client.get(path)).status == 200, path
+
+
+async def test_hide_forget_and_reset(client: Client, settings: Settings) -> None:
+    events = []
+    for s in range(12):
+        events += [{"session_id": f"s{s}", "item_id": "espresso", "timestamp": 100 + s},
+                   {"session_id": f"s{s}", "item_id": "grinder", "timestamp": 101 + s},
+                   {"session_id": f"s{s}", "item_id": f"x{s % 3}", "timestamp": 102 + s}]
+    assert (await client.post("/events", json={"events": events})).status == 202
+    await drain(settings)
+
+    async def ids(path: str, body: Any = None) -> list[str]:
+        resp = await (client.post(path, json=body) if body else client.get(path))
+        return [r["id"] for r in (await resp.json())["recommendations"]]
+
+    ask = {"user_interactions": {"espresso": {}}, "k": 10}
+    assert (await ids("/iid_recommend", ask))[0] == "grinder"
+    assert (await client.post("/admin/items/grinder/hide")).status == 200
+    store = client.app[STORE]
+    store._hidden = (-1.0, store._hidden[1])  # another process would see it within 1 s
+    assert "grinder" not in await ids("/iid_recommend", ask)
+    assert "grinder" not in await ids("/items/espresso/similar")
+    assert "grinder" not in await ids("/popular?k=50")
+    assert (await client.delete("/admin/items/grinder/hide")).status == 200
+    assert (await ids("/iid_recommend", ask))[0] == "grinder"
+
+    forgot = await client.delete("/admin/items/grinder")
+    assert (await forgot.json()) == {"item_id": "grinder", "forgotten": True,
+                                     "histories_scrubbed": 12}
+    assert "grinder" not in await ids("/iid_recommend", ask)
+    assert await ids("/items/grinder/similar") == []
+    assert "grinder" not in await ids("/popular?k=50")
+
+    assert (await client.post("/events", json={"session_id": "v", "item_id": "x1"})).status \
+        == 202
+    assert (await (await client.get("/stats")).json())["live_sessions"] == 13
+    assert (await client.delete("/admin/sessions/v")).status == 200
+    body = await (await client.get("/sessions/v/recommendations")).json()
+    assert body["message"].startswith("Trending")
+    assert (await (await client.get("/stats")).json())["live_sessions"] == 12
+
+
+async def test_rate_limit_answers_429_with_retry_after(aiohttp_client: Any,
+                                                       settings: Settings) -> None:
+    client = await keyed(aiohttp_client, settings, rate_limit=0.5, rate_burst=3)
+    headers = {"X-API-Key": PUB}
+    statuses = [(await client.get("/popular", headers=headers)).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = await client.get("/popular", headers=headers)
+    assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert (await limited.json())["error"]["code"] == "rate_limited"
+    # another client has its own bucket; open routes are never limited
+    assert (await client.get("/popular", headers={"X-API-Key": SECRET})).status == 200
+    assert (await client.get("/healthz")).status == 200
