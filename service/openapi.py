@@ -28,7 +28,23 @@ def _k(s: Settings) -> dict[str, Any]:
 
 def openapi_document(s: Settings) -> dict[str, Any]:
     ident = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
-    errors = {"400": _error(), "413": _error(), "503": _error()}
+    errors = {"400": _error(), "401": _error(), "403": _error(), "413": _error(),
+              "429": _error(), "503": _error()}
+    admin_errors = {"400": _error(), "401": _error(), "403": _error(), "503": _error()}
+    public: list[dict[str, list[str]]] = [{"apiKey": []}, {"apiKeyQuery": []}, {}]
+    secret: list[dict[str, list[str]]] = [{"apiKey": []}, {}]
+
+    def done(description: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": {
+            "type": "object", "properties": fields}}}}
+
+    def item_admin(summary: str, flag: str) -> dict[str, Any]:
+        return {"summary": summary, "security": secret,
+                "parameters": [{"name": "item_id", "in": "path", "required": True,
+                                "schema": ident}],
+                "responses": {"200": done("Done", {"item_id": {"type": "string"},
+                                                   flag: {"type": "boolean"}}),
+                              **admin_errors}}
     event = {
         "type": "object", "additionalProperties": False,
         "required": ["session_id", "item_id"],
@@ -93,6 +109,22 @@ def openapi_document(s: Settings) -> dict[str, Any]:
                 "summary": "Trending items (time-decayed popularity)",
                 "parameters": [_k(s)],
                 "responses": {"200": _answer("Trending items"), **errors}}},
+            "/admin/items/{item_id}/hide": {
+                "post": item_admin("Hide an item: it is never recommended (within 1 s)",
+                                   "hidden"),
+                "delete": item_admin("Unhide an item", "hidden")},
+            "/admin/items/{item_id}": {"delete": {
+                **item_admin("Forget an item's learned state", "forgotten"),
+                "description": "Deletes its neighbour index, frequency and trending score "
+                               "and scrubs it from the histories its index lists."}},
+            "/admin/sessions/{session_id}": {"delete": {
+                "summary": "Reset a session: its live interactions and learned history",
+                "security": secret,
+                "parameters": [{"name": "session_id", "in": "path", "required": True,
+                                "schema": ident}],
+                "responses": {"200": done("Done", {"session_id": {"type": "string"},
+                                                   "reset": {"type": "boolean"}}),
+                              **admin_errors}}},
             "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
                 "200": {"description": "Counters", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},
@@ -108,7 +140,14 @@ def openapi_document(s: Settings) -> dict[str, Any]:
             "/demo": {"get": {"summary": "A demo shop using the SDK",
                               "responses": {"200": {"description": "HTML"}}}},
         },
-        "components": {"schemas": {
+        "security": public,
+        "components": {"securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                       "description": "Publishable or secret key (needed once keys are "
+                                      "configured; admin routes need a secret key)."},
+            "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "key",
+                            "description": "A publishable key, for navigator.sendBeacon."},
+        }, "schemas": {
             "RecommendRequest": {
                 "type": "object", "additionalProperties": False,
                 "required": ["user_interactions"],
