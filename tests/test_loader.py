@@ -22,6 +22,7 @@ async def test_load_equals_stream(settings: Settings) -> None:
 
     loaded = settings.replace(namespace=settings.namespace + "-load")
     store = Store(loaded)
+    await store.prepare()  # as `sessionrec load` does
     report = await load(store, events)
     assert report.events == 2500 and report.items > 50
     r: Any = store.redis
