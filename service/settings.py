@@ -222,6 +222,12 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
     return Settings.from_env(env, **overrides)
 
 
+MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "position_decay",
+                    "sequence_weight", "before_weight", "idf_weight", "repeat_weight",
+                    "index_cap", "history_cap", "trend_half_life")
+"""The settings that shape the model (docs/ACCURACY.md lists them)."""
+
+
 def markdown_table(names: Sequence[str] | None = None) -> str:
     rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for f in fields(Settings):
@@ -233,20 +239,17 @@ def markdown_table(names: Sequence[str] | None = None) -> str:
     return "\n".join(rows)
 
 
-def update_readme(path: str) -> None:
-    """Replace the configuration table in a README with the current one."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    start = text.index("| setting | env | default | meaning |")
-    end = text.index("\n\n", start)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text[:start] + markdown_table() + text[end:])
+def update_tables(readme: str, accuracy: str) -> None:
+    """Replace the settings tables in the README and docs/ACCURACY.md with current ones."""
+    for path, names in ((readme, None), (accuracy, MODEL_PARAMETERS)):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        start = text.index("| setting | env | default | meaning |")
+        end = text.index("\n\n", start)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text[:start] + markdown_table(names) + text[end:])
 
 
 if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) > 1:
-        update_readme(sys.argv[1])
-    else:
-        print(markdown_table())
+    # python -m service.settings: refresh the tables in README.md and docs/ACCURACY.md
+    update_tables("README.md", "docs/ACCURACY.md")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.settings import markdown_table
+from service.settings import MODEL_PARAMETERS, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_configuration_table_matches_settings() -> None:
+def test_settings_tables_match_the_settings_object() -> None:
     assert markdown_table() in (ROOT / "README.md").read_text()
+    assert markdown_table(MODEL_PARAMETERS) in (ROOT / "docs" / "ACCURACY.md").read_text()
 
 
 def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
