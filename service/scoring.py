@@ -40,12 +40,12 @@ HISTORY_DTYPE = np.dtype([("i", "<u8"), ("t", ">i8")])
 class Params:
     query_items: int = 20
     sample_sessions: int = 500
-    neighbours: int = 100
-    sequence_weight: float = 1.0
-    before_weight: float = 0.0
-    position_decay: float = 1.0
-    idf_weight: float = 0.0
-    repeat_weight: float = 0.0
+    neighbours: int = 200
+    sequence_weight: float = 1.5
+    before_weight: float = 1.0
+    position_decay: float = 2.0
+    idf_weight: float = 1.0
+    repeat_weight: float = 2.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:

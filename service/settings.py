@@ -129,25 +129,25 @@ class Settings:
         default=500, metadata=_doc("Most recent candidate sessions considered.",
                                    commands=SERVE))
     neighbours: int = field(
-        default=100, metadata=_doc("Neighbour sessions whose items are scored.",
+        default=200, metadata=_doc("Neighbour sessions whose items are scored.",
                                    commands=SERVE))
     sequence_weight: float = field(
-        default=1.0,
+        default=1.5,
         metadata=_doc("Extra weight, divided by the distance, for items that follow the "
                       "session's most recent item inside a neighbour session.", commands=SERVE))
     before_weight: float = field(
-        default=0.0,
+        default=1.0,
         metadata=_doc("The same for items that precede it (0: none).", commands=SERVE))
     position_decay: float = field(
-        default=1.0,
+        default=2.0,
         metadata=_doc("Session item at distance d from the end weighs (1 + d)^-decay.",
                       commands=SERVE))
     idf_weight: float = field(
-        default=0.0,
+        default=1.0,
         metadata=_doc("Scores are multiplied by log(1 + sessions / sessions with the item)"
                       "^idf_weight, so hubs do not crowd out specific items.", commands=SERVE))
     repeat_weight: float = field(
-        default=0.0,
+        default=2.0,
         metadata=_doc("With recommend_seen, boost for items of the session itself (times their "
                       "recency weight), relative to the best neighbourhood score.",
                       commands=SERVE))

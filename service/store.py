@@ -222,6 +222,8 @@ class Store:
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, session_id: str | None = None) -> Answer:
         hashes = [item_hash(item) for item, _, _ in interactions]
+        for h, (item, _, _) in zip(hashes, interactions, strict=True):
+            self.names.put(int.from_bytes(h, "little"), item)  # the request names them
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                     [r for _, _, r in interactions], self.params)
         exclude_session = (int.from_bytes(session_hash(session_id), "little")

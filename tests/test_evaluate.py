@@ -29,6 +29,11 @@ TRAIN = "session_id\titem_id\tpos\n1\tA\t0\n1\tB\t1\n2\tA\t0\n2\tB\t1\n3\tA\t0\n
 TEST = "session_id\titem_id\tpos\n9\tA\t0\n9\tB\t1\n9\tC\t2\n"
 
 
+HAND = {"sequence_weight": 1.0, "before_weight": 0.0, "position_decay": 1.0, "idf_weight": 0.0,
+        "repeat_weight": 0.0, "neighbours": 100}
+"""The parameters the hand-computed answers assume."""
+
+
 @pytest.fixture
 def logs(tmp_path: Path) -> tuple[ClickLog, ClickLog]:
     (tmp_path / "train.tsv").write_text(TRAIN)
@@ -82,8 +87,7 @@ async def test_served_model_through_http_hand_computed(settings: Settings,
     B 2*(1+1) = 4 > A 3 > C 2. [A, B] -> C: sessions 1, 2 share A (1/2) and B (1): 1.5 each,
     session 3 only A: 0.5. A 3.5 > B 3 > C 0.5*(1+1) = 1: C ranks 3rd."""
     train, test = logs
-    model = ServedModel(settings.replace(sequence_weight=1.0, before_weight=0.0,
-                                         position_decay=1.0, idf_weight=0.0), http=True)
+    model = ServedModel(settings.replace(**HAND), http=True)
     try:
         result = await run_static(model, train, test, progress=False)
     finally:
@@ -96,7 +100,7 @@ async def test_streaming_protocol_learns_as_events_arrive(settings: Settings,
                                                           logs: tuple[ClickLog, ClickLog]
                                                           ) -> None:
     train, test = logs
-    model = ServedModel(settings, http=True)
+    model = ServedModel(settings.replace(**HAND), http=True)
     try:
         result = await run_streaming(model, train, test, progress=False)
         stats = await wait_drained(model.store)

@@ -10,7 +10,9 @@ from service.keyspace import item_hash, session_hash
 from service.model import history_entry, index_entry, time_key
 from service.scoring import Params
 
-P = Params(query_items=20, sample_sessions=500, neighbours=100, sequence_weight=0.0)
+P = Params(query_items=20, sample_sessions=500, neighbours=100, sequence_weight=0.0,
+           before_weight=0.0, position_decay=1.0, idf_weight=0.0, repeat_weight=0.0)
+"""Every parameter pinned: the hand-computed answers below must not follow the defaults."""
 
 
 def u64(h: bytes) -> int:
@@ -54,7 +56,7 @@ def test_neighbour_similarity_sums_shared_item_weights() -> None:
 def test_sample_keeps_most_recent_candidates_and_excludes_self() -> None:
     q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
     blob = index(*[(float(t), f"s{t}") for t in range(10)])
-    small = Params(20, 3, 100, 0.0)
+    small = Params(20, 3, 100, 0.0, position_decay=1.0)
     sessions, _ = scoring.neighbours(q, [blob], small, u64(session_hash("s9")))
     assert {int(s) for s in sessions} == {u64(session_hash(f"s{t}")) for t in (6, 7, 8)}
 
@@ -70,7 +72,7 @@ def test_items_score_by_neighbour_similarity_once_per_neighbour() -> None:
 
 def test_sequence_weight_boosts_what_follows_the_last_item() -> None:
     q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
-    seq = Params(20, 500, 100, sequence_weight=1.0)
+    seq = Params(20, 500, 100, sequence_weight=1.0, before_weight=0.0)
     items, scores = scoring.score(q, [history("y", "a", "x", "z")], np.array([1.0]), seq)
     got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
     assert got[u64(item_hash("x"))] == pytest.approx(2.0)  # distance 1: 1 + 1/1
