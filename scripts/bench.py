@@ -2,7 +2,7 @@
 
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append docs/BENCHMARKS.md
-    python scripts/bench.py api|latency|worker|load --data DIR
+    python scripts/bench.py api|latency|session20|worker|load --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -56,12 +56,12 @@ BARE = ROOT / "scripts" / "bare_server.py"
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-def bodies(data: Path, n: int = 2000, max_items: int = 20) -> list[bytes]:
+def bodies(data: Path, n: int = 2000, max_items: int = 20, min_items: int = 1) -> list[bytes]:
     train = clicklog.read(data / "train.tsv")
     test = align_times(train, clicklog.read(data / "test.tsv"))
     out = []
     for case in static_cases(test):
-        if len(case.prefix) > max_items:
+        if not min_items <= len(set(case.prefix)) <= max_items:
             continue
         inter = {item: {"timestamp": int(ts)} for item, ts in zip(case.prefix, case.times,
                                                                   strict=True)}
@@ -226,6 +226,34 @@ def bench_latency(settings: Settings, data: Path, rate: float, seconds: float, r
             "p99 ms": median(p99s), "rounds": rounds, "seconds per round": seconds}
 
 
+async def sequential(url: str, payloads: list[bytes], n: int) -> list[float]:
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(n):
+            started = time.perf_counter()
+            async with session.post(url, data=payloads[i % len(payloads)],
+                                    headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
+                assert resp.status == 200
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def bench_session20(settings: Settings, data: Path, rounds: int) -> dict[str, Any]:
+    """One request at a time, every session exactly 20 distinct items (the longest the
+    scorer looks at), end to end through HTTP on one serve process."""
+    payloads = bodies(data, n=500, max_items=20, min_items=20)
+    p50s, p99s = [], []
+    with sessionrec_server(settings) as api:
+        asyncio.run(sequential(api + "/iid_recommend", payloads, 200))  # warm-up
+        for _ in range(rounds):
+            lat = np.array(asyncio.run(sequential(api + "/iid_recommend", payloads, 2000)))
+            p50s.append(float(np.percentile(lat * 1000, 50)))
+            p99s.append(float(np.percentile(lat * 1000, 99)))
+    return {"distinct sessions": len(payloads), "p50 ms": median(p50s), "p99 ms": median(p99s),
+            "requests per round": 2000, "rounds": rounds}
+
+
 def redis_benchmark_hincrby(url_port: int, n: int = 2_000_000) -> float:
     out = subprocess.run(["redis-benchmark", "-p", str(url_port), "-P", "32", "-n", str(n), "-q",
                           "hincrby", "bench:h", "__rand_int__", "1", "-r", "100000"],
@@ -291,7 +319,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("api", "latency", "worker", "load", "all"))
+    parser.add_argument("what", choices=("api", "latency", "session20", "worker", "load",
+                                         "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -299,11 +328,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
-    chosen = ("load", "api", "latency", "worker") if args.what == "all" else (args.what,)
+    chosen = ("load", "api", "latency", "session20", "worker") if args.what == "all" \
+        else (args.what,)
     sections = []
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
-        if set(chosen) & {"api", "latency"}:
+        if set(chosen) & {"api", "latency", "session20"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "api":
@@ -313,6 +343,9 @@ def main() -> None:
                 figures = bench_latency(settings, args.data, args.rate, args.seconds,
                                         args.rounds)
                 title = f"POST /iid_recommend at a fixed {args.rate:.0f} req/s, open loop"
+            elif what == "session20":
+                figures = bench_session20(settings, args.data, args.rounds)
+                title = "POST /iid_recommend, 20-item sessions, one request at a time"
             elif what == "worker":
                 figures = bench_worker(settings, args.data, args.rounds)
                 title = "one worker applying the DIGINETICA training log"
