@@ -256,7 +256,7 @@ def bench_session20(settings: Settings, data: Path, rounds: int) -> dict[str, An
 
 def redis_benchmark_hincrby(url_port: int, n: int = 2_000_000) -> float:
     out = subprocess.run(["redis-benchmark", "-p", str(url_port), "-P", "32", "-n", str(n), "-q",
-                          "hincrby", "bench:h", "__rand_int__", "1", "-r", "100000"],
+                          "-r", "100000", "hincrby", "bench:h", "__rand_int__", "1"],
                          capture_output=True, text=True, check=True).stdout
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
 
@@ -330,7 +330,11 @@ def main() -> None:
     args = parser.parse_args()
     chosen = ("load", "api", "latency", "session20", "worker") if args.what == "all" \
         else (args.what,)
-    sections = []
+    if args.append:
+        command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+        with args.append.open("a", encoding="utf-8") as f:
+            f.write(f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M} — {MACHINE}\n\n"
+                    f"Command: `{command}`\n")
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         if set(chosen) & {"api", "latency", "session20"}:
@@ -352,14 +356,10 @@ def main() -> None:
             else:
                 figures = bench_load(settings, args.data)
                 title = "sessionrec load of the DIGINETICA training log"
-            sections.append(table(title, figures))
-            print(sections[-1], flush=True)
-    if args.append:
-        command = "python scripts/bench.py " + " ".join(sys.argv[1:])
-        header = (f"\n## {datetime.datetime.now():%Y-%m-%d %H:%M} — {MACHINE}\n\n"
-                  f"Command: `{command}`\n\n")
-        with args.append.open("a", encoding="utf-8") as f:
-            f.write(header + "\n".join(sections))
+            print(table(title, figures), flush=True)
+            if args.append:  # as soon as measured: a later failure loses nothing
+                with args.append.open("a", encoding="utf-8") as f:
+                    f.write("\n" + table(title, figures))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ class RedisProcess:
     """``with RedisProcess() as url: ...`` runs a throwaway redis-server (no persistence unless
     extra arguments ask for it) and stops it on exit."""
 
-    def __init__(self, *extra: str, directory: Path | None = None) -> None:
+    def __init__(self, *extra: str, directory: Path | None = None,
+                 port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH: install it with "
@@ -31,7 +32,7 @@ class RedisProcess:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="sessionrec-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",

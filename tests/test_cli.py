@@ -109,3 +109,32 @@ def test_every_command_has_help() -> None:
         out = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"],
                              capture_output=True, text=True, check=True).stdout
         assert "--redis-url" in out
+
+
+def test_serve_finishes_in_flight_requests_on_sigterm(settings: Settings) -> None:
+    """Requests already being answered when SIGTERM arrives complete; then exit 0."""
+    import asyncio
+
+    import aiohttp
+
+    port = free_port()
+    env = dict(os.environ, SESSIONREC_REDIS_URL=settings.redis_url,
+               SESSIONREC_NAMESPACE=settings.namespace, SESSIONREC_PORT=str(port))
+    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                              "serve"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(base, serve)
+    batch = {"events": [{"session_id": f"s{n}", "item_id": str(n)} for n in range(500)]}
+
+    async def storm() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            async def one() -> int:
+                async with session.post(base + "/events", json=batch) as resp:
+                    return resp.status
+            tasks = [asyncio.create_task(one()) for _ in range(40)]
+            await asyncio.sleep(0.05)  # requests are in flight
+            serve.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks, return_exceptions=False)
+    statuses = asyncio.run(storm())
+    assert serve.wait(15) == 0
+    assert statuses == [202] * 40
