@@ -4,16 +4,30 @@ Whatever is sent, the answer is a 2xx or a 4xx with the error shape: never a 5xx
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Client
 
-SWEEP = settings(max_examples=250, deadline=None,
+EXAMPLES = int(os.environ.get("SESSIONREC_SWEEP_EXAMPLES", "250"))
+"""Generated requests per test (4 tests). SESSIONREC_SWEEP_EXAMPLES=2500 sends 10,000."""
+SWEEP = settings(max_examples=EXAMPLES, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+STATUSES: Counter[int] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Iterator[None]:
+    yield
+    print(f"\nhostile sweep: {sum(STATUSES.values())} requests, statuses "
+          f"{dict(sorted(STATUSES.items()))}")
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63, max_value=2**80),
@@ -43,6 +57,7 @@ def encode(body: Any) -> bytes:
 
 
 async def check(resp: Any) -> None:
+    STATUSES[resp.status] += 1
     assert resp.status < 500, await resp.text()
     if resp.status >= 400:
         body = await resp.json()
