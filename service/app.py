@@ -19,7 +19,7 @@ from service.jsonutil import dumps
 from service.keyspace import lua
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
-from service.store import Store
+from service.store import MEMORY_URL, Store
 
 log = logging.getLogger("sessionrec.api")
 
@@ -261,7 +261,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[METRICS] = Metrics()
     app[KEYS] = access.Keys.from_settings(settings)
     app[LIMITER] = None
-    access.warn_if_open(app[KEYS])
+    if settings.redis_url != MEMORY_URL:  # the embedded demo is local by construction
+        access.warn_if_open(app[KEYS])
 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         own = store is None

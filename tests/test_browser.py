@@ -54,11 +54,25 @@ async def _serve(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
+VIEW_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<link rel="icon" href="data:,"><script src="{api}/sdk.js"></script></head><body>
+<div data-item-id="1033" data-track-view style="height: 200px">Dutch oven, in view</div>
+<div data-item-id="1040" style="height: 200px">Turntable, a thumbnail: views not tracked</div>
+<div style="height: 3000px"></div>
+<div data-item-id="1044" data-track-view>Bluetooth speaker, far below the fold</div>
+<script>sessionrec.init({{endpoint: "{api}"}});</script>
+</body></html>"""
+
+
 def _page_app(api: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=THIRD_PARTY_PAGE.format(api=api), content_type="text/html")
+
+    async def view_page(request: web.Request) -> web.Response:
+        return web.Response(text=VIEW_PAGE.format(api=api), content_type="text/html")
     app = web.Application()
     app.router.add_get("/", page)
+    app.router.add_get("/views", view_page)
     return app
 
 
@@ -176,3 +190,17 @@ async def test_origin_not_allowed_is_refused(stack: Stack, browser: Browser) -> 
         "sessionrec.recommend().then(() => 'answered', e => 'refused: ' + e.message)")
     assert outcome.startswith("refused")
     assert await rec_ids(page) == []
+
+
+async def test_views_are_tracked_when_an_element_stays_visible(stack: Stack,
+                                                               browser: Browser) -> None:
+    page = await browser.new_page(viewport={"width": 800, "height": 600})
+    errors = console_errors(page)
+    await page.goto(stack.allowed + "/views")
+    await page.wait_for_timeout(300)
+    assert await page.evaluate("sessionStorage.getItem('sessionrec:interactions')") is None
+    await page.wait_for_function(
+        "() => sessionStorage.getItem('sessionrec:interactions') !== null", timeout=5000)
+    stored = await page.evaluate("JSON.parse(sessionStorage.getItem('sessionrec:interactions'))")
+    assert list(stored) == ["1033"] and stored["1033"]["rating"] == 1  # a view
+    assert errors == []
