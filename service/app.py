@@ -255,8 +255,11 @@ def _static(path: str, content_type: str) -> Handler:
 
 # --- assembly -------------------------------------------------------------------------------
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    # long request lines and headers reach the app, which answers them with the JSON error
+    # shape, instead of the HTTP parser's plain-text 400
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[error_middleware])
+                          middlewares=[error_middleware],
+                          handler_args={"max_line_size": 1 << 16, "max_field_size": 1 << 16})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[KEYS] = access.Keys.from_settings(settings)
@@ -282,8 +285,10 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.cleanup_ctx.append(redis_lifecycle)
     app.router.add_post("/iid_recommend", iid_recommend)
     app.router.add_post("/events", post_events)
-    app.router.add_get("/sessions/{session_id}/recommendations", session_recommendations)
-    app.router.add_get("/items/{item_id:.+}/similar", similar)
+    # ids are opaque: any character, "/" and newlines included (percent-encoded in the path)
+    app.router.add_get("/sessions/{session_id:(?s:.+)}/recommendations",
+                       session_recommendations)
+    app.router.add_get("/items/{item_id:(?s:.+)}/similar", similar)
     app.router.add_get("/popular", popular)
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
@@ -291,10 +296,10 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/docs", docs)
-    app.router.add_post("/admin/items/{item_id:.+}/hide", hide_item)
-    app.router.add_delete("/admin/items/{item_id:.+}/hide", hide_item)
-    app.router.add_delete("/admin/items/{item_id:.+}", forget_item)
-    app.router.add_delete("/admin/sessions/{session_id}", reset_session)
+    app.router.add_post("/admin/items/{item_id:(?s:.+)}/hide", hide_item)
+    app.router.add_delete("/admin/items/{item_id:(?s:.+)}/hide", hide_item)
+    app.router.add_delete("/admin/items/{item_id:(?s:.+)}", forget_item)
+    app.router.add_delete("/admin/sessions/{session_id:(?s:.+)}", reset_session)
     app.router.add_get("/", index)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/sdk.js", _static("static/sdk.js", "application/javascript"))

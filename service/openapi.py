@@ -50,12 +50,14 @@ def openapi_document(s: Settings) -> dict[str, Any]:
         "required": ["session_id", "item_id"],
         "properties": {
             "session_id": ident,
-            "item_id": {"oneOf": [ident, {"type": "integer"}],
+            "item_id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
+                                          "maximum": 2**63 - 1}],
                         "description": "Stored as a string."},
             "timestamp": {"type": "number", "minimum": 0, "maximum": 1e11,
                           "description": "Unix seconds; default: time of receipt."},
             "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
-            "rating": {"type": "number", "description": "Finite; default implied by type."},
+            "rating": {"type": ["number", "null"], "minimum": -1e9, "maximum": 1e9,
+                       "description": "Finite; default (or null): implied by type."},
         },
     }
     return {
@@ -154,6 +156,7 @@ def openapi_document(s: Settings) -> dict[str, Any]:
                 "properties": {
                     "user_interactions": {
                         "type": "object", "maxProperties": s.max_interactions,
+                        "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
                         "description": "Keyed by item id; may be empty (then trending items).",
                         "additionalProperties": {
                             "type": "object", "additionalProperties": False,
@@ -161,7 +164,8 @@ def openapi_document(s: Settings) -> dict[str, Any]:
                                 "timestamp": {"type": "number", "minimum": 0,
                                               "maximum": 1e11,
                                               "description": "Unix seconds; default now."},
-                                "rating": {"type": "number",
+                                "rating": {"type": "number", "minimum": -1e9,
+                                           "maximum": 1e9,
                                            "description": "Finite; default 1 (a view)."}}}},
                     "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
                     "recommend_seen": {"type": "boolean", "default": False}}},

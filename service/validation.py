@@ -67,6 +67,8 @@ def rating(value: Any, field: str) -> float:
 
 
 def integer(value: Any, field: str, *, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 10.0 is the integer 10
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(field, f"{field} must be an integer from {low} to {high}, "
                              f"not {_type_name(value)}.")
@@ -75,8 +77,16 @@ def integer(value: Any, field: str, *, low: int, high: int) -> int:
     return value
 
 
+INT_ID_RANGE = (-(2**63), 2**63 - 1)
+
+
 def identifier(value: Any, field: str, settings: Settings, *, allow_int: bool = False) -> str:
+    if allow_int and isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        value = int(value)  # 275776.0 is the integer 275776 in JSON (exact up to 2^53)
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        if not INT_ID_RANGE[0] <= value <= INT_ID_RANGE[1]:
+            raise invalid(field, f"{field} as an integer must fit in 64 bits; send larger ids "
+                                 "as strings.")
         value = str(value)
     if not isinstance(value, str):
         kinds = "a string or an integer" if allow_int else "a string"

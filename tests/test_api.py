@@ -273,3 +273,29 @@ async def test_cors_allow_list_and_preflight(aiohttp_client: Any, settings: Sett
     host = f"http://{client.host}:{client.port}"
     assert (await client.post("/iid_recommend", json=body, headers={"Origin": host})).status \
         == 200
+
+
+async def test_path_ids_may_hold_any_character(client: Client, settings: Settings) -> None:
+    from urllib.parse import quote
+
+    odd = "a/b\nc {x}:y"
+    events = [{"session_id": odd, "item_id": odd}, {"session_id": odd, "item_id": "z"},
+              {"session_id": "t", "item_id": odd}, {"session_id": "t", "item_id": "z"}]
+    await post_all(client, events)
+    await drain(settings)
+    similar = await client.get(f"/items/{quote(odd, safe='')}/similar")
+    assert similar.status == 200
+    assert check_answer(await similar.json(), 10) == ["z"]
+    session = await client.get(f"/sessions/{quote(odd, safe='')}/recommendations"
+                               "?recommend_seen=true")
+    assert session.status == 200
+    assert set(check_answer(await session.json(), 10)) == {odd, "z"}
+    too_long = await client.get(f"/items/{'x' * 10_000}/similar")
+    assert too_long.status == 400
+    check_error(await too_long.json(), "invalid", "item_id")
+
+
+async def test_null_rating_means_none(client: Client) -> None:
+    resp = await client.post("/events", json={"session_id": "s", "item_id": "a",
+                                              "rating": None})
+    assert resp.status == 202

@@ -32,6 +32,12 @@ def test_seed_request_parses_in_order() -> None:
     assert (req.k, req.recommend_seen) == (10, True)
 
 
+def test_integral_numbers_are_integers() -> None:
+    assert validation.recommend_request({"user_interactions": {}, "k": 7.0}, S, NOW).k == 7
+    ev = validation.events({"session_id": "s", "item_id": 275776.0}, S, NOW)[0]
+    assert ev.item_id == "275776"
+
+
 def test_defaults_missing_timestamp_is_now_and_rating_is_a_view() -> None:
     req = validation.recommend_request({"user_interactions": {"a": {}}}, S, NOW)
     assert req.interactions[0].timestamp == NOW
@@ -56,6 +62,7 @@ def test_defaults_missing_timestamp_is_now_and_rating_is_a_view() -> None:
     ({"user_interactions": {}, "k": 51}, "k"),
     ({"user_interactions": {}, "k": True}, "k"),
     ({"user_interactions": {}, "k": 2.5}, "k"),
+    ({"user_interactions": {}, "k": 1e300}, "k"),
     ({"user_interactions": {}, "recommend_seen": "yes"}, "recommend_seen"),
     ({"user_interactions": {}, "recomend_seen": True}, "recomend_seen"),
 ])
@@ -79,6 +86,8 @@ def test_events_single_and_batch() -> None:
     ({"session_id": 7, "item_id": "a"}, "session_id"),
     ({"session_id": "s", "item_id": True}, "item_id"),
     ({"session_id": "s", "item_id": 1.5}, "item_id"),
+    ({"session_id": "s", "item_id": 2**64}, "item_id"),
+    ({"session_id": "s", "item_id": -9223372036854775809.0}, "item_id"),
     ({"session_id": "s", "item_id": "a", "type": "hover"}, "type"),
     ({"events": [{"session_id": "s", "item_id": "a"}, {"session_id": "", "item_id": "a"}]},
      "events[1].session_id"),
