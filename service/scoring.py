@@ -100,11 +100,12 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
 def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params,
                exclude_session: int | None = None) -> tuple[U64, F64]:
     """Neighbour sessions and their similarities, most similar first."""
-    parts = [np.frombuffer(b, dtype=INDEX_DTYPE) if b else None for b in index_blobs]
-    lengths = [0 if p is None else len(p) for p in parts]
-    if not sum(lengths):
+    blobs = [b or b"" for b in index_blobs]
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64,
+                          count=len(blobs)) // INDEX_DTYPE.itemsize
+    if not lengths.sum():
         return np.zeros(0, np.uint64), np.zeros(0)
-    data = np.concatenate([p for p in parts if p is not None])
+    data = np.frombuffer(b"".join(blobs), dtype=INDEX_DTYPE)
     weight = np.repeat(query.weights, lengths)
     sessions, inverse = np.unique(data["s"], return_inverse=True)
     similarity = np.bincount(inverse, weights=weight, minlength=len(sessions)).astype(np.float64)
@@ -124,18 +125,19 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
 def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
           params: Params) -> tuple[U64, F64]:
     """Candidate items and their raw scores (unsorted)."""
-    parts = [np.frombuffer(b, dtype=HISTORY_DTYPE)["i"] if b else np.zeros(0, "<u8")
-             for b in history_blobs]
-    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    blobs = [b or b"" for b in history_blobs]
+    # one decode of the joined blobs: a frombuffer per neighbour costs more than the arithmetic
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64,
+                          count=len(blobs)) // HISTORY_DTYPE.itemsize
     if not lengths.sum():
         return np.zeros(0, np.uint64), np.zeros(0)
-    items = np.concatenate(parts).astype(np.uint64)
-    owner = np.repeat(np.arange(len(parts)), lengths)
+    items = np.frombuffer(b"".join(blobs), dtype=HISTORY_DTYPE)["i"].astype(np.uint64)
+    owner = np.repeat(np.arange(len(blobs)), lengths)
     weight = similarity[owner].astype(np.float64)
     if (params.sequence_weight or params.before_weight) and len(query.items):
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         position = np.arange(len(items)) - starts[owner]
-        anchor = _anchors(query, items, owner, position, len(parts))[owner]
+        anchor = _anchors(query, items, owner, position, len(blobs))[owner]
         distance = position - anchor
         anchored = anchor >= 0  # the neighbour contains a session item
         after = anchored & (distance > 0)

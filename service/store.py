@@ -21,7 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from service import scoring
+from service import resp, scoring
 from service.entries import encode, number
 from service.keyspace import (
     GROUP,
@@ -315,8 +315,7 @@ class Store:
         candidates = np.zeros(0, np.uint64)
         scores = np.zeros(0)
         if len(sessions):
-            histories: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
-                [self.keys.history(scoring.to_hash(s)) for s in sessions])
+            histories = await self.mget(self.keys.histories(sessions))
             candidates, scores = scoring.score(query, histories, similarity, params)
             if params.idf_weight:
                 df, n_sessions = await self.doc_freq(candidates)
@@ -340,6 +339,26 @@ class Store:
         if not found:
             return Answer(filler, MSG_POPULAR)
         return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        """MGET through a pre-packed command on a pooled connection (the hot path's biggest
+        read); the embedded store takes the client's ordinary path."""
+        if self.settings.redis_url == MEMORY_URL:
+            return await self.redis.mget(keys)  # type: ignore[return-value]
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(resp.pack(b"MGET", [k.encode() for k in keys]),
+                                           check_health=False)
+            reply = await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply  # type: ignore[no-any-return]
 
     async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one

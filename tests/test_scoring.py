@@ -126,3 +126,12 @@ def test_repeats_boost_the_sessions_own_items_by_recency() -> None:
                                  u64(item_hash("a")): 0.5})
     same = scoring.add_repeats(c, np.array([2.0, 4.0]), q, Params(repeat_weight=0.0))
     assert list(same[1]) == [2.0, 4.0]
+
+
+def test_history_keys_vectorised_equal_one_by_one() -> None:
+    from service.keyspace import Keys
+
+    keys = Keys("ns", 7)
+    hashes = [session_hash(f"s{n}") for n in range(50)]
+    many = keys.histories(scoring.as_u64(hashes))
+    assert many == [keys.history(h) for h in hashes]

@@ -1,0 +1,21 @@
+"""The hand-packed RESP command is what Redis expects (checked against a real server)."""
+
+from __future__ import annotations
+
+from service import resp
+from service.settings import Settings
+from service.store import Store
+
+
+def test_pack_is_resp() -> None:
+    assert resp.pack(b"MGET", [b"a", b"bc"]) == b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$2\r\nbc\r\n"
+    assert resp.pack(b"PING", []) == b"*1\r\n$4\r\nPING\r\n"
+
+
+async def test_packed_mget_against_redis(settings: Settings) -> None:
+    store = Store(settings)
+    keys = [f"{settings.namespace}:{{p0}}:k{n}\r\n{{}}" for n in range(300)]
+    await store.redis.mset({k: f"v{n}".encode() * n for n, k in enumerate(keys) if n % 3})
+    got = await store.mget(keys)
+    assert got == [None if n % 3 == 0 else f"v{n}".encode() * n for n in range(300)]
+    await store.close()
