@@ -157,5 +157,3 @@ def lua(name: str) -> str:
     """Source of one of the package's Lua scripts (``service/lua/<name>.lua``)."""
     return resources.files("service").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
-
-SCRIPTS = ("ingest", "commit", "trim", "lease", "ratelimit")
