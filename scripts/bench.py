@@ -2,7 +2,7 @@
 
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append docs/BENCHMARKS.md
-    python scripts/bench.py api|latency|session20|worker|load --data DIR
+    python scripts/bench.py api|latency|session20|worker|load|ingest|freshness --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -254,6 +254,80 @@ def bench_session20(settings: Settings, data: Path, rounds: int) -> dict[str, An
             "requests per round": 2000, "rounds": rounds}
 
 
+def bench_ingest(settings: Settings, seconds: int, rounds: int) -> dict[str, Any]:
+    """POST /events with batches of 500 events (wrk, 8 connections); events/s accepted."""
+    rnd = np.random.default_rng(3)
+    payloads = []
+    for b in range(200):
+        events = [{"session_id": f"ing-{b}-{n // 5}", "item_id": str(int(rnd.zipf(1.3)) % 40000),
+                   "type": "view"} for n in range(500)]
+        payloads.append(json.dumps({"events": events}).encode())
+    script = wrk_script(payloads, "/events")
+    rates = []
+    with sessionrec_server(settings.replace(namespace=settings.namespace + "-ingest")) as api:
+        for _ in range(rounds):
+            out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s", script, api],
+                                 capture_output=True, text=True, check=True).stdout
+            if "Non-2xx" in out:
+                raise RuntimeError(out)
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+            rates.append(rps * 500)
+    return {"events/s accepted (batches of 500)": median(rates), "rounds": rounds}
+
+
+async def _freshness(api: str, samples: int, background_rate: float) -> list[float]:
+    """Post a fresh pair of items in one session, poll /items/{a}/similar until b shows."""
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        async def background() -> None:
+            n = 0
+            start = time.perf_counter()
+            while not stop.is_set():
+                batch = [{"session_id": f"bg-{n}-{i // 4}", "item_id": str((n * 7 + i) % 5000)}
+                         for i in range(50)]
+                async with session.post(api + "/events", json={"events": batch}) as resp:
+                    assert resp.status == 202
+                n += 1
+                delay = start + n * 50 / background_rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        task = asyncio.create_task(background())
+        seen = []
+        for s in range(samples):
+            a, b = f"fresh-a-{s}", f"fresh-b-{s}"
+            started = time.perf_counter()
+            async with session.post(api + "/events", json={"events": [
+                    {"session_id": f"fresh-{s}", "item_id": a},
+                    {"session_id": f"fresh-{s}", "item_id": b}]}) as resp:
+                assert resp.status == 202
+            while True:
+                async with session.get(f"{api}/items/{a}/similar?k=5") as resp:
+                    ids = [r["id"] for r in (await resp.json())["recommendations"]]
+                if b in ids:
+                    break
+                await asyncio.sleep(0.001)
+            seen.append(time.perf_counter() - started)
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+    return seen
+
+
+def bench_freshness(settings: Settings, samples: int) -> dict[str, Any]:
+    s = settings.replace(namespace=settings.namespace + "-fresh")
+    env = {"SESSIONREC_REDIS_URL": s.redis_url, "SESSIONREC_NAMESPACE": s.namespace}
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                               "worker"], env={**os.environ, **env})
+    try:
+        with sessionrec_server(s) as api:
+            lat = np.array(asyncio.run(_freshness(api, samples, 500.0))) * 1000
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+    return {"background events/s": 500, "samples": samples,
+            "p50 ms": float(np.percentile(lat, 50)), "p99 ms": float(np.percentile(lat, 99))}
+
+
 def redis_benchmark_hincrby(url_port: int, n: int = 2_000_000) -> float:
     out = subprocess.run(["redis-benchmark", "-p", str(url_port), "-P", "32", "-n", str(n), "-q",
                           "-r", "100000", "hincrby", "bench:h", "__rand_int__", "1"],
@@ -320,7 +394,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("api", "latency", "session20", "worker", "load",
-                                         "all"))
+                                         "ingest", "freshness", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -328,8 +402,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
-    chosen = ("load", "api", "latency", "session20", "worker") if args.what == "all" \
-        else (args.what,)
+    chosen = ("load", "api", "latency", "session20", "worker", "ingest", "freshness") \
+        if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
         with args.append.open("a", encoding="utf-8") as f:
@@ -350,6 +424,12 @@ def main() -> None:
             elif what == "session20":
                 figures = bench_session20(settings, args.data, args.rounds)
                 title = "POST /iid_recommend, 20-item sessions, one request at a time"
+            elif what == "ingest":
+                figures = bench_ingest(settings, args.seconds, args.rounds)
+                title = "POST /events, batches of 500, wrk -t1 -c8"
+            elif what == "freshness":
+                figures = bench_freshness(settings, 300)
+                title = "accepted event -> visible in /items/{id}/similar, under background load"
             elif what == "worker":
                 figures = bench_worker(settings, args.data, args.rounds)
                 title = "one worker applying the DIGINETICA training log"

@@ -102,8 +102,12 @@ async def run(args: argparse.Namespace) -> int:
             kills += 1
             procs[victim] = spawn(crashed)
             if time.monotonic() - started > args.timeout:
-                print("timed out", flush=True)
+                print(f"kill phase ended after {args.timeout:.0f}s; draining", flush=True)
                 break
+        # whatever is left is applied by the surviving workers before states are compared
+        drain_deadline = time.monotonic() + 300
+        while (await store.stats())["pending"] > 0 and time.monotonic() < drain_deadline:
+            await asyncio.sleep(0.2)
         await asyncio.sleep(1.5)
         for p in procs:
             p.send_signal(signal.SIGTERM)
