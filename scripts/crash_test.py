@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,6 +78,22 @@ async def clean_pass(settings: Settings, events: list[Event]) -> None:
     await store.close()
 
 
+async def diagnose(store: Store) -> None:
+    """Why a partition is not draining: its group, pending entries, watermark and lease."""
+    from service.keyspace import GROUP
+
+    r: Any = store.redis
+    print("workers:", await r.zrange(store.keys.workers(), 0, -1, withscores=True))
+    for p in range(store.settings.partitions):
+        stream = store.keys.stream(p)
+        groups = await r.xinfo_groups(stream)
+        pending = await r.xpending_range(stream, GROUP, min="-", max="+", count=3)
+        print(f"partition {p}: lease={await r.get(store.keys.lease(p))!r} "
+              f"watermark={await r.get(store.keys.watermark(p))!r} len={await r.xlen(stream)} "
+              f"groups={[(g['name'], g['pending'], g['last-delivered-id'], g.get('lag')) for g in groups]} "  # noqa: E501
+              f"first pending={pending}", flush=True)
+
+
 async def run(args: argparse.Namespace) -> int:
     events = (list(clicklog.read(args.data).events())[:args.events] if args.data
               else generated(args.events, args.seed))
@@ -105,9 +122,11 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"kill phase ended after {args.timeout:.0f}s; draining", flush=True)
                 break
         # whatever is left is applied by the surviving workers before states are compared
-        drain_deadline = time.monotonic() + 300
+        drain_deadline = time.monotonic() + args.drain
         while (await store.stats())["pending"] > 0 and time.monotonic() < drain_deadline:
             await asyncio.sleep(0.2)
+        if (await store.stats())["pending"] > 0:
+            await diagnose(store)
         await asyncio.sleep(1.5)
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -138,6 +157,8 @@ def main() -> None:
                         help="mean seconds between kills")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--drain", type=float, default=300,
+                        help="seconds the surviving workers get to apply the rest")
     sys.exit(asyncio.run(run(parser.parse_args())))
 
 

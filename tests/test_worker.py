@@ -18,7 +18,7 @@ from service.model import Event
 from service.settings import Settings
 from service.store import Store, ensure_groups
 from tests.helpers import assert_same_state, drain, ingest, snapshot, wait_drained
-from workers.consumer import Entry, Worker
+from workers.consumer import Conflict, Entry, Worker
 
 
 def click_log(n_events: int, seed: int = 7) -> list[Event]:
@@ -186,4 +186,32 @@ async def test_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     assert dead[0][1][b"id"] == first_id and b"delivered 3 times" in dead[0][1][b"reason"]
     assert await r.xpending(stream, GROUP) == {"pending": 0, "min": None, "max": None,
                                                  "consumers": []}
+    await store.close()
+
+
+async def test_a_stale_reader_cannot_make_the_watermark_skip_entries(settings: Settings) -> None:
+    """During a lease handover the old holder (stalled, not dead) and the new one can both read
+    new entries: each gets its own batch. If the newer batch committed first, the watermark
+    would jump over the older one, which would then be acknowledged without effect. The commit
+    refuses any batch that does not start right after the watermark."""
+    s = settings.replace(partitions=1, batch_size=10)
+    events = click_log(30)
+    clean = s.replace(namespace=s.namespace + "-clean")
+    await ingest(clean, events)
+    await drain(clean)
+
+    await ingest(s, events)
+    store = Store(s)
+    r: Any = store.redis
+    stream, consumer = store.keys.stream(0), store.keys.consumer(0)
+    stale = await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=10)  # the old holder
+    assert len(stale[0][1]) == 10
+    worker = Worker(s, client=r, worker_id="new-holder")
+    newer = await worker.read(0, backlog=False)  # the new holder's batch: entries 11-20
+    assert newer[0].id == (await r.xrange(stream, count=11))[10][0].decode()
+    with pytest.raises(Conflict):
+        await worker.process(0, newer)
+    stats = await drain(s)
+    assert stats["events_processed"] == stats["events_accepted"] == 30
+    assert_same_state(await snapshot(r, s.namespace), await snapshot(r, clean.namespace))
     await store.close()

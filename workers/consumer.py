@@ -7,9 +7,12 @@ How exactly-once holds
   entries (read from id 0), then new ones (``>``), always in stream order.
 * Every partition has a watermark: the id of the last entry whose effects are committed. A batch
   is committed by one script that checks the watermark still holds the value read before the
-  batch was computed (compare-and-set), applies the effects, moves the watermark and XACKs, all
+  batch was computed (compare-and-set) and that the batch's first new entry is the stream's
+  very next entry after it (no gap), applies the effects, moves the watermark and XACKs, all
   atomically. Entries at or below the watermark are acknowledged without effect. So a crash at
-  any point, a redelivery or a stale worker that lost its lease changes nothing twice.
+  any point, a redelivery or a stale worker that lost its lease changes nothing twice, and
+  nothing is skipped: during a lease handover two readers can each receive a batch, but only
+  the older one can commit first.
 * Effects depend only on the partition's own sessions' histories (read in the same round trip
   as the watermark) and the events, and every per-item structure is order-free (see
   ``service.model``), so how partitions interleave across workers cannot change the result.
@@ -190,9 +193,9 @@ class Worker:
                 consumername=self.keys.consumer(p))
             if not pending:
                 return []
-            retried = [x for x in pending if x["times_delivered"] > 1]
-            if retried:
-                first = retried[0]
+            if any(x["times_delivered"] > 1 for x in pending):
+                # the oldest pending entry goes next, alone: entries apply strictly in order
+                first = pending[0]
                 entry_id = first["message_id"]
                 entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 return await self._read_one(p, entry_id, int(first["times_delivered"]))
@@ -270,13 +273,15 @@ class Worker:
                 dead.append((entry, ev))
         effects = apply_events(histories, events, self.settings.history_cap)
         new_mark = fresh[-1][0].id if fresh else mark
-        keys, args = self._commit_args(p, entries, dead, effects, mark, new_mark)
+        first_fresh = fresh[0][0].id if fresh else ""
+        keys, args = self._commit_args(p, entries, dead, effects, mark, new_mark, first_fresh)
         if await self.commit_script(keys=keys, args=args) == -1:
             raise Conflict(p)
         self.applied += effects.applied
 
     def _commit_args(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
-                     fx: Effects, mark: str, new_mark: str) -> tuple[list[str], list[Any]]:
+                     fx: Effects, mark: str, new_mark: str, first_fresh: str
+                     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.trend(), k.meta()]
         slot: dict[str, int] = {}
@@ -291,6 +296,7 @@ class Worker:
         args: list[Any] = [GROUP, mark, new_mark, s.trend_half_life, fx.applied,
                            fx.new_sessions, len(entries)]
         args += [e.id for e in entries]
+        args.append(first_fresh)
         args.append(len(dead))
         for entry, reason in dead:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")

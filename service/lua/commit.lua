@@ -2,9 +2,11 @@
 -- XACK commit together, so a crash at any point leaves either all of it or none of it.
 -- KEYS[1] stream, KEYS[2] watermark, KEYS[3] counters, KEYS[4] dead letters,
 -- KEYS[5] trending zset, KEYS[6] meta hash, KEYS[7..] keys the ops name by index.
--- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark,
--- ARGV[4] half-life (s), ARGV[5] applied count, ARGV[6] new sessions, ARGV[7] n_ack, then ids,
--- then n_dead, then 3 per dead entry (id, reason, raw fields as JSON), then ops:
+-- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark (the
+-- batch's last entry above the watermark, or ARGV[2] when there is none), ARGV[4] half-life
+-- (s), ARGV[5] applied count, ARGV[6] new sessions, ARGV[7] n_ack, then the n_ack ids, then
+-- the batch's first entry above the watermark ('' = none), then n_dead, then 3 per dead entry
+-- (id, reason, raw fields as JSON), then ops:
 --   'X' key old_entry new_entry cap   neighbour index: replace/insert a sorted 16-byte entry,
 --                                      keep the newest cap entries
 --   'H' key value ttl_ms              learned session history
@@ -21,6 +23,19 @@ local n_ack = tonumber(ARGV[i])
 local acks = {}
 for a = 1, n_ack do acks[a] = ARGV[i + a] end
 i = i + n_ack + 1
+-- No gap: the first entry above the watermark must be the stream's next entry after it.
+-- Otherwise an older batch, delivered to another reader during a lease handover, has not been
+-- applied yet, and moving the watermark past it would drop it.
+local first = ARGV[i]
+i = i + 1
+if first ~= '' then
+  local start = '-'
+  if current ~= '' then start = '(' .. current end
+  local next_entry = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1)
+  if #next_entry == 0 or next_entry[1][1] ~= first then
+    return -1
+  end
+end
 local n_dead = tonumber(ARGV[i])
 for d = 0, n_dead - 1 do
   local b = i + d * 3
