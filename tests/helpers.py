@@ -50,6 +50,14 @@ async def ingest(settings: Settings, events: list[Event], batch: int = 200) -> N
         await store.close()
 
 
+async def clean_reference(settings: Settings, events: list[Event]) -> Settings:
+    """One clean pass over ``events`` in a namespace of its own: the state to compare with."""
+    clean = settings.replace(namespace=settings.namespace + "-clean")
+    await ingest(clean, events)
+    await drain(clean)
+    return clean
+
+
 async def snapshot(client: Any, namespace: str) -> dict[str, Any]:
     """The namespace's learned state, key by key (compare two with ``assert_same_state``)."""
     return await learned_state(client, namespace)

@@ -17,7 +17,14 @@ from service.keyspace import GROUP
 from service.model import Event
 from service.settings import Settings
 from service.store import Store, ensure_groups
-from tests.helpers import assert_same_state, drain, ingest, snapshot, wait_drained
+from tests.helpers import (
+    assert_same_state,
+    clean_reference,
+    drain,
+    ingest,
+    snapshot,
+    wait_drained,
+)
 from workers.consumer import Conflict, Entry, Worker
 
 
@@ -57,9 +64,7 @@ async def test_redelivered_entry_changes_nothing(settings: Settings) -> None:
 
 async def test_two_workers_and_restarts_equal_one_clean_pass(settings: Settings) -> None:
     events = click_log(3000)
-    clean = settings.replace(namespace=settings.namespace + "-clean")
-    await ingest(clean, events)
-    await drain(clean, workers=1)
+    clean = await clean_reference(settings, events)
 
     await ingest(settings, events[:1000])
     await drain(settings, workers=2)
@@ -87,9 +92,7 @@ def spawn_worker(settings: Settings) -> subprocess.Popen[bytes]:
 async def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings: Settings) -> None:
     """Shortened in CI; scripts/crash_test.py runs the long version."""
     events = click_log(6000, seed=11)
-    clean = settings.replace(namespace=settings.namespace + "-clean")
-    await ingest(clean, events)
-    await drain(clean)
+    clean = await clean_reference(settings, events)
 
     await ingest(settings, events)
     store = Store(settings)
@@ -196,9 +199,7 @@ async def test_a_stale_reader_cannot_make_the_watermark_skip_entries(settings: S
     refuses any batch that does not start right after the watermark."""
     s = settings.replace(partitions=1, batch_size=10)
     events = click_log(30)
-    clean = s.replace(namespace=s.namespace + "-clean")
-    await ingest(clean, events)
-    await drain(clean)
+    clean = await clean_reference(s, events)
 
     await ingest(s, events)
     store = Store(s)
