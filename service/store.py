@@ -345,20 +345,9 @@ class Store:
         read); the embedded store takes the client's ordinary path."""
         if self.settings.redis_url == MEMORY_URL:
             return await self.redis.mget(keys)  # type: ignore[return-value]
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(resp.pack(b"MGET", [k.encode() for k in keys]),
-                                           check_health=False)
-            reply = await conn.read_response()
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply  # type: ignore[no-any-return]
+        reply: list[bytes | None] = await resp.execute(
+            self.redis, resp.pack(b"MGET", [k.encode() for k in keys]))
+        return reply
 
     async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one

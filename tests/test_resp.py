@@ -19,3 +19,18 @@ async def test_packed_mget_against_redis(settings: Settings) -> None:
     got = await store.mget(keys)
     assert got == [None if n % 3 == 0 else f"v{n}".encode() * n for n in range(300)]
     await store.close()
+
+
+async def test_commit_survives_a_script_cache_flush(settings: Settings) -> None:
+    """After SCRIPT FLUSH (a restart without persistence of scripts) the packed EVALSHA gets
+    NOSCRIPT and the commit falls back to loading the script."""
+    from service.model import Event
+    from tests.helpers import drain, ingest
+
+    s = settings.replace(partitions=1)
+    await ingest(s, [Event("s", "a", 1.0), Event("s", "b", 2.0)])
+    store = Store(s)
+    await store.redis.script_flush()
+    stats = await drain(s)
+    assert stats["events_processed"] == 2 and stats["pending"] == 0
+    await store.close()

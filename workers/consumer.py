@@ -34,14 +34,15 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service import resp
 from service.entries import BadEntry, decode
 from service.keyspace import GROUP, Keys, lua, shard_of
 from service.model import Effects, Event, apply_events, sessions_of
 from service.settings import Settings
-from service.store import connect, ensure_groups
+from service.store import MEMORY_URL, connect, ensure_groups
 
 log = logging.getLogger("sessionrec.worker")
 
@@ -275,9 +276,22 @@ class Worker:
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
         keys, args = self._commit_args(p, entries, dead, effects, mark, new_mark, first_fresh)
-        if await self.commit_script(keys=keys, args=args) == -1:
+        if await self._commit(keys, args) == -1:
             raise Conflict(p)
         self.applied += effects.applied
+
+    async def _commit(self, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA with the arguments packed in one pass (redis-py would encode thousands of
+        them one by one); the embedded store, and a Redis that lost its script cache, take the
+        client's ordinary path."""
+        if self.settings.redis_url == MEMORY_URL:
+            return await self.commit_script(keys=keys, args=args)
+        packed = resp.pack(b"EVALSHA", [self.commit_script.sha.encode(), b"%d" % len(keys),
+                                         *map(resp.arg, keys), *map(resp.arg, args)])
+        try:
+            return await resp.execute(self.redis, packed)
+        except NoScriptError:
+            return await self.commit_script(keys=keys, args=args)
 
     def _commit_args(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
                      fx: Effects, mark: str, new_mark: str, first_fresh: str
