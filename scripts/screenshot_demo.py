@@ -30,7 +30,7 @@ async def main(out: str) -> None:
     await store.prepare()
     worker = Worker(settings, client=store.redis, worker_id="screenshot")
     task = asyncio.create_task(worker.run())
-    await load_sample(store, worker)
+    await load_sample(store)
     runner = web.AppRunner(create_app(settings, store), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()

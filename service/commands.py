@@ -8,7 +8,9 @@ import asyncio
 import datetime
 import os
 import platform
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from service.redisproc import RedisProcess
 from service.settings import Settings, from_args
 from service.store import Store
 from workers.loader import load
+
+T = TypeVar("T")
 
 
 def read_log(path: str, args: argparse.Namespace) -> ClickLog:
@@ -55,14 +59,13 @@ def eval_command(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     protocols = ("static", "streaming") if args.protocol == "both" else (args.protocol,)
     title = args.title or Path(args.train).parent.name or "evaluation"
-    own_redis = "SESSIONREC_REDIS_URL" not in os.environ and args.redis_url is None
     sections = [f"## {title}", "",
                 f"- date: {datetime.date.today()}, machine: {platform.machine()} "
                 f"{platform.node()}, python {platform.python_version()}",
                 f"- train: {len(train)} events, test: {len(test)} events; k = 20; "
                 f"served model through {'POST /iid_recommend' if args.http else 'Store'}", ""]
     for protocol in protocols:
-        results = _run(settings, train, test, models, protocol, args, own_redis)
+        results = _run(settings, train, test, models, protocol, args)
         summary = summarise(results, train)
         sections.append(report(summary, f"{title}, {protocol} protocol"))
         print(sections[-1])
@@ -77,11 +80,18 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, train: ClickLog, test: ClickLog, models: list[str],
-         protocol: str, args: argparse.Namespace, own_redis: bool) -> dict[str, Result]:
+         protocol: str, args: argparse.Namespace) -> dict[str, Result]:
     async def main(s: Settings) -> dict[str, Result]:
         return dict(await evaluate(s, train, test, models, protocol, http=args.http,
                                    limit=args.limit))
-    if own_redis:
+    return with_redis(settings, args, main)
+
+
+def with_redis(settings: Settings, args: argparse.Namespace,
+               main: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on the Redis the user named, or on a private redis-server when none was
+    named (offline commands must never write into a Redis they were not pointed at)."""
+    if "SESSIONREC_REDIS_URL" not in os.environ and args.redis_url is None:
         with RedisProcess() as url:
             return asyncio.run(main(settings.replace(redis_url=url)))
     return asyncio.run(main(settings))
@@ -98,11 +108,7 @@ def tune_command(args: argparse.Namespace) -> int:
         best, _ = await tune(s, train, valid_fraction=args.valid_fraction, limit=args.limit,
                              params=params)
         return best
-    if "SESSIONREC_REDIS_URL" not in os.environ and args.redis_url is None:
-        with RedisProcess() as url:
-            best = asyncio.run(main(settings.replace(redis_url=url)))
-    else:
-        best = asyncio.run(main(settings))
+    best = with_redis(settings, args, main)
     Path(args.out).write_text(env_file(best), encoding="utf-8")
     print(f"best setting written to {args.out}:\n{env_file(best)}")
     return 0

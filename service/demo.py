@@ -39,7 +39,7 @@ def catalogue() -> list[dict[str, Any]]:
     return data
 
 
-async def load_sample(store: Store, worker: Worker) -> int:
+async def load_sample(store: Store) -> int:
     """Replay the sample log through the stream and wait until the worker applied it all."""
     stats = await store.stats()
     if stats["events_accepted"] == 0:
@@ -55,7 +55,7 @@ async def serve_demo(settings: Settings) -> None:
     worker = Worker(settings, client=store.redis, worker_id="demo")
     worker_task = asyncio.create_task(worker.run())
     print("sessionrec demo: loading the sample shop's click log ...", flush=True)
-    applied = await load_sample(store, worker)
+    applied = await load_sample(store)
     runner = web.AppRunner(create_app(settings, store), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

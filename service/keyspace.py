@@ -32,6 +32,9 @@ HASH_BYTES = 8
 ENTRY_BYTES = 16
 """Packed entries are 16 bytes: an 8-byte big-endian time key and an 8-byte id hash."""
 
+HISTORY = ":h:"
+"""Marks a learned session history key (``history`` and the vectorised ``histories``)."""
+
 GROUP = "workers"
 """The consumer group every worker reads each partition stream through."""
 
@@ -97,13 +100,13 @@ class Keys:
         return f"{self._p(partition_of(session, self.partitions))}:lr:{session.hex()}"
 
     def history(self, session: bytes) -> str:
-        return f"{self._p(partition_of(session, self.partitions))}:h:{session.hex()}"
+        return f"{self._p(partition_of(session, self.partitions))}{HISTORY}{session.hex()}"
 
     def histories(self, sessions: npt.NDArray[np.uint64]) -> list[str]:
         """``history`` for many session hashes (as little-endian u64) at once, vectorised: a
         request reads a couple of hundred neighbours' histories."""
         hexes = np.ascontiguousarray(sessions, dtype="<u8").tobytes().hex()
-        prefixes = [self._p(p) + ":h:" for p in range(self.partitions)]
+        prefixes = [self._p(p) + HISTORY for p in range(self.partitions)]
         parts = (sessions % np.uint64(self.partitions)).tolist()
         return [prefixes[p] + hexes[16 * n:16 * n + 16] for n, p in enumerate(parts)]
 

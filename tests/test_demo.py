@@ -18,7 +18,7 @@ async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
     worker = Worker(settings, client=store.redis, worker_id="demo-test")
     task = asyncio.create_task(worker.run())
     try:
-        applied = await asyncio.wait_for(load_sample(store, worker), 60)
+        applied = await asyncio.wait_for(load_sample(store), 60)
         assert applied == 6892
         answer = await store.recommend([("1001", 1.0, 1.0)], 5, False)  # Espresso machine
         assert answer.recommendations[0]["id"] == "1002"  # Burr grinder, planted with it
