@@ -60,3 +60,28 @@ def encode(event: Event) -> dict[str, str]:
 def number(value: float) -> str:
     """Shortest text that round-trips the float (what goes into ``ts`` and ``rating``)."""
     return repr(float(value))
+
+
+def pack_events(events: list[Event]) -> bytes:
+    """Events as length-prefixed fields (ids may hold any code point, NUL and lone surrogates
+    included): the journal's payload."""
+    out: list[bytes] = []
+    for ev in events:
+        for value in (ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
+                      "" if ev.rating is None else number(ev.rating)):
+            raw = value.encode("utf-8", "surrogatepass")
+            out.append(b"%d:%s" % (len(raw), raw))
+    return b"".join(out)
+
+
+def unpack_events(payload: bytes) -> list[Event]:
+    fields: list[str] = []
+    at = 0
+    while at < len(payload):
+        colon = payload.index(b":", at)
+        size = int(payload[at:colon])
+        fields.append(payload[colon + 1:colon + 1 + size].decode("utf-8", "surrogatepass"))
+        at = colon + 1 + size
+    return [Event(fields[n], fields[n + 1], float(fields[n + 2]), fields[n + 3],
+                  float(fields[n + 4]) if fields[n + 4] else None)
+            for n in range(0, len(fields) - 4, 5)]

@@ -83,6 +83,20 @@ class Keys:
         """Id of the last stream entry whose effects are committed (the 'already applied' mark)."""
         return self._p(p) + ":applied"
 
+    def inflight(self, p: int) -> str:
+        """Redis Cluster only: the last id of the batch whose effects are being applied slot by
+        slot; until the watermark reaches it, batches end at or before it (see the worker)."""
+        return self._p(p) + ":inflight"
+
+    def journal(self, p: int) -> str:
+        """Redis Cluster only: hash token -> event batch spanning several partitions, written
+        before the per-partition appends and deleted after them; workers replay leftovers."""
+        return self._p(p) + ":journal"
+
+    def batch_tokens(self, p: int) -> str:
+        """Zset token -> time of the journalled batches already appended to this partition."""
+        return self._p(p) + ":tokens"
+
     def lease(self, p: int) -> str:
         return self._p(p) + ":lease"
 
@@ -126,6 +140,11 @@ class Keys:
     def doc_freq(self, shard: int) -> str:
         return self._i(shard) + ":df"
 
+    def item_marks(self, shard: int) -> str:
+        """Redis Cluster only: hash partition -> id of the last entry whose effects on this
+        shard's slot are applied (the per-slot 'already applied' mark)."""
+        return self._i(shard) + ":applied"
+
     # --- global keys ----------------------------------------------------------------------
     def trend(self) -> str:
         return f"{self.ns}:{{g}}:trend"
@@ -149,6 +168,10 @@ class Keys:
     def meta(self) -> str:
         return f"{self.ns}:{{g}}:meta"
 
+    def global_marks(self) -> str:
+        """``item_marks`` for the global slot (trending, session count)."""
+        return f"{self.ns}:{{g}}:applied"
+
     def consumer(self, p: int) -> str:
         """Consumer name for partition p: whoever holds the lease reads as this consumer, so it
         inherits the previous holder's pending entries without a claim."""
@@ -157,6 +180,9 @@ class Keys:
 
 @cache
 def lua(name: str) -> str:
-    """Source of one of the package's Lua scripts (``service/lua/<name>.lua``)."""
-    return resources.files("service").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    """Source of one of the package's Lua scripts (``service/lua/<name>.lua``), with the shared
+    functions of ``ops.lua`` spliced in where it says ``--[[ops]]``."""
+    def read(n: str) -> str:
+        return resources.files("service").joinpath(f"lua/{n}.lua").read_text("utf-8")
+    return read(name).replace("--[[ops]]", read("ops"))
 

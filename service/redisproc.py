@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -17,6 +18,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def command(port: int, *args: str) -> Any:
+    """One raw command to a local node (replies unparsed, so the same on every Redis)."""
+    client = redis.Redis(port=port)
+    try:
+        return client.execute_command(*args, NEVER_DECODE=True)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
 
 
 class RedisProcess:
@@ -61,6 +86,76 @@ class RedisProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisClusterProcess:
+    """``with RedisClusterProcess(masters=3, replicas=0) as url: ...`` runs a throwaway Redis
+    Cluster on free loopback ports (``redis-cli --cluster create``) and yields its
+    ``redis+cluster://`` URL naming every master as a seed node. ``nodes`` are the processes,
+    masters first, so a test can kill one to force a failover."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000,
+                 directory: Path | None = None) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH: install it with "
+                               "'apt-get install redis-server' (or 'brew install redis')")
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="sessionrec-c-")
+        root = directory or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.nodes: list[RedisProcess] = []
+        try:
+            for n in range(masters * (1 + replicas)):
+                port = free_cluster_port()
+                self.nodes.append(RedisProcess(
+                    "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                    "--cluster-require-full-coverage", "no",
+                    directory=root / f"node{n}", port=port))
+            subprocess.run(
+                [cli, "--cluster", "create",
+                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=60)
+            self._wait_ready(masters, replicas)
+            roles = {node.port: self._role(node.port) for node in self.nodes}
+            self.nodes.sort(key=lambda node: roles[node.port] != "master")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = "redis+cluster://" + ",".join(
+            f"127.0.0.1:{node.port}" for node in self.nodes[:masters])
+
+    def _wait_ready(self, masters: int, replicas: int, timeout: float = 30.0) -> None:
+        """Every node agrees the cluster is ok and knows every node (gossip has converged)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok = True
+            for node in self.nodes:
+                known = len(command(node.port, "CLUSTER", "NODES").decode().strip().splitlines())
+                ok = (ok and b"cluster_state:ok" in command(node.port, "CLUSTER", "INFO")
+                      and known == len(self.nodes))
+                if ok and self._role(node.port) == "slave":
+                    ok = b"master_link_status:up" in command(node.port, "INFO", "replication")
+            if ok:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the local Redis Cluster did not become ready")
+
+    @staticmethod
+    def _role(port: int) -> str:
+        return str(command(port, "ROLE")[0].decode())
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 

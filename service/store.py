@@ -8,8 +8,11 @@ process' name cache. Keys come from ``keyspace.Keys``; scripts are registered on
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,12 +20,14 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.crc import key_slot
+from redis.exceptions import RedisError, ResponseError
 
 from service import resp, scoring
-from service.entries import encode, number
+from service.entries import encode, number, pack_events, unpack_events
 from service.keyspace import (
     GROUP,
     ITEM_SHARDS,
@@ -37,6 +42,12 @@ from service.model import TYPE_RATING, Event
 from service.scoring import Params, Query
 from service.settings import Settings
 
+log = logging.getLogger("sessionrec.store")
+
+JOURNAL_GRACE = 10.0
+"""Seconds a journalled batch is left to the API process that wrote it before a worker
+replays it."""
+
 MEMORY_URL = "memory://"
 """The embedded store (fakeredis, in-process): the demo's zero-install default."""
 
@@ -47,7 +58,30 @@ MSG_SIMILAR = "Items most often visited in the same sessions as this item."
 MSG_NO_SIMILAR = "No session has visited this item with another one yet."
 MSG_TRENDING = "Trending items (time-decayed popularity)."
 
+CLUSTER_SCHEME = "redis+cluster://"
+"""Selects redis-py's cluster client; the URL names one or more seed nodes, comma-separated."""
+
 _embedded_server: Any = None
+
+
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEME)
+
+
+def cluster_seeds(url: str) -> list[ClusterNode]:
+    """``redis+cluster://h1:p1,h2:p2[/...]`` -> seed nodes (the client discovers the rest)."""
+    hosts = url[len(CLUSTER_SCHEME):].split("/", 1)[0]
+    seeds = []
+    for part in filter(None, hosts.split(",")):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"redis_url: {part!r} is not host:port; write "
+                             "redis+cluster://host:port[,host:port...]")
+        seeds.append(ClusterNode(host.strip("[]"), int(port)))
+    if not seeds:
+        raise ValueError("redis_url: name at least one seed node, as in "
+                         "redis+cluster://127.0.0.1:7000")
+    return seeds
 
 
 def connect(settings: Settings) -> aioredis.Redis:
@@ -61,9 +95,14 @@ def connect(settings: Settings) -> aioredis.Redis:
             _embedded_server = fakeredis.FakeServer()
         client: aioredis.Redis = fakeredis.aioredis.FakeRedis(server=_embedded_server)
         return client
-    if settings.redis_url.startswith("redis+cluster://"):
-        raise ValueError("redis_url: Redis Cluster support is not built yet; "
-                         "use a redis:// URL")
+    if is_cluster(settings.redis_url):
+        return cast(aioredis.Redis, RedisCluster(
+            startup_nodes=cluster_seeds(settings.redis_url),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=256,
+        ))
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout,
@@ -150,9 +189,24 @@ class FrequencyCache:
         self.keys, self.values = keys, vals[first]
 
 
+class MultiGet:
+    """The replies of a (possibly per-slot) MGET queued on a pipeline, back in key order."""
+
+    def __init__(self, size: int, groups: list[list[int]]) -> None:
+        self.values: list[bytes | None] = [None] * size
+        self.groups = groups
+
+    def fill(self, replies: list[Any]) -> None:
+        """Take this read's replies off the front of ``replies``."""
+        for group in self.groups:
+            for n, value in zip(group, replies.pop(0), strict=True):
+                self.values[n] = value
+
+
 class Store:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
+        self.cluster = is_cluster(settings.redis_url)
         self.redis = client if client is not None else connect(settings)
         self.keys = Keys(settings.namespace, settings.partitions)
         self.params = Params.from_settings(settings)
@@ -183,10 +237,44 @@ class Store:
 
     # --- ingestion --------------------------------------------------------------------------
     async def ingest(self, events: Sequence[Event]) -> list[str]:
-        """Append events to their partitions and their sessions' live interactions, atomically
-        for the whole batch. Returns the stream ids."""
-        keys: list[str] = []
-        args: list[Any] = [int(time.time() * 1000), self.settings.live_ttl * 1000,
+        """Append events to their partition streams and their sessions' live interactions, all
+        or nothing for the batch. Returns the stream ids.
+
+        On standalone Redis one script does the whole batch. On a cluster a script reaches one
+        slot only: a batch within one partition (what a browser sends) is still one script; a
+        batch spanning partitions is first journalled whole in one atomic write (from then on it
+        is durable, so it will be accepted), then appended partition by partition under a token
+        that makes each append idempotent, and the journal entry is deleted. When an append
+        fails, the workers replay the entry (``replay_journal``) and the answer is still 202.
+        """
+        if not self.cluster:
+            return await self._append_live(events, "")
+        groups: dict[int, list[Event]] = {}
+        for ev in events:
+            groups.setdefault(self._partition(ev), []).append(ev)
+        if len(groups) == 1:
+            return await self._append_live(events, "")
+        token = uuid.uuid4().hex
+        journal = self.keys.journal(next(iter(groups)))
+        await self.redis.hset(journal, token, b"%d|%s" % (int(time.time() * 1000),
+                                                         pack_events(list(events))))
+        try:
+            replies = await asyncio.gather(*(self._append_live(group, token)
+                                             for group in groups.values()))
+            await self.redis.hdel(journal, token)
+        except RedisError as exc:
+            log.warning("batch %s journalled but not yet appended everywhere (%s): a worker "
+                        "replays it", token, exc)
+            return []
+        return [i for reply in replies for i in reply]
+
+    def _partition(self, ev: Event) -> int:
+        return partition_of(session_hash(ev.session_id), self.settings.partitions)
+
+    async def _append_live(self, events: Sequence[Event], token: str) -> list[str]:
+        """One ingest script call (one slot on a cluster unless ``events`` share a partition)."""
+        keys: list[str] = [self.keys.batch_tokens(self._partition(events[0]))]
+        args: list[Any] = [token, int(time.time() * 1000), self.settings.live_ttl * 1000,
                            self.settings.live_cap]
         for ev in events:
             s = session_hash(ev.session_id)
@@ -199,14 +287,40 @@ class Store:
         ids = await self.ingest_script(keys=keys, args=args)
         return [i.decode() for i in ids]
 
+    async def replay_journal(self, p: int, min_age: float = JOURNAL_GRACE) -> int:
+        """Finish the journalled batches of partition ``p`` older than ``min_age`` seconds (an
+        API process died or lost a node between the journal write and the appends). Returns how
+        many were replayed; the tokens make a replay of an already appended part a no-op."""
+        journal = self.keys.journal(p)
+        entries = cast(dict[bytes, bytes], await self.redis.hgetall(journal))
+        cutoff = (time.time() - min_age) * 1000
+        replayed = 0
+        for token, value in entries.items():
+            stamp, _, payload = value.partition(b"|")
+            if int(stamp) > cutoff:
+                continue
+            groups: dict[int, list[Event]] = {}
+            for ev in unpack_events(payload):
+                groups.setdefault(self._partition(ev), []).append(ev)
+            for group in groups.values():
+                await self._append_live(group, token.decode())
+            await self.redis.hdel(journal, token)
+            replayed += 1
+        return replayed
+
     async def append(self, events: Sequence[Event]) -> None:
         """Write events to their partition streams only, in the documented entry format (what
-        an external producer does): learned by the workers, not recorded as live sessions."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for ev in events:
-                p = partition_of(session_hash(ev.session_id), self.settings.partitions)
-                pipe.xadd(self.keys.stream(p), encode(ev))  # type: ignore[arg-type]
-            await pipe.execute()
+        an external producer does): learned by the workers, not recorded as live sessions.
+        Atomic per partition (on standalone Redis, for the whole call)."""
+        groups: dict[int, list[Event]] = {}
+        for ev in events:
+            groups.setdefault(0 if not self.cluster else self._partition(ev), []).append(ev)
+        for group in groups.values():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for ev in group:
+                    pipe.xadd(self.keys.stream(self._partition(ev)),
+                              encode(ev))  # type: ignore[arg-type]
+                await pipe.execute()
 
     async def live_session(self, session_id: str) -> list[LiveInteraction]:
         s = session_hash(session_id)
@@ -272,8 +386,7 @@ class Store:
         blob: bytes = await self.redis.get(index_key) or b""  # type: ignore[assignment]
         sessions = [blob[o + 8:o + 16] for o in range(0, len(blob), 16)]
         keys = [self.keys.history(s) for s in sessions]
-        histories: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
-            keys) if keys else []
+        histories = await self.mget(keys)
         scrubbed = 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, history in zip(keys, histories, strict=True):
@@ -303,15 +416,16 @@ class Store:
                       exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
         extra = len(query.seen) if seen is not None else 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            if len(query.items):
-                pipe.mget([self.keys.index(scoring.to_hash(i)) for i in query.items])
+            index_blobs = self._queue_mget(
+                pipe, [self.keys.index(scoring.to_hash(i)) for i in query.items])
             if fill_with_trending:
                 pipe.zrevrange(self.keys.trend(), 0, k + extra - 1, withscores=True)
             replies = await pipe.execute()
-        index_blobs = replies.pop(0) if len(query.items) else []
+        index_blobs.fill(replies)
         trending = replies.pop(0) if fill_with_trending else []
 
-        sessions, similarity = scoring.neighbours(query, index_blobs, params, exclude_session)
+        sessions, similarity = scoring.neighbours(query, index_blobs.values, params,
+                                                  exclude_session)
         candidates = np.zeros(0, np.uint64)
         scores = np.zeros(0)
         if len(sessions):
@@ -340,11 +454,33 @@ class Store:
             return Answer(filler, MSG_POPULAR)
         return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)
 
+    def _queue_mget(self, pipe: Any, keys: list[str]) -> MultiGet:
+        """Queue the reads of ``keys`` on a pipeline: one MGET on standalone Redis, one per
+        hash slot on a cluster (where the pipeline sends each node its share in one round
+        trip, all nodes at once)."""
+        groups: list[list[int]] = []
+        if keys and not self.cluster:
+            groups.append(list(range(len(keys))))
+        elif keys:
+            by_slot: dict[int, list[int]] = {}
+            for n, key in enumerate(keys):
+                by_slot.setdefault(key_slot(key.encode()), []).append(n)
+            groups = list(by_slot.values())
+        for group in groups:
+            # execute_command: cluster pipelines refuse their mget() helper, not MGET itself
+            pipe.execute_command("MGET", *(keys[n] for n in group))
+        return MultiGet(len(keys), groups)
+
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         """MGET through a pre-packed command on a pooled connection (the hot path's biggest
-        read); the embedded store takes the client's ordinary path."""
-        if self.settings.redis_url == MEMORY_URL:
-            return await self.redis.mget(keys)  # type: ignore[return-value]
+        read); the embedded store and a cluster take the client's pipeline."""
+        if not keys:
+            return []
+        if self.settings.redis_url == MEMORY_URL or self.cluster:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                values = self._queue_mget(pipe, keys)
+                values.fill(await pipe.execute())
+            return values.values
         reply: list[bytes | None] = await resp.execute(
             self.redis, resp.pack(b"MGET", [k.encode() for k in keys]))
         return reply

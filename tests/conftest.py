@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.redisproc import RedisProcess
+from service.redisproc import RedisClusterProcess, RedisProcess
 from service.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
@@ -22,14 +22,32 @@ Client = TestClient[web.Request, web.Application]
 _namespaces = itertools.count()
 
 
+def _need_redis() -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.exit("redis-server and redis-cli are not on PATH: the tests need a real Redis. "
+                    "Install it with 'apt-get install redis-server' (Debian/Ubuntu) or "
+                    "'brew install redis'.", returncode=3)
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None:
-        pytest.exit("redis-server is not on PATH: the tests need a real Redis. Install it with "
-                    "'apt-get install redis-server' (Debian/Ubuntu) or 'brew install redis'.",
-                    returncode=3)
+def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    _need_redis()
     with RedisProcess(directory=tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local 3-master Redis Cluster (``redis+cluster://`` URL naming the masters)."""
+    _need_redis()
+    with RedisClusterProcess(masters=3, directory=tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session", params=["standalone", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """Every integration test runs twice: on a standalone Redis and on the local cluster."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture

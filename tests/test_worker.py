@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service.keyspace import GROUP
+from service.keyspace import GROUP, partition_of, session_hash
 from service.model import Event
 from service.settings import Settings
 from service.store import Store, ensure_groups
@@ -127,16 +127,22 @@ async def test_unreadable_entries_go_to_dead_letters_without_blocking(settings: 
     store = Store(settings)
     r: Any = store.redis
     await ensure_groups(store.redis, store.keys)
-    stream = store.keys.stream(0)
+    home = partition_of(session_hash("s"), settings.partitions)
+    elsewhere = (home + 1) % settings.partitions
+    stream = store.keys.stream(home)
     await r.xadd(stream, {"session": "s", "item": "a", "ts": "nan"})
     await r.xadd(stream, {"garbage": "yes"})
     await r.xadd(stream, {"session": "s", "item": "b", "ts": "5", "type": "teleport"})
     await r.xadd(stream, {"session": "s", "item": "c", "ts": "6"})
+    # a producer that picked the wrong partition: the session's history lives elsewhere
+    await r.xadd(store.keys.stream(elsewhere), {"session": "s", "item": "d", "ts": "7"})
     stats = await drain(settings)
-    assert stats["events_dead"] == 3 and stats["events_processed"] == 1
+    assert stats["events_dead"] == 4 and stats["events_processed"] == 1
     assert stats["pending"] == 0
-    dead = await r.xrange(store.keys.dead(0))
+    dead = await r.xrange(store.keys.dead(home))
     assert len(dead) == 3 and all(b"reason" in fields for _, fields in dead)
+    [(_, wrong)] = await r.xrange(store.keys.dead(elsewhere))
+    assert f"belongs to partition {home}".encode() in wrong[b"reason"]
     await store.close()
 
 

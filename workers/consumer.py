@@ -39,10 +39,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import resp
 from service.entries import BadEntry, decode
-from service.keyspace import GROUP, Keys, lua, shard_of
+from service.keyspace import GROUP, Keys, lua, partition_of, session_hash, shard_of
 from service.model import Effects, Event, apply_events, sessions_of
 from service.settings import Settings
-from service.store import MEMORY_URL, connect, ensure_groups
+from service.store import MEMORY_URL, Store, connect, ensure_groups, is_cluster
 
 log = logging.getLogger("sessionrec.worker")
 
@@ -82,7 +82,13 @@ class Worker:
         self.redis = client
         self.keys = Keys(settings.namespace, settings.partitions)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.cluster = is_cluster(settings.redis_url)
         self.commit_script = client.register_script(lua("commit"))
+        self.intent_script = client.register_script(lua("intent"))
+        self.apply_script = client.register_script(lua("apply"))
+        self.store = Store(settings, client)
+        self.cut_short: set[int] = set()
+        """Partitions whose last batch was cut at the in-flight mark: read the backlog next."""
         self.trim_script = client.register_script(lua("trim"))
         self.lease_script = client.register_script(lua("lease"))
         self.owned: dict[int, asyncio.Task[None]] = {}
@@ -157,8 +163,14 @@ class Worker:
                                     args=[self.id, self.settings.lease_ms, "release"])
 
     async def trim(self) -> None:
+        """Trim every partition stream; on a cluster, also finish the journalled batches of the
+        partitions this worker holds (see ``Store.ingest``)."""
         for p in range(self.settings.partitions):
             await self.trim_script(keys=[self.keys.stream(p)])
+        if self.cluster:
+            for p in list(self.owned):
+                if replayed := await self.store.replay_journal(p):
+                    log.warning("partition %d: replayed %d journalled batches", p, replayed)
 
     # --- the work -------------------------------------------------------------------------
     async def _partition_loop(self, p: int) -> None:
@@ -172,6 +184,9 @@ class Worker:
                     continue
                 if entries:
                     await asyncio.shield(self.process(p, entries))
+                if p in self.cut_short:
+                    self.cut_short.discard(p)
+                    backlog = True
                 delay = 0.1
             except Conflict:
                 log.info("partition %d: watermark moved; re-reading pending entries", p)
@@ -250,19 +265,34 @@ class Worker:
 
     async def _commit_batch(self, p: int, entries: Sequence[Entry],
                             dead_reason: str | None) -> None:
+        k = self.keys
         decoded: list[Event | str] = []
         for entry in entries:
             try:
                 decoded.append(dead_reason if dead_reason is not None else decode(entry.fields))
             except BadEntry as exc:
                 decoded.append(f"unreadable entry: {exc}")
+        for n, ev in enumerate(decoded):
+            if isinstance(ev, Event) and (home := partition_of(
+                    session_hash(ev.session_id), self.settings.partitions)) != p:
+                # its session's history lives in another partition's slot: never applicable
+                decoded[n] = (f"session {ev.session_id!r} belongs to partition {home}: write "
+                              f"it to {k.stream(home)}")
         sessions = sessions_of([ev for ev in decoded if isinstance(ev, Event)])
         # the watermark and the histories share the partition's slot: one round trip
         reply: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
-            [self.keys.watermark(p)]
-                                      + [self.keys.history(s) for s in sessions])
+            [k.watermark(p), k.inflight(p)] + [k.history(s) for s in sessions])
         mark = reply[0].decode() if reply[0] else ""
-        histories = {s: b for s, b in zip(sessions, reply[1:], strict=True) if b}
+        histories = {s: b for s, b in zip(sessions, reply[2:], strict=True) if b}
+        if reply[1] is not None:
+            # a batch's effects reached some slots and not the partition (cluster): batches end
+            # at its end until the watermark gets there; the rest stays pending for later
+            ceiling = id_tuple(reply[1].decode())
+            kept = [n for n, e in enumerate(entries) if id_tuple(e.id) <= ceiling]
+            if len(kept) < len(entries):
+                self.cut_short.add(p)
+                entries = [entries[n] for n in kept]
+                decoded = [decoded[n] for n in kept]
         floor = id_tuple(mark) if mark else (-1, -1)
         events: list[Event] = []
         dead: list[tuple[Entry, str]] = []
@@ -275,16 +305,26 @@ class Worker:
         effects = apply_events(histories, events, self.settings.history_cap)
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
-        keys, args = self._commit_args(p, entries, dead, effects, mark, new_mark, first_fresh)
+        ops = self._ops(p, effects)
+        if self.cluster:
+            elsewhere = {g: o for g, o in ops.items() if g != PARTITION}
+            if elsewhere:
+                if await self.intent_script(keys=[k.stream(p), k.watermark(p), k.inflight(p)],
+                                            args=[mark, new_mark, first_fresh]) == -1:
+                    raise Conflict(p)
+                await self._apply_elsewhere(p, new_mark, elsewhere)
+            ops = {PARTITION: ops.get(PARTITION, [])}
+        keys, args = self._commit_args(p, entries, dead, effects.applied, ops, mark, new_mark,
+                                       first_fresh)
         if await self._commit(keys, args) == -1:
             raise Conflict(p)
         self.applied += effects.applied
 
     async def _commit(self, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA with the arguments packed in one pass (redis-py would encode thousands of
-        them one by one); the embedded store, and a Redis that lost its script cache, take the
-        client's ordinary path."""
-        if self.settings.redis_url == MEMORY_URL:
+        them one by one); the embedded store, a cluster, and a Redis that lost its script
+        cache take the client's ordinary path."""
+        if self.settings.redis_url == MEMORY_URL or self.cluster:
             return await self.commit_script(keys=keys, args=args)
         packed = resp.pack(b"EVALSHA", [self.commit_script.sha.encode(), b"%d" % len(keys),
                                          *map(resp.arg, keys), *map(resp.arg, args)])
@@ -293,22 +333,64 @@ class Worker:
         except NoScriptError:
             return await self.commit_script(keys=keys, args=args)
 
+    async def _apply_elsewhere(self, p: int, new_mark: str, groups: dict[Group, list[Op]]
+                               ) -> None:
+        """Each other slot's share of the batch, one apply.lua call per slot, sent as one
+        pipeline (a round trip per node, all nodes at once). A crash half-way is repaired by
+        the retry: slots that have the batch skip it."""
+        calls = []
+        for group, ops in groups.items():
+            marks = (self.keys.global_marks() if group == GLOBAL
+                     else self.keys.item_marks(cast(int, group)))
+            keys = [marks]
+            args: list[Any] = [p, new_mark, self.settings.trend_half_life]
+            args += _pack_ops(ops, keys)
+            calls.append((keys, args))
+        for attempt in range(2):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.execute_command("EVALSHA", self.apply_script.sha, len(keys), *keys,
+                                             *args)
+                    await pipe.execute()
+                return
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.redis.script_load(self.apply_script.script)
+
+    def _ops(self, p: int, fx: Effects) -> dict[Group, list[Op]]:
+        """The batch's effects as ops, grouped by the slot they land in: the partition's own
+        (histories), an item shard's (indexes, frequencies, names) or the global one."""
+        k, s = self.keys, self.settings
+        groups: dict[Group, list[Op]] = {}
+
+        def add(group: Group, op: Op) -> None:
+            groups.setdefault(group, []).append(op)
+
+        for change in fx.index:
+            add(shard_of(change.item),
+                ("X", k.index(change.item), [change.old, change.new, s.index_cap]))
+        ttl_ms = s.history_ttl * 1000
+        for session, blob in fx.histories.items():
+            add(PARTITION, ("H", k.history(session), [blob, ttl_ms]))
+        for item, n in fx.doc_freq.items():
+            add(shard_of(item), ("D", k.doc_freq(shard_of(item)), [item.hex(), n]))
+        for item, name in fx.names.items():
+            add(shard_of(item), ("N", k.names(shard_of(item)), [item.hex(), name]))
+        for member, ts, weight in fx.trend:
+            add(GLOBAL, ("T", k.trend(), [member, repr(ts), repr(weight)]))
+        if fx.new_sessions:
+            add(GLOBAL, ("D", k.meta(), ["sessions", fx.new_sessions]))
+        return groups
+
     def _commit_args(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
-                     fx: Effects, mark: str, new_mark: str, first_fresh: str
-                     ) -> tuple[list[str], list[Any]]:
+                     applied: int, ops: dict[Group, list[Op]], mark: str, new_mark: str,
+                     first_fresh: str) -> tuple[list[str], list[Any]]:
         k = self.keys
-        keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.trend(), k.meta()]
-        slot: dict[str, int] = {}
-
-        def ref(key: str) -> int:
-            if key not in slot:
-                keys.append(key)
-                slot[key] = len(keys)
-            return slot[key]
-
-        s = self.settings
-        args: list[Any] = [GROUP, mark, new_mark, s.trend_half_life, fx.applied,
-                           fx.new_sessions, len(entries)]
+        keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p)]
+        args: list[Any] = [GROUP, mark, new_mark, self.settings.trend_half_life, applied,
+                           len(entries)]
         args += [e.id for e in entries]
         args.append(first_fresh)
         args.append(len(dead))
@@ -316,15 +398,29 @@ class Worker:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
                    for key, value in entry.fields.items()}
             args += [entry.id, reason, orjson.dumps(raw)]
-        for change in fx.index:
-            args += ["X", ref(k.index(change.item)), change.old, change.new, s.index_cap]
-        ttl_ms = s.history_ttl * 1000
-        for session, blob in fx.histories.items():
-            args += ["H", ref(k.history(session)), blob, ttl_ms]
-        for item, n in fx.doc_freq.items():
-            args += ["D", ref(k.doc_freq(shard_of(item))), item.hex(), n]
-        for item, name in fx.names.items():
-            args += ["N", ref(k.names(shard_of(item))), item.hex(), name]
-        for member, ts, weight in fx.trend:
-            args += ["T", member, repr(ts), repr(weight)]
+        for group_ops in ops.values():
+            args += _pack_ops(group_ops, keys)
         return keys, args
+
+
+Group = int | str
+"""Where an op lands: an item shard number, ``PARTITION`` or ``GLOBAL``."""
+Op = tuple[str, str, list[Any]]
+"""(code, key, arguments after the key): see ``service/lua/ops.lua``."""
+PARTITION = "partition"
+GLOBAL = "global"
+
+
+def _pack_ops(ops: list[Op], keys: list[str]) -> list[Any]:
+    """Ops as script arguments, each key named by its index in ``keys`` (appended as needed)."""
+    index = {key: n + 1 for n, key in enumerate(keys)}
+    args: list[Any] = []
+    for code, key, rest in ops:
+        ref = index.get(key)
+        if ref is None:
+            keys.append(key)
+            ref = index[key] = len(keys)
+        args.append(code)
+        args.append(ref)
+        args += rest
+    return args

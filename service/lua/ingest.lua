@@ -1,17 +1,26 @@
 -- Accept events: XADD each to its partition stream and record it in the session's live
 -- interactions, atomically (all or nothing for the whole call).
--- KEYS, 4 per event: stream, live items zset, live ratings hash, live registry zset
--- ARGV: now_ms, live_ttl_ms, live_cap, then 7 per event:
+-- KEYS[1] the batch-token zset of the first event's partition, then 4 per event: stream, live
+-- items zset, live ratings hash, live registry zset
+-- ARGV: token ('' = none), now_ms, live_ttl_ms, live_cap, then 7 per event:
 --       session_id, item_id, timestamp, type, rating ('' = none given), default rating,
 --       session hash (hex, the live registry member)
-local now_ms = tonumber(ARGV[1])
-local ttl_ms = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
-local n = (#ARGV - 3) / 7
+-- A token makes the call idempotent: a journalled batch replayed after a crash (Redis Cluster,
+-- batches spanning partitions) is applied once. Tokens are remembered for an hour.
+local token = ARGV[1]
+local now_ms = tonumber(ARGV[2])
+local ttl_ms = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+if token ~= '' then
+  if redis.call('ZSCORE', KEYS[1], token) then return {} end
+  redis.call('ZADD', KEYS[1], now_ms, token)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 3600000)
+end
+local n = (#ARGV - 4) / 7
 local ids = {}
 for e = 0, n - 1 do
-  local a = 3 + e * 7
-  local k = e * 4
+  local a = 4 + e * 7
+  local k = 1 + e * 4
   local stream, lv, lr, reg = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local session, item, ts, typ, rating = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if rating == '' then

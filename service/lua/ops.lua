@@ -1,0 +1,96 @@
+-- Shared by commit.lua and apply.lua (spliced in where a script says --[[ops]]).
+-- Ops, after their code, name keys by their index in KEYS:
+--   'X' key old_entry new_entry cap   neighbour index: replace/insert a sorted 16-byte entry,
+--                                      keep the newest cap entries
+--   'H' key value ttl_ms              learned session history
+--   'D' key field n                   HINCRBY (document frequency, session count)
+--   'N' key field value               item id behind a hash (first writer wins)
+--   'T' key member ts weight          trending: log2-sum of weight * 2^(ts / half_life)
+local ENTRY = 16
+local function splice_index(key, old, new, cap)
+  local blob = redis.call('GET', key) or ''
+  local count = #blob / ENTRY
+  -- binary search: first entry >= x, over entries 0..count-1
+  local function lower_bound(x)
+    local lo, hi = 0, count
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if string.sub(blob, mid * ENTRY + 1, mid * ENTRY + ENTRY) < x then lo = mid + 1 else hi = mid end
+    end
+    return lo
+  end
+  if old ~= '' then
+    local at = lower_bound(old)
+    if at < count and string.sub(blob, at * ENTRY + 1, at * ENTRY + ENTRY) == old then
+      blob = string.sub(blob, 1, at * ENTRY) .. string.sub(blob, at * ENTRY + ENTRY + 1)
+      count = count - 1
+    end
+  end
+  local at = lower_bound(new)
+  blob = string.sub(blob, 1, at * ENTRY) .. new .. string.sub(blob, at * ENTRY + 1)
+  count = count + 1
+  if count > cap then
+    blob = string.sub(blob, (count - cap) * ENTRY + 1)
+  end
+  redis.call('SET', key, blob)
+end
+
+local LN2 = math.log(2)
+local function trend(key, member, ts, weight, half_life)
+  if weight <= 0 then return end
+  local add = ts / half_life + math.log(weight) / LN2
+  local old = redis.call('ZSCORE', key, member)
+  local value = add
+  if old then
+    old = tonumber(old)
+    local hi, lo = math.max(old, add), math.min(old, add)
+    value = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+  end
+  redis.call('ZADD', key, value, member)
+end
+
+-- Run the ops in ARGV[i..]; returns nil or an error reply.
+local function run_ops(i, half_life)
+  while i <= #ARGV do
+    local op = ARGV[i]
+    if op == 'X' then
+      splice_index(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]))
+      i = i + 5
+    elseif op == 'H' then
+      redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], 'PX', ARGV[i + 3])
+      i = i + 4
+    elseif op == 'D' then
+      redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
+      i = i + 4
+    elseif op == 'N' then
+      redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
+      i = i + 4
+    elseif op == 'T' then
+      trend(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], tonumber(ARGV[i + 3]),
+            tonumber(ARGV[i + 4]), half_life)
+      i = i + 5
+    else
+      return redis.error_reply('unknown op ' .. tostring(op))
+    end
+  end
+  return nil
+end
+
+-- Stream ids 'ms-seq' compared as numbers.
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+
+-- No gap: the first entry above the watermark must be the stream's next entry after it.
+-- Otherwise an older batch, delivered to another reader during a lease handover, has not been
+-- applied yet, and moving the watermark past it would drop it.
+local function no_gap(stream, current, first)
+  if first == '' then return true end
+  local start = '-'
+  if current ~= '' then start = '(' .. current end
+  local next_entry = redis.call('XRANGE', stream, start, '+', 'COUNT', 1)
+  return #next_entry > 0 and next_entry[1][1] == first
+end
