@@ -11,7 +11,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 
 from service import access, cors, validation
 from service.errors import ApiError
@@ -19,7 +18,7 @@ from service.jsonutil import dumps
 from service.keyspace import lua
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
-from service.store import MEMORY_URL, Store
+from service.store import MEMORY_URL, REDIS_FAILURES, Store
 
 log = logging.getLogger("sessionrec.api")
 
@@ -82,7 +81,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = _http_error(request, exc)
-    except (RedisError, ConnectionError, OSError, TimeoutError) as exc:
+    except REDIS_FAILURES as exc:
         log.warning("redis unavailable: %r", exc)
         response = ApiError(503, "unavailable",
                             "The data store is unreachable; retry shortly.").response()
@@ -192,7 +191,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].ping()
-    except (RedisError, ConnectionError, OSError, TimeoutError):
+    except REDIS_FAILURES:
         raise ApiError(503, "unavailable", "Redis is unreachable.") from None
     return json_response({"status": "ready"})
 
@@ -202,7 +201,7 @@ async def metrics(request: web.Request) -> web.Response:
     try:
         for figure, value in (await request.app[STORE].stats()).items():
             m.state.labels(figure).set(value)
-    except (RedisError, ConnectionError, OSError, TimeoutError):
+    except REDIS_FAILURES:
         pass  # the request series are still worth scraping while Redis is away
     return web.Response(body=generate_latest(m.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -276,7 +275,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                 settings.rate_limit, settings.rate_burst)
         try:
             await app[STORE].prepare()
-        except (RedisError, ConnectionError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
         yield
         if own:

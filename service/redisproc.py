@@ -143,7 +143,11 @@ class RedisClusterProcess:
                 ok = (ok and b"cluster_state:ok" in command(node.port, "CLUSTER", "INFO")
                       and known == len(self.nodes))
                 if ok and self._role(node.port) == "slave":
-                    ok = b"master_link_status:up" in command(node.port, "INFO", "replication")
+                    info = redis.Redis(port=node.port)
+                    try:
+                        ok = info.info("replication").get("master_link_status") == "up"
+                    finally:
+                        info.close()
             if ok:
                 return
             time.sleep(0.1)

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,7 +25,18 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import resp, scoring
 from service.entries import encode, number, pack_events, unpack_events
@@ -43,6 +55,16 @@ from service.scoring import Params, Query
 from service.settings import Settings
 
 log = logging.getLogger("sessionrec.store")
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, AskError,
+    ReadOnlyError, OutOfMemoryError, RedisClusterException, ConnectionError, OSError,
+    TimeoutError)
+"""Errors that say Redis (or a cluster node, mid-failover) cannot take the call now, as opposed
+to a call that can never succeed: retried by workers, 503 from the API, never a dead letter."""
+
+REDIS_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE, RedisError)
+"""What the API answers with 503: Redis could not serve the call."""
 
 JOURNAL_GRACE = 10.0
 """Seconds a journalled batch is left to the API process that wrote it before a worker
@@ -258,15 +280,18 @@ class Store:
         journal = self.keys.journal(next(iter(groups)))
         await self.redis.hset(journal, token, b"%d|%s" % (int(time.time() * 1000),
                                                          pack_events(list(events))))
+        replies = await asyncio.gather(*(self._append_live(group, token)
+                                         for group in groups.values()), return_exceptions=True)
+        failed = [r for r in replies if isinstance(r, BaseException)]
         try:
-            replies = await asyncio.gather(*(self._append_live(group, token)
-                                             for group in groups.values()))
+            if failed:
+                raise failed[0]
             await self.redis.hdel(journal, token)
-        except RedisError as exc:
-            log.warning("batch %s journalled but not yet appended everywhere (%s): a worker "
+        except REDIS_FAILURES as exc:
+            log.warning("batch %s journalled but not yet appended everywhere (%r): a worker "
                         "replays it", token, exc)
             return []
-        return [i for reply in replies for i in reply]
+        return [i for reply in replies if isinstance(reply, list) for i in reply]
 
     def _partition(self, ev: Event) -> int:
         return partition_of(session_hash(ev.session_id), self.settings.partitions)
@@ -307,6 +332,27 @@ class Store:
             await self.redis.hdel(journal, token)
             replayed += 1
         return replayed
+
+    async def _journalled_not_appended(self) -> int:
+        """Events of journalled batches that have not reached their partition stream yet (the
+        journal is empty but for a batch being written, or one a node failure interrupted)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.settings.partitions):
+                pipe.hgetall(self.keys.journal(p))
+            journals: list[dict[bytes, bytes]] = await pipe.execute()
+        parts: list[tuple[int, bytes, int]] = []
+        for journal in journals:
+            for token, value in journal.items():
+                groups = Counter(self._partition(ev)
+                                 for ev in unpack_events(value.partition(b"|")[2]))
+                parts += [(p, token, n) for p, n in groups.items()]
+        if not parts:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, token, _ in parts:
+                pipe.zscore(self.keys.batch_tokens(p), token)
+            appended = await pipe.execute()
+        return sum(n for (_, _, n), done in zip(parts, appended, strict=True) if done is None)
 
     async def append(self, events: Sequence[Event]) -> None:
         """Write events to their partition streams only, in the documented entry format (what
@@ -541,6 +587,8 @@ class Store:
             dead += int(counters.get(b"dead", 0))
             live += int(sessions)
         items = sum(int(n) for n in replies[3 * self.settings.partitions:])
+        if self.cluster:
+            accepted += await self._journalled_not_appended()
         return {"events_accepted": accepted, "events_processed": processed,
                 "events_dead": dead, "pending": max(accepted - processed - dead, 0),
                 "items": items, "live_sessions": live}

@@ -33,20 +33,18 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import resp
 from service.entries import BadEntry, decode
 from service.keyspace import GROUP, Keys, lua, partition_of, session_hash, shard_of
 from service.model import Effects, Event, apply_events, sessions_of
 from service.settings import Settings
-from service.store import MEMORY_URL, Store, connect, ensure_groups, is_cluster
+from service.store import MEMORY_URL, UNAVAILABLE, Store, connect, ensure_groups, is_cluster
 
 log = logging.getLogger("sessionrec.worker")
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+REDIS_DOWN = UNAVAILABLE
 TRIM_EVERY = 5.0
 
 
@@ -87,6 +85,9 @@ class Worker:
         self.intent_script = client.register_script(lua("intent"))
         self.apply_script = client.register_script(lua("apply"))
         self.store = Store(settings, client)
+        self.excused: dict[int, int] = {}
+        """Per partition: redeliveries since the last success that an outage or a conflict
+        explains (not a crash the entry might cause)."""
         self.cut_short: set[int] = set()
         """Partitions whose last batch was cut at the in-flight mark: read the backlog next."""
         self.trim_script = client.register_script(lua("trim"))
@@ -184,6 +185,7 @@ class Worker:
                     continue
                 if entries:
                     await asyncio.shield(self.process(p, entries))
+                    self.excused.pop(p, None)
                 if p in self.cut_short:
                     self.cut_short.discard(p)
                     backlog = True
@@ -191,9 +193,11 @@ class Worker:
             except Conflict:
                 log.info("partition %d: watermark moved; re-reading pending entries", p)
                 backlog = True
+                self.excused[p] = self.excused.get(p, 0) + 1
             except REDIS_DOWN as exc:
                 log.warning("partition %d: redis unavailable (%s)", p, exc)
                 backlog = True
+                self.excused[p] = self.excused.get(p, 0) + 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
@@ -236,6 +240,9 @@ class Worker:
             await self.redis.xack(stream, GROUP, entry_id)
             return []
         entry = Entry(messages[0][0].decode(), fields)
+        # redeliveries this process caused itself, retrying after an outage or a conflict, say
+        # nothing about the entry: only the others count toward max_deliveries
+        delivered -= self.excused.get(p, 0)
         if delivered >= self.settings.max_deliveries:
             log.error("partition %d: entry %s delivered %d times without being applied: "
                       "dead-lettered", p, entry.id, delivered)
@@ -254,6 +261,8 @@ class Worker:
         try:
             await self._commit_batch(p, entries, dead_reason=None)
         except ResponseError as exc:
+            if isinstance(exc, UNAVAILABLE):
+                raise  # the cluster is failing over or full: retry later, never dead-letter
             if len(entries) == 1:
                 log.error("partition %d: entry %s fails (%s): dead-lettered", p, entries[0].id,
                           exc)
