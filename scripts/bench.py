@@ -2,7 +2,8 @@
 
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append docs/BENCHMARKS.md
-    python scripts/bench.py api|latency|session20|worker|load|ingest|freshness --data DIR
+    python scripts/bench.py api|latency|session20|worker|load|ingest|freshness|scaling|memory \
+        --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -372,6 +373,154 @@ def bench_worker(settings: Settings, data: Path, rounds: int) -> dict[str, Any]:
             "updates / raw Redis limit": updates / median(raw), "rounds": rounds}
 
 
+async def _fill_streams(settings: Settings, data: Path) -> int:
+    store = Store(settings)
+    await store.prepare()
+    events = list(clicklog.read(data / "train.tsv").events())
+    for start in range(0, len(events), 20000):
+        await store.append(events[start:start + 20000])
+    await store.close()
+    return len(events)
+
+
+async def _pending(settings: Settings) -> int:
+    store = Store(settings)
+    try:
+        return (await store.stats())["pending"]
+    finally:
+        await store.close()
+
+
+def worker_pool(settings: Settings, data: Path, workers: int) -> float:
+    """Events/s applied by ``workers`` worker processes draining the training log."""
+    n = asyncio.run(_fill_streams(settings, data))
+    env = {**os.environ, "SESSIONREC_REDIS_URL": settings.redis_url,
+           "SESSIONREC_NAMESPACE": settings.namespace}
+    started = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                               "worker"], env=env) for _ in range(workers)]
+    try:
+        while asyncio.run(_pending(settings)) > 0:
+            time.sleep(0.1)
+        return n / (time.perf_counter() - started)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+
+
+def bench_scaling(settings: Settings, data: Path, seconds: int, rounds: int
+                  ) -> list[tuple[str, dict[str, Any]]]:
+    """The worker pool (1, 2, 3 processes) and the API (1, 2 processes) on a local 3-master
+    Redis Cluster, with standalone Redis in the same run as the reference."""
+    from service.redisproc import RedisClusterProcess
+
+    out = []
+    with RedisClusterProcess(masters=3) as cluster_url:
+        cluster = settings.replace(redis_url=cluster_url)
+        pool: dict[str, Any] = {}
+        for r in range(rounds):
+            for label, base, workers in (("standalone, 1 worker", settings, 1),
+                                         ("cluster, 1 worker", cluster, 1),
+                                         ("cluster, 2 workers", cluster, 2),
+                                         ("cluster, 3 workers", cluster, 3)):
+                rate = worker_pool(base.replace(namespace=f"pool{r}-{workers}"), data, workers)
+                pool.setdefault(label, []).append(rate)
+        figures: dict[str, Any] = {f"{k} (events/s)": median(v) for k, v in pool.items()}
+        figures["rounds"] = rounds
+        out.append(("worker pool applying the DIGINETICA training log", figures))
+
+        asyncio.run(build_model(cluster, data))
+        script = wrk_script(bodies(data), "/iid_recommend")
+        api: dict[str, list[float]] = {}
+        with sessionrec_server(settings) as s1, sessionrec_server(cluster) as c1, \
+                sessionrec_server(cluster, processes=2) as c2:
+            for url in (s1, c1, c2):
+                wrk(url, script, 2)
+            for _ in range(rounds):
+                for label, url in (("standalone, 1 process", s1), ("cluster, 1 process", c1),
+                                   ("cluster, --processes 2", c2)):
+                    api.setdefault(label, []).append(wrk(url, script, seconds)["rps"])
+        api_figures: dict[str, Any] = {f"{k} (req/s)": median(v) for k, v in api.items()}
+        api_figures["cluster 2 processes / 1 process"] = (
+            median(api["cluster, --processes 2"]) / median(api["cluster, 1 process"]))
+        api_figures["rounds"] = rounds
+        out.append(("POST /iid_recommend on the cluster, wrk -t1 -c32", api_figures))
+    return out
+
+
+async def _memory(settings: Settings, data: Path, live_sessions: int) -> dict[str, Any]:
+    """Redis bytes per stored neighbour entry, per learned history and per live session."""
+    store = Store(settings)
+    r: Any = store.redis
+    ns = settings.namespace
+
+    async def used() -> int:
+        return int((await r.info("memory"))["used_memory"])
+
+    async def keys_of(kind: str) -> list[bytes]:
+        return [k async for k in r.scan_iter(match=f"{ns}:*:{kind}:*", count=5000)]
+
+    async def total_usage(keys: list[bytes]) -> tuple[int, int]:
+        usage = length = 0
+        for start in range(0, len(keys), 5000):
+            async with r.pipeline(transaction=False) as pipe:
+                for key in keys[start:start + 5000]:
+                    pipe.memory_usage(key, samples=0)
+                    pipe.strlen(key)
+                replies = await pipe.execute()
+            usage += sum(replies[0::2])
+            length += sum(replies[1::2])
+        return usage, length
+
+    await store.prepare()
+    before = await used()
+    await load(store, clicklog.read(data / "train.tsv").events())
+    after_load = await used()
+    index_bytes, index_len = await total_usage(await keys_of("x"))
+    history_bytes, history_len = await total_usage(await keys_of("h"))
+    entries = index_len // 16
+    histories = len(await keys_of("h"))
+
+    # live sessions: the test log's sessions, as the API records them (ingest script)
+    test = clicklog.read(data / "test.tsv")
+    bounds = test.session_bounds()[:live_sessions + 1]
+    events = list(test.events())[:int(bounds[-1])]
+    events = [ev.__class__(f"live-{ev.session_id}", ev.item_id, time.time(), ev.type)
+              for ev in events]
+    await r.config_set("maxmemory-policy", "noeviction")
+    pre_live = await used()
+    for start in range(0, len(events), 500):
+        await store._append_live(events[start:start + 500], "")
+    post_live = await used()
+    # the stream entries are a worker's backlog, not the live session: measure them apart
+    stream_bytes = sum([await r.memory_usage(store.keys.stream(p), samples=0) or 0
+                        for p in range(settings.partitions)])
+    live = len(bounds) - 1
+    await store.close()
+    return {
+        "neighbour index entries": entries,
+        "bytes per neighbour entry (MEMORY USAGE of index keys / entries)":
+            index_bytes / entries,
+        "payload bytes per neighbour entry": 16,
+        "learned histories": histories,
+        "bytes per learned history": history_bytes / histories,
+        "bytes per history event": history_bytes / (history_len // 16),
+        "used_memory after load (MiB)": (after_load - before) / 2**20,
+        "live sessions": live,
+        "events in them": len(events),
+        "bytes per live session (used_memory delta, streams excluded)":
+            (post_live - pre_live - stream_bytes) / live,
+    }
+
+
+def bench_memory(settings: Settings, data: Path) -> dict[str, Any]:
+    with RedisProcess() as url:  # a Redis of its own: used_memory deltas must be ours alone
+        return asyncio.run(_memory(settings.replace(redis_url=url, namespace="mem"), data,
+                                   10000))
+
+
 def bench_load(settings: Settings, data: Path) -> dict[str, Any]:
     seconds = asyncio.run(build_model(settings.replace(namespace=settings.namespace + "-l"),
                                       data))
@@ -394,7 +543,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("api", "latency", "session20", "worker", "load",
-                                         "ingest", "freshness", "all"))
+                                         "ingest", "freshness", "scaling", "memory", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -411,9 +560,17 @@ def main() -> None:
                     f"Command: `{command}`\n")
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
-        if set(chosen) & {"api", "latency", "session20"}:
+        if set(chosen) & {"api", "latency", "session20", "scaling"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
+            if what == "scaling":
+                for title, figures in bench_scaling(settings, args.data, args.seconds,
+                                                    args.rounds):
+                    print(table(title, figures), flush=True)
+                    if args.append:
+                        with args.append.open("a", encoding="utf-8") as f:
+                            f.write("\n" + table(title, figures))
+                continue
             if what == "api":
                 figures = bench_api(settings, args.data, args.seconds, args.rounds)
                 title = "POST /iid_recommend, wrk -t1 -c32, closed loop"
@@ -430,6 +587,9 @@ def main() -> None:
             elif what == "freshness":
                 figures = bench_freshness(settings, 300)
                 title = "accepted event -> visible in /items/{id}/similar, under background load"
+            elif what == "memory":
+                figures = bench_memory(settings, args.data)
+                title = "Redis memory, DIGINETICA training log loaded, default model"
             elif what == "worker":
                 figures = bench_worker(settings, args.data, args.rounds)
                 title = "one worker applying the DIGINETICA training log"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -39,14 +39,20 @@ GROUP = "workers"
 """The consumer group every worker reads each partition stream through."""
 
 
+@lru_cache(maxsize=1 << 16)
 def item_hash(item_id: str) -> bytes:
     return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
                            person=b"sessionrec-item").digest()
 
 
+@lru_cache(maxsize=1 << 16)
 def session_hash(session_id: str) -> bytes:
     return hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
                            person=b"sessionrec-sess").digest()
+
+
+# item_hash and session_hash are cached: a worker batch or a request hashes the same ids
+# several times (partition, history key, update rule), and popular ids recur across batches.
 
 
 def hash_number(h: bytes) -> int:
@@ -132,7 +138,11 @@ class Keys:
         return f"{self.ns}:{{i{shard}}}"
 
     def index(self, item: bytes) -> str:
-        return f"{self._i(shard_of(item))}:x:{item.hex()}"
+        return self.index_prefix(shard_of(item)) + item.hex()
+
+    def index_prefix(self, shard: int) -> str:
+        """The indexes of shard ``shard`` are this plus the item hash in hex."""
+        return f"{self._i(shard)}:x:"
 
     def names(self, shard: int) -> str:
         return self._i(shard) + ":names"

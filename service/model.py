@@ -20,8 +20,10 @@ function of the events. ``apply_events`` is used by the worker, and by the bulk 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from service.keyspace import ENTRY_BYTES, HASH_BYTES, item_hash, session_hash
 
@@ -64,8 +66,10 @@ class Event:
         return TYPE_RATING[self.type] if self.rating is None else self.rating
 
 
-@dataclass(frozen=True, slots=True)
-class IndexChange:
+class IndexChange(NamedTuple):
+    """A named tuple, not a frozen dataclass: one is built per event, and a frozen dataclass'
+    constructor costs several times more."""
+
     item: bytes
     old: bytes  # entry to remove, b"" for none
     new: bytes
@@ -98,30 +102,63 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
     it; an item new to the session's kept history counts once toward its document frequency.
     """
     fx = Effects()
-    current: dict[bytes, list[tuple[bytes, int]]] = {}
+    # per session: its kept history, and per item the latest time in it (so an event costs a
+    # dict lookup, not a scan of the history)
+    current: dict[bytes, tuple[list[tuple[bytes, int]], dict[bytes, int]]] = {}
     for ev in events:
         s = session_hash(ev.session_id)
-        if s not in current:
-            current[s] = split_entries(histories.get(s, b""))
-            fx.new_sessions += not current[s]
-        hist = current[s]
+        state = current.get(s)
+        if state is None:
+            kept = split_entries(histories.get(s, b""))
+            state = current[s] = (kept, _latest(kept))
+            fx.new_sessions += not kept
+        hist, latest = state
         i = item_hash(ev.item_id)
         tkey = time_key(ev.timestamp)
-        previous = max((t for it, t in hist if it == i), default=None)
+        previous = latest.get(i)
         if previous is None:
             fx.doc_freq[i] = fx.doc_freq.get(i, 0) + 1
             fx.index.append(IndexChange(i, b"", index_entry(tkey, s)))
+            latest[i] = tkey
         elif tkey > previous:
             fx.index.append(IndexChange(i, index_entry(previous, s), index_entry(tkey, s)))
+            latest[i] = tkey
         hist.append((i, tkey))
         if len(hist) > history_cap:
             del hist[: len(hist) - history_cap]
-        fx.names.setdefault(i, ev.item_id)
+            latest.clear()
+            latest.update(_latest(hist))
+        if i not in fx.names:
+            fx.names[i] = ev.item_id
         fx.trend.append((ev.item_id, ev.timestamp, trend_weight(ev)))
         fx.applied += 1
-    for s, hist in current.items():
+    for s, (hist, _) in current.items():
         fx.histories[s] = b"".join(history_entry(it, t) for it, t in hist)
     return fx
+
+
+def _latest(history: list[tuple[bytes, int]]) -> dict[bytes, int]:
+    latest: dict[bytes, int] = {}
+    for item, t in history:
+        if t > latest.get(item, -1):
+            latest[item] = t
+    return latest
+
+
+def trending(trend: Iterable[tuple[str, float, float]], half_life: float) -> dict[str, float]:
+    """Per item ``log2(sum of weight * 2^(ts / half_life))``, computed stably in log space:
+    how a batch's (worker) or a whole log's (loader) events reach the trending zset, one value
+    per item, merged with the stored one by the same log-sum."""
+    by_item: dict[str, list[float]] = {}
+    for member, ts, weight in trend:
+        if weight > 0:
+            by_item.setdefault(member, []).append(ts / half_life + math.log2(weight))
+    out = {}
+    for member, logs in by_item.items():
+        top = max(logs)
+        out[member] = top if len(logs) == 1 else top + math.log2(
+            math.fsum(2.0 ** (x - top) for x in logs))
+    return out
 
 
 def sessions_of(events: Sequence[Event]) -> list[bytes]:

@@ -14,10 +14,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 
-def pack(command: bytes, args: Sequence[bytes]) -> bytes:
-    """``command args...`` as a RESP array of bulk strings."""
-    head = b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(command), command)
-    return head + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+def pack(command: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
+    """``command args...`` as a RESP array of bulk strings (arguments encoded as ``arg``)."""
+    out = [b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(command), command)]
+    append = out.append
+    for a in args:
+        raw = a if type(a) is bytes else arg(a)
+        append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
 
 
 def arg(value: bytes | str | int | float) -> bytes:

@@ -237,6 +237,7 @@ class Store:
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
         self.ingest_script = self.redis.register_script(lua("ingest"))
+        self.append_script = self.redis.register_script(lua("append"))
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -357,16 +358,16 @@ class Store:
     async def append(self, events: Sequence[Event]) -> None:
         """Write events to their partition streams only, in the documented entry format (what
         an external producer does): learned by the workers, not recorded as live sessions.
-        Atomic per partition (on standalone Redis, for the whole call)."""
-        groups: dict[int, list[Event]] = {}
+        Atomic per partition (one script per partition touched)."""
+        groups: dict[int, list[Any]] = {}
         for ev in events:
-            groups.setdefault(0 if not self.cluster else self._partition(ev), []).append(ev)
-        for group in groups.values():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for ev in group:
-                    pipe.xadd(self.keys.stream(self._partition(ev)),
-                              encode(ev))  # type: ignore[arg-type]
-                await pipe.execute()
+            args = groups.setdefault(self._partition(ev), [])
+            fields = encode(ev)
+            args.append(2 * len(fields))
+            for field, value in fields.items():
+                args += [field, value]
+        for p, args in groups.items():
+            await self.append_script(keys=[self.keys.stream(p)], args=args)
 
     async def live_session(self, session_id: str) -> list[LiveInteraction]:
         s = session_hash(session_id)

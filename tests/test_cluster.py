@@ -5,9 +5,9 @@ per-slot effects applied once across crashes, journalled batches, and a worker k
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
-import time
 from collections import Counter
 from typing import Any
 
@@ -30,8 +30,11 @@ def on(url: str, namespace: str) -> Settings:
                     lease_ms=2000)
 
 
+_count = itertools.count()
+
+
 def namespace(tag: str) -> str:
-    return f"c{os.getpid()}-{tag}-{time.monotonic_ns()}"
+    return f"c{os.getpid() % 100000}-{tag}-{next(_count)}"
 
 
 async def master_key_counts(url: str, ns: str) -> list[int]:

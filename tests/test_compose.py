@@ -36,3 +36,30 @@ def test_compose_services_run_real_commands() -> None:
 def test_dockerfile_installs_the_package_and_its_console_script() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install" in text and '"sessionrec", "serve"' in text
+
+
+def test_cluster_compose_has_six_nodes_two_apis_behind_nginx_and_three_workers() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    services = compose["services"]
+    nodes = [name for name in services if name.startswith("redis-")]
+    assert len(nodes) == 6
+    addresses = []
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert "--appendonly" in command
+        addresses.append(services[name]["networks"]["cluster"]["ipv4_address"])
+    create = services["cluster-init"]["command"][-1]
+    assert all(f"{ip}:6379" in create for ip in addresses) and "--cluster-replicas 1" in create
+    parser = build_parser()
+    for name, wanted in (("api-1", "serve"), ("api-2", "serve"), ("worker", "worker")):
+        args = parser.parse_args(services[name]["command"][1:])
+        assert args.command == wanted
+        settings = from_args(args, services[name]["environment"])
+        seeds = settings.redis_url.removeprefix("redis+cluster://").split(",")
+        assert settings.redis_url.startswith("redis+cluster://") and \
+            {seed.split(":")[0] for seed in seeds} <= set(addresses)
+    assert services["worker"]["deploy"]["replicas"] == 3
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "server api-1:8000" in conf and "server api-2:8000" in conf
+    assert any("deploy/nginx.conf" in volume for volume in services["nginx"]["volumes"])

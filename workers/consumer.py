@@ -27,7 +27,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,8 +37,8 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from service import resp
 from service.entries import BadEntry, decode
-from service.keyspace import GROUP, Keys, lua, partition_of, session_hash, shard_of
-from service.model import Effects, Event, apply_events, sessions_of
+from service.keyspace import GROUP, ITEM_SHARDS, Keys, lua, partition_of, session_hash, shard_of
+from service.model import Effects, Event, apply_events, sessions_of, trending
 from service.settings import Settings
 from service.store import MEMORY_URL, UNAVAILABLE, Store, connect, ensure_groups, is_cluster
 
@@ -85,6 +85,13 @@ class Worker:
         self.intent_script = client.register_script(lua("intent"))
         self.apply_script = client.register_script(lua("apply"))
         self.store = Store(settings, client)
+        k = self.keys
+        self._shard_keys = ([k.index_prefix(n) for n in range(ITEM_SHARDS)],
+                            [k.doc_freq(n) for n in range(ITEM_SHARDS)],
+                            [k.names(n) for n in range(ITEM_SHARDS)])
+        self.named = NameSet()
+        """Items whose name this process committed: names never change (first writer wins),
+        so their HSETNX is left out of later batches."""
         self.excused: dict[int, int] = {}
         """Per partition: redeliveries since the last success that an outage or a conflict
         explains (not a crash the entry might cause)."""
@@ -219,6 +226,19 @@ class Worker:
                 entry_id = first["message_id"]
                 entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 return await self._read_one(p, entry_id, int(first["times_delivered"]))
+        if self.settings.redis_url != MEMORY_URL and not self.cluster:
+            # the raw reply: redis-py's parser builds a dict per entry through pairs_to_dict,
+            # a tenth of the worker's time at full speed
+            block: list[bytes | int] = [] if backlog else [b"BLOCK", self.settings.block_ms]
+            raw: Any = await resp.execute(self.redis, resp.pack(b"XREADGROUP", [
+                b"GROUP", GROUP, self.keys.consumer(p), b"COUNT", self.settings.batch_size,
+                *block, b"STREAMS", stream, b"0" if backlog else b">"]))
+            if not raw:
+                return []
+            # RESP3 (redis-py's default here) answers a map stream -> entries, RESP2 a list
+            messages = next(iter(raw.values())) if isinstance(raw, dict) else raw[0][1]
+            return [Entry(mid.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+                    for mid, flat in messages if flat is not None]
         reply = await self.redis.xreadgroup(
             GROUP, self.keys.consumer(p), {stream: "0" if backlog else ">"},
             count=self.settings.batch_size, block=None if backlog else self.settings.block_ms)
@@ -281,9 +301,11 @@ class Worker:
                 decoded.append(dead_reason if dead_reason is not None else decode(entry.fields))
             except BadEntry as exc:
                 decoded.append(f"unreadable entry: {exc}")
+        homes = {ev.session_id: partition_of(session_hash(ev.session_id),
+                                             self.settings.partitions)
+                 for ev in decoded if isinstance(ev, Event)}
         for n, ev in enumerate(decoded):
-            if isinstance(ev, Event) and (home := partition_of(
-                    session_hash(ev.session_id), self.settings.partitions)) != p:
+            if isinstance(ev, Event) and (home := homes[ev.session_id]) != p:
                 # its session's history lives in another partition's slot: never applicable
                 decoded[n] = (f"session {ev.session_id!r} belongs to partition {home}: write "
                               f"it to {k.stream(home)}")
@@ -327,6 +349,7 @@ class Worker:
                                        first_fresh)
         if await self._commit(keys, args) == -1:
             raise Conflict(p)
+        self.named.update(effects.names)
         self.applied += effects.applied
 
     async def _commit(self, keys: list[str], args: list[Any]) -> Any:
@@ -335,8 +358,7 @@ class Worker:
         cache take the client's ordinary path."""
         if self.settings.redis_url == MEMORY_URL or self.cluster:
             return await self.commit_script(keys=keys, args=args)
-        packed = resp.pack(b"EVALSHA", [self.commit_script.sha.encode(), b"%d" % len(keys),
-                                         *map(resp.arg, keys), *map(resp.arg, args)])
+        packed = resp.pack(b"EVALSHA", [self.commit_script.sha, len(keys), *keys, *args])
         try:
             return await resp.execute(self.redis, packed)
         except NoScriptError:
@@ -348,12 +370,13 @@ class Worker:
         pipeline (a round trip per node, all nodes at once). A crash half-way is repaired by
         the retry: slots that have the batch skip it."""
         calls = []
+        s = self.settings
         for group, ops in groups.items():
             marks = (self.keys.global_marks() if group == GLOBAL
                      else self.keys.item_marks(cast(int, group)))
             keys = [marks]
-            args: list[Any] = [p, new_mark, self.settings.trend_half_life]
-            args += _pack_ops(ops, keys)
+            args: list[Any] = [p, new_mark, s.index_cap, s.history_ttl * 1000]
+            _pack_ops(ops, keys, {marks: 1}, args)
             calls.append((keys, args))
         for attempt in range(2):
             try:
@@ -373,24 +396,39 @@ class Worker:
         (histories), an item shard's (indexes, frequencies, names) or the global one."""
         k, s = self.keys, self.settings
         groups: dict[Group, list[Op]] = {}
+        index_prefix, df_key, names_key = self._shard_keys
+        shards: dict[bytes, tuple[int, str]] = {}
 
-        def add(group: Group, op: Op) -> None:
-            groups.setdefault(group, []).append(op)
+        def shard_hex(item: bytes) -> tuple[int, str]:
+            known = shards.get(item)
+            if known is None:
+                known = shards[item] = (shard_of(item), item.hex())
+            return known
 
         for change in fx.index:
-            add(shard_of(change.item),
-                ("X", k.index(change.item), [change.old, change.new, s.index_cap]))
-        ttl_ms = s.history_ttl * 1000
-        for session, blob in fx.histories.items():
-            add(PARTITION, ("H", k.history(session), [blob, ttl_ms]))
+            shard, hexed = shard_hex(change.item)
+            groups.setdefault(shard, []).append(
+                ("X", index_prefix[shard] + hexed, [change.old, change.new]))
+        if fx.histories:
+            groups[PARTITION] = [("H", k.history(session), [blob])
+                                 for session, blob in fx.histories.items()]
         for item, n in fx.doc_freq.items():
-            add(shard_of(item), ("D", k.doc_freq(shard_of(item)), [item.hex(), n]))
+            shard, hexed = shard_hex(item)
+            groups.setdefault(shard, []).append(("D", df_key[shard], [hexed, n]))
+        named = self.named
         for item, name in fx.names.items():
-            add(shard_of(item), ("N", k.names(shard_of(item)), [item.hex(), name]))
-        for member, ts, weight in fx.trend:
-            add(GLOBAL, ("T", k.trend(), [member, repr(ts), repr(weight)]))
+            if item in named:
+                continue  # first writer wins: this process wrote or saw it already
+            shard, hexed = shard_hex(item)
+            groups.setdefault(shard, []).append(("N", names_key[shard], [hexed, name]))
+        trend_key = k.trend()
+        ops = groups.setdefault(GLOBAL, [])
+        for member, value in trending(fx.trend, s.trend_half_life).items():
+            ops.append(("T", trend_key, [member, repr(value)]))
         if fx.new_sessions:
-            add(GLOBAL, ("D", k.meta(), ["sessions", fx.new_sessions]))
+            ops.append(("D", k.meta(), ["sessions", fx.new_sessions]))
+        if not ops:
+            del groups[GLOBAL]
         return groups
 
     def _commit_args(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
@@ -398,7 +436,8 @@ class Worker:
                      first_fresh: str) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p)]
-        args: list[Any] = [GROUP, mark, new_mark, self.settings.trend_half_life, applied,
+        s = self.settings
+        args: list[Any] = [GROUP, mark, new_mark, applied, s.index_cap, s.history_ttl * 1000,
                            len(entries)]
         args += [e.id for e in entries]
         args.append(first_fresh)
@@ -407,9 +446,26 @@ class Worker:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
                    for key, value in entry.fields.items()}
             args += [entry.id, reason, orjson.dumps(raw)]
+        index = {key: n + 1 for n, key in enumerate(keys)}
         for group_ops in ops.values():
-            args += _pack_ops(group_ops, keys)
+            _pack_ops(group_ops, keys, index, args)
         return keys, args
+
+
+class NameSet:
+    """A bounded set of item hashes (cleared when full: forgetting only costs a re-send)."""
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        self.capacity = capacity
+        self._items: set[bytes] = set()
+
+    def __contains__(self, item: bytes) -> bool:
+        return item in self._items
+
+    def update(self, items: Iterable[bytes]) -> None:
+        if len(self._items) > self.capacity:
+            self._items.clear()
+        self._items.update(items)
 
 
 Group = int | str
@@ -420,10 +476,9 @@ PARTITION = "partition"
 GLOBAL = "global"
 
 
-def _pack_ops(ops: list[Op], keys: list[str]) -> list[Any]:
-    """Ops as script arguments, each key named by its index in ``keys`` (appended as needed)."""
-    index = {key: n + 1 for n, key in enumerate(keys)}
-    args: list[Any] = []
+def _pack_ops(ops: list[Op], keys: list[str], index: dict[str, int], args: list[Any]) -> None:
+    """Append ops to ``args``, each key named by its index in ``keys`` (appended as needed;
+    ``index`` maps the keys already there to their index)."""
     for code, key, rest in ops:
         ref = index.get(key)
         if ref is None:
@@ -432,4 +487,3 @@ def _pack_ops(ops: list[Op], keys: list[str]) -> list[Any]:
         args.append(code)
         args.append(ref)
         args += rest
-    return args

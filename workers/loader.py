@@ -9,17 +9,15 @@ streamed ones within float rounding (the stream's own sum order depends on inter
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 from redis.asyncio.client import Pipeline
 
 from service.keyspace import shard_of
-from service.model import Event, apply_events
+from service.model import Event, apply_events, trending
 from service.store import Store
 
 PIPELINE = 2000
@@ -48,20 +46,6 @@ def build_indexes(changes: Iterable[tuple[bytes, bytes, bytes]], cap: int) -> di
             bucket.discard(old)
         bucket.add(new)
     return {item: b"".join(sorted(bucket)[-cap:]) for item, bucket in entries.items()}
-
-
-def trending(trend: Iterable[tuple[str, float, float]], half_life: float) -> dict[str, float]:
-    """Per item ``log2(sum of weight * 2^(ts / half_life))``, computed stably in log space."""
-    by_item: dict[str, list[float]] = {}
-    for member, ts, weight in trend:
-        if weight > 0:
-            by_item.setdefault(member, []).append(ts / half_life + math.log2(weight))
-    out = {}
-    for member, logs in by_item.items():
-        arr = np.asarray(logs)
-        top = arr.max()
-        out[member] = float(top + np.log2(np.exp2(arr - top).sum()))
-    return out
 
 
 async def load(store: Store, events: Iterable[Event]) -> LoadReport:

@@ -5,8 +5,8 @@
 -- KEYS[1] stream, KEYS[2] watermark, KEYS[3] counters, KEYS[4] dead letters, KEYS[5] in-flight
 -- mark, KEYS[6..] keys the ops name by index.
 -- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark (the
--- batch's last entry above the watermark, or ARGV[2] when there is none), ARGV[4] half-life
--- (s), ARGV[5] applied count, ARGV[6] n_ack, then the n_ack ids, then the batch's first entry
+-- batch's last entry above the watermark, or ARGV[2] when there is none), ARGV[4] applied
+-- count, ARGV[5] index cap, ARGV[6] history ttl (ms), ARGV[7] n_ack, then the n_ack ids, then the batch's first entry
 -- above the watermark ('' = none), then n_dead, then 3 per dead entry (id, reason, raw fields
 -- as JSON), then ops (see ops.lua).
 --[[ops]]
@@ -14,8 +14,7 @@ local current = redis.call('GET', KEYS[2]) or ''
 if current ~= ARGV[2] then
   return -1
 end
-local half_life = tonumber(ARGV[4])
-local i = 6
+local i = 7
 local n_ack = tonumber(ARGV[i])
 local acks = {}
 for a = 1, n_ack do acks[a] = ARGV[i + a] end
@@ -30,7 +29,7 @@ for d = 0, n_dead - 1 do
   redis.call('XADD', KEYS[4], '*', 'id', ARGV[b + 1], 'reason', ARGV[b + 2], 'fields', ARGV[b + 3])
 end
 i = i + n_dead * 3 + 1
-local failed = run_ops(i, half_life)
+local failed = run_ops(i, tonumber(ARGV[5]), ARGV[6])
 if failed then return failed end
 
 redis.call('SET', KEYS[2], ARGV[3])
@@ -38,7 +37,7 @@ local inflight = redis.call('GET', KEYS[5])
 if inflight and (ARGV[3] == '' or not id_less(ARGV[3], inflight)) then
   redis.call('DEL', KEYS[5])
 end
-redis.call('HINCRBY', KEYS[3], 'processed', ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'processed', ARGV[4])
 if n_dead > 0 then redis.call('HINCRBY', KEYS[3], 'dead', n_dead) end
 if n_ack > 0 then redis.call('XACK', KEYS[1], ARGV[1], unpack(acks)) end
 return 1

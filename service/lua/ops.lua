@@ -1,14 +1,17 @@
 -- Shared by commit.lua and apply.lua (spliced in where a script says --[[ops]]).
--- Ops, after their code, name keys by their index in KEYS:
---   'X' key old_entry new_entry cap   neighbour index: replace/insert a sorted 16-byte entry,
+-- Ops, after their code, name keys by their index in KEYS (cap and ttl_ms are per script):
+--   'X' key old_entry new_entry       neighbour index: replace/insert a sorted 16-byte entry,
 --                                      keep the newest cap entries
---   'H' key value ttl_ms              learned session history
+--   'H' key value                     learned session history, expiring after ttl_ms
 --   'D' key field n                   HINCRBY (document frequency, session count)
 --   'N' key field value               item id behind a hash (first writer wins)
---   'T' key member ts weight          trending: log2-sum of weight * 2^(ts / half_life)
+--   'T' key member log2_value         trending: log2-sum with the stored value (the worker
+--                                      folds a batch's events per item into one value)
 local ENTRY = 16
+-- Index blobs are read once and written once per script, however many splices they take.
+local index_blobs = {}
 local function splice_index(key, old, new, cap)
-  local blob = redis.call('GET', key) or ''
+  local blob = index_blobs[key] or redis.call('GET', key) or ''
   local count = #blob / ENTRY
   -- binary search: first entry >= x, over entries 0..count-1
   local function lower_bound(x)
@@ -32,13 +35,11 @@ local function splice_index(key, old, new, cap)
   if count > cap then
     blob = string.sub(blob, (count - cap) * ENTRY + 1)
   end
-  redis.call('SET', key, blob)
+  index_blobs[key] = blob
 end
 
 local LN2 = math.log(2)
-local function trend(key, member, ts, weight, half_life)
-  if weight <= 0 then return end
-  local add = ts / half_life + math.log(weight) / LN2
+local function trend(key, member, add)
   local old = redis.call('ZSCORE', key, member)
   local value = add
   if old then
@@ -50,15 +51,15 @@ local function trend(key, member, ts, weight, half_life)
 end
 
 -- Run the ops in ARGV[i..]; returns nil or an error reply.
-local function run_ops(i, half_life)
+local function run_ops(i, cap, ttl_ms)
   while i <= #ARGV do
     local op = ARGV[i]
     if op == 'X' then
-      splice_index(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]))
-      i = i + 5
-    elseif op == 'H' then
-      redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], 'PX', ARGV[i + 3])
+      splice_index(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], cap)
       i = i + 4
+    elseif op == 'H' then
+      redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], 'PX', ttl_ms)
+      i = i + 3
     elseif op == 'D' then
       redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
       i = i + 4
@@ -66,13 +67,13 @@ local function run_ops(i, half_life)
       redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
       i = i + 4
     elseif op == 'T' then
-      trend(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], tonumber(ARGV[i + 3]),
-            tonumber(ARGV[i + 4]), half_life)
-      i = i + 5
+      trend(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], tonumber(ARGV[i + 3]))
+      i = i + 4
     else
       return redis.error_reply('unknown op ' .. tostring(op))
     end
   end
+  for key, blob in pairs(index_blobs) do redis.call('SET', key, blob) end
   return nil
 end
 
