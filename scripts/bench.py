@@ -51,7 +51,7 @@ from service.redisproc import RedisProcess, free_port  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.store import Store  # noqa: E402
 from workers.consumer import Worker  # noqa: E402
-from workers.loader import load  # noqa: E402
+from workers.loader import bulk_store, load  # noqa: E402
 
 BARE = ROOT / "scripts" / "bare_server.py"
 
@@ -75,7 +75,7 @@ def bodies(data: Path, n: int = 2000, max_items: int = 20, min_items: int = 1) -
 
 async def build_model(settings: Settings, data: Path) -> float:
     train = clicklog.read(data / "train.tsv")
-    store = Store(settings)
+    store = bulk_store(settings)
     try:
         await store.prepare()
         return (await load(store, train.events())).seconds
@@ -397,8 +397,9 @@ def worker_pool(settings: Settings, data: Path, workers: int) -> float:
     env = {**os.environ, "SESSIONREC_REDIS_URL": settings.redis_url,
            "SESSIONREC_NAMESPACE": settings.namespace}
     started = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
-                               "worker"], env=env) for _ in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level",
+                               os.environ.get("POOL_LOG", "WARNING"), "worker"], env=env)
+             for _ in range(workers)]
     try:
         while asyncio.run(_pending(settings)) > 0:
             time.sleep(0.1)
@@ -430,6 +431,7 @@ def bench_scaling(settings: Settings, data: Path, seconds: int, rounds: int
         figures: dict[str, Any] = {f"{k} (events/s)": median(v) for k, v in pool.items()}
         figures["rounds"] = rounds
         out.append(("worker pool applying the DIGINETICA training log", figures))
+        print(table(*out[-1]), flush=True)
 
         asyncio.run(build_model(cluster, data))
         script = wrk_script(bodies(data), "/iid_recommend")

@@ -19,8 +19,7 @@ from service.clicklog import ClickLog
 from service.evaluate import Result, align_times, chart, evaluate, report, summarise
 from service.redisproc import RedisProcess
 from service.settings import Settings, from_args
-from service.store import Store
-from workers.loader import load
+from workers.loader import bulk_store, load
 
 T = TypeVar("T")
 
@@ -40,7 +39,7 @@ def load_command(args: argparse.Namespace) -> int:
     log = concat([read_log(p, args) for p in args.files])
 
     async def main() -> None:
-        store = Store(settings)
+        store = bulk_store(settings)
         try:
             await store.prepare()
             done = await load(store, log.events())

@@ -183,6 +183,9 @@ class FrequencyCache:
     """Item hash -> sessions containing it, for idf weighting: sorted numpy arrays, so that
     thousands of candidates are looked up in one vectorised call. Entries are refreshed after
     ``ttl`` seconds (a slightly stale frequency is harmless; a missing one costs a round trip).
+
+    New entries go to a small sorted side table, merged into the main one only when it has
+    grown to an eighth of it: re-sorting the whole cache on every miss cost milliseconds.
     """
 
     def __init__(self, ttl: float = 300.0) -> None:
@@ -190,25 +193,40 @@ class FrequencyCache:
         self.clear()
 
     def clear(self) -> None:
-        self.keys = np.zeros(0, np.uint64)
-        self.values = np.zeros(0)
+        empty = (np.zeros(0, np.uint64), np.zeros(0))
+        self.main: tuple[scoring.U64, scoring.F64] = empty
+        self.recent: tuple[scoring.U64, scoring.F64] = empty
         self.sessions: float | None = None
         self.since = time.monotonic()
 
     def lookup(self, items: scoring.U64) -> tuple[scoring.F64, npt.NDArray[np.bool_]]:
         if time.monotonic() - self.since > self.ttl:
             self.clear()
-        if not len(self.keys):
-            return np.zeros(len(items)), np.ones(len(items), dtype=bool)
-        at = np.minimum(np.searchsorted(self.keys, items), len(self.keys) - 1)
-        found = self.keys[at] == items
-        return np.where(found, self.values[at], 0.0), ~found
+        values = np.zeros(len(items))
+        found = np.zeros(len(items), dtype=bool)
+        for keys, vals in (self.main, self.recent):
+            if len(keys):
+                at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
+                hit = keys[at] == items
+                values = np.where(hit, vals[at], values)
+                found |= hit
+        return values, ~found
 
     def add(self, items: scoring.U64, values: scoring.F64) -> None:
-        keys = np.concatenate((self.keys, items))
-        vals = np.concatenate((self.values, values))
-        keys, first = np.unique(keys, return_index=True)
-        self.keys, self.values = keys, vals[first]
+        keys, vals = _merge(self.recent, (items, values))
+        if len(keys) * 8 > len(self.main[0]):
+            self.main, self.recent = _merge(self.main, (keys, vals)), (keys[:0], vals[:0])
+        else:
+            self.recent = (keys, vals)
+
+
+def _merge(a: tuple[scoring.U64, scoring.F64], b: tuple[scoring.U64, scoring.F64]
+           ) -> tuple[scoring.U64, scoring.F64]:
+    """Union of two key -> value tables, sorted by key (``b`` wins on equal keys)."""
+    keys = np.concatenate((b[0], a[0]))
+    vals = np.concatenate((b[1], a[1]))
+    keys, first = np.unique(keys, return_index=True)
+    return keys, vals[first]
 
 
 class MultiGet:
@@ -462,17 +480,9 @@ class Store:
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
         extra = len(query.seen) if seen is not None else 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            index_blobs = self._queue_mget(
-                pipe, [self.keys.index(scoring.to_hash(i)) for i in query.items])
-            if fill_with_trending:
-                pipe.zrevrange(self.keys.trend(), 0, k + extra - 1, withscores=True)
-            replies = await pipe.execute()
-        index_blobs.fill(replies)
-        trending = replies.pop(0) if fill_with_trending else []
-
-        sessions, similarity = scoring.neighbours(query, index_blobs.values, params,
-                                                  exclude_session)
+        index_blobs = await self.mget(
+            [self.keys.index(scoring.to_hash(i)) for i in query.items])
+        sessions, similarity = scoring.neighbours(query, index_blobs, params, exclude_session)
         candidates = np.zeros(0, np.uint64)
         scores = np.zeros(0)
         if len(sessions):
@@ -494,9 +504,12 @@ class Store:
             return Answer(found, MSG_SIMILAR if found else MSG_NO_SIMILAR)
         if len(found) >= k:
             return Answer(found, MSG_SESSION)
+        # only now the trending head: sessions with neighbours rarely need it
+        trending = await self.redis.zrevrange(self.keys.trend(), 0, k + extra - 1,
+                                              withscores=True)
         taken: set[Any] = {r["id"] for r in found} | {int(x) for x in exclude}
         floor = float(found[-1]["score"]) if found else 1.0
-        filler = _normalised_trending(trending, k - len(found), taken, floor)
+        filler = _normalised_trending(cast(Any, trending), k - len(found), taken, floor)
         if not found:
             return Answer(filler, MSG_POPULAR)
         return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)

@@ -222,3 +222,36 @@ async def test_a_stale_reader_cannot_make_the_watermark_skip_entries(settings: S
     assert stats["events_processed"] == stats["events_accepted"] == 30
     assert_same_state(await snapshot(r, s.namespace), await snapshot(r, clean.namespace))
     await store.close()
+
+
+async def test_a_partition_given_back_stops_even_if_its_cancellation_is_lost(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio.timeout inside the Redis client can turn a cancellation into a TimeoutError.
+    The worker must still stop reading a partition it gave back, and keep renewing the others
+    (it once waited forever here: its leases expired and two workers read one partition)."""
+    original = Worker.read
+
+    async def read_losing_cancellation(self: Worker, p: int, backlog: bool) -> list[Entry]:
+        try:
+            return await original(self, p, backlog)
+        except asyncio.CancelledError:
+            raise TimeoutError("cancellation lost inside the client") from None
+
+    monkeypatch.setattr(Worker, "read", read_losing_cancellation)
+    s = settings.replace(partitions=4)
+    worker = Worker(s, worker_id="a")
+    await ensure_groups(worker.redis, worker.keys)
+    await worker.balance()
+    tasks = dict(worker.owned)
+    assert len(tasks) == 4
+    await worker.redis.zadd(worker.keys.workers(), {"b": int(time.time() * 1000)})
+    started = time.monotonic()
+    await asyncio.wait_for(worker.balance(), 5)  # a second worker: the fair share is 2
+    assert time.monotonic() - started < 3
+    assert len(worker.owned) == 2
+    given_back = [task for p, task in tasks.items() if p not in worker.owned]
+    done, _ = await asyncio.wait(given_back, timeout=3)
+    assert len(done) == 2
+    worker.stop()
+    await worker._shutdown()
+    await worker.redis.aclose()

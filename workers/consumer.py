@@ -152,6 +152,8 @@ class Worker:
             held = await self.lease_script(keys=[self.keys.lease(p)],
                                            args=[self.id, self.settings.lease_ms, "renew"])
             if not held or task.done():
+                log.info("worker %s, partition %d: %s", self.id, p,
+                         "task ended" if held else "lease lost")
                 self.owned.pop(p)
                 task.cancel()
         for p in range(self.settings.partitions):
@@ -161,14 +163,19 @@ class Worker:
                 continue
             if await self.lease_script(keys=[self.keys.lease(p)],
                                        args=[self.id, self.settings.lease_ms, "take"]):
+                log.info("worker %s, partition %d: lease taken", self.id, p)
                 self.owned[p] = asyncio.create_task(self._partition_loop(p))
         while len(self.owned) > share:
             p = max(self.owned)
             task = self.owned.pop(p)
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # bounded: a cancellation swallowed inside the Redis client must not stall the
+            # lease renewals (the loop also ends by itself once p is no longer its own)
+            await asyncio.wait([task], timeout=1.0)
             await self.lease_script(keys=[self.keys.lease(p)],
                                     args=[self.id, self.settings.lease_ms, "release"])
+            log.info("worker %s, partition %d: lease given back (fair share %d)", self.id, p,
+                     share)
 
     async def trim(self) -> None:
         """Trim every partition stream; on a cluster, also finish the journalled batches of the
@@ -184,7 +191,12 @@ class Worker:
     async def _partition_loop(self, p: int) -> None:
         backlog = True  # first drain what this partition's consumer left pending
         delay = 0.1
-        while not self.stopping.is_set():
+        me = asyncio.current_task()
+        # ``owned[p] is me``: balance() drops p before cancelling this task, and a cancellation
+        # can be lost inside the Redis client's timeout handling (asyncio.timeout turns it into
+        # a TimeoutError when both fire together); without this check the loop would go on
+        # reading a partition that another worker now holds
+        while not self.stopping.is_set() and self.owned.get(p) is me:
             try:
                 entries = await self.read(p, backlog)
                 if backlog and not entries:
@@ -197,8 +209,8 @@ class Worker:
                     self.cut_short.discard(p)
                     backlog = True
                 delay = 0.1
-            except Conflict:
-                log.info("partition %d: watermark moved; re-reading pending entries", p)
+            except Conflict as exc:
+                log.info("partition %d: %s; re-reading pending entries", p, exc.args[1])
                 backlog = True
                 self.excused[p] = self.excused.get(p, 0) + 1
             except REDIS_DOWN as exc:
@@ -342,13 +354,15 @@ class Worker:
             if elsewhere:
                 if await self.intent_script(keys=[k.stream(p), k.watermark(p), k.inflight(p)],
                                             args=[mark, new_mark, first_fresh]) == -1:
-                    raise Conflict(p)
+                    raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
+                                      f"check (watermark {mark!r}, in flight {reply[1]!r})")
                 await self._apply_elsewhere(p, new_mark, elsewhere)
             ops = {PARTITION: ops.get(PARTITION, [])}
         keys, args = self._commit_args(p, entries, dead, effects.applied, ops, mark, new_mark,
                                        first_fresh)
         if await self._commit(keys, args) == -1:
-            raise Conflict(p)
+            raise Conflict(p, f"commit of {first_fresh}..{new_mark} refused: the watermark is "
+                              f"no longer {mark!r}, or the batch does not follow it")
         self.named.update(effects.names)
         self.applied += effects.applied
 

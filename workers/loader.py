@@ -18,9 +18,17 @@ from redis.asyncio.client import Pipeline
 
 from service.keyspace import shard_of
 from service.model import Event, apply_events, trending
+from service.settings import Settings
 from service.store import Store
 
 PIPELINE = 2000
+BULK_TIMEOUT = 60.0
+"""Socket timeout of a bulk load's client: a pipeline of 2000 multi-kilobyte writes can take
+longer than the API's one-second budget, on a busy machine or a cluster node."""
+
+
+def bulk_store(settings: Settings) -> Store:
+    return Store(settings.replace(redis_timeout=max(settings.redis_timeout, BULK_TIMEOUT)))
 
 
 @dataclass(frozen=True)
