@@ -107,10 +107,17 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
         return np.zeros(0, np.uint64), np.zeros(0)
     data = np.frombuffer(b"".join(blobs), dtype=INDEX_DTYPE)
     weight = np.repeat(query.weights, lengths)
-    sessions, inverse = np.unique(data["s"], return_inverse=True)
+    # group entries by session with one sort; similarity is a bincount (sums in entry order),
+    # the latest time a max per group of the sorted entries (np.maximum.at is far slower)
+    order = np.argsort(data["s"], kind="stable")
+    grouped = data["s"][order]
+    new_group = np.concatenate(([True], grouped[1:] != grouped[:-1]))
+    starts = np.flatnonzero(new_group)
+    sessions = grouped[starts]
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.cumsum(new_group) - 1
     similarity = np.bincount(inverse, weights=weight, minlength=len(sessions)).astype(np.float64)
-    latest = np.zeros(len(sessions), dtype=np.int64)
-    np.maximum.at(latest, inverse, data["t"].astype(np.int64))
+    latest = np.maximum.reduceat(data["t"].astype(np.int64)[order], starts)
     if exclude_session is not None:
         keep = sessions != np.uint64(exclude_session)
         sessions, similarity, latest = sessions[keep], similarity[keep], latest[keep]
@@ -137,7 +144,7 @@ def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
     if (params.sequence_weight or params.before_weight) and len(query.items):
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         position = np.arange(len(items)) - starts[owner]
-        anchor = _anchors(query, items, owner, position, len(blobs))[owner]
+        anchor = _anchors(query, items, owner, position, lengths)[owner]
         distance = position - anchor
         anchored = anchor >= 0  # the neighbour contains a session item
         after = anchored & (distance > 0)
@@ -145,29 +152,36 @@ def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
         gap = np.maximum(np.abs(distance), 1)
         weight = weight * (1.0 + np.where(after, params.sequence_weight / gap, 0.0)
                            + np.where(before, params.before_weight / gap, 0.0))
-    # an item counts once per neighbour: keep its best-weighted occurrence
-    pair = np.lexsort((-weight, items, owner))
-    items, owner, weight = items[pair], owner[pair], weight[pair]
-    first = np.ones(len(items), dtype=bool)
-    first[1:] = (items[1:] != items[:-1]) | (owner[1:] != owner[:-1])
-    candidates, inverse = np.unique(items[first], return_inverse=True)
-    totals = np.bincount(inverse, weights=weight[first], minlength=len(candidates))
+    # an item counts once per neighbour: keep its best-weighted occurrence. Items get dense
+    # ids, so (neighbour, item) is one exact int64 key: one sort instead of a 3-key lexsort.
+    candidates, item_id = np.unique(items, return_inverse=True)
+    pair = owner.astype(np.int64) * len(candidates) + item_id
+    order = np.argsort(pair, kind="stable")
+    pair = pair[order]
+    starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1])))
+    best = np.maximum.reduceat(weight[order], starts)
+    totals = np.bincount(item_id[order[starts]], weights=best, minlength=len(candidates))
     return candidates, totals.astype(np.float64)
 
 
 def _anchors(query: Query, items: U64, owner: npt.NDArray[np.int64],
-             position: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
-    """Per neighbour, the latest position of its highest-weighted session item (-1: none)."""
+             position: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+             ) -> npt.NDArray[np.int64]:
+    """Per neighbour, the latest position of its highest-weighted session item (-1: none).
+
+    Neighbours' entries are contiguous, so this is a max per segment of the key
+    ``rank(weight) * 2^32 + position`` (rank 0: not a session item): no sort needed."""
     order = np.argsort(query.items)
-    keys, values = query.items[order], query.weights[order]
+    keys = query.items[order]
+    ranks = np.searchsorted(np.unique(query.weights), query.weights[order]) + 1
     at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
-    qweight = np.where(keys[at] == items, values[at], 0.0)
-    ranked = np.lexsort((position, qweight, owner))
-    last = np.ones(len(ranked), dtype=bool)
-    last[:-1] = owner[ranked][1:] != owner[ranked][:-1]
-    best = ranked[last]
-    anchors = np.full(n, -1, dtype=np.int64)
-    anchors[owner[best]] = np.where(qweight[best] > 0, position[best], -1)
+    rank = np.where(keys[at] == items, ranks[at], 0).astype(np.int64)
+    key = (rank << 32) | position
+    anchors = np.full(len(lengths), -1, dtype=np.int64)
+    present = lengths > 0
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[present]
+    best = np.maximum.reduceat(key, starts)
+    anchors[present] = np.where(best >> 32 > 0, best & 0xFFFFFFFF, -1)
     return anchors
 
 

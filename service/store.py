@@ -125,13 +125,13 @@ def connect(settings: Settings) -> aioredis.Redis:
             retry=Retry(NoBackoff(), 0),
             max_connections=256,
         ))
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=256,
-    )
+    # a blocking pool: a burst of concurrent requests waits (up to the timeout) for a free
+    # connection instead of failing with MaxConnectionsError, which would answer 503
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=256, timeout=settings.redis_timeout,
+        socket_timeout=settings.redis_timeout, socket_connect_timeout=settings.redis_timeout,
+        retry=Retry(NoBackoff(), 0))
+    return aioredis.Redis.from_pool(pool)
 
 
 async def ensure_groups(client: aioredis.Redis, keys: Keys) -> None:
@@ -254,10 +254,13 @@ class Store:
         self.names = NameCache()
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
+        self.lane = resp.Lane(self.redis)
         self.ingest_script = self.redis.register_script(lua("ingest"))
         self.append_script = self.redis.register_script(lua("append"))
 
     async def close(self) -> None:
+        if not self.cluster and self.settings.redis_url != MEMORY_URL:
+            await self.lane.close()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -541,9 +544,20 @@ class Store:
                 values = self._queue_mget(pipe, keys)
                 values.fill(await pipe.execute())
             return values.values
-        reply: list[bytes | None] = await resp.execute(
-            self.redis, resp.pack(b"MGET", [k.encode() for k in keys]))
+        reply: list[bytes | None] = await self.lane.execute(resp.pack(b"MGET", keys))
         return reply
+
+    async def commands(self, commands: list[tuple[bytes, list[bytes | str]]]) -> list[Any]:
+        """Several commands in one round trip: one packed write on standalone Redis, the
+        client's pipeline on a cluster (per node) or the embedded store."""
+        if self.settings.redis_url == MEMORY_URL or self.cluster:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, args in commands:
+                    pipe.execute_command(name.decode(), *args)
+                return list(await pipe.execute())
+        packed = b"".join(resp.pack(name, args) for name, args in commands)
+        replies = await self.lane.execute(packed, len(commands))
+        return [replies] if len(commands) == 1 else list(replies)
 
     async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one
@@ -551,17 +565,16 @@ class Store:
         values, missing = self.frequencies.lookup(items)
         if missing.any() or self.frequencies.sessions is None:
             wanted = items[missing]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hget(self.keys.meta(), "sessions")
-                for shard in range(ITEM_SHARDS):
-                    fields = [scoring.to_hash(h).hex() for h in wanted[wanted % ITEM_SHARDS
-                                                                         == shard]]
-                    if fields:
-                        pipe.hmget(self.keys.doc_freq(shard), fields)
-                replies = await pipe.execute()
+            shards = wanted % np.uint64(ITEM_SHARDS)
+            order = np.concatenate([wanted[shards == shard] for shard in range(ITEM_SHARDS)])
+            commands: list[tuple[bytes, list[bytes | str]]] = [
+                (b"HGET", [self.keys.meta(), b"sessions"])]
+            for shard in range(ITEM_SHARDS):
+                fields = [scoring.to_hash(h).hex() for h in wanted[shards == shard]]
+                if fields:
+                    commands.append((b"HMGET", [self.keys.doc_freq(shard), *fields]))
+            replies = await self.commands(commands)
             self.frequencies.sessions = float(replies.pop(0) or 0)
-            order = np.concatenate([wanted[wanted % ITEM_SHARDS == shard]
-                                    for shard in range(ITEM_SHARDS)])
             got = np.array([float(v or 0) for reply in replies for v in reply])
             self.frequencies.add(order, got)
             values, _ = self.frequencies.lookup(items)
@@ -570,13 +583,13 @@ class Store:
     async def item_names(self, hashes: scoring.U64) -> list[str]:
         missing = [int(h) for h in hashes if self.names.get(int(h)) is None]
         if missing:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for h in missing:
-                    raw = scoring.to_hash(h)
-                    pipe.hget(self.keys.names(shard_of(raw)), raw.hex())
-                for h, name in zip(missing, await pipe.execute(), strict=True):
-                    if name is not None:
-                        self.names.put(h, name.decode("utf-8", "surrogatepass"))
+            commands: list[tuple[bytes, list[bytes | str]]] = []
+            for h in missing:
+                raw = scoring.to_hash(h)
+                commands.append((b"HGET", [self.keys.names(shard_of(raw)), raw.hex()]))
+            for h, name in zip(missing, await self.commands(commands), strict=True):
+                if name is not None:
+                    self.names.put(h, name.decode("utf-8", "surrogatepass"))
         return [self.names.get(int(h)) or scoring.to_hash(h).hex() for h in hashes]
 
     # --- statistics ---------------------------------------------------------------------------
