@@ -44,7 +44,27 @@ def command(port: int, *args: str) -> Any:
         client.close()
 
 
-class RedisProcess:
+class _Throwaway:
+    """``with X(...) as url:``: the server(s) stop and their files go on exit."""
+
+    url: str
+    _tmp: tempfile.TemporaryDirectory[str] | None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisProcess(_Throwaway):
     """``with RedisProcess() as url: ...`` runs a throwaway redis-server (no persistence unless
     extra arguments ask for it) and stops it on exit."""
 
@@ -86,17 +106,10 @@ class RedisProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def __enter__(self) -> str:
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._cleanup()
 
 
-class RedisClusterProcess:
+class RedisClusterProcess(_Throwaway):
     """``with RedisClusterProcess(masters=3, replicas=0) as url: ...`` runs a throwaway Redis
     Cluster on free loopback ports (``redis-cli --cluster create``) and yields its
     ``redis+cluster://`` URL naming every master as a seed node. ``nodes`` are the processes,
@@ -160,11 +173,4 @@ class RedisClusterProcess:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def __enter__(self) -> str:
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._cleanup()

@@ -3,13 +3,8 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then return 0 end
+--[[ops]]
 local floor = nil
-local function older(a, b)
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
 for _, g in ipairs(groups) do
   local name, delivered
   for f = 1, #g, 2 do
@@ -19,6 +14,6 @@ for _, g in ipairs(groups) do
   local pending = redis.call('XPENDING', KEYS[1], name)
   local keep = delivered
   if tonumber(pending[1]) > 0 then keep = pending[2] end
-  if floor == nil or older(keep, floor) then floor = keep end
+  if floor == nil or id_less(keep, floor) then floor = keep end
 end
 return redis.call('XTRIM', KEYS[1], 'MINID', floor)
