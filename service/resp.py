@@ -54,8 +54,12 @@ class Lane:
             await conn.send_packed_command(packed, check_health=False)
             out = [await conn.read_response() for _ in range(replies)]
         except BaseException:
-            await conn.disconnect()
-            await pool.release(conn)
+            # the others are likely just as dead (Redis restarted): drop them all, so the
+            # requests after an outage reconnect instead of failing one idle socket each
+            for dead in [conn, *self._idle]:
+                await dead.disconnect()
+                await pool.release(dead)
+            self._idle.clear()
             raise
         if len(self._idle) < self.keep:
             self._idle.append(conn)

@@ -34,3 +34,30 @@ async def test_commit_survives_a_script_cache_flush(settings: Settings) -> None:
     stats = await drain(s)
     assert stats["events_processed"] == 2 and stats["pending"] == 0
     await store.close()
+
+
+async def test_after_redis_drops_every_connection_one_request_fails_at_most(
+        standalone_url: str) -> None:
+    """The hot path keeps idle connections of its own; when Redis drops them all (a restart),
+    the first failure discards every one, so the next request reconnects and succeeds."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    store = Store(Settings(redis_url=standalone_url, namespace="lane"))
+    keys = [f"lane:{{p0}}:k{n}" for n in range(50)]
+    await store.redis.set(keys[0], b"v")
+    await asyncio.gather(*(store.mget(keys) for _ in range(8)))
+    assert len(store.lane._idle) >= 2  # several idle connections kept
+    killer = aioredis.Redis.from_url(standalone_url)
+    assert await killer.client_kill_filter(_type="normal", skipme=True) >= 2
+    await killer.aclose()
+    failures = 0
+    for _ in range(5):
+        try:
+            assert (await store.mget(keys))[0] == b"v"
+        except RedisConnectionError:
+            failures += 1
+    assert failures <= 1
+    await store.close()
