@@ -3,6 +3,7 @@ which must never touch a Redis they do not own."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -21,16 +22,17 @@ def free_port() -> int:
 
 
 def free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free and valid too."""
+    """A free port whose cluster bus port (+10000) is free too, both below Linux's ephemeral
+    range (32768 and up): a client socket picking the bus port between this check and the
+    node's start would make the node fail to start."""
     for _ in range(1000):
-        port = free_port()
-        if port + 10000 > 65535:
+        port = random.randrange(20000, 22700)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
         return port
     raise RuntimeError("no free port pair for a cluster node")
 
@@ -126,12 +128,18 @@ class RedisClusterProcess(_Throwaway):
         self.nodes: list[RedisProcess] = []
         try:
             for n in range(masters * (1 + replicas)):
-                port = free_cluster_port()
-                self.nodes.append(RedisProcess(
-                    "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                    "--cluster-node-timeout", str(node_timeout_ms),
-                    "--cluster-require-full-coverage", "no",
-                    directory=root / f"node{n}", port=port))
+                for attempt in range(5):  # a port taken between the check and the start
+                    port = free_cluster_port()
+                    try:
+                        self.nodes.append(RedisProcess(
+                            "--cluster-enabled", "yes", "--cluster-config-file",
+                            f"nodes-{port}.conf", "--cluster-node-timeout", str(node_timeout_ms),
+                            "--cluster-require-full-coverage", "no",
+                            directory=root / f"node{n}", port=port))
+                        break
+                    except RuntimeError:
+                        if attempt == 4:
+                            raise
             subprocess.run(
                 [cli, "--cluster", "create",
                  *(f"127.0.0.1:{node.port}" for node in self.nodes),
