@@ -335,13 +335,15 @@ class Store:
         ids = await self.ingest_script(keys=keys, args=args)
         return [i.decode() for i in ids]
 
-    async def replay_journal(self, p: int, min_age: float = JOURNAL_GRACE) -> int:
-        """Finish the journalled batches of partition ``p`` older than ``min_age`` seconds (an
-        API process died or lost a node between the journal write and the appends). Returns how
-        many were replayed; the tokens make a replay of an already appended part a no-op."""
+    async def replay_journal(self, p: int, min_age: float | None = None) -> int:
+        """Finish the journalled batches of partition ``p`` older than ``min_age`` seconds
+        (default ``JOURNAL_GRACE``): an API process died or lost a node between the journal
+        write and the appends. Returns how many were replayed; the tokens make a replay of an
+        already appended part a no-op."""
         journal = self.keys.journal(p)
         entries = cast(dict[bytes, bytes], await self.redis.hgetall(journal))
-        cutoff = (time.time() - min_age) * 1000
+        grace = JOURNAL_GRACE if min_age is None else min_age  # read now: tests shorten it
+        cutoff = (time.time() - grace) * 1000
         replayed = 0
         for token, value in entries.items():
             stamp, _, payload = value.partition(b"|")
@@ -523,11 +525,8 @@ class Store:
         masters at once, on connections taken from redis-py's nodes (its cluster pipeline
         costs more Python per request than the reads themselves)."""
         cluster: Any = self.redis
-        groups: dict[int, list[int]] = {}
-        for n, key in enumerate(keys):
-            groups.setdefault(key_slot(key.encode()), []).append(n)
         by_node: dict[str, tuple[Any, list[list[int]]]] = {}
-        for slot, group in groups.items():
+        for slot, group in _by_slot(keys).items():
             node = cluster.nodes_manager.get_node_from_slot(slot)
             by_node.setdefault(node.name, (node, []))[1].append(group)
         out: list[bytes | None] = [None] * len(keys)
@@ -566,10 +565,7 @@ class Store:
         if keys and not self.cluster:
             groups.append(list(range(len(keys))))
         elif keys:
-            by_slot: dict[int, list[int]] = {}
-            for n, key in enumerate(keys):
-                by_slot.setdefault(key_slot(key.encode()), []).append(n)
-            groups = list(by_slot.values())
+            groups = list(_by_slot(keys).values())
         for group in groups:
             # execute_command: cluster pipelines refuse their mget() helper, not MGET itself
             pipe.execute_command("MGET", *(keys[n] for n in group))
@@ -665,6 +661,14 @@ class Store:
         return {"events_accepted": accepted, "events_processed": processed,
                 "events_dead": dead, "pending": max(accepted - processed - dead, 0),
                 "items": items, "live_sessions": live}
+
+
+def _by_slot(keys: list[str]) -> dict[int, list[int]]:
+    """Positions of ``keys`` grouped by hash slot (multi-key commands stay within one)."""
+    groups: dict[int, list[int]] = {}
+    for n, key in enumerate(keys):
+        groups.setdefault(key_slot(key.encode()), []).append(n)
+    return groups
 
 
 def _normalised_trending(trending: Sequence[tuple[bytes, float]], k: int, taken: set[Any],
