@@ -125,10 +125,11 @@ class Keys:
     def histories(self, sessions: npt.NDArray[np.uint64]) -> list[str]:
         """``history`` for many session hashes (as little-endian u64) at once, vectorised: a
         request reads a couple of hundred neighbours' histories."""
-        hexes = np.ascontiguousarray(sessions, dtype="<u8").tobytes().hex()
-        prefixes = [self._p(p) + HISTORY for p in range(self.partitions)]
-        parts = (sessions % np.uint64(self.partitions)).tolist()
-        return [prefixes[p] + hexes[16 * n:16 * n + 16] for n, p in enumerate(parts)]
+        return _by_hash(sessions, self.history_prefixes())
+
+    def history_prefixes(self) -> list[str]:
+        """Per partition, what precedes a session's hex hash in its history key."""
+        return [self._p(p) + HISTORY for p in range(self.partitions)]
 
     def partition_keys(self) -> list[tuple[int, str]]:
         return [(p, self.stream(p)) for p in range(self.partitions)]
@@ -143,6 +144,14 @@ class Keys:
     def index_prefix(self, shard: int) -> str:
         """The indexes of shard ``shard`` are this plus the item hash in hex."""
         return f"{self._i(shard)}:x:"
+
+    def index_prefixes(self) -> list[str]:
+        """``index_prefix`` of every shard, by shard."""
+        return [self.index_prefix(shard) for shard in range(ITEM_SHARDS)]
+
+    def indexes(self, items: npt.NDArray[np.uint64]) -> list[str]:
+        """``index`` for many item hashes (as little-endian u64) at once."""
+        return _by_hash(items, self.index_prefixes())
 
     def names(self, shard: int) -> str:
         return self._i(shard) + ":names"
@@ -186,6 +195,14 @@ class Keys:
         """Consumer name for partition p: whoever holds the lease reads as this consumer, so it
         inherits the previous holder's pending entries without a claim."""
         return f"partition-{p}"
+
+
+def _by_hash(hashes: npt.NDArray[np.uint64], prefixes: list[str]) -> list[str]:
+    """Keys named ``prefixes[h % len(prefixes)] + hex(h)``: the shape of history and index
+    keys (the kernel's ``mget`` packs the same keys without building these strings)."""
+    hexes = np.ascontiguousarray(hashes, dtype="<u8").tobytes().hex()
+    parts = (hashes % np.uint64(len(prefixes))).tolist()
+    return [prefixes[p] + hexes[16 * n:16 * n + 16] for n, p in enumerate(parts)]
 
 
 @cache

@@ -1,17 +1,27 @@
-"""A small RESP writer for the hot paths: the request's MGET of a couple of hundred keys and
+"""A small RESP layer for the hot paths: the request's MGETs of a couple of hundred keys and
 the worker's commit script with thousands of arguments.
 
-redis-py encodes and length-prefixes every argument in Python (about 2 us each); here the
-command is assembled with one join and sent on a pooled connection. Replies are still parsed by
-redis-py's hiredis reader.
+redis-py encodes and length-prefixes every argument in Python (about 2 us each); here a command
+is assembled with one join. A request's reads go over a ``Link``: one connection that every
+concurrent request writes to, replies matched in order and parsed by hiredis, which cost a
+fraction of a round trip through redis-py's connection objects (their per-call timeout task,
+retry wrapper and pool cost more than a small MGET).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
+import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def pack(command: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
@@ -33,6 +43,184 @@ def arg(value: bytes | str | int | float) -> bytes:
     if isinstance(value, float):
         return repr(value).encode()
     return str(value).encode()
+
+
+class HotPath(Protocol):
+    async def execute(self, packed: bytes, replies: int = 1) -> Any: ...
+    async def close(self) -> None: ...
+
+
+def hot_path(client: aioredis.Redis, timeout: float) -> HotPath:
+    """A ``Link`` to the client's server (TCP or unix socket), or a ``Lane`` over the client's
+    pool for what the link does not speak (TLS)."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    if pool.connection_class is aioredis.Connection:
+        return Link(timeout, host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379),
+                    db=kwargs.get("db", 0), username=kwargs.get("username"),
+                    password=kwargs.get("password"))
+    if pool.connection_class is aioredis.UnixDomainSocketConnection:
+        return Link(timeout, path=kwargs["path"], db=kwargs.get("db", 0),
+                    username=kwargs.get("username"), password=kwargs.get("password"))
+    return Lane(client)
+
+
+class _Waiter:
+    __slots__ = ("deadline", "future", "replies", "wanted")
+
+    def __init__(self, future: asyncio.Future[Any], wanted: int, deadline: float) -> None:
+        self.future = future
+        self.wanted = wanted
+        self.replies: list[Any] = []
+        self.deadline = deadline
+
+
+class _Connection(asyncio.Protocol):
+    """One socket and the callers waiting on it, in the order they wrote."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.waiters: collections.deque[_Waiter] = collections.deque()
+        self.failure: Exception = RedisConnectionError("Connection to Redis lost")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiters = self.waiters
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            if isinstance(reply, ResponseError):  # redis-py's class for it (NoScriptError...)
+                reply = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+            waiter = waiters[0]
+            if waiter.wanted == 1:
+                waiters.popleft()
+                if not waiter.future.done():  # a cancelled caller's reply is dropped
+                    waiter.future.set_result(reply)
+                continue
+            waiter.replies.append(reply)
+            if len(waiter.replies) == waiter.wanted:
+                waiters.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_result(waiter.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(self.failure)
+
+    def fail(self, failure: Exception) -> None:
+        """Take this connection out of service and fail everyone waiting on it."""
+        if self.link.connection is self:
+            self.link.connection = None
+        if self.transport is not None:
+            self.transport.abort()
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(failure)
+
+
+class Link:
+    """One pipelined connection shared by every concurrent caller of a process.
+
+    Each ``execute`` writes its packed commands and waits for as many replies; Redis answers
+    a connection's commands in order, so replies go to the waiters first come, first served.
+    Failures follow redis-py's types: a lost connection fails every waiter with
+    ``ConnectionError`` and the next call reconnects; a server silent for ``timeout`` seconds
+    fails them with ``TimeoutError`` (checked by one timer, not a timeout task per call);
+    error replies are raised as redis-py's exception classes."""
+
+    def __init__(self, timeout: float, *, host: str = "localhost", port: int = 6379,
+                 path: str | None = None, db: int = 0, username: str | None = None,
+                 password: str | None = None) -> None:
+        self.timeout = timeout
+        self.address = (host, port, path)
+        self.handshake: list[bytes] = []
+        if password is not None:
+            self.handshake.append(pack(b"AUTH", [username, password] if username
+                                       else [password]))
+        if db:
+            self.handshake.append(pack(b"SELECT", [db]))
+        self.connection: _Connection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.lock = asyncio.Lock()
+
+    async def execute(self, packed: bytes, replies: int = 1) -> Any:
+        conn = self.connection
+        if conn is None:
+            conn = await self._connect()
+        out = await self._send(conn, packed, replies)
+        if replies == 1:
+            if isinstance(out, Exception):
+                raise out
+            return out
+        for reply in out:
+            if isinstance(reply, Exception):
+                raise reply
+        return out
+
+    def _send(self, conn: _Connection, packed: bytes, replies: int) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), replies, time.monotonic() + self.timeout)
+        conn.waiters.append(waiter)
+        assert conn.transport is not None
+        conn.transport.write(packed)
+        if self.timer is None:
+            self.timer = loop.call_later(self.timeout / 4, self._check)
+        return waiter.future
+
+    async def _connect(self) -> _Connection:
+        async with self.lock:
+            if self.connection is not None:
+                return self.connection
+            loop = asyncio.get_running_loop()
+            host, port, path = self.address
+            conn = _Connection(self)
+            try:
+                if path is not None:
+                    opening = loop.create_unix_connection(lambda: conn, path)
+                else:
+                    opening = loop.create_connection(lambda: conn, host, port)
+                await asyncio.wait_for(opening, self.timeout)
+                if self.handshake:
+                    replies = await asyncio.wait_for(
+                        self._send(conn, b"".join(self.handshake), len(self.handshake)),
+                        self.timeout)
+                    for reply in replies if len(self.handshake) > 1 else [replies]:
+                        if isinstance(reply, Exception):
+                            raise reply
+            except (OSError, TimeoutError) as exc:
+                conn.fail(RedisConnectionError("Redis refused the handshake"))
+                raise RedisConnectionError(
+                    f"Error connecting to {path or f'{host}:{port}'}: {exc!r}") from exc
+            except BaseException:
+                conn.fail(RedisConnectionError("Redis refused the handshake"))
+                raise
+            self.connection = conn
+            return conn
+
+    def _check(self) -> None:
+        """The watchdog: fail the connection whose oldest waiter is overdue."""
+        self.timer = None
+        conn = self.connection
+        if conn is None or not conn.waiters:
+            return
+        if conn.waiters[0].deadline < time.monotonic():
+            conn.fail(RedisTimeoutError(f"Redis did not answer within {self.timeout} s"))
+            return
+        self.timer = asyncio.get_running_loop().call_later(self.timeout / 4, self._check)
+
+    async def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.connection is not None:
+            self.connection.fail(RedisConnectionError("The link was closed"))
 
 
 class Lane:

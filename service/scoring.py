@@ -16,18 +16,32 @@ Steps 1 and 2 are each fed by one Redis round trip:
 4. ``add_repeats``: with ``recommend_seen``, the session's own items are boosted by their
    recency (people come back to what they just looked at).
 
-Arrays are numpy throughout: a request touches thousands of (session, item) pairs.
+A request touches a few thousand (session, item) pairs in arrays of a few hundred, where the
+overhead of a numpy call costs more than its arithmetic. So each stage runs in the compiled
+kernel (``service/_kernel.c``, built by ``pip install``). The numpy functions here are its
+reference, readable and vectorised: same results in the same summation order. The tests run
+every stage both ways, on hand-made and on random cases.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from service.settings import Settings
+
+try:
+    from service import _kernel
+except ImportError as exc:  # pragma: no cover - a source checkout that was never installed
+    raise ImportError("service._kernel is not built: install the package (pip install -e .), "
+                      "which compiles service/_kernel.c with the C compiler") from exc
+
+KERNEL: ModuleType | None = _kernel
+"""The compiled stages; tests set it to None to run the numpy reference instead."""
 
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
@@ -82,6 +96,11 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
     relative to the session's highest rating (non-positive ratings weigh nothing: no evidence
     of interest).
     """
+    if KERNEL is not None:
+        items, weights, everything = KERNEL.query(hashes, timestamps, ratings,
+                                                  params.query_items, params.position_decay)
+        return Query(np.frombuffer(items, np.uint64), np.frombuffer(weights, np.float64),
+                     np.frombuffer(everything, np.uint64))
     seen = as_u64(hashes)
     if not len(seen):
         return Query(seen, np.zeros(0), seen)
@@ -100,6 +119,11 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
 def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params,
                exclude_session: int | None = None) -> tuple[U64, F64]:
     """Neighbour sessions and their similarities, most similar first."""
+    if KERNEL is not None:
+        sessions, similarity = KERNEL.neighbours(
+            query.weights, index_blobs, params.sample_sessions, params.neighbours,
+            exclude_session or 0, exclude_session is not None)
+        return np.frombuffer(sessions, np.uint64), np.frombuffer(similarity, np.float64)
     blobs = [b or b"" for b in index_blobs]
     lengths = np.fromiter(map(len, blobs), dtype=np.int64,
                           count=len(blobs)) // INDEX_DTYPE.itemsize
@@ -121,8 +145,8 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
     if exclude_session is not None:
         keep = sessions != np.uint64(exclude_session)
         sessions, similarity, latest = sessions[keep], similarity[keep], latest[keep]
-    if len(sessions) > params.sample_sessions:
-        recent = np.argpartition(-latest, params.sample_sessions - 1)[:params.sample_sessions]
+    if len(sessions) > params.sample_sessions:  # the most recent (ties: the smaller hash)
+        recent = np.lexsort((sessions, -latest))[:params.sample_sessions]
         sessions, similarity, latest = sessions[recent], similarity[recent], latest[recent]
     # most similar first; among equals the most recent, then the smaller hash (deterministic)
     order = np.lexsort((sessions, -latest, -similarity))[:params.neighbours]
@@ -131,7 +155,12 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
 
 def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
           params: Params) -> tuple[U64, F64]:
-    """Candidate items and their raw scores (unsorted)."""
+    """Candidate items and their raw scores (the kernel's in the order met, the reference's
+    ascending)."""
+    if KERNEL is not None:
+        items, totals = KERNEL.score(query.items, query.weights, history_blobs, similarity,
+                                     params.sequence_weight, params.before_weight)
+        return np.frombuffer(items, np.uint64), np.frombuffer(totals, np.float64)
     blobs = [b or b"" for b in history_blobs]
     # one decode of the joined blobs: a frombuffer per neighbour costs more than the arithmetic
     lengths = np.fromiter(map(len, blobs), dtype=np.int64,
@@ -185,6 +214,22 @@ def _anchors(query: Query, items: U64, owner: npt.NDArray[np.int64],
     return anchors
 
 
+def rank(candidates: U64, scores: F64, doc_freq: F64, sessions: float, query: Query,
+         params: Params, repeats: bool, exclude: U64, k: int) -> tuple[U64, F64]:
+    """Steps 3 and 4, then the k best (``candidates`` ascending, ``doc_freq`` one per
+    candidate): idf, the session's own items when ``repeats``, minus ``exclude``."""
+    if KERNEL is not None:
+        items, values = KERNEL.rank(
+            candidates, scores, doc_freq, sessions, params.idf_weight, query.items,
+            query.weights, params.repeat_weight if repeats else 0.0,
+            np.ascontiguousarray(exclude, np.uint64), k)
+        return np.frombuffer(items, np.uint64), np.frombuffer(values, np.float64)
+    scores = apply_idf(scores, doc_freq, sessions, params)
+    if repeats:
+        candidates, scores = add_repeats(candidates, scores, query, params)
+    return top(candidates, scores, k, exclude)
+
+
 def apply_idf(scores: F64, doc_freq: F64, sessions: float, params: Params) -> F64:
     if not params.idf_weight:
         return scores
@@ -212,8 +257,5 @@ def top(candidates: U64, scores: F64, k: int, exclude: U64 | None = None) -> tup
     if exclude is not None and len(exclude):
         keep &= ~np.isin(candidates, exclude)
     candidates, scores = candidates[keep], scores[keep]
-    if len(candidates) > k:
-        cut = np.argpartition(-scores, k - 1)[:k]
-        candidates, scores = candidates[cut], scores[cut]
-    order = np.lexsort((candidates, -scores))
+    order = np.lexsort((candidates, -scores))[:k]
     return candidates[order], scores[order]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -39,7 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import resp, scoring
+from service import _kernel, resp, scoring
 from service.entries import encode, number, pack_events, unpack_events
 from service.keyspace import (
     GROUP,
@@ -181,53 +180,43 @@ class NameCache:
 
 
 class FrequencyCache:
-    """Item hash -> sessions containing it, for idf weighting: sorted numpy arrays, so that
-    thousands of candidates are looked up in one vectorised call. Entries are refreshed after
-    ``ttl`` seconds (a slightly stale frequency is harmless; a missing one costs a round trip).
+    """Item hash -> sessions containing it, for idf weighting: an open-addressing table over
+    two numpy arrays, probed by the kernel (a request looks up a few hundred candidates; a
+    dict or a bisection costs more than the scoring). Cleared after ``ttl`` seconds: a
+    slightly stale frequency is harmless, a missing one costs a round trip."""
 
-    New entries go to a small sorted side table, merged into the main one only when it has
-    grown to an eighth of it: re-sorting the whole cache on every miss cost milliseconds.
-    """
-
-    def __init__(self, ttl: float = 300.0) -> None:
+    def __init__(self, ttl: float = 300.0, capacity: int = 1 << 12) -> None:
         self.ttl = ttl
+        self.initial = capacity
         self.clear()
 
     def clear(self) -> None:
-        empty = (np.zeros(0, np.uint64), np.zeros(0))
-        self.main: tuple[scoring.U64, scoring.F64] = empty
-        self.recent: tuple[scoring.U64, scoring.F64] = empty
+        self.keys = np.zeros(self.initial, np.uint64)
+        self.values = np.full(self.initial, np.nan)
+        self.size = 0
         self.sessions: float | None = None
         self.since = time.monotonic()
 
-    def lookup(self, items: scoring.U64) -> tuple[scoring.F64, npt.NDArray[np.bool_]]:
+    def lookup(self, items: scoring.U64) -> tuple[scoring.F64, scoring.U64]:
+        """Each item's frequency (0 if unknown) and the unknown items."""
         if time.monotonic() - self.since > self.ttl:
             self.clear()
-        values = np.zeros(len(items))
-        found = np.zeros(len(items), dtype=bool)
-        for keys, vals in (self.main, self.recent):
-            if len(keys):
-                at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
-                hit = keys[at] == items
-                values = np.where(hit, vals[at], values)
-                found |= hit
-        return values, ~found
+        values, missing = _kernel.lookup(self.keys, self.values, items)
+        return np.frombuffer(values, np.float64), np.frombuffer(missing, np.uint64)
 
     def add(self, items: scoring.U64, values: scoring.F64) -> None:
-        keys, vals = _merge(self.recent, (items, values))
-        if len(keys) * 8 > len(self.main[0]):
-            self.main, self.recent = _merge(self.main, (keys, vals)), (keys[:0], vals[:0])
-        else:
-            self.recent = (keys, vals)
-
-
-def _merge(a: tuple[scoring.U64, scoring.F64], b: tuple[scoring.U64, scoring.F64]
-           ) -> tuple[scoring.U64, scoring.F64]:
-    """Union of two key -> value tables, sorted by key (``b`` wins on equal keys)."""
-    keys = np.concatenate((b[0], a[0]))
-    vals = np.concatenate((b[1], a[1]))
-    keys, first = np.unique(keys, return_index=True)
-    return keys, vals[first]
+        if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
+            old = ~np.isnan(self.values)
+            capacity = len(self.keys)
+            while (self.size + len(items)) * 2 > capacity:
+                capacity *= 2
+            keys, vals = self.keys[old], self.values[old]
+            self.keys = np.zeros(capacity, np.uint64)
+            self.values = np.full(capacity, np.nan)
+            _kernel.insert(self.keys, self.values, keys, vals)
+        self.size += _kernel.insert(self.keys, self.values,
+                                    np.ascontiguousarray(items, np.uint64),
+                                    np.ascontiguousarray(values, np.float64))
 
 
 class MultiGet:
@@ -255,7 +244,11 @@ class Store:
         self.names = NameCache()
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
-        self.lane = resp.Lane(self.redis)
+        self.standalone = not self.cluster and settings.redis_url != MEMORY_URL
+        self.lane = resp.hot_path(self.redis, settings.redis_timeout) if self.standalone \
+            else resp.Lane(self.redis)
+        self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
+        self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.ingest_script = self.redis.register_script(lua("ingest"))
         self.append_script = self.redis.register_script(lua("append"))
 
@@ -486,26 +479,24 @@ class Store:
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
         extra = len(query.seen) if seen is not None else 0
-        index_blobs = await self.mget(
-            [self.keys.index(scoring.to_hash(i)) for i in query.items])
+        index_blobs = await self.indexes(query.items)
         sessions, similarity = scoring.neighbours(query, index_blobs, params, exclude_session)
         candidates = np.zeros(0, np.uint64)
         scores = np.zeros(0)
         if len(sessions):
-            histories = await self.mget(self.keys.histories(sessions))
+            histories = await self.histories(sessions)
             candidates, scores = scoring.score(query, histories, similarity, params)
-            if params.idf_weight:
-                df, n_sessions = await self.doc_freq(candidates)
-                scores = scoring.apply_idf(scores, df, n_sessions, params)
-        if seen is None:
-            candidates, scores = scoring.add_repeats(candidates, scores, query, params)
+        df, n_sessions = await self.doc_freq(candidates) if params.idf_weight \
+            else (np.zeros(0), 0.0)
         hidden = await self.hidden_items()
         exclude = hidden if seen is None else np.concatenate((seen, hidden))
-        best, best_scores = scoring.top(candidates, scores, k, exclude)
+        best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
+                                         seen is None, exclude, k)
         names = await self.item_names(best)
         found: list[dict[str, Any]] = [
-            {"id": name, "score": round(float(sc / best_scores[0]), 6)}
-                 for name, sc in zip(names, best_scores, strict=True)]
+            {"id": name, "score": round(sc, 6)}
+            for name, sc in zip(names, (best_scores / best_scores[0]).tolist()
+                                if len(best) else [], strict=True)]
         if not fill_with_trending:
             return Answer(found, MSG_SIMILAR if found else MSG_NO_SIMILAR)
         if len(found) >= k:
@@ -589,6 +580,23 @@ class Store:
         reply: list[bytes | None] = await self.lane.execute(resp.pack(b"MGET", keys))
         return reply
 
+    async def histories(self, sessions: scoring.U64) -> list[bytes | None]:
+        """The neighbours' histories: on standalone Redis one MGET packed by the kernel (two
+        hundred keys are two hundred Python strings otherwise)."""
+        if not self.standalone or not len(sessions):
+            return await self.mget(self.keys.histories(sessions))
+        reply: list[bytes | None] = await self.lane.execute(
+            _kernel.mget(sessions, self._history_prefixes))
+        return reply
+
+    async def indexes(self, items: scoring.U64) -> list[bytes | None]:
+        """The neighbour indexes of the session's items, read like ``histories``."""
+        if not self.standalone or not len(items):
+            return await self.mget(self.keys.indexes(items))
+        reply: list[bytes | None] = await self.lane.execute(
+            _kernel.mget(items, self._index_prefixes))
+        return reply
+
     async def commands(self, commands: list[tuple[bytes, list[bytes | str]]]) -> list[Any]:
         """Several commands in one round trip: one packed write on standalone Redis, the
         client's pipeline on a cluster (per node) or the embedded store."""
@@ -604,9 +612,8 @@ class Store:
     async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one
         pipelined round trip)."""
-        values, missing = self.frequencies.lookup(items)
-        if missing.any() or self.frequencies.sessions is None:
-            wanted = items[missing]
+        values, wanted = self.frequencies.lookup(items)
+        if len(wanted) or self.frequencies.sessions is None:
             shards = wanted % np.uint64(ITEM_SHARDS)
             order = np.concatenate([wanted[shards == shard] for shard in range(ITEM_SHARDS)])
             commands: list[tuple[bytes, list[bytes | str]]] = [
@@ -623,16 +630,20 @@ class Store:
         return values, self.frequencies.sessions or 0.0
 
     async def item_names(self, hashes: scoring.U64) -> list[str]:
-        missing = [int(h) for h in hashes if self.names.get(int(h)) is None]
-        if missing:
-            commands: list[tuple[bytes, list[bytes | str]]] = []
-            for h in missing:
-                raw = scoring.to_hash(h)
-                commands.append((b"HGET", [self.keys.names(shard_of(raw)), raw.hex()]))
-            for h, name in zip(missing, await self.commands(commands), strict=True):
-                if name is not None:
-                    self.names.put(h, name.decode("utf-8", "surrogatepass"))
-        return [self.names.get(int(h)) or scoring.to_hash(h).hex() for h in hashes]
+        numbers: list[int] = hashes.tolist()
+        get = self.names.get
+        found = [get(h) for h in numbers]
+        missing = [h for h, name in zip(numbers, found, strict=True) if name is None]
+        if not missing:
+            return found  # type: ignore[return-value]
+        commands: list[tuple[bytes, list[bytes | str]]] = []
+        for h in missing:
+            raw = scoring.to_hash(h)
+            commands.append((b"HGET", [self.keys.names(shard_of(raw)), raw.hex()]))
+        for h, name in zip(missing, await self.commands(commands), strict=True):
+            if name is not None:
+                self.names.put(h, name.decode("utf-8", "surrogatepass"))
+        return [get(h) or scoring.to_hash(h).hex() for h in numbers]
 
     # --- statistics ---------------------------------------------------------------------------
     async def stats(self) -> dict[str, int]:

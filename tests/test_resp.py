@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import pytest
+
 from service import resp
+from service.redisproc import RedisProcess
 from service.settings import Settings
 from service.store import Store
 
@@ -36,22 +42,21 @@ async def test_commit_survives_a_script_cache_flush(settings: Settings) -> None:
     await store.close()
 
 
-async def test_after_redis_drops_every_connection_one_request_fails_at_most(
-        standalone_url: str) -> None:
-    """The hot path keeps idle connections of its own; when Redis drops them all (a restart),
-    the first failure discards every one, so the next request reconnects and succeeds."""
-    import asyncio
-
+async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_url: str) -> None:
+    """When Redis drops the hot path's connection (a restart), at most the request in flight
+    fails; the next one reconnects."""
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     store = Store(Settings(redis_url=standalone_url, namespace="lane"))
+    assert isinstance(store.lane, resp.Link)
     keys = [f"lane:{{p0}}:k{n}" for n in range(50)]
     await store.redis.set(keys[0], b"v")
     await asyncio.gather(*(store.mget(keys) for _ in range(8)))
-    assert len(store.lane._idle) >= 2  # several idle connections kept
+    first = store.lane.connection
+    assert first is not None
     killer = aioredis.Redis.from_url(standalone_url)
-    assert await killer.client_kill_filter(_type="normal", skipme=True) >= 2
+    assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
     await killer.aclose()
     failures = 0
     for _ in range(5):
@@ -60,4 +65,96 @@ async def test_after_redis_drops_every_connection_one_request_fails_at_most(
         except RedisConnectionError:
             failures += 1
     assert failures <= 1
+    assert store.lane.connection is not None and store.lane.connection is not first
     await store.close()
+
+
+async def test_concurrent_callers_share_one_connection_and_get_their_own_replies(
+        standalone_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(standalone_url)
+    await client.mset({f"link:k{n}": f"v{n}".encode() * (n % 7 + 1) for n in range(300)})
+    link = resp.hot_path(client, 1.0)
+    assert isinstance(link, resp.Link)
+
+    async def read(n: int) -> None:
+        keys = [f"link:k{m}" for m in range(n, n + 1 + n % 40)]
+        got = await link.execute(resp.pack(b"MGET", keys))
+        assert got == [f"v{m}".encode() * (m % 7 + 1) for m in range(n, n + 1 + n % 40)]
+        two = await link.execute(resp.pack(b"GET", [keys[0]]) + resp.pack(b"STRLEN", [keys[0]]),
+                                 2)
+        assert two == [got[0], len(got[0])]
+
+    before = await client.client_list()
+    await asyncio.gather(*(read(n) for n in range(200)))
+    after = await client.client_list()
+    assert len(after) == len(before) + 1  # all 400 calls went over one connection
+    await link.close()
+    await client.aclose()
+
+
+async def test_error_replies_are_redis_py_exceptions_and_keep_the_order(
+        standalone_url: str) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import NoScriptError, ResponseError
+
+    client = aioredis.Redis.from_url(standalone_url)
+    link = resp.hot_path(client, 1.0)
+    with pytest.raises(NoScriptError):
+        await link.execute(resp.pack(b"EVALSHA", [b"0" * 40, 0]))
+    with pytest.raises(ResponseError, match="wrong number of arguments"):
+        await link.execute(resp.pack(b"PING", []) + resp.pack(b"GET", []), 2)
+    assert await link.execute(resp.pack(b"ECHO", [b"after"])) == b"after"
+    await link.close()
+    await client.aclose()
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(standalone_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(standalone_url)
+    link = resp.hot_path(client, 2.0)
+    blocked = asyncio.ensure_future(link.execute(resp.pack(b"BLPOP", [b"link:none", b"0.3"])))
+    await asyncio.sleep(0.05)
+    blocked.cancel()
+    assert await link.execute(resp.pack(b"ECHO", [b"mine"])) == b"mine"
+    await link.close()
+    await client.aclose()
+
+
+async def test_a_silent_server_times_out_and_the_link_recovers(standalone_url: str) -> None:
+    """Replies overdue by the timeout fail every waiter (one timer checks, no task per call);
+    the next call opens a new connection."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    client = aioredis.Redis.from_url(standalone_url)
+    link = resp.hot_path(client, 0.4)
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError):  # BLPOP holds the connection past the timeout
+        await asyncio.gather(link.execute(resp.pack(b"BLPOP", [b"link:none", b"2"])),
+                             link.execute(resp.pack(b"PING", [])))
+    assert 0.4 <= time.monotonic() - started < 0.7
+    assert await link.execute(resp.pack(b"PING", [])) == b"PONG"
+    await link.close()
+    await client.aclose()
+
+
+async def test_the_link_authenticates_and_selects_the_database() -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import AuthenticationError
+
+    with RedisProcess() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        await aioredis.Redis(port=port).config_set("requirepass", "s3cret")
+        good = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
+        link = resp.hot_path(good, 1.0)
+        await link.execute(resp.pack(b"SET", [b"where", b"db3"]))
+        assert await good.get("where") == b"db3"
+        assert await aioredis.Redis.from_url(
+            f"redis://:s3cret@127.0.0.1:{port}/0").get("where") is None
+        bad = aioredis.Redis.from_url(f"redis://:wrong@127.0.0.1:{port}/0")
+        with pytest.raises(AuthenticationError):
+            await resp.hot_path(bad, 1.0).execute(resp.pack(b"PING", []))
+        await link.close()

@@ -1,6 +1,9 @@
-"""Scoring math on hand-made indexes and histories."""
+"""Scoring math on hand-made indexes and histories, through both implementations of every
+stage (the compiled kernel and the numpy reference), then the two compared on random cases."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,6 +12,17 @@ from service import scoring
 from service.keyspace import item_hash, session_hash
 from service.model import history_entry, index_entry, time_key
 from service.scoring import Params
+
+
+@pytest.fixture(autouse=True, params=["kernel", "reference"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs against the compiled stages and against the numpy reference."""
+    if request.param == "reference":
+        monkeypatch.setattr(scoring, "KERNEL", None)
+    return str(request.param)
+
+
+NONE = np.zeros(0, np.uint64)
 
 P = Params(query_items=20, sample_sessions=500, neighbours=100, sequence_weight=0.0,
            before_weight=0.0, position_decay=1.0, idf_weight=0.0, repeat_weight=0.0)
@@ -80,13 +94,25 @@ def test_sequence_weight_boosts_what_follows_the_last_item() -> None:
     assert got[u64(item_hash("y"))] == pytest.approx(1.0)  # before: no bonus
 
 
-def test_top_excludes_and_orders() -> None:
-    c = np.array([5, 3, 9, 1], dtype=np.uint64)
-    s = np.array([0.5, 2.0, 2.0, 0.0])
-    items, scores = scoring.top(c, s, 10, exclude=np.array([9], dtype=np.uint64))
-    assert [int(i) for i in items] == [3, 5] and list(scores) == [2.0, 0.5]
-    items, _ = scoring.top(c, s, 1)
-    assert [int(i) for i in items] == [3]
+def rank(c: list[int], s: list[float], k: int, exclude: list[int] | None = None,
+         df: list[float] | None = None, sessions: float = 0.0, params: Params = P,
+         query: scoring.Query | None = None, repeats: bool = False
+         ) -> tuple[list[int], list[float]]:
+    q = query if query is not None else scoring.build_query([], [], [], P)
+    items, scores = scoring.rank(np.array(c, dtype=np.uint64), np.array(s, dtype=np.float64),
+                                 np.array(df if df is not None else [0.0] * len(c)), sessions,
+                                 q, params, repeats, np.array(exclude or [], dtype=np.uint64),
+                                 k)
+    return [int(i) for i in items], [float(x) for x in scores]
+
+
+def test_rank_excludes_and_orders() -> None:
+    items, scores = rank([5, 3, 9, 1], [0.5, 2.0, 2.0, 0.0], 10, exclude=[9])
+    assert items == [3, 5] and scores == [2.0, 0.5]
+    assert rank([5, 3, 9, 1], [0.5, 2.0, 2.0, 0.0], 1)[0] == [3]  # ties: the smaller hash
+    assert rank([5, 3, 9, 1], [0.5, 2.0, 2.0, 0.0], 0) == ([], [])
+    long_exclusion = [*range(100, 200), 3]  # long lists are bisected, not scanned
+    assert rank([5, 3, 9, 1], [0.5, 2.0, 2.0, 0.0], 10, exclude=long_exclusion)[0] == [9, 5]
 
 
 def test_anchor_is_the_most_recent_session_item_the_neighbour_contains() -> None:
@@ -110,22 +136,25 @@ def test_position_decay_shapes_query_weights() -> None:
 
 
 def test_idf_weighs_rare_items_up() -> None:
-    scores = np.array([1.0, 1.0, 2.0])
-    df = np.array([99.0, 1.0, 0.0])
-    got = scoring.apply_idf(scores, df, 99.0, Params(idf_weight=2.0))
-    assert list(got) == pytest.approx([np.log(2) ** 2, np.log(100) ** 2, 2 * np.log(100) ** 2])
-    assert scoring.apply_idf(scores, df, 99.0, Params(idf_weight=0.0)) is scores
+    idf2 = Params(idf_weight=2.0, repeat_weight=0.0)
+    items, scores = rank([1, 2, 3], [1.0, 1.0, 2.0], 10, df=[99.0, 1.0, 0.0], sessions=99.0,
+                         params=idf2)
+    assert items == [3, 2, 1]
+    assert scores == pytest.approx([2 * np.log(100) ** 2, np.log(100) ** 2, np.log(2) ** 2])
+    flat = Params(idf_weight=0.0, repeat_weight=0.0)
+    assert rank([1, 2], [1.0, 2.0], 10, df=[1.0, 50.0], sessions=99.0, params=flat) == (
+        [2, 1], [2.0, 1.0])
 
 
 def test_repeats_boost_the_sessions_own_items_by_recency() -> None:
     q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], P)
-    c = np.array([u64(item_hash("b")), u64(item_hash("x"))], dtype=np.uint64)
-    items, scores = scoring.add_repeats(c, np.array([2.0, 4.0]), q, Params(repeat_weight=1.0))
-    got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
-    assert got == pytest.approx({u64(item_hash("x")): 1.0, u64(item_hash("b")): 1.5,
-                                 u64(item_hash("a")): 0.5})
-    same = scoring.add_repeats(c, np.array([2.0, 4.0]), q, Params(repeat_weight=0.0))
-    assert list(same[1]) == [2.0, 4.0]
+    c = [u64(item_hash("b")), u64(item_hash("x"))]
+    params = Params(repeat_weight=1.0, idf_weight=0.0, position_decay=1.0)
+    items, scores = rank(c, [2.0, 4.0], 10, params=params, query=q, repeats=True)
+    assert dict(zip(items, scores, strict=True)) == pytest.approx(
+        {u64(item_hash("x")): 1.0, u64(item_hash("b")): 1.5, u64(item_hash("a")): 0.5})
+    assert rank(c, [2.0, 4.0], 10, params=params, query=q, repeats=False) == (
+        [c[1], c[0]], [4.0, 2.0])
 
 
 def test_history_keys_vectorised_equal_one_by_one() -> None:
@@ -135,3 +164,111 @@ def test_history_keys_vectorised_equal_one_by_one() -> None:
     hashes = [session_hash(f"s{n}") for n in range(50)]
     many = keys.histories(scoring.as_u64(hashes))
     assert many == [keys.history(h) for h in hashes]
+
+
+def test_the_histories_mget_packed_by_the_kernel_is_the_keyspace_s() -> None:
+    from service import _kernel, resp
+    from service.keyspace import Keys
+
+    keys = Keys("ns:x", 7)
+    sessions = scoring.as_u64([session_hash(f"s{n}") for n in range(50)])
+    prefixes = [p.encode() for p in keys.history_prefixes()]
+    assert _kernel.mget(sessions, prefixes) == resp.pack(b"MGET", keys.histories(sessions))
+    assert _kernel.mget(NONE, prefixes) == resp.pack(b"MGET", [])
+
+
+# --- the kernel against the reference, on random cases ---------------------------------------
+def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], list[float],
+                                                   list[bytes | None], list[bytes | None],
+                                                   Params]:
+    """A session, index blobs and histories over small id alphabets, so that neighbours share
+    items, times tie and items repeat inside histories."""
+    from service.model import history_entry as h_entry
+    from service.model import index_entry as i_entry
+
+    def item(n: int) -> bytes:
+        return item_hash(f"i{n}")
+
+    n = int(rng.integers(0, 12))
+    items = [item(int(i)) for i in rng.choice(40, n, replace=False)]
+    times = [float(t) for t in rng.integers(0, 5, n)]  # ties: the order must be stable
+    ratings = [float(r) for r in rng.choice([1.0, 1.0, 2.0, 0.0, -1.0], n)]
+    index_blobs: list[bytes | None] = [
+        None if rng.random() < 0.1 else b"".join(sorted(
+            i_entry(time_key(float(t)), session_hash(f"s{int(s)}"))
+            for t, s in zip(rng.integers(0, 30, m), rng.integers(0, 60, m), strict=True)))
+        for m in rng.integers(0, 25, 12)]
+    histories: list[bytes | None] = [
+        None if rng.random() < 0.1 else b"".join(
+            h_entry(item(int(i)), time_key(float(p))) for p, i in enumerate(rng.integers(0, 40, m)))
+        for m in rng.integers(0, 15, 30)]
+    params = Params(query_items=int(rng.integers(1, 12)), sample_sessions=int(rng.integers(1, 40)),
+                    neighbours=int(rng.integers(1, 30)),
+                    sequence_weight=float(rng.choice([0.0, 1.5])),
+                    before_weight=float(rng.choice([0.0, 1.0])),
+                    position_decay=float(rng.choice([0.0, 1.0, 2.0])),
+                    idf_weight=float(rng.choice([0.0, 1.0, 2.0])),
+                    repeat_weight=float(rng.choice([0.0, 2.0])))
+    return items, times, ratings, index_blobs, histories, params
+
+
+def both(monkeypatch: pytest.MonkeyPatch, stage: str, *args: Any) -> tuple[Any, Any]:
+    from service import _kernel
+
+    monkeypatch.setattr(scoring, "KERNEL", _kernel)
+    compiled = getattr(scoring, stage)(*args)
+    monkeypatch.setattr(scoring, "KERNEL", None)
+    reference = getattr(scoring, stage)(*args)
+    return compiled, reference
+
+
+def test_the_kernel_equals_the_reference_on_random_cases(implementation: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    if implementation == "reference":
+        return  # one comparison is enough; the fixture's other run does it
+    rng = np.random.default_rng(7)
+    compared = 0
+    for _ in range(400):
+        items, times, ratings, index_blobs, histories, params = random_case(rng)
+        (cq, rq) = both(monkeypatch, "build_query", items, times, ratings, params)
+        assert isinstance(cq, scoring.Query) and isinstance(rq, scoring.Query)
+        assert list(cq.items) == list(rq.items) and list(cq.seen) == list(rq.seen)
+        np.testing.assert_allclose(cq.weights, rq.weights, rtol=1e-13)
+        query = rq  # the same query into both from here: the rest is compared exactly
+        blobs = index_blobs[:len(query.items)]
+        exclude = int(np.uint64(u64(session_hash("s3")))) if rng.random() < 0.5 else None
+        (cs, cw), (rs, rw) = both(monkeypatch, "neighbours", query, blobs, params, exclude)
+        assert list(cs) == list(rs) and list(cw) == list(rw)
+        sims = rng.random(len(histories)) * 3
+        (ci, cv), (ri, rv) = both(monkeypatch, "score", query, histories, sims, params)
+        order = np.argsort(ci)
+        assert list(ci[order]) == list(ri) and list(cv[order]) == list(rv)
+        df = rng.integers(0, 5, len(ri)).astype(np.float64)
+        exclusion = np.concatenate((query.seen[:2], ri[:3]))
+        for repeats in (False, True):
+            (bi, bv), (ti, tv) = both(monkeypatch, "rank", ri, rv, df, 50.0, query, params,
+                                      repeats, exclusion, 20)
+            assert list(bi) == list(ti)
+            np.testing.assert_allclose(bv, tv, rtol=1e-12)
+        compared += len(ri)
+    assert compared > 2000  # the cases were not all empty
+
+
+def test_frequency_table_finds_what_was_added_and_grows() -> None:
+    from service.store import FrequencyCache
+
+    cache = FrequencyCache(capacity=8)
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True)
+    keys[0] = 0  # the zero hash is a key like any other (empty slots are NaN values)
+    values = rng.random(5000) * 100
+    for start in range(0, 5000, 700):
+        cache.add(keys[start:start + 700], values[start:start + 700])
+    cache.add(keys[:10], values[:10] + 1)  # refreshing a value does not grow the table
+    assert cache.size == 5000 and len(cache.keys) >= 10000
+    unknown = np.array([1, 2, 3], dtype=np.uint64)
+    got, missing = cache.lookup(np.concatenate((keys, unknown)))
+    assert list(got[:10]) == list(values[:10] + 1) and list(got[10:5000]) == list(values[10:])
+    assert list(got[5000:]) == [0.0, 0.0, 0.0] and list(missing) == [1, 2, 3]
+    with pytest.raises(ValueError, match="NaN"):
+        cache.add(unknown, np.array([1.0, np.nan, 2.0]))

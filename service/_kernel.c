@@ -1,0 +1,781 @@
+/* The request-time scoring stages of service/scoring.py, compiled.
+ *
+ * Why: a request touches a few thousand (session, item) pairs, and the numpy version spends
+ * its time in the overhead of about a hundred small array calls, not in arithmetic. These
+ * functions do each stage in one pass over the raw Redis values (the packed blobs as hiredis
+ * returned them) and give back bytes that numpy views without copying.
+ *
+ * Every function is the exact counterpart of a numpy function in service/scoring.py, with
+ * the same summation order, so results are equal; tests/test_scoring.py runs both on
+ * random cases. Entries: index entries are (time: big-endian i64, session: little-endian u64),
+ * history entries (item: little-endian u64, time: big-endian i64), 16 bytes each.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENTRY 16
+
+static uint64_t le64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+static int64_t be64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return (int64_t)v;
+}
+
+/* --- an inlined introsort: qsort's comparator call per comparison cost more than the
+ * scoring arithmetic. DEFINE_SORT(name, T, less) defines name(T *a, Py_ssize_t n) ordering by
+ * less(x, y), a strict total order (every caller breaks ties by a unique hash). */
+#define DEFINE_SORT(name, T, less)                                                           \
+    static void name##_heap(T *a, Py_ssize_t n) {                                            \
+        for (Py_ssize_t start = n / 2 - 1; start >= 0; start--) {                           \
+            for (Py_ssize_t root = start;;) {                                                \
+                Py_ssize_t child = 2 * root + 1;                                             \
+                if (child >= n) break;                                                       \
+                if (child + 1 < n && less(a[child], a[child + 1])) child++;                  \
+                if (!less(a[root], a[child])) break;                                         \
+                T t = a[root]; a[root] = a[child]; a[child] = t;                             \
+                root = child;                                                                \
+            }                                                                                \
+        }                                                                                    \
+        for (Py_ssize_t end = n - 1; end > 0; end--) {                                       \
+            T t = a[0]; a[0] = a[end]; a[end] = t;                                           \
+            for (Py_ssize_t root = 0;;) {                                                    \
+                Py_ssize_t child = 2 * root + 1;                                             \
+                if (child >= end) break;                                                     \
+                if (child + 1 < end && less(a[child], a[child + 1])) child++;                \
+                if (!less(a[root], a[child])) break;                                         \
+                T u = a[root]; a[root] = a[child]; a[child] = u;                             \
+                root = child;                                                                \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static void name##_intro(T *a, Py_ssize_t n, int depth) {                                \
+        while (n > 16) {                                                                     \
+            if (depth-- == 0) { name##_heap(a, n); return; }                                 \
+            Py_ssize_t mid = n / 2, last = n - 1;                                            \
+            if (less(a[mid], a[0])) { T t = a[mid]; a[mid] = a[0]; a[0] = t; }               \
+            if (less(a[last], a[0])) { T t = a[last]; a[last] = a[0]; a[0] = t; }            \
+            if (less(a[last], a[mid])) { T t = a[last]; a[last] = a[mid]; a[mid] = t; }      \
+            T pivot = a[mid];                                                                \
+            Py_ssize_t i = 0, j = last;                                                      \
+            for (;;) {                                                                       \
+                while (less(a[i], pivot)) i++;                                               \
+                while (less(pivot, a[j])) j--;                                               \
+                if (i >= j) break;                                                           \
+                T t = a[i]; a[i] = a[j]; a[j] = t;                                           \
+                i++; j--;                                                                    \
+            }                                                                                \
+            /* recurse into the smaller side, loop on the larger: O(log n) stack */          \
+            if (j + 1 < n - j - 1) { name##_intro(a, j + 1, depth); a += j + 1; n -= j + 1; } \
+            else { name##_intro(a + j + 1, n - j - 1, depth); n = j + 1; }                   \
+        }                                                                                    \
+        for (Py_ssize_t i = 1; i < n; i++) {                                                 \
+            T x = a[i];                                                                      \
+            Py_ssize_t j = i;                                                                \
+            while (j > 0 && less(x, a[j - 1])) { a[j] = a[j - 1]; j--; }                     \
+            a[j] = x;                                                                        \
+        }                                                                                    \
+    }                                                                                        \
+    static void name(T *a, Py_ssize_t n) {                                                   \
+        int depth = 0;                                                                       \
+        for (Py_ssize_t m = n; m > 1; m >>= 1) depth += 2;                                   \
+        name##_intro(a, n, depth);                                                           \
+    }
+
+/* --- an open-addressing map u64 -> dense id (ids in first-seen order) ---------------------- */
+typedef struct {
+    int32_t *slots;  /* -1: empty, else the dense id */
+    uint64_t *keys;  /* by dense id */
+    Py_ssize_t mask, size;
+} Map;
+
+static int map_init(Map *m, Py_ssize_t capacity) {
+    Py_ssize_t n = 16;
+    while (n < 2 * capacity) n <<= 1;
+    m->slots = malloc(sizeof(int32_t) * n);
+    m->keys = malloc(sizeof(uint64_t) * (capacity ? capacity : 1));
+    if (!m->slots || !m->keys) { free(m->slots); free(m->keys); return -1; }
+    memset(m->slots, 0xff, sizeof(int32_t) * n);
+    m->mask = n - 1;
+    m->size = 0;
+    return 0;
+}
+
+static void map_free(Map *m) { free(m->slots); free(m->keys); }
+
+/* The dense id of key, added if new (the caller sized the map for every key it will add). */
+static Py_ssize_t map_id(Map *m, uint64_t key) {
+    Py_ssize_t at = (Py_ssize_t)((key * 0x9E3779B97F4A7C15ULL) >> 20) & m->mask;
+    for (;;) {
+        int32_t id = m->slots[at];
+        if (id < 0) {
+            m->slots[at] = (int32_t)m->size;
+            m->keys[m->size] = key;
+            return m->size++;
+        }
+        if (m->keys[id] == key) return id;
+        at = (at + 1) & m->mask;
+    }
+}
+
+/* --- argument helpers ---------------------------------------------------------------------- */
+typedef struct { const char *data; Py_ssize_t len; } Blob;
+
+/* The values of a list of bytes-or-None (an MGET reply) without copying. */
+static Blob *blobs_of(PyObject *seq, Py_ssize_t *count, Py_ssize_t *entries) {
+    PyObject *fast = PySequence_Fast(seq, "blobs must be a sequence of bytes or None");
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Blob *out = malloc(sizeof(Blob) * (n ? n : 1));
+    if (!out) { Py_DECREF(fast); PyErr_NoMemory(); return NULL; }
+    *entries = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        if (item == Py_None) {
+            out[i].data = NULL;
+            out[i].len = 0;
+        } else if (PyBytes_Check(item)) {
+            out[i].data = PyBytes_AS_STRING(item);
+            out[i].len = PyBytes_GET_SIZE(item) / ENTRY;
+        } else {
+            free(out);
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_TypeError, "blobs must hold bytes or None");
+            return NULL;
+        }
+        *entries += out[i].len;
+    }
+    *count = n;
+    Py_DECREF(fast);  /* the caller's list keeps the bytes alive */
+    return out;
+}
+
+static PyObject *pair(void *a, Py_ssize_t a_len, void *b, Py_ssize_t b_len) {
+    return Py_BuildValue("(y#y#)", (const char *)a, a_len, (const char *)b, b_len);
+}
+
+/* --- neighbours ---------------------------------------------------------------------------- */
+typedef struct { uint64_t session; double similarity; int64_t latest; } Candidate;
+
+#define MORE_RECENT(a, b) \
+    ((a).latest > (b).latest || ((a).latest == (b).latest && (a).session < (b).session))
+#define MORE_SIMILAR(a, b) \
+    ((a).similarity > (b).similarity || \
+     ((a).similarity == (b).similarity && MORE_RECENT(a, b)))
+DEFINE_SORT(sort_by_recency, Candidate, MORE_RECENT)
+DEFINE_SORT(sort_by_similarity, Candidate, MORE_SIMILAR)
+
+PyDoc_STRVAR(neighbours_doc,
+"neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude)\n"
+"-> (sessions u64 bytes, similarities f64 bytes): scoring.neighbours' counterpart.");
+
+static PyObject *neighbours(PyObject *self, PyObject *args) {
+    Py_buffer weights;
+    PyObject *seq;
+    Py_ssize_t sample, keep;
+    unsigned long long exclude;
+    int has_exclude;
+    if (!PyArg_ParseTuple(args, "y*OnnKp", &weights, &seq, &sample, &keep, &exclude,
+                          &has_exclude))
+        return NULL;
+    Py_ssize_t count, entries;
+    Blob *blobs = blobs_of(seq, &count, &entries);
+    PyObject *result = NULL;
+    Map map = {0};
+    Candidate *cands = NULL;
+    if (!blobs) goto done;
+    if ((Py_ssize_t)(weights.len / sizeof(double)) != count) {
+        PyErr_SetString(PyExc_ValueError, "one weight per index blob");
+        goto done;
+    }
+    if (map_init(&map, entries) < 0 ||
+        !(cands = malloc(sizeof(Candidate) * (entries ? entries : 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const double *w = weights.buf;
+    for (Py_ssize_t b = 0; b < count; b++) {
+        const unsigned char *p = (const unsigned char *)blobs[b].data;
+        for (Py_ssize_t e = 0; e < blobs[b].len; e++, p += ENTRY) {
+            int64_t t = be64(p);
+            uint64_t s = le64(p + 8);
+            Py_ssize_t before = map.size, id = map_id(&map, s);
+            if (id == before) {
+                cands[id].session = s;
+                cands[id].similarity = 0.0;
+                cands[id].latest = t;
+            } else if (t > cands[id].latest) {
+                cands[id].latest = t;
+            }
+            cands[id].similarity += w[b];  /* entry order, as np.bincount sums */
+        }
+    }
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < map.size; i++)
+        if (!(has_exclude && cands[i].session == exclude)) cands[n++] = cands[i];
+    if (n > sample) {
+        sort_by_recency(cands, n);
+        n = sample;
+    }
+    sort_by_similarity(cands, n);
+    if (n > keep) n = keep;
+    uint64_t *sessions = malloc(sizeof(uint64_t) * (n ? n : 1));
+    double *sims = malloc(sizeof(double) * (n ? n : 1));
+    if (!sessions || !sims) {
+        free(sessions); free(sims);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        sessions[i] = cands[i].session;
+        sims[i] = cands[i].similarity;
+    }
+    result = pair(sessions, n * 8, sims, n * 8);
+    free(sessions);
+    free(sims);
+done:
+    PyBuffer_Release(&weights);
+    free(blobs);
+    free(cands);
+    if (map.slots) map_free(&map);
+    return result;
+}
+
+/* --- score --------------------------------------------------------------------------------- */
+typedef struct { uint64_t item; double weight; } Scored;
+
+PyDoc_STRVAR(score_doc,
+"score(query_items, query_weights, history_blobs, similarity, sequence_weight,\n"
+"      before_weight) -> (candidates u64 bytes, scores f64 bytes), candidates in the order\n"
+"first met: scoring.score's counterpart (which returns them ascending).");
+
+static PyObject *score(PyObject *self, PyObject *args) {
+    Py_buffer qitems, qweights, sims;
+    PyObject *seq;
+    double seq_w, before_w;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*dd", &qitems, &qweights, &seq, &sims, &seq_w,
+                          &before_w))
+        return NULL;
+    Py_ssize_t count, entries;
+    Blob *blobs = blobs_of(seq, &count, &entries);
+    PyObject *result = NULL;
+    Map map = {0};
+    double *total = NULL, *best = NULL;
+    Py_ssize_t *owner = NULL;
+    if (!blobs) goto done;
+    Py_ssize_t nq = qitems.len / 8;
+    if ((Py_ssize_t)(sims.len / sizeof(double)) != count ||
+        (Py_ssize_t)(qweights.len / sizeof(double)) != nq) {
+        PyErr_SetString(PyExc_ValueError, "one similarity per blob, one weight per query item");
+        goto done;
+    }
+    if (map_init(&map, entries) < 0 || !(total = malloc(sizeof(double) * (entries + 1))) ||
+        !(best = malloc(sizeof(double) * (entries + 1))) ||
+        !(owner = malloc(sizeof(Py_ssize_t) * (entries + 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *q = qitems.buf;
+    const double *qw = qweights.buf, *sim = sims.buf;
+    int anchoring = (seq_w != 0.0 || before_w != 0.0) && nq > 0;
+    uint64_t bloom[4] = {0, 0, 0, 0};  /* most entries are no session item: one bit test */
+    for (Py_ssize_t j = 0; j < nq; j++) bloom[(q[j] >> 6) & 3] |= 1ULL << (q[j] & 63);
+    for (Py_ssize_t b = 0; b < count; b++) {
+        const unsigned char *base = (const unsigned char *)blobs[b].data;
+        Py_ssize_t len = blobs[b].len, anchor = -1;
+        if (anchoring) {
+            /* the latest position of the highest-weighted session item */
+            double anchor_weight = 0.0;
+            for (Py_ssize_t e = 0; e < len; e++) {
+                uint64_t item = le64(base + e * ENTRY);
+                if (!(bloom[(item >> 6) & 3] >> (item & 63) & 1)) continue;
+                for (Py_ssize_t j = 0; j < nq; j++) {
+                    if (q[j] == item) {
+                        if (anchor < 0 || qw[j] >= anchor_weight) {
+                            anchor = e;
+                            anchor_weight = qw[j];
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        for (Py_ssize_t e = 0; e < len; e++) {
+            uint64_t item = le64(base + e * ENTRY);
+            double w = sim[b];
+            if (anchoring) {
+                double after_term = 0.0, before_term = 0.0;
+                if (anchor >= 0 && e != anchor) {
+                    Py_ssize_t d = e - anchor;
+                    double gap = (double)(d > 0 ? d : -d);
+                    if (d > 0) after_term = seq_w / gap;
+                    else before_term = before_w / gap;
+                }
+                w = w * (1.0 + after_term + before_term);
+            }
+            Py_ssize_t before = map.size, id = map_id(&map, item);
+            if (id == before) {
+                total[id] = 0.0;
+                owner[id] = b;
+                best[id] = w;
+            } else if (owner[id] != b) {
+                /* an item counts once per neighbour: its best occurrence, summed in
+                   neighbour order (as np.bincount over the sorted pairs) */
+                total[id] += best[id];
+                owner[id] = b;
+                best[id] = w;
+            } else if (w > best[id]) {
+                best[id] = w;
+            }
+        }
+    }
+    Py_ssize_t n = map.size;
+    uint64_t *items = malloc(sizeof(uint64_t) * (n ? n : 1));
+    double *scores = malloc(sizeof(double) * (n ? n : 1));
+    if (!items || !scores) {
+        free(items); free(scores);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        items[i] = map.keys[i];
+        scores[i] = total[i] + best[i];
+    }
+    result = pair(items, n * 8, scores, n * 8);
+    free(items);
+    free(scores);
+done:
+    PyBuffer_Release(&qitems);
+    PyBuffer_Release(&qweights);
+    PyBuffer_Release(&sims);
+    free(blobs);
+    free(total);
+    free(best);
+    free(owner);
+    if (map.slots) map_free(&map);
+    return result;
+}
+
+/* --- the frequency table: open addressing over two numpy arrays ---------------------------- */
+/* A slot is empty while its value is NaN (frequencies never are). Lookups of a few hundred
+ * candidates cost one or two probes each; binary search in sorted arrays cost a branch
+ * misprediction per step, which was most of a request's scoring time. */
+static Py_ssize_t slot_of(uint64_t key, Py_ssize_t mask) {
+    return (Py_ssize_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+}
+
+static int table_args(Py_buffer *keys, Py_buffer *values, Py_ssize_t *mask) {
+    Py_ssize_t n = keys->len / 8;
+    if (n == 0 || (n & (n - 1)) || values->len != keys->len) {
+        PyErr_SetString(PyExc_ValueError, "a table is two arrays of the same power-of-2 size");
+        return -1;
+    }
+    *mask = n - 1;
+    return 0;
+}
+
+PyDoc_STRVAR(lookup_doc,
+"lookup(table_keys, table_values, items) -> (values f64 bytes, missing u64 bytes):\n"
+"each item's value (0 when absent) and the absent items.");
+
+static PyObject *lookup(PyObject *self, PyObject *args) {
+    Py_buffer keys, values, items;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &keys, &values, &items)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t mask, n = items.len / 8, m = 0;
+    double *out = NULL;
+    uint64_t *absent = NULL;
+    if (table_args(&keys, &values, &mask) < 0) goto done;
+    out = malloc(sizeof(double) * (n + 1));
+    absent = malloc(sizeof(uint64_t) * (n + 1));
+    if (!out || !absent) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *k = keys.buf, *it = items.buf;
+    const double *v = values.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = slot_of(it[i], mask);
+        while (!isnan(v[at]) && k[at] != it[i]) at = (at + 1) & mask;
+        if (isnan(v[at])) {
+            out[i] = 0.0;
+            absent[m++] = it[i];
+        } else {
+            out[i] = v[at];
+        }
+    }
+    result = pair(out, n * 8, absent, m * 8);
+done:
+    free(out);
+    free(absent);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&items);
+    return result;
+}
+
+PyDoc_STRVAR(insert_doc,
+"insert(table_keys, table_values, items, values) -> int: set each item's value in place;\n"
+"returns how many were new. The caller keeps the table at most half full.");
+
+static PyObject *insert(PyObject *self, PyObject *args) {
+    Py_buffer keys, values, items, vals;
+    if (!PyArg_ParseTuple(args, "w*w*y*y*", &keys, &values, &items, &vals)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t mask, n = items.len / 8, added = 0, used = 0;
+    if (table_args(&keys, &values, &mask) < 0) goto done;
+    if (vals.len != items.len) {
+        PyErr_SetString(PyExc_ValueError, "one value per item");
+        goto done;
+    }
+    uint64_t *k = keys.buf;
+    double *v = values.buf;
+    const uint64_t *it = items.buf;
+    const double *nv = vals.buf;
+    for (Py_ssize_t i = 0; i <= mask; i++) used += !isnan(v[i]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (isnan(nv[i])) {
+            PyErr_SetString(PyExc_ValueError, "values must not be NaN");
+            goto done;
+        }
+        Py_ssize_t at = slot_of(it[i], mask);
+        while (!isnan(v[at]) && k[at] != it[i]) at = (at + 1) & mask;
+        if (isnan(v[at])) {
+            if (used + 1 > mask) {  /* keep one slot empty, or probes would never end */
+                PyErr_SetString(PyExc_ValueError, "the table is full");
+                goto done;
+            }
+            used++;
+            added++;
+            k[at] = it[i];
+        }
+        v[at] = nv[i];
+    }
+    result = PyLong_FromSsize_t(added);
+done:
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&items);
+    PyBuffer_Release(&vals);
+    return result;
+}
+
+/* --- rank: idf, repeats, exclusion and the top k ------------------------------------------- */
+/* Index of key in the ascending keys[0..n), or -1. */
+static Py_ssize_t find(const uint64_t *keys, Py_ssize_t n, uint64_t key) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (keys[mid] < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < n && keys[lo] == key ? lo : -1;
+}
+
+#define U64_BEFORE(a, b) ((a) < (b))
+DEFINE_SORT(sort_u64, uint64_t, U64_BEFORE)
+
+/* a before b in the answer: higher score first, then the smaller hash */
+static int ahead(const Scored *a, const Scored *b) {
+    return a->weight > b->weight || (a->weight == b->weight && a->item < b->item);
+}
+
+PyDoc_STRVAR(rank_doc,
+"rank(candidates, scores, doc_freq, sessions, idf_weight, query_items, query_weights,\n"
+"     repeat_weight, exclude, k) -> (items u64 bytes, scores f64 bytes), best first:\n"
+"scoring.rank's counterpart (repeat_weight 0 adds no repeats).");
+
+static PyObject *rank(PyObject *self, PyObject *args) {
+    Py_buffer cands, scores, dfs, qitems, qweights, excl;
+    double sessions, idf_w, repeat_w;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "y*y*y*ddy*y*dy*n", &cands, &scores, &dfs, &sessions, &idf_w,
+                          &qitems, &qweights, &repeat_w, &excl, &k))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t nc = cands.len / 8, nq = qitems.len / 8, ne = excl.len / 8, n = 0, kept = 0;
+    if (k < 0) k = 0;
+    Scored *all = malloc(sizeof(Scored) * (nc + nq + 1));
+    Scored *best = malloc(sizeof(Scored) * (k + 1));
+    uint64_t *sorted = NULL;  /* a long exclusion list (many hidden items), for bisection */
+    if (!all || !best || (ne > 32 && !(sorted = malloc(sizeof(uint64_t) * ne)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (scores.len != cands.len || (idf_w != 0.0 && dfs.len != cands.len)) {
+        PyErr_SetString(PyExc_ValueError, "one score and one frequency per candidate");
+        goto done;
+    }
+    const uint64_t *c = cands.buf, *q = qitems.buf, *ex = excl.buf;
+    const double *s = scores.buf, *df = dfs.buf, *qw = qweights.buf;
+    double top = 0.0, n_sessions = sessions > 1.0 ? sessions : 1.0;
+    for (Py_ssize_t i = 0; i < nc; i++) {
+        double v = s[i];
+        if (idf_w != 0.0) {
+            double idf = log1p(n_sessions / (df[i] > 1.0 ? df[i] : 1.0));
+            v = v * (idf_w == 1.0 ? idf : pow(idf, idf_w));  /* pow(x, 1) is x exactly */
+        }
+        all[n].item = c[i];
+        all[n++].weight = v;
+        if (i == 0 || v > top) top = v;
+    }
+    if (repeat_w != 0.0 && nq > 0) {
+        /* scale the neighbourhood to a best of 1, then add each session item's weight */
+        if (top > 0)
+            for (Py_ssize_t i = 0; i < n; i++) all[i].weight = all[i].weight / top;
+        for (Py_ssize_t j = 0; j < nq; j++) {
+            Py_ssize_t at = -1;
+            for (Py_ssize_t i = 0; i < nc && at < 0; i++) if (c[i] == q[j]) at = i;
+            if (at >= 0) {
+                all[at].weight = all[at].weight + repeat_w * qw[j];
+            } else {
+                all[n].item = q[j];
+                all[n++].weight = repeat_w * qw[j];
+            }
+        }
+    }
+    if (sorted) {
+        memcpy(sorted, ex, sizeof(uint64_t) * ne);
+        sort_u64(sorted, ne);
+    }
+    /* the k best by insertion into a short sorted list: most candidates fail the first test */
+    for (Py_ssize_t i = 0; i < n && k > 0; i++) {
+        Scored x = all[i];
+        if (!(x.weight > 0) || (kept == k && !ahead(&x, &best[kept - 1]))) continue;
+        int excluded = 0;
+        if (sorted) excluded = find(sorted, ne, x.item) >= 0;
+        else for (Py_ssize_t e = 0; e < ne && !excluded; e++) excluded = ex[e] == x.item;
+        if (excluded) continue;
+        Py_ssize_t at = kept < k ? kept++ : k - 1;
+        while (at > 0 && ahead(&x, &best[at - 1])) {
+            best[at] = best[at - 1];
+            at--;
+        }
+        best[at] = x;
+    }
+    uint64_t *items = malloc(sizeof(uint64_t) * (kept + 1));
+    double *values = malloc(sizeof(double) * (kept + 1));
+    if (!items || !values) {
+        free(items); free(values);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < kept; i++) {
+        items[i] = best[i].item;
+        values[i] = best[i].weight;
+    }
+    result = pair(items, kept * 8, values, kept * 8);
+    free(items);
+    free(values);
+done:
+    PyBuffer_Release(&cands);
+    PyBuffer_Release(&scores);
+    PyBuffer_Release(&dfs);
+    PyBuffer_Release(&qitems);
+    PyBuffer_Release(&qweights);
+    PyBuffer_Release(&excl);
+    free(all);
+    free(best);
+    free(sorted);
+    return result;
+}
+
+/* --- query ------------------------------------------------------------------------------------ */
+typedef struct { double time; Py_ssize_t at; } Moment;
+#define EARLIER(a, b) ((a).time < (b).time || ((a).time == (b).time && (a).at < (b).at))
+DEFINE_SORT(sort_by_time, Moment, EARLIER)
+
+/* The doubles of a sequence of numbers, or -1 with an exception set. */
+static int doubles_of(PyObject *seq, double *out, Py_ssize_t n, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "%s: one per item", what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+PyDoc_STRVAR(query_doc,
+"query(hashes, timestamps, ratings, query_items, position_decay)\n"
+"-> (items u64 bytes, weights f64 bytes, seen u64 bytes): scoring.build_query's counterpart.");
+
+static PyObject *query(PyObject *self, PyObject *args) {
+    PyObject *hashes, *times_seq, *ratings_seq, *result = NULL, *fast;
+    Py_ssize_t keep;
+    double decay;
+    if (!PyArg_ParseTuple(args, "OOOnd", &hashes, &times_seq, &ratings_seq, &keep, &decay))
+        return NULL;
+    if (!(fast = PySequence_Fast(hashes, "hashes must be a sequence of 8-byte hashes")))
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), m = 0;
+    uint64_t *seen = malloc(sizeof(uint64_t) * (n + 1)), *items = malloc(sizeof(uint64_t) * (n + 1));
+    double *times = malloc(sizeof(double) * (n + 1)), *rates = malloc(sizeof(double) * (n + 1));
+    double *weights = malloc(sizeof(double) * (n + 1));
+    Moment *order = malloc(sizeof(Moment) * (n + 1));
+    if (!seen || !items || !times || !rates || !weights || !order) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(h) || PyBytes_GET_SIZE(h) != 8) {
+            PyErr_SetString(PyExc_TypeError, "hashes must be 8-byte bytes");
+            goto done;
+        }
+        seen[i] = le64((const unsigned char *)PyBytes_AS_STRING(h));
+    }
+    if (doubles_of(times_seq, times, n, "timestamps") < 0 ||
+        doubles_of(ratings_seq, rates, n, "ratings") < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        order[i].time = times[i];
+        order[i].at = i;
+    }
+    sort_by_time(order, n);  /* stable: equal times keep their order */
+    Py_ssize_t first = keep > 0 && keep < n ? n - keep : 0, count = n - first;
+    double top = 0.0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double r = rates[order[first + i].at];
+        r = r > 0.0 ? r : 0.0;  /* np.clip(.., 0, None) */
+        weights[i] = r;
+        if (i == 0 || r > top) top = r;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double r = top > 0 ? weights[i] / top : weights[i];
+        double w = r * pow(1.0 + (double)(count - 1 - i), -decay);
+        if (w > 0) {
+            items[m] = seen[order[first + i].at];
+            weights[m++] = w;
+        }
+    }
+    result = Py_BuildValue("(y#y#y#)", (const char *)items, m * 8, (const char *)weights, m * 8,
+                           (const char *)seen, n * 8);
+done:
+    Py_DECREF(fast);
+    free(seen);
+    free(items);
+    free(times);
+    free(rates);
+    free(weights);
+    free(order);
+    return result;
+}
+
+/* --- MGET of keys named by hash, packed ------------------------------------------------------ */
+/* Writes n in decimal at w; returns the end (sprintf's format parsing cost more than a key). */
+static char *decimal(char *w, Py_ssize_t n) {
+    char digits[24];
+    int len = 0;
+    do {
+        digits[len++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (len) *w++ = digits[--len];
+    return w;
+}
+
+PyDoc_STRVAR(mget_doc,
+"mget(hashes, prefixes) -> bytes: MGET of prefixes[h % len(prefixes)] + hex(h) for each\n"
+"hash h (little-endian u64), packed as RESP: Keys.histories and Keys.indexes without a\n"
+"Python string per key.");
+
+static PyObject *mget(PyObject *self, PyObject *args) {
+    static const char hex[] = "0123456789abcdef";
+    Py_buffer sessions;
+    PyObject *prefixes;
+    if (!PyArg_ParseTuple(args, "y*O!", &sessions, &PyList_Type, &prefixes)) return NULL;
+    Py_ssize_t n = sessions.len / 8, parts = PyList_GET_SIZE(prefixes), longest = 0;
+    PyObject *result = NULL;
+    char *buf = NULL;
+    for (Py_ssize_t p = 0; p < parts; p++) {
+        PyObject *prefix = PyList_GET_ITEM(prefixes, p);
+        if (!PyBytes_Check(prefix)) {
+            PyErr_SetString(PyExc_TypeError, "prefixes must be bytes");
+            goto done;
+        }
+        if (PyBytes_GET_SIZE(prefix) > longest) longest = PyBytes_GET_SIZE(prefix);
+    }
+    if (parts == 0) {
+        PyErr_SetString(PyExc_ValueError, "no prefixes");
+        goto done;
+    }
+    Py_ssize_t cap = 64 + n * (longest + 16 + 32);
+    if (!(buf = malloc(cap))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char *w = buf;
+    *w++ = '*';
+    w = decimal(w, n + 1);
+    static const char command[] = "\r\n$4\r\nMGET\r\n";
+    memcpy(w, command, sizeof command - 1);
+    w += sizeof command - 1;
+    const unsigned char *raw = sessions.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s = le64(raw + 8 * i);
+        PyObject *prefix = PyList_GET_ITEM(prefixes, (Py_ssize_t)(s % (uint64_t)parts));
+        Py_ssize_t plen = PyBytes_GET_SIZE(prefix);
+        *w++ = '$';
+        w = decimal(w, plen + 16);
+        *w++ = '\r';
+        *w++ = '\n';
+        memcpy(w, PyBytes_AS_STRING(prefix), plen);
+        w += plen;
+        for (int b = 0; b < 8; b++) {  /* bytes.hex() of the little-endian hash */
+            unsigned char byte = raw[8 * i + b];
+            *w++ = hex[byte >> 4];
+            *w++ = hex[byte & 15];
+        }
+        *w++ = '\r';
+        *w++ = '\n';
+    }
+    result = PyBytes_FromStringAndSize(buf, w - buf);
+done:
+    free(buf);
+    PyBuffer_Release(&sessions);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"query", query, METH_VARARGS, query_doc},
+    {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
+    {"score", score, METH_VARARGS, score_doc},
+    {"rank", rank, METH_VARARGS, rank_doc},
+    {"lookup", lookup, METH_VARARGS, lookup_doc},
+    {"insert", insert, METH_VARARGS, insert_doc},
+    {"mget", mget, METH_VARARGS, mget_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernel",
+    "The request-time scoring stages, compiled (see service/scoring.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
