@@ -9,13 +9,14 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service import access, cors, validation
 from service.errors import ApiError
 from service.jsonutil import dumps
 from service.keyspace import lua
+from service.metrics import Metrics
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
 from service.store import MEMORY_URL, REDIS_FAILURES, Store
@@ -29,23 +30,6 @@ STORE = web.AppKey("store", Store)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Metrics:
-    """Prometheus series of one app (own registry: several apps may live in one process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("sessionrec_http_requests", "HTTP requests answered",
-                                ["route", "status"], registry=self.registry)
-        self.latency = Histogram(
-            "sessionrec_http_request_seconds", "Time to answer, by route", ["route"],
-            buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
-            registry=self.registry)
-        self.events = Counter("sessionrec_events_accepted", "Events accepted by this process",
-                              registry=self.registry)
-        self.state = Gauge("sessionrec_state", "Figures of GET /stats", ["figure"],
-                           registry=self.registry)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -89,8 +73,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = ApiError(500, "internal", "Unexpected server error.").response()
     cors.add_headers(request, response, allowed)
-    metrics.requests.labels(route, str(response.status)).inc()
-    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    metrics.requests.observe(route, response.status, time.perf_counter() - started)
     return response
 
 

@@ -193,7 +193,10 @@ async def test_operational_endpoints(client: Client) -> None:
         stats)
     await client.post("/iid_recommend", json=SEED)
     metrics = await (await client.get("/metrics")).text()
-    assert 'sessionrec_http_requests_total{route="/iid_recommend",status="200"}' in metrics
+    assert 'sessionrec_http_requests_total{route="/iid_recommend",status="200"} 1.0' in metrics
+    assert 'sessionrec_http_request_seconds_count{route="/iid_recommend"} 1.0' in metrics
+    assert 'sessionrec_http_request_seconds_bucket{le="+Inf",route="/iid_recommend"} 1.0' \
+        in metrics
     assert 'sessionrec_state{figure="pending"}' in metrics
     doc = await (await client.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.") and "/iid_recommend" in doc["paths"]

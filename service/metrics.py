@@ -1,0 +1,66 @@
+"""Prometheus series of one app (own registry: several apps may live in one process).
+
+The per-request series are plain counters read by a collector at scrape time: prometheus
+client's labelled Counter and Histogram take a lock per call and walk the buckets in Python,
+which cost more than the rest of the request's bookkeeping together.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+BUCKETS = (.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
+"""Upper bounds (seconds) of the latency histogram."""
+
+
+class RequestSeries(Collector):
+    """``sessionrec_http_requests_total{route,status}`` and the latency histogram
+    ``sessionrec_http_request_seconds{route}``."""
+
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = list(buckets)
+        self.answered: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list[float]] = {}  # per bucket, then +Inf, then the sum
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        self.answered[key] = self.answered.get(key, 0) + 1
+        counts = self.latency.get(route)
+        if counts is None:
+            counts = self.latency[route] = [0.0] * (len(self.bounds) + 2)
+        counts[bisect_left(self.bounds, seconds)] += 1  # le: a value on a bound counts in it
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("sessionrec_http_requests", "HTTP requests answered",
+                                       labels=["route", "status"])
+        for (route, status), n in sorted(self.answered.items()):
+            requests.add_metric([route, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("sessionrec_http_request_seconds",
+                                        "Time to answer, by route", labels=["route"])
+        for route, counts in sorted(self.latency.items()):
+            cumulative: float = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip([*map(str, self.bounds), "+Inf"], counts[:-1],
+                                    strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric([route], buckets, sum_value=counts[-1])
+        yield latency
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = RequestSeries()
+        self.registry.register(self.requests)
+        self.events = Counter("sessionrec_events_accepted", "Events accepted by this process",
+                              registry=self.registry)
+        self.state = Gauge("sessionrec_state", "Figures of GET /stats", ["figure"],
+                           registry=self.registry)
