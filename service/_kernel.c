@@ -686,6 +686,29 @@ done:
     return result;
 }
 
+/* --- the answer's scores --------------------------------------------------------------------- */
+PyDoc_STRVAR(relative_doc,
+"relative(scores) -> list[float]: each score over the first, rounded to 6 decimals as\n"
+"numpy's round does (rint of the value times 1e6, over 1e6).");
+
+static PyObject *relative(PyObject *self, PyObject *args) {
+    Py_buffer scores;
+    if (!PyArg_ParseTuple(args, "y*", &scores)) return NULL;
+    Py_ssize_t n = scores.len / sizeof(double);
+    const double *s = scores.buf;
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *value = PyFloat_FromDouble(nearbyint(s[i] / s[0] * 1e6) / 1e6);
+        if (!value) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, value);
+    }
+    PyBuffer_Release(&scores);
+    return out;
+}
+
 /* --- MGET of keys named by hash, packed ------------------------------------------------------ */
 /* Writes n in decimal at w; returns the end (sprintf's format parsing cost more than a key). */
 static char *decimal(char *w, Py_ssize_t n) {
@@ -768,6 +791,7 @@ static PyMethodDef methods[] = {
     {"rank", rank, METH_VARARGS, rank_doc},
     {"lookup", lookup, METH_VARARGS, lookup_doc},
     {"insert", insert, METH_VARARGS, insert_doc},
+    {"relative", relative, METH_VARARGS, relative_doc},
     {"mget", mget, METH_VARARGS, mget_doc},
     {NULL, NULL, 0, NULL},
 };

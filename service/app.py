@@ -52,13 +52,23 @@ ACCESS = {
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes the JSON error shape; a client can never cause a 500."""
-    metrics = request.app[METRICS]
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
-        else "unmatched"
+    app = request.app
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else "unmatched"
     started = time.perf_counter()
-    allowed = request.app[SETTINGS].allowed_origins
+    allowed = app[SETTINGS].allowed_origins
     try:
-        response = await cors.apply(request, guarded(handler), allowed)
+        preflight = cors.check(request, allowed)
+        if preflight is not None:
+            response = preflight
+        else:
+            # the API key the route needs, then the client's rate limit
+            need = ACCESS.get(route, access.OPEN)
+            key = access.check(request, app[KEYS], need)
+            limiter = app[LIMITER]
+            if limiter is not None and need == access.PUBLIC:
+                await limiter.admit(access.client_identity(request, key))
+            response = await handler(request)
     except ApiError as exc:
         response = exc.response()
     except web.HTTPException as exc:
@@ -73,21 +83,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = ApiError(500, "internal", "Unexpected server error.").response()
     cors.add_headers(request, response, allowed)
-    metrics.requests.observe(route, response.status, time.perf_counter() - started)
+    app[METRICS].requests.observe(route, response.status, time.perf_counter() - started)
     return response
-
-
-def guarded(handler: Handler) -> Handler:
-    """Check the API key the route needs, then the client's rate limit."""
-    async def check(request: web.Request) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        need = ACCESS.get(resource.canonical if resource else "", access.OPEN)
-        key = access.check(request, request.app[KEYS], need)
-        limiter = request.app[LIMITER]
-        if limiter is not None and need == access.PUBLIC:
-            await limiter.admit(access.client_identity(request, key))
-        return await handler(request)
-    return check
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -119,9 +116,7 @@ async def read_json(request: web.Request) -> Any:
 async def iid_recommend(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     req = validation.recommend_request(await read_json(request), settings, time.time())
-    answer = await request.app[STORE].recommend(
-        [(i.item_id, i.timestamp, i.rating) for i in req.interactions], req.k,
-        req.recommend_seen)
+    answer = await request.app[STORE].recommend(req.interactions, req.k, req.recommend_seen)
     return json_response(answer.body())
 
 

@@ -8,8 +8,6 @@ requests: CORS alone would let them through and only hide the answer).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from service.errors import ApiError
@@ -57,15 +55,13 @@ def preflight(request: web.Request, allowed: frozenset[str]) -> web.StreamRespon
     return response
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def apply(request: web.Request, handler: Handler,
-                allowed: frozenset[str]) -> web.StreamResponse:
+def check(request: web.Request, allowed: frozenset[str]) -> web.StreamResponse | None:
+    """The preflight's answer for a preflight; None for a request that may proceed; 403 for
+    an origin not allowed."""
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return preflight(request, allowed)
     if not origin_allowed(request, allowed):
         raise ApiError(403, "origin_not_allowed",
                        f"Origin {request.headers.get('Origin')} may not call this API; add it "
                        "to SESSIONREC_CORS_ORIGINS.", "Origin")
-    return await handler(request)
+    return None

@@ -84,6 +84,14 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self.failure: Exception = RedisConnectionError("Connection to Redis lost")
+        self.outbox: list[bytes] = []
+
+    def flush(self) -> None:
+        """Write what the callers of one event-loop turn queued, in one system call."""
+        if self.transport is not None and self.outbox:
+            self.transport.write(b"".join(self.outbox) if len(self.outbox) > 1
+                                 else self.outbox[0])
+        self.outbox.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -168,8 +176,9 @@ class Link:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), replies, time.monotonic() + self.timeout)
         conn.waiters.append(waiter)
-        assert conn.transport is not None
-        conn.transport.write(packed)
+        if not conn.outbox:
+            loop.call_soon(conn.flush)
+        conn.outbox.append(packed)
         if self.timer is None:
             self.timer = loop.call_later(self.timeout / 4, self._check)
         return waiter.future

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -175,8 +176,9 @@ class Settings:
         if self.partitions < 1:
             raise ValueError("partitions: must be at least 1")
 
-    @property
+    @functools.cached_property
     def allowed_origins(self) -> frozenset[str]:
+        """Parsed once per settings object: every request checks it."""
         return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",")
                          if o.strip())
 

@@ -168,9 +168,7 @@ class NameCache:
     def __init__(self, capacity: int = 1_000_000) -> None:
         self.capacity = capacity
         self._names: dict[int, str] = {}
-
-    def get(self, key: int) -> str | None:
-        return self._names.get(key)
+        self.get = self._names.get  # bound once: a request looks up twenty names
 
     def put(self, key: int, name: str) -> None:
         if len(self._names) >= self.capacity:
@@ -244,6 +242,7 @@ class Store:
         self.names = NameCache()
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
+        self._hidden_read: asyncio.Future[scoring.U64] | None = None
         self.standalone = not self.cluster and settings.redis_url != MEMORY_URL
         self.lane = resp.hot_path(self.redis, settings.redis_timeout) if self.standalone \
             else resp.Lane(self.redis)
@@ -418,27 +417,48 @@ class Store:
 
     async def popular(self, k: int) -> Answer:
         hidden = await self.hidden_items()
-        trending = await self.redis.zrevrange(self.keys.trend(), 0, k + len(hidden) - 1,
-                                              withscores=True)
-        return Answer(_normalised_trending(cast(Any, trending), k, {int(h) for h in hidden},
+        trending = await self.trending_head(k + len(hidden))
+        return Answer(_normalised_trending(trending, k, {int(h) for h in hidden},
                                            1.0), MSG_TRENDING)
 
     async def hidden_items(self, max_age: float = 1.0) -> scoring.U64:
-        """Hidden item hashes, re-read at most every ``max_age`` seconds per process."""
+        """Hidden item hashes, re-read at most every ``max_age`` seconds per process (one read
+        shared by the requests that find the copy stale together)."""
         fetched, items = self._hidden
         if time.monotonic() - fetched > max_age:
-            members: set[bytes] = await self.redis.smembers(  # type: ignore[assignment]
-                self.keys.hidden())
-            items = np.array(sorted(int.from_bytes(bytes.fromhex(m.decode()), "little")
-                                    for m in members), dtype=np.uint64)
-            self._hidden = (time.monotonic(), items)
+            if self._hidden_read is None or self._hidden_read.done():
+                self._hidden_read = asyncio.ensure_future(self._read_hidden())
+            items = await asyncio.shield(self._hidden_read)
         return items
+
+    async def _read_hidden(self) -> scoring.U64:
+        members = await self.read(b"SMEMBERS", [self.keys.hidden()])
+        items = np.array(sorted(int.from_bytes(bytes.fromhex(m.decode()), "little")
+                                for m in members), dtype=np.uint64)
+        self._hidden = (time.monotonic(), items)
+        return items
+
+    async def trending_head(self, n: int) -> list[tuple[bytes, float]]:
+        """The ``n`` most trending members and their scores, best first."""
+        reply = await self.read(b"ZREVRANGE", [self.keys.trend(), 0, n - 1, b"WITHSCORES"])
+        if reply and isinstance(reply[0], list | tuple):  # paired by the cluster client
+            return [(m, float(v)) for m, v in reply]
+        return [(m, float(v)) for m, v in zip(reply[::2], reply[1::2], strict=True)]
+
+    async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
+        """One command: on the hot path's link on standalone Redis (its raw reply), through
+        the client otherwise (the client's parsed reply)."""
+        if self.standalone:
+            return await self.lane.execute(resp.pack(command, args))
+        return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            command.decode(), *args)
 
     # --- admin operations ---------------------------------------------------------------------
     async def hide(self, item_id: str, hidden: bool) -> None:
         key, member = self.keys.hidden(), item_hash(item_id).hex()
         await (self.redis.sadd(key, member) if hidden else self.redis.srem(key, member))
         self._hidden = (-1.0, self._hidden[1])
+        self._hidden_read = None  # one started before this change may miss it
 
     async def forget_item(self, item_id: str) -> int:
         """Delete an item's learned state: its neighbour index, frequency and trending score,
@@ -493,20 +513,18 @@ class Store:
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude, k)
         names = await self.item_names(best)
-        found: list[dict[str, Any]] = [
-            {"id": name, "score": round(sc, 6)}
-            for name, sc in zip(names, (best_scores / best_scores[0]).tolist()
-                                if len(best) else [], strict=True)]
+        relative = _kernel.relative(best_scores)
+        found: list[dict[str, Any]] = [{"id": name, "score": sc}
+                                       for name, sc in zip(names, relative, strict=True)]
         if not fill_with_trending:
             return Answer(found, MSG_SIMILAR if found else MSG_NO_SIMILAR)
         if len(found) >= k:
             return Answer(found, MSG_SESSION)
         # only now the trending head: sessions with neighbours rarely need it
-        trending = await self.redis.zrevrange(self.keys.trend(), 0, k + extra - 1,
-                                              withscores=True)
+        trending = await self.trending_head(k + extra)
         taken: set[Any] = {r["id"] for r in found} | {int(x) for x in exclude}
         floor = float(found[-1]["score"]) if found else 1.0
-        filler = _normalised_trending(cast(Any, trending), k - len(found), taken, floor)
+        filler = _normalised_trending(trending, k - len(found), taken, floor)
         if not found:
             return Answer(filler, MSG_POPULAR)
         return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)

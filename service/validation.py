@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.errors import ApiError, invalid
 from service.jsonutil import JSONDecodeError, loads
@@ -20,8 +20,9 @@ MAX_TIMESTAMP = 1e11  # year 5138: anything above is a unit mistake (ms instead 
 MAX_RATING = 1e9
 
 
-@dataclass(frozen=True, slots=True)
-class Interaction:
+class Interaction(NamedTuple):
+    """A tuple: ``Store.recommend`` takes (item, timestamp, rating) tuples as they are."""
+
     item_id: str
     timestamp: float
     rating: float
@@ -137,6 +138,20 @@ def _object(value: Any, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
     return value
 
 
+_INTERACTION = ("timestamp", "rating")
+_FIELDS = frozenset(_INTERACTION)
+_PLAIN = (int, float)  # exact types: a bool is not a number here
+
+
+def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> Interaction:
+    where = f"user_interactions.{item_id}"
+    identifier(item_id, where, settings)
+    fields = _object(value, where, _INTERACTION)
+    ts = timestamp(fields["timestamp"], where + ".timestamp") if "timestamp" in fields else now
+    rate = rating(fields["rating"], where + ".rating") if "rating" in fields else 1.0
+    return Interaction(item_id, ts, rate)
+
+
 def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
     """The seed's POST /iid_recommend body."""
     obj = _object(body, "", ("user_interactions", "k", "recommend_seen"))
@@ -153,14 +168,18 @@ def recommend_request(body: Any, settings: Settings, now: float) -> RecommendReq
                       f"user_interactions has {len(raw)} items; the limit is "
                       f"{settings.max_interactions}. Send the most recent ones.")
     interactions = []
+    longest = settings.max_id_length
     for item_id, value in raw.items():
-        where = f"user_interactions.{item_id}"
-        identifier(item_id, where, settings)
-        fields = _object(value, where, ("timestamp", "rating"))
-        ts = timestamp(fields["timestamp"], where + ".timestamp") if "timestamp" in fields \
-            else now
-        rate = rating(fields["rating"], where + ".rating") if "rating" in fields else 1.0
-        interactions.append(Interaction(item_id, ts, rate))
+        # the common case in a few type checks; anything unusual takes the full path below,
+        # which names the field and the fix
+        if type(value) is dict and 0 < len(item_id) <= longest and value.keys() <= _FIELDS:
+            ts = value.get("timestamp", now)
+            rate = value.get("rating", 1.0)
+            if type(ts) in _PLAIN and type(rate) in _PLAIN and 0 <= ts <= MAX_TIMESTAMP \
+                    and -MAX_RATING <= rate <= MAX_RATING:  # NaN fails the comparisons
+                interactions.append(Interaction(item_id, float(ts), float(rate)))
+                continue
+        interactions.append(_interaction(item_id, value, settings, now))
     k = integer(obj.get("k", 10), "k", low=1, high=settings.max_k)
     seen = obj.get("recommend_seen", False)
     if not isinstance(seen, bool):

@@ -272,3 +272,14 @@ def test_frequency_table_finds_what_was_added_and_grows() -> None:
     assert list(got[5000:]) == [0.0, 0.0, 0.0] and list(missing) == [1, 2, 3]
     with pytest.raises(ValueError, match="NaN"):
         cache.add(unknown, np.array([1.0, np.nan, 2.0]))
+
+
+def test_relative_scores_round_as_numpy_does() -> None:
+    from service import _kernel
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 20):
+        scores = np.sort(rng.random(n) * 10.0 ** rng.integers(-3, 4))[::-1].copy()
+        expected = (scores / scores[0]).round(6).tolist() if n else []
+        assert _kernel.relative(scores) == expected
+    assert _kernel.relative(np.array([3.0, 1.0, 2.0 / 3.0])) == [1.0, 0.333333, 0.222222]

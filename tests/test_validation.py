@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import validation
 from service.errors import ApiError
@@ -117,3 +119,28 @@ def test_query_parameters() -> None:
     assert validation.query_bool("TRUE", "recommend_seen", default=False) is True
     with pytest.raises(ApiError):
         validation.query_bool("maybe", "recommend_seen", default=False)
+
+
+values = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
+                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3))
+
+
+@given(item_id=st.text(max_size=12), fields=st.dictionaries(
+    st.sampled_from(["timestamp", "rating", "other"]), values, max_size=3))
+@settings(max_examples=400, deadline=None)
+def test_the_fast_path_agrees_with_the_full_validation(item_id: str,
+                                                       fields: dict[str, Any]) -> None:
+    """Interactions are checked by a few type tests first; whatever they accept or refuse,
+    the full path (which words the errors) must decide the same."""
+    body = {"user_interactions": {item_id: fields}}
+    try:
+        expected: Any = validation._interaction(item_id, fields, S, NOW)
+    except ApiError as exc:
+        expected = (exc.field, exc.message)
+    try:
+        got: Any = validation.recommend_request(body, S, NOW).interactions[0]
+    except ApiError as exc:
+        got = (exc.field, exc.message)
+    assert got == expected
+    if isinstance(got, validation.Interaction):
+        assert type(got.timestamp) is float and type(got.rating) is float
