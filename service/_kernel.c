@@ -784,7 +784,94 @@ done:
     return result;
 }
 
+/* --- RESP commands -------------------------------------------------------------------------- */
+static Py_ssize_t digits_of(Py_ssize_t n) {
+    Py_ssize_t d = 1;
+    while (n >= 10) { n /= 10; d++; }
+    return d;
+}
+
+PyDoc_STRVAR(pack_doc,
+"pack(command, args) -> bytes: the command as a RESP array of bulk strings; arguments are\n"
+"bytes as they are, str as UTF-8 (lone surrogates kept), int as str(), float as repr().");
+
+static PyObject *pack(PyObject *self, PyObject *args) {
+    const char *command;
+    Py_ssize_t command_len;
+    PyObject *seq, *fast, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y#O", &command, &command_len, &seq)) return NULL;
+    if (!(fast = PySequence_Fast(seq, "args must be a sequence"))) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), made = 0;
+    const char **data = malloc(sizeof(char *) * (n + 1));
+    Py_ssize_t *lens = malloc(sizeof(Py_ssize_t) * (n + 1));
+    PyObject **temporaries = malloc(sizeof(PyObject *) * (n + 1));
+    if (!data || !lens || !temporaries) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t total = 1 + digits_of(n + 1) + 2 + 1 + digits_of(command_len) + 2 + command_len + 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PySequence_Fast_GET_ITEM(fast, i), *text = NULL;
+        if (PyBytes_Check(a)) {
+            data[i] = PyBytes_AS_STRING(a);
+            lens[i] = PyBytes_GET_SIZE(a);
+        } else {
+            if (PyUnicode_Check(a)) {
+                text = a;
+                Py_INCREF(text);
+            } else if (PyFloat_Check(a)) {
+                text = PyObject_Repr(a);
+            } else if (PyLong_Check(a)) {
+                text = PyObject_Str(a);
+            } else {
+                PyErr_Format(PyExc_TypeError, "cannot send a %.100s to Redis",
+                             Py_TYPE(a)->tp_name);
+                goto done;
+            }
+            if (!text) goto done;
+            data[i] = PyUnicode_AsUTF8AndSize(text, &lens[i]);
+            if (!data[i]) {  /* lone surrogates: encoded as Python's surrogatepass does */
+                PyErr_Clear();
+                PyObject *raw = PyUnicode_AsEncodedString(text, "utf-8", "surrogatepass");
+                Py_DECREF(text);
+                if (!raw) goto done;
+                text = raw;
+                data[i] = PyBytes_AS_STRING(raw);
+                lens[i] = PyBytes_GET_SIZE(raw);
+            }
+            temporaries[made++] = text;
+        }
+        total += 1 + digits_of(lens[i]) + 2 + lens[i] + 2;
+    }
+    if (!(result = PyBytes_FromStringAndSize(NULL, total))) goto done;
+    char *w = PyBytes_AS_STRING(result);
+    *w++ = '*';
+    w = decimal(w, n + 1);
+    *w++ = '\r'; *w++ = '\n'; *w++ = '$';
+    w = decimal(w, command_len);
+    *w++ = '\r'; *w++ = '\n';
+    memcpy(w, command, command_len);
+    w += command_len;
+    *w++ = '\r'; *w++ = '\n';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        *w++ = '$';
+        w = decimal(w, lens[i]);
+        *w++ = '\r'; *w++ = '\n';
+        memcpy(w, data[i], lens[i]);
+        w += lens[i];
+        *w++ = '\r'; *w++ = '\n';
+    }
+done:
+    for (Py_ssize_t i = 0; i < made; i++) Py_DECREF(temporaries[i]);
+    free(data);
+    free(lens);
+    free(temporaries);
+    Py_DECREF(fast);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"pack", pack, METH_VARARGS, pack_doc},
     {"query", query, METH_VARARGS, query_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"score", score, METH_VARARGS, score_doc},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,28 @@ from service.store import Store
 def test_pack_is_resp() -> None:
     assert resp.pack(b"MGET", [b"a", b"bc"]) == b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$2\r\nbc\r\n"
     assert resp.pack(b"PING", []) == b"*1\r\n$4\r\nPING\r\n"
+
+
+def reference_pack(command: bytes, args: list[Any]) -> bytes:
+    """What redis-py sends for the same arguments."""
+    def encode(a: Any) -> bytes:
+        if isinstance(a, bytes):
+            return a
+        if isinstance(a, str):
+            return a.encode("utf-8", "surrogatepass")
+        return repr(a).encode() if isinstance(a, float) else str(a).encode()
+    parts = [command, *map(encode, args)]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def test_pack_encodes_every_argument_as_redis_py_does() -> None:
+    args: list[Any] = [b"", b"\r\n\x00", "", "caf\u00e9 \U0001f600", "lone \ud800 surrogate",
+                       0, -7, 2**70, True, 0.1, -1e300, 1.5e-7, float("inf"), 10**9 + 1]
+    args += [str(n) * n for n in range(12)]  # lengths crossing a digit
+    assert resp.pack(b"EVALSHA", args) == reference_pack(b"EVALSHA", args)
+    assert resp.pack(b"X", tuple(args)) == reference_pack(b"X", args)
+    with pytest.raises(TypeError, match="cannot send a NoneType"):
+        resp.pack(b"SET", [b"k", None])  # type: ignore[list-item]
 
 
 async def test_packed_mget_against_redis(settings: Settings) -> None:

@@ -28,8 +28,8 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from functools import lru_cache
+from typing import Any, NamedTuple, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -52,8 +52,9 @@ class Conflict(Exception):
     """The watermark moved under us: another worker committed this partition meanwhile."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """A stream entry (a named tuple: one is built per event read)."""
+
     id: str
     fields: dict[bytes, bytes]
 
@@ -411,14 +412,7 @@ class Worker:
         k, s = self.keys, self.settings
         groups: dict[Group, list[Op]] = {}
         index_prefix, df_key, names_key = self._shard_keys
-        shards: dict[bytes, tuple[int, str]] = {}
-
-        def shard_hex(item: bytes) -> tuple[int, str]:
-            known = shards.get(item)
-            if known is None:
-                known = shards[item] = (shard_of(item), item.hex())
-            return known
-
+        shard_hex = _shard_hex
         for change in fx.index:
             shard, hexed = shard_hex(change.item)
             groups.setdefault(shard, []).append(
@@ -488,6 +482,12 @@ Op = tuple[str, str, list[Any]]
 """(code, key, arguments after the key): see ``service/lua/ops.lua``."""
 PARTITION = "partition"
 GLOBAL = "global"
+
+
+@lru_cache(maxsize=1 << 16)
+def _shard_hex(item: bytes) -> tuple[int, str]:
+    """An item hash's shard and hex form (cached: popular items recur in every batch)."""
+    return shard_of(item), item.hex()
 
 
 def _pack_ops(ops: list[Op], keys: list[str], index: dict[str, int], args: list[Any]) -> None:
