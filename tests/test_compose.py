@@ -36,6 +36,27 @@ def test_compose_services_run_real_commands() -> None:
 def test_dockerfile_installs_the_package_and_its_console_script() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install" in text and '"sessionrec", "serve"' in text
+    for line in text.splitlines():  # what the build copies exists (setup.py builds the kernel)
+        if line.startswith("COPY") and "--from" not in line:
+            for path in line.split()[1:-1]:
+                assert (ROOT / path).exists(), path
+    assert "setup.py" in text and "gcc" in text
+
+
+def test_the_wheel_carries_the_compiled_kernel(tmp_path: Path) -> None:
+    """What the Dockerfile's build stage does: a wheel with the kernel compiled into it, the
+    Lua scripts and static files beside the code."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "--wheel-dir", str(tmp_path), str(ROOT)], check=True,
+                   capture_output=True)
+    (wheel,) = tmp_path.glob("sessionrec-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("service/_kernel.") and n.endswith(".so") for n in names)
+    assert "service/lua/commit.lua" in names and "service/static/sdk.js" in names
 
 
 def test_cluster_compose_has_six_nodes_two_apis_behind_nginx_and_three_workers() -> None:
