@@ -338,7 +338,8 @@ def redis_benchmark_hincrby(url_port: int, n: int = 2_000_000) -> float:
 
 async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float]:
     train = clicklog.read(data / "train.tsv")
-    store = Store(settings)
+    # the poll waits behind the worker's commits: a timeout here would only end the benchmark
+    store = Store(settings.replace(redis_timeout=30.0))
     await store.prepare()
     events = list(train.events())
     for start in range(0, len(events), 20000):
@@ -384,7 +385,7 @@ async def _fill_streams(settings: Settings, data: Path) -> int:
 
 
 async def _pending(settings: Settings) -> int:
-    store = Store(settings)
+    store = Store(settings.replace(redis_timeout=30.0))
     try:
         return (await store.stats())["pending"]
     finally:

@@ -165,8 +165,18 @@ static Blob *blobs_of(PyObject *seq, Py_ssize_t *count, Py_ssize_t *entries) {
     return out;
 }
 
-static PyObject *pair(void *a, Py_ssize_t a_len, void *b, Py_ssize_t b_len) {
-    return Py_BuildValue("(y#y#)", (const char *)a, a_len, (const char *)b, b_len);
+/* A tuple of two new bytes objects of n u64 and n f64, for the caller to fill in place. */
+static PyObject *pair_new(Py_ssize_t n, uint64_t **ids, double **values) {
+    PyObject *a = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *out = a && b ? PyTuple_Pack(2, a, b) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    if (out) {
+        *ids = (uint64_t *)PyBytes_AS_STRING(a);
+        *values = (double *)PyBytes_AS_STRING(b);
+    }
+    return out;
 }
 
 /* --- neighbours ---------------------------------------------------------------------------- */
@@ -234,20 +244,13 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
     }
     sort_by_similarity(cands, n);
     if (n > keep) n = keep;
-    uint64_t *sessions = malloc(sizeof(uint64_t) * (n ? n : 1));
-    double *sims = malloc(sizeof(double) * (n ? n : 1));
-    if (!sessions || !sims) {
-        free(sessions); free(sims);
-        PyErr_NoMemory();
-        goto done;
-    }
+    uint64_t *sessions;
+    double *sims;
+    if (!(result = pair_new(n, &sessions, &sims))) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         sessions[i] = cands[i].session;
         sims[i] = cands[i].similarity;
     }
-    result = pair(sessions, n * 8, sims, n * 8);
-    free(sessions);
-    free(sims);
 done:
     PyBuffer_Release(&weights);
     free(blobs);
@@ -345,20 +348,13 @@ static PyObject *score(PyObject *self, PyObject *args) {
         }
     }
     Py_ssize_t n = map.size;
-    uint64_t *items = malloc(sizeof(uint64_t) * (n ? n : 1));
-    double *scores = malloc(sizeof(double) * (n ? n : 1));
-    if (!items || !scores) {
-        free(items); free(scores);
-        PyErr_NoMemory();
-        goto done;
-    }
+    uint64_t *items;
+    double *scores;
+    if (!(result = pair_new(n, &items, &scores))) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         items[i] = map.keys[i];
         scores[i] = total[i] + best[i];
     }
-    result = pair(items, n * 8, scores, n * 8);
-    free(items);
-    free(scores);
 done:
     PyBuffer_Release(&qitems);
     PyBuffer_Release(&qweights);
@@ -419,7 +415,7 @@ static PyObject *lookup(PyObject *self, PyObject *args) {
             out[i] = v[at];
         }
     }
-    result = pair(out, n * 8, absent, m * 8);
+    result = Py_BuildValue("(y#y#)", (const char *)out, n * 8, (const char *)absent, m * 8);
 done:
     free(out);
     free(absent);
@@ -568,20 +564,13 @@ static PyObject *rank(PyObject *self, PyObject *args) {
         }
         best[at] = x;
     }
-    uint64_t *items = malloc(sizeof(uint64_t) * (kept + 1));
-    double *values = malloc(sizeof(double) * (kept + 1));
-    if (!items || !values) {
-        free(items); free(values);
-        PyErr_NoMemory();
-        goto done;
-    }
+    uint64_t *items;
+    double *values;
+    if (!(result = pair_new(kept, &items, &values))) goto done;
     for (Py_ssize_t i = 0; i < kept; i++) {
         items[i] = best[i].item;
         values[i] = best[i].weight;
     }
-    result = pair(items, kept * 8, values, kept * 8);
-    free(items);
-    free(values);
 done:
     PyBuffer_Release(&cands);
     PyBuffer_Release(&scores);
