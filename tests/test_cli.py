@@ -138,3 +138,11 @@ def test_serve_finishes_in_flight_requests_on_sigterm(settings: Settings) -> Non
     statuses = asyncio.run(storm())
     assert serve.wait(15) == 0
     assert statuses == [202] * 40
+
+
+def test_serve_and_worker_processes_collect_garbage_less_often() -> None:
+    code = ("import gc; from service.cli import tune_gc; tune_gc(); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["20000", "True"]
