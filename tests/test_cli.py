@@ -111,6 +111,19 @@ def test_every_command_has_help() -> None:
         assert "--redis-url" in out
 
 
+def pause_redis(url: str, ms: int) -> None:
+    """CLIENT PAUSE every node of ``url`` (each master of a cluster URL)."""
+    import redis
+
+    from service.store import cluster_seeds, is_cluster
+
+    nodes = [redis.Redis(host=n.host, port=int(n.port)) for n in cluster_seeds(url)] \
+        if is_cluster(url) else [redis.Redis.from_url(url)]
+    for node in nodes:
+        node.execute_command("CLIENT", "PAUSE", ms, "ALL")  # type: ignore[no-untyped-call]
+        node.close()
+
+
 def test_serve_finishes_in_flight_requests_on_sigterm(settings: Settings) -> None:
     """Requests already being answered when SIGTERM arrives complete; then exit 0."""
     import asyncio
@@ -118,26 +131,34 @@ def test_serve_finishes_in_flight_requests_on_sigterm(settings: Settings) -> Non
     import aiohttp
 
     port = free_port()
+    # Redis is paused while the requests arrive, so each is certainly mid-answer (waiting on
+    # Redis) when SIGTERM comes, however fast or slow the machine: the Redis timeout is longer
+    # than the pause
     env = dict(os.environ, SESSIONREC_REDIS_URL=settings.redis_url,
-               SESSIONREC_NAMESPACE=settings.namespace, SESSIONREC_PORT=str(port))
+               SESSIONREC_NAMESPACE=settings.namespace, SESSIONREC_PORT=str(port),
+               SESSIONREC_REDIS_TIMEOUT="10")
     serve = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
                               "serve"], env=env)
     base = f"http://127.0.0.1:{port}"
     wait_until_up(base, serve)
     batch = {"events": [{"session_id": f"s{n}", "item_id": str(n)} for n in range(500)]}
 
-    async def storm() -> list[int]:
+    async def storm() -> tuple[list[int], float]:
         async with aiohttp.ClientSession() as session:
             async def one() -> int:
                 async with session.post(base + "/events", json=batch) as resp:
                     return resp.status
+            pause_redis(settings.redis_url, 3000)
+            paused = time.monotonic()
             tasks = [asyncio.create_task(one()) for _ in range(40)]
-            await asyncio.sleep(0.05)  # requests are in flight
+            await asyncio.sleep(1.5)  # every request has reached its Redis call
             serve.send_signal(signal.SIGTERM)
-            return await asyncio.gather(*tasks, return_exceptions=False)
-    statuses = asyncio.run(storm())
+            statuses = await asyncio.gather(*tasks, return_exceptions=False)
+            return statuses, time.monotonic() - paused
+    statuses, elapsed = asyncio.run(storm())
     assert serve.wait(15) == 0
     assert statuses == [202] * 40
+    assert elapsed >= 2.9  # they were answered after the pause, so after SIGTERM
 
 
 def test_serve_and_worker_processes_collect_garbage_less_often() -> None:

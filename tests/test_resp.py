@@ -158,7 +158,7 @@ async def test_a_silent_server_times_out_and_the_link_recovers(standalone_url: s
     with pytest.raises(RedisTimeoutError):  # BLPOP holds the connection past the timeout
         await asyncio.gather(link.execute(resp.pack(b"BLPOP", [b"link:none", b"2"])),
                              link.execute(resp.pack(b"PING", [])))
-    assert 0.4 <= time.monotonic() - started < 0.7
+    assert 0.4 <= time.monotonic() - started < 0.9  # 1.25 x the timeout, plus scheduling
     assert await link.execute(resp.pack(b"PING", [])) == b"PONG"
     await link.close()
     await client.aclose()

@@ -169,7 +169,15 @@ async def test_stream_is_trimmed_only_below_what_the_group_acknowledged(
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_worker_exits_cleanly_on_signal(settings: Settings, sig: int) -> None:
     proc = spawn_worker(settings)
-    await asyncio.sleep(1.0)
+    store = Store(settings)
+    # running means registered, and it registers after its signal handlers are installed (a
+    # fixed sleep was too short when the machine was slow to import numpy and friends)
+    for _ in range(400):
+        if await store.redis.zcard(store.keys.workers()):
+            break
+        assert proc.poll() is None
+        await asyncio.sleep(0.05)
+    await store.close()
     proc.send_signal(sig)
     assert proc.wait(15) == 0
 
