@@ -136,13 +136,16 @@ static Py_ssize_t map_id(Map *m, uint64_t key) {
 /* --- argument helpers ---------------------------------------------------------------------- */
 typedef struct { const char *data; Py_ssize_t len; } Blob;
 
-/* The values of a list of bytes-or-None (an MGET reply) without copying. */
-static Blob *blobs_of(PyObject *seq, Py_ssize_t *count, Py_ssize_t *entries) {
+/* The values of a list of bytes-or-None (an MGET reply) without copying. *held is the
+ * sequence the pointers point into (a new list when seq was another iterable): the caller
+ * releases it after the last use of the blobs. */
+static Blob *blobs_of(PyObject *seq, Py_ssize_t *count, Py_ssize_t *entries, PyObject **held) {
     PyObject *fast = PySequence_Fast(seq, "blobs must be a sequence of bytes or None");
+    *held = fast;
     if (!fast) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     Blob *out = malloc(sizeof(Blob) * (n ? n : 1));
-    if (!out) { Py_DECREF(fast); PyErr_NoMemory(); return NULL; }
+    if (!out) { PyErr_NoMemory(); return NULL; }
     *entries = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
@@ -154,14 +157,12 @@ static Blob *blobs_of(PyObject *seq, Py_ssize_t *count, Py_ssize_t *entries) {
             out[i].len = PyBytes_GET_SIZE(item) / ENTRY;
         } else {
             free(out);
-            Py_DECREF(fast);
             PyErr_SetString(PyExc_TypeError, "blobs must hold bytes or None");
             return NULL;
         }
         *entries += out[i].len;
     }
     *count = n;
-    Py_DECREF(fast);  /* the caller's list keeps the bytes alive */
     return out;
 }
 
@@ -204,7 +205,8 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
                           &has_exclude))
         return NULL;
     Py_ssize_t count, entries;
-    Blob *blobs = blobs_of(seq, &count, &entries);
+    PyObject *held = NULL;
+    Blob *blobs = blobs_of(seq, &count, &entries, &held);
     PyObject *result = NULL;
     Map map = {0};
     Candidate *cands = NULL;
@@ -253,6 +255,7 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
     }
 done:
     PyBuffer_Release(&weights);
+    Py_XDECREF(held);
     free(blobs);
     free(cands);
     if (map.slots) map_free(&map);
@@ -275,7 +278,8 @@ static PyObject *score(PyObject *self, PyObject *args) {
                           &before_w))
         return NULL;
     Py_ssize_t count, entries;
-    Blob *blobs = blobs_of(seq, &count, &entries);
+    PyObject *held = NULL;
+    Blob *blobs = blobs_of(seq, &count, &entries, &held);
     PyObject *result = NULL;
     Map map = {0};
     double *total = NULL, *best = NULL;
@@ -359,6 +363,7 @@ done:
     PyBuffer_Release(&qitems);
     PyBuffer_Release(&qweights);
     PyBuffer_Release(&sims);
+    Py_XDECREF(held);
     free(blobs);
     free(total);
     free(best);

@@ -1,6 +1,6 @@
 """Types of the compiled scoring kernel (service/_kernel.c)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from numpy.typing import NDArray
@@ -9,9 +9,9 @@ Buffer = bytes | NDArray[Any]
 
 def query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequence[float],
           query_items: int, position_decay: float) -> tuple[bytes, bytes, bytes]: ...
-def neighbours(weights: Buffer, index_blobs: Sequence[bytes | None], sample_sessions: int,
+def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sessions: int,
                neighbours: int, exclude: int, has_exclude: bool) -> tuple[bytes, bytes]: ...
-def score(query_items: Buffer, query_weights: Buffer, history_blobs: Sequence[bytes | None],
+def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[bytes | None],
           similarity: Buffer, sequence_weight: float, before_weight: float
           ) -> tuple[bytes, bytes]: ...
 def rank(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,

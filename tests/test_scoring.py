@@ -283,3 +283,21 @@ def test_relative_scores_round_as_numpy_does() -> None:
         expected = (scores / scores[0]).round(6).tolist() if n else []
         assert _kernel.relative(scores) == expected
     assert _kernel.relative(np.array([3.0, 1.0, 2.0 / 3.0])) == [1.0, 0.333333, 0.222222]
+
+
+def test_the_kernel_takes_blobs_from_any_iterable_and_refuses_other_types() -> None:
+    """A generator's temporary list must outlive the stage that reads its bytes."""
+    from service import _kernel
+
+    q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
+    blobs = [history("a", "x", "y"), history("a", "x")]
+    sims = np.array([2.0, 1.0])
+    from_list = _kernel.score(q.items, q.weights, blobs, sims, 1.5, 1.0)
+    for _ in range(50):
+        assert _kernel.score(q.items, q.weights, (b[:] for b in blobs), sims, 1.5,
+                             1.0) == from_list
+    index_blobs = [index((5, "n1"), (6, "n2"))]
+    assert _kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False) == \
+        _kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False)
+    with pytest.raises(TypeError, match="bytes or None"):
+        _kernel.score(q.items, q.weights, ["not bytes"], np.array([1.0]), 1.5, 1.0)  # type: ignore[list-item]
