@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import hiredis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import _kernel
@@ -274,3 +276,14 @@ async def execute(client: aioredis.Redis, packed: bytes) -> Any:
     if isinstance(reply, Exception):
         raise reply
     return reply
+
+
+async def run_script(send: Callable[[bytes], Awaitable[Any]], script: AsyncScript,
+                     keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """EVALSHA through ``send`` with the arguments packed in one pass (redis-py encodes the
+    thousands of a worker commit or an ingest batch one by one: most of their CPU); a Redis
+    that lost its script cache gets the script through the client, which loads it."""
+    try:
+        return await send(pack(b"EVALSHA", [script.sha, len(keys), *keys, *args]))
+    except NoScriptError:
+        return await script(keys=keys, args=args)

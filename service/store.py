@@ -324,7 +324,10 @@ class Store:
             args += [ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
                      "" if ev.rating is None else number(ev.rating),
                      number(TYPE_RATING[ev.type]), s.hex()]
-        ids = await self.ingest_script(keys=keys, args=args)
+        if self.standalone:  # on the link: redis-py would encode 5,500 arguments one by one
+            ids = await resp.run_script(self.lane.execute, self.ingest_script, keys, args)
+        else:
+            ids = await self.ingest_script(keys=keys, args=args)
         return [i.decode() for i in ids]
 
     async def replay_journal(self, p: int, min_age: float | None = None) -> int:

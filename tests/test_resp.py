@@ -65,6 +65,20 @@ async def test_commit_survives_a_script_cache_flush(settings: Settings) -> None:
     await store.close()
 
 
+async def test_ingest_survives_a_script_cache_flush(settings: Settings) -> None:
+    """Ingestion packs its EVALSHA too: after SCRIPT FLUSH the batch is still accepted, once."""
+    from service.model import Event
+
+    store = Store(settings)
+    await store.prepare()
+    await store.ingest([Event("s", "a", 1.0)])
+    await store.redis.script_flush()
+    assert len(await store.ingest([Event("s", "b", 2.0), Event("t", "a", 3.0)])) == 2
+    assert (await store.stats())["events_accepted"] == 3
+    assert [x.item_id for x in await store.live_session("s")] == ["a", "b"]
+    await store.close()
+
+
 async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_url: str) -> None:
     """When Redis drops the hot path's connection (a restart), at most the request in flight
     fails; the next one reconnects."""

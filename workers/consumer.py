@@ -373,11 +373,8 @@ class Worker:
         cache take the client's ordinary path."""
         if self.settings.redis_url == MEMORY_URL or self.cluster:
             return await self.commit_script(keys=keys, args=args)
-        packed = resp.pack(b"EVALSHA", [self.commit_script.sha, len(keys), *keys, *args])
-        try:
-            return await resp.execute(self.redis, packed)
-        except NoScriptError:
-            return await self.commit_script(keys=keys, args=args)
+        return await resp.run_script(lambda packed: resp.execute(self.redis, packed),
+                                     self.commit_script, keys, args)
 
     async def _apply_elsewhere(self, p: int, new_mark: str, groups: dict[Group, list[Op]]
                                ) -> None:

@@ -1,0 +1,89 @@
+"""Ingestion's live sessions on a real Redis: the ingest script against a per-event reference.
+
+The script runs per event only what depends on event order and folds the rest (expiries, the
+live registry) into one call per session; these tests pin that the outcome is still exactly
+that of applying the events one by one."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from service.keyspace import session_hash
+from service.model import TYPE_RATING, Event
+from service.settings import Settings
+from service.store import Store
+
+
+def reference(events: list[Event], cap: int) -> dict[str, list[tuple[str, float, float]]]:
+    """Per session, its live items as the per-event rule leaves them: the latest time per item
+    (``ZADD GT``), the highest rating, the ``cap`` newest items (ties: the smaller id goes)."""
+    times: dict[str, dict[str, float]] = {}
+    ratings: dict[str, dict[str, float]] = {}
+    for ev in events:
+        t, r = times.setdefault(ev.session_id, {}), ratings.setdefault(ev.session_id, {})
+        if ev.item_id not in t or ev.timestamp > t[ev.item_id]:
+            t[ev.item_id] = ev.timestamp
+        rating = ev.effective_rating
+        if ev.item_id not in r or rating > r[ev.item_id]:
+            r[ev.item_id] = rating
+        while len(t) > cap:
+            oldest = min(t, key=lambda item: (t[item], item))
+            del t[oldest], r[oldest]
+    return {s: sorted(((item, ts, ratings[s][item]) for item, ts in t.items()),
+                      key=lambda x: (x[1], x[0]))
+            for s, t in times.items()}
+
+
+def random_events(rnd: random.Random, n: int) -> list[Event]:
+    events = []
+    for _ in range(n):
+        kind = rnd.choice(list(TYPE_RATING))
+        rating = rnd.choice([None, None, float(rnd.randint(0, 6))])
+        events.append(Event(f"s{rnd.randint(0, 5)}", f"i{rnd.randint(0, 11)}",
+                            float(rnd.randint(1, 40)), kind, rating))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_live_sessions_match_the_per_event_rule(settings: Settings, seed: int) -> None:
+    """Batches that revisit items, lower and raise ratings, go back in time and overflow the
+    cap (an item pushed out and back in the same batch keeps only its new rating)."""
+    rnd = random.Random(seed)
+    settings = settings.replace(live_cap=5)
+    store = Store(settings)
+    await store.prepare()
+    try:
+        events = random_events(rnd, 300)
+        for start in range(0, len(events), 60):
+            await store.ingest(events[start:start + 60])
+        want = reference(events, cap=5)
+        for session, items in want.items():
+            got = [(x.item_id, x.timestamp, x.rating) for x in await store.live_session(session)]
+            assert got == items, session
+            for key in (store.keys.live_items(session_hash(session)),
+                        store.keys.live_ratings(session_hash(session))):
+                ttl = await store.redis.pttl(key)
+                assert 0 < ttl <= settings.live_ttl * 1000
+        assert (await store.stats())["live_sessions"] == len(want)
+    finally:
+        await store.close()
+
+
+async def test_expired_registry_members_are_dropped(settings: Settings) -> None:
+    """A session last seen longer ago than ``live_ttl`` leaves the registry with the next batch
+    on its partition, once, however many of the batch's events share the registry."""
+    store = Store(settings)
+    await store.prepare()
+    try:
+        await store.ingest([Event("old", "a", 1.0)])
+        old = store.keys.live_registry(store._partition(Event("old", "a", 1.0)))
+        await store.redis.zadd(old, {session_hash("old").hex(): 1})  # seen in 1970
+        fresh = [Event(f"new{n}", "b", 2.0) for n in range(40)]
+        assert old in {store.keys.live_registry(store._partition(ev)) for ev in fresh}
+        await store.ingest(fresh)
+        assert await store.redis.zscore(old, session_hash("old").hex()) is None
+        assert (await store.stats())["live_sessions"] == 40
+    finally:
+        await store.close()
