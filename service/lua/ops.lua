@@ -13,6 +13,17 @@ local index_blobs = {}
 local function splice_index(key, old, new, cap)
   local blob = index_blobs[key] or redis.call('GET', key) or ''
   local count = #blob / ENTRY
+  if old == '' and (count == 0 or new > string.sub(blob, -ENTRY)) then
+    -- the usual case (a session's first event on the item, newer than every entry, as the
+    -- stream is in time order): an append, no search; what the general case below would do
+    if count >= cap then
+      blob = string.sub(blob, (count - cap + 1) * ENTRY + 1) .. new
+    else
+      blob = blob .. new
+    end
+    index_blobs[key] = blob
+    return
+  end
   -- binary search: first entry >= x, over entries 0..count-1
   local function lower_bound(x)
     local lo, hi = 0, count
