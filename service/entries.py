@@ -20,6 +20,7 @@ An entry that does not parse is moved to the partition's dead-letter stream, nev
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from service.model import EVENT_TYPES, Event
 
@@ -30,14 +31,35 @@ class BadEntry(ValueError):
 
 def decode(fields: dict[bytes, bytes]) -> Event:
     try:
-        session = fields[b"session"].decode("utf-8", "surrogatepass")
-        item = fields[b"item"].decode("utf-8", "surrogatepass")
-        ts = float(fields[b"ts"])
-        kind = fields.get(b"type", b"view").decode()
-        raw_rating = fields.get(b"rating")
-        rating = None if raw_rating is None else float(raw_rating)
+        return _event(fields[b"session"], fields[b"item"], fields[b"ts"],
+                      fields.get(b"type", b"view"), fields.get(b"rating"))
     except KeyError as exc:
         raise BadEntry(f"missing field {exc.args[0]!r}") from None
+
+
+def decode_flat(flat: Sequence[bytes]) -> Event:
+    """An entry as XREADGROUP returns it, ``[field, value, ...]``. The layout this module's
+    writers produce is read in place (the worker decodes every event: a dict per entry cost
+    a tenth of its time); any other order goes through ``decode``."""
+    n = len(flat)
+    if (n == 8 or (n == 10 and flat[8] == b"rating")) and flat[0] == b"session" \
+            and flat[2] == b"item" and flat[4] == b"ts" and flat[6] == b"type":
+        return _event(flat[1], flat[3], flat[5], flat[7], flat[9] if n == 10 else None)
+    return decode(fields_of(flat))
+
+
+def fields_of(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _event(session_raw: bytes, item_raw: bytes, ts_raw: bytes, kind_raw: bytes,
+           rating_raw: bytes | None) -> Event:
+    try:
+        session = session_raw.decode("utf-8", "surrogatepass")
+        item = item_raw.decode("utf-8", "surrogatepass")
+        ts = float(ts_raw)
+        kind = kind_raw.decode()
+        rating = None if rating_raw is None else float(rating_raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadEntry(str(exc)) from None
     if not session or not item:

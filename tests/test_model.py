@@ -19,10 +19,10 @@ def fold(events: list[Event], cap: int = 100) -> dict[str, object]:
     for start in range(0, len(events), 3):
         fx = apply_events(histories, events[start:start + 3], cap)
         histories.update(fx.histories)
-        for ch in fx.index:
-            entries = index.setdefault(ch.item, set())
-            entries.discard(ch.old)
-            entries.add(ch.new)
+        for item, old, new in fx.index:
+            entries = index.setdefault(item, set())
+            entries.discard(old)
+            entries.add(new)
         for item, n in fx.doc_freq.items():
             df[item] = df.get(item, 0) + n
     return {"histories": histories, "index": index, "df": df}
@@ -36,7 +36,7 @@ def test_history_and_index_entries() -> None:
         (item_hash("a"), time_key(10.0)), (item_hash("b"), time_key(11.0)),
         (item_hash("a"), time_key(12.5))]
     # 'a' seen again later: its entry moves from t=10 to t=12.5, counted once in df
-    moves = [(c.item, c.old, c.new) for c in fx.index if c.item == item_hash("a")]
+    moves = [change for change in fx.index if change[0] == item_hash("a")]
     assert moves == [(item_hash("a"), b"", index_entry(time_key(10.0), s)),
                      (item_hash("a"), index_entry(time_key(10.0), s),
                       index_entry(time_key(12.5), s))]

@@ -52,7 +52,8 @@ async def test_redelivered_entry_changes_nothing(settings: Settings) -> None:
     before = await snapshot(r, settings.namespace)
     # replay every entry of partition 0 through the commit path as if redelivered
     stream = store.keys.stream(0)
-    entries = [Entry(i.decode(), f) for i, f in await r.xrange(stream)]
+    entries = [Entry(i.decode(), [x for kv in f.items() for x in kv])
+               for i, f in await r.xrange(stream)]
     assert entries
     worker = Worker(settings, client=r, worker_id="replayer")
     await worker.process(0, entries)

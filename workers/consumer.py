@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from service import resp
-from service.entries import BadEntry, decode
+from service.entries import BadEntry, decode_flat, fields_of
 from service.keyspace import GROUP, ITEM_SHARDS, Keys, lua, partition_of, session_hash, shard_of
 from service.model import Effects, Event, apply_events, sessions_of, trending
 from service.settings import Settings
@@ -53,15 +53,24 @@ class Conflict(Exception):
 
 
 class Entry(NamedTuple):
-    """A stream entry (a named tuple: one is built per event read)."""
+    """A stream entry as read, ``flat`` being ``[field, value, ...]`` (a named tuple: one is
+    built per event read)."""
 
     id: str
-    fields: dict[bytes, bytes]
+    flat: list[bytes]
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        return fields_of(self.flat)
 
 
 def id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    return [x for pair in fields.items() for x in pair]
 
 
 def _before(entry_id: str) -> str:
@@ -250,8 +259,7 @@ class Worker:
                 return []
             # RESP3 (redis-py's default here) answers a map stream -> entries, RESP2 a list
             messages = next(iter(raw.values())) if isinstance(raw, dict) else raw[0][1]
-            return [Entry(mid.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
-                    for mid, flat in messages if flat is not None]
+            return [Entry(mid.decode(), flat) for mid, flat in messages if flat is not None]
         reply = await self.redis.xreadgroup(
             GROUP, self.keys.consumer(p), {stream: "0" if backlog else ">"},
             count=self.settings.batch_size, block=None if backlog else self.settings.block_ms)
@@ -259,7 +267,8 @@ class Worker:
             return []
         _, messages = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]],
                            reply)[0]
-        return [Entry(mid.decode(), fields) for mid, fields in messages if fields is not None]
+        return [Entry(mid.decode(), _flat(fields)) for mid, fields in messages
+                if fields is not None]
 
     async def _read_one(self, p: int, entry_id: str, delivered: int) -> list[Entry]:
         stream = self.keys.stream(p)
@@ -272,7 +281,7 @@ class Worker:
             # the entry was trimmed away: acknowledge it so it stops blocking the partition
             await self.redis.xack(stream, GROUP, entry_id)
             return []
-        entry = Entry(messages[0][0].decode(), fields)
+        entry = Entry(messages[0][0].decode(), _flat(fields))
         # redeliveries this process caused itself, retrying after an outage or a conflict, say
         # nothing about the entry: only the others count toward max_deliveries
         delivered -= self.excused.get(p, 0)
@@ -311,7 +320,8 @@ class Worker:
         decoded: list[Event | str] = []
         for entry in entries:
             try:
-                decoded.append(dead_reason if dead_reason is not None else decode(entry.fields))
+                decoded.append(dead_reason if dead_reason is not None
+                               else decode_flat(entry.flat))
             except BadEntry as exc:
                 decoded.append(f"unreadable entry: {exc}")
         homes = {ev.session_id: partition_of(session_hash(ev.session_id),
@@ -337,10 +347,15 @@ class Worker:
                 self.cut_short.add(p)
                 entries = [entries[n] for n in kept]
                 decoded = [decoded[n] for n in kept]
-        floor = id_tuple(mark) if mark else (-1, -1)
+        fresh = list(zip(entries, decoded, strict=True))
+        if mark:  # entries come in stream order: only a prefix can be at or below the mark
+            floor = id_tuple(mark)
+            start = 0
+            while start < len(fresh) and id_tuple(fresh[start][0].id) <= floor:
+                start += 1
+            fresh = fresh[start:]
         events: list[Event] = []
         dead: list[tuple[Entry, str]] = []
-        fresh = [(e, ev) for e, ev in zip(entries, decoded, strict=True) if id_tuple(e.id) > floor]
         for entry, ev in fresh:
             if isinstance(ev, Event):
                 events.append(ev)
@@ -349,19 +364,17 @@ class Worker:
         effects = apply_events(histories, events, self.settings.history_cap)
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
-        ops = self._ops(p, effects)
-        if self.cluster:
-            elsewhere = {g: o for g, o in ops.items() if g != PARTITION}
-            if elsewhere:
-                if await self.intent_script(keys=[k.stream(p), k.watermark(p), k.inflight(p)],
-                                            args=[mark, new_mark, first_fresh]) == -1:
-                    raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
-                                      f"check (watermark {mark!r}, in flight {reply[1]!r})")
-                await self._apply_elsewhere(p, new_mark, elsewhere)
-            ops = {PARTITION: ops.get(PARTITION, [])}
-        keys, args = self._commit_args(p, entries, dead, effects.applied, ops, mark, new_mark,
-                                       first_fresh)
-        if await self._commit(keys, args) == -1:
+        commit = self._commit_call(p, entries, dead, effects.applied, mark, new_mark,
+                                   first_fresh)
+        elsewhere: dict[Group, Call] | None = {} if self.cluster else None
+        self._ops(p, effects, commit, elsewhere, new_mark)
+        if elsewhere:
+            if await self.intent_script(keys=[k.stream(p), k.watermark(p), k.inflight(p)],
+                                        args=[mark, new_mark, first_fresh]) == -1:
+                raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
+                                  f"check (watermark {mark!r}, in flight {reply[1]!r})")
+            await self._apply_elsewhere(list(elsewhere.values()))
+        if await self._commit(commit.keys, commit.args) == -1:
             raise Conflict(p, f"commit of {first_fresh}..{new_mark} refused: the watermark is "
                               f"no longer {mark!r}, or the batch does not follow it")
         self.named.update(effects.names)
@@ -376,26 +389,16 @@ class Worker:
         return await resp.run_script(lambda packed: resp.execute(self.redis, packed),
                                      self.commit_script, keys, args)
 
-    async def _apply_elsewhere(self, p: int, new_mark: str, groups: dict[Group, list[Op]]
-                               ) -> None:
+    async def _apply_elsewhere(self, calls: list[Call]) -> None:
         """Each other slot's share of the batch, one apply.lua call per slot, sent as one
         pipeline (a round trip per node, all nodes at once). A crash half-way is repaired by
         the retry: slots that have the batch skip it."""
-        calls = []
-        s = self.settings
-        for group, ops in groups.items():
-            marks = (self.keys.global_marks() if group == GLOBAL
-                     else self.keys.item_marks(cast(int, group)))
-            keys = [marks]
-            args: list[Any] = [p, new_mark, s.index_cap, s.history_ttl * 1000]
-            _pack_ops(ops, keys, {marks: 1}, args)
-            calls.append((keys, args))
         for attempt in range(2):
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.execute_command("EVALSHA", self.apply_script.sha, len(keys), *keys,
-                                             *args)
+                    for call in calls:
+                        pipe.execute_command("EVALSHA", self.apply_script.sha, len(call.keys),
+                                             *call.keys, *call.args)
                     await pipe.execute()
                 return
             except NoScriptError:
@@ -403,44 +406,62 @@ class Worker:
                     raise
                 await self.redis.script_load(self.apply_script.script)
 
-    def _ops(self, p: int, fx: Effects) -> dict[Group, list[Op]]:
-        """The batch's effects as ops, grouped by the slot they land in: the partition's own
-        (histories), an item shard's (indexes, frequencies, names) or the global one."""
+    def _ops(self, p: int, fx: Effects, commit: Call, elsewhere: dict[Group, Call] | None,
+             new_mark: str) -> None:
+        """The batch's effects as ops (see ``service/lua/ops.lua``), appended to the call of
+        the slot they land in: the partition's own (histories), an item shard's (indexes,
+        frequencies, names) or the global one. Without ``elsewhere`` (standalone Redis) every
+        op goes into ``commit``; on a cluster ``elsewhere`` collects one apply call per other
+        slot. Ops go straight into the calls' arguments: thousands per batch."""
         k, s = self.keys, self.settings
-        groups: dict[Group, list[Op]] = {}
         index_prefix, df_key, names_key = self._shard_keys
+
+        def call_for(group: Group) -> Call:
+            if elsewhere is None:
+                return commit
+            call = elsewhere.get(group)
+            if call is None:
+                marks = (k.global_marks() if group == GLOBAL
+                         else k.item_marks(cast(int, group)))
+                call = elsewhere[group] = Call([marks], [p, new_mark, s.index_cap,
+                                                         s.history_ttl * 1000])
+            return call
+
         shard_hex = _shard_hex
-        for change in fx.index:
-            shard, hexed = shard_hex(change.item)
-            groups.setdefault(shard, []).append(
-                ("X", index_prefix[shard] + hexed, [change.old, change.new]))
-        if fx.histories:
-            groups[PARTITION] = [("H", k.history(session), [blob])
-                                 for session, blob in fx.histories.items()]
+        call = commit
+        for item, old, new in fx.index:
+            shard, hexed = shard_hex(item)
+            if elsewhere is not None:
+                call = call_for(shard)
+            call.args += ("X", call.ref(index_prefix[shard] + hexed), old, new)
+        for session, blob in fx.histories.items():
+            commit.args += ("H", commit.ref(k.history(session)), blob)
         for item, n in fx.doc_freq.items():
             shard, hexed = shard_hex(item)
-            groups.setdefault(shard, []).append(("D", df_key[shard], [hexed, n]))
+            if elsewhere is not None:
+                call = call_for(shard)
+            call.args += ("D", call.ref(df_key[shard]), hexed, n)
         named = self.named
         for item, name in fx.names.items():
             if item in named:
                 continue  # first writer wins: this process wrote or saw it already
             shard, hexed = shard_hex(item)
-            groups.setdefault(shard, []).append(("N", names_key[shard], [hexed, name]))
-        trend_key = k.trend()
-        ops = groups.setdefault(GLOBAL, [])
-        for member, value in trending(fx.trend, s.trend_half_life).items():
-            ops.append(("T", trend_key, [member, repr(value)]))
-        if fx.new_sessions:
-            ops.append(("D", k.meta(), ["sessions", fx.new_sessions]))
-        if not ops:
-            del groups[GLOBAL]
-        return groups
+            if elsewhere is not None:
+                call = call_for(shard)
+            call.args += ("N", call.ref(names_key[shard]), hexed, name)
+        trend = trending(fx.trend, s.trend_half_life)
+        if trend or fx.new_sessions:
+            call = call_for(GLOBAL)
+            ref = call.ref(k.trend())
+            for member, value in trend.items():
+                call.args += ("T", ref, member, value)
+            if fx.new_sessions:
+                call.args += ("D", call.ref(k.meta()), "sessions", fx.new_sessions)
 
-    def _commit_args(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
-                     applied: int, ops: dict[Group, list[Op]], mark: str, new_mark: str,
-                     first_fresh: str) -> tuple[list[str], list[Any]]:
+    def _commit_call(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
+                     applied: int, mark: str, new_mark: str, first_fresh: str) -> Call:
+        """commit.lua's call for the batch, before its ops."""
         k = self.keys
-        keys = [k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p)]
         s = self.settings
         args: list[Any] = [GROUP, mark, new_mark, applied, s.index_cap, s.history_ttl * 1000,
                            len(entries)]
@@ -451,10 +472,26 @@ class Worker:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
                    for key, value in entry.fields.items()}
             args += [entry.id, reason, orjson.dumps(raw)]
-        index = {key: n + 1 for n, key in enumerate(keys)}
-        for group_ops in ops.values():
-            _pack_ops(group_ops, keys, index, args)
-        return keys, args
+        return Call([k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p)], args)
+
+
+class Call:
+    """One script call being assembled: its KEYS, and its ARGV, in which ops name their keys
+    by position in KEYS (1-based)."""
+
+    __slots__ = ("args", "index", "keys")
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys = keys
+        self.args = args
+        self.index = {key: n + 1 for n, key in enumerate(keys)}
+
+    def ref(self, key: str) -> int:
+        ref = self.index.get(key)
+        if ref is None:
+            self.keys.append(key)
+            ref = self.index[key] = len(self.keys)
+        return ref
 
 
 class NameSet:
@@ -475,8 +512,6 @@ class NameSet:
 
 Group = int | str
 """Where an op lands: an item shard number, ``PARTITION`` or ``GLOBAL``."""
-Op = tuple[str, str, list[Any]]
-"""(code, key, arguments after the key): see ``service/lua/ops.lua``."""
 PARTITION = "partition"
 GLOBAL = "global"
 
@@ -485,16 +520,3 @@ GLOBAL = "global"
 def _shard_hex(item: bytes) -> tuple[int, str]:
     """An item hash's shard and hex form (cached: popular items recur in every batch)."""
     return shard_of(item), item.hex()
-
-
-def _pack_ops(ops: list[Op], keys: list[str], index: dict[str, int], args: list[Any]) -> None:
-    """Append ops to ``args``, each key named by its index in ``keys`` (appended as needed;
-    ``index`` maps the keys already there to their index)."""
-    for code, key, rest in ops:
-        ref = index.get(key)
-        if ref is None:
-            keys.append(key)
-            ref = index[key] = len(keys)
-        args.append(code)
-        args.append(ref)
-        args += rest

@@ -67,7 +67,7 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
                        "namespace (SESSIONREC_NAMESPACE), or pass all files to one load")
     events = list(events)
     fx = apply_events({}, events, s.history_cap)
-    indexes = build_indexes(((c.item, c.old, c.new) for c in fx.index), s.index_cap)
+    indexes = build_indexes(fx.index, s.index_cap)
     trend = trending(fx.trend, s.trend_half_life)
     ttl = s.history_ttl * 1000
     commands: list[Callable[[Pipeline], object]] = []
