@@ -32,6 +32,27 @@ async def test_load_equals_stream(settings: Settings) -> None:
     await store.close()
 
 
+async def test_a_batch_wider_than_a_chunk_equals_the_load(settings: Settings) -> None:
+    """The commit reads and writes frequencies and trending scores in chunks of 500 fields:
+    one batch of 1,400 events over 1,200 items, on one partition, crosses the chunk edge in
+    both (trending holds every item of the batch in one op)."""
+    from service.model import Event
+
+    settings = settings.replace(partitions=1, batch_size=2000)
+    events = [Event(f"s{n // 7}", f"i{n % 1200}", 1_000.0 + n) for n in range(1400)]
+    await ingest(settings, events, batch=700)
+    await drain(settings)
+    loaded = settings.replace(namespace=settings.namespace + "-load")
+    store = Store(loaded)
+    await store.prepare()
+    await load(store, events)
+    r: Any = store.redis
+    streamed = await snapshot(r, settings.namespace)
+    assert len(next(v for k, v in streamed.items() if k.endswith(":trend"))) == 1200
+    assert_same_state(await snapshot(r, loaded.namespace), streamed)
+    await store.close()
+
+
 def test_build_indexes_keeps_newest_entries_sorted() -> None:
     e = [bytes([t]) * 8 + b"s" * 8 for t in range(10)]
     out = build_indexes([(b"i", b"", e[3]), (b"i", b"", e[1]), (b"i", e[1], e[7]),

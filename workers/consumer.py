@@ -436,11 +436,17 @@ class Worker:
             call.args += ("X", call.ref(index_prefix[shard] + hexed), old, new)
         for session, blob in fx.histories.items():
             commit.args += ("H", commit.ref(k.history(session)), blob)
+        counts: dict[int, list[Any]] = {}
         for item, n in fx.doc_freq.items():
             shard, hexed = shard_hex(item)
-            if elsewhere is not None:
-                call = call_for(shard)
-            call.args += ("D", call.ref(df_key[shard]), hexed, n)
+            fields = counts.get(shard)
+            if fields is None:
+                fields = counts[shard] = []
+            fields += (hexed, n)
+        for shard, fields in counts.items():
+            call = commit if elsewhere is None else call_for(shard)
+            call.args += ("D", call.ref(df_key[shard]), len(fields) // 2)
+            call.args += fields
         named = self.named
         for item, name in fx.names.items():
             if item in named:
@@ -452,11 +458,12 @@ class Worker:
         trend = trending(fx.trend, s.trend_half_life)
         if trend or fx.new_sessions:
             call = call_for(GLOBAL)
-            ref = call.ref(k.trend())
-            for member, value in trend.items():
-                call.args += ("T", ref, member, value)
+            if trend:
+                call.args += ("T", call.ref(k.trend()), len(trend))
+                for pair in trend.items():
+                    call.args += pair
             if fx.new_sessions:
-                call.args += ("D", call.ref(k.meta()), "sessions", fx.new_sessions)
+                call.args += ("D", call.ref(k.meta()), 1, "sessions", fx.new_sessions)
 
     def _commit_call(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
                      applied: int, mark: str, new_mark: str, first_fresh: str) -> Call:

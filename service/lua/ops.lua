@@ -3,10 +3,14 @@
 --   'X' key old_entry new_entry       neighbour index: replace/insert a sorted 16-byte entry,
 --                                      keep the newest cap entries
 --   'H' key value                     learned session history, expiring after ttl_ms
---   'D' key field n                   HINCRBY (document frequency, session count)
+--   'D' key count field n ...         add n to each of count hash fields (document frequency,
+--                                      session count)
 --   'N' key field value               item id behind a hash (first writer wins)
---   'T' key member log2_value         trending: log2-sum with the stored value (the worker
+--   'T' key count member log2_value ...
+--                                      trending: log2-sum with the stored values (the worker
 --                                      folds a batch's events per item into one value)
+-- 'D' and 'T' take a whole batch per key: one read and one write per chunk of fields, instead
+-- of a call or two per field (a third of the commit's time went to these calls one by one).
 local ENTRY = 16
 -- Index blobs are read once and written once per script, however many splices they take.
 local index_blobs = {}
@@ -50,15 +54,50 @@ local function splice_index(key, old, new, cap)
 end
 
 local LN2 = math.log(2)
-local function trend(key, member, add)
-  local old = redis.call('ZSCORE', key, member)
-  local value = add
-  if old then
-    old = tonumber(old)
-    local hi, lo = math.max(old, add), math.min(old, add)
-    value = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
-  end
-  redis.call('ZADD', key, value, member)
+local CHUNK = 500  -- fields per read and write (unpack's stack is limited)
+
+-- fn(first, last) over 0..count-1, CHUNK at a time.
+local function in_chunks(count, fn)
+  for first = 0, count - 1, CHUNK do fn(first, math.min(first + CHUNK, count) - 1) end
+end
+
+-- Log2-sum value ARGV[at + 2m + 1] into member ARGV[at + 2m]'s score (m = 0..count-1).
+local function trend(key, at, count)
+  in_chunks(count, function(first, last)
+    local members = {}
+    for m = first, last do members[#members + 1] = ARGV[at + 2 * m] end
+    local olds = redis.call('ZMSCORE', key, unpack(members))
+    local args = {}
+    for m = first, last do
+      local add = tonumber(ARGV[at + 2 * m + 1])
+      local old = olds[m - first + 1]
+      local value = add
+      if old then
+        old = tonumber(old)
+        local hi, lo = math.max(old, add), math.min(old, add)
+        value = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+      end
+      args[#args + 1] = string.format('%.17g', value)
+      args[#args + 1] = members[m - first + 1]
+    end
+    redis.call('ZADD', key, unpack(args))
+  end)
+end
+
+-- Add ARGV[at + 2f + 1] to hash field ARGV[at + 2f] (f = 0..count-1): HINCRBY in bulk.
+local function add_counts(key, at, count)
+  in_chunks(count, function(first, last)
+    local fields = {}
+    for f = first, last do fields[#fields + 1] = ARGV[at + 2 * f] end
+    local olds = redis.call('HMGET', key, unpack(fields))
+    local args = {}
+    for f = first, last do
+      args[#args + 1] = fields[f - first + 1]
+      args[#args + 1] = string.format('%d', (tonumber(olds[f - first + 1]) or 0)
+                                             + tonumber(ARGV[at + 2 * f + 1]))
+    end
+    redis.call('HSET', key, unpack(args))
+  end)
 end
 
 -- Run the ops in ARGV[i..]; returns nil or an error reply.
@@ -72,14 +111,16 @@ local function run_ops(i, cap, ttl_ms)
       redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], 'PX', ttl_ms)
       i = i + 3
     elseif op == 'D' then
-      redis.call('HINCRBY', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
-      i = i + 4
+      local count = tonumber(ARGV[i + 2])
+      add_counts(KEYS[tonumber(ARGV[i + 1])], i + 3, count)
+      i = i + 3 + 2 * count
     elseif op == 'N' then
       redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
       i = i + 4
     elseif op == 'T' then
-      trend(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], tonumber(ARGV[i + 3]))
-      i = i + 4
+      local count = tonumber(ARGV[i + 2])
+      trend(KEYS[tonumber(ARGV[i + 1])], i + 3, count)
+      i = i + 3 + 2 * count
     else
       return redis.error_reply('unknown op ' .. tostring(op))
     end
