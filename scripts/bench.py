@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import clicklog  # noqa: E402
+from service.cli import tune_gc  # noqa: E402
 from service.evaluate import align_times, static_cases  # noqa: E402
 from service.redisproc import RedisProcess, free_port  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -344,6 +346,11 @@ async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float]:
     events = list(train.events())
     for start in range(0, len(events), 20000):
         await store.append(events[start:start + 20000])
+    n = len(events)
+    # as `sessionrec worker` runs: the log held here must not weigh on the worker's collector
+    del events, train
+    gc.collect()
+    tune_gc()
     worker = Worker(settings, worker_id="bench")
     started = time.perf_counter()
     task = asyncio.create_task(worker.run())
@@ -354,7 +361,7 @@ async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float]:
     await task
     await worker.redis.aclose()
     await store.close()
-    return len(events), elapsed
+    return n, elapsed
 
 
 def bench_worker(settings: Settings, data: Path, rounds: int) -> dict[str, Any]:
