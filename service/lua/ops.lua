@@ -56,48 +56,35 @@ end
 local LN2 = math.log(2)
 local CHUNK = 500  -- fields per read and write (unpack's stack is limited)
 
--- fn(first, last) over 0..count-1, CHUNK at a time.
-local function in_chunks(count, fn)
-  for first = 0, count - 1, CHUNK do fn(first, math.min(first + CHUNK, count) - 1) end
-end
-
--- Log2-sum value ARGV[at + 2m + 1] into member ARGV[at + 2m]'s score (m = 0..count-1).
-local function trend(key, at, count)
-  in_chunks(count, function(first, last)
-    local members = {}
-    for m = first, last do members[#members + 1] = ARGV[at + 2 * m] end
-    local olds = redis.call('ZMSCORE', key, unpack(members))
-    local args = {}
-    for m = first, last do
-      local add = tonumber(ARGV[at + 2 * m + 1])
-      local old = olds[m - first + 1]
-      local value = add
-      if old then
-        old = tonumber(old)
-        local hi, lo = math.max(old, add), math.min(old, add)
-        value = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
-      end
-      args[#args + 1] = string.format('%.17g', value)
-      args[#args + 1] = members[m - first + 1]
-    end
-    redis.call('ZADD', key, unpack(args))
-  end)
-end
-
--- Add ARGV[at + 2f + 1] to hash field ARGV[at + 2f] (f = 0..count-1): HINCRBY in bulk.
-local function add_counts(key, at, count)
-  in_chunks(count, function(first, last)
+-- Merge values ARGV[at + 2f + 1] into fields ARGV[at + 2f] (f = 0..count-1), CHUNK at a time
+-- (one read and one write each): op 'T' log2-sums them into a zset's scores, op 'D' adds them
+-- to a hash's counts (HINCRBY in bulk). The two share one loop, branching per field: a
+-- function call per field cost a tenth of the commit.
+local function merge_fields(op, key, at, count)
+  local trend = op == 'T'
+  for first = 0, count - 1, CHUNK do
     local fields = {}
-    for f = first, last do fields[#fields + 1] = ARGV[at + 2 * f] end
-    local olds = redis.call('HMGET', key, unpack(fields))
+    for f = first, math.min(first + CHUNK, count) - 1 do fields[#fields + 1] = ARGV[at + 2 * f] end
+    local olds = redis.call(trend and 'ZMSCORE' or 'HMGET', key, unpack(fields))
     local args = {}
-    for f = first, last do
-      args[#args + 1] = fields[f - first + 1]
-      args[#args + 1] = string.format('%d', (tonumber(olds[f - first + 1]) or 0)
-                                             + tonumber(ARGV[at + 2 * f + 1]))
+    for n, field in ipairs(fields) do
+      local value = tonumber(ARGV[at + 2 * (first + n - 1) + 1])
+      local old = olds[n]
+      if trend then
+        if old then
+          old = tonumber(old)
+          local hi, lo = math.max(old, value), math.min(old, value)
+          value = hi + math.log(1 + 2 ^ (lo - hi)) / LN2
+        end
+        args[#args + 1] = string.format('%.17g', value)
+        args[#args + 1] = field
+      else
+        args[#args + 1] = field
+        args[#args + 1] = string.format('%d', (tonumber(old) or 0) + value)
+      end
     end
-    redis.call('HSET', key, unpack(args))
-  end)
+    redis.call(trend and 'ZADD' or 'HSET', key, unpack(args))
+  end
 end
 
 -- Run the ops in ARGV[i..]; returns nil or an error reply.
@@ -110,17 +97,13 @@ local function run_ops(i, cap, ttl_ms)
     elseif op == 'H' then
       redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], 'PX', ttl_ms)
       i = i + 3
-    elseif op == 'D' then
+    elseif op == 'D' or op == 'T' then
       local count = tonumber(ARGV[i + 2])
-      add_counts(KEYS[tonumber(ARGV[i + 1])], i + 3, count)
+      merge_fields(op, KEYS[tonumber(ARGV[i + 1])], i + 3, count)
       i = i + 3 + 2 * count
     elseif op == 'N' then
       redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
       i = i + 4
-    elseif op == 'T' then
-      local count = tonumber(ARGV[i + 2])
-      trend(KEYS[tonumber(ARGV[i + 1])], i + 3, count)
-      i = i + 3 + 2 * count
     else
       return redis.error_reply('unknown op ' .. tostring(op))
     end
