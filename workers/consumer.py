@@ -518,8 +518,7 @@ class NameSet:
 
 
 Group = int | str
-"""Where an op lands: an item shard number, ``PARTITION`` or ``GLOBAL``."""
-PARTITION = "partition"
+"""Where an op lands outside the partition's own slot: an item shard number or ``GLOBAL``."""
 GLOBAL = "global"
 
 
