@@ -50,10 +50,10 @@ for e = 0, n - 1 do
     current = redis.call('HGET', lr, item)
     current = current and tonumber(current) or false
   end
-  rating = tonumber(rating)
-  if (not current) or rating > current then
-    redis.call('HSET', lr, item, ARGV[a + 5] ~= '' and ARGV[a + 5] or ARGV[a + 6])
-    current = rating
+  local value = tonumber(rating)
+  if (not current) or value > current then
+    redis.call('HSET', lr, item, rating)
+    current = value
   end
   known[item] = current
   if s[4] > cap then
