@@ -16,7 +16,7 @@ from service import access, cors, validation
 from service.errors import ApiError
 from service.jsonutil import dumps
 from service.keyspace import lua
-from service.metrics import Metrics
+from service.metrics import CacheSeries, Metrics
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
 from service.store import MEMORY_URL, REDIS_FAILURES, Store
@@ -247,6 +247,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         own = store is None
         app[STORE] = Store(settings) if store is None else store
+        if (cache := app[STORE].cache) is not None:
+            app[METRICS].registry.register(CacheSeries(cache.figures))
         if settings.rate_limit > 0:
             app[LIMITER] = access.RateLimiter(
                 app[STORE].redis.register_script(lua("ratelimit")), app[STORE].keys.rate_bucket,

@@ -8,10 +8,16 @@ which cost more than the rest of the request's bookkeeping together.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 BUCKETS = (.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
@@ -53,6 +59,29 @@ class RequestSeries(Collector):
                 buckets.append((bound, cumulative))
             latency.add_metric([route], buckets, sum_value=counts[-1])
         yield latency
+
+
+class CacheSeries(Collector):
+    """``sessionrec_read_cache_*``: the serve process' read cache (``service.readcache``),
+    read at scrape time."""
+
+    COUNTS: ClassVar[dict[str, str]] = {"hits": "Blobs served from the read cache",
+                                         "misses": "Blobs the read cache had to ask Redis for",
+                                         "invalidations": "Keys Redis announced as changed",
+                                         "resets": "Times the whole cache was dropped "
+                                                   "(lost connection, flush)"}
+    SIZES: ClassVar[dict[str, str]] = {"bytes": "Bytes the read cache holds",
+                                       "entries": "Blobs the read cache holds"}
+
+    def __init__(self, figures: Callable[[], dict[str, int]]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures()
+        for name, doc in self.COUNTS.items():
+            yield CounterMetricFamily(f"sessionrec_read_cache_{name}", doc, value=figures[name])
+        for name, doc in self.SIZES.items():
+            yield GaugeMetricFamily(f"sessionrec_read_cache_{name}", doc, value=figures[name])
 
 
 class Metrics:

@@ -40,16 +40,29 @@ class HotPath(Protocol):
 def hot_path(client: aioredis.Redis, timeout: float) -> HotPath:
     """A ``Link`` to the client's server (TCP or unix socket), or a ``Lane`` over the client's
     pool for what the link does not speak (TLS)."""
+    return link_to(client, timeout) or Lane(client)
+
+
+def link_to(client: aioredis.Redis, timeout: float, tracking: Tracking | None = None
+            ) -> Link | None:
+    """A ``Link`` to the client's server, or None if the link cannot speak to it (TLS)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
+    common: dict[str, Any] = {"db": kwargs.get("db", 0), "username": kwargs.get("username"),
+                              "password": kwargs.get("password"), "tracking": tracking}
     if pool.connection_class is aioredis.Connection:
         return Link(timeout, host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379),
-                    db=kwargs.get("db", 0), username=kwargs.get("username"),
-                    password=kwargs.get("password"))
+                    **common)
     if pool.connection_class is aioredis.UnixDomainSocketConnection:
-        return Link(timeout, path=kwargs["path"], db=kwargs.get("db", 0),
-                    username=kwargs.get("username"), password=kwargs.get("password"))
-    return Lane(client)
+        return Link(timeout, path=kwargs["path"], **common)
+    return None
+
+
+class Tracking(Protocol):
+    """Who hears a tracking link's invalidations (see ``service.readcache``)."""
+
+    def on_push(self, message: list[Any]) -> None: ...
+    def reset(self) -> None: ...
 
 
 class _Waiter:
@@ -93,6 +106,10 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(reply, ResponseError):  # redis-py's class for it (NoScriptError...)
                 reply = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+            elif type(reply) is hiredis.PushNotification:  # RESP3: not an answer to anyone
+                if self.link.tracking is not None:
+                    self.link.tracking.on_push(reply)
+                continue
             waiter = waiters[0]
             if waiter.wanted == 1:
                 waiters.popleft()
@@ -112,6 +129,8 @@ class _Connection(asyncio.Protocol):
         """Take this connection out of service and fail everyone waiting on it."""
         if self.link.connection is self:
             self.link.connection = None
+        if self.link.tracking is not None:
+            self.link.tracking.reset()  # what changed while nobody listened is unknown
         if self.transport is not None:
             self.transport.abort()
         while self.waiters:
@@ -128,11 +147,15 @@ class Link:
     Failures follow redis-py's types: a lost connection fails every waiter with
     ``ConnectionError`` and the next call reconnects; a server silent for ``timeout`` seconds
     fails them with ``TimeoutError`` (checked by one timer, not a timeout task per call);
-    error replies are raised as redis-py's exception classes."""
+    error replies are raised as redis-py's exception classes.
+
+    With ``tracking``, the connection speaks RESP3 with ``CLIENT TRACKING`` on: Redis pushes an
+    invalidation for every key this link read once the key changes, and ``tracking`` hears them
+    (and of every lost connection, which loses the tracking with it)."""
 
     def __init__(self, timeout: float, *, host: str = "localhost", port: int = 6379,
                  path: str | None = None, db: int = 0, username: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tracking: Tracking | None = None) -> None:
         self.timeout = timeout
         self.address = (host, port, path)
         self.handshake: list[bytes] = []
@@ -141,6 +164,9 @@ class Link:
                                        else [password]))
         if db:
             self.handshake.append(pack(b"SELECT", [db]))
+        self.tracking = tracking
+        if tracking is not None:
+            self.handshake += [pack(b"HELLO", [3]), pack(b"CLIENT", [b"TRACKING", b"ON"])]
         self.connection: _Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.lock = asyncio.Lock()

@@ -85,6 +85,12 @@ class Settings:
         default=0.5,
         metadata=_doc("Seconds to wait for Redis before answering 503.", commands=BOTH),
     )
+    read_cache_mb: int = field(
+        default=256,
+        metadata=_doc("Megabytes of learned histories and neighbour indexes each serve process "
+                      "keeps in memory, kept exact by Redis' client-side caching (CLIENT "
+                      "TRACKING: Redis announces every change). Standalone Redis without TLS; "
+                      "0 turns it off.", commands=SERVE))
     # --- request limits -------------------------------------------------------------------
     max_body_bytes: int = field(
         default=1 << 20, metadata=_doc("Largest request body accepted (413 above).",

@@ -51,6 +51,7 @@ from service.keyspace import (
     shard_of,
 )
 from service.model import TYPE_RATING, Event
+from service.readcache import ReadCache
 from service.scoring import Params, Query
 from service.settings import Settings
 
@@ -246,6 +247,16 @@ class Store:
         self.standalone = not self.cluster and settings.redis_url != MEMORY_URL
         self.lane = resp.hot_path(self.redis, settings.redis_timeout) if self.standalone \
             else resp.Lane(self.redis)
+        self.cache: ReadCache | None = None
+        """Histories and indexes kept in process (standalone Redis over TCP or a unix socket:
+        the link that tracks them speaks neither TLS nor cluster)."""
+        self.tracked: resp.Link | None = None
+        if self.standalone and settings.read_cache_mb > 0:
+            cache = ReadCache(self.keys.history_prefixes(), self.keys.index_prefixes(),
+                              settings.read_cache_mb << 20)
+            self.tracked = resp.link_to(self.redis, settings.redis_timeout, tracking=cache)
+            if self.tracked is not None:
+                self.cache = cache
         self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.ingest_script = self.redis.register_script(lua("ingest"))
@@ -254,6 +265,8 @@ class Store:
     async def close(self) -> None:
         if not self.cluster and self.settings.redis_url != MEMORY_URL:
             await self.lane.close()
+        if self.tracked is not None:
+            await self.tracked.close()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -606,6 +619,9 @@ class Store:
         hundred keys are two hundred Python strings otherwise)."""
         if not self.standalone or not len(sessions):
             return await self.mget(self.keys.histories(sessions))
+        if self.cache is not None and self.tracked is not None:
+            return await self.cache.read(self.cache.histories, sessions,  # type: ignore[return-value]
+                                         self.tracked.execute)
         reply: list[bytes | None] = await self.lane.execute(
             _kernel.mget(sessions, self._history_prefixes))
         return reply
@@ -614,6 +630,9 @@ class Store:
         """The neighbour indexes of the session's items, read like ``histories``."""
         if not self.standalone or not len(items):
             return await self.mget(self.keys.indexes(items))
+        if self.cache is not None and self.tracked is not None:
+            return await self.cache.read(self.cache.indexes, items,  # type: ignore[return-value]
+                                         self.tracked.execute)
         reply: list[bytes | None] = await self.lane.execute(
             _kernel.mget(items, self._index_prefixes))
         return reply
