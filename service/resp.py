@@ -304,6 +304,26 @@ async def execute(client: aioredis.Redis, packed: bytes) -> Any:
     return reply
 
 
+async def execute_then(client: aioredis.Redis, packed: bytes, then: bytes) -> tuple[Any, Any]:
+    """``execute`` with a second command written behind the first in the same write: both
+    replies, the first raised if it is an error (after the second is read, so the connection
+    stays in step), the second as it came (an error as an exception object)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(packed + then, check_health=False)
+        reply = await conn.read_response()
+        second = await conn.read_response()
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply, second
+
+
 async def run_script(send: Callable[[bytes], Awaitable[Any]], script: AsyncScript,
                      keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """EVALSHA through ``send`` with the arguments packed in one pass (redis-py encodes the

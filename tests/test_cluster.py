@@ -90,13 +90,13 @@ async def test_slot_effects_are_applied_once_when_the_partition_commit_is_lost(
     lost = 0
     original = Worker._commit
 
-    async def crash_before_partition_commit(self: Worker, keys: list[str],
-                                            args: list[Any]) -> Any:
+    async def crash_before_partition_commit(self: Worker, p: int, keys: list[str],
+                                            args: list[Any], read_ahead: bool) -> Any:
         nonlocal lost
         if lost < 6:
             lost += 1
             raise ConnectionError("worker died before the partition commit")
-        return await original(self, keys, args)
+        return await original(self, p, keys, args, read_ahead)
 
     monkeypatch.setattr(Worker, "_commit", crash_before_partition_commit)
     stats = await drain(settings)

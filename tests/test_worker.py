@@ -264,3 +264,43 @@ async def test_a_partition_given_back_stops_even_if_its_cancellation_is_lost(
     worker.stop()
     await worker._shutdown()
     await worker.redis.aclose()
+
+
+async def test_batches_read_behind_commits_survive_failed_commits(
+        standalone_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next batch rides in the commit's round trip (standalone Redis). When the commit's
+    answer is lost (a conflict, a dropped connection), that batch is pending but unapplied:
+    the backlog must apply it, once."""
+    s = Settings(redis_url=standalone_url, namespace=f"ahead{os.getpid()}", partitions=2,
+                 batch_size=40, block_ms=20, lease_ms=2000)
+    events = click_log(2000, seed=11)
+    clean = await clean_reference(s, events)
+    await ingest(s, events)
+    original_commit, original_read = Worker._commit, Worker.read
+    calls = {"ahead": 0, "reads": 0, "batches": 0}
+
+    async def commit(self: Worker, p: int, keys: list[str], args: list[Any],
+                     read_ahead: bool) -> Any:
+        reply = await original_commit(self, p, keys, args, read_ahead)
+        calls["batches"] += 1
+        if read_ahead:
+            calls["ahead"] += 1
+            if calls["ahead"] in (3, 9):
+                raise Conflict(p, "the commit's answer was lost (test)")
+            if calls["ahead"] == 6:
+                raise ConnectionError("the connection dropped after the commit (test)")
+        return reply
+
+    async def read(self: Worker, p: int, backlog: bool) -> list[Entry]:
+        calls["reads"] += 1
+        return await original_read(self, p, backlog)
+    monkeypatch.setattr(Worker, "_commit", commit)
+    monkeypatch.setattr(Worker, "read", read)
+    stats = await drain(s)
+    assert stats["events_processed"] == stats["events_accepted"] == 2000
+    store = Store(s)
+    r: Any = store.redis
+    assert_same_state(await snapshot(r, s.namespace), await snapshot(r, clean.namespace))
+    await store.close()
+    assert calls["ahead"] > 10
+    assert calls["reads"] < calls["batches"] / 2  # most batches came behind a commit
