@@ -476,6 +476,136 @@ done:
     return result;
 }
 
+/* --- object tables: the read cache's blobs by hash ------------------------------------------
+ * Keys in a u64 buffer (0: empty slot), objects in a list of the same power-of-2 length, linear
+ * probing from slot_of. A request looks up two hundred blobs: in a dict each lookup chases a
+ * key object and an entry across memory, here one probe of a flat array. */
+static int objects_args(Py_buffer *keys, PyObject *slots, Py_ssize_t *mask) {
+    Py_ssize_t n = keys->len / 8;
+    if (n == 0 || (n & (n - 1)) || PyList_GET_SIZE(slots) != n) {
+        PyErr_SetString(PyExc_ValueError,
+                        "an object table is a u64 buffer and a list of the same power-of-2 size");
+        return -1;
+    }
+    *mask = n - 1;
+    return 0;
+}
+
+/* The slot holding key, else the empty slot ending its probe run; -1 if the table is full and
+ * key absent (callers keep tables at most half full: runs stay short). */
+static Py_ssize_t objects_find(const uint64_t *k, Py_ssize_t mask, uint64_t key) {
+    Py_ssize_t at = slot_of(key, mask);
+    for (Py_ssize_t probes = 0; probes <= mask; probes++) {
+        if (k[at] == 0 || k[at] == key) return at;
+        at = (at + 1) & mask;
+    }
+    return -1;
+}
+
+PyDoc_STRVAR(objects_get_doc,
+"objects_get(table_keys, table_slots, hashes) -> list: each hash's object, None where absent\n"
+"(hash 0 is never present).");
+
+static PyObject *objects_get(PyObject *self, PyObject *args) {
+    Py_buffer keys, items;
+    PyObject *slots, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*O!y*", &keys, &PyList_Type, &slots, &items)) return NULL;
+    Py_ssize_t mask, n = items.len / 8;
+    if (objects_args(&keys, slots, &mask) < 0) goto done;
+    if (!(result = PyList_New(n))) goto done;
+    const uint64_t *k = keys.buf, *it = items.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = objects_find(k, mask, it[i]);
+        PyObject *value = it[i] != 0 && at >= 0 && k[at] == it[i] ? PyList_GET_ITEM(slots, at)
+                                                                   : Py_None;
+        Py_INCREF(value);
+        PyList_SET_ITEM(result, i, value);
+    }
+done:
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&items);
+    return result;
+}
+
+PyDoc_STRVAR(objects_put_doc,
+"objects_put(table_keys, table_slots, hash, value) -> the value replaced, or None if the hash\n"
+"is new. The caller keeps the table at most half full; hash must not be 0.");
+
+static PyObject *objects_put(PyObject *self, PyObject *args) {
+    Py_buffer keys;
+    PyObject *slots, *value, *result = NULL;
+    unsigned long long key;
+    if (!PyArg_ParseTuple(args, "w*O!KO", &keys, &PyList_Type, &slots, &key, &value)) return NULL;
+    Py_ssize_t mask;
+    if (objects_args(&keys, slots, &mask) < 0) goto done;
+    if (key == 0) {
+        PyErr_SetString(PyExc_ValueError, "hash 0 marks an empty slot");
+        goto done;
+    }
+    uint64_t *k = keys.buf;
+    Py_ssize_t at = objects_find(k, mask, key);
+    if (at < 0) {
+        PyErr_SetString(PyExc_ValueError, "the table is full");
+        goto done;
+    }
+    if (k[at] == 0) {
+        k[at] = key;
+        result = Py_None;
+        Py_INCREF(result);
+    } else {
+        result = PyList_GET_ITEM(slots, at);
+        Py_INCREF(result);
+    }
+    Py_INCREF(value);
+    PyList_SetItem(slots, at, value);
+done:
+    PyBuffer_Release(&keys);
+    return result;
+}
+
+PyDoc_STRVAR(objects_pop_doc,
+"objects_pop(table_keys, table_slots, hash) -> the value removed, or None if absent.");
+
+static PyObject *objects_pop(PyObject *self, PyObject *args) {
+    Py_buffer keys;
+    PyObject *slots, *result = NULL;
+    unsigned long long key;
+    if (!PyArg_ParseTuple(args, "w*O!K", &keys, &PyList_Type, &slots, &key)) return NULL;
+    Py_ssize_t mask;
+    if (objects_args(&keys, slots, &mask) < 0) goto done;
+    uint64_t *k = keys.buf;
+    Py_ssize_t at = objects_find(k, mask, key);
+    if (key == 0 || at < 0 || k[at] != key) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    result = PyList_GET_ITEM(slots, at);
+    Py_INCREF(result);
+    /* backward-shift deletion: move later entries of the probe run into the hole, so no
+     * tombstone is needed */
+    Py_ssize_t hole = at, j = at;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (k[j] == 0) break;
+        Py_ssize_t home = slot_of(k[j], mask);
+        /* the entry at j may move to the hole unless its home lies cyclically in (hole, j] */
+        int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (stays) continue;
+        k[hole] = k[j];
+        PyObject *moved = PyList_GET_ITEM(slots, j);
+        Py_INCREF(moved);
+        PyList_SetItem(slots, hole, moved);
+        hole = j;
+    }
+    k[hole] = 0;
+    Py_INCREF(Py_None);
+    PyList_SetItem(slots, hole, Py_None);
+done:
+    PyBuffer_Release(&keys);
+    return result;
+}
+
 /* --- rank: idf, repeats, exclusion and the top k ------------------------------------------- */
 /* Index of key in the ascending keys[0..n), or -1. */
 static Py_ssize_t find(const uint64_t *keys, Py_ssize_t n, uint64_t key) {
@@ -874,6 +1004,9 @@ static PyMethodDef methods[] = {
     {"insert", insert, METH_VARARGS, insert_doc},
     {"relative", relative, METH_VARARGS, relative_doc},
     {"mget", mget, METH_VARARGS, mget_doc},
+    {"objects_get", objects_get, METH_VARARGS, objects_get_doc},
+    {"objects_put", objects_put, METH_VARARGS, objects_put_doc},
+    {"objects_pop", objects_pop, METH_VARARGS, objects_pop_doc},
     {NULL, NULL, 0, NULL},
 };
 

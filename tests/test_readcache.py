@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -214,10 +215,10 @@ async def test_a_reset_crossing_the_answer_keeps_it_out() -> None:
     redis.data[key_of("ns:{i0}:x:", int(hashes("i")[0]))] = b"v"
     redis.during = cache.reset
     assert await cache.read(cache.indexes, hashes("i"), redis.send) == [b"v"]
-    assert cache.indexes.values == {} and cache.indexes.pending == {}
+    assert cache.indexes.count == 0 and cache.indexes.pending == {}
     redis.during = lambda: None
     await cache.read(cache.indexes, hashes("i"), redis.send)
-    assert len(cache.indexes.values) == 1
+    assert cache.indexes.count == 1
 
 
 async def test_concurrent_readers_keep_nothing_an_invalidation_crossed() -> None:
@@ -240,7 +241,7 @@ async def test_concurrent_readers_keep_nothing_an_invalidation_crossed() -> None
     await asyncio.sleep(0)
     gate.set()
     assert await first == [b"v1"] and await second == [b"v1"]
-    assert cache.histories.values == {} and cache.histories.pending == {}
+    assert cache.histories.count == 0 and cache.histories.pending == {}
     assert cache.histories.dirty == set()
 
 
@@ -254,9 +255,10 @@ async def test_the_capacity_bounds_the_bytes_held() -> None:
         got = await cache.read(cache.histories, hashes(*ids[chunk:chunk + 20]), redis.send)
         assert got == [bytes([n % 256]) * 100 for n in range(chunk, chunk + 20)]
         assert cache.size <= cache.capacity
-        assert cache.size == sum(len(v) + readcache.ENTRY_OVERHEAD
-                                 for v in cache.histories.values.values())
-    assert 20 <= len(cache.histories.values) <= 40
+        held = [v for v in cache.histories.slots if v is not None]
+        assert len(held) == cache.histories.count
+        assert cache.size == sum(len(v) + readcache.ENTRY_OVERHEAD for v in held)
+    assert 20 <= cache.histories.count <= 40
 
 
 async def test_a_silent_connection_is_pinged_before_the_cache_is_trusted() -> None:
@@ -295,3 +297,25 @@ async def test_the_cache_reports_itself_in_metrics(aiohttp_client: Any,
     assert figures["sessionrec_read_cache_misses_total"] == 1  # the index of "a", once
     assert figures["sessionrec_read_cache_hits_total"] == 1
     assert figures["sessionrec_read_cache_entries"] == 1
+
+
+def test_the_object_table_behaves_like_a_dict() -> None:
+    """The kernel's open-addressing table against a dict, through growth, replacement,
+    deletion inside probe runs (tiny tables: runs are long) and misses."""
+    rnd = random.Random(5)
+    table = readcache.Table(["p:"], capacity=8)
+    model: dict[int, bytes] = {}
+    homes = [rnd.getrandbits(64) | 1 for _ in range(40)]  # few keys: many collisions
+    for step in range(6000):
+        h = rnd.choice(homes)
+        if rnd.random() < 0.55:
+            value = step.to_bytes(4, "little")
+            assert table.put(h, value) == model.get(h)
+            model[h] = value
+        else:
+            assert table.pop(h) == model.pop(h, None)
+        assert table.count == len(model)
+        probe = np.array(rnd.sample(homes, 10), np.uint64)
+        assert table.get(probe) == [model.get(int(x)) for x in probe]
+    assert len(table.keys) <= 128  # 40 keys at most half full
+    assert table.put(0, b"never") is None and table.get(np.zeros(1, np.uint64)) == [None]
