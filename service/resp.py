@@ -306,22 +306,24 @@ async def execute(client: aioredis.Redis, packed: bytes) -> Any:
 
 async def execute_then(client: aioredis.Redis, packed: bytes, then: bytes) -> tuple[Any, Any]:
     """``execute`` with a second command written behind the first in the same write: both
-    replies, the first raised if it is an error (after the second is read, so the connection
-    stays in step), the second as it came (an error as an exception object)."""
+    replies as they came, errors as exception objects (the second command ran whatever the
+    first's fate: its effects must not be lost with the first one's error)."""
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(packed + then, check_health=False)
-        reply = await conn.read_response()
-        second = await conn.read_response()
+        replies: list[Any] = []
+        for _ in range(2):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # redis-py raises error replies: read on regardless
+                replies.append(exc)
     except BaseException:
         await conn.disconnect()
         raise
     finally:
         await pool.release(conn)
-    if isinstance(reply, Exception):
-        raise reply
-    return reply, second
+    return replies[0], replies[1]
 
 
 async def run_script(send: Callable[[bytes], Awaitable[Any]], script: AsyncScript,

@@ -304,3 +304,22 @@ async def test_batches_read_behind_commits_survive_failed_commits(
     await store.close()
     assert calls["ahead"] > 10
     assert calls["reads"] < calls["batches"] / 2  # most batches came behind a commit
+
+
+async def test_a_commit_meeting_an_empty_script_cache_keeps_the_batch_read_behind_it(
+        standalone_url: str) -> None:
+    """NOSCRIPT fails the commit but not the read written behind it: that batch was delivered
+    and must still be applied. (When it is the stream's last, no later batch's gap check
+    sends the worker back to it: it once stayed pending until the next restart.)"""
+    s = Settings(redis_url=standalone_url, namespace=f"noscript{os.getpid()}", partitions=1,
+                 batch_size=100, block_ms=20, lease_ms=2000)
+    events = click_log(150, seed=13)
+    clean = await clean_reference(s, events)
+    await ingest(s, events)
+    store = Store(s)
+    r: Any = store.redis
+    await r.script_flush()
+    stats = await drain(s)
+    assert stats["events_processed"] == stats["events_accepted"] == 150
+    assert_same_state(await snapshot(r, s.namespace), await snapshot(r, clean.namespace))
+    await store.close()

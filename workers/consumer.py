@@ -409,9 +409,12 @@ class Worker:
         async def send(packed: bytes) -> Any:
             reply, ahead = await resp.execute_then(self.redis, packed,
                                                    self._read_command(p, False, block=False))
-            if isinstance(ahead, Exception):
-                raise ahead
-            self.ahead[p] = _entries_of(ahead)
+            # kept even when the commit failed (NOSCRIPT, a script error): these entries are
+            # delivered now, and the next batches come after whatever retries this one
+            if not isinstance(ahead, Exception):  # else the next plain read meets it again
+                self.ahead[p] = _entries_of(ahead)
+            if isinstance(reply, Exception):
+                raise reply
             return reply
         return await resp.run_script(send, self.commit_script, keys, args)
 
