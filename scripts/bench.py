@@ -2,7 +2,7 @@
 
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append docs/BENCHMARKS.md
-    python scripts/bench.py api|latency|session20|worker|load|ingest|freshness|scaling|memory \
+    python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory \
         --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,10 +111,11 @@ def process(cmd: list[str], env: dict[str, str], port: int) -> Iterator[subproce
 
 
 @contextmanager
-def sessionrec_server(settings: Settings, processes: int = 1) -> Iterator[str]:
+def sessionrec_server(settings: Settings, processes: int = 1,
+                      extra: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     env = {"SESSIONREC_REDIS_URL": settings.redis_url, "SESSIONREC_NAMESPACE": settings.namespace,
-           "SESSIONREC_PORT": str(port), "SESSIONREC_PROCESSES": str(processes)}
+           "SESSIONREC_PORT": str(port), "SESSIONREC_PROCESSES": str(processes), **(extra or {})}
     with process([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"], env,
                  port):
         yield f"http://127.0.0.1:{port}"
@@ -164,16 +166,89 @@ def bench_api(settings: Settings, data: Path, seconds: int, rounds: int) -> dict
     ours2: list[float] = []
     with bare_server() as bare, sessionrec_server(settings) as api, \
             sessionrec_server(settings, processes=2) as api2:
-        wrk(api, script, 2)  # warm the name and frequency caches
+        wrk(api, script, 2)  # warm the name, frequency and read caches
         wrk(api2, script, 2)
         for _ in range(rounds):
             ref.append(wrk(bare, script, seconds)["rps"])
             ours.append(wrk(api, script, seconds)["rps"])
             ours2.append(wrk(api2, script, seconds)["rps"])
+        cache = read_cache(api)
     return {"bare aiohttp req/s": median(ref), "sessionrec req/s (1 process)": median(ours),
             "ratio to bare": median(ours) / median(ref),
             "sessionrec req/s (--processes 2)": median(ours2),
             "2 processes / 1 process": median(ours2) / median(ours),
+            "read cache hit ratio (1 process, no writes)": cache["hit ratio"],
+            "read cache MB (1 process)": cache["bytes"] / 2**20,
+            "rounds": rounds, "seconds per round": seconds}
+
+
+def read_cache(api: str) -> dict[str, float]:
+    """The server's read-cache counters, from /metrics."""
+    with urllib.request.urlopen(api + "/metrics") as resp:
+        text = resp.read().decode()
+    got = {line.split()[0].removeprefix("sessionrec_read_cache_").removesuffix("_total"):
+           float(line.split()[1]) for line in text.splitlines()
+           if line.startswith("sessionrec_read_cache_")}
+    looked = got["hits"] + got["misses"]
+    return {**got, "hit ratio": got["hits"] / looked if looked else 0.0}
+
+
+def _feed_child(redis_url: str, namespace: str, train: str, rate: float) -> None:
+    """Replay the training log's events under fresh session ids at ``rate`` events/s straight
+    into the streams (as the API would append them), until killed."""
+    events = list(clicklog.read(Path(train)).events())
+
+    async def feed() -> None:
+        store = Store(Settings(redis_url=redis_url, namespace=namespace))
+        start, n, at = time.perf_counter(), 0, len(events) // 3
+        while True:
+            batch = [ev._replace(session_id=f"live-{ev.session_id}", timestamp=time.time())
+                     for ev in events[at:at + 50]]
+            at = (at + 50) % (len(events) - 50)
+            await store.append(batch)
+            n += len(batch)
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    asyncio.run(feed())
+
+
+def bench_live(settings: Settings, data: Path, seconds: int, rounds: int,
+               rate: float = 500.0) -> dict[str, Any]:
+    """/iid_recommend while the model learns: a worker applies ``rate`` events/s of replayed
+    training traffic (popular items, so the indexes requests read keep changing), and the
+    read cache is measured against the same server without it, alternating rounds."""
+    script = wrk_script(bodies(data), "/iid_recommend")
+    env = {**os.environ, "SESSIONREC_REDIS_URL": settings.redis_url,
+           "SESSIONREC_NAMESPACE": settings.namespace}
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                               "worker"], env=env)
+    feeder = subprocess.Popen([sys.executable, __file__, "_feed", settings.redis_url,
+                               settings.namespace, str(data / "train.tsv"), str(rate)])
+    cached: list[float] = []
+    uncached: list[float] = []
+    try:
+        with sessionrec_server(settings) as on, \
+                sessionrec_server(settings, extra={"SESSIONREC_READ_CACHE_MB": "0"}) as off:
+            wrk(on, script, 2)
+            wrk(off, script, 2)
+            before = read_cache(on)
+            for _ in range(rounds):
+                cached.append(wrk(on, script, seconds)["rps"])
+                uncached.append(wrk(off, script, seconds)["rps"])
+            after = read_cache(on)
+    finally:
+        for proc in (feeder, worker):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    looked = after["hits"] + after["misses"] - before["hits"] - before["misses"]
+    return {"events/s applied meanwhile": rate,
+            "req/s with the read cache (1 process)": median(cached),
+            "req/s without it (read_cache_mb=0)": median(uncached),
+            "with / without": median(cached) / median(uncached),
+            "hit ratio while learning": (after["hits"] - before["hits"]) / looked,
+            "invalidations/s": (after["invalidations"] - before["invalidations"])
+            / (rounds * seconds * 2),
             "rounds": rounds, "seconds per round": seconds}
 
 
@@ -550,9 +625,12 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_open_loop":
         _open_loop_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_feed":
+        _feed_child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+        return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("api", "latency", "session20", "worker", "load",
+    parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
@@ -561,7 +639,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
-    chosen = ("load", "api", "latency", "session20", "worker", "ingest", "freshness") \
+    chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -570,7 +648,7 @@ def main() -> None:
                     f"Command: `{command}`\n")
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
-        if set(chosen) & {"api", "latency", "session20", "scaling"}:
+        if set(chosen) & {"api", "live", "latency", "session20", "scaling"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -584,6 +662,9 @@ def main() -> None:
             if what == "api":
                 figures = bench_api(settings, args.data, args.seconds, args.rounds)
                 title = "POST /iid_recommend, wrk -t1 -c32, closed loop"
+            elif what == "live":
+                figures = bench_live(settings, args.data, args.seconds, args.rounds)
+                title = "POST /iid_recommend while a worker applies 500 events/s, wrk -t1 -c32"
             elif what == "latency":
                 figures = bench_latency(settings, args.data, args.rate, args.seconds,
                                         args.rounds)
