@@ -132,8 +132,9 @@ async def run(args: argparse.Namespace) -> int:
             p.send_signal(signal.SIGTERM)
         codes = [p.wait(20) for p in procs]
         stats = await store.stats()
-        diff = differences(await learned_state(store.redis, "crashed"),
-                           await learned_state(store.redis, "clean"), limit=1000)
+        cap = Settings().index_cap  # the workers' (spawn passes no other)
+        diff = differences(await learned_state(store.redis, "crashed", cap),
+                           await learned_state(store.redis, "clean", cap), limit=1000)
         await store.close()
     print(f"crashed pass: {stats['events_processed']}/{stats['events_accepted']} events "
           f"applied in {time.monotonic() - started:.1f}s with {args.workers} workers, "

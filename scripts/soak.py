@@ -5,8 +5,9 @@
 Starts its own redis-server, one API process and one worker, then sends events from an
 endless stream of new sessions over a finite catalogue plus recommendation requests, at a fixed
 rate, and samples ``used_memory`` every few seconds. Memory is bounded by the caps and TTLs:
-per-item indexes hold at most ``index_cap`` sessions, histories and live sessions expire, the
-stream is trimmed below what the workers acknowledged. The plateau is about
+per-item indexes hold at most ``index_limit(index_cap)`` entries (the cap plus a trim's
+slack), histories and live sessions expire, the stream is trimmed below what the workers
+acknowledged. The plateau is about
 rate x history_ttl x bytes per history: the soak shortens the TTLs so the plateau is reached
 within minutes; production TTLs raise the plateau, not the slope.
 """

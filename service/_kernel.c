@@ -192,17 +192,18 @@ DEFINE_SORT(sort_by_recency, Candidate, MORE_RECENT)
 DEFINE_SORT(sort_by_similarity, Candidate, MORE_SIMILAR)
 
 PyDoc_STRVAR(neighbours_doc,
-"neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude)\n"
-"-> (sessions u64 bytes, similarities f64 bytes): scoring.neighbours' counterpart.");
+"neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude, cap)\n"
+"-> (sessions u64 bytes, similarities f64 bytes): scoring.neighbours' counterpart (each\n"
+"index counts its newest cap entries).");
 
 static PyObject *neighbours(PyObject *self, PyObject *args) {
     Py_buffer weights;
     PyObject *seq;
-    Py_ssize_t sample, keep;
+    Py_ssize_t sample, keep, cap;
     unsigned long long exclude;
     int has_exclude;
-    if (!PyArg_ParseTuple(args, "y*OnnKp", &weights, &seq, &sample, &keep, &exclude,
-                          &has_exclude))
+    if (!PyArg_ParseTuple(args, "y*OnnKpn", &weights, &seq, &sample, &keep, &exclude,
+                          &has_exclude, &cap))
         return NULL;
     Py_ssize_t count, entries;
     PyObject *held = NULL;
@@ -222,8 +223,9 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
     }
     const double *w = weights.buf;
     for (Py_ssize_t b = 0; b < count; b++) {
-        const unsigned char *p = (const unsigned char *)blobs[b].data;
-        for (Py_ssize_t e = 0; e < blobs[b].len; e++, p += ENTRY) {
+        Py_ssize_t first = blobs[b].len > cap ? blobs[b].len - (cap > 0 ? cap : 0) : 0;
+        const unsigned char *p = (const unsigned char *)blobs[b].data + first * ENTRY;
+        for (Py_ssize_t e = first; e < blobs[b].len; e++, p += ENTRY) {
             int64_t t = be64(p);
             uint64_t s = le64(p + 8);
             Py_ssize_t before = map.size, id = map_id(&map, s);

@@ -8,7 +8,9 @@ State (all of it derived from the event stream, and independent of how sessions 
   as sorted 16-byte entries ``time key (8, big-endian) | session hash (8)``; a session's entry
   carries the time of its latest event on the item. Keeping the top ``index_cap`` by
   ``(time, session)`` gives the same set whatever order sessions arrive in, which is what lets
-  several workers and crashes end in exactly the state of one clean pass;
+  several workers and crashes end in exactly the state of one clean pass. The worker appends
+  in place and trims lazily: a stored index may hold up to ``index_limit(index_cap)`` entries,
+  and what counts (what readers and state comparisons use) is its newest ``index_cap``;
 * per item, its **document frequency** (sessions that contain it) and its original id;
 * **trending**: per item ``log2(sum of weight * 2^(t / half_life))`` over its events, an
   order-free way to keep exponentially decayed popularity without ever overflowing.
@@ -37,6 +39,17 @@ MAX_TIME_KEY = (1 << 63) - 1
 def time_key(ts: float) -> int:
     """Microseconds, clamped to a non-negative int64 so big-endian bytes sort like times."""
     return min(max(round(ts * 1_000_000), 0), MAX_TIME_KEY)
+
+
+def index_limit(cap: int) -> int:
+    """Most entries a stored index holds: its cap plus the slack the worker's in-place appends
+    may add before a trim (``service/lua/ops.lua`` spells the same rule)."""
+    return cap + max(16, cap // 4)
+
+
+def newest_entries(blob: bytes, cap: int) -> bytes:
+    """What an index blob holds that counts: its newest ``cap`` entries."""
+    return blob[max(0, len(blob) - cap * ENTRY_BYTES):]
 
 
 def history_entry(item: bytes, tkey: int) -> bytes:

@@ -32,6 +32,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
+from service.model import newest_entries
 from service.settings import Settings
 
 try:
@@ -60,11 +61,13 @@ class Params:
     position_decay: float = 2.0
     idf_weight: float = 1.0
     repeat_weight: float = 2.0
+    index_cap: int = 500  # an index counts its newest index_cap entries (model.index_limit)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:
         return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight,
-                   s.before_weight, s.position_decay, s.idf_weight, s.repeat_weight)
+                   s.before_weight, s.position_decay, s.idf_weight, s.repeat_weight,
+                   s.index_cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +125,9 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
     if KERNEL is not None:
         sessions, similarity = KERNEL.neighbours(
             query.weights, index_blobs, params.sample_sessions, params.neighbours,
-            exclude_session or 0, exclude_session is not None)
+            exclude_session or 0, exclude_session is not None, params.index_cap)
         return np.frombuffer(sessions, np.uint64), np.frombuffer(similarity, np.float64)
-    blobs = [b or b"" for b in index_blobs]
+    blobs = [newest_entries(b or b"", params.index_cap) for b in index_blobs]
     lengths = np.fromiter(map(len, blobs), dtype=np.int64,
                           count=len(blobs)) // INDEX_DTYPE.itemsize
     if not lengths.sum():

@@ -122,8 +122,9 @@ class Settings:
                                    commands=WORKER))
     index_cap: int = field(
         default=500,
-        metadata=_doc("Most recent sessions indexed per item (neighbours per item).",
-                      commands=WORKER))
+        metadata=_doc("Most recent sessions indexed per item (neighbours per item); serve reads "
+                      "the newest this many of each index: set it alike for both.",
+                      commands=BOTH))
     trend_half_life: float = field(
         default=86400.0,
         metadata=_doc("Half-life in seconds of the trending (popularity) score.",

@@ -6,22 +6,29 @@ from __future__ import annotations
 import math
 from typing import Any
 
-LEARNED = {"h", "x", "names", "df", "trend", "meta"}
+from service.model import newest_entries
+
+INDEX = "x"
+LEARNED = {"h", INDEX, "names", "df", "trend", "meta"}
 """Key kinds that make up the learned state (what the model reads). Stream bookkeeping,
 leases, watermarks and live sessions are not learned state."""
 
 
-async def learned_state(client: Any, namespace: str) -> dict[str, Any]:
-    """Every learned key of the namespace (name without the namespace) and its value."""
+async def learned_state(client: Any, namespace: str, index_cap: int) -> dict[str, Any]:
+    """Every learned key of the namespace (name without the namespace) and its value; of a
+    neighbour index, what counts: its newest ``index_cap`` entries (the worker trims lazily,
+    so two runs that agree can differ in the older entries still waiting for a trim)."""
     state: dict[str, Any] = {}
     async for raw in client.scan_iter(match=f"{namespace}:*", count=1000):
         key = raw.decode()
         short = key[len(namespace):]
-        if short.split(":")[2] not in LEARNED:  # ":{tag}:<kind>[:<id>]"
+        part = short.split(":")[2]  # ":{tag}:<kind>[:<id>]"
+        if part not in LEARNED:
             continue
         kind = (await client.type(raw)).decode()
         if kind == "string":
-            state[short] = await client.get(raw)
+            value = await client.get(raw)
+            state[short] = newest_entries(value, index_cap) if part == INDEX else value
         elif kind == "hash":
             state[short] = await client.hgetall(raw)
         elif kind == "zset":

@@ -239,7 +239,8 @@ class Store:
         self.redis = client if client is not None else connect(settings)
         self.keys = Keys(settings.namespace, settings.partitions)
         self.params = Params.from_settings(settings)
-        self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0)
+        self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0,
+                                     index_cap=settings.index_cap)
         self.names = NameCache()
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))

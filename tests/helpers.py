@@ -58,9 +58,10 @@ async def clean_reference(settings: Settings, events: list[Event]) -> Settings:
     return clean
 
 
-async def snapshot(client: Any, namespace: str) -> dict[str, Any]:
+async def snapshot(client: Any, namespace: str, index_cap: int = Settings.index_cap
+                   ) -> dict[str, Any]:
     """The namespace's learned state, key by key (compare two with ``assert_same_state``)."""
-    return await learned_state(client, namespace)
+    return await learned_state(client, namespace, index_cap)
 
 
 def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:

@@ -67,6 +67,17 @@ def test_neighbour_similarity_sums_shared_item_weights() -> None:
     assert int(sessions[0]) == u64(session_hash("n2"))
 
 
+def test_an_index_counts_its_newest_index_cap_entries() -> None:
+    """The worker trims lazily: older entries past the cap wait in the blob, unread."""
+    q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
+    blob = index(*[(float(t), f"s{t}") for t in range(10)])
+    capped = Params(20, 500, 100, 0.0, index_cap=4)
+    sessions, _ = scoring.neighbours(q, [blob], capped)
+    assert {int(s) for s in sessions} == {u64(session_hash(f"s{t}")) for t in (6, 7, 8, 9)}
+    none, _ = scoring.neighbours(q, [blob], Params(20, 500, 100, 0.0, index_cap=0))
+    assert len(none) == 0
+
+
 def test_sample_keeps_most_recent_candidates_and_excludes_self() -> None:
     q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
     blob = index(*[(float(t), f"s{t}") for t in range(10)])
@@ -208,7 +219,8 @@ def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], lis
                     before_weight=float(rng.choice([0.0, 1.0])),
                     position_decay=float(rng.choice([0.0, 1.0, 2.0])),
                     idf_weight=float(rng.choice([0.0, 1.0, 2.0])),
-                    repeat_weight=float(rng.choice([0.0, 2.0])))
+                    repeat_weight=float(rng.choice([0.0, 2.0])),
+                    index_cap=int(rng.integers(1, 30)))  # windows that cut some blobs
     return items, times, ratings, index_blobs, histories, params
 
 
@@ -297,7 +309,7 @@ def test_the_kernel_takes_blobs_from_any_iterable_and_refuses_other_types() -> N
         assert _kernel.score(q.items, q.weights, (b[:] for b in blobs), sims, 1.5,
                              1.0) == from_list
     index_blobs = [index((5, "n1"), (6, "n2"))]
-    assert _kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False) == \
-        _kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False)
+    assert _kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False, 500) == \
+        _kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False, 500)
     with pytest.raises(TypeError, match="bytes or None"):
         _kernel.score(q.items, q.weights, ["not bytes"], np.array([1.0]), 1.5, 1.0)  # type: ignore[list-item]

@@ -1,7 +1,8 @@
 -- Shared by commit.lua and apply.lua (spliced in where a script says --[[ops]]).
 -- Ops, after their code, name keys by their index in KEYS (cap and ttl_ms are per script):
 --   'X' key old_entry new_entry       neighbour index: replace/insert a sorted 16-byte entry,
---                                      keep the newest cap entries
+--                                      keep the newest cap entries (readers read those; up to
+--                                      a slack more may wait, older, for the next trim)
 --   'H' key value                     learned session history, expiring after ttl_ms
 --   'D' key count field n ...         add n to each of count hash fields (document frequency,
 --                                      session count)
@@ -12,10 +13,25 @@
 -- 'D' and 'T' take a whole batch per key: one read and one write per chunk of fields, instead
 -- of a call or two per field (a third of the commit's time went to these calls one by one).
 local ENTRY = 16
--- Index blobs are read once and written once per script, however many splices they take.
+-- Index blobs that need more than an append are read once and written once per script,
+-- however many splices they take.
 local index_blobs = {}
 local function splice_index(key, old, new, cap)
-  local blob = index_blobs[key] or redis.call('GET', key) or ''
+  local blob = index_blobs[key]
+  if blob == nil and old == '' then
+    -- the usual case: a session's first event on the item, newer than every entry (the stream
+    -- is in time order). APPEND in place: reading and rewriting an index at its cap (8 KB)
+    -- for 16 bytes was most of the commit. The oldest entries are trimmed a slack at a time
+    -- (cap/4, at least 16: model.index_limit); readers use the newest cap.
+    local last = redis.call('GETRANGE', key, -ENTRY, -1)
+    if last == '' or new > last then
+      if redis.call('APPEND', key, new) > (cap + math.max(16, math.floor(cap / 4))) * ENTRY then
+        redis.call('SET', key, redis.call('GETRANGE', key, -cap * ENTRY, -1))
+      end
+      return
+    end
+  end
+  blob = blob or redis.call('GET', key) or ''
   local count = #blob / ENTRY
   if old == '' and (count == 0 or new > string.sub(blob, -ENTRY)) then
     -- the usual case (a session's first event on the item, newer than every entry, as the
