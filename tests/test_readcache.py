@@ -191,12 +191,17 @@ class Redis:
         return answer
 
 
-async def test_an_invalidation_crossing_the_answer_keeps_it_out() -> None:
+def one_history(value: bytes) -> tuple[ReadCache, Redis, bytes]:
+    """A cache, a fake Redis holding ``value`` as session "s"'s history, and its key."""
     cache = cache_of()
     redis = Redis(cache)
-    h = int(hashes("s")[0])
-    key = key_of("ns:{p0}:h:", h)
-    redis.data[key] = b"old"
+    key = key_of("ns:{p0}:h:", int(hashes("s")[0]))
+    redis.data[key] = value
+    return cache, redis, key
+
+
+async def test_an_invalidation_crossing_the_answer_keeps_it_out() -> None:
+    cache, redis, key = one_history(b"old")
 
     def written() -> None:  # the key changes after Redis answered, before the caller stored
         redis.data[key] = b"new"
@@ -222,11 +227,7 @@ async def test_a_reset_crossing_the_answer_keeps_it_out() -> None:
 
 
 async def test_concurrent_readers_keep_nothing_an_invalidation_crossed() -> None:
-    cache = cache_of()
-    redis = Redis(cache)
-    h = int(hashes("s")[0])
-    key = key_of("ns:{p0}:h:", h)
-    redis.data[key] = b"v1"
+    cache, redis, key = one_history(b"v1")
     gate = asyncio.Event()
 
     async def slow(packed: bytes) -> Any:
