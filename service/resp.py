@@ -289,16 +289,7 @@ class Lane:
 async def execute(client: aioredis.Redis, packed: bytes) -> Any:
     """Send a packed command on one of the client's pooled connections and read the reply;
     an error reply is raised, as redis-py would."""
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await conn.send_packed_command(packed, check_health=False)
-        reply = await conn.read_response()
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
+    (reply,) = await _replies(client, packed, 1)
     if isinstance(reply, Exception):
         raise reply
     return reply
@@ -308,22 +299,30 @@ async def execute_then(client: aioredis.Redis, packed: bytes, then: bytes) -> tu
     """``execute`` with a second command written behind the first in the same write: both
     replies as they came, errors as exception objects (the second command ran whatever the
     first's fate: its effects must not be lost with the first one's error)."""
+    first, second = await _replies(client, packed + then, 2)
+    return first, second
+
+
+async def _replies(client: aioredis.Redis, packed: bytes, n: int) -> list[Any]:
+    """Write ``packed`` on a pooled connection and read ``n`` replies, error replies as
+    exception objects (redis-py raises them: every reply is read regardless, so the connection
+    stays in step); a connection that fails is dropped."""
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    replies: list[Any] = []
     try:
-        await conn.send_packed_command(packed + then, check_health=False)
-        replies: list[Any] = []
-        for _ in range(2):
+        await conn.send_packed_command(packed, check_health=False)
+        for _ in range(n):
             try:
                 replies.append(await conn.read_response())
-            except ResponseError as exc:  # redis-py raises error replies: read on regardless
+            except ResponseError as exc:
                 replies.append(exc)
     except BaseException:
         await conn.disconnect()
         raise
     finally:
         await pool.release(conn)
-    return replies[0], replies[1]
+    return replies
 
 
 async def run_script(send: Callable[[bytes], Awaitable[Any]], script: AsyncScript,
