@@ -398,7 +398,7 @@ class Worker:
         them one by one); the embedded store, a cluster, and a Redis that lost its script
         cache take the client's ordinary path. With ``read_ahead``, the next XREADGROUP
         rides in the same write: the partition's next batch arrives with the commit's reply,
-        instead of a round trip later queued behind the other partitions' commits (a third
+        instead of a round trip later queued behind the other partitions' commits (a fifth
         of Redis' time went idle waiting for those)."""
         if not self.raw_reads:
             return await self.commit_script(keys=keys, args=args)
