@@ -118,7 +118,7 @@ class ReadCache:
         self._by_prefix = {p: t for t in (self.histories, self.indexes) for p in t.prefixes}
 
     async def read(self, table: Table, hashes: scoring.U64,
-                   send: Callable[[bytes], Awaitable[Any]]) -> list[bytes]:
+                   send: Callable[[bytes], Awaitable[Any]]) -> list[bytes | None]:
         """The blobs of ``hashes`` (``b""`` for none), from the cache where it has them; the
         rest in one MGET through ``send``, which must go over the tracking connection."""
         if time.monotonic() - self.heard > LIVENESS:
@@ -126,7 +126,7 @@ class ReadCache:
         found = table.get(hashes)
         if None not in found:
             self.hits += len(found)
-            return found  # type: ignore[return-value]
+            return found
         numbers: list[int] = hashes.tolist()
         wanted = [n for n, value in enumerate(found) if value is None]
         self.hits += len(numbers) - len(wanted)
@@ -154,7 +154,7 @@ class ReadCache:
                 else:
                     pending.pop(h, None)
                     dirty.discard(h)
-        return found  # type: ignore[return-value]
+        return found
 
     async def _alive(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
         """One PING for every read that finds the connection unheard from (shared)."""

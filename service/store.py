@@ -51,7 +51,7 @@ from service.keyspace import (
     shard_of,
 )
 from service.model import TYPE_RATING, Event
-from service.readcache import ReadCache
+from service.readcache import ReadCache, Table
 from service.scoring import Params, Query
 from service.settings import Settings
 
@@ -620,9 +620,9 @@ class Store:
         hundred keys are two hundred Python strings otherwise)."""
         if not self.standalone or not len(sessions):
             return await self.mget(self.keys.histories(sessions))
-        if self.cache is not None and self.tracked is not None:
-            return await self.cache.read(self.cache.histories, sessions,  # type: ignore[return-value]
-                                         self.tracked.execute)
+        if self.cache is not None and (blobs := await self._cached(self.cache.histories,
+                                                                   sessions)) is not None:
+            return blobs
         reply: list[bytes | None] = await self.lane.execute(
             _kernel.mget(sessions, self._history_prefixes))
         return reply
@@ -631,12 +631,29 @@ class Store:
         """The neighbour indexes of the session's items, read like ``histories``."""
         if not self.standalone or not len(items):
             return await self.mget(self.keys.indexes(items))
-        if self.cache is not None and self.tracked is not None:
-            return await self.cache.read(self.cache.indexes, items,  # type: ignore[return-value]
-                                         self.tracked.execute)
+        if self.cache is not None and (blobs := await self._cached(self.cache.indexes,
+                                                                   items)) is not None:
+            return blobs
         reply: list[bytes | None] = await self.lane.execute(
             _kernel.mget(items, self._index_prefixes))
         return reply
+
+    async def _cached(self, table: Table, hashes: scoring.U64) -> list[bytes | None] | None:
+        """The blobs through the read cache; None if it turns out unusable: a Redis that
+        refuses tracking (an ACL without CLIENT or HELLO, a managed service that disables
+        them) answers the tracked link's handshake with an error, and the cache is then
+        switched off for good, so that reads go uncached instead of failing every request."""
+        link = self.tracked
+        if self.cache is None or link is None:
+            return None
+        if link.connection is None:
+            try:
+                await link.execute(resp.pack(b"PING", []))
+            except ResponseError as exc:
+                log.warning("read cache off: Redis refused client-side caching (%s)", exc)
+                self.cache = None
+                return None
+        return await self.cache.read(table, hashes, link.execute)
 
     async def commands(self, commands: list[tuple[bytes, list[bytes | str]]]) -> list[Any]:
         """Several commands in one round trip: one packed write on standalone Redis, the

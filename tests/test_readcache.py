@@ -320,3 +320,21 @@ def test_the_object_table_behaves_like_a_dict() -> None:
         assert table.get(probe) == [model.get(int(x)) for x in probe]
     assert len(table.keys) <= 128  # 40 keys at most half full
     assert table.put(0, b"never") is None and table.get(np.zeros(1, np.uint64)) == [None]
+
+
+async def test_a_redis_that_refuses_tracking_is_read_uncached() -> None:
+    """An ACL without CLIENT (or a managed Redis that disables it) refuses CLIENT TRACKING:
+    the cache switches itself off and requests are still answered."""
+    with RedisProcess() as url:
+        admin = Store(Settings(redis_url=url, namespace="acl"))
+        await admin.redis.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-client")
+        store = Store(Settings(redis_url=url.replace("redis://", "redis://app:pw@"),
+                               namespace="acl"))
+        assert store.cache is not None
+        await store.redis.set(store.keys.history(session_hash("s")), b"v" * 16)
+        assert await store.histories(hashes("s")) == [b"v" * 16]
+        assert store.cache is None
+        assert await store.histories(hashes("s")) == [b"v" * 16]
+        await store.close()
+        await admin.close()
