@@ -168,9 +168,6 @@ class Keys:
     def trend(self) -> str:
         return f"{self.ns}:{{g}}:trend"
 
-    def trend_anchor(self) -> str:
-        return f"{self.ns}:{{g}}:anchor"
-
     def workers(self) -> str:
         """Zset worker id -> last heartbeat (ms): how many workers share the partitions."""
         return f"{self.ns}:{{g}}:workers"
