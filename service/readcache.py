@@ -186,9 +186,12 @@ class ReadCache:
             if not table.count:
                 break
             for h in table.some(64):
-                blob = table.pop(h)
-                if blob is not None:
-                    self.size -= len(blob) + ENTRY_OVERHEAD
+                self._drop(table, h)
+
+    def _drop(self, table: Table, h: int) -> None:
+        blob = table.pop(h)
+        if blob is not None:
+            self.size -= len(blob) + ENTRY_OVERHEAD
 
     def invalidate(self, keys: list[bytes] | None) -> None:
         """An ``invalidate`` push: these keys changed (``None``: the database was flushed)."""
@@ -204,9 +207,7 @@ class ReadCache:
                 h = int.from_bytes(bytes.fromhex(key[-HEX_DIGITS:].decode()), "little")
             except ValueError:
                 continue
-            blob = table.pop(h)
-            if blob is not None:
-                self.size -= len(blob) + ENTRY_OVERHEAD
+            self._drop(table, h)
             if h in table.pending:
                 table.dirty.add(h)
 
