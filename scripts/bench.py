@@ -122,6 +122,20 @@ def sessionrec_server(settings: Settings, processes: int = 1,
 
 
 @contextmanager
+def worker_process(settings: Settings) -> Iterator[None]:
+    """A `sessionrec worker` on the settings' namespace, stopped with SIGTERM on exit."""
+    env = {**os.environ, "SESSIONREC_REDIS_URL": settings.redis_url,
+           "SESSIONREC_NAMESPACE": settings.namespace}
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                               "worker"], env=env)
+    try:
+        yield
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+
+
+@contextmanager
 def bare_server() -> Iterator[str]:
     port = free_port()
     with process([sys.executable, str(BARE), str(port)], {}, port):
@@ -219,28 +233,24 @@ def bench_live(settings: Settings, data: Path, seconds: int, rounds: int,
     training traffic (popular items, so the indexes requests read keep changing), and the
     read cache is measured against the same server without it, alternating rounds."""
     script = wrk_script(bodies(data), "/iid_recommend")
-    env = {**os.environ, "SESSIONREC_REDIS_URL": settings.redis_url,
-           "SESSIONREC_NAMESPACE": settings.namespace}
-    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
-                               "worker"], env=env)
-    feeder = subprocess.Popen([sys.executable, __file__, "_feed", settings.redis_url,
-                               settings.namespace, str(data / "train.tsv"), str(rate)])
     cached: list[float] = []
     uncached: list[float] = []
-    try:
-        with sessionrec_server(settings) as on, \
-                sessionrec_server(settings, extra={"SESSIONREC_READ_CACHE_MB": "0"}) as off:
-            wrk(on, script, 2)
-            wrk(off, script, 2)
-            before = read_cache(on)
-            for _ in range(rounds):
-                cached.append(wrk(on, script, seconds)["rps"])
-                uncached.append(wrk(off, script, seconds)["rps"])
-            after = read_cache(on)
-    finally:
-        for proc in (feeder, worker):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
+    with worker_process(settings):
+        feeder = subprocess.Popen([sys.executable, __file__, "_feed", settings.redis_url,
+                                   settings.namespace, str(data / "train.tsv"), str(rate)])
+        try:
+            with sessionrec_server(settings) as on, \
+                    sessionrec_server(settings, extra={"SESSIONREC_READ_CACHE_MB": "0"}) as off:
+                wrk(on, script, 2)
+                wrk(off, script, 2)
+                before = read_cache(on)
+                for _ in range(rounds):
+                    cached.append(wrk(on, script, seconds)["rps"])
+                    uncached.append(wrk(off, script, seconds)["rps"])
+                after = read_cache(on)
+        finally:
+            feeder.send_signal(signal.SIGTERM)
+            feeder.wait(20)
     looked = after["hits"] + after["misses"] - before["hits"] - before["misses"]
     return {"events/s applied meanwhile": rate,
             "req/s with the read cache (1 process)": median(cached),
@@ -393,15 +403,8 @@ async def _freshness(api: str, samples: int, background_rate: float) -> list[flo
 
 def bench_freshness(settings: Settings, samples: int) -> dict[str, Any]:
     s = settings.replace(namespace=settings.namespace + "-fresh")
-    env = {"SESSIONREC_REDIS_URL": s.redis_url, "SESSIONREC_NAMESPACE": s.namespace}
-    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
-                               "worker"], env={**os.environ, **env})
-    try:
-        with sessionrec_server(s) as api:
-            lat = np.array(asyncio.run(_freshness(api, samples, 500.0))) * 1000
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(20)
+    with worker_process(s), sessionrec_server(s) as api:
+        lat = np.array(asyncio.run(_freshness(api, samples, 500.0))) * 1000
     return {"background events/s": 500, "samples": samples,
             "p50 ms": float(np.percentile(lat, 50)), "p99 ms": float(np.percentile(lat, 99))}
 
