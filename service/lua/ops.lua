@@ -13,60 +13,70 @@
 -- 'D' and 'T' take a whole batch per key: one read and one write per chunk of fields, instead
 -- of a call or two per field (a third of the commit's time went to these calls one by one).
 local ENTRY = 16
--- Index blobs that need more than an append are read once and written once per script,
--- however many splices they take.
-local index_blobs = {}
-local function splice_index(key, old, new, cap)
-  local blob = index_blobs[key]
-  if blob == nil and old == '' then
-    -- the usual case: a session's first event on the item, newer than every entry (the stream
-    -- is in time order). APPEND in place: reading and rewriting an index at its cap (8 KB)
-    -- for 16 bytes was most of the commit. The oldest entries are trimmed a slack at a time
-    -- (cap/4, at least 16: model.index_limit); readers use the newest cap.
-    local last = redis.call('GETRANGE', key, -ENTRY, -1)
-    if last == '' or new > last then
-      if redis.call('APPEND', key, new) > (cap + math.max(16, math.floor(cap / 4))) * ENTRY then
-        redis.call('SET', key, redis.call('GETRANGE', key, -cap * ENTRY, -1))
-      end
-      return
-    end
-  end
-  blob = blob or redis.call('GET', key) or ''
+local WINDOW = 32  -- entries at an index's end that a splice reads before it reads them all
+
+-- ``blob`` (sorted entries) without ``old`` (when present) and with ``new`` in order; nil when
+-- ``blob`` is only the newest part of an index (``partial``) and the splice could reach below it.
+local function splice(blob, old, new, partial)
   local count = #blob / ENTRY
-  if old == '' and (count == 0 or new > string.sub(blob, -ENTRY)) then
-    -- the usual case (a session's first event on the item, newer than every entry, as the
-    -- stream is in time order): an append, no search; what the general case below would do
-    if count >= cap then
-      blob = string.sub(blob, (count - cap + 1) * ENTRY + 1) .. new
-    else
-      blob = blob .. new
-    end
-    index_blobs[key] = blob
-    return
+  local function entry(n) return string.sub(blob, n * ENTRY + 1, n * ENTRY + ENTRY) end
+  if partial then
+    local first = entry(0)
+    if new < first or (old ~= '' and old < first) then return nil end
   end
   -- binary search: first entry >= x, over entries 0..count-1
   local function lower_bound(x)
     local lo, hi = 0, count
     while lo < hi do
       local mid = math.floor((lo + hi) / 2)
-      if string.sub(blob, mid * ENTRY + 1, mid * ENTRY + ENTRY) < x then lo = mid + 1 else hi = mid end
+      if entry(mid) < x then lo = mid + 1 else hi = mid end
     end
     return lo
   end
   if old ~= '' then
     local at = lower_bound(old)
-    if at < count and string.sub(blob, at * ENTRY + 1, at * ENTRY + ENTRY) == old then
+    if at < count and entry(at) == old then
       blob = string.sub(blob, 1, at * ENTRY) .. string.sub(blob, at * ENTRY + ENTRY + 1)
       count = count - 1
     end
   end
   local at = lower_bound(new)
-  blob = string.sub(blob, 1, at * ENTRY) .. new .. string.sub(blob, at * ENTRY + 1)
-  count = count + 1
-  if count > cap then
-    blob = string.sub(blob, (count - cap) * ENTRY + 1)
+  return string.sub(blob, 1, at * ENTRY) .. new .. string.sub(blob, at * ENTRY + 1)
+end
+
+-- Move or insert one session's entry in an item's index, in place. Redis' Lua hashes every
+-- byte of every string it makes, so an index is never read whole when its end will do: an
+-- entry newer than all is a GETRANGE of the last entry and an APPEND (the usual case: the
+-- stream is in time order); a session's earlier entry for the item, or an entry slightly older
+-- than another partition's newest, is found among the last WINDOW entries, which are rewritten
+-- with one SETRANGE (same length, or one entry longer). Only a splice reaching further reads
+-- and writes the whole index. The oldest entries are trimmed a slack at a time (cap/4, at least
+-- 16: model.index_limit); readers use the newest cap.
+local function splice_index(key, old, new, cap)
+  local size
+  if old == '' then
+    local last = redis.call('GETRANGE', key, -ENTRY, -1)
+    if last == '' or new > last then
+      size = redis.call('APPEND', key, new)
+    end
   end
-  index_blobs[key] = blob
+  if size == nil then
+    local tail = redis.call('GETRANGE', key, -WINDOW * ENTRY, -1)
+    local whole = #tail < WINDOW * ENTRY
+    local spliced = splice(tail, old, new, not whole)
+    local offset = 0
+    if spliced == nil then
+      tail = redis.call('GET', key)
+      spliced = splice(tail, old, new, false)
+    elseif not whole then
+      offset = redis.call('STRLEN', key) - #tail
+    end
+    -- never shorter than what it replaces (an entry moved, or one more): SETRANGE covers it
+    size = redis.call('SETRANGE', key, offset, spliced)
+  end
+  if size > (cap + math.max(16, math.floor(cap / 4))) * ENTRY then
+    redis.call('SET', key, redis.call('GETRANGE', key, -cap * ENTRY, -1))
+  end
 end
 
 local LN2 = math.log(2)
@@ -134,7 +144,6 @@ local function run_ops(i, cap, ttl_ms)
       return redis.error_reply('unknown op ' .. tostring(op))
     end
   end
-  for key, blob in pairs(index_blobs) do redis.call('SET', key, blob) end
   return nil
 end
 
