@@ -14,6 +14,9 @@
 -- of a call or two per field (a third of the commit's time went to these calls one by one).
 local ENTRY = 16
 local WINDOW = 32  -- entries at an index's end that a splice reads before it reads them all
+-- Numbers handed to redis.call are formatted with '%.17g' (printf's slowest path: a tenth of
+-- Redis' time in the commit went there); offsets and counts go as strings made with '%d'.
+local LAST, TAIL, END = tostring(-ENTRY), string.format('%d', -WINDOW * ENTRY), '-1'
 
 -- ``blob`` (sorted entries) without ``old`` (when present) and with ``new`` in order; nil when
 -- ``blob`` is only the newest part of an index (``partial``) and the splice could reach below it.
@@ -55,13 +58,13 @@ end
 local function splice_index(key, old, new, cap)
   local size
   if old == '' then
-    local last = redis.call('GETRANGE', key, -ENTRY, -1)
+    local last = redis.call('GETRANGE', key, LAST, END)
     if last == '' or new > last then
       size = redis.call('APPEND', key, new)
     end
   end
   if size == nil then
-    local tail = redis.call('GETRANGE', key, -WINDOW * ENTRY, -1)
+    local tail = redis.call('GETRANGE', key, TAIL, END)
     local whole = #tail < WINDOW * ENTRY
     local spliced = splice(tail, old, new, not whole)
     local offset = 0
@@ -72,10 +75,10 @@ local function splice_index(key, old, new, cap)
       offset = redis.call('STRLEN', key) - #tail
     end
     -- never shorter than what it replaces (an entry moved, or one more): SETRANGE covers it
-    size = redis.call('SETRANGE', key, offset, spliced)
+    size = redis.call('SETRANGE', key, string.format('%d', offset), spliced)
   end
   if size > (cap + math.max(16, math.floor(cap / 4))) * ENTRY then
-    redis.call('SET', key, redis.call('GETRANGE', key, -cap * ENTRY, -1))
+    redis.call('SET', key, redis.call('GETRANGE', key, string.format('%d', -cap * ENTRY), END))
   end
 end
 
@@ -86,9 +89,10 @@ local CHUNK = 500  -- fields per read and write (unpack's stack is limited)
 -- Merge values ARGV[at + 2f + 1] into fields ARGV[at + 2f] (f = 0..count-1), CHUNK at a time
 -- (one read and one write each): op 'T' log2-sums them into a zset's scores, op 'D' adds them
 -- to a hash's counts (HINCRBY in bulk). One tight loop per op: trending was a third of the
--- commit, and half of that went to the shared loop's bookkeeping and to string.format. Values go
--- to ZADD and HSET as numbers: Redis writes them with 17 significant digits, as '%.17g' did, so
--- the stored scores are the same doubles, and counts (integers far below 1e17) the same digits.
+-- commit, and half of that went to the shared loop's bookkeeping and to string.format. A merged
+-- score goes to ZADD as a number (Redis writes it with '%.17g': the same double); a new member's
+-- score as the worker wrote it (repr: the same double, without printf's slowest path); counts
+-- (integers far below 2^53) as '%d' strings, the same digits.
 local function merge_fields(op, key, at, count)
   for first = 0, count - 1, CHUNK do
     local last = math.min(first + CHUNK, count) - 1
@@ -98,10 +102,10 @@ local function merge_fields(op, key, at, count)
     if op == 'T' then
       local olds = redis.call('ZMSCORE', key, unpack(fields))
       for n = 1, last - first + 1 do
-        local value = tonumber(ARGV[at + 2 * (first + n) - 1])
+        local value = ARGV[at + 2 * (first + n) - 1]  -- a new member's, as the worker wrote it
         local old = olds[n]
         if old then
-          old = tonumber(old)
+          old, value = tonumber(old), tonumber(value)
           if old > value then
             value = old + log(1 + 2 ^ (value - old)) / LN2
           else
@@ -116,7 +120,7 @@ local function merge_fields(op, key, at, count)
       local olds = redis.call('HMGET', key, unpack(fields))
       for n = 1, last - first + 1 do
         args[2 * n - 1] = fields[n]
-        args[2 * n] = (tonumber(olds[n]) or 0) + tonumber(ARGV[at + 2 * (first + n) - 1])
+        args[2 * n] = string.format('%d', (tonumber(olds[n]) or 0) + tonumber(ARGV[at + 2 * (first + n) - 1]))
       end
       redis.call('HSET', key, unpack(args))
     end
