@@ -109,7 +109,13 @@ static int map_init(Map *m, Py_ssize_t capacity) {
     while (n < 2 * capacity) n <<= 1;
     m->slots = malloc(sizeof(int32_t) * n);
     m->keys = malloc(sizeof(uint64_t) * (capacity ? capacity : 1));
-    if (!m->slots || !m->keys) { free(m->slots); free(m->keys); return -1; }
+    if (!m->slots || !m->keys) {
+        free(m->slots);
+        free(m->keys);
+        m->slots = NULL;  /* callers free a map whose slots are set */
+        m->keys = NULL;
+        return -1;
+    }
     memset(m->slots, 0xff, sizeof(int32_t) * n);
     m->mask = n - 1;
     m->size = 0;
@@ -196,32 +202,23 @@ PyDoc_STRVAR(neighbours_doc,
 "-> (sessions u64 bytes, similarities f64 bytes): scoring.neighbours' counterpart (each\n"
 "index counts its newest cap entries).");
 
-static PyObject *neighbours(PyObject *self, PyObject *args) {
-    Py_buffer weights;
-    PyObject *seq;
-    Py_ssize_t sample, keep, cap;
-    unsigned long long exclude;
-    int has_exclude;
-    if (!PyArg_ParseTuple(args, "y*OnnKpn", &weights, &seq, &sample, &keep, &exclude,
-                          &has_exclude, &cap))
-        return NULL;
-    Py_ssize_t count, entries;
-    PyObject *held = NULL;
-    Blob *blobs = blobs_of(seq, &count, &entries, &held);
-    PyObject *result = NULL;
+/* The neighbours of a query over its index blobs: *out (malloc'd, the caller frees it) holds
+ * the *n most similar, most similar first. -1 with an exception set on failure. */
+static int neighbours_core(const double *w, const Blob *blobs, Py_ssize_t count,
+                           Py_ssize_t entries, Py_ssize_t sample, Py_ssize_t keep,
+                           uint64_t exclude, int has_exclude, Py_ssize_t cap,
+                           Candidate **out, Py_ssize_t *n_out) {
     Map map = {0};
     Candidate *cands = NULL;
-    if (!blobs) goto done;
-    if ((Py_ssize_t)(weights.len / sizeof(double)) != count) {
-        PyErr_SetString(PyExc_ValueError, "one weight per index blob");
-        goto done;
-    }
-    if (map_init(&map, entries) < 0 ||
-        !(cands = malloc(sizeof(Candidate) * (entries ? entries : 1)))) {
+    if (map_init(&map, entries) < 0) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
-    const double *w = weights.buf;
+    if (!(cands = malloc(sizeof(Candidate) * (entries ? entries : 1)))) {
+        map_free(&map);
+        PyErr_NoMemory();
+        return -1;
+    }
     for (Py_ssize_t b = 0; b < count; b++) {
         Py_ssize_t first = blobs[b].len > cap ? blobs[b].len - (cap > 0 ? cap : 0) : 0;
         const unsigned char *p = (const unsigned char *)blobs[b].data + first * ENTRY;
@@ -242,12 +239,40 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
     Py_ssize_t n = 0;
     for (Py_ssize_t i = 0; i < map.size; i++)
         if (!(has_exclude && cands[i].session == exclude)) cands[n++] = cands[i];
+    map_free(&map);
     if (n > sample) {
         sort_by_recency(cands, n);
         n = sample;
     }
     sort_by_similarity(cands, n);
     if (n > keep) n = keep;
+    *out = cands;
+    *n_out = n;
+    return 0;
+}
+
+static PyObject *neighbours(PyObject *self, PyObject *args) {
+    Py_buffer weights;
+    PyObject *seq;
+    Py_ssize_t sample, keep, cap;
+    unsigned long long exclude;
+    int has_exclude;
+    if (!PyArg_ParseTuple(args, "y*OnnKpn", &weights, &seq, &sample, &keep, &exclude,
+                          &has_exclude, &cap))
+        return NULL;
+    Py_ssize_t count, entries, n;
+    PyObject *held = NULL;
+    Blob *blobs = blobs_of(seq, &count, &entries, &held);
+    PyObject *result = NULL;
+    Candidate *cands = NULL;
+    if (!blobs) goto done;
+    if ((Py_ssize_t)(weights.len / sizeof(double)) != count) {
+        PyErr_SetString(PyExc_ValueError, "one weight per index blob");
+        goto done;
+    }
+    if (neighbours_core(weights.buf, blobs, count, entries, sample, keep, exclude, has_exclude,
+                        cap, &cands, &n) < 0)
+        goto done;
     uint64_t *sessions;
     double *sims;
     if (!(result = pair_new(n, &sessions, &sims))) goto done;
@@ -260,7 +285,6 @@ done:
     Py_XDECREF(held);
     free(blobs);
     free(cands);
-    if (map.slots) map_free(&map);
     return result;
 }
 
@@ -272,35 +296,21 @@ PyDoc_STRVAR(score_doc,
 "      before_weight) -> (candidates u64 bytes, scores f64 bytes), candidates in the order\n"
 "first met: scoring.score's counterpart (which returns them ascending).");
 
-static PyObject *score(PyObject *self, PyObject *args) {
-    Py_buffer qitems, qweights, sims;
-    PyObject *seq;
-    double seq_w, before_w;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*dd", &qitems, &qweights, &seq, &sims, &seq_w,
-                          &before_w))
-        return NULL;
-    Py_ssize_t count, entries;
-    PyObject *held = NULL;
-    Blob *blobs = blobs_of(seq, &count, &entries, &held);
+/* Candidates and their scores over the neighbours' history blobs (sim: one similarity per
+ * blob), as a (u64 bytes, f64 bytes) pair; NULL with an exception set on failure. */
+static PyObject *score_core(const uint64_t *q, const double *qw, Py_ssize_t nq,
+                            const Blob *blobs, Py_ssize_t count, Py_ssize_t entries,
+                            const double *sim, double seq_w, double before_w) {
     PyObject *result = NULL;
     Map map = {0};
     double *total = NULL, *best = NULL;
     Py_ssize_t *owner = NULL;
-    if (!blobs) goto done;
-    Py_ssize_t nq = qitems.len / 8;
-    if ((Py_ssize_t)(sims.len / sizeof(double)) != count ||
-        (Py_ssize_t)(qweights.len / sizeof(double)) != nq) {
-        PyErr_SetString(PyExc_ValueError, "one similarity per blob, one weight per query item");
-        goto done;
-    }
     if (map_init(&map, entries) < 0 || !(total = malloc(sizeof(double) * (entries + 1))) ||
         !(best = malloc(sizeof(double) * (entries + 1))) ||
         !(owner = malloc(sizeof(Py_ssize_t) * (entries + 1)))) {
         PyErr_NoMemory();
         goto done;
     }
-    const uint64_t *q = qitems.buf;
-    const double *qw = qweights.buf, *sim = sims.buf;
     int anchoring = (seq_w != 0.0 || before_w != 0.0) && nq > 0;
     uint64_t bloom[4] = {0, 0, 0, 0};  /* most entries are no session item: one bit test */
     for (Py_ssize_t j = 0; j < nq; j++) bloom[(q[j] >> 6) & 3] |= 1ULL << (q[j] & 63);
@@ -362,15 +372,39 @@ static PyObject *score(PyObject *self, PyObject *args) {
         scores[i] = total[i] + best[i];
     }
 done:
+    free(total);
+    free(best);
+    free(owner);
+    if (map.slots) map_free(&map);
+    return result;
+}
+
+static PyObject *score(PyObject *self, PyObject *args) {
+    Py_buffer qitems, qweights, sims;
+    PyObject *seq;
+    double seq_w, before_w;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*dd", &qitems, &qweights, &seq, &sims, &seq_w,
+                          &before_w))
+        return NULL;
+    Py_ssize_t count, entries;
+    PyObject *held = NULL;
+    Blob *blobs = blobs_of(seq, &count, &entries, &held);
+    PyObject *result = NULL;
+    if (!blobs) goto done;
+    Py_ssize_t nq = qitems.len / 8;
+    if ((Py_ssize_t)(sims.len / sizeof(double)) != count ||
+        (Py_ssize_t)(qweights.len / sizeof(double)) != nq) {
+        PyErr_SetString(PyExc_ValueError, "one similarity per blob, one weight per query item");
+        goto done;
+    }
+    result = score_core(qitems.buf, qweights.buf, nq, blobs, count, entries, sims.buf, seq_w,
+                        before_w);
+done:
     PyBuffer_Release(&qitems);
     PyBuffer_Release(&qweights);
     PyBuffer_Release(&sims);
     Py_XDECREF(held);
     free(blobs);
-    free(total);
-    free(best);
-    free(owner);
-    if (map.slots) map_free(&map);
     return result;
 }
 
@@ -996,11 +1030,101 @@ done:
     return result;
 }
 
+/* --- neighbours and score over the read cache ---------------------------------------------- */
+PyDoc_STRVAR(candidates_doc,
+"candidates(query_items, query_weights, index_keys, index_slots, history_keys, history_slots,\n"
+"           sample_sessions, neighbours, exclude, has_exclude, cap, sequence_weight,\n"
+"           before_weight) -> (candidates u64 bytes, scores f64 bytes, neighbours found), or\n"
+"None when an index or a history is not in its object table: neighbours() then score(),\n"
+"reading the blobs straight from the read cache's tables (see objects_get).");
+
+/* The bytes under key in an object table: 1 and *out set, or 0 (absent, or not bytes). */
+static int table_blob(const uint64_t *k, Py_ssize_t mask, PyObject *slots, uint64_t key,
+                      Blob *out) {
+    if (key == 0) return 0;
+    Py_ssize_t at = objects_find(k, mask, key);
+    if (at < 0 || k[at] != key) return 0;
+    PyObject *value = PyList_GET_ITEM(slots, at);
+    if (!PyBytes_Check(value)) return 0;
+    out->data = PyBytes_AS_STRING(value);
+    out->len = PyBytes_GET_SIZE(value) / ENTRY;
+    return 1;
+}
+
+/* One call instead of four Python steps and their lists and arrays: on a cache that holds
+ * every blob a request needs, the steps between the kernels cost more than the kernels
+ * (each touching code and objects a busy server has long evicted from the CPU's caches). No
+ * Python code runs during the call, so the tables' objects stay alive without references. */
+static PyObject *candidates(PyObject *self, PyObject *args) {
+    Py_buffer qitems, qweights, ikeys, hkeys;
+    PyObject *islots, *hslots;
+    Py_ssize_t sample, keep, cap;
+    unsigned long long exclude;
+    int has_exclude;
+    double seq_w, before_w;
+    if (!PyArg_ParseTuple(args, "y*y*y*O!y*O!nnKpndd", &qitems, &qweights, &ikeys,
+                          &PyList_Type, &islots, &hkeys, &PyList_Type, &hslots, &sample, &keep,
+                          &exclude, &has_exclude, &cap, &seq_w, &before_w))
+        return NULL;
+    PyObject *result = NULL, *pair = NULL;
+    Blob *indexes = NULL, *histories = NULL;
+    Candidate *cands = NULL;
+    double *sims = NULL;
+    Py_ssize_t imask, hmask, n = 0, entries = 0, nq = qitems.len / 8;
+    if (objects_args(&ikeys, islots, &imask) < 0 || objects_args(&hkeys, hslots, &hmask) < 0)
+        goto done;
+    if ((Py_ssize_t)(qweights.len / sizeof(double)) != nq) {
+        PyErr_SetString(PyExc_ValueError, "one weight per query item");
+        goto done;
+    }
+    const uint64_t *q = qitems.buf;
+    if (!(indexes = malloc(sizeof(Blob) * (nq ? nq : 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nq; i++) {
+        if (!table_blob(ikeys.buf, imask, islots, q[i], &indexes[i])) goto missing;
+        entries += indexes[i].len;
+    }
+    if (neighbours_core(qweights.buf, indexes, nq, entries, sample, keep, exclude, has_exclude,
+                        cap, &cands, &n) < 0)
+        goto done;
+    if (!(histories = malloc(sizeof(Blob) * (n ? n : 1))) ||
+        !(sims = malloc(sizeof(double) * (n ? n : 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    entries = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!table_blob(hkeys.buf, hmask, hslots, cands[i].session, &histories[i])) goto missing;
+        sims[i] = cands[i].similarity;
+        entries += histories[i].len;
+    }
+    if (!(pair = score_core(q, qweights.buf, nq, histories, n, entries, sims, seq_w, before_w)))
+        goto done;
+    result = Py_BuildValue("OOn", PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), n);
+    goto done;
+missing:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&qitems);
+    PyBuffer_Release(&qweights);
+    PyBuffer_Release(&ikeys);
+    PyBuffer_Release(&hkeys);
+    Py_XDECREF(pair);
+    free(indexes);
+    free(histories);
+    free(cands);
+    free(sims);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"pack", pack, METH_VARARGS, pack_doc},
     {"query", query, METH_VARARGS, query_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"score", score, METH_VARARGS, score_doc},
+    {"candidates", candidates, METH_VARARGS, candidates_doc},
     {"rank", rank, METH_VARARGS, rank_doc},
     {"lookup", lookup, METH_VARARGS, lookup_doc},
     {"insert", insert, METH_VARARGS, insert_doc},

@@ -15,6 +15,11 @@ def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sess
 def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[bytes | None],
           similarity: Buffer, sequence_weight: float, before_weight: float
           ) -> tuple[bytes, bytes]: ...
+def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
+               index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
+               sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool, cap: int,
+               sequence_weight: float, before_weight: float
+               ) -> tuple[bytes, bytes, int] | None: ...
 def rank(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
          idf_weight: float, query_items: Buffer, query_weights: Buffer, repeat_weight: float,
          exclude: Buffer, k: int) -> tuple[bytes, bytes]: ...

@@ -156,6 +156,26 @@ class ReadCache:
                     dirty.discard(h)
         return found
 
+    def candidates(self, query: scoring.Query, params: scoring.Params,
+                   exclude_session: int | None) -> tuple[scoring.U64, scoring.F64] | None:
+        """``scoring.neighbours`` then ``scoring.score`` in one kernel call on the cached
+        blobs, when the cache holds every one of them and its connection was heard from
+        lately; None otherwise (``read`` then fetches what is missing, or PINGs first).
+        Between the steps a busy server spent more than in them: lists, arrays and calls whose
+        code and objects had left the CPU's caches since the last request."""
+        if time.monotonic() - self.heard > LIVENESS:
+            return None
+        got = _kernel.candidates(
+            query.items, query.weights, self.indexes.keys, self.indexes.slots,
+            self.histories.keys, self.histories.slots, params.sample_sessions,
+            params.neighbours, exclude_session or 0, exclude_session is not None,
+            params.index_cap, params.sequence_weight, params.before_weight)
+        if got is None:
+            return None
+        candidates, scores, found = got
+        self.hits += len(query.items) + found
+        return np.frombuffer(candidates, np.uint64), np.frombuffer(scores, np.float64)
+
     async def _alive(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
         """One PING for every read that finds the connection unheard from (shared)."""
         if self._ping is None:

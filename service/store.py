@@ -516,13 +516,18 @@ class Store:
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
         extra = len(query.seen) if seen is not None else 0
-        index_blobs = await self.indexes(query.items)
-        sessions, similarity = scoring.neighbours(query, index_blobs, params, exclude_session)
-        candidates = np.zeros(0, np.uint64)
-        scores = np.zeros(0)
-        if len(sessions):
-            histories = await self.histories(sessions)
-            candidates, scores = scoring.score(query, histories, similarity, params)
+        cached = self._cached_candidates(query, params, exclude_session)
+        if cached is not None:
+            candidates, scores = cached
+        else:
+            index_blobs = await self.indexes(query.items)
+            sessions, similarity = scoring.neighbours(query, index_blobs, params,
+                                                      exclude_session)
+            candidates = np.zeros(0, np.uint64)
+            scores = np.zeros(0)
+            if len(sessions):
+                histories = await self.histories(sessions)
+                candidates, scores = scoring.score(query, histories, similarity, params)
         df, n_sessions = await self.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.hidden_items()
@@ -637,6 +642,15 @@ class Store:
         reply: list[bytes | None] = await self.lane.execute(
             _kernel.mget(items, self._index_prefixes))
         return reply
+
+    def _cached_candidates(self, query: Query, params: Params, exclude_session: int | None
+                           ) -> tuple[scoring.U64, scoring.F64] | None:
+        """Neighbours and scores straight from the read cache when it holds every blob
+        (``ReadCache.candidates``); None sends the request through the reads."""
+        link = self.tracked
+        if self.cache is None or link is None or link.connection is None:
+            return None
+        return self.cache.candidates(query, params, exclude_session)
 
     async def _cached(self, table: Table, hashes: scoring.U64) -> list[bytes | None] | None:
         """The blobs through the read cache; None if it turns out unusable: a Redis that

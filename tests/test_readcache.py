@@ -156,6 +156,19 @@ async def test_recommendations_follow_the_worker_through_the_cache(
         return [r["id"] for r in answer.body()["recommendations"]][:1] == ["c"]
     await eventually(c_first)
     assert store.cache is not None and store.cache.invalidations > 0
+    # everything cached now: the answer comes from one kernel call over the tables, and is
+    # the one the reads gave
+    reads: list[Any] = []
+    indexes = store.indexes
+
+    async def counted(items: scoring.U64) -> list[bytes | None]:
+        reads.append(items)
+        return await indexes(items)
+    store.indexes = counted  # type: ignore[method-assign]
+    again = await store.similar("a", 5)
+    assert again.body()["recommendations"][:1] == [{"id": "c", "score": 1.0}] and not reads
+    store.cache.heard = 0.0  # unheard from: the request reads (and PINGs) instead
+    assert (await store.similar("a", 5)).body() == again.body() and len(reads) == 1
     await store.close()
 
 
@@ -320,6 +333,58 @@ def test_the_object_table_behaves_like_a_dict() -> None:
         assert table.get(probe) == [model.get(int(x)) for x in probe]
     assert len(table.keys) <= 128  # 40 keys at most half full
     assert table.put(0, b"never") is None and table.get(np.zeros(1, np.uint64)) == [None]
+
+
+def test_one_kernel_call_over_the_cache_equals_the_steps_it_replaces() -> None:
+    """``ReadCache.candidates`` (neighbours and score straight from the tables) against the
+    two kernel steps over the same blobs, on random cases; and no answer when one index or
+    one history is not cached (the request then reads it)."""
+    from service import _kernel
+    from tests.test_scoring import random_case
+
+    def u64(h: bytes) -> int:
+        return int.from_bytes(h, "little")
+
+    rng = np.random.default_rng(11)
+    answered = fell_back = 0
+    for case in range(300):
+        items, times, ratings, index_blobs, histories, params = random_case(rng)
+        query = scoring.build_query(items, times, ratings, params)
+        cache = ReadCache(["h:"], ["x:"], 1 << 20)
+        cache.heard = time.monotonic()
+        indexes = [index_blobs[n % len(index_blobs)] or b"" for n in range(len(query.items))]
+        for h, blob in zip(query.items.tolist(), indexes, strict=True):
+            cache.indexes.put(h, blob)
+        sessions = {u64(session_hash(f"s{n}")): histories[n % len(histories)] or b""
+                    for n in range(60)}
+        for h, blob in sessions.items():
+            cache.histories.put(h, blob)
+        exclude = u64(session_hash("s3")) if case % 2 else None
+        found, similarity = scoring.neighbours(query, indexes, params, exclude)
+        want = scoring.score(query, [sessions[h] for h in found.tolist()], similarity, params)
+        got = cache.candidates(query, params, exclude)
+        assert got is not None
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+        assert cache.hits == len(query.items) + len(found)
+        answered += len(want[0]) > 0
+        # one blob missing: no answer, nothing counted
+        if len(found):
+            cache.histories.pop(int(found[-1]))
+        elif len(query.items):
+            cache.indexes.pop(int(query.items[0]))
+        else:
+            continue
+        assert cache.candidates(query, params, exclude) is None and cache.hits == \
+            len(query.items) + len(found)
+        fell_back += 1
+    assert answered > 100 and fell_back > 100
+    # a connection unheard from is PINGed first: no answer from the tables until then
+    cache.heard = time.monotonic() - 2 * readcache.LIVENESS
+    assert cache.candidates(scoring.build_query([], [], [], scoring.Params()), scoring.Params(),
+                            None) is None
+    assert _kernel.candidates(b"", b"", np.zeros(8, np.uint64), [None] * 8,
+                              np.zeros(8, np.uint64), [None] * 8, 1, 1, 0, False, 1, 0.0,
+                              0.0) == (b"", b"", 0)
 
 
 async def test_a_redis_that_refuses_tracking_is_read_uncached() -> None:
