@@ -538,6 +538,13 @@ static Py_ssize_t objects_find(const uint64_t *k, Py_ssize_t mask, uint64_t key)
     return -1;
 }
 
+/* The slot holding key, or -1 when it is absent (hash 0 never is present). */
+static Py_ssize_t objects_at(const uint64_t *k, Py_ssize_t mask, uint64_t key) {
+    if (key == 0) return -1;
+    Py_ssize_t at = objects_find(k, mask, key);
+    return at >= 0 && k[at] == key ? at : -1;
+}
+
 PyDoc_STRVAR(objects_get_doc,
 "objects_get(table_keys, table_slots, hashes) -> list: each hash's object, None where absent\n"
 "(hash 0 is never present).");
@@ -551,9 +558,8 @@ static PyObject *objects_get(PyObject *self, PyObject *args) {
     if (!(result = PyList_New(n))) goto done;
     const uint64_t *k = keys.buf, *it = items.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t at = objects_find(k, mask, it[i]);
-        PyObject *value = it[i] != 0 && at >= 0 && k[at] == it[i] ? PyList_GET_ITEM(slots, at)
-                                                                   : Py_None;
+        Py_ssize_t at = objects_at(k, mask, it[i]);
+        PyObject *value = at >= 0 ? PyList_GET_ITEM(slots, at) : Py_None;
         Py_INCREF(value);
         PyList_SET_ITEM(result, i, value);
     }
@@ -610,8 +616,8 @@ static PyObject *objects_pop(PyObject *self, PyObject *args) {
     Py_ssize_t mask;
     if (objects_args(&keys, slots, &mask) < 0) goto done;
     uint64_t *k = keys.buf;
-    Py_ssize_t at = objects_find(k, mask, key);
-    if (key == 0 || at < 0 || k[at] != key) {
+    Py_ssize_t at = objects_at(k, mask, key);
+    if (at < 0) {
         result = Py_None;
         Py_INCREF(result);
         goto done;
@@ -1041,9 +1047,8 @@ PyDoc_STRVAR(candidates_doc,
 /* The bytes under key in an object table: 1 and *out set, or 0 (absent, or not bytes). */
 static int table_blob(const uint64_t *k, Py_ssize_t mask, PyObject *slots, uint64_t key,
                       Blob *out) {
-    if (key == 0) return 0;
-    Py_ssize_t at = objects_find(k, mask, key);
-    if (at < 0 || k[at] != key) return 0;
+    Py_ssize_t at = objects_at(k, mask, key);
+    if (at < 0) return 0;
     PyObject *value = PyList_GET_ITEM(slots, at);
     if (!PyBytes_Check(value)) return 0;
     out->data = PyBytes_AS_STRING(value);
