@@ -19,7 +19,7 @@ from service.keyspace import lua
 from service.metrics import CacheSeries, Metrics
 from service.openapi import api_page, openapi_document
 from service.settings import Settings
-from service.store import MEMORY_URL, REDIS_FAILURES, Store
+from service.store import REDIS_FAILURES, Store
 
 log = logging.getLogger("sessionrec.api")
 
@@ -28,6 +28,7 @@ KEYS = web.AppKey("keys", access.Keys)
 LIMITER: web.AppKey[access.RateLimiter | None] = web.AppKey("limiter")
 STORE = web.AppKey("store", Store)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+OPEN_WARNING: web.AppKey[str | None] = web.AppKey("open_warning")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,12 +63,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if preflight is not None:
             response = preflight
         else:
-            # the API key the route needs, then the client's rate limit
+            # the API key the route needs, then the client's rate limit (by address: the
+            # publishable key is in every page, so it identifies no one)
             need = ACCESS.get(route, access.OPEN)
-            key = access.check(request, app[KEYS], need)
+            access.check(request, app[KEYS], need)
             limiter = app[LIMITER]
             if limiter is not None and need == access.PUBLIC:
-                await limiter.admit(access.client_identity(request, key))
+                await limiter.admit(access.client_address(
+                    request, app[SETTINGS].trusted_networks))
             response = await handler(request)
     except ApiError as exc:
         response = exc.response()
@@ -171,7 +174,10 @@ async def readyz(request: web.Request) -> web.Response:
         await request.app[STORE].ping()
     except REDIS_FAILURES:
         raise ApiError(503, "unavailable", "Redis is unreachable.") from None
-    return json_response({"status": "ready"})
+    body = {"status": "ready"}
+    if (warning := request.app[OPEN_WARNING]) is not None:
+        body["warning"] = warning
+    return json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -241,8 +247,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[METRICS] = Metrics()
     app[KEYS] = access.Keys.from_settings(settings)
     app[LIMITER] = None
-    if settings.redis_url != MEMORY_URL:  # the embedded demo is local by construction
-        access.warn_if_open(app[KEYS])
+    app[OPEN_WARNING] = access.warn_if_open(app[KEYS], settings.host)
 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         own = store is None

@@ -14,7 +14,9 @@ type       ``view``, ``click``, ``add_to_cart`` or ``purchase``      no (view)
 rating     finite decimal number                                     no
 =========  ========================================================  ==========
 
-An entry that does not parse is moved to the partition's dead-letter stream, never retried.
+An entry that does not parse (an item id that is not valid UTF-8 included: it would be written
+into answers) is moved to the partition's dead-letter stream, never retried. ``ts`` later than
+the entry's arrival (its stream id) plus ``max_clock_skew`` is applied as that ceiling.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def _event(session_raw: bytes, item_raw: bytes, ts_raw: bytes, kind_raw: bytes,
            rating_raw: bytes | None) -> Event:
     try:
         session = session_raw.decode("utf-8", "surrogatepass")
-        item = item_raw.decode("utf-8", "surrogatepass")
+        # strict: an item id is written into answers, and JSON cannot carry a lone surrogate
+        item = item_raw.decode("utf-8")
         ts = float(ts_raw)
         kind = kind_raw.decode()
         rating = None if rating_raw is None else float(rating_raw)

@@ -103,6 +103,21 @@ class Keys:
         """Zset token -> time of the journalled batches already appended to this partition."""
         return self._p(p) + ":tokens"
 
+    def attempts(self, p: int) -> str:
+        """Hash entry id -> times a worker started applying it alone (a redelivered entry):
+        what ``max_deliveries`` counts. Cleared when the entry is applied or dead-lettered."""
+        return self._p(p) + ":attempts"
+
+    def epoch(self, p: int) -> str:
+        """Bumped by the admin operations that rewrite the partition's learned histories: a
+        worker batch that read them before commits only if it has not moved."""
+        return self._p(p) + ":epoch"
+
+    def idempotency(self, p: int, digest: str) -> str:
+        """An ``Idempotency-Key``'s first answer (expires after a day), in the partition of the
+        batch's first event, so the ingest script checks and records it in one step."""
+        return f"{self._p(p)}:idem:{digest}"
+
     def lease(self, p: int) -> str:
         return self._p(p) + ":lease"
 

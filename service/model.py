@@ -41,6 +41,15 @@ def time_key(ts: float) -> int:
     return min(max(round(ts * 1_000_000), 0), MAX_TIME_KEY)
 
 
+def no_later_than(ev: Event, ceiling: float) -> Event:
+    """``ev`` with its time capped at ``ceiling`` (its arrival plus the allowed clock skew): a
+    producer writing to the stream directly is not validated by the API, and an event dated
+    in the future would outrank every real one in trending and in the neighbour indexes until
+    the clock caught up. Capped at the arrival time of its own entry, it stays a pure
+    function of the stream."""
+    return ev if ev[2] <= ceiling else ev._replace(timestamp=ceiling)
+
+
 def index_limit(cap: int) -> int:
     """Most entries a stored index holds: its cap plus the slack the worker's in-place appends
     may add before a trim (``service/lua/ops.lua`` spells the same rule)."""

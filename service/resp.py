@@ -169,7 +169,7 @@ class Link:
             self.handshake += [pack(b"HELLO", [3]), pack(b"CLIENT", [b"TRACKING", b"ON"])]
         self.connection: _Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.lock = asyncio.Lock()
+        self._opening: asyncio.Future[_Connection] | None = None
 
     async def execute(self, packed: bytes, replies: int = 1) -> Any:
         conn = self.connection
@@ -197,34 +197,48 @@ class Link:
         return waiter.future
 
     async def _connect(self) -> _Connection:
-        async with self.lock:
-            if self.connection is not None:
-                return self.connection
-            loop = asyncio.get_running_loop()
-            host, port, path = self.address
-            conn = _Connection(self)
-            try:
+        """The connection, opened by one attempt that every caller arriving meanwhile shares:
+        with a Redis that drops packets or never answers the handshake, the callers queued
+        behind a connect then all fail when it does, within ``timeout``, instead of each
+        trying again in turn (the k-th would answer after k timeouts)."""
+        if self.connection is not None:
+            return self.connection
+        if self._opening is None:
+            opening = self._opening = asyncio.ensure_future(self._open())
+            opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, attempt: asyncio.Future[_Connection]) -> None:
+        self._opening = None
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: the callers that shared it were told
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        host, port, path = self.address
+        conn = _Connection(self)
+        try:
+            # one deadline for the connect and the handshake together
+            async with asyncio.timeout(self.timeout):
                 if path is not None:
-                    opening = loop.create_unix_connection(lambda: conn, path)
+                    await loop.create_unix_connection(lambda: conn, path)
                 else:
-                    opening = loop.create_connection(lambda: conn, host, port)
-                await asyncio.wait_for(opening, self.timeout)
+                    await loop.create_connection(lambda: conn, host, port)
                 if self.handshake:
-                    replies = await asyncio.wait_for(
-                        self._send(conn, b"".join(self.handshake), len(self.handshake)),
-                        self.timeout)
+                    replies = await self._send(conn, b"".join(self.handshake),
+                                               len(self.handshake))
                     for reply in replies if len(self.handshake) > 1 else [replies]:
                         if isinstance(reply, Exception):
                             raise reply
-            except (OSError, TimeoutError) as exc:
-                conn.fail(RedisConnectionError("Redis refused the handshake"))
-                raise RedisConnectionError(
-                    f"Error connecting to {path or f'{host}:{port}'}: {exc!r}") from exc
-            except BaseException:
-                conn.fail(RedisConnectionError("Redis refused the handshake"))
-                raise
-            self.connection = conn
-            return conn
+        except (OSError, TimeoutError) as exc:
+            conn.fail(RedisConnectionError("Redis refused the handshake"))
+            raise RedisConnectionError(
+                f"Error connecting to {path or f'{host}:{port}'}: {exc!r}") from exc
+        except BaseException:
+            conn.fail(RedisConnectionError("Redis refused the handshake"))
+            raise
+        self.connection = conn
+        return conn
 
     def _check(self) -> None:
         """The watchdog: fail the connection whose oldest waiter is overdue."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "SESSIONREC_"
+
+
+def mask_password(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (any number of hosts)."""
+    return re.sub(r"(?<=://)([^/@]*?):([^/@]*)@", lambda m: f"{m.group(1)}:***@", url)
 
 
 def _doc(text: str, *, commands: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -81,6 +87,16 @@ class Settings:
     rate_burst: int = field(
         default=50, metadata=_doc("Requests a client may burst above the rate.",
                                   commands=SERVE))
+    trusted_proxies: str = field(
+        default="",
+        metadata=_doc("Addresses or networks of the proxies in front of the API whose "
+                      "`X-Forwarded-For` is believed, comma-separated (`10.0.0.5,10.1.0.0/16`). "
+                      "Empty: the header is ignored and the peer address is the client.",
+                      commands=SERVE))
+    max_clock_skew: float = field(
+        default=300.0,
+        metadata=_doc("Seconds an event's `timestamp` may lie in the future (400 beyond; the "
+                      "worker also caps any event at its arrival plus this).", commands=BOTH))
     redis_timeout: float = field(
         default=0.5,
         metadata=_doc("Seconds to wait for Redis before answering 503.", commands=BOTH),
@@ -166,8 +182,18 @@ class Settings:
                                                      commands=WORKER))
     max_deliveries: int = field(
         default=5,
-        metadata=_doc("Deliveries after which an entry that keeps failing (or crashing its "
-                      "worker) goes to the dead-letter stream.", commands=WORKER))
+        metadata=_doc("Attempts after which an entry that keeps failing (or crashing its "
+                      "worker while applied alone) goes to the dead-letter stream.",
+                      commands=WORKER))
+    dead_letter_cap: int = field(
+        default=10_000,
+        metadata=_doc("Most entries kept per partition's dead-letter stream (oldest dropped).",
+                      commands=WORKER))
+    catalog_only: bool = field(
+        default=False,
+        metadata=_doc("Allow-list mode: events for items without a catalogue record are "
+                      "accepted and counted (`events_unlisted`) but not learned.",
+                      commands=WORKER))
     lease_ms: int = field(
         default=10_000,
         metadata=_doc("Partition lease; another worker takes over a dead worker's partitions "
@@ -182,6 +208,20 @@ class Settings:
                 raise ValueError(f"{f.name}: must not be negative")
         if self.partitions < 1:
             raise ValueError("partitions: must be at least 1")
+        self.trusted_networks  # noqa: B018 - a malformed address fails at start, not per request
+
+    @functools.cached_property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed once."""
+        try:
+            return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                         for part in self.trusted_proxies.split(",") if part.strip())
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
+
+    def redis_url_for_logs(self) -> str:
+        """``redis_url`` with any password masked: URLs are logged, passwords must not be."""
+        return mask_password(self.redis_url)
 
     @functools.cached_property
     def allowed_origins(self) -> frozenset[str]:
@@ -205,13 +245,28 @@ class Settings:
         return cls(**values)
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise ValueError(raw)
+
+
+def _kind(type_name: Any) -> Any:
+    return {"int": int, "float": float, "str": str, "bool": _bool}[str(type_name)]
+
+
 def _convert(name: str, type_name: Any, raw: str) -> Any:
-    kind = {"int": int, "float": float, "str": str}[str(type_name)]
+    kind = _kind(type_name)
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a valid {kind.__name__}")\
-            from None
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a valid "
+                         f"{type_name!s}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, *commands: str) -> None:
@@ -219,11 +274,14 @@ def add_arguments(parser: argparse.ArgumentParser, *commands: str) -> None:
     for f in fields(Settings):
         if not set(commands) & set(f.metadata.get("commands", ())):
             continue
-        kind = {"int": int, "float": float, "str": str}[str(f.type)]
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-            help=f"{f.metadata['doc']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})",
-        )
+        flag, help_text = "--" + f.name.replace("_", "-"), \
+            f"{f.metadata['doc']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})"
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_kind(f.type), default=None,
+                                help=help_text)
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:

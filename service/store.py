@@ -163,19 +163,33 @@ class LiveInteraction:
 
 
 class NameCache:
-    """Item hash -> id. Entries never change (a hash names one id), so no invalidation; bounded
-    FIFO so a huge catalogue cannot grow a process without limit."""
+    """Item hash -> id, for ids Redis returned (a hash names one id, so entries never go
+    stale). Only what Redis said goes in: a request's own ids are any strings a client
+    invents, and caching them let one client fill the cache and stall every request on its
+    eviction. Bounded by two generations: when the young one is full it becomes the old one
+    and the previous old one is dropped whole, O(1); a hit in the old one is promoted."""
 
     def __init__(self, capacity: int = 1_000_000) -> None:
         self.capacity = capacity
-        self._names: dict[int, str] = {}
-        self.get = self._names.get  # bound once: a request looks up twenty names
+        self._young: dict[int, str] = {}
+        self._old: dict[int, str] = {}
+
+    def get(self, key: int) -> str | None:
+        name = self._young.get(key)
+        if name is None:
+            name = self._old.get(key)
+            if name is not None:
+                self.put(key, name)
+        return name
 
     def put(self, key: int, name: str) -> None:
-        if len(self._names) >= self.capacity:
-            for _ in range(self.capacity // 10 or 1):
-                self._names.pop(next(iter(self._names)))
-        self._names[key] = name
+        if len(self._young) >= max(self.capacity // 2, 1):
+            self._old = self._young
+            self._young = {}
+        self._young[key] = name
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
 
 
 class FrequencyCache:
@@ -356,10 +370,24 @@ class Store:
         replayed = 0
         for token, value in entries.items():
             stamp, _, payload = value.partition(b"|")
-            if int(stamp) > cutoff:
+            try:
+                if int(stamp) > cutoff:
+                    continue
+                events = unpack_events(payload)
+            except (ValueError, IndexError) as exc:
+                # never written so by ingest: set aside, or every worker would fail on it
+                log.error("partition %d: journal entry %r is unreadable (%s): dead-lettered",
+                          p, token, exc)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.keys.dead(p), {"id": b"journal:" + token,
+                                                  "reason": f"unreadable journal entry: {exc}",
+                                                  "fields": value},
+                              maxlen=self.settings.dead_letter_cap, approximate=True)
+                    pipe.hdel(journal, token)
+                    await pipe.execute()
                 continue
             groups: dict[int, list[Event]] = {}
-            for ev in unpack_events(payload):
+            for ev in events:
                 groups.setdefault(self._partition(ev), []).append(ev)
             for group in groups.values():
                 await self._append_live(group, token.decode())
@@ -377,8 +405,11 @@ class Store:
         parts: list[tuple[int, bytes, int]] = []
         for journal in journals:
             for token, value in journal.items():
-                groups = Counter(self._partition(ev)
-                                 for ev in unpack_events(value.partition(b"|")[2]))
+                try:
+                    events = unpack_events(value.partition(b"|")[2])
+                except (ValueError, IndexError):
+                    continue  # unreadable: a worker dead-letters it (replay_journal)
+                groups = Counter(self._partition(ev) for ev in events)
                 parts += [(p, token, n) for p, n in groups.items()]
         if not parts:
             return 0
@@ -416,15 +447,18 @@ class Store:
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, session_id: str | None = None) -> Answer:
         hashes = [item_hash(item) for item, _, _ in interactions]
-        for h, (item, _, _) in zip(hashes, interactions, strict=True):
-            self.names.put(int.from_bytes(h, "little"), item)  # the request names them
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                     [r for _, _, r in interactions], self.params)
         exclude_session = (int.from_bytes(session_hash(session_id), "little")
                            if session_id is not None else None)
         seen = None if recommend_seen else query.seen
+        # the request names its own items (recommend_seen may return them): for this answer
+        # only, never into the shared name cache
+        named = {int.from_bytes(h, "little"): item
+                 for h, (item, _, _) in zip(hashes, interactions, strict=True)} \
+            if recommend_seen else None
         return await self._answer(query, k, seen, self.params, exclude_session,
-                                  fill_with_trending=True)
+                                  fill_with_trending=True, named=named)
 
     async def similar(self, item_id: str, k: int) -> Answer:
         h = item_hash(item_id)
@@ -514,7 +548,8 @@ class Store:
             await pipe.execute()
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
-                      exclude_session: int | None, *, fill_with_trending: bool) -> Answer:
+                      exclude_session: int | None, *, fill_with_trending: bool,
+                      named: dict[int, str] | None = None) -> Answer:
         extra = len(query.seen) if seen is not None else 0
         cached = self._cached_candidates(query, params, exclude_session)
         if cached is not None:
@@ -534,7 +569,7 @@ class Store:
         exclude = hidden if seen is None else np.concatenate((seen, hidden))
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude, k)
-        names = await self.item_names(best)
+        names = await self.item_names(best, named)
         relative = _kernel.relative(best_scores)
         found: list[dict[str, Any]] = [{"id": name, "score": sc}
                                        for name, sc in zip(names, relative, strict=True)]
@@ -701,10 +736,15 @@ class Store:
             values, _ = self.frequencies.lookup(items)
         return values, self.frequencies.sessions or 0.0
 
-    async def item_names(self, hashes: scoring.U64) -> list[str]:
+    async def item_names(self, hashes: scoring.U64, named: dict[int, str] | None = None
+                         ) -> list[str]:
+        """The ids behind item hashes: the request's own (``named``), the cache, then Redis."""
         numbers: list[int] = hashes.tolist()
         get = self.names.get
         found = [get(h) for h in numbers]
+        if named:
+            found = [name if name is not None else named.get(h)
+                     for h, name in zip(numbers, found, strict=True)]
         missing = [h for h, name in zip(numbers, found, strict=True) if name is None]
         if not missing:
             return found  # type: ignore[return-value]
@@ -715,7 +755,8 @@ class Store:
         for h, name in zip(missing, await self.commands(commands), strict=True):
             if name is not None:
                 self.names.put(h, name.decode("utf-8", "surrogatepass"))
-        return [get(h) or scoring.to_hash(h).hex() for h in numbers]
+        named = named or {}
+        return [get(h) or named.get(h) or scoring.to_hash(h).hex() for h in numbers]
 
     # --- statistics ---------------------------------------------------------------------------
     async def stats(self) -> dict[str, int]:

@@ -63,6 +63,18 @@ def timestamp(value: Any, field: str) -> float:
     return finite_number(value, field, low=0, high=MAX_TIMESTAMP)
 
 
+def event_timestamp(value: Any, field: str, now: float, skew: float) -> float:
+    """An event's time: never more than ``skew`` seconds ahead of the server's clock. A time in
+    the future would rank an item or a session above every real one for as long as the clock
+    takes to catch up (trending is a decayed sum over event times; an index keeps the newest)."""
+    ts = timestamp(value, field)
+    if ts > now + skew:
+        raise invalid(field, f"{field} is {ts - now:.0f} s ahead of the server's clock; events "
+                             f"may be at most {skew:g} s in the future. Send Unix seconds, or "
+                             "leave timestamp out to use the time of receipt.")
+    return ts
+
+
 def rating(value: Any, field: str) -> float:
     return finite_number(value, field, low=-MAX_RATING, high=MAX_RATING)
 
@@ -198,7 +210,8 @@ def event(value: Any, field: str, settings: Settings, now: float) -> Event:
             raise invalid(prefix + required, f"{prefix}{required} is required.")
     session = identifier(obj["session_id"], prefix + "session_id", settings)
     item = identifier(obj["item_id"], prefix + "item_id", settings, allow_int=True)
-    ts = timestamp(obj["timestamp"], prefix + "timestamp") if "timestamp" in obj else now
+    ts = event_timestamp(obj["timestamp"], prefix + "timestamp", now, settings.max_clock_skew) \
+        if "timestamp" in obj else now
     kind = obj.get("type", "view")
     if kind not in EVENT_TYPES:
         raise invalid(prefix + "type", f"{prefix}type must be one of {', '.join(EVENT_TYPES)}.")

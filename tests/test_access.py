@@ -44,7 +44,20 @@ async def test_keys_gate_public_and_admin_routes(aiohttp_client: Any,
         assert (await client.get(path)).status == 200, path
 
 
-async def test_hide_forget_and_reset(client: Client, settings: Settings) -> None:
+async def test_admin_routes_are_disabled_without_a_secret_key(client: Client) -> None:
+    """No key at all: public routes are open (a trusted network, the demo), admin never."""
+    for method, path in (("POST", "/admin/items/a/hide"), ("DELETE", "/admin/items/a/hide"),
+                         ("DELETE", "/admin/items/a"), ("DELETE", "/admin/sessions/s")):
+        resp = await client.request(method, path)
+        assert resp.status == 403, path
+        error = (await resp.json())["error"]
+        assert error["code"] == "admin_disabled" and "SESSIONREC_SECRET_KEYS" in error["message"]
+    assert (await client.get("/popular")).status == 200
+
+
+async def test_hide_forget_and_reset(aiohttp_client: Any, settings: Settings) -> None:
+    client: Client = await aiohttp_client(create_app(settings.replace(secret_keys=SECRET)),
+                                          headers={"X-API-Key": SECRET})
     events = []
     for s in range(12):
         events += [{"session_id": f"s{s}", "item_id": "espresso", "timestamp": 100 + s},
@@ -93,6 +106,6 @@ async def test_rate_limit_answers_429_with_retry_after(aiohttp_client: Any,
     limited = await client.get("/popular", headers=headers)
     assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
     assert (await limited.json())["error"]["code"] == "rate_limited"
-    # another client has its own bucket; open routes are never limited
-    assert (await client.get("/popular", headers={"X-API-Key": SECRET})).status == 200
+    # the limit is the address's, whatever key it sends; open routes are never limited
+    assert (await client.get("/popular", headers={"X-API-Key": SECRET})).status == 429
     assert (await client.get("/healthz")).status == 200

@@ -108,7 +108,7 @@ async def test_recommend_seen_both_ways(client: Client, settings: Settings) -> N
 
 async def test_fewer_than_k_only_when_nothing_else_is_eligible(client: Client,
                                                                settings: Settings) -> None:
-    pair = [{"session_id": "pair", "item_id": i, "timestamp": 1_800_000_000} for i in "ab"]
+    pair = [{"session_id": "pair", "item_id": i, "timestamp": 1_790_000_000} for i in "ab"]
     await post_all(client, shop_events() + pair)
     await drain(settings)
     body = await (await client.post("/iid_recommend", json={

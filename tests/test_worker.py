@@ -185,25 +185,46 @@ async def test_worker_exits_cleanly_on_signal(settings: Settings, sig: int) -> N
 
 async def test_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
         settings: Settings) -> None:
-    """An entry whose processing crashes the worker process (simulated: it is delivered and
-    never acknowledged, again and again) ends in the dead letters; the rest is applied."""
+    """An entry whose processing crashes the worker process ends in the dead letters; the
+    rest is applied. Simulated: three workers each recorded an attempt at the entry and died
+    before clearing it (and it was delivered to each of them)."""
     s = settings.replace(partitions=1, max_deliveries=3)
     await ingest(s, click_log(20))
     store = Store(s)
     r: Any = store.redis
     stream = store.keys.stream(0)
     consumer = store.keys.consumer(0)
-    # three crashed attempts: the first entry delivered three times, never acknowledged
     first_id = (await r.xrange(stream, count=1))[0][0]
     await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=5)
     for _ in range(2):
         await r.xreadgroup(GROUP, consumer, {stream: "0"}, count=1)
+    await r.hincrby(store.keys.attempts(0), first_id, 3)
     stats = await drain(s)
     assert stats["events_dead"] == 1 and stats["events_processed"] == 19
     dead = await r.xrange(store.keys.dead(0))
-    assert dead[0][1][b"id"] == first_id and b"delivered 3 times" in dead[0][1][b"reason"]
+    assert dead[0][1][b"id"] == first_id and b"attempted 3 times" in dead[0][1][b"reason"]
     assert await r.xpending(stream, GROUP) == {"pending": 0, "min": None, "max": None,
                                                  "consumers": []}
+    assert not await r.exists(store.keys.attempts(0))  # no mark outlives its entry
+    await store.close()
+
+
+async def test_redeliveries_by_handovers_never_dead_letter_a_valid_event(
+        settings: Settings) -> None:
+    """Lease handovers and workers stopped for reasons of their own redeliver every pending
+    entry: ten deliveries of valid entries, with no failed attempt, must still apply them."""
+    s = settings.replace(partitions=1, max_deliveries=3)
+    await ingest(s, click_log(20))
+    store = Store(s)
+    r: Any = store.redis
+    stream = store.keys.stream(0)
+    consumer = store.keys.consumer(0)
+    await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=5)
+    for _ in range(10):
+        await r.xreadgroup(GROUP, consumer, {stream: "0"}, count=5)
+    stats = await drain(s)
+    assert stats["events_dead"] == 0 and stats["events_processed"] == 20
+    assert not await r.exists(store.keys.attempts(0))
     await store.close()
 
 

@@ -38,7 +38,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from service import resp
 from service.entries import BadEntry, decode_flat, fields_of
 from service.keyspace import GROUP, ITEM_SHARDS, Keys, lua, partition_of, session_hash, shard_of
-from service.model import Effects, Event, apply_events, sessions_of, trending
+from service.model import Effects, Event, apply_events, no_later_than, sessions_of, trending
 from service.settings import Settings
 from service.store import MEMORY_URL, UNAVAILABLE, Store, connect, ensure_groups, is_cluster
 
@@ -109,6 +109,8 @@ class Worker:
         """Partitions whose last batch was cut at the in-flight mark: read the backlog next."""
         self.ahead: dict[int, list[Entry]] = {}
         """Per partition: the next batch, read in the same round trip as the last commit."""
+        self.attempting: dict[int, str] = {}
+        """Per partition: the redelivered entry being applied alone (its attempt recorded)."""
         self.trim_script = client.register_script(lua("trim"))
         self.lease_script = client.register_script(lua("lease"))
         self.owned: dict[int, asyncio.Task[None]] = {}
@@ -141,6 +143,13 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    async def regroup(self) -> None:
+        """After Redis lost its data: the consumer groups again (from the start of each new
+        stream, so events accepted since are all delivered), and nothing this process
+        remembers about the old state (which names it wrote)."""
+        self.named = NameSet()
+        await ensure_groups(self.redis, self.keys)
 
     async def _shutdown(self) -> None:
         tasks = list(self.owned.values())
@@ -220,6 +229,8 @@ class Worker:
                 if entries:
                     await asyncio.shield(self.process(p, entries, read_ahead=not backlog))
                     self.excused.pop(p, None)
+                    if (attempted := self.attempting.pop(p, None)) is not None:
+                        await self.redis.hdel(self.keys.attempts(p), attempted)
                 if p in self.cut_short:
                     self.cut_short.discard(p)
                     backlog = True
@@ -237,6 +248,16 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # the stream or its group is gone: Redis came back empty (restarted without
+                # persistence, flushed, failed over to an empty replica)
+                log.warning("partition %d: consumer group missing (%s); Redis lost its data: "
+                            "recreating it", p, exc)
+                await self.regroup()
+                self.ahead.pop(p, None)
+                backlog = True
 
     async def read(self, p: int, backlog: bool) -> list[Entry]:
         """New entries, or on a backlog read the entries left pending. Pending entries that
@@ -292,15 +313,20 @@ class Worker:
             await self.redis.xack(stream, GROUP, entry_id)
             return []
         entry = Entry(messages[0][0].decode(), _flat(fields))
-        # redeliveries this process caused itself, retrying after an outage or a conflict, say
-        # nothing about the entry: only the others count toward max_deliveries
-        delivered -= self.excused.get(p, 0)
-        if delivered >= self.settings.max_deliveries:
-            log.error("partition %d: entry %s delivered %d times without being applied: "
-                      "dead-lettered", p, entry.id, delivered)
+        # Counted are attempts to apply the entry alone, recorded before each one: an attempt
+        # that never cleared its mark crashed its worker. Deliveries are no measure: a lease
+        # handover or a worker killed for any reason redelivers every pending entry. Retries
+        # this process caused itself (after an outage or a conflict) are not counted either.
+        attempts = int(await self.redis.hincrby(self.keys.attempts(p), entry.id, 1))
+        failed = attempts - 1 - self.excused.get(p, 0)
+        if failed >= self.settings.max_deliveries:
+            log.error("partition %d: entry %s failed %d attempts: dead-lettered", p, entry.id,
+                      failed)
             await self._commit_batch(p, [entry], dead_reason=(
-                f"delivered {delivered} times without being applied"))
+                f"attempted {failed} times without being applied"))
+            await self.redis.hdel(self.keys.attempts(p), entry.id)
             return []
+        self.attempting[p] = entry.id
         return [entry]
 
     async def _has_pending(self, p: int) -> bool:
@@ -331,12 +357,21 @@ class Worker:
                             dead_reason: str | None, read_ahead: bool = False) -> None:
         k = self.keys
         decoded: list[Event | str] = []
+        skew = self.settings.max_clock_skew
+        # entries come in stream order: none arrived before the first (a cheap first test)
+        earliest = id_tuple(entries[0].id)[0] / 1000 + skew if entries else 0.0
         for entry in entries:
+            if dead_reason is not None:
+                decoded.append(dead_reason)
+                continue
             try:
-                decoded.append(dead_reason if dead_reason is not None
-                               else decode_flat(entry.flat))
+                read = decode_flat(entry.flat)
             except BadEntry as exc:
                 decoded.append(f"unreadable entry: {exc}")
+                continue
+            if read[2] > earliest:
+                read = no_later_than(read, id_tuple(entry.id)[0] / 1000 + skew)
+            decoded.append(read)
         homes = {ev.session_id: partition_of(session_hash(ev.session_id),
                                              self.settings.partitions)
                  for ev in decoded if isinstance(ev, Event)}
@@ -503,7 +538,7 @@ class Worker:
                            len(entries)]
         args += [e.id for e in entries]
         args.append(first_fresh)
-        args.append(len(dead))
+        args += (len(dead), s.dead_letter_cap)
         for entry, reason in dead:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
                    for key, value in entry.fields.items()}

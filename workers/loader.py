@@ -17,7 +17,7 @@ from functools import partial
 from redis.asyncio.client import Pipeline
 
 from service.keyspace import shard_of
-from service.model import Event, apply_events, trending
+from service.model import Event, apply_events, no_later_than, trending
 from service.settings import Settings
 from service.store import Store
 
@@ -65,7 +65,9 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     if await store.redis.exists(keys.trend()):
         raise NotEmpty(f"namespace {s.namespace!r} already has learned state; load into a new "
                        "namespace (SESSIONREC_NAMESPACE), or pass all files to one load")
-    events = list(events)
+    # as the workers would cap them on arrival (now): no event later than the allowed skew
+    ceiling = time.time() + s.max_clock_skew
+    events = [no_later_than(ev, ceiling) for ev in events]
     fx = apply_events({}, events, s.history_cap)
     indexes = build_indexes(fx.index, s.index_cap)
     trend = trending(fx.trend, s.trend_half_life)
@@ -74,7 +76,7 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     for sess, blob in fx.histories.items():
         commands.append(partial(_set, keys.history(sess), blob, ttl))
     for item, blob in indexes.items():
-        commands.append(partial(_set, keys.index(item), blob, None))
+        commands.append(partial(_set, keys.index(item), blob, ttl))
     for item, name in fx.names.items():
         commands.append(partial(_hsetnx, keys.names(shard_of(item)), item.hex(), name))
     for item, count in fx.doc_freq.items():

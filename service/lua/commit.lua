@@ -7,8 +7,8 @@
 -- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark (the
 -- batch's last entry above the watermark, or ARGV[2] when there is none), ARGV[4] applied
 -- count, ARGV[5] index cap, ARGV[6] history ttl (ms), ARGV[7] n_ack, then the n_ack ids, then the batch's first entry
--- above the watermark ('' = none), then n_dead, then 3 per dead entry (id, reason, raw fields
--- as JSON), then ops (see ops.lua).
+-- above the watermark ('' = none), then n_dead, then the dead-letter stream's cap, then 3 per
+-- dead entry (id, reason, raw fields as JSON), then ops (see ops.lua).
 --[[ops]]
 local current = redis.call('GET', KEYS[2]) or ''
 if current ~= ARGV[2] then
@@ -24,11 +24,14 @@ if not no_gap(KEYS[1], current, ARGV[i]) then
 end
 i = i + 1
 local n_dead = tonumber(ARGV[i])
+local dead_cap = ARGV[i + 1]
 for d = 0, n_dead - 1 do
-  local b = i + d * 3
-  redis.call('XADD', KEYS[4], '*', 'id', ARGV[b + 1], 'reason', ARGV[b + 2], 'fields', ARGV[b + 3])
+  local b = i + 1 + d * 3
+  -- capped: a flood of unreadable entries must not grow Redis without bound
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', dead_cap, '*', 'id', ARGV[b + 1],
+             'reason', ARGV[b + 2], 'fields', ARGV[b + 3])
 end
-i = i + n_dead * 3 + 1
+i = i + n_dead * 3 + 2
 local failed = run_ops(i, tonumber(ARGV[5]), ARGV[6])
 if failed then return failed end
 
