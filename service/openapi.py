@@ -4,6 +4,8 @@ works offline, and the document is the single source of both)."""
 from __future__ import annotations
 
 import html
+import math
+import time
 from typing import Any
 
 from service.model import EVENT_TYPES
@@ -53,8 +55,12 @@ def openapi_document(s: Settings) -> dict[str, Any]:
             "item_id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
                                           "maximum": 2**63 - 1}],
                         "description": "Stored as a string."},
-            "timestamp": {"type": "number", "minimum": 0, "maximum": 1e11,
-                          "description": "Unix seconds; default: time of receipt."},
+            # the bound moves with the clock: this document's maximum is the one in force now
+            "timestamp": {"type": "number", "minimum": 0,
+                          "maximum": math.floor(time.time() + s.max_clock_skew),
+                          "description": "Unix seconds; default: time of receipt. At most "
+                                         f"{s.max_clock_skew:g} s ahead of the server's "
+                                         "clock (400 beyond)."},
             "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
             "rating": {"type": ["number", "null"], "minimum": -1e9, "maximum": 1e9,
                        "description": "Finite; default (or null): implied by type."},
@@ -80,7 +86,14 @@ def openapi_document(s: Settings) -> dict[str, Any]:
             "/events": {"post": {
                 "summary": "Accept one event or a batch (all or nothing)",
                 "description": "Answered 202 only once the events are stored in Redis. A body "
-                               "sent as text/plain (navigator.sendBeacon) is read as JSON.",
+                               "sent as text/plain (navigator.sendBeacon) is read as JSON. "
+                               "With an Idempotency-Key header, a retry of the same request "
+                               "within a day is answered as the first was (header "
+                               "Idempotent-Replayed: true) and not stored again; the same key "
+                               "with another body is 409.",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                           "pattern": "^[!-~]+$"}}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"oneOf": [
                         {"$ref": "#/components/schemas/Event"},
@@ -89,7 +102,7 @@ def openapi_document(s: Settings) -> dict[str, Any]:
                          "properties": {"events": {
                              "type": "array", "minItems": 1, "maxItems": s.max_batch,
                              "items": {"$ref": "#/components/schemas/Event"}}}}]}}}},
-                "responses": {"202": {"description": "Accepted", "content": {
+                "responses": {"409": _error(), "202": {"description": "Accepted", "content": {
                     "application/json": {"schema": {
                         "type": "object", "required": ["accepted"],
                         "properties": {"accepted": {"type": "integer"}}}}}}, **errors}}},

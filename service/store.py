@@ -71,6 +71,10 @@ JOURNAL_GRACE = 10.0
 """Seconds a journalled batch is left to the API process that wrote it before a worker
 replays it."""
 
+JOURNAL_CAP = 10_000
+"""Most batches a partition's journal holds. Entries stay only while appends fail; past this
+the API answers 503 (retry later) instead of growing Redis."""
+
 MEMORY_URL = "memory://"
 """The embedded store (fakeredis, in-process): the demo's zero-install default."""
 
@@ -144,6 +148,24 @@ async def ensure_groups(client: aioredis.Redis, keys: Keys) -> None:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """A request's Idempotency-Key: ``digest`` names its record (the key hashed with the
+    client's API key, so one client cannot block another's), ``record`` is what the first
+    request keeps for its retries (its answer and a digest of its body)."""
+
+    digest: str
+    record: str
+
+
+class Replayed(Exception):
+    """The request's Idempotency-Key was used before: nothing was appended again."""
+
+    def __init__(self, record: str) -> None:
+        super().__init__(record)
+        self.record = record
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +298,7 @@ class Store:
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.ingest_script = self.redis.register_script(lua("ingest"))
         self.append_script = self.redis.register_script(lua("append"))
+        self.journal_script = self.redis.register_script(lua("journal"))
 
     async def close(self) -> None:
         if not self.cluster and self.settings.redis_url != MEMORY_URL:
@@ -301,9 +324,13 @@ class Store:
         await ensure_groups(self.redis, self.keys)
 
     # --- ingestion --------------------------------------------------------------------------
-    async def ingest(self, events: Sequence[Event]) -> list[str]:
+    async def ingest(self, events: Sequence[Event], once: Once | None = None) -> list[str]:
         """Append events to their partition streams and their sessions' live interactions, all
         or nothing for the batch. Returns the stream ids.
+
+        With ``once`` (a client's Idempotency-Key), the first request with that key records
+        ``once.record`` for a day in the same atomic step as its append; a later one appends
+        nothing and raises ``Replayed`` with the first record.
 
         On standalone Redis one script does the whole batch. On a cluster a script reaches one
         slot only: a batch within one partition (what a browser sends) is still one script; a
@@ -313,16 +340,23 @@ class Store:
         fails, the workers replay the entry (``replay_journal``) and the answer is still 202.
         """
         if not self.cluster:
-            return await self._append_live(events, "")
+            return await self._append_live(events, "", once)
         groups: dict[int, list[Event]] = {}
         for ev in events:
             groups.setdefault(self._partition(ev), []).append(ev)
         if len(groups) == 1:
-            return await self._append_live(events, "")
+            return await self._append_live(events, "", once)
         token = uuid.uuid4().hex
-        journal = self.keys.journal(next(iter(groups)))
-        await self.redis.hset(journal, token, b"%d|%s" % (int(time.time() * 1000),
-                                                         pack_events(list(events))))
+        first = next(iter(groups))
+        journalled = await self.journal_script(
+            keys=[self.keys.journal(first), self._once_key(first, once)],
+            args=[token, b"%d|%s" % (int(time.time() * 1000), pack_events(list(events))),
+                  once.record if once else "", JOURNAL_CAP])
+        if journalled == b"full":
+            raise RedisConnectionError("the journal is full: appends keep failing")
+        if journalled:
+            raise Replayed(journalled.decode())
+        journal = self.keys.journal(first)
         replies = await asyncio.gather(*(self._append_live(group, token)
                                          for group in groups.values()), return_exceptions=True)
         failed = [r for r in replies if isinstance(r, BaseException)]
@@ -339,11 +373,17 @@ class Store:
     def _partition(self, ev: Event) -> int:
         return partition_of(session_hash(ev.session_id), self.settings.partitions)
 
-    async def _append_live(self, events: Sequence[Event], token: str) -> list[str]:
+    def _once_key(self, p: int, once: Once | None) -> str:
+        """The idempotency record's key; the token zset (same slot) stands in when none."""
+        return self.keys.idempotency(p, once.digest) if once else self.keys.batch_tokens(p)
+
+    async def _append_live(self, events: Sequence[Event], token: str,
+                           once: Once | None = None) -> list[str]:
         """One ingest script call (one slot on a cluster unless ``events`` share a partition)."""
-        keys: list[str] = [self.keys.batch_tokens(self._partition(events[0]))]
+        p = self._partition(events[0])
+        keys: list[str] = [self.keys.batch_tokens(p), self._once_key(p, once)]
         args: list[Any] = [token, int(time.time() * 1000), self.settings.live_ttl * 1000,
-                           self.settings.live_cap]
+                           self.settings.live_cap, once.record if once else ""]
         for ev in events:
             s = session_hash(ev.session_id)
             p = partition_of(s, self.settings.partitions)
@@ -356,6 +396,8 @@ class Store:
             ids = await resp.run_script(self.lane.execute, self.ingest_script, keys, args)
         else:
             ids = await self.ingest_script(keys=keys, args=args)
+        if ids and ids[0] == b"replay":
+            raise Replayed(ids[1].decode())
         return [i.decode() for i in ids]
 
     async def replay_journal(self, p: int, min_age: float | None = None) -> int:

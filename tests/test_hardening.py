@@ -321,3 +321,30 @@ async def test_group_recreated_from_the_start_of_a_new_stream(standalone_url: st
     await worker.redis.aclose()
     await store.close()
     await r.aclose()
+
+
+# --- retries: Idempotency-Key ---------------------------------------------------------------
+async def test_a_retry_with_the_same_idempotency_key_is_counted_once(
+        client: Client, settings: Settings) -> None:
+    """A client that retries an ambiguous 503 (the events may be in) must not double-count:
+    the retry gets the first answer. A batch spanning partitions takes the journal on a
+    cluster; one within a partition the ingest script: both are covered."""
+    store = client.app[STORE]
+    spanning = {"events": [{"session_id": f"s{n}", "item_id": "a"} for n in range(8)]}
+    single = {"events": [{"session_id": "one", "item_id": i} for i in ("a", "b", "c")]}
+    for n, body in enumerate((spanning, single)):
+        headers = {"Idempotency-Key": f"batch-{n}"}
+        first = await client.post("/events", json=body, headers=headers)
+        retry = await client.post("/events", json=body, headers=headers)
+        assert first.status == retry.status == 202
+        assert await first.json() == await retry.json() == {"accepted": len(body["events"])}
+        assert retry.headers["Idempotent-Replayed"] == "true"
+    assert (await store.stats())["events_accepted"] == 11
+    # the same key with another body is a client's mistake, said so
+    reused = await client.post("/events", json=single, headers={"Idempotency-Key": "batch-0"})
+    assert reused.status == 409
+    assert (await reused.json())["error"]["field"] == "Idempotency-Key"
+    bad = await client.post("/events", json=single, headers={"Idempotency-Key": "a b"})
+    assert bad.status == 400 and (await bad.json())["error"]["field"] == "Idempotency-Key"
+    stats = await drain(settings)
+    assert stats["events_processed"] == 11

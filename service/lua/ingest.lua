@@ -1,12 +1,16 @@
 -- Accept events: XADD each to its partition stream and record it in the session's live
 -- interactions, atomically (all or nothing for the whole call).
--- KEYS[1] the batch-token zset of the first event's partition, then 4 per event: stream, live
--- items zset, live ratings hash, live registry zset
--- ARGV: token ('' = none), now_ms, live_ttl_ms, live_cap, then 7 per event:
+-- KEYS[1] the batch-token zset of the first event's partition, KEYS[2] the request's
+-- idempotency record (same slot; any key of it when there is none), then 4 per event: stream,
+-- live items zset, live ratings hash, live registry zset
+-- ARGV: token ('' = none), now_ms, live_ttl_ms, live_cap, idempotency record to keep for a day
+-- ('' = none), then 7 per event:
 --       session_id, item_id, timestamp, type, rating ('' = none given), default rating,
 --       session hash (hex, the live registry member)
 -- A token makes the call idempotent: a journalled batch replayed after a crash (Redis Cluster,
 -- batches spanning partitions) is applied once. Tokens are remembered for an hour.
+-- An idempotency record makes a client's retry of the same request (an Idempotency-Key header)
+-- a no-op that answers {'replay', first record} for a day.
 --
 -- Per event only what depends on the event's order runs (the XADD, the zset's GT update, the
 -- rating's maximum, the cap); what does not (expiries, the registry) runs once per session and
@@ -16,18 +20,24 @@ local token = ARGV[1]
 local now_ms = tonumber(ARGV[2])
 local ttl_ms = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
+local record = ARGV[5]
+if record ~= '' then
+  local first = redis.call('GET', KEYS[2])
+  if first then return {'replay', first} end
+  redis.call('SET', KEYS[2], record, 'EX', 86400)
+end
 if token ~= '' then
   if redis.call('ZSCORE', KEYS[1], token) then return {} end
   redis.call('ZADD', KEYS[1], now_ms, token)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - 3600000)
 end
-local n = (#ARGV - 4) / 7
+local n = (#ARGV - 5) / 7
 local ids = {}
 local sessions = {}  -- live items key -> {ratings key, registry key, member, size, ratings}
 local order = {}
 for e = 0, n - 1 do
-  local a = 4 + e * 7
-  local k = 1 + e * 4
+  local a = 5 + e * 7
+  local k = 2 + e * 4
   local stream, lv = KEYS[k + 1], KEYS[k + 2]
   local session, item, ts, typ, rating = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if rating == '' then

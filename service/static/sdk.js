@@ -3,7 +3,11 @@
  * Clicks on elements with data-item-id are tracked; an element that also has data-track-view
  * counts as viewed after staying half visible for a second. Interactions live in
  * sessionStorage in the seed's shape: {itemId: {timestamp, rating}}. Events go to /events in
- * batches (sendBeacon, text/plain). No cookies, no dependencies, no build step. */
+ * batches, each with an Idempotency-Key, kept in sessionStorage (at most maxQueued events,
+ * oldest dropped) until the server took them: a 429, a 503 or a lost connection is retried
+ * with backoff, and a retry is never counted twice. Event times follow the server's clock (its
+ * Date header), so a visitor's fast clock cannot get them refused. No cookies, no
+ * dependencies, no build step. */
 (function (global) {
   "use strict";
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
@@ -11,10 +15,12 @@
   var cfg = {
     endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true,
     container: null, template: null, onRender: null,
-    maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true,
+    maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true, maxQueued: 500,
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
   };
-  var queue = [], timer = null, observer = null, viewed = {}, renderTimer = null;
+  // queue: events not yet in a batch; batches: [{key, events, tries, due}] sent in order
+  var queue = [], batches = [], timer = null, observer = null, viewed = {}, renderTimer = null,
+      sending = false, clockOffset = 0;
 
   function storage() { try { return global.sessionStorage; } catch (e) { return null; } }
   function read(key, fallback) {
@@ -26,7 +32,12 @@
     var s = storage(); if (!s || !cfg.consent) return;
     try { s.setItem(key, JSON.stringify(value)); } catch (e) { /* quota: ignore */ }
   }
-  function now() { return Math.floor(Date.now() / 1000); }
+  function now() { return Math.floor((Date.now() + clockOffset) / 1000); }
+  function learnClock(response) {
+    var date = response && response.headers && response.headers.get &&
+               Date.parse(response.headers.get("Date"));
+    if (date) clockOffset = date - Date.now();
+  }
   function randomId() {
     if (global.crypto && global.crypto.randomUUID) return global.crypto.randomUUID();
     return "s-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
@@ -62,29 +73,53 @@
     return h;
   }
 
-  function flush() {
-    if (!queue.length || !cfg.consent) { queue = []; write(QUEUE_KEY, []); return; }
-    var batch = queue.splice(0, cfg.batchSize);
-    write(QUEUE_KEY, queue);
-    var body = JSON.stringify({ events: batch });
-    var url = cfg.endpoint + "/events";
-    // a beacon cannot carry headers: a (publishable) key travels in the query instead
-    var beaconUrl = cfg.key ? url + "?key=" + encodeURIComponent(cfg.key) : url;
-    var sent = false;
-    if (global.navigator && global.navigator.sendBeacon) {
-      try { sent = global.navigator.sendBeacon(beaconUrl, new Blob([body], { type: "text/plain" })); }
-      catch (e) { sent = false; }
-    }
-    if (!sent && global.fetch) {
-      global.fetch(url, { method: "POST", body: body, keepalive: true, headers: headers(true) })
-        .catch(function () { queue = batch.concat(queue); write(QUEUE_KEY, queue); });
-    }
-    if (queue.length) flush();
+  function save() {
+    var total = queue.length;
+    batches.forEach(function (b) { total += b.events.length; });
+    while (total > cfg.maxQueued && batches.length) total -= batches.shift().events.length;
+    if (total > cfg.maxQueued) queue.splice(0, total - cfg.maxQueued);
+    write(QUEUE_KEY, { queue: queue, batches: batches });
   }
 
-  function schedule() {
+  /* Send what is queued, a batch at a time in order. 429 and 503 (and no answer at all) are
+   * retried after Retry-After or a doubling backoff; a batch keeps its key across retries. */
+  function flush() {
+    if (!cfg.consent) { queue = []; batches = []; write(QUEUE_KEY, null); return; }
+    while (queue.length)
+      batches.push({ key: randomId(), events: queue.splice(0, cfg.batchSize), tries: 0, due: 0 });
+    save();
+    if (sending || !batches.length || !global.fetch) return;
+    var batch = batches[0];
+    if (batch.due > Date.now()) { schedule(batch.due - Date.now()); return; }
+    sending = true;
+    var h = headers(true);
+    h["Idempotency-Key"] = batch.key;
+    function retry(seconds) {
+      batch.tries++;
+      if (!(seconds >= 0)) seconds = Math.min(60, Math.pow(2, batch.tries - 1));
+      batch.due = Date.now() + 1000 * seconds;
+      save();
+      schedule(batch.due - Date.now());
+    }
+    global.fetch(cfg.endpoint + "/events", { method: "POST", body: JSON.stringify({ events: batch.events }),
+                                             keepalive: true, headers: h })
+      .then(function (r) {
+        sending = false;
+        learnClock(r);
+        if (r.status === 429 || r.status === 503) {
+          retry(parseInt(r.headers && r.headers.get && r.headers.get("Retry-After"), 10));
+          return;
+        }
+        if (!r.ok && global.console) global.console.warn("sessionrec: events refused (" + r.status + ")");
+        batches.shift(); save();
+        if (batches.length) flush();
+      }, function () { sending = false; retry(NaN); });
+  }
+
+  function schedule(delay) {
     if (timer) return;
-    timer = setTimeout(function () { timer = null; flush(); }, cfg.flushInterval);
+    timer = setTimeout(function () { timer = null; flush(); },
+                       delay == null ? cfg.flushInterval : Math.max(0, delay));
   }
 
   function track(itemId, type) {
@@ -95,7 +130,7 @@
     write(STORE_KEY, addInteraction(interactions(), String(itemId), rating, ts,
                                     cfg.maxInteractions));
     queue.push({ session_id: sessionId(), item_id: String(itemId), type: type, timestamp: ts });
-    write(QUEUE_KEY, queue);
+    save();
     if (queue.length >= cfg.batchSize) flush(); else schedule();
     if (cfg.container) scheduleRender();
   }
@@ -120,6 +155,7 @@
     return global.fetch(cfg.endpoint + "/iid_recommend", {
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
+      learnClock(r);
       return r.json().then(function (data) {
         if (!r.ok) { var e = new Error((data.error && data.error.message) || r.statusText);
                      e.status = r.status; e.error = data.error; throw e; }
@@ -198,8 +234,9 @@
       if (k === "ratings") { for (var t in options.ratings) cfg.ratings[t] = options.ratings[t]; }
       else cfg[k] = options[k];
     }
-    queue = read(QUEUE_KEY, []);
-    if (queue.length) schedule();
+    var kept = read(QUEUE_KEY, null) || {};
+    queue = kept.queue || []; batches = kept.batches || [];
+    if (queue.length || batches.length) schedule();
     global.document.addEventListener("visibilitychange", function () {
       if (global.document.visibilityState === "hidden") flush();
     });
@@ -217,7 +254,7 @@
   function setConsent(granted) {
     cfg.consent = !!granted;
     if (!granted) {
-      queue = [];
+      queue = []; batches = [];
       var s = storage();
       if (s) { s.removeItem(STORE_KEY); s.removeItem(SESSION_KEY); s.removeItem(QUEUE_KEY); }
     }

@@ -90,3 +90,76 @@ test("without consent nothing is stored or sent", async () => {
   assert.deepEqual([...store.keys()], []);
   assert.equal(sent.length, 0);
 });
+
+function answering(statuses) {
+  // fetch answering the given statuses in turn (then 202), recording each call
+  const calls = [];
+  globalThis.fetch = async (url, options) => {
+    calls.push({ url, options });
+    const status = statuses.length ? statuses.shift() : 202;
+    if (status === 0) throw new TypeError("network down");
+    return { ok: status < 300, status, headers: { get: (h) => (h === "Retry-After" ? "0" : null) },
+             json: async () => ({}) };
+  };
+  return calls;
+}
+
+test("a 503, a 429 and a lost connection are retried with the same Idempotency-Key", async () => {
+  fakeBrowser();
+  const calls = answering([0, 503, 429]);
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5 });
+  sdk.track("a", "click");
+  // the lost connection backs off a second; 503 and 429 wait their Retry-After (0 here)
+  for (let i = 0; i < 150 && calls.length < 4; i++) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 50));
+  const events = calls.filter((c) => c.url === "/events");
+  assert.equal(events.length, 4);
+  const keys = new Set(events.map((c) => c.options.headers["Idempotency-Key"]));
+  assert.equal(keys.size, 1);
+  assert.ok([...keys][0]);
+  assert.equal(JSON.parse(sessionStorage.getItem("sessionrec:queue")).batches.length, 0);
+});
+
+test("a refused batch (400) is dropped, not retried forever; the next one gets a new key", async () => {
+  fakeBrowser();
+  const calls = answering([400]);
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5, batchSize: 1 });
+  sdk.track("a");
+  sdk.track("b");
+  await new Promise((r) => setTimeout(r, 60));
+  const keys = calls.map((c) => c.options.headers["Idempotency-Key"]);
+  assert.equal(keys.length, 2);
+  assert.notEqual(keys[0], keys[1]);
+});
+
+test("the buffer is bounded: the oldest events go first", async () => {
+  fakeBrowser();
+  globalThis.fetch = () => new Promise(() => {}); // a request that never ends: all else waits
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 20, batchSize: 5, maxQueued: 12 });
+  for (let i = 0; i < 30; i++) sdk.track("i" + i);
+  const kept = JSON.parse(sessionStorage.getItem("sessionrec:queue"));
+  const ids = kept.queue.concat(...kept.batches.map((b) => b.events)).map((e) => e.item_id);
+  assert.ok(ids.length <= 12);
+  assert.ok(ids.includes("i29") && !ids.includes("i0"));
+});
+
+test("event times follow the server's clock, learned from its Date header", async () => {
+  fakeBrowser();
+  const calls = [];
+  const ahead = Date.now() + 3600 * 1000; // the server is an hour ahead of this browser
+  globalThis.fetch = async (url, options) => {
+    calls.push({ url, options });
+    return { ok: true, status: 200, headers: { get: (h) => (h === "Date" ? new Date(ahead).toUTCString() : null) },
+             json: async () => ({ recommendations: [], message: "m" }) };
+  };
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5 });
+  await sdk.recommend();
+  sdk.track("a");
+  await new Promise((r) => setTimeout(r, 40));
+  const sent = JSON.parse(calls.find((c) => c.url === "/events").options.body).events[0];
+  assert.ok(Math.abs(sent.timestamp - ahead / 1000) < 5, String(sent.timestamp));
+});
