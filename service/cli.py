@@ -7,10 +7,13 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection as mp_connection
+import multiprocessing.process
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -96,17 +99,29 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+REFUSED = 2
+"""Exit code of a serve process that refused its configuration (another partition count, a
+Redis that evicts any key): restarting it would only refuse again."""
+
+
 def _serve_one(settings: Settings, sock: socket.socket | None) -> None:
     from service.app import create_app
 
+    if sock is not None:  # a forked child: not the supervisor's handlers (run_app sets its own)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     install_uvloop()
     app = create_app(settings)
     tune_gc()
-    if sock is None:
-        web.run_app(app, host=settings.host, port=settings.port, print=None,
-                    shutdown_timeout=10, access_log=None)
-    else:
-        web.run_app(app, sock=sock, print=None, shutdown_timeout=10, access_log=None)
+    try:
+        if sock is None:
+            web.run_app(app, host=settings.host, port=settings.port, print=None,
+                        shutdown_timeout=10, access_log=None)
+        else:
+            web.run_app(app, sock=sock, print=None, shutdown_timeout=10, access_log=None)
+    except RuntimeError as exc:  # raised by the start-up checks (Store.prepare)
+        log.error("%s", exc)
+        sys.exit(REFUSED)
 
 
 def _reuse_port_socket(settings: Settings) -> socket.socket:
@@ -122,28 +137,69 @@ def _reuse_port_socket(settings: Settings) -> socket.socket:
 
 def serve(settings: Settings) -> int:
     log.info("sessionrec API on http://%s:%d (%d process(es), redis %s)", settings.host,
-             settings.port, settings.processes, settings.redis_url)
+             settings.port, settings.processes, settings.redis_url_for_logs())
     if settings.processes <= 1:
         _serve_one(settings, None)
         return 0
-    children = []
-    for _ in range(settings.processes):
-        sock = _reuse_port_socket(settings)
+    return Supervisor(settings).run()
+
+
+class Supervisor:
+    """``serve --processes N``: N forked API processes sharing the port (SO_REUSEPORT), each
+    restarted when it dies (a crash, the OOM killer, a stray SIGKILL), with a backoff when
+    one keeps dying at once. A child that refused its configuration stops them all."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: list[multiprocessing.process.BaseProcess] = []
+        self.stopping = False
+        self.restarts = 0
+
+    def start_child(self) -> multiprocessing.process.BaseProcess:
+        sock = _reuse_port_socket(self.settings)
         child = multiprocessing.get_context("fork").Process(
-            target=_serve_one, args=(settings, sock), daemon=False)
+            target=_serve_one, args=(self.settings, sock), daemon=False)
         child.start()
         sock.close()
-        children.append(child)
+        child.started = time.monotonic()  # type: ignore[attr-defined]
+        return child
 
-    def forward(signum: int, _frame: object) -> None:
-        for c in children:
+    def stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        self.stopping = True
+        for c in self.children:
             if c.pid is not None and c.is_alive():
                 c.terminate()
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for c in children:
-        c.join()
-    return max((c.exitcode or 0) for c in children)
+
+    def run(self) -> int:
+        self.children = [self.start_child() for _ in range(self.settings.processes)]
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        backoff = 0.0
+        refused = False
+        while not self.stopping:
+            mp_connection.wait([c.sentinel for c in self.children], timeout=1.0)
+            for n, child in enumerate(self.children):
+                if self.stopping or child.is_alive():
+                    continue
+                if child.exitcode == REFUSED:
+                    refused = True
+                    self.stop()
+                    break
+                lived = time.monotonic() - child.started  # type: ignore[attr-defined]
+                backoff = 0.0 if lived > 10 else min(max(backoff * 2, 0.5), 30.0)
+                log.warning("API process %d exited (code %s) after %.1f s; restarting it%s",
+                            child.pid, child.exitcode, lived,
+                            f" in {backoff:.1f} s" if backoff else "")
+                if backoff:
+                    time.sleep(backoff)
+                if not self.stopping:
+                    self.children[n] = self.start_child()
+                    self.restarts += 1
+        for c in self.children:
+            c.join()
+        if refused:
+            return REFUSED
+        return max((c.exitcode or 0) for c in self.children)
 
 
 def worker(settings: Settings) -> int:
@@ -160,7 +216,7 @@ def worker(settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.stop)
         log.info("worker %s consuming %d partition(s) of %s", w.id, settings.partitions,
-                 settings.redis_url)
+                 settings.redis_url_for_logs())
         try:
             await w.run()
         finally:

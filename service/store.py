@@ -139,6 +139,40 @@ def connect(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
+class UnsafeRedis(RuntimeError):
+    """A Redis configured to lose what exactly-once depends on."""
+
+
+async def check_memory_policy(client: aioredis.Redis) -> None:
+    """Refuse a Redis whose ``maxmemory-policy`` is ``allkeys-*``: under memory pressure it
+    would evict the event streams, consumer groups and watermarks (keys without an expiry),
+    losing accepted events or applying them twice. ``volatile-*`` policies evict only keys
+    with an expiry (sessions, histories, indexes, idempotency records): learned state fades,
+    nothing accepted is lost. A Redis that does not let us ask (CONFIG renamed or denied, as
+    on managed services) is taken as it is, with a warning."""
+    if isinstance(client, RedisCluster):
+        replies = list((await client.execute_command(
+            "CONFIG", "GET", "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)).values())
+    else:
+        try:
+            replies = [await client.execute_command(  # type: ignore[no-untyped-call]
+                "CONFIG", "GET", "maxmemory-policy")]
+        except ResponseError as exc:
+            log.warning("cannot read Redis' maxmemory-policy (%s): make sure it is noeviction "
+                        "or volatile-*", exc)
+            return
+    for reply in replies:
+        if isinstance(reply, list):  # RESP2 without redis-py's pairing
+            reply = dict(zip(reply[::2], reply[1::2], strict=True))
+        policy = reply.get(b"maxmemory-policy", b"") if isinstance(reply, dict) else b""
+        if policy.startswith(b"allkeys-"):
+            raise UnsafeRedis(
+                f"Redis' maxmemory-policy is {policy.decode()}: under memory pressure it would "
+                "evict event streams and watermarks, losing accepted events. Set "
+                "'maxmemory-policy noeviction' or a volatile-* policy (volatile-lru keeps "
+                "accepting events and lets old learned state go first).")
+
+
 async def ensure_groups(client: aioredis.Redis, keys: Keys) -> None:
     """Create the consumer group of every partition stream (from the start; idempotent), so
     events accepted before any worker ever ran are still delivered."""
@@ -311,8 +345,10 @@ class Store:
         return bool(await self.redis.ping())
 
     async def prepare(self) -> None:
-        """Refuse to run against a namespace laid out with another partition count, and make
-        sure every partition stream has its consumer group."""
+        """Refuse to run against a namespace laid out with another partition count or a Redis
+        that evicts any key, and make sure every partition stream has its consumer group."""
+        if self.settings.redis_url != MEMORY_URL:
+            await check_memory_policy(self.redis)
         meta = self.keys.meta()
         await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
         stored = int(await self.redis.hget(meta, "partitions") or 0)

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,3 +168,56 @@ def test_serve_and_worker_processes_collect_garbage_less_often() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["20000", "True"]
+
+
+def test_serve_restarts_a_dead_api_process(standalone_url: str) -> None:
+    """``serve --processes 2``: a child killed (the OOM killer, a crash) comes back, and the
+    port keeps answering; SIGTERM still stops them all."""
+    port = free_port()
+    env = dict(os.environ, SESSIONREC_REDIS_URL=standalone_url, SESSIONREC_PORT=str(port),
+               SESSIONREC_NAMESPACE=f"restart-{os.getpid()}")
+    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                              "serve", "--processes", "2"], env=env, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, serve)
+
+        def children() -> set[int]:
+            path = Path(f"/proc/{serve.pid}/task/{serve.pid}/children")
+            return {int(pid) for pid in path.read_text().split()}
+
+        for _ in range(100):
+            if len(children()) == 2:
+                break
+            time.sleep(0.05)
+        first = children()
+        assert len(first) == 2
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = children()
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.1)
+        assert len(children()) == 2 and victim not in children()
+        for _ in range(20):  # both processes serve: the kernel spreads connections
+            assert call(base, "/healthz")[0] == 200
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=20)
+    assert serve.returncode == 0
+    assert b"restarting it" in err
+
+
+def test_the_redis_password_never_reaches_the_logs(standalone_url: str) -> None:
+    port = int(standalone_url.rsplit(":", 1)[1].split("/")[0])
+    url = f"redis://:hunter2-secret@127.0.0.1:{port}/0"
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker",
+                               "--redis-url", url], stderr=subprocess.PIPE,
+                              env=dict(os.environ, SESSIONREC_NAMESPACE="pw"))
+    time.sleep(2)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=20)
+    assert b"consuming" in err and b"127.0.0.1" in err
+    assert b"hunter2" not in err

@@ -20,6 +20,9 @@ def test_compose_services_run_real_commands() -> None:
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendfsync") + 1] == \
         "everysec"
     assert "healthcheck" in services["redis"]
+    # bounded, and never evicting a key without an expiry (streams, groups, watermarks)
+    assert "--maxmemory" in redis_cmd
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1].startswith("volatile-")
     parser = build_parser()
     seen = set()
     for name in ("api", "worker"):
@@ -69,6 +72,8 @@ def test_cluster_compose_has_six_nodes_two_apis_behind_nginx_and_three_workers()
         command = services[name]["command"]
         assert command[command.index("--cluster-enabled") + 1] == "yes"
         assert "--appendonly" in command
+        assert "--maxmemory" in command
+        assert command[command.index("--maxmemory-policy") + 1].startswith("volatile-")
         addresses.append(services[name]["networks"]["cluster"]["ipv4_address"])
     create = services["cluster-init"]["command"][-1]
     assert all(f"{ip}:6379" in create for ip in addresses) and "--cluster-replicas 1" in create

@@ -40,12 +40,22 @@ from service.entries import BadEntry, decode_flat, fields_of
 from service.keyspace import GROUP, ITEM_SHARDS, Keys, lua, partition_of, session_hash, shard_of
 from service.model import Effects, Event, apply_events, no_later_than, sessions_of, trending
 from service.settings import Settings
-from service.store import MEMORY_URL, UNAVAILABLE, Store, connect, ensure_groups, is_cluster
+from service.store import (
+    MEMORY_URL,
+    UNAVAILABLE,
+    Store,
+    check_memory_policy,
+    connect,
+    ensure_groups,
+    is_cluster,
+)
 
 log = logging.getLogger("sessionrec.worker")
 
 REDIS_DOWN = UNAVAILABLE
 TRIM_EVERY = 5.0
+SWEEP_STEP = 500
+"""Fields of an item shard's names that one sweep step looks at (HSCAN's COUNT)."""
 
 
 class Conflict(Exception):
@@ -99,9 +109,10 @@ class Worker:
         self._shard_keys = ([k.index_prefix(n) for n in range(ITEM_SHARDS)],
                             [k.doc_freq(n) for n in range(ITEM_SHARDS)],
                             [k.names(n) for n in range(ITEM_SHARDS)])
-        self.named = NameSet()
+        self.named = NameSet(max_age=min(600.0, settings.history_ttl / 4))
         """Items whose name this process committed: names never change (first writer wins),
-        so their HSETNX is left out of later batches."""
+        so their HSETNX is left out of later batches. Forgotten well within ``history_ttl``:
+        a name swept with its expired item must be written again when the item comes back."""
         self.excused: dict[int, int] = {}
         """Per partition: redeliveries since the last success that an outage or a conflict
         explains (not a crash the entry might cause)."""
@@ -112,6 +123,8 @@ class Worker:
         self.attempting: dict[int, str] = {}
         """Per partition: the redelivered entry being applied alone (its attempt recorded)."""
         self.trim_script = client.register_script(lua("trim"))
+        self.sweep_script = client.register_script(lua("sweep"))
+        self.sweep_cursors: dict[int, bytes] = {}
         self.lease_script = client.register_script(lua("lease"))
         self.owned: dict[int, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
@@ -123,6 +136,9 @@ class Worker:
         delay = 0.1
         last_trim = 0.0
         grouped = False
+        if self.settings.redis_url != MEMORY_URL:
+            with contextlib.suppress(*REDIS_DOWN):  # checked again by the API's start
+                await check_memory_policy(self.redis)
         while not self.stopping.is_set():
             try:
                 if not grouped:
@@ -148,7 +164,7 @@ class Worker:
         """After Redis lost its data: the consumer groups again (from the start of each new
         stream, so events accepted since are all delivered), and nothing this process
         remembers about the old state (which names it wrote)."""
-        self.named = NameSet()
+        self.named = NameSet(max_age=self.named.max_age)
         await ensure_groups(self.redis, self.keys)
 
     async def _shutdown(self) -> None:
@@ -199,14 +215,33 @@ class Worker:
                      share)
 
     async def trim(self) -> None:
-        """Trim every partition stream; on a cluster, also finish the journalled batches of the
-        partitions this worker holds (see ``Store.ingest``)."""
+        """Trim every partition stream, sweep a step of every item shard (``sweep``); on a
+        cluster, also finish the journalled batches of the partitions this worker holds (see
+        ``Store.ingest``)."""
         for p in range(self.settings.partitions):
             await self.trim_script(keys=[self.keys.stream(p)])
+        await self.sweep()
         if self.cluster:
             for p in list(self.owned):
                 if replayed := await self.store.replay_journal(p):
                     log.warning("partition %d: replayed %d journalled batches", p, replayed)
+
+    async def sweep(self) -> int:
+        """One step over every item shard: items whose neighbour index expired (no event for
+        ``history_ttl``) lose their names, frequencies and trending entries too. Several
+        workers sweeping at once do the same deletes twice, harmlessly. Returns how many
+        items went."""
+        k = self.keys
+        removed = 0
+        for shard in range(ITEM_SHARDS):
+            reply = await self.sweep_script(
+                keys=[k.names(shard), k.doc_freq(shard)],
+                args=[self.sweep_cursors.get(shard, b"0"), SWEEP_STEP, k.index_prefix(shard)])
+            self.sweep_cursors[shard] = reply[0]
+            if len(reply) > 1:
+                await self.redis.zrem(k.trend(), *reply[1:])
+                removed += len(reply) - 1
+        return removed
 
     # --- the work -------------------------------------------------------------------------
     async def _partition_loop(self, p: int) -> None:
@@ -566,18 +601,22 @@ class Call:
 
 
 class NameSet:
-    """A bounded set of item hashes (cleared when full: forgetting only costs a re-send)."""
+    """A bounded set of item hashes, cleared when full or older than ``max_age`` seconds
+    (forgetting only costs a re-send)."""
 
-    def __init__(self, capacity: int = 1 << 20) -> None:
+    def __init__(self, capacity: int = 1 << 20, max_age: float = 600.0) -> None:
         self.capacity = capacity
+        self.max_age = max_age
         self._items: set[bytes] = set()
+        self._since = time.monotonic()
 
     def __contains__(self, item: bytes) -> bool:
         return item in self._items
 
     def update(self, items: Iterable[bytes]) -> None:
-        if len(self._items) > self.capacity:
+        if len(self._items) > self.capacity or time.monotonic() - self._since > self.max_age:
             self._items.clear()
+            self._since = time.monotonic()
         self._items.update(items)
 
 

@@ -2,7 +2,8 @@
 -- Ops, after their code, name keys by their index in KEYS (cap and ttl_ms are per script):
 --   'X' key old_entry new_entry       neighbour index: replace/insert a sorted 16-byte entry,
 --                                      keep the newest cap entries (readers read those; up to
---                                      a slack more may wait, older, for the next trim)
+--                                      a slack more may wait, older, for the next trim); the
+--                                      index expires ttl_ms after its item's latest event
 --   'H' key value                     learned session history, expiring after ttl_ms
 --   'D' key count field n ...         add n to each of count hash fields (document frequency,
 --                                      session count)
@@ -55,7 +56,9 @@ end
 -- with one SETRANGE (same length, or one entry longer). Only a splice reaching further reads
 -- and writes the whole index. The oldest entries are trimmed a slack at a time (cap/4, at least
 -- 16: model.index_limit); readers use the newest cap.
-local function splice_index(key, old, new, cap)
+local refreshed = {}  -- index keys whose expiry this call has pushed back already
+
+local function splice_index(key, old, new, cap, ttl_ms)
   local size
   if old == '' then
     local last = redis.call('GETRANGE', key, LAST, END)
@@ -78,7 +81,14 @@ local function splice_index(key, old, new, cap)
     size = redis.call('SETRANGE', key, string.format('%d', offset), spliced)
   end
   if size > (cap + math.max(16, math.floor(cap / 4))) * ENTRY then
-    redis.call('SET', key, redis.call('GETRANGE', key, string.format('%d', -cap * ENTRY), END))
+    redis.call('SET', key, redis.call('GETRANGE', key, string.format('%d', -cap * ENTRY), END),
+               'PX', ttl_ms)
+    refreshed[key] = true
+  elseif not refreshed[key] then
+    -- an item that sees no event for ttl_ms goes (its names, frequency and trending entry are
+    -- swept after it: sweep.lua), so a flood of invented ids cannot grow Redis for good
+    redis.call('PEXPIRE', key, ttl_ms)
+    refreshed[key] = true
   end
 end
 
@@ -132,7 +142,7 @@ local function run_ops(i, cap, ttl_ms)
   while i <= #ARGV do
     local op = ARGV[i]
     if op == 'X' then
-      splice_index(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], cap)
+      splice_index(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], cap, ttl_ms)
       i = i + 4
     elseif op == 'H' then
       redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], 'PX', ttl_ms)
