@@ -359,7 +359,7 @@ async def test_per_item_state_goes_after_history_ttl_without_events(
     s = settings.replace(history_ttl=1)
     store = client.app[STORE]
     events = [Event(f"s{n}", f"flood-{n % 7}", time.time()) for n in range(40)]
-    await store.ingest(events + [Event("s0", "kept", time.time())])
+    await store.ingest([*events, Event("s0", "kept", time.time())])
     await drain(s)
     r: Any = store.redis
     ttl = await r.pttl(store.keys.index(item_hash("flood-0")))
@@ -383,7 +383,7 @@ async def test_dead_letters_are_capped(settings: Settings) -> None:
     s = settings.replace(partitions=1, dead_letter_cap=10)
     store = Store(s)
     await store.prepare()
-    for n in range(300):
+    for _ in range(300):
         await store.redis.xadd(store.keys.stream(0), {"session": "s", "item": "a",
                                                       "ts": "not a number"})
     stats = await drain(s)
