@@ -333,6 +333,7 @@ class Store:
         self.ingest_script = self.redis.register_script(lua("ingest"))
         self.append_script = self.redis.register_script(lua("append"))
         self.journal_script = self.redis.register_script(lua("journal"))
+        self.scrub_script = self.redis.register_script(lua("scrub"))
 
     async def close(self) -> None:
         if not self.cluster and self.settings.redis_url != MEMORY_URL:
@@ -593,23 +594,21 @@ class Store:
         """Delete an item's learned state: its neighbour index, frequency and trending score,
         and its entries in the histories of the sessions its index lists. Returns how many
         histories were scrubbed. (Histories older than the index reaches expire on their own;
-        hide the item too if it must never come back.)"""
+        hide the item too if it must never come back.) Each partition's histories are scrubbed
+        in one step with its admin epoch bumped, so a worker batch that read them before
+        cannot write the item back."""
         h = item_hash(item_id)
         index_key = self.keys.index(h)
         blob: bytes = await self.redis.get(index_key) or b""  # type: ignore[assignment]
-        sessions = [blob[o + 8:o + 16] for o in range(0, len(blob), 16)]
-        keys = [self.keys.history(s) for s in sessions]
-        histories = await self.mget(keys)
+        by_partition: dict[int, list[str]] = {}
+        for o in range(0, len(blob), 16):
+            session = blob[o + 8:o + 16]
+            by_partition.setdefault(partition_of(session, self.settings.partitions),
+                                    []).append(self.keys.history(session))
         scrubbed = 0
+        for p, keys in by_partition.items():
+            scrubbed += int(await self.scrub_script(keys=[self.keys.epoch(p), *keys], args=[h]))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, history in zip(keys, histories, strict=True):
-                if not history:
-                    continue
-                kept = b"".join(history[o:o + 16] for o in range(0, len(history), 16)
-                                if history[o:o + 8] != h)
-                if kept != history:
-                    pipe.set(key, kept, keepttl=True)
-                    scrubbed += 1
             pipe.delete(index_key)
             pipe.hdel(self.keys.doc_freq(shard_of(h)), h.hex())
             pipe.zrem(self.keys.trend(), item_id)
@@ -617,10 +616,13 @@ class Store:
         return scrubbed
 
     async def reset_session(self, session_id: str) -> None:
-        """Forget a visitor's session: live interactions and learned history."""
+        """Forget a visitor's session: live interactions and learned history (with the
+        partition's admin epoch bumped in the same transaction, so a worker batch that read
+        the history before cannot write it back)."""
         s = session_hash(session_id)
         p = partition_of(s, self.settings.partitions)
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(self.keys.epoch(p))
             pipe.delete(self.keys.live_items(s), self.keys.live_ratings(s), self.keys.history(s))
             pipe.zrem(self.keys.live_registry(p), s.hex())
             await pipe.execute()

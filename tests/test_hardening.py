@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from service.app import STORE, create_app
 from service.jsonutil import dumps
-from service.keyspace import GROUP, item_hash
+from service.keyspace import GROUP, item_hash, session_hash
 from service.model import Event, time_key
 from service.redisproc import RedisProcess, free_port
 from service.settings import Settings
@@ -425,3 +425,46 @@ async def test_a_full_journal_answers_503_rather_than_grow(
         await store.ingest(spanning)
     assert (await store.stats())["events_accepted"] == 0
     await store.close()
+
+
+# --- admin operations against a batch in flight ---------------------------------------------
+@pytest.mark.parametrize("operation", ["reset", "forget"])
+async def test_admin_rewrites_win_over_a_batch_that_read_the_history_before(
+        aiohttp_client: Any, settings: Settings, operation: str) -> None:
+    """The worker reads a batch's histories, then an admin resets the session (or forgets an
+    item) before the batch commits: the commit must not write the old history back."""
+    client: Client = await aiohttp_client(create_app(settings.replace(secret_keys="sk")),
+                                          headers={"X-API-Key": "sk"})
+    store = client.app[STORE]
+    await store.ingest([Event("v", "secret-item", 1.0), Event("v", "old", 2.0),
+                        Event("w", "secret-item", 1.0)])
+    await drain(settings)
+    await store.ingest([Event("v", "new", 3.0)])
+    worker = Worker(settings, worker_id="racer")
+    real_mget = worker.redis.mget
+    raced: list[int] = []
+
+    async def mget_then_admin(*args: Any, **kwargs: Any) -> Any:
+        reply = await real_mget(*args, **kwargs)
+        if not raced:  # the admin operation lands between the batch's read and its commit
+            raced.append(1)
+            path = "/admin/sessions/v" if operation == "reset" else "/admin/items/secret-item"
+            assert (await client.delete(path)).status == 200
+        return reply
+
+    worker.redis.mget = mget_then_admin  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_drained(store)
+    finally:
+        worker.stop()
+        await task
+        await worker.redis.aclose()
+    assert raced
+    history: bytes = await store.redis.get(  # type: ignore[assignment]
+        store.keys.history(session_hash("v"))) or b""
+    items = {history[o:o + 8] for o in range(0, len(history), 16)}
+    assert item_hash("new") in items  # the batch itself is still learned
+    assert item_hash("secret-item") not in items
+    if operation == "reset":
+        assert item_hash("old") not in items

@@ -418,9 +418,10 @@ class Worker:
         sessions = sessions_of([ev for ev in decoded if isinstance(ev, Event)])
         # the watermark and the histories share the partition's slot: one round trip
         reply: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
-            [k.watermark(p), k.inflight(p)] + [k.history(s) for s in sessions])
+            [k.watermark(p), k.inflight(p), k.epoch(p)] + [k.history(s) for s in sessions])
         mark = reply[0].decode() if reply[0] else ""
-        histories = {s: b for s, b in zip(sessions, reply[2:], strict=True) if b}
+        epoch = reply[2].decode() if reply[2] else ""
+        histories = {s: b for s, b in zip(sessions, reply[3:], strict=True) if b}
         if reply[1] is not None:
             # a batch's effects reached some slots and not the partition (cluster): batches end
             # at its end until the watermark gets there; the rest stays pending for later
@@ -448,12 +449,13 @@ class Worker:
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
         commit = self._commit_call(p, entries, dead, effects.applied, mark, new_mark,
-                                   first_fresh)
+                                   first_fresh, epoch)
         elsewhere: dict[Group, Call] | None = {} if self.cluster else None
         self._ops(p, effects, commit, elsewhere, new_mark)
         if elsewhere:
-            if await self.intent_script(keys=[k.stream(p), k.watermark(p), k.inflight(p)],
-                                        args=[mark, new_mark, first_fresh]) == -1:
+            if await self.intent_script(
+                    keys=[k.stream(p), k.watermark(p), k.inflight(p), k.epoch(p)],
+                    args=[mark, new_mark, first_fresh, epoch]) == -1:
                 raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
                                   f"check (watermark {mark!r}, in flight {reply[1]!r})")
             await self._apply_elsewhere(list(elsewhere.values()))
@@ -565,12 +567,13 @@ class Worker:
                 call.args += ("D", call.ref(k.meta()), 1, "sessions", fx.new_sessions)
 
     def _commit_call(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
-                     applied: int, mark: str, new_mark: str, first_fresh: str) -> Call:
+                     applied: int, mark: str, new_mark: str, first_fresh: str, epoch: str
+                     ) -> Call:
         """commit.lua's call for the batch, before its ops."""
         k = self.keys
         s = self.settings
         args: list[Any] = [GROUP, mark, new_mark, applied, s.index_cap, s.history_ttl * 1000,
-                           len(entries)]
+                           epoch, len(entries)]
         args += [e.id for e in entries]
         args.append(first_fresh)
         args += (len(dead), s.dead_letter_cap)
@@ -578,7 +581,8 @@ class Worker:
             raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
                    for key, value in entry.fields.items()}
             args += [entry.id, reason, orjson.dumps(raw)]
-        return Call([k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p)], args)
+        return Call([k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p),
+                     k.epoch(p)], args)
 
 
 class Call:

@@ -3,10 +3,12 @@
 -- On Redis Cluster the effects on other slots went first (intent.lua, apply.lua) and this
 -- commits the partition's own part.
 -- KEYS[1] stream, KEYS[2] watermark, KEYS[3] counters, KEYS[4] dead letters, KEYS[5] in-flight
--- mark, KEYS[6..] keys the ops name by index.
+-- mark, KEYS[6] the partition's admin epoch, KEYS[7..] keys the ops name by index.
 -- ARGV[1] group, ARGV[2] expected watermark ('' = none yet), ARGV[3] new watermark (the
 -- batch's last entry above the watermark, or ARGV[2] when there is none), ARGV[4] applied
--- count, ARGV[5] index cap, ARGV[6] history ttl (ms), ARGV[7] n_ack, then the n_ack ids, then the batch's first entry
+-- count, ARGV[5] index cap, ARGV[6] history ttl (ms), ARGV[7] the admin epoch the batch's
+-- histories were read at ('' = none yet; an admin operation that rewrote them since makes
+-- the batch read them again), ARGV[8] n_ack, then the n_ack ids, then the batch's first entry
 -- above the watermark ('' = none), then n_dead, then the dead-letter stream's cap, then 3 per
 -- dead entry (id, reason, raw fields as JSON), then ops (see ops.lua).
 --[[ops]]
@@ -14,7 +16,10 @@ local current = redis.call('GET', KEYS[2]) or ''
 if current ~= ARGV[2] then
   return -1
 end
-local i = 7
+if (redis.call('GET', KEYS[6]) or '') ~= ARGV[7] then
+  return -1
+end
+local i = 8
 local n_ack = tonumber(ARGV[i])
 local acks = {}
 for a = 1, n_ack do acks[a] = ARGV[i + a] end
