@@ -16,6 +16,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __APPLE__
+#include <sys/random.h>
+#endif
 
 #define ENTRY 16
 
@@ -97,6 +102,40 @@ static int64_t be64(const unsigned char *p) {
         name##_intro(a, n, depth);                                                           \
     }
 
+/* --- slot hashing, salted per process -------------------------------------------------------
+ * Every table here is keyed by item and session hashes, and those are public: BLAKE2b of ids a
+ * client chooses. Unsalted, an attacker could grind ids whose hashes share a home slot and
+ * turn each probe into a walk along one long run. Keys are mixed with a random per-process
+ * salt through a bijective finaliser (murmur3's fmix64), so no id can be chosen to collide. */
+static uint64_t salt;
+
+static inline uint64_t mix(uint64_t key) {
+    key ^= salt;
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ULL;
+    key ^= key >> 33;
+    return key;
+}
+
+static void reseed_salt(void) {
+    uint64_t fresh = 0;
+    if (getentropy(&fresh, sizeof fresh) != 0 || fresh == 0)
+        fresh = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ULL ^ (uint64_t)getpid() ^
+                (uint64_t)(uintptr_t)&fresh;
+    salt = fresh;
+}
+
+PyDoc_STRVAR(reseed_doc,
+"reseed(): a new salt for the tables' slot hashing. Only before any table is filled: a forked\n"
+"process calls it first, so that it does not share its parent's salt.");
+
+static PyObject *reseed(PyObject *self, PyObject *unused) {
+    reseed_salt();
+    Py_RETURN_NONE;
+}
+
 /* --- an open-addressing map u64 -> dense id (ids in first-seen order) ---------------------- */
 typedef struct {
     int32_t *slots;  /* -1: empty, else the dense id */
@@ -126,7 +165,7 @@ static void map_free(Map *m) { free(m->slots); free(m->keys); }
 
 /* The dense id of key, added if new (the caller sized the map for every key it will add). */
 static Py_ssize_t map_id(Map *m, uint64_t key) {
-    Py_ssize_t at = (Py_ssize_t)((key * 0x9E3779B97F4A7C15ULL) >> 20) & m->mask;
+    Py_ssize_t at = (Py_ssize_t)mix(key) & m->mask;
     for (;;) {
         int32_t id = m->slots[at];
         if (id < 0) {
@@ -413,7 +452,7 @@ done:
  * candidates cost one or two probes each; binary search in sorted arrays cost a branch
  * misprediction per step, which was most of a request's scoring time. */
 static Py_ssize_t slot_of(uint64_t key, Py_ssize_t mask) {
-    return (Py_ssize_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+    return (Py_ssize_t)mix(key) & mask;
 }
 
 static int table_args(Py_buffer *keys, Py_buffer *values, Py_ssize_t *mask) {
@@ -1125,6 +1164,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"reseed", reseed, METH_NOARGS, reseed_doc},
     {"pack", pack, METH_VARARGS, pack_doc},
     {"query", query, METH_VARARGS, query_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
@@ -1147,4 +1187,7 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernel(void) {
+    reseed_salt();
+    return PyModule_Create(&module);
+}

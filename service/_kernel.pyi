@@ -7,6 +7,7 @@ from numpy.typing import NDArray
 
 Buffer = bytes | NDArray[Any]
 
+def reseed() -> None: ...
 def query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequence[float],
           query_items: int, position_decay: float) -> tuple[bytes, bytes, bytes]: ...
 def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sessions: int,

@@ -110,6 +110,9 @@ def _serve_one(settings: Settings, sock: socket.socket | None) -> None:
     if sock is not None:  # a forked child: not the supervisor's handlers (run_app sets its own)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        from service import _kernel
+
+        _kernel.reseed()  # a salt of its own for the kernel's tables, not the parent's
     install_uvloop()
     app = create_app(settings)
     tune_gc()
