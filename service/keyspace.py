@@ -171,6 +171,11 @@ class Keys:
     def names(self, shard: int) -> str:
         return self._i(shard) + ":names"
 
+    def catalog(self, shard: int) -> str:
+        """Hash item hash (hex) -> the item's catalogue record: the items the catalogue lists,
+        which are all that ``catalog_only`` mode learns."""
+        return self._i(shard) + ":catalog"
+
     def doc_freq(self, shard: int) -> str:
         return self._i(shard) + ":df"
 

@@ -194,7 +194,8 @@ def openapi_document(s: Settings) -> dict[str, Any]:
                     "message": {"type": "string"}}},
             "Stats": {"type": "object", "properties": {
                 name: {"type": "integer"} for name in (
-                    "events_accepted", "events_processed", "events_dead", "pending", "items",
+                    "events_accepted", "events_processed", "events_dead", "events_unlisted",
+                    "pending", "items",
                     "live_sessions")}},
             "Error": {
                 "type": "object", "required": ["error"],

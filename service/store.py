@@ -854,18 +854,20 @@ class Store:
             for shard in range(ITEM_SHARDS):
                 pipe.hlen(self.keys.names(shard))
             replies = await pipe.execute(raise_on_error=False)
-        accepted = processed = dead = live = 0
+        accepted = processed = dead = live = unlisted = 0
         for p in partitions:
             info, counters, sessions = replies[3 * p: 3 * p + 3]
             if isinstance(info, dict):
                 accepted += int(info.get("entries-added", 0))
             processed += int(counters.get(b"processed", 0))
             dead += int(counters.get(b"dead", 0))
+            unlisted += int(counters.get(b"unlisted", 0))
             live += int(sessions)
         items = sum(int(n) for n in replies[3 * self.settings.partitions:])
         accepted += journalled
         return {"events_accepted": accepted, "events_processed": processed,
-                "events_dead": dead, "pending": max(accepted - processed - dead, 0),
+                "events_dead": dead, "events_unlisted": unlisted,
+                "pending": max(accepted - processed - dead, 0),
                 "items": items, "live_sessions": live}
 
 

@@ -502,3 +502,25 @@ def test_each_process_salts_its_tables_differently() -> None:
     runs = {subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True).stdout for _ in range(3)}
     assert len(runs) == 3
+
+
+# --- allow-list mode ---------------------------------------------------------------------------
+async def test_catalog_only_mode_learns_catalogue_items_only(client: Client,
+                                                             settings: Settings) -> None:
+    """With --catalog-only, a flood of invented ids is accepted and consumed (pending falls
+    to 0, counted as unlisted) without growing the learned state."""
+    s = settings.replace(catalog_only=True)
+    store = client.app[STORE]
+    r: Any = store.redis
+    for item in ("a", "b"):  # what the catalogue will write (PUT /items/{id})
+        h = item_hash(item)
+        await r.hset(store.keys.catalog(int.from_bytes(h, "little") % 64), h.hex(), b"{}")
+    events = [{"session_id": f"s{n}", "item_id": i} for n in range(5)
+              for i in ("a", "b", f"invented-{n}")]
+    assert (await client.post("/events", json={"events": events})).status == 202
+    stats = await drain(s)
+    assert stats["pending"] == 0 and stats["events_unlisted"] == 5
+    assert stats["items"] == 2
+    similar = await (await client.get("/items/a/similar")).json()
+    assert [row["id"] for row in similar["recommendations"]] == ["b"]
+    assert not await r.exists(store.keys.index(item_hash("invented-0")))

@@ -37,7 +37,16 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from service import resp
 from service.entries import BadEntry, decode_flat, fields_of
-from service.keyspace import GROUP, ITEM_SHARDS, Keys, lua, partition_of, session_hash, shard_of
+from service.keyspace import (
+    GROUP,
+    ITEM_SHARDS,
+    Keys,
+    item_hash,
+    lua,
+    partition_of,
+    session_hash,
+    shard_of,
+)
 from service.model import Effects, Event, apply_events, no_later_than, sessions_of, trending
 from service.settings import Settings
 from service.store import (
@@ -445,11 +454,18 @@ class Worker:
                 events.append(ev)
             else:
                 dead.append((entry, ev))
+        unlisted = 0
+        if self.settings.catalog_only and events:
+            listed = await self.listed({ev.item_id for ev in events})
+            kept_events = [ev for ev in events if ev.item_id in listed]
+            unlisted, events = len(events) - len(kept_events), kept_events
         effects = apply_events(histories, events, self.settings.history_cap)
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
-        commit = self._commit_call(p, entries, dead, effects.applied, mark, new_mark,
-                                   first_fresh, epoch)
+        commit = self._commit_call(p, entries, dead, effects.applied + unlisted, mark,
+                                   new_mark, first_fresh, epoch)
+        if unlisted:  # consumed, not learned: counted apart (GET /stats, events_unlisted)
+            commit.args += ("D", commit.ref(k.counters(p)), 1, "unlisted", unlisted)
         elsewhere: dict[Group, Call] | None = {} if self.cluster else None
         self._ops(p, effects, commit, elsewhere, new_mark)
         if elsewhere:
@@ -464,6 +480,19 @@ class Worker:
                               f"no longer {mark!r}, or the batch does not follow it")
         self.named.update(effects.names)
         self.applied += effects.applied
+
+    async def listed(self, items: set[str]) -> set[str]:
+        """The items among ``items`` that have a catalogue record (allow-list mode: a flood of
+        invented ids is consumed without growing the learned state)."""
+        by_shard: dict[int, list[str]] = {}
+        for item in items:
+            by_shard.setdefault(shard_of(item_hash(item)), []).append(item)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, names in by_shard.items():
+                pipe.hmget(self.keys.catalog(shard), [item_hash(n).hex() for n in names])
+            replies = await pipe.execute()
+        return {name for names, found in zip(by_shard.values(), replies, strict=True)
+                for name, record in zip(names, found, strict=True) if record is not None}
 
     async def _commit(self, p: int, keys: list[str], args: list[Any], read_ahead: bool) -> Any:
         """EVALSHA with the arguments packed in one pass (redis-py would encode thousands of

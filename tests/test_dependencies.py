@@ -1,0 +1,41 @@
+"""The package asks for the versions the code needs: an install that satisfies pyproject.toml
+must not be missing an API the code calls, nor carry a parser with known smuggling holes."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parent.parent
+NEEDED = {
+    "hiredis": "3.2",  # hiredis.PushNotification (service/resp.py)
+    "aiohttp": "3.14.3",  # request-smuggling and parser fixes
+    "redis": "5.0.1",  # Redis.from_pool
+}
+
+
+def requirements() -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {r.name: r for r in map(Requirement, project["dependencies"])}
+
+
+def test_every_floor_the_code_needs_is_declared() -> None:
+    declared = requirements()
+    for name, floor in NEEDED.items():
+        assert name in declared, f"{name} is not a declared dependency"
+        spec = declared[name].specifier
+        # nothing below the floor may satisfy the requirement
+        below = Version(floor).release
+        just_below = Version(".".join(map(str, (*below[:-1], below[-1] - 1)))) \
+            if below[-1] > 0 else Version(f"{below[0] - 1}.99")
+        assert not spec.contains(just_below, prereleases=True), (name, str(spec))
+        assert spec.contains(floor), (name, str(spec))
+
+
+def test_the_installed_versions_meet_them() -> None:
+    for name, floor in NEEDED.items():
+        assert Version(version(name)) >= Version(floor), name
