@@ -2,8 +2,8 @@
 
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append docs/BENCHMARKS.md
-    python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory \
-        --data DIR
+    python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
+        |flood|silent --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -618,6 +618,154 @@ def bench_load(settings: Settings, data: Path) -> dict[str, Any]:
 MACHINE = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+SEED = json.dumps({"user_interactions": {
+    "89898": {"timestamp": 1704060026, "rating": 4.5},
+    "22898": {"timestamp": 1704060026, "rating": 4.5},
+    "21255": {"timestamp": 1704060026, "rating": 4.5}}, "k": 10, "recommend_seen": True}).encode()
+
+
+async def _probe(url: str, every: float, until: asyncio.Event) -> list[float]:
+    """The seed example every ``every`` seconds until ``until``; latencies (a timeout of 10 s
+    counts as 10 s)."""
+    latencies: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while not until.is_set():
+            started = time.perf_counter()
+            try:
+                async with session.post(url + "/iid_recommend", data=SEED,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"probe answered {resp.status}")
+            except TimeoutError:
+                pass
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(max(0.0, every - (time.perf_counter() - started)))
+    return latencies
+
+
+async def _flood(url: str, clients: int, requests: int, ids: int) -> dict[str, float]:
+    """``clients`` connections sending ``requests`` /iid_recommend bodies in all, each naming
+    ``ids`` item ids never seen before."""
+    sent = 0
+    started = time.perf_counter()
+    prefix = f"flood-{os.getpid()}-{time.time_ns()}"
+    async with aiohttp.ClientSession() as session:
+        async def client(c: int) -> None:
+            nonlocal sent
+            while sent < requests:
+                n = sent
+                sent += 1
+                body = json.dumps({"user_interactions": {
+                    f"{prefix}-{n}-{i}": {} for i in range(ids)}, "k": 10}).encode()
+                async with session.post(url + "/iid_recommend", data=body,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"flood answered {resp.status}")
+        await asyncio.gather(*(client(c) for c in range(clients)))
+    return {"requests": sent, "seconds": time.perf_counter() - started}
+
+
+def _flood_child(url: str, clients: int, requests: int, ids: int) -> None:
+    import uvloop
+
+    print(json.dumps(uvloop.run(_flood(url, clients, requests, ids))))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) * 1000
+
+
+def bench_flood(settings: Settings, data: Path, requests: int = 6000, clients: int = 4,
+                ids: int = 200) -> dict[str, Any]:
+    """A steady probe (the seed example every 25 ms) while other clients flood
+    /iid_recommend with requests naming 200 ids never seen before: more distinct ids than
+    the one-million-entry name cache holds. The probe alone first, as the same-run
+    reference."""
+    with sessionrec_server(settings) as api:
+        async def quiet() -> list[float]:
+            done = asyncio.Event()
+            probe = asyncio.create_task(_probe(api, 0.025, done))
+            await asyncio.sleep(10)
+            done.set()
+            return await probe
+
+        alone = asyncio.run(quiet())
+
+        async def flooded() -> tuple[list[float], dict[str, float]]:
+            done = asyncio.Event()
+            probe = asyncio.create_task(_probe(api, 0.025, done))
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "_flood", api, str(clients), str(requests), str(ids),
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await child.communicate()
+            done.set()
+            if child.returncode != 0:
+                raise RuntimeError("the flood failed")
+            return await probe, json.loads(out)
+
+        during, flood = asyncio.run(flooded())
+    return {"flood: requests": int(flood["requests"]),
+            "flood: distinct new ids": int(flood["requests"]) * ids,
+            "flood: req/s": flood["requests"] / flood["seconds"],
+            "probe alone: p50 ms": _percentile(alone, 50),
+            "probe alone: p99 ms": _percentile(alone, 99),
+            "probe during the flood: requests": len(during),
+            "probe during the flood: p50 ms": _percentile(during, 50),
+            "probe during the flood: p99 ms": _percentile(during, 99),
+            "probe during the flood: max ms": max(during) * 1000}
+
+
+def bench_silent(settings: Settings, rounds: int, concurrent: int = 200) -> dict[str, Any]:
+    """``concurrent`` /iid_recommend requests at once against a Redis that accepts
+    connections and never answers, read cache on (its link must connect and handshake):
+    every answer must be a 503 within a second."""
+    async def run() -> tuple[list[int], list[float]]:
+        held: list[asyncio.StreamWriter] = []
+
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        silent = settings.replace(redis_url=f"redis://127.0.0.1:{port}/0")
+        statuses: list[int] = []
+        seconds: list[float] = []
+        try:
+            with sessionrec_server(silent) as api:
+                connector = aiohttp.TCPConnector(limit=0)
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    # connections first: a burst of new ones overflows the listen backlog,
+                    # and a dropped SYN is retried after a second whatever the server does
+                    await asyncio.gather(*(session.get(api + "/healthz")
+                                           for _ in range(concurrent)))
+
+                    async def one() -> None:
+                        started = time.perf_counter()
+                        async with session.post(api + "/iid_recommend", data=SEED, headers={
+                                "Content-Type": "application/json"}) as resp:
+                            await resp.read()
+                            statuses.append(resp.status)
+                        seconds.append(time.perf_counter() - started)
+
+                    for _ in range(rounds):
+                        await asyncio.gather(*(one() for _ in range(concurrent)))
+                        await asyncio.sleep(0.5)
+        finally:
+            for writer in held:
+                writer.close()
+            server.close()
+        return statuses, seconds
+
+    statuses, seconds = asyncio.run(run())
+    return {"requests": len(statuses), "answered 503": statuses.count(503),
+            "p50 ms": _percentile(seconds, 50), "p99 ms": _percentile(seconds, 99),
+            "max ms": max(seconds) * 1000, "rounds": rounds,
+            "concurrent per round": concurrent}
+
+
 def table(title: str, figures: dict[str, Any]) -> str:
     rows = [f"| {k} | {v:,.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in figures.items()]
@@ -628,13 +776,17 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_open_loop":
         _open_loop_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_flood":
+        _flood_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_feed":
         _feed_child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
         return
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
-                                         "ingest", "freshness", "scaling", "memory", "all"))
+                                         "ingest", "freshness", "scaling", "memory", "flood",
+                                         "silent", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -642,7 +794,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
-    chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness") \
+    chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
+              "flood", "silent") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -651,7 +804,7 @@ def main() -> None:
                     f"Command: `{command}`\n")
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
-        if set(chosen) & {"api", "live", "latency", "session20", "scaling"}:
+        if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -684,6 +837,13 @@ def main() -> None:
             elif what == "memory":
                 figures = bench_memory(settings, args.data)
                 title = "Redis memory, DIGINETICA training log loaded, default model"
+            elif what == "flood":
+                figures = bench_flood(settings, args.data)
+                title = ("POST /iid_recommend: a probe every 25 ms while 4 clients send 200 "
+                         "never-seen ids per request")
+            elif what == "silent":
+                figures = bench_silent(settings, args.rounds)
+                title = "200 concurrent POST /iid_recommend against a silent Redis"
             elif what == "worker":
                 figures = bench_worker(settings, args.data, args.rounds)
                 title = "one worker applying the DIGINETICA training log"

@@ -89,3 +89,17 @@ def test_cluster_compose_has_six_nodes_two_apis_behind_nginx_and_three_workers()
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
     assert "server api-1:8000" in conf and "server api-2:8000" in conf
     assert any("deploy/nginx.conf" in volume for volume in services["nginx"]["volumes"])
+
+
+def test_the_api_believes_x_forwarded_for_from_nginx_only() -> None:
+    """Rate limits are per client address: behind nginx the API must trust nginx's header,
+    and nginx must not pass on what a client wrote in it."""
+    compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    services = compose["services"]
+    nginx = services["nginx"]["networks"]["cluster"]["ipv4_address"]
+    for name in ("api-1", "api-2"):
+        env = services[name]["environment"]
+        assert env["SESSIONREC_TRUSTED_PROXIES"] == nginx
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf
+    assert "$proxy_add_x_forwarded_for" not in conf

@@ -50,9 +50,3 @@ def test_dev_setup_installs_every_program_the_suite_needs(tmp_path: Path) -> Non
                            timeout=60)
     assert again.returncode == 0 and len(log.read_text().splitlines()) == 2  # nothing more
 
-
-def test_ci_runs_the_readmes_test_command() -> None:
-    ci = (ROOT / ".ci" / "run").read_text()
-    readme = (ROOT / "README.md").read_text()
-    assert "./dev test" in readme.split("## Quick start", 1)[1].split("##", 1)[0]
-    assert "./dev test" in ci and "apt-get" not in ci
