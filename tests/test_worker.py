@@ -183,21 +183,27 @@ async def test_worker_exits_cleanly_on_signal(settings: Settings, sig: int) -> N
     assert proc.wait(15) == 0
 
 
+async def redelivered(s: Settings, deliveries: int, count: int = 5) -> tuple[Store, Any, str]:
+    """20 events in partition 0, whose first five were delivered (the first ``count`` of them
+    ``deliveries`` times) and never acknowledged: what crashed or replaced workers leave."""
+    await ingest(s, click_log(20))
+    store = Store(s)
+    r: Any = store.redis
+    stream, consumer = store.keys.stream(0), store.keys.consumer(0)
+    await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=5)
+    for _ in range(deliveries - 1):
+        await r.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+    return store, r, stream
+
+
 async def test_entry_that_keeps_failing_is_dead_lettered_after_max_deliveries(
         settings: Settings) -> None:
     """An entry whose processing crashes the worker process ends in the dead letters; the
     rest is applied. Simulated: three workers each recorded an attempt at the entry and died
     before clearing it (and it was delivered to each of them)."""
     s = settings.replace(partitions=1, max_deliveries=3)
-    await ingest(s, click_log(20))
-    store = Store(s)
-    r: Any = store.redis
-    stream = store.keys.stream(0)
-    consumer = store.keys.consumer(0)
+    store, r, stream = await redelivered(s, 3, count=1)
     first_id = (await r.xrange(stream, count=1))[0][0]
-    await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=5)
-    for _ in range(2):
-        await r.xreadgroup(GROUP, consumer, {stream: "0"}, count=1)
     await r.hincrby(store.keys.attempts(0), first_id, 3)
     stats = await drain(s)
     assert stats["events_dead"] == 1 and stats["events_processed"] == 19
@@ -214,14 +220,7 @@ async def test_redeliveries_by_handovers_never_dead_letter_a_valid_event(
     """Lease handovers and workers stopped for reasons of their own redeliver every pending
     entry: ten deliveries of valid entries, with no failed attempt, must still apply them."""
     s = settings.replace(partitions=1, max_deliveries=3)
-    await ingest(s, click_log(20))
-    store = Store(s)
-    r: Any = store.redis
-    stream = store.keys.stream(0)
-    consumer = store.keys.consumer(0)
-    await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=5)
-    for _ in range(10):
-        await r.xreadgroup(GROUP, consumer, {stream: "0"}, count=5)
+    store, r, _ = await redelivered(s, 11)
     stats = await drain(s)
     assert stats["events_dead"] == 0 and stats["events_processed"] == 20
     assert not await r.exists(store.keys.attempts(0))
