@@ -173,7 +173,7 @@ class Worker:
         """After Redis lost its data: the consumer groups again (from the start of each new
         stream, so events accepted since are all delivered), and nothing this process
         remembers about the old state (which names it wrote)."""
-        self.named = NameSet(max_age=self.named.max_age)
+        self.named.clear()
         await ensure_groups(self.redis, self.keys)
 
     async def _shutdown(self) -> None:
@@ -484,15 +484,16 @@ class Worker:
     async def listed(self, items: set[str]) -> set[str]:
         """The items among ``items`` that have a catalogue record (allow-list mode: a flood of
         invented ids is consumed without growing the learned state)."""
-        by_shard: dict[int, list[str]] = {}
+        by_shard: dict[int, list[tuple[str, str]]] = {}
         for item in items:
-            by_shard.setdefault(shard_of(item_hash(item)), []).append(item)
+            shard, hexed = _shard_hex(item_hash(item))
+            by_shard.setdefault(shard, []).append((item, hexed))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, names in by_shard.items():
-                pipe.hmget(self.keys.catalog(shard), [item_hash(n).hex() for n in names])
+            for shard, named in by_shard.items():
+                pipe.hmget(self.keys.catalog(shard), [hexed for _, hexed in named])
             replies = await pipe.execute()
-        return {name for names, found in zip(by_shard.values(), replies, strict=True)
-                for name, record in zip(names, found, strict=True) if record is not None}
+        return {item for named, found in zip(by_shard.values(), replies, strict=True)
+                for (item, _), record in zip(named, found, strict=True) if record is not None}
 
     async def _commit(self, p: int, keys: list[str], args: list[Any], read_ahead: bool) -> Any:
         """EVALSHA with the arguments packed in one pass (redis-py would encode thousands of
@@ -646,10 +647,13 @@ class NameSet:
     def __contains__(self, item: bytes) -> bool:
         return item in self._items
 
+    def clear(self) -> None:
+        self._items.clear()
+        self._since = time.monotonic()
+
     def update(self, items: Iterable[bytes]) -> None:
         if len(self._items) > self.capacity or time.monotonic() - self._since > self.max_age:
-            self._items.clear()
-            self._since = time.monotonic()
+            self.clear()
         self._items.update(items)
 
 
