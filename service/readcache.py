@@ -200,13 +200,16 @@ class ReadCache:
 
     def _evict(self, target: int) -> None:
         """Drop entries from random places, the fuller table first, until ``size`` <=
-        ``target`` (Redis keeps tracking them: one stray invalidation later, ignored)."""
+        ``target`` and no further: a batch that overshot would empty a small cache of the
+        entries just read (Redis keeps tracking them: one stray invalidation later, ignored)."""
         while self.size > target:
             table = max(self.histories, self.indexes, key=lambda t: t.count)
             if not table.count:
                 break
             for h in table.some(64):
                 self._drop(table, h)
+                if self.size <= target:
+                    break
 
     def _drop(self, table: Table, h: int) -> None:
         blob = table.pop(h)

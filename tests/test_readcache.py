@@ -272,7 +272,8 @@ async def test_the_capacity_bounds_the_bytes_held() -> None:
         held = [v for v in cache.histories.slots if v is not None]
         assert len(held) == cache.histories.count
         assert cache.size == sum(len(v) + readcache.ENTRY_OVERHEAD for v in held)
-    assert 20 <= cache.histories.count <= 40
+        if chunk >= 40:  # past the capacity: eviction stops at 90% of it, never empties it
+            assert 36 <= cache.histories.count <= 40
 
 
 async def test_a_silent_connection_is_pinged_before_the_cache_is_trusted() -> None:
