@@ -1,4 +1,4 @@
-# Build stage: the scoring kernel (service/_kernel.c) needs a C compiler; the image does not.
+# Build stage: the scoring kernel (service/kernel/native/*.c) needs a C compiler; the image does not.
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -1,7 +1,13 @@
-"""The compiled scoring kernel (service/_kernel.c); everything else is in pyproject.toml."""
+"""The compiled kernel (service/kernel/native/*.c); everything else is in pyproject.toml.
+
+The extension is optional: without a C compiler the build warns and the package installs with
+the pure reference (service/kernel/reference.py), slower but the same answers."""
+
+from glob import glob
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("service._kernel", ["service/_kernel.c"],
+setup(ext_modules=[Extension("service.kernel._native", sorted(glob("service/kernel/native/*.c")),
+                             depends=["service/kernel/native/kernel.h"], optional=True,
                              extra_compile_args=["-O2", "-Wall", "-Wextra",
                                                  "-Wno-unused-parameter"])])

@@ -47,14 +47,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import clicklog  # noqa: E402
-from service.cli import tune_gc  # noqa: E402
-from service.evaluate import align_times, static_cases  # noqa: E402
-from service.redisproc import RedisProcess, free_port  # noqa: E402
+from service.core.layout import ENTRY_BYTES  # noqa: E402
+from service.offline import clicklog  # noqa: E402
+from service.offline.evaluate import align_times, static_cases  # noqa: E402
+from service.offline.loader import bulk_store, load  # noqa: E402
+from service.offline.redisproc import RedisProcess, free_port  # noqa: E402
+from service.runtime import tune_gc  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.store import Store  # noqa: E402
+from service.store.state import Store  # noqa: E402
 from workers.consumer import Worker  # noqa: E402
-from workers.loader import bulk_store, load  # noqa: E402
 
 BARE = ROOT / "scripts" / "bare_server.py"
 
@@ -501,7 +502,7 @@ def bench_scaling(settings: Settings, data: Path, seconds: int, rounds: int
                   ) -> list[tuple[str, dict[str, Any]]]:
     """The worker pool (1, 2, 3 processes) and the API (1, 2 processes) on a local 3-master
     Redis Cluster, with standalone Redis in the same run as the reference."""
-    from service.redisproc import RedisClusterProcess
+    from service.offline.redisproc import RedisClusterProcess
 
     out = []
     with RedisClusterProcess(masters=3) as cluster_url:
@@ -568,7 +569,7 @@ async def _memory(settings: Settings, data: Path, live_sessions: int) -> dict[st
     after_load = await used()
     index_bytes, index_len = await total_usage(await keys_of("x"))
     history_bytes, history_len = await total_usage(await keys_of("h"))
-    entries = index_len // 16
+    entries = index_len // ENTRY_BYTES
     histories = len(await keys_of("h"))
 
     # live sessions: the test log's sessions, as the API records them (ingest script)
@@ -594,7 +595,7 @@ async def _memory(settings: Settings, data: Path, live_sessions: int) -> dict[st
         "payload bytes per neighbour entry": 16,
         "learned histories": histories,
         "bytes per learned history": history_bytes / histories,
-        "bytes per history event": history_bytes / (history_len // 16),
+        "bytes per history event": history_bytes / (history_len // ENTRY_BYTES),
         "used_memory after load (MiB)": (after_load - before) / 2**20,
         "live sessions": live,
         "events in them": len(events),

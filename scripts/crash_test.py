@@ -25,12 +25,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import clicklog  # noqa: E402
-from service.model import Event  # noqa: E402
-from service.redisproc import RedisProcess  # noqa: E402
+from service.core.model import Event  # noqa: E402
+from service.offline import clicklog  # noqa: E402
+from service.offline.redisproc import RedisProcess  # noqa: E402
+from service.offline.statecheck import differences, learned_state  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.statecheck import differences, learned_state  # noqa: E402
-from service.store import Store  # noqa: E402
+from service.store.state import Store  # noqa: E402
 from workers.consumer import Worker  # noqa: E402
 
 
@@ -80,7 +80,7 @@ async def clean_pass(settings: Settings, events: list[Event]) -> None:
 
 async def diagnose(store: Store) -> None:
     """Why a partition is not draining: its group, pending entries, watermark and lease."""
-    from service.keyspace import GROUP
+    from service.store.keyspace import GROUP
 
     r: Any = store.redis
     print("workers:", await r.zrange(store.keys.workers(), 0, -1, withscores=True))

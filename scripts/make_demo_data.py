@@ -2,7 +2,7 @@
 
     python scripts/make_demo_data.py
 
-Writes service/data/catalogue.json and service/data/clicks.csv. The log has structure a
+Writes service/demo/catalogue.json and service/demo/clicks.csv. The log has structure a
 recommender should find: shoppers stay mostly within a category, and some products are
 usually viewed together (a grinder after an espresso machine, a tent after a sleeping bag).
 """
@@ -36,7 +36,7 @@ PAIRS = [("Espresso machine", "Burr grinder"), ("Sleeping bag", "Two-person tent
 
 def main() -> None:
     rng = random.Random(20261126)
-    out = Path(__file__).resolve().parent.parent / "service" / "data"
+    out = Path(__file__).resolve().parent.parent / "service" / "demo"
     catalogue = []
     by_name = {}
     number = 1000

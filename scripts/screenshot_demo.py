@@ -13,11 +13,11 @@ import sys
 from aiohttp import web
 from playwright.async_api import async_playwright
 
-from service.app import create_app
+from service.api.app import create_app
 from service.demo import load_sample
-from service.redisproc import free_port
+from service.offline.redisproc import free_port
 from service.settings import Settings
-from service.store import Store
+from service.store.state import Store
 from workers.consumer import Worker
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

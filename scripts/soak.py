@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.redisproc import RedisProcess, free_port  # noqa: E402
+from service.offline.redisproc import RedisProcess, free_port  # noqa: E402
 
 
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

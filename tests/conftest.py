@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service.app import create_app
-from service.redisproc import RedisClusterProcess, RedisProcess
+from service.api.app import create_app
+from service.offline.redisproc import RedisClusterProcess, RedisProcess
 from service.settings import Settings
 
 Client = TestClient[web.Request, web.Application]

@@ -6,10 +6,10 @@ import asyncio
 import time
 from typing import Any
 
-from service.model import Event
+from service.core.model import Event
+from service.offline.statecheck import differences, learned_state
 from service.settings import Settings
-from service.statecheck import differences, learned_state
-from service.store import Store
+from service.store.state import Store
 from workers.consumer import Worker
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.app import STORE, create_app
+from service.api.app import create_app
+from service.api.context import STORE
 from service.settings import Settings
 from tests.conftest import Client
 from tests.helpers import drain

@@ -177,7 +177,7 @@ async def test_errors_have_the_json_shape(client: Client, method: str, path: str
 
 
 async def test_body_over_the_limit_is_413(aiohttp_client: Any, settings: Settings) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
 
     small: Client = await aiohttp_client(create_app(settings.replace(max_body_bytes=1000)))
     resp = await small.post("/events", data=b'{"events": [' + b" " * 2000 + b"]}")
@@ -230,7 +230,7 @@ async def test_odd_ids_round_trip_byte_identical(client: Client, settings: Setti
             "user_interactions": {odd: {}}, "k": 5})).json()
         assert check_answer(live, 5)[0] == "anchor"
     # the namespace holds only keys it laid out: no id leaked into a key name
-    from service.store import Store
+    from service.store.state import Store
     store = Store(settings)
     try:
         keys = [k.decode() async for k in store.redis.scan_iter(match=f"{settings.namespace}:*")]
@@ -241,7 +241,7 @@ async def test_odd_ids_round_trip_byte_identical(client: Client, settings: Setti
 
 
 async def test_cors_allow_list_and_preflight(aiohttp_client: Any, settings: Settings) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
 
     client: Client = await aiohttp_client(create_app(
         settings.replace(cors_origins="https://shop.example, https://m.shop.example/")))

@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
-from service.app import create_app
+from service.api.app import create_app
 from service.demo import sample_events
-from service.redisproc import free_port
+from service.offline.redisproc import free_port
 from service.settings import Settings
-from service.store import Store
+from service.store.state import Store
 from tests.helpers import wait_drained
 from workers.consumer import Worker
 

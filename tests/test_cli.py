@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from service.cli import build_parser
-from service.redisproc import free_port
+from service.offline.redisproc import free_port
 from service.settings import Settings, from_args
 
 
@@ -116,10 +116,10 @@ def pause_redis(url: str, ms: int) -> None:
     """CLIENT PAUSE every node of ``url`` (each master of a cluster URL)."""
     import redis
 
-    from service.store import cluster_seeds, is_cluster
+    from service.store.backends import Cluster, backend_class, cluster_seeds
 
     nodes = [redis.Redis(host=n.host, port=int(n.port)) for n in cluster_seeds(url)] \
-        if is_cluster(url) else [redis.Redis.from_url(url)]
+        if backend_class(url) is Cluster else [redis.Redis.from_url(url)]
     for node in nodes:
         node.execute_command("CLIENT", "PAUSE", ms, "ALL")  # type: ignore[no-untyped-call]
         node.close()
@@ -163,7 +163,7 @@ def test_serve_finishes_in_flight_requests_on_sigterm(settings: Settings) -> Non
 
 
 def test_serve_and_worker_processes_collect_garbage_less_often() -> None:
-    code = ("import gc; from service.cli import tune_gc; tune_gc(); "
+    code = ("import gc; from service.runtime import tune_gc; tune_gc(); "
             "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from service import store as store_module
-from service.keyspace import GROUP
-from service.model import Event
+from service.api.recommend import Recommender
+from service.core.model import Event
 from service.settings import Settings
-from service.store import Store
+from service.store import state as store_module
+from service.store.keyspace import GROUP
+from service.store.state import Store
 from tests.helpers import assert_same_state, clean_reference, drain, ingest, snapshot, wait_drained
 from tests.test_worker import click_log, spawn_worker
 from workers import consumer
@@ -61,15 +62,16 @@ async def test_cluster_state_and_answers_equal_standalone(standalone_url: str,
         await ingest(s, events, batch=300)  # batches span partitions: journalled on the cluster
         await drain(s, workers=2)
     a, b = Store(single), Store(cluster)
+    ra, rb = Recommender(a, single), Recommender(b, cluster)
     try:
         assert_same_state(await snapshot(b.redis, ns), await snapshot(a.redis, ns))
         for items in (["i1"], ["i2", "i7"], ["i3", "i5", "i11"], ["nope"]):
             query = [(item, 1_700_000_000.0 + n, 1.0) for n, item in enumerate(items)]
-            want = await a.recommend(query, 10, False)
+            want = await ra.recommend(query, 10, False)
             assert want.recommendations
-            assert await b.recommend(query, 10, False) == want
-        assert await b.similar("i4", 5) == await a.similar("i4", 5)
-        assert await b.popular(5) == await a.popular(5)
+            assert await rb.recommend(query, 10, False) == want
+        assert await rb.similar("i4", 5) == await ra.similar("i4", 5)
+        assert await rb.popular(5) == await ra.popular(5)
         assert (await b.stats()) == (await a.stats())
     finally:
         await a.close()

@@ -58,8 +58,8 @@ def test_the_wheel_carries_the_compiled_kernel(tmp_path: Path) -> None:
                    capture_output=True)
     (wheel,) = tmp_path.glob("sessionrec-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("service/_kernel.") and n.endswith(".so") for n in names)
-    assert "service/lua/commit.lua" in names and "service/static/sdk.js" in names
+    assert any(n.startswith("service/kernel/_native.") and n.endswith(".so") for n in names)
+    assert "service/store/lua/commit.lua" in names and "service/api/static/sdk.js" in names
 
 
 def test_cluster_compose_has_six_nodes_two_apis_behind_nginx_and_three_workers() -> None:

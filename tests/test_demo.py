@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from service.api.recommend import Recommender
+from service.core.model import Event
 from service.demo import load_sample
-from service.model import Event
 from service.settings import Settings
-from service.store import Store
+from service.store.state import Store
 from workers.consumer import Worker
 
 
@@ -20,7 +21,8 @@ async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
     try:
         applied = await asyncio.wait_for(load_sample(store), 60)
         assert applied == 6892
-        answer = await store.recommend([("1001", 1.0, 1.0)], 5, False)  # Espresso machine
+        # an espresso machine
+        answer = await Recommender(store, settings).recommend([("1001", 1.0, 1.0)], 5, False)
         assert answer.recommendations[0]["id"] == "1002"  # Burr grinder, planted with it
         await store.ingest([Event("visitor", "1017", 1.0, "click")])
         live = await store.live_session("visitor")

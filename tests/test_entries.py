@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.entries import BadEntry, decode, decode_flat, encode, fields_of
-from service.model import Event
+from service.core.model import Event
+from service.core.stream import BadEntry, decode, decode_flat, encode, fields_of
 
 
 def flat_of(fields: dict[str, str] | dict[bytes, bytes]) -> list[bytes]:

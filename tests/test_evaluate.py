@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import clicklog
-from service.baselines import Popular, SequentialRules
-from service.clicklog import ClickLog
-from service.evaluate import (
+from service.offline import clicklog
+from service.offline.baselines import Popular, SequentialRules
+from service.offline.clicklog import ClickLog
+from service.offline.evaluate import (
     BaselineModel,
     Result,
     ServedModel,
@@ -21,8 +21,8 @@ from service.evaluate import (
     static_cases,
     summarise,
 )
+from service.offline.tune import split_validation
 from service.settings import Settings
-from service.tune import split_validation
 from tests.helpers import wait_drained
 
 TRAIN = "session_id\titem_id\tpos\n1\tA\t0\n1\tB\t1\n2\tA\t0\n2\tB\t1\n3\tA\t0\n3\tC\t1\n"

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from service.app import create_app
-from service.entries import decode
-from service.keyspace import Keys
-from service.model import Event
-from service.redisproc import RedisClusterProcess, command
+from service.api.app import create_app
+from service.core.model import Event
+from service.core.stream import decode
+from service.offline.redisproc import RedisClusterProcess, command
 from service.settings import Settings
-from service.store import Store
+from service.store.keyspace import Keys
+from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import assert_same_state, drain, ingest, snapshot, wait_drained
 from workers.consumer import Worker

@@ -14,13 +14,17 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from service.app import STORE, create_app
-from service.jsonutil import dumps
-from service.keyspace import GROUP, item_hash, session_hash
-from service.model import Event, time_key
-from service.redisproc import RedisProcess, free_port
+from service import kernel
+from service.api.app import create_app
+from service.api.context import STORE
+from service.api.jsonutil import dumps
+from service.core.layout import item_hash, session_hash, time_key
+from service.core.model import Event
+from service.offline.redisproc import RedisProcess, free_port
 from service.settings import Settings
-from service.store import NameCache, Store, UnsafeRedis
+from service.store.backends import UnsafeRedis
+from service.store.keyspace import GROUP
+from service.store.state import NameCache, Store
 from tests.conftest import Client
 from tests.helpers import drain, wait_drained
 from workers.consumer import Worker
@@ -412,16 +416,17 @@ async def test_a_redis_that_evicts_any_key_is_refused(tmp_path: Any) -> None:
 
 async def test_a_full_journal_answers_503_rather_than_grow(
         cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.store
+    import service.store.backends
+    import service.store.state
 
-    monkeypatch.setattr(service.store, "JOURNAL_CAP", 2)
+    monkeypatch.setattr(service.store.state, "JOURNAL_CAP", 2)
     s = Settings(redis_url=cluster_url, namespace=f"full-{time.time_ns()}", partitions=4)
     store = Store(s)
     await store.prepare()
     spanning = [Event(f"s{n}", "a", 1.0) for n in range(8)]
     for p in range(4):
         await store.redis.hset(store.keys.journal(p), mapping={"x": b"1|", "y": b"1|"})
-    with pytest.raises(service.store.UNAVAILABLE):
+    with pytest.raises(service.store.backends.UNAVAILABLE):
         await store.ingest(spanning)
     assert (await store.stats())["events_accepted"] == 0
     await store.close()
@@ -477,12 +482,11 @@ def test_hashes_chosen_to_collide_spread_over_the_kernel_tables() -> None:
     spread like any others."""
     import numpy as np
 
-    from service import _kernel
 
     keys = np.array([(n + 1) << 44 for n in range(1000)], np.uint64)
     table_keys = np.zeros(1 << 13, np.uint64)
     table_values = np.full(1 << 13, np.nan)
-    assert _kernel.insert(table_keys, table_values, keys, np.ones(1000)) == 1000
+    assert kernel.insert(table_keys, table_values, keys, np.ones(1000)) == 1000
     occupied = ~np.isnan(table_values)
     longest = run = 0
     for used in np.concatenate((occupied, occupied)):  # runs wrap around
@@ -495,9 +499,9 @@ def test_each_process_salts_its_tables_differently() -> None:
     import subprocess
     import sys
 
-    probe = ("import numpy as np; from service import _kernel; k = np.zeros(1 << 16, np.uint64); "
+    probe = ("import numpy as np; from service import kernel; k = np.zeros(1 << 16, np.uint64); "
              "v = np.full(1 << 16, np.nan); "
-             "_kernel.insert(k, v, np.array([7, 8, 9], np.uint64), np.ones(3)); "
+             "kernel.insert(k, v, np.array([7, 8, 9], np.uint64), np.ones(3)); "
              "print(np.flatnonzero(~np.isnan(v)).tolist())")
     runs = {subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True).stdout for _ in range(3)}

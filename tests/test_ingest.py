@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from service.keyspace import session_hash
-from service.model import TYPE_RATING, Event
+from service.core.layout import session_hash
+from service.core.model import TYPE_RATING, Event
 from service.settings import Settings
-from service.store import Store
+from service.store.state import Store
 
 
 def reference(events: list[Event], cap: int) -> dict[str, list[tuple[str, float, float]]]:

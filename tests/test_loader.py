@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from service.model import index_limit
+from service.core.layout import index_limit
+from service.offline.loader import NotEmpty, build_indexes, load
 from service.settings import Settings
-from service.store import Store
+from service.store.state import Store
 from tests.helpers import assert_same_state, drain, ingest, snapshot
 from tests.test_worker import click_log
-from workers.loader import NotEmpty, build_indexes, load
 
 
 async def test_load_equals_stream(settings: Settings) -> None:
@@ -43,7 +43,7 @@ async def test_a_batch_wider_than_a_chunk_equals_the_load(settings: Settings) ->
     """The commit reads and writes frequencies and trending scores in chunks of 500 fields:
     one batch of 1,400 events over 1,200 items, on one partition, crosses the chunk edge in
     both (trending holds every item of the batch in one op)."""
-    from service.model import Event
+    from service.core.model import Event
 
     settings = settings.replace(partitions=1, batch_size=2000)
     events = [Event(f"s{n // 7}", f"i{n % 1200}", 1_000.0 + n) for n in range(1400)]

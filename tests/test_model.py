@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.keyspace import item_hash, session_hash
-from service.model import Event, apply_events, index_entry, split_entries, time_key
+from service.core.layout import index_entry, item_hash, session_hash, split_entries, time_key
+from service.core.model import Event, apply_events
 
 
 def fold(events: list[Event], cap: int = 100) -> dict[str, object]:

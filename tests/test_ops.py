@@ -1,4 +1,5 @@
-"""The commit's index op (``service/lua/ops.lua``, 'X') on a real Redis, against a sorted list.
+"""The commit's index op (``service/store/lua/ops.lua``, 'X') on a real Redis, against a sorted
+list.
 
 The op edits an index in place and reads only as much of it as the splice needs: the last
 entry (an append), the last ``WINDOW`` entries (a session's earlier entry moved, or an entry
@@ -16,8 +17,8 @@ from typing import Any, cast
 import pytest
 import redis
 
-from service.keyspace import lua
-from service.model import index_limit, newest_entries
+from service.core.layout import index_limit, newest_entries
+from service.store.scripts import lua
 
 CAP = 40  # index_limit(40) = 56 entries: past the script's 32-entry window
 WINDOW = 32
@@ -85,7 +86,8 @@ def test_index_op_keeps_what_a_sorted_list_keeps(r: redis.Redis, seed: int) -> N
             latest[session] = new
         if not ops:
             continue
-        assert apply(keys=[marks, key], args=[0, f"{batch}-0", CAP, 60_000, *ops]) == 1
+        assert apply(keys=[marks, key],
+                     args=[0, f"{batch}-0", CAP, index_limit(CAP), 60_000, *ops]) == 1
         blob = cast(bytes, r.get(key) or b"")
         entries = [blob[n:n + 16] for n in range(0, len(blob), 16)]
         assert entries == sorted(entries) and len(entries) == len(set(entries))

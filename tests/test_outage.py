@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service.app import create_app
-from service.redisproc import free_port
+from service.api.app import create_app
+from service.offline.redisproc import free_port
 from service.settings import Settings
 from tests.conftest import Client
 

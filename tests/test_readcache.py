@@ -16,13 +16,17 @@ import numpy as np
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import readcache, scoring
-from service.keyspace import item_hash, session_hash
-from service.model import Event
-from service.readcache import ReadCache
-from service.redisproc import RedisProcess
+from service import kernel
+from service.api.recommend import Recommender
+from service.core import scoring
+from service.core.layout import item_hash, session_hash
+from service.core.model import Event
+from service.offline.redisproc import RedisProcess
 from service.settings import Settings
-from service.store import Store
+from service.store import readcache, resp
+from service.store.backends import Standalone
+from service.store.readcache import ReadCache
+from service.store.state import Store
 from tests.helpers import drain, ingest
 
 _names = itertools.count()
@@ -103,7 +107,7 @@ async def _indexes_are(store: Store, items: scoring.U64, want: list[bytes]) -> b
 async def test_a_lost_tracking_connection_drops_the_cache(store: Store) -> None:
     """Changes made while no connection tracks them go unannounced: the cache must not outlive
     its connection."""
-    assert store.cache is not None and store.tracked is not None
+    assert store.cache is not None and tracked(store) is not None
     key = store.keys.history(session_hash("s"))
     await store.redis.set(key, b"old-value-16byte")
     s = hashes("s")
@@ -118,8 +122,14 @@ async def test_a_lost_tracking_connection_drops_the_cache(store: Store) -> None:
     assert store.cache.resets == 1
 
 
+def tracked(store: Store) -> resp.Link | None:
+    assert isinstance(store.backend, Standalone)
+    return store.backend.tracked
+
+
 async def _no_connection(store: Store) -> bool:
-    return store.tracked is not None and store.tracked.connection is None
+    link = tracked(store)
+    return link is not None and link.connection is None
 
 
 def test_the_cache_is_off_where_nothing_tracks_it(standalone_url: str) -> None:
@@ -143,16 +153,17 @@ async def test_recommendations_follow_the_worker_through_the_cache(
     s = Settings(redis_url=standalone_url, namespace=f"rc{os.getpid()}-{next(_names)}",
                  partitions=2, block_ms=20)
     store = Store(s)
+    answers = Recommender(store, s)
     await ingest(s, [Event("u1", "a", 1.0), Event("u1", "b", 2.0)])
     await drain(s)
-    first = await store.similar("a", 5)
+    first = await answers.similar("a", 5)
     assert [r["id"] for r in first.body()["recommendations"]] == ["b"]
     await ingest(s, [Event("u2", "a", 3.0), Event("u2", "c", 4.0), Event("u3", "a", 5.0),
                      Event("u3", "c", 6.0)])
     await drain(s)
 
     async def c_first() -> bool:
-        answer = await store.similar("a", 5)
+        answer = await answers.similar("a", 5)
         return [r["id"] for r in answer.body()["recommendations"]][:1] == ["c"]
     await eventually(c_first)
     assert store.cache is not None and store.cache.invalidations > 0
@@ -165,10 +176,10 @@ async def test_recommendations_follow_the_worker_through_the_cache(
         reads.append(items)
         return await indexes(items)
     store.indexes = counted  # type: ignore[method-assign]
-    again = await store.similar("a", 5)
+    again = await answers.similar("a", 5)
     assert again.body()["recommendations"][:1] == [{"id": "c", "score": 1.0}] and not reads
     store.cache.heard = 0.0  # unheard from: the request reads (and PINGs) instead
-    assert (await store.similar("a", 5)).body() == again.body() and len(reads) == 1
+    assert (await answers.similar("a", 5)).body() == again.body() and len(reads) == 1
     await store.close()
 
 
@@ -299,7 +310,7 @@ async def test_a_silent_connection_is_pinged_before_the_cache_is_trusted() -> No
 
 async def test_the_cache_reports_itself_in_metrics(aiohttp_client: Any,
                                                    standalone_url: str) -> None:
-    from service.app import create_app
+    from service.api.app import create_app
     s = Settings(redis_url=standalone_url, namespace=f"rc{os.getpid()}-{next(_names)}")
     client = await aiohttp_client(create_app(s))
     for _ in range(2):
@@ -340,7 +351,6 @@ def test_one_kernel_call_over_the_cache_equals_the_steps_it_replaces() -> None:
     """``ReadCache.candidates`` (neighbours and score straight from the tables) against the
     two kernel steps over the same blobs, on random cases; and no answer when one index or
     one history is not cached (the request then reads it)."""
-    from service import _kernel
     from tests.test_scoring import random_case
 
     def u64(h: bytes) -> int:
@@ -383,7 +393,7 @@ def test_one_kernel_call_over_the_cache_equals_the_steps_it_replaces() -> None:
     cache.heard = time.monotonic() - 2 * readcache.LIVENESS
     assert cache.candidates(scoring.build_query([], [], [], scoring.Params()), scoring.Params(),
                             None) is None
-    assert _kernel.candidates(b"", b"", np.zeros(8, np.uint64), [None] * 8,
+    assert kernel.candidates(b"", b"", np.zeros(8, np.uint64), [None] * 8,
                               np.zeros(8, np.uint64), [None] * 8, 1, 1, 0, False, 1, 0.0,
                               0.0) == (b"", b"", 0)
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.app import create_app
-from service.redisproc import RedisProcess
+from service.api.app import create_app
+from service.offline.redisproc import RedisProcess
 from service.settings import Settings
-from service.store import Store
+from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import wait_drained
 from tests.test_worker import click_log

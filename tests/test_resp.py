@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from service import resp
-from service.redisproc import RedisProcess
+from service.offline.redisproc import RedisProcess
 from service.settings import Settings
-from service.store import Store
+from service.store import resp
+from service.store.backends import Standalone
+from service.store.state import Store
 
 
 def test_pack_is_resp() -> None:
@@ -53,7 +54,7 @@ async def test_packed_mget_against_redis(settings: Settings) -> None:
 async def test_commit_survives_a_script_cache_flush(settings: Settings) -> None:
     """After SCRIPT FLUSH (a restart without persistence of scripts) the packed EVALSHA gets
     NOSCRIPT and the commit falls back to loading the script."""
-    from service.model import Event
+    from service.core.model import Event
     from tests.helpers import drain, ingest
 
     s = settings.replace(partitions=1)
@@ -67,7 +68,7 @@ async def test_commit_survives_a_script_cache_flush(settings: Settings) -> None:
 
 async def test_ingest_survives_a_script_cache_flush(settings: Settings) -> None:
     """Ingestion packs its EVALSHA too: after SCRIPT FLUSH the batch is still accepted, once."""
-    from service.model import Event
+    from service.core.model import Event
 
     store = Store(settings)
     await store.prepare()
@@ -86,11 +87,12 @@ async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_u
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     store = Store(Settings(redis_url=standalone_url, namespace="lane"))
-    assert isinstance(store.lane, resp.Link)
+    backend = store.backend
+    assert isinstance(backend, Standalone) and isinstance(backend.lane, resp.Link)
     keys = [f"lane:{{p0}}:k{n}" for n in range(50)]
     await store.redis.set(keys[0], b"v")
     await asyncio.gather(*(store.mget(keys) for _ in range(8)))
-    first = store.lane.connection
+    first = backend.lane.connection
     assert first is not None
     killer = aioredis.Redis.from_url(standalone_url)
     assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
@@ -102,7 +104,7 @@ async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_u
         except RedisConnectionError:
             failures += 1
     assert failures <= 1
-    assert store.lane.connection is not None and store.lane.connection is not first
+    assert backend.lane.connection is not None and backend.lane.connection is not first
     await store.close()
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.redisproc import free_port
+from service.offline.redisproc import free_port
 from service.settings import Settings
 from tests.test_cli import wait_until_up
 

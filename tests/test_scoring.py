@@ -1,25 +1,27 @@
 """Scoring math on hand-made indexes and histories, through both implementations of every
-stage (the compiled kernel and the numpy reference), then the two compared on random cases."""
+stage (the compiled kernel and its pure reference), then the two compared on random cases."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from service import scoring
-from service.keyspace import item_hash, session_hash
-from service.model import history_entry, index_entry, time_key
-from service.scoring import Params
+from service import kernel
+from service.core import scoring
+from service.core.layout import history_entry, index_entry, item_hash, session_hash, time_key
+from service.core.scoring import Params
 
 
-@pytest.fixture(autouse=True, params=["kernel", "reference"])
-def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs against the compiled stages and against the numpy reference."""
-    if request.param == "reference":
-        monkeypatch.setattr(scoring, "KERNEL", None)
-    return str(request.param)
+@pytest.fixture(autouse=True, params=["native", "reference"])
+def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs against the compiled kernel and against its pure reference."""
+    before = kernel.NAME
+    kernel.use(str(request.param))
+    yield str(request.param)
+    kernel.use(before)
 
 
 NONE = np.zeros(0, np.uint64)
@@ -169,7 +171,7 @@ def test_repeats_boost_the_sessions_own_items_by_recency() -> None:
 
 
 def test_history_keys_vectorised_equal_one_by_one() -> None:
-    from service.keyspace import Keys
+    from service.store.keyspace import Keys
 
     keys = Keys("ns", 7)
     hashes = [session_hash(f"s{n}") for n in range(50)]
@@ -178,14 +180,14 @@ def test_history_keys_vectorised_equal_one_by_one() -> None:
 
 
 def test_the_histories_mget_packed_by_the_kernel_is_the_keyspace_s() -> None:
-    from service import _kernel, resp
-    from service.keyspace import Keys
+    from service.store import resp
+    from service.store.keyspace import Keys
 
     keys = Keys("ns:x", 7)
     sessions = scoring.as_u64([session_hash(f"s{n}") for n in range(50)])
     prefixes = [p.encode() for p in keys.history_prefixes()]
-    assert _kernel.mget(sessions, prefixes) == resp.pack(b"MGET", keys.histories(sessions))
-    assert _kernel.mget(NONE, prefixes) == resp.pack(b"MGET", [])
+    assert kernel.mget(sessions, prefixes) == resp.pack(b"MGET", keys.histories(sessions))
+    assert kernel.mget(NONE, prefixes) == resp.pack(b"MGET", [])
 
 
 # --- the kernel against the reference, on random cases ---------------------------------------
@@ -194,8 +196,8 @@ def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], lis
                                                    Params]:
     """A session, index blobs and histories over small id alphabets, so that neighbours share
     items, times tie and items repeat inside histories."""
-    from service.model import history_entry as h_entry
-    from service.model import index_entry as i_entry
+    from service.core.layout import history_entry as h_entry
+    from service.core.layout import index_entry as i_entry
 
     def item(n: int) -> bytes:
         return item_hash(f"i{n}")
@@ -224,41 +226,39 @@ def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], lis
     return items, times, ratings, index_blobs, histories, params
 
 
-def both(monkeypatch: pytest.MonkeyPatch, stage: str, *args: Any) -> tuple[Any, Any]:
-    from service import _kernel
-
-    monkeypatch.setattr(scoring, "KERNEL", _kernel)
+def both(stage: str, *args: Any) -> tuple[Any, Any]:
+    kernel.use("native")
     compiled = getattr(scoring, stage)(*args)
-    monkeypatch.setattr(scoring, "KERNEL", None)
+    kernel.use("reference")
     reference = getattr(scoring, stage)(*args)
+    kernel.use("native")
     return compiled, reference
 
 
-def test_the_kernel_equals_the_reference_on_random_cases(implementation: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_kernel_equals_the_reference_on_random_cases(implementation: str) -> None:
     if implementation == "reference":
         return  # one comparison is enough; the fixture's other run does it
     rng = np.random.default_rng(7)
     compared = 0
     for _ in range(400):
         items, times, ratings, index_blobs, histories, params = random_case(rng)
-        (cq, rq) = both(monkeypatch, "build_query", items, times, ratings, params)
+        (cq, rq) = both("build_query", items, times, ratings, params)
         assert isinstance(cq, scoring.Query) and isinstance(rq, scoring.Query)
         assert list(cq.items) == list(rq.items) and list(cq.seen) == list(rq.seen)
         np.testing.assert_allclose(cq.weights, rq.weights, rtol=1e-13)
         query = rq  # the same query into both from here: the rest is compared exactly
         blobs = index_blobs[:len(query.items)]
         exclude = int(np.uint64(u64(session_hash("s3")))) if rng.random() < 0.5 else None
-        (cs, cw), (rs, rw) = both(monkeypatch, "neighbours", query, blobs, params, exclude)
+        (cs, cw), (rs, rw) = both("neighbours", query, blobs, params, exclude)
         assert list(cs) == list(rs) and list(cw) == list(rw)
         sims = rng.random(len(histories)) * 3
-        (ci, cv), (ri, rv) = both(monkeypatch, "score", query, histories, sims, params)
+        (ci, cv), (ri, rv) = both("score", query, histories, sims, params)
         order = np.argsort(ci)
         assert list(ci[order]) == list(ri) and list(cv[order]) == list(rv)
         df = rng.integers(0, 5, len(ri)).astype(np.float64)
         exclusion = np.concatenate((query.seen[:2], ri[:3]))
         for repeats in (False, True):
-            (bi, bv), (ti, tv) = both(monkeypatch, "rank", ri, rv, df, 50.0, query, params,
+            (bi, bv), (ti, tv) = both("rank", ri, rv, df, 50.0, query, params,
                                       repeats, exclusion, 20)
             assert list(bi) == list(ti)
             np.testing.assert_allclose(bv, tv, rtol=1e-12)
@@ -267,7 +267,7 @@ def test_the_kernel_equals_the_reference_on_random_cases(implementation: str,
 
 
 def test_frequency_table_finds_what_was_added_and_grows() -> None:
-    from service.store import FrequencyCache
+    from service.store.state import FrequencyCache
 
     cache = FrequencyCache(capacity=8)
     rng = np.random.default_rng(3)
@@ -287,29 +287,27 @@ def test_frequency_table_finds_what_was_added_and_grows() -> None:
 
 
 def test_relative_scores_round_as_numpy_does() -> None:
-    from service import _kernel
 
     rng = np.random.default_rng(5)
     for n in (0, 1, 20):
         scores = np.sort(rng.random(n) * 10.0 ** rng.integers(-3, 4))[::-1].copy()
         expected = (scores / scores[0]).round(6).tolist() if n else []
-        assert _kernel.relative(scores) == expected
-    assert _kernel.relative(np.array([3.0, 1.0, 2.0 / 3.0])) == [1.0, 0.333333, 0.222222]
+        assert kernel.relative(scores) == expected
+    assert kernel.relative(np.array([3.0, 1.0, 2.0 / 3.0])) == [1.0, 0.333333, 0.222222]
 
 
 def test_the_kernel_takes_blobs_from_any_iterable_and_refuses_other_types() -> None:
     """A generator's temporary list must outlive the stage that reads its bytes."""
-    from service import _kernel
 
     q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
     blobs = [history("a", "x", "y"), history("a", "x")]
     sims = np.array([2.0, 1.0])
-    from_list = _kernel.score(q.items, q.weights, blobs, sims, 1.5, 1.0)
+    from_list = kernel.score(q.items, q.weights, blobs, sims, 1.5, 1.0)
     for _ in range(50):
-        assert _kernel.score(q.items, q.weights, (b[:] for b in blobs), sims, 1.5,
+        assert kernel.score(q.items, q.weights, (b[:] for b in blobs), sims, 1.5,
                              1.0) == from_list
     index_blobs = [index((5, "n1"), (6, "n2"))]
-    assert _kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False, 500) == \
-        _kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False, 500)
+    assert kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False, 500) == \
+        kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False, 500)
     with pytest.raises(TypeError, match="bytes or None"):
-        _kernel.score(q.items, q.weights, ["not bytes"], np.array([1.0]), 1.5, 1.0)  # type: ignore[list-item]
+        kernel.score(q.items, q.weights, ["not bytes"], np.array([1.0]), 1.5, 1.0)  # type: ignore[list-item]

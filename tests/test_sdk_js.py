@@ -23,5 +23,5 @@ def test_sdk_unit_tests_pass_in_node() -> None:
 
 
 def test_sdk_stays_small() -> None:
-    source = (ROOT / "service" / "static" / "sdk.js").read_bytes()
+    source = (ROOT / "service" / "api" / "static" / "sdk.js").read_bytes()
     assert len(source) < 16_000

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.redisproc import free_port
+from service.offline.redisproc import free_port
 from tests.test_cli import call, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import validation
-from service.errors import ApiError
+from service.api import validation
+from service.api.errors import ApiError
 from service.settings import Settings
 
 S = Settings(max_interactions=3, max_batch=2, max_id_length=8, max_k=50)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from service.keyspace import GROUP, partition_of, session_hash
-from service.model import Event
+from service.core.layout import partition_of, session_hash
+from service.core.model import Event
 from service.settings import Settings
-from service.store import Store, ensure_groups
+from service.store.keyspace import GROUP
+from service.store.state import Store, ensure_groups
 from tests.helpers import (
     assert_same_state,
     clean_reference,

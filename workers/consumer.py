@@ -35,29 +35,22 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from service import resp
-from service.entries import BadEntry, decode_flat, fields_of
-from service.keyspace import (
-    GROUP,
+from service.core.layout import (
     ITEM_SHARDS,
-    Keys,
+    index_limit,
     item_hash,
-    lua,
     partition_of,
     session_hash,
     shard_of,
 )
-from service.model import Effects, Event, apply_events, no_later_than, sessions_of, trending
+from service.core.model import Effects, Event, apply_events, no_later_than, sessions_of, trending
+from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
-from service.store import (
-    MEMORY_URL,
-    UNAVAILABLE,
-    Store,
-    check_memory_policy,
-    connect,
-    ensure_groups,
-    is_cluster,
-)
+from service.store import resp
+from service.store.backends import UNAVAILABLE, connect
+from service.store.keyspace import GROUP, Keys
+from service.store.scripts import Scripts
+from service.store.state import Store, ensure_groups
 
 log = logging.getLogger("sessionrec.worker")
 
@@ -109,11 +102,9 @@ class Worker:
         self.redis = client
         self.keys = Keys(settings.namespace, settings.partitions)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self.cluster = is_cluster(settings.redis_url)
-        self.commit_script = client.register_script(lua("commit"))
-        self.intent_script = client.register_script(lua("intent"))
-        self.apply_script = client.register_script(lua("apply"))
-        self.store = Store(settings, client)
+        self.scripts = Scripts.register(client)
+        self.store = Store(settings.replace(read_cache_mb=0), client)  # no cache to feed
+        self.backend = self.store.backend
         k = self.keys
         self._shard_keys = ([k.index_prefix(n) for n in range(ITEM_SHARDS)],
                             [k.doc_freq(n) for n in range(ITEM_SHARDS)],
@@ -131,10 +122,7 @@ class Worker:
         """Per partition: the next batch, read in the same round trip as the last commit."""
         self.attempting: dict[int, str] = {}
         """Per partition: the redelivered entry being applied alone (its attempt recorded)."""
-        self.trim_script = client.register_script(lua("trim"))
-        self.sweep_script = client.register_script(lua("sweep"))
         self.sweep_cursors: dict[int, bytes] = {}
-        self.lease_script = client.register_script(lua("lease"))
         self.owned: dict[int, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
         self.applied = 0
@@ -145,9 +133,8 @@ class Worker:
         delay = 0.1
         last_trim = 0.0
         grouped = False
-        if self.settings.redis_url != MEMORY_URL:
-            with contextlib.suppress(*REDIS_DOWN):  # checked again by the API's start
-                await check_memory_policy(self.redis)
+        with contextlib.suppress(*REDIS_DOWN):  # checked again by the API's start
+            await self.backend.check_memory_policy()
         while not self.stopping.is_set():
             try:
                 if not grouped:
@@ -181,7 +168,7 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN):
             for p in list(self.owned):
-                await self.lease_script(keys=[self.keys.lease(p)],
+                await self.scripts.lease(keys=[self.keys.lease(p)],
                                         args=[self.id, self.settings.lease_ms, "release"])
         self.owned.clear()
 
@@ -195,7 +182,7 @@ class Worker:
         alive = max(int(await self.redis.zcard(registry)), 1)
         share = math.ceil(self.settings.partitions / alive)
         for p, task in list(self.owned.items()):
-            held = await self.lease_script(keys=[self.keys.lease(p)],
+            held = await self.scripts.lease(keys=[self.keys.lease(p)],
                                            args=[self.id, self.settings.lease_ms, "renew"])
             if not held or task.done():
                 log.info("worker %s, partition %d: %s", self.id, p,
@@ -207,7 +194,7 @@ class Worker:
                 break
             if p in self.owned:
                 continue
-            if await self.lease_script(keys=[self.keys.lease(p)],
+            if await self.scripts.lease(keys=[self.keys.lease(p)],
                                        args=[self.id, self.settings.lease_ms, "take"]):
                 log.info("worker %s, partition %d: lease taken", self.id, p)
                 self.owned[p] = asyncio.create_task(self._partition_loop(p))
@@ -218,7 +205,7 @@ class Worker:
             # bounded: a cancellation swallowed inside the Redis client must not stall the
             # lease renewals (the loop also ends by itself once p is no longer its own)
             await asyncio.wait([task], timeout=1.0)
-            await self.lease_script(keys=[self.keys.lease(p)],
+            await self.scripts.lease(keys=[self.keys.lease(p)],
                                     args=[self.id, self.settings.lease_ms, "release"])
             log.info("worker %s, partition %d: lease given back (fair share %d)", self.id, p,
                      share)
@@ -228,9 +215,9 @@ class Worker:
         cluster, also finish the journalled batches of the partitions this worker holds (see
         ``Store.ingest``)."""
         for p in range(self.settings.partitions):
-            await self.trim_script(keys=[self.keys.stream(p)])
+            await self.scripts.trim(keys=[self.keys.stream(p)])
         await self.sweep()
-        if self.cluster:
+        if self.backend.one_slot_scripts:
             for p in list(self.owned):
                 if replayed := await self.store.replay_journal(p):
                     log.warning("partition %d: replayed %d journalled batches", p, replayed)
@@ -243,7 +230,7 @@ class Worker:
         k = self.keys
         removed = 0
         for shard in range(ITEM_SHARDS):
-            reply = await self.sweep_script(
+            reply = await self.scripts.sweep(
                 keys=[k.names(shard), k.doc_freq(shard)],
                 args=[self.sweep_cursors.get(shard, b"0"), SWEEP_STEP, k.index_prefix(shard)])
             self.sweep_cursors[shard] = reply[0]
@@ -336,7 +323,7 @@ class Worker:
 
     @property
     def raw_reads(self) -> bool:
-        return self.settings.redis_url != MEMORY_URL and not self.cluster
+        return self.backend.raw_reads
 
     def _read_command(self, p: int, backlog: bool, block: bool = True) -> bytes:
         wait: list[bytes | int] = [b"BLOCK", self.settings.block_ms] if block and not backlog \
@@ -466,10 +453,10 @@ class Worker:
                                    new_mark, first_fresh, epoch)
         if unlisted:  # consumed, not learned: counted apart (GET /stats, events_unlisted)
             commit.args += ("D", commit.ref(k.counters(p)), 1, "unlisted", unlisted)
-        elsewhere: dict[Group, Call] | None = {} if self.cluster else None
+        elsewhere: dict[Group, Call] | None = {} if self.backend.one_slot_scripts else None
         self._ops(p, effects, commit, elsewhere, new_mark)
         if elsewhere:
-            if await self.intent_script(
+            if await self.scripts.intent(
                     keys=[k.stream(p), k.watermark(p), k.inflight(p), k.epoch(p)],
                     args=[mark, new_mark, first_fresh, epoch]) == -1:
                 raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
@@ -503,10 +490,10 @@ class Worker:
         instead of a round trip later queued behind the other partitions' commits (a fifth
         of Redis' time went idle waiting for those)."""
         if not self.raw_reads:
-            return await self.commit_script(keys=keys, args=args)
+            return await self.scripts.commit(keys=keys, args=args)
         if not read_ahead:
             return await resp.run_script(lambda packed: resp.execute(self.redis, packed),
-                                         self.commit_script, keys, args)
+                                         self.scripts.commit, keys, args)
 
         async def send(packed: bytes) -> Any:
             reply, ahead = await resp.execute_then(self.redis, packed,
@@ -518,7 +505,7 @@ class Worker:
             if isinstance(reply, Exception):
                 raise reply
             return reply
-        return await resp.run_script(send, self.commit_script, keys, args)
+        return await resp.run_script(send, self.scripts.commit, keys, args)
 
     async def _apply_elsewhere(self, calls: list[Call]) -> None:
         """Each other slot's share of the batch, one apply.lua call per slot, sent as one
@@ -528,18 +515,18 @@ class Worker:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for call in calls:
-                        pipe.execute_command("EVALSHA", self.apply_script.sha, len(call.keys),
+                        pipe.execute_command("EVALSHA", self.scripts.apply.sha, len(call.keys),
                                              *call.keys, *call.args)
                     await pipe.execute()
                 return
             except NoScriptError:
                 if attempt:
                     raise
-                await self.redis.script_load(self.apply_script.script)
+                await self.redis.script_load(self.scripts.apply.script)
 
     def _ops(self, p: int, fx: Effects, commit: Call, elsewhere: dict[Group, Call] | None,
              new_mark: str) -> None:
-        """The batch's effects as ops (see ``service/lua/ops.lua``), appended to the call of
+        """The batch's effects as ops (see ``service/store/lua/ops.lua``), appended to the call of
         the slot they land in: the partition's own (histories), an item shard's (indexes,
         frequencies, names) or the global one. Without ``elsewhere`` (standalone Redis) every
         op goes into ``commit``; on a cluster ``elsewhere`` collects one apply call per other
@@ -555,6 +542,7 @@ class Worker:
                 marks = (k.global_marks() if group == GLOBAL
                          else k.item_marks(cast(int, group)))
                 call = elsewhere[group] = Call([marks], [p, new_mark, s.index_cap,
+                                                         index_limit(s.index_cap),
                                                          s.history_ttl * 1000])
             return call
 
@@ -602,8 +590,8 @@ class Worker:
         """commit.lua's call for the batch, before its ops."""
         k = self.keys
         s = self.settings
-        args: list[Any] = [GROUP, mark, new_mark, applied, s.index_cap, s.history_ttl * 1000,
-                           epoch, len(entries)]
+        args: list[Any] = [GROUP, mark, new_mark, applied, s.index_cap, index_limit(s.index_cap),
+                           s.history_ttl * 1000, epoch, len(entries)]
         args += [e.id for e in entries]
         args.append(first_fresh)
         args += (len(dead), s.dead_letter_cap)

@@ -23,7 +23,7 @@ function fakeBrowser() {
 
 const require = createRequire(import.meta.url);
 function loadSdk() {
-  const path = require.resolve("../../service/static/sdk.js");
+  const path = require.resolve("../../service/api/static/sdk.js");
   delete require.cache[path];
   return require(path);
 }

@@ -1,0 +1,202 @@
+"""Who may call what: API keys, and per-client rate limits.
+
+Two kinds of key, sent as the ``X-API-Key`` header (or ``?key=`` for publishable keys, since
+``navigator.sendBeacon`` cannot set headers):
+
+* publishable: safe to embed in a page; may ask for recommendations and send events;
+* secret: everything, including the admin operations (hide, forget, reset).
+
+With no key at all the public routes are open, which suits a trusted network and the demo;
+serving on a non-loopback address that way logs a loud warning (and /readyz says so). Admin
+routes are never open: with no secret key configured they are disabled. Keys are compared in
+constant time, as bytes (a header is whatever bytes a client sent).
+
+Rate limits are per client address: the peer's, or, when the peer is a configured trusted
+proxy, the first address in ``X-Forwarded-For`` (read from the right) that is not one. A key
+is no identity: the publishable key is in every page, so every visitor shares it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from service.api.errors import ApiError
+from service.settings import Settings
+
+log = logging.getLogger("sessionrec.access")
+
+OPEN, PUBLIC, ADMIN = "open", "public", "admin"
+HEADER = "X-API-Key"
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    publishable: tuple[str, ...]
+    secret: tuple[str, ...]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.publishable or self.secret)
+
+    @property
+    def publishable_bytes(self) -> tuple[bytes, ...]:
+        return tuple(k.encode() for k in self.publishable)
+
+    @property
+    def secret_bytes(self) -> tuple[bytes, ...]:
+        return tuple(k.encode() for k in self.secret)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ApiKeys:
+        publishable = [k.strip() for k in s.publishable_keys.split(",") if k.strip()]
+        secret = [k.strip() for k in s.secret_keys.split(",") if k.strip()]
+        if s.keys_file:
+            for n, line in enumerate(Path(s.keys_file).read_text("utf-8").splitlines(), 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                kind, _, key = line.partition(" ")
+                if kind not in ("publishable", "secret") or not key.strip():
+                    raise ValueError(f"{s.keys_file}:{n}: expected 'publishable KEY' or "
+                                     "'secret KEY'")
+                (publishable if kind == "publishable" else secret).append(key.strip())
+        return cls(tuple(publishable), tuple(secret))
+
+
+def raw(value: str) -> bytes:
+    """A header or query value as the bytes the client sent (aiohttp decodes them as UTF-8
+    with surrogate escapes, so bytes that are not UTF-8 survive as lone surrogates)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def text_header(request: web.Request, name: str) -> str | None:
+    """A header's value, or 400 naming the header when it is not valid UTF-8: such a value
+    can be neither compared as text nor written into an answer."""
+    value = request.headers.get(name)
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "invalid_header",
+                           f"The {name} header is not valid UTF-8 text; send printable "
+                           "characters.", name) from None
+    return value
+
+
+def _matches(key: bytes, candidates: tuple[bytes, ...]) -> bool:
+    found = False
+    for candidate in candidates:  # no early exit: constant time in the number of keys
+        found |= hmac.compare_digest(key, candidate)
+    return found
+
+
+def check(request: web.Request, keys: ApiKeys, need: str) -> None:
+    """Raise 401/403 unless the request may call an endpoint needing ``need``."""
+    if need == OPEN:
+        return
+    if need == ADMIN and not keys.secret:
+        raise ApiError(403, "admin_disabled",
+                       "Admin operations are disabled: the server has no secret key. Set "
+                       "SESSIONREC_SECRET_KEYS and send one in the X-API-Key header.", HEADER)
+    if need == PUBLIC and not keys.enabled:
+        return  # public routes are open until a key is configured
+    header = request.headers.get(HEADER)
+    from_query = header is None
+    key = raw(request.query.get("key", "") if header is None else header)
+    if not key:
+        raise ApiError(401, "unauthorized",
+                       f"Send an API key in the {HEADER} header.", HEADER)
+    if not from_query and _matches(key, keys.secret_bytes):
+        return
+    if need == PUBLIC and _matches(key, keys.publishable_bytes):
+        return
+    if need == ADMIN and _matches(key, keys.publishable_bytes):
+        raise ApiError(403, "forbidden", "This operation needs a secret key.", HEADER)
+    raise ApiError(401, "unauthorized", "The API key is not valid.", HEADER)
+
+
+class RateLimiter:
+    """A token bucket per client in Redis (so every API process shares it), refilled at
+    ``rate`` per second up to ``burst``. One extra round trip per limited request."""
+
+    def __init__(self, script: object, key_of: object, rate: float, burst: int) -> None:
+        self.script = script
+        self.key_of = key_of
+        self.rate = rate
+        self.burst = burst
+
+    async def admit(self, client: str) -> None:
+        key = self.key_of(client)  # type: ignore[operator]
+        wait_ms = await self.script(  # type: ignore[operator]
+            keys=[key], args=[int(time.time() * 1000), self.rate, self.burst])
+        if int(wait_ms) > 0:
+            retry = max(1, -(-int(wait_ms) // 1000))
+            raise ApiError(429, "rate_limited",
+                           f"Too many requests; retry in {retry} s.", None,
+                           {"Retry-After": str(retry)})
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+             proxies: tuple[Network, ...]) -> bool:
+    return address is not None and any(address in net for net in proxies)
+
+
+def client_address(request: web.Request, proxies: tuple[Network, ...]) -> str:
+    """Who the request comes from, for rate limiting. ``X-Forwarded-For`` counts only when the
+    peer is a trusted proxy, and then only as far as the chain of trusted proxies goes: each
+    proxy appends the address it saw, so entries to the left of the last untrusted one are
+    whatever the client wrote."""
+    peer = request.remote or "?"
+    if not proxies or not _trusted(ip_of(peer), proxies):
+        return peer
+    forwarded = text_header(request, "X-Forwarded-For") or ""
+    for entry in reversed(forwarded.split(",")):
+        address = ip_of(entry)
+        if address is None:
+            return peer  # a malformed chain: the proxy we trust is the last thing we know
+        if not _trusted(address, proxies):
+            return str(address)
+    return peer
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def is_loopback(host: str) -> bool:
+    address = ip_of(host)
+    return host in LOOPBACK_HOSTS or (address is not None and address.is_loopback)
+
+
+def open_warning(keys: ApiKeys, host: str) -> str | None:
+    """What to shout when the public routes are open to a network (None when they are not)."""
+    if keys.enabled or is_loopback(host):
+        return None
+    return (f"no API key configured while serving on {host}: anyone who can reach "
+            "this address may send events and ask for recommendations. Set "
+            "SESSIONREC_PUBLISHABLE_KEYS (and SESSIONREC_SECRET_KEYS for the admin routes).")
+
+
+def warn_if_open(keys: ApiKeys, host: str) -> str | None:
+    warning = open_warning(keys, host)
+    if warning is not None:
+        log.warning("*** OPEN API *** %s", warning)
+    if not keys.secret:
+        log.info("no secret key configured: admin routes are disabled")
+    return warning

@@ -1,0 +1,69 @@
+"""The HTTP API's assembly (aiohttp): app state, the store's lifecycle and the router, built
+from the route table (``routes.py``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from service.api import access
+from service.api.context import (
+    API_KEYS,
+    LIMITER,
+    METRICS,
+    OPEN_WARNING,
+    ROUTE_TABLE,
+    SETTINGS,
+    STORE,
+)
+from service.api.metrics import CacheSeries, Metrics
+from service.api.middleware import error_middleware
+from service.api.recommend import RECOMMENDER, Recommender
+from service.api.routes import ROUTES, router_path
+from service.settings import Settings
+from service.store.backends import REDIS_FAILURES
+from service.store.state import Store
+
+log = logging.getLogger("sessionrec.api")
+
+
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    # long request lines and headers reach the app, which answers them with the JSON error
+    # shape, instead of the HTTP parser's plain-text 400
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[error_middleware],
+                          handler_args={"max_line_size": 1 << 16, "max_field_size": 1 << 16})
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[API_KEYS] = access.ApiKeys.from_settings(settings)
+    app[LIMITER] = None
+    app[OPEN_WARNING] = access.warn_if_open(app[API_KEYS], settings.host)
+    app[ROUTE_TABLE] = ROUTES
+
+    async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        own = store is None
+        app[STORE] = Store(settings) if store is None else store
+        app[RECOMMENDER] = Recommender(app[STORE], settings)
+        if (cache := app[STORE].cache) is not None:
+            app[METRICS].registry.register(CacheSeries(cache.figures))
+        if settings.rate_limit > 0:
+            app[LIMITER] = access.RateLimiter(
+                app[STORE].scripts.ratelimit, app[STORE].keys.rate_bucket,
+                settings.rate_limit, settings.rate_burst)
+        try:
+            await app[STORE].prepare()
+        except REDIS_FAILURES as exc:
+            log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
+        yield
+        if own:
+            await app[STORE].close()
+
+    app.cleanup_ctx.append(redis_lifecycle)
+    for route in ROUTES:
+        if route.method == "GET":  # and HEAD, as aiohttp's add_get does
+            app.router.add_get(router_path(route.path), route.handler)
+        else:
+            app.router.add_route(route.method, router_path(route.path), route.handler)
+    return app

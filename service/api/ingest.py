@@ -1,0 +1,50 @@
+"""``POST /events``: a batch of interactions appended to the event stream, all or nothing, and
+at most once per ``Idempotency-Key``."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from aiohttp import web
+
+from service.api import access, validation
+from service.api.context import METRICS, SETTINGS, STORE, json_response, read_json
+from service.api.errors import ApiError
+from service.api.jsonutil import dumps
+from service.store.state import Once, Replayed
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+async def post_events(request: web.Request) -> web.Response:
+    events = validation.events(await read_json(request), request.app[SETTINGS], time.time())
+    once = _once(request, await request.read(), len(events))
+    try:
+        await request.app[STORE].ingest(events, once)
+    except Replayed as replayed:
+        accepted, _, body = replayed.record.partition("|")
+        if once is None or body != once.record.partition("|")[2]:
+            raise ApiError(409, "idempotency_key_reused",
+                           f"This {IDEMPOTENCY_HEADER} was used within the last day for a "
+                           "request with another body; use a new key for a new batch.",
+                           IDEMPOTENCY_HEADER) from None
+        return web.Response(body=dumps({"accepted": int(accepted)}), status=202,
+                            content_type="application/json",
+                            headers={"Idempotent-Replayed": "true"})
+    request.app[METRICS].events.inc(len(events))
+    return json_response({"accepted": len(events)}, status=202)
+
+
+def _once(request: web.Request, body: bytes, count: int) -> Once | None:
+    """The request's Idempotency-Key, scoped to the API key it came with: a retry of the same
+    request (an ambiguous 503, a lost answer) within a day is answered, not appended again."""
+    key = access.text_header(request, IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all("!" <= c <= "~" for c in key):
+        raise ApiError(400, "invalid", f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII "
+                       "characters (a UUID, say).", IDEMPOTENCY_HEADER)
+    client = access.raw(request.headers.get(access.HEADER) or request.query.get("key", ""))
+    digest = hashlib.blake2b(client + b"\0" + key.encode(), digest_size=16).hexdigest()
+    return Once(digest, f"{count}|{hashlib.blake2b(body, digest_size=16).hexdigest()}")

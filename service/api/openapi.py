@@ -1,0 +1,252 @@
+"""The OpenAPI 3.1 description of the API and a readable page rendered from it (no CDN: the page
+works offline, and the document is the single source of both). Which operations exist and the
+key each needs come from the route table (``routes.ROUTES``); this module describes them."""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from service.api import access
+from service.api.context import Route
+from service.core.model import EVENT_TYPES
+from service.settings import Settings
+
+
+def _error() -> dict[str, Any]:
+    return {"description": "Error", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Recommendations"}}}}
+
+
+def _k(s: Settings) -> dict[str, Any]:
+    return {"name": "k", "in": "query", "required": False,
+            "description": "Number of recommendations.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10}}
+
+
+def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
+    """The document for ``routes``: every documented route has exactly one operation here (a
+    route without one, or an operation without its route, is an error)."""
+    ident = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
+    errors = {"400": _error(), "401": _error(), "403": _error(), "413": _error(),
+              "429": _error(), "503": _error()}
+    admin_errors = {"400": _error(), "401": _error(), "403": _error(), "503": _error()}
+    security: dict[str, list[dict[str, list[str]]]] = {
+        access.PUBLIC: [{"apiKey": []}, {"apiKeyQuery": []}, {}],
+        access.ADMIN: [{"apiKey": []}, {}], access.OPEN: [{}]}
+
+    def done(description: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": {
+            "type": "object", "properties": fields}}}}
+
+    def item_admin(summary: str, flag: str) -> dict[str, Any]:
+        return {"summary": summary,
+                "parameters": [{"name": "item_id", "in": "path", "required": True,
+                                "schema": ident}],
+                "responses": {"200": done("Done", {"item_id": {"type": "string"},
+                                                   flag: {"type": "boolean"}}),
+                              **admin_errors}}
+    event = {
+        "type": "object", "additionalProperties": False,
+        "required": ["session_id", "item_id"],
+        "properties": {
+            "session_id": ident,
+            "item_id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
+                                          "maximum": 2**63 - 1}],
+                        "description": "Stored as a string."},
+            # the bound moves with the clock: this document's maximum is the one in force now
+            "timestamp": {"type": "number", "minimum": 0,
+                          "maximum": math.floor(time.time() + s.max_clock_skew),
+                          "description": "Unix seconds; default: time of receipt. At most "
+                                         f"{s.max_clock_skew:g} s ahead of the server's "
+                                         "clock (400 beyond)."},
+            "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
+            "rating": {"type": ["number", "null"], "minimum": -1e9, "maximum": 1e9,
+                       "description": "Finite; default (or null): implied by type."},
+        },
+    }
+    operations: dict[str, dict[str, Any]] = {
+            "/iid_recommend": {"post": {
+                "summary": "Recommend from the interactions the browser sends",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/RecommendRequest"},
+                    "example": {"user_interactions": {
+                        "89898": {"timestamp": 1704060026, "rating": 4.5},
+                        "22898": {"timestamp": 1704060026, "rating": 4.5}},
+                        "k": 10, "recommend_seen": True}}}},
+                "responses": {"200": _answer("Recommendations"), **errors}}},
+            "/events": {"post": {
+                "summary": "Accept one event or a batch (all or nothing)",
+                "description": "Answered 202 only once the events are stored in Redis. A body "
+                               "sent as text/plain (navigator.sendBeacon) is read as JSON. "
+                               "With an Idempotency-Key header, a retry of the same request "
+                               "within a day is answered as the first was (header "
+                               "Idempotent-Replayed: true) and not stored again; the same key "
+                               "with another body is 409.",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                           "pattern": "^[!-~]+$"}}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"oneOf": [
+                        {"$ref": "#/components/schemas/Event"},
+                        {"type": "object", "additionalProperties": False,
+                         "required": ["events"],
+                         "properties": {"events": {
+                             "type": "array", "minItems": 1, "maxItems": s.max_batch,
+                             "items": {"$ref": "#/components/schemas/Event"}}}}]}}}},
+                "responses": {"409": _error(), "202": {"description": "Accepted", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["accepted"],
+                        "properties": {"accepted": {"type": "integer"}}}}}}, **errors}}},
+            "/sessions/{session_id}/recommendations": {"get": {
+                "summary": "Recommend from a session's live interactions stored in Redis",
+                "parameters": [
+                    {"name": "session_id", "in": "path", "required": True, "schema": ident},
+                    _k(s),
+                    {"name": "recommend_seen", "in": "query", "required": False,
+                     "schema": {"type": "boolean", "default": False}}],
+                "responses": {"200": _answer("Recommendations"), **errors}}},
+            "/items/{item_id}/similar": {"get": {
+                "summary": "Items most co-visited with one item (never the item itself)",
+                "parameters": [
+                    {"name": "item_id", "in": "path", "required": True, "schema": ident},
+                    _k(s)],
+                "responses": {"200": _answer("Similar items"), **errors}}},
+            "/popular": {"get": {
+                "summary": "Trending items (time-decayed popularity)",
+                "parameters": [_k(s)],
+                "responses": {"200": _answer("Trending items"), **errors}}},
+            "/admin/items/{item_id}/hide": {
+                "post": item_admin("Hide an item: it is never recommended (within 1 s)",
+                                   "hidden"),
+                "delete": item_admin("Unhide an item", "hidden")},
+            "/admin/items/{item_id}": {"delete": {
+                **item_admin("Forget an item's learned state", "forgotten"),
+                "description": "Deletes its neighbour index, frequency and trending score "
+                               "and scrubs it from the histories its index lists."}},
+            "/admin/sessions/{session_id}": {"delete": {
+                "summary": "Reset a session: its live interactions and learned history",
+                "parameters": [{"name": "session_id", "in": "path", "required": True,
+                                "schema": ident}],
+                "responses": {"200": done("Done", {"session_id": {"type": "string"},
+                                                   "reset": {"type": "boolean"}}),
+                              **admin_errors}}},
+            "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
+                "200": {"description": "Counters", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},
+            "/healthz": {"get": {"summary": "The process is alive",
+                                 "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {"get": {"summary": "Redis is reachable",
+                                "responses": {"200": {"description": "Ready"},
+                                              "503": _error()}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Text format"}}}},
+            "/sdk.js": {"get": {"summary": "The browser SDK",
+                                "responses": {"200": {"description": "JavaScript"}}}},
+            "/demo": {"get": {"summary": "A demo shop using the SDK",
+                              "responses": {"200": {"description": "HTML"}}}},
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if route.documented:
+            operation = operations[route.path].pop(route.method.lower())
+            paths.setdefault(route.path, {})[route.method.lower()] = {
+                **operation, "security": security[route.access]}
+    unrouted = [f"{m.upper()} {p}" for p, ops in operations.items() for m in ops]
+    if unrouted:
+        raise ValueError(f"operations without a route: {unrouted}")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sessionrec", "version": "0.1.0",
+                 "description": "Real-time session-based recommendations. Limits: body "
+                                f"{s.max_body_bytes} bytes, {s.max_interactions} interactions "
+                                f"per request, {s.max_batch} events per batch, ids of at most "
+                                f"{s.max_id_length} characters, k at most {s.max_k}."},
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                       "description": "Publishable or secret key (needed once keys are "
+                                      "configured; admin routes need a secret key)."},
+            "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "key",
+                            "description": "A publishable key, for navigator.sendBeacon."},
+        }, "schemas": {
+            "RecommendRequest": {
+                "type": "object", "additionalProperties": False,
+                "required": ["user_interactions"],
+                "properties": {
+                    "user_interactions": {
+                        "type": "object", "maxProperties": s.max_interactions,
+                        "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
+                        "description": "Keyed by item id; may be empty (then trending items).",
+                        "additionalProperties": {
+                            "type": "object", "additionalProperties": False,
+                            "properties": {
+                                "timestamp": {"type": "number", "minimum": 0,
+                                              "maximum": 1e11,
+                                              "description": "Unix seconds; default now."},
+                                "rating": {"type": "number", "minimum": -1e9,
+                                           "maximum": 1e9,
+                                           "description": "Finite; default 1 (a view)."}}}},
+                    "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
+                    "recommend_seen": {"type": "boolean", "default": False}}},
+            "Event": event,
+            "Recommendations": {
+                "type": "object", "required": ["recommendations", "message"],
+                "properties": {
+                    "recommendations": {"type": "array", "items": {
+                        "type": "object", "required": ["id", "score"],
+                        "properties": {"id": {"type": "string"},
+                                       "score": {"type": "number", "minimum": 0,
+                                                 "maximum": 1}}}},
+                    "message": {"type": "string"}}},
+            "Stats": {"type": "object", "properties": {
+                name: {"type": "integer"} for name in (
+                    "events_accepted", "events_processed", "events_dead", "events_unlisted",
+                    "pending", "items",
+                    "live_sessions")}},
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"},
+                                   "message": {"type": "string"},
+                                   "field": {"type": ["string", "null"]}}}}},
+        }},
+    }
+
+
+def api_page(s: Settings, routes: Sequence[Route]) -> str:
+    doc = openapi_document(s, routes)
+    rows = []
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            rows.append(f"<tr><td><code>{method.upper()}</code></td>"
+                        f"<td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op['summary'])}"
+                        f"{'<br><small>' + html.escape(op['description']) + '</small>' if 'description' in op else ''}"  # noqa: E501
+                        "</td></tr>")
+    example = ('curl -s localhost:8000/iid_recommend -H "Content-Type: application/json" -d '
+               "'{\"user_interactions\": {\"89898\": {\"timestamp\": 1704060026, "
+               "\"rating\": 4.5}}, \"k\": 10, \"recommend_seen\": true}'")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>sessionrec API</title><meta name="viewport" content="width=device-width,initial-scale=1">
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;width:100%}}td{{border-top:1px solid #ddd;padding:.4rem;
+vertical-align:top}}pre{{background:#f4f4f4;padding:1rem;overflow:auto}}</style></head><body>
+<h1>sessionrec API</h1><p>{html.escape(doc['info']['description'])}</p>
+<p>Machine-readable: <a href="/openapi.json">/openapi.json</a>. Try the
+<a href="/demo">demo shop</a>.</p>
+<table>{''.join(rows)}</table>
+<h2>Example</h2><pre>{html.escape(example)}</pre>
+<h2>Errors</h2><p>Every error is JSON:
+<code>{{"error": {{"code": "...", "message": "...", "field": "..."}}}}</code>; 400 invalid input,
+413 body too large, 404 unknown route, 405 wrong method, 503 Redis unreachable.</p>
+</body></html>"""

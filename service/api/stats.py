@@ -1,0 +1,81 @@
+"""What an operator and a page read besides recommendations: statistics, health, Prometheus
+metrics, the API's own documents, the SDK and the demo's files."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.api.context import (
+    METRICS,
+    OPEN_WARNING,
+    ROUTE_TABLE,
+    SETTINGS,
+    STORE,
+    Handler,
+    json_response,
+)
+from service.api.errors import ApiError
+from service.api.openapi import api_page, openapi_document
+from service.store.backends import REDIS_FAILURES
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(await request.app[STORE].stats())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except REDIS_FAILURES:
+        raise ApiError(503, "unavailable", "Redis is unreachable.") from None
+    body = {"status": "ready"}
+    if (warning := request.app[OPEN_WARNING]) is not None:
+        body["warning"] = warning
+    return json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    try:
+        for figure, value in (await request.app[STORE].stats()).items():
+            m.state.labels(figure).set(value)
+    except REDIS_FAILURES:
+        pass  # the request series are still worth scraping while Redis is away
+    return web.Response(body=generate_latest(m.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[SETTINGS], request.app[ROUTE_TABLE]))
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=api_page(request.app[SETTINGS], request.app[ROUTE_TABLE]),
+                        content_type="text/html")
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/docs")
+
+
+async def favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def static(path: str, content_type: str) -> Handler:
+    """A file of the package, read once (a resource path: the demo's files are served without
+    importing the demo's code)."""
+    body = resources.files("service").joinpath(path).read_bytes()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type,
+                            headers={"Cache-Control": "public, max-age=300"})
+    return handler

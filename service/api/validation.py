@@ -1,0 +1,235 @@
+"""Request validation: JSON in, typed values out, or an ApiError naming the field and the fix.
+
+Pure functions (no I/O), so they are unit-tested directly and the fuzz tests can hammer them.
+Strict where a silent guess would hurt: booleans are not numbers, unknown fields are refused
+(a typo such as ``recomend_seen`` would otherwise be ignored), NaN and infinities are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from service.api.errors import ApiError, invalid
+from service.api.jsonutil import JSONDecodeError, loads
+from service.core.model import EVENT_TYPES, Event
+from service.settings import Settings
+
+MAX_TIMESTAMP = 1e11  # year 5138: anything above is a unit mistake (ms instead of s)
+MAX_RATING = 1e9
+
+
+class Interaction(NamedTuple):
+    """A tuple: ``Store.recommend`` takes (item, timestamp, rating) tuples as they are."""
+
+    item_id: str
+    timestamp: float
+    rating: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendRequest:
+    interactions: list[Interaction]  # in the order given
+    k: int
+    recommend_seen: bool
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "The request body is empty: send a JSON object.",
+                       "body")
+    try:
+        return loads(body)
+    except JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON ({exc}).",
+                       "body") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def finite_number(value: Any, field: str, *, low: float, high: float) -> float:
+    if not _is_number(value):
+        raise invalid(field, f"{field} must be a number, not {_type_name(value)}.")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise invalid(field, f"{field} must be a finite number between {low:g} and {high:g}.")
+    return number
+
+
+def timestamp(value: Any, field: str) -> float:
+    return finite_number(value, field, low=0, high=MAX_TIMESTAMP)
+
+
+def event_timestamp(value: Any, field: str, now: float, skew: float) -> float:
+    """An event's time: never more than ``skew`` seconds ahead of the server's clock. A time in
+    the future would rank an item or a session above every real one for as long as the clock
+    takes to catch up (trending is a decayed sum over event times; an index keeps the newest)."""
+    ts = timestamp(value, field)
+    if ts > now + skew:
+        raise invalid(field, f"{field} is {ts - now:.0f} s ahead of the server's clock; events "
+                             f"may be at most {skew:g} s in the future. Send Unix seconds, or "
+                             "leave timestamp out to use the time of receipt.")
+    return ts
+
+
+def rating(value: Any, field: str) -> float:
+    return finite_number(value, field, low=-MAX_RATING, high=MAX_RATING)
+
+
+def integer(value: Any, field: str, *, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 10.0 is the integer 10
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(field, f"{field} must be an integer from {low} to {high}, "
+                             f"not {_type_name(value)}.")
+    if not low <= value <= high:
+        raise invalid(field, f"{field} must be from {low} to {high}; got {value}.")
+    return value
+
+
+INT_ID_RANGE = (-(2**63), 2**63 - 1)
+
+
+def identifier(value: Any, field: str, settings: Settings, *, allow_int: bool = False) -> str:
+    if allow_int and isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        value = int(value)  # 275776.0 is the integer 275776 in JSON (exact up to 2^53)
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        if not INT_ID_RANGE[0] <= value <= INT_ID_RANGE[1]:
+            raise invalid(field, f"{field} as an integer must fit in 64 bits; send larger ids "
+                                 "as strings.")
+        value = str(value)
+    if not isinstance(value, str):
+        kinds = "a string or an integer" if allow_int else "a string"
+        raise invalid(field, f"{field} must be {kinds}, not {_type_name(value)}.")
+    if not value:
+        raise invalid(field, f"{field} must not be empty.")
+    if len(value) > settings.max_id_length:
+        raise invalid(field, f"{field} is {len(value)} characters long; the limit is "
+                             f"{settings.max_id_length}.")
+    return value
+
+
+def query_integer(raw: str | None, field: str, *, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(field, f"{field} must be an integer from {low} to {high}.") from None
+    return integer(value, field, low=low, high=high)
+
+
+def query_bool(raw: str | None, field: str, *, default: bool) -> bool:
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise invalid(field, f"{field} must be true or false.")
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _object(value: Any, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        where = field or "The body"
+        raise invalid(field or "body", f"{where} must be a JSON object, not {_type_name(value)}.")
+    for key in value:
+        if key not in allowed:
+            name = f"{field}.{key}" if field else key
+            raise invalid(name, f"Unknown field {key!r}; allowed: {', '.join(allowed)}.")
+    return value
+
+
+_INTERACTION = ("timestamp", "rating")
+_FIELDS = frozenset(_INTERACTION)
+_PLAIN = (int, float)  # exact types: a bool is not a number here
+
+
+def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> Interaction:
+    where = f"user_interactions.{item_id}"
+    identifier(item_id, where, settings)
+    fields = _object(value, where, _INTERACTION)
+    ts = timestamp(fields["timestamp"], where + ".timestamp") if "timestamp" in fields else now
+    rate = rating(fields["rating"], where + ".rating") if "rating" in fields else 1.0
+    return Interaction(item_id, ts, rate)
+
+
+def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
+    """The seed's POST /iid_recommend body."""
+    obj = _object(body, "", ("user_interactions", "k", "recommend_seen"))
+    if "user_interactions" not in obj:
+        raise invalid("user_interactions",
+                      "user_interactions is required: an object keyed by item id ({} for none).")
+    raw = obj["user_interactions"]
+    if not isinstance(raw, dict):
+        raise invalid("user_interactions",
+                      "user_interactions must be an object keyed by item id, "
+                      f"not {_type_name(raw)}.")
+    if len(raw) > settings.max_interactions:
+        raise invalid("user_interactions",
+                      f"user_interactions has {len(raw)} items; the limit is "
+                      f"{settings.max_interactions}. Send the most recent ones.")
+    interactions = []
+    longest = settings.max_id_length
+    for item_id, value in raw.items():
+        # the common case in a few type checks; anything unusual takes the full path below,
+        # which names the field and the fix
+        if type(value) is dict and 0 < len(item_id) <= longest and value.keys() <= _FIELDS:
+            ts = value.get("timestamp", now)
+            rate = value.get("rating", 1.0)
+            if type(ts) in _PLAIN and type(rate) in _PLAIN and 0 <= ts <= MAX_TIMESTAMP \
+                    and -MAX_RATING <= rate <= MAX_RATING:  # NaN fails the comparisons
+                interactions.append(Interaction(item_id, float(ts), float(rate)))
+                continue
+        interactions.append(_interaction(item_id, value, settings, now))
+    k = integer(obj.get("k", 10), "k", low=1, high=settings.max_k)
+    seen = obj.get("recommend_seen", False)
+    if not isinstance(seen, bool):
+        raise invalid("recommend_seen", "recommend_seen must be true or false.")
+    return RecommendRequest(interactions, k, seen)
+
+
+EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating")
+
+
+def event(value: Any, field: str, settings: Settings, now: float) -> Event:
+    prefix = f"{field}." if field else ""
+    obj = _object(value, field, EVENT_FIELDS)
+    for required in ("session_id", "item_id"):
+        if required not in obj:
+            raise invalid(prefix + required, f"{prefix}{required} is required.")
+    session = identifier(obj["session_id"], prefix + "session_id", settings)
+    item = identifier(obj["item_id"], prefix + "item_id", settings, allow_int=True)
+    ts = event_timestamp(obj["timestamp"], prefix + "timestamp", now, settings.max_clock_skew) \
+        if "timestamp" in obj else now
+    kind = obj.get("type", "view")
+    if kind not in EVENT_TYPES:
+        raise invalid(prefix + "type", f"{prefix}type must be one of {', '.join(EVENT_TYPES)}.")
+    rate = rating(obj["rating"], prefix + "rating") if obj.get("rating") is not None else None
+    return Event(session, item, ts, kind, rate)
+
+
+def events(body: Any, settings: Settings, now: float) -> list[Event]:
+    """One event object, or ``{"events": [...]}``; a batch is valid only if every event is."""
+    if isinstance(body, dict) and "events" in body:
+        _object(body, "", ("events",))
+        batch = body["events"]
+        if not isinstance(batch, list):
+            raise invalid("events", f"events must be an array, not {_type_name(batch)}.")
+        if not batch:
+            raise invalid("events", "events must hold at least one event.")
+        if len(batch) > settings.max_batch:
+            raise invalid("events", f"events has {len(batch)} entries; the limit is "
+                                    f"{settings.max_batch}. Split the batch.")
+        return [event(value, f"events[{n}]", settings, now) for n, value in enumerate(batch)]
+    return [event(body, "", settings, now)]

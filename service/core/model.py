@@ -1,0 +1,160 @@
+"""The learned state and its update rule, free of I/O.
+
+State (all of it derived from the event stream, and independent of how sessions interleave):
+
+* per session, its **history**: the last ``history_cap`` events as packed 16-byte entries
+  ``item hash (8) | time key (8)``;
+* per item, its **neighbour index**: the ``index_cap`` sessions that touched it most recently,
+  as sorted 16-byte entries ``time key (8, big-endian) | session hash (8)``; a session's entry
+  carries the time of its latest event on the item. Keeping the top ``index_cap`` by
+  ``(time, session)`` gives the same set whatever order sessions arrive in, which is what lets
+  several workers and crashes end in exactly the state of one clean pass. The worker appends
+  in place and trims lazily: a stored index may hold up to ``index_limit(index_cap)`` entries,
+  and what counts (what readers and state comparisons use) is its newest ``index_cap``;
+* per item, its **document frequency** (sessions that contain it) and its original id;
+* **trending**: per item ``log2(sum of weight * 2^(t / half_life))`` over its events, an
+  order-free way to keep exponentially decayed popularity without ever overflowing.
+
+The rule reads a session's history, which only the worker holding the session's partition
+writes, and events of a partition are applied in stream order, so every effect is a pure
+function of the events. ``apply_events`` is used by the worker, and by the bulk loader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from service.core.layout import (
+    history_entry,
+    index_entry,
+    item_hash,
+    session_hash,
+    split_entries,
+    time_key,
+)
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+TYPE_RATING = {"view": 1.0, "click": 3.0, "add_to_cart": 4.0, "purchase": 5.0}
+"""Rating implied by an event type when the event carries none (the SDK's defaults too)."""
+
+def no_later_than(ev: Event, ceiling: float) -> Event:
+    """``ev`` with its time capped at ``ceiling`` (its arrival plus the allowed clock skew): a
+    producer writing to the stream directly is not validated by the API, and an event dated
+    in the future would outrank every real one in trending and in the neighbour indexes until
+    the clock caught up. Capped at the arrival time of its own entry, it stays a pure
+    function of the stream."""
+    return ev if ev[2] <= ceiling else ev._replace(timestamp=ceiling)
+
+
+class Event(NamedTuple):
+    """A named tuple: the worker decodes one per stream entry, and a frozen dataclass'
+    constructor costs several times more."""
+
+    session_id: str
+    item_id: str
+    timestamp: float
+    type: str = "view"
+    rating: float | None = None
+
+    @property
+    def effective_rating(self) -> float:
+        return TYPE_RATING[self.type] if self.rating is None else self.rating
+
+
+IndexChange = tuple[bytes, bytes, bytes]
+"""``(item, old entry to remove or b"", new entry)``: a plain tuple, one is built per event
+(a named tuple's constructor costs fifty times more)."""
+
+
+@dataclass
+class Effects:
+    """Everything one batch of events changes, ready to be committed in one step."""
+
+    histories: dict[bytes, bytes] = field(default_factory=dict)
+    index: list[IndexChange] = field(default_factory=list)
+    doc_freq: dict[bytes, int] = field(default_factory=dict)
+    names: dict[bytes, str] = field(default_factory=dict)
+    trend: list[tuple[str, float, float]] = field(default_factory=list)
+    applied: int = 0
+    new_sessions: int = 0  # sessions without a kept history before this batch (idf's N)
+
+
+def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
+                 history_cap: int) -> Effects:
+    """Fold events (in stream order) into effects, given the sessions' current histories.
+
+    ``histories`` maps session hash to its stored blob (missing means new session); it is not
+    modified. Per session, the item's index entry moves to the latest time the session touched
+    it; an item new to the session's kept history counts once toward its document frequency.
+    (The loop is the worker's and the loader's hottest: locals bound once, plain tuples.)
+    """
+    fx = Effects()
+    index, doc_freq, names, trend = fx.index, fx.doc_freq, fx.names, fx.trend
+    # per session: its kept history, and per item the latest time in it (so an event costs a
+    # dict lookup, not a scan of the history)
+    current: dict[bytes, tuple[list[tuple[bytes, int]], dict[bytes, int]]] = {}
+    new_sessions = applied = 0
+    for ev in events:
+        session_id, item_id, ts = ev[0], ev[1], ev[2]
+        s = session_hash(session_id)
+        state = current.get(s)
+        if state is None:
+            kept = split_entries(histories.get(s, b""))
+            state = current[s] = (kept, _latest(kept))
+            new_sessions += not kept
+        hist, latest = state
+        i = item_hash(item_id)
+        tkey = time_key(ts)
+        previous = latest.get(i)
+        if previous is None:
+            doc_freq[i] = doc_freq.get(i, 0) + 1
+            index.append((i, b"", index_entry(tkey, s)))
+            latest[i] = tkey
+        elif tkey > previous:
+            index.append((i, index_entry(previous, s), index_entry(tkey, s)))
+            latest[i] = tkey
+        hist.append((i, tkey))
+        if len(hist) > history_cap:
+            del hist[: len(hist) - history_cap]
+            latest.clear()
+            latest.update(_latest(hist))
+        if i not in names:
+            names[i] = item_id
+        trend.append((item_id, ts, 1.0))  # an interaction of any type counts once
+        applied += 1
+    fx.applied, fx.new_sessions = applied, new_sessions
+    for s, (hist, _) in current.items():
+        fx.histories[s] = b"".join([history_entry(it, t) for it, t in hist])
+    return fx
+
+
+def _latest(history: list[tuple[bytes, int]]) -> dict[bytes, int]:
+    latest: dict[bytes, int] = {}
+    for item, t in history:
+        if t > latest.get(item, -1):
+            latest[item] = t
+    return latest
+
+
+def trending(trend: Iterable[tuple[str, float, float]], half_life: float) -> dict[str, float]:
+    """Per item ``log2(sum of weight * 2^(ts / half_life))``, computed stably in log space:
+    how a batch's (worker) or a whole log's (loader) events reach the trending zset, one value
+    per item, merged with the stored one by the same log-sum."""
+    by_item: dict[str, list[float]] = {}
+    for member, ts, weight in trend:
+        if weight > 0:
+            by_item.setdefault(member, []).append(ts / half_life + math.log2(weight))
+    out = {}
+    for member, logs in by_item.items():
+        top = max(logs)
+        out[member] = top if len(logs) == 1 else top + math.log2(
+            math.fsum(2.0 ** (x - top) for x in logs))
+    return out
+
+
+def sessions_of(events: Sequence[Event]) -> list[bytes]:
+    """Distinct session hashes of a batch, in first-seen order (whose histories to read)."""
+    return list(dict.fromkeys(session_hash(ev.session_id) for ev in events))

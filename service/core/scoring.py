@@ -1,0 +1,118 @@
+"""Request-time scoring, free of I/O: session neighbourhoods over the live neighbour index.
+
+Steps 1 and 2 are each fed by one Redis round trip:
+
+1. ``neighbours``: the indexes of the session's most recent items list the sessions that touched
+   each item most recently. A candidate session's similarity is the sum of the weights of the
+   query items it shares (weights favour recent positions and higher ratings). Of the
+   ``sample_sessions`` most recent candidates, the ``neighbours`` most similar are kept.
+2. ``score``: every item of a neighbour's history scores the neighbour's similarity. Inside
+   each neighbour, the *anchor* is the most recent session item it contains; an item at
+   distance d after the anchor earns ``sequence_weight / d`` times more (the sequential,
+   next-click signal), one before it ``before_weight / d``.
+3. ``apply_idf``: scores are multiplied by ``log(1 + N / df)^idf_weight`` (N sessions, df of
+   them contain the item), so that items present in every session do not crowd out specific
+   ones.
+4. ``add_repeats``: with ``recommend_seen``, the session's own items are boosted by their
+   recency (people come back to what they just looked at).
+
+A request touches a few thousand (session, item) pairs in arrays of a few hundred, where the
+overhead of a numpy call costs more than its arithmetic. So each stage runs in the kernel
+(``service/kernel``: compiled, or its pure reference, which reads as the specification of each
+stage); the functions here give its bytes their types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service import kernel
+from service.settings import Settings
+
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    query_items: int = 20
+    sample_sessions: int = 500
+    neighbours: int = 200
+    sequence_weight: float = 1.5
+    before_weight: float = 1.0
+    position_decay: float = 2.0
+    idf_weight: float = 1.0
+    repeat_weight: float = 2.0
+    index_cap: int = 500  # an index counts its newest index_cap entries (layout.index_limit)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Params:
+        return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight,
+                   s.before_weight, s.position_decay, s.idf_weight, s.repeat_weight,
+                   s.index_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The session as the scorer sees it."""
+
+    items: U64  # the items used to find neighbours, oldest first (distinct)
+    weights: F64  # one per item in ``items``
+    seen: U64  # every item of the session (excluded unless recommend_seen)
+
+    @property
+    def last(self) -> int | None:
+        return int(self.items[-1]) if len(self.items) else None
+
+
+def as_u64(hashes: Sequence[bytes]) -> U64:
+    return np.frombuffer(b"".join(hashes), dtype="<u8").astype(np.uint64)
+
+
+def to_hash(value: int) -> bytes:
+    return int(value).to_bytes(8, "little")
+
+
+def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequence[float],
+                params: Params) -> Query:
+    """Order the session by time (stable for equal times) and weight its positions.
+
+    The item at distance d from the end weighs ``(1 + d)^-position_decay``, times its rating
+    relative to the session's highest rating (non-positive ratings weigh nothing: no evidence
+    of interest).
+    """
+    items, weights, everything = kernel.query(hashes, timestamps, ratings, params.query_items,
+                                              params.position_decay)
+    return Query(np.frombuffer(items, np.uint64), np.frombuffer(weights, np.float64),
+                 np.frombuffer(everything, np.uint64))
+
+
+def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params,
+               exclude_session: int | None = None) -> tuple[U64, F64]:
+    """Neighbour sessions and their similarities, most similar first."""
+    sessions, similarity = kernel.neighbours(
+        query.weights, index_blobs, params.sample_sessions, params.neighbours,
+        exclude_session or 0, exclude_session is not None, params.index_cap)
+    return np.frombuffer(sessions, np.uint64), np.frombuffer(similarity, np.float64)
+
+
+def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
+          params: Params) -> tuple[U64, F64]:
+    """Candidate items and their raw scores (in an order of the kernel's choosing)."""
+    items, totals = kernel.score(query.items, query.weights, history_blobs, similarity,
+                                 params.sequence_weight, params.before_weight)
+    return np.frombuffer(items, np.uint64), np.frombuffer(totals, np.float64)
+
+
+def rank(candidates: U64, scores: F64, doc_freq: F64, sessions: float, query: Query,
+         params: Params, repeats: bool, exclude: U64, k: int) -> tuple[U64, F64]:
+    """Steps 3 and 4, then the k best (``doc_freq`` one per candidate): idf, the session's own
+    items when ``repeats``, minus ``exclude``."""
+    items, values = kernel.rank(
+        candidates, scores, doc_freq, sessions, params.idf_weight, query.items, query.weights,
+        params.repeat_weight if repeats else 0.0, np.ascontiguousarray(exclude, np.uint64), k)
+    return np.frombuffer(items, np.uint64), np.frombuffer(values, np.float64)

@@ -1,0 +1,126 @@
+/* What the compiled kernel's files share: the 16-byte entry, byte order, an inlined sort, the
+ * salted slot hash and the object tables' probe (used by tables.c and by scoring.c's
+ * candidates). The layout itself is defined once in service/core/entries.py; ENTRY here must
+ * agree with it (tests/test_kernel.py holds them equal). */
+#ifndef SESSIONREC_KERNEL_H
+#define SESSIONREC_KERNEL_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __APPLE__
+#include <sys/random.h>
+#endif
+
+#define ENTRY 16
+
+static inline uint64_t le64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+static inline int64_t be64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return (int64_t)v;
+}
+
+/* --- an inlined introsort: qsort's comparator call per comparison cost more than the
+ * scoring arithmetic. DEFINE_SORT(name, T, less) defines name(T *a, Py_ssize_t n) ordering by
+ * less(x, y), a strict total order (every caller breaks ties by a unique hash). */
+#define DEFINE_SORT(name, T, less)                                                           \
+    static void name##_heap(T *a, Py_ssize_t n) {                                            \
+        for (Py_ssize_t start = n / 2 - 1; start >= 0; start--) {                           \
+            for (Py_ssize_t root = start;;) {                                                \
+                Py_ssize_t child = 2 * root + 1;                                             \
+                if (child >= n) break;                                                       \
+                if (child + 1 < n && less(a[child], a[child + 1])) child++;                  \
+                if (!less(a[root], a[child])) break;                                         \
+                T t = a[root]; a[root] = a[child]; a[child] = t;                             \
+                root = child;                                                                \
+            }                                                                                \
+        }                                                                                    \
+        for (Py_ssize_t end = n - 1; end > 0; end--) {                                       \
+            T t = a[0]; a[0] = a[end]; a[end] = t;                                           \
+            for (Py_ssize_t root = 0;;) {                                                    \
+                Py_ssize_t child = 2 * root + 1;                                             \
+                if (child >= end) break;                                                     \
+                if (child + 1 < end && less(a[child], a[child + 1])) child++;                \
+                if (!less(a[root], a[child])) break;                                         \
+                T u = a[root]; a[root] = a[child]; a[child] = u;                             \
+                root = child;                                                                \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static void name##_intro(T *a, Py_ssize_t n, int depth) {                                \
+        while (n > 16) {                                                                     \
+            if (depth-- == 0) { name##_heap(a, n); return; }                                 \
+            Py_ssize_t mid = n / 2, last = n - 1;                                            \
+            if (less(a[mid], a[0])) { T t = a[mid]; a[mid] = a[0]; a[0] = t; }               \
+            if (less(a[last], a[0])) { T t = a[last]; a[last] = a[0]; a[0] = t; }            \
+            if (less(a[last], a[mid])) { T t = a[last]; a[last] = a[mid]; a[mid] = t; }      \
+            T pivot = a[mid];                                                                \
+            Py_ssize_t i = 0, j = last;                                                      \
+            for (;;) {                                                                       \
+                while (less(a[i], pivot)) i++;                                               \
+                while (less(pivot, a[j])) j--;                                               \
+                if (i >= j) break;                                                           \
+                T t = a[i]; a[i] = a[j]; a[j] = t;                                           \
+                i++; j--;                                                                    \
+            }                                                                                \
+            /* recurse into the smaller side, loop on the larger: O(log n) stack */          \
+            if (j + 1 < n - j - 1) { name##_intro(a, j + 1, depth); a += j + 1; n -= j + 1; } \
+            else { name##_intro(a + j + 1, n - j - 1, depth); n = j + 1; }                   \
+        }                                                                                    \
+        for (Py_ssize_t i = 1; i < n; i++) {                                                 \
+            T x = a[i];                                                                      \
+            Py_ssize_t j = i;                                                                \
+            while (j > 0 && less(x, a[j - 1])) { a[j] = a[j - 1]; j--; }                     \
+            a[j] = x;                                                                        \
+        }                                                                                    \
+    }                                                                                        \
+    static void name(T *a, Py_ssize_t n) {                                                   \
+        int depth = 0;                                                                       \
+        for (Py_ssize_t m = n; m > 1; m >>= 1) depth += 2;                                   \
+        name##_intro(a, n, depth);                                                           \
+    }
+
+/* --- slot hashing, salted per process -------------------------------------------------------
+ * Every table here is keyed by item and session hashes, and those are public: BLAKE2b of ids a
+ * client chooses. Unsalted, an attacker could grind ids whose hashes share a home slot and
+ * turn each probe into a walk along one long run. Keys are mixed with a random per-process
+ * salt through a bijective finaliser (murmur3's fmix64), so no id can be chosen to collide. */
+extern uint64_t kernel_salt;
+
+static inline uint64_t mix(uint64_t key) {
+    key ^= kernel_salt;
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    key *= 0xc4ceb9fe1a85ec53ULL;
+    key ^= key >> 33;
+    return key;
+}
+
+void kernel_reseed_salt(void);
+
+/* object tables (tables.c) */
+int objects_args(Py_buffer *keys, PyObject *slots, Py_ssize_t *mask);
+Py_ssize_t objects_at(const uint64_t *k, Py_ssize_t mask, uint64_t key);
+
+extern PyMethodDef kernel_scoring_methods[];
+extern PyMethodDef kernel_table_methods[];
+extern PyMethodDef kernel_resp_methods[];
+
+#endif

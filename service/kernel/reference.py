@@ -1,0 +1,416 @@
+"""The pure reference of every compiled kernel function: numpy and Python, readable, with the
+compiled functions' signatures and results (tests/test_kernel.py holds the two equal on
+hand-made and random cases).
+
+It runs when the extension was not built (a machine without a C compiler) or when
+``SESSIONREC_KERNEL=reference`` asks for it. The scoring stages are vectorised and sum in the
+kernel's order; the tables and the RESP packing are plain loops, correct but much slower per
+request than the compiled versions: the price is in the README.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
+
+Buffer = bytes | npt.NDArray[Any]
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+
+_MASK = (1 << 64) - 1
+_salt = 0
+
+
+def reseed() -> None:
+    """A new salt for the tables' slot hashing (a forked process's own, not its parent's)."""
+    global _salt
+    _salt = int.from_bytes(os.urandom(8), "little") or 1
+
+
+reseed()
+
+
+def _mix(key: int) -> int:
+    """The tables' slot hash: the salt, then murmur3's fmix64 (no id can be chosen to collide)."""
+    key ^= _salt
+    key ^= key >> 33
+    key = (key * 0xFF51AFD7ED558CCD) & _MASK
+    key ^= key >> 33
+    key = (key * 0xC4CEB9FE1A85EC53) & _MASK
+    return key ^ (key >> 33)
+
+
+def _u64(buffer: Buffer) -> U64:
+    return np.frombuffer(buffer, dtype="<u8").astype(np.uint64)
+
+
+def _f64(buffer: Buffer) -> F64:
+    return np.frombuffer(buffer, dtype=np.float64)
+
+
+def _blobs(blobs: Iterable[bytes | None]) -> list[bytes]:
+    out = []
+    for blob in blobs:
+        if blob is not None and not isinstance(blob, bytes):
+            raise TypeError("blobs must hold bytes or None")
+        out.append(blob or b"")
+    return out
+
+
+# --- scoring stages ------------------------------------------------------------------------
+
+def query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequence[float],
+          query_items: int, position_decay: float) -> tuple[bytes, bytes, bytes]:
+    """The session ordered by time (stable), its last ``query_items`` items weighted by
+    ``(1 + distance from the end)^-position_decay`` times the rating relative to the highest
+    (non-positive ratings weigh nothing) -> (items, weights, every item)."""
+    seen = np.frombuffer(b"".join(hashes), dtype="<u8").astype(np.uint64)
+    if not len(seen):
+        return b"", b"", b""
+    order = np.argsort(np.asarray(timestamps, dtype=np.float64), kind="stable")
+    order = order[-query_items:] if query_items > 0 else order[:0]
+    items = seen[order]
+    rates = np.clip(np.asarray(ratings, dtype=np.float64)[order], 0.0, None)
+    top = rates.max() if len(rates) else 0.0
+    rates = rates / top if top > 0 else rates
+    distance = np.arange(len(items) - 1, -1, -1, dtype=np.float64)
+    weights = rates * np.power(1.0 + distance, -position_decay)
+    keep = weights > 0
+    return items[keep].tobytes(), weights[keep].tobytes(), seen.tobytes()
+
+
+def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sessions: int,
+               neighbours: int, exclude: int, has_exclude: bool, cap: int
+               ) -> tuple[bytes, bytes]:
+    """Sessions sharing the query's items, most similar first: similarity sums the weights of
+    the shared items; of the ``sample_sessions`` most recent, the ``neighbours`` best."""
+    query_weights = _f64(weights)
+    blobs = [newest_entries(b, cap) for b in _blobs(index_blobs)]
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // ENTRY_BYTES
+    if not lengths.sum():
+        return b"", b""
+    data = np.frombuffer(b"".join(blobs), dtype=INDEX_DTYPE)
+    weight = np.repeat(query_weights[:len(blobs)], lengths)
+    # group entries by session with one sort; similarity is a bincount (sums in entry order),
+    # the latest time a max per group of the sorted entries
+    order = np.argsort(data["s"], kind="stable")
+    grouped = data["s"][order]
+    new_group = np.concatenate(([True], grouped[1:] != grouped[:-1]))
+    starts = np.flatnonzero(new_group)
+    sessions = grouped[starts].astype(np.uint64)
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.cumsum(new_group) - 1
+    similarity = np.bincount(inverse, weights=weight, minlength=len(sessions)).astype(np.float64)
+    latest = np.maximum.reduceat(data["t"].astype(np.int64)[order], starts)
+    if has_exclude:
+        keep = sessions != np.uint64(exclude)
+        sessions, similarity, latest = sessions[keep], similarity[keep], latest[keep]
+    if len(sessions) > sample_sessions:  # the most recent (ties: the smaller hash)
+        recent = np.lexsort((sessions, -latest))[:max(sample_sessions, 0)]
+        sessions, similarity, latest = sessions[recent], similarity[recent], latest[recent]
+    # most similar first; among equals the most recent, then the smaller hash (deterministic)
+    order = np.lexsort((sessions, -latest, -similarity))[:max(neighbours, 0)]
+    return sessions[order].tobytes(), similarity[order].astype(np.float64).tobytes()
+
+
+_neighbours = neighbours  # for candidates(), whose argument of that name shadows it
+
+
+def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[bytes | None],
+          similarity: Buffer, sequence_weight: float, before_weight: float
+          ) -> tuple[bytes, bytes]:
+    """Every item of a neighbour's history scores the neighbour's similarity, once per
+    neighbour (its best occurrence), times ``1 + sequence_weight / d`` d places after the
+    neighbour's anchor (its highest-weighted session item, latest) or ``1 + before_weight / d``
+    d places before it -> (candidates ascending, scores)."""
+    items_q, weights_q, sims = _u64(query_items), _f64(query_weights), _f64(similarity)
+    blobs = _blobs(history_blobs)
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // ENTRY_BYTES
+    if not lengths.sum():
+        return b"", b""
+    blobs = [b[:n * ENTRY_BYTES] for b, n in zip(blobs, lengths.tolist(), strict=True)]
+    items = np.frombuffer(b"".join(blobs), dtype=HISTORY_DTYPE)["i"].astype(np.uint64)
+    owner = np.repeat(np.arange(len(blobs)), lengths)
+    weight = sims[owner].astype(np.float64)
+    if (sequence_weight or before_weight) and len(items_q):
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        position = np.arange(len(items)) - starts[owner]
+        anchor = _anchors(items_q, weights_q, items, position, lengths)[owner]
+        distance = position - anchor
+        anchored = anchor >= 0  # the neighbour contains a session item
+        after = anchored & (distance > 0)
+        before = anchored & (distance < 0)
+        gap = np.maximum(np.abs(distance), 1)
+        weight = weight * (1.0 + np.where(after, sequence_weight / gap, 0.0)
+                           + np.where(before, before_weight / gap, 0.0))
+    # an item counts once per neighbour: keep its best-weighted occurrence. Items get dense
+    # ids, so (neighbour, item) is one exact int64 key: one sort instead of a 3-key lexsort.
+    candidates, item_id = np.unique(items, return_inverse=True)
+    pair = owner.astype(np.int64) * len(candidates) + item_id
+    order = np.argsort(pair, kind="stable")
+    pair = pair[order]
+    starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1])))
+    best = np.maximum.reduceat(weight[order], starts)
+    totals = np.bincount(item_id[order[starts]], weights=best, minlength=len(candidates))
+    return candidates.tobytes(), totals.astype(np.float64).tobytes()
+
+
+def _anchors(query_items: U64, query_weights: F64, items: U64,
+             position: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+             ) -> npt.NDArray[np.int64]:
+    """Per neighbour, the latest position of its highest-weighted session item (-1: none).
+
+    Neighbours' entries are contiguous, so this is a max per segment of the key
+    ``rank(weight) * 2^32 + position`` (rank 0: not a session item): no sort needed."""
+    order = np.argsort(query_items)
+    keys = query_items[order]
+    ranks = np.searchsorted(np.unique(query_weights), query_weights[order]) + 1
+    at = np.minimum(np.searchsorted(keys, items), len(keys) - 1)
+    rank = np.where(keys[at] == items, ranks[at], 0).astype(np.int64)
+    key = (rank << 32) | position
+    anchors = np.full(len(lengths), -1, dtype=np.int64)
+    present = lengths > 0
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[present]
+    best = np.maximum.reduceat(key, starts)
+    anchors[present] = np.where(best >> 32 > 0, best & 0xFFFFFFFF, -1)
+    return anchors
+
+
+def rank(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
+         idf_weight: float, query_items: Buffer, query_weights: Buffer, repeat_weight: float,
+         exclude: Buffer, k: int) -> tuple[bytes, bytes]:
+    """Scores times ``log(1 + N / df)^idf_weight``; with ``repeat_weight``, scaled to a best
+    of 1 plus ``repeat_weight`` times each session item's weight; then the k best positive
+    ones not in ``exclude`` (ties: the smaller hash first)."""
+    items, values = _u64(candidates), _f64(scores).copy()
+    if len(values) != len(items):
+        raise ValueError("one score and one frequency per candidate")
+    if idf_weight:
+        df = _f64(doc_freq)
+        if len(df) != len(items):
+            raise ValueError("one score and one frequency per candidate")
+        idf = np.log1p(max(sessions, 1.0) / np.maximum(df, 1.0))
+        values = values * np.power(idf, idf_weight)
+    q_items, q_weights = _u64(query_items), _f64(query_weights)
+    if repeat_weight and len(q_items):
+        best = values.max() if len(values) else 0.0
+        scaled = values / best if best > 0 else values
+        merged, inverse = np.unique(np.concatenate((items, q_items)), return_inverse=True)
+        values = np.bincount(inverse, weights=np.concatenate((scaled, repeat_weight * q_weights)),
+                             minlength=len(merged)).astype(np.float64)
+        items = merged
+    keep = values > 0
+    excluded = _u64(exclude)
+    if len(excluded):
+        keep &= ~np.isin(items, excluded)
+    items, values = items[keep], values[keep]
+    order = np.lexsort((items, -values))[:max(k, 0)]
+    return items[order].tobytes(), values[order].tobytes()
+
+
+def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
+               index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
+               sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool,
+               cap: int, sequence_weight: float, before_weight: float
+               ) -> tuple[bytes, bytes, int] | None:
+    """``neighbours`` then ``score`` on blobs read from the read cache's object tables; None
+    when one of them is not there (the caller reads Redis instead)."""
+    q_items = _u64(query_items)
+    if len(_f64(query_weights)) != len(q_items):
+        raise ValueError("one weight per query item")
+    indexes = objects_get(index_keys, index_slots, q_items)
+    if any(not isinstance(blob, bytes) for blob in indexes):
+        return None
+    sessions, sims = _neighbours(query_weights, indexes, sample_sessions, neighbours, exclude,
+                                 has_exclude, cap)
+    histories = objects_get(history_keys, history_slots, _u64(sessions))
+    if any(not isinstance(blob, bytes) for blob in histories):
+        return None
+    found, totals = score(query_items, query_weights, histories, sims, sequence_weight,
+                          before_weight)
+    return found, totals, len(sessions) // 8
+
+
+def relative(scores: Buffer) -> list[float]:
+    """Each score over the first, rounded to 6 decimals (half to even, as numpy rounds)."""
+    values = _f64(scores)
+    if not len(values):
+        return []
+    return (np.rint(values / values[0] * 1e6) / 1e6).tolist()  # type: ignore[no-any-return]
+
+
+# --- the frequency table: u64 keys, f64 values, NaN marks an empty slot ----------------------
+
+def _table_mask(table_keys: Buffer, table_values: Buffer) -> int:
+    n = len(table_keys)
+    if n == 0 or n & (n - 1) or len(table_values) != n:
+        raise ValueError("a table is two arrays of the same power-of-2 size")
+    return n - 1
+
+
+def lookup(table_keys: Buffer, table_values: Buffer, items: Buffer) -> tuple[bytes, bytes]:
+    """Each item's value (0 when absent) and the absent items."""
+    keys, values = np.asarray(table_keys), np.asarray(table_values)
+    mask = _table_mask(keys, values)
+    found = []
+    absent = []
+    for item in _u64(items).tolist():
+        at = _mix(item) & mask
+        while not math.isnan(values[at]) and int(keys[at]) != item:
+            at = (at + 1) & mask
+        if math.isnan(values[at]):
+            found.append(0.0)
+            absent.append(item)
+        else:
+            found.append(float(values[at]))
+    return (np.array(found, np.float64).tobytes(), np.array(absent, np.uint64).tobytes())
+
+
+def insert(table_keys: Buffer, table_values: Buffer, items: Buffer, values: Buffer) -> int:
+    """Set each item's value in place; returns how many were new."""
+    keys, slots = np.asarray(table_keys), np.asarray(table_values)
+    mask = _table_mask(keys, slots)
+    new_items, new_values = _u64(items), _f64(values)
+    if len(new_values) != len(new_items):
+        raise ValueError("one value per item")
+    used = int(np.count_nonzero(~np.isnan(slots)))
+    added = 0
+    for item, value in zip(new_items.tolist(), new_values.tolist(), strict=True):
+        if math.isnan(value):
+            raise ValueError("values must not be NaN")
+        at = _mix(item) & mask
+        while not math.isnan(slots[at]) and int(keys[at]) != item:
+            at = (at + 1) & mask
+        if math.isnan(slots[at]):
+            if used + 1 > mask:  # keep one slot empty, or probes would never end
+                raise ValueError("the table is full")
+            used += 1
+            added += 1
+            keys[at] = item
+        slots[at] = value
+    return added
+
+
+# --- object tables: u64 keys (0 marks an empty slot), a list of objects ----------------------
+
+def _objects_mask(table_keys: Buffer, table_slots: list[Any]) -> int:
+    n = len(table_keys)
+    if n == 0 or n & (n - 1) or len(table_slots) != n:
+        raise ValueError("an object table is a u64 buffer and a list of the same power-of-2 size")
+    return n - 1
+
+
+def _objects_find(keys: U64, mask: int, key: int) -> int:
+    """The slot holding key, else the empty slot ending its probe run; -1 when full."""
+    at = _mix(key) & mask
+    for _ in range(mask + 1):
+        here = int(keys[at])
+        if here == 0 or here == key:
+            return at
+        at = (at + 1) & mask
+    return -1
+
+
+def _objects_at(keys: U64, mask: int, key: int) -> int:
+    if key == 0:
+        return -1
+    at = _objects_find(keys, mask, key)
+    return at if at >= 0 and int(keys[at]) == key else -1
+
+
+def objects_get(table_keys: Buffer, table_slots: list[Any], hashes: Buffer) -> list[Any]:
+    """Each hash's object, None where absent (hash 0 is never present)."""
+    keys = np.asarray(table_keys)
+    mask = _objects_mask(keys, table_slots)
+    out = []
+    for h in _u64(hashes).tolist():
+        at = _objects_at(keys, mask, h)
+        out.append(table_slots[at] if at >= 0 else None)
+    return out
+
+
+def objects_put(table_keys: Buffer, table_slots: list[Any], hash: int, value: Any) -> Any:
+    """The value replaced, or None if the hash is new."""
+    keys = np.asarray(table_keys)
+    mask = _objects_mask(keys, table_slots)
+    if hash == 0:
+        raise ValueError("hash 0 marks an empty slot")
+    at = _objects_find(keys, mask, hash)
+    if at < 0:
+        raise ValueError("the table is full")
+    old = None
+    if int(keys[at]) == 0:
+        keys[at] = hash
+    else:
+        old = table_slots[at]
+    table_slots[at] = value
+    return old
+
+
+def objects_pop(table_keys: Buffer, table_slots: list[Any], hash: int) -> Any:
+    """The value removed, or None if absent; later entries of the probe run shift back into
+    the hole, so no tombstone is needed."""
+    keys = np.asarray(table_keys)
+    mask = _objects_mask(keys, table_slots)
+    at = _objects_at(keys, mask, hash)
+    if at < 0:
+        return None
+    old = table_slots[at]
+    hole = j = at
+    while True:
+        j = (j + 1) & mask
+        if int(keys[j]) == 0:
+            break
+        home = _mix(int(keys[j])) & mask
+        # the entry at j may move to the hole unless its home lies cyclically in (hole, j]
+        stays = (hole < home <= j) if hole <= j else (home > hole or home <= j)
+        if stays:
+            continue
+        keys[hole] = keys[j]
+        table_slots[hole] = table_slots[j]
+        hole = j
+    keys[hole] = 0
+    table_slots[hole] = None
+    return old
+
+
+# --- RESP packing ----------------------------------------------------------------------------
+
+def _bulk(arg: bytes | str | int | float) -> bytes:
+    if isinstance(arg, bytes):
+        data = arg
+    elif isinstance(arg, str):
+        data = arg.encode("utf-8", "surrogatepass")
+    elif isinstance(arg, float):
+        data = repr(arg).encode()
+    elif isinstance(arg, int):
+        data = str(arg).encode()
+    else:
+        raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack(command: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
+    """The command as a RESP array of bulk strings: bytes as they are, str as UTF-8 (lone
+    surrogates kept), int as str(), float as repr()."""
+    return b"*%d\r\n" % (len(args) + 1) + _bulk(command) + b"".join(map(_bulk, args))
+
+
+def mget(hashes: Buffer, prefixes: list[bytes]) -> bytes:
+    """MGET of ``prefixes[h % len(prefixes)] + hex(h)`` for each little-endian u64 hash h."""
+    if not prefixes:
+        raise ValueError("no prefixes")
+    if any(not isinstance(p, bytes) for p in prefixes):
+        raise TypeError("prefixes must be bytes")
+    raw = np.ascontiguousarray(np.frombuffer(hashes, dtype="<u8")).tobytes() \
+        if not isinstance(hashes, bytes) else hashes
+    keys = [prefixes[int.from_bytes(raw[o:o + 8], "little") % len(prefixes)]
+            + raw[o:o + 8].hex().encode() for o in range(0, len(raw) - len(raw) % 8, 8)]
+    return pack(b"MGET", keys)

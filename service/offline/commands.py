@@ -1,0 +1,113 @@
+"""The offline commands, ``sessionrec load`` and ``sessionrec eval``: click logs in, learned
+state or an accuracy report out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.offline import clicklog
+from service.offline.clicklog import ClickLog
+from service.offline.evaluate import Result, align_times, chart, evaluate, report, summarise
+from service.offline.loader import bulk_store, load
+from service.offline.redisproc import RedisProcess
+from service.settings import Settings, from_args
+
+T = TypeVar("T")
+
+
+def read_log(path: str, args: argparse.Namespace) -> ClickLog:
+    return clicklog.read(path, args.format, args.columns, args.delimiter)
+
+
+def concat(logs: list[ClickLog]) -> ClickLog:
+    return ClickLog(np.concatenate([x.sessions for x in logs]),
+                    np.concatenate([x.items for x in logs]),
+                    np.concatenate([x.times for x in logs]))
+
+
+def load_command(args: argparse.Namespace) -> int:
+    settings = from_args(args)
+    log = concat([read_log(p, args) for p in args.files])
+
+    async def main() -> None:
+        store = bulk_store(settings)
+        try:
+            await store.prepare()
+            done = await load(store, log.events())
+        finally:
+            await store.close()
+        print(f"loaded {done.events} events: {done.sessions} sessions, {done.items} items in "
+              f"{done.seconds:.1f}s into {settings.redis_url} (namespace {settings.namespace})")
+    asyncio.run(main())
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    settings = from_args(args)
+    train = read_log(args.train, args)
+    test = align_times(train, read_log(args.test, args))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    protocols = ("static", "streaming") if args.protocol == "both" else (args.protocol,)
+    title = args.title or Path(args.train).parent.name or "evaluation"
+    sections = [f"## {title}", "",
+                f"- date: {datetime.date.today()}, machine: {platform.machine()} "
+                f"{platform.node()}, python {platform.python_version()}",
+                f"- train: {len(train)} events, test: {len(test)} events; k = 20; "
+                f"served model through {'POST /iid_recommend' if args.http else 'Store'}", ""]
+    for protocol in protocols:
+        results = _run(settings, train, test, models, protocol, args)
+        summary = summarise(results, train)
+        sections.append(report(summary, f"{title}, {protocol} protocol"))
+        print(sections[-1])
+        if args.out:
+            png = Path(f"{args.out}-{protocol}.png")
+            chart({n: r.curve() for n, r in results.items()}, png, f"{title} ({protocol})")
+            sections.append(f"![HR and MRR at k = 1..20]({png.name})\n")
+    if args.out:
+        Path(f"{args.out}.md").write_text("\n".join(sections) + "\n", encoding="utf-8")
+        print(f"report written to {args.out}.md")
+    return 0
+
+
+def _run(settings: Settings, train: ClickLog, test: ClickLog, models: list[str],
+         protocol: str, args: argparse.Namespace) -> dict[str, Result]:
+    async def main(s: Settings) -> dict[str, Result]:
+        return dict(await evaluate(s, train, test, models, protocol, http=args.http,
+                                   limit=args.limit))
+    return with_redis(settings, args, main)
+
+
+def with_redis(settings: Settings, args: argparse.Namespace,
+               main: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on the Redis the user named, or on a private redis-server when none was
+    named (offline commands must never write into a Redis they were not pointed at)."""
+    if "SESSIONREC_REDIS_URL" not in os.environ and args.redis_url is None:
+        with RedisProcess() as url:
+            return asyncio.run(main(settings.replace(redis_url=url)))
+    return asyncio.run(main(settings))
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from service.offline.tune import env_file, tune
+
+    settings = from_args(args)
+    train = read_log(args.train, args)
+    params = [p.strip() for p in args.params.split(",")] if args.params else None
+
+    async def main(s: Settings) -> Settings:
+        best, _ = await tune(s, train, valid_fraction=args.valid_fraction, limit=args.limit,
+                             params=params)
+        return best
+    best = with_redis(settings, args, main)
+    Path(args.out).write_text(env_file(best), encoding="utf-8")
+    print(f"best setting written to {args.out}:\n{env_file(best)}")
+    return 0

@@ -1,0 +1,186 @@
+"""The Redis key layout: the only module that spells a key.
+
+Why it looks like this
+----------------------
+* Ids are opaque. Item and session ids are hashed (BLAKE2b, 8 bytes, one personalisation per
+  kind) and keys carry the hash in hex, so any Unicode id — braces, colons, spaces, NUL, 10 KB —
+  has a fixed-size key that can neither collide with nor reach another key. The original item
+  id is kept as a hash field value (``names``) and as the trending member.
+* Every key starts with ``<ns>:{<tag>}`` and the tag is ours, never an id: Redis Cluster hashes
+  the first ``{...}``, so an id containing braces cannot move a key to another slot.
+* Two families of tags. ``{pN}``: partition N of the event stream, and with it every key of the
+  sessions hashed to that partition (their live interactions and learned histories), so the
+  ingest script, the worker's read of a batch's histories and its commit (effects, watermark and
+  XACK) each stay in one slot. ``{iN}``: item shard N of ITEM_SHARDS, holding the per-item
+  neighbour index, names and document frequencies. ``{g}``: the few global keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.core.layout import ITEM_SHARDS, partition_of, shard_of
+
+HISTORY = ":h:"
+"""Marks a learned session history key (``history`` and the vectorised ``histories``)."""
+
+GROUP = "workers"
+"""The consumer group every worker reads each partition stream through."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds every key of one namespace. Instances are cheap; build them once per process."""
+
+    ns: str
+    partitions: int
+
+    # --- partition keys -------------------------------------------------------------------
+    def _p(self, p: int) -> str:
+        return f"{self.ns}:{{p{p}}}"
+
+    def stream(self, p: int) -> str:
+        return self._p(p) + ":events"
+
+    def dead(self, p: int) -> str:
+        return self._p(p) + ":dead"
+
+    def watermark(self, p: int) -> str:
+        """Id of the last stream entry whose effects are committed (the 'already applied' mark)."""
+        return self._p(p) + ":applied"
+
+    def inflight(self, p: int) -> str:
+        """Redis Cluster only: the last id of the batch whose effects are being applied slot by
+        slot; until the watermark reaches it, batches end at or before it (see the worker)."""
+        return self._p(p) + ":inflight"
+
+    def journal(self, p: int) -> str:
+        """Redis Cluster only: hash token -> event batch spanning several partitions, written
+        before the per-partition appends and deleted after them; workers replay leftovers."""
+        return self._p(p) + ":journal"
+
+    def batch_tokens(self, p: int) -> str:
+        """Zset token -> time of the journalled batches already appended to this partition."""
+        return self._p(p) + ":tokens"
+
+    def attempts(self, p: int) -> str:
+        """Hash entry id -> times a worker started applying it alone (a redelivered entry):
+        what ``max_deliveries`` counts. Cleared when the entry is applied or dead-lettered."""
+        return self._p(p) + ":attempts"
+
+    def epoch(self, p: int) -> str:
+        """Bumped by the admin operations that rewrite the partition's learned histories: a
+        worker batch that read them before commits only if it has not moved."""
+        return self._p(p) + ":epoch"
+
+    def idempotency(self, p: int, digest: str) -> str:
+        """An ``Idempotency-Key``'s first answer (expires after a day), in the partition of the
+        batch's first event, so the ingest script checks and records it in one step."""
+        return f"{self._p(p)}:idem:{digest}"
+
+    def lease(self, p: int) -> str:
+        return self._p(p) + ":lease"
+
+    def counters(self, p: int) -> str:
+        return self._p(p) + ":counters"
+
+    def live_registry(self, p: int) -> str:
+        """Zset session hash -> last activity (ms): counts live sessions without SCAN."""
+        return self._p(p) + ":live"
+
+    def live_items(self, session: bytes) -> str:
+        return f"{self._p(partition_of(session, self.partitions))}:lv:{session.hex()}"
+
+    def live_ratings(self, session: bytes) -> str:
+        return f"{self._p(partition_of(session, self.partitions))}:lr:{session.hex()}"
+
+    def history(self, session: bytes) -> str:
+        return f"{self._p(partition_of(session, self.partitions))}{HISTORY}{session.hex()}"
+
+    def histories(self, sessions: npt.NDArray[np.uint64]) -> list[str]:
+        """``history`` for many session hashes (as little-endian u64) at once, vectorised: a
+        request reads a couple of hundred neighbours' histories."""
+        return _by_hash(sessions, self.history_prefixes())
+
+    def history_prefixes(self) -> list[str]:
+        """Per partition, what precedes a session's hex hash in its history key."""
+        return [self._p(p) + HISTORY for p in range(self.partitions)]
+
+    def partition_keys(self) -> list[tuple[int, str]]:
+        return [(p, self.stream(p)) for p in range(self.partitions)]
+
+    # --- item keys ------------------------------------------------------------------------
+    def _i(self, shard: int) -> str:
+        return f"{self.ns}:{{i{shard}}}"
+
+    def index(self, item: bytes) -> str:
+        return self.index_prefix(shard_of(item)) + item.hex()
+
+    def index_prefix(self, shard: int) -> str:
+        """The indexes of shard ``shard`` are this plus the item hash in hex."""
+        return f"{self._i(shard)}:x:"
+
+    def index_prefixes(self) -> list[str]:
+        """``index_prefix`` of every shard, by shard."""
+        return [self.index_prefix(shard) for shard in range(ITEM_SHARDS)]
+
+    def indexes(self, items: npt.NDArray[np.uint64]) -> list[str]:
+        """``index`` for many item hashes (as little-endian u64) at once."""
+        return _by_hash(items, self.index_prefixes())
+
+    def names(self, shard: int) -> str:
+        return self._i(shard) + ":names"
+
+    def catalog(self, shard: int) -> str:
+        """Hash item hash (hex) -> the item's catalogue record: the items the catalogue lists,
+        which are all that ``catalog_only`` mode learns."""
+        return self._i(shard) + ":catalog"
+
+    def doc_freq(self, shard: int) -> str:
+        return self._i(shard) + ":df"
+
+    def item_marks(self, shard: int) -> str:
+        """Redis Cluster only: hash partition -> id of the last entry whose effects on this
+        shard's slot are applied (the per-slot 'already applied' mark)."""
+        return self._i(shard) + ":applied"
+
+    # --- global keys ----------------------------------------------------------------------
+    def trend(self) -> str:
+        return f"{self.ns}:{{g}}:trend"
+
+    def workers(self) -> str:
+        """Zset worker id -> last heartbeat (ms): how many workers share the partitions."""
+        return f"{self.ns}:{{g}}:workers"
+
+    def hidden(self) -> str:
+        """Set of item hashes (hex) never to recommend."""
+        return f"{self.ns}:{{g}}:hidden"
+
+    def rate_bucket(self, client: str) -> str:
+        """A client's token bucket; the client identity is hashed into its own tag."""
+        digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        return f"{self.ns}:{{r{digest}}}:bucket"
+
+    def meta(self) -> str:
+        return f"{self.ns}:{{g}}:meta"
+
+    def global_marks(self) -> str:
+        """``item_marks`` for the global slot (trending, session count)."""
+        return f"{self.ns}:{{g}}:applied"
+
+    def consumer(self, p: int) -> str:
+        """Consumer name for partition p: whoever holds the lease reads as this consumer, so it
+        inherits the previous holder's pending entries without a claim."""
+        return f"partition-{p}"
+
+
+def _by_hash(hashes: npt.NDArray[np.uint64], prefixes: list[str]) -> list[str]:
+    """Keys named ``prefixes[h % len(prefixes)] + hex(h)``: the shape of history and index
+    keys (the kernel's ``mget`` packs the same keys without building these strings)."""
+    hexes = np.ascontiguousarray(hashes, dtype="<u8").tobytes().hex()
+    parts = (hashes % np.uint64(len(prefixes))).tolist()
+    return [prefixes[p] + hexes[16 * n:16 * n + 16] for n, p in enumerate(parts)]

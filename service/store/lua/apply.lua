@@ -1,0 +1,12 @@
+-- Redis Cluster: one slot's share of a partition batch's effects, applied once: the slot keeps,
+-- per partition, the last entry id whose effects it holds, and skips batches at or below it.
+-- KEYS[1] the slot's marks hash, KEYS[2..] keys the ops name by index.
+-- ARGV[1] partition, ARGV[2] the batch's last entry id, ARGV[3] index cap, ARGV[4] index
+-- limit, ARGV[5] history ttl (ms), ops from ARGV[6].
+--[[ops]]
+local mark = redis.call('HGET', KEYS[1], ARGV[1])
+if mark and not id_less(mark, ARGV[2]) then return 0 end
+local failed = run_ops(6, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
+if failed then return failed end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1

@@ -1,0 +1,521 @@
+"""The state the API reads and writes: ingestion, the reads behind every recommendation, admin
+operations and statistics. Topology differences are the backend's (``backends.py``).
+
+A recommendation costs two round trips (the query items' neighbour indexes plus the trending
+head; then the chosen neighbours' histories) and a third only for item ids not yet in this
+process' name cache. Keys come from ``keyspace.Keys``; scripts are registered once per client
+(EVALSHA, falling back to EVAL after a script flush).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from service import kernel
+from service.core import scoring
+from service.core.layout import (
+    ITEM_SHARDS,
+    index_sessions,
+    item_hash,
+    partition_of,
+    session_hash,
+    shard_of,
+)
+from service.core.model import TYPE_RATING, Event
+from service.core.stream import encode, number, pack_events, unpack_events
+from service.settings import Settings
+from service.store.backends import REDIS_FAILURES, open_backend
+from service.store.keyspace import GROUP, Keys
+from service.store.readcache import ReadCache
+from service.store.scripts import Scripts
+
+log = logging.getLogger("sessionrec.store")
+
+JOURNAL_GRACE = 10.0
+"""Seconds a journalled batch is left to the API process that wrote it before a worker
+replays it."""
+
+JOURNAL_CAP = 10_000
+"""Most batches a partition's journal holds. Entries stay only while appends fail; past this
+the API answers 503 (retry later) instead of growing Redis."""
+
+
+
+
+async def ensure_groups(client: aioredis.Redis, keys: Keys) -> None:
+    """Create the consumer group of every partition stream (from the start; idempotent), so
+    events accepted before any worker ever ran are still delivered."""
+    for _, stream in keys.partition_keys():
+        try:
+            await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """A request's Idempotency-Key: ``digest`` names its record (the key hashed with the
+    client's API key, so one client cannot block another's), ``record`` is what the first
+    request keeps for its retries (its answer and a digest of its body)."""
+
+    digest: str
+    record: str
+
+
+class Replayed(Exception):
+    """The request's Idempotency-Key was used before: nothing was appended again."""
+
+    def __init__(self, record: str) -> None:
+        super().__init__(record)
+        self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class LiveInteraction:
+    item_id: str
+    timestamp: float
+    rating: float
+
+
+class NameCache:
+    """Item hash -> id, for ids Redis returned (a hash names one id, so entries never go
+    stale). Only what Redis said goes in: a request's own ids are any strings a client
+    invents, and caching them let one client fill the cache and stall every request on its
+    eviction. Bounded by two generations: when the young one is full it becomes the old one
+    and the previous old one is dropped whole, O(1); a hit in the old one is promoted."""
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self.capacity = capacity
+        self._young: dict[int, str] = {}
+        self._old: dict[int, str] = {}
+
+    def get(self, key: int) -> str | None:
+        name = self._young.get(key)
+        if name is None:
+            name = self._old.get(key)
+            if name is not None:
+                self.put(key, name)
+        return name
+
+    def put(self, key: int, name: str) -> None:
+        if len(self._young) >= max(self.capacity // 2, 1):
+            self._old = self._young
+            self._young = {}
+        self._young[key] = name
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+
+class FrequencyCache:
+    """Item hash -> sessions containing it, for idf weighting: an open-addressing table over
+    two numpy arrays, probed by the kernel (a request looks up a few hundred candidates; a
+    dict or a bisection costs more than the scoring). Cleared after ``ttl`` seconds: a
+    slightly stale frequency is harmless, a missing one costs a round trip."""
+
+    def __init__(self, ttl: float = 300.0, capacity: int = 1 << 12) -> None:
+        self.ttl = ttl
+        self.initial = capacity
+        self.clear()
+
+    def clear(self) -> None:
+        self.keys = np.zeros(self.initial, np.uint64)
+        self.values = np.full(self.initial, np.nan)
+        self.size = 0
+        self.sessions: float | None = None
+        self.since = time.monotonic()
+
+    def lookup(self, items: scoring.U64) -> tuple[scoring.F64, scoring.U64]:
+        """Each item's frequency (0 if unknown) and the unknown items."""
+        if time.monotonic() - self.since > self.ttl:
+            self.clear()
+        values, missing = kernel.lookup(self.keys, self.values, items)
+        return np.frombuffer(values, np.float64), np.frombuffer(missing, np.uint64)
+
+    def add(self, items: scoring.U64, values: scoring.F64) -> None:
+        if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
+            old = ~np.isnan(self.values)
+            capacity = len(self.keys)
+            while (self.size + len(items)) * 2 > capacity:
+                capacity *= 2
+            keys, vals = self.keys[old], self.values[old]
+            self.keys = np.zeros(capacity, np.uint64)
+            self.values = np.full(capacity, np.nan)
+            kernel.insert(self.keys, self.values, keys, vals)
+        self.size += kernel.insert(self.keys, self.values,
+                                    np.ascontiguousarray(items, np.uint64),
+                                    np.ascontiguousarray(values, np.float64))
+
+
+class Store:
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.backend = open_backend(settings, client)
+        self.redis = self.backend.client
+        self.keys = Keys(settings.namespace, settings.partitions)
+        self.names = NameCache()
+        self.frequencies = FrequencyCache()
+        self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
+        self._hidden_read: asyncio.Future[scoring.U64] | None = None
+        self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
+        self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
+        self.scripts = Scripts.register(self.redis)
+
+    @property
+    def cache(self) -> ReadCache | None:
+        """The backend's read cache, if it has one (and it is still on)."""
+        return self.backend.cache
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def prepare(self) -> None:
+        """Refuse to run against a namespace laid out with another partition count or a Redis
+        that evicts any key, and make sure every partition stream has its consumer group."""
+        await self.backend.check_memory_policy()
+        meta = self.keys.meta()
+        await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
+        stored = int(await self.redis.hget(meta, "partitions") or 0)
+        if stored != self.settings.partitions:
+            raise RuntimeError(
+                f"namespace {self.settings.namespace!r} was created with {stored} partitions; "
+                f"this process is configured with {self.settings.partitions}. Use the same "
+                "SESSIONREC_PARTITIONS everywhere, or another SESSIONREC_NAMESPACE.")
+        await ensure_groups(self.redis, self.keys)
+
+    # --- ingestion --------------------------------------------------------------------------
+    async def ingest(self, events: Sequence[Event], once: Once | None = None) -> list[str]:
+        """Append events to their partition streams and their sessions' live interactions, all
+        or nothing for the batch. Returns the stream ids.
+
+        With ``once`` (a client's Idempotency-Key), the first request with that key records
+        ``once.record`` for a day in the same atomic step as its append; a later one appends
+        nothing and raises ``Replayed`` with the first record.
+
+        On standalone Redis one script does the whole batch. On a cluster a script reaches one
+        slot only: a batch within one partition (what a browser sends) is still one script; a
+        batch spanning partitions is first journalled whole in one atomic write (from then on it
+        is durable, so it will be accepted), then appended partition by partition under a token
+        that makes each append idempotent, and the journal entry is deleted. When an append
+        fails, the workers replay the entry (``replay_journal``) and the answer is still 202.
+        """
+        if not self.backend.one_slot_scripts:
+            return await self._append_live(events, "", once)
+        groups: dict[int, list[Event]] = {}
+        for ev in events:
+            groups.setdefault(self._partition(ev), []).append(ev)
+        if len(groups) == 1:
+            return await self._append_live(events, "", once)
+        token = uuid.uuid4().hex
+        first = next(iter(groups))
+        journalled = await self.scripts.journal(
+            keys=[self.keys.journal(first), self._once_key(first, once)],
+            args=[token, b"%d|%s" % (int(time.time() * 1000), pack_events(list(events))),
+                  once.record if once else "", JOURNAL_CAP])
+        if journalled == b"full":
+            raise RedisConnectionError("the journal is full: appends keep failing")
+        if journalled:
+            raise Replayed(journalled.decode())
+        journal = self.keys.journal(first)
+        replies = await asyncio.gather(*(self._append_live(group, token)
+                                         for group in groups.values()), return_exceptions=True)
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        try:
+            if failed:
+                raise failed[0]
+            await self.redis.hdel(journal, token)
+        except REDIS_FAILURES as exc:
+            log.warning("batch %s journalled but not yet appended everywhere (%r): a worker "
+                        "replays it", token, exc)
+            return []
+        return [i for reply in replies if isinstance(reply, list) for i in reply]
+
+    def _partition(self, ev: Event) -> int:
+        return partition_of(session_hash(ev.session_id), self.settings.partitions)
+
+    def _once_key(self, p: int, once: Once | None) -> str:
+        """The idempotency record's key; the token zset (same slot) stands in when none."""
+        return self.keys.idempotency(p, once.digest) if once else self.keys.batch_tokens(p)
+
+    async def _append_live(self, events: Sequence[Event], token: str,
+                           once: Once | None = None) -> list[str]:
+        """One ingest script call (one slot on a cluster unless ``events`` share a partition)."""
+        p = self._partition(events[0])
+        keys: list[str] = [self.keys.batch_tokens(p), self._once_key(p, once)]
+        args: list[Any] = [token, int(time.time() * 1000), self.settings.live_ttl * 1000,
+                           self.settings.live_cap, once.record if once else ""]
+        for ev in events:
+            s = session_hash(ev.session_id)
+            p = partition_of(s, self.settings.partitions)
+            keys += [self.keys.stream(p), self.keys.live_items(s), self.keys.live_ratings(s),
+                     self.keys.live_registry(p)]
+            args += [ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
+                     "" if ev.rating is None else number(ev.rating),
+                     number(TYPE_RATING[ev.type]), s.hex()]
+        ids = await self.backend.run_script(self.scripts.ingest, keys, args)
+        if ids and ids[0] == b"replay":
+            raise Replayed(ids[1].decode())
+        return [i.decode() for i in ids]
+
+    async def replay_journal(self, p: int, min_age: float | None = None) -> int:
+        """Finish the journalled batches of partition ``p`` older than ``min_age`` seconds
+        (default ``JOURNAL_GRACE``): an API process died or lost a node between the journal
+        write and the appends. Returns how many were replayed; the tokens make a replay of an
+        already appended part a no-op."""
+        journal = self.keys.journal(p)
+        entries = cast(dict[bytes, bytes], await self.redis.hgetall(journal))
+        grace = JOURNAL_GRACE if min_age is None else min_age  # read now: tests shorten it
+        cutoff = (time.time() - grace) * 1000
+        replayed = 0
+        for token, value in entries.items():
+            stamp, _, payload = value.partition(b"|")
+            try:
+                if int(stamp) > cutoff:
+                    continue
+                events = unpack_events(payload)
+            except (ValueError, IndexError) as exc:
+                # never written so by ingest: set aside, or every worker would fail on it
+                log.error("partition %d: journal entry %r is unreadable (%s): dead-lettered",
+                          p, token, exc)
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.keys.dead(p), {"id": b"journal:" + token,
+                                                  "reason": f"unreadable journal entry: {exc}",
+                                                  "fields": value},
+                              maxlen=self.settings.dead_letter_cap, approximate=True)
+                    pipe.hdel(journal, token)
+                    await pipe.execute()
+                continue
+            groups: dict[int, list[Event]] = {}
+            for ev in events:
+                groups.setdefault(self._partition(ev), []).append(ev)
+            for group in groups.values():
+                await self._append_live(group, token.decode())
+            await self.redis.hdel(journal, token)
+            replayed += 1
+        return replayed
+
+    async def _journalled_not_appended(self) -> int:
+        """Events of journalled batches that have not reached their partition stream yet (the
+        journal is empty but for a batch being written, or one a node failure interrupted)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.settings.partitions):
+                pipe.hgetall(self.keys.journal(p))
+            journals: list[dict[bytes, bytes]] = await pipe.execute()
+        parts: list[tuple[int, bytes, int]] = []
+        for journal in journals:
+            for token, value in journal.items():
+                try:
+                    events = unpack_events(value.partition(b"|")[2])
+                except (ValueError, IndexError):
+                    continue  # unreadable: a worker dead-letters it (replay_journal)
+                groups = Counter(self._partition(ev) for ev in events)
+                parts += [(p, token, n) for p, n in groups.items()]
+        if not parts:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, token, _ in parts:
+                pipe.zscore(self.keys.batch_tokens(p), token)
+            appended = await pipe.execute()
+        return sum(n for (_, _, n), done in zip(parts, appended, strict=True) if done is None)
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Write events to their partition streams only, in the documented entry format (what
+        an external producer does): learned by the workers, not recorded as live sessions.
+        Atomic per partition (one script per partition touched)."""
+        groups: dict[int, list[Any]] = {}
+        for ev in events:
+            args = groups.setdefault(self._partition(ev), [])
+            fields = encode(ev)
+            args.append(2 * len(fields))
+            for field, value in fields.items():
+                args += [field, value]
+        for p, args in groups.items():
+            await self.scripts.append(keys=[self.keys.stream(p)], args=args)
+
+    async def live_session(self, session_id: str) -> list[LiveInteraction]:
+        s = session_hash(session_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.live_items(s), 0, -1, withscores=True)
+            pipe.hgetall(self.keys.live_ratings(s))
+            items, ratings = await pipe.execute()
+        return [LiveInteraction(item.decode("utf-8", "surrogatepass"), ts,
+                                float(ratings.get(item, 1.0)))
+                for item, ts in items]
+
+    # --- reads behind recommendations ------------------------------------------------------
+    async def hidden_items(self, max_age: float = 1.0) -> scoring.U64:
+        """Hidden item hashes, re-read at most every ``max_age`` seconds per process (one read
+        shared by the requests that find the copy stale together)."""
+        fetched, items = self._hidden
+        if time.monotonic() - fetched > max_age:
+            if self._hidden_read is None or self._hidden_read.done():
+                self._hidden_read = asyncio.ensure_future(self._read_hidden())
+            items = await asyncio.shield(self._hidden_read)
+        return items
+
+    async def _read_hidden(self) -> scoring.U64:
+        members = await self.read(b"SMEMBERS", [self.keys.hidden()])
+        items = np.array(sorted(int.from_bytes(bytes.fromhex(m.decode()), "little")
+                                for m in members), dtype=np.uint64)
+        self._hidden = (time.monotonic(), items)
+        return items
+
+    async def trending_head(self, n: int) -> list[tuple[bytes, float]]:
+        """The ``n`` most trending members and their scores, best first."""
+        reply = await self.read(b"ZREVRANGE", [self.keys.trend(), 0, n - 1, b"WITHSCORES"])
+        return [(m, float(v)) for m, v in zip(reply[::2], reply[1::2], strict=True)]
+
+    async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
+        """One command on the hot path (the backend's reply)."""
+        return await self.backend.read(command, args)
+
+    # --- admin operations ---------------------------------------------------------------------
+    async def hide(self, item_id: str, hidden: bool) -> None:
+        key, member = self.keys.hidden(), item_hash(item_id).hex()
+        await (self.redis.sadd(key, member) if hidden else self.redis.srem(key, member))
+        self._hidden = (-1.0, self._hidden[1])
+        self._hidden_read = None  # one started before this change may miss it
+
+    async def forget_item(self, item_id: str) -> int:
+        """Delete an item's learned state: its neighbour index, frequency and trending score,
+        and its entries in the histories of the sessions its index lists. Returns how many
+        histories were scrubbed. (Histories older than the index reaches expire on their own;
+        hide the item too if it must never come back.) Each partition's histories are scrubbed
+        in one step with its admin epoch bumped, so a worker batch that read them before
+        cannot write the item back."""
+        h = item_hash(item_id)
+        index_key = self.keys.index(h)
+        blob: bytes = await self.redis.get(index_key) or b""  # type: ignore[assignment]
+        by_partition: dict[int, list[str]] = {}
+        for session in index_sessions(blob):
+            by_partition.setdefault(partition_of(session, self.settings.partitions),
+                                    []).append(self.keys.history(session))
+        scrubbed = 0
+        for p, keys in by_partition.items():
+            scrubbed += int(await self.scripts.scrub(keys=[self.keys.epoch(p), *keys], args=[h]))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(index_key)
+            pipe.hdel(self.keys.doc_freq(shard_of(h)), h.hex())
+            pipe.zrem(self.keys.trend(), item_id)
+            await pipe.execute()
+        return scrubbed
+
+    async def reset_session(self, session_id: str) -> None:
+        """Forget a visitor's session: live interactions and learned history (with the
+        partition's admin epoch bumped in the same transaction, so a worker batch that read
+        the history before cannot write it back)."""
+        s = session_hash(session_id)
+        p = partition_of(s, self.settings.partitions)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(self.keys.epoch(p))
+            pipe.delete(self.keys.live_items(s), self.keys.live_ratings(s), self.keys.history(s))
+            pipe.zrem(self.keys.live_registry(p), s.hex())
+            await pipe.execute()
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        return await self.backend.mget(keys)
+
+    async def histories(self, sessions: scoring.U64) -> list[bytes | None]:
+        """The neighbours' histories."""
+        return await self.backend.blobs(sessions, self._history_prefixes,
+                                        self.keys.histories(sessions), "histories")
+
+    async def indexes(self, items: scoring.U64) -> list[bytes | None]:
+        """The neighbour indexes of the session's items."""
+        return await self.backend.blobs(items, self._index_prefixes, self.keys.indexes(items),
+                                        "indexes")
+
+    async def commands(self, commands: list[tuple[bytes, list[bytes | str]]]) -> list[Any]:
+        """Several commands in one round trip."""
+        return await self.backend.commands(commands)
+
+    async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
+        """Sessions containing each item, and sessions in all (cached; misses cost one
+        pipelined round trip)."""
+        values, wanted = self.frequencies.lookup(items)
+        if len(wanted) or self.frequencies.sessions is None:
+            shards = wanted % np.uint64(ITEM_SHARDS)
+            order = np.concatenate([wanted[shards == shard] for shard in range(ITEM_SHARDS)])
+            commands: list[tuple[bytes, list[bytes | str]]] = [
+                (b"HGET", [self.keys.meta(), b"sessions"])]
+            for shard in range(ITEM_SHARDS):
+                fields = [scoring.to_hash(h).hex() for h in wanted[shards == shard]]
+                if fields:
+                    commands.append((b"HMGET", [self.keys.doc_freq(shard), *fields]))
+            replies = await self.commands(commands)
+            self.frequencies.sessions = float(replies.pop(0) or 0)
+            got = np.array([float(v or 0) for reply in replies for v in reply])
+            self.frequencies.add(order, got)
+            values, _ = self.frequencies.lookup(items)
+        return values, self.frequencies.sessions or 0.0
+
+    async def item_names(self, hashes: scoring.U64, named: dict[int, str] | None = None
+                         ) -> list[str]:
+        """The ids behind item hashes: the request's own (``named``), the cache, then Redis."""
+        numbers: list[int] = hashes.tolist()
+        get = self.names.get
+        found = [get(h) for h in numbers]
+        if named:
+            found = [name if name is not None else named.get(h)
+                     for h, name in zip(numbers, found, strict=True)]
+        missing = [h for h, name in zip(numbers, found, strict=True) if name is None]
+        if not missing:
+            return found  # type: ignore[return-value]
+        commands: list[tuple[bytes, list[bytes | str]]] = []
+        for h in missing:
+            raw = scoring.to_hash(h)
+            commands.append((b"HGET", [self.keys.names(shard_of(raw)), raw.hex()]))
+        for h, name in zip(missing, await self.commands(commands), strict=True):
+            if name is not None:
+                self.names.put(h, name.decode("utf-8", "surrogatepass"))
+        named = named or {}
+        return [get(h) or named.get(h) or scoring.to_hash(h).hex() for h in numbers]
+
+    # --- statistics ---------------------------------------------------------------------------
+    async def stats(self) -> dict[str, int]:
+        now_ms = int(time.time() * 1000)
+        partitions = range(self.settings.partitions)
+        # the journal before the streams: a replay between the two reads then counts its
+        # events twice (pending a moment too high), never not at all (pending 0 too early)
+        journalled = await self._journalled_not_appended() if self.backend.one_slot_scripts \
+            else 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.xinfo_stream(self.keys.stream(p))
+                pipe.hgetall(self.keys.counters(p))
+                pipe.zcount(self.keys.live_registry(p), now_ms - self.settings.live_ttl * 1000,
+                            "+inf")
+            for shard in range(ITEM_SHARDS):
+                pipe.hlen(self.keys.names(shard))
+            replies = await pipe.execute(raise_on_error=False)
+        accepted = processed = dead = live = unlisted = 0
+        for p in partitions:
+            info, counters, sessions = replies[3 * p: 3 * p + 3]
+            if isinstance(info, dict):
+                accepted += int(info.get("entries-added", 0))
+            processed += int(counters.get(b"processed", 0))
+            dead += int(counters.get(b"dead", 0))
+            unlisted += int(counters.get(b"unlisted", 0))
+            live += int(sessions)
+        items = sum(int(n) for n in replies[3 * self.settings.partitions:])
+        accepted += journalled
+        return {"events_accepted": accepted, "events_processed": processed,
+                "events_dead": dead, "events_unlisted": unlisted,
+                "pending": max(accepted - processed - dead, 0),
+                "items": items, "live_sessions": live}
