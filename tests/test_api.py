@@ -10,6 +10,8 @@ from service.settings import Settings
 from tests.conftest import Client
 from tests.helpers import drain
 
+pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
+
 SEED = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
                               "22898": {"timestamp": 1704060026, "rating": 4.5},
                               "21255": {"timestamp": 1704060026, "rating": 4.5}},

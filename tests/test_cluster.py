@@ -131,7 +131,7 @@ async def test_a_batch_read_past_the_in_flight_mark_is_cut_there(cluster_url: st
     assert len(first) == 300
     await worker.process(0, first)
     assert (await r.get(store.keys.watermark(0))).decode() == ids[99]
-    assert 0 in worker.cut_short
+    assert 0 in worker.cut_at_inflight
     await worker.redis.aclose()
     stats = await drain(settings)
     assert stats["events_processed"] == 300

@@ -12,7 +12,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 NEEDED = {
-    "hiredis": "3.2",  # hiredis.PushNotification (service/store/resp.py)
+    "hiredis": "3.2",  # hiredis.PushNotification (service/store/transport.py)
     "aiohttp": "3.14.3",  # request-smuggling and parser fixes
     "redis": "5.0.1",  # Redis.from_pool
 }

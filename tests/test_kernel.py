@@ -18,6 +18,8 @@ import pytest
 from service import kernel
 from service.kernel import reference
 
+pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
+
 ROOT = Path(__file__).resolve().parent.parent
 assert kernel.native is not None, "the extension is built by ./dev (pip install -e .)"
 native: ModuleType = kernel.native

@@ -23,11 +23,13 @@ from service.core.layout import item_hash, session_hash
 from service.core.model import Event
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings
-from service.store import readcache, resp
+from service.store import readcache, transport
 from service.store.backends import Standalone
 from service.store.readcache import ReadCache
 from service.store.state import Store
 from tests.helpers import drain, ingest
+
+pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
 
 _names = itertools.count()
 
@@ -122,7 +124,7 @@ async def test_a_lost_tracking_connection_drops_the_cache(store: Store) -> None:
     assert store.cache.resets == 1
 
 
-def tracked(store: Store) -> resp.Link | None:
+def tracked(store: Store) -> transport.SharedConnection | None:
     assert isinstance(store.backend, Standalone)
     return store.backend.tracked
 

@@ -14,6 +14,8 @@ from service.core import scoring
 from service.core.layout import history_entry, index_entry, item_hash, session_hash, time_key
 from service.core.scoring import Params
 
+pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
+
 
 @pytest.fixture(autouse=True, params=["native", "reference"])
 def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
@@ -180,14 +182,14 @@ def test_history_keys_vectorised_equal_one_by_one() -> None:
 
 
 def test_the_histories_mget_packed_by_the_kernel_is_the_keyspace_s() -> None:
-    from service.store import resp
+    from service.store import transport
     from service.store.keyspace import Keys
 
     keys = Keys("ns:x", 7)
     sessions = scoring.as_u64([session_hash(f"s{n}") for n in range(50)])
     prefixes = [p.encode() for p in keys.history_prefixes()]
-    assert kernel.mget(sessions, prefixes) == resp.pack(b"MGET", keys.histories(sessions))
-    assert kernel.mget(NONE, prefixes) == resp.pack(b"MGET", [])
+    assert kernel.mget(sessions, prefixes) == transport.pack(b"MGET", keys.histories(sessions))
+    assert kernel.mget(NONE, prefixes) == transport.pack(b"MGET", [])
 
 
 # --- the kernel against the reference, on random cases ---------------------------------------

@@ -27,30 +27,27 @@ import math
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from service.core.layout import (
     ITEM_SHARDS,
-    index_limit,
     item_hash,
     partition_of,
     session_hash,
-    shard_of,
 )
-from service.core.model import Effects, Event, apply_events, no_later_than, sessions_of, trending
+from service.core.model import Event, apply_events, no_later_than, sessions_of
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
-from service.store import resp
-from service.store.backends import UNAVAILABLE, connect
+from service.store import transport
+from service.store.backends import UNAVAILABLE, connect, open_backend
 from service.store.keyspace import GROUP, Keys
 from service.store.scripts import Scripts
 from service.store.state import Store, ensure_groups
+from workers.commit import Call, CommitAssembler, Group, shard_hex
 
 log = logging.getLogger("sessionrec.worker")
 
@@ -103,22 +100,15 @@ class Worker:
         self.keys = Keys(settings.namespace, settings.partitions)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.scripts = Scripts.register(client)
-        self.store = Store(settings.replace(read_cache_mb=0), client)  # no cache to feed
-        self.backend = self.store.backend
-        k = self.keys
-        self._shard_keys = ([k.index_prefix(n) for n in range(ITEM_SHARDS)],
-                            [k.doc_freq(n) for n in range(ITEM_SHARDS)],
-                            [k.names(n) for n in range(ITEM_SHARDS)])
-        self.named = NameSet(max_age=min(600.0, settings.history_ttl / 4))
-        """Items whose name this process committed: names never change (first writer wins),
-        so their HSETNX is left out of later batches. Forgotten well within ``history_ttl``:
-        a name swept with its expired item must be written again when the item comes back."""
-        self.excused: dict[int, int] = {}
+        self.backend = open_backend(settings.replace(read_cache_mb=0), client)
+        self._journal: Store | None = None
+        self.commits = CommitAssembler(self.keys, settings)
+        self.redeliveries_explained: dict[int, int] = {}
         """Per partition: redeliveries since the last success that an outage or a conflict
-        explains (not a crash the entry might cause)."""
-        self.cut_short: set[int] = set()
+        explains (not a crash the entry might cause: those count toward dead-lettering)."""
+        self.cut_at_inflight: set[int] = set()
         """Partitions whose last batch was cut at the in-flight mark: read the backlog next."""
-        self.ahead: dict[int, list[Entry]] = {}
+        self.prefetched: dict[int, list[Entry]] = {}
         """Per partition: the next batch, read in the same round trip as the last commit."""
         self.attempting: dict[int, str] = {}
         """Per partition: the redelivered entry being applied alone (its attempt recorded)."""
@@ -160,7 +150,7 @@ class Worker:
         """After Redis lost its data: the consumer groups again (from the start of each new
         stream, so events accepted since are all delivered), and nothing this process
         remembers about the old state (which names it wrote)."""
-        self.named.clear()
+        self.commits.named.clear()
         await ensure_groups(self.redis, self.keys)
 
     async def _shutdown(self) -> None:
@@ -219,8 +209,15 @@ class Worker:
         await self.sweep()
         if self.backend.one_slot_scripts:
             for p in list(self.owned):
-                if replayed := await self.store.replay_journal(p):
+                if replayed := await self.journal().replay_journal(p):
                     log.warning("partition %d: replayed %d journalled batches", p, replayed)
+
+    def journal(self) -> Store:
+        """The store's view of the cluster journal (built when first needed: only workers on a
+        cluster replay journalled batches)."""
+        if self._journal is None:
+            self._journal = Store(self.settings.replace(read_cache_mb=0), self.redis)
+        return self._journal
 
     async def sweep(self) -> int:
         """One step over every item shard: items whose neighbour index expired (no event for
@@ -242,7 +239,7 @@ class Worker:
     # --- the work -------------------------------------------------------------------------
     async def _partition_loop(self, p: int) -> None:
         backlog = True  # first drain what this partition's consumer left pending
-        self.ahead.pop(p, None)  # from an earlier hold of p: the backlog read has them
+        self.prefetched.pop(p, None)  # from an earlier hold of p: the backlog read has them
         delay = 0.1
         me = asyncio.current_task()
         # ``owned[p] is me``: balance() drops p before cancelling this task, and a cancellation
@@ -251,7 +248,7 @@ class Worker:
         # reading a partition that another worker now holds
         while not self.stopping.is_set() and self.owned.get(p) is me:
             try:
-                entries = self.ahead.pop(p, None) if not backlog else None
+                entries = self.prefetched.pop(p, None) if not backlog else None
                 if not entries:
                     entries = await self.read(p, backlog)
                 if backlog and not entries:
@@ -259,23 +256,23 @@ class Worker:
                     continue
                 if entries:
                     await asyncio.shield(self.process(p, entries, read_ahead=not backlog))
-                    self.excused.pop(p, None)
+                    self.redeliveries_explained.pop(p, None)
                     if (attempted := self.attempting.pop(p, None)) is not None:
                         await self.redis.hdel(self.keys.attempts(p), attempted)
-                if p in self.cut_short:
-                    self.cut_short.discard(p)
+                if p in self.cut_at_inflight:
+                    self.cut_at_inflight.discard(p)
                     backlog = True
                 delay = 0.1
             except Conflict as exc:
                 log.info("partition %d: %s; re-reading pending entries", p, exc.args[1])
-                self.ahead.pop(p, None)  # read, so pending: the backlog read has them
+                self.prefetched.pop(p, None)  # read, so pending: the backlog read has them
                 backlog = True
-                self.excused[p] = self.excused.get(p, 0) + 1
+                self.redeliveries_explained[p] = self.redeliveries_explained.get(p, 0) + 1
             except REDIS_DOWN as exc:
                 log.warning("partition %d: redis unavailable (%s)", p, exc)
-                self.ahead.pop(p, None)
+                self.prefetched.pop(p, None)
                 backlog = True
-                self.excused[p] = self.excused.get(p, 0) + 1
+                self.redeliveries_explained[p] = self.redeliveries_explained.get(p, 0) + 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
@@ -287,7 +284,7 @@ class Worker:
                 log.warning("partition %d: consumer group missing (%s); Redis lost its data: "
                             "recreating it", p, exc)
                 await self.regroup()
-                self.ahead.pop(p, None)
+                self.prefetched.pop(p, None)
                 backlog = True
 
     async def read(self, p: int, backlog: bool) -> list[Entry]:
@@ -310,7 +307,7 @@ class Worker:
         if self.raw_reads:
             # the raw reply: redis-py's parser builds a dict per entry through pairs_to_dict,
             # a tenth of the worker's time at full speed
-            return _entries_of(await resp.execute(self.redis, self._read_command(p, backlog)))
+            return _entries_of(await transport.execute(self.redis, self._read_command(p, backlog)))
         reply = await self.redis.xreadgroup(
             GROUP, self.keys.consumer(p), {stream: "0" if backlog else ">"},
             count=self.settings.batch_size, block=None if backlog else self.settings.block_ms)
@@ -328,7 +325,7 @@ class Worker:
     def _read_command(self, p: int, backlog: bool, block: bool = True) -> bytes:
         wait: list[bytes | int] = [b"BLOCK", self.settings.block_ms] if block and not backlog \
             else []
-        return resp.pack(b"XREADGROUP", [
+        return transport.pack(b"XREADGROUP", [
             b"GROUP", GROUP, self.keys.consumer(p), b"COUNT", self.settings.batch_size, *wait,
             b"STREAMS", self.keys.stream(p), b"0" if backlog else b">"])
 
@@ -349,7 +346,7 @@ class Worker:
         # handover or a worker killed for any reason redelivers every pending entry. Retries
         # this process caused itself (after an outage or a conflict) are not counted either.
         attempts = int(await self.redis.hincrby(self.keys.attempts(p), entry.id, 1))
-        failed = attempts - 1 - self.excused.get(p, 0)
+        failed = attempts - 1 - self.redeliveries_explained.get(p, 0)
         if failed >= self.settings.max_deliveries:
             log.error("partition %d: entry %s failed %d attempts: dead-lettered", p, entry.id,
                       failed)
@@ -424,7 +421,7 @@ class Worker:
             ceiling = id_tuple(reply[1].decode())
             kept = [n for n, e in enumerate(entries) if id_tuple(e.id) <= ceiling]
             if len(kept) < len(entries):
-                self.cut_short.add(p)
+                self.cut_at_inflight.add(p)
                 entries = [entries[n] for n in kept]
                 decoded = [decoded[n] for n in kept]
         fresh = list(zip(entries, decoded, strict=True))
@@ -449,12 +446,13 @@ class Worker:
         effects = apply_events(histories, events, self.settings.history_cap)
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
-        commit = self._commit_call(p, entries, dead, effects.applied + unlisted, mark,
-                                   new_mark, first_fresh, epoch)
+        commit = self.commits.commit_call(
+            p, [e.id for e in entries], [(e.id, reason, e.fields) for e, reason in dead],
+            effects.applied + unlisted, mark, new_mark, first_fresh, epoch)
         if unlisted:  # consumed, not learned: counted apart (GET /stats, events_unlisted)
             commit.args += ("D", commit.ref(k.counters(p)), 1, "unlisted", unlisted)
         elsewhere: dict[Group, Call] | None = {} if self.backend.one_slot_scripts else None
-        self._ops(p, effects, commit, elsewhere, new_mark)
+        self.commits.add_ops(p, effects, commit, elsewhere, new_mark)
         if elsewhere:
             if await self.scripts.intent(
                     keys=[k.stream(p), k.watermark(p), k.inflight(p), k.epoch(p)],
@@ -465,7 +463,7 @@ class Worker:
         if await self._commit(p, commit.keys, commit.args, read_ahead) == -1:
             raise Conflict(p, f"commit of {first_fresh}..{new_mark} refused: the watermark is "
                               f"no longer {mark!r}, or the batch does not follow it")
-        self.named.update(effects.names)
+        self.commits.named.update(effects.names)
         self.applied += effects.applied
 
     async def listed(self, items: set[str]) -> set[str]:
@@ -473,7 +471,7 @@ class Worker:
         invented ids is consumed without growing the learned state)."""
         by_shard: dict[int, list[tuple[str, str]]] = {}
         for item in items:
-            shard, hexed = _shard_hex(item_hash(item))
+            shard, hexed = shard_hex(item_hash(item))
             by_shard.setdefault(shard, []).append((item, hexed))
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard, named in by_shard.items():
@@ -492,20 +490,20 @@ class Worker:
         if not self.raw_reads:
             return await self.scripts.commit(keys=keys, args=args)
         if not read_ahead:
-            return await resp.run_script(lambda packed: resp.execute(self.redis, packed),
+            return await transport.run_script(lambda packed: transport.execute(self.redis, packed),
                                          self.scripts.commit, keys, args)
 
         async def send(packed: bytes) -> Any:
-            reply, ahead = await resp.execute_then(self.redis, packed,
+            reply, ahead = await transport.execute_then(self.redis, packed,
                                                    self._read_command(p, False, block=False))
             # kept even when the commit failed (NOSCRIPT, a script error): these entries are
             # delivered now, and the next batches come after whatever retries this one
             if not isinstance(ahead, Exception):  # else the next plain read meets it again
-                self.ahead[p] = _entries_of(ahead)
+                self.prefetched[p] = _entries_of(ahead)
             if isinstance(reply, Exception):
                 raise reply
             return reply
-        return await resp.run_script(send, self.scripts.commit, keys, args)
+        return await transport.run_script(send, self.scripts.commit, keys, args)
 
     async def _apply_elsewhere(self, calls: list[Call]) -> None:
         """Each other slot's share of the batch, one apply.lua call per slot, sent as one
@@ -524,131 +522,6 @@ class Worker:
                     raise
                 await self.redis.script_load(self.scripts.apply.script)
 
-    def _ops(self, p: int, fx: Effects, commit: Call, elsewhere: dict[Group, Call] | None,
-             new_mark: str) -> None:
-        """The batch's effects as ops (see ``service/store/lua/ops.lua``), appended to the call of
-        the slot they land in: the partition's own (histories), an item shard's (indexes,
-        frequencies, names) or the global one. Without ``elsewhere`` (standalone Redis) every
-        op goes into ``commit``; on a cluster ``elsewhere`` collects one apply call per other
-        slot. Ops go straight into the calls' arguments: thousands per batch."""
-        k, s = self.keys, self.settings
-        index_prefix, df_key, names_key = self._shard_keys
-
-        def call_for(group: Group) -> Call:
-            if elsewhere is None:
-                return commit
-            call = elsewhere.get(group)
-            if call is None:
-                marks = (k.global_marks() if group == GLOBAL
-                         else k.item_marks(cast(int, group)))
-                call = elsewhere[group] = Call([marks], [p, new_mark, s.index_cap,
-                                                         index_limit(s.index_cap),
-                                                         s.history_ttl * 1000])
-            return call
-
-        shard_hex = _shard_hex
-        call = commit
-        for item, old, new in fx.index:
-            shard, hexed = shard_hex(item)
-            if elsewhere is not None:
-                call = call_for(shard)
-            call.args += ("X", call.ref(index_prefix[shard] + hexed), old, new)
-        for session, blob in fx.histories.items():
-            commit.args += ("H", commit.ref(k.history(session)), blob)
-        counts: dict[int, list[Any]] = {}
-        for item, n in fx.doc_freq.items():
-            shard, hexed = shard_hex(item)
-            fields = counts.get(shard)
-            if fields is None:
-                fields = counts[shard] = []
-            fields += (hexed, n)
-        for shard, fields in counts.items():
-            call = commit if elsewhere is None else call_for(shard)
-            call.args += ("D", call.ref(df_key[shard]), len(fields) // 2)
-            call.args += fields
-        named = self.named
-        for item, name in fx.names.items():
-            if item in named:
-                continue  # first writer wins: this process wrote or saw it already
-            shard, hexed = shard_hex(item)
-            if elsewhere is not None:
-                call = call_for(shard)
-            call.args += ("N", call.ref(names_key[shard]), hexed, name)
-        trend = trending(fx.trend, s.trend_half_life)
-        if trend or fx.new_sessions:
-            call = call_for(GLOBAL)
-            if trend:
-                call.args += ("T", call.ref(k.trend()), len(trend))
-                for pair in trend.items():
-                    call.args += pair
-            if fx.new_sessions:
-                call.args += ("D", call.ref(k.meta()), 1, "sessions", fx.new_sessions)
-
-    def _commit_call(self, p: int, entries: Sequence[Entry], dead: Sequence[tuple[Entry, str]],
-                     applied: int, mark: str, new_mark: str, first_fresh: str, epoch: str
-                     ) -> Call:
-        """commit.lua's call for the batch, before its ops."""
-        k = self.keys
-        s = self.settings
-        args: list[Any] = [GROUP, mark, new_mark, applied, s.index_cap, index_limit(s.index_cap),
-                           s.history_ttl * 1000, epoch, len(entries)]
-        args += [e.id for e in entries]
-        args.append(first_fresh)
-        args += (len(dead), s.dead_letter_cap)
-        for entry, reason in dead:
-            raw = {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
-                   for key, value in entry.fields.items()}
-            args += [entry.id, reason, orjson.dumps(raw)]
-        return Call([k.stream(p), k.watermark(p), k.counters(p), k.dead(p), k.inflight(p),
-                     k.epoch(p)], args)
-
-
-class Call:
-    """One script call being assembled: its KEYS, and its ARGV, in which ops name their keys
-    by position in KEYS (1-based)."""
-
-    __slots__ = ("args", "index", "keys")
-
-    def __init__(self, keys: list[str], args: list[Any]) -> None:
-        self.keys = keys
-        self.args = args
-        self.index = {key: n + 1 for n, key in enumerate(keys)}
-
-    def ref(self, key: str) -> int:
-        ref = self.index.get(key)
-        if ref is None:
-            self.keys.append(key)
-            ref = self.index[key] = len(self.keys)
-        return ref
-
-
-class NameSet:
-    """A bounded set of item hashes, cleared when full or older than ``max_age`` seconds
-    (forgetting only costs a re-send)."""
-
-    def __init__(self, capacity: int = 1 << 20, max_age: float = 600.0) -> None:
-        self.capacity = capacity
-        self.max_age = max_age
-        self._items: set[bytes] = set()
-        self._since = time.monotonic()
-
-    def __contains__(self, item: bytes) -> bool:
-        return item in self._items
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._since = time.monotonic()
-
-    def update(self, items: Iterable[bytes]) -> None:
-        if len(self._items) > self.capacity or time.monotonic() - self._since > self.max_age:
-            self.clear()
-        self._items.update(items)
-
-
-Group = int | str
-"""Where an op lands outside the partition's own slot: an item shard number or ``GLOBAL``."""
-GLOBAL = "global"
-
 
 def _entries_of(raw: Any) -> list[Entry]:
     """XREADGROUP's raw reply for one stream as entries (a deleted entry's fields are nil)."""
@@ -657,9 +530,3 @@ def _entries_of(raw: Any) -> list[Entry]:
     # RESP3 (redis-py's default here) answers a map stream -> entries, RESP2 a list
     messages = next(iter(raw.values())) if isinstance(raw, dict) else raw[0][1]
     return [Entry(mid.decode(), flat) for mid, flat in messages if flat is not None]
-
-
-@lru_cache(maxsize=1 << 16)
-def _shard_hex(item: bytes) -> tuple[int, str]:
-    """An item hash's shard and hex form (cached: popular items recur in every batch)."""
-    return shard_of(item), item.hex()

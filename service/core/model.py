@@ -66,7 +66,7 @@ class Event(NamedTuple):
 
 IndexChange = tuple[bytes, bytes, bytes]
 """``(item, old entry to remove or b"", new entry)``: a plain tuple, one is built per event
-(a named tuple's constructor costs fifty times more)."""
+(a named tuple's constructor costs far more)."""
 
 
 @dataclass

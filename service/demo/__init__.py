@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import signal
 import time
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
 
@@ -31,12 +29,6 @@ def sample_events(now: float) -> list[Event]:
     rows = list(csv.DictReader(text.splitlines()))
     return [Event(r["session_id"], r["item_id"], round(now - float(r["seconds_ago"]), 3),
                   r["type"]) for r in rows]
-
-
-def catalogue() -> list[dict[str, Any]]:
-    data: list[dict[str, Any]] = json.loads(
-        resources.files("service").joinpath("demo/catalogue.json").read_text("utf-8"))
-    return data
 
 
 async def load_sample(store: Store) -> int:

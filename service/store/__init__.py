@@ -1,3 +1,3 @@
 """Everything that talks to Redis: the key layout (keyspace), the Lua scripts (scripts), the
-connection by URL (connection), the transport (resp), the read cache (readcache) and the state
+connection by URL (connection), the transport (transport), the read cache (readcache) and the state
 the API reads and writes (state)."""

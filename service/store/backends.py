@@ -3,8 +3,8 @@
 =====================  ==========  ===============================================================
 URL                    backend     how it reads and writes
 =====================  ==========  ===============================================================
-``redis://``,          Standalone  packed commands on pooled raw connections (``resp``), and the
-``rediss://``,                     read cache over a tracked connection (TCP and unix sockets)
+``redis://``,          Standalone  packed commands on a shared raw connection (``transport``),
+``rediss://``,                     the read cache over a tracked one (TCP and unix sockets)
 ``unix://``
 ``redis+cluster://``   Cluster     redis-py's cluster client; reads grouped per hash slot and
                                    node; a script reaches one slot, so batches spanning
@@ -45,7 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service import kernel
 from service.core.scoring import F64, U64, Params, Query
 from service.settings import Settings
-from service.store import resp
+from service.store import transport
 from service.store.keyspace import Keys
 from service.store.readcache import ReadCache, Table
 
@@ -171,14 +171,15 @@ class Standalone(Backend):
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         super().__init__(settings, client)
-        self.lane = resp.hot_path(self.client, settings.redis_timeout)
-        self.tracked: resp.Link | None = None
+        self.lane = transport.open_transport(self.client, settings.redis_timeout)
+        self.tracked: transport.SharedConnection | None = None
         if settings.read_cache_mb > 0:
             keys = Keys(settings.namespace, settings.partitions)
             cache = ReadCache(keys.history_prefixes(), keys.index_prefixes(),
                               settings.read_cache_mb << 20)
             # None where the link cannot track (TLS): the cache stays off
-            self.tracked = resp.link_to(self.client, settings.redis_timeout, tracking=cache)
+            self.tracked = transport.shared_connection(self.client, settings.redis_timeout,
+                                                       tracking=cache)
             if self.tracked is not None:
                 self.cache = cache
 
@@ -201,11 +202,11 @@ class Standalone(Backend):
 
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
         """One command on the hot path's link (its raw reply)."""
-        return await self.lane.execute(resp.pack(command, args))
+        return await self.lane.execute(transport.pack(command, args))
 
     async def commands(self, commands: list[Command]) -> list[Any]:
         """One packed write."""
-        packed = b"".join(resp.pack(name, args) for name, args in commands)
+        packed = b"".join(transport.pack(name, args) for name, args in commands)
         replies = await self.lane.execute(packed, len(commands))
         return [replies] if len(commands) == 1 else list(replies)
 
@@ -213,7 +214,7 @@ class Standalone(Backend):
         """MGET through a pre-packed command on a pooled connection."""
         if not keys:
             return []
-        reply: list[bytes | None] = await self.lane.execute(resp.pack(b"MGET", keys))
+        reply: list[bytes | None] = await self.lane.execute(transport.pack(b"MGET", keys))
         return reply
 
     async def blobs(self, hashes: U64, prefixes: list[bytes], keys: list[str],
@@ -238,7 +239,7 @@ class Standalone(Backend):
             return None
         if link.connection is None:
             try:
-                await link.execute(resp.pack(b"PING", []))
+                await link.execute(transport.pack(b"PING", []))
             except ResponseError as exc:
                 log.warning("read cache off: Redis refused client-side caching (%s)", exc)
                 self.cache = None
@@ -254,7 +255,7 @@ class Standalone(Backend):
 
     async def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """On the link: redis-py would encode thousands of arguments one by one."""
-        return await resp.run_script(self.lane.execute, script, keys, args)
+        return await transport.run_script(self.lane.execute, script, keys, args)
 
 
 class Cluster(Backend):
@@ -310,7 +311,7 @@ class Cluster(Backend):
         out: list[bytes | None] = [None] * len(keys)
 
         async def read(node: Any, node_groups: list[list[int]]) -> None:
-            packed = b"".join(resp.pack(b"MGET", [keys[n] for n in group])
+            packed = b"".join(transport.pack(b"MGET", [keys[n] for n in group])
                               for group in node_groups)
             conn = node.acquire_connection()
             try:

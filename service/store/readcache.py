@@ -2,8 +2,8 @@
 Redis by server-assisted client-side caching (``CLIENT TRACKING``).
 
 Why: a request reads up to twenty index blobs (8 KB each at the cap) and two hundred
-histories. Serving those from Redis cost Redis about 80 us of CPU per request, on the same two
-cores as the API processes: it was what kept a second API process from scaling. Most of those
+histories. Serving those from Redis costs Redis more CPU per request than anything else, on
+the same cores as the API processes: it is what kept a second API process from scaling. Most of those
 keys change rarely (closed sessions never; a long-tail item's index seldom), so each process
 keeps what it read, and Redis tells it which keys changed.
 
@@ -37,12 +37,12 @@ import numpy as np
 
 from service import kernel
 from service.core import scoring
-from service.store import resp
+from service.store import transport
 
 LIVENESS = 1.0
 """Seconds a read trusts the tracking connection without hearing from it."""
 
-PING = resp.pack(b"PING", [])
+PING = transport.pack(b"PING", [])
 
 ENTRY_OVERHEAD = 80
 """Bytes one entry costs the process beyond its value: its key and list slot in a table at
@@ -246,7 +246,7 @@ class ReadCache:
         self.size = 0
 
     def on_push(self, message: list[Any]) -> None:
-        """The tracking connection's push messages (``Link``'s hook)."""
+        """The tracking connection's push messages (``SharedConnection``'s hook)."""
         if len(message) == 2 and message[0] == b"invalidate":
             self.invalidate(message[1])
 

@@ -1,11 +1,12 @@
-"""A small RESP layer for the hot paths: the request's MGETs of a couple of hundred keys and
-the worker's commit script with thousands of arguments.
+"""The hot paths' transport, a small RESP layer: the request's MGETs of a couple of hundred
+keys and the worker's commit script with thousands of arguments.
 
-redis-py encodes and length-prefixes every argument in Python (about 2 us each); here a command
-is assembled with one join. A request's reads go over a ``Link``: one connection that every
-concurrent request writes to, replies matched in order and parsed by hiredis, which cost a
-fraction of a round trip through redis-py's connection objects (their per-call timeout task,
-retry wrapper and pool cost more than a small MGET).
+redis-py encodes and length-prefixes every argument in Python; here a command is packed in one
+pass (``kernel.pack``). A request's reads go over a ``SharedConnection``: one connection that
+every concurrent request writes to, replies matched in order and parsed by hiredis, cheaper
+than a round trip through redis-py's connection objects (their per-call timeout task, retry
+wrapper and pool cost more than a small MGET). Where it cannot go (TLS), ``PooledConnections``
+keeps a few of redis-py's connections out of its pool between calls.
 """
 
 from __future__ import annotations
@@ -32,34 +33,34 @@ redis-py does (bytes as they are, str as UTF-8, int as ``str``, float as ``repr`
 compiled pass: the worker's commit has thousands of arguments."""
 
 
-class HotPath(Protocol):
+class Transport(Protocol):
     async def execute(self, packed: bytes, replies: int = 1) -> Any: ...
     async def close(self) -> None: ...
 
 
-def hot_path(client: aioredis.Redis, timeout: float) -> HotPath:
-    """A ``Link`` to the client's server (TCP or unix socket), or a ``Lane`` over the client's
-    pool for what the link does not speak (TLS)."""
-    return link_to(client, timeout) or Lane(client)
+def open_transport(client: aioredis.Redis, timeout: float) -> Transport:
+    """A ``SharedConnection`` to the client's server (TCP or unix socket), or
+    ``PooledConnections`` over the client's pool where it cannot speak (TLS)."""
+    return shared_connection(client, timeout) or PooledConnections(client)
 
 
-def link_to(client: aioredis.Redis, timeout: float, tracking: Tracking | None = None
-            ) -> Link | None:
-    """A ``Link`` to the client's server, or None if the link cannot speak to it (TLS)."""
+def shared_connection(client: aioredis.Redis, timeout: float, tracking: Tracking | None = None
+            ) -> SharedConnection | None:
+    """A ``SharedConnection`` to the client's server, or None where it cannot speak (TLS)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     common: dict[str, Any] = {"db": kwargs.get("db", 0), "username": kwargs.get("username"),
                               "password": kwargs.get("password"), "tracking": tracking}
     if pool.connection_class is aioredis.Connection:
-        return Link(timeout, host=kwargs.get("host", "localhost"), port=kwargs.get("port", 6379),
-                    **common)
+        return SharedConnection(timeout, host=kwargs.get("host", "localhost"),
+                                port=kwargs.get("port", 6379), **common)
     if pool.connection_class is aioredis.UnixDomainSocketConnection:
-        return Link(timeout, path=kwargs["path"], **common)
+        return SharedConnection(timeout, path=kwargs["path"], **common)
     return None
 
 
 class Tracking(Protocol):
-    """Who hears a tracking link's invalidations (see ``service.readcache``)."""
+    """Who hears a tracking link's invalidations (see ``service.store.readcache``)."""
 
     def on_push(self, message: list[Any]) -> None: ...
     def reset(self) -> None: ...
@@ -78,7 +79,7 @@ class _Waiter:
 class _Connection(asyncio.Protocol):
     """One socket and the callers waiting on it, in the order they wrote."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: SharedConnection) -> None:
         self.link = link
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
@@ -139,7 +140,7 @@ class _Connection(asyncio.Protocol):
                 waiter.future.set_exception(failure)
 
 
-class Link:
+class SharedConnection:
     """One pipelined connection shared by every concurrent caller of a process.
 
     Each ``execute`` writes its packed commands and waits for as many replies; Redis answers
@@ -259,7 +260,7 @@ class Link:
             self.connection.fail(RedisConnectionError("The link was closed"))
 
 
-class Lane:
+class PooledConnections:
     """Pooled connections for the hot path, kept out of redis-py's pool between calls (its
     get/release cost more than a small MGET). A connection that fails is disconnected and
     handed back to the pool, so errors and reconnects stay redis-py's business."""

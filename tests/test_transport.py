@@ -10,14 +10,16 @@ import pytest
 
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings
-from service.store import resp
+from service.store import transport
 from service.store.backends import Standalone
 from service.store.state import Store
 
+pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
+
 
 def test_pack_is_resp() -> None:
-    assert resp.pack(b"MGET", [b"a", b"bc"]) == b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$2\r\nbc\r\n"
-    assert resp.pack(b"PING", []) == b"*1\r\n$4\r\nPING\r\n"
+    assert transport.pack(b"MGET", [b"a", b"bc"]) == b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$2\r\nbc\r\n"
+    assert transport.pack(b"PING", []) == b"*1\r\n$4\r\nPING\r\n"
 
 
 def reference_pack(command: bytes, args: list[Any]) -> bytes:
@@ -36,10 +38,10 @@ def test_pack_encodes_every_argument_as_redis_py_does() -> None:
     args: list[Any] = [b"", b"\r\n\x00", "", "caf\u00e9 \U0001f600", "lone \ud800 surrogate",
                        0, -7, 2**70, True, 0.1, -1e300, 1.5e-7, float("inf"), 10**9 + 1]
     args += [str(n) * n for n in range(12)]  # lengths crossing a digit
-    assert resp.pack(b"EVALSHA", args) == reference_pack(b"EVALSHA", args)
-    assert resp.pack(b"X", tuple(args)) == reference_pack(b"X", args)
+    assert transport.pack(b"EVALSHA", args) == reference_pack(b"EVALSHA", args)
+    assert transport.pack(b"X", tuple(args)) == reference_pack(b"X", args)
     with pytest.raises(TypeError, match="cannot send a NoneType"):
-        resp.pack(b"SET", [b"k", None])  # type: ignore[list-item]
+        transport.pack(b"SET", [b"k", None])  # type: ignore[list-item]
 
 
 async def test_packed_mget_against_redis(settings: Settings) -> None:
@@ -88,7 +90,7 @@ async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_u
 
     store = Store(Settings(redis_url=standalone_url, namespace="lane"))
     backend = store.backend
-    assert isinstance(backend, Standalone) and isinstance(backend.lane, resp.Link)
+    assert isinstance(backend, Standalone) and isinstance(backend.lane, transport.SharedConnection)
     keys = [f"lane:{{p0}}:k{n}" for n in range(50)]
     await store.redis.set(keys[0], b"v")
     await asyncio.gather(*(store.mget(keys) for _ in range(8)))
@@ -114,15 +116,15 @@ async def test_concurrent_callers_share_one_connection_and_get_their_own_replies
 
     client = aioredis.Redis.from_url(standalone_url)
     await client.mset({f"link:k{n}": f"v{n}".encode() * (n % 7 + 1) for n in range(300)})
-    link = resp.hot_path(client, 1.0)
-    assert isinstance(link, resp.Link)
+    link = transport.open_transport(client, 1.0)
+    assert isinstance(link, transport.SharedConnection)
 
     async def read(n: int) -> None:
         keys = [f"link:k{m}" for m in range(n, n + 1 + n % 40)]
-        got = await link.execute(resp.pack(b"MGET", keys))
+        got = await link.execute(transport.pack(b"MGET", keys))
         assert got == [f"v{m}".encode() * (m % 7 + 1) for m in range(n, n + 1 + n % 40)]
-        two = await link.execute(resp.pack(b"GET", [keys[0]]) + resp.pack(b"STRLEN", [keys[0]]),
-                                 2)
+        two = await link.execute(
+            transport.pack(b"GET", [keys[0]]) + transport.pack(b"STRLEN", [keys[0]]), 2)
         assert two == [got[0], len(got[0])]
 
     before = await client.client_list()
@@ -139,12 +141,12 @@ async def test_error_replies_are_redis_py_exceptions_and_keep_the_order(
     from redis.exceptions import NoScriptError, ResponseError
 
     client = aioredis.Redis.from_url(standalone_url)
-    link = resp.hot_path(client, 1.0)
+    link = transport.open_transport(client, 1.0)
     with pytest.raises(NoScriptError):
-        await link.execute(resp.pack(b"EVALSHA", [b"0" * 40, 0]))
+        await link.execute(transport.pack(b"EVALSHA", [b"0" * 40, 0]))
     with pytest.raises(ResponseError, match="wrong number of arguments"):
-        await link.execute(resp.pack(b"PING", []) + resp.pack(b"GET", []), 2)
-    assert await link.execute(resp.pack(b"ECHO", [b"after"])) == b"after"
+        await link.execute(transport.pack(b"PING", []) + transport.pack(b"GET", []), 2)
+    assert await link.execute(transport.pack(b"ECHO", [b"after"])) == b"after"
     await link.close()
     await client.aclose()
 
@@ -153,11 +155,11 @@ async def test_a_cancelled_caller_does_not_shift_the_replies(standalone_url: str
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(standalone_url)
-    link = resp.hot_path(client, 2.0)
-    blocked = asyncio.ensure_future(link.execute(resp.pack(b"BLPOP", [b"link:none", b"0.3"])))
+    link = transport.open_transport(client, 2.0)
+    blocked = asyncio.ensure_future(link.execute(transport.pack(b"BLPOP", [b"link:none", b"0.3"])))
     await asyncio.sleep(0.05)
     blocked.cancel()
-    assert await link.execute(resp.pack(b"ECHO", [b"mine"])) == b"mine"
+    assert await link.execute(transport.pack(b"ECHO", [b"mine"])) == b"mine"
     await link.close()
     await client.aclose()
 
@@ -169,13 +171,13 @@ async def test_a_silent_server_times_out_and_the_link_recovers(standalone_url: s
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     client = aioredis.Redis.from_url(standalone_url)
-    link = resp.hot_path(client, 0.4)
+    link = transport.open_transport(client, 0.4)
     started = time.monotonic()
     with pytest.raises(RedisTimeoutError):  # BLPOP holds the connection past the timeout
-        await asyncio.gather(link.execute(resp.pack(b"BLPOP", [b"link:none", b"2"])),
-                             link.execute(resp.pack(b"PING", [])))
+        await asyncio.gather(link.execute(transport.pack(b"BLPOP", [b"link:none", b"2"])),
+                             link.execute(transport.pack(b"PING", [])))
     assert 0.4 <= time.monotonic() - started < 0.9  # 1.25 x the timeout, plus scheduling
-    assert await link.execute(resp.pack(b"PING", [])) == b"PONG"
+    assert await link.execute(transport.pack(b"PING", [])) == b"PONG"
     await link.close()
     await client.aclose()
 
@@ -188,12 +190,12 @@ async def test_the_link_authenticates_and_selects_the_database() -> None:
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         await aioredis.Redis(port=port).config_set("requirepass", "s3cret")
         good = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
-        link = resp.hot_path(good, 1.0)
-        await link.execute(resp.pack(b"SET", [b"where", b"db3"]))
+        link = transport.open_transport(good, 1.0)
+        await link.execute(transport.pack(b"SET", [b"where", b"db3"]))
         assert await good.get("where") == b"db3"
         assert await aioredis.Redis.from_url(
             f"redis://:s3cret@127.0.0.1:{port}/0").get("where") is None
         bad = aioredis.Redis.from_url(f"redis://:wrong@127.0.0.1:{port}/0")
         with pytest.raises(AuthenticationError):
-            await resp.hot_path(bad, 1.0).execute(resp.pack(b"PING", []))
+            await transport.open_transport(bad, 1.0).execute(transport.pack(b"PING", []))
         await link.close()
