@@ -1,7 +1,7 @@
 """Benchmarks: sessionrec against the physical limits of this machine, measured in the same run.
 
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
-        --append docs/BENCHMARKS.md
+        --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
         |flood|silent --data DIR
 

@@ -270,24 +270,48 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, *commands: str) -> None:
-    """Add a ``--flag`` for every setting the commands use (default None: env/default win)."""
-    for f in fields(Settings):
+    """Add a ``--flag`` for every setting the commands use (default None: env/default win),
+    in one argument group per section."""
+    groups: dict[str, Any] = {}
+    for f in sorted(fields(Settings), key=lambda f: list(SECTIONS).index(SECTION_OF[f.name])):
         if not set(commands) & set(f.metadata.get("commands", ())):
             continue
+        section = SECTION_OF[f.name]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section.lower())
+        group = groups[section]
         flag, help_text = "--" + f.name.replace("_", "-"), \
             f"{f.metadata['doc']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})"
         if str(f.type) == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_const", const=True,
-                                default=None, help=help_text)
+            group.add_argument(flag, dest=f.name, action="store_const", const=True,
+                               default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_kind(f.type), default=None,
-                                help=help_text)
+            group.add_argument(flag, dest=f.name, type=_kind(f.type), default=None,
+                               help=help_text)
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
     return Settings.from_env(env, **overrides)
 
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Redis": ("redis_url", "namespace", "partitions", "redis_timeout"),
+    "API": ("host", "port", "processes", "cors_origins", "publishable_keys", "secret_keys",
+            "keys_file", "rate_limit", "rate_burst", "trusted_proxies", "read_cache_mb"),
+    "Request limits": ("max_clock_skew", "max_body_bytes", "max_interactions", "max_batch",
+                       "max_id_length", "max_k"),
+    "Live sessions": ("live_ttl", "live_cap"),
+    "Learned state": ("history_ttl", "history_cap", "index_cap", "trend_half_life"),
+    "Scoring": ("query_items", "sample_sessions", "neighbours", "sequence_weight",
+                "before_weight", "position_decay", "idf_weight", "repeat_weight"),
+    "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
+               "lease_ms"),
+}
+"""The settings by concern: the README's table and ``--help`` are grouped so."""
+assert sorted(n for names in SECTIONS.values() for n in names) == \
+    sorted(f.name for f in fields(Settings)), "every setting in exactly one section"
+SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 
 MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "position_decay",
                     "sequence_weight", "before_weight", "idf_weight", "repeat_weight",
@@ -296,13 +320,19 @@ MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "position_de
 
 
 def markdown_table(names: Sequence[str] | None = None) -> str:
+    """Every setting (by section, a row naming each) or the ``names`` given, in order."""
     rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
-    for f in fields(Settings):
-        if names is not None and f.name not in names:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        rows.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | `{f.default}` | "
-                    f"{f.metadata['doc']} |")
+    by_name = {f.name: f for f in fields(Settings)}
+    groups = [(section, list(members)) for section, members in SECTIONS.items()] \
+        if names is None else [("", list(names))]
+    for section, members in groups:
+        if section:
+            rows.append(f"| **{section}** | | | |")
+        for name in members:
+            f = by_name[name]
+            flag = "--" + f.name.replace("_", "-")
+            rows.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | `{f.default}` | "
+                        f"{f.metadata['doc']} |")
     return "\n".join(rows)
 
 

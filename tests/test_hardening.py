@@ -23,8 +23,9 @@ from service.core.model import Event
 from service.offline.redisproc import RedisProcess, free_port
 from service.settings import Settings
 from service.store.backends import UnsafeRedis
+from service.store.caches import NameCache
 from service.store.keyspace import GROUP
-from service.store.state import NameCache, Store
+from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import drain, wait_drained
 from workers.consumer import Worker

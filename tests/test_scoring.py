@@ -269,7 +269,7 @@ def test_the_kernel_equals_the_reference_on_random_cases(implementation: str) ->
 
 
 def test_frequency_table_finds_what_was_added_and_grows() -> None:
-    from service.store.state import FrequencyCache
+    from service.store.caches import FrequencyCache
 
     cache = FrequencyCache(capacity=8)
     rng = np.random.default_rng(3)

@@ -99,7 +99,7 @@ class Worker:
         self.redis = client
         self.keys = Keys(settings.namespace, settings.partitions)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
-        self.scripts = Scripts.register(client)
+        self.scripts = Scripts(client)
         self.backend = open_backend(settings.replace(read_cache_mb=0), client)
         self._journal: Store | None = None
         self.commits = CommitAssembler(self.keys, settings)
@@ -158,8 +158,8 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN):
             for p in list(self.owned):
-                await self.scripts.lease(keys=[self.keys.lease(p)],
-                                        args=[self.id, self.settings.lease_ms, "release"])
+                await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
+                                         "release")
         self.owned.clear()
 
     # --- partition leases -----------------------------------------------------------------
@@ -172,8 +172,8 @@ class Worker:
         alive = max(int(await self.redis.zcard(registry)), 1)
         share = math.ceil(self.settings.partitions / alive)
         for p, task in list(self.owned.items()):
-            held = await self.scripts.lease(keys=[self.keys.lease(p)],
-                                           args=[self.id, self.settings.lease_ms, "renew"])
+            held = await self.scripts.lease(self.keys.lease(p), self.id,
+                                            self.settings.lease_ms, "renew")
             if not held or task.done():
                 log.info("worker %s, partition %d: %s", self.id, p,
                          "task ended" if held else "lease lost")
@@ -184,8 +184,8 @@ class Worker:
                 break
             if p in self.owned:
                 continue
-            if await self.scripts.lease(keys=[self.keys.lease(p)],
-                                       args=[self.id, self.settings.lease_ms, "take"]):
+            if await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
+                                        "take"):
                 log.info("worker %s, partition %d: lease taken", self.id, p)
                 self.owned[p] = asyncio.create_task(self._partition_loop(p))
         while len(self.owned) > share:
@@ -195,8 +195,8 @@ class Worker:
             # bounded: a cancellation swallowed inside the Redis client must not stall the
             # lease renewals (the loop also ends by itself once p is no longer its own)
             await asyncio.wait([task], timeout=1.0)
-            await self.scripts.lease(keys=[self.keys.lease(p)],
-                                    args=[self.id, self.settings.lease_ms, "release"])
+            await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
+                                     "release")
             log.info("worker %s, partition %d: lease given back (fair share %d)", self.id, p,
                      share)
 
@@ -205,7 +205,7 @@ class Worker:
         cluster, also finish the journalled batches of the partitions this worker holds (see
         ``Store.ingest``)."""
         for p in range(self.settings.partitions):
-            await self.scripts.trim(keys=[self.keys.stream(p)])
+            await self.scripts.trim(self.keys.stream(p))
         await self.sweep()
         if self.backend.one_slot_scripts:
             for p in list(self.owned):
@@ -227,13 +227,13 @@ class Worker:
         k = self.keys
         removed = 0
         for shard in range(ITEM_SHARDS):
-            reply = await self.scripts.sweep(
-                keys=[k.names(shard), k.doc_freq(shard)],
-                args=[self.sweep_cursors.get(shard, b"0"), SWEEP_STEP, k.index_prefix(shard)])
-            self.sweep_cursors[shard] = reply[0]
-            if len(reply) > 1:
-                await self.redis.zrem(k.trend(), *reply[1:])
-                removed += len(reply) - 1
+            cursor, gone = await self.scripts.sweep(
+                k.names(shard), k.doc_freq(shard), self.sweep_cursors.get(shard, b"0"),
+                SWEEP_STEP, k.index_prefix(shard))
+            self.sweep_cursors[shard] = cursor
+            if gone:
+                await self.redis.zrem(k.trend(), *gone)
+                removed += len(gone)
         return removed
 
     # --- the work -------------------------------------------------------------------------
@@ -454,9 +454,8 @@ class Worker:
         elsewhere: dict[Group, Call] | None = {} if self.backend.one_slot_scripts else None
         self.commits.add_ops(p, effects, commit, elsewhere, new_mark)
         if elsewhere:
-            if await self.scripts.intent(
-                    keys=[k.stream(p), k.watermark(p), k.inflight(p), k.epoch(p)],
-                    args=[mark, new_mark, first_fresh, epoch]) == -1:
+            if not await self.scripts.intent(k.stream(p), k.watermark(p), k.inflight(p),
+                                             k.epoch(p), mark, new_mark, first_fresh, epoch):
                 raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
                                   f"check (watermark {mark!r}, in flight {reply[1]!r})")
             await self._apply_elsewhere(list(elsewhere.values()))

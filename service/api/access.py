@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from service.api.errors import ApiError
 from service.settings import Settings
+from service.store.scripts import Scripts
 
 log = logging.getLogger("sessionrec.access")
 
@@ -126,17 +128,17 @@ class RateLimiter:
     """A token bucket per client in Redis (so every API process shares it), refilled at
     ``rate`` per second up to ``burst``. One extra round trip per limited request."""
 
-    def __init__(self, script: object, key_of: object, rate: float, burst: int) -> None:
-        self.script = script
+    def __init__(self, scripts: Scripts, key_of: Callable[[str], str], rate: float,
+                 burst: int) -> None:
+        self.scripts = scripts
         self.key_of = key_of
         self.rate = rate
         self.burst = burst
 
     async def admit(self, client: str) -> None:
-        key = self.key_of(client)  # type: ignore[operator]
-        wait_ms = await self.script(  # type: ignore[operator]
-            keys=[key], args=[int(time.time() * 1000), self.rate, self.burst])
-        if int(wait_ms) > 0:
+        wait_ms = await self.scripts.ratelimit(self.key_of(client), int(time.time() * 1000),
+                                               self.rate, self.burst)
+        if wait_ms > 0:
             retry = max(1, -(-int(wait_ms) // 1000))
             raise ApiError(429, "rate_limited",
                            f"Too many requests; retry in {retry} s.", None,

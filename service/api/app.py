@@ -50,7 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             app[METRICS].registry.register(CacheSeries(cache.figures))
         if settings.rate_limit > 0:
             app[LIMITER] = access.RateLimiter(
-                app[STORE].scripts.ratelimit, app[STORE].keys.rate_bucket,
+                app[STORE].scripts, app[STORE].keys.rate_bucket,
                 settings.rate_limit, settings.rate_burst)
         try:
             await app[STORE].prepare()

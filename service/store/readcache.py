@@ -3,9 +3,9 @@ Redis by server-assisted client-side caching (``CLIENT TRACKING``).
 
 Why: a request reads up to twenty index blobs (8 KB each at the cap) and two hundred
 histories. Serving those from Redis costs Redis more CPU per request than anything else, on
-the same cores as the API processes: it is what kept a second API process from scaling. Most of those
-keys change rarely (closed sessions never; a long-tail item's index seldom), so each process
-keeps what it read, and Redis tells it which keys changed.
+the same cores as the API processes: it is what kept a second API process from scaling. Most
+of those keys change rarely (closed sessions never; a long-tail item's index seldom), so each
+process keeps what it read, and Redis tells it which keys changed.
 
 How it stays exact: the reads that fill the cache go over their own connection, in RESP3, with
 tracking on. Redis then remembers every key that connection read and, when one is written,

@@ -1,6 +1,9 @@
 """The one registry of the Lua scripts (``service/store/lua/*.lua``): each read once, with the
-shared operations of ``ops.lua`` spliced in where a script says ``--[[ops]]``, and registered
-once per client. Every caller reaches a script through ``Scripts``; none reads a file.
+shared operations of ``ops.lua`` spliced in where a script says ``--[[ops]]``, registered once
+per client, and called through one typed method here that knows its KEYS and ARGV. No caller
+reads a file or lays out a script's arguments, except the two whose arguments are assembled
+by a builder: ``ingest`` (``Store._append_live``) and ``commit``/``apply``
+(``workers/commit.py``), sent packed on the hot path's transport.
 
 Scripts run by EVALSHA (redis-py's ``Script`` falls back to EVAL after a restart or a failover
 that lost the script cache), so each call is one round trip with no loading step.
@@ -8,12 +11,15 @@ that lost the script cache), so each call is one round trip with no loading step
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from redis.commands.core import AsyncScript
+
+NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "commit", "intent", "apply",
+         "trim", "sweep", "lease")
 
 
 @cache
@@ -24,22 +30,72 @@ def lua(name: str) -> str:
     return read(name).replace("--[[ops]]", read("ops"))
 
 
-@dataclass(frozen=True, slots=True)
 class Scripts:
-    """Every script, registered on one client. Field names are the files' names."""
+    """Every script, registered on one client."""
 
-    ingest: AsyncScript  # API: an event batch onto its partition stream, idempotently
-    append: AsyncScript  # API: a cluster batch's events, one partition at a time
-    journal: AsyncScript  # API: the cluster journal of batches not yet appended
-    scrub: AsyncScript  # admin: an item out of every history that holds it
-    ratelimit: AsyncScript  # API: a token bucket per client address
-    commit: AsyncScript  # worker: a batch's effects, watermark and XACK in one step
-    intent: AsyncScript  # worker: a cluster batch's effects recorded before they are applied
-    apply: AsyncScript  # worker: a recorded intent applied to one item shard
-    trim: AsyncScript  # worker: neighbour indexes cut back to their cap
-    sweep: AsyncScript  # worker: expired items' names, frequencies and trending entries
-    lease: AsyncScript  # worker: a partition's lease taken, renewed or released
+    def __init__(self, client: Any) -> None:
+        self.registered: dict[str, AsyncScript] = {
+            name: client.register_script(lua(name)) for name in NAMES}
+        self.ingest = self.registered["ingest"]
+        """API: an event batch onto its partition's stream and live sessions, idempotently
+        (KEYS and ARGV laid out by ``Store._append_live``)."""
+        self.commit = self.registered["commit"]
+        """Worker: a batch's effects, watermark and XACK at once (``workers/commit.py``)."""
+        self.apply = self.registered["apply"]
+        """Worker, on a cluster: one other slot's share of a batch (``workers/commit.py``)."""
 
-    @classmethod
-    def register(cls, client: Any) -> Scripts:
-        return cls(**{f.name: client.register_script(lua(f.name)) for f in fields(cls)})
+    # --- API ---------------------------------------------------------------------------------
+    async def append(self, stream: str, entries: Sequence[dict[str, str]]) -> None:
+        """Entries onto one partition stream, all or nothing (the producer path)."""
+        args: list[Any] = []
+        for fields in entries:
+            args.append(2 * len(fields))
+            for field, value in fields.items():
+                args += [field, value]
+        await self.registered["append"](keys=[stream], args=args)
+
+    async def journal(self, journal: str, once_key: str, token: str, payload: bytes,
+                      record: str, cap: int) -> bytes:
+        """A cluster batch spanning partitions, journalled with its idempotency record:
+        ``b""`` when journalled, ``b"full"`` at ``cap``, else the first request's record."""
+        reply: bytes = await self.registered["journal"](
+            keys=[journal, once_key], args=[token, payload, record, cap])
+        return reply
+
+    async def ratelimit(self, bucket: str, now_ms: int, rate: float, burst: int) -> int:
+        """Take one token from a client's bucket: 0 when admitted, else the ms to wait."""
+        return int(await self.registered["ratelimit"](keys=[bucket], args=[now_ms, rate, burst]))
+
+    async def scrub(self, epoch: str, histories: Sequence[str], item: bytes) -> int:
+        """An item out of one partition's histories, its admin epoch bumped in the same step;
+        how many histories held it."""
+        return int(await self.registered["scrub"](keys=[epoch, *histories], args=[item]))
+
+    # --- worker ------------------------------------------------------------------------------
+    async def lease(self, key: str, worker: str, lease_ms: int,
+                    action: Literal["take", "renew", "release"]) -> bool:
+        """Whether ``worker`` holds the partition's lease after taking, renewing or releasing
+        it."""
+        return bool(await self.registered["lease"](keys=[key], args=[worker, lease_ms, action]))
+
+    async def trim(self, stream: str) -> int:
+        """Trim a stream below its oldest entry some group has not acknowledged."""
+        return int(await self.registered["trim"](keys=[stream]))
+
+    async def sweep(self, names: str, doc_freq: str, cursor: bytes, step: int,
+                    index_prefix: str) -> tuple[bytes, list[bytes]]:
+        """One step over an item shard: the next cursor and the ids of the items whose index
+        expired (their names and frequencies deleted; trending is the caller's)."""
+        reply = await self.registered["sweep"](keys=[names, doc_freq],
+                                               args=[cursor, step, index_prefix])
+        return reply[0], list(reply[1:])
+
+    async def intent(self, stream: str, watermark: str, inflight: str, epoch: str,
+                     expected_mark: str, last: str, first: str, read_epoch: str) -> bool:
+        """Fix a cluster batch's end in its partition's slot before its effects go to other
+        slots; False when the watermark moved, there is a gap or the batch runs past the
+        in-flight mark."""
+        reply = await self.registered["intent"](
+            keys=[stream, watermark, inflight, epoch],
+            args=[expected_mark, last, first, read_epoch])
+        return int(reply) != -1

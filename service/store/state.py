@@ -1,10 +1,7 @@
-"""The state the API reads and writes: ingestion, the reads behind every recommendation, admin
-operations and statistics. Topology differences are the backend's (``backends.py``).
-
-A recommendation costs two round trips (the query items' neighbour indexes plus the trending
-head; then the chosen neighbours' histories) and a third only for item ids not yet in this
-process' name cache. Keys come from ``keyspace.Keys``; scripts are registered once per client
-(EVALSHA, falling back to EVAL after a script flush).
+"""The state the API reads and writes: ingestion, the reads behind every recommendation (the
+answers are ``service/api/recommend.py``'s), admin operations and statistics. Topology
+differences are the backend's (``backends.py``), keys ``keyspace.Keys``'s, scripts
+``scripts.Scripts``'.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from service import kernel
 from service.core import scoring
 from service.core.layout import (
     ITEM_SHARDS,
@@ -37,6 +33,7 @@ from service.core.model import TYPE_RATING, Event
 from service.core.stream import encode, number, pack_events, unpack_events
 from service.settings import Settings
 from service.store.backends import REDIS_FAILURES, open_backend
+from service.store.caches import FrequencyCache, NameCache
 from service.store.keyspace import GROUP, Keys
 from service.store.readcache import ReadCache
 from service.store.scripts import Scripts
@@ -90,76 +87,6 @@ class LiveInteraction:
     rating: float
 
 
-class NameCache:
-    """Item hash -> id, for ids Redis returned (a hash names one id, so entries never go
-    stale). Only what Redis said goes in: a request's own ids are any strings a client
-    invents, and caching them let one client fill the cache and stall every request on its
-    eviction. Bounded by two generations: when the young one is full it becomes the old one
-    and the previous old one is dropped whole, O(1); a hit in the old one is promoted."""
-
-    def __init__(self, capacity: int = 1_000_000) -> None:
-        self.capacity = capacity
-        self._young: dict[int, str] = {}
-        self._old: dict[int, str] = {}
-
-    def get(self, key: int) -> str | None:
-        name = self._young.get(key)
-        if name is None:
-            name = self._old.get(key)
-            if name is not None:
-                self.put(key, name)
-        return name
-
-    def put(self, key: int, name: str) -> None:
-        if len(self._young) >= max(self.capacity // 2, 1):
-            self._old = self._young
-            self._young = {}
-        self._young[key] = name
-
-    def __len__(self) -> int:
-        return len(self._young) + len(self._old)
-
-
-class FrequencyCache:
-    """Item hash -> sessions containing it, for idf weighting: an open-addressing table over
-    two numpy arrays, probed by the kernel (a request looks up a few hundred candidates; a
-    dict or a bisection costs more than the scoring). Cleared after ``ttl`` seconds: a
-    slightly stale frequency is harmless, a missing one costs a round trip."""
-
-    def __init__(self, ttl: float = 300.0, capacity: int = 1 << 12) -> None:
-        self.ttl = ttl
-        self.initial = capacity
-        self.clear()
-
-    def clear(self) -> None:
-        self.keys = np.zeros(self.initial, np.uint64)
-        self.values = np.full(self.initial, np.nan)
-        self.size = 0
-        self.sessions: float | None = None
-        self.since = time.monotonic()
-
-    def lookup(self, items: scoring.U64) -> tuple[scoring.F64, scoring.U64]:
-        """Each item's frequency (0 if unknown) and the unknown items."""
-        if time.monotonic() - self.since > self.ttl:
-            self.clear()
-        values, missing = kernel.lookup(self.keys, self.values, items)
-        return np.frombuffer(values, np.float64), np.frombuffer(missing, np.uint64)
-
-    def add(self, items: scoring.U64, values: scoring.F64) -> None:
-        if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
-            old = ~np.isnan(self.values)
-            capacity = len(self.keys)
-            while (self.size + len(items)) * 2 > capacity:
-                capacity *= 2
-            keys, vals = self.keys[old], self.values[old]
-            self.keys = np.zeros(capacity, np.uint64)
-            self.values = np.full(capacity, np.nan)
-            kernel.insert(self.keys, self.values, keys, vals)
-        self.size += kernel.insert(self.keys, self.values,
-                                    np.ascontiguousarray(items, np.uint64),
-                                    np.ascontiguousarray(values, np.float64))
-
-
 class Store:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
@@ -172,7 +99,7 @@ class Store:
         self._hidden_read: asyncio.Future[scoring.U64] | None = None
         self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
-        self.scripts = Scripts.register(self.redis)
+        self.scripts = Scripts(self.redis)
 
     @property
     def cache(self) -> ReadCache | None:
@@ -225,9 +152,9 @@ class Store:
         token = uuid.uuid4().hex
         first = next(iter(groups))
         journalled = await self.scripts.journal(
-            keys=[self.keys.journal(first), self._once_key(first, once)],
-            args=[token, b"%d|%s" % (int(time.time() * 1000), pack_events(list(events))),
-                  once.record if once else "", JOURNAL_CAP])
+            self.keys.journal(first), self._once_key(first, once), token,
+            b"%d|%s" % (int(time.time() * 1000), pack_events(list(events))),
+            once.record if once else "", JOURNAL_CAP)
         if journalled == b"full":
             raise RedisConnectionError("the journal is full: appends keep failing")
         if journalled:
@@ -338,15 +265,11 @@ class Store:
         """Write events to their partition streams only, in the documented entry format (what
         an external producer does): learned by the workers, not recorded as live sessions.
         Atomic per partition (one script per partition touched)."""
-        groups: dict[int, list[Any]] = {}
+        groups: dict[int, list[dict[str, str]]] = {}
         for ev in events:
-            args = groups.setdefault(self._partition(ev), [])
-            fields = encode(ev)
-            args.append(2 * len(fields))
-            for field, value in fields.items():
-                args += [field, value]
-        for p, args in groups.items():
-            await self.scripts.append(keys=[self.keys.stream(p)], args=args)
+            groups.setdefault(self._partition(ev), []).append(encode(ev))
+        for p, entries in groups.items():
+            await self.scripts.append(self.keys.stream(p), entries)
 
     async def live_session(self, session_id: str) -> list[LiveInteraction]:
         s = session_hash(session_id)
@@ -408,7 +331,7 @@ class Store:
                                     []).append(self.keys.history(session))
         scrubbed = 0
         for p, keys in by_partition.items():
-            scrubbed += int(await self.scripts.scrub(keys=[self.keys.epoch(p), *keys], args=[h]))
+            scrubbed += await self.scripts.scrub(self.keys.epoch(p), keys, h)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(index_key)
             pipe.hdel(self.keys.doc_freq(shard_of(h)), h.hex())

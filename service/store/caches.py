@@ -1,0 +1,80 @@
+"""The store's two small in-process caches: item names by hash, and document frequencies."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service import kernel
+from service.core import scoring
+
+
+class NameCache:
+    """Item hash -> id, for ids Redis returned (a hash names one id, so entries never go
+    stale). Only what Redis said goes in: a request's own ids are any strings a client
+    invents, and caching them let one client fill the cache and stall every request on its
+    eviction. Bounded by two generations: when the young one is full it becomes the old one
+    and the previous old one is dropped whole, O(1); a hit in the old one is promoted."""
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self.capacity = capacity
+        self._young: dict[int, str] = {}
+        self._old: dict[int, str] = {}
+
+    def get(self, key: int) -> str | None:
+        name = self._young.get(key)
+        if name is None:
+            name = self._old.get(key)
+            if name is not None:
+                self.put(key, name)
+        return name
+
+    def put(self, key: int, name: str) -> None:
+        if len(self._young) >= max(self.capacity // 2, 1):
+            self._old = self._young
+            self._young = {}
+        self._young[key] = name
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+
+class FrequencyCache:
+    """Item hash -> sessions containing it, for idf weighting: an open-addressing table over
+    two numpy arrays, probed by the kernel (a request looks up a few hundred candidates; a
+    dict or a bisection costs more than the scoring). Cleared after ``ttl`` seconds: a
+    slightly stale frequency is harmless, a missing one costs a round trip."""
+
+    def __init__(self, ttl: float = 300.0, capacity: int = 1 << 12) -> None:
+        self.ttl = ttl
+        self.initial = capacity
+        self.clear()
+
+    def clear(self) -> None:
+        self.keys = np.zeros(self.initial, np.uint64)
+        self.values = np.full(self.initial, np.nan)
+        self.size = 0
+        self.sessions: float | None = None
+        self.since = time.monotonic()
+
+    def lookup(self, items: scoring.U64) -> tuple[scoring.F64, scoring.U64]:
+        """Each item's frequency (0 if unknown) and the unknown items."""
+        if time.monotonic() - self.since > self.ttl:
+            self.clear()
+        values, missing = kernel.lookup(self.keys, self.values, items)
+        return np.frombuffer(values, np.float64), np.frombuffer(missing, np.uint64)
+
+    def add(self, items: scoring.U64, values: scoring.F64) -> None:
+        if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
+            old = ~np.isnan(self.values)
+            capacity = len(self.keys)
+            while (self.size + len(items)) * 2 > capacity:
+                capacity *= 2
+            keys, vals = self.keys[old], self.values[old]
+            self.keys = np.zeros(capacity, np.uint64)
+            self.values = np.full(capacity, np.nan)
+            kernel.insert(self.keys, self.values, keys, vals)
+        self.size += kernel.insert(self.keys, self.values,
+                                    np.ascontiguousarray(items, np.uint64),
+                                    np.ascontiguousarray(values, np.float64))
