@@ -11,7 +11,7 @@ import pytest
 
 from service import kernel
 from service.core import scoring
-from service.core.layout import history_entry, index_entry, item_hash, session_hash, time_key
+from service.core.layout import history_blob, index_entry, item_hash, session_hash, time_key
 from service.core.scoring import Params
 
 pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
@@ -43,7 +43,7 @@ def index(*pairs: tuple[float, str]) -> bytes:
 
 
 def history(*items: str) -> bytes:
-    return b"".join(history_entry(item_hash(i), time_key(n)) for n, i in enumerate(items))
+    return history_blob((item_hash(i), time_key(n)) for n, i in enumerate(items))
 
 
 def test_query_weights_favour_recent_and_rated_items() -> None:
@@ -198,7 +198,7 @@ def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], lis
                                                    Params]:
     """A session, index blobs and histories over small id alphabets, so that neighbours share
     items, times tie and items repeat inside histories."""
-    from service.core.layout import history_entry as h_entry
+    from service.core.layout import history_blob
     from service.core.layout import index_entry as i_entry
 
     def item(n: int) -> bytes:
@@ -214,8 +214,8 @@ def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], lis
             for t, s in zip(rng.integers(0, 30, m), rng.integers(0, 60, m), strict=True)))
         for m in rng.integers(0, 25, 12)]
     histories: list[bytes | None] = [
-        None if rng.random() < 0.1 else b"".join(
-            h_entry(item(int(i)), time_key(float(p))) for p, i in enumerate(rng.integers(0, 40, m)))
+        None if rng.random() < 0.1 else history_blob(
+            (item(int(i)), time_key(float(p))) for p, i in enumerate(rng.integers(0, 40, m)))
         for m in rng.integers(0, 15, 30)]
     params = Params(query_items=int(rng.integers(1, 12)), sample_sessions=int(rng.integers(1, 40)),
                     neighbours=int(rng.integers(1, 30)),

@@ -19,6 +19,7 @@ receive the limit as an argument; the compiled kernel's ``ENTRY`` is held equal 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -65,7 +66,9 @@ def shard_of(item: bytes) -> int:
 
 def time_key(ts: float) -> int:
     """Microseconds, clamped to a non-negative int64 so big-endian bytes sort like times."""
-    return min(max(round(ts * 1_000_000), 0), MAX_TIME_KEY)
+    key = round(ts * 1_000_000)
+    # the worker calls this per event: the common case without min/max calls
+    return key if 0 <= key <= MAX_TIME_KEY else min(max(key, 0), MAX_TIME_KEY)
 
 
 def index_limit(cap: int) -> int:
@@ -79,8 +82,10 @@ def newest_entries(blob: bytes, cap: int) -> bytes:
     return blob[max(0, len(blob) - cap * ENTRY_BYTES):]
 
 
-def history_entry(item: bytes, tkey: int) -> bytes:
-    return item + tkey.to_bytes(8, "big")
+def history_blob(entries: Iterable[tuple[bytes, int]]) -> bytes:
+    """A whole history from ``(item hash, time key)`` pairs, oldest first (one call per
+    session, not per entry: the worker re-packs every history a batch touches)."""
+    return b"".join([item + tkey.to_bytes(8, "big") for item, tkey in entries])
 
 
 def index_entry(tkey: int, session: bytes) -> bytes:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from service.core.layout import (
-    history_entry,
+    history_blob,
     index_entry,
     item_hash,
     session_hash,
@@ -127,7 +127,7 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
         applied += 1
     fx.applied, fx.new_sessions = applied, new_sessions
     for s, (hist, _) in current.items():
-        fx.histories[s] = b"".join([history_entry(it, t) for it, t in hist])
+        fx.histories[s] = history_blob(hist)
     return fx
 
 
