@@ -15,7 +15,7 @@ How exactly-once holds
   the older one can commit first.
 * Effects depend only on the partition's own sessions' histories (read in the same round trip
   as the watermark) and the events, and every per-item structure is order-free (see
-  ``service.model``), so how partitions interleave across workers cannot change the result.
+  ``service.core.model``), so how partitions interleave across workers cannot change the result.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class RequestSeries(Collector):
 
 
 class CacheSeries(Collector):
-    """``sessionrec_read_cache_*``: the serve process' read cache (``service.readcache``),
+    """``sessionrec_read_cache_*``: the serve process' read cache (``service.store.readcache``),
     read at scrape time."""
 
     COUNTS: ClassVar[dict[str, str]] = {"hits": "Blobs served from the read cache",

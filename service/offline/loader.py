@@ -1,7 +1,7 @@
 """``sessionrec load``: bootstrap the learned state from a historical click log.
 
 It leaves exactly the state the workers would leave after streaming the same events: each
-session's events go through the same pure update rule (``service.model.apply_events``), and
+session's events go through the same pure update rule (``service.core.model.apply_events``), and
 the per-item structures, which are order-free, are built in bulk with numpy instead of being
 spliced entry by entry. Trending scores are summed in log space per item; they equal the
 streamed ones within float rounding (the stream's own sum order depends on interleaving).

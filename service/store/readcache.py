@@ -48,7 +48,7 @@ ENTRY_OVERHEAD = 80
 """Bytes one entry costs the process beyond its value: its key and list slot in a table at
 most half full (32) and the bytes object's header (33), rounded up."""
 
-HEX_DIGITS = 16  # a key ends with its 8-byte hash in hex (``service.keyspace``)
+HEX_DIGITS = 16  # a key ends with its 8-byte hash in hex (``service.store.keyspace``)
 
 
 class Table:
