@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("files", nargs="+", metavar="FILE", help="click logs (.gz allowed)")
     _log_format_arguments(loader)
     add_arguments(loader, "worker")
+    importer = commands.add_parser(
+        "catalog", help="import catalogue records from JSON lines or CSV (.gz allowed)")
+    importer.add_argument("file", metavar="FILE", help="JSON lines (one record per line, "
+                          "with its id) or CSV with an id column")
+    importer.add_argument("--format", default="auto", choices=("auto", "jsonl", "csv"),
+                          help="default: detected from the first line")
+    add_arguments(importer, "worker")
     evaluate = commands.add_parser(
         "eval", help="next-item accuracy of sessionrec and baselines on a dataset")
     evaluate.add_argument("--train", required=True, help="training click log")
@@ -88,11 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.redis_url is None and not os.environ.get("SESSIONREC_REDIS_URL"):
                 settings = settings.replace(redis_url="memory://")
             return run_demo(settings)
-        if args.command in ("load", "eval", "tune"):
+        if args.command in ("load", "catalog", "eval", "tune"):
             from service.offline import commands as offline
 
-            return {"load": offline.load_command, "eval": offline.eval_command,
-                    "tune": offline.tune_command}[args.command](args)
+            return {"load": offline.load_command, "catalog": offline.catalog_command,
+                    "eval": offline.eval_command, "tune": offline.tune_command}[args.command](args)
         settings = from_args(args)
     except ValueError as exc:
         parser.error(str(exc))

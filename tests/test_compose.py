@@ -119,7 +119,8 @@ def test_without_a_c_compiler_the_package_installs_and_serves(tmp_path: Path) ->
 
     # the sources as a fresh clone has them (this checkout holds a built extension)
     source = tmp_path / "source"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard"], cwd=ROOT, capture_output=True,
                              check=True).stdout.decode().split("\0")
     for name in filter(None, tracked):
         if (ROOT / name).is_file():
@@ -149,7 +150,8 @@ def test_without_a_c_compiler_the_package_installs_and_serves(tmp_path: Path) ->
         with urllib.request.urlopen(request, timeout=5) as reply:
             return reply.status, json.loads(reply.read())
     try:
-        for _ in range(200):
+        for _ in range(600):
+            assert server.poll() is None, server.communicate()[1]
             try:
                 urllib.request.urlopen(base + "/healthz", timeout=1).close()
                 break

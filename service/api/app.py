@@ -63,7 +63,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.cleanup_ctx.append(redis_lifecycle)
     for route in ROUTES:
         if route.method == "GET":  # and HEAD, as aiohttp's add_get does
-            app.router.add_get(router_path(route.path), route.handler)
+            app.router.add_get(router_path(route), route.handler)
         else:
-            app.router.add_route(route.method, router_path(route.path), route.handler)
+            app.router.add_route(route.method, router_path(route), route.handler)
     return app

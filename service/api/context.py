@@ -31,6 +31,8 @@ class Route:
     access: str = access.OPEN
     documented: bool = True
     """In the OpenAPI document (not: the docs themselves, redirects, the demo's data)."""
+    id_pattern: str = "(?s:.+)"
+    """What a path parameter matches: any id by default."""
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from service.api import access
+from service.api import access, validation
 from service.api.context import Route
 from service.core.model import EVENT_TYPES
 from service.settings import Settings
@@ -54,6 +54,32 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "responses": {"200": done("Done", {"item_id": {"type": "string"},
                                                    flag: {"type": "boolean"}}),
                               **admin_errors}}
+    item_path = {"name": "item_id", "in": "path", "required": True, "schema": ident}
+    record = {"description": "The record", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Item"}}}}
+    short = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
+    item = {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
+                                     "maximum": 2**63 - 1}],
+                   "description": "Optional in PUT (the path names the item)."},
+            "name": {"type": "string", "maxLength": validation.MAX_TEXT},
+            "categories": {"type": "array", "maxItems": validation.MAX_LIST, "items": short,
+                           "description": "The first is the item's category for "
+                                          "max_per_category."},
+            "available": {"type": "boolean", "default": True},
+            "price": {"type": "number", "minimum": 0, "maximum": validation.MAX_PRICE},
+            "tags": {"type": "array", "maxItems": validation.MAX_LIST, "items": short},
+            "attributes": {"type": "object", "maxProperties": validation.MAX_LIST,
+                           "propertyNames": short,
+                           "additionalProperties": {"oneOf": [
+                               {"type": "string", "maxLength": validation.MAX_TEXT},
+                               {"type": "number", "minimum": -1e15, "maximum": 1e15},
+                               {"type": "boolean"}]}},
+        },
+        "description": f"At most {validation.MAX_RECORD_BYTES} bytes as JSON.",
+    }
     event = {
         "type": "object", "additionalProperties": False,
         "required": ["session_id", "item_id"],
@@ -139,6 +165,31 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "responses": {"200": done("Done", {"session_id": {"type": "string"},
                                                    "reset": {"type": "boolean"}}),
                               **admin_errors}}},
+            "/items/{item_id}": {
+                "put": {
+                    "summary": "Store an item's catalogue record, replacing any earlier one",
+                    "parameters": [item_path],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Item"}}}},
+                    "responses": {"200": record, **admin_errors}},
+                "get": {"summary": "An item's catalogue record", "parameters": [item_path],
+                        "responses": {"200": record, "404": _error(), **admin_errors}},
+                "delete": {
+                    "summary": "Remove an item's catalogue record (its learned state stays)",
+                    "parameters": [item_path],
+                    "responses": {"200": done("Done", {"item_id": {"type": "string"},
+                                                       "deleted": {"type": "boolean"}}),
+                                  **admin_errors}}},
+            "/items": {"post": {
+                "summary": "Store many catalogue records (all or none are valid)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "required": ["items"],
+                    "properties": {"items": {
+                        "type": "array", "minItems": 1, "maxItems": s.max_batch,
+                        "items": {"allOf": [{"$ref": "#/components/schemas/Item"},
+                                            {"required": ["id"]}]}}}}}}},
+                "responses": {"200": done("Stored", {"stored": {"type": "integer"}}),
+                              **admin_errors}}},
             "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
                 "200": {"description": "Counters", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},
@@ -198,6 +249,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                     "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
                     "recommend_seen": {"type": "boolean", "default": False}}},
             "Event": event,
+            "Item": item,
             "Recommendations": {
                 "type": "object", "required": ["recommendations", "message"],
                 "properties": {

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 
-from service.api import admin, ingest, recommend, stats
+from service.api import admin, catalog, ingest, recommend, stats
 from service.api.access import ADMIN, PUBLIC
 from service.api.context import Route
+
+NOT_SIMILAR = "(?s:.+)(?<!/similar)"
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/iid_recommend", recommend.iid_recommend, PUBLIC),
@@ -20,6 +22,12 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/admin/items/{item_id}/hide", admin.hide_item, ADMIN),
     Route("DELETE", "/admin/items/{item_id}", admin.forget_item, ADMIN),
     Route("DELETE", "/admin/sessions/{session_id}", admin.reset_session, ADMIN),
+    # a path ending in /similar is the similar route's, whatever the method: a record of an id
+    # ending so goes in through POST /items
+    Route("PUT", "/items/{item_id}", catalog.put_item, ADMIN, id_pattern=NOT_SIMILAR),
+    Route("GET", "/items/{item_id}", catalog.get_item, ADMIN, id_pattern=NOT_SIMILAR),
+    Route("DELETE", "/items/{item_id}", catalog.delete_item, ADMIN, id_pattern=NOT_SIMILAR),
+    Route("POST", "/items", catalog.post_items, ADMIN),
     Route("GET", "/stats", stats.stats, PUBLIC),
     Route("GET", "/healthz", stats.healthz),
     Route("GET", "/readyz", stats.readyz),
@@ -35,10 +43,12 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def router_path(path: str) -> str:
-    """The aiohttp pattern of a documented path: a parameter matches any id, "/" and newlines
-    included (aiohttp's canonical form of the resource is the documented path again)."""
-    return re.sub(r"\{(\w+)\}", r"{\1:(?s:.+)}", path)
+def router_path(route: Route) -> str:
+    """The aiohttp pattern of a route's documented path: a parameter matches any id, "/" and
+    newlines included, unless the route says otherwise (aiohttp's canonical form of the
+    resource is the documented path again)."""
+    return re.sub(r"\{(\w+)\}", lambda m: "{" + m.group(1) + ":" + route.id_pattern + "}",
+                  route.path)
 
 
 ACCESS = {route.path: route.access for route in ROUTES}

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 from service.api.errors import ApiError, invalid
 from service.api.jsonutil import JSONDecodeError, loads
+from service.core.catalog import AttributeValue, Record
+from service.core.catalog import encode as encode_record
 from service.core.model import EVENT_TYPES, Event
 from service.settings import Settings
 
@@ -233,3 +235,95 @@ def events(body: Any, settings: Settings, now: float) -> list[Event]:
                                     f"{settings.max_batch}. Split the batch.")
         return [event(value, f"events[{n}]", settings, now) for n, value in enumerate(batch)]
     return [event(body, "", settings, now)]
+
+
+# --- catalogue records ------------------------------------------------------------------------
+ITEM_FIELDS = ("id", "name", "categories", "available", "price", "tags", "attributes")
+MAX_LIST = 100  # categories, tags, attributes per record
+MAX_TEXT = 1000  # a name or an attribute's text
+MAX_RECORD_BYTES = 16 << 10
+MAX_PRICE = 1e12
+
+
+def _strings(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise invalid(field, f"{field} must be an array of strings, not {_type_name(value)}.")
+    if len(value) > MAX_LIST:
+        raise invalid(field, f"{field} has {len(value)} entries; the limit is {MAX_LIST}.")
+    return tuple(identifier(v, f"{field}[{n}]", settings) for n, v in enumerate(value))
+
+
+def _attributes(value: Any, field: str, settings: Settings) -> dict[str, AttributeValue]:
+    if not isinstance(value, dict):
+        raise invalid(field, f"{field} must be an object, not {_type_name(value)}.")
+    if len(value) > MAX_LIST:
+        raise invalid(field, f"{field} has {len(value)} entries; the limit is {MAX_LIST}.")
+    out: dict[str, AttributeValue] = {}
+    for name, v in value.items():
+        where = f"{field}.{name}"
+        identifier(name, where, settings)
+        if isinstance(v, bool):
+            out[name] = v
+        elif isinstance(v, str):
+            if len(v) > MAX_TEXT:
+                raise invalid(where, f"{where} is {len(v)} characters long; the limit is "
+                                     f"{MAX_TEXT}.")
+            out[name] = v
+        elif _is_number(v):
+            out[name] = finite_number(v, where, low=-1e15, high=1e15)
+        else:
+            raise invalid(where, f"{where} must be a string, a number or a boolean, not "
+                                 f"{_type_name(v)}.")
+    return out
+
+
+def item_record(value: Any, field: str, settings: Settings, item_id: str | None = None
+                ) -> Record:
+    """A catalogue record; ``item_id`` is the path's id (then ``id`` is optional in the
+    body and must agree with it)."""
+    prefix = f"{field}." if field else ""
+    obj = _object(value, field, ITEM_FIELDS)
+    if "id" in obj:
+        given = identifier(obj["id"], prefix + "id", settings, allow_int=True)
+        if item_id is not None and given != item_id:
+            raise invalid(prefix + "id", f"{prefix}id is {given!r} but the path names "
+                                         f"{item_id!r}; leave it out or make them agree.")
+        item_id = given
+    if item_id is None:
+        raise invalid(prefix + "id", f"{prefix}id is required.")
+    name = obj.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > MAX_TEXT):
+        raise invalid(prefix + "name", f"{prefix}name must be a string of at most {MAX_TEXT} "
+                                       "characters.")
+    available = obj.get("available", True)
+    if not isinstance(available, bool):
+        raise invalid(prefix + "available", f"{prefix}available must be true or false, not "
+                                            f"{_type_name(available)}.")
+    price = obj.get("price")
+    if price is not None:
+        price = finite_number(price, prefix + "price", low=0.0, high=MAX_PRICE)
+    record = Record(
+        item_id, name, _strings(obj.get("categories", []), prefix + "categories", settings),
+        available, price, _strings(obj.get("tags", []), prefix + "tags", settings),
+        _attributes(obj.get("attributes", {}), prefix + "attributes", settings))
+    if len(encode_record(record)) > MAX_RECORD_BYTES:
+        raise invalid(field or "body", f"The record of {item_id!r} is larger than "
+                                       f"{MAX_RECORD_BYTES} bytes; keep the catalogue to what "
+                                       "rules need.")
+    return record
+
+
+def item_records(body: Any, settings: Settings) -> list[Record]:
+    """``{"items": [...]}``; valid only if every record is (nothing is stored otherwise)."""
+    _object(body, "", ("items",))
+    if "items" not in body:
+        raise invalid("items", "items is required: an array of records with an id each.")
+    batch = body["items"]
+    if not isinstance(batch, list):
+        raise invalid("items", f"items must be an array, not {_type_name(batch)}.")
+    if not batch:
+        raise invalid("items", "items must hold at least one record.")
+    if len(batch) > settings.max_batch:
+        raise invalid("items", f"items has {len(batch)} entries; the limit is "
+                               f"{settings.max_batch}. Split the batch.")
+    return [item_record(value, f"items[{n}]", settings) for n, value in enumerate(batch)]

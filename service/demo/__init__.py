@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import signal
 import time
 from importlib import resources
@@ -17,6 +18,7 @@ from importlib import resources
 from aiohttp import web
 
 from service.api.app import create_app
+from service.core.catalog import Record
 from service.core.model import Event
 from service.runtime import install_uvloop
 from service.settings import Settings
@@ -31,8 +33,17 @@ def sample_events(now: float) -> list[Event]:
                   r["type"]) for r in rows]
 
 
+def sample_catalogue() -> list[Record]:
+    """The sample shop's products as catalogue records (the page reads the same file)."""
+    rows = json.loads(resources.files("service").joinpath("demo/catalogue.json")
+                      .read_text("utf-8"))
+    return [Record(str(r["id"]), r["name"], (r["category"],), price=r["price"]) for r in rows]
+
+
 async def load_sample(store: Store) -> int:
-    """Replay the sample log through the stream and wait until the worker applied it all."""
+    """Store the sample catalogue, replay the sample log through the stream and wait until
+    the worker applied it all."""
+    await store.put_items(sample_catalogue())
     stats = await store.stats()
     if stats["events_accepted"] == 0:
         await store.append(sample_events(time.time()))

@@ -8,18 +8,21 @@ import asyncio
 import datetime
 import os
 import platform
+import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from service.offline import clicklog
+from service.offline import catalog, clicklog
 from service.offline.clicklog import ClickLog
 from service.offline.evaluate import Result, align_times, chart, evaluate, report, summarise
 from service.offline.loader import bulk_store, load
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings, from_args
+from service.store.state import Store
 
 T = TypeVar("T")
 
@@ -49,6 +52,28 @@ def load_command(args: argparse.Namespace) -> int:
               f"{done.seconds:.1f}s into {settings.redis_url} (namespace {settings.namespace})")
     asyncio.run(main())
     return 0
+
+
+def catalog_command(args: argparse.Namespace) -> int:
+    """``sessionrec catalog FILE``: exit 1 with the line and field when a record is bad."""
+    settings = from_args(args)
+
+    async def main() -> int:
+        store = Store(settings.replace(read_cache_mb=0))
+        started = time.monotonic()
+        try:
+            await store.prepare()
+            stored = await catalog.import_file(store, args.file, args.format,
+                                               catalog.progress_printer(args.file))
+        except catalog.BadRecord as exc:
+            print(f"sessionrec catalog: {args.file}, {exc}; nothing stored", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        print(f"catalog: {stored} records stored in {time.monotonic() - started:.1f}s into "
+              f"{settings.redis_url_for_logs()} (namespace {settings.namespace})")
+        return 0
+    return asyncio.run(main())
 
 
 def eval_command(args: argparse.Namespace) -> int:

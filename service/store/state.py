@@ -21,6 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service.core import scoring
+from service.core.catalog import Record
+from service.core.catalog import decode as decode_record
+from service.core.catalog import encode as encode_record
 from service.core.layout import (
     ITEM_SHARDS,
     index_sessions,
@@ -307,6 +310,30 @@ class Store:
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
         """One command on the hot path (the backend's reply)."""
         return await self.backend.read(command, args)
+
+    # --- the catalogue ------------------------------------------------------------------------
+    async def put_items(self, records: Sequence[Record]) -> None:
+        """Store records, each replacing the item's earlier one: one hash field per item in its
+        shard's catalogue hash (one write per shard touched, all shards in one round trip)."""
+        by_shard: dict[int, dict[str, bytes]] = {}
+        for record in records:
+            h = item_hash(record.item_id)
+            by_shard.setdefault(shard_of(h), {})[h.hex()] = encode_record(record)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, fields in by_shard.items():
+                pipe.hset(self.keys.catalog(shard), mapping=fields)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def get_item(self, item_id: str) -> Record | None:
+        h = item_hash(item_id)
+        raw: bytes | None = await self.redis.hget(  # type: ignore[assignment]
+            self.keys.catalog(shard_of(h)), h.hex())
+        return decode_record(raw) if raw is not None else None
+
+    async def delete_item(self, item_id: str) -> bool:
+        """Remove an item's record (its learned state stays); False if it had none."""
+        h = item_hash(item_id)
+        return bool(await self.redis.hdel(self.keys.catalog(shard_of(h)), h.hex()))
 
     # --- admin operations ---------------------------------------------------------------------
     async def hide(self, item_id: str, hidden: bool) -> None:

@@ -1,0 +1,215 @@
+"""The catalogue: records through the API (secret key), in bulk, through ``sessionrec catalog``
+from JSON lines and CSV, on standalone Redis and on the cluster; bad input is a 400 naming the
+field, and nothing of a bad request or file is stored."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.api.app import create_app
+from service.core.catalog import Record
+from service.core.layout import item_hash, shard_of
+from service.demo import sample_catalogue
+from service.offline import catalog
+from service.settings import Settings
+from service.store.state import Store
+from tests.conftest import Client
+
+SECRET = "sk_test_catalog"
+ADMIN = {"X-API-Key": SECRET}
+
+
+async def admin_client(aiohttp_client: Any, settings: Settings) -> Client:
+    client: Client = await aiohttp_client(create_app(settings.replace(
+        publishable_keys="pk_test_catalog", secret_keys=SECRET)))
+    return client
+
+
+async def test_a_record_is_put_read_replaced_and_deleted(aiohttp_client: Any,
+                                                         settings: Settings) -> None:
+    client = await admin_client(aiohttp_client, settings)
+    body = {"name": "Burr grinder", "categories": ["Coffee", "Grinders"], "price": 18.5,
+            "tags": ["sale"], "attributes": {"colour": "black", "watts": 150, "new": True}}
+    put = await client.put("/items/g%2F1", json=body, headers=ADMIN)  # ids may hold "/"
+    assert put.status == 200
+    want = {"id": "g/1", "available": True, **body}
+    assert await put.json() == want
+    got = await client.get("/items/g%2F1", headers=ADMIN)
+    assert got.status == 200 and await got.json() == want
+    # a record replaces the earlier one whole
+    assert (await client.put("/items/g%2F1", json={"available": False},
+                             headers=ADMIN)).status == 200
+    assert await (await client.get("/items/g%2F1", headers=ADMIN)).json() == {
+        "id": "g/1", "categories": [], "available": False, "tags": [], "attributes": {}}
+    deleted = await client.delete("/items/g%2F1", headers=ADMIN)
+    assert await deleted.json() == {"item_id": "g/1", "deleted": True}
+    missing = await client.get("/items/g%2F1", headers=ADMIN)
+    assert missing.status == 404 and (await missing.json())["error"]["field"] == "item_id"
+    assert await (await client.delete("/items/g%2F1", headers=ADMIN)).json() == {
+        "item_id": "g/1", "deleted": False}
+    # a path ending in /similar stays the similar-items route's, for every method; such an id
+    # goes in through POST /items
+    assert (await client.get("/items/a/similar", headers={"X-API-Key": "pk_test_catalog"})
+            ).status == 200
+    assert (await client.put("/items/a/similar", json={}, headers=ADMIN)).status == 405
+    assert (await client.post("/items", json={"items": [{"id": "a/similar"}]},
+                              headers=ADMIN)).status == 200
+    store = Store(settings)
+    try:
+        assert await store.get_item("a/similar") == Record("a/similar")
+    finally:
+        await store.close()
+
+
+async def test_the_catalogue_needs_a_secret_key(aiohttp_client: Any,
+                                                settings: Settings) -> None:
+    client = await admin_client(aiohttp_client, settings)
+    public = {"X-API-Key": "pk_test_catalog"}
+    assert (await client.put("/items/a", json={}, headers=public)).status == 403
+    assert (await client.get("/items/a", headers=public)).status == 403
+    assert (await client.post("/items", json={"items": [{"id": "a"}]})).status == 401
+    open_client: Client = await aiohttp_client(create_app(settings))
+    disabled = await open_client.put("/items/a", json={})
+    assert disabled.status == 403 and (await disabled.json())["error"]["code"] == \
+        "admin_disabled"
+
+
+async def test_records_in_bulk_land_in_their_shards(aiohttp_client: Any,
+                                                    settings: Settings) -> None:
+    client = await admin_client(aiohttp_client, settings)
+    items = [{"id": f"i{n}", "categories": [f"c{n % 7}"], "price": n} for n in range(900)]
+    stored = await client.post("/items", json={"items": items}, headers=ADMIN)
+    assert await stored.json() == {"stored": 900}
+    store = Store(settings)
+    try:
+        shards = {shard_of(item_hash(f"i{n}")) for n in range(900)}
+        assert len(shards) == 64  # spread over every item shard (cluster-safe, one per slot)
+        for n in (0, 451, 899):
+            record = await store.get_item(f"i{n}")
+            assert record == Record(f"i{n}", None, (f"c{n % 7}",), True, float(n))
+    finally:
+        await store.close()
+
+
+BAD_RECORDS = [
+    ({"colour": "red"}, "colour"),
+    ({"price": "cheap"}, "price"),
+    ({"price": -1}, "price"),
+    ({"available": "yes"}, "available"),
+    ({"categories": "Coffee"}, "categories"),
+    ({"categories": ["x"] * 10_000}, "categories"),
+    ({"tags": ["ok", 3]}, "tags[1]"),
+    ({"tags": ["x" * 300]}, "tags[0]"),
+    ({"attributes": {"size": [1, 2]}}, "attributes.size"),
+    ({"attributes": {"w": 1e16}}, "attributes.w"),
+    ({"name": "n" * 1001}, "name"),
+    ({"id": "other"}, "id"),
+    ({"attributes": {f"a{n}": "v" * 900 for n in range(30)}}, "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_RECORDS)
+async def test_a_bad_record_is_a_400_naming_the_field_and_stores_nothing(
+        aiohttp_client: Any, settings: Settings, body: dict[str, Any], field: str) -> None:
+    client = await admin_client(aiohttp_client, settings)
+    put = await client.put("/items/a", json=body, headers=ADMIN)
+    assert put.status == 400, await put.text()
+    assert (await put.json())["error"]["field"] == field
+    assert (await client.get("/items/a", headers=ADMIN)).status == 404
+    # in a batch, one bad record stores none of the good ones before it
+    batch = {"items": [{"id": "good"}, {"id": "a", **{k: v for k, v in body.items()
+                                                       if k != "id"}}]}
+    if "id" not in body:
+        posted = await client.post("/items", json=batch, headers=ADMIN)
+        assert posted.status == 400
+        assert (await posted.json())["error"]["field"].startswith("items[1]")
+        assert (await client.get("/items/good", headers=ADMIN)).status == 404
+
+
+async def test_oversized_batches_and_ids_are_refused(aiohttp_client: Any,
+                                                     settings: Settings) -> None:
+    client = await admin_client(aiohttp_client, settings)
+    too_many = {"items": [{"id": f"i{n}"} for n in range(settings.max_batch + 1)]}
+    refused = await client.post("/items", json=too_many, headers=ADMIN)
+    assert refused.status == 400 and (await refused.json())["error"]["field"] == "items"
+    long_id = "x" * (settings.max_id_length + 1)
+    refused = await client.put(f"/items/{long_id}", json={}, headers=ADMIN)
+    assert refused.status == 400 and (await refused.json())["error"]["field"] == "item_id"
+    for body, field in (({"items": []}, "items"), ({"items": [{"name": "no id"}]},
+                                                    "items[0].id"), ({}, "items")):
+        answer = await client.post("/items", json=body, headers=ADMIN)
+        assert answer.status == 400 and (await answer.json())["error"]["field"] == field
+
+
+async def test_sessionrec_catalog_imports_100k_jsonl_records(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for n in range(100_000):
+            f.write(json.dumps({"id": n, "name": f"item {n}", "categories": [f"c{n % 50}"],
+                                "price": n / 100, "available": n % 10 != 0}) + "\n")
+    store = Store(settings)
+    seen: list[int] = []
+    try:
+        assert await catalog.import_file(store, str(path), "auto", seen.append) == 100_000
+        assert seen and seen[-1] == 100_000 - 100_000 % catalog.BATCH
+        for n in (0, 12_345, 99_999):
+            assert await store.get_item(str(n)) == Record(
+                str(n), f"item {n}", (f"c{n % 50}",), n % 10 != 0, n / 100)
+    finally:
+        await store.close()
+
+
+async def test_a_bad_line_stores_nothing_and_names_line_and_field(settings: Settings,
+                                                                  tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.csv"
+    path.write_text("id,name,categories,tags,available,price,colour,watts\n"
+                    "a,Grinder,Coffee|Grinders,sale,true,18.5,black,150\n"
+                    "b,Kettle,Tea,,false,,steel,\n"
+                    "c,Broken,Tea,,maybe,,,\n", encoding="utf-8")
+    store = Store(settings)
+    try:
+        with pytest.raises(catalog.BadRecord, match=r"line 4: available must be true or false"):
+            await catalog.import_file(store, str(path), "auto")
+        assert await store.get_item("a") is None  # the whole file is checked first
+        path.write_text(path.read_text().replace("maybe", "true"), encoding="utf-8")
+        assert await catalog.import_file(store, str(path), "csv") == 3
+        assert await store.get_item("a") == Record(
+            "a", "Grinder", ("Coffee", "Grinders"), True, 18.5, ("sale",),
+            {"colour": "black", "watts": 150})
+        assert await store.get_item("b") == Record("b", "Kettle", ("Tea",), False,
+                                                   attributes={"colour": "steel"})
+    finally:
+        await store.close()
+
+
+def test_the_cli_reports_a_bad_file_and_exits_1(settings: Settings, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b", "price": "x"}\n', encoding="utf-8")
+    args = ["catalog", str(path), "--redis-url", settings.redis_url,
+            "--namespace", settings.namespace, "--partitions", str(settings.partitions)]
+    assert main(args) == 1
+    assert "line 2: price must be a number" in capsys.readouterr().err
+    path.write_text('{"id": "a"}\n{"id": "b", "price": 3}\n', encoding="utf-8")
+    assert main(args) == 0
+    assert "catalog: 2 records stored" in capsys.readouterr().out
+
+
+async def test_the_demo_catalogue_goes_through_the_catalogue(settings: Settings) -> None:
+    store = Store(settings)
+    try:
+        records = sample_catalogue()
+        await store.put_items(records)
+        espresso = await store.get_item("1001")
+        assert espresso is not None and espresso.name == "Espresso machine"
+        assert espresso.categories == ("Coffee",) and len(records) > 40
+    finally:
+        await store.close()
