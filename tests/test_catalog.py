@@ -4,8 +4,10 @@ field, and nothing of a bad request or file is stored."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +215,47 @@ async def test_the_demo_catalogue_goes_through_the_catalogue(settings: Settings)
         assert espresso.categories == ("Coffee",) and len(records) > 40
     finally:
         await store.close()
+
+
+async def test_an_unavailable_item_leaves_every_answer_of_every_process_within_a_second(
+        aiohttp_client: Any, settings: Settings) -> None:
+    from tests.helpers import drain
+
+    first = await admin_client(aiohttp_client, settings)
+    second = await admin_client(aiohttp_client, settings)  # another serve process' store
+    public = {"X-API-Key": "pk_test_catalog"}
+    events = []
+    for s in range(12):
+        events += [{"session_id": f"s{s}", "item_id": "espresso", "timestamp": 100 + s},
+                   {"session_id": f"s{s}", "item_id": "grinder", "timestamp": 101 + s},
+                   {"session_id": f"s{s}", "item_id": f"x{s % 3}", "timestamp": 102 + s}]
+    assert (await first.post("/events", json={"events": events}, headers=public)).status == 202
+    await drain(settings)
+    ask = {"user_interactions": {"espresso": {}}, "k": 10}
+
+    async def everywhere(client: Client) -> set[str]:
+        answers = [await client.post("/iid_recommend", json=ask, headers=public),
+                   await client.get("/items/espresso/similar", headers=public),
+                   await client.get("/popular?k=50", headers=public),
+                   await client.get("/sessions/s1/recommendations?recommend_seen=true",
+                                    headers=public)]
+        return {r["id"] for a in answers for r in (await a.json())["recommendations"]}
+
+    assert "grinder" in await everywhere(second)
+    assert (await first.put("/items/grinder", json={"available": False},
+                            headers=ADMIN)).status == 200
+    changed = time.monotonic()
+    while "grinder" in await everywhere(second):
+        assert time.monotonic() - changed < 1.0, "still recommended a second after the change"
+        await asyncio.sleep(0.05)
+    assert "grinder" not in await everywhere(first)  # the writing process at once
+    # available again: back in the answers; a record removed: available (no record, no rule)
+    await first.post("/items", json={"items": [{"id": "grinder", "available": True}]},
+                     headers=ADMIN)
+    changed = time.monotonic()
+    while "grinder" not in await everywhere(second):
+        assert time.monotonic() - changed < 1.0
+        await asyncio.sleep(0.05)
+    await first.put("/items/grinder", json={"available": False}, headers=ADMIN)
+    await first.delete("/items/grinder", headers=ADMIN)
+    assert "grinder" in await everywhere(first)

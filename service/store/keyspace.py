@@ -160,6 +160,11 @@ class Keys:
         """Set of item hashes (hex) never to recommend."""
         return f"{self.ns}:{{g}}:hidden"
 
+    def unavailable(self) -> str:
+        """Set of item hashes (hex) whose catalogue record says ``"available": false``: not
+        recommended while it does (the same slot as ``hidden``: both read in one command)."""
+        return f"{self.ns}:{{g}}:unavailable"
+
     def rate_bucket(self, client: str) -> str:
         """A client's token bucket; the client identity is hashed into its own tag."""
         digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()

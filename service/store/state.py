@@ -286,8 +286,9 @@ class Store:
 
     # --- reads behind recommendations ------------------------------------------------------
     async def hidden_items(self, max_age: float = 1.0) -> scoring.U64:
-        """Hidden item hashes, re-read at most every ``max_age`` seconds per process (one read
-        shared by the requests that find the copy stale together)."""
+        """Hashes of the items never to recommend now (hidden, or unavailable in the
+        catalogue), re-read at most every ``max_age`` seconds per process (one read shared by
+        the requests that find the copy stale together)."""
         fetched, items = self._hidden
         if time.monotonic() - fetched > max_age:
             if self._hidden_read is None or self._hidden_read.done():
@@ -296,7 +297,7 @@ class Store:
         return items
 
     async def _read_hidden(self) -> scoring.U64:
-        members = await self.read(b"SMEMBERS", [self.keys.hidden()])
+        members = await self.read(b"SUNION", [self.keys.hidden(), self.keys.unavailable()])
         items = np.array(sorted(int.from_bytes(bytes.fromhex(m.decode()), "little")
                                 for m in members), dtype=np.uint64)
         self._hidden = (time.monotonic(), items)
@@ -316,13 +317,23 @@ class Store:
         """Store records, each replacing the item's earlier one: one hash field per item in its
         shard's catalogue hash (one write per shard touched, all shards in one round trip)."""
         by_shard: dict[int, dict[str, bytes]] = {}
+        availability: dict[str, bool] = {}  # the last record of an item wins, as in the hash
         for record in records:
             h = item_hash(record.item_id)
             by_shard.setdefault(shard_of(h), {})[h.hex()] = encode_record(record)
+            availability[h.hex()] = record.available
+        gone = [h for h, available in availability.items() if not available]
+        back = [h for h, available in availability.items() if available]
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard, fields in by_shard.items():
                 pipe.hset(self.keys.catalog(shard), mapping=fields)  # type: ignore[arg-type]
+            if gone:
+                pipe.sadd(self.keys.unavailable(), *gone)
+            if back:
+                pipe.srem(self.keys.unavailable(), *back)
             await pipe.execute()
+        if gone or back:
+            self._forget_hidden()
 
     async def get_item(self, item_id: str) -> Record | None:
         h = item_hash(item_id)
@@ -333,12 +344,22 @@ class Store:
     async def delete_item(self, item_id: str) -> bool:
         """Remove an item's record (its learned state stays); False if it had none."""
         h = item_hash(item_id)
-        return bool(await self.redis.hdel(self.keys.catalog(shard_of(h)), h.hex()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.keys.catalog(shard_of(h)), h.hex())
+            pipe.srem(self.keys.unavailable(), h.hex())  # no record: available again
+            deleted, _ = await pipe.execute()
+        self._forget_hidden()
+        return bool(deleted)
 
     # --- admin operations ---------------------------------------------------------------------
     async def hide(self, item_id: str, hidden: bool) -> None:
         key, member = self.keys.hidden(), item_hash(item_id).hex()
         await (self.redis.sadd(key, member) if hidden else self.redis.srem(key, member))
+        self._forget_hidden()
+
+    def _forget_hidden(self) -> None:
+        """This process changed what may not be recommended: read it again at once (others
+        do within ``hidden_items``' max age)."""
         self._hidden = (-1.0, self._hidden[1])
         self._hidden_read = None  # one started before this change may miss it
 
