@@ -31,10 +31,12 @@ log = logging.getLogger("sessionrec.api")
 
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     # long request lines and headers reach the app, which answers them with the JSON error
-    # shape, instead of the HTTP parser's plain-text 400
+    # shape, instead of the HTTP parser's plain-text 400: a request line as long as a body
+    # may be (the GET list endpoints' ``exclude`` repeats in the query)
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[error_middleware],
-                          handler_args={"max_line_size": 1 << 16, "max_field_size": 1 << 16})
+                          handler_args={"max_line_size": max(settings.max_body_bytes, 1 << 16),
+                                        "max_field_size": 1 << 16})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[API_KEYS] = access.ApiKeys.from_settings(settings)

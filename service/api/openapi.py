@@ -26,6 +26,14 @@ def _answer(description: str) -> dict[str, Any]:
         "schema": {"$ref": "#/components/schemas/Recommendations"}}}}
 
 
+def _exclude(s: Settings) -> dict[str, Any]:
+    return {"name": "exclude", "in": "query", "required": False, "style": "form",
+            "explode": True, "description": "An item id never to return (repeatable).",
+            "schema": {"type": "array", "maxItems": validation.MAX_EXCLUDE,
+                       "items": {"type": "string", "minLength": 1,
+                                 "maxLength": s.max_id_length}}}
+
+
 def _k(s: Settings) -> dict[str, Any]:
     return {"name": "k", "in": "query", "required": False,
             "description": "Number of recommendations.",
@@ -55,6 +63,11 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                                    flag: {"type": "boolean"}}),
                               **admin_errors}}
     item_path = {"name": "item_id", "in": "path", "required": True, "schema": ident}
+    exclude_ids = {"type": "array", "maxItems": validation.MAX_EXCLUDE,
+                   "items": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
+                                               "maximum": 2**63 - 1}]},
+                   "description": "Item ids never to return; k still holds whenever k other "
+                                  "items exist."}
     record = {"description": "The record", "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Item"}}}}
     short = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
@@ -136,7 +149,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "summary": "Recommend from a session's live interactions stored in Redis",
                 "parameters": [
                     {"name": "session_id", "in": "path", "required": True, "schema": ident},
-                    _k(s),
+                    _k(s), _exclude(s),
                     {"name": "recommend_seen", "in": "query", "required": False,
                      "schema": {"type": "boolean", "default": False}}],
                 "responses": {"200": _answer("Recommendations"), **errors}}},
@@ -144,11 +157,11 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "summary": "Items most co-visited with one item (never the item itself)",
                 "parameters": [
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
-                    _k(s)],
+                    _k(s), _exclude(s)],
                 "responses": {"200": _answer("Similar items"), **errors}}},
             "/popular": {"get": {
                 "summary": "Trending items (time-decayed popularity)",
-                "parameters": [_k(s)],
+                "parameters": [_k(s), _exclude(s)],
                 "responses": {"200": _answer("Trending items"), **errors}}},
             "/admin/items/{item_id}/hide": {
                 "post": item_admin("Hide an item: it is never recommended (within 1 s)",
@@ -247,7 +260,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                            "maximum": 1e9,
                                            "description": "Finite; default 1 (a view)."}}}},
                     "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
-                    "recommend_seen": {"type": "boolean", "default": False}}},
+                    "recommend_seen": {"type": "boolean", "default": False},
+                    "exclude": exclude_ids}},
             "Event": event,
             "Item": item,
             "Recommendations": {

@@ -55,7 +55,8 @@ class Recommender:
                                      index_cap=settings.index_cap)
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
-                        recommend_seen: bool, session_id: str | None = None) -> Answer:
+                        recommend_seen: bool, session_id: str | None = None,
+                        exclude: Sequence[str] = ()) -> Answer:
         hashes = [item_hash(item) for item, _, _ in interactions]
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                     [r for _, _, r in interactions], self.params)
@@ -68,24 +69,31 @@ class Recommender:
                  for h, (item, _, _) in zip(hashes, interactions, strict=True)} \
             if recommend_seen else None
         return await self._answer(query, k, seen, self.params, exclude_session,
-                                  fill_with_trending=True, named=named)
+                                  fill_with_trending=True, named=named,
+                                  excluded=_hashes(exclude))
 
-    async def similar(self, item_id: str, k: int) -> Answer:
+    async def similar(self, item_id: str, k: int, exclude: Sequence[str] = ()) -> Answer:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
         return await self._answer(query, k, query.seen, self.similar_params, None,
-                                  fill_with_trending=False)
+                                  fill_with_trending=False, excluded=_hashes(exclude))
 
-    async def popular(self, k: int) -> Answer:
+    async def popular(self, k: int, exclude: Sequence[str] = ()) -> Answer:
         hidden = await self.store.hidden_items()
-        trending = await self.store.trending_head(k + len(hidden))
-        return Answer(_normalised_trending(trending, k, {int(h) for h in hidden},
-                                           1.0), MSG_TRENDING)
+        excluded = _hashes(exclude)
+        trending = await self.store.trending_head(k + len(hidden) + len(excluded))
+        return Answer(_normalised_trending(trending, k, {int(h) for h in hidden}
+                                           | {int(h) for h in excluded}, 1.0), MSG_TRENDING)
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, *, fill_with_trending: bool,
-                      named: dict[int, str] | None = None) -> Answer:
-        extra = len(query.seen) if seen is not None else 0
+                      named: dict[int, str] | None = None,
+                      excluded: scoring.U64 | None = None) -> Answer:
+        """``seen``: the session's items, not to return (None: they may be); ``excluded``:
+        the request's own exclusions. Both are left out before the k best are chosen, and
+        the trending fill skips them too, so k holds whenever k other items exist."""
+        requested = excluded if excluded is not None else np.zeros(0, np.uint64)
+        extra = (len(query.seen) if seen is not None else 0) + len(requested)
         cached = self.store.backend.cached_candidates(query, params, exclude_session)
         if cached is not None:
             candidates, scores = cached
@@ -101,7 +109,8 @@ class Recommender:
         df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.store.hidden_items()
-        exclude = hidden if seen is None else np.concatenate((seen, hidden))
+        exclude = np.concatenate((hidden, requested) if seen is None
+                                 else (seen, hidden, requested))
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude, k)
         names = await self.store.item_names(best, named)
@@ -113,7 +122,7 @@ class Recommender:
         if len(found) >= k:
             return Answer(found, MSG_SESSION)
         # only now the trending head: sessions with neighbours rarely need it
-        trending = await self.store.trending_head(k + extra)
+        trending = await self.store.trending_head(k + extra + len(hidden))
         taken: set[Any] = {r["id"] for r in found} | {int(x) for x in exclude}
         floor = float(found[-1]["score"]) if found else 1.0
         filler = _normalised_trending(trending, k - len(found), taken, floor)
@@ -147,11 +156,21 @@ def _normalised_trending(trending: Sequence[tuple[bytes, float]], k: int, taken:
 RECOMMENDER = web.AppKey("recommender", Recommender)
 
 
+def _hashes(item_ids: Sequence[str]) -> scoring.U64:
+    return scoring.as_u64([item_hash(i) for i in item_ids])
+
+
+def _exclude(request: web.Request) -> tuple[str, ...]:
+    """The GET endpoints' ``exclude`` (repeatable)."""
+    return validation.exclusions(request.query.getall("exclude", []), "exclude",
+                                 request.app[SETTINGS])
+
+
 async def iid_recommend(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     req = validation.recommend_request(await read_json(request), settings, time.time())
     answer = await request.app[RECOMMENDER].recommend(req.interactions, req.k,
-                                                      req.recommend_seen)
+                                                      req.recommend_seen, exclude=req.exclude)
     return json_response(answer.body())
 
 
@@ -160,17 +179,20 @@ async def session_recommendations(request: web.Request) -> web.Response:
     k = k_of(request)
     seen = validation.query_bool(request.query.get("recommend_seen"), "recommend_seen",
                                  default=False)
+    exclude = _exclude(request)
     live = await request.app[STORE].live_session(session_id)
     answer = await request.app[RECOMMENDER].recommend(
-        [(x.item_id, x.timestamp, x.rating) for x in live], k, seen, session_id=session_id)
+        [(x.item_id, x.timestamp, x.rating) for x in live], k, seen, session_id=session_id,
+        exclude=exclude)
     return json_response(answer.body())
 
 
 async def similar(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request))
+    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _exclude(request))
     return json_response(answer.body())
 
 
 async def popular(request: web.Request) -> web.Response:
-    return json_response((await request.app[RECOMMENDER].popular(k_of(request))).body())
+    return json_response((await request.app[RECOMMENDER].popular(
+        k_of(request), _exclude(request))).body())

@@ -35,6 +35,7 @@ class RecommendRequest:
     interactions: list[Interaction]  # in the order given
     k: int
     recommend_seen: bool
+    exclude: tuple[str, ...] = ()
 
 
 def parse_json(body: bytes) -> Any:
@@ -168,7 +169,7 @@ def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> In
 
 def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
     """The seed's POST /iid_recommend body."""
-    obj = _object(body, "", ("user_interactions", "k", "recommend_seen"))
+    obj = _object(body, "", ("user_interactions", "k", "recommend_seen", "exclude"))
     if "user_interactions" not in obj:
         raise invalid("user_interactions",
                       "user_interactions is required: an object keyed by item id ({} for none).")
@@ -198,7 +199,21 @@ def recommend_request(body: Any, settings: Settings, now: float) -> RecommendReq
     seen = obj.get("recommend_seen", False)
     if not isinstance(seen, bool):
         raise invalid("recommend_seen", "recommend_seen must be true or false.")
-    return RecommendRequest(interactions, k, seen)
+    exclude = exclusions(obj["exclude"], "exclude", settings) if "exclude" in obj else ()
+    return RecommendRequest(interactions, k, seen, exclude)
+
+
+MAX_EXCLUDE = 1000
+
+
+def exclusions(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
+    """Item ids never to return (a cart, what the page already shows)."""
+    if not isinstance(value, list):
+        raise invalid(field, f"{field} must be an array of item ids, not {_type_name(value)}.")
+    if len(value) > MAX_EXCLUDE:
+        raise invalid(field, f"{field} has {len(value)} ids; the limit is {MAX_EXCLUDE}.")
+    return tuple(identifier(v, f"{field}[{n}]", settings, allow_int=True)
+                 for n, v in enumerate(value))
 
 
 EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating")
