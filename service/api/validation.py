@@ -206,14 +206,20 @@ def recommend_request(body: Any, settings: Settings, now: float) -> RecommendReq
 MAX_EXCLUDE = 1000
 
 
+def identifiers(value: Any, field: str, settings: Settings, *, limit: int,
+                allow_int: bool = False) -> tuple[str, ...]:
+    """An array of at most ``limit`` ids (or other short names: categories, tags)."""
+    if not isinstance(value, list):
+        raise invalid(field, f"{field} must be an array of strings, not {_type_name(value)}.")
+    if len(value) > limit:
+        raise invalid(field, f"{field} has {len(value)} entries; the limit is {limit}.")
+    return tuple(identifier(v, f"{field}[{n}]", settings, allow_int=allow_int)
+                 for n, v in enumerate(value))
+
+
 def exclusions(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
     """Item ids never to return (a cart, what the page already shows)."""
-    if not isinstance(value, list):
-        raise invalid(field, f"{field} must be an array of item ids, not {_type_name(value)}.")
-    if len(value) > MAX_EXCLUDE:
-        raise invalid(field, f"{field} has {len(value)} ids; the limit is {MAX_EXCLUDE}.")
-    return tuple(identifier(v, f"{field}[{n}]", settings, allow_int=True)
-                 for n, v in enumerate(value))
+    return identifiers(value, field, settings, limit=MAX_EXCLUDE, allow_int=True)
 
 
 EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating")
@@ -258,14 +264,6 @@ MAX_LIST = 100  # categories, tags, attributes per record
 MAX_TEXT = 1000  # a name or an attribute's text
 MAX_RECORD_BYTES = 16 << 10
 MAX_PRICE = 1e12
-
-
-def _strings(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise invalid(field, f"{field} must be an array of strings, not {_type_name(value)}.")
-    if len(value) > MAX_LIST:
-        raise invalid(field, f"{field} has {len(value)} entries; the limit is {MAX_LIST}.")
-    return tuple(identifier(v, f"{field}[{n}]", settings) for n, v in enumerate(value))
 
 
 def _attributes(value: Any, field: str, settings: Settings) -> dict[str, AttributeValue]:
@@ -317,10 +315,11 @@ def item_record(value: Any, field: str, settings: Settings, item_id: str | None 
     price = obj.get("price")
     if price is not None:
         price = finite_number(price, prefix + "price", low=0.0, high=MAX_PRICE)
-    record = Record(
-        item_id, name, _strings(obj.get("categories", []), prefix + "categories", settings),
-        available, price, _strings(obj.get("tags", []), prefix + "tags", settings),
-        _attributes(obj.get("attributes", {}), prefix + "attributes", settings))
+    categories = identifiers(obj.get("categories", []), prefix + "categories", settings,
+                             limit=MAX_LIST)
+    tags = identifiers(obj.get("tags", []), prefix + "tags", settings, limit=MAX_LIST)
+    record = Record(item_id, name, categories, available, price, tags,
+                    _attributes(obj.get("attributes", {}), prefix + "attributes", settings))
     if len(encode_record(record)) > MAX_RECORD_BYTES:
         raise invalid(field or "body", f"The record of {item_id!r} is larger than "
                                        f"{MAX_RECORD_BYTES} bytes; keep the catalogue to what "
