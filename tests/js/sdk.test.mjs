@@ -64,6 +64,17 @@ test("track stores the seed's shape and sends a batch of events", async () => {
   assert.deepEqual(body.events.map((e) => [e.item_id, e.type]), [["89898", "click"], ["22898", "view"]]);
 });
 
+test("exclude comes from init or from the call, ids as strings", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, exclude: ["cart-1", 42], flushInterval: 5 });
+  await sdk.recommend();
+  await sdk.recommend({ exclude: ["shown"] });
+  const bodies = sent.filter((c) => c.url === "/iid_recommend")
+    .map((c) => JSON.parse(c.options.body));
+  assert.deepEqual(bodies.map((b) => b.exclude), [["cart-1", "42"], ["shown"]]);
+});
+
 test("recommend posts the stored interactions in the seed's request", async () => {
   const { sent } = fakeBrowser();
   const sdk = loadSdk();

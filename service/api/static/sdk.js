@@ -13,7 +13,7 @@
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
       QUEUE_KEY = "sessionrec:queue";
   var cfg = {
-    endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true,
+    endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true, exclude: null,
     container: null, template: null, onRender: null,
     maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true, maxQueued: 500,
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
@@ -152,6 +152,9 @@
     var body = { user_interactions: interactions(), k: options.k || cfg.k,
                  recommend_seen: options.recommendSeen != null ? options.recommendSeen
                                                                 : cfg.recommendSeen };
+    // item ids never to show (the cart, what the page lists already): per call, else init's
+    var exclude = options.exclude || cfg.exclude;
+    if (exclude && exclude.length) body.exclude = exclude.map(String);
     return global.fetch(cfg.endpoint + "/iid_recommend", {
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
