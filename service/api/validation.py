@@ -242,18 +242,26 @@ def event(value: Any, field: str, settings: Settings, now: float) -> Event:
     return Event(session, item, ts, kind, rate)
 
 
+def _batch(body: Any, name: str, what: str, settings: Settings) -> list[Any]:
+    """``body[name]``, the only field: an array of 1 to ``max_batch`` entries."""
+    _object(body, "", (name,))
+    if name not in body:
+        raise invalid(name, f"{name} is required: an array of {what}s.")
+    batch = body[name]
+    if not isinstance(batch, list):
+        raise invalid(name, f"{name} must be an array, not {_type_name(batch)}.")
+    if not batch:
+        raise invalid(name, f"{name} must hold at least one {what}.")
+    if len(batch) > settings.max_batch:
+        raise invalid(name, f"{name} has {len(batch)} entries; the limit is "
+                            f"{settings.max_batch}. Split the batch.")
+    return batch
+
+
 def events(body: Any, settings: Settings, now: float) -> list[Event]:
     """One event object, or ``{"events": [...]}``; a batch is valid only if every event is."""
     if isinstance(body, dict) and "events" in body:
-        _object(body, "", ("events",))
-        batch = body["events"]
-        if not isinstance(batch, list):
-            raise invalid("events", f"events must be an array, not {_type_name(batch)}.")
-        if not batch:
-            raise invalid("events", "events must hold at least one event.")
-        if len(batch) > settings.max_batch:
-            raise invalid("events", f"events has {len(batch)} entries; the limit is "
-                                    f"{settings.max_batch}. Split the batch.")
+        batch = _batch(body, "events", "event", settings)
         return [event(value, f"events[{n}]", settings, now) for n, value in enumerate(batch)]
     return [event(body, "", settings, now)]
 
@@ -329,15 +337,5 @@ def item_record(value: Any, field: str, settings: Settings, item_id: str | None 
 
 def item_records(body: Any, settings: Settings) -> list[Record]:
     """``{"items": [...]}``; valid only if every record is (nothing is stored otherwise)."""
-    _object(body, "", ("items",))
-    if "items" not in body:
-        raise invalid("items", "items is required: an array of records with an id each.")
-    batch = body["items"]
-    if not isinstance(batch, list):
-        raise invalid("items", f"items must be an array, not {_type_name(batch)}.")
-    if not batch:
-        raise invalid("items", "items must hold at least one record.")
-    if len(batch) > settings.max_batch:
-        raise invalid("items", f"items has {len(batch)} entries; the limit is "
-                               f"{settings.max_batch}. Split the batch.")
+    batch = _batch(body, "items", "record", settings)
     return [item_record(value, f"items[{n}]", settings) for n, value in enumerate(batch)]
