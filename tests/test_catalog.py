@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from service.api.app import create_app
+from service.api.context import STORE
 from service.core.catalog import Record
 from service.core.layout import item_hash, shard_of
 from service.demo import sample_catalogue
@@ -259,3 +260,79 @@ async def test_an_unavailable_item_leaves_every_answer_of_every_process_within_a
     await first.put("/items/grinder", json={"available": False}, headers=ADMIN)
     await first.delete("/items/grinder", headers=ADMIN)
     assert "grinder" in await everywhere(first)
+
+
+# --- the serve process' copy of the catalogue -------------------------------------------------
+async def test_another_process_filters_by_a_changed_record_within_a_second(
+        aiohttp_client: Any, settings: Settings) -> None:
+    """A record's categories change in one process; another one's filter follows within a
+    second, through the change log (no whole read)."""
+    from tests.helpers import drain
+
+    first = await admin_client(aiohttp_client, settings)
+    second = await admin_client(aiohttp_client, settings)
+    events = [{"session_id": f"s{s}", "item_id": item, "timestamp": 100 + s}
+              for s in range(6) for item in ("espresso", "grinder", "kettle")]
+    assert (await first.post("/events", json={"events": events}, headers=ADMIN)).status == 202
+    await drain(settings)
+    await first.post("/items", json={"items": [
+        {"id": "espresso", "categories": ["machines"]},
+        {"id": "grinder", "categories": ["machines"]},
+        {"id": "kettle", "categories": ["kettles"]}]}, headers=ADMIN)
+    ask = {"user_interactions": {"espresso": {}}, "k": 5,
+           "filter": {"categories": ["kettles"]}}
+
+    async def kettles(client: Client) -> list[str]:
+        reply = await client.post("/iid_recommend", json=ask, headers=ADMIN)
+        return [r["id"] for r in (await reply.json())["recommendations"]]
+
+    assert await kettles(second) == ["kettle"]
+    mirror = second.app[STORE].mirror
+    reads = mirror.full_reads
+    assert (await first.put("/items/grinder", json={"categories": ["kettles"]},
+                            headers=ADMIN)).status == 200
+    changed = time.monotonic()
+    while sorted(await kettles(second)) != ["grinder", "kettle"]:
+        assert time.monotonic() - changed < 1.0, "the other process still filters by the old"
+        await asyncio.sleep(0.05)
+    assert await kettles(first) == ["grinder", "kettle"] or \
+        sorted(await kettles(first)) == ["grinder", "kettle"]
+    await first.delete("/items/kettle", headers=ADMIN)  # no record: fails any filter
+    changed = time.monotonic()
+    while "kettle" in await kettles(second):
+        assert time.monotonic() - changed < 1.0
+        await asyncio.sleep(0.05)
+    assert mirror.full_reads == reads  # followed the log
+
+
+async def test_a_copy_that_missed_changes_reads_the_catalogue_whole(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log trimmed past the copy, and a catalogue that came back empty (version reset),
+    both end in a whole read that matches Redis."""
+    import service.store.state as state
+
+    monkeypatch.setattr(state, "CHANGE_LOG_CAP", 2)
+    writer, reader = Store(settings), Store(settings)
+    reader.mirror.max_age = 0.0
+    try:
+        await writer.put_items([Record("a", categories=("x",))])
+        assert len(await reader.catalogue()) == 1 and reader.mirror.full_reads == 1
+        await writer.put_items([Record("b", categories=("x",))])
+        await reader.catalogue()
+        assert reader.mirror.full_reads == 1  # one entry behind: followed
+        for n in range(4):  # more changes than the log keeps
+            await writer.put_items([Record(f"c{n}", categories=("y",))])
+        index = await reader.catalogue()
+        assert reader.mirror.full_reads == 2 and len(index) == 6
+        # everything of the namespace gone (a Redis that came back empty), then one record
+        keys = [k async for k in writer.redis.scan_iter(match=f"{settings.namespace}:*")]
+        for key in keys:
+            await writer.redis.delete(key)
+        await writer.put_items([Record("d", categories=("z",))])
+        index = await reader.catalogue()
+        assert reader.mirror.full_reads == 3 and len(index) == 1
+        from service.core.rules import Filter
+        assert index.eligible(Filter(categories=("z",))).ids == ["d"]
+    finally:
+        await writer.close()
+        await reader.close()

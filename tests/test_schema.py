@@ -32,7 +32,8 @@ def test_schemathesis_finds_nothing(settings: Settings) -> None:
              "run", base + "/openapi.json", "--max-examples",
              os.environ.get("SESSIONREC_SCHEMATHESIS_EXAMPLES", "20"), "--workers", "1",
              "--seed", "1"], capture_output=True, text=True, timeout=600,
-            env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
+            env=dict(os.environ, SCHEMATHESIS_HOOKS="tests.schemathesis_hooks",
+                     PYTHONPATH=str(Path(__file__).parent.parent)))
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
         assert "passed" in run.stdout
     finally:

@@ -34,6 +34,52 @@ def _exclude(s: Settings) -> dict[str, Any]:
                                  "maxLength": s.max_id_length}}}
 
 
+def _rules(s: Settings) -> list[dict[str, Any]]:
+    """The rules of the GET list endpoints (the body's fields of POST /iid_recommend)."""
+    return [
+        _exclude(s),
+        {"name": "filter", "in": "query", "required": False,
+         "description": "A Filter as URL-encoded JSON: only items whose catalogue record "
+                        "satisfies every condition given.",
+         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Filter"}}}},
+        {"name": "max_per_category", "in": "query", "required": False,
+         "description": "At most this many items of one category (an item's first).",
+         "schema": {"type": "integer", "minimum": 1, "maximum": s.max_k}},
+        {"name": "explain", "in": "query", "required": False,
+         "description": "Add because and source to every recommendation.",
+         "schema": {"type": "boolean", "default": False}}]
+
+
+def _filter_schema(s: Settings) -> dict[str, Any]:
+    name = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
+    names = {"type": "array", "minItems": 1, "maxItems": validation.MAX_FILTER_VALUES,
+             "items": name}
+    scalar = {"oneOf": [{"type": "string", "maxLength": validation.MAX_TEXT},
+                        {"type": "number", "minimum": -1e15, "maximum": 1e15},
+                        {"type": "boolean"}]}
+    return {
+        "type": "object", "additionalProperties": False,
+        "description": "Every condition given must hold; an item without a catalogue record "
+                       "fails any filter. A contradiction (price.min above price.max) is a "
+                       "400.",
+        "properties": {
+            "categories": {**names, "description": "Any of these categories."},
+            "tags": {**names, "description": "Any of these tags."},
+            "price": {"type": "object", "additionalProperties": False, "minProperties": 1,
+                      "properties": {"min": {"type": "number", "minimum": 0,
+                                             "maximum": validation.MAX_PRICE},
+                                     "max": {"type": "number", "minimum": 0,
+                                             "maximum": validation.MAX_PRICE}}},
+            "attributes": {"type": "object", "minProperties": 1,
+                           "maxProperties": validation.MAX_FILTER_VALUES,
+                           "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
+                           "description": "Each attribute equal to the value, or to one of "
+                                          "the values.",
+                           "additionalProperties": {"oneOf": [scalar, {
+                               "type": "array", "minItems": 1,
+                               "maxItems": validation.MAX_FILTER_VALUES, "items": scalar}]}}}}
+
+
 def _k(s: Settings) -> dict[str, Any]:
     return {"name": "k", "in": "query", "required": False,
             "description": "Number of recommendations.",
@@ -149,7 +195,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "summary": "Recommend from a session's live interactions stored in Redis",
                 "parameters": [
                     {"name": "session_id", "in": "path", "required": True, "schema": ident},
-                    _k(s), _exclude(s),
+                    _k(s), *_rules(s),
                     {"name": "recommend_seen", "in": "query", "required": False,
                      "schema": {"type": "boolean", "default": False}}],
                 "responses": {"200": _answer("Recommendations"), **errors}}},
@@ -157,11 +203,11 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "summary": "Items most co-visited with one item (never the item itself)",
                 "parameters": [
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
-                    _k(s), _exclude(s)],
+                    _k(s), *_rules(s)],
                 "responses": {"200": _answer("Similar items"), **errors}}},
             "/popular": {"get": {
                 "summary": "Trending items (time-decayed popularity)",
-                "parameters": [_k(s), _exclude(s)],
+                "parameters": [_k(s), *_rules(s)],
                 "responses": {"200": _answer("Trending items"), **errors}}},
             "/admin/items/{item_id}/hide": {
                 "post": item_admin("Hide an item: it is never recommended (within 1 s)",
@@ -261,7 +307,16 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                            "description": "Finite; default 1 (a view)."}}}},
                     "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
                     "recommend_seen": {"type": "boolean", "default": False},
-                    "exclude": exclude_ids}},
+                    "exclude": exclude_ids,
+                    "filter": {"$ref": "#/components/schemas/Filter"},
+                    "max_per_category": {
+                        "type": "integer", "minimum": 1, "maximum": s.max_k,
+                        "description": "At most this many items of one category (an item's "
+                                       "first; items without one are not capped)."},
+                    "explain": {"type": "boolean", "default": False,
+                                "description": "Add because and source to every "
+                                               "recommendation."}}},
+            "Filter": _filter_schema(s),
             "Event": event,
             "Item": item,
             "Recommendations": {
@@ -269,9 +324,17 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "properties": {
                     "recommendations": {"type": "array", "items": {
                         "type": "object", "required": ["id", "score"],
-                        "properties": {"id": {"type": "string"},
-                                       "score": {"type": "number", "minimum": 0,
-                                                 "maximum": 1}}}},
+                        "properties": {
+                            "id": {"type": "string"},
+                            "score": {"type": "number", "minimum": 0, "maximum": 1},
+                            "because": {"type": "array", "maxItems": 3,
+                                        "items": {"type": "string"},
+                                        "description": "With explain: the request's items "
+                                                       "that contributed most (empty for "
+                                                       "trending items)."},
+                            "source": {"type": "string", "enum": ["session", "trending"],
+                                       "description": "With explain: where the item came "
+                                                      "from."}}}},
                     "message": {"type": "string"}}},
             "Stats": {"type": "object", "properties": {
                 name: {"type": "integer"} for name in (

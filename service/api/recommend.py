@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,9 @@ from aiohttp import web
 from service import kernel
 from service.api import validation
 from service.api.context import SETTINGS, STORE, json_response, k_of, path_id, read_json
-from service.core import scoring
+from service.core import explain, scoring
 from service.core.layout import item_hash, session_hash
+from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Eligible, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
 from service.store.state import Store
@@ -33,6 +35,18 @@ MSG_POPULAR = "Trending items: the session gives no co-visitation signal yet."
 MSG_SIMILAR = "Items most often visited in the same sessions as this item."
 MSG_NO_SIMILAR = "No session has visited this item with another one yet."
 MSG_TRENDING = "Trending items (time-decayed popularity)."
+MSG_FEWER = ("Only {found} of the k={k} items asked for satisfy the request's rules ({rules}); "
+             "loosen them for more.")
+MSG_FEWER_SIMILAR = ("{found} co-visited items satisfy the request's rules ({rules}); k={k} "
+                     "asked for more.")
+
+FILL_SCORED = 2048
+"""A filter admitting at most this many items has each one's trending score read (exact
+order for the trending fill); a wider one filters the trending head instead."""
+
+FILL_HEAD = 8192
+"""How deep the trending head is read for a wide filter's fill: at least this many members,
+more when the filter admits a small share of the catalogue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +58,15 @@ class Answer:
         return {"recommendations": self.recommendations, "message": self.message}
 
 
+@dataclass(frozen=True, slots=True)
+class FillOrder:
+    """A filter's eligible items in trending order (unscored ones last), for the fill."""
+
+    eligible: Eligible
+    made: float
+    members: list[tuple[str, int, float | None]]  # id, hash, log2 trending score
+
+
 class Recommender:
     """The answers, over one store. ``similar`` asks the same stages with one query item, no
     sequence weighting and every indexed session as a candidate neighbour."""
@@ -53,48 +76,52 @@ class Recommender:
         self.params = Params.from_settings(settings)
         self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0,
                                      index_cap=settings.index_cap)
+        self._fill_orders: OrderedDict[str, FillOrder] = OrderedDict()
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, session_id: str | None = None,
-                        exclude: Sequence[str] = ()) -> Answer:
+                        rules: Rules = NO_RULES) -> Answer:
         hashes = [item_hash(item) for item, _, _ in interactions]
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                     [r for _, _, r in interactions], self.params)
         exclude_session = (int.from_bytes(session_hash(session_id), "little")
                            if session_id is not None else None)
         seen = None if recommend_seen else query.seen
-        # the request names its own items (recommend_seen may return them): for this answer
-        # only, never into the shared name cache
+        # the request names its own items (recommend_seen may return them; explanations
+        # name them): for this answer only, never into the shared name cache
         named = {int.from_bytes(h, "little"): item
                  for h, (item, _, _) in zip(hashes, interactions, strict=True)} \
-            if recommend_seen else None
-        return await self._answer(query, k, seen, self.params, exclude_session,
-                                  fill_with_trending=True, named=named,
-                                  excluded=_hashes(exclude))
+            if recommend_seen or rules.explain else None
+        return await self._answer(query, k, seen, self.params, exclude_session, rules,
+                                  fill_with_trending=True, named=named)
 
-    async def similar(self, item_id: str, k: int, exclude: Sequence[str] = ()) -> Answer:
+    async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES) -> Answer:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
-        return await self._answer(query, k, query.seen, self.similar_params, None,
-                                  fill_with_trending=False, excluded=_hashes(exclude))
+        return await self._answer(query, k, query.seen, self.similar_params, None, rules,
+                                  fill_with_trending=False,
+                                  named={int.from_bytes(h, "little"): item_id})
 
-    async def popular(self, k: int, exclude: Sequence[str] = ()) -> Answer:
+    async def popular(self, k: int, rules: Rules = NO_RULES) -> Answer:
         hidden = await self.store.hidden_items()
-        excluded = _hashes(exclude)
-        trending = await self.store.trending_head(k + len(hidden) + len(excluded))
-        return Answer(_normalised_trending(trending, k, {int(h) for h in hidden}
-                                           | {int(h) for h in excluded}, 1.0), MSG_TRENDING)
+        excluded = np.concatenate((hidden, _hashes(rules.exclude)))
+        rows = await self._trending(k, rules, excluded, 1.0, [])
+        return Answer(rows, _short(MSG_TRENDING, len(rows), k, rules))
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
-                      exclude_session: int | None, *, fill_with_trending: bool,
-                      named: dict[int, str] | None = None,
-                      excluded: scoring.U64 | None = None) -> Answer:
-        """``seen``: the session's items, not to return (None: they may be); ``excluded``:
-        the request's own exclusions. Both are left out before the k best are chosen, and
-        the trending fill skips them too, so k holds whenever k other items exist."""
-        requested = excluded if excluded is not None else np.zeros(0, np.uint64)
-        extra = (len(query.seen) if seen is not None else 0) + len(requested)
-        cached = self.store.backend.cached_candidates(query, params, exclude_session)
+                      exclude_session: int | None, rules: Rules, *,
+                      fill_with_trending: bool, named: dict[int, str] | None = None
+                      ) -> Answer:
+        """``seen``: the session's items, not to return (None: they may be); the request's
+        exclusions and filter and the hidden items are left out before the k best are chosen,
+        and the trending fill skips them too, so k holds whenever k eligible items exist."""
+        catalogue = await self.store.catalogue() if rules.needs_catalogue else None
+        eligible = catalogue.eligible(rules.filter) \
+            if catalogue is not None and rules.filter is not None else None
+        cached = None if rules.explain else \
+            self.store.backend.cached_candidates(query, params, exclude_session)
+        histories: list[bytes | None] = []
+        similarity = np.zeros(0)
         if cached is not None:
             candidates, scores = cached
         else:
@@ -106,50 +133,138 @@ class Recommender:
             if len(sessions):
                 histories = await self.store.histories(sessions)
                 candidates, scores = scoring.score(query, histories, similarity, params)
+        if eligible is not None:
+            admitted = eligible.admits(candidates)
+            candidates, scores = candidates[admitted], scores[admitted]
         df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.store.hidden_items()
+        requested = _hashes(rules.exclude)
         exclude = np.concatenate((hidden, requested) if seen is None
                                  else (seen, hidden, requested))
+        if eligible is not None and seen is None:  # repeats, within the filter too
+            exclude = np.concatenate((exclude, query.seen[~eligible.admits(query.seen)]))
+        capped = catalogue is not None and rules.max_per_category is not None
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
-                                         seen is None, exclude, k)
+                                         seen is None, exclude,
+                                         len(candidates) + len(query.seen) if capped else k)
+        cap = CategoryCap(rules.max_per_category,
+                          catalogue.first_category if catalogue is not None else {})
+        if capped:
+            keep: list[int] = []
+            for n, h in enumerate(best.tolist()):
+                if cap.take(h):
+                    keep.append(n)
+                    if len(keep) == k:
+                        break
+            best, best_scores = best[keep], best_scores[keep]
         names = await self.store.item_names(best, named)
-        relative = kernel.relative(best_scores)
-        found: list[dict[str, Any]] = [{"id": name, "score": sc}
-                                       for name, sc in zip(names, relative, strict=True)]
+        found: list[dict[str, Any]] = [
+            {"id": name, "score": sc}
+            for name, sc in zip(names, kernel.relative(best_scores), strict=True)]
+        if rules.explain:
+            reasons = explain.because(query, histories, similarity, params, best)
+            lookup = named or {}
+            for row, hashes in zip(found, reasons, strict=True):
+                row["because"] = [lookup[h] for h in hashes if h in lookup]
+                row["source"] = "session"
         if not fill_with_trending:
-            return Answer(found, MSG_SIMILAR if found else MSG_NO_SIMILAR)
+            return Answer(found, _short(MSG_SIMILAR if found else MSG_NO_SIMILAR, len(found),
+                                        k, rules, MSG_FEWER_SIMILAR))
         if len(found) >= k:
             return Answer(found, MSG_SESSION)
         # only now the trending head: sessions with neighbours rarely need it
-        trending = await self.store.trending_head(k + extra + len(hidden))
-        taken: set[Any] = {r["id"] for r in found} | {int(x) for x in exclude}
         floor = float(found[-1]["score"]) if found else 1.0
-        filler = _normalised_trending(trending, k - len(found), taken, floor)
-        if not found:
-            return Answer(filler, MSG_POPULAR)
-        return Answer(found + filler, MSG_BOTH if filler else MSG_SESSION)
+        filler = await self._trending(k - len(found), rules, np.concatenate((exclude, best)),
+                                      floor, found, cap, eligible)
+        message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
+        return Answer(found + filler, _short(message, len(found) + len(filler), k, rules))
+
+    async def _trending(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
+                        found: list[dict[str, Any]], cap: CategoryCap | None = None,
+                        eligible: Eligible | None = None) -> list[dict[str, Any]]:
+        """Up to ``k`` trending items within the rules, none of ``taken`` (hashes) or of the
+        ids in ``found``, scored into (0, ceiling] relative to the first one."""
+        if rules.needs_catalogue and (cap is None or eligible is None):
+            catalogue = await self.store.catalogue()
+            if cap is None:
+                cap = CategoryCap(rules.max_per_category, catalogue.first_category)
+            if eligible is None and rules.filter is not None:
+                eligible = catalogue.eligible(rules.filter)
+        skip = set(taken.tolist()) | {r["id"] for r in found}
+        rows: list[dict[str, Any]] = []
+        if k <= 0:
+            return rows
+
+        def offer(name: str, h: int, log_score: float | None, leader: float) -> bool:
+            """Take a member if the rules allow; True when k are taken."""
+            if h in skip or name in skip or (cap is not None and not cap.take(h)):
+                return False
+            score = 0.0 if log_score is None else \
+                round(ceiling * math.pow(2.0, min(log_score - leader, 0.0)), 6)
+            row: dict[str, Any] = {"id": name, "score": score}
+            if rules.explain:
+                row["because"] = []
+                row["source"] = "trending"
+            rows.append(row)
+            return len(rows) == k
+
+        if eligible is not None:
+            members = (await self._fill_order(rules, eligible)).members
+            top = members[0][2] if members and members[0][2] is not None else 0.0
+            for name, h, log_score in members:
+                if offer(name, h, log_score, top):
+                    break
+            return rows
+        depth = k + len(skip)
+        counts = dict(cap.counts) if cap is not None else {}
+        while True:
+            head = await self.store.trending_head(depth)
+            rows.clear()
+            if cap is not None:
+                cap.counts = dict(counts)
+            for member, log_score in head:
+                name = member.decode("utf-8", "surrogatepass")
+                if offer(name, int.from_bytes(item_hash(name), "little"), log_score,
+                         head[0][1]):
+                    return rows
+            if len(head) < depth or cap is None or cap.limit is None:
+                return rows  # the whole head was read, or nothing but the cap can skip more
+            depth *= 4
+
+    async def _fill_order(self, rules: Rules, eligible: Eligible) -> FillOrder:
+        """The filter's eligible items in trending order, re-read at most once a second."""
+        assert rules.filter is not None
+        key = rules.filter.key
+        order = self._fill_orders.get(key)
+        if order is not None and order.eligible is eligible \
+                and time.monotonic() - order.made <= 1.0:
+            self._fill_orders.move_to_end(key)
+            return order
+        if len(eligible) <= FILL_SCORED:
+            scores = await self.store.trending_scores(eligible.ids)
+        else:
+            catalogue = await self.store.catalogue()
+            depth = max(FILL_HEAD, FILL_SCORED * len(catalogue) // len(eligible))
+            head = dict(await self.store.trending_head(depth))
+            scores = [head.get(name.encode("utf-8", "surrogatepass")) for name in eligible.ids]
+        members = sorted(
+            zip(eligible.ids, eligible.hashes.tolist(), scores, strict=True),
+            key=lambda m: -m[2] if m[2] is not None else math.inf)
+        order = FillOrder(eligible, time.monotonic(), members)
+        self._fill_orders[key] = order
+        if len(self._fill_orders) > CatalogueIndex.CACHED_FILTERS:
+            self._fill_orders.popitem(last=False)
+        return order
 
 
-def _normalised_trending(trending: Sequence[tuple[bytes, float]], k: int, taken: set[Any],
-                         ceiling: float) -> list[dict[str, Any]]:
-    """Trending members as answer rows scaled into (0, ceiling], skipping taken ids/hashes.
-
-    Trending scores are log2 of decayed counts, so ``2^(s - s_max)`` is the share of the leader.
-    """
-    rows: list[dict[str, Any]] = []
-    if not trending:
-        return rows
-    leader = trending[0][1]
-    for member, log_score in trending:
-        name = member.decode("utf-8", "surrogatepass")
-        if name in taken or int.from_bytes(item_hash(name), "little") in taken:
-            continue
-        rows.append({"id": name,
-                     "score": round(ceiling * math.pow(2.0, log_score - leader), 6)})
-        if len(rows) == k:
-            break
-    return rows
+def _short(message: str, found: int, k: int, rules: Rules, wording: str = MSG_FEWER) -> str:
+    """``message``, saying so when rules left fewer than ``k`` items."""
+    if found >= k or not (rules.exclude or rules.filter or rules.max_per_category):
+        return message
+    given = [name for name, on in (("exclude", rules.exclude), ("filter", rules.filter),
+                                   ("max_per_category", rules.max_per_category)) if on]
+    return f"{message} {wording.format(found=found, k=k, rules=', '.join(given))}"
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -160,18 +275,17 @@ def _hashes(item_ids: Sequence[str]) -> scoring.U64:
     return scoring.as_u64([item_hash(i) for i in item_ids])
 
 
-def _exclude(request: web.Request) -> tuple[str, ...]:
-    """The GET endpoints' ``exclude`` (repeatable)."""
-    return validation.exclusions(request.query.getall("exclude", []), "exclude",
-                                 request.app[SETTINGS])
-
-
 async def iid_recommend(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     req = validation.recommend_request(await read_json(request), settings, time.time())
     answer = await request.app[RECOMMENDER].recommend(req.interactions, req.k,
-                                                      req.recommend_seen, exclude=req.exclude)
+                                                      req.recommend_seen, rules=req.rules)
     return json_response(answer.body())
+
+
+def _rules(request: web.Request) -> Rules:
+    """The GET endpoints' rules, from the query."""
+    return validation.query_rules(request.query, request.app[SETTINGS])
 
 
 async def session_recommendations(request: web.Request) -> web.Response:
@@ -179,20 +293,20 @@ async def session_recommendations(request: web.Request) -> web.Response:
     k = k_of(request)
     seen = validation.query_bool(request.query.get("recommend_seen"), "recommend_seen",
                                  default=False)
-    exclude = _exclude(request)
+    rules = _rules(request)
     live = await request.app[STORE].live_session(session_id)
     answer = await request.app[RECOMMENDER].recommend(
         [(x.item_id, x.timestamp, x.rating) for x in live], k, seen, session_id=session_id,
-        exclude=exclude)
+        rules=rules)
     return json_response(answer.body())
 
 
 async def similar(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _exclude(request))
+    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _rules(request))
     return json_response(answer.body())
 
 
 async def popular(request: web.Request) -> web.Response:
     return json_response((await request.app[RECOMMENDER].popular(
-        k_of(request), _exclude(request))).body())
+        k_of(request), _rules(request))).body())

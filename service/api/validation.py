@@ -16,6 +16,7 @@ from service.api.jsonutil import JSONDecodeError, loads
 from service.core.catalog import AttributeValue, Record
 from service.core.catalog import encode as encode_record
 from service.core.model import EVENT_TYPES, Event
+from service.core.rules import NO_RULES, Filter, Rules
 from service.settings import Settings
 
 MAX_TIMESTAMP = 1e11  # year 5138: anything above is a unit mistake (ms instead of s)
@@ -35,7 +36,7 @@ class RecommendRequest:
     interactions: list[Interaction]  # in the order given
     k: int
     recommend_seen: bool
-    exclude: tuple[str, ...] = ()
+    rules: Rules = NO_RULES
 
 
 def parse_json(body: bytes) -> Any:
@@ -169,7 +170,7 @@ def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> In
 
 def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
     """The seed's POST /iid_recommend body."""
-    obj = _object(body, "", ("user_interactions", "k", "recommend_seen", "exclude"))
+    obj = _object(body, "", ("user_interactions", "k", "recommend_seen", *RULE_FIELDS))
     if "user_interactions" not in obj:
         raise invalid("user_interactions",
                       "user_interactions is required: an object keyed by item id ({} for none).")
@@ -199,8 +200,7 @@ def recommend_request(body: Any, settings: Settings, now: float) -> RecommendReq
     seen = obj.get("recommend_seen", False)
     if not isinstance(seen, bool):
         raise invalid("recommend_seen", "recommend_seen must be true or false.")
-    exclude = exclusions(obj["exclude"], "exclude", settings) if "exclude" in obj else ()
-    return RecommendRequest(interactions, k, seen, exclude)
+    return RecommendRequest(interactions, k, seen, rules(obj, settings))
 
 
 MAX_EXCLUDE = 1000
@@ -220,6 +220,110 @@ def identifiers(value: Any, field: str, settings: Settings, *, limit: int,
 def exclusions(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
     """Item ids never to return (a cart, what the page already shows)."""
     return identifiers(value, field, settings, limit=MAX_EXCLUDE, allow_int=True)
+
+
+# --- rules -----------------------------------------------------------------------------------
+RULE_FIELDS = ("exclude", "filter", "max_per_category", "explain")
+FILTER_FIELDS = ("categories", "tags", "price", "attributes")
+MAX_FILTER_VALUES = 100  # categories, tags, attributes or one attribute's values in a filter
+
+
+def rules(obj: dict[str, Any], settings: Settings) -> Rules:
+    """The rules of a request body (``RULE_FIELDS``; already checked to be the only others)."""
+    explain = obj.get("explain", False)
+    if not isinstance(explain, bool):
+        raise invalid("explain", f"explain must be true or false, not {_type_name(explain)}.")
+    cap = obj.get("max_per_category")
+    return Rules(
+        exclusions(obj["exclude"], "exclude", settings) if "exclude" in obj else (),
+        rule_filter(obj["filter"], "filter", settings) if "filter" in obj else None,
+        integer(cap, "max_per_category", low=1, high=settings.max_k) if cap is not None
+        else None,
+        explain)
+
+
+def query_rules(query: Any, settings: Settings) -> Rules:
+    """The same rules as query parameters (``query``: a request's multidict): ``exclude``
+    repeated, ``filter`` as URL-encoded JSON."""
+    raw_filter = query.get("filter")
+    if raw_filter is not None:
+        try:
+            parsed = loads(raw_filter)
+        except JSONDecodeError as exc:
+            raise invalid("filter", f"filter must be a URL-encoded JSON object ({exc}).") \
+                from None
+    cap = query.get("max_per_category")
+    return Rules(
+        exclusions(query.getall("exclude", []), "exclude", settings),
+        rule_filter(parsed, "filter", settings) if raw_filter is not None else None,
+        query_integer(cap, "max_per_category", default=1, low=1, high=settings.max_k)
+        if cap is not None else None,
+        query_bool(query.get("explain"), "explain", default=False))
+
+
+def _values(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
+    names = identifiers(value, field, settings, limit=MAX_FILTER_VALUES)
+    if not names:
+        raise invalid(field, f"{field} must hold at least one value (leave it out to allow "
+                             "any).")
+    return names
+
+
+def _attribute_value(value: Any, field: str) -> str | float | bool:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise invalid(field, f"{field} is {len(value)} characters long; the limit is "
+                             f"{MAX_TEXT}.")
+    if isinstance(value, bool | str):
+        return value
+    if _is_number(value):
+        return finite_number(value, field, low=-1e15, high=1e15)
+    raise invalid(field, f"{field} must be a string, a number or a boolean, not "
+                         f"{_type_name(value)}.")
+
+
+def rule_filter(value: Any, field: str, settings: Settings) -> Filter:
+    """``filter``: every condition given must hold (SPEC, "Catalogue and business rules")."""
+    obj = _object(value, field, FILTER_FIELDS)
+    categories = _values(obj["categories"], f"{field}.categories", settings) \
+        if "categories" in obj else None
+    tags = _values(obj["tags"], f"{field}.tags", settings) if "tags" in obj else None
+    low = high = None
+    if "price" in obj:
+        where = f"{field}.price"
+        price = _object(obj["price"], where, ("min", "max"))
+        if not price:
+            raise invalid(where, f"{where} needs min, max or both.")
+        if "min" in price:
+            low = finite_number(price["min"], where + ".min", low=0.0, high=MAX_PRICE)
+        if "max" in price:
+            high = finite_number(price["max"], where + ".max", low=0.0, high=MAX_PRICE)
+        if low is not None and high is not None and low > high:
+            raise invalid(where, f"{where}.min ({low:g}) is above {where}.max ({high:g}): no "
+                                 "price can satisfy both.")
+    attributes: list[tuple[str, tuple[str | float | bool, ...]]] = []
+    if "attributes" in obj:
+        where = f"{field}.attributes"
+        given = obj["attributes"]
+        if not isinstance(given, dict):
+            raise invalid(where, f"{where} must be an object, not {_type_name(given)}.")
+        if not given:
+            raise invalid(where, f"{where} must name at least one attribute (leave it out "
+                                 "to allow any).")
+        if len(given) > MAX_FILTER_VALUES:
+            raise invalid(where, f"{where} has {len(given)} entries; the limit is "
+                                 f"{MAX_FILTER_VALUES}.")
+        for name, wanted in given.items():
+            at = f"{where}.{name}"
+            identifier(name, at, settings)
+            if isinstance(wanted, list):
+                if not wanted or len(wanted) > MAX_FILTER_VALUES:
+                    raise invalid(at, f"{at} must list 1 to {MAX_FILTER_VALUES} values; got "
+                                      f"{len(wanted)}.")
+                values = tuple(_attribute_value(v, f"{at}[{n}]") for n, v in enumerate(wanted))
+            else:
+                values = (_attribute_value(wanted, at),)
+            attributes.append((name, values))
+    return Filter(categories, tags, low, high, tuple(attributes))
 
 
 EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating")

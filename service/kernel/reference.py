@@ -130,26 +130,10 @@ def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[by
     neighbour (its best occurrence), times ``1 + sequence_weight / d`` d places after the
     neighbour's anchor (its highest-weighted session item, latest) or ``1 + before_weight / d``
     d places before it -> (candidates ascending, scores)."""
-    items_q, weights_q, sims = _u64(query_items), _f64(query_weights), _f64(similarity)
-    blobs = _blobs(history_blobs)
-    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // ENTRY_BYTES
-    if not lengths.sum():
+    items, owner, weight = entry_weights(query_items, query_weights, history_blobs, similarity,
+                                         sequence_weight, before_weight)
+    if not len(items):
         return b"", b""
-    blobs = [b[:n * ENTRY_BYTES] for b, n in zip(blobs, lengths.tolist(), strict=True)]
-    items = np.frombuffer(b"".join(blobs), dtype=HISTORY_DTYPE)["i"].astype(np.uint64)
-    owner = np.repeat(np.arange(len(blobs)), lengths)
-    weight = sims[owner].astype(np.float64)
-    if (sequence_weight or before_weight) and len(items_q):
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        position = np.arange(len(items)) - starts[owner]
-        anchor = _anchors(items_q, weights_q, items, position, lengths)[owner]
-        distance = position - anchor
-        anchored = anchor >= 0  # the neighbour contains a session item
-        after = anchored & (distance > 0)
-        before = anchored & (distance < 0)
-        gap = np.maximum(np.abs(distance), 1)
-        weight = weight * (1.0 + np.where(after, sequence_weight / gap, 0.0)
-                           + np.where(before, before_weight / gap, 0.0))
     # an item counts once per neighbour: keep its best-weighted occurrence. Items get dense
     # ids, so (neighbour, item) is one exact int64 key: one sort instead of a 3-key lexsort.
     candidates, item_id = np.unique(items, return_inverse=True)
@@ -160,6 +144,33 @@ def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[by
     best = np.maximum.reduceat(weight[order], starts)
     totals = np.bincount(item_id[order[starts]], weights=best, minlength=len(candidates))
     return candidates.tobytes(), totals.astype(np.float64).tobytes()
+
+
+def entry_weights(query_items: Buffer, query_weights: Buffer,
+                  history_blobs: Iterable[bytes | None], similarity: Buffer,
+                  sequence_weight: float, before_weight: float
+                  ) -> tuple[U64, npt.NDArray[np.int64], F64]:
+    """``score`` before its sum: every history entry's item, its neighbour (the position in
+    ``history_blobs``) and its weight (the explanations split these among session items)."""
+    items_q, weights_q, sims = _u64(query_items), _f64(query_weights), _f64(similarity)
+    blobs = _blobs(history_blobs)
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // ENTRY_BYTES
+    blobs = [b[:n * ENTRY_BYTES] for b, n in zip(blobs, lengths.tolist(), strict=True)]
+    items = np.frombuffer(b"".join(blobs), dtype=HISTORY_DTYPE)["i"].astype(np.uint64)
+    owner = np.repeat(np.arange(len(blobs)), lengths)
+    weight = sims[owner].astype(np.float64)
+    if len(items) and (sequence_weight or before_weight) and len(items_q):
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        position = np.arange(len(items)) - starts[owner]
+        anchor = _anchors(items_q, weights_q, items, position, lengths)[owner]
+        distance = position - anchor
+        anchored = anchor >= 0  # the neighbour contains a session item
+        after = anchored & (distance > 0)
+        before = anchored & (distance < 0)
+        gap = np.maximum(np.abs(distance), 1)
+        weight = weight * (1.0 + np.where(after, sequence_weight / gap, 0.0)
+                           + np.where(before, before_weight / gap, 0.0))
+    return items, owner, weight
 
 
 def _anchors(query_items: U64, query_weights: F64, items: U64,

@@ -165,6 +165,15 @@ class Keys:
         recommended while it does (the same slot as ``hidden``: both read in one command)."""
         return f"{self.ns}:{{g}}:unavailable"
 
+    def catalog_version(self) -> str:
+        """Counter of catalogue changes (``lua/catalog.lua``)."""
+        return f"{self.ns}:{{g}}:catalog:version"
+
+    def catalog_changes(self) -> str:
+        """Stream of catalogue changes, each the hashes of the items a write changed and the
+        version it made: what a serve process' copy of the catalogue follows."""
+        return f"{self.ns}:{{g}}:catalog:changes"
+
     def rate_bucket(self, client: str) -> str:
         """A client's token bucket; the client identity is hashed into its own tag."""
         digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from redis.commands.core import AsyncScript
 
-NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "commit", "intent", "apply",
-         "trim", "sweep", "lease")
+NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "commit", "intent",
+         "apply", "trim", "sweep", "lease")
 
 
 @cache
@@ -70,6 +70,12 @@ class Scripts:
         """An item out of one partition's histories, its admin epoch bumped in the same step;
         how many histories held it."""
         return int(await self.registered["scrub"](keys=[epoch, *histories], args=[item]))
+
+    async def catalog(self, version: str, changes: str, cap: int, items: Sequence[bytes]
+                      ) -> int:
+        """Log that the records of ``items`` (hashes) changed; the catalogue's new version."""
+        return int(await self.registered["catalog"](
+            keys=[version, changes], args=[cap, b"".join(items).hex()]))
 
     # --- worker ------------------------------------------------------------------------------
     async def lease(self, key: str, worker: str, lease_ms: int,

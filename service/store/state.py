@@ -33,11 +33,13 @@ from service.core.layout import (
     shard_of,
 )
 from service.core.model import TYPE_RATING, Event
+from service.core.rules import CatalogueIndex
 from service.core.stream import encode, number, pack_events, unpack_events
 from service.settings import Settings
 from service.store.backends import REDIS_FAILURES, open_backend
 from service.store.caches import FrequencyCache, NameCache
 from service.store.keyspace import GROUP, Keys
+from service.store.mirror import CHANGE_LOG_CAP, CatalogueMirror
 from service.store.readcache import ReadCache
 from service.store.scripts import Scripts
 
@@ -103,6 +105,7 @@ class Store:
         self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.scripts = Scripts(self.redis)
+        self.mirror = CatalogueMirror(self.redis, self.keys)
 
     @property
     def cache(self) -> ReadCache | None:
@@ -308,6 +311,13 @@ class Store:
         reply = await self.read(b"ZREVRANGE", [self.keys.trend(), 0, n - 1, b"WITHSCORES"])
         return [(m, float(v)) for m, v in zip(reply[::2], reply[1::2], strict=True)]
 
+    async def trending_scores(self, items: Sequence[str]) -> list[float | None]:
+        """The trending scores of ``items`` (None: not trending)."""
+        if not items:
+            return []
+        reply = await self.redis.zmscore(self.keys.trend(), list(items))
+        return [float(v) if v is not None else None for v in reply]
+
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
         """One command on the hot path (the backend's reply)."""
         return await self.backend.read(command, args)
@@ -332,6 +342,7 @@ class Store:
             if back:
                 pipe.srem(self.keys.unavailable(), *back)
             await pipe.execute()
+        await self._catalogue_changed([item_hash(r.item_id) for r in records])
         if gone or back:
             self._forget_hidden()
 
@@ -348,8 +359,19 @@ class Store:
             pipe.hdel(self.keys.catalog(shard_of(h)), h.hex())
             pipe.srem(self.keys.unavailable(), h.hex())  # no record: available again
             deleted, _ = await pipe.execute()
+        if deleted:
+            await self._catalogue_changed([h])
         self._forget_hidden()
         return bool(deleted)
+
+    async def _catalogue_changed(self, items: Sequence[bytes]) -> None:
+        await self.scripts.catalog(self.keys.catalog_version(), self.keys.catalog_changes(),
+                                   CHANGE_LOG_CAP, sorted(set(items)))
+        self.mirror.expire()
+
+    async def catalogue(self) -> CatalogueIndex:
+        """This process' copy of the catalogue, for rules (no older than a second)."""
+        return await self.mirror.current()
 
     # --- admin operations ---------------------------------------------------------------------
     async def hide(self, item_id: str, hidden: bool) -> None:
