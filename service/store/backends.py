@@ -123,9 +123,13 @@ class Backend:
             "CONFIG", "GET", "maxmemory-policy")]
 
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
-        """One command, the client's parsed reply."""
-        return await self.client.execute_command(  # type: ignore[no-untyped-call]
+        """One command, the client's parsed reply, with a WITHSCORES reply flat as Redis sends
+        it (the cluster client and the embedded server pair members with scores)."""
+        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
             command.decode(), *args)
+        if command == b"ZREVRANGE" and reply and isinstance(reply[0], list | tuple):
+            return [x for pair in reply for x in pair]
+        return reply
 
     async def commands(self, commands: list[Command]) -> list[Any]:
         """Several commands in one round trip (the client's pipeline; per node on a cluster)."""
@@ -275,12 +279,6 @@ class Cluster(Backend):
         cluster: Any = self.client
         return list((await cluster.execute_command(
             "CONFIG", "GET", "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)).values())
-
-    async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
-        reply = await super().read(command, args)
-        if command == b"ZREVRANGE" and reply and isinstance(reply[0], list | tuple):
-            return [x for pair in reply for x in pair]  # paired by the cluster client
-        return reply
 
     def _queue_mget(self, pipe: Any, keys: list[str]) -> list[list[int]]:
         """One MGET per hash slot: the pipeline sends each node its share in one round trip,
