@@ -1,4 +1,5 @@
-"""Screenshot of the demo shop after a few clicks, for the docs.
+"""Screenshot of the demo shop after a few clicks, on its Outdoors category page (a filter, and
+"because you viewed ..." under each recommendation), for the docs.
 
     python scripts/screenshot_demo.py docs/demo.png
 
@@ -42,6 +43,8 @@ async def main(out: str) -> None:
         for item in ("1017", "1018"):  # Two-person tent, then Sleeping bag
             await page.click(f'#catalogue .card[data-item-id="{item}"] .name')
             await page.wait_for_timeout(400)
+        await page.click('#filters button:text-is("Outdoors")')
+        await page.wait_for_timeout(600)
         await page.evaluate("window.scrollTo(0, 0)")
         await page.wait_for_timeout(200)
         await page.screenshot(path=out)

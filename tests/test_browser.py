@@ -20,7 +20,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
 from service.api.app import create_app
-from service.demo import sample_events
+from service.demo import sample_catalogue, sample_events
 from service.offline.redisproc import free_port
 from service.settings import Settings
 from service.store.state import Store
@@ -83,6 +83,7 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     store = Store(settings)
     await store.prepare()
     await store.append(sample_events(time.time()))
+    await store.put_items(sample_catalogue())
     worker = Worker(settings, worker_id="browser-tests")
     worker_task = asyncio.create_task(worker.run())
     await wait_drained(store)
@@ -167,6 +168,41 @@ async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> N
             break
         await asyncio.sleep(0.1)
     assert (await stats(stack.api))["events_accepted"] == before + 2
+    assert errors == []
+
+
+async def test_category_pages_filter_and_each_recommendation_says_why(
+        stack: Stack, browser: Browser) -> None:
+    """The shop page asks for at most two of a category and explanations; a category page
+    filters by its category. Every card says why: the viewed items behind it, or trending."""
+    categories = {r.item_id: r.categories[0] for r in sample_catalogue()}
+    names = {r.item_id: r.name for r in sample_catalogue()}
+    page = await browser.new_page()
+    errors = console_errors(page)
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_selector("#recs .card")
+    await page.click('#catalogue .card[data-item-id="1001"] .name')  # Espresso machine
+    await page.wait_for_function(
+        "() => document.getElementById('message').textContent"
+        ".includes('based on session interactions')", timeout=10_000)
+    shop = await rec_ids(page)
+    assert shop[0] == "1002"
+    assert max(sum(categories[i] == c for i in shop) for c in set(categories.values())) <= 2
+    reasons = await page.eval_on_selector_all("#recs .card", "cs => cs.map(c => "
+                                              "(c.querySelector('.because') || {}).textContent)")
+    assert reasons[0] == f"because you viewed {names['1001']}"
+    assert all(r in ("trending now", f"because you viewed {names['1001']}") for r in reasons)
+
+    await page.click('#filters button:text-is("Tea")')  # the Tea category page
+    await page.wait_for_function(
+        "() => document.getElementById('recs-title').textContent === 'Recommended in Tea'")
+    await page.wait_for_function(
+        "ids => { const now = [...document.querySelectorAll('#recs [data-item-id]')]"
+        ".map(e => e.getAttribute('data-item-id')); return now.length > 0 && "
+        "now.every(id => ids.includes(id)); }",
+        arg=[i for i, c in categories.items() if c == "Tea"], timeout=10_000)
+    tea = await rec_ids(page)
+    assert len(tea) == 6 and all(categories[i] == "Tea" for i in tea)
     assert errors == []
 
 

@@ -75,6 +75,25 @@ test("exclude comes from init or from the call, ids as strings", async () => {
   assert.deepEqual(bodies.map((b) => b.exclude), [["cart-1", "42"], ["shown"]]);
 });
 
+test("filter, maxPerCategory and explain come from init or from the call", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5, explain: true,
+             filter: { categories: ["Coffee"] }, maxPerCategory: 2 });
+  await sdk.recommend();
+  await sdk.recommend({ filter: { price: { max: 50 } }, maxPerCategory: null, explain: false });
+  await sdk.recommend({ filter: null });
+  const bodies = sent.filter((c) => c.url === "/iid_recommend")
+    .map((c) => JSON.parse(c.options.body));
+  assert.deepEqual(bodies[0].filter, { categories: ["Coffee"] });
+  assert.equal(bodies[0].max_per_category, 2);
+  assert.equal(bodies[0].explain, true);
+  // a call's own value wins, null and false included
+  assert.deepEqual(bodies[1].filter, { price: { max: 50 } });
+  assert.ok(!("max_per_category" in bodies[1]) && !("explain" in bodies[1]));
+  assert.ok(!("filter" in bodies[2]) && bodies[2].max_per_category === 2);
+});
+
 test("recommend posts the stored interactions in the seed's request", async () => {
   const { sent } = fakeBrowser();
   const sdk = loadSdk();

@@ -14,7 +14,7 @@
       QUEUE_KEY = "sessionrec:queue";
   var cfg = {
     endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true, exclude: null,
-    container: null, template: null, onRender: null,
+    filter: null, maxPerCategory: null, explain: false, container: null, template: null, onRender: null,
     maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true, maxQueued: 500,
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
   };
@@ -152,9 +152,18 @@
     var body = { user_interactions: interactions(), k: options.k || cfg.k,
                  recommend_seen: options.recommendSeen != null ? options.recommendSeen
                                                                 : cfg.recommendSeen };
-    // item ids never to show (the cart, what the page lists already): per call, else init's
+    // the rules: each per call, else init's. exclude: item ids never to show (the cart, what
+    // the page lists already); filter: {categories, tags, price: {min, max}, attributes};
+    // maxPerCategory: at most this many of one category; explain: add because and source
     var exclude = options.exclude || cfg.exclude;
     if (exclude && exclude.length) body.exclude = exclude.map(String);
+    var filter = options.filter !== undefined ? options.filter : cfg.filter;
+    if (filter) body.filter = filter;
+    var most = options.maxPerCategory !== undefined ? options.maxPerCategory
+                                                     : cfg.maxPerCategory;
+    if (most) body.max_per_category = most;
+    var explain = options.explain !== undefined ? options.explain : cfg.explain;
+    if (explain) body.explain = true;
     return global.fetch(cfg.endpoint + "/iid_recommend", {
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
@@ -231,12 +240,18 @@
     }
   }
 
-  function init(options) {
+  // change settings after init (a category page's filter, say); renders use them from now on
+  function configure(options) {
     options = options || {};
     for (var k in options) if (Object.prototype.hasOwnProperty.call(options, k)) {
       if (k === "ratings") { for (var t in options.ratings) cfg.ratings[t] = options.ratings[t]; }
       else cfg[k] = options[k];
     }
+    return api;
+  }
+
+  function init(options) {
+    configure(options);
     var kept = read(QUEUE_KEY, null) || {};
     queue = kept.queue || []; batches = kept.batches || [];
     if (queue.length || batches.length) schedule();
@@ -263,7 +278,7 @@
     }
   }
 
-  var api = { init: init, track: track, recommend: recommend, render: render, flush: flush,
+  var api = { init: init, configure: configure, track: track, recommend: recommend, render: render, flush: flush,
               interactions: interactions, sessionId: sessionId, setConsent: setConsent,
               _addInteraction: addInteraction };
   global.sessionrec = api;
