@@ -3,7 +3,7 @@
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
-        |flood|silent --data DIR
+        |flood|silent|rules|catalog --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -768,6 +768,114 @@ def bench_silent(settings: Settings, rounds: int, concurrent: int = 200) -> dict
             "concurrent per round": concurrent}
 
 
+CATEGORIES = 50
+
+
+def generated_catalogue(data: Path, seed: int = 7) -> dict[str, dict[str, Any]]:
+    """A record for every item of the log: one of 50 categories, a price and a tag, drawn at
+    random (DIGINETICA's own categories are not in the SR-GNN files)."""
+    rng = np.random.default_rng(seed)
+    items = sorted(set(clicklog.read(data / "train.tsv").items.tolist())
+                   | set(clicklog.read(data / "test.tsv").items.tolist()))
+    categories = rng.integers(0, CATEGORIES, len(items))
+    prices = np.round(rng.uniform(1, 500, len(items)), 2)
+    return {item: {"id": item, "categories": [f"c{c}"], "price": float(price),
+                   "tags": ["sale"] if c % 5 == 0 else []}
+            for item, c, price in zip(items, categories.tolist(), prices.tolist(), strict=True)}
+
+
+def rules_bodies(plain: list[bytes], catalogue: dict[str, dict[str, Any]], seed: int = 11
+                 ) -> list[bytes]:
+    """The same requests with a one-category filter (the category of the session's last item:
+    a category page) and 20 excluded ids (a cart)."""
+    rng = np.random.default_rng(seed)
+    ids = list(catalogue)
+    out = []
+    for body in plain:
+        request = json.loads(body)
+        items = list(request["user_interactions"])
+        request["filter"] = {"categories": catalogue[items[-1]]["categories"]}
+        request["exclude"] = [ids[n] for n in rng.integers(0, len(ids), 20).tolist()]
+        out.append(json.dumps(request).encode())
+    return out
+
+
+async def _put_catalogue(settings: Settings, catalogue: dict[str, dict[str, Any]]) -> None:
+    from service.core.catalog import Record
+    store = Store(settings)
+    try:
+        records = [Record(r["id"], None, tuple(r["categories"]), True, r["price"],
+                          tuple(r["tags"])) for r in catalogue.values()]
+        for start in range(0, len(records), 1000):
+            await store.put_items(records[start:start + 1000])
+    finally:
+        await store.close()
+
+
+def bench_rules(settings: Settings, data: Path, seconds: int, rounds: int, rate: float
+                ) -> dict[str, Any]:
+    catalogue = generated_catalogue(data)
+    asyncio.run(_put_catalogue(settings, catalogue))
+    plain = bodies(data)
+    ruled = rules_bodies(plain, catalogue)
+    plain_script, rules_script = wrk_script(plain, "/iid_recommend"), \
+        wrk_script(ruled, "/iid_recommend")
+    without: list[float] = []
+    with_rules: list[float] = []
+    files = {}
+    for name, payloads in (("none", plain), ("rules", ruled)):
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            f.write("\n".join(p.decode() for p in payloads))
+        files[name] = f.name
+    p99s: dict[str, list[float]] = {"none": [], "rules": []}
+    with sessionrec_server(settings) as api:
+        wrk(api, plain_script, 2)  # warm the caches and the catalogue copy
+        wrk(api, rules_script, 2)
+        for n in range(rounds):  # alternate which goes first
+            pair = [(without, plain_script), (with_rules, rules_script)]
+            for figures, script in (pair if n % 2 == 0 else pair[::-1]):
+                figures.append(wrk(api, script, seconds)["rps"])
+        for r in range(rounds + 1):
+            for name in (("none", "rules") if r % 2 == 0 else ("rules", "none")):
+                out = subprocess.run([sys.executable, __file__, "_open_loop",
+                                      api + "/iid_recommend", files[name], str(rate),
+                                      str(seconds)], capture_output=True, text=True,
+                                     check=True).stdout
+                if r:  # the first round warms up
+                    p99s[name].append(float(np.percentile(np.array(json.loads(out)) * 1000,
+                                                          99)))
+        stats = json.loads(urllib.request.urlopen(api + "/stats").read())
+    return {"catalogue records": len(catalogue), "categories": CATEGORIES,
+            "req/s without rules": median(without), "req/s with rules": median(with_rules),
+            "ratio (rules / none)": median(with_rules) / median(without),
+            f"p99 ms without rules at {rate:.0f} req/s": median(p99s["none"]),
+            f"p99 ms with rules at {rate:.0f} req/s": median(p99s["rules"]),
+            "items learned": stats.get("items", 0), "rounds": rounds,
+            "seconds per round": seconds}
+
+
+def bench_catalog(settings: Settings, records: int = 100_000) -> dict[str, Any]:
+    """``sessionrec catalog`` on a JSON lines file of ``records`` records, as a user runs it
+    (a fresh process: start-up included)."""
+    rng = np.random.default_rng(3)
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for n in range(records):
+            f.write(json.dumps({"id": f"sku-{n}", "name": f"Item {n}",
+                                "categories": [f"c{int(rng.integers(0, CATEGORIES))}"],
+                                "price": round(float(rng.uniform(1, 500)), 2),
+                                "tags": ["sale"] if n % 7 == 0 else [],
+                                "attributes": {"colour": ["red", "blue", "black"][n % 3]}})
+                    + "\n")
+    env = {**os.environ, "SESSIONREC_REDIS_URL": settings.redis_url,
+           "SESSIONREC_NAMESPACE": settings.namespace + "-catalog"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "catalog",
+                    f.name], env=env, check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    os.unlink(f.name)
+    return {"records": records, "seconds": elapsed, "records/s": records / elapsed}
+
+
 def table(title: str, figures: dict[str, Any]) -> str:
     rows = [f"| {k} | {v:,.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in figures.items()]
@@ -788,7 +896,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
-                                         "silent", "all"))
+                                         "silent", "rules", "catalog", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -797,7 +905,7 @@ def main() -> None:
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
-              "flood", "silent") \
+              "flood", "silent", "rules", "catalog") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -806,7 +914,7 @@ def main() -> None:
                     f"Command: `{command}`\n")
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
-        if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood"}:
+        if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -846,6 +954,13 @@ def main() -> None:
             elif what == "silent":
                 figures = bench_silent(settings, args.rounds)
                 title = "200 concurrent POST /iid_recommend against a silent Redis"
+            elif what == "rules":
+                figures = bench_rules(settings, args.data, args.seconds, args.rounds, args.rate)
+                title = ("POST /iid_recommend with a one-category filter and 20 excluded ids "
+                         "against the same requests without rules, wrk -t1 -c32")
+            elif what == "catalog":
+                figures = bench_catalog(settings)
+                title = "sessionrec catalog, 100,000 JSON lines records"
             elif what == "worker":
                 figures = bench_worker(settings, args.data, args.rounds)
                 title = "one worker applying the DIGINETICA training log"

@@ -10,9 +10,10 @@ only for item ids not yet in this process' name cache.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +41,6 @@ MSG_FEWER = ("Only {found} of the k={k} items asked for satisfy the request's ru
 MSG_FEWER_SIMILAR = ("{found} co-visited items satisfy the request's rules ({rules}); k={k} "
                      "asked for more.")
 
-FILL_SCORED = 2048
-"""A filter admitting at most this many items has each one's trending score read (exact
-order for the trending fill); a wider one filters the trending head instead."""
-
-FILL_HEAD = 8192
-"""How deep the trending head is read for a wide filter's fill: at least this many members,
-more when the filter admits a small share of the catalogue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +52,18 @@ class Answer:
         return {"recommendations": self.recommendations, "message": self.message}
 
 
+FILL_ORDER_AGE = 10.0
+"""How long a filter's trending order is kept at most (at least half of it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FillOrder:
-    """A filter's eligible items in trending order (unscored ones last), for the fill."""
+    """A filter's eligible items in trending order, for the fill: those in the trending
+    snapshot by their score, then the others (not trending, or too little to be in it)."""
 
     eligible: Eligible
-    made: float
-    members: list[tuple[str, int, float | None]]  # id, hash, log2 trending score
+    expires: float  # time.monotonic()
+    members: list[tuple[str, int, float]]  # id, hash, share of the first one's score
 
 
 class Recommender:
@@ -105,7 +104,7 @@ class Recommender:
     async def popular(self, k: int, rules: Rules = NO_RULES) -> Answer:
         hidden = await self.store.hidden_items()
         excluded = np.concatenate((hidden, _hashes(rules.exclude)))
-        rows = await self._trending(k, rules, excluded, 1.0, [])
+        rows = await self._trending(k, rules, excluded, 1.0)
         return Answer(rows, _short(MSG_TRENDING, len(rows), k, rules))
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
@@ -176,86 +175,94 @@ class Recommender:
         # only now the trending head: sessions with neighbours rarely need it
         floor = float(found[-1]["score"]) if found else 1.0
         filler = await self._trending(k - len(found), rules, np.concatenate((exclude, best)),
-                                      floor, found, cap, eligible)
+                                      floor, cap, eligible)
         message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
         return Answer(found + filler, _short(message, len(found) + len(filler), k, rules))
 
     async def _trending(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
-                        found: list[dict[str, Any]], cap: CategoryCap | None = None,
-                        eligible: Eligible | None = None) -> list[dict[str, Any]]:
-        """Up to ``k`` trending items within the rules, none of ``taken`` (hashes) or of the
-        ids in ``found``, scored into (0, ceiling] relative to the first one."""
+                        cap: CategoryCap | None = None, eligible: Eligible | None = None
+                        ) -> list[dict[str, Any]]:
+        """Up to ``k`` trending items within the rules and none of ``taken`` (hashes), scored
+        into (0, ceiling] relative to the first one."""
         if rules.needs_catalogue and (cap is None or eligible is None):
             catalogue = await self.store.catalogue()
             if cap is None:
                 cap = CategoryCap(rules.max_per_category, catalogue.first_category)
             if eligible is None and rules.filter is not None:
                 eligible = catalogue.eligible(rules.filter)
-        skip = set(taken.tolist()) | {r["id"] for r in found}
-        rows: list[dict[str, Any]] = []
         if k <= 0:
-            return rows
-
-        def offer(name: str, h: int, log_score: float | None, leader: float) -> bool:
-            """Take a member if the rules allow; True when k are taken."""
-            if h in skip or name in skip or (cap is not None and not cap.take(h)):
-                return False
-            score = 0.0 if log_score is None else \
-                round(ceiling * math.pow(2.0, min(log_score - leader, 0.0)), 6)
-            row: dict[str, Any] = {"id": name, "score": score}
-            if rules.explain:
-                row["because"] = []
-                row["source"] = "trending"
-            rows.append(row)
-            return len(rows) == k
-
+            return []
+        skip = set(taken.tolist())
+        if cap is not None and cap.limit is None:
+            cap = None
         if eligible is not None:
             members = (await self._fill_order(rules, eligible)).members
-            top = members[0][2] if members and members[0][2] is not None else 0.0
-            for name, h, log_score in members:
-                if offer(name, h, log_score, top):
-                    break
-            return rows
+            return _fill(members, k, skip, cap, ceiling, rules.explain)
         depth = k + len(skip)
         counts = dict(cap.counts) if cap is not None else {}
         while True:
             head = await self.store.trending_head(depth)
-            rows.clear()
             if cap is not None:
                 cap.counts = dict(counts)
-            for member, log_score in head:
-                name = member.decode("utf-8", "surrogatepass")
-                if offer(name, int.from_bytes(item_hash(name), "little"), log_score,
-                         head[0][1]):
-                    return rows
-            if len(head) < depth or cap is None or cap.limit is None:
-                return rows  # the whole head was read, or nothing but the cap can skip more
+            leader = head[0][1] if head else 0.0
+            rows = _fill(_members(head, leader), k, skip, cap, ceiling, rules.explain)
+            if len(rows) == k or len(head) < depth or cap is None:
+                return rows  # k found, the whole head was read, or only the cap skips more
             depth *= 4
 
     async def _fill_order(self, rules: Rules, eligible: Eligible) -> FillOrder:
-        """The filter's eligible items in trending order, re-read at most once a second."""
+        """The filter's eligible items in trending order, from the process' trending snapshot
+        (one read shared by every filter, so a new filter costs no Redis read). An order is
+        kept for a randomised while, so that the orders of many filters are not all
+        recomputed at once after a new snapshot."""
         assert rules.filter is not None
         key = rules.filter.key
         order = self._fill_orders.get(key)
         if order is not None and order.eligible is eligible \
-                and time.monotonic() - order.made <= 1.0:
+                and time.monotonic() < order.expires:
             self._fill_orders.move_to_end(key)
             return order
-        if len(eligible) <= FILL_SCORED:
-            scores = await self.store.trending_scores(eligible.ids)
-        else:
-            catalogue = await self.store.catalogue()
-            depth = max(FILL_HEAD, FILL_SCORED * len(catalogue) // len(eligible))
-            head = dict(await self.store.trending_head(depth))
-            scores = [head.get(name.encode("utf-8", "surrogatepass")) for name in eligible.ids]
-        members = sorted(
-            zip(eligible.ids, eligible.hashes.tolist(), scores, strict=True),
-            key=lambda m: -m[2] if m[2] is not None else math.inf)
-        order = FillOrder(eligible, time.monotonic(), members)
+        scores = (await self.store.trending_snapshot()).scores
+        trend = np.array([scores.get(name, -math.inf) for name in eligible.ids])
+        ranked = np.argsort(-trend, kind="stable").tolist()  # not trending: last, by hash
+        top = float(trend[ranked[0]]) if ranked else 0.0
+        shares = np.exp2(trend - top).tolist() if math.isfinite(top) else [0.0] * len(trend)
+        ids, hashes = eligible.ids, eligible.hashes.tolist()
+        order = FillOrder(eligible, time.monotonic() + FILL_ORDER_AGE * random.uniform(0.5, 1),
+                          [(ids[n], hashes[n], shares[n]) for n in ranked])
         self._fill_orders[key] = order
         if len(self._fill_orders) > CatalogueIndex.CACHED_FILTERS:
             self._fill_orders.popitem(last=False)
         return order
+
+
+def _members(head: Sequence[tuple[bytes, float]], leader: float
+             ) -> Iterator[tuple[str, int, float]]:
+    """Trending members as (id, hash, share of the leader's score), hashed as they are used.
+
+    Trending scores are log2 of decayed counts, so ``2^(s - s_max)`` is the share of the leader.
+    """
+    for member, log_score in head:
+        name = member.decode("utf-8", "surrogatepass")
+        yield name, int.from_bytes(item_hash(name), "little"), \
+            math.pow(2.0, min(log_score - leader, 0.0))
+
+
+def _fill(members: Iterable[tuple[str, int, float]], k: int, skip: set[int],
+          cap: CategoryCap | None, ceiling: float, explain: bool) -> list[dict[str, Any]]:
+    """The first ``k`` members not in ``skip`` that the cap allows, as answer rows."""
+    rows: list[dict[str, Any]] = []
+    for name, h, share in members:
+        if h in skip or (cap is not None and not cap.take(h)):
+            continue
+        row: dict[str, Any] = {"id": name, "score": round(ceiling * share, 6)}
+        if explain:
+            row["because"] = []
+            row["source"] = "trending"
+        rows.append(row)
+        if len(rows) == k:
+            break
+    return rows
 
 
 def _short(message: str, found: int, k: int, rules: Rules, wording: str = MSG_FEWER) -> str:
@@ -271,8 +278,14 @@ def _short(message: str, found: int, k: int, rules: Rules, wording: str = MSG_FE
 RECOMMENDER = web.AppKey("recommender", Recommender)
 
 
+NO_ITEMS: scoring.U64 = np.zeros(0, np.uint64)
+
+
 def _hashes(item_ids: Sequence[str]) -> scoring.U64:
-    return scoring.as_u64([item_hash(i) for i in item_ids])
+    """Item hashes as u64 (read-only: they are only compared)."""
+    if not item_ids:
+        return NO_ITEMS
+    return np.frombuffer(b"".join(map(item_hash, item_ids)), "<u8")
 
 
 async def iid_recommend(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from service.api.errors import ApiError, invalid
-from service.api.jsonutil import JSONDecodeError, loads
+from service.api.jsonutil import JSONDecodeError, dumps, loads
 from service.core.catalog import AttributeValue, Record
 from service.core.catalog import encode as encode_record
 from service.core.model import EVENT_TYPES, Event
@@ -213,6 +213,9 @@ def identifiers(value: Any, field: str, settings: Settings, *, limit: int,
         raise invalid(field, f"{field} must be an array of strings, not {_type_name(value)}.")
     if len(value) > limit:
         raise invalid(field, f"{field} has {len(value)} entries; the limit is {limit}.")
+    longest = settings.max_id_length
+    if all(type(v) is str and 0 < len(v) <= longest for v in value):
+        return tuple(value)  # the common case; anything else names the entry and the fix
     return tuple(identifier(v, f"{field}[{n}]", settings, allow_int=allow_int)
                  for n, v in enumerate(value))
 
@@ -228,6 +231,25 @@ FILTER_FIELDS = ("categories", "tags", "price", "attributes")
 MAX_FILTER_VALUES = 100  # categories, tags, attributes or one attribute's values in a filter
 
 
+_FILTERS: dict[tuple[int, bytes | str], Filter] = {}
+"""Valid filters by the id length limit they were checked against and their text: a shop sends
+the same few filters (one per category page) on most requests, and checking one costs more
+than finding it. Cleared when full."""
+_FILTERS_CACHED = 1024
+
+
+def _known_filter(text: bytes | str, value: Any, settings: Settings) -> Filter:
+    """``rule_filter`` of ``value``, whose JSON text is ``text``, through ``_FILTERS``."""
+    key = (settings.max_id_length, text)
+    found = _FILTERS.get(key)
+    if found is None:
+        found = rule_filter(value, "filter", settings)
+        if len(_FILTERS) >= _FILTERS_CACHED:
+            _FILTERS.clear()
+        _FILTERS[key] = found
+    return found
+
+
 def rules(obj: dict[str, Any], settings: Settings) -> Rules:
     """The rules of a request body (``RULE_FIELDS``; already checked to be the only others)."""
     explain = obj.get("explain", False)
@@ -236,7 +258,8 @@ def rules(obj: dict[str, Any], settings: Settings) -> Rules:
     cap = obj.get("max_per_category")
     return Rules(
         exclusions(obj["exclude"], "exclude", settings) if "exclude" in obj else (),
-        rule_filter(obj["filter"], "filter", settings) if "filter" in obj else None,
+        _known_filter(dumps(obj["filter"]), obj["filter"], settings) if "filter" in obj
+        else None,
         integer(cap, "max_per_category", low=1, high=settings.max_k) if cap is not None
         else None,
         explain)
@@ -246,16 +269,20 @@ def query_rules(query: Any, settings: Settings) -> Rules:
     """The same rules as query parameters (``query``: a request's multidict): ``exclude``
     repeated, ``filter`` as URL-encoded JSON."""
     raw_filter = query.get("filter")
+    found = None
     if raw_filter is not None:
-        try:
-            parsed = loads(raw_filter)
-        except JSONDecodeError as exc:
-            raise invalid("filter", f"filter must be a URL-encoded JSON object ({exc}).") \
-                from None
+        found = _FILTERS.get((settings.max_id_length, raw_filter))
+        if found is None:
+            try:
+                parsed = loads(raw_filter)
+            except JSONDecodeError as exc:
+                raise invalid("filter", f"filter must be a URL-encoded JSON object ({exc}).") \
+                    from None
+            found = _known_filter(raw_filter, parsed, settings)
     cap = query.get("max_per_category")
     return Rules(
         exclusions(query.getall("exclude", []), "exclude", settings),
-        rule_filter(parsed, "filter", settings) if raw_filter is not None else None,
+        found,
         query_integer(cap, "max_per_category", default=1, low=1, high=settings.max_k)
         if cap is not None else None,
         query_bool(query.get("explain"), "explain", default=False))

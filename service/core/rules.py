@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from service import kernel
 from service.core.catalog import AttributeValue, Record
 
 U64 = npt.NDArray[np.uint64]
@@ -48,16 +49,17 @@ class Filter:
     price_max: float | None = None
     attributes: tuple[tuple[str, tuple[AttributeValue, ...]], ...] = ()
 
-    @property
-    def key(self) -> str:
-        """Canonical text of the filter: equal filters share one cache entry."""
+    key: str = field(init=False, repr=False, compare=False)
+    """Canonical text of the filter: equal filters share one cache entry."""
+
+    def __post_init__(self) -> None:
         parts = [
             "c" + "\1".join(sorted(set(self.categories))) if self.categories is not None else "",
             "t" + "\1".join(sorted(set(self.tags))) if self.tags is not None else "",
             f"p{self.price_min!r}:{self.price_max!r}",
             *sorted("\1".join(sorted({attribute_key(name, v) for v in values}))
                     for name, values in self.attributes)]
-        return "\2".join(parts)
+        object.__setattr__(self, "key", "\2".join(parts))
 
     def holds(self, record: Record | None) -> bool:
         """The filter on one record: the specification ``CatalogueIndex.eligible`` computes
@@ -101,19 +103,28 @@ class Rules:
 NO_RULES = Rules()
 
 
-@dataclass(frozen=True, slots=True)
 class Eligible:
-    """The items a filter admits, available ones only: hashes ascending (for ``admits``) and
-    the ids in the same order."""
+    """The items a filter admits, available ones only: hashes ascending and the ids in the same
+    order, and the hashes again as an open-addressing table the kernel probes (a request asks
+    about every candidate at once)."""
 
-    hashes: U64
-    ids: list[str]
+    __slots__ = ("_keys", "_values", "hashes", "ids")
+
+    def __init__(self, hashes: U64, ids: list[str]) -> None:
+        self.hashes = hashes
+        self.ids = ids
+        capacity = 8
+        while capacity < 2 * len(hashes):  # at most half full: short probes
+            capacity *= 2
+        self._keys = np.zeros(capacity, np.uint64)
+        self._values = np.full(capacity, np.nan)
+        if len(hashes):
+            kernel.insert(self._keys, self._values, hashes, np.ones(len(hashes)))
 
     def admits(self, items: U64) -> npt.NDArray[np.bool_]:
-        if not len(self.hashes):
-            return np.zeros(len(items), dtype=np.bool_)
-        at = np.minimum(np.searchsorted(self.hashes, items), len(self.hashes) - 1)
-        return np.asarray(self.hashes[at] == items)
+        found, _ = kernel.lookup(self._keys, self._values,
+                                 np.ascontiguousarray(items, np.uint64))
+        return np.frombuffer(found, np.float64) > 0
 
     def __len__(self) -> int:
         return len(self.hashes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -92,6 +93,16 @@ class LiveInteraction:
     rating: float
 
 
+TRENDING_SNAPSHOT = 4096
+TRENDING_SNAPSHOT_AGE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrendingSnapshot:
+    made: float  # time.monotonic() of the read
+    scores: dict[str, float]  # item id -> log2 trending score
+
+
 class Store:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
@@ -102,6 +113,8 @@ class Store:
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
         self._hidden_read: asyncio.Future[scoring.U64] | None = None
+        self._trending = TrendingSnapshot(-math.inf, {})
+        self._trending_read: asyncio.Future[TrendingSnapshot] | None = None
         self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.scripts = Scripts(self.redis)
@@ -311,12 +324,33 @@ class Store:
         reply = await self.read(b"ZREVRANGE", [self.keys.trend(), 0, n - 1, b"WITHSCORES"])
         return [(m, float(v)) for m, v in zip(reply[::2], reply[1::2], strict=True)]
 
-    async def trending_scores(self, items: Sequence[str]) -> list[float | None]:
-        """The trending scores of ``items`` (None: not trending)."""
-        if not items:
-            return []
-        reply = await self.redis.zmscore(self.keys.trend(), list(items))
-        return [float(v) if v is not None else None for v in reply]
+    async def trending_snapshot(self, max_age: float = TRENDING_SNAPSHOT_AGE
+                                ) -> TrendingSnapshot:
+        """The ``TRENDING_SNAPSHOT`` most trending items and their scores: what the rules'
+        trending fill orders a filter's items by. Re-read in the background once older than
+        ``max_age`` seconds (the old one serves meanwhile: a fill's order may lag a few
+        seconds, a request never waits for the read); only the first read is waited for."""
+        snapshot = self._trending
+        if time.monotonic() - snapshot.made > max_age:
+            if self._trending_read is None or self._trending_read.done():
+                self._trending_read = asyncio.ensure_future(self._read_trending())
+            if snapshot.made == -math.inf:
+                snapshot = await asyncio.shield(self._trending_read)
+        return snapshot
+
+    async def _read_trending(self) -> TrendingSnapshot:
+        if self._trending.made != -math.inf:  # a background refresh: failures wait for the
+            try:  # next one (the request path reports Redis outages itself)
+                return await self._read_trending_now()
+            except REDIS_FAILURES:
+                return self._trending
+        return await self._read_trending_now()
+
+    async def _read_trending_now(self) -> TrendingSnapshot:
+        head = await self.trending_head(TRENDING_SNAPSHOT)
+        self._trending = TrendingSnapshot(time.monotonic(), {
+            member.decode("utf-8", "surrogatepass"): score for member, score in head})
+        return self._trending
 
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
         """One command on the hot path (the backend's reply)."""
