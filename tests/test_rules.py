@@ -51,12 +51,21 @@ async def learned(client: Client, settings: Settings) -> None:
 async def answers(client: Client, k: int, exclude: list[str],
                   rules: dict[str, Any] | None = None) -> dict[str, list[str]]:
     """The ids each list endpoint answers, the rules sent in the body or the query."""
+    return {name: [r["id"] for r in rows]
+            for name, rows in (await answer_rows(client, k, exclude, rules)).items()}
+
+
+async def answer_rows(client: Client, k: int, exclude: list[str],
+                      rules: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The rows each list endpoint answers, the rules sent in the body or the query."""
     rules = rules or {}
     params: list[tuple[str, Any]] = [("k", k), *(("exclude", e) for e in exclude)]
     if "filter" in rules:
         params.append(("filter", json.dumps(rules["filter"])))
     if "max_per_category" in rules:
         params.append(("max_per_category", rules["max_per_category"]))
+    if "explain" in rules:
+        params.append(("explain", "true" if rules["explain"] else "false"))
     query = urlencode(params)
     replies = {
         "iid_recommend": await client.post("/iid_recommend", json={
@@ -72,7 +81,7 @@ async def answers(client: Client, k: int, exclude: list[str],
     out = {}
     for name, reply in replies.items():
         assert reply.status == 200, (name, await reply.text())
-        out[name] = [r["id"] for r in (await reply.json())["recommendations"]]
+        out[name] = (await reply.json())["recommendations"]
     return out
 
 
@@ -156,7 +165,10 @@ filters = st.fixed_dictionaries({}, optional={
                                    {"size": 2.0, "color": ["red", "blue"]}]),
 })
 rule_sets = st.fixed_dictionaries({}, optional={
-    "filter": filters, "max_per_category": st.integers(1, 3)})
+    "filter": filters, "max_per_category": st.integers(1, 3), "explain": st.booleans()})
+# what each endpoint's request names: where explanations may point
+REQUEST_ITEMS = {"iid_recommend": {"p0", "p3"}, "iid_seen": {"p0", "p3"},
+                 "session": {"p1", "p4", "p7", "p0", "p3"}, "similar": {"p0"}, "popular": set()}
 
 
 def allowed(record: dict[str, Any] | None, rule: dict[str, Any]) -> bool:
@@ -205,8 +217,16 @@ async def test_every_answer_satisfies_every_rule_and_k_holds(
     await use_catalogue(client, catalogue)
     cap = rules.get("max_per_category")
     deep = await answers(client, 1000, [])  # no rules: similar's co-visited items in order
-    for name, ids in (await answers(client, k, exclude, rules)).items():
+    for name, rows in (await answer_rows(client, k, exclude, rules)).items():
+        ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)) <= k
+        for row in rows:
+            if rules.get("explain"):
+                assert set(row["because"]) <= REQUEST_ITEMS[name] and len(row["because"]) <= 3
+                assert row["source"] in ("session", "trending")
+                assert bool(row["because"]) == (row["source"] == "session")
+            else:
+                assert set(row) == {"id", "score"}
         categories: dict[str, int] = {}
         for item in ids:
             record = catalogue.get(item)
