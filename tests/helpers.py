@@ -65,5 +65,17 @@ async def snapshot(client: Any, namespace: str, index_cap: int = Settings.index_
 
 
 def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Equal learned states; a mismatch names its first keys and, for hashes and sorted sets,
+    their first differing members as (got, want): enough to tell a double count from a loss."""
     assert got  # an empty state proves nothing
-    assert differences(got, want) == []
+    found = differences(got, want)
+    detail: list[Any] = []
+    for line in found[:4]:
+        key = line.split(" ", 1)[1]
+        a, b = got.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff = {m: (a.get(m), b.get(m)) for m in set(a) | set(b) if a.get(m) != b.get(m)}
+            detail.append((key, list(diff.items())[:4], len(diff)))
+        elif isinstance(a, bytes) and isinstance(b, bytes):
+            detail.append((key, len(a), len(b)))
+    assert found == [], detail
