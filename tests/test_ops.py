@@ -87,10 +87,33 @@ def test_index_op_keeps_what_a_sorted_list_keeps(r: redis.Redis, seed: int) -> N
         if not ops:
             continue
         assert apply(keys=[marks, key],
-                     args=[0, f"{batch}-0", CAP, index_limit(CAP), 60_000, *ops]) == 1
+                     args=[0, f"{batch}-0", CAP, index_limit(CAP), 60_000, f"{batch}-0",
+                           *ops]) == 1
         blob = cast(bytes, r.get(key) or b"")
         entries = [blob[n:n + 16] for n in range(0, len(blob), 16)]
         assert entries == sorted(entries) and len(entries) == len(set(entries))
         assert len(entries) <= index_limit(CAP)
         assert newest_entries(blob, CAP) == b"".join(reference[-CAP:])
     assert min(paths.values()) >= 20, paths
+
+
+def test_a_slot_holding_part_of_a_batch_refuses_the_whole_one(r: redis.Redis) -> None:
+    """Two workers' batches over the same entries can end differently (a lease that expired
+    under a stalled holder): a slot holding entries 1-5 of partition 0 must neither apply a
+    batch of entries 3-8 (entries 3-5 would count twice) nor skip it, but say where its part
+    ends, so the worker cuts its batch there; a batch it holds whole is skipped, the next one
+    applied."""
+    apply = r.register_script(lua("apply"))
+    marks, key = "overlap{o}:marks", "overlap{o}:df"
+    r.delete(marks, key)
+    ops: list[Any] = ["D", 2, 1, "item", 1]  # the doc frequency of "item" + 1
+    args: list[Any] = [0, "5-0", CAP, index_limit(CAP), 60_000, "1-0"]
+    assert apply(keys=[marks, key], args=[*args, *ops]) == 1  # entries 1-5
+    assert apply(keys=[marks, key],
+                 args=[0, "8-0", CAP, index_limit(CAP), 60_000, "3-0", *ops]) == [b"overlap",
+                                                                                   b"5-0"]
+    assert apply(keys=[marks, key],
+                 args=[0, "4-0", CAP, index_limit(CAP), 60_000, "3-0", *ops]) == 0  # held
+    assert apply(keys=[marks, key],
+                 args=[0, "8-0", CAP, index_limit(CAP), 60_000, "6-0", *ops]) == 1  # the rest
+    assert r.hget(key, "item") == b"2" and r.hget(marks, "0") == b"8-0"

@@ -104,7 +104,7 @@ class CommitAssembler:
                      k.epoch(p)], args)
 
     def add_ops(self, p: int, fx: Effects, commit: Call, elsewhere: dict[Group, Call] | None,
-                new_mark: str) -> None:
+                new_mark: str, first_fresh: str = "") -> None:
         """The batch's effects as ops, appended to the call of the slot they land in: the
         partition's own (histories), an item shard's (indexes, frequencies, names) or the
         global one. Without ``elsewhere`` (every key reachable from one script) every op goes
@@ -121,7 +121,7 @@ class CommitAssembler:
                          else k.item_marks(cast(int, group)))
                 call = elsewhere[group] = Call([marks], [p, new_mark, s.index_cap,
                                                          index_limit(s.index_cap),
-                                                         s.history_ttl * 1000])
+                                                         s.history_ttl * 1000, first_fresh])
             return call
 
         call = commit

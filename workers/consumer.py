@@ -107,6 +107,7 @@ class Worker:
         """Per partition: redeliveries since the last success that an outage or a conflict
         explains (not a crash the entry might cause: those count toward dead-lettering)."""
         self.cut_at_inflight: set[int] = set()
+        self.cut_at: dict[int, str] = {}  # partition -> where a slot's part of a batch ends
         """Partitions whose last batch was cut at the in-flight mark: read the backlog next."""
         self.prefetched: dict[int, list[Entry]] = {}
         """Per partition: the next batch, read in the same round trip as the last commit."""
@@ -240,6 +241,7 @@ class Worker:
     async def _partition_loop(self, p: int) -> None:
         backlog = True  # first drain what this partition's consumer left pending
         self.prefetched.pop(p, None)  # from an earlier hold of p: the backlog read has them
+        self.cut_at.pop(p, None)
         delay = 0.1
         me = asyncio.current_task()
         # ``owned[p] is me``: balance() drops p before cancelling this task, and a cancellation
@@ -415,10 +417,14 @@ class Worker:
         mark = reply[0].decode() if reply[0] else ""
         epoch = reply[2].decode() if reply[2] else ""
         histories = {s: b for s, b in zip(sessions, reply[3:], strict=True) if b}
-        if reply[1] is not None:
+        held = self.cut_at.pop(p, None)
+        if reply[1] is not None or held is not None:
             # a batch's effects reached some slots and not the partition (cluster): batches end
-            # at its end until the watermark gets there; the rest stays pending for later
-            ceiling = id_tuple(reply[1].decode())
+            # at its end until the watermark gets there (or, first, at the end of the part of
+            # it a slot holds); the rest stays pending for later
+            ceilings = [id_tuple(x) for x in (reply[1].decode() if reply[1] else None, held)
+                        if x is not None]
+            ceiling = min(ceilings)
             kept = [n for n, e in enumerate(entries) if id_tuple(e.id) <= ceiling]
             if len(kept) < len(entries):
                 self.cut_at_inflight.add(p)
@@ -452,13 +458,19 @@ class Worker:
         if unlisted:  # consumed, not learned: counted apart (GET /stats, events_unlisted)
             commit.args += ("D", commit.ref(k.counters(p)), 1, "unlisted", unlisted)
         elsewhere: dict[Group, Call] | None = {} if self.backend.one_slot_scripts else None
-        self.commits.add_ops(p, effects, commit, elsewhere, new_mark)
+        self.commits.add_ops(p, effects, commit, elsewhere, new_mark, first_fresh)
         if elsewhere:
             if not await self.scripts.intent(k.stream(p), k.watermark(p), k.inflight(p),
                                              k.epoch(p), mark, new_mark, first_fresh, epoch):
                 raise Conflict(p, f"batch {first_fresh}..{new_mark} refused by the in-flight "
                                   f"check (watermark {mark!r}, in flight {reply[1]!r})")
-            await self._apply_elsewhere(list(elsewhere.values()))
+            parts = await self._apply_elsewhere(list(elsewhere.values()))
+            if parts:
+                # a slot holds a part of this batch (another worker's batch over the same
+                # entries ended there): end the next try at that part's end
+                self.cut_at[p] = min(parts, key=id_tuple)
+                raise Conflict(p, f"batch {first_fresh}..{new_mark}: a slot holds it up to "
+                                  f"{self.cut_at[p]}")
         if await self._commit(p, commit.keys, commit.args, read_ahead) == -1:
             raise Conflict(p, f"commit of {first_fresh}..{new_mark} refused: the watermark is "
                               f"no longer {mark!r}, or the batch does not follow it")
@@ -504,22 +516,25 @@ class Worker:
             return reply
         return await transport.run_script(send, self.scripts.commit, keys, args)
 
-    async def _apply_elsewhere(self, calls: list[Call]) -> None:
+    async def _apply_elsewhere(self, calls: list[Call]) -> list[str]:
         """Each other slot's share of the batch, one apply.lua call per slot, sent as one
         pipeline (a round trip per node, all nodes at once). A crash half-way is repaired by
-        the retry: slots that have the batch skip it."""
+        the retry: slots that have the batch skip it. Returns where the slots that hold only a
+        part of the batch have it up to (none: every slot has it now)."""
         for attempt in range(2):
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for call in calls:
                         pipe.execute_command("EVALSHA", self.scripts.apply.sha, len(call.keys),
                                              *call.keys, *call.args)
-                    await pipe.execute()
-                return
+                    replies = await pipe.execute()
+                return [reply[1].decode() for reply in replies
+                        if isinstance(reply, list) and reply and reply[0] == b"overlap"]
             except NoScriptError:
                 if attempt:
                     raise
                 await self.redis.script_load(self.scripts.apply.script)
+        return []
 
 
 def _entries_of(raw: Any) -> list[Entry]:
