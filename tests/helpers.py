@@ -6,17 +6,31 @@ import asyncio
 import time
 from typing import Any
 
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from service.core.model import Event
 from service.offline.statecheck import differences, learned_state
 from service.settings import Settings
 from service.store.state import Store
 from workers.consumer import Worker
 
+REDIS_TIMEOUTS = (RedisTimeoutError, asyncio.TimeoutError)
+
 
 async def wait_drained(store: Store, timeout: float = 30.0) -> dict[str, int]:
+    """Poll /stats' numbers until nothing is pending. The store has the serving side's short
+    timeouts (answer 503 fast rather than hang), so on a loaded machine a poll can time out
+    connecting: that poll is repeated, not the test failed."""
     deadline = time.monotonic() + timeout
+    stats: dict[str, int] = {}
     while True:
-        stats = await store.stats()
+        try:
+            stats = await store.stats()
+        except REDIS_TIMEOUTS:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
         if stats["pending"] == 0:
             return stats
         if time.monotonic() > deadline:
