@@ -183,12 +183,12 @@ class Recommender:
                         cap: CategoryCap | None = None, eligible: Eligible | None = None
                         ) -> list[dict[str, Any]]:
         """Up to ``k`` trending items within the rules and none of ``taken`` (hashes), scored
-        into (0, ceiling] relative to the first one."""
-        if rules.needs_catalogue and (cap is None or eligible is None):
+        into (0, ceiling] relative to the first one. ``cap`` and ``eligible``: the answer's own
+        so far (None: the fill is the whole answer, as for /popular)."""
+        if rules.needs_catalogue and cap is None:
             catalogue = await self.store.catalogue()
-            if cap is None:
-                cap = CategoryCap(rules.max_per_category, catalogue.first_category)
-            if eligible is None and rules.filter is not None:
+            cap = CategoryCap(rules.max_per_category, catalogue.first_category)
+            if rules.filter is not None:
                 eligible = catalogue.eligible(rules.filter)
         if k <= 0:
             return []

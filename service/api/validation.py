@@ -297,6 +297,7 @@ def _values(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
 
 
 def _attribute_value(value: Any, field: str) -> str | float | bool:
+    """One attribute value, in a record or in a filter: text, a finite number or a boolean."""
     if isinstance(value, str) and len(value) > MAX_TEXT:
         raise invalid(field, f"{field} is {len(value)} characters long; the limit is "
                              f"{MAX_TEXT}.")
@@ -414,18 +415,7 @@ def _attributes(value: Any, field: str, settings: Settings) -> dict[str, Attribu
     for name, v in value.items():
         where = f"{field}.{name}"
         identifier(name, where, settings)
-        if isinstance(v, bool):
-            out[name] = v
-        elif isinstance(v, str):
-            if len(v) > MAX_TEXT:
-                raise invalid(where, f"{where} is {len(v)} characters long; the limit is "
-                                     f"{MAX_TEXT}.")
-            out[name] = v
-        elif _is_number(v):
-            out[name] = finite_number(v, where, low=-1e15, high=1e15)
-        else:
-            raise invalid(where, f"{where} must be a string, a number or a boolean, not "
-                                 f"{_type_name(v)}.")
+        out[name] = _attribute_value(v, where)
     return out
 
 
