@@ -182,6 +182,39 @@ async def test_a_silent_server_times_out_and_the_link_recovers(standalone_url: s
     await client.aclose()
 
 
+async def test_a_failed_connect_fails_the_next_callers_at_once_for_one_timeout() -> None:
+    """A caller arriving just after a failed connect used to start a new one and answer after
+    two timeouts; within a timeout of the failure it now fails at once, without connecting,
+    and after it the link tries again."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # accepts, never answers the handshake
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = transport.SharedConnection(0.3, port=port, host="127.0.0.1", password="secret")
+    try:
+        with pytest.raises(RedisConnectionError):
+            await link.execute(transport.pack(b"PING", []))
+        assert len(accepted) == 1
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match="not retried"):
+            await link.execute(transport.pack(b"PING", []))
+        assert time.monotonic() - started < 0.05 and len(accepted) == 1
+        await asyncio.sleep(0.35)
+        with pytest.raises(RedisConnectionError):
+            await link.execute(transport.pack(b"PING", []))
+        assert len(accepted) == 2
+    finally:
+        await link.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+
 async def test_the_link_authenticates_and_selects_the_database() -> None:
     import redis.asyncio as aioredis
     from redis.exceptions import AuthenticationError

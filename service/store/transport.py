@@ -148,7 +148,10 @@ class SharedConnection:
     Failures follow redis-py's types: a lost connection fails every waiter with
     ``ConnectionError`` and the next call reconnects; a server silent for ``timeout`` seconds
     fails them with ``TimeoutError`` (checked by one timer, not a timeout task per call);
-    error replies are raised as redis-py's exception classes.
+    error replies are raised as redis-py's exception classes. A failed connect makes every
+    call for the next ``timeout`` seconds fail at once with it rather than try again: a caller
+    arriving just after a failed attempt would otherwise wait a whole new one, answering after
+    two timeouts, and a Redis that is down would take a connect per request.
 
     With ``tracking``, the connection speaks RESP3 with ``CLIENT TRACKING`` on: Redis pushes an
     invalidation for every key this link read once the key changes, and ``tracking`` hears them
@@ -171,6 +174,7 @@ class SharedConnection:
         self.connection: _Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._opening: asyncio.Future[_Connection] | None = None
+        self._failed: tuple[float, Exception] | None = None  # (until, why) after a failed open
 
     async def execute(self, packed: bytes, replies: int = 1) -> Any:
         conn = self.connection
@@ -205,6 +209,12 @@ class SharedConnection:
         if self.connection is not None:
             return self.connection
         if self._opening is None:
+            failed = self._failed
+            if failed is not None:
+                until, why = failed
+                if time.monotonic() < until:
+                    raise RedisConnectionError(f"{why} (not retried for {self.timeout} s)")
+                self._failed = None
             opening = self._opening = asyncio.ensure_future(self._open())
             opening.add_done_callback(self._opened)
         return await asyncio.shield(self._opening)
@@ -212,7 +222,9 @@ class SharedConnection:
     def _opened(self, attempt: asyncio.Future[_Connection]) -> None:
         self._opening = None
         if not attempt.cancelled():
-            attempt.exception()  # retrieved: the callers that shared it were told
+            failure = attempt.exception()  # retrieved: the callers that shared it were told
+            if failure is not None:
+                self._failed = (time.monotonic() + self.timeout, failure)
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
