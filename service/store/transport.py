@@ -174,7 +174,7 @@ class SharedConnection:
         self.connection: _Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._opening: asyncio.Future[_Connection] | None = None
-        self._failed: tuple[float, Exception] | None = None  # (until, why) after a failed open
+        self._failed: tuple[float, BaseException] | None = None  # (until, why) after a failed open
 
     async def execute(self, packed: bytes, replies: int = 1) -> Any:
         conn = self.connection
