@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import kernel
+from service.core.layout import ITEM_PERSON, SESSION_PERSON, item_hash, session_hash
 from service.kernel import reference
 
 pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
@@ -104,6 +107,59 @@ def test_the_frequency_table(impl: Any) -> None:
     tiny_keys, tiny_values = np.zeros(4, np.uint64), np.full(4, np.nan)
     with pytest.raises(ValueError, match="full"):
         impl.insert(tiny_keys, tiny_values, np.arange(1, 6, dtype=np.uint64), np.ones(5))
+
+
+U64S = st.lists(st.integers(0, 2**64 - 1), max_size=60)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=200, deadline=None)
+@given(members=U64S, items=U64S, inside=st.booleans())
+def test_select_keeps_the_items_in_or_out_of_a_table(impl: Any, members: list[int],
+                                                     items: list[int], inside: bool) -> None:
+    keys = np.zeros(1 << 8, np.uint64)
+    values = np.full(1 << 8, np.nan)
+    impl.insert(keys, values, np.array(members, np.uint64), np.ones(len(members)))
+    asked = items + members[:5]  # some members, some not
+    scores = np.arange(len(asked), dtype=np.float64)
+    got, their = impl.select(keys, values, np.array(asked, np.uint64), scores, inside)
+    wanted = [(item, float(n)) for n, item in enumerate(asked)
+              if (item in set(members)) == inside]
+    assert list(zip(np.frombuffer(got, np.uint64).tolist(),
+                    np.frombuffer(their, np.float64).tolist(), strict=True)) == wanted
+    with pytest.raises(ValueError, match="one value per item"):
+        impl.select(keys, values, np.array([1, 2], np.uint64), np.ones(1), inside)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=200, deadline=None)
+@given(items=U64S, taken=U64S, k=st.integers(0, 70))
+def test_first_absent_finds_the_first_k_items_not_taken(impl: Any, items: list[int],
+                                                       taken: list[int], k: int) -> None:
+    taken = taken + items[::3]
+    got = np.frombuffer(impl.first_absent(np.array(items, np.uint64),
+                                          np.array(taken, np.uint64), k), np.uint32)
+    assert got.tolist() == [n for n, item in enumerate(items) if item not in set(taken)][:k]
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.text(st.characters(codec="utf-8") | st.characters(
+    min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=300), max_size=8))
+def test_id_hashes_are_the_layouts(impl: Any, ids: list[str]) -> None:
+    """Any text (lone surrogates, lengths across BLAKE2b's 128-byte blocks) hashes as
+    ``layout.item_hash`` and ``session_hash`` do."""
+    ids = [*ids, "", "x" * 128, "y" * 129, "é" * 64]
+    assert impl.hashes(ids, ITEM_PERSON) == b"".join(map(item_hash, ids))
+    assert impl.hashes(tuple(ids), SESSION_PERSON) == b"".join(map(session_hash, ids))
+
+
+def test_hashes_refuses_what_is_not_an_id() -> None:
+    for impl in (native, reference):
+        with pytest.raises((TypeError, AttributeError)):
+            impl.hashes(["a", 7], ITEM_PERSON)
+    with pytest.raises(ValueError, match="16 bytes"):
+        native.hashes(["a"], b"x" * 17)
 
 
 @IMPLEMENTATIONS

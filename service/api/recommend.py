@@ -24,7 +24,7 @@ from service import kernel
 from service.api import validation
 from service.api.context import SETTINGS, STORE, json_response, k_of, path_id, read_json
 from service.core import explain, scoring
-from service.core.layout import item_hash, session_hash
+from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Eligible, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
@@ -63,7 +63,9 @@ class FillOrder:
 
     eligible: Eligible
     expires: float  # time.monotonic()
-    members: list[tuple[str, int, float]]  # id, hash, share of the first one's score
+    ids: list[str]  # in trending order
+    hashes: scoring.U64  # of the same items, in the same order
+    shares: scoring.F64  # each one's share of the first one's score
 
 
 class Recommender:
@@ -133,8 +135,7 @@ class Recommender:
                 histories = await self.store.histories(sessions)
                 candidates, scores = scoring.score(query, histories, similarity, params)
         if eligible is not None:
-            admitted = eligible.admits(candidates)
-            candidates, scores = candidates[admitted], scores[admitted]
+            candidates, scores = eligible.keep(candidates, scores)
         df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.store.hidden_items()
@@ -142,7 +143,7 @@ class Recommender:
         exclude = np.concatenate((hidden, requested) if seen is None
                                  else (seen, hidden, requested))
         if eligible is not None and seen is None:  # repeats, within the filter too
-            exclude = np.concatenate((exclude, query.seen[~eligible.admits(query.seen)]))
+            exclude = np.concatenate((exclude, eligible.outside(query.seen)))
         capped = catalogue is not None and rules.max_per_category is not None
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude,
@@ -192,12 +193,12 @@ class Recommender:
                 eligible = catalogue.eligible(rules.filter)
         if k <= 0:
             return []
-        skip = set(taken.tolist())
         if cap is not None and cap.limit is None:
             cap = None
         if eligible is not None:
-            members = (await self._fill_order(rules, eligible)).members
-            return _fill(members, k, skip, cap, ceiling, rules.explain)
+            order = await self._fill_order(rules, eligible)
+            return _fill_in_order(order, k, taken, cap, ceiling, rules.explain)
+        skip = set(taken.tolist())
         depth = k + len(skip)
         counts = dict(cap.counts) if cap is not None else {}
         while True:
@@ -224,12 +225,13 @@ class Recommender:
             return order
         scores = (await self.store.trending_snapshot()).scores
         trend = np.array([scores.get(name, -math.inf) for name in eligible.ids])
-        ranked = np.argsort(-trend, kind="stable").tolist()  # not trending: last, by hash
-        top = float(trend[ranked[0]]) if ranked else 0.0
-        shares = np.exp2(trend - top).tolist() if math.isfinite(top) else [0.0] * len(trend)
-        ids, hashes = eligible.ids, eligible.hashes.tolist()
+        ranked = np.argsort(-trend, kind="stable")  # not trending: last, by hash
+        top = float(trend[ranked[0]]) if len(ranked) else 0.0
+        trend = trend[ranked]
+        ids = eligible.ids
         order = FillOrder(eligible, time.monotonic() + FILL_ORDER_AGE * random.uniform(0.5, 1),
-                          [(ids[n], hashes[n], shares[n]) for n in ranked])
+                          [ids[n] for n in ranked.tolist()], eligible.hashes[ranked],
+                          np.exp2(trend - top) if math.isfinite(top) else np.zeros(len(trend)))
         self._fill_orders[key] = order
         if len(self._fill_orders) > CatalogueIndex.CACHED_FILTERS:
             self._fill_orders.popitem(last=False)
@@ -265,6 +267,33 @@ def _fill(members: Iterable[tuple[str, int, float]], k: int, skip: set[int],
     return rows
 
 
+def _fill_in_order(order: FillOrder, k: int, taken: scoring.U64, cap: CategoryCap | None,
+                   ceiling: float, explain: bool) -> list[dict[str, Any]]:
+    """``_fill`` over a filter's fill order: the items not taken found by one kernel call (the
+    order holds every eligible item, and a request takes a few dozen of them)."""
+    found = np.frombuffer(kernel.first_absent(order.hashes, taken,
+                                              k if cap is None else len(order.hashes)),
+                          np.uint32)
+    if cap is not None:
+        allowed: list[int] = []
+        for n in found.tolist():
+            if cap.take(int(order.hashes[n])):
+                allowed.append(n)
+                if len(allowed) == k:
+                    break
+        found = np.array(allowed, np.uint32)
+    ids = order.ids
+    rows: list[dict[str, Any]] = [
+        {"id": ids[n], "score": score}
+        for n, score in zip(found.tolist(), np.round(ceiling * order.shares[found], 6).tolist(),
+                            strict=True)]
+    if explain:
+        for row in rows:
+            row["because"] = []
+            row["source"] = "trending"
+    return rows
+
+
 def _short(message: str, found: int, k: int, rules: Rules, wording: str = MSG_FEWER) -> str:
     """``message``, saying so when rules left fewer than ``k`` items."""
     if found >= k or not (rules.exclude or rules.filter or rules.max_per_category):
@@ -279,13 +308,14 @@ RECOMMENDER = web.AppKey("recommender", Recommender)
 
 
 NO_ITEMS: scoring.U64 = np.zeros(0, np.uint64)
+LE_U64 = np.dtype("<u8")  # hashes are little-endian; a dtype object, not a string to parse
 
 
 def _hashes(item_ids: Sequence[str]) -> scoring.U64:
     """Item hashes as u64 (read-only: they are only compared)."""
     if not item_ids:
         return NO_ITEMS
-    return np.frombuffer(b"".join(map(item_hash, item_ids)), "<u8")
+    return np.frombuffer(kernel.hashes(item_ids, ITEM_PERSON), LE_U64)
 
 
 async def iid_recommend(request: web.Request) -> web.Response:

@@ -39,16 +39,21 @@ assert INDEX_DTYPE.itemsize == HISTORY_DTYPE.itemsize == ENTRY_BYTES
 
 # cached: a worker batch or a request hashes the same ids several times (partition, history
 # key, update rule), and popular ids recur across batches
+ITEM_PERSON = b"sessionrec-item"
+SESSION_PERSON = b"sessionrec-sess"
+"""BLAKE2b personalisations: an item and a session with the same id hash apart."""
+
+
 @lru_cache(maxsize=1 << 16)
 def item_hash(item_id: str) -> bytes:
     return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
-                           person=b"sessionrec-item").digest()
+                           person=ITEM_PERSON).digest()
 
 
 @lru_cache(maxsize=1 << 16)
 def session_hash(session_id: str) -> bytes:
     return hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
-                           person=b"sessionrec-sess").digest()
+                           person=SESSION_PERSON).digest()
 
 
 def hash_number(h: bytes) -> int:

@@ -27,6 +27,7 @@ from service import kernel
 from service.core.catalog import AttributeValue, Record
 
 U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
 
 
 def attribute_key(name: str, value: AttributeValue) -> str:
@@ -122,9 +123,23 @@ class Eligible:
             kernel.insert(self._keys, self._values, hashes, np.ones(len(hashes)))
 
     def admits(self, items: U64) -> npt.NDArray[np.bool_]:
+        """Whether each item is eligible."""
         found, _ = kernel.lookup(self._keys, self._values,
                                  np.ascontiguousarray(items, np.uint64))
         return np.frombuffer(found, np.float64) > 0
+
+    def keep(self, items: U64, scores: F64) -> tuple[U64, F64]:
+        """The eligible items, with their scores, in their order (one kernel call: a request's
+        few hundred candidates, most of them dropped under a narrow filter)."""
+        kept, their = kernel.select(self._keys, self._values, items, scores, True)
+        return np.frombuffer(kept, np.uint64), np.frombuffer(their, np.float64)
+
+    def outside(self, items: U64) -> U64:
+        """The items that are not eligible, in their order."""
+        if not len(items):
+            return items
+        dropped, _ = kernel.select(self._keys, self._values, items, np.zeros(len(items)), False)
+        return np.frombuffer(dropped, np.uint64)
 
     def __len__(self) -> int:
         return len(self.hashes)

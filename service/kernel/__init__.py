@@ -49,15 +49,17 @@ def _chosen() -> str:
 
 def use(name: str) -> None:
     """Route every kernel function to ``native`` or ``reference`` (tests switch both ways)."""
-    global NAME, reseed, query, neighbours, score, candidates, rank, relative
-    global lookup, insert, objects_get, objects_put, objects_pop, mget, pack
+    global NAME, reseed, query, neighbours, score, candidates, rank, relative, hashes
+    global lookup, insert, select, first_absent, objects_get, objects_put, objects_pop, mget, pack
     impl = native if name == "native" else reference
     if impl is None:
         raise ImportError("service.kernel._native is not built")
     NAME = name
     reseed, query, neighbours, score = impl.reseed, impl.query, impl.neighbours, impl.score
     candidates, rank, relative = impl.candidates, impl.rank, impl.relative
+    hashes = impl.hashes
     lookup, insert, mget, pack = impl.lookup, impl.insert, impl.mget, impl.pack
+    select, first_absent = impl.select, impl.first_absent
     objects_get, objects_put, objects_pop = impl.objects_get, impl.objects_put, impl.objects_pop
 
 
@@ -69,8 +71,11 @@ score = reference.score
 candidates = reference.candidates
 rank = reference.rank
 relative = reference.relative
+hashes = reference.hashes
 lookup = reference.lookup
 insert = reference.insert
+select = reference.select
+first_absent = reference.first_absent
 objects_get = reference.objects_get
 objects_put = reference.objects_put
 objects_pop = reference.objects_pop
@@ -79,5 +84,6 @@ pack = reference.pack
 use(_chosen())
 
 FUNCTIONS = ("reseed", "query", "neighbours", "score", "candidates", "rank", "relative",
-             "lookup", "insert", "objects_get", "objects_put", "objects_pop", "mget", "pack")
+             "hashes", "lookup", "insert", "select", "first_absent", "objects_get", "objects_put",
+             "objects_pop", "mget", "pack")
 """Every function of the kernel: each has a compiled and a reference implementation."""

@@ -10,6 +10,7 @@ request than the compiled versions: the price is in the README.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
+from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
 
 Buffer = bytes | npt.NDArray[Any]
 U64 = npt.NDArray[np.uint64]
@@ -257,6 +258,13 @@ def relative(scores: Buffer) -> list[float]:
     return (np.rint(values / values[0] * 1e6) / 1e6).tolist()  # type: ignore[no-any-return]
 
 
+def hashes(ids: Sequence[str], person: bytes) -> bytes:
+    """Each id's BLAKE2b, 8-byte digest personalised with ``person``, of its UTF-8 (lone
+    surrogates as they are), concatenated."""
+    return b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
+                                    person=person).digest() for i in ids)
+
+
 # --- the frequency table: u64 keys, f64 values, NaN marks an empty slot ----------------------
 
 def _table_mask(table_keys: Buffer, table_values: Buffer) -> int:
@@ -307,6 +315,40 @@ def insert(table_keys: Buffer, table_values: Buffer, items: Buffer, values: Buff
             keys[at] = item
         slots[at] = value
     return added
+
+
+def select(table_keys: Buffer, table_values: Buffer, items: Buffer, values: Buffer,
+           inside: bool) -> tuple[bytes, bytes]:
+    """The items (with their values, one per item) that are in the table when ``inside``, or
+    that are not otherwise, in their order."""
+    keys, slots = np.asarray(table_keys), np.asarray(table_values)
+    mask = _table_mask(keys, slots)
+    wanted, their_values = _u64(items), _f64(values)
+    if len(their_values) != len(wanted):
+        raise ValueError("one value per item")
+    kept: list[int] = []
+    kept_values: list[float] = []
+    for item, value in zip(wanted.tolist(), their_values.tolist(), strict=True):
+        at = _mix(item) & mask
+        while not math.isnan(slots[at]) and int(keys[at]) != item:
+            at = (at + 1) & mask
+        if (not math.isnan(slots[at])) == inside:
+            kept.append(item)
+            kept_values.append(value)
+    return (np.array(kept, np.uint64).tobytes(), np.array(kept_values, np.float64).tobytes())
+
+
+def first_absent(items: Buffer, taken: Buffer, k: int) -> bytes:
+    """The positions (u32) of the first ``k`` items (fewer when the items run out) that are not
+    among ``taken``."""
+    skip = set(_u64(taken).tolist())
+    out: list[int] = []
+    for position, item in enumerate(_u64(items).tolist()):
+        if len(out) >= k:
+            break
+        if item not in skip:
+            out.append(position)
+    return np.array(out, np.uint32).tobytes()
 
 
 # --- object tables: u64 keys (0 marks an empty slot), a list of objects ----------------------

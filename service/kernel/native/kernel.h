@@ -122,5 +122,6 @@ Py_ssize_t objects_at(const uint64_t *k, Py_ssize_t mask, uint64_t key);
 extern PyMethodDef kernel_scoring_methods[];
 extern PyMethodDef kernel_table_methods[];
 extern PyMethodDef kernel_resp_methods[];
+extern PyMethodDef kernel_hash_methods[];
 
 #endif

@@ -107,6 +107,98 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(select_doc,
+"select(table_keys, table_values, items, values, inside) -> (items u64 bytes, values f64\n"
+"bytes): the items (with their values, one per item) that are in the table when inside is\n"
+"true, or that are not when it is false, in their order.");
+
+static PyObject *select_items(PyObject *self, PyObject *args) {
+    Py_buffer keys, values, items, vals;
+    int inside;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*p", &keys, &values, &items, &vals, &inside))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t mask, n = items.len / 8, m = 0;
+    uint64_t *kept = NULL;
+    double *kept_values = NULL;
+    if (table_args(&keys, &values, &mask) < 0) goto done;
+    if (vals.len != items.len) {
+        PyErr_SetString(PyExc_ValueError, "one value per item");
+        goto done;
+    }
+    kept = malloc(sizeof(uint64_t) * (n + 1));
+    kept_values = malloc(sizeof(double) * (n + 1));
+    if (!kept || !kept_values) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *k = keys.buf, *it = items.buf;
+    const double *v = values.buf, *iv = vals.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = slot_of(it[i], mask);
+        while (!isnan(v[at]) && k[at] != it[i]) at = (at + 1) & mask;
+        if (!isnan(v[at]) == !!inside) {
+            kept[m] = it[i];
+            kept_values[m++] = iv[i];
+        }
+    }
+    result = Py_BuildValue("(y#y#)", (const char *)kept, m * 8, (const char *)kept_values,
+                           m * 8);
+done:
+    free(kept);
+    free(kept_values);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&items);
+    PyBuffer_Release(&vals);
+    return result;
+}
+
+PyDoc_STRVAR(first_absent_doc,
+"first_absent(items, taken, k) -> u32 bytes: the positions of the first k items (fewer when\n"
+"the items run out) that are not among taken (u64 hashes).");
+
+static PyObject *first_absent(PyObject *self, PyObject *args) {
+    Py_buffer items, taken;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "y*y*n", &items, &taken, &k)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = items.len / 8, nt = taken.len / 8, m = 0, size = 8;
+    while (size < 2 * nt + 2) size *= 2;  /* at most half full: short probes */
+    Py_ssize_t mask = size - 1;
+    uint64_t *table = calloc((size_t)size, sizeof(uint64_t));
+    unsigned char *used = calloc((size_t)size, 1);
+    uint32_t *out = malloc(sizeof(uint32_t) * (k > 0 ? k : 1));
+    if (!table || !used || !out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many items for u32 positions");
+        goto done;
+    }
+    const uint64_t *it = items.buf, *tk = taken.buf;
+    for (Py_ssize_t i = 0; i < nt; i++) {
+        Py_ssize_t at = slot_of(tk[i], mask);
+        while (used[at] && table[at] != tk[i]) at = (at + 1) & mask;
+        used[at] = 1;
+        table[at] = tk[i];
+    }
+    for (Py_ssize_t i = 0; i < n && m < k; i++) {
+        Py_ssize_t at = slot_of(it[i], mask);
+        while (used[at] && table[at] != it[i]) at = (at + 1) & mask;
+        if (!used[at]) out[m++] = (uint32_t)i;
+    }
+    result = PyBytes_FromStringAndSize((const char *)out, m * 4);
+done:
+    free(table);
+    free(used);
+    free(out);
+    PyBuffer_Release(&items);
+    PyBuffer_Release(&taken);
+    return result;
+}
+
 /* --- object tables: the read cache's blobs by hash ------------------------------------------
  * Keys in a u64 buffer (0: empty slot), objects in a list of the same power-of-2 length, linear
  * probing from slot_of. A request looks up two hundred blobs: in a dict each lookup chases a
@@ -246,6 +338,8 @@ done:
 PyMethodDef kernel_table_methods[] = {
     {"lookup", lookup, METH_VARARGS, lookup_doc},
     {"insert", insert, METH_VARARGS, insert_doc},
+    {"select", select_items, METH_VARARGS, select_doc},
+    {"first_absent", first_absent, METH_VARARGS, first_absent_doc},
     {"objects_get", objects_get, METH_VARARGS, objects_get_doc},
     {"objects_put", objects_put, METH_VARARGS, objects_put_doc},
     {"objects_pop", objects_pop, METH_VARARGS, objects_pop_doc},
