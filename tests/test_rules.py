@@ -23,6 +23,8 @@ from service.settings import Settings
 from tests.conftest import Client
 from tests.helpers import drain
 
+pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels (the rules use it)
+
 ITEMS = [f"p{n}" for n in range(30)]
 
 
