@@ -3,6 +3,8 @@ from the route table (``routes.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -20,6 +22,7 @@ from service.api.context import (
 )
 from service.api.metrics import CacheSeries, Metrics
 from service.api.middleware import error_middleware
+from service.api.model import follow_model
 from service.api.recommend import RECOMMENDER, Recommender
 from service.api.routes import ROUTES, router_path
 from service.settings import Settings
@@ -56,9 +59,14 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                 settings.rate_limit, settings.rate_burst)
         try:
             await app[STORE].prepare()
+            app[RECOMMENDER].use(await app[STORE].model_record())
         except REDIS_FAILURES as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
+        following = asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE]))
         yield
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
         if own:
             await app[STORE].close()
 

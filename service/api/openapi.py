@@ -13,6 +13,7 @@ from typing import Any
 from service.api import access, validation
 from service.api.context import Route
 from service.core.model import EVENT_TYPES
+from service.core.modelparams import LIMITS
 from service.settings import Settings
 
 
@@ -158,6 +159,22 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                        "description": "Finite; default (or null): implied by type."},
         },
     }
+    def model_params(minimum: int = 0) -> dict[str, Any]:
+        properties: dict[str, Any] = {}
+        for name, limit in LIMITS.items():
+            high = min(limit.high, s.index_cap) if name == "index_cap" else limit.high
+            properties[name] = {"type": "integer" if limit.integer else "number",
+                                "minimum": limit.low, "maximum": high,
+                                "description": limit.meaning}
+        return {"type": "object", "additionalProperties": False, "minProperties": minimum,
+                "properties": properties}
+
+    model = {"description": "The model record", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["version", "params", "pinned", "tuned_at"],
+        "properties": {"version": {"type": "integer", "description": "0: never written"},
+                       "params": model_params(), "pinned": {"type": "array", "items": {
+                           "type": "string", "enum": list(LIMITS)}},
+                       "tuned_at": {"type": ["number", "null"]}}}}}}
     operations: dict[str, dict[str, Any]] = {
             "/iid_recommend": {"post": {
                 "summary": "Recommend from the interactions the browser sends",
@@ -249,6 +266,24 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                             {"required": ["id"]}]}}}}}}},
                 "responses": {"200": done("Stored", {"stored": {"type": "integer"}}),
                               **admin_errors}}},
+            "/model": {"get": {
+                "summary": "The scoring parameters in force: the shared record's version and "
+                           "values over this process' flags",
+                "responses": {"200": model, "503": _error()}}},
+            "/admin/model": {"put": {
+                "summary": "Set scoring parameters for every serve process (within a few "
+                           "seconds, no restart)",
+                "description": "Values not named keep theirs. pin: true pins the named "
+                               "parameters (tuning never changes them), false unpins them; "
+                               "without it their pins stay as they are.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "additionalProperties": False,
+                               "required": ["params"],
+                               "properties": {"params": model_params(minimum=1),
+                                              "pin": {"type": "boolean"}}},
+                    "example": {"params": {"neighbours": 100, "position_decay": 0.5},
+                                "pin": True}}}},
+                "responses": {"200": model, **admin_errors}}},
             "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
                 "200": {"description": "Counters", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},

@@ -25,6 +25,7 @@ from service.api import validation
 from service.api.context import SETTINGS, STORE, json_response, k_of, path_id, read_json
 from service.core import explain, scoring
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
+from service.core.modelparams import ModelRecord
 from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Eligible, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
@@ -74,10 +75,18 @@ class Recommender:
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
-        self.params = Params.from_settings(settings)
-        self.similar_params = Params(1, settings.index_cap, settings.index_cap, 0.0,
-                                     index_cap=settings.index_cap)
+        self.base = Params.from_settings(settings)
+        """The process' flags and environment: what the shared record's values overlay."""
         self._fill_orders: OrderedDict[str, FillOrder] = OrderedDict()
+        self.use(ModelRecord())
+
+    def use(self, record: ModelRecord) -> None:
+        """Score with the shared record's parameters from now on (``service/api/model.py``
+        follows the record)."""
+        self.record = record
+        self.params = record.params(self.base)
+        cap = self.params.index_cap
+        self.similar_params = Params(1, cap, cap, 0.0, index_cap=cap)
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, session_id: str | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from service.api import admin, catalog, ingest, recommend, stats
+from service.api import admin, catalog, ingest, model, recommend, stats
 from service.api.access import ADMIN, PUBLIC
 from service.api.context import Route
 
@@ -28,6 +28,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/items/{item_id}", catalog.get_item, ADMIN, id_pattern=NOT_SIMILAR),
     Route("DELETE", "/items/{item_id}", catalog.delete_item, ADMIN, id_pattern=NOT_SIMILAR),
     Route("POST", "/items", catalog.post_items, ADMIN),
+    Route("GET", "/model", model.get_model, PUBLIC),
+    Route("PUT", "/admin/model", model.put_model, ADMIN),
     Route("GET", "/stats", stats.stats, PUBLIC),
     Route("GET", "/healthz", stats.healthz),
     Route("GET", "/readyz", stats.readyz),

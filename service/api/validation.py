@@ -16,6 +16,7 @@ from service.api.jsonutil import JSONDecodeError, dumps, loads
 from service.core.catalog import AttributeValue, Record
 from service.core.catalog import encode as encode_record
 from service.core.model import EVENT_TYPES, Event
+from service.core.modelparams import LIMITS, Value
 from service.core.rules import NO_RULES, Filter, Rules
 from service.settings import Settings
 
@@ -460,3 +461,35 @@ def item_records(body: Any, settings: Settings) -> list[Record]:
     """``{"items": [...]}``; valid only if every record is (nothing is stored otherwise)."""
     batch = _batch(body, "items", "record", settings)
     return [item_record(value, f"items[{n}]", settings) for n, value in enumerate(batch)]
+
+
+# --- the model record ---------------------------------------------------------------------------
+def model_change(body: Any, settings: Settings) -> tuple[dict[str, Value], bool | None]:
+    """``PUT /admin/model``: the parameter values to set, and whether to pin them (None: their
+    pins unchanged)."""
+    obj = _object(body, "", ("params", "pin"))
+    if "params" not in obj:
+        raise invalid("params", 'params is required: an object of parameter values, for '
+                                'example {"neighbours": 100}.')
+    raw = obj["params"]
+    if not isinstance(raw, dict) or not raw:
+        raise invalid("params", "params must be an object naming at least one parameter, "
+                                f"not {_type_name(raw) if not isinstance(raw, dict) else '{}'}.")
+    values: dict[str, Value] = {}
+    for name, value in raw.items():
+        limit = LIMITS.get(name)
+        if limit is None:
+            raise invalid(f"params.{name}", f"Unknown parameter {name!r}; the parameters are "
+                                            f"{', '.join(LIMITS)}.")
+        checked = limit.check(value)
+        if isinstance(checked, str):
+            raise invalid(f"params.{name}", f"{name} {checked} ({limit.meaning}).")
+        if name == "index_cap" and checked > settings.index_cap:
+            raise invalid(f"params.{name}",
+                          f"index_cap must be at most {settings.index_cap}: the indexes hold "
+                          "no more (raise --index-cap on the workers and serve first).")
+        values[name] = checked
+    pin = obj.get("pin")
+    if pin is not None and not isinstance(pin, bool):
+        raise invalid("pin", f"pin must be true or false, not {_type_name(pin)}.")
+    return values, pin

@@ -174,6 +174,11 @@ class Keys:
         version it made: what a serve process' copy of the catalogue follows."""
         return f"{self.ns}:{{g}}:catalog:changes"
 
+    def model(self) -> str:
+        """Hash: the shared scoring parameters, their version and pins
+        (``core/modelparams.py``, written by ``lua/model.lua``)."""
+        return f"{self.ns}:{{g}}:model"
+
     def rate_bucket(self, client: str) -> str:
         """A client's token bucket; the client identity is hashed into its own tag."""
         digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from redis.commands.core import AsyncScript
 
-NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "commit", "intent",
-         "apply", "trim", "sweep", "lease")
+NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "model", "commit",
+         "intent", "apply", "trim", "sweep", "lease")
 
 
 @cache
@@ -76,6 +76,16 @@ class Scripts:
         """Log that the records of ``items`` (hashes) changed; the catalogue's new version."""
         return int(await self.registered["catalog"](
             keys=[version, changes], args=[cap, b"".join(items).hex()]))
+
+    async def model(self, record: str, read_version: int, fields: dict[str, str]
+                    ) -> tuple[bool, int]:
+        """Write the model record's ``fields`` unless its version moved past ``read_version``:
+        whether written, and the version now."""
+        args: list[Any] = [read_version]
+        for name, value in fields.items():
+            args += [name, value]
+        written, version = await self.registered["model"](keys=[record], args=args)
+        return bool(written), int(version)
 
     # --- worker ------------------------------------------------------------------------------
     async def lease(self, key: str, worker: str, lease_ms: int,

@@ -7,12 +7,13 @@ differences are the backend's (``backends.py``), keys ``keyspace.Keys``'s, scrip
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,6 +35,7 @@ from service.core.layout import (
     shard_of,
 )
 from service.core.model import TYPE_RATING, Event
+from service.core.modelparams import ModelRecord
 from service.core.rules import CatalogueIndex
 from service.core.stream import encode, number, pack_events, unpack_events
 from service.settings import Settings
@@ -54,6 +56,12 @@ JOURNAL_CAP = 10_000
 """Most batches a partition's journal holds. Entries stay only while appends fail; past this
 the API answers 503 (retry later) instead of growing Redis."""
 
+MODEL_WRITE_TRIES = 20
+"""Attempts at a model record change while other writers keep writing first."""
+
+
+class ModelContention(Exception):
+    """The model record kept changing under a write (answered 503: retry)."""
 
 
 
@@ -406,6 +414,28 @@ class Store:
     async def catalogue(self) -> CatalogueIndex:
         """This process' copy of the catalogue, for rules (no older than a second)."""
         return await self.mirror.current()
+
+    # --- the shared model record ----------------------------------------------------------------
+    async def model_record(self) -> ModelRecord:
+        """The scoring parameters' shared record (version 0: never written)."""
+        fields = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.model()))
+        return ModelRecord.from_fields(fields)
+
+    async def model_version(self) -> int:
+        """The record's version alone: what a serve process polls."""
+        return int(await self.redis.hget(self.keys.model(), "version") or 0)
+
+    async def update_model(self, change: Callable[[ModelRecord], ModelRecord]) -> ModelRecord:
+        """``change`` applied to the record as one step: read, changed, written unless another
+        writer wrote first (then read again and changed again). The record written."""
+        for _ in range(MODEL_WRITE_TRIES):
+            record = await self.model_record()
+            new = change(record)
+            written, version = await self.scripts.model(self.keys.model(), record.version,
+                                                        new.fields())
+            if written:
+                return dataclasses.replace(new, version=version)
+        raise ModelContention(f"the model record changed under {MODEL_WRITE_TRIES} writes")
 
     # --- admin operations ---------------------------------------------------------------------
     async def hide(self, item_id: str, hidden: bool) -> None:
