@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,23 @@ async def test_a_copy_that_missed_changes_reads_the_catalogue_whole(
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_starting_process_reads_the_catalogue_before_any_request_needs_it(
+        aiohttp_client: Any, settings: Settings) -> None:
+    """The first requests with rules after a start would all wait for the whole read (seconds
+    for a million records): a process reads it in the background as it starts, and a
+    namespace without a catalogue is not read at all."""
+    bare = await admin_client(aiohttp_client, settings)
+    await asyncio.sleep(0.3)
+    assert bare.app[STORE].mirror.full_reads == 0  # no catalogue: nothing read
+    records = [{"id": f"sku-{n}", "categories": [f"c{n % 3}"]} for n in range(50)]
+    assert (await bare.post("/items", json={"items": records}, headers=ADMIN)).status == 200
+    started = await admin_client(aiohttp_client, settings)
+    store = started.app[STORE]
+    began = time.monotonic()
+    # the catalogue, then the trending snapshot the fill orders by
+    while store.mirror.full_reads == 0 or store._trending.made == -math.inf:
+        assert time.monotonic() - began < 2.0, "the catalogue was not read at start"
+        await asyncio.sleep(0.02)
+    assert len(store.mirror.index) == 50

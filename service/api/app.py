@@ -32,6 +32,13 @@ from service.store.state import Store
 log = logging.getLogger("sessionrec.api")
 
 
+async def _warm(store: Store) -> None:
+    try:
+        await store.warm()
+    except REDIS_FAILURES as exc:  # the first request with rules reads it then
+        log.warning("catalogue not read at start (%s)", exc)
+
+
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     # long request lines and headers reach the app, which answers them with the JSON error
     # shape, instead of the HTTP parser's plain-text 400: a request line as long as a body
@@ -62,11 +69,13 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             app[RECOMMENDER].use(await app[STORE].model_record())
         except REDIS_FAILURES as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
-        following = asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE]))
+        background = [asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE])),
+                      asyncio.create_task(_warm(app[STORE]))]
         yield
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if own:
             await app[STORE].close()
 

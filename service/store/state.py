@@ -437,6 +437,14 @@ class Store:
                 return dataclasses.replace(new, version=version)
         raise ModelContention(f"the model record changed under {MODEL_WRITE_TRIES} writes")
 
+    async def warm(self) -> None:
+        """Read, in the background of a start, what the first request with rules would wait
+        for: the catalogue copy (a whole read, seconds for a million records) and the trending
+        snapshot its fill orders by. Nothing without a catalogue."""
+        if int(await self.redis.get(self.keys.catalog_version()) or 0) > 0:
+            await self.catalogue()
+            await self.trending_snapshot()
+
     # --- admin operations ---------------------------------------------------------------------
     async def hide(self, item_id: str, hidden: bool) -> None:
         key, member = self.keys.hidden(), item_hash(item_id).hex()
