@@ -60,8 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--title", default=None, help="report title")
     add_arguments(evaluate, "serve", "worker")
     tuner = commands.add_parser(
-        "tune", help="choose model parameters on a validation split cut from training data")
-    tuner.add_argument("--train", required=True, help="training click log (never the test)")
+        "tune", help="choose model parameters on a validation split cut from training data, "
+                     "or (--apply) on the live state, promoting them if better")
+    tuner.add_argument("--train", default=None,
+                       help="training click log (never the test); without --apply, required")
+    tuner.add_argument("--apply", action="store_true",
+                       help="tune on the learned state in Redis (a holdout of its most recent "
+                            "sessions) and promote the best parameters into the shared model "
+                            "record if they beat the ones in force")
+    tuner.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    tuner.add_argument("--trigger", default="cli", choices=("cli", "admin", "auto"),
+                       help=argparse.SUPPRESS)
     _log_format_arguments(tuner)
     tuner.add_argument("--valid-fraction", type=float, default=0.1,
                        help="last fraction of training sessions used for validation")

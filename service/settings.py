@@ -198,6 +198,21 @@ class Settings:
         default=10_000,
         metadata=_doc("Partition lease; another worker takes over a dead worker's partitions "
                       "after this long.", commands=WORKER))
+    # --- tuning -----------------------------------------------------------------------------
+    auto_tune: bool = field(
+        default=True,
+        metadata=_doc("Workers start a tuning run on the live state (`sessionrec tune "
+                      "--apply`, a process of its own at a lowered priority, one at a time) "
+                      "when enough new sessions were learned since the last one.",
+                      commands=WORKER))
+    tune_min_sessions: int = field(
+        default=500,
+        metadata=_doc("A run starts once this many sessions, and a tenth more than the last "
+                      "run saw, were learned since it.", commands=WORKER))
+    tune_min_interval: float = field(
+        default=3600.0,
+        metadata=_doc("Seconds from the end of a run before the next automatic one.",
+                      commands=WORKER))
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):
@@ -231,6 +246,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as ``SESSIONREC_*`` variables (what ``from_env`` reads back): how a
+        process hands its own settings to one it starts."""
+        return {ENV_PREFIX + f.name.upper(): (str(getattr(self, f.name)).lower()
+                                              if isinstance(getattr(self, f.name), bool)
+                                              else str(getattr(self, f.name)))
+                for f in fields(self)}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -282,8 +305,8 @@ def add_arguments(parser: argparse.ArgumentParser, *commands: str) -> None:
         group = groups[section]
         flag, help_text = "--" + f.name.replace("_", "-"), \
             f"{f.metadata['doc']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})"
-        if str(f.type) == "bool":
-            group.add_argument(flag, dest=f.name, action="store_const", const=True,
+        if str(f.type) == "bool":  # --flag and --no-flag: a default may be either
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         else:
             group.add_argument(flag, dest=f.name, type=_kind(f.type), default=None,
@@ -307,6 +330,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "before_weight", "position_decay", "idf_weight", "repeat_weight"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
+    "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval"),
 }
 """The settings by concern: the README's table and ``--help`` are grouped so."""
 assert sorted(n for names in SECTIONS.values() for n in names) == \

@@ -29,6 +29,23 @@ def _need_redis() -> None:
                     "'brew install redis'.", returncode=3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_automatic_tuning() -> Iterator[None]:
+    """Workers start tuning runs of their own (``--auto-tune``, on by default), which write the
+    model record and run a process beside a test: off, in this process' workers and in the
+    processes tests start, except where a test turns it on (tests/test_livetune.py)."""
+    from workers import consumer
+
+    saved, os.environ["SESSIONREC_AUTO_TUNE"] = os.environ.get("SESSIONREC_AUTO_TUNE"), "false"
+    every, consumer.AUTO_TUNE_CHECK = consumer.AUTO_TUNE_CHECK, float("inf")
+    yield
+    consumer.AUTO_TUNE_CHECK = every
+    if saved is None:
+        del os.environ["SESSIONREC_AUTO_TUNE"]
+    else:
+        os.environ["SESSIONREC_AUTO_TUNE"] = saved
+
+
 @pytest.fixture(scope="session")
 def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _need_redis()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -40,9 +41,10 @@ from service.core.layout import (
     session_hash,
 )
 from service.core.model import Event, apply_events, no_later_than, sessions_of
+from service.core.modelparams import ModelRecord, tuning_due
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
-from service.store import transport
+from service.store import transport, tuning
 from service.store.backends import UNAVAILABLE, connect, open_backend
 from service.store.keyspace import GROUP, Keys
 from service.store.scripts import Scripts
@@ -55,6 +57,9 @@ REDIS_DOWN = UNAVAILABLE
 TRIM_EVERY = 5.0
 SWEEP_STEP = 500
 """Fields of an item shard's names that one sweep step looks at (HSCAN's COUNT)."""
+
+AUTO_TUNE_CHECK = 30.0
+"""Seconds between a worker's checks whether an automatic tuning run is due (``--auto-tune``)."""
 
 
 class Conflict(Exception):
@@ -117,12 +122,14 @@ class Worker:
         self.owned: dict[int, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
         self.applied = 0
+        self.auto_tune_every = AUTO_TUNE_CHECK
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
         """Work until ``stop()``; survive Redis outages by backing off and resuming."""
         delay = 0.1
         last_trim = 0.0
+        last_tune_check = time.monotonic()  # the first check one period after the start
         grouped = False
         with contextlib.suppress(*REDIS_DOWN):  # checked again by the API's start
             await self.backend.check_memory_policy()
@@ -132,6 +139,10 @@ class Worker:
                     await ensure_groups(self.redis, self.keys)
                     grouped = True
                 await self.balance()
+                if self.settings.auto_tune and \
+                        time.monotonic() - last_tune_check > self.auto_tune_every:
+                    last_tune_check = time.monotonic()
+                    await self.maybe_tune()
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     await self.trim()
                     last_trim = time.monotonic()
@@ -146,6 +157,23 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    async def maybe_tune(self) -> None:
+        """Start an automatic tuning run when one is due (``core.modelparams.tuning_due``) and
+        none is running: whichever worker checks first takes the tuning lease."""
+        record = ModelRecord.from_fields(cast(dict[bytes, bytes],
+                                              await self.redis.hgetall(self.keys.model())))
+        sessions = int(await self.redis.hget(self.keys.meta(), "sessions") or 0)
+        last = json.loads(record.last_run) if record.last_run else None
+        if not tuning_due(sessions, last, time.time(),
+                          min_sessions=self.settings.tune_min_sessions,
+                          min_interval=self.settings.tune_min_interval):
+            return
+        run_id, started = await tuning.start_run(self.redis, self.scripts, self.keys,
+                                                 self.settings, "auto")
+        if started:
+            log.info("worker %s: tuning run %s started (%d sessions learned)", self.id,
+                     run_id, sessions)
 
     async def regroup(self) -> None:
         """After Redis lost its data: the consumer groups again (from the start of each new

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER, Recommender
 from service.core.modelparams import ModelRecord
 from service.core.scoring import Params
+from service.store import tuning
 from service.store.backends import REDIS_FAILURES
 from service.store.state import ModelContention, Store
 
@@ -26,15 +28,43 @@ MODEL_POLL = 1.0
 """Seconds between a serve process' reads of the record's version (one HGET)."""
 
 
-def model_body(record: ModelRecord, params: Params) -> dict[str, Any]:
+def model_body(record: ModelRecord, params: Params, running: str | None, auto: bool
+               ) -> dict[str, Any]:
     return {"version": record.version, "params": dataclasses.asdict(params),
-            "pinned": list(record.pinned), "tuned_at": record.tuned_at}
+            "pinned": list(record.pinned), "tuned_at": record.tuned_at,
+            "tuning": {"state": "running" if running else "idle", "run": running,
+                       "auto": auto,
+                       "last_run": json.loads(record.last_run) if record.last_run else None}}
+
+
+async def _running(store: Store) -> str | None:
+    return await tuning.running(store.redis, store.keys)
 
 
 async def get_model(request: web.Request) -> web.Response:
     """The record as Redis holds it now, over this process' flags."""
-    record = await request.app[STORE].model_record()
-    return json_response(model_body(record, record.params(request.app[RECOMMENDER].base)))
+    store = request.app[STORE]
+    record = await store.model_record()
+    return json_response(model_body(record, record.params(request.app[RECOMMENDER].base),
+                                    await _running(store), request.app[SETTINGS].auto_tune))
+
+
+async def start_tuning(request: web.Request) -> web.Response:
+    """Start a tuning run now (``sessionrec tune --apply``, a process of its own at a lowered
+    priority); 202 with its id, or the running run's id if one is running."""
+    settings = request.app[SETTINGS]
+    store = request.app[STORE]
+    if settings.redis_url.startswith("memory://"):
+        raise ApiError(409, "unsupported", "Tuning runs in a process of its own, which the "
+                                           "embedded default (memory://) cannot share; serve "
+                                           "with a Redis to tune.")
+    try:
+        run_id, _ = await tuning.start_run(store.redis, store.scripts, store.keys, settings,
+                                           "admin")
+    except OSError:
+        raise ApiError(503, "unavailable", "The tuning process could not be started; try "
+                                           "again.") from None
+    return json_response({"run": run_id}, status=202)
 
 
 async def put_model(request: web.Request) -> web.Response:
@@ -46,7 +76,8 @@ async def put_model(request: web.Request) -> web.Response:
                                     "it again.") from None
     recommender = request.app[RECOMMENDER]
     recommender.use(record)  # this process at once; the others at their next poll
-    return json_response(model_body(record, recommender.params))
+    return json_response(model_body(record, recommender.params, await _running(
+        request.app[STORE]), request.app[SETTINGS].auto_tune))
 
 
 async def follow_model(recommender: Recommender, store: Store,

@@ -170,11 +170,18 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "properties": properties}
 
     model = {"description": "The model record", "content": {"application/json": {"schema": {
-        "type": "object", "required": ["version", "params", "pinned", "tuned_at"],
+        "type": "object", "required": ["version", "params", "pinned", "tuned_at", "tuning"],
         "properties": {"version": {"type": "integer", "description": "0: never written"},
                        "params": model_params(), "pinned": {"type": "array", "items": {
                            "type": "string", "enum": list(LIMITS)}},
-                       "tuned_at": {"type": ["number", "null"]}}}}}}
+                       "tuned_at": {"type": ["number", "null"]},
+                       "tuning": {"type": "object", "required": ["state", "auto", "last_run"],
+                                  "properties": {
+                                      "state": {"type": "string",
+                                                "enum": ["idle", "running"]},
+                                      "run": {"type": ["string", "null"]},
+                                      "auto": {"type": "boolean"},
+                                      "last_run": {"type": ["object", "null"]}}}}}}}}
     operations: dict[str, dict[str, Any]] = {
             "/iid_recommend": {"post": {
                 "summary": "Recommend from the interactions the browser sends",
@@ -284,6 +291,15 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                     "example": {"params": {"neighbours": 100, "position_decay": 0.5},
                                 "pin": True}}}},
                 "responses": {"200": model, **admin_errors}}},
+            "/admin/tune": {"post": {
+                "summary": "Start a tuning run on the live state now",
+                "description": "A holdout of the most recently learned sessions, a search "
+                               "over the unpinned parameters, and a promotion only if the "
+                               "best beats the parameters in force; in a process of its own. "
+                               "202 with the run's id, or the running run's; GET /model "
+                               "reports it (tuning.state, tuning.last_run).",
+                "responses": {"202": done("Started", {"run": {"type": "string"}}),
+                              "409": _error(), **admin_errors}}},
             "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
                 "200": {"description": "Counters", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},

@@ -30,6 +30,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/items", catalog.post_items, ADMIN),
     Route("GET", "/model", model.get_model, PUBLIC),
     Route("PUT", "/admin/model", model.put_model, ADMIN),
+    Route("POST", "/admin/tune", model.start_tuning, ADMIN),
     Route("GET", "/stats", stats.stats, PUBLIC),
     Route("GET", "/healthz", stats.healthz),
     Route("GET", "/readyz", stats.readyz),

@@ -21,6 +21,10 @@ from service.core.scoring import Params
 
 Value = int | float
 
+TUNING_LEASE_MS = 30_000
+"""The tuning lease (one run at a time across every process): taken by whoever starts a run,
+renewed every third of it while the run lives, so a crashed run's lease lapses."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limit:
@@ -71,6 +75,7 @@ class ModelRecord:
     values: Mapping[str, Value] = dataclasses.field(default_factory=dict)
     pinned: tuple[str, ...] = ()
     tuned_at: float | None = None
+    last_run: str | None = None  # JSON: the last tuning run's record
 
     def params(self, base: Params) -> Params:
         """``base`` (a process' flags) with the record's values."""
@@ -85,14 +90,15 @@ class ModelRecord:
             pinned |= set(values)
         elif pin is False:
             pinned -= set(values)
-        return ModelRecord(self.version, {**self.values, **values}, tuple(sorted(pinned)),
-                           self.tuned_at)
+        return dataclasses.replace(self, values={**self.values, **values},
+                                   pinned=tuple(sorted(pinned)))
 
     def fields(self) -> dict[str, str]:
         """The record as its Redis hash's fields (the version is the script's)."""
         return {"values": json.dumps(dict(sorted(self.values.items()))),
                 "pinned": json.dumps(list(self.pinned)),
-                "tuned_at": "" if self.tuned_at is None else repr(self.tuned_at)}
+                "tuned_at": "" if self.tuned_at is None else repr(self.tuned_at),
+                "last_run": self.last_run or ""}
 
     @classmethod
     def from_fields(cls, fields: Mapping[bytes, bytes]) -> ModelRecord:
@@ -106,6 +112,22 @@ class ModelRecord:
             if checked is not None and not isinstance(checked, str):
                 values[name] = checked
         tuned = fields.get(b"tuned_at", b"")
+        last_run = fields.get(b"last_run", b"")
         return cls(int(fields.get(b"version", b"0")), values,
                    tuple(json.loads(fields.get(b"pinned", b"[]"))),
-                   float(tuned) if tuned else None)
+                   float(tuned) if tuned else None,
+                   last_run.decode() if last_run else None)
+
+
+def tuning_due(sessions_learned: int, last_run: Mapping[str, Any] | None, now: float, *,
+               min_sessions: int, min_interval: float) -> bool:
+    """Whether an automatic run should start: ``min_sessions`` new sessions learned since the
+    last run started, and a tenth more than it saw (a shop with a thousand sessions a day
+    tunes about every half day, one with a million about hourly, less often as its learned
+    state grows), and ``min_interval`` seconds since the last run ended."""
+    if last_run is None:
+        return sessions_learned >= min_sessions
+    seen = int(last_run.get("sessions_learned") or 0)
+    ended = last_run.get("finished_at") or last_run.get("started_at") or 0.0
+    return now - float(ended) >= min_interval and \
+        sessions_learned - seen >= max(min_sessions, seen // 10)

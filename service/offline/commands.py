@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import platform
@@ -121,9 +122,63 @@ def with_redis(settings: Settings, args: argparse.Namespace,
     return asyncio.run(main(settings))
 
 
+def live_tune_command(args: argparse.Namespace) -> int:
+    """``sessionrec tune --apply``: one run on the live state, under the tuning lease, at a
+    lowered priority (serving and learning keep the CPU they need)."""
+    import json
+    import uuid
+
+    from service.core.modelparams import TUNING_LEASE_MS
+    from service.core.scoring import Params
+    from service.offline.livetune import tune_live
+
+    settings = from_args(args)
+    if settings.redis_url.startswith("memory://"):
+        print("tune --apply needs a Redis (the embedded default lives in one process)",
+              file=sys.stderr)
+        return 2
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    run_id = args.run_id or uuid.uuid4().hex[:12]
+
+    async def main() -> int:
+        store = Store(settings)
+        lease = store.keys.tune_lease()
+        try:
+            # an API process that started this run took the lease in its name already
+            if not await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "take"):
+                holder = await store.redis.get(lease)
+                print(f"a tuning run is running already: {holder!r}", file=sys.stderr)
+                return 1
+
+            async def renew() -> None:
+                while True:
+                    await asyncio.sleep(TUNING_LEASE_MS / 3000)
+                    await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "renew")
+            renewing = asyncio.create_task(renew())
+            try:
+                run = await tune_live(store, Params.from_settings(settings),
+                                      trigger=args.trigger, run_id=run_id,
+                                      say=lambda line: print(line, file=sys.stderr))
+            finally:
+                renewing.cancel()
+                await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "release")
+            print(json.dumps(run))
+            return 0
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
 def tune_command(args: argparse.Namespace) -> int:
     from service.offline.tune import env_file, tune
 
+    if args.apply:
+        return live_tune_command(args)
+    if not args.train:
+        print("sessionrec tune: --train FILE is required (or --apply, to tune on the live "
+              "state)", file=sys.stderr)
+        return 2
     settings = from_args(args)
     train = read_log(args.train, args)
     params = [p.strip() for p in args.params.split(",")] if args.params else None

@@ -179,6 +179,10 @@ class Keys:
         (``core/modelparams.py``, written by ``lua/model.lua``)."""
         return f"{self.ns}:{{g}}:model"
 
+    def tune_lease(self) -> str:
+        """The tuning lease: the running run's id while one runs (one at a time)."""
+        return f"{self.ns}:{{g}}:tune:lease"
+
     def rate_bucket(self, client: str) -> str:
         """A client's token bucket; the client identity is hashed into its own tag."""
         digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()

@@ -421,6 +421,10 @@ class Store:
         fields = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.model()))
         return ModelRecord.from_fields(fields)
 
+    async def sessions_learned(self) -> int:
+        """Sessions the learned state has counted (what idf weighting divides)."""
+        return int(await self.redis.hget(self.keys.meta(), "sessions") or 0)
+
     async def model_version(self) -> int:
         """The record's version alone: what a serve process polls."""
         return int(await self.redis.hget(self.keys.model(), "version") or 0)

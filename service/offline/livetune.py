@@ -1,0 +1,261 @@
+"""Tuning on the live state (SPEC, "The model tunes itself to each shop's traffic"): a run
+takes the most recently learned sessions as a holdout, searches the scoring parameters on it,
+and promotes the best candidate into the shared model record only when it beats the
+parameters in force there.
+
+The holdout is honest. Each holdout session's prefixes predict its next item (HR@20 and
+MRR@20, as ``sessionrec eval``), scored only with what was learned before the session
+started: a neighbour index counts only entries older than the session's first event (the
+session itself excluded), and a neighbour's history only its events before that moment. So
+no holdout session is predicted from itself, from a session that began after it, or from a
+neighbour's later clicks. Item frequencies (idf) are today's: a global count, not one
+session's future. Trending completes answers whatever the parameters, so the runs compare the
+session-based part of the answer, the part the parameters decide.
+
+Offline tool: the serving path never imports it (``POST /admin/tune`` starts ``sessionrec
+tune --apply`` as a process of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from service.core import scoring
+from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
+from service.core.modelparams import LIMITS, ModelRecord, Value
+from service.core.scoring import Params
+from service.offline.tune import GRID
+from service.store.state import Store
+
+log = logging.getLogger("sessionrec.tune")
+
+HOLDOUT_SESSIONS = 1000
+"""Most recent sessions (of two events or more) a run holds out."""
+
+K = 20
+
+SEARCHED = tuple(name for name in GRID if name != "index_cap")
+"""The parameters a run searches: ``index_cap`` is the stored indexes' size, a state
+parameter (``sessionrec tune`` on a log rebuilds the state for it; a live run cannot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldoutSession:
+    session: int
+    items: list[bytes]  # item hashes, oldest first
+    times: list[float]  # seconds
+    start: int  # time key of its first event: what its neighbours must precede
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    hr_at_20: float
+    mrr_at_20: float
+
+    @property
+    def objective(self) -> float:
+        """HR alone rewards long tails, MRR alone the head: the sum, as ``sessionrec tune``."""
+        return self.hr_at_20 + self.mrr_at_20
+
+
+async def recent_sessions(store: Store, wanted: int = HOLDOUT_SESSIONS
+                          ) -> list[HoldoutSession]:
+    """The ``wanted`` learned sessions that started last, among those with two events or
+    more (a history key per session: one SCAN over them, their blobs read in batches)."""
+    newest: list[tuple[int, int, bytes]] = []  # a min-heap of (start, session, blob)
+    batch: list[tuple[int, str]] = []
+
+    async def read(keys: list[tuple[int, str]]) -> None:
+        blobs = await store.mget([key for _, key in keys])
+        for (session, _), blob in zip(keys, blobs, strict=True):
+            if blob is None or len(blob) < 2 * ENTRY_BYTES:
+                continue
+            start = int(np.frombuffer(blob[:ENTRY_BYTES], HISTORY_DTYPE)["t"][0])
+            entry = (start, session, blob)
+            if len(newest) < wanted:
+                heapq.heappush(newest, entry)
+            elif entry > newest[0]:
+                heapq.heapreplace(newest, entry)
+
+    for prefix in store.keys.history_prefixes():
+        async for key in store.redis.scan_iter(match=prefix + "*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            batch.append((int.from_bytes(bytes.fromhex(name[len(prefix):]), "little"), name))
+            if len(batch) >= 500:
+                await read(batch)
+                batch = []
+    if batch:
+        await read(batch)
+    out = []
+    for start, session, blob in sorted(newest):
+        entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], HISTORY_DTYPE)
+        out.append(HoldoutSession(session, [int(i).to_bytes(8, "little") for i in entries["i"]],
+                                  (entries["t"] / 1e6).tolist(), start))
+    return out
+
+
+def before(blob: bytes | None, start: int, dtype: np.dtype[Any]) -> bytes | None:
+    """The entries of an index or a history blob older than ``start``, in their order (a
+    mask, not a cut: the run must not depend on a blob being in time order to be honest)."""
+    if not blob:
+        return blob
+    entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], dtype)
+    return entries[entries["t"] < start].tobytes()
+
+
+class Holdout:
+    """The holdout sessions and what scoring them reads, read once and kept for the run."""
+
+    def __init__(self, store: Store, sessions: Sequence[HoldoutSession]) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.indexes: dict[bytes, bytes | None] = {}
+        self.histories: dict[int, bytes | None] = {}
+
+    @property
+    def predictions(self) -> int:
+        return sum(len(s.items) - 1 for s in self.sessions)
+
+    async def load_indexes(self) -> None:
+        items = sorted({i for s in self.sessions for i in s.items} - set(self.indexes))
+        for start in range(0, len(items), 1000):
+            chunk = items[start:start + 1000]
+            blobs = await self.store.indexes(scoring.as_u64(chunk))
+            self.indexes.update(zip(chunk, blobs, strict=True))
+
+    async def _histories(self, sessions: scoring.U64) -> list[bytes | None]:
+        missing = [s for s in sessions.tolist() if s not in self.histories]
+        if missing:
+            wanted = np.array(missing, np.uint64)
+            blobs = await self.store.histories(wanted)
+            self.histories.update(zip(missing, blobs, strict=True))
+        return [self.histories[s] for s in sessions.tolist()]
+
+    async def score(self, params: Params) -> Score:
+        """HR@20 and MRR@20 of ``params`` over every prefix of every holdout session."""
+        ranks: list[int] = []
+        for held in self.sessions:
+            for cut in range(1, len(held.items)):
+                query = scoring.build_query(held.items[:cut], held.times[:cut], [1.0] * cut,
+                                            params)
+                blobs = [before(self.indexes.get(scoring.to_hash(i)), held.start,
+                                INDEX_DTYPE) for i in query.items.tolist()]
+                sessions, similarity = scoring.neighbours(query, blobs, params, held.session)
+                target = int.from_bytes(held.items[cut], "little")
+                if not len(sessions):
+                    ranks.append(0)
+                    continue
+                histories = [before(h, held.start, HISTORY_DTYPE)
+                             for h in await self._histories(sessions)]
+                candidates, scores = scoring.score(query, histories, similarity, params)
+                df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
+                    else (np.zeros(0), 0.0)
+                best, _ = scoring.rank(candidates, scores, df, n_sessions, query, params, True,
+                                       np.zeros(0, np.uint64), K)
+                found = np.flatnonzero(best == np.uint64(target))
+                ranks.append(int(found[0]) + 1 if len(found) else 0)
+        r = np.asarray(ranks)
+        hit = r > 0
+        return Score(float(hit.mean()) if len(r) else 0.0,
+                     float(np.where(hit, 1.0 / np.maximum(r, 1), 0.0).mean()) if len(r)
+                     else 0.0)
+
+
+@dataclass
+class Search:
+    """Coordinate ascent from the parameters in force over each unpinned parameter's grid,
+    as ``sessionrec tune`` searches a log (the same grid)."""
+
+    holdout: Holdout
+    pinned: Sequence[str]
+    rounds: int = 2
+    log: Callable[[str], None] = log.info
+    trials: int = 0
+
+    async def run(self, current: Params) -> tuple[Score, Params, Score]:
+        """The current parameters' score, the best parameters found, and their score."""
+        cache: dict[Params, Score] = {}
+
+        async def score(params: Params) -> Score:
+            if params not in cache:
+                cache[params] = await self.holdout.score(params)
+                self.trials += 1
+            return cache[params]
+
+        now = best_score = await score(current)
+        best = current
+        names = [n for n in SEARCHED if n not in self.pinned]
+        for _ in range(self.rounds):
+            improved = False
+            for name in names:
+                for value in GRID[name]:
+                    checked = LIMITS[name].check(value)
+                    assert not isinstance(checked, str)
+                    candidate = dataclasses.replace(best, **cast(dict[str, Any],
+                                                                 {name: checked}))
+                    got = await score(candidate)
+                    if got.objective > best_score.objective + 1e-9:
+                        best, best_score, improved = candidate, got, True
+                        self.log(f"better: {name}={checked} -> HR@20 {got.hr_at_20:.4f}, "
+                                 f"MRR@20 {got.mrr_at_20:.4f}")
+            if not improved:
+                break
+        return now, best, best_score
+
+
+def changed_values(current: Params, best: Params) -> dict[str, Value]:
+    return {f.name: getattr(best, f.name) for f in dataclasses.fields(Params)
+            if getattr(best, f.name) != getattr(current, f.name)}
+
+
+async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | None = None,
+                    holdout_sessions: int = HOLDOUT_SESSIONS, rounds: int = 2,
+                    say: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """One run: holdout, search, promotion if better; the run's record (also in the model
+    record as ``last_run``). The caller holds the tuning lease."""
+    run_id = run_id or uuid.uuid4().hex[:12]
+    started = time.time()
+    run: dict[str, Any] = {"id": run_id, "trigger": trigger, "started_at": started,
+                           "finished_at": None,
+                           "sessions_learned": await store.sessions_learned()}
+    # recorded as it starts: a run that dies still delays the next automatic one
+    record = await store.update_model(
+        lambda old: dataclasses.replace(old, last_run=json.dumps(run)))
+    held = await recent_sessions(store, holdout_sessions)
+    holdout = Holdout(store, held)
+    await holdout.load_indexes()
+    say(f"run {run_id}: {len(held)} holdout sessions, {holdout.predictions} predictions")
+    current = record.params(base)
+    now, best, best_score = await Search(holdout, record.pinned, rounds, say).run(current)
+    values = changed_values(current, best)
+    promote = bool(held) and best_score.objective > now.objective + 1e-9 and bool(values)
+    run.update({"holdout_sessions": len(held),
+                "current": {"hr_at_20": now.hr_at_20, "mrr_at_20": now.mrr_at_20},
+                "best": {"hr_at_20": best_score.hr_at_20, "mrr_at_20": best_score.mrr_at_20,
+                         "params": dataclasses.asdict(best)},
+                "promoted": promote})
+
+    def finish(old: ModelRecord) -> ModelRecord:
+        finished = run["finished_at"] = time.time()
+        if not promote:
+            return dataclasses.replace(old, last_run=json.dumps(run))
+        # values pinned since the run read the record stay as the operator set them
+        kept = {name: value for name, value in values.items() if name not in old.pinned}
+        return dataclasses.replace(old, values={**old.values, **kept}, tuned_at=finished,
+                                   last_run=json.dumps(run))
+
+    await store.update_model(finish)
+    say(f"run {run_id}: current HR@20 {now.hr_at_20:.4f} MRR@20 {now.mrr_at_20:.4f}; best "
+        f"{best_score.hr_at_20:.4f} / {best_score.mrr_at_20:.4f}; "
+        + (f"promoted {values}" if promote else "not promoted"))
+    return run

@@ -1,0 +1,49 @@
+"""Starting a tuning run: the tuning lease taken in the new run's name, then ``sessionrec tune
+--apply`` as a process of its own (it renews the lease, lowers its own priority and releases
+the lease when done). The API (``POST /admin/tune``) and the workers (automatic runs) start
+runs so; neither imports the tuning code, which is an offline tool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+
+from service.core.modelparams import TUNING_LEASE_MS
+from service.settings import Settings
+from service.store.keyspace import Keys
+from service.store.scripts import Scripts
+
+_REAPERS: set[asyncio.Task[int]] = set()
+"""One task per started process, waiting for it to end (no zombies)."""
+
+
+async def running(client: object, keys: Keys) -> str | None:
+    """The id of the run holding the tuning lease, if one does."""
+    holder = await client.get(keys.tune_lease())  # type: ignore[attr-defined]
+    return holder.decode() if isinstance(holder, bytes) else holder
+
+
+async def start_run(client: object, scripts: Scripts, keys: Keys, settings: Settings,
+                    trigger: str) -> tuple[str | None, bool]:
+    """The run's id and True when this call started it; the running run's id (None if it
+    ended meanwhile) and False when one holds the lease."""
+    run_id = uuid.uuid4().hex[:12]
+    lease = keys.tune_lease()
+    # in the run's name before its process starts: callers meanwhile see it running
+    if not await scripts.lease(lease, run_id, TUNING_LEASE_MS, "take"):
+        return await running(client, keys), False
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "--log-level", "WARNING", "tune", "--apply",
+            "--run-id", run_id, "--trigger", trigger,
+            env={**os.environ, **settings.to_env()},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        await scripts.lease(lease, run_id, TUNING_LEASE_MS, "release")
+        raise
+    reaper = asyncio.create_task(process.wait())
+    _REAPERS.add(reaper)
+    reaper.add_done_callback(_REAPERS.discard)
+    return run_id, True

@@ -1,0 +1,227 @@
+"""Tuning on the live state, against a real Redis (standalone and cluster): the holdout is
+honest (no session is predicted from itself or from one that started after it), a run
+promotes only a better candidate and never changes a pinned value, and a run starts from
+the command line or from POST /admin/tune, one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from service.api.app import create_app
+from service.core.modelparams import tuning_due
+from service.core.scoring import Params
+from service.offline.livetune import Holdout, recent_sessions, tune_live
+from service.settings import Settings
+from service.store.state import Store
+from tests.conftest import Client
+from tests.helpers import drain
+from workers.consumer import Worker
+
+SECRET = "sk_test_tune"
+
+
+async def learn(client: Client, settings: Settings,
+                sessions: Sequence[tuple[str, float, list[str]]]) -> None:
+    """Sessions as (id, start time, items), one event a second."""
+    events = [{"session_id": sid, "item_id": item, "timestamp": start + n}
+              for sid, start, items in sessions for n, item in enumerate(items)]
+    for at in range(0, len(events), 500):
+        assert (await client.post("/events", json={"events": events[at:at + 500]})).status == 202
+    await drain(settings)
+
+
+@pytest.fixture
+async def shop(aiohttp_client: Any, settings: Settings) -> Client:
+    client: Client = await aiohttp_client(create_app(settings.replace(secret_keys=SECRET)),
+                                          headers={"X-API-Key": SECRET})
+    return client
+
+
+async def test_the_holdout_sees_only_sessions_that_started_before(
+        shop: Client, settings: Settings) -> None:
+    """H and F both go a -> z, F after H. H's prefix may use neither F (later) nor itself:
+    a miss. F's may use H: a hit. An earlier session E makes H's a hit too."""
+    await learn(shop, settings, [("H", 3000, ["a", "z"]), ("F", 4000, ["a", "z"])])
+    store = Store(settings)
+    try:
+        held = await recent_sessions(store, 2)
+        assert [h.start for h in held] == [3000 * 10**6, 4000 * 10**6]  # oldest first
+        holdout = Holdout(store, held)
+        await holdout.load_indexes()
+        got = await holdout.score(Params())
+        # F's hit is second: as in `sessionrec eval`, seen items may come back, and a comes
+        # back first (repeat_weight)
+        assert (got.hr_at_20, got.mrr_at_20) == (0.5, 0.25)
+        await learn(shop, settings, [("E", 1000, ["a", "z"])])
+        again = Holdout(store, await recent_sessions(store, 2))  # still H and F
+        await again.load_indexes()
+        assert (await again.score(Params())).hr_at_20 == 1.0
+    finally:
+        await store.close()
+
+
+def hub_sessions() -> list[tuple[str, int, list[str]]]:
+    """x is followed by y, but a hub h sits in every session: without idf weighting h
+    outranks y after x; the holdout (the newest sessions) goes x -> y."""
+    learned = [(f"xh{n}", 1000 + 10 * n, ["x", "h"]) for n in range(30)]
+    learned += [(f"xhy{n}", 1400 + 10 * n, ["x", "h", "y"]) for n in range(15)]
+    learned += [(f"hw{n}", 1700 + 10 * n, ["h", f"w{n}"]) for n in range(30)]
+    return learned + [(f"new{n}", 5000 + 10 * n, ["x", "y"]) for n in range(5)]
+
+
+async def test_a_run_promotes_a_better_candidate_and_records_itself(
+        shop: Client, settings: Settings) -> None:
+    await learn(shop, settings, hub_sessions())
+    assert (await shop.put("/admin/model", json={"params": {"idf_weight": 0}})).status == 200
+    store = Store(settings)
+    try:
+        run = await tune_live(store, Params.from_settings(settings), trigger="cli",
+                              holdout_sessions=5)
+    finally:
+        await store.close()
+    assert run["holdout_sessions"] == 5 and run["promoted"] is True
+    assert run["best"]["mrr_at_20"] > run["current"]["mrr_at_20"]
+    model = await (await shop.get("/model")).json()
+    # the hand-made change, then the run's two writes: as it starts, and its result
+    assert model["version"] == 3 and model["params"]["idf_weight"] > 0
+    assert model["params"] == run["best"]["params"] and model["tuned_at"] is not None
+    assert model["tuning"]["last_run"] == run and model["tuning"]["state"] == "idle"
+
+
+async def test_a_run_never_changes_a_pinned_value_nor_promotes_a_worse_one(
+        shop: Client, settings: Settings) -> None:
+    await learn(shop, settings, hub_sessions())
+    assert (await shop.put("/admin/model", json={"params": {"idf_weight": 0},
+                                                 "pin": True})).status == 200
+    store = Store(settings)
+    try:
+        first = await tune_live(store, Params.from_settings(settings), trigger="cli",
+                                holdout_sessions=5)
+        assert first["best"]["params"]["idf_weight"] == 0.0  # not searched
+        # the second run starts from the first one's promotion (if any): nothing better
+        second = await tune_live(store, Params.from_settings(settings), trigger="cli",
+                                 holdout_sessions=5)
+    finally:
+        await store.close()
+    assert second["promoted"] is False
+    assert second["best"]["mrr_at_20"] == second["current"]["mrr_at_20"]
+    model = await (await shop.get("/model")).json()
+    assert model["params"]["idf_weight"] == 0.0 and model["pinned"] == ["idf_weight"]
+    assert model["version"] == 1 + 2 + 2  # each run is recorded, promoted or not
+    assert model["tuning"]["last_run"]["id"] == second["id"]
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                           "tune", *args], env={**os.environ, **settings.to_env()},
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_sessionrec_tune_apply_runs_once_under_the_lease(
+        shop: Client, settings: Settings) -> None:
+    await learn(shop, settings, hub_sessions())
+    store = Store(settings)
+    try:
+        assert await store.scripts.lease(store.keys.tune_lease(), "another", 30_000, "take")
+        busy = await asyncio.to_thread(cli, settings, "--apply")
+        assert busy.returncode == 1 and "running already" in busy.stderr
+        await store.scripts.lease(store.keys.tune_lease(), "another", 30_000, "release")
+        done = await asyncio.to_thread(cli, settings, "--apply")
+        assert done.returncode == 0, done.stderr
+        run = json.loads(done.stdout)
+        assert run["trigger"] == "cli" and run["holdout_sessions"] > 0
+        assert await store.redis.get(store.keys.tune_lease()) is None  # released
+    finally:
+        await store.close()
+    model = await (await shop.get("/model")).json()
+    assert model["tuning"]["last_run"]["id"] == run["id"]
+    assert (await asyncio.to_thread(cli, settings)).returncode == 2  # neither --train nor --apply
+
+
+async def test_post_admin_tune_starts_one_run_and_get_model_follows_it(
+        shop: Client, settings: Settings) -> None:
+    await learn(shop, settings, hub_sessions())
+    first = await shop.post("/admin/tune")
+    assert first.status == 202
+    run_id = (await first.json())["run"]
+    again = await shop.post("/admin/tune")  # the lease is the run's before its process runs
+    assert again.status == 202 and (await again.json())["run"] == run_id
+    started = time.monotonic()
+    while True:
+        model = await (await shop.get("/model")).json()
+        last = model["tuning"]["last_run"]
+        if last is not None and last["id"] == run_id and model["tuning"]["state"] == "idle":
+            break
+        assert time.monotonic() - started < 60, model
+        await asyncio.sleep(0.2)
+    assert last["trigger"] == "admin" and last["finished_at"] >= last["started_at"]
+    assert set(last) >= {"current", "best", "promoted", "holdout_sessions"}
+
+
+async def test_tuning_needs_the_secret_key_and_a_redis(aiohttp_client: Any,
+                                                       settings: Settings) -> None:
+    keyed = settings.replace(secret_keys=SECRET, publishable_keys="pk_test_tune")
+    public: Client = await aiohttp_client(create_app(keyed),
+                                          headers={"X-API-Key": "pk_test_tune"})
+    assert (await public.post("/admin/tune")).status == 403
+    embedded: Client = await aiohttp_client(
+        create_app(dataclasses.replace(keyed, redis_url="memory://")),
+        headers={"X-API-Key": SECRET})
+    refused = await embedded.post("/admin/tune")
+    assert refused.status == 409 and "memory://" in (await refused.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(("sessions", "last", "now", "due"), [
+    (499, None, 0.0, False), (500, None, 0.0, True),
+    (1000, {"sessions_learned": 400, "finished_at": 100.0}, 100.0 + 3599, False),
+    (1000, {"sessions_learned": 400, "finished_at": 100.0}, 100.0 + 3600, True),
+    (899, {"sessions_learned": 400, "finished_at": 100.0}, 10_000.0, False),
+    # a large state needs a tenth more than it had
+    (10_500, {"sessions_learned": 10_000, "finished_at": 0.0}, 10_000.0, False),
+    (11_000, {"sessions_learned": 10_000, "finished_at": 0.0}, 10_000.0, True),
+    # a run that died (never finished) counts from its start
+    (2000, {"sessions_learned": 400, "started_at": 9000.0, "finished_at": None}, 10_000.0,
+     False)])
+def test_an_automatic_run_is_due_after_enough_new_sessions_and_time(
+        sessions: int, last: dict[str, Any] | None, now: float, due: bool) -> None:
+    assert tuning_due(sessions, last, now, min_sessions=500, min_interval=3600) is due
+
+
+async def test_workers_start_one_automatic_run_when_one_is_due(
+        shop: Client, settings: Settings) -> None:
+    await learn(shop, settings, hub_sessions())
+    auto = settings.replace(auto_tune=True, tune_min_sessions=20, tune_min_interval=0)
+    workers = [Worker(auto, worker_id=f"tuner{n}") for n in range(2)]
+    for worker in workers:
+        worker.auto_tune_every = 0.1
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        started = time.monotonic()
+        while True:
+            model = await (await shop.get("/model")).json()
+            last = model["tuning"]["last_run"]
+            if last is not None and last["finished_at"] is not None:
+                break
+            assert time.monotonic() - started < 60, model
+            await asyncio.sleep(0.2)
+        assert last["trigger"] == "auto" and last["sessions_learned"] == len(hub_sessions())
+        await asyncio.sleep(1.0)  # both workers check ten times more: nothing new is learned
+        again = await (await shop.get("/model")).json()
+        assert again["tuning"]["last_run"]["id"] == last["id"]
+        assert again["tuning"]["state"] == "idle"
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks)
+        for w in workers:
+            await w.redis.aclose()
