@@ -3,7 +3,7 @@
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
-        |flood|silent|rules|catalog --data DIR
+        |flood|silent|rules|catalog|tune --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -879,6 +879,25 @@ def bench_catalog(settings: Settings, records: int = 100_000) -> dict[str, Any]:
     return {"records": records, "seconds": elapsed, "records/s": records / elapsed}
 
 
+def bench_tune(settings: Settings) -> dict[str, Any]:
+    """``sessionrec tune --apply`` on the DIGINETICA state, as a user (or a worker) starts it:
+    a fresh process, from the default parameters."""
+    env = {**os.environ, **settings.to_env()}
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "tune",
+                          "--apply"], env=env, check=True, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    run = json.loads(out.stdout)
+    return {"seconds": elapsed, "sessions learned": run["sessions_learned"],
+            "holdout sessions": run["holdout_sessions"], "predictions": run["predictions"],
+            "candidates scored": run["candidates"],
+            "HR@20 / MRR@20 in force": f"{run['current']['hr_at_20']:.4f} / "
+                                       f"{run['current']['mrr_at_20']:.4f}",
+            "HR@20 / MRR@20 best": f"{run['best']['hr_at_20']:.4f} / "
+                                   f"{run['best']['mrr_at_20']:.4f}",
+            "promoted": run["promoted"]}
+
+
 def table(title: str, figures: dict[str, Any]) -> str:
     rows = [f"| {k} | {v:,.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in figures.items()]
@@ -899,7 +918,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
-                                         "silent", "rules", "catalog", "all"))
+                                         "silent", "rules", "catalog", "tune", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -908,7 +927,7 @@ def main() -> None:
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
-              "flood", "silent", "rules", "catalog") \
+              "flood", "silent", "rules", "catalog", "tune") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -917,7 +936,8 @@ def main() -> None:
                     f"Command: `{command}`\n")
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
-        if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules"}:
+        if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules",
+                          "tune"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -961,6 +981,9 @@ def main() -> None:
                 figures = bench_rules(settings, args.data, args.seconds, args.rounds, args.rate)
                 title = ("POST /iid_recommend with a one-category filter and 20 excluded ids "
                          "against the same requests without rules, wrk -t1 -c32")
+            elif what == "tune":
+                figures = bench_tune(settings)
+                title = "sessionrec tune --apply on the DIGINETICA state (906,140 events)"
             elif what == "catalog":
                 figures = bench_catalog(settings)
                 title = "sessionrec catalog, 100,000 JSON lines records"

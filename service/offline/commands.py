@@ -20,9 +20,10 @@ import numpy as np
 from service.offline import catalog, clicklog
 from service.offline.clicklog import ClickLog
 from service.offline.evaluate import Result, align_times, chart, evaluate, report, summarise
-from service.offline.loader import bulk_store, load
+from service.offline.loader import BULK_TIMEOUT, bulk_store, load
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings, from_args
+from service.store.backends import REDIS_FAILURES
 from service.store.state import Store
 
 T = TypeVar("T")
@@ -142,7 +143,8 @@ def live_tune_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or uuid.uuid4().hex[:12]
 
     async def main() -> int:
-        store = Store(settings)
+        # an offline process: a slow reply on a busy Redis is waited for, not a failed run
+        store = Store(settings.replace(redis_timeout=max(settings.redis_timeout, BULK_TIMEOUT)))
         lease = store.keys.tune_lease()
         try:
             # an API process that started this run took the lease in its name already
@@ -154,7 +156,10 @@ def live_tune_command(args: argparse.Namespace) -> int:
             async def renew() -> None:
                 while True:
                     await asyncio.sleep(TUNING_LEASE_MS / 3000)
-                    await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "renew")
+                    try:
+                        await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "renew")
+                    except REDIS_FAILURES as exc:  # the next renewal, a third later, may do
+                        print(f"tuning lease not renewed: {exc}", file=sys.stderr)
             renewing = asyncio.create_task(renew())
             try:
                 run = await tune_live(store, Params.from_settings(settings),
@@ -162,6 +167,8 @@ def live_tune_command(args: argparse.Namespace) -> int:
                                       say=lambda line: print(line, file=sys.stderr))
             finally:
                 renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
                 await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "release")
             print(json.dumps(run))
             return 0

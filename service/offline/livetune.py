@@ -18,6 +18,7 @@ tune --apply`` as a process of its own).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import heapq
 import json
@@ -39,7 +40,7 @@ from service.store.state import Store
 
 log = logging.getLogger("sessionrec.tune")
 
-HOLDOUT_SESSIONS = 1000
+HOLDOUT_SESSIONS = 3000
 """Most recent sessions (of two events or more) a run holds out."""
 
 K = 20
@@ -145,6 +146,7 @@ class Holdout:
         """HR@20 and MRR@20 of ``params`` over every prefix of every holdout session."""
         ranks: list[int] = []
         for held in self.sessions:
+            await asyncio.sleep(0)  # the lease's renewals run between sessions
             for cut in range(1, len(held.items)):
                 query = scoring.build_query(held.items[:cut], held.times[:cut], [1.0] * cut,
                                             params)
@@ -236,10 +238,12 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     await holdout.load_indexes()
     say(f"run {run_id}: {len(held)} holdout sessions, {holdout.predictions} predictions")
     current = record.params(base)
-    now, best, best_score = await Search(holdout, record.pinned, rounds, say).run(current)
+    search = Search(holdout, record.pinned, rounds, say)
+    now, best, best_score = await search.run(current)
     values = changed_values(current, best)
     promote = bool(held) and best_score.objective > now.objective + 1e-9 and bool(values)
-    run.update({"holdout_sessions": len(held),
+    run.update({"holdout_sessions": len(held), "predictions": holdout.predictions,
+                "candidates": search.trials,
                 "current": {"hr_at_20": now.hr_at_20, "mrr_at_20": now.mrr_at_20},
                 "best": {"hr_at_20": best_score.hr_at_20, "mrr_at_20": best_score.mrr_at_20,
                          "params": dataclasses.asdict(best)},
