@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate only the first N predictions")
     evaluate.add_argument("--no-http", dest="http", action="store_false",
                           help="call the serving code directly instead of through HTTP")
+    evaluate.add_argument("--self-tune", action="store_true",
+                          help="sessionrec through HTTP only: the training log sent with POST "
+                               "/events, one tuning run (POST /admin/tune, GET /model to its "
+                               "end), then the test through POST /iid_recommend")
     evaluate.add_argument("--out", default=None,
                           help="write the Markdown report and PNG chart with this path prefix")
     evaluate.add_argument("--title", default=None, help="report title")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,12 +16,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.api.app import create_app
 from service.core.modelparams import tuning_due
 from service.core.scoring import Params
-from service.offline.livetune import Holdout, recent_sessions, tune_live
+from service.offline.livetune import PROMOTION_Z, Holdout, Score, gain, recent_sessions, tune_live
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
@@ -225,3 +227,16 @@ async def test_workers_start_one_automatic_run_when_one_is_due(
         await asyncio.gather(*tasks)
         for w in workers:
             await w.redis.aclose()
+
+
+def test_a_gain_within_the_noise_of_the_holdout_is_not_enough() -> None:
+    """Paired per prediction: a mean gain that a few predictions going either way explain is
+    not a promotion; the same mean gain on every prediction is."""
+    current = Score(0.5, 0.2, np.array([1.0, 0.0, 1.5, 0.0, 1.0, 0.5]))
+    noisy = Score(0.6, 0.2, current.each + np.array([1.0, -1.0, 1.0, -1.0, 1.0, 0.2]))
+    mean, error = gain(noisy, current)
+    assert mean > 0 and not mean > PROMOTION_Z * error
+    steady = Score(0.6, 0.2, current.each + 0.2)
+    mean, error = gain(steady, current)
+    assert mean > PROMOTION_Z * error
+    assert gain(Score(1, 1, np.ones(1)), Score(0, 0, np.zeros(1))) == (0.0, math.inf)

@@ -109,7 +109,7 @@ def _run(settings: Settings, train: ClickLog, test: ClickLog, models: list[str],
          protocol: str, args: argparse.Namespace) -> dict[str, Result]:
     async def main(s: Settings) -> dict[str, Result]:
         return dict(await evaluate(s, train, test, models, protocol, http=args.http,
-                                   limit=args.limit))
+                                   limit=args.limit, self_tune=args.self_tune))
     return with_redis(settings, args, main)
 
 

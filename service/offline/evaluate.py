@@ -31,6 +31,7 @@ import numpy.typing as npt
 from aiohttp import web
 
 from service.api.app import create_app
+from service.api.model import MODEL_POLL
 from service.api.recommend import Recommender
 from service.core.model import Event
 from service.offline.baselines import BASELINES, Baseline
@@ -212,6 +213,66 @@ class ServedModel:
         await self.store.close()
 
 
+class SelfTunedModel(ServedModel):
+    """sessionrec as a new user runs it, through HTTP only: the training log sent with POST
+    /events (a worker applying it), one tuning run started with POST /admin/tune and
+    followed with GET /model to its end, then every prediction with POST /iid_recommend."""
+
+    name = "sessionrec (self-tuned)"
+    SECRET = "sk_eval_self_tune"
+
+    def __init__(self, settings: Settings) -> None:
+        # the run this protocol starts is the only one: no automatic run on half the log
+        super().__init__(settings.replace(secret_keys=self.SECRET, auto_tune=False), True)
+        self.run: dict[str, Any] | None = None
+
+    async def learn_train(self, train: ClickLog) -> None:
+        await self.store.prepare()
+        port = free_port()
+        self.runner = web.AppRunner(create_app(self.settings, self.store), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = aiohttp.ClientSession(headers={"X-API-Key": self.SECRET})
+        self.worker = Worker(self.settings, worker_id="eval")
+        self.worker_task = asyncio.create_task(self.worker.run())
+        batch: list[dict[str, Any]] = []
+        for event in train.events():
+            batch.append({"session_id": event.session_id, "item_id": event.item_id,
+                          "timestamp": event.timestamp})
+            if len(batch) == self.settings.max_batch:
+                await self._post("/events", {"events": batch}, 202)
+                batch = []
+        if batch:
+            await self._post("/events", {"events": batch}, 202)
+        while (await self._get("/stats"))["pending"]:
+            await asyncio.sleep(0.2)
+        run_id = (await self._post("/admin/tune", None, 202))["run"]
+        while True:
+            model = await self._get("/model")
+            last = model["tuning"]["last_run"]
+            if last is not None and last["id"] == run_id and last["finished_at"] is not None:
+                break
+            await asyncio.sleep(1.0)
+        self.run = last
+        # the serving process follows the record within a second
+        await asyncio.sleep(2 * MODEL_POLL)
+
+    async def _post(self, path: str, body: Any, status: int) -> Any:
+        assert self.session is not None
+        async with self.session.post(self.base + path, json=body) as resp:
+            answer = await resp.json()
+            assert resp.status == status, answer
+            return answer
+
+    async def _get(self, path: str) -> Any:
+        assert self.session is not None
+        async with self.session.get(self.base + path) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+            return answer
+
+
 def _quote(value: str) -> str:
     from urllib.parse import quote
     return quote(value, safe="")
@@ -328,11 +389,12 @@ def train_popularity(train: ClickLog) -> Counter[str]:
     return Counter(train.items.tolist())
 
 
-def make_models(names: Sequence[str], settings: Settings, http: bool) -> list[Model]:
+def make_models(names: Sequence[str], settings: Settings, http: bool,
+                self_tune: bool = False) -> list[Model]:
     models: list[Model] = []
     for name in names:
         if name == "sessionrec":
-            models.append(ServedModel(settings, http))
+            models.append(SelfTunedModel(settings) if self_tune else ServedModel(settings, http))
         elif name in BASELINES:
             models.append(BaselineModel(BASELINES[name]()))
         else:
@@ -343,13 +405,14 @@ def make_models(names: Sequence[str], settings: Settings, http: bool) -> list[Mo
 
 async def evaluate(settings: Settings, train: ClickLog, test: ClickLog, models: Sequence[str],
                    protocol: str, *, http: bool = True, limit: int | None = None,
-                   k: int = 20, progress: bool | None = None) -> dict[str, Result]:
+                   k: int = 20, progress: bool | None = None,
+                   self_tune: bool = False) -> dict[str, Result]:
     runner = run_static if protocol == "static" else run_streaming
     out = {}
-    for n, model in enumerate(make_models(models, settings, http)):
+    for n, model in enumerate(make_models(models, settings, http, self_tune)):
         if isinstance(model, ServedModel):
-            model = ServedModel(settings.replace(namespace=f"{settings.namespace}-{protocol}"
-                                                           f"{n}"), http)
+            own = settings.replace(namespace=f"{settings.namespace}-{protocol}{n}")
+            model = SelfTunedModel(own) if self_tune else ServedModel(own, http)
         try:
             out[model.name] = await runner(model, train, test, k, limit, progress)
         finally:
