@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,19 +40,32 @@ async def wait_drained(store: Store, timeout: float = 30.0) -> dict[str, int]:
         await asyncio.sleep(0.02)
 
 
-async def drain(settings: Settings, workers: int = 1) -> dict[str, int]:
-    """Run ``workers`` in-process workers until every accepted event is applied."""
-    store = Store(settings)
-    ws = [Worker(settings, worker_id=f"w{n}") for n in range(workers)]
+@asynccontextmanager
+async def running_workers(settings: Settings, count: int = 1,
+                          auto_tune_every: float | None = None) -> AsyncIterator[list[Worker]]:
+    """``count`` in-process workers running for the block, stopped and closed after it."""
+    ws = [Worker(settings, worker_id=f"w{n}") for n in range(count)]
+    if auto_tune_every is not None:
+        for w in ws:
+            w.auto_tune_every = auto_tune_every
     tasks = [asyncio.create_task(w.run()) for w in ws]
     try:
-        return await wait_drained(store)
+        yield ws
     finally:
         for w in ws:
             w.stop()
         await asyncio.gather(*tasks)
         for w in ws:
             await w.redis.aclose()
+
+
+async def drain(settings: Settings, workers: int = 1) -> dict[str, int]:
+    """Run ``workers`` in-process workers until every accepted event is applied."""
+    store = Store(settings)
+    try:
+        async with running_workers(settings, workers):
+            return await wait_drained(store)
+    finally:
         await store.close()
 
 

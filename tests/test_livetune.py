@@ -26,8 +26,7 @@ from service.offline.livetune import PROMOTION_Z, Holdout, Score, gain, recent_s
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
-from tests.helpers import drain
-from workers.consumer import Worker
+from tests.helpers import drain, running_workers
 
 SECRET = "sk_test_tune"
 
@@ -203,11 +202,7 @@ async def test_workers_start_one_automatic_run_when_one_is_due(
         shop: Client, settings: Settings) -> None:
     await learn(shop, settings, hub_sessions())
     auto = settings.replace(auto_tune=True, tune_min_sessions=20, tune_min_interval=0)
-    workers = [Worker(auto, worker_id=f"tuner{n}") for n in range(2)]
-    for worker in workers:
-        worker.auto_tune_every = 0.1
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    try:
+    async with running_workers(auto, 2, auto_tune_every=0.1):
         started = time.monotonic()
         while True:
             model = await (await shop.get("/model")).json()
@@ -221,12 +216,6 @@ async def test_workers_start_one_automatic_run_when_one_is_due(
         again = await (await shop.get("/model")).json()
         assert again["tuning"]["last_run"]["id"] == last["id"]
         assert again["tuning"]["state"] == "idle"
-    finally:
-        for w in workers:
-            w.stop()
-        await asyncio.gather(*tasks)
-        for w in workers:
-            await w.redis.aclose()
 
 
 def test_a_gain_within_the_noise_of_the_holdout_is_not_enough() -> None:
