@@ -213,6 +213,11 @@ class Settings:
         default=3600.0,
         metadata=_doc("Seconds from the end of a run before the next automatic one.",
                       commands=WORKER))
+    tune_lease_ms: int = field(
+        default=30_000,
+        metadata=_doc("The tuning lease (one run at a time), renewed every third of it while "
+                      "a run lives: a run killed midway holds it this long at most.",
+                      commands=BOTH))
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):
@@ -330,7 +335,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "before_weight", "position_decay", "idf_weight", "repeat_weight"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
-    "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval"),
+    "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms"),
 }
 """The settings by concern: the README's table and ``--help`` are grouped so."""
 assert sorted(n for names in SECTIONS.values() for n in names) == \

@@ -41,7 +41,7 @@ from service.core.layout import (
     session_hash,
 )
 from service.core.model import Event, apply_events, no_later_than, sessions_of
-from service.core.modelparams import ModelRecord, tuning_due
+from service.core.modelparams import ModelRecord, latest_run, tuning_due
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
 from service.store import transport, tuning
@@ -164,7 +164,9 @@ class Worker:
         record = ModelRecord.from_fields(cast(dict[bytes, bytes],
                                               await self.redis.hgetall(self.keys.model())))
         sessions = int(await self.redis.hget(self.keys.meta(), "sessions") or 0)
-        last = json.loads(record.last_run) if record.last_run else None
+        marker = await self.redis.get(self.keys.tune_started())
+        last = latest_run(json.loads(record.last_run) if record.last_run else None,
+                          json.loads(marker) if marker else None)
         if not tuning_due(sessions, last, time.time(),
                           min_sessions=self.settings.tune_min_sessions,
                           min_interval=self.settings.tune_min_interval):

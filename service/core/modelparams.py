@@ -21,9 +21,6 @@ from service.core.scoring import Params
 
 Value = int | float
 
-TUNING_LEASE_MS = 30_000
-"""The tuning lease (one run at a time across every process): taken by whoever starts a run,
-renewed every third of it while the run lives, so a crashed run's lease lapses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +128,15 @@ def tuning_due(sessions_learned: int, last_run: Mapping[str, Any] | None, now: f
     ended = last_run.get("finished_at") or last_run.get("started_at") or 0.0
     return now - float(ended) >= min_interval and \
         sessions_learned - seen >= max(min_sessions, seen // 10)
+
+
+def latest_run(finished: Mapping[str, Any] | None, started: Mapping[str, Any] | None
+               ) -> Mapping[str, Any] | None:
+    """The run the next automatic one counts from: the last one started, when it is not the
+    last one finished (a run in progress, or one killed midway: it still delays the next)."""
+    if started is None:
+        return finished
+    if finished is None or (started.get("id") != finished.get("id")
+                            and float(started["started_at"]) > float(finished["started_at"])):
+        return started
+    return finished

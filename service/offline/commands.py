@@ -129,7 +129,6 @@ def live_tune_command(args: argparse.Namespace) -> int:
     import json
     import uuid
 
-    from service.core.modelparams import TUNING_LEASE_MS
     from service.core.scoring import Params
     from service.offline.livetune import tune_live
 
@@ -148,16 +147,16 @@ def live_tune_command(args: argparse.Namespace) -> int:
         lease = store.keys.tune_lease()
         try:
             # an API process that started this run took the lease in its name already
-            if not await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "take"):
+            if not await store.scripts.lease(lease, run_id, settings.tune_lease_ms, "take"):
                 holder = await store.redis.get(lease)
                 print(f"a tuning run is running already: {holder!r}", file=sys.stderr)
                 return 1
 
             async def renew() -> None:
                 while True:
-                    await asyncio.sleep(TUNING_LEASE_MS / 3000)
+                    await asyncio.sleep(settings.tune_lease_ms / 3000)
                     try:
-                        await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "renew")
+                        await store.scripts.lease(lease, run_id, settings.tune_lease_ms, "renew")
                     except REDIS_FAILURES as exc:  # the next renewal, a third later, may do
                         print(f"tuning lease not renewed: {exc}", file=sys.stderr)
             renewing = asyncio.create_task(renew())
@@ -169,7 +168,7 @@ def live_tune_command(args: argparse.Namespace) -> int:
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
-                await store.scripts.lease(lease, run_id, TUNING_LEASE_MS, "release")
+                await store.scripts.lease(lease, run_id, settings.tune_lease_ms, "release")
             print(json.dumps(run))
             return 0
         finally:

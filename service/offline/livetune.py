@@ -252,9 +252,10 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     run: dict[str, Any] = {"id": run_id, "trigger": trigger, "started_at": started,
                            "finished_at": None,
                            "sessions_learned": await store.sessions_learned()}
-    # recorded as it starts: a run that dies still delays the next automatic one
-    record = await store.update_model(
-        lambda old: dataclasses.replace(old, last_run=json.dumps(run)))
+    # recorded as it starts, beside the model record (whose version only a finished run
+    # moves): a run killed midway still delays the next automatic one
+    await store.redis.set(store.keys.tune_started(), json.dumps(run))
+    record = await store.model_record()
     held = await recent_sessions(store, holdout_sessions)
     # alternate sessions, so both halves span the same days: one to search on, the other
     # to judge the best candidate on (the best of many on one half is flattered by chance)

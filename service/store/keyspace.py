@@ -179,6 +179,11 @@ class Keys:
         (``core/modelparams.py``, written by ``lua/model.lua``)."""
         return f"{self.ns}:{{g}}:model"
 
+    def tune_started(self) -> str:
+        """JSON: the last tuning run to start (its id, trigger, start, sessions learned); the
+        model record keeps the last one to finish."""
+        return f"{self.ns}:{{g}}:tune:started"
+
     def tune_lease(self) -> str:
         """The tuning lease: the running run's id while one runs (one at a time)."""
         return f"{self.ns}:{{g}}:tune:lease"

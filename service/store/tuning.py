@@ -10,7 +10,6 @@ import os
 import sys
 import uuid
 
-from service.core.modelparams import TUNING_LEASE_MS
 from service.settings import Settings
 from service.store.keyspace import Keys
 from service.store.scripts import Scripts
@@ -32,7 +31,7 @@ async def start_run(client: object, scripts: Scripts, keys: Keys, settings: Sett
     run_id = uuid.uuid4().hex[:12]
     lease = keys.tune_lease()
     # in the run's name before its process starts: callers meanwhile see it running
-    if not await scripts.lease(lease, run_id, TUNING_LEASE_MS, "take"):
+    if not await scripts.lease(lease, run_id, settings.tune_lease_ms, "take"):
         return await running(client, keys), False
     try:
         process = await asyncio.create_subprocess_exec(
@@ -41,7 +40,7 @@ async def start_run(client: object, scripts: Scripts, keys: Keys, settings: Sett
             env={**os.environ, **settings.to_env()},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     except OSError:
-        await scripts.lease(lease, run_id, TUNING_LEASE_MS, "release")
+        await scripts.lease(lease, run_id, settings.tune_lease_ms, "release")
         raise
     reaper = asyncio.create_task(process.wait())
     _REAPERS.add(reaper)
