@@ -3,7 +3,7 @@
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
-        |flood|silent|rules|catalog|tune --data DIR
+        |flood|silent|rules|catalog|tune|tuneload --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -898,6 +898,36 @@ def bench_tune(settings: Settings) -> dict[str, Any]:
             "promoted": run["promoted"]}
 
 
+def bench_tune_under_load(settings: Settings, data: Path, seconds: float) -> dict[str, Any]:
+    """The service while a tuning run is in progress on the DIGINETICA state: freshness with a
+    worker applying 500 events/s, then /iid_recommend at a fixed 500 req/s (open loop), both
+    measured while the run searches; then the run's own duration."""
+    payloads = bodies(data)
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(p.decode() for p in payloads))
+    env = {**os.environ, **settings.to_env()}
+    with worker_process(settings), sessionrec_server(settings) as api:
+        started = time.perf_counter()
+        run = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                                "tune", "--apply"], env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(5)  # past the holdout's reading: the search is what runs for minutes
+        fresh = np.array(asyncio.run(_freshness(api, 200, 500.0))) * 1000
+        out = subprocess.run([sys.executable, __file__, "_open_loop", api + "/iid_recommend",
+                              f.name, "500", str(seconds)], capture_output=True, text=True,
+                             check=True).stdout
+        lat = np.array(json.loads(out)) * 1000
+        in_progress = run.poll() is None
+        stdout, _ = run.communicate(timeout=900)
+        elapsed = time.perf_counter() - started
+    result = json.loads(stdout)
+    return {"run still in progress after both measurements": in_progress,
+            "freshness p99 ms (worker applying 500 events/s)": float(np.percentile(fresh, 99)),
+            "freshness p50 ms": float(np.percentile(fresh, 50)),
+            f"/iid_recommend p99 ms at 500 req/s ({seconds:g} s)": float(np.percentile(lat, 99)),
+            "/iid_recommend p50 ms": float(np.percentile(lat, 50)),
+            "run seconds": elapsed, "promoted": result["promoted"]}
+
+
 def table(title: str, figures: dict[str, Any]) -> str:
     rows = [f"| {k} | {v:,.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
             for k, v in figures.items()]
@@ -918,7 +948,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
-                                         "silent", "rules", "catalog", "tune", "all"))
+                                         "silent", "rules", "catalog", "tune", "tuneload",
+                                         "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -927,7 +958,7 @@ def main() -> None:
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
-              "flood", "silent", "rules", "catalog", "tune") \
+              "flood", "silent", "rules", "catalog", "tune", "tuneload") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -937,7 +968,7 @@ def main() -> None:
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules",
-                          "tune"}:
+                          "tune", "tuneload"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -981,6 +1012,9 @@ def main() -> None:
                 figures = bench_rules(settings, args.data, args.seconds, args.rounds, args.rate)
                 title = ("POST /iid_recommend with a one-category filter and 20 excluded ids "
                          "against the same requests without rules, wrk -t1 -c32")
+            elif what == "tuneload":
+                figures = bench_tune_under_load(settings, args.data, args.seconds)
+                title = "the service while a tuning run is in progress (DIGINETICA state)"
             elif what == "tune":
                 figures = bench_tune(settings)
                 title = "sessionrec tune --apply on the DIGINETICA state (906,140 events)"
