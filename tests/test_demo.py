@@ -14,10 +14,14 @@ from workers.consumer import Worker
 
 
 async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
-    settings = Settings(redis_url="memory://", namespace="demo-test", block_ms=20)
+    # automatic tuning on, and due at once: a run is a process of its own, which the
+    # embedded store cannot share, so the worker must never start one here
+    settings = Settings(redis_url="memory://", namespace="demo-test", block_ms=20,
+                        auto_tune=True, tune_min_sessions=1, lease_ms=300)
     store = Store(settings)
     await store.prepare()
     worker = Worker(settings, client=store.redis, worker_id="demo-test")
+    worker.auto_tune_every = 0.01
     task = asyncio.create_task(worker.run())
     try:
         applied = await asyncio.wait_for(load_sample(store), 60)
@@ -40,6 +44,8 @@ async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
         await store.ingest([Event("visitor", "1017", 1.0, "click")])
         live = await store.live_session("visitor")
         assert [x.item_id for x in live] == ["1017"]
+        await asyncio.sleep(0.5)  # the worker's loop has come round several times
+        assert await store.redis.get(store.keys.tune_lease()) is None
     finally:
         worker.stop()
         await task

@@ -23,7 +23,7 @@ from service.offline.evaluate import Result, align_times, chart, evaluate, repor
 from service.offline.loader import BULK_TIMEOUT, bulk_store, load
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings, from_args
-from service.store.backends import REDIS_FAILURES
+from service.store.backends import MEMORY_URL, REDIS_FAILURES
 from service.store.state import Store
 
 T = TypeVar("T")
@@ -133,7 +133,7 @@ def live_tune_command(args: argparse.Namespace) -> int:
     from service.offline.livetune import tune_live
 
     settings = from_args(args)
-    if settings.redis_url.startswith("memory://"):
+    if settings.redis_url.startswith(MEMORY_URL):
         print("tune --apply needs a Redis (the embedded default lives in one process)",
               file=sys.stderr)
         return 2

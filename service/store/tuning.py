@@ -10,6 +10,8 @@ import os
 import sys
 import uuid
 
+import redis.asyncio as aioredis
+
 from service.settings import Settings
 from service.store.keyspace import Keys
 from service.store.scripts import Scripts
@@ -18,13 +20,13 @@ _REAPERS: set[asyncio.Task[int]] = set()
 """One task per started process, waiting for it to end (no zombies)."""
 
 
-async def running(client: object, keys: Keys) -> str | None:
+async def running(client: aioredis.Redis, keys: Keys) -> str | None:
     """The id of the run holding the tuning lease, if one does."""
-    holder = await client.get(keys.tune_lease())  # type: ignore[attr-defined]
+    holder = await client.get(keys.tune_lease())
     return holder.decode() if isinstance(holder, bytes) else holder
 
 
-async def start_run(client: object, scripts: Scripts, keys: Keys, settings: Settings,
+async def start_run(client: aioredis.Redis, scripts: Scripts, keys: Keys, settings: Settings,
                     trigger: str) -> tuple[str | None, bool]:
     """The run's id and True when this call started it; the running run's id (None if it
     ended meanwhile) and False when one holds the lease."""
