@@ -45,7 +45,7 @@ from service.core.modelparams import ModelRecord, latest_run, tuning_due
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
 from service.store import transport, tuning
-from service.store.backends import MEMORY_URL, UNAVAILABLE, connect, open_backend
+from service.store.backends import UNAVAILABLE, connect, open_backend
 from service.store.keyspace import GROUP, Keys
 from service.store.scripts import Scripts
 from service.store.state import Store, ensure_groups
@@ -123,7 +123,6 @@ class Worker:
         self.stopping = asyncio.Event()
         self.applied = 0
         self.auto_tune_every = AUTO_TUNE_CHECK
-        self.embedded = settings.redis_url.startswith(MEMORY_URL)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -141,7 +140,7 @@ class Worker:
                     grouped = True
                 await self.balance()
                 # a tuning run is a process of its own: none can share an embedded Redis
-                if self.settings.auto_tune and not self.embedded and \
+                if self.settings.auto_tune and self.backend.other_processes and \
                         time.monotonic() - last_tune_check > self.auto_tune_every:
                     last_tune_check = time.monotonic()
                     await self.maybe_tune()

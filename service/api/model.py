@@ -19,7 +19,7 @@ from service.api.recommend import RECOMMENDER, Recommender
 from service.core.modelparams import ModelRecord
 from service.core.scoring import Params
 from service.store import tuning
-from service.store.backends import MEMORY_URL, REDIS_FAILURES
+from service.store.backends import REDIS_FAILURES
 from service.store.state import ModelContention, Store
 
 log = logging.getLogger("sessionrec.api")
@@ -54,7 +54,7 @@ async def start_tuning(request: web.Request) -> web.Response:
     priority); 202 with its id, or the running run's id if one is running."""
     settings = request.app[SETTINGS]
     store = request.app[STORE]
-    if settings.redis_url.startswith(MEMORY_URL):
+    if not store.backend.other_processes:
         raise ApiError(409, "unsupported", "Tuning runs in a process of its own, which the "
                                            "embedded default (memory://) cannot share; serve "
                                            "with a Redis to tune.")

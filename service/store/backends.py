@@ -81,6 +81,9 @@ class Backend:
     raw_reads: ClassVar[bool] = False
     """Workers may read their streams with packed commands on raw connections."""
 
+    other_processes: ClassVar[bool] = True
+    """Another process can reach this store (a tuning run is a process of its own)."""
+
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.client = client if client is not None else self.connect(settings)
@@ -336,6 +339,7 @@ class Cluster(Backend):
 
 
 class Embedded(Backend):
+    other_processes = False
     _server: ClassVar[Any] = None
     """One in-process server per process: the API and the worker of the demo share it."""
 
