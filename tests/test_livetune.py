@@ -212,7 +212,7 @@ async def test_workers_start_one_automatic_run_when_one_is_due(
             assert time.monotonic() - started < 60, model
             await asyncio.sleep(0.2)
         assert last["trigger"] == "auto" and last["sessions_learned"] == len(hub_sessions())
-        await asyncio.sleep(1.0)  # both workers check ten times more: nothing new is learned
+        await asyncio.sleep(1.0)  # both workers check again: nothing new was learned
         again = await (await shop.get("/model")).json()
         assert again["tuning"]["last_run"]["id"] == last["id"]
         assert again["tuning"]["state"] == "idle"
@@ -241,7 +241,7 @@ async def test_a_run_killed_midway_changes_nothing_and_the_next_one_proceeds(
     await learn(shop, settings, sessions)
     assert (await shop.put("/admin/model", json={"params": {"neighbours": 150}})).status == 200
     before = await (await shop.get("/model")).json()
-    quick = settings.replace(tune_lease_ms=2000)
+    quick = settings.replace(tune_lease_ms=3000)  # lapses soon after the kill
     run = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
                             "tune", "--apply", "--run-id", "killed"],
                            env={**os.environ, **quick.to_env()}, stdout=subprocess.DEVNULL,
@@ -257,7 +257,6 @@ async def test_a_run_killed_midway_changes_nothing_and_the_next_one_proceeds(
         run.kill()
         run.wait()
         after = await (await shop.get("/model")).json()
-        assert after["tuning"]["state"] == "running"  # its lease, until it lapses
         assert {k: after[k] for k in ("version", "params", "pinned", "tuned_at")} == \
             {k: before[k] for k in ("version", "params", "pinned", "tuned_at")}
         assert after["tuning"]["last_run"] is None
