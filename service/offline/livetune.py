@@ -206,8 +206,8 @@ class Search:
     log: Callable[[str], None] = log.info
     trials: int = 0
 
-    async def run(self, current: Params) -> tuple[Score, Params, Score]:
-        """The current parameters' score, the best parameters found, and their score."""
+    async def run(self, current: Params) -> Params:
+        """The best parameters found (``current`` when nothing beat it on this holdout)."""
         cache: dict[Params, Score] = {}
 
         async def score(params: Params) -> Score:
@@ -216,8 +216,7 @@ class Search:
                 self.trials += 1
             return cache[params]
 
-        now = best_score = await score(current)
-        best = current
+        best, best_score = current, await score(current)
         names = [n for n in SEARCHED if n not in self.pinned]
         for _ in range(self.rounds):
             improved = False
@@ -234,7 +233,7 @@ class Search:
                                  f"MRR@20 {got.mrr_at_20:.4f}")
             if not improved:
                 break
-        return now, best, best_score
+        return best
 
 
 def changed_values(current: Params, best: Params) -> dict[str, Value]:
@@ -266,7 +265,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
         f"search on, {judged.predictions} to judge on")
     current = record.params(base)
     search = Search(searched, record.pinned, rounds, say)
-    _, best, _ = await search.run(current)
+    best = await search.run(current)
     values = changed_values(current, best)
     now = await judged.score(current)
     best_score = await judged.score(best) if values else now
