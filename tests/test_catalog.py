@@ -219,6 +219,31 @@ async def test_the_demo_catalogue_goes_through_the_catalogue(settings: Settings)
         await store.close()
 
 
+async def test_another_process_sees_a_change_within_half_a_second(settings: Settings) -> None:
+    """Each serve process holds copies of the hidden set and of the catalogue; the contract's
+    second is the copies' age plus the request under way, so a copy may be half of it old,
+    counted from the start of the read that made it."""
+    writer, reader = Store(settings), Store(settings)
+    grinder = int.from_bytes(item_hash("grinder"), "little")
+    try:
+        await writer.put_items([Record("grinder", price=20.0)])
+        # the reader's copies are read just before the change: as fresh as they get
+        assert grinder not in (await reader.hidden_items()).tolist()
+        assert (await reader.mirror.current()).prices[
+            (await reader.mirror.current()).row_of[grinder]] == 20.0
+        await writer.put_items([Record("grinder", price=25.0, available=False)])
+        changed = time.monotonic()
+        while grinder not in (await reader.hidden_items()).tolist():
+            assert time.monotonic() - changed < 0.7, "the hidden set's copy is too old"
+            await asyncio.sleep(0.02)
+        while (index := await reader.mirror.current()).prices[index.row_of[grinder]] != 25.0:
+            assert time.monotonic() - changed < 0.7, "the catalogue's copy is too old"
+            await asyncio.sleep(0.02)
+    finally:
+        await writer.close()
+        await reader.close()
+
+
 async def test_an_unavailable_item_leaves_every_answer_of_every_process_within_a_second(
         aiohttp_client: Any, settings: Settings) -> None:
     from tests.helpers import drain

@@ -24,12 +24,18 @@ CHANGE_LOG_CAP = 10_000
 """Entries the change log keeps (each one write: one record, or one batch of records). A copy
 further behind than this reads the catalogue whole."""
 
+CATALOGUE_MAX_AGE = 0.5
+"""Seconds a serve process' copy of the catalogue (and of the hidden set) may be old. The
+contract promises a change reaches every answer within a second; half of that leaves the other
+half to the request that was already running and to a loaded machine."""
+
 READ_LOG_COUNT = 1000
 HEX = 2 * HASH_BYTES  # an item hash in the log
 
 
 class CatalogueMirror:
-    def __init__(self, client: aioredis.Redis, keys: Keys, max_age: float = 1.0) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys,
+                 max_age: float = CATALOGUE_MAX_AGE) -> None:
         self.client = client
         self.keys = keys
         self.max_age = max_age

@@ -42,7 +42,7 @@ from service.settings import Settings
 from service.store.backends import REDIS_FAILURES, open_backend
 from service.store.caches import FrequencyCache, NameCache
 from service.store.keyspace import GROUP, Keys
-from service.store.mirror import CHANGE_LOG_CAP, CatalogueMirror
+from service.store.mirror import CATALOGUE_MAX_AGE, CHANGE_LOG_CAP, CatalogueMirror
 from service.store.readcache import ReadCache
 from service.store.scripts import Scripts
 
@@ -309,7 +309,7 @@ class Store:
                 for item, ts in items]
 
     # --- reads behind recommendations ------------------------------------------------------
-    async def hidden_items(self, max_age: float = 1.0) -> scoring.U64:
+    async def hidden_items(self, max_age: float = CATALOGUE_MAX_AGE) -> scoring.U64:
         """Hashes of the items never to recommend now (hidden, or unavailable in the
         catalogue), re-read at most every ``max_age`` seconds per process (one read shared by
         the requests that find the copy stale together)."""
@@ -321,10 +321,11 @@ class Store:
         return items
 
     async def _read_hidden(self) -> scoring.U64:
+        started = time.monotonic()  # the copy is as old as the read's start, not its end
         members = await self.read(b"SUNION", [self.keys.hidden(), self.keys.unavailable()])
         items = np.array(sorted(int.from_bytes(bytes.fromhex(m.decode()), "little")
                                 for m in members), dtype=np.uint64)
-        self._hidden = (time.monotonic(), items)
+        self._hidden = (started, items)
         return items
 
     async def trending_head(self, n: int) -> list[tuple[bytes, float]]:
