@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from service.api.app import create_app
+from service.core.layout import session_hash
 from service.core.modelparams import latest_run, tuning_due
 from service.core.scoring import Params
 from service.offline.livetune import PROMOTION_Z, Holdout, Score, gain, recent_sessions, tune_live
@@ -67,6 +68,23 @@ async def test_the_holdout_sees_only_sessions_that_started_before(
         again = Holdout(store, await recent_sessions(store, 2))  # still H and F
         await again.load_indexes()
         assert (await again.score(Params())).hr_at_20 == 1.0
+    finally:
+        await store.close()
+
+
+async def test_the_holdout_stops_at_its_prediction_budget(shop: Client,
+                                                           settings: Settings) -> None:
+    """Long sessions: the newest are taken until their prefixes reach the budget, so a run's
+    time follows its predictions whatever the shop's session length."""
+    await learn(shop, settings, [(f"L{n}", 1000 * n, [f"i{n}-{m}" for m in range(11)])
+                                 for n in range(1, 7)])  # 10 prefixes each
+    store = Store(settings)
+    try:
+        assert [h.session for h in await recent_sessions(store, 6)] == [
+            int.from_bytes(session_hash(f"L{n}"), "little") for n in range(1, 7)]
+        held = await recent_sessions(store, 6, predictions=25)  # three sessions reach 25
+        assert [h.start for h in held] == [n * 1000 * 10**6 for n in (4, 5, 6)]
+        assert Holdout(store, held).predictions == 30
     finally:
         await store.close()
 

@@ -255,6 +255,11 @@ class SelfTunedModel(ServedModel):
                 break
             await asyncio.sleep(1.0)
         self.run = last
+        best = last["best"]
+        print(f"tuning run {run_id}: {last['finished_at'] - last['started_at']:.0f} s, "
+              f"{last['predictions']} holdout predictions, {last['candidates']} candidates; "
+              + (f"promoted {best['params']}" if last["promoted"] else "nothing promoted"),
+              file=sys.stderr)
         # the serving process follows the record within a second
         await asyncio.sleep(2 * MODEL_POLL)
 
