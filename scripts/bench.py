@@ -3,7 +3,7 @@
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
-        |flood|silent|rules|catalog|tune|tuneload --data DIR
+        |flood|silent|rules|catalog|tune|tuneload|experiment --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -857,6 +857,54 @@ def bench_rules(settings: Settings, data: Path, seconds: int, rounds: int, rate:
             "seconds per round": seconds}
 
 
+EXPERIMENT_SECRET = "sk_bench_experiment"
+
+
+def _with_sessions(payloads: list[bytes]) -> list[bytes]:
+    """The requests as the SDK sends them: each with a session id of its own."""
+    out = []
+    for n, raw in enumerate(payloads):
+        body = json.loads(raw)
+        body["session_id"] = f"visitor-{n}"
+        out.append(json.dumps(body).encode())
+    return out
+
+
+def _admin(api: str, method: str, path: str, body: Any = None) -> None:
+    request = urllib.request.Request(api + path, method=method, headers={
+        "X-API-Key": EXPERIMENT_SECRET, "Content-Type": "application/json"},
+        data=None if body is None else json.dumps(body).encode())
+    urllib.request.urlopen(request).read()
+
+
+def bench_experiment(settings: Settings, data: Path, seconds: int, rounds: int
+                     ) -> dict[str, Any]:
+    """The same requests (each with a session id) with an experiment running and without,
+    alternating in one run. The variant changes a parameter that costs nothing (position
+    decay), so the difference is the experiment's own work: the variant's assignment and
+    parameters, the answer's count and the session's in the tally."""
+    script = wrk_script(_with_sessions(bodies(data)), "/iid_recommend")
+    variants = {"variants": {"A": {"weight": 1, "params": {}},
+                             "B": {"weight": 1, "params": {"position_decay": 1.0}}}}
+    plain: list[float] = []
+    running: list[float] = []
+    with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": EXPERIMENT_SECRET}) as api:
+        wrk(api, script, 2)  # warm the caches
+        for n in range(rounds):
+            pair = [(plain, False), (running, True)]
+            for figures, experiment in (pair if n % 2 == 0 else pair[::-1]):
+                if experiment:
+                    _admin(api, "PUT", "/admin/experiments/bench", variants)
+                figures.append(wrk(api, script, seconds)["rps"])
+                if experiment:
+                    _admin(api, "DELETE", "/admin/experiments/bench")
+    return {"req/s without an experiment": median(plain),
+            "req/s with an experiment (2 variants)": median(running),
+            "ratio (experiment / none), median of the rounds' ratios": median(
+                [r / p for r, p in zip(running, plain, strict=True)]),
+            "rounds": rounds, "seconds per round": seconds}
+
+
 def bench_catalog(settings: Settings, records: int = 100_000) -> dict[str, Any]:
     """``sessionrec catalog`` on a JSON lines file of ``records`` records, as a user runs it
     (a fresh process: start-up included)."""
@@ -949,7 +997,7 @@ def main() -> None:
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
                                          "silent", "rules", "catalog", "tune", "tuneload",
-                                         "all"))
+                                         "experiment", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -958,7 +1006,7 @@ def main() -> None:
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     args = parser.parse_args()
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
-              "flood", "silent", "rules", "catalog", "tune", "tuneload") \
+              "flood", "silent", "rules", "catalog", "tune", "tuneload", "experiment") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -968,7 +1016,7 @@ def main() -> None:
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules",
-                          "tune", "tuneload"}:
+                          "tune", "tuneload", "experiment"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -1012,6 +1060,10 @@ def main() -> None:
                 figures = bench_rules(settings, args.data, args.seconds, args.rounds, args.rate)
                 title = ("POST /iid_recommend with a one-category filter and 20 excluded ids "
                          "against the same requests without rules, wrk -t1 -c32")
+            elif what == "experiment":
+                figures = bench_experiment(settings, args.data, args.seconds, args.rounds)
+                title = ("POST /iid_recommend with a session id, an experiment running against "
+                         "none, wrk -t1 -c32")
             elif what == "tuneload":
                 figures = bench_tune_under_load(settings, args.data, args.seconds)
                 title = "the service while a tuning run is in progress (DIGINETICA state)"

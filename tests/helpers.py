@@ -10,6 +10,7 @@ from typing import Any
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.api.recommend import Answer
 from service.core.model import Event
 from service.offline.statecheck import differences, learned_state
 from service.settings import Settings
@@ -108,3 +109,8 @@ def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
         elif isinstance(a, bytes) and isinstance(b, bytes):
             detail.append((key, len(a), len(b)))
     assert found == [], detail
+
+
+def shown(answer: Answer) -> tuple[list[dict[str, Any]], str, str | None]:
+    """What an answer shows, without its recommendation id (unique per answer)."""
+    return answer.recommendations, answer.message, answer.variant

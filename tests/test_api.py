@@ -19,7 +19,8 @@ SEED = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
 
 
 def check_answer(body: dict[str, Any], k: int) -> list[str]:
-    assert set(body) == {"recommendations", "message"}
+    assert set(body) - {"variant"} == {"recommendations", "message", "recommendation_id"}
+    assert isinstance(body["recommendation_id"], str) and len(body["recommendation_id"]) == 30
     recs = body["recommendations"]
     ids = [r["id"] for r in recs]
     scores = [r["score"] for r in recs]

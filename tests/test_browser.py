@@ -7,6 +7,7 @@ drives Debian's Chromium (``/usr/bin/chromium``; .ci/run installs it when missin
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -64,15 +65,32 @@ VIEW_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 </body></html>"""
 
 
+LISTS_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<link rel="icon" href="data:,"><script src="{api}/sdk.js"></script></head><body>
+<div id="top"></div>
+<div style="height: 3000px"></div>
+<div id="bottom"></div>
+<script>
+var sdk = sessionrec.init({{endpoint: "{api}", k: 4, flushInterval: 100}});
+window.answers = {{}};
+sdk.render("#top").then(function (a) {{ window.answers.top = a; }});
+sdk.render("#bottom", null, {{k: 3}}).then(function (a) {{ window.answers.bottom = a; }});
+</script>
+</body></html>"""
+
+
 def _page_app(api: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=THIRD_PARTY_PAGE.format(api=api), content_type="text/html")
 
     async def view_page(request: web.Request) -> web.Response:
         return web.Response(text=VIEW_PAGE.format(api=api), content_type="text/html")
+    async def lists_page(request: web.Request) -> web.Response:
+        return web.Response(text=LISTS_PAGE.format(api=api), content_type="text/html")
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/views", view_page)
+    app.router.add_get("/lists", lists_page)
     return app
 
 
@@ -163,11 +181,14 @@ async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> N
     # the events reach /events (batched) and are counted
     await page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
     await page.evaluate("sessionrec.flush()")
+    # (the impressions of the rendered lists too: counted apart, never learned)
     for _ in range(100):
-        if (await stats(stack.api))["events_accepted"] >= before + 2:
+        counted = await wait_drained(stack.store)
+        if counted["events_accepted"] - counted["impressions"] >= before + 2:
             break
         await asyncio.sleep(0.1)
-    assert (await stats(stack.api))["events_accepted"] == before + 2
+    assert counted["events_accepted"] - counted["impressions"] == before + 2
+    assert counted["impressions"] > 0
     assert errors == []
 
 
@@ -240,3 +261,106 @@ async def test_views_are_tracked_when_an_element_stays_visible(stack: Stack,
     stored = await page.evaluate("JSON.parse(sessionStorage.getItem('sessionrec:interactions'))")
     assert list(stored) == ["1033"] and stored["1033"]["rating"] == 1  # a view
     assert errors == []
+
+
+async def test_impressions_only_for_lists_in_view_and_clicks_carry_their_answer(
+        stack: Stack, browser: Browser) -> None:
+    """Two rendered lists, one below the fold: only the one in view sends impressions, once
+    per answer; the other sends its own when scrolled to; a click on a rendered item carries
+    its list's recommendation_id; the server counts exactly what the page sent."""
+    page = await browser.new_page(viewport={"width": 800, "height": 600})
+    errors = console_errors(page)
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/events"):
+            sent.extend(json.loads(request.post_data)["events"])
+    page.on("request", record)
+
+    async def impressions(wanted: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 10
+        while sum(e["type"] == "impression" for e in sent) < wanted:
+            assert time.monotonic() < deadline, sent
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # nothing more comes
+        return [e for e in sent if e["type"] == "impression"]
+
+    await page.goto(stack.allowed + "/lists")
+    await page.wait_for_function("window.answers.top && window.answers.bottom")
+    answers = await page.evaluate("window.answers")
+    top, bottom = (answers[n]["recommendation_id"] for n in ("top", "bottom"))
+    top_items = [r["id"] for r in answers["top"]["recommendations"]]
+    bottom_items = [r["id"] for r in answers["bottom"]["recommendations"]]
+    assert top != bottom and len(top_items) == 4 and len(bottom_items) == 3
+    shown = await impressions(4)
+    assert {e["recommendation_id"] for e in shown} == {top}
+    assert sorted(e["item_id"] for e in shown) == sorted(top_items)
+    await page.locator("#bottom").scroll_into_view_if_needed()
+    shown = await impressions(7)
+    assert sorted(e["item_id"] for e in shown if e["recommendation_id"] == bottom) == \
+        sorted(bottom_items)
+    await page.evaluate("window.scrollTo(0, 0)")  # seen again: the same answer, no new ones
+    assert len(await impressions(7)) == 7
+    await page.click(f'#top [data-item-id="{top_items[1]}"]')
+    deadline = time.monotonic() + 10
+    while not any(e["type"] == "click" for e in sent):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    click = next(e for e in sent if e["type"] == "click")
+    assert click["item_id"] == top_items[1] and click["recommendation_id"] == top
+    assert all(e["session_id"] == shown[0]["session_id"] for e in sent)
+    stats = await wait_drained(stack.store)
+    assert stats["impressions"] == 7 and stats["attributed_clicks"] == 1
+    assert errors == []
+
+
+async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
+                                                           browser: Browser) -> None:
+    """A minute's traffic (recommendations with session ids under an experiment, their
+    impressions and clicks, events), then the dashboard: it asks for the secret key, and
+    every chart has data; no console error."""
+    secret = "sk_test_dashboard"
+    port = free_port()
+    admin = f"http://127.0.0.1:{port}"
+    runner = await _serve(create_app(stack.store.settings.replace(secret_keys=secret),
+                                     stack.store), port)
+    try:
+        async with aiohttp.ClientSession(headers={"X-API-Key": secret}) as http:
+            async with http.put(admin + "/admin/experiments/look", json={"variants": {
+                    "A": {"params": {}}, "B": {"params": {"position_decay": 1.0}}}}) as r:
+                assert r.status == 200
+            events = []
+            for n in range(40):
+                async with http.post(admin + "/iid_recommend", json={
+                        "user_interactions": {"1001": {}}, "k": 4,
+                        "session_id": f"dash{n}"}) as r:
+                    answer = await r.json()
+                rid = answer["recommendation_id"]
+                events += [{"session_id": f"dash{n}", "item_id": x["id"], "type": "impression",
+                            "recommendation_id": rid} for x in answer["recommendations"]]
+                events.append({"session_id": f"dash{n}", "type": "click", "recommendation_id":
+                               rid, "item_id": answer["recommendations"][n % 4]["id"]})
+            async with http.post(admin + "/events", json={"events": events}) as r:
+                assert r.status == 202
+        await wait_drained(stack.store)
+        await asyncio.sleep(2.5)  # the worker's and the serve process' tallies reach Redis
+        page = await browser.new_page(viewport={"width": 1200, "height": 1000})
+        errors = console_errors(page)
+        await page.goto(admin + "/dashboard")
+        await page.fill("#key", secret)
+        await page.click("#key-form button")
+        await page.wait_for_function("window.sessionrecDashboard.data !== null", timeout=10_000)
+        filled = await page.evaluate("""() => {
+            const out = {};
+            for (const [id, chart] of Object.entries(window.sessionrecDashboard.charts))
+              out[id] = chart.data.slice(1).map(s => s.filter(v => v != null && v > 0).length);
+            return out;
+        }""")
+        assert set(filled) == {"events", "freshness", "requests", "latency", "ctr"}
+        for chart, series in filled.items():
+            assert all(n > 0 for n in series), (chart, filled)
+        assert await page.evaluate("sessionStorage.getItem('sessionrec:dashboard-key')") == secret
+        assert "1002" in (await page.text_content("#trending") or "")
+        assert errors == []
+    finally:
+        await runner.cleanup()

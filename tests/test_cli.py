@@ -68,7 +68,7 @@ def test_serve_and_worker_learn_and_answer_the_seed_request(stack: str) -> None:
                               "22898": {"timestamp": 1704060026, "rating": 4.5},
                               "21255": {"timestamp": 1704060026, "rating": 4.5}},
         "k": 10, "recommend_seen": True})
-    assert status == 200 and set(body) == {"recommendations", "message"}
+    assert status == 200 and set(body) == {"recommendations", "message", "recommendation_id"}
 
     events = []
     for s in range(40):

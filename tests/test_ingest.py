@@ -11,17 +11,20 @@ import random
 import pytest
 
 from service.core.layout import session_hash
-from service.core.model import TYPE_RATING, Event
+from service.core.model import IMPRESSION, TYPE_RATING, Event
 from service.settings import Settings
 from service.store.state import Store
 
 
 def reference(events: list[Event], cap: int) -> dict[str, list[tuple[str, float, float]]]:
     """Per session, its live items as the per-event rule leaves them: the latest time per item
-    (``ZADD GT``), the highest rating, the ``cap`` newest items (ties: the smaller id goes)."""
+    (``ZADD GT``), the highest rating, the ``cap`` newest items (ties: the smaller id goes).
+    Impressions are not interest: they leave live sessions as they are."""
     times: dict[str, dict[str, float]] = {}
     ratings: dict[str, dict[str, float]] = {}
     for ev in events:
+        if ev.type == IMPRESSION:
+            continue
         t, r = times.setdefault(ev.session_id, {}), ratings.setdefault(ev.session_id, {})
         if ev.item_id not in t or ev.timestamp > t[ev.item_id]:
             t[ev.item_id] = ev.timestamp

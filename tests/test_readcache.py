@@ -27,7 +27,7 @@ from service.store import readcache, transport
 from service.store.backends import Standalone
 from service.store.readcache import ReadCache
 from service.store.state import Store
-from tests.helpers import drain, ingest
+from tests.helpers import drain, ingest, shown
 
 pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
 
@@ -181,7 +181,7 @@ async def test_recommendations_follow_the_worker_through_the_cache(
     again = await answers.similar("a", 5)
     assert again.body()["recommendations"][:1] == [{"id": "c", "score": 1.0}] and not reads
     store.cache.heard = 0.0  # unheard from: the request reads (and PINGs) instead
-    assert (await answers.similar("a", 5)).body() == again.body() and len(reads) == 1
+    assert shown(await answers.similar("a", 5)) == shown(again) and len(reads) == 1
     await store.close()
 
 

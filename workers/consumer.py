@@ -34,18 +34,21 @@ from typing import Any, NamedTuple, cast
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from service.core.feedback import event_counts
 from service.core.layout import (
     ITEM_SHARDS,
     item_hash,
     partition_of,
     session_hash,
 )
-from service.core.model import Event, apply_events, no_later_than, sessions_of
+from service.core.model import IMPRESSION, Event, apply_events, no_later_than, sessions_of
 from service.core.modelparams import ModelRecord, latest_run, tuning_due
+from service.core.series import FRESHNESS_MS, MinuteTally
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
-from service.store import transport, tuning
+from service.store import series, transport, tuning
 from service.store.backends import UNAVAILABLE, connect, open_backend
+from service.store.feedback import Feedback
 from service.store.keyspace import GROUP, Keys
 from service.store.scripts import Scripts
 from service.store.state import Store, ensure_groups
@@ -58,6 +61,9 @@ TRIM_EVERY = 5.0
 SWEEP_STEP = 500
 """Fields of an item shard's names that one sweep step looks at (HSCAN's COUNT)."""
 
+SIGNING_KEY_AGE = 5.0
+"""Seconds a worker keeps the recommendation ids' signing key before reading it again (it
+changes only when Redis lost it, and then the ids signed before count nowhere anyway)."""
 AUTO_TUNE_CHECK = 30.0
 """Seconds between a worker's checks whether an automatic tuning run is due (``--auto-tune``)."""
 
@@ -123,6 +129,9 @@ class Worker:
         self.stopping = asyncio.Event()
         self.applied = 0
         self.auto_tune_every = AUTO_TUNE_CHECK
+        self.feedback = Feedback(client, self.scripts, self.keys, settings.partitions)
+        self.minutes = MinuteTally()
+        self._signing_key: tuple[float, bytes] = (-math.inf, b"")
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -147,6 +156,7 @@ class Worker:
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     await self.trim()
                     last_trim = time.monotonic()
+                await self.add_minutes()
                 delay = 0.1
                 wait = self.settings.lease_ms / 3000
             except REDIS_DOWN as exc:
@@ -475,6 +485,10 @@ class Worker:
                 events.append(ev)
             else:
                 dead.append((entry, ev))
+        feedback = await self._feedback_counts(events)
+        impressions = sum(ev.type == IMPRESSION for ev in events)
+        if impressions:  # consumed and counted, never learned
+            events = [ev for ev in events if ev.type != IMPRESSION]
         unlisted = 0
         if self.settings.catalog_only and events:
             listed = await self.listed({ev.item_id for ev in events})
@@ -485,9 +499,13 @@ class Worker:
         first_fresh = fresh[0][0].id if fresh else ""
         commit = self.commits.commit_call(
             p, [e.id for e in entries], [(e.id, reason, e.fields) for e, reason in dead],
-            effects.applied + unlisted, mark, new_mark, first_fresh, epoch)
+            effects.applied + unlisted + impressions, mark, new_mark, first_fresh, epoch)
         if unlisted:  # consumed, not learned: counted apart (GET /stats, events_unlisted)
-            commit.args += ("D", commit.ref(k.counters(p)), 1, "unlisted", unlisted)
+            feedback["unlisted"] = unlisted
+        if feedback:  # with the watermark: a redelivered event counts once
+            commit.args += ("D", commit.ref(k.counters(p)), len(feedback))
+            for pair in feedback.items():
+                commit.args += pair
         elsewhere: dict[Group, Call] | None = {} if self.backend.one_slot_scripts else None
         self.commits.add_ops(p, effects, commit, elsewhere, new_mark, first_fresh)
         if elsewhere:
@@ -507,6 +525,30 @@ class Worker:
                               f"no longer {mark!r}, or the batch does not follow it")
         self.commits.named.update(effects.names)
         self.applied += effects.applied
+        if fresh:  # the dashboard's events per minute and freshness (arrival to applied)
+            now = time.time()
+            self.minutes.add(now, "events", len(fresh))
+            self.minutes.observe_many(now, "freshness", FRESHNESS_MS,
+                                      (now * 1000 - id_tuple(e.id)[0] for e, _ in fresh))
+
+    async def add_minutes(self) -> None:
+        """This worker's per-minute tally into Redis (the dashboard's series)."""
+        minutes = self.minutes.take()
+        try:
+            await series.add(self.redis, self.keys, minutes)
+        except REDIS_DOWN:
+            self.minutes.give_back(minutes)
+            raise
+
+    async def _feedback_counts(self, events: Sequence[Event]) -> dict[str, int]:
+        """What the batch's events with a recommendation id add to the counters."""
+        attributed = [(ev.type, ev.recommendation_id) for ev in events
+                      if ev.recommendation_id is not None]
+        if not attributed:
+            return {}
+        if time.monotonic() - self._signing_key[0] > SIGNING_KEY_AGE:
+            self._signing_key = (time.monotonic(), await self.feedback.signing_key())
+        return event_counts(self._signing_key[1], attributed)
 
     async def listed(self, items: set[str]) -> set[str]:
         """The items among ``items`` that have a catalogue record (allow-list mode: a flood of

@@ -20,6 +20,7 @@ from service.api.context import (
     SETTINGS,
     STORE,
 )
+from service.api.experiments import follow_feedback
 from service.api.metrics import CacheSeries, Metrics
 from service.api.middleware import error_middleware
 from service.api.model import follow_model
@@ -67,9 +68,12 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         try:
             await app[STORE].prepare()
             app[RECOMMENDER].use(await app[STORE].model_record())
+            app[RECOMMENDER].use_experiment(*await app[STORE].feedback.current())
         except REDIS_FAILURES as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
         background = [asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE])),
+                      asyncio.create_task(follow_feedback(app[RECOMMENDER], app[STORE],
+                                                          app[METRICS].minutes)),
                       asyncio.create_task(_warm(app[STORE]))]
         yield
         for task in background:

@@ -3,6 +3,7 @@ the route record, and small request and response helpers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,16 @@ STORE = web.AppKey("store", Store)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OPEN_WARNING: web.AppKey[str | None] = web.AppKey("open_warning")
 ROUTE_TABLE: web.AppKey[Sequence[Route]] = web.AppKey("routes")
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when the running task was asked to stop. A background loop that
+    outlives Redis failures calls it before each pause: redis-py may turn the cancellation of
+    a call it was in into a connection error, or swallow it, and a loop that went on would
+    never stop (an app's shutdown waited on it forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

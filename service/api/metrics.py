@@ -20,6 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from service.core.series import MinuteTally
+
 BUCKETS = (.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
 """Upper bounds (seconds) of the latency histogram."""
 
@@ -88,8 +90,21 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = RequestSeries()
+        self.minutes = MinuteTally()
+        """Requests and their latency per minute, for the dashboard (added to Redis each
+        second by ``follow_feedback``)."""
         self.registry.register(self.requests)
         self.events = Counter("sessionrec_events_accepted", "Events accepted by this process",
                               registry=self.registry)
         self.state = Gauge("sessionrec_state", "Figures of GET /stats", ["figure"],
                            registry=self.registry)
+        labels = ["experiment", "variant"]
+        self.impressions = Gauge("sessionrec_experiment_impressions",
+                                 "Impressions of the running experiment's answers, by variant",
+                                 labels, registry=self.registry)
+        self.clicks = Gauge("sessionrec_experiment_attributed_clicks",
+                            "Clicks attributed to the running experiment's answers, by variant",
+                            labels, registry=self.registry)
+        self.ctr = Gauge("sessionrec_experiment_ctr",
+                         "Attributed clicks / impressions of the running experiment, by "
+                         "variant", labels, registry=self.registry)

@@ -13,11 +13,15 @@ from service.api import access, cors
 from service.api.context import API_KEYS, LIMITER, METRICS, SETTINGS, Handler
 from service.api.errors import ApiError
 from service.api.routes import ACCESS
+from service.core.series import LATENCY_MS
 from service.store.backends import REDIS_FAILURES
 
 log = logging.getLogger("sessionrec.api")
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+UNCOUNTED = frozenset(("/dashboard", "/admin/dashboard/data", "/metrics", "/healthz",
+                       "/readyz", "/static/uplot.iife.min.js", "/static/uplot.min.css"))
+"""Routes the dashboard's request series leave out: its own polling, probes and scrapes."""
 
 
 @web.middleware
@@ -55,7 +59,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = ApiError(500, "internal", "Unexpected server error.").response()
     cors.add_headers(request, response, allowed)
-    app[METRICS].requests.observe(route, response.status, time.perf_counter() - started)
+    took = time.perf_counter() - started
+    metrics = app[METRICS]
+    metrics.requests.observe(route, response.status, took)
+    if route not in UNCOUNTED:  # the dashboard's series count the shop's traffic only
+        now = time.time()
+        metrics.minutes.add(now, "requests")
+        metrics.minutes.observe(now, "latency", LATENCY_MS, took * 1000)
     return response
 
 

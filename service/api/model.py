@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from service.api import validation
-from service.api.context import SETTINGS, STORE, json_response, read_json
+from service.api.context import SETTINGS, STORE, json_response, read_json, stop_if_cancelled
 from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER, Recommender
 from service.core.modelparams import ModelRecord
@@ -90,4 +90,5 @@ async def follow_model(recommender: Recommender, store: Store,
                 recommender.use(await store.model_record())
         except REDIS_FAILURES as exc:
             log.debug("model record not read (%s); next try in %s s", exc, every)
+        stop_if_cancelled()  # whatever a Redis call under way did with the cancellation
         await asyncio.sleep(every)

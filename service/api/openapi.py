@@ -12,6 +12,7 @@ from typing import Any
 
 from service.api import access, validation
 from service.api.context import Route
+from service.core.feedback import MAX_VARIANTS
 from service.core.model import EVENT_TYPES
 from service.core.modelparams import LIMITS
 from service.settings import Settings
@@ -157,7 +158,17 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
             "rating": {"type": ["number", "null"], "minimum": -1e9, "maximum": 1e9,
                        "description": "Finite; default (or null): implied by type."},
+            "recommendation_id": {
+                "type": ["string", "null"], "minLength": 1,
+                "maxLength": validation.MAX_RECOMMENDATION_ID, "pattern": "^[A-Za-z0-9_-]+$",
+                "description": "The answer the event acts on: a click, add_to_cart or "
+                               "purchase is attributed to it (and to its variant); required "
+                               "with type impression (an item shown in that answer's list, "
+                               "never learned as interest)."},
         },
+        "if": {"required": ["type"], "properties": {"type": {"const": "impression"}}},
+        "then": {"required": ["recommendation_id"],
+                 "properties": {"recommendation_id": {"type": "string"}}},
     }
     def model_params(minimum: int = 0) -> dict[str, Any]:
         properties: dict[str, Any] = {}
@@ -182,6 +193,33 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                       "run": {"type": ["string", "null"]},
                                       "auto": {"type": "boolean"},
                                       "last_run": {"type": ["object", "null"]}}}}}}}}
+    experiment_path = {"name": "name", "in": "path", "required": True, "schema": ident}
+    count = {"type": "integer", "minimum": 0}
+    variant_report = {"type": "object", "properties": {
+        "weight": {"type": "number"}, "params": {"type": "object"},
+        "sessions": {**count, "description": "Distinct sessions answered (a HyperLogLog's "
+                                             "estimate: within about 1 %)."},
+        "answers": count, "impressions": count,
+        "clicks": {**count, "description": "Clicks attributed to the variant's answers."},
+        "ctr": {"type": ["number", "null"], "description": "clicks / impressions"},
+        "ctr_interval": {"type": ["array", "null"], "items": {"type": "number"},
+                         "description": "95 % Wilson interval of the CTR."},
+        "add_to_cart": count, "purchases": count}}
+    experiment_report = {"description": "The experiment and its report", "content": {
+        "application/json": {"schema": {
+            "type": "object", "required": ["name", "state", "variants", "comparisons"],
+            "properties": {
+                "name": {"type": "string"},
+                "state": {"type": "string", "enum": ["running", "ended"]},
+                "started_at": {"type": "number"}, "ended_at": {"type": ["number", "null"]},
+                "variants": {"type": "object", "additionalProperties": variant_report},
+                "comparisons": {"type": "object", "additionalProperties": {
+                    "type": "object", "properties": {
+                        "against": {"type": "string"},
+                        "ctr_difference": {"type": ["number", "null"]},
+                        "p_value": {"type": ["number", "null"], "description":
+                                    "Two-sided, pooled two-proportion z-test of the CTRs."}}}}
+            }}}}}
     operations: dict[str, dict[str, Any]] = {
             "/iid_recommend": {"post": {
                 "summary": "Recommend from the interactions the browser sends",
@@ -300,6 +338,54 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                "reports it (tuning.state, tuning.last_run).",
                 "responses": {"202": done("Started", {"run": {"type": "string"}}),
                               "409": _error(), **admin_errors}}},
+            "/admin/experiments/{name}": {
+                "put": {
+                    "summary": "Start an experiment (one runs at a time)",
+                    "description": "Variants are parameter sets over the version in force, "
+                                   "with weights. A request with a session id is assigned a "
+                                   "variant from (experiment, session id) in proportion to "
+                                   "the weights and scored with its parameters. The same "
+                                   "experiment sent again is a no-op; another while one runs "
+                                   "is 409.",
+                    "parameters": [experiment_path],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "additionalProperties": False,
+                                   "required": ["variants"], "properties": {"variants": {
+                                       "type": "object", "minProperties": 2,
+                                       "maxProperties": MAX_VARIANTS,
+                                       "additionalProperties": {
+                                           "type": "object", "additionalProperties": False,
+                                           "properties": {
+                                               "weight": {"type": "number",
+                                                          "exclusiveMinimum": 0,
+                                                          "maximum": 1e6, "default": 1},
+                                               "params": model_params()}}}}},
+                        "example": {"variants": {
+                            "A": {"weight": 1, "params": {}},
+                            "B": {"weight": 1, "params": {"position_decay": 1.0}}}}}}},
+                    "responses": {"200": experiment_report, "409": _error(),
+                                  **admin_errors}},
+                "get": {"summary": "An experiment's report (running or ended)",
+                        "parameters": [experiment_path],
+                        "responses": {"200": experiment_report, "404": _error(),
+                                      **admin_errors}},
+                "delete": {"summary": "End the running experiment (its report stays)",
+                           "parameters": [experiment_path],
+                           "responses": {"200": experiment_report, "404": _error(),
+                                         **admin_errors}}},
+            "/admin/dashboard/data": {"get": {
+                "summary": "What the dashboard plots: the last hour per minute, the model, the "
+                           "running experiment's report, trending items, the counters",
+                "description": "minutes: events_per_s, requests_per_s, latency_p50_ms, "
+                               "latency_p99_ms, freshness_p50_ms, freshness_p99_ms (histogram "
+                               "bucket bounds; null in a minute without observations), from "
+                               "Redis: every API process shows the same numbers.",
+                "responses": {"200": {"description": "The dashboard's data"},
+                              **admin_errors}}},
+            "/dashboard": {"get": {
+                "summary": "The operator's dashboard (asks for a secret key, kept in the "
+                           "tab's sessionStorage)",
+                "responses": {"200": {"description": "HTML"}}}},
             "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
                 "200": {"description": "Counters", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},
@@ -357,6 +443,9 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                            "maximum": 1e9,
                                            "description": "Finite; default 1 (a view)."}}}},
                     "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
+                    "session_id": {**ident, "description": "The visitor's session: scored "
+                                   "with its experiment variant while one runs (the answer "
+                                   "says which), and never matched with itself."},
                     "recommend_seen": {"type": "boolean", "default": False},
                     "exclude": exclude_ids,
                     "filter": {"$ref": "#/components/schemas/Filter"},
@@ -371,8 +460,15 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "Event": event,
             "Item": item,
             "Recommendations": {
-                "type": "object", "required": ["recommendations", "message"],
+                "type": "object",
+                "required": ["recommendations", "message", "recommendation_id"],
                 "properties": {
+                    "recommendation_id": {
+                        "type": "string", "description": "Unique per answer: send it with "
+                        "the impressions and clicks of its items."},
+                    "variant": {"type": "string", "description": "The experiment variant "
+                                "that scored the answer (a request with a session id, while "
+                                "an experiment runs)."},
                     "recommendations": {"type": "array", "items": {
                         "type": "object", "required": ["id", "score"],
                         "properties": {
@@ -390,8 +486,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "Stats": {"type": "object", "properties": {
                 name: {"type": "integer"} for name in (
                     "events_accepted", "events_processed", "events_dead", "events_unlisted",
-                    "pending", "items",
-                    "live_sessions")}},
+                    "pending", "items", "live_sessions", "impressions",
+                    "attributed_clicks")}},
             "Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {

@@ -9,13 +9,14 @@ only for item ids not yet in this process' name cache.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from aiohttp import web
@@ -24,11 +25,13 @@ from service import kernel
 from service.api import validation
 from service.api.context import SETTINGS, STORE, json_response, k_of, path_id, read_json
 from service.core import explain, scoring
+from service.core.feedback import Experiment, recommendation_id
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.modelparams import ModelRecord
 from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Eligible, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
+from service.store.feedback import Tally
 from service.store.state import Store
 
 MSG_SESSION = "Recommendations based on session interactions."
@@ -48,9 +51,15 @@ MSG_FEWER_SIMILAR = ("{found} co-visited items satisfy the request's rules ({rul
 class Answer:
     recommendations: list[dict[str, Any]]
     message: str
+    recommendation_id: str = ""
+    variant: str | None = None  # the experiment variant that scored it
 
     def body(self) -> dict[str, Any]:
-        return {"recommendations": self.recommendations, "message": self.message}
+        body = {"recommendations": self.recommendations, "message": self.message,
+                "recommendation_id": self.recommendation_id}
+        if self.variant is not None:
+            body["variant"] = self.variant
+        return body
 
 
 FILL_ORDER_AGE = 10.0
@@ -78,6 +87,11 @@ class Recommender:
         self.base = Params.from_settings(settings)
         """The process' flags and environment: what the shared record's values overlay."""
         self._fill_orders: OrderedDict[str, FillOrder] = OrderedDict()
+        self.signing_key = b""
+        self.experiment: Experiment | None = None
+        self.variant_params: list[Params] = []
+        self.tally = Tally()
+        """Answers and sessions per variant, added to Redis every second (``follow_model``)."""
         self.use(ModelRecord())
 
     def use(self, record: ModelRecord) -> None:
@@ -87,13 +101,35 @@ class Recommender:
         self.params = record.params(self.base)
         cap = self.params.index_cap
         self.similar_params = Params(1, cap, cap, 0.0, index_cap=cap)
+        self.use_experiment(self.signing_key, self.experiment)
+
+    def use_experiment(self, signing_key: bytes, experiment: Experiment | None) -> None:
+        """Sign answers with ``signing_key``; score sessions with their variant's parameters
+        over the current version while ``experiment`` runs."""
+        self.signing_key = signing_key
+        self.experiment = experiment
+        self.variant_params = [] if experiment is None else [
+            dataclasses.replace(self.params, **cast(dict[str, Any], dict(v.params)))
+            for v in experiment.variants]
+
+    def _stamped(self, answer: Answer, serial: int = 0, variant: int = 0,
+                 name: str | None = None) -> Answer:
+        return dataclasses.replace(answer, variant=name, recommendation_id=recommendation_id(
+            self.signing_key, serial, variant))
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, session_id: str | None = None,
                         rules: Rules = NO_RULES) -> Answer:
+        params, serial, variant, name = self.params, 0, 0, None
+        experiment = self.experiment
+        if session_id is not None and experiment is not None:
+            variant = experiment.assign(session_id)
+            serial, name = experiment.serial, experiment.variants[variant].name
+            params = self.variant_params[variant]
+            self.tally.count(serial, variant, session_id)
         hashes = [item_hash(item) for item, _, _ in interactions]
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
-                                    [r for _, _, r in interactions], self.params)
+                                    [r for _, _, r in interactions], params)
         exclude_session = (int.from_bytes(session_hash(session_id), "little")
                            if session_id is not None else None)
         seen = None if recommend_seen else query.seen
@@ -102,21 +138,22 @@ class Recommender:
         named = {int.from_bytes(h, "little"): item
                  for h, (item, _, _) in zip(hashes, interactions, strict=True)} \
             if recommend_seen or rules.explain else None
-        return await self._answer(query, k, seen, self.params, exclude_session, rules,
-                                  fill_with_trending=True, named=named)
+        answer = await self._answer(query, k, seen, params, exclude_session, rules,
+                                    fill_with_trending=True, named=named)
+        return self._stamped(answer, serial, variant, name)
 
     async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES) -> Answer:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
-        return await self._answer(query, k, query.seen, self.similar_params, None, rules,
-                                  fill_with_trending=False,
-                                  named={int.from_bytes(h, "little"): item_id})
+        return self._stamped(await self._answer(query, k, query.seen, self.similar_params, None,
+                                                rules, fill_with_trending=False,
+                                                named={int.from_bytes(h, "little"): item_id}))
 
     async def popular(self, k: int, rules: Rules = NO_RULES) -> Answer:
         hidden = await self.store.hidden_items()
         excluded = np.concatenate((hidden, _hashes(rules.exclude)))
         rows = await self._trending(k, rules, excluded, 1.0)
-        return Answer(rows, _short(MSG_TRENDING, len(rows), k, rules))
+        return self._stamped(Answer(rows, _short(MSG_TRENDING, len(rows), k, rules)))
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, rules: Rules, *,
@@ -338,7 +375,8 @@ async def iid_recommend(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     req = validation.recommend_request(await read_json(request), settings, time.time())
     answer = await request.app[RECOMMENDER].recommend(req.interactions, req.k,
-                                                      req.recommend_seen, rules=req.rules)
+                                                      req.recommend_seen, req.session_id,
+                                                      req.rules)
     return json_response(answer.body())
 
 

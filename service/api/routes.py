@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import re
 
-from service.api import admin, catalog, ingest, model, recommend, stats
+from service.api import (
+    admin,
+    catalog,
+    dashboard,
+    experiments,
+    ingest,
+    model,
+    recommend,
+    stats,
+)
 from service.api.access import ADMIN, PUBLIC
 from service.api.context import Route
 
@@ -31,6 +40,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/model", model.get_model, PUBLIC),
     Route("PUT", "/admin/model", model.put_model, ADMIN),
     Route("POST", "/admin/tune", model.start_tuning, ADMIN),
+    Route("PUT", "/admin/experiments/{name}", experiments.put_experiment, ADMIN),
+    Route("GET", "/admin/experiments/{name}", experiments.get_experiment, ADMIN),
+    Route("DELETE", "/admin/experiments/{name}", experiments.delete_experiment, ADMIN),
+    Route("GET", "/admin/dashboard/data", dashboard.dashboard_data, ADMIN),
+    Route("GET", "/dashboard", stats.static("api/static/dashboard.html", "text/html")),
+    Route("GET", "/static/uplot.iife.min.js",
+          stats.static("api/static/uplot.iife.min.js", "application/javascript"),
+          documented=False),
+    Route("GET", "/static/uplot.min.css", stats.static("api/static/uplot.min.css", "text/css"),
+          documented=False),
     Route("GET", "/stats", stats.stats, PUBLIC),
     Route("GET", "/healthz", stats.healthz),
     Route("GET", "/readyz", stats.readyz),

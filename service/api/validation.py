@@ -15,7 +15,8 @@ from service.api.errors import ApiError, invalid
 from service.api.jsonutil import JSONDecodeError, dumps, loads
 from service.core.catalog import AttributeValue, Record
 from service.core.catalog import encode as encode_record
-from service.core.model import EVENT_TYPES, Event
+from service.core.feedback import MAX_VARIANTS, Variant
+from service.core.model import EVENT_TYPES, IMPRESSION, Event
 from service.core.modelparams import LIMITS, Value
 from service.core.rules import NO_RULES, Filter, Rules
 from service.settings import Settings
@@ -37,6 +38,7 @@ class RecommendRequest:
     interactions: list[Interaction]  # in the order given
     k: int
     recommend_seen: bool
+    session_id: str | None = None  # the visitor's session: its experiment variant, if any
     rules: Rules = NO_RULES
 
 
@@ -171,7 +173,8 @@ def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> In
 
 def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
     """The seed's POST /iid_recommend body."""
-    obj = _object(body, "", ("user_interactions", "k", "recommend_seen", *RULE_FIELDS))
+    obj = _object(body, "", ("user_interactions", "k", "recommend_seen", "session_id",
+                             *RULE_FIELDS))
     if "user_interactions" not in obj:
         raise invalid("user_interactions",
                       "user_interactions is required: an object keyed by item id ({} for none).")
@@ -201,7 +204,9 @@ def recommend_request(body: Any, settings: Settings, now: float) -> RecommendReq
     seen = obj.get("recommend_seen", False)
     if not isinstance(seen, bool):
         raise invalid("recommend_seen", "recommend_seen must be true or false.")
-    return RecommendRequest(interactions, k, seen, rules(obj, settings))
+    session = identifier(obj["session_id"], "session_id", settings) \
+        if obj.get("session_id") is not None else None
+    return RecommendRequest(interactions, k, seen, session, rules(obj, settings))
 
 
 MAX_EXCLUDE = 1000
@@ -355,7 +360,19 @@ def rule_filter(value: Any, field: str, settings: Settings) -> Filter:
     return Filter(categories, tags, low, high, tuple(attributes))
 
 
-EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating")
+EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating", "recommendation_id")
+MAX_RECOMMENDATION_ID = 64
+_RID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def recommendation_id(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise invalid(field, f"{field} must be a string (an answer's recommendation_id), not "
+                             f"{_type_name(value)}.")
+    if not 0 < len(value) <= MAX_RECOMMENDATION_ID or not _RID_CHARS.issuperset(value):
+        raise invalid(field, f"{field} must be the recommendation_id of an answer, as given "
+                             "(letters, digits, - and _).")
+    return value
 
 
 def event(value: Any, field: str, settings: Settings, now: float) -> Event:
@@ -372,7 +389,13 @@ def event(value: Any, field: str, settings: Settings, now: float) -> Event:
     if kind not in EVENT_TYPES:
         raise invalid(prefix + "type", f"{prefix}type must be one of {', '.join(EVENT_TYPES)}.")
     rate = rating(obj["rating"], prefix + "rating") if obj.get("rating") is not None else None
-    return Event(session, item, ts, kind, rate)
+    rid = recommendation_id(obj["recommendation_id"], prefix + "recommendation_id") \
+        if obj.get("recommendation_id") is not None else None
+    if kind == IMPRESSION and rid is None:
+        raise invalid(prefix + "recommendation_id",
+                      f"{prefix}recommendation_id is required with type impression: the "
+                      "recommendation_id of the answer whose list showed the item.")
+    return Event(session, item, ts, kind, rate, rid)
 
 
 def _batch(body: Any, name: str, what: str, settings: Settings) -> list[Any]:
@@ -463,6 +486,56 @@ def item_records(body: Any, settings: Settings) -> list[Record]:
     return [item_record(value, f"items[{n}]", settings) for n, value in enumerate(batch)]
 
 
+# --- experiments ----------------------------------------------------------------------------
+def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:
+    """``PUT /admin/experiments/{name}``: the variants, in the order given (the first is what
+    the report compares the others with)."""
+    obj = _object(body, "", ("variants",))
+    raw = obj.get("variants")
+    if not isinstance(raw, dict) or not 2 <= len(raw) <= MAX_VARIANTS:
+        raise invalid("variants", "variants must be an object of 2 to "
+                                  f"{MAX_VARIANTS} variants by name, for example "
+                                  '{"A": {"weight": 1, "params": {}}, "B": {"weight": 1, '
+                                  '"params": {"position_decay": 1.0}}}.')
+    variants = []
+    for name, value in raw.items():
+        where = f"variants.{name}"
+        if not 0 < len(name) <= MAX_VARIANT_NAME:
+            raise invalid(where, f"A variant's name must be 1 to {MAX_VARIANT_NAME} characters.")
+        fields = _object(value, where, ("weight", "params"))
+        weight = finite_number(fields.get("weight", 1), where + ".weight", low=0, high=1e6)
+        if weight <= 0:
+            raise invalid(where + ".weight", f"{where}.weight must be above 0.")
+        values = _param_values(fields.get("params", {}), where + ".params", settings)
+        variants.append(Variant(name, weight, values))
+    return tuple(variants)
+
+
+MAX_VARIANT_NAME = 64
+
+
+def _param_values(raw: Any, field: str, settings: Settings) -> dict[str, Value]:
+    """Model parameter values, each checked against its limits."""
+    if not isinstance(raw, dict):
+        raise invalid(field, f"{field} must be an object of parameter values, not "
+                             f"{_type_name(raw)}.")
+    values: dict[str, Value] = {}
+    for name, value in raw.items():
+        limit = LIMITS.get(name)
+        if limit is None:
+            raise invalid(f"{field}.{name}", f"Unknown parameter {name!r}; the parameters are "
+                                             f"{', '.join(LIMITS)}.")
+        checked = limit.check(value)
+        if isinstance(checked, str):
+            raise invalid(f"{field}.{name}", f"{name} {checked} ({limit.meaning}).")
+        if name == "index_cap" and checked > settings.index_cap:
+            raise invalid(f"{field}.{name}",
+                          f"index_cap must be at most {settings.index_cap}: the indexes hold "
+                          "no more (raise --index-cap on the workers and serve first).")
+        values[name] = checked
+    return values
+
+
 # --- the model record ---------------------------------------------------------------------------
 def model_change(body: Any, settings: Settings) -> tuple[dict[str, Value], bool | None]:
     """``PUT /admin/model``: the parameter values to set, and whether to pin them (None: their
@@ -475,20 +548,7 @@ def model_change(body: Any, settings: Settings) -> tuple[dict[str, Value], bool 
     if not isinstance(raw, dict) or not raw:
         raise invalid("params", "params must be an object naming at least one parameter, "
                                 f"not {_type_name(raw) if not isinstance(raw, dict) else '{}'}.")
-    values: dict[str, Value] = {}
-    for name, value in raw.items():
-        limit = LIMITS.get(name)
-        if limit is None:
-            raise invalid(f"params.{name}", f"Unknown parameter {name!r}; the parameters are "
-                                            f"{', '.join(LIMITS)}.")
-        checked = limit.check(value)
-        if isinstance(checked, str):
-            raise invalid(f"params.{name}", f"{name} {checked} ({limit.meaning}).")
-        if name == "index_cap" and checked > settings.index_cap:
-            raise invalid(f"params.{name}",
-                          f"index_cap must be at most {settings.index_cap}: the indexes hold "
-                          "no more (raise --index-cap on the workers and serve first).")
-        values[name] = checked
+    values = _param_values(raw, "params", settings)
     pin = obj.get("pin")
     if pin is not None and not isinstance(pin, bool):
         raise invalid("pin", f"pin must be true or false, not {_type_name(pin)}.")

@@ -36,8 +36,14 @@ from service.core.layout import (
     time_key,
 )
 
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
-TYPE_RATING = {"view": 1.0, "click": 3.0, "add_to_cart": 4.0, "purchase": 5.0}
+LEARNED_TYPES = ("view", "click", "add_to_cart", "purchase")
+IMPRESSION = "impression"
+EVENT_TYPES = (*LEARNED_TYPES, IMPRESSION)
+"""An impression says an item was shown in an answer's list: not interest, so it never
+reaches the model (the live session, the histories, the indexes, trending); it is counted
+for its answer's variant (``service/core/feedback.py``)."""
+TYPE_RATING = {"view": 1.0, "click": 3.0, "add_to_cart": 4.0, "purchase": 5.0,
+               IMPRESSION: 0.0}
 """Rating implied by an event type when the event carries none (the SDK's defaults too)."""
 
 def no_later_than(ev: Event, ceiling: float) -> Event:
@@ -58,6 +64,7 @@ class Event(NamedTuple):
     timestamp: float
     type: str = "view"
     rating: float | None = None
+    recommendation_id: str | None = None  # the answer it acts on: attributed to its variant
 
     @property
     def effective_rating(self) -> float:
@@ -92,6 +99,7 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
     (The loop is the worker's and the loader's hottest: locals bound once, plain tuples.)
     """
     fx = Effects()
+    events = (ev for ev in events if ev[3] != IMPRESSION)
     index, doc_freq, names, trend = fx.index, fx.doc_freq, fx.names, fx.trend
     # per session: its kept history, and per item the latest time in it (so an event costs a
     # dict lookup, not a scan of the history)

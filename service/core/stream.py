@@ -10,8 +10,10 @@ field      value                                                     required
 session    session id (UTF-8)                                        yes
 item       item id (UTF-8)                                           yes
 ts         Unix seconds, decimal                                     yes
-type       ``view``, ``click``, ``add_to_cart`` or ``purchase``      no (view)
+type       ``view``, ``click``, ``add_to_cart``, ``purchase`` or     no (view)
+           ``impression``
 rating     finite decimal number                                     no
+rid        the recommendation id of the answer the event acts on     no
 =========  ========================================================  ==========
 
 An entry that does not parse (an item id that is not valid UTF-8 included: it would be written
@@ -34,7 +36,7 @@ class BadEntry(ValueError):
 def decode(fields: dict[bytes, bytes]) -> Event:
     try:
         return _event(fields[b"session"], fields[b"item"], fields[b"ts"],
-                      fields.get(b"type", b"view"), fields.get(b"rating"))
+                      fields.get(b"type", b"view"), fields.get(b"rating"), fields.get(b"rid"))
     except KeyError as exc:
         raise BadEntry(f"missing field {exc.args[0]!r}") from None
 
@@ -46,7 +48,7 @@ def decode_flat(flat: Sequence[bytes]) -> Event:
     n = len(flat)
     if (n == 8 or (n == 10 and flat[8] == b"rating")) and flat[0] == b"session" \
             and flat[2] == b"item" and flat[4] == b"ts" and flat[6] == b"type":
-        return _event(flat[1], flat[3], flat[5], flat[7], flat[9] if n == 10 else None)
+        return _event(flat[1], flat[3], flat[5], flat[7], flat[9] if n == 10 else None, None)
     return decode(fields_of(flat))
 
 
@@ -55,7 +57,7 @@ def fields_of(flat: Sequence[bytes]) -> dict[bytes, bytes]:
 
 
 def _event(session_raw: bytes, item_raw: bytes, ts_raw: bytes, kind_raw: bytes,
-           rating_raw: bytes | None) -> Event:
+           rating_raw: bytes | None, rid_raw: bytes | None) -> Event:
     try:
         session = session_raw.decode("utf-8", "surrogatepass")
         # strict: an item id is written into answers, and JSON cannot carry a lone surrogate
@@ -63,6 +65,7 @@ def _event(session_raw: bytes, item_raw: bytes, ts_raw: bytes, kind_raw: bytes,
         ts = float(ts_raw)
         kind = kind_raw.decode()
         rating = None if rating_raw is None else float(rating_raw)
+        rid = None if rid_raw is None else rid_raw.decode("ascii", "replace")  # checked later
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadEntry(str(exc)) from None
     if not session or not item:
@@ -71,7 +74,7 @@ def _event(session_raw: bytes, item_raw: bytes, ts_raw: bytes, kind_raw: bytes,
         raise BadEntry("non-finite number")
     if kind not in EVENT_TYPES:
         raise BadEntry(f"unknown type {kind!r}")
-    return Event(session, item, ts, kind, rating)
+    return Event(session, item, ts, kind, rating, rid or None)
 
 
 def encode(event: Event) -> dict[str, str]:
@@ -79,6 +82,8 @@ def encode(event: Event) -> dict[str, str]:
               "type": event.type}
     if event.rating is not None:
         fields["rating"] = number(event.rating)
+    if event.recommendation_id is not None:
+        fields["rid"] = event.recommendation_id
     return fields
 
 
@@ -87,13 +92,19 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
+PACKED_V2 = b"v2;"
+"""Marks a journal payload of six fields per event (the recommendation id added); one without
+it, five (written before feedback existed, and still replayed)."""
+
+
 def pack_events(events: list[Event]) -> bytes:
     """Events as length-prefixed fields (ids may hold any code point, NUL and lone surrogates
     included): the journal's payload."""
-    out: list[bytes] = []
+    out: list[bytes] = [PACKED_V2]
     for ev in events:
         for value in (ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
-                      "" if ev.rating is None else number(ev.rating)):
+                      "" if ev.rating is None else number(ev.rating),
+                      ev.recommendation_id or ""):
             raw = value.encode("utf-8", "surrogatepass")
             out.append(b"%d:%s" % (len(raw), raw))
     return b"".join(out)
@@ -101,12 +112,14 @@ def pack_events(events: list[Event]) -> bytes:
 
 def unpack_events(payload: bytes) -> list[Event]:
     fields: list[str] = []
-    at = 0
+    width = 6 if payload.startswith(PACKED_V2) else 5
+    at = len(PACKED_V2) if width == 6 else 0
     while at < len(payload):
         colon = payload.index(b":", at)
         size = int(payload[at:colon])
         fields.append(payload[colon + 1:colon + 1 + size].decode("utf-8", "surrogatepass"))
         at = colon + 1 + size
     return [Event(fields[n], fields[n + 1], float(fields[n + 2]), fields[n + 3],
-                  float(fields[n + 4]) if fields[n + 4] else None)
-            for n in range(0, len(fields) - 4, 5)]
+                  float(fields[n + 4]) if fields[n + 4] else None,
+                  (fields[n + 5] or None) if width == 6 else None)
+            for n in range(0, len(fields) - width + 1, width)]

@@ -188,6 +188,38 @@ class Keys:
         """The tuning lease: the running run's id while one runs (one at a time)."""
         return f"{self.ns}:{{g}}:tune:lease"
 
+    def feedback_key(self) -> str:
+        """The key recommendation ids are signed with (``core/feedback.py``): written once by
+        whichever process needs it first, read by every serve process and worker."""
+        return f"{self.ns}:{{g}}:feedback:key"
+
+    def experiment(self) -> str:
+        """JSON: the running experiment (absent: none runs)."""
+        return f"{self.ns}:{{g}}:experiment"
+
+    def experiments(self) -> str:
+        """Hash name -> JSON: every experiment started, running or ended, for its report."""
+        return f"{self.ns}:{{g}}:experiments"
+
+    def experiment_serial(self) -> str:
+        """Counter: each experiment started takes the next serial (what ids carry)."""
+        return f"{self.ns}:{{g}}:experiment:serial"
+
+    def experiment_answers(self) -> str:
+        """Hash ``x:<serial>:<variant>:answers`` -> answers given (serve processes add to it
+        every second)."""
+        return f"{self.ns}:{{g}}:experiment:answers"
+
+    def experiment_sessions(self, serial: int, variant: int) -> str:
+        """HyperLogLog of the sessions a variant answered (distinct sessions in bounded
+        memory, whatever session ids clients invent)."""
+        return f"{self.ns}:{{g}}:experiment:{serial}:{variant}:sessions"
+
+    def minute(self, minute: int) -> str:
+        """Hash: one minute's counts and histograms for the dashboard
+        (``core/series.py``); expires after a day."""
+        return f"{self.ns}:{{g}}:minute:{minute}"
+
     def rate_bucket(self, client: str) -> str:
         """A client's token bucket; the client identity is hashed into its own tag."""
         digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()

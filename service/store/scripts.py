@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from redis.commands.core import AsyncScript
 
-NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "model", "commit",
+NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "model", "experiment",
+         "commit",
          "intent", "apply", "trim", "sweep", "lease")
 
 
@@ -86,6 +87,15 @@ class Scripts:
             args += [name, value]
         written, version = await self.registered["model"](keys=[record], args=args)
         return bool(written), int(version)
+
+    async def experiment(self, running: str, experiments: str,
+                         action: Literal["start", "end"], name: str, body: str
+                         ) -> tuple[bool, str]:
+        """Start (``body``: its JSON) or end (``body``: the ended record) the experiment:
+        whether done, and on a refused start the running one's JSON."""
+        done, current = await self.registered["experiment"](
+            keys=[running, experiments], args=[action, name, body])
+        return bool(done), current.decode() if isinstance(current, bytes) else str(current)
 
     # --- worker ------------------------------------------------------------------------------
     async def lease(self, key: str, worker: str, lease_ms: int,

@@ -41,6 +41,7 @@ from service.core.stream import encode, number, pack_events, unpack_events
 from service.settings import Settings
 from service.store.backends import REDIS_FAILURES, open_backend
 from service.store.caches import FrequencyCache, NameCache
+from service.store.feedback import Feedback
 from service.store.keyspace import GROUP, Keys
 from service.store.mirror import CATALOGUE_MAX_AGE, CHANGE_LOG_CAP, CatalogueMirror
 from service.store.readcache import ReadCache
@@ -127,6 +128,7 @@ class Store:
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.scripts = Scripts(self.redis)
         self.mirror = CatalogueMirror(self.redis, self.keys)
+        self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions)
 
     @property
     def cache(self) -> ReadCache | None:
@@ -221,7 +223,7 @@ class Store:
                      self.keys.live_registry(p)]
             args += [ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
                      "" if ev.rating is None else number(ev.rating),
-                     number(TYPE_RATING[ev.type]), s.hex()]
+                     number(TYPE_RATING[ev.type]), s.hex(), ev.recommendation_id or ""]
         ids = await self.backend.run_script(self.scripts.ingest, keys, args)
         if ids and ids[0] == b"replay":
             raise Replayed(ids[1].decode())
@@ -574,7 +576,7 @@ class Store:
             for shard in range(ITEM_SHARDS):
                 pipe.hlen(self.keys.names(shard))
             replies = await pipe.execute(raise_on_error=False)
-        accepted = processed = dead = live = unlisted = 0
+        accepted = processed = dead = live = unlisted = impressions = clicks = 0
         for p in partitions:
             info, counters, sessions = replies[3 * p: 3 * p + 3]
             if isinstance(info, dict):
@@ -582,10 +584,13 @@ class Store:
             processed += int(counters.get(b"processed", 0))
             dead += int(counters.get(b"dead", 0))
             unlisted += int(counters.get(b"unlisted", 0))
+            impressions += int(counters.get(b"impressions", 0))
+            clicks += int(counters.get(b"attributed_clicks", 0))
             live += int(sessions)
         items = sum(int(n) for n in replies[3 * self.settings.partitions:])
         accepted += journalled
         return {"events_accepted": accepted, "events_processed": processed,
                 "events_dead": dead, "events_unlisted": unlisted,
                 "pending": max(accepted - processed - dead, 0),
-                "items": items, "live_sessions": live}
+                "items": items, "live_sessions": live, "impressions": impressions,
+                "attributed_clicks": clicks}

@@ -103,11 +103,34 @@ test("recommend posts the stored interactions in the seed's request", async () =
   assert.equal(answer.message, "m");
   const call = sent.find((c) => c.url === "/iid_recommend");
   const body = JSON.parse(call.options.body);
-  assert.deepEqual(Object.keys(body), ["user_interactions", "k", "recommend_seen"]);
+  assert.deepEqual(Object.keys(body), ["user_interactions", "k", "recommend_seen", "session_id"]);
+  assert.equal(body.session_id, sdk.sessionId()); // its experiment variant, if one runs
   assert.equal(body.k, 4);
   assert.equal(body.recommend_seen, true);
   assert.equal(body.user_interactions.x.rating, 5);
   await new Promise((r) => setTimeout(r, 30)); // let the event batch go before the next test
+});
+
+test("a click on a rendered item carries its answer's recommendation_id", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5 });
+  sdk.track("a", "click", "rid-1");
+  sdk.track("b", "view");
+  await new Promise((r) => setTimeout(r, 30));
+  const events = JSON.parse(sent.find((c) => c.url === "/events").options.body).events;
+  assert.equal(events[0].recommendation_id, "rid-1");
+  assert.equal("recommendation_id" in events[1], false);
+});
+
+test("without consent, recommend sends no session id", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false });
+  sdk.setConsent(false);
+  await sdk.recommend();
+  const body = JSON.parse(sent.find((c) => c.url === "/iid_recommend").options.body);
+  assert.equal("session_id" in body, false);
 });
 
 test("without consent nothing is stored or sent", async () => {

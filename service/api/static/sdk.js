@@ -6,8 +6,11 @@
  * batches, each with an Idempotency-Key, kept in sessionStorage (at most maxQueued events,
  * oldest dropped) until the server took them: a 429, a 503 or a lost connection is retried
  * with backoff, and a retry is never counted twice. Event times follow the server's clock (its
- * Date header), so a visitor's fast clock cannot get them refused. No cookies, no
- * dependencies, no build step. */
+ * Date header), so a visitor's fast clock cannot get them refused. Feedback: every request
+ * carries the session id (its experiment variant, if one runs); a rendered list sends one
+ * impression per item, once per answer, when it first becomes at least half visible; a click
+ * on a rendered item carries its answer's recommendation_id. With consent off, nothing is
+ * stored or sent. No cookies, no dependencies, no build step. */
 (function (global) {
   "use strict";
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
@@ -20,7 +23,7 @@
   };
   // queue: events not yet in a batch; batches: [{key, events, tries, due}] sent in order
   var queue = [], batches = [], timer = null, observer = null, viewed = {}, renderTimer = null,
-      sending = false, clockOffset = 0;
+      sending = false, clockOffset = 0, listObserver = null, shown = {};
 
   function storage() { try { return global.sessionStorage; } catch (e) { return null; } }
   function read(key, fallback) {
@@ -122,17 +125,59 @@
                        delay == null ? cfg.flushInterval : Math.max(0, delay));
   }
 
-  function track(itemId, type) {
+  function enqueue(event) {
+    queue.push(event);
+    save();
+    if (queue.length >= cfg.batchSize) flush(); else schedule();
+  }
+
+  // recommendationId: the answer whose list showed the item (a click on a rendered item)
+  function track(itemId, type, recommendationId) {
     if (!cfg.consent || itemId == null || itemId === "") return;
     type = type || "view";
     var rating = cfg.ratings[type] != null ? cfg.ratings[type] : 1;
     var ts = now();
     write(STORE_KEY, addInteraction(interactions(), String(itemId), rating, ts,
                                     cfg.maxInteractions));
-    queue.push({ session_id: sessionId(), item_id: String(itemId), type: type, timestamp: ts });
+    var event = { session_id: sessionId(), item_id: String(itemId), type: type, timestamp: ts };
+    if (recommendationId) event.recommendation_id = recommendationId;
+    enqueue(event);
+    if (cfg.container) scheduleRender();
+  }
+
+  /* One impression per item of an answer, the first time its list is half visible (never
+   * twice for one answer). Impressions are not interest: the session's items stay as they
+   * are. */
+  function sendImpressions(recommendationId, itemIds) {
+    if (!cfg.consent || !recommendationId || shown[recommendationId]) return;
+    shown[recommendationId] = true;
+    var sid = sessionId(), ts = now();
+    itemIds.forEach(function (id) {
+      queue.push({ session_id: sid, item_id: String(id), type: "impression", timestamp: ts,
+                   recommendation_id: recommendationId });
+    });
     save();
     if (queue.length >= cfg.batchSize) flush(); else schedule();
-    if (cfg.container) scheduleRender();
+  }
+
+  function watchList(target, answer) {
+    target.setAttribute("data-recommendation-id", answer.recommendation_id || "");
+    target.__sessionrecItems = answer.recommendations.map(function (r) { return r.id; });
+    // without an IntersectionObserver what is seen is unknown: no impression rather than a
+    // false one
+    if (!global.IntersectionObserver || !answer.recommendations.length) return;
+    if (!listObserver) {
+      listObserver = new global.IntersectionObserver(function (entries) {
+        entries.forEach(function (entry) {
+          if (!entry.isIntersecting || entry.intersectionRatio < 0.5) return;
+          var el = entry.target;
+          listObserver.unobserve(el);
+          sendImpressions(el.getAttribute("data-recommendation-id"), el.__sessionrecItems);
+        });
+      }, { threshold: 0.5 });
+    }
+    listObserver.unobserve(target);
+    listObserver.observe(target);
   }
 
   function scheduleRender() {
@@ -164,6 +209,7 @@
     if (most) body.max_per_category = most;
     var explain = options.explain !== undefined ? options.explain : cfg.explain;
     if (explain) body.explain = true;
+    if (cfg.consent) body.session_id = sessionId();
     return global.fetch(cfg.endpoint + "/iid_recommend", {
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
@@ -199,6 +245,7 @@
         target.appendChild(node);
       });
       observeAll(target);
+      watchList(target, answer);
       return answer;
     });
   }
@@ -211,9 +258,20 @@
     return null;
   }
 
+  function answerOf(el) {
+    while (el && el !== global.document) {
+      if (el.getAttribute && el.getAttribute("data-recommendation-id")) {
+        return el.getAttribute("data-recommendation-id");
+      }
+      el = el.parentNode;
+    }
+    return null;
+  }
+
   function onClick(event) {
     var el = itemOf(event.target);
-    if (el) track(el.getAttribute("data-item-id"), el.getAttribute("data-event-type") || "click");
+    if (el) track(el.getAttribute("data-item-id"), el.getAttribute("data-event-type") || "click",
+                  answerOf(el));
   }
 
   function observeAll(root) {
@@ -272,7 +330,7 @@
   function setConsent(granted) {
     cfg.consent = !!granted;
     if (!granted) {
-      queue = []; batches = [];
+      queue = []; batches = []; shown = {};
       var s = storage();
       if (s) { s.removeItem(STORE_KEY); s.removeItem(SESSION_KEY); s.removeItem(QUEUE_KEY); }
     }

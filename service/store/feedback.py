@@ -1,0 +1,170 @@
+"""The feedback loop's shared state in Redis (SPEC, "Feedback"): the key recommendation ids
+are signed with, the running experiment and every one started, and the counts a report reads.
+
+Counts of events (impressions, attributed clicks, add-to-carts, purchases) are the workers':
+each batch's commit adds them to its partition's counters with the watermark, so they are
+exact (a redelivered event counts once). Answers and sessions are the serve processes': each
+tallies its own and adds them every second (``Tally``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from service.core.feedback import (
+    KINDS,
+    Experiment,
+    answers_field,
+    counter_field,
+    new_key,
+)
+from service.store.keyspace import Keys
+from service.store.scripts import Scripts
+
+
+class ExperimentConflict(Exception):
+    """Another experiment runs (one at a time)."""
+
+    def __init__(self, running: Experiment) -> None:
+        super().__init__(running.name)
+        self.running = running
+
+
+class Feedback:
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, keys: Keys,
+                 partitions: int) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.keys = keys
+        self.partitions = partitions
+
+    async def signing_key(self) -> bytes:
+        """The key recommendation ids are signed with, made now if Redis has none (first
+        use, or a Redis that came back empty)."""
+        key = await self.client.get(self.keys.feedback_key())
+        if key is None:
+            await self.client.set(self.keys.feedback_key(), new_key(), nx=True)
+            key = await self.client.get(self.keys.feedback_key())
+        return cast(bytes, key)
+
+    async def current(self) -> tuple[bytes, Experiment | None]:
+        """The signing key (made now if Redis has none: first use, or a Redis that came back
+        empty) and the running experiment; one round trip when the key exists."""
+        key, running = await self.client.mget([self.keys.feedback_key(), self.keys.experiment()])
+        if key is None:
+            key = await self.signing_key()
+        return cast(bytes, key), Experiment.from_json(json.loads(running)) if running else None
+
+    async def get(self, name: str) -> Experiment | None:
+        raw = await self.client.hget(self.keys.experiments(), name)
+        return Experiment.from_json(json.loads(raw)) if raw else None
+
+    async def start(self, experiment: Experiment) -> Experiment:
+        """Start ``experiment`` (its serial is taken here); the running one when it is the
+        same experiment sent again; ExperimentConflict when another runs."""
+        running = (await self.current())[1]
+        if running is not None:
+            if running.name == experiment.name and running.variants == experiment.variants:
+                return running
+            raise ExperimentConflict(running)
+        serial = int(await self.client.incr(self.keys.experiment_serial()))
+        started = Experiment(experiment.name, serial, experiment.variants,
+                             experiment.started_at)
+        done, current = await self.scripts.experiment(
+            self.keys.experiment(), self.keys.experiments(), "start", started.name,
+            json.dumps(started.to_json()))
+        if not done:  # another start got in between
+            other = Experiment.from_json(json.loads(current))
+            if other.name == experiment.name and other.variants == experiment.variants:
+                return other
+            raise ExperimentConflict(other)
+        return started
+
+    async def end(self, name: str, now: float) -> Experiment | None:
+        """End the running experiment ``name``: the ended record, or None when ``name`` was
+        not running (an ended one stays, for its report)."""
+        running = (await self.current())[1]
+        if running is None or running.name != name:
+            return None
+        ended = Experiment(running.name, running.serial, running.variants,
+                           running.started_at, now)
+        done, _ = await self.scripts.experiment(self.keys.experiment(), self.keys.experiments(),
+                                                "end", name, json.dumps(ended.to_json()))
+        return ended if done else None
+
+    async def counts(self, experiment: Experiment) -> list[dict[str, int]]:
+        """Per variant: answers and each kind of attributed event, summed over partitions."""
+        n = len(experiment.variants)
+        fields = [counter_field(experiment.serial, v, kind) for v in range(n) for kind in KINDS]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.hmget(self.keys.counters(p), fields)
+            pipe.hmget(self.keys.experiment_answers(),
+                       [answers_field(experiment.serial, v) for v in range(n)])
+            replies: list[Any] = await pipe.execute()
+        # PFCOUNT one key at a time: redis-py's cluster pipeline refuses it
+        replies += [await self.client.pfcount(self.keys.experiment_sessions(experiment.serial, v))
+                    for v in range(n)]
+        totals: list[dict[str, int]] = [dict.fromkeys((*KINDS, "answers", "sessions"), 0)
+                                        for _ in range(n)]
+        for reply in replies[:self.partitions]:
+            for at, value in enumerate(reply):
+                if value is not None:
+                    totals[at // len(KINDS)][KINDS[at % len(KINDS)]] += int(value)
+        for v, value in enumerate(replies[self.partitions]):
+            totals[v]["answers"] = int(value or 0)
+        for v, value in enumerate(replies[self.partitions + 1:]):
+            totals[v]["sessions"] = int(value)
+        return totals
+
+    async def add(self, answers: Counter[tuple[int, int]],
+                  sessions: dict[tuple[int, int], set[str]]) -> None:
+        """A serve process' tally of answers and sessions since its last call."""
+        if not answers and not sessions:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for (serial, variant), n in answers.items():
+                pipe.hincrby(self.keys.experiment_answers(), answers_field(serial, variant), n)
+            for (serial, variant), ids in sessions.items():
+                if ids:
+                    pipe.pfadd(self.keys.experiment_sessions(serial, variant), *ids)
+            await pipe.execute()
+
+
+class Tally:
+    """A serve process' answers and sessions per (experiment serial, variant) since its last
+    flush. Sessions are kept up to ``max_sessions`` per flush (a flood of invented session ids
+    must not grow a process: the count is a HyperLogLog's estimate anyway)."""
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        self.max_sessions = max_sessions
+        self.answers: Counter[tuple[int, int]] = Counter()
+        self.sessions: dict[tuple[int, int], set[str]] = {}
+        self._held = 0
+
+    def count(self, serial: int, variant: int, session_id: str) -> None:
+        slot = (serial, variant)
+        self.answers[slot] += 1
+        ids = self.sessions.get(slot)
+        if ids is None:
+            ids = self.sessions[slot] = set()
+        if self._held < self.max_sessions and session_id not in ids:
+            ids.add(session_id)
+            self._held += 1
+
+    def take(self) -> tuple[Counter[tuple[int, int]], dict[tuple[int, int], set[str]]]:
+        answers, sessions = self.answers, self.sessions
+        self.answers, self.sessions, self._held = Counter(), {}, 0
+        return answers, sessions
+
+    def give_back(self, answers: Counter[tuple[int, int]],
+                  sessions: dict[tuple[int, int], set[str]]) -> None:
+        """A flush that failed (Redis away): counted again at the next one."""
+        self.answers.update(answers)
+        for slot, ids in sessions.items():
+            self.sessions.setdefault(slot, set()).update(ids)
+
