@@ -143,15 +143,16 @@ def bare_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def wrk_script(payloads: list[bytes], path: str) -> str:
+def wrk_script(payloads: list[bytes], path: str, key: str | None = None) -> str:
     chunks = ",\n".join("[==[" + p.decode() + "]==]" for p in payloads)
+    auth = f', ["X-API-Key"] = "{key}"' if key else ""
     lua = f"""local bodies = {{
 {chunks}
 }}
 local i = 0
 request = function()
   i = i % #bodies + 1
-  return wrk.format("POST", "{path}", {{["Content-Type"] = "application/json"}}, bodies[i])
+  return wrk.format("POST", "{path}", {{["Content-Type"] = "application/json"{auth}}}, bodies[i])
 end
 """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -883,7 +884,7 @@ def bench_experiment(settings: Settings, data: Path, seconds: int, rounds: int
     alternating in one run. The variant changes a parameter that costs nothing (position
     decay), so the difference is the experiment's own work: the variant's assignment and
     parameters, the answer's count and the session's in the tally."""
-    script = wrk_script(_with_sessions(bodies(data)), "/iid_recommend")
+    script = wrk_script(_with_sessions(bodies(data)), "/iid_recommend", EXPERIMENT_SECRET)
     variants = {"variants": {"A": {"weight": 1, "params": {}},
                              "B": {"weight": 1, "params": {"position_decay": 1.0}}}}
     plain: list[float] = []
