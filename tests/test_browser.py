@@ -364,3 +364,54 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
         assert errors == []
     finally:
         await runner.cleanup()
+
+
+async def test_the_demo_shop_sends_impressions_of_the_lists_in_view_only(
+        stack: Stack, browser: Browser) -> None:
+    """The demo shop: "Recommended for you" is in view, "More you may like" is below the
+    catalogue. Only the first sends impressions until the page is scrolled to the second; a
+    click on a recommendation carries its list's recommendation_id."""
+    page = await browser.new_page(viewport={"width": 1280, "height": 700})
+    errors = console_errors(page)
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/events"):
+            sent.extend(json.loads(request.post_data)["events"])
+    page.on("request", record)
+
+    async def until(condition: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, sent
+            await asyncio.sleep(0.05)
+
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_selector("#recs .card")
+    await page.wait_for_selector("#more .card")
+    top = await page.get_attribute("#recs", "data-recommendation-id")
+    more = await page.get_attribute("#more", "data-recommendation-id")
+    assert top and more and top != more
+    top_items = await page.eval_on_selector_all("#recs .card",
+                                                "cs => cs.map(c => c.dataset.itemId)")
+    more_items = await page.eval_on_selector_all("#more .card",
+                                                 "cs => cs.map(c => c.dataset.itemId)")
+
+    def shown(rid: str) -> list[str]:
+        return sorted(e["item_id"] for e in sent
+                      if e["type"] == "impression" and e["recommendation_id"] == rid)
+    # (the list may have been rendered once before, in view too: that answer's impressions
+    # are as right as these)
+    await until(lambda: len(shown(top)) >= len(top_items))
+    await asyncio.sleep(0.6)
+    assert shown(top) == sorted(top_items) and shown(more) == []
+    await page.locator("#more").scroll_into_view_if_needed()
+    await until(lambda: len(shown(more)) >= len(more_items))
+    await asyncio.sleep(0.3)
+    assert shown(more) == sorted(more_items) and shown(top) == sorted(top_items)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.click(f'#recs .card[data-item-id="{top_items[0]}"] .name')
+    await until(lambda: any(e["type"] == "click" for e in sent))
+    click = next(e for e in sent if e["type"] == "click")
+    assert click["item_id"] == top_items[0] and click["recommendation_id"] == top
+    assert errors == []

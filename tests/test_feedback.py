@@ -333,3 +333,19 @@ async def test_a_follow_loop_stops_when_its_redis_call_turns_the_cancellation_in
     done, _ = await asyncio.wait([task], timeout=1.0)
     assert done, "the loop swallowed its cancellation"
     task.cancel()
+
+
+async def test_a_tuning_runs_candidate_can_be_tried_as_a_variant(shop: Client) -> None:
+    """The best parameters a run reports (GET /model: tuning.last_run.best.params, every
+    parameter) go into a variant as they are, to be tried before they are promoted."""
+    import dataclasses
+
+    from service.core.scoring import Params
+
+    best = dataclasses.asdict(Params(position_decay=0.5, sample_sessions=250, idf_weight=0.0))
+    resp = await shop.put("/admin/experiments/candidate", json={"variants": {
+        "in force": {}, "candidate": {"params": best}}})
+    assert resp.status == 200
+    assert (await resp.json())["variants"]["candidate"]["params"] == best
+    model = await (await shop.get("/model")).json()
+    assert model["params"]["position_decay"] == 2.0  # nothing promoted by trying it
