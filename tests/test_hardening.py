@@ -529,3 +529,32 @@ async def test_catalog_only_mode_learns_catalogue_items_only(client: Client,
     similar = await (await client.get("/items/a/similar")).json()
     assert [row["id"] for row in similar["recommendations"]] == ["b"]
     assert not await r.exists(store.keys.index(item_hash("invented-0")))
+
+
+async def test_stats_with_a_node_failing_in_the_pipeline_are_a_503_not_a_500(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/stats reads with errors returned as replies (a stream not created yet is one): a
+    reply that is a failing node's error must fail the request as the store's outage (503),
+    not be read as figures (a 500; a loaded cluster produced one in CI)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    client: Client = await aiohttp_client(create_app(settings))
+    store = client.app[STORE]
+    real = store.redis.pipeline
+
+    def failing_node(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        execute = pipe.execute
+
+        async def one_reply_failed(raise_on_error: bool = True) -> list[Any]:
+            replies: list[Any] = await execute(raise_on_error=raise_on_error)
+            if not raise_on_error:  # the statistics' pipeline
+                replies[1] = RedisConnectionError("Timeout reading from 127.0.0.1:1")
+            return replies
+        pipe.execute = one_reply_failed  # type: ignore[method-assign]
+        return pipe
+    assert (await client.get("/stats")).status == 200
+    monkeypatch.setattr(store.redis, "pipeline", failing_node)
+    resp = await client.get("/stats")
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "unavailable"

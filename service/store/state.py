@@ -576,6 +576,14 @@ class Store:
             for shard in range(ITEM_SHARDS):
                 pipe.hlen(self.keys.names(shard))
             replies = await pipe.execute(raise_on_error=False)
+        # errors come back as replies: a stream not created yet is one (XINFO on no key),
+        # anything else (a node that timed out) is the store failing, which the caller
+        # answers 503, not a reply to read as figures
+        for n, reply in enumerate(replies):
+            if isinstance(reply, Exception) and not (
+                    n < 3 * self.settings.partitions and n % 3 == 0
+                    and isinstance(reply, ResponseError)):
+                raise reply
         accepted = processed = dead = live = unlisted = impressions = clicks = 0
         for p in partitions:
             info, counters, sessions = replies[3 * p: 3 * p + 3]
