@@ -19,9 +19,15 @@ the test split. Deterministic for a given ``--seed``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.offline import clicklog  # noqa: E402
 
 DAY = 86_400.0
 
@@ -53,13 +59,6 @@ def generate(rng: np.random.Generator, *, sessions: int, topics: int, items_per_
     return rows
 
 
-def write(rows: list[tuple[str, str, float]], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        f.write("SessionId\tItemId\tTime\n")
-        for session, item, t in rows:
-            f.write(f"{session}\t{item}\t{t:.3f}\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +87,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.tsv", [r for r in rows if first[r[0]] < cut]),
                        ("test.tsv", [r for r in rows if first[r[0]] >= cut])):
-        write(part, args.out / name)
+        clicklog.write_sessionrec(part, args.out / name)
         print(f"{args.out / name}: {len(part)} events, {len({r[0] for r in part})} sessions")
 
 

@@ -42,13 +42,6 @@ def paired(log: ClickLog, prefix: str) -> list[tuple[str, str, float]]:
     return rows
 
 
-def write(rows: list[tuple[str, str, float]], path: Path) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        f.write("SessionId\tItemId\tTime\n")
-        for session, item, t in rows:
-            f.write(f"{session}\t{item}\t{t:.3f}\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +52,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in ("train.tsv", "test.tsv"):
         rows = paired(clicklog.read(args.data / name), name.split(".")[0] + "-")
-        write(rows, args.out / name)
+        clicklog.write_sessionrec(rows, args.out / name)
         print(f"{args.out / name}: {len(rows)} events, {len({r[0] for r in rows})} sessions")
 
 

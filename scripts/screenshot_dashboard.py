@@ -14,21 +14,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from playwright.async_api import async_playwright
 
-from service.api.app import create_app
-from service.demo import load_sample, sample_catalogue
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from screenshot_demo import FLAGS, embedded_shop
+
+from service.demo import sample_catalogue
 from service.offline.redisproc import free_port
 from service.settings import Settings
-from service.store.state import Store
-from workers.consumer import Worker
 
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SECRET = "sk_screenshot"
 
 
@@ -68,17 +68,13 @@ async def traffic(api: str, seconds: float) -> None:
 
 async def main(out: str, seconds: float) -> None:
     settings = Settings(redis_url="memory://", port=free_port(), secret_keys=SECRET)
-    store = Store(settings)
-    await store.prepare()
-    worker = Worker(settings, client=store.redis, worker_id="screenshot")
-    task = asyncio.create_task(worker.run())
-    await load_sample(store)
-    runner = web.AppRunner(create_app(settings, store), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
-    api = f"http://127.0.0.1:{settings.port}"
-    await traffic(api, seconds)
-    await asyncio.sleep(2.5)  # the tallies reach the store
+    async with embedded_shop(settings) as api:
+        await traffic(api, seconds)
+        await asyncio.sleep(2.5)  # the tallies reach the store
+        await screenshot(api, out)
+
+
+async def screenshot(api: str, out: str) -> None:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
         page = await browser.new_page(viewport={"width": 1440, "height": 1000})
@@ -89,9 +85,6 @@ async def main(out: str, seconds: float) -> None:
         await page.wait_for_timeout(500)
         await page.screenshot(path=out, full_page=True)
         await browser.close()
-    await runner.cleanup()
-    worker.stop()
-    await task
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 from playwright.async_api import async_playwright
@@ -25,8 +27,10 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-async def main(out: str) -> None:
-    settings = Settings(redis_url="memory://", port=free_port())
+@asynccontextmanager
+async def embedded_shop(settings: Settings) -> AsyncIterator[str]:
+    """The demo stack on the embedded store, in this process: the sample shop learned by a
+    worker, the API on ``settings.port``; its base URL."""
     store = Store(settings)
     await store.prepare()
     worker = Worker(settings, client=store.redis, worker_id="screenshot")
@@ -35,10 +39,24 @@ async def main(out: str) -> None:
     runner = web.AppRunner(create_app(settings, store), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        await runner.cleanup()
+        worker.stop()
+        await task
+
+
+async def main(out: str) -> None:
+    async with embedded_shop(Settings(redis_url="memory://", port=free_port())) as api:
+        await screenshot(api, out)
+
+
+async def screenshot(api: str, out: str) -> None:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
         page = await browser.new_page(viewport={"width": 1280, "height": 860})
-        await page.goto(f"http://127.0.0.1:{settings.port}/demo")
+        await page.goto(f"{api}/demo")
         await page.wait_for_selector("#recs .card")
         for item in ("1017", "1018"):  # Two-person tent, then Sleeping bag
             await page.click(f'#catalogue .card[data-item-id="{item}"] .name')
@@ -49,9 +67,6 @@ async def main(out: str) -> None:
         await page.wait_for_timeout(200)
         await page.screenshot(path=out)
         await browser.close()
-    await runner.cleanup()
-    worker.stop()
-    await task
 
 
 if __name__ == "__main__":

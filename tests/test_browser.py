@@ -131,6 +131,17 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
+def events_sent(page: Page) -> list[dict[str, Any]]:
+    """Every event the page posts to /events from now on, as it posts them."""
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any) -> None:
+        if request.method == "POST" and request.url.endswith("/events"):
+            sent.extend(json.loads(request.post_data or "{}")["events"])
+    page.on("request", record)
+    return sent
+
+
 def console_errors(page: Page) -> list[str]:
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -270,12 +281,7 @@ async def test_impressions_only_for_lists_in_view_and_clicks_carry_their_answer(
     its list's recommendation_id; the server counts exactly what the page sent."""
     page = await browser.new_page(viewport={"width": 800, "height": 600})
     errors = console_errors(page)
-    sent: list[dict[str, Any]] = []
-
-    def record(request: Any) -> None:
-        if request.method == "POST" and request.url.endswith("/events"):
-            sent.extend(json.loads(request.post_data)["events"])
-    page.on("request", record)
+    sent = events_sent(page)
 
     async def impressions(wanted: int) -> list[dict[str, Any]]:
         deadline = time.monotonic() + 10
@@ -373,12 +379,7 @@ async def test_the_demo_shop_sends_impressions_of_the_lists_in_view_only(
     click on a recommendation carries its list's recommendation_id."""
     page = await browser.new_page(viewport={"width": 1280, "height": 700})
     errors = console_errors(page)
-    sent: list[dict[str, Any]] = []
-
-    def record(request: Any) -> None:
-        if request.method == "POST" and request.url.endswith("/events"):
-            sent.extend(json.loads(request.post_data)["events"])
-    page.on("request", record)
+    sent = events_sent(page)
 
     async def until(condition: Any) -> None:
         deadline = time.monotonic() + 10

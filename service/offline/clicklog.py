@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +112,12 @@ def read(path: str | Path, fmt: str = "auto", columns: str = "",
     rank = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
     pos = np.arange(len(items)) - bounds[:-1][rank]
     return ClickLog(s_arr, log.items, BASE_TIME + rank * SESSION_GAP + pos)
+
+
+def write_sessionrec(rows: Iterable[tuple[str, str, float]], path: Path) -> None:
+    """Rows (session, item, Unix seconds) in session-rec's format, which ``read`` reads back:
+    what the scripts that derive or generate click logs write."""
+    with path.open("w", encoding="utf-8") as f:
+        f.write("SessionId\tItemId\tTime\n")
+        for session, item, t in rows:
+            f.write(f"{session}\t{item}\t{t:.3f}\n")
