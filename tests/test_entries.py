@@ -16,11 +16,14 @@ def flat_of(fields: dict[str, str] | dict[bytes, bytes]) -> list[bytes]:
 
 @pytest.mark.parametrize("event", [
     Event("s", "a", 1.5), Event("s\udcff", "é", 1e9, "purchase", 4.0),
-    Event("s", "a", 0.0, "click", -2.5)])
+    Event("s", "a", 0.0, "click", -2.5), Event("s", "a", 3.0, "impression", None, "rid-1"),
+    Event("s", "a", 3.0, "click", 2.0, "rid-2")])
 def test_the_writers_layout_is_read_in_place(event: Event) -> None:
     flat = flat_of(encode(event))
     assert flat[::2] in ([b"session", b"item", b"ts", b"type"],
-                         [b"session", b"item", b"ts", b"type", b"rating"])
+                         [b"session", b"item", b"ts", b"type", b"rating"],
+                         [b"session", b"item", b"ts", b"type", b"rid"],
+                         [b"session", b"item", b"ts", b"type", b"rating", b"rid"])
     assert decode_flat(flat) == decode(fields_of(flat)) == event
 
 
@@ -29,6 +32,9 @@ def test_other_layouts_take_the_general_decoder() -> None:
     assert decode_flat(reordered) == Event("s", "a", 2.0, "view", 3.0)
     no_type = flat_of({"session": "s", "item": "a", "ts": "2"})
     assert decode_flat(no_type) == Event("s", "a", 2.0)
+    rid_first = flat_of({"session": "s", "item": "a", "ts": "2", "type": "click", "rid": "r",
+                         "rating": "3"})
+    assert decode_flat(rid_first) == Event("s", "a", 2.0, "click", 3.0, "r")
 
 
 @pytest.mark.parametrize("fields", [

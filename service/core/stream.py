@@ -46,9 +46,19 @@ def decode_flat(flat: Sequence[bytes]) -> Event:
     writers produce is read in place (the worker decodes every event: a dict per entry cost
     a tenth of its time); any other order goes through ``decode``."""
     n = len(flat)
-    if (n == 8 or (n == 10 and flat[8] == b"rating")) and flat[0] == b"session" \
-            and flat[2] == b"item" and flat[4] == b"ts" and flat[6] == b"type":
-        return _event(flat[1], flat[3], flat[5], flat[7], flat[9] if n == 10 else None, None)
+    if 8 <= n <= 12 and flat[0] == b"session" and flat[2] == b"item" and flat[4] == b"ts" \
+            and flat[6] == b"type":
+        # then rating, rid, both (in that order), or neither: impressions, a shop's most
+        # frequent events, carry a rid
+        rest = flat[8:]
+        if not rest:
+            return _event(flat[1], flat[3], flat[5], flat[7], None, None)
+        if n == 10 and rest[0] == b"rating":
+            return _event(flat[1], flat[3], flat[5], flat[7], rest[1], None)
+        if n == 10 and rest[0] == b"rid":
+            return _event(flat[1], flat[3], flat[5], flat[7], None, rest[1])
+        if n == 12 and rest[0] == b"rating" and rest[2] == b"rid":
+            return _event(flat[1], flat[3], flat[5], flat[7], rest[1], rest[3])
     return decode(fields_of(flat))
 
 
