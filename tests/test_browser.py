@@ -235,6 +235,18 @@ async def test_category_pages_filter_and_each_recommendation_says_why(
         arg=[i for i, c in categories.items() if c == "Tea"], timeout=10_000)
     tea = await rec_ids(page)
     assert len(tea) == 6 and all(categories[i] == "Tea" for i in tea)
+    # "More you may like" follows the filter too: the Tea items not shown, or hidden when
+    # none are left (never an empty list under its title)
+    await page.wait_for_function(
+        "ids => document.getElementById('more').hidden || [...document.querySelectorAll("
+        "'#more [data-item-id]')].map(e => e.dataset.itemId).every(id => ids.includes(id))",
+        arg=[i for i, c in categories.items() if c == "Tea"], timeout=10_000)
+    more = await page.eval_on_selector_all("#more [data-item-id]",
+                                           "es => es.map(e => e.dataset.itemId)")
+    if more:
+        assert all(categories[i] == "Tea" and i not in tea for i in more)
+    else:
+        assert await page.is_hidden("#more-title")
     assert errors == []
 
 
