@@ -486,9 +486,9 @@ class Worker:
             else:
                 dead.append((entry, ev))
         feedback = await self._feedback_counts(events)
-        impressions = sum(ev.type == IMPRESSION for ev in events)
-        if impressions:  # consumed and counted, never learned
-            events = [ev for ev in events if ev.type != IMPRESSION]
+        learned = [ev for ev in events if ev.type != IMPRESSION]
+        impressions = len(events) - len(learned)  # consumed and counted, never learned
+        events = learned
         unlisted = 0
         if self.settings.catalog_only and events:
             listed = await self.listed({ev.item_id for ev in events})
