@@ -107,6 +107,12 @@ class Settings:
                       "keeps in memory, kept exact by Redis' client-side caching (CLIENT "
                       "TRACKING: Redis announces every change). Standalone Redis without TLS; "
                       "0 turns it off.", commands=SERVE))
+    feedback_mb: int = field(
+        default=256,
+        metadata=_doc("Megabytes of Redis for the records of what answers listed, against which "
+                      "impressions and clicks are counted (a day's worth; each hour may take a "
+                      "25th). Past an hour's share, answers of that hour count no feedback.",
+                      commands=SERVE))
     # --- request limits -------------------------------------------------------------------
     max_body_bytes: int = field(
         default=1 << 20, metadata=_doc("Largest request body accepted (413 above).",
@@ -326,7 +332,8 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Redis": ("redis_url", "namespace", "partitions", "redis_timeout"),
     "API": ("host", "port", "processes", "cors_origins", "publishable_keys", "secret_keys",
-            "keys_file", "rate_limit", "rate_burst", "trusted_proxies", "read_cache_mb"),
+            "keys_file", "rate_limit", "rate_burst", "trusted_proxies", "read_cache_mb",
+            "feedback_mb"),
     "Request limits": ("max_clock_skew", "max_body_bytes", "max_interactions", "max_batch",
                        "max_id_length", "max_k"),
     "Live sessions": ("live_ttl", "live_cap"),

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from service.core.feedback import ID_LENGTH
 from service.settings import Settings
 from tests.conftest import Client
 from tests.helpers import drain
@@ -20,7 +21,8 @@ SEED = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
 
 def check_answer(body: dict[str, Any], k: int) -> list[str]:
     assert set(body) - {"variant"} == {"recommendations", "message", "recommendation_id"}
-    assert isinstance(body["recommendation_id"], str) and len(body["recommendation_id"]) == 30
+    rid = body["recommendation_id"]
+    assert isinstance(rid, str) and len(rid) == ID_LENGTH
     recs = body["recommendations"]
     ids = [r["id"] for r in recs]
     scores = [r["score"] for r in recs]

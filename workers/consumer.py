@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, cast
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from service.core.feedback import event_counts
+from service.core.feedback import Claim, claim, tally
 from service.core.layout import (
     ITEM_SHARDS,
     item_hash,
@@ -452,12 +452,18 @@ class Worker:
                 decoded[n] = (f"session {ev.session_id!r} belongs to partition {home}: write "
                               f"it to {k.stream(home)}")
         sessions = sessions_of([ev for ev in decoded if isinstance(ev, Event)])
-        # the watermark and the histories share the partition's slot: one round trip
+        claimed = await self._claims(entries, decoded)
+        answers = list({c.answer.nonce: None for c in claimed.values()})
+        # the watermark, the histories and the answers' records share the partition's slot:
+        # one round trip
         reply: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
-            [k.watermark(p), k.inflight(p), k.epoch(p)] + [k.history(s) for s in sessions])
+            [k.watermark(p), k.inflight(p), k.epoch(p)] + [k.history(s) for s in sessions]
+            + [k.answer(p, nonce) for nonce in answers])
         mark = reply[0].decode() if reply[0] else ""
         epoch = reply[2].decode() if reply[2] else ""
-        histories = {s: b for s, b in zip(sessions, reply[3:], strict=True) if b}
+        histories = {s: b for s, b in zip(sessions, reply[3:3 + len(sessions)], strict=True)
+                     if b}
+        records = dict(zip(answers, reply[3 + len(sessions):], strict=True))
         held = self.cut_at.pop(p, None)
         if reply[1] is not None or held is not None:
             # a batch's effects reached some slots and not the partition (cluster): batches end
@@ -485,7 +491,11 @@ class Worker:
                 events.append(ev)
             else:
                 dead.append((entry, ev))
-        feedback = await self._feedback_counts(events)
+        found = [claimed[entry.id] for entry, ev in fresh
+                 if isinstance(ev, Event) and entry.id in claimed]
+        counted = tally(found, records, await self.feedback.ends(
+            c.answer.experiment for c in found if c.answer.experiment)) if found else None
+        feedback = counted.counts if counted is not None else {}
         learned = [ev for ev in events if ev.type != IMPRESSION]
         impressions = len(events) - len(learned)  # consumed and counted, never learned
         events = learned
@@ -506,6 +516,9 @@ class Worker:
             commit.args += ("D", commit.ref(k.counters(p)), len(feedback))
             for pair in feedback.items():
                 commit.args += pair
+        if counted is not None:  # what each answer has counted now, with the counts
+            for nonce, (offset, flags) in counted.flags.items():
+                commit.args += ("R", commit.ref(k.answer(p, nonce)), offset, flags)
         elsewhere: dict[Group, Call] | None = {} if self.backend.one_slot_scripts else None
         self.commits.add_ops(p, effects, commit, elsewhere, new_mark, first_fresh)
         if elsewhere:
@@ -540,15 +553,24 @@ class Worker:
             self.minutes.give_back(minutes)
             raise
 
-    async def _feedback_counts(self, events: Sequence[Event]) -> dict[str, int]:
-        """What the batch's events with a recommendation id add to the counters."""
-        attributed = [(ev.type, ev.recommendation_id) for ev in events
-                      if ev.recommendation_id is not None]
+    async def _claims(self, entries: Sequence[Entry], decoded: Sequence[Event | str]
+                      ) -> dict[str, Claim]:
+        """The batch's events that act on an answer with an id signed for their session, by
+        entry id (their records are read with the batch's histories)."""
+        attributed = [(entry, ev) for entry, ev in zip(entries, decoded, strict=True)
+                      if isinstance(ev, Event) and ev.recommendation_id is not None]
         if not attributed:
             return {}
         if time.monotonic() - self._signing_key[0] > SIGNING_KEY_AGE:
             self._signing_key = (time.monotonic(), await self.feedback.signing_key())
-        return event_counts(self._signing_key[1], attributed)
+        key = self._signing_key[1]
+        found: dict[str, Claim] = {}
+        for entry, ev in attributed:
+            said = claim(key, ev.type, ev.recommendation_id, ev.session_id, ev.item_id,
+                         id_tuple(entry.id)[0] / 1000)
+            if said is not None:
+                found[entry.id] = said
+        return found
 
     async def listed(self, items: set[str]) -> set[str]:
         """The items among ``items`` that have a catalogue record (allow-list mode: a flood of

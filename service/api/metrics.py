@@ -106,5 +106,9 @@ class Metrics:
                             "Clicks attributed to the running experiment's answers, by variant",
                             labels, registry=self.registry)
         self.ctr = Gauge("sessionrec_experiment_ctr",
-                         "Attributed clicks / impressions of the running experiment, by "
+                         "Clicked impressions / impressions of the running experiment, by "
                          "variant", labels, registry=self.registry)
+        self.unrecorded = Gauge("sessionrec_answers_unrecorded",
+                                "Answers of this process whose record the hour's share of "
+                                "--feedback-mb refused: their feedback counts nowhere",
+                                registry=self.registry)

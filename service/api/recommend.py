@@ -92,6 +92,8 @@ class Recommender:
         self.variant_params: list[Params] = []
         self.tally = Tally()
         """Answers and sessions per variant, added to Redis every second (``follow_model``)."""
+        self.unrecorded = 0
+        """Answers whose record the hour's budget refused (``--feedback-mb``; /metrics)."""
         self.use(ModelRecord())
 
     def use(self, record: ModelRecord) -> None:
@@ -112,10 +114,16 @@ class Recommender:
             dataclasses.replace(self.params, **cast(dict[str, Any], dict(v.params)))
             for v in experiment.variants]
 
-    def _stamped(self, answer: Answer, serial: int = 0, variant: int = 0,
-                 name: str | None = None) -> Answer:
-        return dataclasses.replace(answer, variant=name, recommendation_id=recommendation_id(
-            self.signing_key, serial, variant))
+    async def _stamped(self, answer: Answer, session_id: str | None, serial: int = 0,
+                       variant: int = 0, name: str | None = None) -> Answer:
+        """The answer with its id; given to a session, its list recorded first, so that the
+        session's impressions and clicks, which may follow at once, find it."""
+        rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant)
+        if session_id is not None and answer.recommendations:
+            listed = kernel.hashes([row["id"] for row in answer.recommendations], ITEM_PERSON)
+            if not await self.store.feedback.record_answer(session_id, nonce, listed):
+                self.unrecorded += 1
+        return dataclasses.replace(answer, variant=name, recommendation_id=rid)
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, session_id: str | None = None,
@@ -140,20 +148,23 @@ class Recommender:
             if recommend_seen or rules.explain else None
         answer = await self._answer(query, k, seen, params, exclude_session, rules,
                                     fill_with_trending=True, named=named)
-        return self._stamped(answer, serial, variant, name)
+        return await self._stamped(answer, session_id, serial, variant, name)
 
-    async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES) -> Answer:
+    async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES,
+                      session_id: str | None = None) -> Answer:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
-        return self._stamped(await self._answer(query, k, query.seen, self.similar_params, None,
-                                                rules, fill_with_trending=False,
-                                                named={int.from_bytes(h, "little"): item_id}))
+        return await self._stamped(await self._answer(
+            query, k, query.seen, self.similar_params, None, rules, fill_with_trending=False,
+            named={int.from_bytes(h, "little"): item_id}), session_id)
 
-    async def popular(self, k: int, rules: Rules = NO_RULES) -> Answer:
+    async def popular(self, k: int, rules: Rules = NO_RULES, session_id: str | None = None
+                      ) -> Answer:
         hidden = await self.store.hidden_items()
         excluded = np.concatenate((hidden, _hashes(rules.exclude)))
         rows = await self._trending(k, rules, excluded, 1.0)
-        return self._stamped(Answer(rows, _short(MSG_TRENDING, len(rows), k, rules)))
+        return await self._stamped(Answer(rows, _short(MSG_TRENDING, len(rows), k, rules)),
+                                   session_id)
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, rules: Rules, *,
@@ -400,10 +411,19 @@ async def session_recommendations(request: web.Request) -> web.Response:
 
 async def similar(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _rules(request))
+    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _rules(request),
+                                                    _session(request))
     return json_response(answer.body())
 
 
 async def popular(request: web.Request) -> web.Response:
     return json_response((await request.app[RECOMMENDER].popular(
-        k_of(request), _rules(request))).body())
+        k_of(request), _rules(request), _session(request))).body())
+
+
+def _session(request: web.Request) -> str | None:
+    """The visitor's session named in the query (``session_id``): the answer's feedback then
+    counts from that session's events."""
+    raw = request.query.get("session_id")
+    return None if raw is None else validation.identifier(raw, "session_id",
+                                                          request.app[SETTINGS])

@@ -21,6 +21,7 @@ from service.api.context import (
 from service.api.errors import ApiError
 from service.api.openapi import api_page, openapi_document
 from service.api.recommend import RECOMMENDER
+from service.core.feedback import variant_report
 from service.store.backends import REDIS_FAILURES
 
 
@@ -48,17 +49,19 @@ async def metrics(request: web.Request) -> web.Response:
     try:
         for figure, value in (await request.app[STORE].stats()).items():
             m.state.labels(figure).set(value)
-        experiment = request.app[RECOMMENDER].experiment
+        recommender = request.app[RECOMMENDER]
+        m.unrecorded.set(recommender.unrecorded)
+        experiment = recommender.experiment
         for series in (m.impressions, m.clicks, m.ctr):
             series.clear()  # only the running experiment's variants
         if experiment is not None:
             counts = await request.app[STORE].feedback.counts(experiment)
             for variant, c in zip(experiment.variants, counts, strict=True):
                 labels = (experiment.name, variant.name)
-                m.impressions.labels(*labels).set(c["impression"])
-                m.clicks.labels(*labels).set(c["click"])
-                m.ctr.labels(*labels).set(c["click"] / c["impression"] if c["impression"]
-                                          else 0.0)
+                report = variant_report(c, c["sessions"])
+                m.impressions.labels(*labels).set(report["impressions"])
+                m.clicks.labels(*labels).set(report["clicks"])
+                m.ctr.labels(*labels).set(report["ctr"] or 0.0)
     except REDIS_FAILURES:
         pass  # the request series are still worth scraping while Redis is away
     return web.Response(body=generate_latest(m.registry),

@@ -1,11 +1,20 @@
-"""Feedback, free of I/O (SPEC, "Feedback"): the recommendation ids answers carry, the
-assignment of sessions to an experiment's variants, the experiment's definition, and the
-statistics of its report.
+"""Feedback, free of I/O (SPEC, "Feedback"): the recommendation ids answers carry, what a
+batch's attributed events count, the assignment of sessions to an experiment's variants, the
+experiment's definition, and the statistics of its report.
 
-A recommendation id is opaque to clients but carries what attribution needs: the experiment
-(its serial number) and the variant the answer was scored with, so a worker attributes a
-click without a Redis read per event. It is signed with a key kept in Redis: the publishable
-key is public, and an id made up by a client must not count for any variant.
+The publishable key is public, so whatever a page can send, an attacker sends: the report must
+be one no visitor can decide. Hence:
+
+* An id is signed with a key kept in Redis (an id made up counts nowhere) and, when the request
+  named the visitor's session, bound to it (the tag covers the session id): events of other
+  sessions cannot use it.
+* An answer given to a session leaves a record of what it listed (``answer_record``) beside
+  that session's events, in the same hash slot, for ``FEEDBACK_WINDOW``. A worker counts an
+  event against it in the same atomic commit as the event's watermark: at most once per
+  (answer, item, kind), only for listed items, only within the window, and toward an
+  experiment only if the event arrived while it ran (``tally``). So forged feedback is
+  bounded by what honest visitors of the same answers could send.
+* A CTR divides clicked impressions by impressions: it lies within [0, 1] whatever arrives.
 """
 
 from __future__ import annotations
@@ -16,16 +25,30 @@ import hashlib
 import hmac
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from service.core.layout import HASH_BYTES, item_hash
 from service.core.modelparams import Value
 
-ID_VERSION = 1
-_PAYLOAD = 14  # version (1), random (8), experiment serial (4), variant (1)
+ID_VERSION = 2
+BOUND = 1
+"""The id's flag: the answer was given to a session (its request named one), and the tag covers
+that session's id, so only events of that session verify."""
+_PAYLOAD = 19  # version (1), flags (1), nonce (8), experiment serial (4), variant (1), issued (4)
 _TAG = 8
+ID_LENGTH = 36  # 27 bytes in base64 without padding: one spelling per id
 KEY_BYTES = 32
+
+FEEDBACK_WINDOW = 86_400
+"""Seconds after an answer during which events carrying its id count: an honest visitor acts on
+a list within its visit, and a bounded window bounds the answers' records Redis keeps."""
+
+ISSUE_SKEW = 60.0
+"""Seconds an event may seem to arrive before its answer was given: the serve process' clock
+(the id's) and Redis' (the event's arrival) may differ that much."""
 
 
 def new_key() -> bytes:
@@ -34,40 +57,57 @@ def new_key() -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
-    """What a recommendation id says: the experiment serial (0: none) and variant index."""
+    """What a recommendation id says: its answer (``nonce``, which names the answer's record),
+    the experiment serial (0: none) and variant index, when it was given (Unix seconds) and
+    whether it was given to a session."""
 
+    nonce: bytes
     experiment: int
     variant: int
+    issued: int
+    bound: bool
 
 
-def recommendation_id(key: bytes, experiment: int = 0, variant: int = 0) -> str:
-    """A fresh id for one answer (unique: 64 random bits), signed with ``key``."""
-    payload = bytes((ID_VERSION,)) + os.urandom(8) + experiment.to_bytes(4, "little") \
-        + bytes((variant,))
-    tag = hashlib.blake2b(payload, key=key, digest_size=_TAG).digest()
-    return base64.urlsafe_b64encode(payload + tag).rstrip(b"=").decode()
+def _tag(key: bytes, payload: bytes, session_id: str | None) -> bytes:
+    signed = payload if session_id is None else \
+        payload + session_id.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(signed, key=key, digest_size=_TAG).digest()
 
 
-def attribution(key: bytes, rid: str) -> Attribution | None:
-    """The id's experiment and variant, or None when ``key`` did not sign it (made up,
-    mangled, or signed before Redis lost the key)."""
-    if len(rid) != 30:
+def recommendation_id(key: bytes, session_id: str | None = None, experiment: int = 0,
+                      variant: int = 0, now: float | None = None) -> tuple[str, bytes]:
+    """A fresh id for one answer, signed with ``key`` (and bound to ``session_id`` when the
+    request named one), and its nonce (64 random bits: unique per answer)."""
+    nonce = os.urandom(8)
+    issued = int(time.time() if now is None else now)
+    payload = bytes((ID_VERSION, BOUND if session_id is not None else 0)) + nonce \
+        + experiment.to_bytes(4, "little") + bytes((variant,)) \
+        + issued.to_bytes(4, "little")
+    tag = _tag(key, payload, session_id)
+    return base64.urlsafe_b64encode(payload + tag).decode(), nonce
+
+
+def attribution(key: bytes, rid: str, session_id: str | None = None) -> Attribution | None:
+    """The id's answer, experiment and variant, or None when ``key`` did not sign it (made up,
+    mangled, signed before Redis lost the key) or, for an id given to a session, when
+    ``session_id`` is not that session."""
+    if len(rid) != ID_LENGTH:
         return None
     try:
-        raw = base64.urlsafe_b64decode(rid + "==")
+        raw = base64.urlsafe_b64decode(rid)
     except (binascii.Error, ValueError):
         return None
+    if len(raw) != _PAYLOAD + _TAG or raw[0] != ID_VERSION or raw[1] & ~BOUND \
+            or base64.urlsafe_b64encode(raw).decode() != rid:  # one spelling per id
+        return None
     payload, tag = raw[:_PAYLOAD], raw[_PAYLOAD:]
-    if len(raw) != _PAYLOAD + _TAG or payload[0] != ID_VERSION:
+    bound = bool(payload[1] & BOUND)
+    if bound and session_id is None:
         return None
-    # one spelling per id: the last character's two spare bits would otherwise give each id
-    # four spellings, each counted as a different answer's
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != rid:
+    if not hmac.compare_digest(tag, _tag(key, payload, session_id if bound else None)):
         return None
-    if not hmac.compare_digest(tag, hashlib.blake2b(payload, key=key,
-                                                    digest_size=_TAG).digest()):
-        return None
-    return Attribution(int.from_bytes(payload[9:13], "little"), payload[13])
+    return Attribution(payload[2:10], int.from_bytes(payload[10:14], "little"), payload[14],
+                       int.from_bytes(payload[15:19], "little"), bound)
 
 
 # --- experiments ------------------------------------------------------------------------------
@@ -130,6 +170,33 @@ class Experiment:
 KINDS = ("impression", "click", "add_to_cart", "purchase")
 """Event types counted per variant when they carry a recommendation id."""
 
+FLAG = {kind: 1 << n for n, kind in enumerate(KINDS)}
+"""Each kind's bit in an answer record's flag byte per listed item: what was counted already."""
+
+CLICKED_IMPRESSION = "clicked_impression"
+"""The count a CTR divides: listed items of an answer with both an impression and a click
+counted, so a CTR lies within [0, 1] whatever arrives (a page without IntersectionObserver
+sends clicks and no impressions)."""
+
+COUNTED = (*KINDS, CLICKED_IMPRESSION)
+"""What a variant's counters hold per kind."""
+
+TOTALS = {"impression": "impressions", "click": "attributed_clicks"}
+"""The totals GET /stats shows, over every answer."""
+
+SHOWN_AND_CLICKED = FLAG["impression"] | FLAG["click"]
+
+
+def answer_record(item_hashes: bytes) -> bytes:
+    """What an answer given to a session leaves in Redis for its feedback to be counted
+    against: the listed items' hashes (8 bytes each, in order) then one flag byte per item,
+    all clear (``FLAG``: what was counted already)."""
+    return item_hashes + bytes(len(item_hashes) // HASH_BYTES)
+
+
+def listed_items(record: bytes) -> int:
+    return len(record) // (HASH_BYTES + 1)
+
 
 def counter_field(serial: int, variant: int, kind: str) -> str:
     """A variant's count's field in a partition's counters hash (the worker's commit adds to
@@ -137,35 +204,103 @@ def counter_field(serial: int, variant: int, kind: str) -> str:
     return f"x:{serial}:{variant}:{kind}"
 
 
-def event_counts(key: bytes, events: Iterable[tuple[str, str | None]]) -> dict[str, int]:
-    """The counters a batch's events add to (``(type, recommendation id)`` pairs): the
-    totals of impressions and attributed clicks (GET /stats), and each experiment variant's
-    count of each kind. An id the key did not sign counts nowhere."""
-    out: dict[str, int] = {}
-    for kind, rid in events:
-        if rid is None or kind not in KINDS:
-            continue
-        signed = attribution(key, rid)
-        if signed is None:
-            continue
-        total = TOTALS.get(kind)
-        if total is not None:
-            out[total] = out.get(total, 0) + 1
-        if signed.experiment:
-            name = counter_field(signed.experiment, signed.variant, kind)
-            out[name] = out.get(name, 0) + 1
-    return out
-
-
-TOTALS = {"impression": "impressions", "click": "attributed_clicks"}
-
-
 def answers_field(serial: int, variant: int) -> str:
     return f"x:{serial}:{variant}:answers"
 
 
+class Claim(NamedTuple):
+    """An event that says it acts on an answer, with a valid signature for its session."""
+
+    kind: str
+    item: bytes  # the item's hash
+    arrival: float  # when Redis accepted the event (its stream id), Unix seconds
+    answer: Attribution
+
+
+def claim(key: bytes, kind: str, rid: str | None, session_id: str, item_id: str,
+          arrival: float) -> Claim | None:
+    """What an event (of ``session_id``, on ``item_id``, arrived at ``arrival``) claims, when
+    its recommendation id ``key`` signed for the event's own session. An id made up, mangled,
+    given to another session or to no session claims nothing: an answer's feedback is counted
+    beside its session's events, and only from them."""
+    if rid is None or kind not in FLAG:
+        return None
+    answer = attribution(key, rid, session_id)
+    if answer is None or not answer.bound:
+        return None
+    return Claim(kind, item_hash(item_id), arrival, answer)
+
+
+@dataclass(slots=True)
+class Tallied:
+    """What a batch's claims add: counter increments, and per answer record its flags now
+    (``nonce -> (offset of the flags in the record, the flags)``)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    flags: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+
+    def add(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
+def tally(found: Sequence[Claim], records: Mapping[bytes, bytes | None],
+          ends: Mapping[int, float | None], window: float = FEEDBACK_WINDOW) -> Tallied:
+    """Count the claims, in order, against the answers' records (``nonce -> record``, None
+    when there is none: never recorded, expired, or Redis lost it) and the experiments' ends
+    (``serial -> None`` while it runs, its end otherwise; a serial absent is not counted).
+
+    A claim counts at most once per (answer, item, kind), only for an item its answer listed,
+    only within ``window`` seconds of the answer, and toward its experiment only if it
+    arrived while the experiment ran. What a client can forge is therefore bounded by what an
+    honest visitor of the same answers could send."""
+    out = Tallied()
+    state: dict[bytes, tuple[dict[bytes, int], bytearray]] = {}
+    changed: set[bytes] = set()
+    for claim in found:
+        answer = claim.answer
+        if not -ISSUE_SKEW <= claim.arrival - answer.issued <= window:
+            continue
+        held = state.get(answer.nonce)
+        if held is None:
+            record = records.get(answer.nonce)
+            if record is None:
+                continue
+            n = listed_items(record)
+            positions: dict[bytes, int] = {}
+            for at in range(n):
+                positions.setdefault(record[at * HASH_BYTES:(at + 1) * HASH_BYTES], at)
+            held = state[answer.nonce] = (positions, bytearray(record[n * HASH_BYTES:]))
+        positions, flags = held
+        at = positions.get(claim.item, -1)
+        bit = FLAG[claim.kind]
+        if at < 0 or flags[at] & bit:
+            continue
+        flags[at] |= bit
+        changed.add(answer.nonce)
+        total = TOTALS.get(claim.kind)
+        if total is not None:
+            out.add(total)
+        if answer.experiment and answer.experiment in ends:
+            end = ends[answer.experiment]
+            if end is None or claim.arrival < end:
+                out.add(counter_field(answer.experiment, answer.variant, claim.kind))
+                if bit & SHOWN_AND_CLICKED and flags[at] & SHOWN_AND_CLICKED == SHOWN_AND_CLICKED:
+                    out.add(counter_field(answer.experiment, answer.variant,
+                                          CLICKED_IMPRESSION))
+    for nonce in changed:
+        flags = state[nonce][1]
+        out.flags[nonce] = (len(flags) * HASH_BYTES, bytes(flags))
+    return out
+
+
 # --- the report's statistics --------------------------------------------------------------------
 Z95 = 1.959963984540054
+
+
+def proportion(successes: int, trials: int) -> float:
+    """``successes / trials`` within [0, 1] whatever the counts (a report never fails: counts
+    read from several partitions at slightly different moments need not be consistent)."""
+    return min(max(successes, 0), trials) / trials if trials > 0 else 0.0
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
@@ -173,11 +308,12 @@ def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
     at rates near 0, where the normal approximation is not."""
     if trials <= 0:
         return 0.0, 1.0
-    p = successes / trials
+    p = proportion(successes, trials)
     z2 = z * z
     centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval holds p exactly, whatever the rounding (at p = 0 it came out 5e-17 above)
+    return max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p))
 
 
 def two_proportion_p(c1: int, n1: int, c2: int, n2: int) -> float | None:
@@ -185,20 +321,25 @@ def two_proportion_p(c1: int, n1: int, c2: int, n2: int) -> float | None:
     without impressions on both sides."""
     if n1 <= 0 or n2 <= 0:
         return None
-    pooled = (c1 + c2) / (n1 + n2)
+    p1, p2 = proportion(c1, n1), proportion(c2, n2)
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
     variance = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
     if variance <= 0:
         return 1.0
-    z = (c2 / n2 - c1 / n1) / math.sqrt(variance)
-    return math.erfc(abs(z) / math.sqrt(2))
+    z = (p2 - p1) / math.sqrt(variance)
+    return min(1.0, math.erfc(abs(z) / math.sqrt(2)))
 
 
 def variant_report(counts: Mapping[str, int], sessions: int) -> dict[str, Any]:
-    impressions, clicks = counts.get("impression", 0), counts.get("click", 0)
-    low, high = wilson(clicks, impressions)
+    """One variant's figures. ``ctr`` is the share of impressions whose item was then clicked
+    in the same answer (``clicked_impressions / impressions``); ``clicks`` counts every
+    attributed click, those on items whose impression never came included."""
+    impressions, shown = counts.get("impression", 0), counts.get(CLICKED_IMPRESSION, 0)
+    low, high = wilson(shown, impressions)
     return {"sessions": sessions, "answers": counts.get("answers", 0),
-            "impressions": impressions, "clicks": clicks,
-            "ctr": clicks / impressions if impressions else None,
+            "impressions": impressions, "clicks": counts.get("click", 0),
+            "clicked_impressions": min(shown, impressions),
+            "ctr": proportion(shown, impressions) if impressions else None,
             "ctr_interval": [low, high] if impressions else None,
             "add_to_cart": counts.get("add_to_cart", 0),
             "purchases": counts.get("purchase", 0)}
@@ -210,8 +351,8 @@ def comparisons(names: Sequence[str], reports: Sequence[Mapping[str, Any]]
     first = reports[0]
     out: dict[str, dict[str, Any]] = {}
     for name, report in zip(names[1:], reports[1:], strict=True):
-        p = two_proportion_p(first["clicks"], first["impressions"], report["clicks"],
-                             report["impressions"])
+        p = two_proportion_p(first["clicked_impressions"], first["impressions"],
+                             report["clicked_impressions"], report["impressions"])
         diff = (report["ctr"] - first["ctr"]
                 if report["ctr"] is not None and first["ctr"] is not None else None)
         out[name] = {"against": names[0], "ctr_difference": diff, "p_value": p}

@@ -1,29 +1,47 @@
 """The feedback loop's shared state in Redis (SPEC, "Feedback"): the key recommendation ids
-are signed with, the running experiment and every one started, and the counts a report reads.
+are signed with, the records of what answers listed, the running experiment and every one
+started with its end, and the counts a report reads.
 
 Counts of events (impressions, attributed clicks, add-to-carts, purchases) are the workers':
-each batch's commit adds them to its partition's counters with the watermark, so they are
-exact (a redelivered event counts once). Answers and sessions are the serve processes': each
-tallies its own and adds them every second (``Tally``).
+each batch's commit checks them against the answers' records and adds them to its partition's
+counters with the watermark, so they are exact (a redelivered event counts once) and bounded by
+what the answers listed (``core/feedback.py``). Answers and sessions are the serve processes':
+each tallies its own and adds them every second (``Tally``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 
 from service.core.feedback import (
-    KINDS,
+    COUNTED,
+    FEEDBACK_WINDOW,
     Experiment,
+    answer_record,
     answers_field,
     counter_field,
     new_key,
 )
+from service.core.layout import partition_of, session_hash
 from service.store.keyspace import Keys
 from service.store.scripts import Scripts
+
+if TYPE_CHECKING:
+    from service.store.backends import Backend
+
+RECORD_OVERHEAD = 128
+"""Bytes Redis spends on an answer record beyond its value (key, entry, expiry; MEMORY USAGE
+says a little over 100): what the budget charges each record besides its length."""
+
+BUDGET_HOURS = FEEDBACK_WINDOW // 3600 + 1
+"""Hours of answer records Redis holds at most (the window, and the hour under way): each hour
+may take this share of the budget."""
 
 
 class ExperimentConflict(Exception):
@@ -36,11 +54,41 @@ class ExperimentConflict(Exception):
 
 class Feedback:
     def __init__(self, client: aioredis.Redis, scripts: Scripts, keys: Keys,
-                 partitions: int) -> None:
+                 partitions: int, backend: Backend | None = None, budget_mb: int = 0) -> None:
         self.client = client
         self.scripts = scripts
         self.keys = keys
         self.partitions = partitions
+        self.backend = backend
+        """The hot path's transport, for the answers' records (serve processes only)."""
+        self.hour_budget = budget_mb * (1 << 20) // (partitions * BUDGET_HOURS)
+        """Bytes of answer records one partition may take in one hour."""
+
+    async def record_answer(self, session_id: str, nonce: bytes, item_hashes: bytes) -> bool:
+        """Record what an answer given to ``session_id`` listed (``item_hashes``, 8 bytes each),
+        for its feedback to be counted against; False when the partition's budget for this
+        hour is spent (then its feedback counts nowhere)."""
+        assert self.backend is not None, "answers are recorded by serve processes"
+        session = session_hash(session_id)
+        record = answer_record(item_hashes)
+        hour = int(time.time() // 3600)
+        p = partition_of(session, self.partitions)
+        keys = [self.keys.answer(p, nonce), self.keys.answer_budget(p, hour)]
+        recorded = await self.backend.run_script(
+            self.scripts.answer, keys,
+            [record, FEEDBACK_WINDOW + 3600, self.hour_budget, len(record) + RECORD_OVERHEAD,
+             7200])
+        return bool(recorded)
+
+    async def ends(self, serials: Iterable[int]) -> dict[int, float | None]:
+        """Each experiment's end (Unix seconds), None while it runs; serials Redis does not
+        know are left out."""
+        wanted = sorted(set(serials))
+        if not wanted:
+            return {}
+        replies = await self.client.hmget(self.keys.experiment_ends(), [str(s) for s in wanted])
+        return {serial: (None if int(raw) == 0 else int(raw) / 1000)
+                for serial, raw in zip(wanted, replies, strict=True) if raw is not None}
 
     async def signing_key(self) -> bytes:
         """The key recommendation ids are signed with, made now if Redis has none (first
@@ -75,8 +123,8 @@ class Feedback:
         started = Experiment(experiment.name, serial, experiment.variants,
                              experiment.started_at)
         done, current = await self.scripts.experiment(
-            self.keys.experiment(), self.keys.experiments(), "start", started.name,
-            json.dumps(started.to_json()))
+            self.keys.experiment(), self.keys.experiments(), self.keys.experiment_ends(),
+            "start", started.name, json.dumps(started.to_json()), serial)
         if not done:  # another start got in between
             other = Experiment.from_json(json.loads(current))
             if other.name == experiment.name and other.variants == experiment.variants:
@@ -92,14 +140,16 @@ class Feedback:
             return None
         ended = Experiment(running.name, running.serial, running.variants,
                            running.started_at, now)
-        done, _ = await self.scripts.experiment(self.keys.experiment(), self.keys.experiments(),
-                                                "end", name, json.dumps(ended.to_json()))
+        done, _ = await self.scripts.experiment(
+            self.keys.experiment(), self.keys.experiments(), self.keys.experiment_ends(), "end",
+            name, json.dumps(ended.to_json()), running.serial, int(now * 1000))
         return ended if done else None
 
     async def counts(self, experiment: Experiment) -> list[dict[str, int]]:
         """Per variant: answers and each kind of attributed event, summed over partitions."""
         n = len(experiment.variants)
-        fields = [counter_field(experiment.serial, v, kind) for v in range(n) for kind in KINDS]
+        fields = [counter_field(experiment.serial, v, kind) for v in range(n)
+                  for kind in COUNTED]
         async with self.client.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
                 pipe.hmget(self.keys.counters(p), fields)
@@ -109,12 +159,12 @@ class Feedback:
         # PFCOUNT one key at a time: redis-py's cluster pipeline refuses it
         replies += [await self.client.pfcount(self.keys.experiment_sessions(experiment.serial, v))
                     for v in range(n)]
-        totals: list[dict[str, int]] = [dict.fromkeys((*KINDS, "answers", "sessions"), 0)
+        totals: list[dict[str, int]] = [dict.fromkeys((*COUNTED, "answers", "sessions"), 0)
                                         for _ in range(n)]
         for reply in replies[:self.partitions]:
             for at, value in enumerate(reply):
                 if value is not None:
-                    totals[at // len(KINDS)][KINDS[at % len(KINDS)]] += int(value)
+                    totals[at // len(COUNTED)][COUNTED[at % len(COUNTED)]] += int(value)
         for v, value in enumerate(replies[self.partitions]):
             totals[v]["answers"] = int(value or 0)
         for v, value in enumerate(replies[self.partitions + 1:]):

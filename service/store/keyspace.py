@@ -88,6 +88,16 @@ class Keys:
     def counters(self, p: int) -> str:
         return self._p(p) + ":counters"
 
+    def answer(self, p: int, nonce: bytes) -> str:
+        """What an answer given to a session of partition ``p`` listed, for counting its
+        feedback (``core/feedback.py``: ``answer_record``): beside the session's events, so
+        the worker that commits them counts them against it in the same script."""
+        return f"{self._p(p)}:ans:{nonce.hex()}"
+
+    def answer_budget(self, p: int, hour: int) -> str:
+        """Bytes of answer records the partition took in one hour (``lua/answer.lua``)."""
+        return f"{self._p(p)}:ans-budget:{hour}"
+
     def live_registry(self, p: int) -> str:
         """Zset session hash -> last activity (ms): counts live sessions without SCAN."""
         return self._p(p) + ":live"
@@ -204,6 +214,12 @@ class Keys:
     def experiment_serial(self) -> str:
         """Counter: each experiment started takes the next serial (what ids carry)."""
         return f"{self.ns}:{{g}}:experiment:serial"
+
+    def experiment_ends(self) -> str:
+        """Hash serial -> ``0`` while the experiment runs, its end (Unix ms) after: whether an
+        attributed event arrived while its experiment ran (``lua/experiment.lua`` writes it
+        with the start and the end)."""
+        return f"{self.ns}:{{g}}:experiment:ends"
 
     def experiment_answers(self) -> str:
         """Hash ``x:<serial>:<variant>:answers`` -> answers given (serve processes add to it

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from redis.commands.core import AsyncScript
 
 NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "model", "experiment",
-         "commit",
+         "answer", "commit",
          "intent", "apply", "trim", "sweep", "lease")
 
 
@@ -42,6 +42,9 @@ class Scripts:
         (KEYS and ARGV laid out by ``Store._append_live``)."""
         self.commit = self.registered["commit"]
         """Worker: a batch's effects, watermark and XACK at once (``workers/commit.py``)."""
+        self.answer = self.registered["answer"]
+        """API: an answer's record, within the partition's hourly budget
+        (``Feedback.record_answer``, on the hot path's transport)."""
         self.apply = self.registered["apply"]
         """Worker, on a cluster: one other slot's share of a batch (``workers/commit.py``)."""
 
@@ -88,13 +91,13 @@ class Scripts:
         written, version = await self.registered["model"](keys=[record], args=args)
         return bool(written), int(version)
 
-    async def experiment(self, running: str, experiments: str,
-                         action: Literal["start", "end"], name: str, body: str
-                         ) -> tuple[bool, str]:
-        """Start (``body``: its JSON) or end (``body``: the ended record) the experiment:
-        whether done, and on a refused start the running one's JSON."""
+    async def experiment(self, running: str, experiments: str, ends: str,
+                         action: Literal["start", "end"], name: str, body: str, serial: int,
+                         ended_ms: int = 0) -> tuple[bool, str]:
+        """Start (``body``: its JSON) or end (``body``: the ended record, ``ended_ms`` its end)
+        the experiment: whether done, and on a refused start the running one's JSON."""
         done, current = await self.registered["experiment"](
-            keys=[running, experiments], args=[action, name, body])
+            keys=[running, experiments, ends], args=[action, name, body, serial, ended_ms])
         return bool(done), current.decode() if isinstance(current, bytes) else str(current)
 
     # --- worker ------------------------------------------------------------------------------

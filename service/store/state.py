@@ -128,7 +128,8 @@ class Store:
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.scripts = Scripts(self.redis)
         self.mirror = CatalogueMirror(self.redis, self.keys)
-        self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions)
+        self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions,
+                                 self.backend, settings.feedback_mb)
 
     @property
     def cache(self) -> ReadCache | None:

@@ -11,6 +11,8 @@
 --   'T' key count member log2_value ...
 --                                      trending: log2-sum with the stored values (the worker
 --                                      folds a batch's events per item into one value)
+--   'R' key offset bytes              an answer record's flags (what its feedback counted),
+--                                      written only while the record lives
 -- 'D' and 'T' take a whole batch per key: one read and one write per chunk of fields, instead
 -- of a call or two per field (a third of the commit's time went to these calls one by one).
 local ENTRY = 16
@@ -154,6 +156,13 @@ local function run_ops(i, cap, limit, ttl_ms)
       i = i + 3 + 2 * count
     elseif op == 'N' then
       redis.call('HSETNX', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3])
+      i = i + 4
+    elseif op == 'R' then
+      -- never made again once expired: SETRANGE on a missing key would make one for good
+      local key = KEYS[tonumber(ARGV[i + 1])]
+      if redis.call('EXISTS', key) == 1 then
+        redis.call('SETRANGE', key, ARGV[i + 2], ARGV[i + 3])
+      end
       i = i + 4
     else
       return redis.error_reply('unknown op ' .. tostring(op))
