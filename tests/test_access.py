@@ -41,8 +41,34 @@ async def test_keys_gate_public_and_admin_routes(aiohttp_client: Any,
     assert (await client.post("/admin/items/a/hide", headers={"X-API-Key": SECRET})).status \
         == 200
     # open routes stay open
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/sdk.js", "/demo"):
+    for path in ("/healthz", "/readyz", "/openapi.json", "/sdk.js", "/demo"):
         assert (await client.get(path)).status == 200, path
+
+
+async def test_metrics_need_the_secret_key_once_keys_are_configured(
+        aiohttp_client: Any, settings: Settings) -> None:
+    """/metrics shows a running experiment's live counts per variant: whoever tilts an
+    experiment must not watch it. Prometheus sends its credentials as a bearer token."""
+    client = await keyed(aiohttp_client, settings)
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get(f"/metrics?key={SECRET}")).status == 401  # never in a URL
+    for headers in ({"X-API-Key": PUB}, {"Authorization": f"Bearer {PUB}"}):
+        assert (await client.get("/metrics", headers=headers)).status == 403
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status \
+        == 401
+    for headers in ({"X-API-Key": SECRET}, {"Authorization": f"Bearer {SECRET}"}):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 200 and "sessionrec_events_accepted" in await resp.text()
+    # only a publishable key configured: no secret exists, so metrics are off
+    only_public: Client = await aiohttp_client(create_app(settings.replace(
+        publishable_keys=PUB)))
+    disabled = await only_public.get("/metrics", headers={"X-API-Key": PUB})
+    assert disabled.status == 403 and (await disabled.json())["error"]["code"] == \
+        "admin_disabled"
+
+
+async def test_metrics_are_open_while_no_key_is_configured(client: Client) -> None:
+    assert (await client.get("/metrics")).status == 200
 
 
 async def test_admin_routes_are_disabled_without_a_secret_key(client: Client) -> None:

@@ -1,10 +1,14 @@
 """Who may call what: API keys, and per-client rate limits.
 
-Two kinds of key, sent as the ``X-API-Key`` header (or ``?key=`` for publishable keys, since
-``navigator.sendBeacon`` cannot set headers):
+Two kinds of key, sent as the ``X-API-Key`` header, or as ``Authorization: Bearer KEY`` (what
+Prometheus sends), or ``?key=`` for publishable keys (``navigator.sendBeacon`` cannot set
+headers):
 
 * publishable: safe to embed in a page; may ask for recommendations and send events;
 * secret: everything, including the admin operations (hide, forget, reset).
+
+``/metrics`` (``OPERATOR``) is open only while no key at all is configured: it shows the running
+experiment's live counts, which whoever tries to tilt an experiment must not watch.
 
 With no key at all the public routes are open, which suits a trusted network and the demo;
 serving on a non-loopback address that way logs a loud warning (and /readyz says so). Admin
@@ -34,8 +38,9 @@ from service.store.scripts import Scripts
 
 log = logging.getLogger("sessionrec.access")
 
-OPEN, PUBLIC, ADMIN = "open", "public", "admin"
+OPEN, PUBLIC, OPERATOR, ADMIN = "open", "public", "operator", "admin"
 HEADER = "X-API-Key"
+BEARER = "Bearer "
 
 
 @dataclass(frozen=True)
@@ -99,19 +104,31 @@ def _matches(key: bytes, candidates: tuple[bytes, ...]) -> bool:
     return found
 
 
+def _presented(request: web.Request) -> tuple[bytes, bool]:
+    """The key the request presents, and whether it came in the query (where only a
+    publishable key may travel: a URL ends up in logs and histories)."""
+    header = request.headers.get(HEADER)
+    if header is None:
+        authorization = request.headers.get("Authorization", "")
+        if authorization.startswith(BEARER):
+            header = authorization[len(BEARER):].strip()
+    if header is not None:
+        return raw(header), False
+    return raw(request.query.get("key", "")), True
+
+
 def check(request: web.Request, keys: ApiKeys, need: str) -> None:
     """Raise 401/403 unless the request may call an endpoint needing ``need``."""
-    if need == OPEN:
+    if need == OPEN or (need == OPERATOR and not keys.enabled):
         return
-    if need == ADMIN and not keys.secret:
+    if need in (ADMIN, OPERATOR) and not keys.secret:
+        what = "Admin operations are" if need == ADMIN else "Metrics are"
         raise ApiError(403, "admin_disabled",
-                       "Admin operations are disabled: the server has no secret key. Set "
+                       f"{what} disabled: the server has no secret key. Set "
                        "SESSIONREC_SECRET_KEYS and send one in the X-API-Key header.", HEADER)
     if need == PUBLIC and not keys.enabled:
         return  # public routes are open until a key is configured
-    header = request.headers.get(HEADER)
-    from_query = header is None
-    key = raw(request.query.get("key", "") if header is None else header)
+    key, from_query = _presented(request)
     if not key:
         raise ApiError(401, "unauthorized",
                        f"Send an API key in the {HEADER} header.", HEADER)
@@ -119,7 +136,7 @@ def check(request: web.Request, keys: ApiKeys, need: str) -> None:
         return
     if need == PUBLIC and _matches(key, keys.publishable_bytes):
         return
-    if need == ADMIN and _matches(key, keys.publishable_bytes):
+    if need in (ADMIN, OPERATOR) and _matches(key, keys.publishable_bytes):
         raise ApiError(403, "forbidden", "This operation needs a secret key.", HEADER)
     raise ApiError(401, "unauthorized", "The API key is not valid.", HEADER)
 

@@ -96,8 +96,9 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
               "429": _error(), "503": _error()}
     admin_errors = {"400": _error(), "401": _error(), "403": _error(), "503": _error()}
     security: dict[str, list[dict[str, list[str]]]] = {
-        access.PUBLIC: [{"apiKey": []}, {"apiKeyQuery": []}, {}],
-        access.ADMIN: [{"apiKey": []}, {}], access.OPEN: [{}]}
+        access.PUBLIC: [{"apiKey": []}, {"bearer": []}, {"apiKeyQuery": []}, {}],
+        access.ADMIN: [{"apiKey": []}, {"bearer": []}, {}],
+        access.OPERATOR: [{"apiKey": []}, {"bearer": []}, {}], access.OPEN: [{}]}
 
     def done(description: str, fields: dict[str, Any]) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": {
@@ -394,8 +395,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "/readyz": {"get": {"summary": "Redis is reachable",
                                 "responses": {"200": {"description": "Ready"},
                                               "503": _error()}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "Text format"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (a secret key once keys are "
+                                            "configured)",
+                                 "responses": {"200": {"description": "Text format"},
+                                               "401": _error(), "403": _error()}}},
             "/sdk.js": {"get": {"summary": "The browser SDK",
                                 "responses": {"200": {"description": "JavaScript"}}}},
             "/demo": {"get": {"summary": "A demo shop using the SDK",
@@ -424,6 +427,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                       "configured; admin routes need a secret key)."},
             "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "key",
                             "description": "A publishable key, for navigator.sendBeacon."},
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "Any key as `Authorization: Bearer KEY` (what "
+                                      "Prometheus sends); /metrics needs a secret key once "
+                                      "keys are configured."},
         }, "schemas": {
             "RecommendRequest": {
                 "type": "object", "additionalProperties": False,

@@ -15,7 +15,7 @@ from service.api import (
     recommend,
     stats,
 )
-from service.api.access import ADMIN, PUBLIC
+from service.api.access import ADMIN, OPERATOR, PUBLIC
 from service.api.context import Route
 
 NOT_SIMILAR = "(?s:.+)(?<!/similar)"
@@ -53,7 +53,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/stats", stats.stats, PUBLIC),
     Route("GET", "/healthz", stats.healthz),
     Route("GET", "/readyz", stats.readyz),
-    Route("GET", "/metrics", stats.metrics),
+    Route("GET", "/metrics", stats.metrics, OPERATOR),
     Route("GET", "/sdk.js", stats.static("api/static/sdk.js", "application/javascript")),
     Route("GET", "/demo", stats.static("demo/page.html", "text/html")),
     Route("GET", "/demo/catalogue.json", stats.static("demo/catalogue.json", "application/json"),
