@@ -67,6 +67,22 @@ async def test_metrics_need_the_secret_key_once_keys_are_configured(
         "admin_disabled"
 
 
+async def test_a_secret_key_alone_leaves_the_public_routes_open(aiohttp_client: Any,
+                                                                settings: Settings) -> None:
+    """A shop sets a secret key first, for the admin routes: its pages (no publishable key
+    yet) keep working, and the admin routes need the secret key."""
+    client: Client = await aiohttp_client(create_app(settings.replace(secret_keys=SECRET)))
+    body: dict[str, Any] = {"user_interactions": {}}
+    assert (await client.post("/iid_recommend", json=body)).status == 200
+    assert (await client.post("/events", json={"session_id": "s", "item_id": "a"})).status \
+        == 202
+    assert (await client.get("/popular")).status == 200
+    assert (await client.post("/admin/items/a/hide")).status == 401
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.post("/admin/items/a/hide", headers={"X-API-Key": SECRET})).status \
+        == 200
+
+
 async def test_metrics_are_open_while_no_key_is_configured(client: Client) -> None:
     assert (await client.get("/metrics")).status == 200
 

@@ -273,9 +273,13 @@ async def test_serving_a_network_without_keys_warns_loudly(
         client: Client = await aiohttp_client(create_app(settings.replace(host="0.0.0.0")))
     assert any("OPEN API" in r.getMessage() for r in caplog.records)
     ready = await (await client.get("/readyz")).json()
-    assert "no API key" in ready["warning"]
+    assert "no publishable key" in ready["warning"]
     local: Client = await aiohttp_client(create_app(settings))
     assert "warning" not in await (await local.get("/readyz")).json()
+    # a secret key alone leaves the public routes open: still said out loud
+    secret_only: Client = await aiohttp_client(create_app(settings.replace(
+        host="0.0.0.0", secret_keys="sk_only")))
+    assert "no publishable key" in (await (await secret_only.get("/readyz")).json())["warning"]
 
 
 async def test_a_rebound_dns_name_is_not_our_own_origin(client: Client) -> None:

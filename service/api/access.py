@@ -10,9 +10,10 @@ headers):
 ``/metrics`` (``OPERATOR``) is open only while no key at all is configured: it shows the running
 experiment's live counts, which whoever tries to tilt an experiment must not watch.
 
-With no key at all the public routes are open, which suits a trusted network and the demo;
-serving on a non-loopback address that way logs a loud warning (and /readyz says so). Admin
-routes are never open: with no secret key configured they are disabled. Keys are compared in
+Until a publishable key is configured the public routes are open, which suits a trusted
+network and the demo (and a shop that set a secret key first, for the admin routes, keeps its
+pages working); serving on a non-loopback address that way logs a loud warning (and /readyz
+says so). Admin routes are never open: with no secret key configured they are disabled. Keys are compared in
 constant time, as bytes (a header is whatever bytes a client sent).
 
 Rate limits are per client address: the peer's, or, when the peer is a configured trusted
@@ -126,8 +127,8 @@ def check(request: web.Request, keys: ApiKeys, need: str) -> None:
         raise ApiError(403, "admin_disabled",
                        f"{what} disabled: the server has no secret key. Set "
                        "SESSIONREC_SECRET_KEYS and send one in the X-API-Key header.", HEADER)
-    if need == PUBLIC and not keys.enabled:
-        return  # public routes are open until a key is configured
+    if need == PUBLIC and not keys.publishable:
+        return  # public routes are open until a publishable key is configured
     key, from_query = _presented(request)
     if not key:
         raise ApiError(401, "unauthorized",
@@ -205,9 +206,9 @@ def is_loopback(host: str) -> bool:
 
 def open_warning(keys: ApiKeys, host: str) -> str | None:
     """What to shout when the public routes are open to a network (None when they are not)."""
-    if keys.enabled or is_loopback(host):
+    if keys.publishable or is_loopback(host):
         return None
-    return (f"no API key configured while serving on {host}: anyone who can reach "
+    return (f"no publishable key configured while serving on {host}: anyone who can reach "
             "this address may send events and ask for recommendations. Set "
             "SESSIONREC_PUBLISHABLE_KEYS (and SESSIONREC_SECRET_KEYS for the admin routes).")
 
