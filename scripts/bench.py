@@ -4,6 +4,7 @@
         --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
         |flood|silent|rules|catalog|tune|tuneload|experiment --data DIR
+    python scripts/bench.py versus --baseline ../old-checkout --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
 prefixes (1-20 items) of real DIGINETICA test sessions in the seed's format, scored against a
@@ -88,9 +89,10 @@ async def build_model(settings: Settings, data: Path) -> float:
 
 
 @contextmanager
-def process(cmd: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def process(cmd: list[str], env: dict[str, str], port: int, cwd: Path | None = None
+            ) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=cwd)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -113,12 +115,15 @@ def process(cmd: list[str], env: dict[str, str], port: int) -> Iterator[subproce
 
 @contextmanager
 def sessionrec_server(settings: Settings, processes: int = 1,
-                      extra: dict[str, str] | None = None) -> Iterator[str]:
+                      extra: dict[str, str] | None = None, code: Path = ROOT) -> Iterator[str]:
+    """``sessionrec serve`` on the settings' Redis, running the code of the checkout ``code``
+    (another one: the code before a change, compared in the same sitting)."""
     port = free_port()
     env = {"SESSIONREC_REDIS_URL": settings.redis_url, "SESSIONREC_NAMESPACE": settings.namespace,
-           "SESSIONREC_PORT": str(port), "SESSIONREC_PROCESSES": str(processes), **(extra or {})}
+           "SESSIONREC_PORT": str(port), "SESSIONREC_PROCESSES": str(processes),
+           "PYTHONPATH": str(code), **(extra or {})}
     with process([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"], env,
-                 port):
+                 port, cwd=code):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -196,6 +201,33 @@ def bench_api(settings: Settings, data: Path, seconds: int, rounds: int) -> dict
             "read cache hit ratio (1 process, no writes)": cache["hit ratio"],
             "read cache MB (1 process)": cache["bytes"] / 2**20,
             "rounds": rounds, "seconds per round": seconds}
+
+
+def bench_versus(settings: Settings, data: Path, seconds: int, rounds: int, baseline: Path
+                 ) -> dict[str, Any]:
+    """This checkout's request path against another checkout's (``--baseline``, the code
+    before a change, its kernel built in place), in one sitting: the same Redis state and
+    bodies, rounds alternating. Each body twice: as the seed sends it, and as the SDK does,
+    with a session id of its own (its answer then records what it listed)."""
+    out: dict[str, Any] = {}
+    for label, payloads in (("seed bodies", bodies(data)),
+                            ("SDK bodies (session ids)", _with_sessions(bodies(data)))):
+        script = wrk_script(payloads, "/iid_recommend")
+        ours: list[float] = []
+        theirs: list[float] = []
+        with sessionrec_server(settings) as api, \
+                sessionrec_server(settings, code=baseline) as base:
+            wrk(api, script, 2)
+            wrk(base, script, 2)
+            for n in range(rounds):
+                pair = [(ours, api), (theirs, base)]
+                for figures, url in (pair if n % 2 == 0 else pair[::-1]):
+                    figures.append(wrk(url, script, seconds)["rps"])
+        out[f"{label}: req/s, this checkout"] = median(ours)
+        out[f"{label}: req/s, baseline"] = median(theirs)
+        out[f"{label}: ratio, median of the rounds' ratios"] = median(
+            [a / b for a, b in zip(ours, theirs, strict=True)])
+    return {**out, "baseline": str(baseline), "rounds": rounds, "seconds per round": seconds}
 
 
 def read_cache(api: str) -> dict[str, float]:
@@ -998,13 +1030,16 @@ def main() -> None:
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
                                          "silent", "rules", "catalog", "tune", "tuneload",
-                                         "experiment", "all"))
+                                         "experiment", "versus", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="versus: another checkout (the code before a change) with its "
+                             "kernel built in place (python setup.py build_ext --inplace)")
     args = parser.parse_args()
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
               "flood", "silent", "rules", "catalog", "tune", "tuneload", "experiment") \
@@ -1017,7 +1052,7 @@ def main() -> None:
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules",
-                          "tune", "tuneload", "experiment"}:
+                          "tune", "tuneload", "experiment", "versus"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -1065,6 +1100,12 @@ def main() -> None:
                 figures = bench_experiment(settings, args.data, args.seconds, args.rounds)
                 title = ("POST /iid_recommend with a session id, an experiment running against "
                          "none, wrk -t1 -c32")
+            elif what == "versus":
+                if args.baseline is None:
+                    parser.error("versus needs --baseline DIR")
+                figures = bench_versus(settings, args.data, args.seconds, args.rounds,
+                                       args.baseline.resolve())
+                title = "POST /iid_recommend, this checkout against the baseline, wrk -t1 -c32"
             elif what == "tuneload":
                 figures = bench_tune_under_load(settings, args.data, args.seconds)
                 title = "the service while a tuning run is in progress (DIGINETICA state)"
