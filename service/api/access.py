@@ -13,8 +13,8 @@ experiment's live counts, which whoever tries to tilt an experiment must not wat
 Until a publishable key is configured the public routes are open, which suits a trusted
 network and the demo (and a shop that set a secret key first, for the admin routes, keeps its
 pages working); serving on a non-loopback address that way logs a loud warning (and /readyz
-says so). Admin routes are never open: with no secret key configured they are disabled. Keys are compared in
-constant time, as bytes (a header is whatever bytes a client sent).
+says so). Admin routes are never open: with no secret key configured they are disabled. Keys
+are compared in constant time, as bytes (a header is whatever bytes a client sent).
 
 Rate limits are per client address: the peer's, or, when the peer is a configured trusted
 proxy, the first address in ``X-Forwarded-For`` (read from the right) that is not one. A key
@@ -105,7 +105,7 @@ def _matches(key: bytes, candidates: tuple[bytes, ...]) -> bool:
     return found
 
 
-def _presented(request: web.Request) -> tuple[bytes, bool]:
+def presented(request: web.Request) -> tuple[bytes, bool]:
     """The key the request presents, and whether it came in the query (where only a
     publishable key may travel: a URL ends up in logs and histories)."""
     header = request.headers.get(HEADER)
@@ -129,7 +129,7 @@ def check(request: web.Request, keys: ApiKeys, need: str) -> None:
                        "SESSIONREC_SECRET_KEYS and send one in the X-API-Key header.", HEADER)
     if need == PUBLIC and not keys.publishable:
         return  # public routes are open until a publishable key is configured
-    key, from_query = _presented(request)
+    key, from_query = presented(request)
     if not key:
         raise ApiError(401, "unauthorized",
                        f"Send an API key in the {HEADER} header.", HEADER)

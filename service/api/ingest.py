@@ -45,6 +45,6 @@ def _once(request: web.Request, body: bytes, count: int) -> Once | None:
     if not 1 <= len(key) <= 255 or not all("!" <= c <= "~" for c in key):
         raise ApiError(400, "invalid", f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII "
                        "characters (a UUID, say).", IDEMPOTENCY_HEADER)
-    client = access.raw(request.headers.get(access.HEADER) or request.query.get("key", ""))
+    client, _ = access.presented(request)
     digest = hashlib.blake2b(client + b"\0" + key.encode(), digest_size=16).hexdigest()
     return Once(digest, f"{count}|{hashlib.blake2b(body, digest_size=16).hexdigest()}")
