@@ -79,6 +79,18 @@ sdk.render("#bottom", null, {{k: 3}}).then(function (a) {{ window.answers.bottom
 </body></html>"""
 
 
+STRING_TEMPLATE_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<link rel="icon" href="data:,"><script src="{api}/sdk.js"></script></head><body>
+<div id="recs"></div>
+<script>
+sessionrec.init({{endpoint: "{api}", k: 8, container: "#recs", flushInterval: 100,
+  template: function (r) {{
+    return '<div class="rec" data-item-id="' + r.id + '" title=' + r.id + '>' + r.id + '</div>';
+  }},
+  onRender: function (answer) {{ window.answer = answer; }}}});
+</script>
+</body></html>"""
+
 def _page_app(api: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=THIRD_PARTY_PAGE.format(api=api), content_type="text/html")
@@ -87,10 +99,15 @@ def _page_app(api: str) -> web.Application:
         return web.Response(text=VIEW_PAGE.format(api=api), content_type="text/html")
     async def lists_page(request: web.Request) -> web.Response:
         return web.Response(text=LISTS_PAGE.format(api=api), content_type="text/html")
+
+    async def strings_page(request: web.Request) -> web.Response:
+        return web.Response(text=STRING_TEMPLATE_PAGE.format(api=api), content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/views", view_page)
     app.router.add_get("/lists", lists_page)
+    app.router.add_get("/strings", strings_page)
     return app
 
 
@@ -147,6 +164,18 @@ def console_errors(page: Page) -> list[str]:
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     return errors
+
+
+async def make_trending(api: str, item_ids: list[str], sessions: int = 100) -> None:
+    """What anyone holding the publishable key can send: a purchase of each id from each of
+    ``sessions`` sessions, through POST /events (ids are not markup-checked: they are data)."""
+    events = [{"session_id": f"crowd-{n}", "item_id": item, "type": "purchase"}
+              for n in range(sessions) for item in item_ids]
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, len(events), 1000):
+            async with http.post(api + "/events",
+                                 json={"events": events[start:start + 1000]}) as r:
+                assert r.status == 202, await r.text()
 
 
 async def rec_ids(page: Page) -> list[str]:
@@ -428,3 +457,39 @@ async def test_the_demo_shop_sends_impressions_of_the_lists_in_view_only(
     click = next(e for e in sent if e["type"] == "click")
     assert click["item_id"] == top_items[0] and click["recommendation_id"] == top
     assert errors == []
+
+
+HOSTILE = ["<img src=x onerror=window.__pwned=1>", '"><img src=x onerror=window.__pwned=2>']
+
+
+async def test_a_string_template_shows_hostile_trending_ids_as_text(
+        stack: Stack, browser: Browser) -> None:
+    """Ids that are markup, made trending with public purchase events, rendered by a string
+    template (quoted and unquoted attributes, text): each shows as text, no script runs, and
+    the attribute and the click the SDK tracks carry the id itself."""
+    await make_trending(stack.api, HOSTILE)
+    await wait_drained(stack.store)
+    page = await browser.new_page()
+    errors = console_errors(page)
+    sent = events_sent(page)
+    await page.goto(stack.allowed + "/strings")
+    await page.wait_for_function("window.answer !== undefined", timeout=10_000)
+    answer = await page.evaluate("window.answer")
+    ids = [r["id"] for r in answer["recommendations"]]
+    assert sorted(ids[:2]) == sorted(HOSTILE)  # they lead trending
+    rendered = await page.eval_on_selector_all(
+        "#recs > *", "es => es.map(e => [e.dataset.itemId, e.title, e.textContent])")
+    assert rendered == [[i, i, i] for i in ids]
+    assert await page.eval_on_selector_all("img", "es => es.length") == 0
+    await page.wait_for_timeout(500)
+    assert await page.evaluate("window.__pwned") is None
+    await page.click(f"#recs > *:nth-child({ids.index(HOSTILE[1]) + 1})")
+    deadline = time.monotonic() + 10
+    while not any(e["type"] == "click" for e in sent):
+        assert time.monotonic() < deadline, sent
+        await asyncio.sleep(0.05)
+    click = next(e for e in sent if e["type"] == "click")
+    assert click["item_id"] == HOSTILE[1]
+    assert click["recommendation_id"] == answer["recommendation_id"]
+    assert errors == []
+

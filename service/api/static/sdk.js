@@ -10,7 +10,8 @@
  * carries the session id (its experiment variant, if one runs); a rendered list sends one
  * impression per item, once per answer, when it first becomes at least half visible; a click
  * on a rendered item carries its answer's recommendation_id. With consent off, nothing is
- * stored or sent. No cookies, no dependencies, no build step. */
+ * stored or sent. No cookies, no dependencies, no build step. Item ids are anyone's data:
+ * never markup. */
 (function (global) {
   "use strict";
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
@@ -24,6 +25,12 @@
   // queue: events not yet in a batch; batches: [{key, events, tries, due}] sent in order
   var queue = [], batches = [], timer = null, observer = null, viewed = {}, renderTimer = null,
       sending = false, clockOffset = 0, listObserver = null, shown = {};
+
+  // o[key] = value, "__proto__" included
+  function put(o, key, value) {
+    Object.defineProperty(o, key, { value: value, enumerable: true, writable: true,
+                                    configurable: true });
+  }
 
   function storage() { try { return global.sessionStorage; } catch (e) { return null; } }
   function read(key, fallback) {
@@ -230,6 +237,28 @@
     return el;
   }
 
+  // a copy whose strings are escaped for text and attributes, quoted or not
+  function escaped(value) {
+    if (typeof value === "string") {
+      return value.replace(/[&<>"'`=\s]/g, function (c) { return "&#" + c.charCodeAt(0) + ";"; });
+    }
+    if (!value || typeof value !== "object") return value;
+    var copy = Array.isArray(value) ? [] : {};
+    Object.keys(value).forEach(function (k) { put(copy, k, escaped(value[k])); });
+    return copy;
+  }
+
+  /* A template returns an element (given the recommendation as is) or markup: then made
+   * again from the escaped copy, the only one parsed: an id is text, and data-item-id="..."
+   * holds the id itself (what a click tracks). */
+  function build(template, rec) {
+    var node = template(rec);
+    if (typeof node !== "string") return node;
+    var wrap = global.document.createElement("div");
+    wrap.innerHTML = template(escaped(rec));
+    return wrap.firstElementChild || wrap;
+  }
+
   function render(container, template, options) {
     var target = typeof container === "string" ? global.document.querySelector(container)
                                                : container;
@@ -237,12 +266,7 @@
       if (!target) return answer;
       target.innerHTML = "";
       answer.recommendations.forEach(function (rec) {
-        var node = (template || defaultTemplate)(rec);
-        if (typeof node === "string") {
-          var wrap = global.document.createElement("div"); wrap.innerHTML = node;
-          node = wrap.firstElementChild || wrap;
-        }
-        target.appendChild(node);
+        target.appendChild(build(template || defaultTemplate, rec));
       });
       observeAll(target);
       watchList(target, answer);
