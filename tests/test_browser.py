@@ -493,3 +493,34 @@ async def test_a_string_template_shows_hostile_trending_ids_as_text(
     assert click["recommendation_id"] == answer["recommendation_id"]
     assert errors == []
 
+
+BUILT_IN = ["constructor", "__proto__", "toString"]
+
+
+async def test_the_demo_shop_shows_ids_named_like_object_properties(
+        stack: Stack, browser: Browser) -> None:
+    """Trending ids that name Object's own properties (and one that is markup): the demo shop
+    lists them like any other, and a click on one is kept in the session."""
+    odd = [*BUILT_IN, HOSTILE[0]]
+    await make_trending(stack.api, odd)
+    await wait_drained(stack.store)
+    page = await browser.new_page()
+    errors = console_errors(page)
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_function(
+        "ids => { const shown = [...document.querySelectorAll('#recs [data-item-id]')]"
+        ".map(e => e.dataset.itemId); return ids.every(id => shown.includes(id)); }",
+        arg=odd, timeout=10_000)
+    assert (await page.text_content("#message") or "").startswith("Trending")
+    names = await page.eval_on_selector_all("#recs .card .name", "es => es.map(e => e.textContent)")
+    assert set(odd) <= set(names)
+    await page.click('#recs .card[data-item-id="__proto__"] .name')
+    await page.wait_for_function(
+        "() => document.getElementById('session').textContent.includes('__proto__ · rating 3')",
+        timeout=10_000)
+    stored = await page.evaluate("Object.keys(JSON.parse("
+                                 "sessionStorage.getItem('sessionrec:interactions')))")
+    assert stored == ["__proto__"]
+    assert await page.evaluate("window.__pwned") is None
+    assert errors == []
+

@@ -292,3 +292,50 @@ test("an element template gets the recommendation as it is", async () => {
   assert.deepEqual(target.children.map((c) => c.getAttribute("data-item-id")), HOSTILE);
   assert.ok(target.children.every((c) => c.markup === null)); // never through innerHTML
 });
+
+const BUILT_IN = ["__proto__", "constructor", "toString", "hasOwnProperty"];
+
+test("ids named like Object's own properties are ids like any other", async () => {
+  const { store, sent } = fakeBrowser();
+  const sdk = loadSdk();
+  let m = {};
+  BUILT_IN.forEach((id, n) => { m = sdk._addInteraction(m, id, n + 1, 100 + n, 10); });
+  assert.deepEqual(Object.keys(m), BUILT_IN);
+  assert.deepEqual(BUILT_IN.map((id) => m[id].rating), [1, 2, 3, 4]);
+  assert.equal(Object.getPrototypeOf(m), Object.prototype);
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5,
+             ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 } });
+  BUILT_IN.forEach((id) => sdk.track(id, "click"));
+  sdk.track("x", "constructor"); // an event type the ratings do not name: a view's rating
+  const stored = JSON.parse(store.get("sessionrec:interactions"));
+  assert.deepEqual(Object.keys(stored), [...BUILT_IN, "x"]);
+  assert.ok(BUILT_IN.every((id) => stored[id].rating === 3) && stored.x.rating === 1);
+  await sdk.recommend();
+  const body = JSON.parse(sent.find((c) => c.url === "/iid_recommend").options.body);
+  assert.deepEqual(Object.keys(body.user_interactions), [...BUILT_IN, "x"]);
+  await new Promise((r) => setTimeout(r, 30));
+});
+
+test("views of items named like Object's own properties are tracked", async () => {
+  fakeBrowser();
+  const observers = [];
+  globalThis.IntersectionObserver = class {
+    constructor(callback) { this.callback = callback; observers.push(this); }
+    observe() {} unobserve() {}
+  };
+  const elements = BUILT_IN.map((id) => {
+    const el = fakeElement();
+    el.setAttribute("data-item-id", id);
+    return el;
+  });
+  globalThis.document.querySelectorAll = () => elements;
+  try {
+    const sdk = loadSdk();
+    sdk.init({ endpoint: "", flushInterval: 5 });
+    observers[0].callback(elements.map((target) => ({ target, isIntersecting: true })));
+    await new Promise((r) => setTimeout(r, 1100)); // a second in view makes a view
+    assert.deepEqual(Object.keys(sdk.interactions()).sort(), [...BUILT_IN].sort());
+  } finally {
+    delete globalThis.IntersectionObserver;
+  }
+});

@@ -11,7 +11,7 @@
  * impression per item, once per answer, when it first becomes at least half visible; a click
  * on a rendered item carries its answer's recommendation_id. With consent off, nothing is
  * stored or sent. No cookies, no dependencies, no build step. Item ids are anyone's data:
- * never markup. */
+ * never markup, never taken for Object's own properties. */
 (function (global) {
   "use strict";
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
@@ -23,9 +23,11 @@
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
   };
   // queue: events not yet in a batch; batches: [{key, events, tries, due}] sent in order
-  var queue = [], batches = [], timer = null, observer = null, viewed = {}, renderTimer = null,
-      sending = false, clockOffset = 0, listObserver = null, shown = {};
+  var queue = [], batches = [], timer = null, observer = null, viewed = Object.create(null),
+      renderTimer = null, sending = false, clockOffset = 0, listObserver = null,
+      shown = Object.create(null);
 
+  function has(o, key) { return Object.prototype.hasOwnProperty.call(o, key); }
   // o[key] = value, "__proto__" included
   function put(o, key, value) {
     Object.defineProperty(o, key, { value: value, enumerable: true, writable: true,
@@ -62,10 +64,10 @@
    * rating; the map keeps the `cap` most recent items. */
   function addInteraction(map, itemId, rating, timestamp, cap) {
     var next = {}, id;
-    for (id in map) if (Object.prototype.hasOwnProperty.call(map, id)) next[id] = map[id];
-    var old = next[itemId];
-    next[itemId] = { timestamp: timestamp,
-                     rating: old && old.rating > rating ? old.rating : rating };
+    for (id in map) if (has(map, id)) put(next, id, map[id]);
+    var old = has(next, itemId) && next[itemId];
+    put(next, itemId, { timestamp: timestamp,
+                        rating: old && old.rating > rating ? old.rating : rating });
     var ids = Object.keys(next);
     if (ids.length > cap) {
       ids.sort(function (a, b) { return next[a].timestamp - next[b].timestamp; });
@@ -142,7 +144,7 @@
   function track(itemId, type, recommendationId) {
     if (!cfg.consent || itemId == null || itemId === "") return;
     type = type || "view";
-    var rating = cfg.ratings[type] != null ? cfg.ratings[type] : 1;
+    var rating = has(cfg.ratings, type) ? cfg.ratings[type] : 1;
     var ts = now();
     write(STORE_KEY, addInteraction(interactions(), String(itemId), rating, ts,
                                     cfg.maxInteractions));
@@ -307,7 +309,7 @@
   function startAutoTrack() {
     global.document.addEventListener("click", onClick, true);
     if (global.IntersectionObserver) {
-      var timers = {};
+      var timers = Object.create(null);
       observer = new global.IntersectionObserver(function (entries) {
         entries.forEach(function (entry) {
           var id = entry.target.getAttribute("data-item-id");
@@ -354,7 +356,7 @@
   function setConsent(granted) {
     cfg.consent = !!granted;
     if (!granted) {
-      queue = []; batches = []; shown = {};
+      queue = []; batches = []; shown = Object.create(null);
       var s = storage();
       if (s) { s.removeItem(STORE_KEY); s.removeItem(SESSION_KEY); s.removeItem(QUEUE_KEY); }
     }
