@@ -524,3 +524,37 @@ async def test_the_demo_shop_shows_ids_named_like_object_properties(
     assert await page.evaluate("window.__pwned") is None
     assert errors == []
 
+
+async def test_the_demo_shop_says_when_the_api_refuses(stack: Stack, browser: Browser) -> None:
+    """A server that wants a key the page does not send (401), and a proxy's error page (502,
+    no JSON): the demo says so where the list would be, never "Loading…" for good; and
+    recovers at the next answer."""
+    port = free_port()
+    keyed = f"http://127.0.0.1:{port}"
+    runner = await _serve(create_app(stack.store.settings.replace(publishable_keys="pk_demo"),
+                                     stack.store), port)
+    try:
+        page = await browser.new_page()
+        await page.goto(keyed + "/demo")
+        await page.wait_for_function(
+            "() => document.getElementById('message').className === 'error'", timeout=10_000)
+        message = await page.text_content("#message") or ""
+        assert "API key" in message and "401" in message, message
+        assert await page.is_hidden("#more-title")
+    finally:
+        await runner.cleanup()
+
+    page = await browser.new_page()
+    await page.route("**/iid_recommend", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"))
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_function(
+        "() => document.getElementById('message').className === 'error'", timeout=10_000)
+    assert "502" in (await page.text_content("#message") or "")
+    await page.unroute("**/iid_recommend")
+    await page.click('#catalogue .card[data-item-id="1001"] .name')
+    await page.wait_for_function(
+        "() => document.getElementById('message').textContent"
+        ".includes('based on session interactions')", timeout=10_000)
+    assert await page.get_attribute("#message", "class") == ""
+

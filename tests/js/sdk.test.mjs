@@ -339,3 +339,27 @@ test("views of items named like Object's own properties are tracked", async () =
     delete globalThis.IntersectionObserver;
   }
 });
+
+test("an API error rejects render and reaches onError, JSON or not", async () => {
+  fakeBrowser();
+  globalThis.document.createElement = () => fakeElement();
+  const target = fakeElement();
+  globalThis.document.querySelector = () => target;
+  answeringRecommendations([], 401);
+  const errors = [];
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, container: "#recs", onError: (e) => errors.push(e) });
+  await assert.rejects(sdk.render("#recs"), (e) => e.status === 401 && /API key/.test(e.message));
+  for (let i = 0; i < 50 && !errors.length; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(errors.length, 1); // init's own render, scheduled
+  assert.equal(errors[0].status, 401);
+  // a proxy's error page is no JSON: still a rejection that says the status
+  globalThis.fetch = async () => ({ ok: false, status: 502, statusText: "Bad Gateway",
+                                    headers: { get: () => null },
+                                    json: async () => { throw new SyntaxError("Unexpected <"); } });
+  await assert.rejects(sdk.recommend(), (e) => e.status === 502 && /502/.test(e.message));
+  // an answer without a list is refused too, rather than thrown on while rendering
+  globalThis.fetch = async () => ({ ok: true, status: 200, headers: { get: () => null },
+                                    json: async () => ({}) });
+  await assert.rejects(sdk.render("#recs"), (e) => e.status === 200);
+});

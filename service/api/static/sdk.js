@@ -18,7 +18,8 @@
       QUEUE_KEY = "sessionrec:queue";
   var cfg = {
     endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true, exclude: null,
-    filter: null, maxPerCategory: null, explain: false, container: null, template: null, onRender: null,
+    filter: null, maxPerCategory: null, explain: false, container: null, template: null,
+    onRender: null, onError: null,
     maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true, maxQueued: 500,
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
   };
@@ -196,7 +197,8 @@
       render(cfg.container, cfg.template).then(function (answer) {
         if (cfg.onRender) cfg.onRender(answer);
       }, function (err) {
-        if (global.console) global.console.warn("sessionrec: " + err.message);
+        if (cfg.onError) cfg.onError(err);
+        else if (global.console) global.console.warn("sessionrec: " + err.message);
       });
     }, 50);
   }
@@ -223,9 +225,13 @@
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
       learnClock(r);
-      return r.json().then(function (data) {
-        if (!r.ok) { var e = new Error((data.error && data.error.message) || r.statusText);
-                     e.status = r.status; e.error = data.error; throw e; }
+      // a refusal, JSON or not (a proxy's page), or no list: rejected with its status
+      return r.json().then(null, function () { return {}; }).then(function (data) {
+        data = data || {};
+        if (!r.ok || !Array.isArray(data.recommendations)) {
+          var e = new Error((data.error && data.error.message) || "HTTP " + r.status);
+          e.status = r.status; e.error = data.error; throw e;
+        }
         return data;
       });
     });
