@@ -91,6 +91,11 @@ sessionrec.init({{endpoint: "{api}", k: 8, container: "#recs", flushInterval: 10
 </script>
 </body></html>"""
 
+FRAMING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">
+</head><body><iframe id="dashboard" src="{api}/dashboard"></iframe>
+<iframe id="demo" src="{api}/demo"></iframe></body></html>"""
+
+
 def _page_app(api: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=THIRD_PARTY_PAGE.format(api=api), content_type="text/html")
@@ -103,11 +108,14 @@ def _page_app(api: str) -> web.Application:
     async def strings_page(request: web.Request) -> web.Response:
         return web.Response(text=STRING_TEMPLATE_PAGE.format(api=api), content_type="text/html")
 
+    async def framing_page(request: web.Request) -> web.Response:
+        return web.Response(text=FRAMING_PAGE.format(api=api), content_type="text/html")
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/views", view_page)
     app.router.add_get("/lists", lists_page)
     app.router.add_get("/strings", strings_page)
+    app.router.add_get("/framing", framing_page)
     return app
 
 
@@ -166,6 +174,14 @@ def console_errors(page: Page) -> list[str]:
     return errors
 
 
+async def record_policy_violations(page: Page) -> None:
+    """From the next navigation on, the page's Content-Security-Policy violations collect in
+    window.violations (Chromium reports them as console errors too)."""
+    await page.add_init_script(
+        "window.violations = []; document.addEventListener('securitypolicyviolation', "
+        "e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
 async def make_trending(api: str, item_ids: list[str], sessions: int = 100) -> None:
     """What anyone holding the publishable key can send: a purchase of each id from each of
     ``sessions`` sessions, through POST /events (ids are not markup-checked: they are data)."""
@@ -193,6 +209,7 @@ async def stats(api: str) -> dict[str, Any]:
 async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> None:
     page = await browser.new_page()
     errors = console_errors(page)
+    await record_policy_violations(page)
     before = (await stats(stack.api))["events_accepted"]
     await page.goto(stack.api + "/demo")
     await page.wait_for_selector("#recs .card")
@@ -229,6 +246,7 @@ async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> N
         await asyncio.sleep(0.1)
     assert counted["events_accepted"] - counted["impressions"] == before + 2
     assert counted["impressions"] > 0
+    assert await page.evaluate("window.violations") == []  # under its policy
     assert errors == []
 
 
@@ -365,7 +383,8 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
                                                            browser: Browser) -> None:
     """A minute's traffic (recommendations with session ids under an experiment, their
     impressions and clicks, events), then the dashboard: it asks for the secret key, and
-    every chart has data; no console error."""
+    every chart has data; no console error. It is served with its policy (no framing; its
+    own script and style, uPlot and data from its origin only), and nothing breaks it."""
     secret = "sk_test_dashboard"
     port = free_port()
     admin = f"http://127.0.0.1:{port}"
@@ -393,7 +412,11 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
         await asyncio.sleep(2.5)  # the worker's and the serve process' tallies reach Redis
         page = await browser.new_page(viewport={"width": 1200, "height": 1000})
         errors = console_errors(page)
-        await page.goto(admin + "/dashboard")
+        await record_policy_violations(page)
+        response = await page.goto(admin + "/dashboard")
+        assert response is not None and response.headers["x-frame-options"] == "DENY"
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
         await page.fill("#key", secret)
         await page.click("#key-form button")
         await page.wait_for_function("window.sessionrecDashboard.data !== null", timeout=10_000)
@@ -408,6 +431,16 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
             assert all(n > 0 for n in series), (chart, filled)
         assert await page.evaluate("sessionStorage.getItem('sessionrec:dashboard-key')") == secret
         assert "1002" in (await page.text_content("#trending") or "")
+        # drawn: uPlot's canvases and legends, its style sheet and the page's own style
+        drawn = await page.eval_on_selector_all(
+            ".chart canvas", "cs => cs.filter(c => c.width > 0 && c.height > 0).length")
+        assert drawn == 5
+        assert await page.eval_on_selector(
+            ".uplot", "e => getComputedStyle(e).fontFamily") != await page.eval_on_selector(
+            "body", "e => getComputedStyle(e).fontFamily")  # uplot.min.css applies
+        assert await page.eval_on_selector(
+            "header", "e => getComputedStyle(e).backgroundColor") == "rgb(29, 35, 48)"
+        assert await page.evaluate("window.violations") == []
         assert errors == []
     finally:
         await runner.cleanup()
@@ -558,3 +591,29 @@ async def test_the_demo_shop_says_when_the_api_refuses(stack: Stack, browser: Br
         ".includes('based on session interactions')", timeout=10_000)
     assert await page.get_attribute("#message", "class") == ""
 
+
+async def test_no_page_of_the_package_can_be_framed(stack: Stack, browser: Browser) -> None:
+    """The dashboard (its key form) and the demo shop (its same-origin events) refuse to be
+    framed by another site: both headers, and Chromium shows neither in a frame."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/dashboard", "/demo", "/docs"):
+            async with http.get(stack.api + path) as r:
+                assert r.headers["X-Frame-Options"] == "DENY"
+                policy = r.headers["Content-Security-Policy"]
+                assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    page = await browser.new_page()
+    await page.goto(stack.allowed + "/framing")
+    await page.wait_for_timeout(1000)
+    framed = {f.name or f.url: f.url for f in page.frames[1:]}
+    assert len(page.frames) == 3
+    for frame in page.frames[1:]:
+        assert not frame.url.startswith(stack.api), framed
+        assert await frame.query_selector("#key-form, #recs") is None
+    # opened directly, /docs is drawn under its policy (its inline style applies)
+    page = await browser.new_page()
+    errors = console_errors(page)
+    await record_policy_violations(page)
+    await page.goto(stack.api + "/docs")
+    assert await page.eval_on_selector("pre", "e => getComputedStyle(e).backgroundColor") == \
+        "rgb(244, 244, 244)"
+    assert await page.evaluate("window.violations") == [] and errors == []
