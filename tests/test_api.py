@@ -215,6 +215,28 @@ async def test_operational_endpoints(client: Client) -> None:
     assert len(catalogue) >= 40 and {"id", "name", "price"} <= set(catalogue[0])
 
 
+async def test_html_pages_cannot_be_framed_and_run_only_their_own_code(client: Client) -> None:
+    """The dashboard, the demo shop and /docs: no frame may hold them, and their policy allows
+    no inline code but their own (by hash), and nothing from another origin. (Chromium runs
+    them under it: tests/test_browser.py.)"""
+    for path in ("/dashboard", "/demo", "/docs"):
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        policy = {d.split()[0]: d.split()[1:]
+                  for d in resp.headers["Content-Security-Policy"].split(";")}
+        assert policy["frame-ancestors"] == ["'none'"] and policy["default-src"] == ["'none'"]
+        assert policy["connect-src"] == ["'self'"] and policy["base-uri"] == ["'none'"]
+        for directive in ("script-src", "style-src"):
+            assert policy[directive][0] == "'self'"
+            assert all(s.startswith("'sha256-") for s in policy[directive][1:]), policy
+        inline_styles = (await resp.text()).count("<style>")
+        assert len(policy["style-src"]) == 1 + inline_styles
+    for path in ("/sdk.js", "/iid_recommend"):  # what other sites load or call: no page policy
+        resp = await (client.get(path) if path == "/sdk.js" else client.post(path, json=SEED))
+        assert "X-Frame-Options" not in resp.headers
+
+
 ODD_IDS = ["{tag}", "a}b{c", "ns:{p0}:events", "with space", 'quo"te', "ünïcødé ☕", "日本語",
            "new\nline", "nul\u0000byte", "*", "x" * 256]
 

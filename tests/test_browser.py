@@ -79,6 +79,23 @@ sdk.render("#bottom", null, {{k: 3}}).then(function (a) {{ window.answers.bottom
 </body></html>"""
 
 
+STRING_TEMPLATE_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<link rel="icon" href="data:,"><script src="{api}/sdk.js"></script></head><body>
+<div id="recs"></div>
+<script>
+sessionrec.init({{endpoint: "{api}", k: 8, container: "#recs", flushInterval: 100,
+  template: function (r) {{
+    return '<div class="rec" data-item-id="' + r.id + '" title=' + r.id + '>' + r.id + '</div>';
+  }},
+  onRender: function (answer) {{ window.answer = answer; }}}});
+</script>
+</body></html>"""
+
+FRAMING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">
+</head><body><iframe id="dashboard" src="{api}/dashboard"></iframe>
+<iframe id="demo" src="{api}/demo"></iframe></body></html>"""
+
+
 def _page_app(api: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=THIRD_PARTY_PAGE.format(api=api), content_type="text/html")
@@ -87,10 +104,18 @@ def _page_app(api: str) -> web.Application:
         return web.Response(text=VIEW_PAGE.format(api=api), content_type="text/html")
     async def lists_page(request: web.Request) -> web.Response:
         return web.Response(text=LISTS_PAGE.format(api=api), content_type="text/html")
+
+    async def strings_page(request: web.Request) -> web.Response:
+        return web.Response(text=STRING_TEMPLATE_PAGE.format(api=api), content_type="text/html")
+
+    async def framing_page(request: web.Request) -> web.Response:
+        return web.Response(text=FRAMING_PAGE.format(api=api), content_type="text/html")
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/views", view_page)
     app.router.add_get("/lists", lists_page)
+    app.router.add_get("/strings", strings_page)
+    app.router.add_get("/framing", framing_page)
     return app
 
 
@@ -149,6 +174,26 @@ def console_errors(page: Page) -> list[str]:
     return errors
 
 
+async def record_policy_violations(page: Page) -> None:
+    """From the next navigation on, the page's Content-Security-Policy violations collect in
+    window.violations (Chromium reports them as console errors too)."""
+    await page.add_init_script(
+        "window.violations = []; document.addEventListener('securitypolicyviolation', "
+        "e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+async def make_trending(api: str, item_ids: list[str], sessions: int = 100) -> None:
+    """What anyone holding the publishable key can send: a purchase of each id from each of
+    ``sessions`` sessions, through POST /events (ids are not markup-checked: they are data)."""
+    events = [{"session_id": f"crowd-{n}", "item_id": item, "type": "purchase"}
+              for n in range(sessions) for item in item_ids]
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, len(events), 1000):
+            async with http.post(api + "/events",
+                                 json={"events": events[start:start + 1000]}) as r:
+                assert r.status == 202, await r.text()
+
+
 async def rec_ids(page: Page) -> list[str]:
     ids: list[str] = await page.eval_on_selector_all(
         "#recs [data-item-id]", "els => els.map(e => e.getAttribute('data-item-id'))")
@@ -164,6 +209,7 @@ async def stats(api: str) -> dict[str, Any]:
 async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> None:
     page = await browser.new_page()
     errors = console_errors(page)
+    await record_policy_violations(page)
     before = (await stats(stack.api))["events_accepted"]
     await page.goto(stack.api + "/demo")
     await page.wait_for_selector("#recs .card")
@@ -200,6 +246,7 @@ async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> N
         await asyncio.sleep(0.1)
     assert counted["events_accepted"] - counted["impressions"] == before + 2
     assert counted["impressions"] > 0
+    assert await page.evaluate("window.violations") == []  # under its policy
     assert errors == []
 
 
@@ -336,7 +383,8 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
                                                            browser: Browser) -> None:
     """A minute's traffic (recommendations with session ids under an experiment, their
     impressions and clicks, events), then the dashboard: it asks for the secret key, and
-    every chart has data; no console error."""
+    every chart has data; no console error. It is served with its policy (no framing; its
+    own script and style, uPlot and data from its origin only), and nothing breaks it."""
     secret = "sk_test_dashboard"
     port = free_port()
     admin = f"http://127.0.0.1:{port}"
@@ -364,7 +412,11 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
         await asyncio.sleep(2.5)  # the worker's and the serve process' tallies reach Redis
         page = await browser.new_page(viewport={"width": 1200, "height": 1000})
         errors = console_errors(page)
-        await page.goto(admin + "/dashboard")
+        await record_policy_violations(page)
+        response = await page.goto(admin + "/dashboard")
+        assert response is not None and response.headers["x-frame-options"] == "DENY"
+        policy = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
         await page.fill("#key", secret)
         await page.click("#key-form button")
         await page.wait_for_function("window.sessionrecDashboard.data !== null", timeout=10_000)
@@ -379,6 +431,16 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
             assert all(n > 0 for n in series), (chart, filled)
         assert await page.evaluate("sessionStorage.getItem('sessionrec:dashboard-key')") == secret
         assert "1002" in (await page.text_content("#trending") or "")
+        # drawn: uPlot's canvases and legends, its style sheet and the page's own style
+        drawn = await page.eval_on_selector_all(
+            ".chart canvas", "cs => cs.filter(c => c.width > 0 && c.height > 0).length")
+        assert drawn == 5
+        assert await page.eval_on_selector(
+            ".uplot", "e => getComputedStyle(e).fontFamily") != await page.eval_on_selector(
+            "body", "e => getComputedStyle(e).fontFamily")  # uplot.min.css applies
+        assert await page.eval_on_selector(
+            "header", "e => getComputedStyle(e).backgroundColor") == "rgb(29, 35, 48)"
+        assert await page.evaluate("window.violations") == []
         assert errors == []
     finally:
         await runner.cleanup()
@@ -428,3 +490,130 @@ async def test_the_demo_shop_sends_impressions_of_the_lists_in_view_only(
     click = next(e for e in sent if e["type"] == "click")
     assert click["item_id"] == top_items[0] and click["recommendation_id"] == top
     assert errors == []
+
+
+HOSTILE = ["<img src=x onerror=window.__pwned=1>", '"><img src=x onerror=window.__pwned=2>']
+
+
+async def test_a_string_template_shows_hostile_trending_ids_as_text(
+        stack: Stack, browser: Browser) -> None:
+    """Ids that are markup, made trending with public purchase events, rendered by a string
+    template (quoted and unquoted attributes, text): each shows as text, no script runs, and
+    the attribute and the click the SDK tracks carry the id itself."""
+    await make_trending(stack.api, HOSTILE)
+    await wait_drained(stack.store)
+    page = await browser.new_page()
+    errors = console_errors(page)
+    sent = events_sent(page)
+    await page.goto(stack.allowed + "/strings")
+    await page.wait_for_function("window.answer !== undefined", timeout=10_000)
+    answer = await page.evaluate("window.answer")
+    ids = [r["id"] for r in answer["recommendations"]]
+    assert sorted(ids[:2]) == sorted(HOSTILE)  # they lead trending
+    rendered = await page.eval_on_selector_all(
+        "#recs > *", "es => es.map(e => [e.dataset.itemId, e.title, e.textContent])")
+    assert rendered == [[i, i, i] for i in ids]
+    assert await page.eval_on_selector_all("img", "es => es.length") == 0
+    await page.wait_for_timeout(500)
+    assert await page.evaluate("window.__pwned") is None
+    await page.click(f"#recs > *:nth-child({ids.index(HOSTILE[1]) + 1})")
+    deadline = time.monotonic() + 10
+    while not any(e["type"] == "click" for e in sent):
+        assert time.monotonic() < deadline, sent
+        await asyncio.sleep(0.05)
+    click = next(e for e in sent if e["type"] == "click")
+    assert click["item_id"] == HOSTILE[1]
+    assert click["recommendation_id"] == answer["recommendation_id"]
+    assert errors == []
+
+
+BUILT_IN = ["constructor", "__proto__", "toString"]
+
+
+async def test_the_demo_shop_shows_ids_named_like_object_properties(
+        stack: Stack, browser: Browser) -> None:
+    """Trending ids that name Object's own properties (and one that is markup): the demo shop
+    lists them like any other, and a click on one is kept in the session."""
+    odd = [*BUILT_IN, HOSTILE[0]]
+    await make_trending(stack.api, odd)
+    await wait_drained(stack.store)
+    page = await browser.new_page()
+    errors = console_errors(page)
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_function(
+        "ids => { const shown = [...document.querySelectorAll('#recs [data-item-id]')]"
+        ".map(e => e.dataset.itemId); return ids.every(id => shown.includes(id)); }",
+        arg=odd, timeout=10_000)
+    assert (await page.text_content("#message") or "").startswith("Trending")
+    names = await page.eval_on_selector_all("#recs .card .name", "es => es.map(e => e.textContent)")
+    assert set(odd) <= set(names)
+    await page.click('#recs .card[data-item-id="__proto__"] .name')
+    await page.wait_for_function(
+        "() => document.getElementById('session').textContent.includes('__proto__ · rating 3')",
+        timeout=10_000)
+    stored = await page.evaluate("Object.keys(JSON.parse("
+                                 "sessionStorage.getItem('sessionrec:interactions')))")
+    assert stored == ["__proto__"]
+    assert await page.evaluate("window.__pwned") is None
+    assert errors == []
+
+
+async def test_the_demo_shop_says_when_the_api_refuses(stack: Stack, browser: Browser) -> None:
+    """A server that wants a key the page does not send (401), and a proxy's error page (502,
+    no JSON): the demo says so where the list would be, never "Loading…" for good; and
+    recovers at the next answer."""
+    port = free_port()
+    keyed = f"http://127.0.0.1:{port}"
+    runner = await _serve(create_app(stack.store.settings.replace(publishable_keys="pk_demo"),
+                                     stack.store), port)
+    try:
+        page = await browser.new_page()
+        await page.goto(keyed + "/demo")
+        await page.wait_for_function(
+            "() => document.getElementById('message').className === 'error'", timeout=10_000)
+        message = await page.text_content("#message") or ""
+        assert "API key" in message and "401" in message, message
+        assert await page.is_hidden("#more-title")
+    finally:
+        await runner.cleanup()
+
+    page = await browser.new_page()
+    await page.route("**/iid_recommend", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"))
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_function(
+        "() => document.getElementById('message').className === 'error'", timeout=10_000)
+    assert "502" in (await page.text_content("#message") or "")
+    await page.unroute("**/iid_recommend")
+    await page.click('#catalogue .card[data-item-id="1001"] .name')
+    await page.wait_for_function(
+        "() => document.getElementById('message').textContent"
+        ".includes('based on session interactions')", timeout=10_000)
+    assert await page.get_attribute("#message", "class") == ""
+
+
+async def test_no_page_of_the_package_can_be_framed(stack: Stack, browser: Browser) -> None:
+    """The dashboard (its key form) and the demo shop (its same-origin events) refuse to be
+    framed by another site: both headers, and Chromium shows neither in a frame."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/dashboard", "/demo", "/docs"):
+            async with http.get(stack.api + path) as r:
+                assert r.headers["X-Frame-Options"] == "DENY"
+                policy = r.headers["Content-Security-Policy"]
+                assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    page = await browser.new_page()
+    await page.goto(stack.allowed + "/framing")
+    await page.wait_for_timeout(1000)
+    framed = {f.name or f.url: f.url for f in page.frames[1:]}
+    assert len(page.frames) == 3
+    for frame in page.frames[1:]:
+        assert not frame.url.startswith(stack.api), framed
+        assert await frame.query_selector("#key-form, #recs") is None
+    # opened directly, /docs is drawn under its policy (its inline style applies)
+    page = await browser.new_page()
+    errors = console_errors(page)
+    await record_policy_violations(page)
+    await page.goto(stack.api + "/docs")
+    assert await page.eval_on_selector("pre", "e => getComputedStyle(e).backgroundColor") == \
+        "rgb(244, 244, 244)"
+    assert await page.evaluate("window.violations") == [] and errors == []

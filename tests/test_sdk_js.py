@@ -24,4 +24,4 @@ def test_sdk_unit_tests_pass_in_node() -> None:
 
 def test_sdk_stays_small() -> None:
     source = (ROOT / "service" / "api" / "static" / "sdk.js").read_bytes()
-    assert len(source) < 16_000
+    assert len(source) < 17_000

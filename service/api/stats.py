@@ -20,6 +20,7 @@ from service.api.context import (
 )
 from service.api.errors import ApiError
 from service.api.openapi import api_page, openapi_document
+from service.api.pages import page_headers
 from service.api.recommend import RECOMMENDER
 from service.core.feedback import variant_report
 from service.store.backends import REDIS_FAILURES
@@ -73,8 +74,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def docs(request: web.Request) -> web.Response:
-    return web.Response(text=api_page(request.app[SETTINGS], request.app[ROUTE_TABLE]),
-                        content_type="text/html")
+    page = api_page(request.app[SETTINGS], request.app[ROUTE_TABLE])
+    return web.Response(text=page, content_type="text/html",
+                        headers=page_headers(page.encode("utf-8")))
 
 
 async def index(request: web.Request) -> web.Response:
@@ -87,10 +89,12 @@ async def favicon(request: web.Request) -> web.Response:
 
 def static(path: str, content_type: str) -> Handler:
     """A file of the package, read once (a resource path: the demo's files are served without
-    importing the demo's code)."""
+    importing the demo's code); an HTML page with its policy (``pages.py``)."""
     body = resources.files("service").joinpath(path).read_bytes()
+    headers = {"Cache-Control": "public, max-age=300"}
+    if content_type == "text/html":
+        headers.update(page_headers(body))
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type=content_type,
-                            headers={"Cache-Control": "public, max-age=300"})
+        return web.Response(body=body, content_type=content_type, headers=headers)
     return handler

@@ -216,3 +216,150 @@ test("event times follow the server's clock, learned from its Date header", asyn
   const sent = JSON.parse(calls.find((c) => c.url === "/events").options.body).events[0];
   assert.ok(Math.abs(sent.timestamp - ahead / 1000) < 5, String(sent.timestamp));
 });
+
+// A page's DOM, as much as render needs: elements record their attributes, children and the
+// markup given to innerHTML (no parser: what reaches innerHTML is what is checked)
+function fakeElement() {
+  const el = { attributes: {}, children: [], markup: null, firstElementChild: null,
+               setAttribute(k, v) { this.attributes[k] = String(v); },
+               getAttribute(k) { return k in this.attributes ? this.attributes[k] : null; },
+               appendChild(child) { this.children.push(child); return child; },
+               querySelectorAll() { return []; } };
+  Object.defineProperty(el, "innerHTML", { set(v) { this.markup = String(v); this.children = []; },
+                                           get() { return this.markup || ""; } });
+  return el;
+}
+
+function answeringRecommendations(recommendations, status = 200) {
+  globalThis.fetch = async (url) => ({
+    ok: status < 300, status, headers: { get: () => null },
+    json: async () => (url.endsWith("/iid_recommend") && status < 300
+      ? { recommendations, message: "m", recommendation_id: "rid" }
+      : { error: { code: "unauthorized", message: "Send an API key" } }),
+  });
+}
+
+// what an HTML parser makes of escaped text: every character reference decoded
+const decoded = (s) => s.replace(/&#(\d+);/g, (_, n) => String.fromCharCode(Number(n)))
+  .replace(/&(amp|lt|gt|quot|#39|apos);/g, (_, e) =>
+    ({ amp: "&", lt: "<", gt: ">", quot: '"', "#39": "'", apos: "'" })[e]);
+
+const HOSTILE = ["<img src=x onerror=window.__pwned=1>", "a\"b' onclick=alert(1) c=`d`&e", "89898"];
+
+test("a string template gets the answer's strings escaped: ids are text, attributes the id",
+     async () => {
+  fakeBrowser();
+  globalThis.document.createElement = () => fakeElement();
+  answeringRecommendations(HOSTILE.map((id) => ({ id, score: 0.5, because: [id],
+                                                  source: "session" })));
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false });
+  const target = fakeElement();
+  const answer = await sdk.render(target, (r) =>
+    "<div data-item-id=\"" + r.id + "\" title=" + r.id + ">" + r.id + " · " + r.because.join() +
+    " " + r.source + " " + r.score.toFixed(1) + "</div>");
+  assert.equal(target.children.length, 3);
+  HOSTILE.forEach((id, n) => {
+    const markup = target.children[n].markup;
+    const [, attribute, title, text, because] =
+      markup.match(/^<div data-item-id="(.*)" title=(.*)>(.*) · (.*) session 0\.5<\/div>$/);
+    for (const part of [attribute, title, text, because]) {
+      // nothing of the id is markup: no tag, no quote, no attribute separator; and the
+      // parser gives the id back whole (the clicks the SDK tracks read data-item-id)
+      assert.ok(!/[<>"'`=\s]/.test(part), markup);
+      assert.equal(decoded(part), id);
+    }
+  });
+  // the answer, and the impressions of the list, carry the ids themselves
+  assert.deepEqual(answer.recommendations.map((r) => r.id), HOSTILE);
+  assert.deepEqual(target.__sessionrecItems, HOSTILE);
+});
+
+test("an element template gets the recommendation as it is", async () => {
+  fakeBrowser();
+  globalThis.document.createElement = () => fakeElement();
+  answeringRecommendations(HOSTILE.map((id) => ({ id, score: 0.5 })));
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false });
+  const target = fakeElement(), seen = [];
+  await sdk.render(target, (r) => {
+    seen.push(r.id);
+    const el = fakeElement();
+    el.setAttribute("data-item-id", r.id);
+    return el;
+  });
+  assert.deepEqual(seen, HOSTILE);
+  assert.deepEqual(target.children.map((c) => c.getAttribute("data-item-id")), HOSTILE);
+  assert.ok(target.children.every((c) => c.markup === null)); // never through innerHTML
+});
+
+const BUILT_IN = ["__proto__", "constructor", "toString", "hasOwnProperty"];
+
+test("ids named like Object's own properties are ids like any other", async () => {
+  const { store, sent } = fakeBrowser();
+  const sdk = loadSdk();
+  let m = {};
+  BUILT_IN.forEach((id, n) => { m = sdk._addInteraction(m, id, n + 1, 100 + n, 10); });
+  assert.deepEqual(Object.keys(m), BUILT_IN);
+  assert.deepEqual(BUILT_IN.map((id) => m[id].rating), [1, 2, 3, 4]);
+  assert.equal(Object.getPrototypeOf(m), Object.prototype);
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5,
+             ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 } });
+  BUILT_IN.forEach((id) => sdk.track(id, "click"));
+  sdk.track("x", "constructor"); // an event type the ratings do not name: a view's rating
+  const stored = JSON.parse(store.get("sessionrec:interactions"));
+  assert.deepEqual(Object.keys(stored), [...BUILT_IN, "x"]);
+  assert.ok(BUILT_IN.every((id) => stored[id].rating === 3) && stored.x.rating === 1);
+  await sdk.recommend();
+  const body = JSON.parse(sent.find((c) => c.url === "/iid_recommend").options.body);
+  assert.deepEqual(Object.keys(body.user_interactions), [...BUILT_IN, "x"]);
+  await new Promise((r) => setTimeout(r, 30));
+});
+
+test("views of items named like Object's own properties are tracked", async () => {
+  fakeBrowser();
+  const observers = [];
+  globalThis.IntersectionObserver = class {
+    constructor(callback) { this.callback = callback; observers.push(this); }
+    observe() {} unobserve() {}
+  };
+  const elements = BUILT_IN.map((id) => {
+    const el = fakeElement();
+    el.setAttribute("data-item-id", id);
+    return el;
+  });
+  globalThis.document.querySelectorAll = () => elements;
+  try {
+    const sdk = loadSdk();
+    sdk.init({ endpoint: "", flushInterval: 5 });
+    observers[0].callback(elements.map((target) => ({ target, isIntersecting: true })));
+    await new Promise((r) => setTimeout(r, 1100)); // a second in view makes a view
+    assert.deepEqual(Object.keys(sdk.interactions()).sort(), [...BUILT_IN].sort());
+  } finally {
+    delete globalThis.IntersectionObserver;
+  }
+});
+
+test("an API error rejects render and reaches onError, JSON or not", async () => {
+  fakeBrowser();
+  globalThis.document.createElement = () => fakeElement();
+  const target = fakeElement();
+  globalThis.document.querySelector = () => target;
+  answeringRecommendations([], 401);
+  const errors = [];
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, container: "#recs", onError: (e) => errors.push(e) });
+  await assert.rejects(sdk.render("#recs"), (e) => e.status === 401 && /API key/.test(e.message));
+  for (let i = 0; i < 50 && !errors.length; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(errors.length, 1); // init's own render, scheduled
+  assert.equal(errors[0].status, 401);
+  // a proxy's error page is no JSON: still a rejection that says the status
+  globalThis.fetch = async () => ({ ok: false, status: 502, statusText: "Bad Gateway",
+                                    headers: { get: () => null },
+                                    json: async () => { throw new SyntaxError("Unexpected <"); } });
+  await assert.rejects(sdk.recommend(), (e) => e.status === 502 && /502/.test(e.message));
+  // an answer without a list is refused too, rather than thrown on while rendering
+  globalThis.fetch = async () => ({ ok: true, status: 200, headers: { get: () => null },
+                                    json: async () => ({}) });
+  await assert.rejects(sdk.render("#recs"), (e) => e.status === 200);
+});

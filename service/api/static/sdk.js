@@ -10,20 +10,30 @@
  * carries the session id (its experiment variant, if one runs); a rendered list sends one
  * impression per item, once per answer, when it first becomes at least half visible; a click
  * on a rendered item carries its answer's recommendation_id. With consent off, nothing is
- * stored or sent. No cookies, no dependencies, no build step. */
+ * stored or sent. No cookies, no dependencies, no build step. Item ids are anyone's data:
+ * never markup, never taken for Object's own properties. */
 (function (global) {
   "use strict";
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
       QUEUE_KEY = "sessionrec:queue";
   var cfg = {
     endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true, exclude: null,
-    filter: null, maxPerCategory: null, explain: false, container: null, template: null, onRender: null,
+    filter: null, maxPerCategory: null, explain: false, container: null, template: null,
+    onRender: null, onError: null,
     maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true, maxQueued: 500,
     ratings: { view: 1, click: 3, add_to_cart: 4, purchase: 5 }
   };
   // queue: events not yet in a batch; batches: [{key, events, tries, due}] sent in order
-  var queue = [], batches = [], timer = null, observer = null, viewed = {}, renderTimer = null,
-      sending = false, clockOffset = 0, listObserver = null, shown = {};
+  var queue = [], batches = [], timer = null, observer = null, viewed = Object.create(null),
+      renderTimer = null, sending = false, clockOffset = 0, listObserver = null,
+      shown = Object.create(null);
+
+  function has(o, key) { return Object.prototype.hasOwnProperty.call(o, key); }
+  // o[key] = value, "__proto__" included
+  function put(o, key, value) {
+    Object.defineProperty(o, key, { value: value, enumerable: true, writable: true,
+                                    configurable: true });
+  }
 
   function storage() { try { return global.sessionStorage; } catch (e) { return null; } }
   function read(key, fallback) {
@@ -55,10 +65,10 @@
    * rating; the map keeps the `cap` most recent items. */
   function addInteraction(map, itemId, rating, timestamp, cap) {
     var next = {}, id;
-    for (id in map) if (Object.prototype.hasOwnProperty.call(map, id)) next[id] = map[id];
-    var old = next[itemId];
-    next[itemId] = { timestamp: timestamp,
-                     rating: old && old.rating > rating ? old.rating : rating };
+    for (id in map) if (has(map, id)) put(next, id, map[id]);
+    var old = has(next, itemId) && next[itemId];
+    put(next, itemId, { timestamp: timestamp,
+                        rating: old && old.rating > rating ? old.rating : rating });
     var ids = Object.keys(next);
     if (ids.length > cap) {
       ids.sort(function (a, b) { return next[a].timestamp - next[b].timestamp; });
@@ -135,7 +145,7 @@
   function track(itemId, type, recommendationId) {
     if (!cfg.consent || itemId == null || itemId === "") return;
     type = type || "view";
-    var rating = cfg.ratings[type] != null ? cfg.ratings[type] : 1;
+    var rating = has(cfg.ratings, type) ? cfg.ratings[type] : 1;
     var ts = now();
     write(STORE_KEY, addInteraction(interactions(), String(itemId), rating, ts,
                                     cfg.maxInteractions));
@@ -187,7 +197,8 @@
       render(cfg.container, cfg.template).then(function (answer) {
         if (cfg.onRender) cfg.onRender(answer);
       }, function (err) {
-        if (global.console) global.console.warn("sessionrec: " + err.message);
+        if (cfg.onError) cfg.onError(err);
+        else if (global.console) global.console.warn("sessionrec: " + err.message);
       });
     }, 50);
   }
@@ -214,9 +225,13 @@
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
       learnClock(r);
-      return r.json().then(function (data) {
-        if (!r.ok) { var e = new Error((data.error && data.error.message) || r.statusText);
-                     e.status = r.status; e.error = data.error; throw e; }
+      // a refusal, JSON or not (a proxy's page), or no list: rejected with its status
+      return r.json().then(null, function () { return {}; }).then(function (data) {
+        data = data || {};
+        if (!r.ok || !Array.isArray(data.recommendations)) {
+          var e = new Error((data.error && data.error.message) || "HTTP " + r.status);
+          e.status = r.status; e.error = data.error; throw e;
+        }
         return data;
       });
     });
@@ -230,6 +245,28 @@
     return el;
   }
 
+  // a copy whose strings are escaped for text and attributes, quoted or not
+  function escaped(value) {
+    if (typeof value === "string") {
+      return value.replace(/[&<>"'`=\s]/g, function (c) { return "&#" + c.charCodeAt(0) + ";"; });
+    }
+    if (!value || typeof value !== "object") return value;
+    var copy = Array.isArray(value) ? [] : {};
+    Object.keys(value).forEach(function (k) { put(copy, k, escaped(value[k])); });
+    return copy;
+  }
+
+  /* A template returns an element (given the recommendation as is) or markup: then made
+   * again from the escaped copy, the only one parsed: an id is text, and data-item-id="..."
+   * holds the id itself (what a click tracks). */
+  function build(template, rec) {
+    var node = template(rec);
+    if (typeof node !== "string") return node;
+    var wrap = global.document.createElement("div");
+    wrap.innerHTML = template(escaped(rec));
+    return wrap.firstElementChild || wrap;
+  }
+
   function render(container, template, options) {
     var target = typeof container === "string" ? global.document.querySelector(container)
                                                : container;
@@ -237,12 +274,7 @@
       if (!target) return answer;
       target.innerHTML = "";
       answer.recommendations.forEach(function (rec) {
-        var node = (template || defaultTemplate)(rec);
-        if (typeof node === "string") {
-          var wrap = global.document.createElement("div"); wrap.innerHTML = node;
-          node = wrap.firstElementChild || wrap;
-        }
-        target.appendChild(node);
+        target.appendChild(build(template || defaultTemplate, rec));
       });
       observeAll(target);
       watchList(target, answer);
@@ -283,7 +315,7 @@
   function startAutoTrack() {
     global.document.addEventListener("click", onClick, true);
     if (global.IntersectionObserver) {
-      var timers = {};
+      var timers = Object.create(null);
       observer = new global.IntersectionObserver(function (entries) {
         entries.forEach(function (entry) {
           var id = entry.target.getAttribute("data-item-id");
@@ -330,7 +362,7 @@
   function setConsent(granted) {
     cfg.consent = !!granted;
     if (!granted) {
-      queue = []; batches = []; shown = {};
+      queue = []; batches = []; shown = Object.create(null);
       var s = storage();
       if (s) { s.removeItem(STORE_KEY); s.removeItem(SESSION_KEY); s.removeItem(QUEUE_KEY); }
     }
