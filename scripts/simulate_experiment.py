@@ -9,8 +9,14 @@ item of the answer is sent back as an impression, and the visitor clicks the rec
 item that is their true next item, when it is there (with the answer's recommendation_id).
 The experiment's report then gives each variant's CTR and the p-value of the difference.
 
+With ``--attack N``, an attacker holding only the publishable key tries to decide the
+experiment for the weakened variant while the visitors come: it asks for one answer per
+variant, then sends N forged events, impressions against the defaults' answer and clicks for
+the weakened one's, for items those answers never listed, from other sessions and from its
+own. The report must reach the same conclusion.
+
     python scripts/simulate_experiment.py --data ../shared/datasets/diginetica-srgnn \\
-        [--visitors 4000] [--out docs/eval/experiment.md]
+        [--visitors 4000] [--attack 20000] [--out docs/eval/experiment.md]
 """
 
 from __future__ import annotations
@@ -92,8 +98,35 @@ class Replay:
                 assert resp.status == 202, await resp.text()
 
 
+async def attack(api: str, http: aiohttp.ClientSession, forged: int) -> dict[str, int]:
+    """The forgery of issue 23: one answer's id per variant, then ``forged`` events crafted to
+    make the weakened variant win. Returns what it sent."""
+    ids: dict[str, tuple[str, dict[str, Any]]] = {}
+    n = 0
+    while len(ids) < 2:
+        session = f"attacker-{n}"
+        body = {"user_interactions": {}, "k": K, "session_id": session}
+        async with http.post(api + "/iid_recommend", json=body) as resp:
+            answer = await resp.json()
+        ids.setdefault(answer["variant"], (session, answer))
+        n += 1
+    events = []
+    for m in range(forged):
+        variant, kind = ("defaults", "impression") if m % 2 else ("weakened", "click")
+        session, answer = ids[variant]
+        listed = [r["id"] for r in answer["recommendations"]]
+        events.append({"session_id": session if m % 3 == 0 else f"bot-{m}",
+                       "item_id": listed[m % len(listed)] if m % 5 == 0 else f"never-{m}",
+                       "type": kind, "recommendation_id": answer["recommendation_id"]})
+    for at in range(0, len(events), 500):
+        async with http.post(api + "/events", json={"events": events[at:at + 500]}) as resp:
+            assert resp.status == 202, await resp.text()
+    return {"answers": len(ids), "events": len(events)}
+
+
 async def simulate(api: str, steps: list[list[tuple[list[str], list[float], str]]],
-                   concurrency: int) -> tuple[dict[str, Any], dict[str, int], float]:
+                   concurrency: int, forged: int = 0
+                   ) -> tuple[dict[str, Any], dict[str, int], float]:
     headers = {"X-API-Key": SECRET}
     async with aiohttp.ClientSession(headers=headers) as http:
         async with http.put(api + "/admin/experiments/simulation", json={"variants": {
@@ -108,7 +141,8 @@ async def simulate(api: str, steps: list[list[tuple[list[str], list[float], str]
             while queue:
                 n, visit = queue.pop()
                 await replay.visitor(n, visit)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        attacked = [attack(api, http, forged)] if forged else []
+        await asyncio.gather(*(worker() for _ in range(concurrency)), *attacked)
         await replay.flush()
         seconds = time.monotonic() - started
         while True:  # every event applied: the report's counts are final
@@ -123,14 +157,15 @@ async def simulate(api: str, steps: list[list[tuple[list[str], list[float], str]
 
 
 def markdown(report: dict[str, Any], sent: dict[str, int], visitors_: int, seconds: float,
-             command: str) -> str:
-    rows = ["| variant | params | sessions | answers | impressions | clicks | CTR | 95 % "
-            "interval |", "|---|---|---|---|---|---|---|---|"]
+             command: str, forged: int) -> str:
+    rows = ["| variant | params | sessions | answers | impressions | clicks | clicked "
+            "impressions | CTR | 95 % interval |", "|---|---|---|---|---|---|---|---|---|"]
     for name, v in report["variants"].items():
         low, high = v["ctr_interval"]
         rows.append(f"| {name} | `{json.dumps(v['params'])}` | {v['sessions']:,} | "
                     f"{v['answers']:,} | {v['impressions']:,} | {v['clicks']:,} | "
-                    f"{v['ctr']:.4f} | {low:.4f} – {high:.4f} |")
+                    f"{v['clicked_impressions']:,} | {v['ctr']:.4f} | {low:.4f} – "
+                    f"{high:.4f} |")
     comparison = report["comparisons"]["weakened"]
     return "\n".join([
         f"## Simulated A/B experiment ({datetime.date.today()})", "",
@@ -138,15 +173,14 @@ def markdown(report: dict[str, Any], sent: dict[str, int], visitors_: int, secon
         f"{visitors_:,} DIGINETICA test sessions replayed as visitors in {seconds:.0f} s "
         f"({sent['answers']:,} answers, {sent['impressions']:,} impressions and "
         f"{sent['clicks']:,} clicks sent); a visitor clicks the recommended item that is "
-        "their true next item.", "", *rows, "",
+        "their true next item." + (
+            f" Meanwhile an attacker sent {forged:,} forged events for the weakened variant."
+            if forged else ""), "", *rows, "",
         f"weakened against defaults: CTR difference {comparison['ctr_difference']:+.4f}, "
         f"p-value {comparison['p_value']:.3g}.",
-        f"The report counts exactly what was sent: "
-        f"{sum(v['impressions'] for v in report['variants'].values()) == sent['impressions']}"
-        f" (impressions), "
-        f"{sum(v['clicks'] for v in report['variants'].values()) == sent['clicks']} (clicks), "
-        f"{sum(v['answers'] for v in report['variants'].values()) == sent['answers']} "
-        "(answers).", ""])
+        "Counted beyond what the visitors sent (what the report owes to anyone else): "
+        + ", ".join(f"{kind} {sum(v[kind] for v in report['variants'].values()) - sent[kind]:+,}"
+                    for kind in ("answers", "impressions", "clicks")) + ".", ""])
 
 
 def main() -> None:
@@ -156,6 +190,9 @@ def main() -> None:
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--visitors", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--attack", type=int, default=0, metavar="N",
+                        help="an attacker sends N forged events for the weakened variant "
+                             "meanwhile")
     parser.add_argument("--out", type=Path, default=None, help="write the report here too")
     args = parser.parse_args()
     steps = visitors(args.data, args.visitors)
@@ -164,9 +201,10 @@ def main() -> None:
         asyncio.run(build_model(settings, args.data))
         with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": SECRET}) as api, \
                 worker_process(settings):
-            report, sent, seconds = asyncio.run(simulate(api, steps, args.concurrency))
+            report, sent, seconds = asyncio.run(simulate(api, steps, args.concurrency,
+                                                         args.attack))
     command = "python scripts/simulate_experiment.py " + " ".join(sys.argv[1:])
-    text = markdown(report, sent, len(steps), seconds, command)
+    text = markdown(report, sent, len(steps), seconds, command, args.attack)
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
