@@ -113,6 +113,12 @@ class Settings:
                       "impressions and clicks are counted (a day's worth; each hour may take a "
                       "25th). Past an hour's share, answers of that hour count no feedback.",
                       commands=SERVE))
+    feedback_client_answers: int = field(
+        default=600,
+        metadata=_doc("Answers per hour whose feedback one client address (an IPv6 /64) may "
+                      "have counted, shared out over the partitions: past it, its answers "
+                      "still come, their feedback counts nowhere, so no one address weighs "
+                      "more than that in an experiment.", commands=SERVE))
     # --- request limits -------------------------------------------------------------------
     max_body_bytes: int = field(
         default=1 << 20, metadata=_doc("Largest request body accepted (413 above).",
@@ -333,7 +339,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Redis": ("redis_url", "namespace", "partitions", "redis_timeout"),
     "API": ("host", "port", "processes", "cors_origins", "publishable_keys", "secret_keys",
             "keys_file", "rate_limit", "rate_burst", "trusted_proxies", "read_cache_mb",
-            "feedback_mb"),
+            "feedback_mb", "feedback_client_answers"),
     "Request limits": ("max_clock_skew", "max_body_bytes", "max_interactions", "max_batch",
                        "max_id_length", "max_k"),
     "Live sessions": ("live_ttl", "live_cap"),

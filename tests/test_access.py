@@ -35,6 +35,10 @@ async def test_keys_gate_public_and_admin_routes(aiohttp_client: Any,
     event = b'{"session_id": "s", "item_id": "a"}'
     assert (await client.post(f"/events?key={PUB}", data=event)).status == 202
     assert (await client.post(f"/events?key={SECRET}", data=event)).status == 401
+    # and only a post needs it: a key in a GET's URL would let any page's <img> spend the API
+    for path in (f"/popular?key={PUB}", f"/items/a/similar?key={PUB}",
+                 f"/sessions/s/recommendations?key={PUB}"):
+        assert (await client.get(path)).status == 401, path
     forbidden = await client.post("/admin/items/a/hide", headers={"X-API-Key": PUB})
     assert forbidden.status == 403
     assert (await forbidden.json())["error"]["code"] == "forbidden"
@@ -81,6 +85,49 @@ async def test_a_secret_key_alone_leaves_the_public_routes_open(aiohttp_client: 
     assert (await client.get("/metrics")).status == 401
     assert (await client.post("/admin/items/a/hide", headers={"X-API-Key": SECRET})).status \
         == 200
+
+
+async def test_another_sites_page_cannot_embed_the_api(client: Client) -> None:
+    """An <img>, <script>, prefetch or frame on another site carries no Origin (the allow-list
+    never sees it) and comes from that site's visitors' addresses: refused by its fetch
+    metadata. A link followed to the API, the API's own pages' calls and scripts outside a
+    browser go through."""
+    embedded = [{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
+                 "Sec-Fetch-Dest": "image"},
+                {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
+                 "Sec-Fetch-Dest": "script"},
+                {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors",
+                 "Sec-Fetch-Dest": "empty"},
+                {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                 "Sec-Fetch-Dest": "iframe"}]
+    for headers in embedded:
+        for path in ("/popular?session_id=v", "/items/a/similar", "/sessions/s/recommendations"):
+            resp = await client.get(path, headers=headers)
+            assert resp.status == 403, (path, headers)
+            assert (await resp.json())["error"]["field"] == "Sec-Fetch-Site"
+    allowed = [{}, {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors",
+                    "Sec-Fetch-Dest": "empty"},
+               {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-Dest": "document"},
+               {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-Dest": "document"}]
+    for headers in allowed:
+        assert (await client.get("/popular", headers=headers)).status == 200, headers
+
+
+async def test_rate_limits_count_an_ipv6_64_as_one_client(aiohttp_client: Any,
+                                                          settings: Settings) -> None:
+    """One host holds a whole /64: rotating its addresses does not escape the limit."""
+    client = await keyed(aiohttp_client, settings, rate_limit=0.5, rate_burst=3,
+                         trusted_proxies="127.0.0.1/32")
+    statuses = []
+    for n in range(4):
+        statuses.append((await client.get("/popular", headers={
+            "X-API-Key": PUB, "X-Forwarded-For": f"2001:db8:1:2::{n + 1:x}"})).status)
+    assert statuses == [200, 200, 200, 429]
+    other = await client.get("/popular", headers={"X-API-Key": PUB,
+                                                  "X-Forwarded-For": "2001:db8:1:3::1"})
+    assert other.status == 200  # another /64 is another client
 
 
 async def test_metrics_are_open_while_no_key_is_configured(client: Client) -> None:

@@ -221,3 +221,32 @@ def test_the_redis_password_never_reaches_the_logs(standalone_url: str) -> None:
     _, err = worker.communicate(timeout=20)
     assert b"consuming" in err and b"127.0.0.1" in err
     assert b"hunter2" not in err
+
+
+def test_a_client_dropping_its_body_is_no_redis_outage(standalone_url: str) -> None:
+    """A client that closes its connection before its body is whole is its own failure: no
+    "redis unavailable" in the log, no 503 in the metrics (anyone could raise false outage
+    alerts). Against the real server: under uvloop the handler meets the reset itself."""
+    import socket
+
+    port = free_port()
+    env = dict(os.environ, SESSIONREC_REDIS_URL=standalone_url, SESSIONREC_PORT=str(port),
+               SESSIONREC_NAMESPACE="dropped")
+    serve = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                              "serve"], env=env, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, serve)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.5)
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=20)
+    assert 'route="/events",status="503"' not in metrics
+    assert 'route="/events",status="400"} 3.0' in metrics
+    assert b"redis unavailable" not in err

@@ -20,6 +20,7 @@ from service.api.app import create_app
 from service.core.feedback import (
     CLICKED_IMPRESSION,
     COUNTED,
+    FEEDBACK_POSITIONS,
     FEEDBACK_WINDOW,
     FLAG,
     Claim,
@@ -30,6 +31,7 @@ from service.core.feedback import (
     claim,
     comparisons,
     counter_field,
+    hour_of,
     new_key,
     recommendation_id,
     tally,
@@ -126,6 +128,18 @@ def test_a_claim_counts_once_per_answer_item_and_kind_for_listed_items_in_time()
     # an experiment Redis does not know (lost with its data): totals only
     assert set(tally(_claims(key, events), {nonce: record}, {}).counts) == \
         {"impressions", "attributed_clicks"}
+
+
+def test_an_answer_of_a_flooded_hour_counts_nothing_and_records_a_pages_worth() -> None:
+    key, now = new_key(), 1_700_000_000.0
+    rid, nonce = recommendation_id(key, "s", 4, 1, now=now)
+    record = answer_record(b"".join(item_hash(f"i{n}") for n in range(150)))
+    assert len(record) == FEEDBACK_POSITIONS * 9  # the first hundred items, a flag byte each
+    found = _claims(key, [("impression", rid, "s", "i0", now + 1),
+                          ("impression", rid, "s", "i120", now + 1)])  # past the hundredth
+    assert tally(found, {nonce: record}, {4: None}).counts["impressions"] == 1
+    assert tally(found, {nonce: record}, {4: None}, flooded={hour_of(now)}).counts == {}
+    assert tally(found, {nonce: record}, {4: None}, flooded={hour_of(now) + 1}).counts
 
 
 @hypothesis.given(st.dictionaries(st.sampled_from(COUNTED), st.integers(-5, 10**9)),
@@ -362,10 +376,11 @@ async def test_an_id_counts_only_within_its_window(shop: Client, settings: Setti
     store = Store(settings)
     try:
         key = await store.feedback.signing_key()
-        old, old_nonce = recommendation_id(key, "s", now=time.time() - FEEDBACK_WINDOW - 60)
-        fresh, fresh_nonce = recommendation_id(key, "s")
-        for nonce in (old_nonce, fresh_nonce):
-            assert await store.feedback.record_answer("s", nonce, item_hash("a"))
+        then, now = time.time() - FEEDBACK_WINDOW - 60, time.time()
+        old, old_nonce = recommendation_id(key, "s", now=then)
+        fresh, fresh_nonce = recommendation_id(key, "s", now=now)
+        for nonce, issued in ((old_nonce, then), (fresh_nonce, now)):
+            assert await store.feedback.record_answer("s", nonce, item_hash("a"), issued, "")
     finally:
         await store.close()
     events = [{"session_id": "s", "item_id": "a", "type": "impression",
@@ -374,15 +389,17 @@ async def test_an_id_counts_only_within_its_window(shop: Client, settings: Setti
     assert (await drain(settings))["impressions"] == 1
 
 
-async def test_answers_past_the_hours_budget_are_not_recorded(
+async def test_a_flood_past_the_hours_budget_erases_the_hour_for_every_answer(
         aiohttp_client: Any, settings: Settings) -> None:
-    """``--feedback-mb`` bounds the answers' records whatever the requests: past an hour's
-    share, answers are not recorded (their feedback counts nowhere) and /metrics says how
-    many."""
-    limited = settings.replace(feedback_mb=1)
+    """``--feedback-mb`` bounds the answers' records whatever the requests. Past an hour's
+    share of a partition, that hour's answers count nothing, those recorded before the flood
+    included: a flood can erase an hour's feedback, not leave its sender's answers as the only
+    ones that count. /metrics says how many answers were not recorded."""
+    limited = settings.replace(feedback_mb=1, feedback_client_answers=1_000_000)
     client: Client = await aiohttp_client(create_app(limited))
     await ingest(limited, learned_log())
     await drain(limited)
+    early = await ask(client, "early", ["i1"])  # recorded, before the flood
     answers = [await ask(client, f"flood{n}", ["i1"]) for n in range(600)]
     store = Store(limited)
     try:
@@ -393,9 +410,40 @@ async def test_answers_past_the_hours_budget_are_not_recorded(
     finally:
         await store.close()
     budget = (1 << 20) // 25  # an hour's share of 1 MB, over every partition
-    assert 0 < len(recorded) < len(answers) and size <= budget
+    assert 0 < len(recorded) < len(answers) + 1 and size <= budget
     metrics = await (await client.get("/metrics")).text()
-    assert f"sessionrec_answers_unrecorded {float(len(answers) - len(recorded))}" in metrics
+    assert f"sessionrec_answers_unrecorded {float(len(answers) + 1 - len(recorded))}" \
+        in metrics
+    # the early answer's own session now acts on it: its hour is flooded, nothing counts
+    events = [{"session_id": "early", "item_id": item, "type": "impression",
+               "recommendation_id": early["recommendation_id"]} for item in listed(early)]
+    assert (await client.post("/events", json={"events": events})).status == 202
+    assert (await drain(limited))["impressions"] == 0
+
+
+async def test_one_client_address_weighs_at_most_its_share(aiohttp_client: Any,
+                                                           settings: Settings) -> None:
+    """However many sessions one address invents, at most ``--feedback-client-answers``
+    answers an hour carry feedback that counts (shared out over the partitions); the shop's
+    own servers, asking with the secret key on behalf of many visitors, take no share."""
+    shared = settings.replace(feedback_client_answers=8, secret_keys=SECRET)  # 2 a partition
+    client: Client = await aiohttp_client(create_app(shared))
+    await ingest(shared, learned_log())
+    await drain(shared)
+    asked = [await ask(client, f"sybil{n}", ["i1"]) for n in range(40)]
+    events = [{"session_id": f"sybil{n}", "item_id": item, "type": "impression",
+               "recommendation_id": answer["recommendation_id"]}
+              for n, answer in enumerate(asked) for item in listed(answer)]
+    assert (await client.post("/events", json={"events": events})).status == 202
+    stats = await drain(shared)
+    per_answer = len(listed(asked[0]))
+    assert 0 < stats["impressions"] <= 8 * per_answer
+    metrics = await (await client.get("/metrics", headers=ADMIN)).text()
+    assert "sessionrec_answers_unrecorded 32.0" in metrics
+    server: Client = await aiohttp_client(create_app(shared), headers=ADMIN)
+    for n in range(20):
+        await ask(server, f"visitor{n}", ["i1"])
+    assert "sessionrec_answers_unrecorded 0.0" in await (await server.get("/metrics")).text()
 
 
 async def _keys_of(store: Store, p: int) -> list[bytes]:

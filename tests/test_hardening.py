@@ -562,3 +562,4 @@ async def test_stats_with_a_node_failing_in_the_pipeline_are_a_503_not_a_500(
     resp = await client.get("/stats")
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "unavailable"
+

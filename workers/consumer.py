@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, cast
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from service.core.feedback import Claim, claim, tally
+from service.core.feedback import Claim, claim, hour_of, tally
 from service.core.layout import (
     ITEM_SHARDS,
     item_hash,
@@ -454,16 +454,21 @@ class Worker:
         sessions = sessions_of([ev for ev in decoded if isinstance(ev, Event)])
         claimed = await self._claims(entries, decoded)
         answers = list({c.answer.nonce: None for c in claimed.values()})
-        # the watermark, the histories and the answers' records share the partition's slot:
-        # one round trip
+        hours = sorted({hour_of(c.answer.issued) for c in claimed.values()})
+        # the watermark, the histories, the answers' records and their hours' flood marks
+        # share the partition's slot: one round trip
         reply: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
             [k.watermark(p), k.inflight(p), k.epoch(p)] + [k.history(s) for s in sessions]
-            + [k.answer(p, nonce) for nonce in answers])
+            + [k.answer(p, nonce) for nonce in answers]
+            + [k.answers_flooded(p, hour) for hour in hours])
         mark = reply[0].decode() if reply[0] else ""
         epoch = reply[2].decode() if reply[2] else ""
         histories = {s: b for s, b in zip(sessions, reply[3:3 + len(sessions)], strict=True)
                      if b}
-        records = dict(zip(answers, reply[3 + len(sessions):], strict=True))
+        at = 3 + len(sessions)
+        records = dict(zip(answers, reply[at:at + len(answers)], strict=True))
+        flooded = {hour for hour, mark_ in zip(hours, reply[at + len(answers):], strict=True)
+                   if mark_ is not None}
         held = self.cut_at.pop(p, None)
         if reply[1] is not None or held is not None:
             # a batch's effects reached some slots and not the partition (cluster): batches end
@@ -494,7 +499,8 @@ class Worker:
         found = [claimed[entry.id] for entry, ev in fresh
                  if isinstance(ev, Event) and entry.id in claimed]
         counted = tally(found, records, await self.feedback.ends(
-            c.answer.experiment for c in found if c.answer.experiment)) if found else None
+            c.answer.experiment for c in found if c.answer.experiment), flooded) \
+            if found else None
         feedback = counted.counts if counted is not None else {}
         learned = [ev for ev in events if ev.type != IMPRESSION]
         impressions = len(events) - len(learned)  # consumed and counted, never learned

@@ -1,8 +1,8 @@
 """Who may call what: API keys, and per-client rate limits.
 
 Two kinds of key, sent as the ``X-API-Key`` header, or as ``Authorization: Bearer KEY`` (what
-Prometheus sends), or ``?key=`` for publishable keys (``navigator.sendBeacon`` cannot set
-headers):
+Prometheus sends), or ``?key=`` for publishable keys on POST (``navigator.sendBeacon`` cannot
+set headers):
 
 * publishable: safe to embed in a page; may ask for recommendations and send events;
 * secret: everything, including the admin operations (hide, forget, reset).
@@ -118,6 +118,12 @@ def presented(request: web.Request) -> tuple[bytes, bool]:
     return raw(request.query.get("key", "")), True
 
 
+def is_secret(request: web.Request, keys: ApiKeys) -> bool:
+    """Whether the request presents a secret key (in a header: never from a URL)."""
+    key, from_query = presented(request)
+    return bool(key) and not from_query and _matches(key, keys.secret_bytes)
+
+
 def check(request: web.Request, keys: ApiKeys, need: str) -> None:
     """Raise 401/403 unless the request may call an endpoint needing ``need``."""
     if need == OPEN or (need == OPERATOR and not keys.enabled):
@@ -130,6 +136,10 @@ def check(request: web.Request, keys: ApiKeys, need: str) -> None:
     if need == PUBLIC and not keys.publishable:
         return  # public routes are open until a publishable key is configured
     key, from_query = presented(request)
+    if from_query and request.method != "POST":
+        # only navigator.sendBeacon needs a key in the URL, and it posts: a key in a GET's URL
+        # would let any page spend the API from its visitors' browsers with an <img>
+        key = b""
     if not key:
         raise ApiError(401, "unauthorized",
                        f"Send an API key in the {HEADER} header.", HEADER)
@@ -179,21 +189,30 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
 
 
 def client_address(request: web.Request, proxies: tuple[Network, ...]) -> str:
-    """Who the request comes from, for rate limiting. ``X-Forwarded-For`` counts only when the
+    """Who the request comes from, for rate limits and the feedback's per-client share: an
+    IPv4 address, or an IPv6 /64 (one host commonly holds a whole /64, so single IPv6
+    addresses would let it rotate past any limit). ``X-Forwarded-For`` counts only when the
     peer is a trusted proxy, and then only as far as the chain of trusted proxies goes: each
     proxy appends the address it saw, so entries to the left of the last untrusted one are
     whatever the client wrote."""
     peer = request.remote or "?"
     if not proxies or not _trusted(ip_of(peer), proxies):
-        return peer
+        return _group(peer)
     forwarded = text_header(request, "X-Forwarded-For") or ""
     for entry in reversed(forwarded.split(",")):
         address = ip_of(entry)
         if address is None:
-            return peer  # a malformed chain: the proxy we trust is the last thing we know
+            return _group(peer)  # a malformed chain: the proxy we trust is the last we know
         if not _trusted(address, proxies):
-            return str(address)
-    return peer
+            return _group(str(address))
+    return _group(peer)
+
+
+def _group(address: str) -> str:
+    found = ip_of(address)
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((found, 64), strict=False))
+    return address
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from service.api import access, validation
+from service.api.errors import ApiError
 from service.api.jsonutil import dumps
 from service.api.metrics import Metrics
 from service.settings import Settings
@@ -64,7 +65,14 @@ async def read_json(request: web.Request) -> Any:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    return validation.parse_json(await request.read())
+    try:
+        body = await request.read()
+    except ConnectionError:
+        # the client went away before its body was whole: its fault, nothing to do with Redis
+        # (whose failures are OSErrors too, answered 503 and logged as outages)
+        raise ApiError(400, "incomplete_body", "The connection closed before the body was "
+                       "complete.", "body") from None
+    return validation.parse_json(body)
 
 
 def k_of(request: web.Request) -> int:

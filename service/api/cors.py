@@ -80,11 +80,31 @@ def preflight(request: web.Request, allowed: frozenset[str]) -> web.StreamRespon
     return response
 
 
+EMBEDDED = frozenset(("cross-site", "same-site"))
+
+
+def embedded_by_another_site(request: web.Request) -> bool:
+    """A browser fetches this for another site's page without CORS: an ``<img>``, a
+    ``<script>``, a prefetch or a frame (fetch metadata, ``Sec-Fetch-*``). Such requests carry
+    no Origin, so the allow-list never sees them, and they come from that site's visitors'
+    addresses: refused, or any page could spend the API's public routes from its visitors'
+    browsers. A top-level navigation (someone following a link) is let through."""
+    if request.headers.get("Sec-Fetch-Site") not in EMBEDDED or "Origin" in request.headers:
+        return False
+    return not (request.headers.get("Sec-Fetch-Mode") == "navigate"
+                and request.headers.get("Sec-Fetch-Dest") == "document")
+
+
 def check(request: web.Request, allowed: frozenset[str]) -> web.StreamResponse | None:
     """The preflight's answer for a preflight; None for a request that may proceed; 403 for
-    an origin not allowed."""
+    an origin not allowed, or for another site's page embedding the request."""
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return preflight(request, allowed)
     if not origin_allowed(request, allowed):
         raise _refused()
+    if embedded_by_another_site(request):
+        raise ApiError(403, "embedded_by_another_site",
+                       "Another site's page may not embed this API (an image, script or frame "
+                       "on another site); call it with fetch from an allowed origin.",
+                       "Sec-Fetch-Site")
     return None

@@ -23,9 +23,18 @@ from aiohttp import web
 
 from service import kernel
 from service.api import validation
-from service.api.context import SETTINGS, STORE, json_response, k_of, path_id, read_json
+from service.api.access import client_address, is_secret
+from service.api.context import (
+    API_KEYS,
+    SETTINGS,
+    STORE,
+    json_response,
+    k_of,
+    path_id,
+    read_json,
+)
 from service.core import explain, scoring
-from service.core.feedback import Experiment, recommendation_id
+from service.core.feedback import FEEDBACK_POSITIONS, Experiment, recommendation_id
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.modelparams import ModelRecord
 from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Eligible, Rules
@@ -60,6 +69,19 @@ class Answer:
         if self.variant is not None:
             body["variant"] = self.variant
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class Asker:
+    """Who asks: the visitor's session (its experiment variant; the session whose events may
+    count feedback on the answer) and the client address (whose share of answers with
+    feedback it takes)."""
+
+    session_id: str | None = None
+    client: str = ""
+
+
+NOBODY = Asker()
 
 
 FILL_ORDER_AGE = 10.0
@@ -114,20 +136,25 @@ class Recommender:
             dataclasses.replace(self.params, **cast(dict[str, Any], dict(v.params)))
             for v in experiment.variants]
 
-    async def _stamped(self, answer: Answer, session_id: str | None, serial: int = 0,
-                       variant: int = 0, name: str | None = None) -> Answer:
+    async def _stamped(self, answer: Answer, asker: Asker, serial: int = 0, variant: int = 0,
+                       name: str | None = None) -> Answer:
         """The answer with its id; given to a session, its list recorded first, so that the
         session's impressions and clicks, which may follow at once, find it."""
-        rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant)
+        session_id = asker.session_id
+        now = time.time()
+        rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant, now)
         if session_id is not None and answer.recommendations:
-            listed = kernel.hashes([row["id"] for row in answer.recommendations], ITEM_PERSON)
-            if not await self.store.feedback.record_answer(session_id, nonce, listed):
+            shown = answer.recommendations[:FEEDBACK_POSITIONS]
+            listed = kernel.hashes([row["id"] for row in shown], ITEM_PERSON)
+            if not await self.store.feedback.record_answer(session_id, nonce, listed, now,
+                                                           asker.client):
                 self.unrecorded += 1
         return dataclasses.replace(answer, variant=name, recommendation_id=rid)
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
-                        recommend_seen: bool, session_id: str | None = None,
+                        recommend_seen: bool, asker: Asker = NOBODY,
                         rules: Rules = NO_RULES) -> Answer:
+        session_id = asker.session_id
         params, serial, variant, name = self.params, 0, 0, None
         experiment = self.experiment
         if session_id is not None and experiment is not None:
@@ -148,23 +175,22 @@ class Recommender:
             if recommend_seen or rules.explain else None
         answer = await self._answer(query, k, seen, params, exclude_session, rules,
                                     fill_with_trending=True, named=named)
-        return await self._stamped(answer, session_id, serial, variant, name)
+        return await self._stamped(answer, asker, serial, variant, name)
 
     async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES,
-                      session_id: str | None = None) -> Answer:
+                      asker: Asker = NOBODY) -> Answer:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
         return await self._stamped(await self._answer(
             query, k, query.seen, self.similar_params, None, rules, fill_with_trending=False,
-            named={int.from_bytes(h, "little"): item_id}), session_id)
+            named={int.from_bytes(h, "little"): item_id}), asker)
 
-    async def popular(self, k: int, rules: Rules = NO_RULES, session_id: str | None = None
-                      ) -> Answer:
+    async def popular(self, k: int, rules: Rules = NO_RULES, asker: Asker = NOBODY) -> Answer:
         hidden = await self.store.hidden_items()
         excluded = np.concatenate((hidden, _hashes(rules.exclude)))
         rows = await self._trending(k, rules, excluded, 1.0)
         return await self._stamped(Answer(rows, _short(MSG_TRENDING, len(rows), k, rules)),
-                                   session_id)
+                                   asker)
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, rules: Rules, *,
@@ -386,9 +412,18 @@ async def iid_recommend(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     req = validation.recommend_request(await read_json(request), settings, time.time())
     answer = await request.app[RECOMMENDER].recommend(req.interactions, req.k,
-                                                      req.recommend_seen, req.session_id,
+                                                      req.recommend_seen,
+                                                      _asker(request, req.session_id),
                                                       req.rules)
     return json_response(answer.body())
+
+
+def _asker(request: web.Request, session_id: str | None) -> Asker:
+    """The request's session and client address; no address (no share to take) for a request
+    with a secret key: the shop's own servers asking on behalf of many visitors."""
+    if session_id is None or is_secret(request, request.app[API_KEYS]):
+        return Asker(session_id)
+    return Asker(session_id, client_address(request, request.app[SETTINGS].trusted_networks))
 
 
 def _rules(request: web.Request) -> Rules:
@@ -404,26 +439,26 @@ async def session_recommendations(request: web.Request) -> web.Response:
     rules = _rules(request)
     live = await request.app[STORE].live_session(session_id)
     answer = await request.app[RECOMMENDER].recommend(
-        [(x.item_id, x.timestamp, x.rating) for x in live], k, seen, session_id=session_id,
-        rules=rules)
+        [(x.item_id, x.timestamp, x.rating) for x in live], k, seen,
+        _asker(request, session_id), rules)
     return json_response(answer.body())
 
 
 async def similar(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
     answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _rules(request),
-                                                    _session(request))
+                                                    _queried(request))
     return json_response(answer.body())
 
 
 async def popular(request: web.Request) -> web.Response:
     return json_response((await request.app[RECOMMENDER].popular(
-        k_of(request), _rules(request), _session(request))).body())
+        k_of(request), _rules(request), _queried(request))).body())
 
 
-def _session(request: web.Request) -> str | None:
+def _queried(request: web.Request) -> Asker:
     """The visitor's session named in the query (``session_id``): the answer's feedback then
     counts from that session's events."""
     raw = request.query.get("session_id")
-    return None if raw is None else validation.identifier(raw, "session_id",
-                                                          request.app[SETTINGS])
+    return _asker(request, None if raw is None else validation.identifier(
+        raw, "session_id", request.app[SETTINGS]))

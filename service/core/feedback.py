@@ -26,7 +26,7 @@ import hmac
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -45,6 +45,10 @@ KEY_BYTES = 32
 FEEDBACK_WINDOW = 86_400
 """Seconds after an answer during which events carrying its id count: an honest visitor acts on
 a list within its visit, and a bounded window bounds the answers' records Redis keeps."""
+
+FEEDBACK_POSITIONS = 100
+"""The first items of an answer whose feedback counts: what a page shows (an answer of 1,000
+items records its first hundred, so no request costs the records' budget more than a page's)."""
 
 ISSUE_SKEW = 60.0
 """Seconds an event may seem to arrive before its answer was given: the serve process' clock
@@ -189,9 +193,15 @@ SHOWN_AND_CLICKED = FLAG["impression"] | FLAG["click"]
 
 def answer_record(item_hashes: bytes) -> bytes:
     """What an answer given to a session leaves in Redis for its feedback to be counted
-    against: the listed items' hashes (8 bytes each, in order) then one flag byte per item,
-    all clear (``FLAG``: what was counted already)."""
-    return item_hashes + bytes(len(item_hashes) // HASH_BYTES)
+    against: the hashes of its first ``FEEDBACK_POSITIONS`` items (8 bytes each, in order)
+    then one flag byte per item, all clear (``FLAG``: what was counted already)."""
+    listed = item_hashes[:FEEDBACK_POSITIONS * HASH_BYTES]
+    return listed + bytes(len(listed) // HASH_BYTES)
+
+
+def hour_of(issued: float) -> int:
+    """The hour an answer's record is charged to (its partition's budget for that hour)."""
+    return int(issued // 3600)
 
 
 def listed_items(record: bytes) -> int:
@@ -244,7 +254,8 @@ class Tallied:
 
 
 def tally(found: Sequence[Claim], records: Mapping[bytes, bytes | None],
-          ends: Mapping[int, float | None], window: float = FEEDBACK_WINDOW) -> Tallied:
+          ends: Mapping[int, float | None], flooded: Collection[int] = (),
+          window: float = FEEDBACK_WINDOW) -> Tallied:
     """Count the claims, in order, against the answers' records (``nonce -> record``, None
     when there is none: never recorded, expired, or Redis lost it) and the experiments' ends
     (``serial -> None`` while it runs, its end otherwise; a serial absent is not counted).
@@ -252,13 +263,19 @@ def tally(found: Sequence[Claim], records: Mapping[bytes, bytes | None],
     A claim counts at most once per (answer, item, kind), only for an item its answer listed,
     only within ``window`` seconds of the answer, and toward its experiment only if it
     arrived while the experiment ran. What a client can forge is therefore bounded by what an
-    honest visitor of the same answers could send."""
+    honest visitor of the same answers could send.
+
+    Answers of an hour whose records overflowed their partition's budget (``flooded``, by
+    ``hour_of``) count nothing: a flood of requests that spends the budget can then erase an
+    hour's feedback, every answer's alike, but cannot leave its own answers as the only ones
+    that count."""
     out = Tallied()
     state: dict[bytes, tuple[dict[bytes, int], bytearray]] = {}
     changed: set[bytes] = set()
     for claim in found:
         answer = claim.answer
-        if not -ISSUE_SKEW <= claim.arrival - answer.issued <= window:
+        if not -ISSUE_SKEW <= claim.arrival - answer.issued <= window \
+                or hour_of(answer.issued) in flooded:
             continue
         held = state.get(answer.nonce)
         if held is None:

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from service.api.app import create_app
 from service.api.model import MODEL_POLL
-from service.api.recommend import Recommender
+from service.api.recommend import Asker, Recommender
 from service.core.model import Event
 from service.offline.baselines import BASELINES, Baseline
 from service.offline.clicklog import ClickLog
@@ -198,7 +198,7 @@ class ServedModel:
             return [r["id"] for r in answer["recommendations"]]
         live = await self.store.live_session(case.session)
         got = await self.recommender.recommend(
-            [(x.item_id, x.timestamp, x.rating) for x in live], k, True, session_id=case.session)
+            [(x.item_id, x.timestamp, x.rating) for x in live], k, True, Asker(case.session))
         return [r["id"] for r in got.recommendations]
 
     async def close(self) -> None:

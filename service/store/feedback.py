@@ -12,7 +12,6 @@ each tallies its own and adds them every second (``Tally``).
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -26,6 +25,7 @@ from service.core.feedback import (
     answer_record,
     answers_field,
     counter_field,
+    hour_of,
     new_key,
 )
 from service.core.layout import partition_of, session_hash
@@ -37,7 +37,15 @@ if TYPE_CHECKING:
 
 RECORD_OVERHEAD = 128
 """Bytes Redis spends on an answer record beyond its value (key, entry, expiry; MEMORY USAGE
-says a little over 100): what the budget charges each record besides its length."""
+says a little over 100)."""
+
+
+def record_charge(record: bytes) -> int:
+    """What the budget charges a record: its length rounded up as the allocator does (an
+    eighth more at most), plus the overhead."""
+    return len(record) + len(record) // 8 + RECORD_OVERHEAD
+
+UNLIMITED = 1 << 62
 
 BUDGET_HOURS = FEEDBACK_WINDOW // 3600 + 1
 """Hours of answer records Redis holds at most (the window, and the hour under way): each hour
@@ -54,7 +62,8 @@ class ExperimentConflict(Exception):
 
 class Feedback:
     def __init__(self, client: aioredis.Redis, scripts: Scripts, keys: Keys,
-                 partitions: int, backend: Backend | None = None, budget_mb: int = 0) -> None:
+                 partitions: int, backend: Backend | None = None, budget_mb: int = 0,
+                 client_answers: int = 0) -> None:
         self.client = client
         self.scripts = scripts
         self.keys = keys
@@ -63,22 +72,27 @@ class Feedback:
         """The hot path's transport, for the answers' records (serve processes only)."""
         self.hour_budget = budget_mb * (1 << 20) // (partitions * BUDGET_HOURS)
         """Bytes of answer records one partition may take in one hour."""
+        self.client_share = -(-client_answers // partitions)
+        """Answers one client address may have recorded per partition and hour."""
 
-    async def record_answer(self, session_id: str, nonce: bytes, item_hashes: bytes) -> bool:
-        """Record what an answer given to ``session_id`` listed (``item_hashes``, 8 bytes each),
-        for its feedback to be counted against; False when the partition's budget for this
-        hour is spent (then its feedback counts nowhere)."""
+    async def record_answer(self, session_id: str, nonce: bytes, item_hashes: bytes,
+                            issued: float, client: str) -> bool:
+        """Record what an answer given to ``session_id`` (at ``issued``, for the client address
+        ``client``; empty: a client with no share to take) listed (``item_hashes``, 8 bytes
+        each), for its feedback to be counted against. False when the client's share or the
+        partition's budget of this hour is spent: then its feedback counts nowhere."""
         assert self.backend is not None, "answers are recorded by serve processes"
         session = session_hash(session_id)
         record = answer_record(item_hashes)
-        hour = int(time.time() // 3600)
+        hour = hour_of(issued)
         p = partition_of(session, self.partitions)
-        keys = [self.keys.answer(p, nonce), self.keys.answer_budget(p, hour)]
+        keys = [self.keys.answer(p, nonce), self.keys.answer_budget(p, hour),
+                self.keys.answers_flooded(p, hour), self.keys.client_answers(p, hour, client)]
         recorded = await self.backend.run_script(
             self.scripts.answer, keys,
-            [record, FEEDBACK_WINDOW + 3600, self.hour_budget, len(record) + RECORD_OVERHEAD,
-             7200])
-        return bool(recorded)
+            [record, FEEDBACK_WINDOW + 3600, self.hour_budget, record_charge(record), 7200,
+             self.client_share if client else UNLIMITED])
+        return int(recorded) == 1
 
     async def ends(self, serials: Iterable[int]) -> dict[int, float | None]:
         """Each experiment's end (Unix seconds), None while it runs; serials Redis does not

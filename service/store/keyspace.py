@@ -98,6 +98,17 @@ class Keys:
         """Bytes of answer records the partition took in one hour (``lua/answer.lua``)."""
         return f"{self._p(p)}:ans-budget:{hour}"
 
+    def answers_flooded(self, p: int, hour: int) -> str:
+        """Set when the partition's answers of that hour overflowed its budget: the worker
+        counts none of them (``core/feedback.py``: ``tally``)."""
+        return f"{self._p(p)}:ans-flooded:{hour}"
+
+    def client_answers(self, p: int, hour: int, client: str) -> str:
+        """Answers recorded for one client address (hashed) in the partition in one hour."""
+        digest = hashlib.blake2b(client.encode("utf-8", "surrogatepass"),
+                                 digest_size=8).hexdigest()
+        return f"{self._p(p)}:ans-client:{hour}:{digest}"
+
     def live_registry(self, p: int) -> str:
         """Zset session hash -> last activity (ms): counts live sessions without SCAN."""
         return self._p(p) + ":live"

@@ -129,7 +129,8 @@ class Store:
         self.scripts = Scripts(self.redis)
         self.mirror = CatalogueMirror(self.redis, self.keys)
         self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions,
-                                 self.backend, settings.feedback_mb)
+                                 self.backend, settings.feedback_mb,
+                                 settings.feedback_client_answers)
 
     @property
     def cache(self) -> ReadCache | None:
