@@ -13,8 +13,8 @@ experiment's live counts, which whoever tries to tilt an experiment must not wat
 Until a publishable key is configured the public routes are open, which suits a trusted
 network and the demo (and a shop that set a secret key first, for the admin routes, keeps its
 pages working); serving on a non-loopback address that way logs a loud warning (and /readyz
-says so). Admin routes are never open: with no secret key configured they are disabled. Keys are compared in
-constant time, as bytes (a header is whatever bytes a client sent).
+says so). Admin routes are never open: with no secret key configured they are disabled. Keys
+are compared in constant time, as bytes (a header is whatever bytes a client sent).
 
 Rate limits are per client address: the peer's, or, when the peer is a configured trusted
 proxy, the first address in ``X-Forwarded-For`` (read from the right) that is not one. A key
