@@ -70,6 +70,28 @@ async def test_a_record_is_put_read_replaced_and_deleted(aiohttp_client: Any,
         await store.close()
 
 
+async def test_an_integer_attribute_reads_back_as_an_integer(aiohttp_client: Any,
+                                                            settings: Settings) -> None:
+    """``size: 2`` comes back as ``2``, not ``2.0`` (issue 27, point 9), and rules still take
+    2 and 2.0 for the same value."""
+    client = await admin_client(aiohttp_client, settings)
+    body = {"attributes": {"size": 2, "weight": 2.5, "big": 10**15}}
+    assert (await client.put("/items/shoe", json=body, headers=ADMIN)).status == 200
+    got = await client.get("/items/shoe", headers=ADMIN)
+    text = await got.text()
+    assert '"size":2,' in text.replace(" ", "") and '"big":1000000000000000' in text
+    attributes = json.loads(text)["attributes"]
+    assert type(attributes["size"]) is int and type(attributes["weight"]) is float
+    public = {"X-API-Key": "pk_test_catalog"}
+    for wanted in (2, 2.0, [2.0, 3], [1, 2]):
+        rule = json.dumps({"attributes": {"size": wanted}})
+        answer = await (await client.get("/popular", params={"filter": rule},
+                                         headers=public)).json()
+        assert [r["id"] for r in answer["recommendations"]] == ["shoe"], wanted
+    assert (await client.put("/items/shoe", json={"attributes": {"size": 10**16}},
+                             headers=ADMIN)).status == 400
+
+
 async def test_the_catalogue_needs_a_secret_key(aiohttp_client: Any,
                                                 settings: Settings) -> None:
     client = await admin_client(aiohttp_client, settings)
