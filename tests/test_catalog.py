@@ -214,7 +214,7 @@ async def test_a_bad_line_stores_nothing_and_names_line_and_field(settings: Sett
         await store.close()
 
 
-def test_the_cli_reports_a_bad_file_and_exits_1(settings: Settings, tmp_path: Path,
+def test_the_cli_reports_a_bad_file_and_exits_2(settings: Settings, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main
 
@@ -222,8 +222,10 @@ def test_the_cli_reports_a_bad_file_and_exits_1(settings: Settings, tmp_path: Pa
     path.write_text('{"id": "a"}\n{"id": "b", "price": "x"}\n', encoding="utf-8")
     args = ["catalog", str(path), "--redis-url", settings.redis_url,
             "--namespace", settings.namespace, "--partitions", str(settings.partitions)]
-    assert main(args) == 1
-    assert "line 2: price must be a number" in capsys.readouterr().err
+    assert main(args) == 2  # a refusal, as every command's (issue 27, point 4)
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"sessionrec catalog: {path}, line 2: price must be a number, not a "
+                       "string; nothing stored")
     path.write_text('{"id": "a"}\n{"id": "b", "price": 3}\n', encoding="utf-8")
     assert main(args) == 0
     assert "catalog: 2 records stored" in capsys.readouterr().out
