@@ -361,6 +361,7 @@ def test_tune_apply_refuses_an_empty_namespace_and_flags_of_train(settings: Sett
 
 def test_contradictory_flags_are_refused_naming_both(tmp_path: Path) -> None:
     log = str(tiny_log(tmp_path / "clicks.tsv"))
+    nowhere = ["--redis-url", f"redis://127.0.0.1:{free_port()}/0"]  # should one run
     for args, named in (
             (["eval", "--train", log, "--test", log, "--no-http", "--self-tune"],
              ("--self-tune", "--no-http")),
@@ -368,6 +369,6 @@ def test_contradictory_flags_are_refused_naming_both(tmp_path: Path) -> None:
              ("--columns", "--format srgnn")),
             (["eval", "--train", log, "--test", log, "--format", "sessionrec", "--delimiter",
               ";"], ("--delimiter", "--format sessionrec"))):
-        done = sessionrec(*args)
+        done = sessionrec(*args, *nowhere)
         error = done.stderr.strip().splitlines()[-1]
         assert done.returncode == 2 and all(flag in error for flag in named), done.stderr
