@@ -266,7 +266,8 @@ def test_load_into_a_namespace_with_state_says_so_in_one_line(settings: Settings
     assert first.stderr.splitlines()[0] == (f"sessionrec load: writing to "
                                            f"{settings.redis_url}, namespace "
                                            f"{settings.namespace}")
-    again = sessionrec("load", str(log), *on(settings))
+    missing = str(tmp_path / "not-read.tsv")  # refused before any file is read
+    again = sessionrec("load", missing, *on(settings))
     one_line_refusal(again, "already has learned state", "--namespace",
                      f"namespace {settings.namespace!r}")
     # with --log-level DEBUG, the traceback too
@@ -347,7 +348,11 @@ def test_tune_apply_refuses_an_empty_namespace_and_flags_of_train(settings: Sett
     done = sessionrec("tune", "--apply", *on(settings))
     assert done.stderr.splitlines()[0].startswith(
         f"sessionrec tune: tuning on {settings.redis_url}, namespace {settings.namespace}")
-    one_line_refusal(done, "has learned no session", "nothing to tune on")
+    one_line_refusal(done, "has learned fewer than two sessions", "nothing to tune on")
+    one = tmp_path / "one.tsv"  # one session: nothing left to judge a candidate on
+    one.write_text("SessionId\tItemId\tTime\ns\ta\t1\ns\tb\t2\ns\tc\t3\n", encoding="utf-8")
+    assert sessionrec("load", str(one), *on(settings)).returncode == 0
+    one_line_refusal(sessionrec("tune", "--apply", *on(settings)), "fewer than two sessions")
     log = str(tiny_log(tmp_path / "clicks.tsv"))
     for contradiction, named in ((["--train", log], "--train"), (["--out", "x.env"], "--out"),
                                  (["--params", "neighbours"], "--params")):

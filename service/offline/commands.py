@@ -30,7 +30,7 @@ from service.offline.evaluate import (
     static_cases,
     summarise,
 )
-from service.offline.loader import BULK_TIMEOUT, bulk_store, load
+from service.offline.loader import BULK_TIMEOUT, bulk_store, load, refuse_unless_empty
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings, from_args
 from service.store.backends import MEMORY_URL, REDIS_FAILURES
@@ -65,14 +65,15 @@ def say(command: str, line: str) -> None:
 def load_command(args: argparse.Namespace) -> int:
     settings = from_args(args)
     say("load", f"writing to {where(settings)}")
-    log = concat([read_log(p, args) for p in args.files])
-    if not len(log):
-        raise Refused(f"{', '.join(args.files)}: no events in them, nothing to learn")
 
     async def main() -> None:
         store = bulk_store(settings)
         try:
             await store.prepare()
+            await refuse_unless_empty(store)  # before minutes of reading, not after
+            log = concat([read_log(p, args) for p in args.files])
+            if not len(log):
+                raise Refused(f"{', '.join(args.files)}: no events in them, nothing to learn")
             done = await load(store, log.events())
         finally:
             await store.close()
@@ -229,10 +230,29 @@ def live_tune_command(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-async def _learned_sessions(settings: Settings) -> int:
+async def _holdout_candidates(settings: Settings, enough: int = 2) -> int:
+    """Learned sessions of two events or more (what a run holds out, half of them to search
+    on, half to judge on), counted up to ``enough``: a scan that stops as soon as it is sure."""
+    from service.core.layout import ENTRY_BYTES
+
     store = Store(settings.replace(read_cache_mb=0))
+    found = 0
     try:
-        return await store.sessions_learned()
+        for prefix in store.keys.history_prefixes():
+            batch: list[str] = []
+            async for key in store.redis.scan_iter(match=prefix + "*", count=1000):
+                batch.append(key.decode() if isinstance(key, bytes) else key)
+                if len(batch) >= 200:
+                    found += sum(len(b or b"") >= 2 * ENTRY_BYTES
+                                 for b in await store.mget(batch))
+                    batch = []
+                    if found >= enough:
+                        return found
+            if batch:
+                found += sum(len(b or b"") >= 2 * ENTRY_BYTES for b in await store.mget(batch))
+            if found >= enough:
+                return found
+        return found
     finally:
         await store.close()
 
@@ -244,11 +264,13 @@ def tune_command(args: argparse.Namespace) -> int:
         settings = from_args(args)
         say("tune", f"tuning on {where(settings)}")
         if args.trigger == "cli" and not settings.redis_url.startswith(MEMORY_URL) \
-                and not asyncio.run(_learned_sessions(settings)):
+                and asyncio.run(_holdout_candidates(settings)) < 2:
             raise Refused(f"namespace {settings.namespace!r} at "
-                          f"{settings.redis_url_for_logs()} has learned no session: nothing "
-                          "to tune on. Name the one serving your shop (--redis-url, "
-                          "--namespace), or learn events first (workers, sessionrec load)")
+                          f"{settings.redis_url_for_logs()} has learned fewer than two "
+                          "sessions of two events or more: nothing to tune on (a run predicts "
+                          "held-out sessions' next items). Name the namespace serving your "
+                          "shop (--redis-url, --namespace), or learn events first (workers, "
+                          "sessionrec load)")
         return live_tune_command(args)
     settings = from_args(args)
     train = read_log(args.train, args)

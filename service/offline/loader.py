@@ -58,16 +58,22 @@ def build_indexes(changes: Iterable[tuple[bytes, bytes, bytes]], cap: int) -> di
     return {item: b"".join(sorted(bucket)[-cap:]) for item, bucket in entries.items()}
 
 
+async def refuse_unless_empty(store: Store) -> None:
+    """``NotEmpty`` when the namespace has learned state (a load would mix two histories)."""
+    s = store.settings
+    if await store.redis.exists(store.keys.trend()):
+        raise NotEmpty(f"namespace {s.namespace!r} at {s.redis_url_for_logs()} already has "
+                       "learned state, and load needs an empty one: pass a new --namespace "
+                       "(SESSIONREC_NAMESPACE), or give all the files to one load")
+
+
 async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     """Write the learned state of ``events`` (each session's events in order) into an empty
     namespace."""
     started = time.perf_counter()
     s = store.settings
     keys = store.keys
-    if await store.redis.exists(keys.trend()):
-        raise NotEmpty(f"namespace {s.namespace!r} at {s.redis_url_for_logs()} already has "
-                       "learned state, and load needs an empty one: pass a new --namespace "
-                       "(SESSIONREC_NAMESPACE), or give all the files to one load")
+    await refuse_unless_empty(store)
     # as the workers would cap them on arrival (now): no event later than the allowed skew
     ceiling = time.time() + s.max_clock_skew
     events = [no_later_than(ev, ceiling) for ev in events]
