@@ -17,6 +17,7 @@ import time
 
 from aiohttp import web
 
+from service.failures import REFUSED, Refused
 from service.settings import Settings
 
 log = logging.getLogger("sessionrec")
@@ -38,9 +39,6 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-REFUSED = 2
-"""Exit code of a serve process that refused its configuration (another partition count, a
-Redis that evicts any key): restarting it would only refuse again."""
 
 
 def _serve_one(settings: Settings, sock: socket.socket | None) -> None:
@@ -61,7 +59,7 @@ def _serve_one(settings: Settings, sock: socket.socket | None) -> None:
                         shutdown_timeout=10, access_log=None)
         else:
             web.run_app(app, sock=sock, print=None, shutdown_timeout=10, access_log=None)
-    except RuntimeError as exc:  # raised by the start-up checks (Store.prepare)
+    except Refused as exc:  # raised by the start-up checks (Store.prepare)
         log.error("%s", exc)
         sys.exit(REFUSED)
 
@@ -78,8 +76,9 @@ def _reuse_port_socket(settings: Settings) -> socket.socket:
 
 
 def serve(settings: Settings) -> int:
-    log.info("sessionrec API on http://%s:%d (%d process(es), redis %s)", settings.host,
-             settings.port, settings.processes, settings.redis_url_for_logs())
+    log.info("sessionrec API on http://%s:%d (%d process(es)), Redis %s, namespace %s",
+             settings.host, settings.port, settings.processes, settings.redis_url_for_logs(),
+             settings.namespace)
     if settings.processes <= 1:
         _serve_one(settings, None)
         return 0
@@ -156,8 +155,8 @@ def worker(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.stop)
-        log.info("worker %s consuming %d partition(s) of %s", w.id, settings.partitions,
-                 settings.redis_url_for_logs())
+        log.info("worker %s consuming %d partition(s) of Redis %s, namespace %s", w.id,
+                 settings.partitions, settings.redis_url_for_logs(), settings.namespace)
         try:
             await w.run()
         finally:

@@ -26,13 +26,25 @@ def mask_password(url: str) -> str:
     return re.sub(r"(?<=://)([^/@]*?):([^/@]*)@", lambda m: f"{m.group(1)}:***@", url)
 
 
-def _doc(text: str, *, commands: tuple[str, ...] = ()) -> dict[str, Any]:
+COMMANDS = ("serve", "worker", "demo", "load", "catalog", "eval", "tune")
+"""The console script's commands (``service.cli``): each setting names those that read it."""
+
+
+def _doc(text: str, *, commands: tuple[str, ...]) -> dict[str, Any]:
+    assert set(commands) <= set(COMMANDS), commands
     return {"doc": text, "commands": commands}
 
 
-SERVE = ("serve",)
-WORKER = ("worker",)
-BOTH = ("serve", "worker")
+ALL = COMMANDS
+API = ("serve", "demo")
+"""The HTTP API's settings: ``serve``, and ``demo``, which runs it."""
+LEARNING = ("worker", "demo", "load", "eval", "tune")
+"""What shapes the learned state: the worker's, the demo's worker, and the loader's, which
+``eval`` and ``tune --train`` use to build theirs."""
+SCORING = ("serve", "demo", "eval", "tune")
+"""The scoring parameters: the API's, and the served model that ``eval`` and ``tune``
+score."""
+WORKER = ("worker", "demo")
 
 
 @dataclass(frozen=True)
@@ -42,151 +54,153 @@ class Settings:
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0",
         metadata=_doc("Redis URL; `redis+cluster://host:port` selects Redis Cluster.",
-                      commands=BOTH),
+                      commands=ALL),
     )
     namespace: str = field(
         default="sr",
         metadata=_doc("Prefix of every Redis key (letters, digits, `_`, `-`, `.`).",
-                      commands=BOTH),
+                      commands=ALL),
     )
     partitions: int = field(
         default=8,
         metadata=_doc("Event stream partitions (by session). Fixed for the life of a namespace.",
-                      commands=BOTH),
+                      commands=ALL),
     )
     host: str = field(default="127.0.0.1", metadata=_doc("Address the API binds.",
-                                                          commands=SERVE))
-    port: int = field(default=8000, metadata=_doc("Port the API listens on.", commands=SERVE))
+                                                          commands=API))
+    port: int = field(default=8000, metadata=_doc("Port the API listens on.", commands=API))
     processes: int = field(
         default=1,
         metadata=_doc("API processes sharing the port (SO_REUSEPORT); one per core.",
-                      commands=SERVE),
+                      commands=("serve",)),
     )
     cors_origins: str = field(
         default="",
         metadata=_doc("Browser origins allowed besides the API's own, comma-separated "
                       "(`https://shop.example,https://m.shop.example`; `*` for any).",
-                      commands=SERVE))
+                      commands=API))
     publishable_keys: str = field(
         default="",
         metadata=_doc("API keys safe in a browser (recommendations, events), comma-separated. "
                       "No keys at all: the API is open (a warning is logged).",
-                      commands=SERVE))
+                      commands=API))
     secret_keys: str = field(
         default="",
         metadata=_doc("API keys for admin operations too (hide, forget, reset), "
-                      "comma-separated.", commands=SERVE))
+                      "comma-separated.", commands=API))
     keys_file: str = field(
         default="",
         metadata=_doc("File with more keys, one per line: `publishable KEY` or `secret KEY`.",
-                      commands=SERVE))
+                      commands=API))
     rate_limit: float = field(
         default=0.0,
         metadata=_doc("Requests per second per client (API key, else IP) on public endpoints; "
-                      "0 turns rate limiting off.", commands=SERVE))
+                      "0 turns rate limiting off.", commands=API))
     rate_burst: int = field(
         default=50, metadata=_doc("Requests a client may burst above the rate.",
-                                  commands=SERVE))
+                                  commands=API))
     trusted_proxies: str = field(
         default="",
         metadata=_doc("Addresses or networks of the proxies in front of the API whose "
                       "`X-Forwarded-For` is believed, comma-separated (`10.0.0.5,10.1.0.0/16`). "
                       "Empty: the header is ignored and the peer address is the client.",
-                      commands=SERVE))
+                      commands=API))
     max_clock_skew: float = field(
         default=300.0,
         metadata=_doc("Seconds an event's `timestamp` may lie in the future (400 beyond; the "
-                      "worker also caps any event at its arrival plus this).", commands=BOTH))
+                      "worker also caps any event at its arrival plus this).",
+                      commands=("serve", "worker", "demo", "load")))
     redis_timeout: float = field(
         default=0.5,
-        metadata=_doc("Seconds to wait for Redis before answering 503.", commands=BOTH),
+        metadata=_doc("Seconds to wait for Redis before answering 503.", commands=ALL),
     )
     read_cache_mb: int = field(
         default=256,
         metadata=_doc("Megabytes of learned histories and neighbour indexes each serve process "
                       "keeps in memory, kept exact by Redis' client-side caching (CLIENT "
                       "TRACKING: Redis announces every change). Standalone Redis without TLS; "
-                      "0 turns it off.", commands=SERVE))
+                      "0 turns it off.", commands=API))
     feedback_mb: int = field(
         default=256,
         metadata=_doc("Megabytes of Redis for the records of what answers listed, against which "
                       "impressions and clicks are counted (a day's worth; each hour may take a "
                       "25th). Past an hour's share, answers of that hour count no feedback.",
-                      commands=SERVE))
+                      commands=API))
     feedback_client_answers: int = field(
         default=600,
         metadata=_doc("Answers per hour whose feedback one client address (an IPv6 /64) may "
                       "have counted, shared out over the partitions: past it, its answers "
                       "still come, their feedback counts nowhere, so no one address weighs "
-                      "more than that in an experiment.", commands=SERVE))
+                      "more than that in an experiment.", commands=API))
     # --- request limits -------------------------------------------------------------------
     max_body_bytes: int = field(
         default=1 << 20, metadata=_doc("Largest request body accepted (413 above).",
-                                       commands=SERVE))
+                                       commands=API))
     max_interactions: int = field(
-        default=200, metadata=_doc("Most entries in `user_interactions`.", commands=SERVE))
+        default=200, metadata=_doc("Most entries in `user_interactions`.", commands=API))
     max_batch: int = field(
-        default=1000, metadata=_doc("Most events in one POST /events batch.", commands=SERVE))
+        default=1000, metadata=_doc("Most events in one POST /events batch.", commands=API))
     max_id_length: int = field(
         default=256,
-        metadata=_doc("Longest item or session id, in characters.", commands=SERVE))
+        metadata=_doc("Longest item or session id, in characters.",
+                      commands=("serve", "demo", "catalog")))
     max_k: int = field(default=1000, metadata=_doc("Largest `k` a request may ask for.",
-                                                   commands=SERVE))
+                                                   commands=API))
     # --- live sessions ----------------------------------------------------------------------
     live_ttl: int = field(
         default=1800,
         metadata=_doc("Seconds of inactivity after which a live session expires.",
-                      commands=SERVE))
+                      commands=API))
     live_cap: int = field(
         default=200, metadata=_doc("Most items kept per live session (oldest dropped).",
-                                   commands=SERVE))
+                                   commands=API))
     # --- learned state ----------------------------------------------------------------------
     history_ttl: int = field(
         default=30 * 86400,
         metadata=_doc("Seconds a learned session history is kept after its last event "
-                      "(it is a neighbour for kNN until then).", commands=WORKER))
+                      "(it is a neighbour for kNN until then).", commands=LEARNING))
     history_cap: int = field(
         default=100, metadata=_doc("Most events kept per learned session history.",
-                                   commands=WORKER))
+                                   commands=LEARNING))
     index_cap: int = field(
         default=500,
         metadata=_doc("Most recent sessions indexed per item (neighbours per item); serve reads "
                       "the newest this many of each index: set it alike for both.",
-                      commands=BOTH))
+                      commands=("serve", *LEARNING)))
     trend_half_life: float = field(
         default=86400.0,
         metadata=_doc("Half-life in seconds of the trending (popularity) score.",
-                      commands=WORKER))
+                      commands=LEARNING))
     # --- scoring ----------------------------------------------------------------------------
     query_items: int = field(
         default=20, metadata=_doc("Most recent session items used to find neighbours.",
-                                  commands=SERVE))
+                                  commands=SCORING))
     sample_sessions: int = field(
         default=500, metadata=_doc("Most recent candidate sessions considered.",
-                                   commands=SERVE))
+                                   commands=SCORING))
     neighbours: int = field(
         default=200, metadata=_doc("Neighbour sessions whose items are scored.",
-                                   commands=SERVE))
+                                   commands=SCORING))
     sequence_weight: float = field(
         default=1.5,
         metadata=_doc("Extra weight, divided by the distance, for items that follow the "
-                      "session's most recent item inside a neighbour session.", commands=SERVE))
+                      "session's most recent item inside a neighbour session.", commands=SCORING))
     before_weight: float = field(
         default=1.0,
-        metadata=_doc("The same for items that precede it (0: none).", commands=SERVE))
+        metadata=_doc("The same for items that precede it (0: none).", commands=SCORING))
     position_decay: float = field(
         default=2.0,
         metadata=_doc("Session item at distance d from the end weighs (1 + d)^-decay.",
-                      commands=SERVE))
+                      commands=SCORING))
     idf_weight: float = field(
         default=1.0,
         metadata=_doc("Scores are multiplied by log(1 + sessions / sessions with the item)"
-                      "^idf_weight, so hubs do not crowd out specific items.", commands=SERVE))
+                      "^idf_weight, so hubs do not crowd out specific items.", commands=SCORING))
     repeat_weight: float = field(
         default=2.0,
         metadata=_doc("With recommend_seen, boost for items of the session itself (times their "
                       "recency weight), relative to the best neighbourhood score.",
-                      commands=SERVE))
+                      commands=SCORING))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
@@ -229,7 +243,7 @@ class Settings:
         default=30_000,
         metadata=_doc("The tuning lease (one run at a time), renewed every third of it while "
                       "a run lives: a run killed midway holds it this long at most.",
-                      commands=BOTH))
+                      commands=("serve", "worker", "demo", "tune")))
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):
@@ -273,10 +287,12 @@ class Settings:
                 for f in fields(self)}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``SESSIONREC_*`` variables, then explicit overrides."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 defaults: Mapping[str, Any] | None = None, **overrides: Any) -> Settings:
+        """Defaults (``defaults`` over the settings' own), then ``SESSIONREC_*`` variables,
+        then explicit overrides."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(defaults or {})
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
@@ -309,30 +325,43 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
                          f"{type_name!s}") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, *commands: str) -> None:
-    """Add a ``--flag`` for every setting the commands use (default None: env/default win),
-    in one argument group per section."""
+def flags_of(command: str) -> list[str]:
+    """The settings ``command`` reads, in the README table's order (its ``--help`` lists
+    them, by section)."""
+    return [name for names in SECTIONS.values() for name in names
+            if command in FIELDS[name].metadata["commands"]]
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str,
+                  shown_defaults: Mapping[str, str] | None = None) -> None:
+    """A ``--flag`` for every setting ``command`` reads (default None: then the environment,
+    then the default, win), in one argument group per section. ``shown_defaults``: what
+    ``--help`` says where the command's default is not the setting's own."""
     groups: dict[str, Any] = {}
-    for f in sorted(fields(Settings), key=lambda f: list(SECTIONS).index(SECTION_OF[f.name])):
-        if not set(commands) & set(f.metadata.get("commands", ())):
-            continue
-        section = SECTION_OF[f.name]
+    for name in flags_of(command):
+        f = FIELDS[name]
+        section = SECTION_OF[name]
         if section not in groups:
-            groups[section] = parser.add_argument_group(section.lower())
+            groups[section] = parser.add_argument_group(section)
         group = groups[section]
-        flag, help_text = "--" + f.name.replace("_", "-"), \
-            f"{f.metadata['doc']} (env {ENV_PREFIX}{f.name.upper()}, default {f.default})"
+        shown = (shown_defaults or {}).get(name, f.default)
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{f.metadata['doc']} (env {ENV_PREFIX}{name.upper()}; default: {shown})"
+        help_text = help_text.replace("%", "%%")
         if str(f.type) == "bool":  # --flag and --no-flag: a default may be either
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=_kind(f.type), default=None,
-                               help=help_text)
+            group.add_argument(flag, dest=name, type=_kind(f.type), default=None,
+                               metavar=name.upper(), help=help_text)
 
 
-def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None,
+              defaults: Mapping[str, Any] | None = None) -> Settings:
+    """Flags, then the environment, then ``defaults`` (a command's own), then the settings'
+    defaults."""
     overrides = {f.name: getattr(args, f.name, None) for f in fields(Settings)}
-    return Settings.from_env(env, **overrides)
+    return Settings.from_env(env, defaults, **overrides)
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -354,6 +383,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 assert sorted(n for names in SECTIONS.values() for n in names) == \
     sorted(f.name for f in fields(Settings)), "every setting in exactly one section"
 SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
+FIELDS = {f.name: f for f in fields(Settings)}
 
 MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "position_decay",
                     "sequence_weight", "before_weight", "idf_weight", "repeat_weight",

@@ -70,6 +70,28 @@ async def test_a_record_is_put_read_replaced_and_deleted(aiohttp_client: Any,
         await store.close()
 
 
+async def test_an_integer_attribute_reads_back_as_an_integer(aiohttp_client: Any,
+                                                            settings: Settings) -> None:
+    """``size: 2`` comes back as ``2``, not ``2.0`` (issue 27, point 9), and rules still take
+    2 and 2.0 for the same value."""
+    client = await admin_client(aiohttp_client, settings)
+    body = {"attributes": {"size": 2, "weight": 2.5, "big": 10**15}}
+    assert (await client.put("/items/shoe", json=body, headers=ADMIN)).status == 200
+    got = await client.get("/items/shoe", headers=ADMIN)
+    text = await got.text()
+    assert '"size":2,' in text.replace(" ", "") and '"big":1000000000000000' in text
+    attributes = json.loads(text)["attributes"]
+    assert type(attributes["size"]) is int and type(attributes["weight"]) is float
+    public = {"X-API-Key": "pk_test_catalog"}
+    for wanted in (2, 2.0, [2.0, 3], [1, 2]):
+        rule = json.dumps({"attributes": {"size": wanted}})
+        answer = await (await client.get("/popular", params={"filter": rule},
+                                         headers=public)).json()
+        assert [r["id"] for r in answer["recommendations"]] == ["shoe"], wanted
+    assert (await client.put("/items/shoe", json={"attributes": {"size": 10**16}},
+                             headers=ADMIN)).status == 400
+
+
 async def test_the_catalogue_needs_a_secret_key(aiohttp_client: Any,
                                                 settings: Settings) -> None:
     client = await admin_client(aiohttp_client, settings)
@@ -192,7 +214,7 @@ async def test_a_bad_line_stores_nothing_and_names_line_and_field(settings: Sett
         await store.close()
 
 
-def test_the_cli_reports_a_bad_file_and_exits_1(settings: Settings, tmp_path: Path,
+def test_the_cli_reports_a_bad_file_and_exits_2(settings: Settings, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main
 
@@ -200,8 +222,10 @@ def test_the_cli_reports_a_bad_file_and_exits_1(settings: Settings, tmp_path: Pa
     path.write_text('{"id": "a"}\n{"id": "b", "price": "x"}\n', encoding="utf-8")
     args = ["catalog", str(path), "--redis-url", settings.redis_url,
             "--namespace", settings.namespace, "--partitions", str(settings.partitions)]
-    assert main(args) == 1
-    assert "line 2: price must be a number" in capsys.readouterr().err
+    assert main(args) == 2  # a refusal, as every command's (issue 27, point 4)
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"sessionrec catalog: {path}, line 2: price must be a number, not a "
+                       "string; nothing stored")
     path.write_text('{"id": "a"}\n{"id": "b", "price": 3}\n', encoding="utf-8")
     assert main(args) == 0
     assert "catalog: 2 records stored" in capsys.readouterr().out

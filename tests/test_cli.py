@@ -223,6 +223,162 @@ def test_the_redis_password_never_reaches_the_logs(standalone_url: str) -> None:
     assert b"hunter2" not in err
 
 
+# --- failures: one line saying what to do, exit 2 (issue 27, points 3-5) ----------------------
+def sessionrec(*args: str, env: dict[str, str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True,
+                          text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def one_line_refusal(done: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The command exited 2 with one line on stderr, after any line saying which Redis it
+    works on, naming each of ``needles``; no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "writing to" not in line
+             and "tuning on" not in line and " INFO " not in line]
+    assert len(lines) == 1, done.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def tiny_log(path: Path, sessions: int = 30) -> Path:
+    rows = ["SessionId\tItemId\tTime"] + [
+        f"s{s}\ti{(s + n) % 9}\t{1_700_000_000 + 10 * s + n}"
+        for s in range(sessions) for n in range(3)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def on(settings: Settings) -> list[str]:
+    return ["--redis-url", settings.redis_url, "--namespace", settings.namespace,
+            "--partitions", str(settings.partitions)]
+
+
+def test_load_into_a_namespace_with_state_says_so_in_one_line(settings: Settings,
+                                                              tmp_path: Path) -> None:
+    log = tiny_log(tmp_path / "clicks.tsv")
+    first = sessionrec("load", str(log), *on(settings))
+    assert first.returncode == 0, first.stderr
+    # the first line says which Redis, then the work
+    assert first.stderr.splitlines()[0] == (f"sessionrec load: writing to "
+                                           f"{settings.redis_url}, namespace "
+                                           f"{settings.namespace}")
+    missing = str(tmp_path / "not-read.tsv")  # refused before any file is read
+    again = sessionrec("load", missing, *on(settings))
+    one_line_refusal(again, "already has learned state", "--namespace",
+                     f"namespace {settings.namespace!r}")
+    # with --log-level DEBUG, the traceback too
+    debug = sessionrec("--log-level", "DEBUG", "load", str(log), *on(settings))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("sessionrec load: namespace")
+
+
+def test_every_command_refuses_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    log = tiny_log(tmp_path / "clicks.tsv")
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a"}\n', encoding="utf-8")
+    for args in (["load", str(log)], ["catalog", str(items)], ["tune", "--apply"],
+                 ["eval", "--train", str(log), "--test", str(log), "--models", "sessionrec"],
+                 ["demo", "--port", str(free_port())]):
+        done = sessionrec(*args, "--redis-url", url, "--redis-timeout", "0.2")
+        one_line_refusal(done, f"cannot reach Redis at {url}", "--redis-url")
+
+
+def test_a_missing_file_and_an_empty_one_are_refused_in_one_line(settings: Settings,
+                                                                tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere.jsonl")
+    one_line_refusal(sessionrec("catalog", missing, *on(settings)), missing, "No such file")
+    one_line_refusal(sessionrec("load", missing, *on(settings)), missing, "No such file")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    one_line_refusal(sessionrec("catalog", str(empty), *on(settings)), "no record")
+    header = tmp_path / "header.tsv"
+    header.write_text("SessionId\tItemId\tTime\n", encoding="utf-8")
+    one_line_refusal(sessionrec("load", str(header), *on(settings)), "no events",
+                     "nothing to learn")
+    one_line_refusal(sessionrec("tune", "--train", str(header), *on(settings)),
+                     "too few sessions")
+
+
+def test_a_tsv_read_as_csv_suggests_the_delimiter(settings: Settings, tmp_path: Path) -> None:
+    log = tiny_log(tmp_path / "clicks.tsv")
+    done = sessionrec("load", str(log), "--format", "csv", "--columns",
+                      "session=SessionId,item=ItemId,time=Time", *on(settings))
+    one_line_refusal(done, "no column ItemId, SessionId, Time", "--delimiter $'\\t'")
+    fixed = sessionrec("load", str(log), "--columns", "session=SessionId,item=ItemId,time=Time",
+                       "--delimiter", "\t", *on(settings))  # --columns implies --format csv
+    assert fixed.returncode == 0, fixed.stderr
+    assert "loaded 90 events" in fixed.stdout
+
+
+def test_the_worker_refuses_an_evicting_redis_as_serve_does() -> None:
+    from service.offline.redisproc import RedisProcess
+
+    with RedisProcess("--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru") as url:
+        worker = sessionrec("worker", "--redis-url", url, timeout=30)
+        line = one_line_refusal(worker, "allkeys-lru", "noeviction")
+        serve = sessionrec("serve", "--redis-url", url, "--port", str(free_port()),
+                           timeout=30)
+    assert serve.returncode == 2 and line.split(": ", 1)[1] in serve.stderr
+
+
+def test_a_password_in_the_url_is_masked_in_the_first_line(tmp_path: Path) -> None:
+    import redis
+
+    from service.offline.redisproc import RedisProcess
+
+    with RedisProcess() as url:
+        client = redis.Redis.from_url(url)
+        client.config_set("requirepass", "hunter2-secret")
+        client.close()
+        masked = url.replace("redis://", "redis://:***@")
+        done = sessionrec("load", str(tiny_log(tmp_path / "clicks.tsv")), "--redis-url",
+                          url.replace("redis://", "redis://:hunter2-secret@"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0] == f"sessionrec load: writing to {masked}, namespace sr"
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_tune_apply_refuses_an_empty_namespace_and_flags_of_train(settings: Settings,
+                                                                  tmp_path: Path) -> None:
+    done = sessionrec("tune", "--apply", *on(settings))
+    assert done.stderr.splitlines()[0].startswith(
+        f"sessionrec tune: tuning on {settings.redis_url}, namespace {settings.namespace}")
+    one_line_refusal(done, "has learned fewer than two sessions", "nothing to tune on")
+    one = tmp_path / "one.tsv"  # one session: nothing left to judge a candidate on
+    one.write_text("SessionId\tItemId\tTime\ns\ta\t1\ns\tb\t2\ns\tc\t3\n", encoding="utf-8")
+    assert sessionrec("load", str(one), *on(settings)).returncode == 0
+    one_line_refusal(sessionrec("tune", "--apply", *on(settings)), "fewer than two sessions")
+    log = str(tiny_log(tmp_path / "clicks.tsv"))
+    for contradiction, named in ((["--train", log], "--train"), (["--out", "x.env"], "--out"),
+                                 (["--params", "neighbours"], "--params")):
+        refused = sessionrec("tune", "--apply", *contradiction, *on(settings))
+        assert refused.returncode == 2 and "usage: sessionrec tune" in refused.stderr
+        error = refused.stderr.strip().splitlines()[-1]
+        assert named in error and "--apply" in error and "not allowed" in error, error
+    neither = sessionrec("tune", *on(settings))
+    assert neither.returncode == 2 and "--train --apply" in neither.stderr
+
+
+def test_contradictory_flags_are_refused_naming_both(tmp_path: Path) -> None:
+    log = str(tiny_log(tmp_path / "clicks.tsv"))
+    nowhere = ["--redis-url", f"redis://127.0.0.1:{free_port()}/0"]  # should one run
+    for args, named in (
+            (["eval", "--train", log, "--test", log, "--no-http", "--self-tune"],
+             ("--self-tune", "--no-http")),
+            (["load", log, "--format", "srgnn", "--columns", "session=a,item=b"],
+             ("--columns", "--format srgnn")),
+            (["eval", "--train", log, "--test", log, "--format", "sessionrec", "--delimiter",
+              ";"], ("--delimiter", "--format sessionrec"))):
+        done = sessionrec(*args, *nowhere)
+        error = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and all(flag in error for flag in named), done.stderr
+
+
 def test_a_client_dropping_its_body_is_no_redis_outage(standalone_url: str) -> None:
     """A client that closes its connection before its body is whole is its own failure: no
     "redis unavailable" in the log, no 503 in the metrics (anyone could raise false outage

@@ -39,3 +39,17 @@ def test_every_floor_the_code_needs_is_declared() -> None:
 def test_the_installed_versions_meet_them() -> None:
     for name, floor in NEEDED.items():
         assert Version(version(name)) >= Version(floor), name
+
+
+def test_the_license_is_an_spdx_expression_the_build_backend_reads() -> None:
+    """A license table made setuptools print a deprecation banner three times per install
+    (issue 27, point 9); a string needs setuptools 77 or later to be read as SPDX."""
+    from packaging.licenses import canonicalize_license_expression
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    license_ = pyproject["project"]["license"]
+    assert isinstance(license_, str)
+    assert canonicalize_license_expression(license_) == license_
+    [backend] = [Requirement(r) for r in pyproject["build-system"]["requires"]
+                 if Requirement(r).name == "setuptools"]
+    assert not backend.specifier.contains("76.9") and backend.specifier.contains("77.0")

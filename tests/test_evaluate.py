@@ -124,3 +124,31 @@ def test_result_ranks() -> None:
     r.add(["a", "b"], "b", 0.001)
     r.add(["a", "b"], "z", 0.001)
     assert r.ranks == [2, 0]
+
+
+def test_eval_out_without_matplotlib_writes_the_report_without_charts(
+        standalone_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Decided before the work starts (issue 27, point 2): no crash after it, a report
+    without charts that says why and how to get them."""
+    import os
+    import sys
+
+    from service.cli import main
+
+    (tmp_path / "train.tsv").write_text(TRAIN)
+    (tmp_path / "test.tsv").write_text(TEST)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    out = tmp_path / "report"
+    assert main(["eval", "--train", str(tmp_path / "train.tsv"), "--test",
+                 str(tmp_path / "test.tsv"), "--models", "sessionrec,pop", "--protocol", "both",
+                 "--out", str(out), "--redis-url", standalone_url,
+                 "--namespace", f"nocharts{os.getpid()}"]) == 0
+    err = capsys.readouterr().err
+    note = "matplotlib is not installed"
+    assert note in err and "pip install 'sessionrec[eval]'" in err
+    assert err.index(note) < err.index("writing to")  # said before the work
+    report = (tmp_path / "report.md").read_text()
+    assert "- no charts: matplotlib is not installed (pip install 'sessionrec[eval]')" in report
+    assert "static protocol" in report and "streaming protocol" in report
+    assert not list(tmp_path.glob("*.png"))

@@ -527,8 +527,9 @@ async def test_every_serve_process_scores_with_the_variant_within_a_second(
     # one at a time: another experiment is a conflict, the same one again a no-op
     assert (await first.put("/admin/experiments/e", json=TWO)).status == 200
     other = await first.put("/admin/experiments/f", json=TWO)
-    assert other.status == 409 and "DELETE /admin/experiments/e" in (
-        await other.json())["error"]["message"]
+    error = (await other.json())["error"]
+    assert other.status == 409 and "DELETE /admin/experiments/e" in error["message"]
+    assert error["field"] == "name"  # the path parameter (issue 27, point 9)
 
 
 @pytest.mark.parametrize(("body", "field"), [

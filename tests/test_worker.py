@@ -125,7 +125,8 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings: Set
     await store.close()
 
 
-async def test_unreadable_entries_go_to_dead_letters_without_blocking(settings: Settings) -> None:
+async def test_unreadable_entries_go_to_dead_letters_without_blocking(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     store = Store(settings)
     r: Any = store.redis
     await ensure_groups(store.redis, store.keys)
@@ -145,6 +146,11 @@ async def test_unreadable_entries_go_to_dead_letters_without_blocking(settings: 
     assert len(dead) == 3 and all(b"reason" in fields for _, fields in dead)
     [(_, wrong)] = await r.xrange(store.keys.dead(elsewhere))
     assert f"belongs to partition {home}".encode() in wrong[b"reason"]
+    # and the worker says so in its log (issue 27, point 9): which entry, whose partition
+    [warning] = [r for r in caplog.records if "belongs to partition" in r.getMessage()]
+    message = warning.getMessage()
+    assert warning.levelname == "WARNING" and f"belongs to partition {home}" in message
+    assert f"partition {elsewhere}: entry {wrong[b'id'].decode()} of session 's'" in message
     await store.close()
 
 

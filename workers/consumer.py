@@ -451,6 +451,10 @@ class Worker:
                 # its session's history lives in another partition's slot: never applicable
                 decoded[n] = (f"session {ev.session_id!r} belongs to partition {home}: write "
                               f"it to {k.stream(home)}")
+                log.warning("partition %d: entry %s of session %r dead-lettered: the session "
+                            "belongs to partition %d (its producer must write it to %s; "
+                            "partition_of(session_hash(session_id), partitions))", p,
+                            entries[n].id, ev.session_id, home, k.stream(home))
         sessions = sessions_of([ev for ev in decoded if isinstance(ev, Event)])
         claimed = await self._claims(entries, decoded)
         answers = list({c.answer.nonce: None for c in claimed.values()})

@@ -61,7 +61,7 @@ async def put_experiment(request: web.Request) -> web.Response:
         raise ApiError(409, "conflict",
                        f"Experiment {exc.running.name!r} is running, with other variants; one "
                        "runs at a time: end it with DELETE /admin/experiments/"
-                       f"{exc.running.name} first.") from None
+                       f"{exc.running.name} first.", field="name") from None
     recommender = request.app[RECOMMENDER]
     recommender.use_experiment(recommender.signing_key, started)  # the others within a second
     return json_response(await report(store, started))

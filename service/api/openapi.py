@@ -317,8 +317,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                            "values over this process' flags",
                 "responses": {"200": model, "503": _error()}}},
             "/admin/model": {"put": {
-                "summary": "Set scoring parameters for every serve process (within a few "
-                           "seconds, no restart)",
+                "summary": "Set scoring parameters for every serve process (within a "
+                           "second, no restart)",
                 "description": "Values not named keep theirs. pin: true pins the named "
                                "parameters (tuning never changes them), false unpins them; "
                                "without it their pins stay as they are.",
@@ -506,6 +506,16 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
     }
 
 
+ACCESS_TEXT = {
+    access.PUBLIC: "A publishable or a secret key, once a publishable key is configured "
+                   "(open until then)",
+    access.OPERATOR: "A secret key, once any key is configured (open until then)",
+    access.ADMIN: "A secret key (disabled while none is configured)",
+    access.OPEN: "Open",
+}
+"""Which routes need which key, as the README's Access table says (service/api/access.py)."""
+
+
 def api_page(s: Settings, routes: Sequence[Route]) -> str:
     doc = openapi_document(s, routes)
     rows = []
@@ -516,6 +526,12 @@ def api_page(s: Settings, routes: Sequence[Route]) -> str:
                         f"<td>{html.escape(op['summary'])}"
                         f"{'<br><small>' + html.escape(op['description']) + '</small>' if 'description' in op else ''}"  # noqa: E501
                         "</td></tr>")
+    access = "".join(
+        f"<tr><td>{html.escape(who)}</td><td>"
+        + ", ".join(sorted({f"<code>{html.escape(r.path)}</code>" for r in routes
+                            if r.access == level and r.documented}))
+        + "</td></tr>" for level, who in ACCESS_TEXT.items())
+    assert set(ACCESS_TEXT) >= {r.access for r in routes}, "every access level explained"
     example = ('curl -s localhost:8000/iid_recommend -H "Content-Type: application/json" -d '
                "'{\"user_interactions\": {\"89898\": {\"timestamp\": 1704060026, "
                "\"rating\": 4.5}}, \"k\": 10, \"recommend_seen\": true}'")
@@ -528,6 +544,9 @@ vertical-align:top}}pre{{background:#f4f4f4;padding:1rem;overflow:auto}}</style>
 <p>Machine-readable: <a href="/openapi.json">/openapi.json</a>. Try the
 <a href="/demo">demo shop</a>.</p>
 <table>{''.join(rows)}</table>
+<h2>Keys</h2><p>Send a key as <code>X-API-Key</code> or <code>Authorization: Bearer KEY</code>
+(a publishable key may also travel as <code>?key=</code>, for sendBeacon).</p>
+<table>{access}</table>
 <h2>Example</h2><pre>{html.escape(example)}</pre>
 <h2>Errors</h2><p>Every error is JSON:
 <code>{{"error": {{"code": "...", "message": "...", "field": "..."}}}}</code>; 400 invalid input,

@@ -302,15 +302,18 @@ def _values(value: Any, field: str, settings: Settings) -> tuple[str, ...]:
     return names
 
 
-def _attribute_value(value: Any, field: str) -> str | float | bool:
-    """One attribute value, in a record or in a filter: text, a finite number or a boolean."""
+def _attribute_value(value: Any, field: str) -> str | int | float | bool:
+    """One attribute value, in a record or in a filter: text, a finite number or a boolean.
+    An integer stays one (``size: 2`` reads back as 2, not 2.0); rules compare numbers as
+    numbers whatever their type (``core.rules.attribute_key``)."""
     if isinstance(value, str) and len(value) > MAX_TEXT:
         raise invalid(field, f"{field} is {len(value)} characters long; the limit is "
                              f"{MAX_TEXT}.")
     if isinstance(value, bool | str):
         return value
     if _is_number(value):
-        return finite_number(value, field, low=-1e15, high=1e15)
+        number = finite_number(value, field, low=-1e15, high=1e15)
+        return value if isinstance(value, int) else number
     raise invalid(field, f"{field} must be a string, a number or a boolean, not "
                          f"{_type_name(value)}.")
 

@@ -22,6 +22,7 @@ from service.core.catalog import Record
 from service.core.model import Event
 from service.runtime import install_uvloop
 from service.settings import Settings
+from service.store.backends import MEMORY_URL
 from service.store.state import Store
 from workers.consumer import Worker
 
@@ -53,6 +54,13 @@ async def load_sample(store: Store) -> int:
 
 
 async def serve_demo(settings: Settings) -> None:
+    store_name = "the embedded store (in this process, in memory)" \
+        if settings.redis_url == MEMORY_URL else f"Redis {settings.redis_url_for_logs()}"
+    print(f"sessionrec demo: {store_name}, namespace {settings.namespace}", flush=True)
+    stop = asyncio.Event()  # Ctrl+C from here on stops the demo cleanly
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     store = Store(settings)
     await store.prepare()
     worker = Worker(settings, client=store.redis, worker_id="demo")
@@ -64,14 +72,8 @@ async def serve_demo(settings: Settings) -> None:
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     base = f"http://{settings.host}:{settings.port}"
-    print(f"sessionrec demo: {applied} sample events learned "
-          f"(store: {'embedded, in memory' if settings.redis_url == 'memory://' else settings.redis_url}).",  # noqa: E501
-          flush=True)
+    print(f"sessionrec demo: {applied} sample events learned.", flush=True)
     print(f"Demo shop:  {base}/demo\nAPI docs:   {base}/docs\nPress Ctrl+C to stop.", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     worker.stop()
     await worker_task

@@ -5,7 +5,7 @@ header with an ``id`` column; ``name``, ``available`` (true/false), ``price``, `
 and ``tags`` (several values separated by ``|``); every other column is an attribute (a
 number when it reads as one). Records are checked as the API checks them, the whole file
 before anything is stored, so a bad line stores nothing; then stored in batches, with progress
-on stderr for large files.
+on stderr (``offline.progress``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import csv
 import gzip
 import io
 import json
-import sys
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TextIO
 
 from service.api import validation
 from service.api.errors import ApiError
 from service.core.catalog import Record
+from service.failures import Refused
+from service.offline.progress import bar, counted
 from service.settings import Settings
 from service.store.state import Store
 
@@ -30,7 +29,7 @@ BATCH = 1000
 FORMATS = ("auto", "jsonl", "csv")
 
 
-class BadRecord(ValueError):
+class BadRecord(Refused, ValueError):
     """A line that is not a valid record: where, and what to fix."""
 
 
@@ -106,34 +105,27 @@ def records(path: str, fmt: str, settings: Settings) -> Iterator[Record]:
 
 async def import_file(store: Store, path: str, fmt: str,
                       progress: Callable[[int], None] | None = None) -> int:
-    """Check the whole file, then store it in batches; returns how many records were stored."""
-    total = sum(1 for _ in records(path, fmt, store.settings))
+    """Check the whole file, then store it in batches; returns how many records were stored.
+    ``progress`` is told the count stored after each full batch."""
+    total = sum(1 for _ in counted(records(path, fmt, store.settings), "checking",
+                                   unit="records"))
+    if not total:
+        raise BadRecord("no record in it (an empty file)")
     stored = 0
     batch: list[Record] = []
-    for record in records(path, fmt, store.settings):
-        batch.append(record)
-        if len(batch) == BATCH:
+    with bar("storing", total, "records") as shown:
+        for record in records(path, fmt, store.settings):
+            batch.append(record)
+            if len(batch) == BATCH:
+                await store.put_items(batch)
+                stored += len(batch)
+                shown.update(len(batch))
+                batch = []
+                if progress is not None:
+                    progress(stored)
+        if batch:
             await store.put_items(batch)
             stored += len(batch)
-            batch = []
-            if progress is not None:
-                progress(stored)
-    if batch:
-        await store.put_items(batch)
-        stored += len(batch)
+            shown.update(len(batch))
     assert stored == total
     return stored
-
-
-def progress_printer(path: str) -> Callable[[int], None]:
-    """Every few seconds: how many records are in."""
-    last = [time.monotonic()]
-    size = Path(path).stat().st_size
-
-    def report(stored: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 2.0:
-            last[0] = now
-            print(f"catalog: {stored} records stored ({size / 1e6:.1f} MB file)",
-                  file=sys.stderr, flush=True)
-    return report

@@ -20,15 +20,22 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from service.core.model import Event
+from service.failures import Refused
+from service.offline.progress import bar
 
 BASE_TIME = 1_400_000_000.0
 SESSION_GAP = 100.0
 FORMATS = ("auto", "srgnn", "sessionrec", "csv")
+
+
+class BadLog(Refused, ValueError):
+    """A click log this reader cannot read as asked: which file, and what to pass instead."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,12 @@ def _open(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
+def _text(path: Path, raw: BinaryIO) -> io.TextIOWrapper:
+    """The text of a file opened as ``raw`` (whose position says how far reading got)."""
+    binary = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
+    return io.TextIOWrapper(binary, encoding="utf-8", newline="")
+
+
 def detect(path: Path) -> str:
     with _open(path) as f:
         header = f.readline().strip().split("\t")
@@ -66,14 +79,15 @@ def detect(path: Path) -> str:
         return "srgnn"
     if header[:3] == ["SessionId", "ItemId", "Time"]:
         return "sessionrec"
-    raise ValueError(f"{path}: unknown format (header {header!r}); pass --format csv with "
-                     "--columns session=...,item=...[,time=...]")
+    tab = " --delimiter $'\\t'" if len(header) > 1 else ""
+    raise BadLog(f"{path}: unknown format (header {header!r}); pass --format csv with "
+                 f"--columns session=...,item=...[,time=...]{tab}")
 
 
 def parse_columns(spec: str) -> dict[str, str]:
     mapping = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
     if not {"session", "item"} <= set(mapping):
-        raise ValueError("--columns needs session=<column>,item=<column>[,time=<column>]")
+        raise BadLog("--columns needs session=<column>,item=<column>[,time=<column>]")
     return mapping
 
 
@@ -89,21 +103,29 @@ def read(path: str | Path, fmt: str = "auto", columns: str = "",
     elif fmt == "csv":
         mapping = parse_columns(columns)
     else:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+        raise BadLog(f"format must be one of {', '.join(FORMATS)}")
     sessions: list[str] = []
     items: list[str] = []
     times: list[str] = []
-    with _open(path) as f:
+    with path.open("rb") as raw, _text(path, raw) as f, \
+            bar(f"reading {path.name}", path.stat().st_size, "B", scale=True) as shown:
         reader = csv.DictReader(f, delimiter=delimiter)
-        missing = set(mapping.values()) - set(reader.fieldnames or ())
+        header = list(reader.fieldnames or ())
+        missing = set(mapping.values()) - set(header)
         if missing:
-            raise ValueError(f"{path}: no column {', '.join(sorted(missing))}")
+            hint = f"its header has {', '.join(header) or 'no column'}"
+            if delimiter != "\t" and any("\t" in name for name in header):
+                hint = "its header is tab-separated: add --delimiter $'\\t'"
+            raise BadLog(f"{path}: no column {', '.join(sorted(missing))} ({hint})")
         s_col, i_col, t_col = mapping["session"], mapping["item"], mapping.get("time")
-        for row in reader:
+        for n, row in enumerate(reader):
             sessions.append(row[s_col])
             items.append(row[i_col])
             if t_col:
                 times.append(row[t_col])
+            if not n % 65536:
+                shown.update(raw.tell() - shown.n)
+        shown.update(raw.tell() - shown.n)
     s_arr = np.array(sessions)
     log = ClickLog(s_arr, np.array(items), np.zeros(len(items)))
     if t_col:

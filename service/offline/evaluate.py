@@ -34,9 +34,11 @@ from service.api.app import create_app
 from service.api.model import MODEL_POLL
 from service.api.recommend import Asker, Recommender
 from service.core.model import Event
+from service.failures import Refused
 from service.offline.baselines import BASELINES, Baseline
 from service.offline.clicklog import ClickLog
 from service.offline.loader import load
+from service.offline.progress import bar, counted
 from service.offline.redisproc import free_port
 from service.settings import Settings
 from service.store.state import Store
@@ -283,43 +285,15 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
-class Progress:
-    """One self-overwriting line on stderr (no dependency), only when stderr is a terminal
-    or when forced."""
-
-    def __init__(self, label: str, total: int, enabled: bool | None = None) -> None:
-        self.label, self.total = label, total
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.started = time.monotonic()
-        self.last = 0.0
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.5 and done < self.total):
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        width = 30
-        filled = int(width * done / max(self.total, 1))
-        eta = (self.total - done) / rate if rate else 0
-        sys.stderr.write(f"\r{self.label:<14} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{self.total} {rate:,.0f}/s eta {eta:,.0f}s ")
-        if done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 async def run_static(model: Model, train: ClickLog, test: ClickLog, k: int = 20,
                      limit: int | None = None, progress: bool | None = None) -> Result:
     await model.learn_train(train)
     cases = list(static_cases(test, limit))
     result = Result(model.name)
-    bar = Progress(model.name, len(cases), progress)
-    for n, case in enumerate(cases, start=1):
+    for case in counted(cases, model.name, len(cases), "predictions", show=progress):
         started = time.perf_counter()
         predicted = await model.predict(case, k)
         result.add(predicted, case.target, time.perf_counter() - started)
-        bar.update(n)
     return result
 
 
@@ -331,10 +305,9 @@ async def run_streaming(model: Model, train: ClickLog, test: ClickLog, k: int = 
     times = test.times[order].tolist()
     seen: dict[str, list[tuple[str, float]]] = {}
     result = Result(model.name)
-    total = len(order) if limit is None else min(limit, len(order))
-    bar = Progress(model.name, total, progress)
+    shown = bar(model.name, len(order), "events", show=progress)
     predictions = 0
-    for n, (s, i, t) in enumerate(zip(sessions, items, times, strict=True), start=1):
+    for s, i, t in zip(sessions, items, times, strict=True):
         before = seen.setdefault(s, [])
         if before and (limit is None or predictions < limit):
             case = Case(s, [x for x, _ in before], [y for _, y in before], i)
@@ -344,9 +317,10 @@ async def run_streaming(model: Model, train: ClickLog, test: ClickLog, k: int = 
             predictions += 1
         await model.observe(Event(s, i, t))
         before.append((i, t))
-        bar.update(min(n, total))
+        shown.update()
         if limit is not None and predictions >= limit:
             break
+    shown.close()
     return result
 
 
@@ -403,7 +377,7 @@ def make_models(names: Sequence[str], settings: Settings, http: bool,
         elif name in BASELINES:
             models.append(BaselineModel(BASELINES[name]()))
         else:
-            raise ValueError(f"unknown model {name!r}; choose from sessionrec, "
+            raise Refused(f"--models: unknown model {name!r}; choose from sessionrec, "
                              f"{', '.join(BASELINES)}")
     return models
 

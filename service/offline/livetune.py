@@ -37,6 +37,7 @@ from service.core import scoring
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
 from service.core.modelparams import LIMITS, ModelRecord, Value
 from service.core.scoring import Params
+from service.offline.progress import above_bars, bar
 from service.offline.tune import GRID
 from service.store.state import Store
 
@@ -229,19 +230,22 @@ class Search:
 
         best, best_score = current, await score(current)
         names = [n for n in SEARCHED if n not in self.pinned]
-        for _ in range(self.rounds):
+        for round_ in range(1, self.rounds + 1):
             improved = False
-            for name in names:
-                for value in GRID[name]:
-                    checked = LIMITS[name].check(value)
-                    assert not isinstance(checked, str)
-                    candidate = dataclasses.replace(best, **cast(dict[str, Any],
-                                                                 {name: checked}))
-                    got = await score(candidate)
-                    if got.objective > best_score.objective + 1e-9:
-                        best, best_score, improved = candidate, got, True
-                        self.log(f"better: {name}={checked} -> HR@20 {got.hr_at_20:.4f}, "
-                                 f"MRR@20 {got.mrr_at_20:.4f}")
+            with bar(f"search half, round {round_}", sum(len(GRID[n]) for n in names),
+                     "candidates") as shown:
+                for name in names:
+                    for value in GRID[name]:
+                        checked = LIMITS[name].check(value)
+                        assert not isinstance(checked, str)
+                        candidate = dataclasses.replace(best, **cast(dict[str, Any],
+                                                                     {name: checked}))
+                        got = await score(candidate)
+                        shown.update()
+                        if got.objective > best_score.objective + 1e-9:
+                            best, best_score, improved = candidate, got, True
+                            self.log(f"search half: better {name}={checked} -> HR@20 "
+                                     f"{got.hr_at_20:.4f}, MRR@20 {got.mrr_at_20:.4f}")
             if not improved:
                 break
         return best
@@ -258,6 +262,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     """One run: holdout, search, promotion if better; the run's record (also in the model
     record as ``last_run``). The caller holds the tuning lease."""
     run_id = run_id or uuid.uuid4().hex[:12]
+    say = above_bars(say)
     started = time.time()
     run: dict[str, Any] = {"id": run_id, "trigger": trigger, "started_at": started,
                            "finished_at": None,
@@ -272,14 +277,18 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     searched, judged = Holdout(store, held[0::2]), Holdout(store, held[1::2])
     await searched.load_indexes()
     await judged.load_indexes()
-    say(f"run {run_id}: {len(held)} holdout sessions, {searched.predictions} predictions to "
-        f"search on, {judged.predictions} to judge on")
+    say(f"run {run_id}: {len(held)} holdout sessions in two halves: the search half "
+        f"({searched.predictions} predictions) finds the best candidate, the judging half "
+        f"({judged.predictions}) compares it with the parameters in force")
     current = record.params(base)
     search = Search(searched, record.pinned, rounds, say)
     best = await search.run(current)
     values = changed_values(current, best)
-    now = await judged.score(current)
-    best_score = await judged.score(best) if values else now
+    with bar("judging half", 2 if values else 1, "candidates") as shown:
+        now = await judged.score(current)
+        shown.update()
+        best_score = await judged.score(best) if values else now
+        shown.update(bool(values))
     mean_gain, error = gain(best_score, now)
     promote = bool(values) and mean_gain > 0 and mean_gain > PROMOTION_Z * error
     run.update({"holdout_sessions": len(held), "predictions": searched.predictions
@@ -302,7 +311,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
                                    last_run=json.dumps(run))
 
     await store.update_model(finish)
-    say(f"run {run_id}: current HR@20 {now.hr_at_20:.4f} MRR@20 {now.mrr_at_20:.4f}; best "
-        f"{best_score.hr_at_20:.4f} / {best_score.mrr_at_20:.4f}; "
+    say(f"run {run_id}: judging half: current HR@20 {now.hr_at_20:.4f} MRR@20 "
+        f"{now.mrr_at_20:.4f}; best {best_score.hr_at_20:.4f} / {best_score.mrr_at_20:.4f}; "
         + (f"promoted {values}" if promote else "not promoted"))
     return run

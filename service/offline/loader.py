@@ -18,6 +18,8 @@ from redis.asyncio.client import Pipeline
 
 from service.core.layout import shard_of
 from service.core.model import Event, apply_events, no_later_than, trending
+from service.failures import Refused
+from service.offline.progress import bar, counted
 from service.settings import Settings
 from service.store.state import Store
 
@@ -39,7 +41,7 @@ class LoadReport:
     seconds: float
 
 
-class NotEmpty(RuntimeError):
+class NotEmpty(Refused, RuntimeError):
     """The namespace already holds learned state: loading would mix two histories."""
 
 
@@ -56,19 +58,26 @@ def build_indexes(changes: Iterable[tuple[bytes, bytes, bytes]], cap: int) -> di
     return {item: b"".join(sorted(bucket)[-cap:]) for item, bucket in entries.items()}
 
 
+async def refuse_unless_empty(store: Store) -> None:
+    """``NotEmpty`` when the namespace has learned state (a load would mix two histories)."""
+    s = store.settings
+    if await store.redis.exists(store.keys.trend()):
+        raise NotEmpty(f"namespace {s.namespace!r} at {s.redis_url_for_logs()} already has "
+                       "learned state, and load needs an empty one: pass a new --namespace "
+                       "(SESSIONREC_NAMESPACE), or give all the files to one load")
+
+
 async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     """Write the learned state of ``events`` (each session's events in order) into an empty
     namespace."""
     started = time.perf_counter()
     s = store.settings
     keys = store.keys
-    if await store.redis.exists(keys.trend()):
-        raise NotEmpty(f"namespace {s.namespace!r} already has learned state; load into a new "
-                       "namespace (SESSIONREC_NAMESPACE), or pass all files to one load")
+    await refuse_unless_empty(store)
     # as the workers would cap them on arrival (now): no event later than the allowed skew
     ceiling = time.time() + s.max_clock_skew
     events = [no_later_than(ev, ceiling) for ev in events]
-    fx = apply_events({}, events, s.history_cap)
+    fx = apply_events({}, counted(events, "learning", len(events), "events"), s.history_cap)
     indexes = build_indexes(fx.index, s.index_cap)
     trend = trending(fx.trend, s.trend_half_life)
     ttl = s.history_ttl * 1000
@@ -85,11 +94,13 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     members = list(trend.items())
     for start in range(0, len(members), 1000):
         commands.append(partial(_zadd, keys.trend(), dict(members[start:start + 1000])))
-    for start in range(0, len(commands), PIPELINE):
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for command in commands[start:start + PIPELINE]:
-                command(pipe)
-            await pipe.execute()
+    with bar("writing", len(commands), "keys", scale=True) as shown:
+        for start in range(0, len(commands), PIPELINE):
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for command in commands[start:start + PIPELINE]:
+                    command(pipe)
+                await pipe.execute()
+            shown.update(len(commands[start:start + PIPELINE]))
     return LoadReport(len(events), len(fx.histories), len(fx.names),
                       time.perf_counter() - started)
 

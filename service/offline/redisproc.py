@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from service.failures import Refused
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -74,7 +76,7 @@ class RedisProcess(_Throwaway):
                  port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not on PATH: install it with "
+            raise Refused("redis-server is not on PATH: install it with "
                                "'apt-get install redis-server' (or 'brew install redis')")
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="sessionrec-")
         self.directory = directory or Path(self._tmp.name)  # type: ignore[union-attr]
@@ -121,7 +123,7 @@ class RedisClusterProcess(_Throwaway):
                  directory: Path | None = None) -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
-            raise RuntimeError("redis-cli is not on PATH: install it with "
+            raise Refused("redis-cli is not on PATH: install it with "
                                "'apt-get install redis-server' (or 'brew install redis')")
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="sessionrec-c-")
         root = directory or Path(self._tmp.name)  # type: ignore[union-attr]

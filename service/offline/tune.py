@@ -19,6 +19,7 @@ import numpy as np
 
 from service.offline.clicklog import ClickLog
 from service.offline.evaluate import Result, ServedModel, run_static
+from service.offline.progress import above_bars, bar
 from service.settings import ENV_PREFIX, Settings
 
 STATE = ("index_cap", "history_cap")
@@ -60,6 +61,7 @@ async def tune(settings: Settings, train: ClickLog, *, valid_fraction: float = 0
                rounds: int = 2, log: Callable[[str], None] = print) -> tuple[Settings,
                                                                              list[Trial]]:
     fit, valid = split_validation(train, valid_fraction)
+    log = above_bars(log)
     names = list(params or GRID)
     best = settings
     trials: list[Trial] = []
@@ -88,16 +90,18 @@ async def tune(settings: Settings, train: ClickLog, *, valid_fraction: float = 0
         return cache[key]
 
     best_score = await score(best)
-    for _ in range(rounds):
+    for round_ in range(1, rounds + 1):
         improved = False
-        for name in names:
-            for value in GRID[name]:
-                kind = type(getattr(best, name))
-                candidate = best.replace(**{name: kind(value)})
-                s = await score(candidate)
-                if s > best_score + 1e-6:
-                    best, best_score, improved = candidate, s, True
-                    log(f"best so far: {name}={value} ({best_score:.4f})")
+        with bar(f"round {round_}", sum(len(GRID[n]) for n in names), "candidates") as shown:
+            for name in names:
+                for value in GRID[name]:
+                    kind = type(getattr(best, name))
+                    candidate = best.replace(**{name: kind(value)})
+                    s = await score(candidate)
+                    shown.update()
+                    if s > best_score + 1e-6:
+                        best, best_score, improved = candidate, s, True
+                        log(f"best so far: {name}={value} ({best_score:.4f})")
         if not improved:
             break
     return best, trials

@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import kernel
 from service.core.scoring import F64, U64, Params, Query
+from service.failures import Refused
 from service.settings import Settings
 from service.store import transport
 from service.store.keyspace import Keys
@@ -67,7 +68,11 @@ CLUSTER_SCHEME = "redis+cluster://"
 Command = tuple[bytes, list[bytes | str]]
 
 
-class UnsafeRedis(RuntimeError):
+class BadUrl(Refused, ValueError):
+    """A Redis URL that names no usable node."""
+
+
+class UnsafeRedis(Refused, RuntimeError):
     """A Redis configured to lose what exactly-once depends on."""
 
 
@@ -381,11 +386,11 @@ def cluster_seeds(url: str) -> list[ClusterNode]:
     for part in filter(None, hosts.split(",")):
         host, _, port = part.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"redis_url: {part!r} is not host:port; write "
+            raise BadUrl(f"redis_url: {part!r} is not host:port; write "
                              "redis+cluster://host:port[,host:port...]")
         seeds.append(ClusterNode(host.strip("[]"), int(port)))
     if not seeds:
-        raise ValueError("redis_url: name at least one seed node, as in "
+        raise BadUrl("redis_url: name at least one seed node, as in "
                          "redis+cluster://127.0.0.1:7000")
     return seeds
 

@@ -38,6 +38,7 @@ from service.core.model import TYPE_RATING, Event
 from service.core.modelparams import ModelRecord
 from service.core.rules import CatalogueIndex
 from service.core.stream import encode, number, pack_events, unpack_events
+from service.failures import Refused
 from service.settings import Settings
 from service.store.backends import REDIS_FAILURES, open_backend
 from service.store.caches import FrequencyCache, NameCache
@@ -60,6 +61,10 @@ the API answers 503 (retry later) instead of growing Redis."""
 MODEL_WRITE_TRIES = 20
 """Attempts at a model record change while other writers keep writing first."""
 
+
+
+class OtherPartitions(Refused, RuntimeError):
+    """The namespace was laid out with another partition count than this process'."""
 
 class ModelContention(Exception):
     """The model record kept changing under a write (answered 503: retry)."""
@@ -151,7 +156,7 @@ class Store:
         await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
         stored = int(await self.redis.hget(meta, "partitions") or 0)
         if stored != self.settings.partitions:
-            raise RuntimeError(
+            raise OtherPartitions(
                 f"namespace {self.settings.namespace!r} was created with {stored} partitions; "
                 f"this process is configured with {self.settings.partitions}. Use the same "
                 "SESSIONREC_PARTITIONS everywhere, or another SESSIONREC_NAMESPACE.")
