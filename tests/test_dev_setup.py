@@ -15,7 +15,7 @@ APT_GET = """#!/bin/sh
 # a stand-in apt-get: records what it was asked, and "installs" it as stub programs
 echo "$@" >> "{log}"
 case "$1" in install)
-  for program in redis-server redis-cli chromium node nginx; do
+  for program in redis-server redis-cli chromium node nginx curl; do
     printf '#!/bin/sh\\n' > "{bin}/$program"; chmod +x "{bin}/$program"
   done ;;
 esac
@@ -42,7 +42,7 @@ def test_dev_setup_installs_every_program_the_suite_needs(tmp_path: Path) -> Non
     assert calls[0].startswith("update")
     requested = set(calls[1].split()[1:])
     # nginx may already be in /usr/sbin here (dev looks there too); the rest never is on PATH
-    assert {"redis-server", "chromium", "nodejs"} <= requested, calls
+    assert {"redis-server", "chromium", "nodejs", "curl"} <= requested, calls
     if not os.path.exists("/usr/sbin/nginx"):
         assert "nginx" in requested
     again = subprocess.run(["/bin/sh", str(ROOT / "dev"), "setup"], capture_output=True,
