@@ -12,9 +12,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.api.recommend import Answer
+from service.core.layout import session_hash
 from service.core.model import Event
 from service.offline.statecheck import differences, learned_state
 from service.settings import Settings
+from service.store.keyspace import Keys
 from service.store.state import Store
 from workers.consumer import Worker
 
@@ -90,10 +92,31 @@ async def clean_reference(settings: Settings, events: list[Event]) -> Settings:
     return clean
 
 
-async def snapshot(client: Any, namespace: str, index_cap: int = Settings.index_cap
-                   ) -> dict[str, Any]:
-    """The namespace's learned state, key by key (compare two with ``assert_same_state``)."""
-    return await learned_state(client, namespace, index_cap)
+async def snapshot(client: Any, namespace: str, index_cap: int = Settings.index_cap,
+                   arrival_times: bool = False) -> dict[str, Any]:
+    """The namespace's learned state, key by key (compare two with ``assert_same_state``);
+    arrival times only with ``arrival_times`` (they are the stream entries' ids)."""
+    return await learned_state(client, namespace, index_cap, arrival_times)
+
+
+async def stream_arrivals(client: Any, settings: Settings) -> dict[bytes, float]:
+    """Per session, when its first learned event reached the server: the id of its first
+    entry in its partition stream (read before any trim; every session new)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    out: dict[bytes, float] = {}
+    for p in range(settings.partitions):
+        for entry_id, fields in await client.xrange(keys.stream(p)):
+            if fields.get(b"type", b"view") != b"impression":
+                # an entry id is "<ms>-<seq>": Redis' clock when it took the entry
+                out.setdefault(session_hash(fields[b"session"].decode()),
+                               float(entry_id.decode().partition("-")[0]))
+    return out
+
+
+def arrivals_of(state: dict[str, Any]) -> dict[bytes, float]:
+    """The arrival times of a ``snapshot(..., arrival_times=True)``, all partitions'."""
+    return {session: t for key, members in state.items() if key.endswith(":arrivals")
+            for session, t in members.items()}
 
 
 def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:

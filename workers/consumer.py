@@ -41,7 +41,14 @@ from service.core.layout import (
     partition_of,
     session_hash,
 )
-from service.core.model import IMPRESSION, Event, apply_events, no_later_than, sessions_of
+from service.core.model import (
+    IMPRESSION,
+    Event,
+    apply_events,
+    arrival_of,
+    no_later_than,
+    sessions_of,
+)
 from service.core.modelparams import ModelRecord, latest_run, tuning_due
 from service.core.series import FRESHNESS_MS, MinuteTally
 from service.core.stream import BadEntry, decode_flat, fields_of
@@ -479,22 +486,27 @@ class Worker:
                 start += 1
             fresh = fresh[start:]
         events: list[Event] = []
+        arrived: list[str] = []  # each event's entry id: when the server accepted it
         dead: list[tuple[Entry, str]] = []
         for entry, ev in fresh:
             if isinstance(ev, Event):
                 events.append(ev)
+                arrived.append(entry.id)
             else:
                 dead.append((entry, ev))
         feedback = await self._feedback_counts(events)
         learned = [ev for ev in events if ev.type != IMPRESSION]
         impressions = len(events) - len(learned)  # consumed and counted, never learned
-        events = learned
         unlisted = 0
-        if self.settings.catalog_only and events:
-            listed = await self.listed({ev.item_id for ev in events})
-            kept_events = [ev for ev in events if ev.item_id in listed]
-            unlisted, events = len(events) - len(kept_events), kept_events
-        effects = apply_events(histories, events, self.settings.history_cap)
+        if self.settings.catalog_only and learned:
+            listed = await self.listed({ev.item_id for ev in learned})
+            unlisted = len(learned) - sum(ev.item_id in listed for ev in learned)
+        if impressions or unlisted:
+            kept = [n for n, ev in enumerate(events) if ev.type != IMPRESSION
+                    and (not unlisted or ev.item_id in listed)]
+            events, arrived = [events[n] for n in kept], [arrived[n] for n in kept]
+        effects = apply_events(histories, events, self.settings.history_cap,
+                               lambda n: arrival_of(arrived[n]))
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
         commit = self.commits.commit_call(
