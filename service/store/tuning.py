@@ -16,6 +16,13 @@ from service.settings import Settings
 from service.store.keyspace import Keys
 from service.store.scripts import Scripts
 
+RUN_COMMAND = (sys.executable, "-P", "-m", "service.cli")
+"""How a run's process starts: ``-m`` alone would put the working directory first on the
+import path, so a ``service/cli.py`` planted where a serve process or a worker runs would run
+in its place. ``-P`` leaves it out: only the installed package is imported (a normal install,
+an editable one through its finder, a user install; ``PYTHONPATH`` is the operator's and
+still counts; ``-I`` would lose user installs)."""
+
 _REAPERS: set[asyncio.Task[int]] = set()
 """One task per started process, waiting for it to end (no zombies)."""
 
@@ -37,7 +44,7 @@ async def start_run(client: aioredis.Redis, scripts: Scripts, keys: Keys, settin
         return await running(client, keys), False
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.cli", "--log-level", "WARNING", "tune", "--apply",
+            *RUN_COMMAND, "--log-level", "WARNING", "tune", "--apply",
             "--run-id", run_id, "--trigger", trigger,
             env={**os.environ, **settings.to_env()},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
