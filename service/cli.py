@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-http", dest="http", action="store_false",
                           help="call the serving code directly instead of through HTTP")
     evaluate.add_argument("--self-tune", action="store_true",
-                          help="sessionrec through HTTP only: the training log sent with POST "
-                               "/events, one tuning run (POST /admin/tune, GET /model to its "
-                               "end), then the test through POST /iid_recommend")
+                          help="sessionrec tuning itself: the training log loaded, one "
+                               "tuning run (POST /admin/tune, GET /model to its end), then "
+                               "the test through POST /iid_recommend")
     evaluate.add_argument("--out", default=None,
                           help="write the Markdown report and PNG chart with this path prefix")
     evaluate.add_argument("--title", default=None, help="report title")

@@ -12,8 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.api.recommend import Answer
-from service.core.layout import session_hash
+from service.core.layout import partition_of, session_hash
 from service.core.model import Event
+from service.core.stream import encode
 from service.offline.statecheck import differences, learned_state
 from service.settings import Settings
 from service.store.keyspace import Keys
@@ -82,6 +83,27 @@ async def ingest(settings: Settings, events: list[Event], batch: int = 200) -> N
             await store.ingest(events[start:start + batch])
     finally:
         await store.close()
+
+
+async def arrive(settings: Settings, events: list[Event]) -> None:
+    """``events`` accepted as if each had reached the server at its own timestamp (entry ids
+    from their times, as a producer writing to the streams directly may), in time order, then
+    applied: traffic that arrived over hours or days, in a test that takes a second. Entry
+    ids only grow: a later call must bring later events."""
+    store = Store(settings)
+    try:
+        await store.prepare()
+        ordered = sorted(events, key=lambda ev: ev.timestamp)
+        for start in range(0, len(ordered), 500):
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for ev in ordered[start:start + 500]:
+                    p = partition_of(session_hash(ev.session_id), settings.partitions)
+                    pipe.xadd(store.keys.stream(p), encode(ev),  # type: ignore[arg-type]
+                              id=f"{round(ev.timestamp * 1000)}-*")
+                await pipe.execute()
+    finally:
+        await store.close()
+    await drain(settings)
 
 
 async def clean_reference(settings: Settings, events: list[Event]) -> Settings:

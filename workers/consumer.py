@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -49,7 +48,6 @@ from service.core.model import (
     no_later_than,
     sessions_of,
 )
-from service.core.modelparams import ModelRecord, latest_run, tuning_due
 from service.core.series import FRESHNESS_MS, MinuteTally
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
@@ -156,10 +154,10 @@ class Worker:
                     grouped = True
                 await self.balance()
                 # a tuning run is a process of its own: none can share an embedded Redis
-                if self.settings.auto_tune and self.backend.other_processes and \
+                if self.backend.other_processes and \
                         time.monotonic() - last_tune_check > self.auto_tune_every:
                     last_tune_check = time.monotonic()
-                    await self.maybe_tune()
+                    await self.check_tuning()
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     await self.trim()
                     last_trim = time.monotonic()
@@ -176,24 +174,13 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def maybe_tune(self) -> None:
-        """Start an automatic tuning run when one is due (``core.modelparams.tuning_due``) and
-        none is running: whichever worker checks first takes the tuning lease."""
-        record = ModelRecord.from_fields(cast(dict[bytes, bytes],
-                                              await self.redis.hgetall(self.keys.model())))
-        sessions = int(await self.redis.hget(self.keys.meta(), "sessions") or 0)
-        marker = await self.redis.get(self.keys.tune_started())
-        last = latest_run(json.loads(record.last_run) if record.last_run else None,
-                          json.loads(marker) if marker else None)
-        if not tuning_due(sessions, last, time.time(),
-                          min_sessions=self.settings.tune_min_sessions,
-                          min_interval=self.settings.tune_min_interval):
-            return
-        run_id, started = await tuning.start_run(self.redis, self.scripts, self.keys,
-                                                 self.settings, "auto")
-        if started:
-            log.info("worker %s: tuning run %s started (%d sessions learned)", self.id,
-                     run_id, sessions)
+    async def check_tuning(self) -> None:
+        """With ``--auto-tune``, start an automatic run if one is due (``store/tuning.py``)."""
+        if self.settings.auto_tune:
+            run_id = await tuning.start_if_due(self.redis, self.scripts, self.keys,
+                                               self.settings)
+            if run_id is not None:
+                log.info("worker %s: automatic tuning run %s started", self.id, run_id)
 
     async def regroup(self) -> None:
         """After Redis lost its data: the consumer groups again (from the start of each new

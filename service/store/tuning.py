@@ -1,17 +1,34 @@
-"""Starting a tuning run: the tuning lease taken in the new run's name, then ``sessionrec tune
---apply`` as a process of its own (it renews the lease, lowers its own priority and releases
-the lease when done). The API (``POST /admin/tune``) and the workers (automatic runs) start
-runs so; neither imports the tuning code, which is an offline tool."""
+"""Tuning runs seen from outside their process. Starting one: the tuning lease taken in the
+new run's name, then ``sessionrec tune --apply`` as a process of its own (it renews the lease,
+lowers its own priority and releases the lease when done), importing the installed package
+only. The API (``POST /admin/tune``) and the workers (automatic runs) start runs so; neither
+imports the tuning code, which is an offline tool. The workers' check: an automatic run
+starts when one is due. And what both read of the sessions' arrivals
+(``service/core/model.py``): the windows, newest first, and their sessions."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from service.core.modelparams import (
+    ARRIVAL_WINDOW,
+    HOLDOUT_SLICES,
+    ModelRecord,
+    latest_run,
+    tuning_due,
+    tuning_may_be_due,
+    tuning_target,
+    window_of,
+)
 from service.settings import Settings
 from service.store.keyspace import Keys
 from service.store.scripts import Scripts
@@ -55,3 +72,92 @@ async def start_run(client: aioredis.Redis, scripts: Scripts, keys: Keys, settin
     _REAPERS.add(reaper)
     reaper.add_done_callback(_REAPERS.discard)
     return run_id, True
+
+
+async def last_finished(client: aioredis.Redis, keys: Keys) -> dict[str, Any] | None:
+    """The last finished run's record (the model record's ``last_run``)."""
+    record = ModelRecord.from_fields(cast(dict[bytes, bytes],
+                                          await client.hgetall(keys.model())))
+    return json.loads(record.last_run) if record.last_run else None
+
+
+async def start_if_due(client: aioredis.Redis, scripts: Scripts, keys: Keys,
+                       settings: Settings) -> str | None:
+    """Start an automatic run when one is due (``core.modelparams.tuning_due``: counted from
+    the sessions' arrivals) and none is running: whichever worker checks first takes the
+    lease. The new run's id, if this call started one."""
+    sessions = int(await client.hget(keys.meta(), "sessions") or 0)
+    marker = await client.get(keys.tune_started())
+    last = latest_run(await last_finished(client, keys), json.loads(marker) if marker else None)
+    now = time.time()
+    least, every = settings.tune_min_sessions, settings.tune_min_interval
+    # two numbers first: the arrivals are read only when the learned count could be enough
+    if not tuning_may_be_due(sessions, last, now, min_sessions=least, min_interval=every):
+        return None
+    target = tuning_target(last, least)
+    arrived = await arrived_since(client, keys,
+                                  float(last["started_at"]) * 1000 if last else None, target,
+                                  -(-target // HOLDOUT_SLICES))
+    if not tuning_due(arrived, last, now, min_sessions=least, min_interval=every):
+        return None
+    run_id, started = await start_run(client, scripts, keys, settings, "auto")
+    return run_id if started else None
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """A WITHSCORES reply as (member, score) pairs: flat as RESP2 sends it, or paired."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(member, float(score)) for member, score in reply]
+    return [(member, float(score)) for member, score in zip(reply[::2], reply[1::2],
+                                                                strict=True)]
+
+
+async def _each_partition(client: aioredis.Redis, keys: Keys, command: str,
+                          *args: str | int) -> list[Any]:
+    """``command`` on every partition's arrivals, in one round trip (a node each, clustered)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for p in range(keys.partitions):
+            pipe.execute_command(command, keys.arrivals(p), *args)
+        return list(await pipe.execute())
+
+
+async def arrival_windows(client: aioredis.Redis, keys: Keys, since_ms: float | None = None
+                          ) -> AsyncIterator[tuple[int, str, str]]:
+    """The arrival windows that hold sessions, newest first, each as (window, lowest score,
+    highest score) bounds for ZCOUNT or ZRANGEBYSCORE; only arrivals after ``since_ms``."""
+    floor = "-inf" if since_ms is None else f"({since_ms!r}"
+    ceiling = "+inf"
+    while True:
+        newest = [score for reply in await _each_partition(
+            client, keys, "ZREVRANGEBYSCORE", ceiling, floor, "WITHSCORES", "LIMIT", 0, 1)
+            for _, score in _pairs(reply)]
+        if not newest:
+            return
+        window = window_of(max(newest))
+        start = window * ARRIVAL_WINDOW * 1000
+        low = floor if since_ms is not None and since_ms >= start else str(start)
+        yield window, low, ceiling
+        ceiling = f"({start}"
+
+
+async def arrived_in(client: aioredis.Redis, keys: Keys, low: str, high: str
+                     ) -> list[tuple[bytes, float]]:
+    """The sessions (hash, arrival ms) of every partition that arrived within the bounds."""
+    out: list[tuple[bytes, float]] = []
+    for reply in await _each_partition(client, keys, "ZRANGEBYSCORE", low, high, "WITHSCORES"):
+        out += _pairs(reply)
+    return out
+
+
+async def arrived_since(client: aioredis.Redis, keys: Keys, since_ms: float | None,
+                        enough: int, per_window: int) -> dict[int, int]:
+    """Sessions that arrived after ``since_ms``, per window, newest windows first, until their
+    sum counting at most ``per_window`` a window reaches ``enough`` (what ``tuning_due``
+    weighs: reading further back would not change its answer)."""
+    out: dict[int, int] = {}
+    async for window, low, high in arrival_windows(client, keys, since_ms):
+        counts = await _each_partition(client, keys, "ZCOUNT", low, high)
+        out[window] = sum(int(n) for n in counts)
+        if sum(min(n, per_window) for n in out.values()) >= enough:
+            break
+    return out
