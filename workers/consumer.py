@@ -175,7 +175,13 @@ class Worker:
         self.stopping.set()
 
     async def check_tuning(self) -> None:
-        """With ``--auto-tune``, start an automatic run if one is due (``store/tuning.py``)."""
+        """Take back the tuning lease from a run that finished but still holds it, then (with
+        ``--auto-tune``) start an automatic run if one is due (``store/tuning.py``)."""
+        finished = await tuning.reclaim_lease(self.redis, self.scripts, self.keys,
+                                              self.settings)
+        if finished is not None:
+            log.warning("worker %s: took the tuning lease back from run %s, which finished "
+                        "but still held it", self.id, finished)
         if self.settings.auto_tune:
             run_id = await tuning.start_if_due(self.redis, self.scripts, self.keys,
                                                self.settings)

@@ -1,10 +1,11 @@
 """Tuning runs seen from outside their process. Starting one: the tuning lease taken in the
 new run's name, then ``sessionrec tune --apply`` as a process of its own (it renews the lease,
-lowers its own priority and releases the lease when done), importing the installed package
-only. The API (``POST /admin/tune``) and the workers (automatic runs) start runs so; neither
-imports the tuning code, which is an offline tool. The workers' check: an automatic run
-starts when one is due. And what both read of the sessions' arrivals
-(``service/core/model.py``): the windows, newest first, and their sessions."""
+lowers its own priority, stops by its deadline and releases the lease), importing the installed
+package only. The API (``POST /admin/tune``) and the workers (automatic runs) start runs so;
+neither imports the tuning code, which is an offline tool. The workers' check: a lease left
+by a run that finished is taken back, and an automatic run starts when one is due. And what
+both read of the sessions' arrivals (``service/core/model.py``): the windows, newest first,
+and their sessions."""
 
 from __future__ import annotations
 
@@ -79,6 +80,22 @@ async def last_finished(client: aioredis.Redis, keys: Keys) -> dict[str, Any] | 
     record = ModelRecord.from_fields(cast(dict[bytes, bytes],
                                           await client.hgetall(keys.model())))
     return json.loads(record.last_run) if record.last_run else None
+
+
+async def reclaim_lease(client: aioredis.Redis, scripts: Scripts, keys: Keys,
+                        settings: Settings) -> str | None:
+    """Take the tuning lease back from a run whose record says it finished (its process, with
+    nothing left to do, still renews it: it would hold every later run off for good); the
+    lease goes only if it is still that run's (compare and delete), and the process, told by
+    its next renewal that the lease is no longer its own, exits. The run's id, if taken."""
+    finished = await last_finished(client, keys)
+    if finished is None or finished.get("finished_at") is None:
+        return None
+    holder = await running(client, keys)
+    if holder is None or holder != finished.get("id"):
+        return None
+    await scripts.lease(keys.tune_lease(), holder, settings.tune_lease_ms, "release")
+    return holder
 
 
 async def start_if_due(client: aioredis.Redis, scripts: Scripts, keys: Keys,
