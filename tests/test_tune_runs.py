@@ -106,6 +106,22 @@ async def test_a_run_that_waits_forever_stops_at_its_deadline_and_releases_its_l
         await store.close()
 
 
+async def test_a_run_called_in_process_leaves_its_caller_alive(settings: Settings) -> None:
+    """The timers that end a run's process when its event loop never comes back are
+    cancelled once it does: a program that runs the command in process goes on."""
+    quick = settings.replace(tune_lease_ms=900)
+    later = "import time\ntime.sleep(1.5)\nprint('still here')"  # five renewal periods
+    code = ("import sys\nfrom service.cli import main\n"
+            "main(sys.argv[1:])\n" + later)
+    done = await asyncio.to_thread(
+        subprocess.run, [*RUN_COMMAND[:2], "-c", code, "--log-level", "WARNING", "tune",
+                         "--apply", "--run-id", "in-process"],
+        env={**os.environ, **quick.to_env()}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[0])["id"] == \
+        "in-process", done.stderr
+    assert "still here" in done.stdout
+
+
 async def test_a_worker_takes_the_lease_back_from_a_finished_run_that_still_renews_it(
         settings: Settings) -> None:
     """The record says the run finished; its process still renews the lease. A worker (with

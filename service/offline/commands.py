@@ -150,12 +150,13 @@ def live_tune_command(args: argparse.Namespace) -> int:
     code = [1]
     # the last resort, should even the event loop never come back: the process ends, and
     # its lease lapses within tune_lease_ms
-    last_resort = exit_after(settings.tune_deadline + 6 * renewal_period(settings), code)
+    exits = [exit_after(settings.tune_deadline + 6 * renewal_period(settings), code)]
     try:
-        code[0] = asyncio.run(run_under_lease(settings, run_id, args.trigger, code))
+        code[0] = asyncio.run(run_under_lease(settings, run_id, args.trigger, code, exits))
         return code[0]
     finally:
-        last_resort.cancel()
+        for timer in exits:  # the event loop came back: the caller ends the process
+            timer.cancel()
 
 
 def exit_after(seconds: float, code: list[int]) -> threading.Timer:
@@ -166,11 +167,13 @@ def exit_after(seconds: float, code: list[int]) -> threading.Timer:
     return timer
 
 
-async def run_under_lease(settings: Settings, run_id: str, trigger: str,
-                          code: list[int]) -> int:
+async def run_under_lease(settings: Settings, run_id: str, trigger: str, code: list[int],
+                          exits: list[threading.Timer]) -> int:
     """The run (``tune_live``) as a task beside the keeper of its lease, both stopped by the
     deadline; then the lease released and the store closed, each bounded. Once this returns
-    (or raises) the process has a ``renewal_period`` to exit on its own."""
+    (or raises), the event loop has a ``renewal_period`` to shut down (a task that swallows
+    its cancellation would hold ``asyncio.run`` for good) before ``exits`` ends the
+    process."""
     import json
 
     from service.core.scoring import Params
@@ -217,7 +220,7 @@ async def run_under_lease(settings: Settings, run_id: str, trigger: str,
         with contextlib.suppress(*REDIS_FAILURES):
             await asyncio.wait_for(store.close(), renewal_period(settings))
         sys.stdout.flush()  # the record printed reaches its reader even if the exit is forced
-        exit_after(renewal_period(settings), code)
+        exits.append(exit_after(renewal_period(settings), code))
 
 
 async def keep_lease(store: Store, run_id: str, settings: Settings, stop: asyncio.Event,
