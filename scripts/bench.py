@@ -450,7 +450,13 @@ def redis_benchmark_hincrby(url_port: int, n: int = 2_000_000) -> float:
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
 
 
-async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float]:
+async def _redis_cpu(store: Store) -> float:
+    """Seconds of CPU the Redis server has used (system and user)."""
+    info = await store.redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float, float, float]:
     train = clicklog.read(data / "train.tsv")
     # the poll waits behind the worker's commits: a timeout here would only end the benchmark
     store = Store(settings.replace(redis_timeout=30.0))
@@ -464,30 +470,36 @@ async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float]:
     gc.collect()
     tune_gc()
     worker = Worker(settings, worker_id="bench")
-    started = time.perf_counter()
+    started, cpu, redis_cpu = time.perf_counter(), time.process_time(), await _redis_cpu(store)
     task = asyncio.create_task(worker.run())
     while (await store.stats())["pending"] > 0:
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
+    # CPU time per event as well: on a machine shared with other work, wall-clock rates
+    # follow the neighbours' load more than the code's cost
+    cpu, redis_cpu = time.process_time() - cpu, await _redis_cpu(store) - redis_cpu
     worker.stop()
     await task
     await worker.redis.aclose()
     await store.close()
-    return n, elapsed
+    return n, elapsed, cpu, redis_cpu
 
 
 def bench_worker(settings: Settings, data: Path, rounds: int) -> dict[str, Any]:
-    rates, raw = [], []
+    rates, raw, worker_cpu, redis_cpu = [], [], [], []
     port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
     for r in range(rounds):
         raw.append(redis_benchmark_hincrby(port))
         s = settings.replace(namespace=f"{settings.namespace}-w{r}")
-        n, seconds = asyncio.run(_drain_worker(s, data))
+        n, seconds, cpu, server_cpu = asyncio.run(_drain_worker(s, data))
         rates.append(n / seconds)
+        worker_cpu.append(cpu / n * 1e6)
+        redis_cpu.append(server_cpu / n * 1e6)
     # per event the commit issues about 5 Redis writes (index splice, history, frequency,
     # name, trending) plus its share of the batch's XACK and bookkeeping
     updates = median(rates) * 5
     return {"events": n, "worker events/s": median(rates),
+            "worker CPU us/event": median(worker_cpu), "Redis CPU us/event": median(redis_cpu),
             "implied Redis updates/s": updates,
             "redis-benchmark pipelined HINCRBY/s": median(raw),
             "updates / raw Redis limit": updates / median(raw), "rounds": rounds}

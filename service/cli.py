@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--no-http", dest="http", action="store_false",
                         help="call the serving code directly instead of through HTTP")
     served.add_argument("--self-tune", action="store_true",
-                        help="sessionrec through HTTP only: the training log sent with POST "
-                             "/events, one tuning run (POST /admin/tune, GET /model to its "
-                             "end), then the test through POST /iid_recommend")
+                        help="sessionrec tuning itself: the training log loaded, one tuning "
+                             "run (POST /admin/tune, GET /model to its end), then the test "
+                             "through POST /iid_recommend")
     evaluate.add_argument("--out", default=None, metavar="PREFIX",
                           help="write the Markdown report (PREFIX.md) and, with matplotlib "
                                "(pip install 'sessionrec[eval]'), its charts (PREFIX-*.png); "
@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training click log (never the test): tune on its validation split "
                            "and write the best parameters to --out")
     mode.add_argument("--apply", action="store_true",
-                      help="tune on the learned state in Redis (a holdout of its most recent "
-                           "sessions) and promote the best parameters into the shared model "
-                           "record if they beat the ones in force")
+                      help="tune on the learned state in Redis (a holdout of its most recently "
+                           "arrived sessions) and promote the best parameters into the shared "
+                           "model record if they beat the ones in force")
     tuner.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     tuner.add_argument("--trigger", default="cli", choices=("cli", "admin", "auto"),
                        help=argparse.SUPPRESS)

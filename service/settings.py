@@ -244,6 +244,12 @@ class Settings:
         metadata=_doc("The tuning lease (one run at a time), renewed every third of it while "
                       "a run lives: a run killed midway holds it this long at most.",
                       commands=("serve", "worker", "demo", "tune")))
+    tune_deadline: float = field(
+        default=3600.0,
+        metadata=_doc("Seconds a tuning run may take: past them it stops unpromoted, "
+                      "releases the lease and exits, whatever it was waiting for (runs that "
+                      "workers and POST /admin/tune start read it from the environment).",
+                      commands=("tune",)))
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):
@@ -377,7 +383,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                 "before_weight", "position_decay", "idf_weight", "repeat_weight"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
-    "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms"),
+    "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms",
+               "tune_deadline"),
 }
 """The settings by concern: the README's table and ``--help`` are grouped so."""
 assert sorted(n for names in SECTIONS.values() for n in names) == \

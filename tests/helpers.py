@@ -12,9 +12,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.api.recommend import Answer
+from service.core.layout import partition_of, session_hash
 from service.core.model import Event
+from service.core.stream import encode
 from service.offline.statecheck import differences, learned_state
 from service.settings import Settings
+from service.store.keyspace import Keys
 from service.store.state import Store
 from workers.consumer import Worker
 
@@ -82,6 +85,27 @@ async def ingest(settings: Settings, events: list[Event], batch: int = 200) -> N
         await store.close()
 
 
+async def arrive(settings: Settings, events: list[Event]) -> None:
+    """``events`` accepted as if each had reached the server at its own timestamp (entry ids
+    from their times, as a producer writing to the streams directly may), in time order, then
+    applied: traffic that arrived over hours or days, in a test that takes a second. Entry
+    ids only grow: a later call must bring later events."""
+    store = Store(settings)
+    try:
+        await store.prepare()
+        ordered = sorted(events, key=lambda ev: ev.timestamp)
+        for start in range(0, len(ordered), 500):
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for ev in ordered[start:start + 500]:
+                    p = partition_of(session_hash(ev.session_id), settings.partitions)
+                    pipe.xadd(store.keys.stream(p), encode(ev),  # type: ignore[arg-type]
+                              id=f"{round(ev.timestamp * 1000)}-*")
+                await pipe.execute()
+    finally:
+        await store.close()
+    await drain(settings)
+
+
 async def clean_reference(settings: Settings, events: list[Event]) -> Settings:
     """One clean pass over ``events`` in a namespace of its own: the state to compare with."""
     clean = settings.replace(namespace=settings.namespace + "-clean")
@@ -90,10 +114,31 @@ async def clean_reference(settings: Settings, events: list[Event]) -> Settings:
     return clean
 
 
-async def snapshot(client: Any, namespace: str, index_cap: int = Settings.index_cap
-                   ) -> dict[str, Any]:
-    """The namespace's learned state, key by key (compare two with ``assert_same_state``)."""
-    return await learned_state(client, namespace, index_cap)
+async def snapshot(client: Any, namespace: str, index_cap: int = Settings.index_cap,
+                   arrival_times: bool = False) -> dict[str, Any]:
+    """The namespace's learned state, key by key (compare two with ``assert_same_state``);
+    arrival times only with ``arrival_times`` (they are the stream entries' ids)."""
+    return await learned_state(client, namespace, index_cap, arrival_times)
+
+
+async def stream_arrivals(client: Any, settings: Settings) -> dict[bytes, float]:
+    """Per session, when its first learned event reached the server: the id of its first
+    entry in its partition stream (read before any trim; every session new)."""
+    keys = Keys(settings.namespace, settings.partitions)
+    out: dict[bytes, float] = {}
+    for p in range(settings.partitions):
+        for entry_id, fields in await client.xrange(keys.stream(p)):
+            if fields.get(b"type", b"view") != b"impression":
+                # an entry id is "<ms>-<seq>": Redis' clock when it took the entry
+                out.setdefault(session_hash(fields[b"session"].decode()),
+                               float(entry_id.decode().partition("-")[0]))
+    return out
+
+
+def arrivals_of(state: dict[str, Any]) -> dict[bytes, float]:
+    """The arrival times of a ``snapshot(..., arrival_times=True)``, all partitions'."""
+    return {session: t for key, members in state.items() if key.endswith(":arrivals")
+            for session, t in members.items()}
 
 
 def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:

@@ -44,6 +44,21 @@ def test_history_and_index_entries() -> None:
     assert fx.applied == 3 and len(fx.trend) == 3
 
 
+def test_a_session_arrives_with_its_first_learned_event_and_only_when_it_starts() -> None:
+    """The server's time of the event that starts a history (an impression starts none);
+    a session with a kept history arrived before. Without arrival times, the event's own."""
+    evs = [Event("a", "x", 50.0, "impression"), Event("a", "x", 40.0), Event("b", "y", 10.0),
+           Event("a", "z", 41.0), Event("old", "x", 5.0)]
+    kept = {session_hash("old"): apply_events({}, [Event("old", "w", 1.0)], 10).histories[
+        session_hash("old")]}
+    fx = apply_events(kept, evs, 10, lambda n: 1000 + n)
+    assert fx.arrivals == {session_hash("a"): 1001, session_hash("b"): 1002}
+    assert fx.new_sessions == 2
+    assert apply_events({}, evs, 10).arrivals == {session_hash("a"): 40_000,
+                                                  session_hash("b"): 10_000,
+                                                  session_hash("old"): 5_000}
+
+
 def test_history_is_capped_to_the_latest_events() -> None:
     fx = apply_events({}, [Event("s", str(n), float(n)) for n in range(8)], history_cap=5)
     kept = split_entries(fx.histories[session_hash("s")])

@@ -19,11 +19,13 @@ from service.settings import Settings
 from service.store.keyspace import GROUP
 from service.store.state import Store, ensure_groups
 from tests.helpers import (
+    arrivals_of,
     assert_same_state,
     clean_reference,
     drain,
     ingest,
     snapshot,
+    stream_arrivals,
     wait_drained,
 )
 from workers.consumer import Conflict, Entry, Worker
@@ -47,10 +49,12 @@ def click_log(n_events: int, seed: int = 7) -> list[Event]:
 
 async def test_redelivered_entry_changes_nothing(settings: Settings) -> None:
     await ingest(settings, click_log(300))
-    await drain(settings)
     store = Store(settings)
     r: Any = store.redis
+    arrived = await stream_arrivals(r, settings)
+    await drain(settings)
     before = await snapshot(r, settings.namespace)
+    assert arrivals_of(await snapshot(r, settings.namespace, arrival_times=True)) == arrived
     # replay every entry of partition 0 through the commit path as if redelivered
     stream = store.keys.stream(0)
     entries = [Entry(i.decode(), [x for kv in f.items() for x in kv])
@@ -60,7 +64,32 @@ async def test_redelivered_entry_changes_nothing(settings: Settings) -> None:
     await worker.process(0, entries)
     await worker.process(0, entries[:1])
     assert_same_state(await snapshot(r, settings.namespace), before)
+    # each session's arrival is its first entry's, set once: a redelivery moves none
+    assert arrivals_of(await snapshot(r, settings.namespace, arrival_times=True)) == arrived
     assert (await store.stats())["events_processed"] == 300
+    await store.close()
+
+
+async def test_a_partition_keeps_its_newest_arrivals_whatever_the_batches(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trimmed to the newest ``arrivals_kept`` by (arrival, session), batch after batch: the
+    same set as keeping them at the end (an arrival only ever moves later)."""
+    monkeypatch.setattr("workers.commit.arrivals_kept", lambda partitions: 5)
+    small = settings.replace(batch_size=7)
+    events = click_log(400, seed=3)
+    for start in range(0, 400, 50):  # several arrival times, several batches each
+        await ingest(small, events[start:start + 50], batch=10)
+        await asyncio.sleep(0.005)
+    store = Store(small)
+    r: Any = store.redis
+    arrived = await stream_arrivals(r, small)
+    await drain(small, workers=2)
+    kept = arrivals_of(await snapshot(r, small.namespace, arrival_times=True))
+    for p in range(small.partitions):
+        mine = sorted((t, s) for s, t in arrived.items() if partition_of(s, small.partitions) == p)
+        assert {s for s, t in kept.items() if partition_of(s, small.partitions) == p} == \
+            {s for _, s in mine[-5:]}
+    assert all(kept[s] == arrived[s] for s in kept)
     await store.close()
 
 
@@ -99,6 +128,7 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings: Set
     await ingest(settings, events)
     store = Store(settings)
     r: Any = store.redis
+    arrived = await stream_arrivals(r, settings)
     rnd = random.Random(3)
     kills = 0
     procs = [spawn_worker(settings), spawn_worker(settings)]
@@ -122,6 +152,8 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings: Set
     assert stats["events_processed"] == stats["events_accepted"] == 6000
     assert_same_state(await snapshot(r, settings.namespace),
                       await snapshot(r, clean.namespace))
+    # and every session's arrival is its first entry's (the clean pass' stream has its own)
+    assert arrivals_of(await snapshot(r, settings.namespace, arrival_times=True)) == arrived
     await store.close()
 
 

@@ -1,7 +1,7 @@
 """Assembling a batch's commit: the calls of ``commit.lua`` (the partition's own slot: its
-histories, watermark, XACK and dead letters) and, on a cluster, one ``apply.lua`` call per other
-slot the batch's effects land in (item shards, the global keys). Free of I/O: the consumer
-sends what this builds.
+histories, arrivals, watermark, XACK and dead letters) and, on a cluster, one ``apply.lua``
+call per other slot the batch's effects land in (item shards, the global keys). Free of I/O:
+the consumer sends what this builds.
 
 Ops (see ``service/store/lua/ops.lua``) go straight into the calls' arguments, thousands per
 batch, and name their keys by position in the call's KEYS.
@@ -17,7 +17,7 @@ from typing import Any, cast
 import orjson
 
 from service.core.layout import ITEM_SHARDS, index_limit, shard_of
-from service.core.model import Effects, trending
+from service.core.model import Effects, arrivals_kept, trending
 from service.settings import Settings
 from service.store.keyspace import GROUP, Keys
 
@@ -132,6 +132,11 @@ class CommitAssembler:
             call.args += ("X", call.ref(index_prefix[shard] + hexed), old, new)
         for session, blob in fx.histories.items():
             commit.args += ("H", commit.ref(k.history(session)), blob)
+        if fx.arrivals:  # the partition's own slot: committed with the watermark
+            commit.args += ("A", commit.ref(k.arrivals(p)), arrivals_kept(s.partitions),
+                            len(fx.arrivals))
+            for session, arrived in fx.arrivals.items():
+                commit.args += (arrived, session)
         counts: dict[int, list[Any]] = {}
         for item, n in fx.doc_freq.items():
             shard, hexed = shard_hex(item)

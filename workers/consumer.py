@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -41,8 +40,14 @@ from service.core.layout import (
     partition_of,
     session_hash,
 )
-from service.core.model import IMPRESSION, Event, apply_events, no_later_than, sessions_of
-from service.core.modelparams import ModelRecord, latest_run, tuning_due
+from service.core.model import (
+    IMPRESSION,
+    Event,
+    apply_events,
+    arrival_of,
+    no_later_than,
+    sessions_of,
+)
 from service.core.series import FRESHNESS_MS, MinuteTally
 from service.core.stream import BadEntry, decode_flat, fields_of
 from service.settings import Settings
@@ -149,10 +154,10 @@ class Worker:
                     grouped = True
                 await self.balance()
                 # a tuning run is a process of its own: none can share an embedded Redis
-                if self.settings.auto_tune and self.backend.other_processes and \
+                if self.backend.other_processes and \
                         time.monotonic() - last_tune_check > self.auto_tune_every:
                     last_tune_check = time.monotonic()
-                    await self.maybe_tune()
+                    await self.check_tuning()
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     await self.trim()
                     last_trim = time.monotonic()
@@ -169,24 +174,19 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def maybe_tune(self) -> None:
-        """Start an automatic tuning run when one is due (``core.modelparams.tuning_due``) and
-        none is running: whichever worker checks first takes the tuning lease."""
-        record = ModelRecord.from_fields(cast(dict[bytes, bytes],
-                                              await self.redis.hgetall(self.keys.model())))
-        sessions = int(await self.redis.hget(self.keys.meta(), "sessions") or 0)
-        marker = await self.redis.get(self.keys.tune_started())
-        last = latest_run(json.loads(record.last_run) if record.last_run else None,
-                          json.loads(marker) if marker else None)
-        if not tuning_due(sessions, last, time.time(),
-                          min_sessions=self.settings.tune_min_sessions,
-                          min_interval=self.settings.tune_min_interval):
-            return
-        run_id, started = await tuning.start_run(self.redis, self.scripts, self.keys,
-                                                 self.settings, "auto")
-        if started:
-            log.info("worker %s: tuning run %s started (%d sessions learned)", self.id,
-                     run_id, sessions)
+    async def check_tuning(self) -> None:
+        """Take back the tuning lease from a run that finished but still holds it, then (with
+        ``--auto-tune``) start an automatic run if one is due (``store/tuning.py``)."""
+        finished = await tuning.reclaim_lease(self.redis, self.scripts, self.keys,
+                                              self.settings)
+        if finished is not None:
+            log.warning("worker %s: took the tuning lease back from run %s, which finished "
+                        "but still held it", self.id, finished)
+        if self.settings.auto_tune:
+            run_id = await tuning.start_if_due(self.redis, self.scripts, self.keys,
+                                               self.settings)
+            if run_id is not None:
+                log.info("worker %s: automatic tuning run %s started", self.id, run_id)
 
     async def regroup(self) -> None:
         """After Redis lost its data: the consumer groups again (from the start of each new
@@ -494,10 +494,12 @@ class Worker:
                 start += 1
             fresh = fresh[start:]
         events: list[Event] = []
+        arrived: list[str] = []  # each event's entry id: when the server accepted it
         dead: list[tuple[Entry, str]] = []
         for entry, ev in fresh:
             if isinstance(ev, Event):
                 events.append(ev)
+                arrived.append(entry.id)
             else:
                 dead.append((entry, ev))
         found = [claimed[entry.id] for entry, ev in fresh
@@ -508,13 +510,16 @@ class Worker:
         feedback = counted.counts if counted is not None else {}
         learned = [ev for ev in events if ev.type != IMPRESSION]
         impressions = len(events) - len(learned)  # consumed and counted, never learned
-        events = learned
         unlisted = 0
-        if self.settings.catalog_only and events:
-            listed = await self.listed({ev.item_id for ev in events})
-            kept_events = [ev for ev in events if ev.item_id in listed]
-            unlisted, events = len(events) - len(kept_events), kept_events
-        effects = apply_events(histories, events, self.settings.history_cap)
+        if self.settings.catalog_only and learned:
+            listed = await self.listed({ev.item_id for ev in learned})
+            unlisted = len(learned) - sum(ev.item_id in listed for ev in learned)
+        if impressions or unlisted:
+            kept = [n for n, ev in enumerate(events) if ev.type != IMPRESSION
+                    and (not unlisted or ev.item_id in listed)]
+            events, arrived = [events[n] for n in kept], [arrived[n] for n in kept]
+        effects = apply_events(histories, events, self.settings.history_cap,
+                               lambda n: arrival_of(arrived[n]))
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
         commit = self.commits.commit_call(

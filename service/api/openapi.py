@@ -332,11 +332,12 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "responses": {"200": model, **admin_errors}}},
             "/admin/tune": {"post": {
                 "summary": "Start a tuning run on the live state now",
-                "description": "A holdout of the most recently learned sessions, a search "
-                               "over the unpinned parameters, and a promotion only if the "
-                               "best beats the parameters in force; in a process of its own. "
-                               "202 with the run's id, or the running run's; GET /model "
-                               "reports it (tuning.state, tuning.last_run).",
+                "description": "A holdout of the sessions that arrived last (by the "
+                               "server's clock), a search over the unpinned parameters, and "
+                               "a promotion only if the best beats the parameters in force "
+                               "in every slice of arrival; in a process of its own. 202 with "
+                               "the run's id, or the running run's; GET /model reports it "
+                               "(tuning.state, tuning.last_run).",
                 "responses": {"202": done("Started", {"run": {"type": "string"}}),
                               "409": _error(), **admin_errors}}},
             "/admin/experiments/{name}": {

@@ -13,7 +13,14 @@ State (all of it derived from the event stream, and independent of how sessions 
   and what counts (what readers and state comparisons use) is its newest ``index_cap``;
 * per item, its **document frequency** (sessions that contain it) and its original id;
 * **trending**: per item ``log2(sum of weight * 2^(t / half_life))`` over its events, an
-  order-free way to keep exponentially decayed popularity without ever overflowing.
+  order-free way to keep exponentially decayed popularity without ever overflowing;
+* per partition, its sessions' **arrivals**: when the server accepted each session's first
+  event (its stream entry's id, in ms), kept for the newest ``arrivals_kept`` sessions. Event
+  timestamps are the client's (capped at arrival plus the allowed skew, freely backdated);
+  arrivals are what self-tuning orders sessions by (``service/offline/livetune.py``). A
+  session's arrival is set when it starts a history (no kept history before its event), so it
+  is a pure function of the stream, and the newest ``arrivals_kept`` by (arrival, session) is
+  the same set whatever the batches (an arrival only ever moves later, as an index entry).
 
 The rule reads a session's history, which only the worker holding the session's partition
 writes, and events of a partition are applied in stream order, so every effect is a pure
@@ -23,7 +30,7 @@ function of the events. ``apply_events`` is used by the worker, and by the bulk 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -76,6 +83,22 @@ IndexChange = tuple[bytes, bytes, bytes]
 (a named tuple's constructor costs far more)."""
 
 
+ARRIVALS_KEPT = 500_000
+"""Sessions whose arrival is kept, newest first, over all partitions: a tuning run's holdout
+reaches back a day of arrival windows at most (``service/core/modelparams.py``), and this
+bounds the arrivals' memory (a sorted-set entry each, about a hundred bytes)."""
+
+
+def arrivals_kept(partitions: int) -> int:
+    """The arrivals one partition keeps (its share of ``ARRIVALS_KEPT``)."""
+    return -(-ARRIVALS_KEPT // partitions)
+
+
+def arrival_of(entry_id: str) -> int:
+    """When the server accepted a stream entry: its id's milliseconds (Redis' clock)."""
+    return int(entry_id.partition("-")[0])
+
+
 @dataclass
 class Effects:
     """Everything one batch of events changes, ready to be committed in one step."""
@@ -86,36 +109,47 @@ class Effects:
     names: dict[bytes, str] = field(default_factory=dict)
     trend: list[tuple[str, float, float]] = field(default_factory=list)
     applied: int = 0
-    new_sessions: int = 0  # sessions without a kept history before this batch (idf's N)
+    arrivals: dict[bytes, int] = field(default_factory=dict)
+    """Sessions without a kept history before this batch, and when each arrived (ms)."""
+
+    @property
+    def new_sessions(self) -> int:
+        """Sessions that start a history in this batch (idf's N counts them)."""
+        return len(self.arrivals)
 
 
-def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
-                 history_cap: int) -> Effects:
+def apply_events(histories: dict[bytes, bytes], events: Iterable[Event], history_cap: int,
+                 arrived: Callable[[int], int] | None = None) -> Effects:
     """Fold events (in stream order) into effects, given the sessions' current histories.
 
     ``histories`` maps session hash to its stored blob (missing means new session); it is not
     modified. Per session, the item's index entry moves to the latest time the session touched
     it; an item new to the session's kept history counts once toward its document frequency.
+    ``arrived(n)``: when ``events[n]`` reached the server, in ms (the worker: its stream
+    entry's id); without it, the event's own time (a loaded log's clock is its operator's).
     (The loop is the worker's and the loader's hottest: locals bound once, plain tuples.)
     """
     fx = Effects()
-    events = (ev for ev in events if ev[3] != IMPRESSION)
-    index, doc_freq, names, trend = fx.index, fx.doc_freq, fx.names, fx.trend
+    index, doc_freq, names, trend, arrivals = fx.index, fx.doc_freq, fx.names, fx.trend, \
+        fx.arrivals
     # per session: its kept history, and per item the latest time in it (so an event costs a
     # dict lookup, not a scan of the history)
     current: dict[bytes, tuple[list[tuple[bytes, int]], dict[bytes, int]]] = {}
-    new_sessions = applied = 0
-    for ev in events:
+    applied = 0
+    for n, ev in enumerate(events):
+        if ev[3] == IMPRESSION:
+            continue
         session_id, item_id, ts = ev[0], ev[1], ev[2]
         s = session_hash(session_id)
+        tkey = time_key(ts)
         state = current.get(s)
         if state is None:
             kept = split_entries(histories.get(s, b""))
             state = current[s] = (kept, _latest(kept))
-            new_sessions += not kept
+            if not kept:
+                arrivals[s] = arrived(n) if arrived is not None else tkey // 1000
         hist, latest = state
         i = item_hash(item_id)
-        tkey = time_key(ts)
         previous = latest.get(i)
         if previous is None:
             doc_freq[i] = doc_freq.get(i, 0) + 1
@@ -133,7 +167,7 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event],
             names[i] = item_id
         trend.append((item_id, ts, 1.0))  # an interaction of any type counts once
         applied += 1
-    fx.applied, fx.new_sessions = applied, new_sessions
+    fx.applied = applied
     for s, (hist, _) in current.items():
         fx.histories[s] = history_blob(hist)
     return fx

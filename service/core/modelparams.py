@@ -116,18 +116,63 @@ class ModelRecord:
                    last_run.decode() if last_run else None)
 
 
-def tuning_due(sessions_learned: int, last_run: Mapping[str, Any] | None, now: float, *,
+ARRIVAL_WINDOW = 3600
+"""Seconds of arrival (the server's clock: when a session's first event was accepted) per
+window: the grain at which self-tuning tells one client's burst from a shop's traffic. Event
+timestamps are the client's and never order sessions for tuning."""
+
+HOLDOUT_WINDOWS = 24
+"""A run holds out at most a 24th of its sessions and of its predictions from any one arrival
+window: its holdout reaches back at least a day of a busy shop's traffic (more of a quiet
+one's), and a burst that one client sends within a window or two is a small part of it."""
+
+HOLDOUT_SLICES = 4
+"""The holdout's windows, whole and in arrival order, make this many slices of about equal
+predictions, and a promotion needs the gain in every one of them: a burst lies in one or two,
+so the rest of the holdout, traffic no burst wrote, must show the gain as well. An automatic
+run also needs its new sessions from at least this many windows (``tuning_due``)."""
+
+
+def window_of(arrival_ms: float) -> int:
+    """The arrival window of a time in ms."""
+    return int(arrival_ms // (ARRIVAL_WINDOW * 1000))
+
+
+def tuning_target(last_run: Mapping[str, Any] | None, min_sessions: int) -> int:
+    """New sessions the next automatic run waits for: ``min_sessions``, and a tenth more than
+    the last run saw (a shop with a thousand sessions a day tunes about every half day, one
+    with a million every few hours, less often as its learned state grows)."""
+    seen = int(last_run.get("sessions_learned") or 0) if last_run is not None else 0
+    return max(min_sessions, seen // 10)
+
+
+def tuning_may_be_due(sessions_learned: int, last_run: Mapping[str, Any] | None, now: float,
+                      *, min_sessions: int, min_interval: float) -> bool:
+    """What ``tuning_due`` needs, from two numbers a worker reads at once: ``min_interval``
+    seconds since the last run ended, and ``tuning_target`` new sessions learned (``meta``'s
+    count) since it started, whenever they arrived."""
+    if last_run is not None:
+        ended = last_run.get("finished_at") or last_run.get("started_at") or 0.0
+        if now - float(ended) < min_interval:
+            return False
+    seen = int(last_run.get("sessions_learned") or 0) if last_run is not None else 0
+    return sessions_learned - seen >= tuning_target(last_run, min_sessions)
+
+
+def tuning_due(arrived: Mapping[int, int], last_run: Mapping[str, Any] | None, now: float, *,
                min_sessions: int, min_interval: float) -> bool:
-    """Whether an automatic run should start: ``min_sessions`` new sessions learned since the
-    last run started, and a tenth more than it saw (a shop with a thousand sessions a day
-    tunes about every half day, one with a million about hourly, less often as its learned
-    state grows), and ``min_interval`` seconds since the last run ended."""
-    if last_run is None:
-        return sessions_learned >= min_sessions
-    seen = int(last_run.get("sessions_learned") or 0)
-    ended = last_run.get("finished_at") or last_run.get("started_at") or 0.0
-    return now - float(ended) >= min_interval and \
-        sessions_learned - seen >= max(min_sessions, seen // 10)
+    """Whether an automatic run should start: ``min_interval`` seconds since the last run
+    ended, and ``tuning_target`` sessions arrived since it started, counting at most a
+    ``HOLDOUT_SLICES``-th of the target per arrival window. ``arrived``: sessions per window
+    (``window_of``) that arrived since the last run started (all, before the first run). A
+    burst, however large, counts for one or two windows: it alone never starts a run."""
+    if last_run is not None:
+        ended = last_run.get("finished_at") or last_run.get("started_at") or 0.0
+        if now - float(ended) < min_interval:
+            return False
+    target = tuning_target(last_run, min_sessions)
+    per_window = -(-target // HOLDOUT_SLICES)
+    return sum(min(n, per_window) for n in arrived.values()) >= target
 
 
 def latest_run(finished: Mapping[str, Any] | None, started: Mapping[str, Any] | None

@@ -1,7 +1,14 @@
 """Tuning on the live state (SPEC, "The model tunes itself to each shop's traffic"): a run
-takes the most recently learned sessions as a holdout, searches the scoring parameters on one
+takes the sessions that arrived last as a holdout, searches the scoring parameters on one
 half of it, and promotes the best candidate into the shared model record only when it beats
-the parameters in force on the other half, by more than chance.
+the parameters in force on the other half, by more than chance, in each slice of arrival.
+
+The holdout follows what the server saw, not what clients claim (SPEC, "Hostile traffic"):
+sessions are ordered by when their first event was accepted, never by the events' timestamps
+(which a client backdates at will), and one arrival window gives at most a
+``HOLDOUT_WINDOWS``-th of the holdout, so a burst one client sends is a small part of it.
+A promotion needs the gain in every one of ``HOLDOUT_SLICES`` slices of arrival: the slices
+a burst does not reach must show it too.
 
 The holdout is honest. Each holdout session's prefixes predict its next item (HR@20 and
 MRR@20, as ``sessionrec eval``), scored only with what was learned before the session
@@ -20,10 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import json
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,16 +42,23 @@ import numpy.typing as npt
 
 from service.core import scoring
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
-from service.core.modelparams import LIMITS, ModelRecord, Value
+from service.core.modelparams import (
+    HOLDOUT_SLICES,
+    HOLDOUT_WINDOWS,
+    LIMITS,
+    ModelRecord,
+    Value,
+)
 from service.core.scoring import Params
 from service.offline.progress import above_bars, bar
 from service.offline.tune import GRID
+from service.store import tuning
 from service.store.state import Store
 
 log = logging.getLogger("sessionrec.tune")
 
 HOLDOUT_SESSIONS = 3000
-"""Most recent sessions (of two events or more) a run holds out."""
+"""Most recently arrived sessions (of two events or more) a run holds out."""
 
 HOLDOUT_PREDICTIONS = 12_000
 """At most this many predictions (prefixes) in the holdout: the newest sessions are taken
@@ -65,6 +79,12 @@ class HoldoutSession:
     items: list[bytes]  # item hashes, oldest first
     times: list[float]  # seconds
     start: int  # time key of its first event: what its neighbours must precede
+    arrival: float  # ms: when the server accepted its first event
+    window: int  # its arrival window (``core.modelparams.window_of``)
+
+    @property
+    def predictions(self) -> int:
+        return len(self.items) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,44 +118,81 @@ def gain(best: Score, current: Score) -> tuple[float, float]:
 
 
 async def recent_sessions(store: Store, wanted: int = HOLDOUT_SESSIONS,
-                          predictions: int = HOLDOUT_PREDICTIONS) -> list[HoldoutSession]:
-    """The ``wanted`` learned sessions that started last, among those with two events or
-    more (a history key per session: one SCAN over them, their blobs read in batches), fewer
-    when the newest of them already hold ``predictions`` prefixes; oldest first."""
-    newest: list[tuple[int, int, bytes]] = []  # a min-heap of (start, session, blob)
-    batch: list[tuple[int, str]] = []
-
-    async def read(keys: list[tuple[int, str]]) -> None:
-        blobs = await store.mget([key for _, key in keys])
-        for (session, _), blob in zip(keys, blobs, strict=True):
-            if blob is None or len(blob) < 2 * ENTRY_BYTES:
-                continue
-            start = int(np.frombuffer(blob[:ENTRY_BYTES], HISTORY_DTYPE)["t"][0])
-            entry = (start, session, blob)
-            if len(newest) < wanted:
-                heapq.heappush(newest, entry)
-            elif entry > newest[0]:
-                heapq.heapreplace(newest, entry)
-
-    for prefix in store.keys.history_prefixes():
-        async for key in store.redis.scan_iter(match=prefix + "*", count=1000):
-            name = key.decode() if isinstance(key, bytes) else key
-            batch.append((int.from_bytes(bytes.fromhex(name[len(prefix):]), "little"), name))
-            if len(batch) >= 500:
-                await read(batch)
-                batch = []
-    if batch:
-        await read(batch)
-    out = []
+                          predictions: int = HOLDOUT_PREDICTIONS, seed: int | None = None
+                          ) -> list[HoldoutSession]:
+    """The sessions that arrived last (the server's clock, never the events' timestamps),
+    among those with two events or more: arrival windows newest first, each giving at most a
+    ``HOLDOUT_WINDOWS``-th of ``wanted`` sessions and of ``predictions`` prefixes, drawn at
+    random within it (``seed``: the same draw for the same window), until the holdout holds
+    ``wanted`` sessions or ``predictions`` prefixes. Oldest first."""
+    per_window = -(-wanted // HOLDOUT_WINDOWS), -(-predictions // HOLDOUT_WINDOWS)
+    seed = secrets.randbits(64) if seed is None else seed
+    out: list[HoldoutSession] = []
     held = 0
-    for start, session, blob in sorted(newest, reverse=True):
-        if held >= predictions:
+    async for window, low, high in tuning.arrival_windows(store.redis, store.keys):
+        arrived = await tuning.arrived_in(store.redis, store.keys, low, high)
+        order = np.random.default_rng([seed, window]).permutation(len(arrived))
+        taken, taken_predictions = 0, 0
+        for at in range(0, len(order), 500):
+            chunk = [arrived[n] for n in order[at:at + 500].tolist()]
+            sessions = np.array([int.from_bytes(s, "little") for s, _ in chunk], np.uint64)
+            for (session, arrival), blob in zip(chunk, await store.histories(sessions),
+                                                strict=True):
+                if blob is None or len(blob) < 2 * ENTRY_BYTES:
+                    continue
+                entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
+                                        HISTORY_DTYPE)
+                found = HoldoutSession(int.from_bytes(session, "little"),
+                                       [int(i).to_bytes(8, "little") for i in entries["i"]],
+                                       (entries["t"] / 1e6).tolist(), int(entries["t"][0]),
+                                       arrival, window)
+                out.append(found)
+                taken, taken_predictions = taken + 1, taken_predictions + found.predictions
+                held += found.predictions
+                if len(out) >= wanted or held >= predictions:
+                    return sorted(out, key=lambda h: (h.arrival, h.session))
+                if taken >= per_window[0] or taken_predictions >= per_window[1]:
+                    break
+            else:
+                continue
             break
-        entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], HISTORY_DTYPE)
-        out.append(HoldoutSession(session, [int(i).to_bytes(8, "little") for i in entries["i"]],
-                                  (entries["t"] / 1e6).tolist(), start))
-        held += len(entries) - 1
-    return out[::-1]
+    return sorted(out, key=lambda h: (h.arrival, h.session))
+
+
+def slices_of(sessions: Sequence[HoldoutSession], slices: int = HOLDOUT_SLICES) -> list[int]:
+    """Each session's slice: its window's, the windows in arrival order and whole, cut into
+    ``slices`` runs of about equal predictions (by where each window's middle falls). A window
+    that holds more than a slice's share leaves a slice empty: such a holdout has fewer
+    slices than asked for."""
+    per_window: dict[int, int] = {}
+    for held in sessions:
+        per_window[held.window] = per_window.get(held.window, 0) + held.predictions
+    total = sum(per_window.values()) or 1
+    slice_of: dict[int, int] = {}
+    before = 0
+    for window in sorted(per_window):
+        middle = before + per_window[window] / 2
+        slice_of[window] = min(slices - 1, int(slices * middle / total))
+        before += per_window[window]
+    return [slice_of[held.window] for held in sessions]
+
+
+def slice_gains(best: Score, current: Score, sessions: Sequence[HoldoutSession]
+                ) -> list[dict[str, float]]:
+    """Per non-empty arrival slice of ``sessions`` (oldest first): its arrival span (Unix
+    seconds), its predictions and the mean gain of ``best`` over ``current`` on them."""
+    labels = np.repeat(np.asarray(slices_of(sessions), np.int64),
+                       [held.predictions for held in sessions])
+    arrivals = np.repeat(np.asarray([held.arrival for held in sessions], np.float64),
+                         [held.predictions for held in sessions])
+    d = best.each - current.each
+    out = []
+    for label in sorted(set(labels.tolist())):
+        mine = labels == label
+        out.append({"from": float(arrivals[mine].min()) / 1000,
+                    "to": float(arrivals[mine].max()) / 1000,
+                    "predictions": int(mine.sum()), "gain": float(d[mine].mean())})
+    return out
 
 
 def before(blob: bytes | None, start: int, dtype: np.dtype[Any]) -> bytes | None:
@@ -256,11 +313,30 @@ def changed_values(current: Params, best: Params) -> dict[str, Value]:
             if getattr(best, f.name) != getattr(current, f.name)}
 
 
+def verdict(values: dict[str, Value], mean_gain: float, error: float,
+            slices: Sequence[dict[str, float]]) -> str | None:
+    """Why the best candidate is not promoted (None: it is). Its gain must be above chance
+    on the judging half, and hold in each of the ``HOLDOUT_SLICES`` arrival slices: a burst
+    lies in one or two of them, so it cannot make a promotion on its own."""
+    if not values:
+        return "no candidate beat the parameters in force on the half searched"
+    if not (mean_gain > 0 and mean_gain > PROMOTION_Z * error):
+        return "the gain is within the holdout's noise"
+    if len(slices) < HOLDOUT_SLICES:
+        return (f"the holdout's sessions arrived in fewer than {HOLDOUT_SLICES} slices of "
+                "time (a burst, or too little traffic yet)")
+    if not all(piece["gain"] > 0 for piece in slices):
+        return "the gain does not hold in every arrival slice"
+    return None
+
+
 async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | None = None,
                     holdout_sessions: int = HOLDOUT_SESSIONS, rounds: int = 2,
-                    say: Callable[[str], None] = log.info) -> dict[str, Any]:
+                    say: Callable[[str], None] = log.info, seed: int | None = None
+                    ) -> dict[str, Any]:
     """One run: holdout, search, promotion if better; the run's record (also in the model
-    record as ``last_run``). The caller holds the tuning lease."""
+    record as ``last_run``). The caller holds the tuning lease. ``seed``: the holdout's draw
+    within each arrival window (random when None)."""
     run_id = run_id or uuid.uuid4().hex[:12]
     say = above_bars(say)
     started = time.time()
@@ -271,7 +347,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     # moves): a run killed midway still delays the next automatic one
     await store.redis.set(store.keys.tune_started(), json.dumps(run))
     record = await store.model_record()
-    held = await recent_sessions(store, holdout_sessions)
+    held = await recent_sessions(store, holdout_sessions, seed=seed)
     # alternate sessions, so both halves span the same days: one to search on, the other
     # to judge the best candidate on (the best of many on one half is flattered by chance)
     searched, judged = Holdout(store, held[0::2]), Holdout(store, held[1::2])
@@ -290,7 +366,9 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
         best_score = await judged.score(best) if values else now
         shown.update(bool(values))
     mean_gain, error = gain(best_score, now)
-    promote = bool(values) and mean_gain > 0 and mean_gain > PROMOTION_Z * error
+    slices = slice_gains(best_score, now, judged.sessions)
+    held_back = verdict(values, mean_gain, error, slices)
+    promote = held_back is None
     run.update({"holdout_sessions": len(held), "predictions": searched.predictions
                 + judged.predictions, "candidates": search.trials,
                 # the scores are the judging half's: the search never saw it
@@ -299,7 +377,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
                          "params": dataclasses.asdict(best)},
                 "gain": {"per_prediction": mean_gain,
                          "standard_error": error if math.isfinite(error) else None},
-                "promoted": promote})
+                "slices": slices, "promoted": promote, "held_back": held_back})
 
     def finish(old: ModelRecord) -> ModelRecord:
         finished = run["finished_at"] = time.time()
@@ -313,5 +391,5 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     await store.update_model(finish)
     say(f"run {run_id}: judging half: current HR@20 {now.hr_at_20:.4f} MRR@20 "
         f"{now.mrr_at_20:.4f}; best {best_score.hr_at_20:.4f} / {best_score.mrr_at_20:.4f}; "
-        + (f"promoted {values}" if promote else "not promoted"))
+        + (f"promoted {values}" if promote else f"not promoted: {held_back}"))
     return run

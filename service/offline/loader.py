@@ -5,6 +5,8 @@ session's events go through the same pure update rule (``service.core.model.appl
 the per-item structures, which are order-free, are built in bulk with numpy instead of being
 spliced entry by entry. Trending scores are summed in log space per item; they equal the
 streamed ones within float rounding (the stream's own sum order depends on interleaving).
+Sessions' arrivals are the one difference: streamed, a session arrives when the server accepted
+its first event; loaded, when the log's own clock says (the same sessions, other times).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from redis.asyncio.client import Pipeline
 
-from service.core.layout import shard_of
-from service.core.model import Event, apply_events, no_later_than, trending
+from service.core.layout import partition_of, shard_of
+from service.core.model import Event, apply_events, arrivals_kept, no_later_than, trending
 from service.failures import Refused
 from service.offline.progress import bar, counted
 from service.settings import Settings
@@ -91,6 +94,17 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     for item, count in fx.doc_freq.items():
         commands.append(partial(_hincrby, keys.doc_freq(shard_of(item)), item.hex(), count))
     commands.append(partial(_hincrby, keys.meta(), "sessions", fx.new_sessions))
+    # a log's sessions arrived when its clock says (the operator's log, not public traffic):
+    # its newest sessions are what the first tuning runs hold out
+    by_partition: dict[int, dict[bytes, int]] = {}
+    for sess, arrived in fx.arrivals.items():
+        by_partition.setdefault(partition_of(sess, s.partitions), {})[sess] = arrived
+    keep = arrivals_kept(s.partitions)
+    for p, arrivals in by_partition.items():
+        newest = sorted(arrivals.items(), key=lambda pair: (pair[1], pair[0]))[-keep:]
+        for start in range(0, len(newest), 1000):
+            commands.append(partial(_zadd, keys.arrivals(p),
+                                    {sess: float(t) for sess, t in newest[start:start + 1000]}))
     members = list(trend.items())
     for start in range(0, len(members), 1000):
         commands.append(partial(_zadd, keys.trend(), dict(members[start:start + 1000])))
@@ -117,5 +131,5 @@ def _hincrby(key: str, field: str, value: int, pipe: Pipeline) -> object:
     return pipe.hincrby(key, field, value)
 
 
-def _zadd(key: str, mapping: dict[str, float], pipe: Pipeline) -> object:
+def _zadd(key: str, mapping: dict[Any, float], pipe: Pipeline) -> object:
     return pipe.zadd(key, mapping)

@@ -9,15 +9,20 @@ from typing import Any
 from service.core.layout import newest_entries
 
 INDEX = "x"
-LEARNED = {"h", INDEX, "names", "df", "trend", "meta"}
+ARRIVALS = "arrivals"
+LEARNED = {"h", INDEX, "names", "df", "trend", "meta", ARRIVALS}
 """Key kinds that make up the learned state (what the model reads). Stream bookkeeping,
 leases, watermarks and live sessions are not learned state."""
 
 
-async def learned_state(client: Any, namespace: str, index_cap: int) -> dict[str, Any]:
+async def learned_state(client: Any, namespace: str, index_cap: int,
+                        arrival_times: bool = False) -> dict[str, Any]:
     """Every learned key of the namespace (name without the namespace) and its value; of a
     neighbour index, what counts: its newest ``index_cap`` entries (the worker trims lazily,
-    so two runs that agree can differ in the older entries still waiting for a trim)."""
+    so two runs that agree can differ in the older entries still waiting for a trim). Of the
+    arrivals, which sessions, and with ``arrival_times`` when each arrived: the same events
+    sent twice (or loaded) arrive at other times, so only runs over the same stream entries
+    can compare those."""
     state: dict[str, Any] = {}
     async for raw in client.scan_iter(match=f"{namespace}:*", count=1000):
         key = raw.decode()
@@ -32,7 +37,8 @@ async def learned_state(client: Any, namespace: str, index_cap: int) -> dict[str
         elif kind == "hash":
             state[short] = await client.hgetall(raw)
         elif kind == "zset":
-            state[short] = dict(await client.zrange(raw, 0, -1, withscores=True))
+            members = dict(await client.zrange(raw, 0, -1, withscores=True))
+            state[short] = members if part != ARRIVALS or arrival_times else sorted(members)
         else:
             raise ValueError(f"unexpected {kind} at {key}")
     return state

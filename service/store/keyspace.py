@@ -122,6 +122,11 @@ class Keys:
     def history(self, session: bytes) -> str:
         return f"{self._p(partition_of(session, self.partitions))}{HISTORY}{session.hex()}"
 
+    def arrivals(self, p: int) -> str:
+        """Zset session hash (8 bytes) -> when its first event reached the server (ms): the
+        partition's newest ``arrivals_kept`` sessions, what self-tuning orders by."""
+        return self._p(p) + ":arrivals"
+
     def histories(self, sessions: npt.NDArray[np.uint64]) -> list[str]:
         """``history`` for many session hashes (as little-endian u64) at once, vectorised: a
         request reads a couple of hundred neighbours' histories."""

@@ -496,15 +496,16 @@ class Store:
         return scrubbed
 
     async def reset_session(self, session_id: str) -> None:
-        """Forget a visitor's session: live interactions and learned history (with the
-        partition's admin epoch bumped in the same transaction, so a worker batch that read
-        the history before cannot write it back)."""
+        """Forget a visitor's session: live interactions, learned history and arrival (with
+        the partition's admin epoch bumped in the same transaction, so a worker batch that
+        read the history before cannot write it back)."""
         s = session_hash(session_id)
         p = partition_of(s, self.settings.partitions)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(self.keys.epoch(p))
             pipe.delete(self.keys.live_items(s), self.keys.live_ratings(s), self.keys.history(s))
             pipe.zrem(self.keys.live_registry(p), s.hex())
+            pipe.zrem(self.keys.arrivals(p), s)
             await pipe.execute()
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:

@@ -8,6 +8,9 @@
 --   'D' key count field n ...         add n to each of count hash fields (document frequency,
 --                                      session count)
 --   'N' key field value               item id behind a hash (first writer wins)
+--   'A' key keep count score member ...
+--                                      sessions' arrivals: set each member's score, then keep
+--                                      the zset's newest keep members
 --   'T' key count member log2_value ...
 --                                      trending: log2-sum with the stored values (the worker
 --                                      folds a batch's events per item into one value)
@@ -164,6 +167,20 @@ local function run_ops(i, cap, limit, ttl_ms)
         redis.call('SETRANGE', key, ARGV[i + 2], ARGV[i + 3])
       end
       i = i + 4
+    elseif op == 'A' then
+      local key, keep, count = KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+      for first = 0, count - 1, CHUNK do
+        local args = {}
+        for f = first, math.min(first + CHUNK, count) - 1 do
+          args[#args + 1] = ARGV[i + 4 + 2 * f]
+          args[#args + 1] = ARGV[i + 5 + 2 * f]
+        end
+        redis.call('ZADD', key, unpack(args))
+      end
+      if redis.call('ZCARD', key) > keep then
+        redis.call('ZREMRANGEBYRANK', key, '0', string.format('%d', -keep - 1))
+      end
+      i = i + 4 + 2 * count
     else
       return redis.error_reply('unknown op ' .. tostring(op))
     end
