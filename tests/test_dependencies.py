@@ -36,6 +36,41 @@ def test_every_floor_the_code_needs_is_declared() -> None:
         assert spec.contains(floor), (name, str(spec))
 
 
+CEILINGS = {
+    # internals the hot paths use: redis._parsers.base.BaseParser.parse_error and a pool's
+    # connection_class / connection_kwargs (service/store/transport.py); a cluster node's
+    # acquire_connection / send_packed_command / read_response and the nodes manager's slot
+    # map (service/store/backends.py). Raise the ceiling after the suite passes on the new
+    # major release.
+    "redis": "9",
+}
+
+
+def test_every_ceiling_the_code_needs_is_declared() -> None:
+    declared = requirements()
+    for name, ceiling in CEILINGS.items():
+        spec = declared[name].specifier
+        assert not spec.contains(ceiling, prereleases=True), (name, str(spec))
+        assert spec.contains(version(name)), (name, str(spec), version(name))
+
+
+def test_the_internals_the_hot_paths_use_are_there() -> None:
+    """What the ceiling stands for, checked on the installed release."""
+    import redis.asyncio as aioredis
+    from redis._parsers.base import BaseParser
+    from redis.asyncio.cluster import ClusterNode, NodesManager
+
+    assert callable(BaseParser.parse_error)
+    pool = aioredis.ConnectionPool(host="127.0.0.1", port=1)
+    assert pool.connection_class is aioredis.Connection
+    assert pool.connection_kwargs["port"] == 1
+    for method in ("acquire_connection", "release"):
+        assert callable(getattr(ClusterNode, method)), method
+    assert callable(NodesManager.get_node_from_slot)
+    for method in ("send_packed_command", "read_response", "disconnect"):
+        assert callable(getattr(aioredis.Connection, method)), method
+
+
 def test_the_installed_versions_meet_them() -> None:
     for name, floor in NEEDED.items():
         assert Version(version(name)) >= Version(floor), name
