@@ -225,8 +225,9 @@ def bench_versus(settings: Settings, data: Path, seconds: int, rounds: int, base
                     figures.append(wrk(url, script, seconds)["rps"])
         out[f"{label}: req/s, this checkout"] = median(ours)
         out[f"{label}: req/s, baseline"] = median(theirs)
-        out[f"{label}: ratio, median of the rounds' ratios"] = median(
-            [a / b for a, b in zip(ours, theirs, strict=True)])
+        ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+        out[f"{label}: ratio, median of the rounds' ratios"] = median(ratios)
+        out[f"{label}: the rounds' ratios"] = " ".join(f"{r:.3f}" for r in ratios)
     return {**out, "baseline": str(baseline), "rounds": rounds, "seconds per round": seconds}
 
 
