@@ -90,8 +90,8 @@ async def test_a_secret_key_alone_leaves_the_public_routes_open(aiohttp_client: 
 async def test_another_sites_page_cannot_embed_the_api(client: Client) -> None:
     """An <img>, <script>, prefetch or frame on another site carries no Origin (the allow-list
     never sees it) and comes from that site's visitors' addresses: refused by its fetch
-    metadata. A link followed to the API, the API's own pages' calls and scripts outside a
-    browser go through."""
+    metadata. A link followed to the API, the API's own pages' calls, scripts outside a
+    browser and the SDK's own script tag go through."""
     embedded = [{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
                  "Sec-Fetch-Dest": "image"},
                 {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
@@ -113,6 +113,11 @@ async def test_another_sites_page_cannot_embed_the_api(client: Client) -> None:
                 "Sec-Fetch-Dest": "document"}]
     for headers in allowed:
         assert (await client.get("/popular", headers=headers)).status == 200, headers
+    # what is made to be embedded is not refused: a shop's page loads the SDK with a <script>
+    # tag (the refusal without this exemption broke every shop page), and the static files
+    for headers in embedded[:3]:
+        for path in ("/sdk.js", "/static/uplot.min.css", "/healthz"):
+            assert (await client.get(path, headers=headers)).status == 200, (path, headers)
 
 
 async def test_rate_limits_count_an_ipv6_64_as_one_client(aiohttp_client: Any,

@@ -2,6 +2,10 @@
 
 The API runs on a real Redis with the demo's sample log learned by a real worker; Playwright
 drives Debian's Chromium (``/usr/bin/chromium``; .ci/run installs it when missing).
+
+Every ``wait_for_function`` takes a function (``() => ...``): Playwright polls a bare expression
+with ``eval`` in the page, which the package's own pages forbid (their policy has no
+'unsafe-eval'), so such a wait fails whenever its first check is false.
 """
 
 from __future__ import annotations
@@ -351,7 +355,7 @@ async def test_impressions_only_for_lists_in_view_and_clicks_carry_their_answer(
         return [e for e in sent if e["type"] == "impression"]
 
     await page.goto(stack.allowed + "/lists")
-    await page.wait_for_function("window.answers.top && window.answers.bottom")
+    await page.wait_for_function("() => window.answers.top && window.answers.bottom")
     answers = await page.evaluate("window.answers")
     top, bottom = (answers[n]["recommendation_id"] for n in ("top", "bottom"))
     top_items = [r["id"] for r in answers["top"]["recommendations"]]
@@ -419,7 +423,7 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
         assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
         await page.fill("#key", secret)
         await page.click("#key-form button")
-        await page.wait_for_function("window.sessionrecDashboard.data !== null", timeout=10_000)
+        await page.wait_for_function("() => window.sessionrecDashboard.data !== null", timeout=10_000)
         filled = await page.evaluate("""() => {
             const out = {};
             for (const [id, chart] of Object.entries(window.sessionrecDashboard.charts))
@@ -506,7 +510,7 @@ async def test_a_string_template_shows_hostile_trending_ids_as_text(
     errors = console_errors(page)
     sent = events_sent(page)
     await page.goto(stack.allowed + "/strings")
-    await page.wait_for_function("window.answer !== undefined", timeout=10_000)
+    await page.wait_for_function("() => window.answer !== undefined", timeout=10_000)
     answer = await page.evaluate("window.answer")
     ids = [r["id"] for r in answer["recommendations"]]
     assert sorted(ids[:2]) == sorted(HOSTILE)  # they lead trending

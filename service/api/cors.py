@@ -95,14 +95,17 @@ def embedded_by_another_site(request: web.Request) -> bool:
                 and request.headers.get("Sec-Fetch-Dest") == "document")
 
 
-def check(request: web.Request, allowed: frozenset[str]) -> web.StreamResponse | None:
+def check(request: web.Request, allowed: frozenset[str],
+          embeddable: bool) -> web.StreamResponse | None:
     """The preflight's answer for a preflight; None for a request that may proceed; 403 for
-    an origin not allowed, or for another site's page embedding the request."""
+    an origin not allowed, or for another site's page embedding a route that is not
+    ``embeddable`` (the SDK's script and the static files are made to be embedded: a shop's
+    page loads /sdk.js with a ``<script>`` tag)."""
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return preflight(request, allowed)
     if not origin_allowed(request, allowed):
         raise _refused()
-    if embedded_by_another_site(request):
+    if not embeddable and embedded_by_another_site(request):
         raise ApiError(403, "embedded_by_another_site",
                        "Another site's page may not embed this API (an image, script or frame "
                        "on another site); call it with fetch from an allowed origin.",

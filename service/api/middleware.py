@@ -32,13 +32,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     allowed = app[SETTINGS].allowed_origins
     try:
-        preflight = cors.check(request, allowed)
+        # the API key the route needs; a route open to anyone (a page, a static file, the SDK)
+        # costs nothing to embed, the others are refused to another site's embedding
+        need = ACCESS.get(route, access.OPEN)
+        preflight = cors.check(request, allowed, embeddable=need == access.OPEN)
         if preflight is not None:
             response = preflight
         else:
-            # the API key the route needs, then the client's rate limit (by address: the
-            # publishable key is in every page, so it identifies no one)
-            need = ACCESS.get(route, access.OPEN)
+            # then the client's rate limit (by address: the publishable key is in every page,
+            # so it identifies no one)
             access.check(request, app[API_KEYS], need)
             limiter = app[LIMITER]
             if limiter is not None and need == access.PUBLIC:
