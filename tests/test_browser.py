@@ -423,7 +423,8 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
         assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
         await page.fill("#key", secret)
         await page.click("#key-form button")
-        await page.wait_for_function("() => window.sessionrecDashboard.data !== null", timeout=10_000)
+        await page.wait_for_function("() => window.sessionrecDashboard.data !== null",
+                                     timeout=10_000)
         filled = await page.evaluate("""() => {
             const out = {};
             for (const [id, chart] of Object.entries(window.sessionrecDashboard.charts))
