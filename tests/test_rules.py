@@ -388,8 +388,9 @@ def as_filter(rule: dict[str, Any]) -> Filter:
 def test_the_index_admits_exactly_what_the_filter_allows(
         writes: list[tuple[str, dict[str, Any] | None]], rule: dict[str, Any]) -> None:
     """Puts, replacements and deletions in any order (compactions included: a low threshold
-    below), then eligible() equals the filter applied record by record, and equals the
-    independent spelling in ``allowed``."""
+    below), then admits() equals the filter applied record by record, and equals the
+    independent spelling in ``allowed``; the fill order gives every admitted item once,
+    trending ones first by their score."""
     index = CatalogueIndex()
     last: dict[str, dict[str, Any] | None] = {}
     for item, fields in writes:
@@ -401,13 +402,18 @@ def test_the_index_admits_exactly_what_the_filter_allows(
     expected = sorted(item for item, fields in last.items()
                       if fields is not None and fields["available"]
                       and compiled.holds(as_record(item, fields)))
-    assert sorted(index.eligible(compiled).ids) == expected
     assert expected == sorted(item for item, fields in last.items()
                               if allowed(fields, rule))
-    eligible = index.eligible(compiled)
     probe = np.array([hash_of(i) for i in ITEMS + UNLEARNED], dtype=np.uint64)
-    assert [i for i, ok in zip(ITEMS + UNLEARNED, eligible.admits(probe), strict=True)
+    assert [i for i, ok in zip(ITEMS + UNLEARNED, index.admits(compiled, probe), strict=True)
             if ok] == sorted(expected, key=(ITEMS + UNLEARNED).index)
+    trending = [(i, hash_of(i), float(-n)) for n, i in enumerate(ITEMS[::2])]
+    order = list(index.fill_order(compiled, trending))
+    assert sorted(name for name, _, _ in order) == expected
+    ranked = [name for name, _, _ in order]
+    trending_first = [i for i, _, _ in trending if i in expected]
+    assert ranked[:len(trending_first)] == trending_first
+    assert all(share == 0.0 for _, _, share in order[len(trending_first):])
     for item, fields in last.items():
         first = fields["categories"][0] if fields and fields["categories"] else None
         assert index.first_category.get(hash_of(item)) == first

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,7 +35,7 @@ from service.core import explain, scoring
 from service.core.feedback import FEEDBACK_POSITIONS, Experiment, recommendation_id
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.modelparams import ModelRecord
-from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Eligible, Rules
+from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
 from service.store.feedback import Tally
@@ -84,22 +82,6 @@ class Asker:
 NOBODY = Asker()
 
 
-FILL_ORDER_AGE = 10.0
-"""How long a filter's trending order is kept at most (at least half of it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FillOrder:
-    """A filter's eligible items in trending order, for the fill: those in the trending
-    snapshot by their score, then the others (not trending, or too little to be in it)."""
-
-    eligible: Eligible
-    expires: float  # time.monotonic()
-    ids: list[str]  # in trending order
-    hashes: scoring.U64  # of the same items, in the same order
-    shares: list[float]  # each one's share of the first one's score
-
-
 class Recommender:
     """The answers, over one store. ``similar`` asks the same stages with one query item, no
     sequence weighting and every indexed session as a candidate neighbour."""
@@ -108,7 +90,6 @@ class Recommender:
         self.store = store
         self.base = Params.from_settings(settings)
         """The process' flags and environment: what the shared record's values overlay."""
-        self._fill_orders: OrderedDict[str, FillOrder] = OrderedDict()
         self.signing_key = b""
         self.experiment: Experiment | None = None
         self.variant_params: list[Params] = []
@@ -200,8 +181,7 @@ class Recommender:
         exclusions and filter and the hidden items are left out before the k best are chosen,
         and the trending fill skips them too, so k holds whenever k eligible items exist."""
         catalogue = await self.store.catalogue() if rules.needs_catalogue else None
-        eligible = catalogue.eligible(rules.filter) \
-            if catalogue is not None and rules.filter is not None else None
+        rule = rules.filter if catalogue is not None else None
         cached = None if rules.explain else \
             self.store.backend.cached_candidates(query, params, exclude_session)
         histories: list[bytes | None] = []
@@ -217,16 +197,20 @@ class Recommender:
             if len(sessions):
                 histories = await self.store.histories(sessions)
                 candidates, scores = scoring.score(query, histories, similarity, params)
-        if eligible is not None:
-            candidates, scores = eligible.keep(candidates, scores)
+        if rule is not None:
+            assert catalogue is not None
+            kept = catalogue.admits(rule, candidates)
+            candidates, scores = candidates[kept], scores[kept]
         df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.store.hidden_items()
         requested = _hashes(rules.exclude)
         exclude = np.concatenate((hidden, requested) if seen is None
                                  else (seen, hidden, requested))
-        if eligible is not None and seen is None:  # repeats, within the filter too
-            exclude = np.concatenate((exclude, eligible.outside(query.seen)))
+        if rule is not None and seen is None:  # repeats, within the filter too
+            assert catalogue is not None
+            exclude = np.concatenate((exclude, query.seen[~catalogue.admits(rule,
+                                                                              query.seen)]))
         capped = catalogue is not None and rules.max_per_category is not None
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude,
@@ -259,30 +243,31 @@ class Recommender:
         # only now the trending head: sessions with neighbours rarely need it
         floor = float(found[-1]["score"]) if found else 1.0
         filler = await self._trending(k - len(found), rules, np.concatenate((exclude, best)),
-                                      floor, cap, eligible)
+                                      floor, cap, catalogue)
         message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
         return Answer(found + filler, _short(message, len(found) + len(filler), k, rules))
 
     async def _trending(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
-                        cap: CategoryCap | None = None, eligible: Eligible | None = None
+                        cap: CategoryCap | None = None, catalogue: CatalogueIndex | None = None
                         ) -> list[dict[str, Any]]:
         """Up to ``k`` trending items within the rules and none of ``taken`` (hashes), scored
-        into (0, ceiling] relative to the first one. ``cap`` and ``eligible``: the answer's own
+        into (0, ceiling] relative to the first one. ``cap`` and ``catalogue``: the answer's own
         so far (None: the fill is the whole answer, as for /popular)."""
         if rules.needs_catalogue and cap is None:
             catalogue = await self.store.catalogue()
             cap = CategoryCap(rules.max_per_category, catalogue.first_category)
-            if rules.filter is not None:
-                eligible = catalogue.eligible(rules.filter)
         if k <= 0:
             return []
         if cap is not None and cap.limit is None:
             cap = None
-        if eligible is not None:
-            order = await self._fill_order(rules, eligible)
-            return _fill_in_order(order, k, taken, cap, ceiling, rules.explain)
         skip = set(taken.tolist())
-        depth = k + len(skip)
+        if rules.filter is not None and catalogue is not None:
+            # the filter's items in trending order, from the process' trending snapshot (one
+            # read shared by every filter: a new filter costs no Redis read)
+            snapshot = await self.store.trending_snapshot()
+            return _fill(catalogue.fill_order(rules.filter, snapshot.members), k, skip, cap,
+                         ceiling, rules.explain)
+        first = depth = k + len(skip)
         counts = dict(cap.counts) if cap is not None else {}
         while True:
             head = await self.store.trending_head(depth)
@@ -290,36 +275,18 @@ class Recommender:
                 cap.counts = dict(counts)
             leader = head[0][1] if head else 0.0
             rows = _fill(_members(head, leader), k, skip, cap, ceiling, rules.explain)
-            if len(rows) == k or len(head) < depth or cap is None:
-                return rows  # k found, the whole head was read, or only the cap skips more
-            depth *= 4
+            if len(rows) == k or len(head) < depth or cap is None \
+                    or depth >= first + CAPPED_DEPTH:
+                # k found, the whole head read, only the cap skips more, or the cap's search
+                # as deep as it goes: the answer says it has fewer than k
+                return rows
+            depth = min(depth * 4, first + CAPPED_DEPTH)
 
-    async def _fill_order(self, rules: Rules, eligible: Eligible) -> FillOrder:
-        """The filter's eligible items in trending order, from the process' trending snapshot
-        (one read shared by every filter, so a new filter costs no Redis read). An order is
-        kept for a randomised while, so that the orders of many filters are not all
-        recomputed at once after a new snapshot."""
-        assert rules.filter is not None
-        key = rules.filter.key
-        order = self._fill_orders.get(key)
-        if order is not None and order.eligible is eligible \
-                and time.monotonic() < order.expires:
-            self._fill_orders.move_to_end(key)
-            return order
-        scores = (await self.store.trending_snapshot()).scores
-        trend = np.array([scores.get(name, -math.inf) for name in eligible.ids])
-        ranked = np.argsort(-trend, kind="stable")  # not trending: last, by hash
-        top = float(trend[ranked[0]]) if len(ranked) else 0.0
-        trend = trend[ranked]
-        ids = eligible.ids
-        order = FillOrder(eligible, time.monotonic() + FILL_ORDER_AGE * random.uniform(0.5, 1),
-                          [ids[n] for n in ranked.tolist()], eligible.hashes[ranked],
-                          np.exp2(trend - top).tolist() if math.isfinite(top)
-                          else [0.0] * len(trend))
-        self._fill_orders[key] = order
-        if len(self._fill_orders) > CatalogueIndex.CACHED_FILTERS:
-            self._fill_orders.popitem(last=False)
-        return order
+
+CAPPED_DEPTH = 2048
+"""How far past what it skips a trending fill under ``max_per_category`` reads the trending set
+at most: a read that grew with the set (a few categories among many trending items) blocked
+Redis for every client."""
 
 
 def _members(head: Sequence[tuple[bytes, float]], leader: float
@@ -348,32 +315,6 @@ def _fill(members: Iterable[tuple[str, int, float]], k: int, skip: set[int],
         rows.append(row)
         if len(rows) == k:
             break
-    return rows
-
-
-def _fill_in_order(order: FillOrder, k: int, taken: scoring.U64, cap: CategoryCap | None,
-                   ceiling: float, explain: bool) -> list[dict[str, Any]]:
-    """``_fill`` over a filter's fill order: the items not taken found by one kernel call (the
-    order holds every eligible item, and a request takes a few dozen of them), the rows built
-    from plain lists (numpy's per-call cost is more than a few dozen rows')."""
-    found = memoryview(kernel.first_absent(order.hashes, taken,
-                                           k if cap is None else len(order.hashes))
-                       ).cast("I").tolist()
-    if cap is not None:
-        allowed: list[int] = []
-        for n in found:
-            if cap.take(int(order.hashes[n])):
-                allowed.append(n)
-                if len(allowed) == k:
-                    break
-        found = allowed
-    ids, shares = order.ids, order.shares
-    rows: list[dict[str, Any]] = [{"id": ids[n], "score": _six_decimals(ceiling * shares[n])}
-                                  for n in found]
-    if explain:
-        for row in rows:
-            row["because"] = []
-            row["source"] = "trending"
     return rows
 
 

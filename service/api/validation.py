@@ -240,19 +240,35 @@ MAX_FILTER_VALUES = 100  # categories, tags, attributes or one attribute's value
 _FILTERS: dict[tuple[int, bytes | str], Filter] = {}
 """Valid filters by the id length limit they were checked against and their text: a shop sends
 the same few filters (one per category page) on most requests, and checking one costs more
-than finding it. Cleared when full."""
-_FILTERS_CACHED = 1024
+than finding it. Only short texts are kept, and the whole is cleared when it would pass
+``FILTER_CACHE_BYTES``: a client sending large distinct filters (a megabyte each is valid) grew
+a cache bounded by count alone by a gigabyte per thousand requests."""
+FILTER_CACHE_BYTES = 4 << 20
+"""What the cache may hold, counted as ``filter_cost`` of each entry."""
+CACHED_FILTER_TEXT = 4096
+"""The longest filter text cached (a category page's filter is a few dozen bytes)."""
+_cached_bytes = 0
+
+
+def filter_cost(text: bytes | str) -> int:
+    """The memory one cached filter takes, bounded from above: its text, the parsed filter's
+    strings and sets (a few times the text) and the entry's fixed part."""
+    return 4 * len(text) + 512
 
 
 def _known_filter(text: bytes | str, value: Any, settings: Settings) -> Filter:
     """``rule_filter`` of ``value``, whose JSON text is ``text``, through ``_FILTERS``."""
+    global _cached_bytes
     key = (settings.max_id_length, text)
     found = _FILTERS.get(key)
     if found is None:
         found = rule_filter(value, "filter", settings)
-        if len(_FILTERS) >= _FILTERS_CACHED:
-            _FILTERS.clear()
-        _FILTERS[key] = found
+        if len(text) <= CACHED_FILTER_TEXT:
+            if _cached_bytes + filter_cost(text) > FILTER_CACHE_BYTES:
+                _FILTERS.clear()
+                _cached_bytes = 0
+            _FILTERS[key] = found
+            _cached_bytes += filter_cost(text)
     return found
 
 

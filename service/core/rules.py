@@ -7,23 +7,23 @@ named attribute equal to the value, or to one of the values). An item without a 
 any filter. ``max_per_category`` caps how many items share a first category (items without a
 category are not capped).
 
-The request path never reads a record per candidate: ``CatalogueIndex`` is a columnar copy of
-every record with posting sets per category, tag and attribute value, so a filter's eligible
-items are set operations, computed once per distinct filter and cached until the catalogue
-changes, and a candidate's first category is a dictionary lookup.
+The request path never reads a record from Redis: ``CatalogueIndex`` is a columnar copy of
+every record with posting sets per category, tag and attribute value. A filter costs what the
+answer needs, never the catalogue's size: the request's candidates are tested one by one, and
+the trending fill walks the filter's smallest source (a posting set, or the trending items)
+testing as it goes, at most ``FILL_TESTS`` records per request. Nothing is kept per filter: a
+client sending distinct filters costs neither memory nor a pass over the catalogue.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from service import kernel
 from service.core.catalog import AttributeValue, Record
 
 U64 = npt.NDArray[np.uint64]
@@ -50,21 +50,22 @@ class Filter:
     price_max: float | None = None
     attributes: tuple[tuple[str, tuple[AttributeValue, ...]], ...] = ()
 
-    key: str = field(init=False, repr=False, compare=False)
-    """Canonical text of the filter: equal filters share one cache entry."""
+    any_of: tuple[frozenset[str], ...] = field(init=False, repr=False, compare=False)
+    """The posting keys of each condition but price: a record holds a condition when it is
+    posted under one of its keys."""
 
     def __post_init__(self) -> None:
-        parts = [
-            "c" + "\1".join(sorted(set(self.categories))) if self.categories is not None else "",
-            "t" + "\1".join(sorted(set(self.tags))) if self.tags is not None else "",
-            f"p{self.price_min!r}:{self.price_max!r}",
-            *sorted("\1".join(sorted({attribute_key(name, v) for v in values}))
-                    for name, values in self.attributes)]
-        object.__setattr__(self, "key", "\2".join(parts))
+        any_of = [frozenset(attribute_key(name, v) for v in values)
+                  for name, values in self.attributes]
+        if self.categories is not None:
+            any_of.append(frozenset("c\0" + c for c in self.categories))
+        if self.tags is not None:
+            any_of.append(frozenset("t\0" + t for t in self.tags))
+        object.__setattr__(self, "any_of", tuple(any_of))
 
     def holds(self, record: Record | None) -> bool:
-        """The filter on one record: the specification ``CatalogueIndex.eligible`` computes
-        with sets (the tests hold the two equal)."""
+        """The filter on one record: the specification ``CatalogueIndex.holds`` follows on its
+        columns (the tests hold the two equal)."""
         if record is None:
             return False
         if self.categories is not None and not set(self.categories) & set(record.categories):
@@ -102,47 +103,6 @@ class Rules:
 
 
 NO_RULES = Rules()
-
-
-class Eligible:
-    """The items a filter admits, available ones only: hashes ascending and the ids in the same
-    order, and the hashes again as an open-addressing table the kernel probes (a request asks
-    about every candidate at once)."""
-
-    __slots__ = ("_keys", "_values", "hashes", "ids")
-
-    def __init__(self, hashes: U64, ids: list[str]) -> None:
-        self.hashes = hashes
-        self.ids = ids
-        capacity = 8
-        while capacity < 2 * len(hashes):  # at most half full: short probes
-            capacity *= 2
-        self._keys = np.zeros(capacity, np.uint64)
-        self._values = np.full(capacity, np.nan)
-        if len(hashes):
-            kernel.insert(self._keys, self._values, hashes, np.ones(len(hashes)))
-
-    def admits(self, items: U64) -> npt.NDArray[np.bool_]:
-        """Whether each item is eligible."""
-        found, _ = kernel.lookup(self._keys, self._values,
-                                 np.ascontiguousarray(items, np.uint64))
-        return np.frombuffer(found, np.float64) > 0
-
-    def keep(self, items: U64, scores: F64) -> tuple[U64, F64]:
-        """The eligible items, with their scores, in their order (one kernel call: a request's
-        few hundred candidates, most of them dropped under a narrow filter)."""
-        kept, their = kernel.select(self._keys, self._values, items, scores, True)
-        return np.frombuffer(kept, np.uint64), np.frombuffer(their, np.float64)
-
-    def outside(self, items: U64) -> U64:
-        """The items that are not eligible, in their order."""
-        if not len(items):
-            return items
-        dropped, _ = kernel.select(self._keys, self._values, items, np.zeros(len(items)), False)
-        return np.frombuffer(dropped, np.uint64)
-
-    def __len__(self) -> int:
-        return len(self.hashes)
 
 
 class CategoryCap:
@@ -184,18 +144,12 @@ class CatalogueIndex:
     postings: dict[str, set[int]] = field(default_factory=dict)
     first_category: dict[int, str | None] = field(default_factory=dict)  # by item hash
     dead: int = 0
-    _eligible: OrderedDict[str, Eligible] = field(default_factory=OrderedDict)
-    _price_column: npt.NDArray[np.float64] | None = None
-
-    CACHED_FILTERS = 256
 
     def __len__(self) -> int:
         return len(self.row_of)
 
     def put(self, item: int, record: Record | None) -> None:
         """An item's record (``None``: deleted)."""
-        self._eligible.clear()
-        self._price_column = None
         old = self.row_of.pop(item, None)
         if old is not None:
             self._drop(old)
@@ -241,51 +195,92 @@ class CatalogueIndex:
         self.postings = {key: rows for key, rows in self.postings.items() if rows}
         self.dead = 0
 
-    def eligible(self, rule: Filter) -> Eligible:
-        """The available items ``rule`` admits (cached per distinct filter until the
-        catalogue changes)."""
-        key = rule.key
-        found = self._eligible.get(key)
-        if found is not None:
-            self._eligible.move_to_end(key)
-            return found
-        rows = self._rows(rule)
-        order = sorted(rows, key=self.hashes.__getitem__)
-        found = Eligible(np.array([self.hashes[r] for r in order], dtype=np.uint64),
-                         [self.ids[r] for r in order])
-        self._eligible[key] = found
-        if len(self._eligible) > self.CACHED_FILTERS:
-            self._eligible.popitem(last=False)
-        return found
+    def holds(self, rule: Filter, item: int) -> bool:
+        """Whether the item's record is available and satisfies ``rule`` (``Filter.holds`` on
+        the columns: the tests hold the two equal)."""
+        row = self.row_of.get(item)
+        return row is not None and self._holds(rule, row)
 
-    def _rows(self, rule: Filter) -> Iterable[int]:
-        conditions: list[set[int]] = []
-        if rule.categories is not None:
-            conditions.append(self._any("c\0", rule.categories))
-        if rule.tags is not None:
-            conditions.append(self._any("t\0", rule.tags))
-        for name, values in rule.attributes:
-            conditions.append(self._union(attribute_key(name, v) for v in values))
+    def _holds(self, rule: Filter, row: int) -> bool:
+        if not self.available[row]:
+            return False
         if rule.price_min is not None or rule.price_max is not None:
-            if self._price_column is None:
-                self._price_column = np.array(self.prices, dtype=np.float64)
-            prices = self._price_column
-            low = -math.inf if rule.price_min is None else rule.price_min
-            high = math.inf if rule.price_max is None else rule.price_max
-            conditions.append(set(np.flatnonzero((prices >= low) & (prices <= high)).tolist()))
-        if conditions:
-            conditions.sort(key=len)
-            rows = set(conditions[0]).intersection(*conditions[1:])
-        else:
-            rows = set(self.row_of.values())
-        return [r for r in rows if self.available[r]]
+            price = self.prices[row]
+            if math.isnan(price) or (rule.price_min is not None and price < rule.price_min) \
+                    or (rule.price_max is not None and price > rule.price_max):
+                return False
+        keys = self.row_keys[row]
+        return all(not accepted.isdisjoint(keys) for accepted in rule.any_of)
 
-    def _any(self, prefix: str, names: Iterable[str]) -> set[int]:
-        return self._union(prefix + name for name in names)
+    def admits(self, rule: Filter, items: U64) -> npt.NDArray[np.bool_]:
+        """Whether each item satisfies ``rule``: a test per item (a request's candidates), so
+        the cost follows the answer, not the catalogue."""
+        row_of, holds = self.row_of, self._holds
+        return np.fromiter((False if row is None else holds(rule, row)
+                            for row in map(row_of.get, items.tolist())), bool, len(items))
 
-    def _union(self, keys: Iterable[str]) -> set[int]:
+    def fill_order(self, rule: Filter, trending: Sequence[tuple[str, int, float]]
+                   ) -> Iterator[tuple[str, int, float]]:
+        """The items ``rule`` admits, for a trending fill: those among ``trending`` (id, hash,
+        log2 score; best first) by their score, then others, as (id, hash, share of the first
+        one's score). At most ``FILL_TESTS`` records are tested: when the filter's smallest
+        source (the union of one condition's posting sets) is that small, every admitted item
+        is found and ordered; otherwise the trending items are walked, then the source, until
+        the caller has taken enough or the tests are spent."""
+        source = self._smallest_source(rule)
+        if sum(len(rows) for rows in source) <= FILL_TESTS:
+            rows = {row for rows in source for row in rows if self._holds(rule, row)}
+            score_of = {h: score for _, h, score in trending}
+            ranked = sorted((-score_of.get(self.hashes[r], -math.inf), self.hashes[r], r)
+                            for r in rows)
+            top = -ranked[0][0] if ranked else -math.inf
+            for minus_score, h, row in ranked:
+                yield self.ids[row], h, _share(-minus_score, top)
+            return
+        tests = 0
+        given: set[int] = set()
+        top = -math.inf
+        for name, h, score in trending:
+            if tests >= FILL_TESTS // 2:
+                break
+            tests += 1
+            found = self.row_of.get(h)
+            if found is not None and self._holds(rule, found):
+                if top == -math.inf:
+                    top = score
+                given.add(found)
+                yield name, h, _share(score, top)
+        for candidates in source:
+            for row in candidates:
+                if tests >= FILL_TESTS:
+                    return
+                tests += 1
+                if row not in given and self._holds(rule, row):
+                    given.add(row)
+                    yield self.ids[row], self.hashes[row], 0.0
+
+    def _smallest_source(self, rule: Filter) -> tuple[Collection[int], ...]:
+        """The posting sets of the condition with the fewest rows (every row when the filter
+        has only a price range)."""
+        best: tuple[Collection[int], ...] | None = None
         empty: set[int] = set()
-        return empty.union(*(self.postings.get(key, empty) for key in keys))
+        for accepted in rule.any_of:
+            sets = tuple(self.postings.get(key, empty) for key in accepted)
+            if best is None or sum(map(len, sets)) < sum(map(len, best)):
+                best = sets
+        return best if best is not None else (range(len(self.hashes)),)
+
+
+FILL_TESTS = 4096
+"""Records a request's trending fill tests at most under a filter (each a few dictionary
+lookups): the bound that keeps a filter's cost off the catalogue's size. A filter whose
+conditions each admit more items than this, but together few, may find fewer than k; the
+answer says so."""
+
+
+def _share(score: float, top: float) -> float:
+    """A trending log2 score as a share of the first one's (0 when not trending)."""
+    return math.pow(2.0, min(score - top, 0.0)) if math.isfinite(score) else 0.0
 
 
 def _posting_keys(record: Record) -> tuple[str, ...]:

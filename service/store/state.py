@@ -22,11 +22,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from service import kernel
 from service.core import scoring
 from service.core.catalog import Record
 from service.core.catalog import decode as decode_record
 from service.core.catalog import encode as encode_record
 from service.core.layout import (
+    ITEM_PERSON,
     ITEM_SHARDS,
     index_sessions,
     item_hash,
@@ -114,7 +116,7 @@ TRENDING_SNAPSHOT_AGE = 10.0
 @dataclass(frozen=True, slots=True)
 class TrendingSnapshot:
     made: float  # time.monotonic() of the read
-    scores: dict[str, float]  # item id -> log2 trending score
+    members: list[tuple[str, int, float]]  # (item id, its hash, log2 trending score), best first
 
 
 class Store:
@@ -127,7 +129,7 @@ class Store:
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
         self._hidden_read: asyncio.Future[scoring.U64] | None = None
-        self._trending = TrendingSnapshot(-math.inf, {})
+        self._trending = TrendingSnapshot(-math.inf, [])
         self._trending_read: asyncio.Future[TrendingSnapshot] | None = None
         self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
@@ -366,8 +368,11 @@ class Store:
 
     async def _read_trending_now(self) -> TrendingSnapshot:
         head = await self.trending_head(TRENDING_SNAPSHOT)
-        self._trending = TrendingSnapshot(time.monotonic(), {
-            member.decode("utf-8", "surrogatepass"): score for member, score in head})
+        names = [member.decode("utf-8", "surrogatepass") for member, _ in head]
+        hashes = np.frombuffer(kernel.hashes(names, ITEM_PERSON), "<u8").tolist() \
+            if names else []
+        self._trending = TrendingSnapshot(time.monotonic(), list(zip(
+            names, hashes, (score for _, score in head), strict=True)))
         return self._trending
 
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:

@@ -1,0 +1,139 @@
+"""What a request's rules cost, when a client holding the publishable key sends them to exhaust
+a serve process (issue 23, points 7-9): distinct filters keep no memory per filter and test a
+bounded number of records whatever the catalogue's size; the parsed-filter cache is bounded in
+bytes; ``max_per_category`` reads a bounded depth of the trending set."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from service.api import validation
+from service.api.app import create_app
+from service.api.recommend import CAPPED_DEPTH
+from service.core.catalog import Record
+from service.core.rules import FILL_TESTS, CatalogueIndex, Filter
+from service.settings import Settings
+from service.store.state import TRENDING_SNAPSHOT, Store
+
+pytestmark = pytest.mark.kernel
+
+RECORDS = 20_000
+
+
+def catalogue(n: int) -> list[Record]:
+    return [Record(f"r{i}", None, (f"cat{i % 50}", f"dept{i % 7}"), True, 1.0 + i % 997,
+                   (f"tag{i % 30}",), {"color": f"c{i % 12}", "size": i % 9})
+            for i in range(n)]
+
+
+async def test_distinct_filters_keep_nothing_per_filter_and_test_a_bounded_number_of_records(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each new filter computed and cached the whole set of items it admits (O(catalogue) time
+    on the event loop, and a megabyte per filter here; gigabytes at a million records). Now a
+    filter's candidates are tested one by one and its fill walks at most FILL_TESTS records."""
+    store = Store(settings)
+    await store.prepare()
+    for start in range(0, RECORDS, 5000):
+        await store.put_items(catalogue(RECORDS)[start:start + 5000])
+    await store.close()
+    client = await aiohttp_client(create_app(settings))
+    warm = await client.get("/popular?k=5&filter=" + quote(json.dumps({"categories": ["cat1"]})))
+    assert warm.status == 200, await warm.text()
+
+    tested = [0]
+    holds = CatalogueIndex._holds
+
+    def counting(self: CatalogueIndex, rule: Filter, row: int) -> bool:
+        tested[0] += 1
+        return holds(self, rule, row)
+    monkeypatch.setattr(CatalogueIndex, "_holds", counting)
+
+    filters: list[dict[str, Any]] = []
+    for i in range(40):
+        filters += [{"price": {"min": 0.5 + i * 1e-9}},  # admits nearly every record
+                    {"categories": [f"cat{i}", f"dept{i % 7}"], "price": {"max": 990 - i}},
+                    {"attributes": {"color": [f"c{i % 12}"], "size": [i % 9, 100 + i]}},
+                    {"price": {"min": 1e6 + i}}]  # admits nothing: the walk is bounded
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        most = 0
+        for n, rule in enumerate(filters):
+            tested[0] = 0
+            if n % 2:
+                reply = await client.get("/popular?k=20&filter=" + quote(json.dumps(rule)))
+            else:
+                reply = await client.post("/iid_recommend", json={
+                    "user_interactions": {"r1": {}, "r2": {}}, "k": 20, "filter": rule})
+            assert reply.status == 200, await reply.text()
+            rows = (await reply.json())["recommendations"]
+            if "min" in rule.get("price", {}) and rule["price"]["min"] > 1e5:
+                assert rows == []
+            else:
+                assert len(rows) == 20, rule
+            most = max(most, tested[0])
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert most <= FILL_TESTS + 100, most
+    assert grown < 4 << 20, f"{len(filters)} distinct filters kept {grown / 2**20:.1f} MiB"
+
+
+def test_the_parsed_filter_cache_is_bounded_in_bytes(settings: Settings) -> None:
+    """1,024 parsed filters of any size were kept: a megabyte-sized filter is valid, so a
+    thousand requests held a gigabyte. Now only short filters are kept, within a byte budget,
+    and a shop's repeated filter is still found, not parsed again."""
+    validation._FILTERS.clear()
+    validation._cached_bytes = 0
+    large = [{"filter": {"categories": [f"{n}-{v}-" + "x" * 150 for v in range(100)]}}
+             for n in range(200)]
+    small = [{"filter": {"price": {"min": n}}} for n in range(20_000)]
+    for body in small + large:
+        validation.rules(body, settings)
+    texts = [text for _, text in validation._FILTERS]
+    assert all(len(text) <= validation.CACHED_FILTER_TEXT for text in texts)
+    assert sum(map(validation.filter_cost, texts)) <= validation.FILTER_CACHE_BYTES
+    assert len(texts) > 100
+    shop = {"filter": {"categories": ["shoes"]}}
+    first = validation.rules(shop, settings).filter
+    assert validation.rules(shop, settings).filter is first
+
+
+async def test_max_per_category_reads_a_bounded_depth_of_the_trending_set(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3,000 trending items in two categories, k=60 and one per category: the search depth grew
+    by four each round without a ceiling (a ZREVRANGE of the whole set, blocking Redis for
+    every client at 100k items). Now it stops CAPPED_DEPTH past what it skips, and the answer
+    says it has fewer than k."""
+    store = Store(settings)
+    await store.prepare()
+    items = [f"t{n}" for n in range(3000)]
+    await store.put_items([Record(i, None, ("a" if n % 2 else "b",)) for n, i in
+                           enumerate(items)])
+    await store.redis.zadd(store.keys.trend(), {i: 100.0 - n * 0.01 for n, i in
+                                                enumerate(items)})
+    await store.close()
+    client = await aiohttp_client(create_app(settings))
+    depths: list[int] = []
+    head = Store.trending_head
+
+    async def recording(self: Store, n: int) -> list[tuple[bytes, float]]:
+        depths.append(n)
+        return await head(self, n)
+    monkeypatch.setattr(Store, "trending_head", recording)
+    reply = await client.get("/popular?k=60&max_per_category=1")
+    assert reply.status == 200
+    body = await reply.json()
+    assert [r["id"] for r in body["recommendations"]] == ["t0", "t1"]
+    assert "Only 2 of the k=60" in body["message"]
+    # the fill's own reads (the process also reads its fixed-size trending snapshot)
+    fill = [n for n in depths if n != TRENDING_SNAPSHOT]
+    assert fill[0] == 60 and max(fill) <= 60 + CAPPED_DEPTH, depths
