@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service import runtime
-from service.failures import REFUSED, Refused
+from service.failures import REFUSED, UNAVAILABLE, Refused
 from service.settings import Settings, add_arguments, from_args, mask_password
-from service.store.backends import UNAVAILABLE
 
 LOG_FORMATS = ("auto", "srgnn", "sessionrec", "csv")
 """What ``--format`` offers; ``service.offline.clicklog.FORMATS`` reads each (a test holds the

@@ -419,24 +419,6 @@ async def test_a_redis_that_evicts_any_key_is_refused(tmp_path: Any) -> None:
             await store.close()
 
 
-async def test_a_full_journal_answers_503_rather_than_grow(
-        cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.store.backends
-    import service.store.state
-
-    monkeypatch.setattr(service.store.state, "JOURNAL_CAP", 2)
-    s = Settings(redis_url=cluster_url, namespace=f"full-{time.time_ns()}", partitions=4)
-    store = Store(s)
-    await store.prepare()
-    spanning = [Event(f"s{n}", "a", 1.0) for n in range(8)]
-    for p in range(4):
-        await store.redis.hset(store.keys.journal(p), mapping={"x": b"1|", "y": b"1|"})
-    with pytest.raises(service.store.backends.UNAVAILABLE):
-        await store.ingest(spanning)
-    assert (await store.stats())["events_accepted"] == 0
-    await store.close()
-
-
 # --- admin operations against a batch in flight ---------------------------------------------
 @pytest.mark.parametrize("operation", ["reset", "forget"])
 async def test_admin_rewrites_win_over_a_batch_that_read_the_history_before(

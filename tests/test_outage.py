@@ -1,13 +1,23 @@
-"""Redis unreachable: 503 within a second with the error shape; liveness stays up."""
+"""What a failure of the store answers: Redis unreachable, 503 within a second with the error
+shape, liveness staying up; appends that keep failing, a 503 that says so; a Redis error no
+retry fixes (a script's bug), a 500 logged as a bug, never "503, retry"."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pytest
+from redis.exceptions import ResponseError
+
+import service.store.state
 from service.api.app import create_app
+from service.api.context import STORE
+from service.core.model import Event
+from service.failures import Backlogged
 from service.offline.redisproc import free_port
 from service.settings import Settings
+from service.store.state import Store
 from tests.conftest import Client
 
 
@@ -58,3 +68,44 @@ async def test_silent_redis_answers_503_within_a_second(aiohttp_client: Any,
         for writer in held:
             writer.close()
         server.close()
+
+
+async def test_a_full_journal_answers_503_backlogged_rather_than_grow(
+        aiohttp_client: Any, cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch spanning partitions whose journals are full is refused, worded as what it is
+    (it was raised as a connection error: "the data store is unreachable")."""
+    monkeypatch.setattr(service.store.state, "JOURNAL_CAP", 2)
+    s = Settings(redis_url=cluster_url, namespace=f"full-{time.time_ns()}", partitions=4)
+    store = Store(s)
+    await store.prepare()
+    spanning = [Event(f"s{n}", "a", 1.0) for n in range(8)]
+    for p in range(4):
+        await store.redis.hset(store.keys.journal(p), mapping={"x": b"1|", "y": b"1|"})
+    with pytest.raises(Backlogged):
+        await store.ingest(spanning)
+    assert (await store.stats())["events_accepted"] == 0
+    client: Client = await aiohttp_client(create_app(s))
+    resp = await client.post("/events", json={"events": [
+        {"session_id": e.session_id, "item_id": e.item_id} for e in spanning]})
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "backlogged"
+    await store.close()
+
+
+async def test_a_redis_error_no_retry_fixes_is_a_500_logged_as_a_bug(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A script's bug (Redis answers an error to a call that can never succeed) was answered
+    "503, retry shortly": a client retried what no retry fixes, and the log said Redis was
+    unavailable."""
+    client: Client = await aiohttp_client(create_app(settings))
+    store = client.app[STORE]
+
+    async def broken(command: bytes, args: list[bytes | str | int]) -> Any:
+        raise ResponseError("ERR user_script:1: Script attempted to access nonexistent global")
+    monkeypatch.setattr(store, "read", broken)
+    resp = await client.get("/popular")
+    assert resp.status == 500
+    assert (await resp.json())["error"]["code"] == "internal"
+    assert any(r.levelname == "ERROR" and "bug" in r.getMessage() for r in caplog.records)
+    assert not any("unavailable" in r.getMessage() for r in caplog.records)

@@ -50,9 +50,10 @@ from service.core.model import (
 )
 from service.core.series import FRESHNESS_MS, MinuteTally
 from service.core.stream import BadEntry, decode_flat, fields_of
+from service.failures import UNAVAILABLE
 from service.settings import Settings
 from service.store import series, transport, tuning
-from service.store.backends import UNAVAILABLE, connect, open_backend
+from service.store.backends import connect, open_backend
 from service.store.feedback import Feedback
 from service.store.keyspace import GROUP, Keys
 from service.store.scripts import Scripts
@@ -61,7 +62,6 @@ from workers.commit import Call, CommitAssembler, Group, shard_hex
 
 log = logging.getLogger("sessionrec.worker")
 
-REDIS_DOWN = UNAVAILABLE
 TRIM_EVERY = 5.0
 SWEEP_STEP = 500
 """Fields of an item shard's names that one sweep step looks at (HSCAN's COUNT)."""
@@ -145,7 +145,7 @@ class Worker:
         last_trim = 0.0
         last_tune_check = time.monotonic()  # the first check one period after the start
         grouped = False
-        with contextlib.suppress(*REDIS_DOWN):  # checked again by the API's start
+        with contextlib.suppress(*UNAVAILABLE):  # checked again by the API's start
             await self.backend.check_memory_policy()
         while not self.stopping.is_set():
             try:
@@ -164,7 +164,7 @@ class Worker:
                 await self.add_minutes()
                 delay = 0.1
                 wait = self.settings.lease_ms / 3000
-            except REDIS_DOWN as exc:
+            except UNAVAILABLE as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, delay)
                 wait, delay = delay, min(delay * 2, 5.0)
             with contextlib.suppress(TimeoutError):
@@ -198,7 +198,7 @@ class Worker:
     async def _shutdown(self) -> None:
         tasks = list(self.owned.values())
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(*REDIS_DOWN):
+        with contextlib.suppress(*UNAVAILABLE):
             for p in list(self.owned):
                 await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
                                          "release")
@@ -311,7 +311,7 @@ class Worker:
                 self.prefetched.pop(p, None)  # read, so pending: the backlog read has them
                 backlog = True
                 self.redeliveries_explained[p] = self.redeliveries_explained.get(p, 0) + 1
-            except REDIS_DOWN as exc:
+            except UNAVAILABLE as exc:
                 log.warning("partition %d: redis unavailable (%s)", p, exc)
                 self.prefetched.pop(p, None)
                 backlog = True
@@ -564,7 +564,7 @@ class Worker:
         minutes = self.minutes.take()
         try:
             await series.add(self.redis, self.keys, minutes)
-        except REDIS_DOWN:
+        except UNAVAILABLE:
             self.minutes.give_back(minutes)
             raise
 

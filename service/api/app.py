@@ -26,8 +26,8 @@ from service.api.middleware import error_middleware
 from service.api.model import follow_model
 from service.api.recommend import RECOMMENDER, Recommender
 from service.api.routes import ROUTES, router_path
+from service.failures import UNAVAILABLE
 from service.settings import Settings
-from service.store.backends import REDIS_FAILURES
 from service.store.state import Store
 
 log = logging.getLogger("sessionrec.api")
@@ -36,7 +36,7 @@ log = logging.getLogger("sessionrec.api")
 async def _warm(store: Store) -> None:
     try:
         await store.warm()
-    except REDIS_FAILURES as exc:  # the first request with rules reads it then
+    except UNAVAILABLE as exc:  # the first request with rules reads it then
         log.warning("catalogue not read at start (%s)", exc)
 
 
@@ -69,7 +69,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             await app[STORE].prepare()
             app[RECOMMENDER].use(await app[STORE].model_record())
             app[RECOMMENDER].use_experiment(*await app[STORE].feedback.current())
-        except REDIS_FAILURES as exc:
+        except UNAVAILABLE as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
         background = [asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE])),
                       asyncio.create_task(follow_feedback(app[RECOMMENDER], app[STORE],

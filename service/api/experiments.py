@@ -25,8 +25,8 @@ from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER, Recommender
 from service.core.feedback import Experiment, comparisons, variant_report
 from service.core.series import MinuteTally
+from service.failures import UNAVAILABLE
 from service.store import series
-from service.store.backends import REDIS_FAILURES
 from service.store.feedback import ExperimentConflict
 from service.store.state import Store
 
@@ -93,7 +93,7 @@ async def flush(recommender: Recommender, store: Store) -> None:
     answers, sessions = recommender.tally.take()
     try:
         await store.feedback.add(answers, sessions)
-    except REDIS_FAILURES:
+    except UNAVAILABLE:
         recommender.tally.give_back(answers, sessions)
         raise
 
@@ -111,10 +111,10 @@ async def follow_feedback(recommender: Recommender, store: Store, minutes: Minut
             taken = minutes.take()
             try:
                 await series.add(store.redis, store.keys, taken)
-            except REDIS_FAILURES:
+            except UNAVAILABLE:
                 minutes.give_back(taken)
                 raise
-        except REDIS_FAILURES as exc:
+        except UNAVAILABLE as exc:
             log.debug("feedback state not followed (%s); next try in %s s", exc, every)
         stop_if_cancelled()  # whatever a Redis call under way did with the cancellation
         await asyncio.sleep(every)

@@ -14,7 +14,7 @@ from service.api.context import API_KEYS, LIMITER, METRICS, SETTINGS, Handler
 from service.api.errors import ApiError
 from service.api.routes import ACCESS
 from service.core.series import LATENCY_MS
-from service.store.backends import REDIS_FAILURES
+from service.failures import UNAVAILABLE, Backlogged
 
 log = logging.getLogger("sessionrec.api")
 
@@ -53,12 +53,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = _http_error(request, exc)
-    except REDIS_FAILURES as exc:
+    except UNAVAILABLE as exc:
         log.warning("redis unavailable: %r", exc)
         response = ApiError(503, "unavailable",
                             "The data store is unreachable; retry shortly.").response()
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+    except Backlogged as exc:
+        log.warning("events refused: %s", exc)
+        response = ApiError(503, "backlogged", "Events cannot be stored now (appends keep "
+                            "failing on the data store); retry shortly.").response()
+    except Exception:  # a Redis error that is not unavailability included: a retry fixes none
+        log.exception("bug: unexpected error on %s %s", request.method, request.path)
         response = ApiError(500, "internal", "Unexpected server error.").response()
     cors.add_headers(request, response, allowed)
     took = time.perf_counter() - started

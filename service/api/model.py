@@ -18,8 +18,8 @@ from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER, Recommender
 from service.core.modelparams import ModelRecord
 from service.core.scoring import Params
+from service.failures import UNAVAILABLE
 from service.store import tuning
-from service.store.backends import REDIS_FAILURES
 from service.store.state import ModelContention, Store
 
 log = logging.getLogger("sessionrec.api")
@@ -88,7 +88,7 @@ async def follow_model(recommender: Recommender, store: Store,
         try:
             if await store.model_version() != recommender.record.version:
                 recommender.use(await store.model_record())
-        except REDIS_FAILURES as exc:
+        except UNAVAILABLE as exc:
             log.debug("model record not read (%s); next try in %s s", exc, every)
         stop_if_cancelled()  # whatever a Redis call under way did with the cancellation
         await asyncio.sleep(every)

@@ -23,7 +23,7 @@ from service.api.openapi import api_page, openapi_document
 from service.api.pages import page_headers
 from service.api.recommend import RECOMMENDER
 from service.core.feedback import variant_report
-from service.store.backends import REDIS_FAILURES
+from service.failures import UNAVAILABLE
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -37,7 +37,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].ping()
-    except REDIS_FAILURES:
+    except UNAVAILABLE:
         raise ApiError(503, "unavailable", "Redis is unreachable.") from None
     body = {"status": "ready"}
     if (warning := request.app[OPEN_WARNING]) is not None:
@@ -63,7 +63,7 @@ async def metrics(request: web.Request) -> web.Response:
                 m.impressions.labels(*labels).set(report["impressions"])
                 m.clicks.labels(*labels).set(report["clicks"])
                 m.ctr.labels(*labels).set(report["ctr"] or 0.0)
-    except REDIS_FAILURES:
+    except UNAVAILABLE:
         pass  # the request series are still worth scraping while Redis is away
     return web.Response(body=generate_latest(m.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.api.context import stop_if_cancelled
-from service.failures import Refused
+from service.failures import UNAVAILABLE, Refused
 from service.offline import catalog, clicklog
 from service.offline.clicklog import ClickLog
 from service.offline.evaluate import (
@@ -35,7 +35,7 @@ from service.offline.evaluate import (
 from service.offline.loader import BULK_TIMEOUT, bulk_store, load, refuse_unless_empty
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings, from_args
-from service.store.backends import MEMORY_URL, REDIS_FAILURES
+from service.store.backends import MEMORY_URL
 from service.store.state import Store
 
 T = TypeVar("T")
@@ -268,10 +268,10 @@ async def run_under_lease(settings: Settings, run_id: str, trigger: str, code: l
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=renewal_period(settings))
-        with contextlib.suppress(*REDIS_FAILURES):
+        with contextlib.suppress(*UNAVAILABLE):
             await asyncio.wait_for(store.scripts.lease(lease, run_id, settings.tune_lease_ms,
                                                        "release"), renewal_period(settings))
-        with contextlib.suppress(*REDIS_FAILURES):
+        with contextlib.suppress(*UNAVAILABLE):
             await asyncio.wait_for(store.close(), renewal_period(settings))
         sys.stdout.flush()  # the record printed reaches its reader even if the exit is forced
         exits.append(exit_after(renewal_period(settings), code))
@@ -293,7 +293,7 @@ async def keep_lease(store: Store, run_id: str, settings: Settings, stop: asynci
         try:
             held = await asyncio.wait_for(store.scripts.lease(
                 lease, run_id, settings.tune_lease_ms, "renew"), every)
-        except REDIS_FAILURES as exc:  # the next renewal, a third later, may do
+        except UNAVAILABLE as exc:  # the next renewal, a third later, may do
             stop_if_cancelled()
             print(f"tuning lease not renewed: {exc}", file=sys.stderr)
             continue

@@ -30,37 +30,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
-    AskError,
-    ClusterDownError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
     ResponseError,
-    TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import kernel
 from service.core.scoring import F64, U64, Params, Query
-from service.failures import Refused
+from service.failures import UNAVAILABLE, Refused
 from service.settings import Settings
 from service.store import transport
 from service.store.keyspace import Keys
 from service.store.readcache import ReadCache, Table
 
 log = logging.getLogger("sessionrec.store")
-
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, AskError,
-    ReadOnlyError, OutOfMemoryError, RedisClusterException, ConnectionError, OSError,
-    TimeoutError)
-"""Errors that say Redis (or a cluster node, mid-failover) cannot take the call now, as opposed
-to a call that can never succeed: retried by workers, 503 from the API, never a dead letter."""
-
-REDIS_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE, RedisError)
-"""What the API answers with 503: Redis could not serve the call."""
 
 MEMORY_URL = "memory://"
 CLUSTER_SCHEME = "redis+cluster://"
@@ -299,7 +280,7 @@ class Cluster(Backend):
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
-        with contextlib.suppress(*REDIS_FAILURES):
+        with contextlib.suppress(*UNAVAILABLE):
             return await self._mget_per_node(keys)
         # a moved slot, a failing node or a map not loaded yet: the client's pipeline follows
         # redirects and refreshes its slot map

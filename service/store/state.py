@@ -19,7 +19,6 @@ from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from service import kernel
@@ -40,9 +39,9 @@ from service.core.model import TYPE_RATING, Event
 from service.core.modelparams import ModelRecord
 from service.core.rules import CatalogueIndex
 from service.core.stream import encode, number, pack_events, unpack_events
-from service.failures import Refused
+from service.failures import UNAVAILABLE, Backlogged, Refused
 from service.settings import Settings
-from service.store.backends import REDIS_FAILURES, open_backend
+from service.store.backends import open_backend
 from service.store.caches import FrequencyCache, NameCache
 from service.store.feedback import Feedback
 from service.store.keyspace import GROUP, Keys
@@ -194,7 +193,7 @@ class Store:
             b"%d|%s" % (int(time.time() * 1000), pack_events(list(events))),
             once.record if once else "", JOURNAL_CAP)
         if journalled == b"full":
-            raise RedisConnectionError("the journal is full: appends keep failing")
+            raise Backlogged(f"partition {first}'s journal is full: appends keep failing")
         if journalled:
             raise Replayed(journalled.decode())
         journal = self.keys.journal(first)
@@ -205,7 +204,7 @@ class Store:
             if failed:
                 raise failed[0]
             await self.redis.hdel(journal, token)
-        except REDIS_FAILURES as exc:
+        except UNAVAILABLE as exc:
             log.warning("batch %s journalled but not yet appended everywhere (%r): a worker "
                         "replays it", token, exc)
             return []
@@ -362,7 +361,7 @@ class Store:
         if self._trending.made != -math.inf:  # a background refresh: failures wait for the
             try:  # next one (the request path reports Redis outages itself)
                 return await self._read_trending_now()
-            except REDIS_FAILURES:
+            except UNAVAILABLE:
                 return self._trending
         return await self._read_trending_now()
 
