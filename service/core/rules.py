@@ -143,6 +143,7 @@ class CatalogueIndex:
     row_keys: list[tuple[str, ...]] = field(default_factory=list)  # what a row is posted under
     postings: dict[str, set[int]] = field(default_factory=dict)
     first_category: dict[int, str | None] = field(default_factory=dict)  # by item hash
+    price_bands: set[int] = field(default_factory=set)  # every band a record was posted under
     dead: int = 0
 
     def __len__(self) -> int:
@@ -167,6 +168,8 @@ class CatalogueIndex:
         self.row_keys.append(keys)
         for key in keys:
             self.postings.setdefault(key, set()).add(row)
+        if record.price is not None and math.isfinite(record.price):
+            self.price_bands.add(price_band(record.price))
         if self.dead > max(1024, len(self.row_of)):
             self._compact()
 
@@ -264,14 +267,20 @@ class CatalogueIndex:
         has only a price range)."""
         best: tuple[Collection[int], ...] | None = None
         empty: set[int] = set()
-        for accepted in rule.any_of:
-            sets = tuple(self.postings.get(key, empty) for key in accepted)
+        conditions = [tuple(self.postings.get(key, empty) for key in accepted)
+                      for accepted in rule.any_of]
+        if rule.price_min is not None or rule.price_max is not None:
+            low = -math.inf if rule.price_min is None else price_band(rule.price_min)
+            high = math.inf if rule.price_max is None else price_band(rule.price_max)
+            conditions.append(tuple(self.postings[f"p\0{band}"] for band in self.price_bands
+                                    if low <= band <= high and f"p\0{band}" in self.postings))
+        for sets in conditions:
             if best is None or sum(map(len, sets)) < sum(map(len, best)):
                 best = sets
         return best if best is not None else (range(len(self.hashes)),)
 
 
-FILL_TESTS = 4096
+FILL_TESTS = 2048
 """Records a request's trending fill tests at most under a filter (each a few dictionary
 lookups): the bound that keeps a filter's cost off the catalogue's size. A filter whose
 conditions each admit more items than this, but together few, may find fewer than k; the
@@ -284,5 +293,21 @@ def _share(score: float, top: float) -> float:
 
 
 def _posting_keys(record: Record) -> tuple[str, ...]:
-    return tuple({"c\0" + c for c in record.categories} | {"t\0" + t for t in record.tags}
-                 | {attribute_key(name, v) for name, v in record.attributes.items()})
+    keys = {"c\0" + c for c in record.categories} | {"t\0" + t for t in record.tags} \
+        | {attribute_key(name, v) for name, v in record.attributes.items()}
+    if record.price is not None and math.isfinite(record.price):
+        keys.add(f"p\0{price_band(record.price)}")
+    return tuple(keys)
+
+
+PRICE_BANDS_PER_DOUBLING = 8
+"""Price bands: a record is posted under its price's band, so that a price range's items are
+the union of a few bands' rows (a narrow range on a large catalogue is a small source)."""
+NOT_POSITIVE = -(1 << 30)
+
+
+def price_band(price: float) -> int:
+    """The band of a price: bands are a 2^(1/8) ratio wide (prices of zero or less share one)."""
+    if price <= 0:
+        return NOT_POSITIVE
+    return math.floor(math.log2(price) * PRICE_BANDS_PER_DOUBLING)
