@@ -267,26 +267,21 @@ class Recommender:
             snapshot = await self.store.trending_snapshot()
             return _fill(catalogue.fill_order(rules.filter, snapshot.members), k, skip, cap,
                          ceiling, rules.explain)
-        first = depth = k + len(skip)
+        depth = k + len(skip)
         counts = dict(cap.counts) if cap is not None else {}
-        while True:
-            head = await self.store.trending_head(depth)
-            if cap is not None:
-                cap.counts = dict(counts)
-            leader = head[0][1] if head else 0.0
-            rows = _fill(_members(head, leader), k, skip, cap, ceiling, rules.explain)
-            if len(rows) == k or len(head) < depth or cap is None \
-                    or depth >= first + CAPPED_DEPTH:
-                # k found, the whole head read, only the cap skips more, or the cap's search
-                # as deep as it goes: the answer says it has fewer than k
-                return rows
-            depth = min(depth * 4, first + CAPPED_DEPTH)
-
-
-CAPPED_DEPTH = 2048
-"""How far past what it skips a trending fill under ``max_per_category`` reads the trending set
-at most: a read that grew with the set (a few categories among many trending items) blocked
-Redis for every client."""
+        head = await self.store.trending_head(depth)
+        leader = head[0][1] if head else 0.0
+        rows = _fill(_members(head, leader), k, skip, cap, ceiling, rules.explain)
+        if len(rows) == k or len(head) < depth or cap is None:
+            return rows  # k found, the whole set read, or only the cap skips more
+        # the cap skipped items: deeper from the process' trending snapshot, not from Redis (a
+        # read that grew with the set, a few categories among many trending items, blocked
+        # Redis for every client); past its 4,096 items the answer says it has fewer than k
+        cap.counts = dict(counts)
+        members = (await self.store.trending_snapshot()).members
+        top = members[0][2] if members else 0.0
+        return _fill(((name, h, math.pow(2.0, min(score - top, 0.0)))
+                      for name, h, score in members), k, skip, cap, ceiling, rules.explain)
 
 
 def _members(head: Sequence[tuple[bytes, float]], leader: float
