@@ -137,3 +137,30 @@ async def test_max_per_category_reads_no_deeper_than_it_would_without(
     # the fill's own reads (the process also reads its fixed-size trending snapshot)
     assert [n for n in depths if n != TRENDING_SNAPSHOT] == [60, 60], depths
     assert depths.count(TRENDING_SNAPSHOT) <= 1
+
+
+async def test_unavailable_items_cost_an_answer_no_deeper_read(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every hidden or unavailable item made every trending answer read one more member (the
+    depth was k plus everything skipped): 60,000 unavailable items cost each answer ~60 ms.
+    Now a little past k first, deeper only when skipped items were in the way; k still holds."""
+    store = Store(settings)
+    await store.prepare()
+    await store.put_items([Record(f"gone{n}", None, ("a",), False) for n in range(5000)])
+    trending = [f"t{n}" for n in range(100)]
+    await store.redis.zadd(store.keys.trend(), {i: 100.0 - n * 0.01 for n, i in
+                                                enumerate(trending)})
+    await store.close()
+    client = await aiohttp_client(create_app(settings))
+    depths: list[int] = []
+    head = Store.trending_head
+
+    async def recording(self: Store, n: int) -> list[tuple[bytes, float]]:
+        depths.append(n)
+        return await head(self, n)
+    monkeypatch.setattr(Store, "trending_head", recording)
+    reply = await client.get("/popular?k=10&" + "&".join(f"exclude=t{n}" for n in range(30)))
+    assert [r["id"] for r in (await reply.json())["recommendations"]] == \
+        [f"t{n}" for n in range(30, 40)]
+    fill = [n for n in depths if n != TRENDING_SNAPSHOT]
+    assert max(fill) <= 10 + 4 * 10 + 64, depths
