@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any
 
@@ -153,12 +154,25 @@ async def test_forwarded_addresses_count_only_from_trusted_proxies(
 def test_name_cache_eviction_is_constant_time() -> None:
     """A full cache used to pop a tenth of its entries one by one from the front of a dict
     (each pop rescanning the deleted slots): seconds per eviction at a million entries."""
-    cache = NameCache(capacity=100_000)
+    cache = NameCache(capacity_bytes=100_000 * 160)
     started = time.perf_counter()
     for n in range(1_000_000):
         cache.put(n, "x")
     assert time.perf_counter() - started < 5.0
     assert len(cache) <= 100_000 and cache.get(999_999) == "x"
+
+
+def test_name_cache_is_bounded_in_bytes_whatever_the_ids_length() -> None:
+    """Red team: 300k learned ids of 256 emoji each grew serve by 600 MiB under a bound of a
+    million entries. The bound is in bytes: long ids make fewer entries fit."""
+    cache = NameCache(capacity_bytes=8 << 20)
+    long_id = "\U0001F600" * 256  # about 1 KiB as a Python string
+    for n in range(100_000):
+        cache.put(n, long_id + str(n))
+    held = sum(sys.getsizeof(name) for name in (*cache._young.values(),
+                                                 *cache._old.values()))
+    assert held <= 8 << 20
+    assert cache.get(99_999) == long_id + "99999"
 
 
 async def test_invented_ids_never_enter_the_name_cache(client: Client) -> None:

@@ -243,7 +243,7 @@ the same few filters (one per category page) on most requests, and checking one 
 than finding it. Only short texts are kept, and the whole is cleared when it would pass
 ``FILTER_CACHE_BYTES``: a client sending large distinct filters (a megabyte each is valid) grew
 a cache bounded by count alone by a gigabyte per thousand requests."""
-FILTER_CACHE_BYTES = 4 << 20
+FILTER_CACHE_BYTES = 16 << 20
 """What the cache may hold, counted as ``filter_cost`` of each entry."""
 CACHED_FILTER_TEXT = 4096
 """The longest filter text cached (a category page's filter is a few dozen bytes)."""
@@ -252,8 +252,9 @@ _cached_bytes = 0
 
 def filter_cost(text: bytes | str) -> int:
     """The memory one cached filter takes, bounded from above: its text, the parsed filter's
-    strings and sets (a few times the text) and the entry's fixed part."""
-    return 4 * len(text) + 512
+    tuples, strings and sets of posting keys (measured at about fifty times a long filter's
+    text under tracemalloc) and the entry's fixed part."""
+    return 64 * len(text) + 2048
 
 
 def _known_filter(text: bytes | str, value: Any, settings: Settings) -> Filter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -14,13 +15,19 @@ class NameCache:
     """Item hash -> id, for ids Redis returned (a hash names one id, so entries never go
     stale). Only what Redis said goes in: a request's own ids are any strings a client
     invents, and caching them let one client fill the cache and stall every request on its
-    eviction. Bounded by two generations: when the young one is full it becomes the old one
-    and the previous old one is dropped whole, O(1); a hit in the old one is promoted."""
+    eviction. Bounded in bytes by two generations: when the young one holds half the budget it
+    becomes the old one and the previous old one is dropped whole, O(1); a hit in the old one
+    is promoted. Bytes, not entries: ids are up to 256 characters of any script, so a bound by
+    count let learned long ids hold gigabytes."""
 
-    def __init__(self, capacity: int = 1_000_000) -> None:
-        self.capacity = capacity
+    ENTRY_BYTES = 100
+    """A dict entry and an int key, beside the id's own string."""
+
+    def __init__(self, capacity_bytes: int = 256 << 20) -> None:
+        self.capacity_bytes = capacity_bytes
         self._young: dict[int, str] = {}
         self._old: dict[int, str] = {}
+        self._young_bytes = 0
 
     def get(self, key: int) -> str | None:
         name = self._young.get(key)
@@ -31,10 +38,12 @@ class NameCache:
         return name
 
     def put(self, key: int, name: str) -> None:
-        if len(self._young) >= max(self.capacity // 2, 1):
+        if self._young_bytes >= self.capacity_bytes // 2:
             self._old = self._young
             self._young = {}
+            self._young_bytes = 0
         self._young[key] = name
+        self._young_bytes += sys.getsizeof(name) + self.ENTRY_BYTES
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old)
