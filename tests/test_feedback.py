@@ -446,6 +446,28 @@ async def test_one_client_address_weighs_at_most_its_share(aiohttp_client: Any,
     assert "sessionrec_answers_unrecorded 0.0" in await (await server.get("/metrics")).text()
 
 
+async def test_one_client_address_weighs_at_most_its_share_of_a_reports_answers(
+        aiohttp_client: Any, settings: Settings) -> None:
+    """Red team: 10,000 asks from one address added 10,000 to a variant's ``answers`` (and
+    invented sessions to ``sessions``) while only its share took feedback. A report counts
+    the answers that were recorded, so one address weighs there no more than its share."""
+    shared = settings.replace(feedback_client_answers=8, secret_keys=SECRET)  # 2 a partition
+    server: Client = await aiohttp_client(create_app(shared), headers=ADMIN)
+    assert (await server.put("/admin/experiments/share", json=TWO)).status == 200
+    client: Client = await aiohttp_client(create_app(shared))
+    await ingest(shared, learned_log())
+    await drain(shared)
+    for n in range(40):
+        await ask(client, f"sybil{n}", ["i1"])
+    for n in range(3):
+        await ask(server, f"visitor{n}", ["i1"])  # the shop's own servers: no share taken
+    await asyncio.sleep(2.5)  # the tallies reach Redis every second
+    report = await (await server.get("/admin/experiments/share")).json()
+    answers = sum(v["answers"] for v in report["variants"].values())
+    sessions = sum(v["sessions"] for v in report["variants"].values())
+    assert 3 < answers <= 8 + 3 and 3 < sessions <= 8 + 3, report["variants"]
+
+
 async def _keys_of(store: Store, p: int) -> list[bytes]:
     keys: list[bytes] = []
     async for key in store.redis.scan_iter(match=f"{store.keys.ns}:{{p{p}}}:ans:*", count=1000):

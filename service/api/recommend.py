@@ -127,8 +127,12 @@ class Recommender:
         if session_id is not None and answer.recommendations:
             shown = answer.recommendations[:FEEDBACK_POSITIONS]
             listed = kernel.hashes([row["id"] for row in shown], ITEM_PERSON)
-            if not await self.store.feedback.record_answer(session_id, nonce, listed, now,
-                                                           asker.client):
+            if await self.store.feedback.record_answer(session_id, nonce, listed, now,
+                                                       asker.client):
+                if name is not None:  # an experiment's answers and sessions: those recorded
+                    # only, so one address weighs in the report's counts no more than its share
+                    self.tally.count(serial, variant, session_id)
+            else:
                 self.unrecorded += 1
         return dataclasses.replace(answer, variant=name, recommendation_id=rid)
 
@@ -142,7 +146,6 @@ class Recommender:
             variant = experiment.assign(session_id)
             serial, name = experiment.serial, experiment.variants[variant].name
             params = self.variant_params[variant]
-            self.tally.count(serial, variant, session_id)
         hashes = [item_hash(item) for item, _, _ in interactions]
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                     [r for _, _, r in interactions], params)
