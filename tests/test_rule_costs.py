@@ -58,7 +58,8 @@ async def test_distinct_filters_keep_nothing_per_filter_and_test_a_bounded_numbe
         filters += [{"price": {"min": 0.5 + i * 1e-9}},  # admits nearly every record
                     {"categories": [f"cat{i}", f"dept{i % 7}"], "price": {"max": 990 - i}},
                     {"attributes": {"color": [f"c{i % 12}"], "size": [i % 9, 100 + i]}},
-                    {"price": {"min": 1e6 + i}}]  # admits nothing: the walk is bounded
+                    {"price": {"min": 1e6 + i}},  # admits nothing: the walk is bounded
+                    {"price": {"min": 100.0 + i, "max": 100.5 + i}}]  # 20 of 20,000: found
     gc.collect()
     tracemalloc.start()
     try:

@@ -393,12 +393,14 @@ def test_the_index_admits_exactly_what_the_filter_allows(
     trending ones first by their score."""
     index = CatalogueIndex()
     last: dict[str, dict[str, Any] | None] = {}
-    for item, fields in writes:
+    compiled = as_filter(rule)
+    for n, (item, fields) in enumerate(writes):
         index.put(hash_of(item), as_record(item, fields) if fields is not None else None)
         last[item] = fields
         if index.dead > 5:
             index._compact()
-    compiled = as_filter(rule)
+        if n == len(writes) // 2:  # the price order sorted halfway: later rows kept aside
+            list(index.fill_order(compiled, []))
     expected = sorted(item for item, fields in last.items()
                       if fields is not None and fields["available"]
                       and compiled.holds(as_record(item, fields)))

@@ -143,7 +143,10 @@ class CatalogueIndex:
     row_keys: list[tuple[str, ...]] = field(default_factory=list)  # what a row is posted under
     postings: dict[str, set[int]] = field(default_factory=dict)
     first_category: dict[int, str | None] = field(default_factory=dict)  # by item hash
-    price_bands: set[int] = field(default_factory=set)  # every band a record was posted under
+    by_price: tuple[F64, npt.NDArray[np.int64]] | None = None
+    """Prices ascending and their rows, sorted when a price range first needs them; rows put
+    since are kept aside in ``unsorted`` (tested as they come) until they are many."""
+    unsorted: list[int] = field(default_factory=list)
     dead: int = 0
 
     def __len__(self) -> int:
@@ -168,8 +171,8 @@ class CatalogueIndex:
         self.row_keys.append(keys)
         for key in keys:
             self.postings.setdefault(key, set()).add(row)
-        if record.price is not None and math.isfinite(record.price):
-            self.price_bands.add(price_band(record.price))
+        if self.by_price is not None and record.price is not None:
+            self.unsorted.append(row)
         if self.dead > max(1024, len(self.row_of)):
             self._compact()
 
@@ -197,6 +200,7 @@ class CatalogueIndex:
                          for key, rows in self.postings.items()}
         self.postings = {key: rows for key, rows in self.postings.items() if rows}
         self.dead = 0
+        self.by_price, self.unsorted = None, []
 
     def holds(self, rule: Filter, item: int) -> bool:
         """Whether the item's record is available and satisfies ``rule`` (``Filter.holds`` on
@@ -262,18 +266,34 @@ class CatalogueIndex:
                     given.add(row)
                     yield self.ids[row], self.hashes[row], 0.0
 
+    def sort_prices(self) -> None:
+        """Sort the price order now (the mirror does it off the event loop after a whole read;
+        a price range otherwise sorts on first use)."""
+        prices = np.array(self.prices, dtype=np.float64)
+        order = np.argsort(prices, kind="stable")
+        self.by_price, self.unsorted = (prices[order], order), []
+
+    def _priced(self, low: float | None, high: float | None) -> tuple[Collection[int], ...]:
+        """The rows whose price may lie in [low, high]: a slice of the price order (a bisection)
+        and the rows put since it was sorted. A replaced record's old row stays in the order
+        until the next sort; it is dead, so its test fails."""
+        if self.by_price is None or len(self.unsorted) > max(RESORT_AFTER, len(self.hashes) // 4):
+            self.sort_prices()
+        assert self.by_price is not None
+        prices, rows = self.by_price
+        start = int(np.searchsorted(prices, -math.inf if low is None else low, "left"))
+        end = int(np.searchsorted(prices, math.inf if high is None else high, "right"))
+        return (_Rows(rows, start, end), self.unsorted)
+
     def _smallest_source(self, rule: Filter) -> tuple[Collection[int], ...]:
         """The posting sets of the condition with the fewest rows (every row when the filter
         has only a price range)."""
         best: tuple[Collection[int], ...] | None = None
         empty: set[int] = set()
-        conditions = [tuple(self.postings.get(key, empty) for key in accepted)
-                      for accepted in rule.any_of]
+        conditions: list[tuple[Collection[int], ...]] = [
+            tuple(self.postings.get(key, empty) for key in accepted) for accepted in rule.any_of]
         if rule.price_min is not None or rule.price_max is not None:
-            low = -math.inf if rule.price_min is None else price_band(rule.price_min)
-            high = math.inf if rule.price_max is None else price_band(rule.price_max)
-            conditions.append(tuple(self.postings[f"p\0{band}"] for band in self.price_bands
-                                    if low <= band <= high and f"p\0{band}" in self.postings))
+            conditions.append(self._priced(rule.price_min, rule.price_max))
         for sets in conditions:
             if best is None or sum(map(len, sets)) < sum(map(len, best)):
                 best = sets
@@ -287,27 +307,37 @@ conditions each admit more items than this, but together few, may find fewer tha
 answer says so."""
 
 
+RESORT_AFTER = 50_000
+"""Rows put since the price order was sorted, before it is sorted again (they are tested one
+by one until then; the sort of a million prices takes tens of milliseconds)."""
+
+
+class _Rows(Collection[int]):
+    """A slice of an array of rows, iterated as Python ints without copying the slice whole (a
+    walk takes a few thousand of a range that may hold a million)."""
+
+    __slots__ = ("_end", "_rows", "_start")
+
+    def __init__(self, rows: npt.NDArray[np.int64], start: int, end: int) -> None:
+        self._rows, self._start, self._end = rows, start, end
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def __iter__(self) -> Iterator[int]:
+        for at in range(self._start, self._end, 1024):
+            yield from self._rows[at:min(at + 1024, self._end)].tolist()
+
+    def __contains__(self, row: object) -> bool:
+        return row in self._rows[self._start:self._end]
+
+
 def _share(score: float, top: float) -> float:
     """A trending log2 score as a share of the first one's (0 when not trending)."""
     return math.pow(2.0, min(score - top, 0.0)) if math.isfinite(score) else 0.0
 
 
 def _posting_keys(record: Record) -> tuple[str, ...]:
-    keys = {"c\0" + c for c in record.categories} | {"t\0" + t for t in record.tags} \
-        | {attribute_key(name, v) for name, v in record.attributes.items()}
-    if record.price is not None and math.isfinite(record.price):
-        keys.add(f"p\0{price_band(record.price)}")
-    return tuple(keys)
+    return tuple({"c\0" + c for c in record.categories} | {"t\0" + t for t in record.tags}
+                 | {attribute_key(name, v) for name, v in record.attributes.items()})
 
-
-PRICE_BANDS_PER_DOUBLING = 8
-"""Price bands: a record is posted under its price's band, so that a price range's items are
-the union of a few bands' rows (a narrow range on a large catalogue is a small source)."""
-NOT_POSITIVE = -(1 << 30)
-
-
-def price_band(price: float) -> int:
-    """The band of a price: bands are a 2^(1/8) ratio wide (prices of zero or less share one)."""
-    if price <= 0:
-        return NOT_POSITIVE
-    return math.floor(math.log2(price) * PRICE_BANDS_PER_DOUBLING)

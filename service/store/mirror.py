@@ -111,6 +111,9 @@ class CatalogueMirror:
                                                            count=1000):
                 index.put(int.from_bytes(bytes.fromhex(field.decode()), "little"),
                           decode_record(raw))
+        # the price order, in a thread while the index is this read's alone (numpy's sort
+        # leaves the interpreter free: requests go on with the previous copy meanwhile)
+        await asyncio.to_thread(index.sort_prices)
         self.index = index
         self.version = int(last[0][1][b"v"]) if last else 0
         self.last_entry = last[0][0] if last else b"0-0"
