@@ -409,3 +409,39 @@ async def test_a_starting_process_reads_the_catalogue_before_any_request_needs_i
         assert time.monotonic() - began < 2.0, "the catalogue was not read at start"
         await asyncio.sleep(0.02)
     assert len(store.mirror.index) == 50
+
+
+async def test_a_large_change_reaches_a_serve_process_without_holding_its_loop(
+        settings: Settings) -> None:
+    """Red team: after 60,000 records changed, the first request with a rule took 0.8 s: the
+    copy applied every changed record in one go. Now a few hundred at a time, between which
+    the event loop serves others."""
+    writer, reader = Store(settings), Store(settings)
+    try:
+        await writer.prepare()
+        await writer.put_items([Record("first", categories=("x",))])
+        await reader.catalogue()
+        for start in range(0, 40_000, 10_000):
+            await writer.put_items([Record(f"r{n}", None, ("c", "d"), True, float(n),
+                                           ("t",), {"size": n % 7})
+                                    for n in range(start, start + 10_000)])
+        reader.mirror.expire()
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+        ticking = asyncio.create_task(ticker())
+        index = await reader.catalogue()
+        done.set()
+        await ticking
+        assert len(index) == 40_001 and reader.mirror.full_reads == 1
+        assert max(gaps) < 0.25, f"the loop was held {max(gaps) * 1000:.0f} ms"
+    finally:
+        await writer.close()
+        await reader.close()

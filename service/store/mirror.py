@@ -30,6 +30,9 @@ contract promises a change reaches every answer within a second; half of that le
 half to the request that was already running and to a loaded machine."""
 
 READ_LOG_COUNT = 1000
+APPLY_AT_ONCE = 250
+"""Records read and applied between two turns of the event loop (each costs some
+microseconds to decode and index: a few milliseconds at most held)."""
 HEX = 2 * HASH_BYTES  # an item hash in the log
 
 
@@ -88,6 +91,12 @@ class CatalogueMirror:
         return True
 
     async def _read_records(self, items: list[bytes]) -> None:
+        """The records of ``items``, read and applied ``APPLY_AT_ONCE`` at a time: a change
+        of many records (an import) applied in one go held the event loop for a second."""
+        for start in range(0, len(items), APPLY_AT_ONCE):
+            await self._read_some(items[start:start + APPLY_AT_ONCE])
+
+    async def _read_some(self, items: list[bytes]) -> None:
         by_shard: dict[int, list[bytes]] = {}
         for h in items:
             by_shard.setdefault(shard_of(h), []).append(h)
@@ -108,7 +117,7 @@ class CatalogueMirror:
         index = CatalogueIndex()
         for shard in range(ITEM_SHARDS):
             async for field, raw in self.client.hscan_iter(self.keys.catalog(shard),
-                                                           count=1000):
+                                                           count=APPLY_AT_ONCE):
                 index.put(int.from_bytes(bytes.fromhex(field.decode()), "little"),
                           decode_record(raw))
         # the price order, in a thread while the index is this read's alone (numpy's sort
