@@ -20,7 +20,7 @@ class NameCache:
     is promoted. Bytes, not entries: ids are up to 256 characters of any script, so a bound by
     count let learned long ids hold gigabytes."""
 
-    ENTRY_BYTES = 100
+    PER_NAME_OVERHEAD = 100
     """A dict entry and an int key, beside the id's own string."""
 
     def __init__(self, capacity_bytes: int = 256 << 20) -> None:
@@ -43,7 +43,7 @@ class NameCache:
             self._young = {}
             self._young_bytes = 0
         self._young[key] = name
-        self._young_bytes += sys.getsizeof(name) + self.ENTRY_BYTES
+        self._young_bytes += sys.getsizeof(name) + self.PER_NAME_OVERHEAD
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old)
