@@ -38,12 +38,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.api.validation import MAX_FILTER_VALUES  # noqa: E402
 from service.core.catalog import AttributeValue, Record  # noqa: E402
 from service.core.model import Event  # noqa: E402
 from service.offline import clicklog  # noqa: E402
 from service.offline.loader import bulk_store, load  # noqa: E402
 from service.offline.redisproc import RedisProcess, free_port  # noqa: E402
+from service.requests.rules import MAX_FILTER_VALUES  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 CATEGORIES, TAGS, COLOURS, SIZES, BRANDS, HOT = 2000, 500, 20, 10, 1000, 5000

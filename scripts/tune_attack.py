@@ -37,8 +37,8 @@ os.chdir(ROOT)
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from service.answers.recommender import Recommender  # noqa: E402
 from service.api.app import create_app  # noqa: E402
-from service.api.recommend import Recommender  # noqa: E402
 from service.offline import clicklog  # noqa: E402
 from service.offline.clicklog import ClickLog  # noqa: E402
 from service.offline.evaluate import align_times, static_cases  # noqa: E402

@@ -8,11 +8,14 @@
   that refuses a Redis, a loader that refuses a namespace with state, a click log whose columns
   do not match); ``service.cli`` is the one place that turns it into one line on stderr, saying
   what to do, and the exit code ``REFUSED``.
+- A task asked to stop (``stop_if_cancelled``): never taken for a failure to retry.
 - Anything else, a Redis error included (a script's bug, a wrong type): a bug, which no retry
   fixes. The API answers 500 and logs it with its traceback; a command keeps its traceback.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from redis.exceptions import (
     AskError,
@@ -43,3 +46,13 @@ an input it cannot work with. Restarting it unchanged would only refuse again.""
 
 class Refused(Exception):
     """A failure the user can fix; the message is one line saying what to do."""
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when the running task was asked to stop. A background loop that
+    outlives Redis failures calls it before each pause: redis-py may turn the cancellation of
+    a call it was in into a connection error, or swallow it, and a loop that went on would
+    never stop (an app's shutdown waited on it forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -11,7 +11,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.api.recommend import Answer
+from service.answers.recommender import Answer
 from service.core.layout import partition_of, session_hash
 from service.core.model import Event
 from service.core.stream import encode

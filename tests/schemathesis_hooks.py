@@ -1,7 +1,7 @@
-"""Schemathesis hooks (tests/test_schema.py): the one constraint of the API that JSON Schema
-cannot state. A filter's ``price.min`` above its ``price.max`` is a contradiction the API
-refuses with a 400 (SPEC), yet every schema keyword allows it; such cases are not generated as
-"valid" ones. tests/test_rules.py checks that they are refused."""
+"""Schemathesis hooks (tests/test_schema.py): the one constraint of the API that JSON Schema cannot
+state. A filter's ``price.min`` above its ``price.max`` is a contradiction the API refuses with a
+400 (README, "Rules and explanations"), yet every schema keyword allows it; such cases are not
+generated as "valid" ones. tests/test_rules.py checks that they are refused."""
 
 from __future__ import annotations
 

@@ -5,7 +5,10 @@
 * the entry layout and the trim rule are spelled once in Python (service/core/layout.py), the
   compiled kernel's entry size agrees with it, and the Lua scripts are given the limit;
 * the request and ingest code does not branch on the topology (standalone, cluster, embedded):
-  that lives in service/store/backends.py.
+  that lives in service/store/backends.py;
+* answering (service/answers) and reading requests (service/requests) know nothing of HTTP:
+  they import nothing from service.api; offline code imports from it only the app that the
+  evaluation drives over HTTP (its figures are measured through the API, as a client would).
 """
 
 from __future__ import annotations
@@ -66,6 +69,19 @@ def test_the_serving_processes_import_no_offline_demo_or_plotting_code() -> None
                                                     "matplotlib", "scripts"))]
     assert offending == []
     assert "service.api.app" in loaded and "service.kernel" in loaded  # the probe ran
+
+
+def test_answering_and_reading_requests_know_nothing_of_http() -> None:
+    modules = project_modules()
+    reach: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        api = {m for m in imports_of(name, path, modules) if m.startswith("service.api")}
+        if api:
+            reach[name] = api
+    assert [n for n in reach if n.startswith(("service.answers", "service.requests",
+                                               "service.core", "service.store"))] == []
+    offline = {n: sorted(m) for n, m in reach.items() if n.startswith("service.offline")}
+    assert offline == {"service.offline.evaluate": ["service.api.app"]}, offline
 
 
 def test_there_is_no_import_cycle_between_project_modules() -> None:

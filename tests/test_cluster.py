@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from service.api.recommend import Recommender
+from service.answers.recommender import Recommender
 from service.core.model import Event
 from service.settings import Settings
 from service.store import state as store_module

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.api.recommend import Recommender
+from service.answers.recommender import Recommender
 from service.core.model import Event
 from service.core.rules import Filter, Rules
 from service.demo import load_sample, sample_catalogue

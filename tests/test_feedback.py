@@ -1,6 +1,6 @@
-"""Feedback (SPEC, "Feedback"): recommendation ids, impressions that never feed the model,
-attributed clicks counted exactly once, experiments with deterministic assignment and a report
-with CTR intervals and p-values; on a real Redis, standalone and cluster."""
+"""Feedback (README, "Feedback and experiments"): recommendation ids, impressions that never feed
+the model, attributed clicks counted exactly once, experiments with deterministic assignment and a
+report with CTR intervals and p-values; on a real Redis, standalone and cluster."""
 
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from service import kernel
 from service.api.app import create_app
 from service.api.context import STORE
-from service.api.jsonutil import dumps
 from service.core.layout import item_hash, session_hash, time_key
 from service.core.model import Event
 from service.offline.redisproc import RedisProcess, free_port
+from service.requests.jsonutil import dumps
 from service.settings import Settings
 from service.store.backends import UnsafeRedis
 from service.store.caches import NameCache

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from service.answers.recommender import Recommender
 from service.api.app import create_app
 from service.api.model import follow_model
-from service.api.recommend import RECOMMENDER, Recommender
+from service.api.recommend import RECOMMENDER
 from service.core.modelparams import LIMITS, ModelRecord
 from service.core.scoring import Params
 from service.settings import Settings

@@ -17,7 +17,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import kernel
-from service.api.recommend import Recommender
+from service.answers.recommender import Recommender
 from service.core import scoring
 from service.core.layout import item_hash, session_hash
 from service.core.model import Event

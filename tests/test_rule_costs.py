@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import pytest
 
-from service.api import validation
 from service.api.app import create_app
 from service.core.catalog import Record
 from service.core.rules import FILL_TESTS, CatalogueIndex, Filter
+from service.requests import rules as request_rules
 from service.settings import Settings
 from service.store.state import TRENDING_SNAPSHOT, Store
 
@@ -91,20 +91,20 @@ def test_the_parsed_filter_cache_is_bounded_in_bytes(settings: Settings) -> None
     """1,024 parsed filters of any size were kept: a megabyte-sized filter is valid, so a
     thousand requests held a gigabyte. Now only short filters are kept, within a byte budget,
     and a shop's repeated filter is still found, not parsed again."""
-    validation._FILTERS.clear()
-    validation._cached_bytes = 0
+    request_rules._FILTERS.clear()
+    request_rules._cached_bytes = 0
     large = [{"filter": {"categories": [f"{n}-{v}-" + "x" * 150 for v in range(100)]}}
              for n in range(200)]
     small = [{"filter": {"price": {"min": n}}} for n in range(20_000)]
     for body in small + large:
-        validation.rules(body, settings)
-    texts = [text for _, text in validation._FILTERS]
-    assert all(len(text) <= validation.CACHED_FILTER_TEXT for text in texts)
-    assert sum(map(validation.filter_cost, texts)) <= validation.FILTER_CACHE_BYTES
+        request_rules.rules(body, settings)
+    texts = [text for _, text in request_rules._FILTERS]
+    assert all(len(text) <= request_rules.CACHED_FILTER_TEXT for text in texts)
+    assert sum(map(request_rules.filter_cost, texts)) <= request_rules.FILTER_CACHE_BYTES
     assert len(texts) > 100
     shop = {"filter": {"categories": ["shoes"]}}
-    first = validation.rules(shop, settings).filter
-    assert validation.rules(shop, settings).filter is first
+    first = request_rules.rules(shop, settings).filter
+    assert request_rules.rules(shop, settings).filter is first
 
 
 async def test_max_per_category_reads_no_deeper_than_it_would_without(

@@ -174,7 +174,7 @@ REQUEST_ITEMS = {"iid_recommend": {"p0", "p3"}, "iid_seen": {"p0", "p3"},
 
 
 def allowed(record: dict[str, Any] | None, rule: dict[str, Any]) -> bool:
-    """The SPEC's filter, spelled out independently of the service's code."""
+    """The README's filter, spelled out independently of the service's code."""
     if record is None or not record["available"]:
         return False
     if "categories" in rule and not set(rule["categories"]) & set(record["categories"]):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from service.answers.recommender import Recommender
 from service.api.app import create_app
-from service.api.recommend import Recommender
 from service.core.model import Event
 from service.core.scoring import Params
 from service.offline.livetune import tune_live

@@ -8,18 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.api import validation
-from service.api.errors import ApiError
+from service.requests import recommend as request_recommend
+from service.requests.events import event_batch
+from service.requests.recommend import Interaction, recommend_request
+from service.requests.values import Invalid, parse_json, query_bool, query_integer
 from service.settings import Settings
 
 S = Settings(max_interactions=3, max_batch=2, max_id_length=8, max_k=50)
 NOW = 1_700_000_000.0
 
 
-def rejected(call: Any, *args: Any) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def rejected(call: Any, *args: Any) -> Invalid:
+    with pytest.raises(Invalid) as info:
         call(*args)
-    assert info.value.status == 400
+    assert info.value.code in ("invalid", "invalid_json")  # the API answers both with a 400
     assert info.value.message
     return info.value
 
@@ -28,20 +30,20 @@ def test_seed_request_parses_in_order() -> None:
     body = {"user_interactions": {"89898": {"timestamp": 1704060026, "rating": 4.5},
                                   "22898": {"timestamp": 1704060027.5, "rating": 4.5}},
             "k": 10, "recommend_seen": True}
-    req = validation.recommend_request(body, S, NOW)
+    req = recommend_request(body, S, NOW)
     assert [i.item_id for i in req.interactions] == ["89898", "22898"]
     assert req.interactions[1].timestamp == 1704060027.5
     assert (req.k, req.recommend_seen) == (10, True)
 
 
 def test_integral_numbers_are_integers() -> None:
-    assert validation.recommend_request({"user_interactions": {}, "k": 7.0}, S, NOW).k == 7
-    ev = validation.events({"session_id": "s", "item_id": 275776.0}, S, NOW)[0]
+    assert recommend_request({"user_interactions": {}, "k": 7.0}, S, NOW).k == 7
+    ev = event_batch({"session_id": "s", "item_id": 275776.0}, S, NOW)[0]
     assert ev.item_id == "275776"
 
 
 def test_defaults_missing_timestamp_is_now_and_rating_is_a_view() -> None:
-    req = validation.recommend_request({"user_interactions": {"a": {}}}, S, NOW)
+    req = recommend_request({"user_interactions": {"a": {}}}, S, NOW)
     assert req.interactions[0].timestamp == NOW
     assert req.interactions[0].rating == 1.0
     assert (req.k, req.recommend_seen) == (10, False)
@@ -69,13 +71,13 @@ def test_defaults_missing_timestamp_is_now_and_rating_is_a_view() -> None:
     ({"user_interactions": {}, "recomend_seen": True}, "recomend_seen"),
 ])
 def test_recommend_request_rejections_name_the_field(body: Any, field: str) -> None:
-    assert rejected(validation.recommend_request, body, S, NOW).field == field
+    assert rejected(recommend_request, body, S, NOW).field == field
 
 
 def test_events_single_and_batch() -> None:
-    one = validation.events({"session_id": "s", "item_id": 42}, S, NOW)
+    one = event_batch({"session_id": "s", "item_id": 42}, S, NOW)
     assert one[0].item_id == "42" and one[0].timestamp == NOW and one[0].type == "view"
-    batch = validation.events({"events": [
+    batch = event_batch({"events": [
         {"session_id": "s", "item_id": "a", "type": "purchase", "rating": 2, "timestamp": 5},
         {"session_id": "s", "item_id": "b"}]}, S, NOW)
     assert [(e.item_id, e.type, e.rating, e.timestamp) for e in batch] == [
@@ -99,26 +101,26 @@ def test_events_single_and_batch() -> None:
     ({"events": [], "extra": 1}, "extra"),
 ])
 def test_event_rejections_name_the_field(body: Any, field: str) -> None:
-    assert rejected(validation.events, body, S, NOW).field == field
+    assert rejected(event_batch, body, S, NOW).field == field
 
 
 def test_json_errors() -> None:
-    assert rejected(validation.parse_json, b"").field == "body"
-    assert rejected(validation.parse_json, b"{nope").code == "invalid_json"
-    assert rejected(validation.parse_json, b'{"a": NaN}').code == "invalid_json"
-    assert rejected(validation.parse_json, b"[" * 5000 + b"]" * 5000).code == "invalid_json"
+    assert rejected(parse_json, b"").field == "body"
+    assert rejected(parse_json, b"{nope").code == "invalid_json"
+    assert rejected(parse_json, b'{"a": NaN}').code == "invalid_json"
+    assert rejected(parse_json, b"[" * 5000 + b"]" * 5000).code == "invalid_json"
 
 
 def test_query_parameters() -> None:
-    assert validation.query_integer(None, "k", default=10, low=1, high=5) == 10
-    assert validation.query_integer("3", "k", default=10, low=1, high=5) == 3
+    assert query_integer(None, "k", default=10, low=1, high=5) == 10
+    assert query_integer("3", "k", default=10, low=1, high=5) == 3
     for raw in ("x", "9", "0", "2.5"):
-        with pytest.raises(ApiError) as info:
-            validation.query_integer(raw, "k", default=10, low=1, high=5)
+        with pytest.raises(Invalid) as info:
+            query_integer(raw, "k", default=10, low=1, high=5)
         assert info.value.field == "k"
-    assert validation.query_bool("TRUE", "recommend_seen", default=False) is True
-    with pytest.raises(ApiError):
-        validation.query_bool("maybe", "recommend_seen", default=False)
+    assert query_bool("TRUE", "recommend_seen", default=False) is True
+    with pytest.raises(Invalid):
+        query_bool("maybe", "recommend_seen", default=False)
 
 
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
@@ -134,13 +136,13 @@ def test_the_fast_path_agrees_with_the_full_validation(item_id: str,
     the full path (which words the errors) must decide the same."""
     body = {"user_interactions": {item_id: fields}}
     try:
-        expected: Any = validation._interaction(item_id, fields, S, NOW)
-    except ApiError as exc:
+        expected: Any = request_recommend._interaction(item_id, fields, S, NOW)
+    except Invalid as exc:
         expected = (exc.field, exc.message)
     try:
-        got: Any = validation.recommend_request(body, S, NOW).interactions[0]
-    except ApiError as exc:
+        got: Any = recommend_request(body, S, NOW).interactions[0]
+    except Invalid as exc:
         got = (exc.field, exc.message)
     assert got == expected
-    if isinstance(got, validation.Interaction):
+    if isinstance(got, Interaction):
         assert type(got.timestamp) is float and type(got.rating) is float

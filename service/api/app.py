@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from service.answers.recommender import Recommender
 from service.api import access
 from service.api.context import (
     API_KEYS,
@@ -24,7 +25,7 @@ from service.api.experiments import follow_feedback
 from service.api.metrics import CacheSeries, Metrics
 from service.api.middleware import error_middleware
 from service.api.model import follow_model
-from service.api.recommend import RECOMMENDER, Recommender
+from service.api.recommend import RECOMMENDER
 from service.api.routes import ROUTES, router_path
 from service.failures import UNAVAILABLE
 from service.settings import Settings

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import validation
 from service.api.context import SETTINGS, STORE, json_response, path_id, read_json
 from service.api.errors import ApiError
+from service.requests.records import item_record, item_records
 
 
 async def put_item(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    record = validation.item_record(await read_json(request), "", request.app[SETTINGS],
+    record = item_record(await read_json(request), "", request.app[SETTINGS],
                                     item_id)
     await request.app[STORE].put_items([record])
     return json_response(record.body())
@@ -34,6 +34,6 @@ async def delete_item(request: web.Request) -> web.Response:
 
 
 async def post_items(request: web.Request) -> web.Response:
-    records = validation.item_records(await read_json(request), request.app[SETTINGS])
+    records = item_records(await read_json(request), request.app[SETTINGS])
     await request.app[STORE].put_items(records)
     return json_response({"stored": len(records)})

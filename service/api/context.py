@@ -3,17 +3,17 @@ the route record, and small request and response helpers."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from service.api import access, validation
+from service.api import access
 from service.api.errors import ApiError
-from service.api.jsonutil import dumps
 from service.api.metrics import Metrics
+from service.requests.jsonutil import dumps
+from service.requests.values import identifier, parse_json, query_integer
 from service.settings import Settings
 from service.store.state import Store
 
@@ -46,16 +46,6 @@ OPEN_WARNING: web.AppKey[str | None] = web.AppKey("open_warning")
 ROUTE_TABLE: web.AppKey[Sequence[Route]] = web.AppKey("routes")
 
 
-def stop_if_cancelled() -> None:
-    """Raise CancelledError when the running task was asked to stop. A background loop that
-    outlives Redis failures calls it before each pause: redis-py may turn the cancellation of
-    a call it was in into a connection error, or swallow it, and a loop that went on would
-    never stop (an app's shutdown waited on it forever)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=dumps(body), status=status, content_type="application/json")
 
@@ -72,13 +62,13 @@ async def read_json(request: web.Request) -> Any:
         # (whose failures are OSErrors too, answered 503 and logged as outages)
         raise ApiError(400, "incomplete_body", "The connection closed before the body was "
                        "complete.", "body") from None
-    return validation.parse_json(body)
+    return parse_json(body)
 
 
 def k_of(request: web.Request) -> int:
-    return validation.query_integer(request.query.get("k"), "k", default=10, low=1,
+    return query_integer(request.query.get("k"), "k", default=10, low=1,
                                     high=request.app[SETTINGS].max_k)
 
 
 def path_id(request: web.Request, name: str) -> str:
-    return validation.identifier(request.match_info[name], name, request.app[SETTINGS])
+    return identifier(request.match_info[name], name, request.app[SETTINGS])

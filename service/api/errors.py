@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api.jsonutil import dumps
+from service.requests.jsonutil import dumps
 
 
 class ApiError(Exception):
@@ -25,7 +25,3 @@ class ApiError(Exception):
     def response(self) -> web.Response:
         return web.Response(status=self.status, body=dumps(self.body()),
                             content_type="application/json", headers=self.headers)
-
-
-def invalid(field: str, message: str) -> ApiError:
-    return ApiError(400, "invalid", message, field)

@@ -12,20 +12,20 @@ from typing import Any
 
 from aiohttp import web
 
-from service.api import validation
+from service.answers.recommender import Recommender
 from service.api.context import (
     SETTINGS,
     STORE,
     json_response,
     path_id,
     read_json,
-    stop_if_cancelled,
 )
 from service.api.errors import ApiError
-from service.api.recommend import RECOMMENDER, Recommender
+from service.api.recommend import RECOMMENDER
 from service.core.feedback import Experiment, comparisons, variant_report
 from service.core.series import MinuteTally
-from service.failures import UNAVAILABLE
+from service.failures import UNAVAILABLE, stop_if_cancelled
+from service.requests.admin import experiment_variants
 from service.store import series
 from service.store.feedback import ExperimentConflict
 from service.store.state import Store
@@ -53,7 +53,7 @@ async def report(store: Store, experiment: Experiment) -> dict[str, Any]:
 async def put_experiment(request: web.Request) -> web.Response:
     name = path_id(request, "name")
     settings = request.app[SETTINGS]
-    variants = validation.experiment_variants(await read_json(request), settings)
+    variants = experiment_variants(await read_json(request), settings)
     store = request.app[STORE]
     try:
         started = await store.feedback.start(Experiment(name, 0, variants, time.time()))

@@ -8,17 +8,18 @@ import time
 
 from aiohttp import web
 
-from service.api import access, validation
+from service.api import access
 from service.api.context import METRICS, SETTINGS, STORE, json_response, read_json
 from service.api.errors import ApiError
-from service.api.jsonutil import dumps
+from service.requests.events import event_batch
+from service.requests.jsonutil import dumps
 from service.store.state import Once, Replayed
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 async def post_events(request: web.Request) -> web.Response:
-    events = validation.events(await read_json(request), request.app[SETTINGS], time.time())
+    events = event_batch(await read_json(request), request.app[SETTINGS], time.time())
     once = _once(request, await request.read(), len(events))
     try:
         await request.app[STORE].ingest(events, once)

@@ -15,6 +15,7 @@ from service.api.errors import ApiError
 from service.api.routes import ACCESS
 from service.core.series import LATENCY_MS
 from service.failures import UNAVAILABLE, Backlogged
+from service.requests.values import Invalid
 
 log = logging.getLogger("sessionrec.api")
 
@@ -49,6 +50,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except Invalid as exc:
+        response = ApiError(400, exc.code, exc.message, exc.field).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -12,20 +12,20 @@ from typing import Any
 
 from aiohttp import web
 
-from service.api import validation
-from service.api.context import SETTINGS, STORE, json_response, read_json, stop_if_cancelled
+from service.answers.recommender import Recommender
+from service.api.context import SETTINGS, STORE, json_response, read_json
 from service.api.errors import ApiError
-from service.api.recommend import RECOMMENDER, Recommender
-from service.core.modelparams import ModelRecord
+from service.api.recommend import RECOMMENDER
+from service.core.modelparams import MODEL_POLL, ModelRecord
 from service.core.scoring import Params
-from service.failures import UNAVAILABLE
+from service.failures import UNAVAILABLE, stop_if_cancelled
+from service.requests.admin import model_change
 from service.store import tuning
 from service.store.state import ModelContention, Store
 
 log = logging.getLogger("sessionrec.api")
 
-MODEL_POLL = 1.0
-"""Seconds between a serve process' reads of the record's version (one HGET)."""
+
 
 
 def model_body(record: ModelRecord, params: Params, running: str | None, auto: bool
@@ -68,7 +68,7 @@ async def start_tuning(request: web.Request) -> web.Response:
 
 
 async def put_model(request: web.Request) -> web.Response:
-    values, pin = validation.model_change(await read_json(request), request.app[SETTINGS])
+    values, pin = model_change(await read_json(request), request.app[SETTINGS])
     try:
         record = await request.app[STORE].update_model(lambda r: r.updated(values, pin))
     except ModelContention:

@@ -10,11 +10,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from service.api import access, validation
+from service.api import access
 from service.api.context import Route
 from service.core.feedback import MAX_VARIANTS
 from service.core.model import EVENT_TYPES
 from service.core.modelparams import LIMITS
+from service.requests.events import MAX_RECOMMENDATION_ID
+from service.requests.records import MAX_LIST, MAX_RECORD_BYTES
+from service.requests.rules import MAX_FILTER_VALUES
+from service.requests.values import MAX_EXCLUDE, MAX_PRICE, MAX_TEXT
 from service.settings import Settings
 
 
@@ -31,7 +35,7 @@ def _answer(description: str) -> dict[str, Any]:
 def _exclude(s: Settings) -> dict[str, Any]:
     return {"name": "exclude", "in": "query", "required": False, "style": "form",
             "explode": True, "description": "An item id never to return (repeatable).",
-            "schema": {"type": "array", "maxItems": validation.MAX_EXCLUDE,
+            "schema": {"type": "array", "maxItems": MAX_EXCLUDE,
                        "items": {"type": "string", "minLength": 1,
                                  "maxLength": s.max_id_length}}}
 
@@ -54,9 +58,9 @@ def _rules(s: Settings) -> list[dict[str, Any]]:
 
 def _filter_schema(s: Settings) -> dict[str, Any]:
     name = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
-    names = {"type": "array", "minItems": 1, "maxItems": validation.MAX_FILTER_VALUES,
+    names = {"type": "array", "minItems": 1, "maxItems": MAX_FILTER_VALUES,
              "items": name}
-    scalar = {"oneOf": [{"type": "string", "maxLength": validation.MAX_TEXT},
+    scalar = {"oneOf": [{"type": "string", "maxLength": MAX_TEXT},
                         {"type": "number", "minimum": -1e15, "maximum": 1e15},
                         {"type": "boolean"}]}
     return {
@@ -69,17 +73,17 @@ def _filter_schema(s: Settings) -> dict[str, Any]:
             "tags": {**names, "description": "Any of these tags."},
             "price": {"type": "object", "additionalProperties": False, "minProperties": 1,
                       "properties": {"min": {"type": "number", "minimum": 0,
-                                             "maximum": validation.MAX_PRICE},
+                                             "maximum": MAX_PRICE},
                                      "max": {"type": "number", "minimum": 0,
-                                             "maximum": validation.MAX_PRICE}}},
+                                             "maximum": MAX_PRICE}}},
             "attributes": {"type": "object", "minProperties": 1,
-                           "maxProperties": validation.MAX_FILTER_VALUES,
+                           "maxProperties": MAX_FILTER_VALUES,
                            "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
                            "description": "Each attribute equal to the value, or to one of "
                                           "the values.",
                            "additionalProperties": {"oneOf": [scalar, {
                                "type": "array", "minItems": 1,
-                               "maxItems": validation.MAX_FILTER_VALUES, "items": scalar}]}}}}
+                               "maxItems": MAX_FILTER_VALUES, "items": scalar}]}}}}
 
 
 def _k(s: Settings) -> dict[str, Any]:
@@ -112,7 +116,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                                    flag: {"type": "boolean"}}),
                               **admin_errors}}
     item_path = {"name": "item_id", "in": "path", "required": True, "schema": ident}
-    exclude_ids = {"type": "array", "maxItems": validation.MAX_EXCLUDE,
+    exclude_ids = {"type": "array", "maxItems": MAX_EXCLUDE,
                    "items": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
                                                "maximum": 2**63 - 1}]},
                    "description": "Item ids never to return; k still holds whenever k other "
@@ -126,21 +130,21 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
                                      "maximum": 2**63 - 1}],
                    "description": "Optional in PUT (the path names the item)."},
-            "name": {"type": "string", "maxLength": validation.MAX_TEXT},
-            "categories": {"type": "array", "maxItems": validation.MAX_LIST, "items": short,
+            "name": {"type": "string", "maxLength": MAX_TEXT},
+            "categories": {"type": "array", "maxItems": MAX_LIST, "items": short,
                            "description": "The first is the item's category for "
                                           "max_per_category."},
             "available": {"type": "boolean", "default": True},
-            "price": {"type": "number", "minimum": 0, "maximum": validation.MAX_PRICE},
-            "tags": {"type": "array", "maxItems": validation.MAX_LIST, "items": short},
-            "attributes": {"type": "object", "maxProperties": validation.MAX_LIST,
+            "price": {"type": "number", "minimum": 0, "maximum": MAX_PRICE},
+            "tags": {"type": "array", "maxItems": MAX_LIST, "items": short},
+            "attributes": {"type": "object", "maxProperties": MAX_LIST,
                            "propertyNames": short,
                            "additionalProperties": {"oneOf": [
-                               {"type": "string", "maxLength": validation.MAX_TEXT},
+                               {"type": "string", "maxLength": MAX_TEXT},
                                {"type": "number", "minimum": -1e15, "maximum": 1e15},
                                {"type": "boolean"}]}},
         },
-        "description": f"At most {validation.MAX_RECORD_BYTES} bytes as JSON.",
+        "description": f"At most {MAX_RECORD_BYTES} bytes as JSON.",
     }
     event = {
         "type": "object", "additionalProperties": False,
@@ -161,7 +165,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                        "description": "Finite; default (or null): implied by type."},
             "recommendation_id": {
                 "type": ["string", "null"], "minLength": 1,
-                "maxLength": validation.MAX_RECOMMENDATION_ID, "pattern": "^[A-Za-z0-9_-]+$",
+                "maxLength": MAX_RECOMMENDATION_ID, "pattern": "^[A-Za-z0-9_-]+$",
                 "description": "The answer the event acts on: a click, add_to_cart or "
                                "purchase is attributed to it (and to its variant); required "
                                "with type impression (an item shown in that answer's list, "

@@ -1,5 +1,5 @@
-"""The catalogue's item record, free of I/O: what a shop says about an item (SPEC, "Catalogue
-and business rules"), stored as one compact JSON value per item.
+"""The catalogue's item record, free of I/O: what a shop says about an item (README, "The rest":
+the catalogue), stored as one compact JSON value per item.
 
 ``available`` defaults to true and ``categories``, ``tags`` and ``attributes`` to empty, so a
 record with only an id lists the item and nothing else. A record replaces any earlier one whole.

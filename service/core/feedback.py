@@ -1,5 +1,5 @@
-"""Feedback, free of I/O (SPEC, "Feedback"): the recommendation ids answers carry, what a
-batch's attributed events count, the assignment of sessions to an experiment's variants, the
+"""Feedback, free of I/O (README, "Feedback and experiments"): the recommendation ids answers carry,
+what a batch's attributed events count, the assignment of sessions to an experiment's variants, the
 experiment's definition, and the statistics of its report.
 
 The publishable key is public, so whatever a page can send, an attacker sends: the report must

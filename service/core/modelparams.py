@@ -1,5 +1,5 @@
-"""The scoring parameters as shared, versioned state, free of I/O (SPEC, "The model tunes
-itself to each shop's traffic").
+"""The scoring parameters as shared, versioned state, free of I/O (README, "The model tunes
+itself").
 
 Every serve process starts from its flags and environment (``Params.from_settings``). A
 ``ModelRecord`` in Redis holds the values set since (by hand with ``PUT /admin/model``, later
@@ -185,3 +185,7 @@ def latest_run(finished: Mapping[str, Any] | None, started: Mapping[str, Any] | 
                             and float(started["started_at"]) > float(finished["started_at"])):
         return started
     return finished
+
+
+MODEL_POLL = 1.0
+"""Seconds between a serve process' reads of the record's version (one HGET)."""

@@ -1,5 +1,5 @@
-"""Per-request business rules, free of I/O: what a request may ask (SPEC, "Catalogue and
-business rules") and the per-process copy of the catalogue they are checked against.
+"""Per-request business rules, free of I/O: what a request may ask (README, "Rules and
+explanations") and the per-process copy of the catalogue they are checked against.
 
 A request's ``filter`` keeps only the items whose catalogue record satisfies every condition
 given (``categories`` and ``tags``: any of; ``price``: within the range; ``attributes``: each

@@ -17,11 +17,11 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from service.api import validation
-from service.api.errors import ApiError
 from service.core.catalog import Record
 from service.failures import Refused
 from service.offline.progress import bar, counted
+from service.requests.records import item_record
+from service.requests.values import Invalid
 from service.settings import Settings
 from service.store.state import Store
 
@@ -98,8 +98,8 @@ def records(path: str, fmt: str, settings: Settings) -> Iterator[Record]:
         rows = _csv_rows(f) if chosen == "csv" else _jsonl_rows(f)
         for number, body in rows:
             try:
-                yield validation.item_record(body, "", settings)
-            except ApiError as exc:
+                yield item_record(body, "", settings)
+            except Invalid as exc:
                 raise BadRecord(f"line {number}: {exc.message}") from None
 
 

@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.api.context import stop_if_cancelled
-from service.failures import UNAVAILABLE, Refused
+from service.failures import UNAVAILABLE, Refused, stop_if_cancelled
 from service.offline import catalog, clicklog
 from service.offline.clicklog import ClickLog
 from service.offline.evaluate import (

@@ -3,7 +3,7 @@
 The served model is scored through the real serving path: its state is built by the bulk
 loader (proven equal to streaming through the workers) in a real Redis, and every prediction
 is a POST /iid_recommend in the seed's format to the real app (``--no-http`` calls the same
-``Store.recommend`` directly, for fast tuning). Baselines run in-process on the same split.
+``Recommender.recommend`` directly, for fast tuning). Baselines run in-process on the same split.
 
 Protocols
 * static: learn the training log; for every test session (i1..in) and t = 1..n-1, predict
@@ -30,10 +30,10 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
+from service.answers.recommender import Asker, Recommender
 from service.api.app import create_app
-from service.api.model import MODEL_POLL
-from service.api.recommend import Asker, Recommender
 from service.core.model import Event
+from service.core.modelparams import MODEL_POLL
 from service.failures import Refused
 from service.offline.baselines import BASELINES, Baseline
 from service.offline.clicklog import ClickLog

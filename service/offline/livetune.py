@@ -1,9 +1,9 @@
-"""Tuning on the live state (SPEC, "The model tunes itself to each shop's traffic"): a run
+"""Tuning on the live state (README, "The model tunes itself"): a run
 takes the sessions that arrived last as a holdout, searches the scoring parameters on one
 half of it, and promotes the best candidate into the shared model record only when it beats
 the parameters in force on the other half, by more than chance, in each slice of arrival.
 
-The holdout follows what the server saw, not what clients claim (SPEC, "Hostile traffic"):
+The holdout follows what the server saw, not what clients claim (docs/THREATS.md):
 sessions are ordered by when their first event was accepted, never by the events' timestamps
 (which a client backdates at will), and one arrival window gives at most a
 ``HOLDOUT_WINDOWS``-th of the holdout, so a burst one client sends is a small part of it.

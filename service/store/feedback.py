@@ -1,6 +1,6 @@
-"""The feedback loop's shared state in Redis (SPEC, "Feedback"): the key recommendation ids
-are signed with, the records of what answers listed, the running experiment and every one
-started with its end, and the counts a report reads.
+"""The feedback loop's shared state in Redis (README, "Feedback and experiments"; docs/FEEDBACK.md):
+the key recommendation ids are signed with, the records of what answers listed, the running
+experiment and every one started with its end, and the counts a report reads.
 
 Counts of events (impressions, attributed clicks, add-to-carts, purchases) are the workers':
 each batch's commit checks them against the answers' records and adds them to its partition's

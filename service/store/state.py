@@ -1,5 +1,5 @@
 """The state the API reads and writes: ingestion, the reads behind every recommendation (the
-answers are ``service/api/recommend.py``'s), admin operations and statistics. Topology
+answers are ``service/answers``'), admin operations and statistics. Topology
 differences are the backend's (``backends.py``), keys ``keyspace.Keys``'s, scripts
 ``scripts.Scripts``'.
 """

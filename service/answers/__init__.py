@@ -1,0 +1,1 @@
+"""Answering a question: the recommender the API, the evaluation and the tuning runs call."""
