@@ -23,7 +23,7 @@ from service.api.context import (
 )
 from service.api.experiments import follow_feedback
 from service.api.metrics import CacheSeries, Metrics
-from service.api.middleware import error_middleware
+from service.api.middleware import boundary
 from service.api.model import follow_model
 from service.api.recommend import RECOMMENDER
 from service.api.routes import ROUTES, router_path
@@ -46,7 +46,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     # shape, instead of the HTTP parser's plain-text 400: a request line as long as a body
     # may be (the GET list endpoints' ``exclude`` repeats in the query)
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[error_middleware],
+                          middlewares=[boundary],
                           handler_args={"max_line_size": max(settings.max_body_bytes, 1 << 16),
                                         "max_field_size": 1 << 16})
     app[SETTINGS] = settings

@@ -1,6 +1,6 @@
-"""The one middleware every request passes: CORS, the API key its route needs, the client's
-rate limit, the JSON error shape for every failure (a client can never cause a 500), and the
-request metrics."""
+"""The boundary every request passes, in named steps: admission (CORS, the API key its route
+needs, the client's rate limit), the JSON error shape for every failure (a client can never
+cause a 500), and the request metrics."""
 
 from __future__ import annotations
 
@@ -26,56 +26,77 @@ UNCOUNTED = frozenset(("/dashboard", "/admin/dashboard/data", "/metrics", "/heal
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's way in and out: ``admit`` it (or answer its preflight), run its handler,
+    turn any failure into the JSON error shape (``error_response``), add the CORS headers and
+    ``count`` it. One middleware with named steps rather than one per step: each middleware
+    layer costs every request a call chain."""
     app = request.app
     resource = request.match_info.route.resource
     route = resource.canonical if resource else "unmatched"
     started = time.perf_counter()
     allowed = app[SETTINGS].allowed_origins
     try:
-        # the API key the route needs; a route open to anyone (a page, a static file, the SDK)
-        # costs nothing to embed, the others are refused to another site's embedding
-        need = ACCESS.get(route, access.OPEN)
-        preflight = cors.check(request, allowed, embeddable=need == access.OPEN)
-        if preflight is not None:
-            response = preflight
-        else:
-            # then the client's rate limit (by address: the publishable key is in every page,
-            # so it identifies no one)
-            access.check(request, app[API_KEYS], need)
-            limiter = app[LIMITER]
-            if limiter is not None and need == access.PUBLIC:
-                await limiter.admit(access.client_address(
-                    request, app[SETTINGS].trusted_networks))
-            response = await handler(request)
-    except ApiError as exc:
-        response = exc.response()
-    except Invalid as exc:
-        response = ApiError(400, exc.code, exc.message, exc.field).response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = _http_error(request, exc)
-    except UNAVAILABLE as exc:
-        log.warning("redis unavailable: %r", exc)
-        response = ApiError(503, "unavailable",
-                            "The data store is unreachable; retry shortly.").response()
-    except Backlogged as exc:
-        log.warning("events refused: %s", exc)
-        response = ApiError(503, "backlogged", "Events cannot be stored now (appends keep "
-                            "failing on the data store); retry shortly.").response()
-    except Exception:  # a Redis error that is not unavailability included: a retry fixes none
-        log.exception("bug: unexpected error on %s %s", request.method, request.path)
-        response = ApiError(500, "internal", "Unexpected server error.").response()
+        preflight = await admit(request, route, allowed)
+        response = preflight if preflight is not None else await handler(request)
+    except Exception as exc:
+        response = error_response(request, exc)
     cors.add_headers(request, response, allowed)
-    took = time.perf_counter() - started
+    count(app, route, response.status, time.perf_counter() - started)
+    return response
+
+
+async def admit(request: web.Request, route: str,
+                allowed: frozenset[str]) -> web.StreamResponse | None:
+    """CORS (the preflight's answer, or None to go on), the API key the route needs, then the
+    client's rate limit (by address: the publishable key is in every page, so it identifies no
+    one). A route open to anyone (a page, a static file, the SDK) costs nothing to embed; the
+    others are refused to another site's embedding."""
+    app = request.app
+    need = ACCESS.get(route, access.OPEN)
+    preflight = cors.check(request, allowed, embeddable=need == access.OPEN)
+    if preflight is not None:
+        return preflight
+    access.check(request, app[API_KEYS], need)
+    limiter = app[LIMITER]
+    if limiter is not None and need == access.PUBLIC:
+        await limiter.admit(access.client_address(request, app[SETTINGS].trusted_networks))
+    return None
+
+
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """What a failure answers, by its kind (``service/failures.py``): what the client can fix a
+    4xx naming the field, what a retry can fix a 503, anything else a 500 logged as a bug."""
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, Invalid):
+        return ApiError(400, exc.code, exc.message, exc.field).response()
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        return _http_error(request, exc)
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("redis unavailable: %r", exc)
+        return ApiError(503, "unavailable",
+                        "The data store is unreachable; retry shortly.").response()
+    if isinstance(exc, Backlogged):
+        log.warning("events refused: %s", exc)
+        return ApiError(503, "backlogged", "Events cannot be stored now (appends keep "
+                        "failing on the data store); retry shortly.").response()
+    # a Redis error that is not unavailability included: a retry fixes none
+    log.error("bug: unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return ApiError(500, "internal", "Unexpected server error.").response()
+
+
+def count(app: web.Application, route: str, status: int, took: float) -> None:
+    """The request in /metrics, and in the dashboard's series unless it is the dashboard's own
+    polling, a probe or a scrape (the series count the shop's traffic only)."""
     metrics = app[METRICS]
-    metrics.requests.observe(route, response.status, took)
-    if route not in UNCOUNTED:  # the dashboard's series count the shop's traffic only
+    metrics.requests.observe(route, status, took)
+    if route not in UNCOUNTED:
         now = time.time()
         metrics.minutes.add(now, "requests")
         metrics.minutes.observe(now, "latency", LATENCY_MS, took * 1000)
-    return response
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
