@@ -592,7 +592,7 @@ async def test_a_follow_loop_stops_when_its_redis_call_turns_the_cancellation_in
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from service.api.experiments import follow_feedback
-    from service.api.model import follow_model
+    from service.api.parameters import follow_model
     from service.core.series import MinuteTally
 
     entered = asyncio.Event()

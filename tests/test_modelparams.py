@@ -14,7 +14,7 @@ import pytest
 
 from service.answers.recommender import Recommender
 from service.api.app import create_app
-from service.api.model import follow_model
+from service.api.parameters import follow_model
 from service.api.recommend import RECOMMENDER
 from service.core.modelparams import LIMITS, ModelRecord
 from service.core.scoring import Params

@@ -89,7 +89,7 @@ class Recommender:
         self.use(ModelRecord())
 
     def use(self, record: ModelRecord) -> None:
-        """Score with the shared record's parameters from now on (``service/api/model.py``
+        """Score with the shared record's parameters from now on (``service/api/parameters.py``
         follows the record)."""
         self.record = record
         self.params = record.params(self.base)

@@ -24,7 +24,7 @@ from service.api.context import (
 from service.api.experiments import follow_feedback
 from service.api.metrics import CacheSeries, Metrics
 from service.api.middleware import boundary
-from service.api.model import follow_model
+from service.api.parameters import follow_model
 from service.api.recommend import RECOMMENDER
 from service.api.routes import ROUTES, router_path
 from service.failures import UNAVAILABLE

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from service.api.context import SETTINGS, STORE, json_response
 from service.api.experiments import flush, report
-from service.api.model import model_body
+from service.api.parameters import model_body
 from service.api.recommend import RECOMMENDER
 from service.core.series import minute_figures, minute_of
 from service.store import series, tuning

@@ -1,4 +1,5 @@
-"""The headers of the HTML pages the package serves (the dashboard, the demo shop, /docs).
+"""The pages and files the package serves (the dashboard, the demo shop, /docs, the OpenAPI
+document, the SDK), and the headers of its HTML pages.
 
 A Content-Security-Policy lets a page run only its own inline script and style (allowed by
 hash, so each page stays one file) and what it loads from this origin, and talk only to this
@@ -14,6 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from importlib import resources
+
+from aiohttp import web
+
+from service.api.context import ROUTE_TABLE, SETTINGS, Handler, json_response
+from service.api.openapi import api_page, openapi_document
 
 
 def inline_sources(page: bytes, tag: bytes) -> list[str]:
@@ -38,3 +45,34 @@ def page_headers(page: bytes) -> dict[str, str]:
     return {"Content-Security-Policy": "; ".join(
                 " ".join([directive, *sources]) for directive, sources in policy.items()),
             "X-Frame-Options": "DENY"}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[SETTINGS], request.app[ROUTE_TABLE]))
+
+
+async def docs(request: web.Request) -> web.Response:
+    page = api_page(request.app[SETTINGS], request.app[ROUTE_TABLE])
+    return web.Response(text=page, content_type="text/html",
+                        headers=page_headers(page.encode("utf-8")))
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/docs")
+
+
+async def favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def static(path: str, content_type: str) -> Handler:
+    """A file of the package, read once (a resource path: the demo's files are served without
+    importing the demo's code); an HTML page with its policy (``page_headers``)."""
+    body = resources.files("service").joinpath(path).read_bytes()
+    headers = {"Cache-Control": "public, max-age=300"}
+    if content_type == "text/html":
+        headers.update(page_headers(body))
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type, headers=headers)
+    return handler
