@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from service.api.app import create_app
 from service.api.context import STORE
@@ -204,3 +207,59 @@ async def test_rate_limit_answers_429_with_retry_after(aiohttp_client: Any,
     # the limit is the address's, whatever key it sends; open routes are never limited
     assert (await client.get("/popular", headers={"X-API-Key": SECRET})).status == 429
     assert (await client.get("/healthz")).status == 200
+
+
+# --- X-Forwarded-For and shared buckets ------------------------------------------------------
+async def test_rotating_x_forwarded_for_does_not_escape_the_limit(aiohttp_client: Any,
+                                                                  settings: Settings) -> None:
+    limited = settings.replace(rate_limit=5, rate_burst=5)
+    client: Client = await aiohttp_client(create_app(limited))
+    statuses = [(await client.get("/popular", headers={
+        "X-Forwarded-For": f"10.0.{n // 250}.{n % 250}"})).status for n in range(60)]
+    assert statuses.count(429) >= 50
+
+
+async def test_forwarded_addresses_count_only_from_trusted_proxies(
+        aiohttp_client: Any, settings: Settings) -> None:
+    """Behind a trusted proxy each visitor has a bucket of their own: one abuser cannot get
+    everyone 429s; and an entry a client wrote itself (left of the proxy's) is ignored."""
+    limited = settings.replace(rate_limit=0.1, rate_burst=2, trusted_proxies="127.0.0.1")
+    client: Client = await aiohttp_client(create_app(limited))
+
+    async def status(forwarded: str) -> int:
+        return (await client.get("/popular", headers={"X-Forwarded-For": forwarded})).status
+
+    assert [await status("203.0.113.7") for _ in range(3)] == [200, 200, 429]
+    assert await status("198.51.100.1") == 200  # another visitor
+    # the abuser prepends invented addresses; the proxy appends the real one
+    assert await status("1.2.3.4, 203.0.113.7") == 429
+    assert await status("garbage, 203.0.113.7") == 429
+
+
+# --- open by default, DNS rebinding ----------------------------------------------------------
+async def test_serving_a_network_without_keys_warns_loudly(
+        aiohttp_client: Any, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        client: Client = await aiohttp_client(create_app(settings.replace(host="0.0.0.0")))
+    assert any("OPEN API" in r.getMessage() for r in caplog.records)
+    ready = await (await client.get("/readyz")).json()
+    assert "no publishable key" in ready["warning"]
+    local: Client = await aiohttp_client(create_app(settings))
+    assert "warning" not in await (await local.get("/readyz")).json()
+    # a secret key alone leaves the public routes open: still said out loud
+    secret_only: Client = await aiohttp_client(create_app(settings.replace(
+        host="0.0.0.0", secret_keys="sk_only")))
+    assert "no publishable key" in (await (await secret_only.get("/readyz")).json())["warning"]
+
+
+async def test_a_rebound_dns_name_is_not_our_own_origin(client: Client) -> None:
+    body: dict[str, Any] = {"user_interactions": {}}
+    evil = await client.post("/iid_recommend", json=body, headers={
+        "Host": "evil.example:8000", "Origin": "http://evil.example:8000"})
+    assert evil.status == 403
+    assert "evil" not in (await evil.json())["error"]["message"]
+    own = f"127.0.0.1:{client.port}"
+    ours = await client.post("/iid_recommend", json=body, headers={
+        "Host": own, "Origin": f"http://{own}"})
+    assert ours.status == 200
+    assert ours.headers["Access-Control-Allow-Origin"] == f"http://{own}"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from service.api.app import create_app
+from service.api.context import STORE
 from service.core.feedback import ID_LENGTH
+from service.core.model import Event
+from service.requests.jsonutil import dumps
 from service.settings import Settings
+from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import drain
 
@@ -257,7 +263,6 @@ async def test_odd_ids_round_trip_byte_identical(client: Client, settings: Setti
             "user_interactions": {odd: {}}, "k": 5})).json()
         assert check_answer(live, 5)[0] == "anchor"
     # the namespace holds only keys it laid out: no id leaked into a key name
-    from service.store.state import Store
     store = Store(settings)
     try:
         keys = [k.decode() async for k in store.redis.scan_iter(match=f"{settings.namespace}:*")]
@@ -329,3 +334,57 @@ async def test_null_rating_means_none(client: Client) -> None:
     resp = await client.post("/events", json={"session_id": "s", "item_id": "a",
                                               "rating": None})
     assert resp.status == 202
+
+
+async def raw_request(client: Client, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """An HTTP/1.1 request written byte for byte (clients refuse to send non-UTF-8 headers)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.split(b"\r\n\r\n", 1)[1]
+
+
+# --- header bytes that are not UTF-8 ----------------------------------------------------------
+async def test_non_utf8_headers_are_a_4xx_json_error_never_a_500(aiohttp_client: Any,
+                                                                 settings: Settings) -> None:
+    open_client: Client = await aiohttp_client(create_app(settings))
+    body = b'{"user_interactions": {"89898": {}}}'
+    status, answer = await raw_request(open_client, b"POST /iid_recommend HTTP/1.1\r\n"
+                                       b"Host: 127.0.0.1\r\nOrigin: http://a\xff\r\n", body)
+    assert status == 400, answer
+    error = (await asyncio.to_thread(__import__("orjson").loads, answer))["error"]
+    assert error["field"] == "Origin" and "\ufffd" not in error["message"]
+    keyed: Client = await aiohttp_client(create_app(settings.replace(
+        publishable_keys="pk", secret_keys="sk")))
+    for head in (b"X-API-Key: \xff\xfe\r\n", b"X-API-Key: pk\xff\r\n"):
+        status, answer = await raw_request(keyed, b"POST /iid_recommend HTTP/1.1\r\n"
+                                           b"Host: 127.0.0.1\r\n" + head, body)
+        assert status == 401, answer
+        assert b'"field":"X-API-Key"' in answer
+    status, answer = await raw_request(keyed, b"DELETE /admin/items/a HTTP/1.1\r\n"
+                                       b"Host: 127.0.0.1\r\nX-API-Key: sk\xff\r\n")
+    assert status == 401, answer
+
+
+def test_an_answer_with_a_lone_surrogate_is_still_json() -> None:
+    assert dumps({"id": "a\ud800b"}) == '{"id":"a\ufffdb"}'.encode()
+
+
+async def test_item_ids_a_producer_wrote_as_invalid_utf8_never_break_answers(
+        client: Client, settings: Settings) -> None:
+    store = client.app[STORE]
+    stream = store.keys.stream(0)
+    session = next(f"s{n}" for n in range(100) if store._partition(Event(f"s{n}", "", 0)) == 0)
+    for item in (b"good", b"bad\xed\xa0\x80"):  # an encoded lone surrogate
+        await store.redis.xadd(stream, {b"session": session.encode(), b"item": item,
+                                        b"ts": b"1700000000", b"type": b"view"})
+    stats = await drain(settings)
+    assert stats["events_dead"] == 1
+    bodies: list[dict[str, Any]] = [{"user_interactions": {"good": {}}, "recommend_seen": True},
+                                    {"user_interactions": {}}]
+    for body in bodies:
+        assert (await client.post("/iid_recommend", json=body)).status == 200
+    assert (await client.get(f"/sessions/{session}/recommendations")).status == 200

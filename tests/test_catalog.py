@@ -24,6 +24,7 @@ from service.offline import catalog
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
+from tests.helpers import drain
 
 SECRET = "sk_test_catalog"
 ADMIN = {"X-API-Key": SECRET}
@@ -445,3 +446,25 @@ async def test_a_large_change_reaches_a_serve_process_without_holding_its_loop(
     finally:
         await writer.close()
         await reader.close()
+
+
+# --- allow-list mode ---------------------------------------------------------------------------
+async def test_catalog_only_mode_learns_catalogue_items_only(client: Client,
+                                                             settings: Settings) -> None:
+    """With --catalog-only, a flood of invented ids is accepted and consumed (pending falls
+    to 0, counted as unlisted) without growing the learned state."""
+    s = settings.replace(catalog_only=True)
+    store = client.app[STORE]
+    r: Any = store.redis
+    for item in ("a", "b"):  # what the catalogue will write (PUT /items/{id})
+        h = item_hash(item)
+        await r.hset(store.keys.catalog(int.from_bytes(h, "little") % 64), h.hex(), b"{}")
+    events = [{"session_id": f"s{n}", "item_id": i} for n in range(5)
+              for i in ("a", "b", f"invented-{n}")]
+    assert (await client.post("/events", json={"events": events})).status == 202
+    stats = await drain(s)
+    assert stats["pending"] == 0 and stats["events_unlisted"] == 5
+    assert stats["items"] == 2
+    similar = await (await client.get("/items/a/similar")).json()
+    assert [row["id"] for row in similar["recommendations"]] == ["b"]
+    assert not await r.exists(store.keys.index(item_hash("invented-0")))

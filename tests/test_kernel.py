@@ -219,3 +219,36 @@ def test_reseeding_changes_where_keys_land() -> None:
         reference.insert(keys, values, np.array([7, 8, 9], np.uint64), np.ones(3))
         placements.add(tuple(np.flatnonzero(~np.isnan(values)).tolist()))
     assert len(placements) == 3
+
+
+# --- grindable hash collisions in the kernel's tables ----------------------------------------
+def test_hashes_chosen_to_collide_spread_over_the_kernel_tables() -> None:
+    """Item and session hashes are public (BLAKE2b of ids a client picks). Hashes that differ
+    only in their top bits all landed in one probe run of the unsalted tables; salted, they
+    spread like any others."""
+    import numpy as np
+
+
+    keys = np.array([(n + 1) << 44 for n in range(1000)], np.uint64)
+    table_keys = np.zeros(1 << 13, np.uint64)
+    table_values = np.full(1 << 13, np.nan)
+    assert kernel.insert(table_keys, table_values, keys, np.ones(1000)) == 1000
+    occupied = ~np.isnan(table_values)
+    longest = run = 0
+    for used in np.concatenate((occupied, occupied)):  # runs wrap around
+        run = run + 1 if used else 0
+        longest = max(longest, run)
+    assert longest < 40, longest
+
+
+def test_each_process_salts_its_tables_differently() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import numpy as np; from service import kernel; k = np.zeros(1 << 16, np.uint64); "
+             "v = np.full(1 << 16, np.nan); "
+             "kernel.insert(k, v, np.array([7, 8, 9], np.uint64), np.ones(3)); "
+             "print(np.flatnonzero(~np.isnan(v)).tolist())")
+    runs = {subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True).stdout for _ in range(3)}
+    assert len(runs) == 3

@@ -4,9 +4,11 @@ retry fixes (a script's bug), a 500 logged as a bug, never "503, retry"."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.exceptions import ResponseError
 
@@ -109,3 +111,70 @@ async def test_a_redis_error_no_retry_fixes_is_a_500_logged_as_a_bug(
     assert (await resp.json())["error"]["code"] == "internal"
     assert any(r.levelname == "ERROR" and "bug" in r.getMessage() for r in caplog.records)
     assert not any("unavailable" in r.getMessage() for r in caplog.records)
+
+
+# --- a silent Redis, 200 callers at once -------------------------------------------------------
+@pytest.mark.parametrize("read_cache_mb", [256, 0])
+async def test_concurrent_requests_against_a_silent_redis_all_503_within_a_second(
+        aiohttp_client: Any, settings: Settings, read_cache_mb: int) -> None:
+    """Every link must (re)connect and handshake with a Redis that accepts and never answers:
+    one shared attempt, and every caller queued behind it fails with it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent = settings.replace(redis_url=f"redis://:secret@127.0.0.1:{port}/0",
+                              read_cache_mb=read_cache_mb)
+    try:
+        # no client-side connection limit: all 200 reach the server at once
+        client: Client = await aiohttp_client(create_app(silent),
+                                              connector=aiohttp.TCPConnector(limit=0))
+        body = {"user_interactions": {"89898": {}, "22898": {}}, "k": 10}
+
+        async def timed() -> tuple[int, float]:
+            started = time.monotonic()
+            resp = await client.post("/iid_recommend", json=body)
+            return resp.status, time.monotonic() - started
+
+        # 200 connections opened first: a burst of new ones overflows the listen backlog,
+        # and the kernel retries a dropped SYN after a second, whatever the server does
+        await asyncio.gather(*(client.get("/healthz") for _ in range(200)))
+        answers = await asyncio.gather(*(timed() for _ in range(200)))
+        assert {status for status, _ in answers} == {503}
+        assert max(seconds for _, seconds in answers) < 1.0
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_stats_with_a_node_failing_in_the_pipeline_are_a_503_not_a_500(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/stats reads with errors returned as replies (a stream not created yet is one): a
+    reply that is a failing node's error must fail the request as the store's outage (503),
+    not be read as figures (a 500; a loaded cluster produced one in CI)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    client: Client = await aiohttp_client(create_app(settings))
+    store = client.app[STORE]
+    real = store.redis.pipeline
+
+    def failing_node(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        execute = pipe.execute
+
+        async def one_reply_failed(raise_on_error: bool = True) -> list[Any]:
+            replies: list[Any] = await execute(raise_on_error=raise_on_error)
+            if not raise_on_error:  # the statistics' pipeline
+                replies[1] = RedisConnectionError("Timeout reading from 127.0.0.1:1")
+            return replies
+        pipe.execute = one_reply_failed  # type: ignore[method-assign]
+        return pipe
+    assert (await client.get("/stats")).status == 200
+    monkeypatch.setattr(store.redis, "pipeline", failing_node)
+    resp = await client.get("/stats")
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "unavailable"

@@ -12,13 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.api.app import create_app
-from service.offline.redisproc import RedisProcess
+from service.api.context import STORE
+from service.offline.redisproc import RedisProcess, free_port
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import wait_drained
 from tests.test_worker import click_log
+from workers.consumer import Worker
 
 
 def cpu_seconds(pid: int) -> float:
@@ -89,3 +93,49 @@ async def test_redis_crash_and_restart(aiohttp_client: Any, tmp_path: Path) -> N
         if worker.poll() is None:
             worker.kill()
         redis1.stop()
+
+
+# --- a Redis that comes back empty -------------------------------------------------------------
+@pytest.mark.parametrize("how", ["flushall", "restart"])
+async def test_the_same_processes_recover_from_a_redis_that_comes_back_empty(
+        aiohttp_client: Any, tmp_path: Any, how: str) -> None:
+    port = free_port()
+    server = RedisProcess(directory=tmp_path / "a", port=port)
+    s = Settings(redis_url=server.url, namespace="empty", partitions=2, block_ms=20,
+                 lease_ms=2000)
+    client: Client = await aiohttp_client(create_app(s))
+    worker = Worker(s, worker_id="w")
+    task = asyncio.create_task(worker.run())
+    store = client.app[STORE]
+
+    async def send(prefix: str) -> None:
+        events = [{"session_id": f"{prefix}{n}", "item_id": i} for n in range(4)
+                  for i in ("x", "y")]
+        assert (await client.post("/events", json={"events": events})).status == 202
+
+    try:
+        await send("before")
+        await wait_drained(store, timeout=10)
+        if how == "flushall":
+            await store.redis.flushall()
+        else:
+            server.stop()
+            tmp = tmp_path / "b"
+            server = RedisProcess(directory=tmp, port=port)
+        deadline = time.monotonic() + 10
+        while True:  # the API answers 503 until it has reconnected
+            events = [{"session_id": f"after{n}", "item_id": i} for n in range(4)
+                      for i in ("x", "y")]
+            if (await client.post("/events", json={"events": events})).status == 202:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        stats = await wait_drained(store, timeout=10)
+        assert stats["events_processed"] == 8
+        similar = await (await client.get("/items/x/similar")).json()
+        assert [r["id"] for r in similar["recommendations"]] == ["y"]
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await worker.redis.aclose()
+        server.stop()
