@@ -254,7 +254,7 @@ def _feed_child(redis_url: str, namespace: str, train: str, rate: float) -> None
             batch = [ev._replace(session_id=f"live-{ev.session_id}", timestamp=time.time())
                      for ev in events[at:at + 50]]
             at = (at + 50) % (len(events) - 50)
-            await store.append(batch)
+            await store.ingestion.append(batch)
             n += len(batch)
             delay = start + n / rate - time.perf_counter()
             if delay > 0:
@@ -464,7 +464,7 @@ async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float, flo
     await store.prepare()
     events = list(train.events())
     for start in range(0, len(events), 20000):
-        await store.append(events[start:start + 20000])
+        await store.ingestion.append(events[start:start + 20000])
     n = len(events)
     # as `sessionrec worker` runs: the log held here must not weigh on the worker's collector
     del events, train
@@ -473,7 +473,7 @@ async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float, flo
     worker = Worker(settings, worker_id="bench")
     started, cpu, redis_cpu = time.perf_counter(), time.process_time(), await _redis_cpu(store)
     task = asyncio.create_task(worker.run())
-    while (await store.stats())["pending"] > 0:
+    while (await store.stats.read())["pending"] > 0:
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
     # CPU time per event as well: on a machine shared with other work, wall-clock rates
@@ -511,7 +511,7 @@ async def _fill_streams(settings: Settings, data: Path) -> int:
     await store.prepare()
     events = list(clicklog.read(data / "train.tsv").events())
     for start in range(0, len(events), 20000):
-        await store.append(events[start:start + 20000])
+        await store.ingestion.append(events[start:start + 20000])
     await store.close()
     return len(events)
 
@@ -519,7 +519,7 @@ async def _fill_streams(settings: Settings, data: Path) -> int:
 async def _pending(settings: Settings) -> int:
     store = Store(settings.replace(redis_timeout=30.0))
     try:
-        return (await store.stats())["pending"]
+        return (await store.stats.read())["pending"]
     finally:
         await store.close()
 
@@ -627,7 +627,7 @@ async def _memory(settings: Settings, data: Path, live_sessions: int) -> dict[st
     await r.config_set("maxmemory-policy", "noeviction")
     pre_live = await used()
     for start in range(0, len(events), 500):
-        await store._append_live(events[start:start + 500], "")
+        await store.ingestion.append_live(events[start:start + 500], "")
     post_live = await used()
     # the stream entries are a worker's backlog, not the live session: measure them apart
     stream_bytes = sum([await r.memory_usage(store.keys.stream(p), samples=0) or 0
@@ -853,7 +853,7 @@ async def _put_catalogue(settings: Settings, catalogue: dict[str, dict[str, Any]
         records = [Record(r["id"], None, tuple(r["categories"]), True, r["price"],
                           tuple(r["tags"])) for r in catalogue.values()]
         for start in range(0, len(records), 1000):
-            await store.put_items(records[start:start + 1000])
+            await store.items.put(records[start:start + 1000])
     finally:
         await store.close()
 

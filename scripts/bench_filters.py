@@ -92,10 +92,10 @@ async def fill(settings: Settings, ids: list[str], events: list[Event], seed: in
         for record in records(ids, random.Random(seed)):
             batch.append(record)
             if len(batch) == 5000:
-                await store.put_items(batch)
+                await store.items.put(batch)
                 batch = []
         if batch:
-            await store.put_items(batch)
+            await store.items.put(batch)
         loaded = time.perf_counter() - started
         return loaded, (await load(store, events)).seconds
     finally:

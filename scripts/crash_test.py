@@ -61,7 +61,7 @@ async def ingest(settings: Settings, events: list[Event]) -> None:
     store = Store(settings)
     await store.prepare()
     for start in range(0, len(events), 500):
-        await store.ingest(events[start:start + 500])
+        await store.ingestion.ingest(events[start:start + 500])
     await store.close()
 
 
@@ -70,7 +70,7 @@ async def clean_pass(settings: Settings, events: list[Event]) -> None:
     store = Store(settings)
     worker = Worker(settings, worker_id="clean")
     task = asyncio.create_task(worker.run())
-    while (await store.stats())["pending"]:
+    while (await store.stats.read())["pending"]:
         await asyncio.sleep(0.1)
     worker.stop()
     await task
@@ -111,7 +111,7 @@ async def run(args: argparse.Namespace) -> int:
         procs = [spawn(crashed) for _ in range(args.workers)]
         kills = 0
         started = time.monotonic()
-        while (await store.stats())["pending"] > 0:
+        while (await store.stats.read())["pending"] > 0:
             await asyncio.sleep(rnd.uniform(0.2, 2.0) * args.kill_every)
             victim = rnd.randrange(len(procs))
             procs[victim].send_signal(signal.SIGKILL)
@@ -123,15 +123,15 @@ async def run(args: argparse.Namespace) -> int:
                 break
         # whatever is left is applied by the surviving workers before states are compared
         drain_deadline = time.monotonic() + args.drain
-        while (await store.stats())["pending"] > 0 and time.monotonic() < drain_deadline:
+        while (await store.stats.read())["pending"] > 0 and time.monotonic() < drain_deadline:
             await asyncio.sleep(0.2)
-        if (await store.stats())["pending"] > 0:
+        if (await store.stats.read())["pending"] > 0:
             await diagnose(store)
         await asyncio.sleep(1.5)
         for p in procs:
             p.send_signal(signal.SIGTERM)
         codes = [p.wait(20) for p in procs]
-        stats = await store.stats()
+        stats = await store.stats.read()
         cap = Settings().index_cap  # the workers' (spawn passes no other)
         diff = differences(await learned_state(store.redis, "crashed", cap),
                            await learned_state(store.redis, "clean", cap), limit=1000)

@@ -85,7 +85,7 @@ async def accuracy(store: Store, settings: Settings, test: ClickLog, limit: int 
     """HR@20 and MRR@20 on the test prefixes (static protocol, seen items allowed), with the
     parameters of the shared record."""
     recommender = Recommender(store, settings)
-    record = await store.model_record()
+    record = await store.model.record()
     recommender.use(record)
     ranks = []
     for case in static_cases(test, limit):
@@ -181,7 +181,7 @@ async def main(args: argparse.Namespace, url: str) -> None:
     await working
     await worker.redis.aclose()
     await runner.cleanup()
-    record = await store.model_record()
+    record = await store.model.record()
     hr1, mrr1 = await accuracy(store, settings, test, args.limit)
     print(f"parameters in force: {dict(record.values)}")
     print(f"after the attack: HR@20 {hr1:.4f} MRR@20 {mrr1:.4f} "

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from service.core.parameters import PARAMETERS, default_float, default_int
+
 ENV_PREFIX = "SESSIONREC_"
 
 
@@ -33,6 +35,11 @@ COMMANDS = ("serve", "worker", "demo", "load", "catalog", "eval", "tune")
 def _doc(text: str, *, commands: tuple[str, ...]) -> dict[str, Any]:
     assert set(commands) <= set(COMMANDS), commands
     return {"doc": text, "commands": commands}
+
+
+def _parameter(name: str) -> dict[str, Any]:
+    """A scoring parameter's setting: its meaning from its one definition."""
+    return _doc(PARAMETERS[name].meaning, commands=SCORING)
 
 
 ALL = COMMANDS
@@ -162,45 +169,29 @@ class Settings:
     history_cap: int = field(
         default=100, metadata=_doc("Most events kept per learned session history.",
                                    commands=LEARNING))
-    index_cap: int = field(
-        default=500,
-        metadata=_doc("Most recent sessions indexed per item (neighbours per item); serve reads "
-                      "the newest this many of each index: set it alike for both.",
-                      commands=("serve", *LEARNING)))
+    index_cap: int = field(default=default_int("index_cap"),
+                           metadata=_doc(PARAMETERS["index_cap"].meaning,
+                                         commands=("serve", *LEARNING)))
     trend_half_life: float = field(
         default=86400.0,
         metadata=_doc("Half-life in seconds of the trending (popularity) score.",
                       commands=LEARNING))
-    # --- scoring ----------------------------------------------------------------------------
-    query_items: int = field(
-        default=20, metadata=_doc("Most recent session items used to find neighbours.",
-                                  commands=SCORING))
-    sample_sessions: int = field(
-        default=500, metadata=_doc("Most recent candidate sessions considered.",
-                                   commands=SCORING))
-    neighbours: int = field(
-        default=200, metadata=_doc("Neighbour sessions whose items are scored.",
-                                   commands=SCORING))
-    sequence_weight: float = field(
-        default=1.5,
-        metadata=_doc("Extra weight, divided by the distance, for items that follow the "
-                      "session's most recent item inside a neighbour session.", commands=SCORING))
-    before_weight: float = field(
-        default=1.0,
-        metadata=_doc("The same for items that precede it (0: none).", commands=SCORING))
-    position_decay: float = field(
-        default=2.0,
-        metadata=_doc("Session item at distance d from the end weighs (1 + d)^-decay.",
-                      commands=SCORING))
-    idf_weight: float = field(
-        default=1.0,
-        metadata=_doc("Scores are multiplied by log(1 + sessions / sessions with the item)"
-                      "^idf_weight, so hubs do not crowd out specific items.", commands=SCORING))
-    repeat_weight: float = field(
-        default=2.0,
-        metadata=_doc("With recommend_seen, boost for items of the session itself (times their "
-                      "recency weight), relative to the best neighbourhood score.",
-                      commands=SCORING))
+    # --- scoring (each defined once, in core/parameters.py) --------------------------------
+    query_items: int = field(default=default_int("query_items"),
+                             metadata=_parameter("query_items"))
+    sample_sessions: int = field(default=default_int("sample_sessions"),
+                                 metadata=_parameter("sample_sessions"))
+    neighbours: int = field(default=default_int("neighbours"), metadata=_parameter("neighbours"))
+    sequence_weight: float = field(default=default_float("sequence_weight"),
+                                   metadata=_parameter("sequence_weight"))
+    before_weight: float = field(default=default_float("before_weight"),
+                                 metadata=_parameter("before_weight"))
+    position_decay: float = field(default=default_float("position_decay"),
+                                  metadata=_parameter("position_decay"))
+    idf_weight: float = field(default=default_float("idf_weight"),
+                              metadata=_parameter("idf_weight"))
+    repeat_weight: float = field(default=default_float("repeat_weight"),
+                                 metadata=_parameter("repeat_weight"))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))

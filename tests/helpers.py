@@ -33,7 +33,7 @@ async def wait_drained(store: Store, timeout: float = 30.0) -> dict[str, int]:
     stats: dict[str, int] = {}
     while True:
         try:
-            stats = await store.stats()
+            stats = await store.stats.read()
         except REDIS_TIMEOUTS:
             if time.monotonic() > deadline:
                 raise
@@ -80,7 +80,7 @@ async def ingest(settings: Settings, events: list[Event], batch: int = 200) -> N
     try:
         await store.prepare()
         for start in range(0, len(events), batch):
-            await store.ingest(events[start:start + batch])
+            await store.ingestion.ingest(events[start:start + batch])
     finally:
         await store.close()
 

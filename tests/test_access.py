@@ -172,7 +172,7 @@ async def test_hide_forget_and_reset(aiohttp_client: Any, settings: Settings) ->
     assert (await ids("/iid_recommend", ask))[0] == "grinder"
     assert (await client.post("/admin/items/grinder/hide")).status == 200
     store = client.app[STORE]
-    store._hidden = (-1.0, store._hidden[1])  # another process would see it within 1 s
+    store.reads.forget_hidden()  # another process would see it within 1 s
     assert "grinder" not in await ids("/iid_recommend", ask)
     assert "grinder" not in await ids("/items/espresso/similar")
     assert "grinder" not in await ids("/popular?k=50")

@@ -377,7 +377,8 @@ async def test_item_ids_a_producer_wrote_as_invalid_utf8_never_break_answers(
         client: Client, settings: Settings) -> None:
     store = client.app[STORE]
     stream = store.keys.stream(0)
-    session = next(f"s{n}" for n in range(100) if store._partition(Event(f"s{n}", "", 0)) == 0)
+    session = next(f"s{n}" for n in range(100)
+                   if store.ingestion.partition(Event(f"s{n}", "", 0)) == 0)
     for item in (b"good", b"bad\xed\xa0\x80"):  # an encoded lone surrogate
         await store.redis.xadd(stream, {b"session": session.encode(), b"item": item,
                                         b"ts": b"1700000000", b"type": b"view"})

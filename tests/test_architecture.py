@@ -139,6 +139,19 @@ def test_the_entry_layout_and_the_trim_rule_are_spelled_once_in_python() -> None
     assert "math.max(16" not in lua and "cap / 4" not in lua  # the scripts are given the limit
 
 
+def test_each_scoring_parameter_is_defined_once() -> None:
+    """Its default, limits and meaning in service/core/parameters.py; the settings, Params,
+    the model record, the OpenAPI document and tuning derive from it (they were four copies)."""
+    from service.core.parameters import PARAMETERS
+
+    where = sorted({str(p.relative_to(ROOT)) for p, text in python_sources().items()
+                    for name in PARAMETERS
+                    if p != ROOT / "service/core/parameters.py"
+                    and re.search(rf"\b{name}\b\s*(:\s*(int|float)\s*=\s*[-\d.]"
+                                  rf"|\"?\s*:\s*(Limit|Parameter)\()", text)})
+    assert where == []
+
+
 def test_the_kernel_agrees_with_the_layout() -> None:
     from service.core import layout
 

@@ -46,7 +46,7 @@ async def test_invented_ids_never_enter_the_name_cache(client: Client) -> None:
     for seen in (False, True):
         body = {"user_interactions": ids, "recommend_seen": seen, "k": 5}
         assert (await client.post("/iid_recommend", json=body)).status == 200
-    assert all(store.names.get(int.from_bytes(item_hash(i), "little")) is None for i in ids)
+    assert all(store.reads.names.get(int.from_bytes(item_hash(i), "little")) is None for i in ids)
 
 
 async def test_seen_items_keep_their_names_without_the_cache(client: Client,

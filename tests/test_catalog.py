@@ -67,7 +67,7 @@ async def test_a_record_is_put_read_replaced_and_deleted(aiohttp_client: Any,
                               headers=ADMIN)).status == 200
     store = Store(settings)
     try:
-        assert await store.get_item("a/similar") == Record("a/similar")
+        assert await store.items.get("a/similar") == Record("a/similar")
     finally:
         await store.close()
 
@@ -118,7 +118,7 @@ async def test_records_in_bulk_land_in_their_shards(aiohttp_client: Any,
         shards = {shard_of(item_hash(f"i{n}")) for n in range(900)}
         assert len(shards) == 64  # spread over every item shard (cluster-safe, one per slot)
         for n in (0, 451, 899):
-            record = await store.get_item(f"i{n}")
+            record = await store.items.get(f"i{n}")
             assert record == Record(f"i{n}", None, (f"c{n % 7}",), True, float(n))
     finally:
         await store.close()
@@ -187,7 +187,7 @@ async def test_sessionrec_catalog_imports_100k_jsonl_records(settings: Settings,
         assert await catalog.import_file(store, str(path), "auto", seen.append) == 100_000
         assert seen and seen[-1] == 100_000 - 100_000 % catalog.BATCH
         for n in (0, 12_345, 99_999):
-            assert await store.get_item(str(n)) == Record(
+            assert await store.items.get(str(n)) == Record(
                 str(n), f"item {n}", (f"c{n % 50}",), n % 10 != 0, n / 100)
     finally:
         await store.close()
@@ -204,13 +204,13 @@ async def test_a_bad_line_stores_nothing_and_names_line_and_field(settings: Sett
     try:
         with pytest.raises(catalog.BadRecord, match=r"line 4: available must be true or false"):
             await catalog.import_file(store, str(path), "auto")
-        assert await store.get_item("a") is None  # the whole file is checked first
+        assert await store.items.get("a") is None  # the whole file is checked first
         path.write_text(path.read_text().replace("maybe", "true"), encoding="utf-8")
         assert await catalog.import_file(store, str(path), "csv") == 3
-        assert await store.get_item("a") == Record(
+        assert await store.items.get("a") == Record(
             "a", "Grinder", ("Coffee", "Grinders"), True, 18.5, ("sale",),
             {"colour": "black", "watts": 150})
-        assert await store.get_item("b") == Record("b", "Kettle", ("Tea",), False,
+        assert await store.items.get("b") == Record("b", "Kettle", ("Tea",), False,
                                                    attributes={"colour": "steel"})
     finally:
         await store.close()
@@ -237,8 +237,8 @@ async def test_the_demo_catalogue_goes_through_the_catalogue(settings: Settings)
     store = Store(settings)
     try:
         records = sample_catalogue()
-        await store.put_items(records)
-        espresso = await store.get_item("1001")
+        await store.items.put(records)
+        espresso = await store.items.get("1001")
         assert espresso is not None and espresso.name == "Espresso machine"
         assert espresso.categories == ("Coffee",) and len(records) > 40
     finally:
@@ -252,17 +252,17 @@ async def test_another_process_sees_a_change_within_half_a_second(settings: Sett
     writer, reader = Store(settings), Store(settings)
     grinder = int.from_bytes(item_hash("grinder"), "little")
     try:
-        await writer.put_items([Record("grinder", price=20.0)])
+        await writer.items.put([Record("grinder", price=20.0)])
         # the reader's copies are read just before the change: as fresh as they get
-        assert grinder not in (await reader.hidden_items()).tolist()
-        assert (await reader.mirror.current()).prices[
-            (await reader.mirror.current()).row_of[grinder]] == 20.0
-        await writer.put_items([Record("grinder", price=25.0, available=False)])
+        assert grinder not in (await reader.reads.hidden_items()).tolist()
+        assert (await reader.items.mirror.current()).prices[
+            (await reader.items.mirror.current()).row_of[grinder]] == 20.0
+        await writer.items.put([Record("grinder", price=25.0, available=False)])
         changed = time.monotonic()
-        while grinder not in (await reader.hidden_items()).tolist():
+        while grinder not in (await reader.reads.hidden_items()).tolist():
             assert time.monotonic() - changed < 0.7, "the hidden set's copy is too old"
             await asyncio.sleep(0.02)
-        while (index := await reader.mirror.current()).prices[index.row_of[grinder]] != 25.0:
+        while (index := await reader.items.mirror.current()).prices[index.row_of[grinder]] != 25.0:
             assert time.monotonic() - changed < 0.7, "the catalogue's copy is too old"
             await asyncio.sleep(0.02)
     finally:
@@ -339,7 +339,7 @@ async def test_another_process_filters_by_a_changed_record_within_a_second(
         return [r["id"] for r in (await reply.json())["recommendations"]]
 
     assert await kettles(second) == ["kettle"]
-    mirror = second.app[STORE].mirror
+    mirror = second.app[STORE].items.mirror
     reads = mirror.full_reads
     assert (await first.put("/items/grinder", json={"categories": ["kettles"]},
                             headers=ADMIN)).status == 200
@@ -361,28 +361,28 @@ async def test_a_copy_that_missed_changes_reads_the_catalogue_whole(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A log trimmed past the copy, and a catalogue that came back empty (version reset),
     both end in a whole read that matches Redis."""
-    import service.store.state as state
+    import service.store.catalogue as catalogue
 
-    monkeypatch.setattr(state, "CHANGE_LOG_CAP", 2)
+    monkeypatch.setattr(catalogue, "CHANGE_LOG_CAP", 2)
     writer, reader = Store(settings), Store(settings)
-    reader.mirror.max_age = 0.0
+    reader.items.mirror.max_age = 0.0
     try:
-        await writer.put_items([Record("a", categories=("x",))])
-        assert len(await reader.catalogue()) == 1 and reader.mirror.full_reads == 1
-        await writer.put_items([Record("b", categories=("x",))])
-        await reader.catalogue()
-        assert reader.mirror.full_reads == 1  # one entry behind: followed
+        await writer.items.put([Record("a", categories=("x",))])
+        assert len(await reader.items.index()) == 1 and reader.items.mirror.full_reads == 1
+        await writer.items.put([Record("b", categories=("x",))])
+        await reader.items.index()
+        assert reader.items.mirror.full_reads == 1  # one entry behind: followed
         for n in range(4):  # more changes than the log keeps
-            await writer.put_items([Record(f"c{n}", categories=("y",))])
-        index = await reader.catalogue()
-        assert reader.mirror.full_reads == 2 and len(index) == 6
+            await writer.items.put([Record(f"c{n}", categories=("y",))])
+        index = await reader.items.index()
+        assert reader.items.mirror.full_reads == 2 and len(index) == 6
         # everything of the namespace gone (a Redis that came back empty), then one record
         keys = [k async for k in writer.redis.scan_iter(match=f"{settings.namespace}:*")]
         for key in keys:
             await writer.redis.delete(key)
-        await writer.put_items([Record("d", categories=("z",))])
-        index = await reader.catalogue()
-        assert reader.mirror.full_reads == 3 and len(index) == 1
+        await writer.items.put([Record("d", categories=("z",))])
+        index = await reader.items.index()
+        assert reader.items.mirror.full_reads == 3 and len(index) == 1
         from service.core.rules import Filter
         d, gone = (int.from_bytes(item_hash(i), "little") for i in ("d", "c0"))
         assert index.admits(Filter(categories=("z",)), np.array([d, gone], np.uint64)).tolist() \
@@ -399,17 +399,17 @@ async def test_a_starting_process_reads_the_catalogue_before_any_request_needs_i
     namespace without a catalogue is not read at all."""
     bare = await admin_client(aiohttp_client, settings)
     await asyncio.sleep(0.3)
-    assert bare.app[STORE].mirror.full_reads == 0  # no catalogue: nothing read
+    assert bare.app[STORE].items.mirror.full_reads == 0  # no catalogue: nothing read
     records = [{"id": f"sku-{n}", "categories": [f"c{n % 3}"]} for n in range(50)]
     assert (await bare.post("/items", json={"items": records}, headers=ADMIN)).status == 200
     started = await admin_client(aiohttp_client, settings)
     store = started.app[STORE]
     began = time.monotonic()
     # the catalogue, then the trending snapshot the fill orders by
-    while store.mirror.full_reads == 0 or store._trending.made == -math.inf:
+    while store.items.mirror.full_reads == 0 or store.reads._trending.made == -math.inf:
         assert time.monotonic() - began < 2.0, "the catalogue was not read at start"
         await asyncio.sleep(0.02)
-    assert len(store.mirror.index) == 50
+    assert len(store.items.mirror.index) == 50
 
 
 async def test_a_large_change_reaches_a_serve_process_without_holding_its_loop(
@@ -420,13 +420,13 @@ async def test_a_large_change_reaches_a_serve_process_without_holding_its_loop(
     writer, reader = Store(settings), Store(settings)
     try:
         await writer.prepare()
-        await writer.put_items([Record("first", categories=("x",))])
-        await reader.catalogue()
+        await writer.items.put([Record("first", categories=("x",))])
+        await reader.items.index()
         for start in range(0, 40_000, 10_000):
-            await writer.put_items([Record(f"r{n}", None, ("c", "d"), True, float(n),
+            await writer.items.put([Record(f"r{n}", None, ("c", "d"), True, float(n),
                                            ("t",), {"size": n % 7})
                                     for n in range(start, start + 10_000)])
-        reader.mirror.expire()
+        reader.items.mirror.expire()
         gaps: list[float] = []
         done = asyncio.Event()
 
@@ -438,10 +438,10 @@ async def test_a_large_change_reaches_a_serve_process_without_holding_its_loop(
                 gaps.append(now - last)
                 last = now
         ticking = asyncio.create_task(ticker())
-        index = await reader.catalogue()
+        index = await reader.items.index()
         done.set()
         await ticking
-        assert len(index) == 40_001 and reader.mirror.full_reads == 1
+        assert len(index) == 40_001 and reader.items.mirror.full_reads == 1
         assert max(gaps) < 0.25, f"the loop was held {max(gaps) * 1000:.0f} ms"
     finally:
         await writer.close()

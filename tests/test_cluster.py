@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from service.answers.recommender import Recommender
 from service.core.model import Event
 from service.settings import Settings
-from service.store import state as store_module
+from service.store import ingestion as store_module
+from service.store.ingestion import Ingestion
 from service.store.keyspace import GROUP
 from service.store.state import Store
 from tests.helpers import (
@@ -80,7 +81,7 @@ async def test_cluster_state_and_answers_equal_standalone(standalone_url: str,
             assert shown(await rb.recommend(query, 10, False)) == shown(want)
         assert shown(await rb.similar("i4", 5)) == shown(await ra.similar("i4", 5))
         assert shown(await rb.popular(5)) == shown(await ra.popular(5))
-        assert (await b.stats()) == (await a.stats())
+        assert (await b.stats.read()) == (await a.stats.read())
     finally:
         await a.close()
         await b.close()
@@ -154,18 +155,19 @@ async def test_a_journalled_batch_is_replayed_once_when_an_append_fails(
     clean = await clean_reference(settings, events)
     store = Store(settings)
     await store.prepare()
-    original = Store._append_live
+    original = Ingestion.append_live
     calls = 0
 
-    async def second_append_fails(self: Store, group: list[Event], token: str) -> list[str]:
+    async def second_append_fails(self: Ingestion, group: list[Event], token: str
+                                  ) -> list[str]:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise ConnectionError("node lost mid-batch")
         return await original(self, group, token)
 
-    monkeypatch.setattr(Store, "_append_live", second_append_fails)
-    assert await store.ingest(events) == []  # accepted: it is in the journal
+    monkeypatch.setattr(Ingestion, "append_live", second_append_fails)
+    assert await store.ingestion.ingest(events) == []  # accepted: it is in the journal
     monkeypatch.setattr(Store, "_append_live", original)
     journalled = [await store.redis.hlen(store.keys.journal(p))
                   for p in range(settings.partitions)]
@@ -173,7 +175,7 @@ async def test_a_journalled_batch_is_replayed_once_when_an_append_fails(
     in_streams = sum([await store.redis.xlen(store.keys.stream(p))
                       for p in range(settings.partitions)])
     assert 0 < in_streams < 40  # one partition's share is missing until the replay...
-    before = await store.stats()  # ...but it is accepted, and pending
+    before = await store.stats.read()  # ...but it is accepted, and pending
     assert before["events_accepted"] == 40 and before["pending"] == 40
 
     monkeypatch.setattr(store_module, "JOURNAL_GRACE", 0.0)
@@ -215,7 +217,7 @@ async def test_three_workers_one_killed_end_in_the_single_node_clean_state(
     store = Store(settings)
     procs = [spawn_worker(settings) for _ in range(3)]
     try:
-        while (await store.stats())["events_processed"] < 1500:
+        while (await store.stats.read())["events_processed"] < 1500:
             await asyncio.sleep(0.02)
         procs[0].send_signal(signal.SIGKILL)  # mid-stream, holding a third of the partitions
         procs[0].wait()

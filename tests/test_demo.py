@@ -41,8 +41,8 @@ async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
         assert [categories[r["id"]] for r in tea.recommendations] == ["Tea"] * 4
         assert all((r["source"] == "trending" and r["because"] == [])
                    or r["because"] == ["1001"] for r in tea.recommendations)
-        await store.ingest([Event("visitor", "1017", 1.0, "click")])
-        live = await store.live_session("visitor")
+        await store.ingestion.ingest([Event("visitor", "1017", 1.0, "click")])
+        live = await store.ingestion.live_session("visitor")
         assert [x.item_id for x in live] == ["1017"]
         await asyncio.sleep(0.5)  # the worker's loop has come round several times
         assert await store.redis.get(store.keys.tune_lease()) is None

@@ -503,7 +503,7 @@ async def test_counts_are_exact_through_worker_kills(shop: Client, settings: Set
     kills = 0
     try:
         deadline = time.monotonic() + 60
-        while (await store.stats())["pending"] > 0 and time.monotonic() < deadline:
+        while (await store.stats.read())["pending"] > 0 and time.monotonic() < deadline:
             await asyncio.sleep(rnd.uniform(0.05, 0.3))
             victim = rnd.randrange(len(procs))
             procs[victim].send_signal(signal.SIGKILL)

@@ -226,7 +226,7 @@ def worker_reads(url: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> s
         store = Store(settings)
         try:
             deadline = time.monotonic() + 60
-            while (stats := await store.stats())["pending"] or stats["events_dead"] < 1:
+            while (stats := await store.stats.read())["pending"] or stats["events_dead"] < 1:
                 assert time.monotonic() < deadline, stats
                 await asyncio.sleep(0.05)
             # an automatic run is due (a session learned): it starts, as a process, and ends

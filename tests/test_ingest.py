@@ -64,16 +64,17 @@ async def test_live_sessions_match_the_per_event_rule(settings: Settings, seed: 
     try:
         events = random_events(rnd, 300)
         for start in range(0, len(events), 60):
-            await store.ingest(events[start:start + 60])
+            await store.ingestion.ingest(events[start:start + 60])
         want = reference(events, cap=5)
         for session, items in want.items():
-            got = [(x.item_id, x.timestamp, x.rating) for x in await store.live_session(session)]
+            live = await store.ingestion.live_session(session)
+            got = [(x.item_id, x.timestamp, x.rating) for x in live]
             assert got == items, session
             for key in (store.keys.live_items(session_hash(session)),
                         store.keys.live_ratings(session_hash(session))):
                 ttl = await store.redis.pttl(key)
                 assert 0 < ttl <= settings.live_ttl * 1000
-        assert (await store.stats())["live_sessions"] == len(want)
+        assert (await store.stats.read())["live_sessions"] == len(want)
     finally:
         await store.close()
 
@@ -84,14 +85,14 @@ async def test_expired_registry_members_are_dropped(settings: Settings) -> None:
     store = Store(settings)
     await store.prepare()
     try:
-        await store.ingest([Event("old", "a", 1.0)])
-        old = store.keys.live_registry(store._partition(Event("old", "a", 1.0)))
+        await store.ingestion.ingest([Event("old", "a", 1.0)])
+        old = store.keys.live_registry(store.ingestion.partition(Event("old", "a", 1.0)))
         await store.redis.zadd(old, {session_hash("old").hex(): 1})  # seen in 1970
         fresh = [Event(f"new{n}", "b", 2.0) for n in range(40)]
-        assert old in {store.keys.live_registry(store._partition(ev)) for ev in fresh}
-        await store.ingest(fresh)
+        assert old in {store.keys.live_registry(store.ingestion.partition(ev)) for ev in fresh}
+        await store.ingestion.ingest(fresh)
         assert await store.redis.zscore(old, session_hash("old").hex()) is None
-        assert (await store.stats())["live_sessions"] == 40
+        assert (await store.stats.read())["live_sessions"] == 40
     finally:
         await store.close()
 
@@ -123,7 +124,7 @@ async def test_no_timestamp_in_the_stream_buys_a_lasting_advantage(client: Clien
     forged = [Event(f"f{n}", "spam", 99999999999.0) for n in range(3)]
     forged += [Event(f"f{n}", "other", 99999999999.0) for n in range(3)]
     store = client.app[STORE]
-    await store.append(real + forged)
+    await store.ingestion.append(real + forged)
     await drain(settings)
     top = (await (await client.get("/popular?k=3")).json())["recommendations"]
     assert top[0]["id"] == "other" and top[1]["id"] == "real", top
@@ -149,7 +150,7 @@ async def test_a_retry_with_the_same_idempotency_key_is_counted_once(
         assert first.status == retry.status == 202
         assert await first.json() == await retry.json() == {"accepted": len(body["events"])}
         assert retry.headers["Idempotent-Replayed"] == "true"
-    assert (await store.stats())["events_accepted"] == 11
+    assert (await store.stats.read())["events_accepted"] == 11
     # the same key with another body is a client's mistake, said so
     reused = await client.post("/events", json=single, headers={"Idempotency-Key": "batch-0"})
     assert reused.status == 409

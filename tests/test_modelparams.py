@@ -16,7 +16,8 @@ from service.answers.recommender import Recommender
 from service.api.app import create_app
 from service.api.parameters import follow_model
 from service.api.recommend import RECOMMENDER
-from service.core.modelparams import LIMITS, ModelRecord
+from service.core.modelparams import ModelRecord
+from service.core.parameters import PARAMETERS
 from service.core.scoring import Params
 from service.settings import Settings
 from service.store.state import Store
@@ -62,7 +63,7 @@ def test_fields_round_trip_and_unknown_or_invalid_values_are_left_out() -> None:
     ("idf_weight", math.inf, "between"), ("idf_weight", -0.5, "between"),
     ("position_decay", 21, "between"), ("sequence_weight", None, "a number")])
 def test_each_parameter_has_its_type_and_range(name: str, value: Any, wanted: Any) -> None:
-    got = LIMITS[name].check(value)
+    got = PARAMETERS[name].check(value)
     if isinstance(wanted, str):
         assert isinstance(got, str) and wanted in got
     else:
@@ -178,7 +179,7 @@ async def test_a_redis_that_comes_back_empty_takes_each_process_back_to_its_flag
     recommender = Recommender(store, shop_settings)
     following = asyncio.create_task(follow_model(recommender, store, every=0.02))
     try:
-        await store.update_model(lambda r: r.updated({"neighbours": 7}, pin=True))
+        await store.model.update(lambda r: r.updated({"neighbours": 7}, pin=True))
         await _until(lambda: recommender.params.neighbours == 7)
         await store.redis.delete(store.keys.model())
         await _until(lambda: recommender.params == recommender.base)

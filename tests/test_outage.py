@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from redis.exceptions import ResponseError
 
-import service.store.state
+import service.store.ingestion
 from service.api.app import create_app
 from service.api.context import STORE
 from service.core.model import Event
@@ -76,7 +76,7 @@ async def test_a_full_journal_answers_503_backlogged_rather_than_grow(
         aiohttp_client: Any, cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch spanning partitions whose journals are full is refused, worded as what it is
     (it was raised as a connection error: "the data store is unreachable")."""
-    monkeypatch.setattr(service.store.state, "JOURNAL_CAP", 2)
+    monkeypatch.setattr(service.store.ingestion, "JOURNAL_CAP", 2)
     s = Settings(redis_url=cluster_url, namespace=f"full-{time.time_ns()}", partitions=4)
     store = Store(s)
     await store.prepare()
@@ -84,8 +84,8 @@ async def test_a_full_journal_answers_503_backlogged_rather_than_grow(
     for p in range(4):
         await store.redis.hset(store.keys.journal(p), mapping={"x": b"1|", "y": b"1|"})
     with pytest.raises(Backlogged):
-        await store.ingest(spanning)
-    assert (await store.stats())["events_accepted"] == 0
+        await store.ingestion.ingest(spanning)
+    assert (await store.stats.read())["events_accepted"] == 0
     client: Client = await aiohttp_client(create_app(s))
     resp = await client.post("/events", json={"events": [
         {"session_id": e.session_id, "item_id": e.item_id} for e in spanning]})
@@ -105,7 +105,7 @@ async def test_a_redis_error_no_retry_fixes_is_a_500_logged_as_a_bug(
 
     async def broken(command: bytes, args: list[bytes | str | int]) -> Any:
         raise ResponseError("ERR user_script:1: Script attempted to access nonexistent global")
-    monkeypatch.setattr(store, "read", broken)
+    monkeypatch.setattr(store.reads, "read", broken)
     resp = await client.get("/popular")
     assert resp.status == 500
     assert (await resp.json())["error"]["code"] == "internal"

@@ -65,10 +65,10 @@ async def test_a_cached_history_follows_every_write(store: Store) -> None:
     key = store.keys.history(session_hash("s1"))
     await store.redis.set(key, b"A" * 16)
     s1 = hashes("s1", "absent")
-    assert await store.histories(s1) == [b"A" * 16, b""]
+    assert await store.reads.histories(s1) == [b"A" * 16, b""]
     calls = await mget_calls(store)
     for _ in range(3):
-        assert await store.histories(s1) == [b"A" * 16, b""]
+        assert await store.reads.histories(s1) == [b"A" * 16, b""]
     assert await mget_calls(store) == calls  # served by the cache: Redis was not asked
     assert store.cache.hits >= 6
     for value in [b"B" * 16, b"C" * 32]:
@@ -82,7 +82,7 @@ async def test_a_cached_history_follows_every_write(store: Store) -> None:
 
 
 async def _histories_are(store: Store, sessions: scoring.U64, want: list[bytes]) -> bool:
-    return await store.histories(sessions) == want
+    return await store.reads.histories(sessions) == want
 
 
 async def test_expiry_and_flush_reach_the_cache(standalone_url: str) -> None:
@@ -92,7 +92,7 @@ async def test_expiry_and_flush_reach_the_cache(standalone_url: str) -> None:
         item = hashes("i", of=item_hash)
         key = store.keys.index(item_hash("i"))
         await store.redis.set(key, b"x" * 16, px=150)
-        assert await store.indexes(item) == [b"x" * 16]
+        assert await store.reads.indexes(item) == [b"x" * 16]
         await eventually(lambda: _indexes_are(store, item, [b""]))
         await store.redis.set(key, b"y" * 16)
         await eventually(lambda: _indexes_are(store, item, [b"y" * 16]))
@@ -103,7 +103,7 @@ async def test_expiry_and_flush_reach_the_cache(standalone_url: str) -> None:
 
 
 async def _indexes_are(store: Store, items: scoring.U64, want: list[bytes]) -> bool:
-    return await store.indexes(items) == want
+    return await store.reads.indexes(items) == want
 
 
 async def test_a_lost_tracking_connection_drops_the_cache(store: Store) -> None:
@@ -113,14 +113,14 @@ async def test_a_lost_tracking_connection_drops_the_cache(store: Store) -> None:
     key = store.keys.history(session_hash("s"))
     await store.redis.set(key, b"old-value-16byte")
     s = hashes("s")
-    assert await store.histories(s) == [b"old-value-16byte"]
+    assert await store.reads.histories(s) == [b"old-value-16byte"]
     clients: list[dict[str, Any]] = await store.redis.client_list()
     tracking = [c for c in clients if "t" in c["flags"]]
     assert len(tracking) == 1
     await store.redis.client_kill_filter(_id=tracking[0]["id"])
     await eventually(lambda: _no_connection(store))
     await store.redis.set(key, b"new-value-16byte")  # nobody is told of this one
-    assert await store.histories(s) == [b"new-value-16byte"]
+    assert await store.reads.histories(s) == [b"new-value-16byte"]
     assert store.cache.resets == 1
 
 
@@ -144,7 +144,7 @@ async def test_the_cluster_reads_without_the_cache(cluster_url: str) -> None:
     store = Store(Settings(redis_url=cluster_url, namespace=f"rc{next(_names)}"))
     assert store.cache is None
     await store.redis.set(store.keys.history(session_hash("s")), b"z" * 16)
-    assert await store.histories(hashes("s")) == [b"z" * 16]
+    assert await store.reads.histories(hashes("s")) == [b"z" * 16]
     await store.close()
 
 
@@ -172,12 +172,12 @@ async def test_recommendations_follow_the_worker_through_the_cache(
     # everything cached now: the answer comes from one kernel call over the tables, and is
     # the one the reads gave
     reads: list[Any] = []
-    indexes = store.indexes
+    indexes = store.reads.indexes
 
     async def counted(items: scoring.U64) -> list[bytes | None]:
         reads.append(items)
         return await indexes(items)
-    store.indexes = counted  # type: ignore[method-assign]
+    store.reads.indexes = counted  # type: ignore[method-assign]
     again = await answers.similar("a", 5)
     assert again.body()["recommendations"][:1] == [{"id": "c", "score": 1.0}] and not reads
     store.cache.heard = 0.0  # unheard from: the request reads (and PINGs) instead
@@ -411,8 +411,8 @@ async def test_a_redis_that_refuses_tracking_is_read_uncached() -> None:
                                namespace="acl"))
         assert store.cache is not None
         await store.redis.set(store.keys.history(session_hash("s")), b"v" * 16)
-        assert await store.histories(hashes("s")) == [b"v" * 16]
+        assert await store.reads.histories(hashes("s")) == [b"v" * 16]
         assert store.cache is None
-        assert await store.histories(hashes("s")) == [b"v" * 16]
+        assert await store.reads.histories(hashes("s")) == [b"v" * 16]
         await store.close()
         await admin.close()

@@ -30,20 +30,21 @@ async def test_per_item_state_goes_after_history_ttl_without_events(
     s = settings.replace(history_ttl=1)
     store = client.app[STORE]
     events = [Event(f"s{n}", f"flood-{n % 7}", time.time()) for n in range(40)]
-    await store.ingest([*events, Event("s0", "kept", time.time())])
+    await store.ingestion.ingest([*events, Event("s0", "kept", time.time())])
     await drain(s)
     r: Any = store.redis
     ttl = await r.pttl(store.keys.index(item_hash("flood-0")))
     assert 0 < ttl <= 1000
-    assert (await store.stats())["items"] == 8
+    assert (await store.stats.read())["items"] == 8
     await asyncio.sleep(1.2)
     worker = Worker(s)
     for _ in range(3):  # HSCAN may need a step or two per shard
         await worker.sweep()
-    assert (await store.stats())["items"] == 0
+    assert (await store.stats.read())["items"] == 0
     assert await r.zcard(store.keys.trend()) == 0
     assert [await r.hlen(store.keys.doc_freq(n)) for n in range(64)] == [0] * 64
-    await store.ingest([Event("back", "flood-0", time.time()), Event("back", "x", time.time())])
+    await store.ingestion.ingest([Event("back", "flood-0", time.time()),
+                                  Event("back", "x", time.time())])
     await drain(s)
     similar = await (await client.get("/items/x/similar")).json()
     assert [row["id"] for row in similar["recommendations"]] == ["flood-0"]

@@ -18,7 +18,8 @@ from service.core.catalog import Record
 from service.core.rules import FILL_TESTS, CatalogueIndex, Filter
 from service.requests import rules as request_rules
 from service.settings import Settings
-from service.store.state import TRENDING_SNAPSHOT, Store
+from service.store.reads import TRENDING_SNAPSHOT, Reads
+from service.store.state import Store
 
 pytestmark = pytest.mark.kernel
 
@@ -39,7 +40,7 @@ async def test_distinct_filters_keep_nothing_per_filter_and_test_a_bounded_numbe
     store = Store(settings)
     await store.prepare()
     for start in range(0, RECORDS, 5000):
-        await store.put_items(catalogue(RECORDS)[start:start + 5000])
+        await store.items.put(catalogue(RECORDS)[start:start + 5000])
     await store.close()
     client = await aiohttp_client(create_app(settings))
     warm = await client.get("/popular?k=5&filter=" + quote(json.dumps({"categories": ["cat1"]})))
@@ -116,19 +117,19 @@ async def test_max_per_category_reads_no_deeper_than_it_would_without(
     store = Store(settings)
     await store.prepare()
     items = [f"t{n}" for n in range(3000)]
-    await store.put_items([Record(i, None, ("a" if n % 2 else "b",)) for n, i in
+    await store.items.put([Record(i, None, ("a" if n % 2 else "b",)) for n, i in
                            enumerate(items)])
     await store.redis.zadd(store.keys.trend(), {i: 100.0 - n * 0.01 for n, i in
                                                 enumerate(items)})
     await store.close()
     client = await aiohttp_client(create_app(settings))
     depths: list[int] = []
-    head = Store.trending_head
+    head = Reads.trending_head
 
-    async def recording(self: Store, n: int) -> list[tuple[bytes, float]]:
+    async def recording(self: Reads, n: int) -> list[tuple[bytes, float]]:
         depths.append(n)
         return await head(self, n)
-    monkeypatch.setattr(Store, "trending_head", recording)
+    monkeypatch.setattr(Reads, "trending_head", recording)
     for _ in range(2):
         reply = await client.get("/popular?k=60&max_per_category=1")
         assert reply.status == 200
@@ -147,19 +148,19 @@ async def test_unavailable_items_cost_an_answer_no_deeper_read(
     Now a little past k first, deeper only when skipped items were in the way; k still holds."""
     store = Store(settings)
     await store.prepare()
-    await store.put_items([Record(f"gone{n}", None, ("a",), False) for n in range(5000)])
+    await store.items.put([Record(f"gone{n}", None, ("a",), False) for n in range(5000)])
     trending = [f"t{n}" for n in range(100)]
     await store.redis.zadd(store.keys.trend(), {i: 100.0 - n * 0.01 for n, i in
                                                 enumerate(trending)})
     await store.close()
     client = await aiohttp_client(create_app(settings))
     depths: list[int] = []
-    head = Store.trending_head
+    head = Reads.trending_head
 
-    async def recording(self: Store, n: int) -> list[tuple[bytes, float]]:
+    async def recording(self: Reads, n: int) -> list[tuple[bytes, float]]:
         depths.append(n)
         return await head(self, n)
-    monkeypatch.setattr(Store, "trending_head", recording)
+    monkeypatch.setattr(Reads, "trending_head", recording)
     reply = await client.get("/popular?k=10&" + "&".join(f"exclude=t{n}" for n in range(30)))
     assert [r["id"] for r in (await reply.json())["recommendations"]] == \
         [f"t{n}" for n in range(30, 40)]

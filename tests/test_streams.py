@@ -30,7 +30,7 @@ async def test_a_corrupt_journal_entry_is_dead_lettered_not_crash_looped(
                  block_ms=20, lease_ms=2000)
     store = Store(s)
     await store.prepare()
-    await store.ingest([Event("s", "a", 1.0), Event("s", "b", 2.0)])
+    await store.ingestion.ingest([Event("s", "a", 1.0), Event("s", "b", 2.0)])
     await store.redis.hset(store.keys.journal(0), "bad", b"0|5:broken")
     await store.redis.hset(store.keys.journal(1), "worse", b"not a stamp")
     stats = await drain(s)
@@ -39,7 +39,7 @@ async def test_a_corrupt_journal_entry_is_dead_lettered_not_crash_looped(
     assert not await r.exists(store.keys.journal(0), store.keys.journal(1))
     dead = await r.xrange(store.keys.dead(0)) + await r.xrange(store.keys.dead(1))
     assert sorted(f[b"id"] for _, f in dead) == [b"journal:bad", b"journal:worse"]
-    assert (await store.stats())["events_accepted"] == 2
+    assert (await store.stats.read())["events_accepted"] == 2
     await store.close()
 
 
@@ -50,7 +50,7 @@ async def test_group_recreated_from_the_start_of_a_new_stream(standalone_url: st
                  partitions=1)
     r = aioredis.Redis.from_url(standalone_url)
     store = Store(s)
-    await store.ingest([Event("s", "a", 1.0)])  # the stream exists, its group does not
+    await store.ingestion.ingest([Event("s", "a", 1.0)])  # the stream exists, its group does not
     worker = Worker(s)
     await worker.regroup()
     groups = await r.xinfo_groups(store.keys.stream(0))
@@ -69,10 +69,10 @@ async def test_admin_rewrites_win_over_a_batch_that_read_the_history_before(
     client: Client = await aiohttp_client(create_app(settings.replace(secret_keys="sk")),
                                           headers={"X-API-Key": "sk"})
     store = client.app[STORE]
-    await store.ingest([Event("v", "secret-item", 1.0), Event("v", "old", 2.0),
+    await store.ingestion.ingest([Event("v", "secret-item", 1.0), Event("v", "old", 2.0),
                         Event("w", "secret-item", 1.0)])
     await drain(settings)
-    await store.ingest([Event("v", "new", 3.0)])
+    await store.ingestion.ingest([Event("v", "new", 3.0)])
     worker = Worker(settings, worker_id="racer")
     real_mget = worker.redis.mget
     raced: list[int] = []

@@ -48,7 +48,7 @@ async def test_packed_mget_against_redis(settings: Settings) -> None:
     store = Store(settings)
     keys = [f"{settings.namespace}:{{p0}}:k{n}\r\n{{}}" for n in range(300)]
     await store.redis.mset({k: f"v{n}".encode() * n for n, k in enumerate(keys) if n % 3})
-    got = await store.mget(keys)
+    got = await store.reads.mget(keys)
     assert got == [None if n % 3 == 0 else f"v{n}".encode() * n for n in range(300)]
     await store.close()
 
@@ -74,11 +74,11 @@ async def test_ingest_survives_a_script_cache_flush(settings: Settings) -> None:
 
     store = Store(settings)
     await store.prepare()
-    await store.ingest([Event("s", "a", 1.0)])
+    await store.ingestion.ingest([Event("s", "a", 1.0)])
     await store.redis.script_flush()
-    assert len(await store.ingest([Event("s", "b", 2.0), Event("t", "a", 3.0)])) == 2
-    assert (await store.stats())["events_accepted"] == 3
-    assert [x.item_id for x in await store.live_session("s")] == ["a", "b"]
+    assert len(await store.ingestion.ingest([Event("s", "b", 2.0), Event("t", "a", 3.0)])) == 2
+    assert (await store.stats.read())["events_accepted"] == 3
+    assert [x.item_id for x in await store.ingestion.live_session("s")] == ["a", "b"]
     await store.close()
 
 
@@ -93,7 +93,7 @@ async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_u
     assert isinstance(backend, Standalone) and isinstance(backend.lane, transport.SharedConnection)
     keys = [f"lane:{{p0}}:k{n}" for n in range(50)]
     await store.redis.set(keys[0], b"v")
-    await asyncio.gather(*(store.mget(keys) for _ in range(8)))
+    await asyncio.gather(*(store.reads.mget(keys) for _ in range(8)))
     first = backend.lane.connection
     assert first is not None
     killer = aioredis.Redis.from_url(standalone_url)
@@ -102,7 +102,7 @@ async def test_after_redis_drops_the_link_one_request_fails_at_most(standalone_u
     failures = 0
     for _ in range(5):
         try:
-            assert (await store.mget(keys))[0] == b"v"
+            assert (await store.reads.mget(keys))[0] == b"v"
         except RedisConnectionError:
             failures += 1
     assert failures <= 1

@@ -83,7 +83,7 @@ async def accuracy(store: Store, settings: Settings, test: list[Event]) -> tuple
     """HR@20 and MRR@20 of the parameters in force on every prefix of the test sessions
     (seen items may come back: ``sessionrec eval``'s static protocol)."""
     recommender = Recommender(store, settings)
-    recommender.use(await store.model_record())
+    recommender.use(await store.model.record())
     sessions: dict[str, list[Event]] = {}
     for ev in test:
         sessions.setdefault(ev.session_id, []).append(ev)
@@ -128,7 +128,7 @@ async def test_crafted_sessions_change_neither_the_parameters_nor_the_accuracy(
             runs[each.namespace] = await tune_live(store, Params.from_settings(each),
                                                    trigger="auto", rounds=1, seed=5)
             after[each.namespace] = await accuracy(store, each, test)
-            params[each.namespace] = (await store.model_record()).params(
+            params[each.namespace] = (await store.model.record()).params(
                 Params.from_settings(each))
         finally:
             await store.close()

@@ -111,7 +111,7 @@ async def test_a_run_that_waits_forever_stops_at_its_deadline_and_releases_its_l
     store = Store(quick)
     try:
         assert await store.redis.get(store.keys.tune_lease()) is None
-        assert (await store.model_record()).last_run is None  # nothing recorded, nor promoted
+        assert (await store.model.record()).last_run is None  # nothing recorded, nor promoted
     finally:
         await store.close()
 
@@ -140,7 +140,7 @@ async def test_a_worker_takes_the_lease_back_from_a_finished_run_that_still_rene
     store = Store(settings)
     lease = store.keys.tune_lease()
     now = time.time()
-    await store.update_model(lambda record: dataclasses.replace(record, last_run=json.dumps(
+    await store.model.update(lambda record: dataclasses.replace(record, last_run=json.dumps(
         {"id": "hung", "trigger": "auto", "started_at": now - 60, "finished_at": now - 1})))
     assert await store.scripts.lease(lease, "hung", 3000, "take")
     renewed: list[bool] = []
@@ -185,7 +185,7 @@ async def test_a_run_never_imports_code_from_the_working_directory(
                                                  settings, "admin")
         assert started and run_id is not None
         waited = time.monotonic()
-        while json.loads((await store.model_record()).last_run or "{}").get("id") != run_id:
+        while json.loads((await store.model.record()).last_run or "{}").get("id") != run_id:
             assert not ran.exists(), "the planted service/cli.py ran"
             assert time.monotonic() - waited < 60, "the run never finished"
             await asyncio.sleep(0.1)

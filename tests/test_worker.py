@@ -66,7 +66,7 @@ async def test_redelivered_entry_changes_nothing(settings: Settings) -> None:
     assert_same_state(await snapshot(r, settings.namespace), before)
     # each session's arrival is its first entry's, set once: a redelivery moves none
     assert arrivals_of(await snapshot(r, settings.namespace, arrival_times=True)) == arrived
-    assert (await store.stats())["events_processed"] == 300
+    assert (await store.stats.read())["events_processed"] == 300
     await store.close()
 
 
@@ -106,7 +106,7 @@ async def test_two_workers_and_restarts_equal_one_clean_pass(settings: Settings)
     r: Any = store.redis
     assert_same_state(await snapshot(r, settings.namespace),
                       await snapshot(r, clean.namespace))
-    stats = await store.stats()
+    stats = await store.stats.read()
     assert stats["events_processed"] == stats["events_accepted"] == 3000
     await store.close()
 
@@ -133,7 +133,7 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(settings: Set
     kills = 0
     procs = [spawn_worker(settings), spawn_worker(settings)]
     deadline = time.monotonic() + 60
-    while (await store.stats())["pending"] > 0 and time.monotonic() < deadline:
+    while (await store.stats.read())["pending"] > 0 and time.monotonic() < deadline:
         await asyncio.sleep(rnd.uniform(0.05, 0.4))
         victim = rnd.randrange(len(procs))
         procs[victim].send_signal(signal.SIGKILL)

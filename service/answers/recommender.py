@@ -159,7 +159,7 @@ class Recommender:
             named={int.from_bytes(h, "little"): item_id}), asker)
 
     async def popular(self, k: int, rules: Rules = NO_RULES, asker: Asker = NOBODY) -> Answer:
-        hidden = await self.store.hidden_items()
+        hidden = await self.store.reads.hidden_items()
         excluded = np.concatenate((hidden, item_hashes(rules.exclude)))
         rows = await self._trending(k, rules, excluded, 1.0)
         return await self._stamped(Answer(rows, worded(MSG_TRENDING, len(rows), k, rules)),
@@ -172,7 +172,7 @@ class Recommender:
         """``seen``: the session's items, not to return (None: they may be); the request's
         exclusions and filter and the hidden items are left out before the k best are chosen,
         and the trending fill skips them too, so k holds whenever k eligible items exist."""
-        catalogue = await self.store.catalogue() if rules.needs_catalogue else None
+        catalogue = await self.store.items.index() if rules.needs_catalogue else None
         rule = rules.filter if catalogue is not None else None
         cached = None if rules.explain else \
             self.store.backend.cached_candidates(query, params, exclude_session)
@@ -181,21 +181,21 @@ class Recommender:
         if cached is not None:
             candidates, scores = cached
         else:
-            index_blobs = await self.store.indexes(query.items)
+            index_blobs = await self.store.reads.indexes(query.items)
             sessions, similarity = scoring.neighbours(query, index_blobs, params,
                                                       exclude_session)
             candidates = np.zeros(0, np.uint64)
             scores = np.zeros(0)
             if len(sessions):
-                histories = await self.store.histories(sessions)
+                histories = await self.store.reads.histories(sessions)
                 candidates, scores = scoring.score(query, histories, similarity, params)
         if rule is not None:
             assert catalogue is not None
             kept = catalogue.admits(rule, candidates)
             candidates, scores = candidates[kept], scores[kept]
-        df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
+        df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
-        hidden = await self.store.hidden_items()
+        hidden = await self.store.reads.hidden_items()
         requested = item_hashes(rules.exclude)
         exclude = np.concatenate((hidden, requested) if seen is None
                                  else (seen, hidden, requested))
@@ -217,7 +217,7 @@ class Recommender:
                     if len(keep) == k:
                         break
             best, best_scores = best[keep], best_scores[keep]
-        names = await self.store.item_names(best, named)
+        names = await self.store.reads.item_names(best, named)
         found: list[dict[str, Any]] = [
             {"id": name, "score": sc}
             for name, sc in zip(names, kernel.relative(best_scores), strict=True)]
@@ -246,7 +246,7 @@ class Recommender:
         into (0, ceiling] relative to the first one. ``cap`` and ``catalogue``: the answer's own
         so far (None: the fill is the whole answer, as for /popular)."""
         if rules.needs_catalogue and cap is None:
-            catalogue = await self.store.catalogue()
+            catalogue = await self.store.items.index()
             cap = CategoryCap(rules.max_per_category, catalogue.first_category)
         if k <= 0:
             return []
@@ -256,7 +256,7 @@ class Recommender:
         if rules.filter is not None and catalogue is not None:
             # the filter's items in trending order, from the process' trending snapshot (one
             # read shared by every filter: a new filter costs no Redis read)
-            snapshot = await self.store.trending_snapshot()
+            snapshot = await self.store.reads.trending_snapshot()
             return fill(catalogue.fill_order(rules.filter, snapshot.members), k, skip, cap,
                          ceiling, rules.explain)
         # what is skipped (hidden and unavailable items, the request's exclusions) is mostly
@@ -265,7 +265,7 @@ class Recommender:
         depth = k + min(len(skip), 4 * k + 64)
         counts = dict(cap.counts) if cap is not None else {}
         while True:
-            head = await self.store.trending_head(depth)
+            head = await self.store.reads.trending_head(depth)
             if cap is not None:
                 cap.counts = dict(counts)
             leader = head[0][1] if head else 0.0
@@ -281,7 +281,7 @@ class Recommender:
         # read that grew with the set, a few categories among many trending items, blocked
         # Redis for every client); past its 4,096 items the answer says it has fewer than k
         cap.counts = dict(counts)
-        members = (await self.store.trending_snapshot()).members
+        members = (await self.store.reads.trending_snapshot()).members
         top = members[0][2] if members else 0.0
         return fill(((name, h, math.pow(2.0, min(score - top, 0.0)))
                       for name, h, score in members), k, skip, cap, ceiling, rules.explain)

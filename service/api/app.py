@@ -68,7 +68,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
                 settings.rate_limit, settings.rate_burst)
         try:
             await app[STORE].prepare()
-            app[RECOMMENDER].use(await app[STORE].model_record())
+            app[RECOMMENDER].use(await app[STORE].model.record())
             app[RECOMMENDER].use_experiment(*await app[STORE].feedback.current())
         except UNAVAILABLE as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)

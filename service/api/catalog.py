@@ -14,13 +14,13 @@ async def put_item(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
     record = item_record(await read_json(request), "", request.app[SETTINGS],
                                     item_id)
-    await request.app[STORE].put_items([record])
+    await request.app[STORE].items.put([record])
     return json_response(record.body())
 
 
 async def get_item(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    record = await request.app[STORE].get_item(item_id)
+    record = await request.app[STORE].items.get(item_id)
     if record is None:
         raise ApiError(404, "not_found", f"The catalogue has no record of {item_id!r}; "
                                          "PUT one first.", "item_id")
@@ -29,11 +29,11 @@ async def get_item(request: web.Request) -> web.Response:
 
 async def delete_item(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    deleted = await request.app[STORE].delete_item(item_id)
+    deleted = await request.app[STORE].items.delete(item_id)
     return json_response({"item_id": item_id, "deleted": deleted})
 
 
 async def post_items(request: web.Request) -> web.Response:
     records = item_records(await read_json(request), request.app[SETTINGS])
-    await request.app[STORE].put_items(records)
+    await request.app[STORE].items.put(records)
     return json_response({"stored": len(records)})

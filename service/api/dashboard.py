@@ -25,9 +25,9 @@ async def dashboard_data(request: web.Request) -> web.Response:
     recommender = request.app[RECOMMENDER]
     await flush(recommender, store)  # this process' answers so far
     minutes = await series.read(store.redis, store.keys, minute_of(time.time()), HOUR)
-    record = await store.model_record()
+    record = await store.model.record()
     experiment = (await store.feedback.current())[1]
-    head = await store.trending_head(TRENDING)
+    head = await store.reads.trending_head(TRENDING)
     top = head[0][1] if head else 0.0
     return json_response({
         "minutes": [minute_figures(minute, counts) for minute, counts in minutes],
@@ -38,4 +38,4 @@ async def dashboard_data(request: web.Request) -> web.Response:
         # scores are log2 of decayed counts: relative to the first, as /popular shows them
         "trending": [{"id": member.decode("utf-8", "replace"), "score": 2.0 ** (score - top)}
                      for member, score in head],
-        "stats": await store.stats()})
+        "stats": await store.stats.read()})

@@ -13,7 +13,7 @@ from service.api.context import METRICS, SETTINGS, STORE, json_response, read_js
 from service.api.errors import ApiError
 from service.requests.events import event_batch
 from service.requests.jsonutil import dumps
-from service.store.state import Once, Replayed
+from service.store.ingestion import IdempotencyKey, Replayed
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -22,7 +22,7 @@ async def post_events(request: web.Request) -> web.Response:
     events = event_batch(await read_json(request), request.app[SETTINGS], time.time())
     once = _once(request, await request.read(), len(events))
     try:
-        await request.app[STORE].ingest(events, once)
+        await request.app[STORE].ingestion.ingest(events, once)
     except Replayed as replayed:
         accepted, _, body = replayed.record.partition("|")
         if once is None or body != once.record.partition("|")[2]:
@@ -37,7 +37,7 @@ async def post_events(request: web.Request) -> web.Response:
     return json_response({"accepted": len(events)}, status=202)
 
 
-def _once(request: web.Request, body: bytes, count: int) -> Once | None:
+def _once(request: web.Request, body: bytes, count: int) -> IdempotencyKey | None:
     """The request's Idempotency-Key, scoped to the API key it came with: a retry of the same
     request (an ambiguous 503, a lost answer) within a day is answered, not appended again."""
     key = access.text_header(request, IDEMPOTENCY_HEADER)
@@ -48,4 +48,4 @@ def _once(request: web.Request, body: bytes, count: int) -> Once | None:
                        "characters (a UUID, say).", IDEMPOTENCY_HEADER)
     client, _ = access.presented(request)
     digest = hashlib.blake2b(client + b"\0" + key.encode(), digest_size=16).hexdigest()
-    return Once(digest, f"{count}|{hashlib.blake2b(body, digest_size=16).hexdigest()}")
+    return IdempotencyKey(digest, f"{count}|{hashlib.blake2b(body, digest_size=16).hexdigest()}")

@@ -14,7 +14,7 @@ from service.api import access
 from service.api.context import Route
 from service.core.feedback import MAX_VARIANTS
 from service.core.model import EVENT_TYPES
-from service.core.modelparams import LIMITS
+from service.core.parameters import PARAMETERS
 from service.requests.events import MAX_RECOMMENDATION_ID
 from service.requests.records import MAX_LIST, MAX_RECORD_BYTES
 from service.requests.rules import MAX_FILTER_VALUES
@@ -177,7 +177,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
     }
     def model_params(minimum: int = 0) -> dict[str, Any]:
         properties: dict[str, Any] = {}
-        for name, limit in LIMITS.items():
+        for name, limit in PARAMETERS.items():
             high = min(limit.high, s.index_cap) if name == "index_cap" else limit.high
             properties[name] = {"type": "integer" if limit.integer else "number",
                                 "minimum": limit.low, "maximum": high,
@@ -189,7 +189,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
         "type": "object", "required": ["version", "params", "pinned", "tuned_at", "tuning"],
         "properties": {"version": {"type": "integer", "description": "0: never written"},
                        "params": model_params(), "pinned": {"type": "array", "items": {
-                           "type": "string", "enum": list(LIMITS)}},
+                           "type": "string", "enum": list(PARAMETERS)}},
                        "tuned_at": {"type": ["number", "null"]},
                        "tuning": {"type": "object", "required": ["state", "auto", "last_run"],
                                   "properties": {

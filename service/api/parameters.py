@@ -21,7 +21,8 @@ from service.core.scoring import Params
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.requests.admin import model_change
 from service.store import tuning
-from service.store.state import ModelContention, Store
+from service.store.modelrecord import ModelContention
+from service.store.state import Store
 
 log = logging.getLogger("sessionrec.api")
 
@@ -44,7 +45,7 @@ async def _running(store: Store) -> str | None:
 async def get_model(request: web.Request) -> web.Response:
     """The record as Redis holds it now, over this process' flags."""
     store = request.app[STORE]
-    record = await store.model_record()
+    record = await store.model.record()
     return json_response(model_body(record, record.params(request.app[RECOMMENDER].base),
                                     await _running(store), request.app[SETTINGS].auto_tune))
 
@@ -70,7 +71,7 @@ async def start_tuning(request: web.Request) -> web.Response:
 async def put_model(request: web.Request) -> web.Response:
     values, pin = model_change(await read_json(request), request.app[SETTINGS])
     try:
-        record = await request.app[STORE].update_model(lambda r: r.updated(values, pin))
+        record = await request.app[STORE].model.update(lambda r: r.updated(values, pin))
     except ModelContention:
         raise ApiError(503, "busy", "The model record kept changing under this change; send "
                                     "it again.") from None
@@ -86,8 +87,8 @@ async def follow_model(recommender: Recommender, store: Store,
     that went back, a Redis that came back empty, is followed too)."""
     while True:
         try:
-            if await store.model_version() != recommender.record.version:
-                recommender.use(await store.model_record())
+            if await store.model.version() != recommender.record.version:
+                recommender.use(await store.model.record())
         except UNAVAILABLE as exc:
             log.debug("model record not read (%s); next try in %s s", exc, every)
         stop_if_cancelled()  # whatever a Redis call under way did with the cancellation

@@ -55,7 +55,7 @@ async def session_recommendations(request: web.Request) -> web.Response:
     seen = query_bool(request.query.get("recommend_seen"), "recommend_seen",
                                  default=False)
     rules = _rules(request)
-    live = await request.app[STORE].live_session(session_id)
+    live = await request.app[STORE].ingestion.live_session(session_id)
     answer = await request.app[RECOMMENDER].recommend(
         [(x.item_id, x.timestamp, x.rating) for x in live], k, seen,
         _asker(request, session_id), rules)

@@ -19,7 +19,7 @@ from service.failures import UNAVAILABLE
 
 
 async def stats(request: web.Request) -> web.Response:
-    return json_response(await request.app[STORE].stats())
+    return json_response(await request.app[STORE].stats.read())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -40,7 +40,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
     try:
-        for figure, value in (await request.app[STORE].stats()).items():
+        for figure, value in (await request.app[STORE].stats.read()).items():
             m.state.labels(figure).set(value)
         recommender = request.app[RECOMMENDER]
         m.unrecorded.set(recommender.unrecorded)

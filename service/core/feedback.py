@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from service.core.layout import HASH_BYTES, item_hash
-from service.core.modelparams import Value
+from service.core.parameters import Value
 
 ID_VERSION = 2
 BOUND = 1

@@ -12,55 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from service.core.parameters import PARAMETERS, Value
 from service.core.scoring import Params
 
-Value = int | float
-
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """What one parameter may be: a whole number or any finite number, within [low, high]."""
-
-    integer: bool
-    low: float
-    high: float
-    meaning: str
-
-    def check(self, value: Any) -> Value | str:
-        """The value as the parameter's type, or what is wrong with it (for a 400)."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            kind = "a whole number" if self.integer else "a number"
-            return f"must be {kind}"
-        if self.integer and not (isinstance(value, int) or value.is_integer()):
-            return "must be a whole number"
-        if not math.isfinite(value) or not self.low <= value <= self.high:
-            return f"must be between {self.low:g} and {self.high:g}"
-        return int(value) if self.integer else float(value)
-
-
-LIMITS: dict[str, Limit] = {
-    "query_items": Limit(True, 1, 1000, "most recent session items used to find neighbours"),
-    "sample_sessions": Limit(True, 1, 100_000, "most recent candidate sessions considered"),
-    "neighbours": Limit(True, 1, 100_000, "neighbour sessions whose items are scored"),
-    "sequence_weight": Limit(False, 0, 100, "weight of items that follow the session's last "
-                                             "item in a neighbour session"),
-    "before_weight": Limit(False, 0, 100, "the same for items that precede it"),
-    "position_decay": Limit(False, 0, 20, "session item at distance d from the end weighs "
-                                          "(1 + d)^-decay"),
-    "idf_weight": Limit(False, 0, 20, "exponent of the inverse session frequency"),
-    "repeat_weight": Limit(False, 0, 100, "with recommend_seen, boost for the session's items"),
-    "index_cap": Limit(True, 1, 1_000_000, "newest entries of each neighbour index read; at "
-                                           "most the workers' --index-cap (what is stored)"),
-}
-"""Every parameter the record can set: each field of ``Params``, which are what ``sessionrec
-tune`` searches."""
-assert set(LIMITS) == {f.name for f in dataclasses.fields(Params)}
+assert set(PARAMETERS) == {f.name for f in dataclasses.fields(Params)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +35,7 @@ class ModelRecord:
 
     def params(self, base: Params) -> Params:
         """``base`` (a process' flags) with the record's values."""
-        known = {name: value for name, value in self.values.items() if name in LIMITS}
+        known = {name: value for name, value in self.values.items() if name in PARAMETERS}
         return dataclasses.replace(base, **cast(dict[str, Any], known)) if known else base
 
     def updated(self, values: Mapping[str, Value], pin: bool | None) -> ModelRecord:
@@ -105,7 +64,7 @@ class ModelRecord:
             return cls()
         values: dict[str, Value] = {}
         for name, value in json.loads(fields.get(b"values", b"{}")).items():
-            checked = LIMITS[name].check(value) if name in LIMITS else None
+            checked = PARAMETERS[name].check(value) if name in PARAMETERS else None
             if checked is not None and not isinstance(checked, str):
                 values[name] = checked
         tuned = fields.get(b"tuned_at", b"")

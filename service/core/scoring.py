@@ -24,6 +24,7 @@ stage); the functions here give its bytes their types.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import kernel
+from service.core.parameters import default_float, default_int
 from service.settings import Settings
 
 U64 = npt.NDArray[np.uint64]
@@ -39,21 +41,21 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    query_items: int = 20
-    sample_sessions: int = 500
-    neighbours: int = 200
-    sequence_weight: float = 1.5
-    before_weight: float = 1.0
-    position_decay: float = 2.0
-    idf_weight: float = 1.0
-    repeat_weight: float = 2.0
-    index_cap: int = 500  # an index counts its newest index_cap entries (layout.index_limit)
+    """The scoring parameters (``core/parameters.py`` defines each: default, limits, meaning)."""
+
+    query_items: int = default_int("query_items")
+    sample_sessions: int = default_int("sample_sessions")
+    neighbours: int = default_int("neighbours")
+    sequence_weight: float = default_float("sequence_weight")
+    before_weight: float = default_float("before_weight")
+    position_decay: float = default_float("position_decay")
+    idf_weight: float = default_float("idf_weight")
+    repeat_weight: float = default_float("repeat_weight")
+    index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:
-        return cls(s.query_items, s.sample_sessions, s.neighbours, s.sequence_weight,
-                   s.before_weight, s.position_decay, s.idf_weight, s.repeat_weight,
-                   s.index_cap)
+        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True, slots=True)

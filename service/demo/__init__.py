@@ -44,13 +44,13 @@ def sample_catalogue() -> list[Record]:
 async def load_sample(store: Store) -> int:
     """Store the sample catalogue, replay the sample log through the stream and wait until
     the worker applied it all."""
-    await store.put_items(sample_catalogue())
-    stats = await store.stats()
+    await store.items.put(sample_catalogue())
+    stats = await store.stats.read()
     if stats["events_accepted"] == 0:
-        await store.append(sample_events(time.time()))
-    while (await store.stats())["pending"] > 0:
+        await store.ingestion.append(sample_events(time.time()))
+    while (await store.stats.read())["pending"] > 0:
         await asyncio.sleep(0.1)
-    return (await store.stats())["events_processed"]
+    return (await store.stats.read())["events_processed"]
 
 
 async def serve_demo(settings: Settings) -> None:

@@ -117,14 +117,14 @@ async def import_file(store: Store, path: str, fmt: str,
         for record in records(path, fmt, store.settings):
             batch.append(record)
             if len(batch) == BATCH:
-                await store.put_items(batch)
+                await store.items.put(batch)
                 stored += len(batch)
                 shown.update(len(batch))
                 batch = []
                 if progress is not None:
                     progress(stored)
         if batch:
-            await store.put_items(batch)
+            await store.items.put(batch)
             stored += len(batch)
             shown.update(len(batch))
     assert stored == total

@@ -315,12 +315,13 @@ async def _holdout_candidates(settings: Settings, enough: int = 2) -> int:
                 batch.append(key.decode() if isinstance(key, bytes) else key)
                 if len(batch) >= 200:
                     found += sum(len(b or b"") >= 2 * ENTRY_BYTES
-                                 for b in await store.mget(batch))
+                                 for b in await store.reads.mget(batch))
                     batch = []
                     if found >= enough:
                         return found
             if batch:
-                found += sum(len(b or b"") >= 2 * ENTRY_BYTES for b in await store.mget(batch))
+                blobs = await store.reads.mget(batch)
+                found += sum(len(b or b"") >= 2 * ENTRY_BYTES for b in blobs)
             if found >= enough:
                 return found
         return found

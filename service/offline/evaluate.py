@@ -188,7 +188,7 @@ class ServedModel:
         if self.worker is None:
             self.worker = Worker(self.settings, worker_id="eval")
             self.worker_task = asyncio.create_task(self.worker.run())
-        await self.store.ingest([event])
+        await self.store.ingestion.ingest([event])
 
     async def predict_live(self, case: Case, k: int) -> list[str]:
         if self.session is not None:
@@ -198,7 +198,7 @@ class ServedModel:
                 answer = await resp.json()
                 assert resp.status == 200, answer
             return [r["id"] for r in answer["recommendations"]]
-        live = await self.store.live_session(case.session)
+        live = await self.store.ingestion.live_session(case.session)
         got = await self.recommender.recommend(
             [(x.item_id, x.timestamp, x.rating) for x in live], k, True, Asker(case.session))
         return [r["id"] for r in got.recommendations]

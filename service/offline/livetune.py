@@ -42,13 +42,8 @@ import numpy.typing as npt
 
 from service.core import scoring
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
-from service.core.modelparams import (
-    HOLDOUT_SLICES,
-    HOLDOUT_WINDOWS,
-    LIMITS,
-    ModelRecord,
-    Value,
-)
+from service.core.modelparams import HOLDOUT_SLICES, HOLDOUT_WINDOWS, ModelRecord
+from service.core.parameters import PARAMETERS, Value
 from service.core.scoring import Params
 from service.offline.progress import above_bars, bar
 from service.offline.tune import GRID
@@ -136,7 +131,7 @@ async def recent_sessions(store: Store, wanted: int = HOLDOUT_SESSIONS,
         for at in range(0, len(order), 500):
             chunk = [arrived[n] for n in order[at:at + 500].tolist()]
             sessions = np.array([int.from_bytes(s, "little") for s, _ in chunk], np.uint64)
-            for (session, arrival), blob in zip(chunk, await store.histories(sessions),
+            for (session, arrival), blob in zip(chunk, await store.reads.histories(sessions),
                                                 strict=True):
                 if blob is None or len(blob) < 2 * ENTRY_BYTES:
                     continue
@@ -221,14 +216,14 @@ class Holdout:
         items = sorted({i for s in self.sessions for i in s.items} - set(self.indexes))
         for start in range(0, len(items), 1000):
             chunk = items[start:start + 1000]
-            blobs = await self.store.indexes(scoring.as_u64(chunk))
+            blobs = await self.store.reads.indexes(scoring.as_u64(chunk))
             self.indexes.update(zip(chunk, blobs, strict=True))
 
     async def _histories(self, sessions: scoring.U64) -> list[bytes | None]:
         missing = [s for s in sessions.tolist() if s not in self.histories]
         if missing:
             wanted = np.array(missing, np.uint64)
-            blobs = await self.store.histories(wanted)
+            blobs = await self.store.reads.histories(wanted)
             self.histories.update(zip(missing, blobs, strict=True))
         return [self.histories[s] for s in sessions.tolist()]
 
@@ -250,7 +245,7 @@ class Holdout:
                 histories = [before(h, held.start, HISTORY_DTYPE)
                              for h in await self._histories(sessions)]
                 candidates, scores = scoring.score(query, histories, similarity, params)
-                df, n_sessions = await self.store.doc_freq(candidates) if params.idf_weight \
+                df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
                     else (np.zeros(0), 0.0)
                 best, _ = scoring.rank(candidates, scores, df, n_sessions, query, params, True,
                                        np.zeros(0, np.uint64), K)
@@ -293,7 +288,7 @@ class Search:
                      "candidates") as shown:
                 for name in names:
                     for value in GRID[name]:
-                        checked = LIMITS[name].check(value)
+                        checked = PARAMETERS[name].check(value)
                         assert not isinstance(checked, str)
                         candidate = dataclasses.replace(best, **cast(dict[str, Any],
                                                                      {name: checked}))
@@ -342,11 +337,11 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     started = time.time()
     run: dict[str, Any] = {"id": run_id, "trigger": trigger, "started_at": started,
                            "finished_at": None,
-                           "sessions_learned": await store.sessions_learned()}
+                           "sessions_learned": await store.model.sessions_learned()}
     # recorded as it starts, beside the model record (whose version only a finished run
     # moves): a run killed midway still delays the next automatic one
     await store.redis.set(store.keys.tune_started(), json.dumps(run))
-    record = await store.model_record()
+    record = await store.model.record()
     held = await recent_sessions(store, holdout_sessions, seed=seed)
     # alternate sessions, so both halves span the same days: one to search on, the other
     # to judge the best candidate on (the best of many on one half is flattered by chance)
@@ -388,7 +383,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
         return dataclasses.replace(old, values={**old.values, **kept}, tuned_at=finished,
                                    last_run=json.dumps(run))
 
-    await store.update_model(finish)
+    await store.model.update(finish)
     say(f"run {run_id}: judging half: current HR@20 {now.hr_at_20:.4f} MRR@20 "
         f"{now.mrr_at_20:.4f}; best {best_score.hr_at_20:.4f} / {best_score.mrr_at_20:.4f}; "
         + (f"promoted {values}" if promote else f"not promoted: {held_back}"))

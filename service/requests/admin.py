@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.core.feedback import MAX_VARIANTS, Variant
-from service.core.modelparams import LIMITS, Value
+from service.core.parameters import PARAMETERS, Value
 from service.requests.values import (
     finite_number,
     invalid,
@@ -51,10 +51,10 @@ def _param_values(raw: Any, field: str, settings: Settings) -> dict[str, Value]:
                              f"{type_name(raw)}.")
     values: dict[str, Value] = {}
     for name, value in raw.items():
-        limit = LIMITS.get(name)
+        limit = PARAMETERS.get(name)
         if limit is None:
             raise invalid(f"{field}.{name}", f"Unknown parameter {name!r}; the parameters are "
-                                             f"{', '.join(LIMITS)}.")
+                                             f"{', '.join(PARAMETERS)}.")
         checked = limit.check(value)
         if isinstance(checked, str):
             raise invalid(f"{field}.{name}", f"{name} {checked} ({limit.meaning}).")

@@ -8,7 +8,7 @@ URL                    backend     how it reads and writes
 ``unix://``
 ``redis+cluster://``   Cluster     redis-py's cluster client; reads grouped per hash slot and
                                    node; a script reaches one slot, so batches spanning
-                                   partitions are journalled first (``Store.ingest``)
+                                   partitions are journalled first (``Ingestion.ingest``)
 ``memory://``          Embedded    fakeredis in process (the demo's zero-install default), through
                                    the client's pipeline
 =====================  ==========  ===============================================================

@@ -1,0 +1,76 @@
+"""The scoring parameters, each defined once: its default, what it may be, what it means.
+
+``scoring.Params`` takes its defaults from here, the settings their flags' defaults and help,
+the model record and ``PUT /admin/model`` their limits, the OpenAPI document its schema and
+tuning the names it searches. Free of imports from the project, so that the settings (which
+everything imports) can read it too."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+Value = int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One scoring parameter: a whole number or any finite number within [low, high]."""
+
+    default: Value
+    integer: bool
+    low: float
+    high: float
+    meaning: str
+
+    def check(self, value: Any) -> Value | str:
+        """The value as the parameter's type, or what is wrong with it (for a 400)."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            kind = "a whole number" if self.integer else "a number"
+            return f"must be {kind}"
+        if self.integer and not (isinstance(value, int) or value.is_integer()):
+            return "must be a whole number"
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            return f"must be between {self.low:g} and {self.high:g}"
+        return int(value) if self.integer else float(value)
+
+
+PARAMETERS: dict[str, Parameter] = {
+    "query_items": Parameter(20, True, 1, 1000,
+                             "Most recent session items used to find neighbours."),
+    "sample_sessions": Parameter(500, True, 1, 100_000,
+                                 "Most recent candidate sessions considered."),
+    "neighbours": Parameter(200, True, 1, 100_000,
+                            "Neighbour sessions whose items are scored."),
+    "sequence_weight": Parameter(1.5, False, 0, 100,
+                                 "Extra weight, divided by the distance, for items that follow "
+                                 "the session's most recent item inside a neighbour session."),
+    "before_weight": Parameter(1.0, False, 0, 100,
+                               "The same for items that precede it (0: none)."),
+    "position_decay": Parameter(2.0, False, 0, 20,
+                                "Session item at distance d from the end weighs "
+                                "(1 + d)^-decay."),
+    "idf_weight": Parameter(1.0, False, 0, 20,
+                            "Scores are multiplied by log(1 + sessions / sessions with the "
+                            "item)^idf_weight, so hubs do not crowd out specific items."),
+    "repeat_weight": Parameter(2.0, False, 0, 100,
+                               "With recommend_seen, boost for items of the session itself "
+                               "(times their recency weight), relative to the best "
+                               "neighbourhood score."),
+    "index_cap": Parameter(500, True, 1, 1_000_000,
+                           "Most recent sessions indexed per item (neighbours per item); serve "
+                           "reads the newest this many of each index: set it alike for both."),
+}
+"""Every parameter the model record can set, which are the fields of ``scoring.Params`` and
+what ``sessionrec tune`` searches."""
+
+
+def default_int(name: str) -> int:
+    value = PARAMETERS[name].default
+    assert isinstance(value, int), name
+    return value
+
+
+def default_float(name: str) -> float:
+    return float(PARAMETERS[name].default)
