@@ -16,6 +16,7 @@ from service.requests.jsonutil import dumps
 from service.store.ingestion import IdempotencyKey, Replayed
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -43,9 +44,10 @@ def _once(request: web.Request, body: bytes, count: int) -> IdempotencyKey | Non
     key = access.text_header(request, IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not all("!" <= c <= "~" for c in key):
-        raise ApiError(400, "invalid", f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII "
-                       "characters (a UUID, say).", IDEMPOTENCY_HEADER)
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in key):
+        raise ApiError(400, "invalid", f"{IDEMPOTENCY_HEADER} must be 1 to "
+                       f"{MAX_IDEMPOTENCY_KEY} visible ASCII characters (a UUID, say).",
+                       IDEMPOTENCY_HEADER)
     client, _ = access.presented(request)
     digest = hashlib.blake2b(client + b"\0" + key.encode(), digest_size=16).hexdigest()
     return IdempotencyKey(digest, f"{count}|{hashlib.blake2b(body, digest_size=16).hexdigest()}")

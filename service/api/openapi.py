@@ -12,14 +12,27 @@ from typing import Any
 
 from service.api import access
 from service.api.context import Route
+from service.api.ingest import MAX_IDEMPOTENCY_KEY
 from service.core.feedback import MAX_VARIANTS
 from service.core.model import EVENT_TYPES
 from service.core.parameters import PARAMETERS
 from service.requests.events import MAX_RECOMMENDATION_ID
 from service.requests.records import MAX_LIST, MAX_RECORD_BYTES
 from service.requests.rules import MAX_FILTER_VALUES
-from service.requests.values import MAX_EXCLUDE, MAX_PRICE, MAX_TEXT
+from service.requests.values import (
+    INT_ID_RANGE,
+    MAX_ATTRIBUTE_NUMBER,
+    MAX_EXCLUDE,
+    MAX_PRICE,
+    MAX_RATING,
+    MAX_TEXT,
+    MAX_TIMESTAMP,
+)
 from service.settings import Settings
+
+INT_ID = {"type": "integer", "minimum": INT_ID_RANGE[0], "maximum": INT_ID_RANGE[1]}
+ATTRIBUTE_NUMBER = {"type": "number", "minimum": -MAX_ATTRIBUTE_NUMBER,
+                    "maximum": MAX_ATTRIBUTE_NUMBER}
 
 
 def _error() -> dict[str, Any]:
@@ -61,7 +74,7 @@ def _filter_schema(s: Settings) -> dict[str, Any]:
     names = {"type": "array", "minItems": 1, "maxItems": MAX_FILTER_VALUES,
              "items": name}
     scalar = {"oneOf": [{"type": "string", "maxLength": MAX_TEXT},
-                        {"type": "number", "minimum": -1e15, "maximum": 1e15},
+                        ATTRIBUTE_NUMBER,
                         {"type": "boolean"}]}
     return {
         "type": "object", "additionalProperties": False,
@@ -117,8 +130,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                               **admin_errors}}
     item_path = {"name": "item_id", "in": "path", "required": True, "schema": ident}
     exclude_ids = {"type": "array", "maxItems": MAX_EXCLUDE,
-                   "items": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
-                                               "maximum": 2**63 - 1}]},
+                   "items": {"oneOf": [ident, INT_ID]},
                    "description": "Item ids never to return; k still holds whenever k other "
                                   "items exist."}
     record = {"description": "The record", "content": {"application/json": {
@@ -127,8 +139,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
     item = {
         "type": "object", "additionalProperties": False,
         "properties": {
-            "id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
-                                     "maximum": 2**63 - 1}],
+            "id": {"oneOf": [ident, INT_ID],
                    "description": "Optional in PUT (the path names the item)."},
             "name": {"type": "string", "maxLength": MAX_TEXT},
             "categories": {"type": "array", "maxItems": MAX_LIST, "items": short,
@@ -141,7 +152,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                            "propertyNames": short,
                            "additionalProperties": {"oneOf": [
                                {"type": "string", "maxLength": MAX_TEXT},
-                               {"type": "number", "minimum": -1e15, "maximum": 1e15},
+                               ATTRIBUTE_NUMBER,
                                {"type": "boolean"}]}},
         },
         "description": f"At most {MAX_RECORD_BYTES} bytes as JSON.",
@@ -151,8 +162,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
         "required": ["session_id", "item_id"],
         "properties": {
             "session_id": ident,
-            "item_id": {"oneOf": [ident, {"type": "integer", "minimum": -(2**63),
-                                          "maximum": 2**63 - 1}],
+            "item_id": {"oneOf": [ident, INT_ID],
                         "description": "Stored as a string."},
             # the bound moves with the clock: this document's maximum is the one in force now
             "timestamp": {"type": "number", "minimum": 0,
@@ -161,7 +171,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                          f"{s.max_clock_skew:g} s ahead of the server's "
                                          "clock (400 beyond)."},
             "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
-            "rating": {"type": ["number", "null"], "minimum": -1e9, "maximum": 1e9,
+            "rating": {"type": ["number", "null"], "minimum": -MAX_RATING, "maximum": MAX_RATING,
                        "description": "Finite; default (or null): implied by type."},
             "recommendation_id": {
                 "type": ["string", "null"], "minLength": 1,
@@ -244,7 +254,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                "Idempotent-Replayed: true) and not stored again; the same key "
                                "with another body is 409.",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                "schema": {"type": "string", "minLength": 1,
+                                           "maxLength": MAX_IDEMPOTENCY_KEY,
                                            "pattern": "^[!-~]+$"}}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"oneOf": [
@@ -449,10 +460,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                             "type": "object", "additionalProperties": False,
                             "properties": {
                                 "timestamp": {"type": "number", "minimum": 0,
-                                              "maximum": 1e11,
+                                              "maximum": MAX_TIMESTAMP,
                                               "description": "Unix seconds; default now."},
-                                "rating": {"type": "number", "minimum": -1e9,
-                                           "maximum": 1e9,
+                                "rating": {"type": "number", "minimum": -MAX_RATING,
+                                           "maximum": MAX_RATING,
                                            "description": "Finite; default 1 (a view)."}}}},
                     "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
                     "session_id": {**ident, "description": "The visitor's session: scored "

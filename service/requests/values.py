@@ -187,6 +187,7 @@ def batch_of(body: Any, name: str, what: str, settings: Settings) -> list[Any]:
 
 
 MAX_TEXT = 1000  # a name or an attribute's text
+MAX_ATTRIBUTE_NUMBER = 1e15  # an attribute's number, either sign
 
 
 def attribute_value(value: Any, field: str) -> str | int | float | bool:
@@ -199,7 +200,8 @@ def attribute_value(value: Any, field: str) -> str | int | float | bool:
     if isinstance(value, bool | str):
         return value
     if is_number(value):
-        number = finite_number(value, field, low=-1e15, high=1e15)
+        number = finite_number(value, field, low=-MAX_ATTRIBUTE_NUMBER,
+                               high=MAX_ATTRIBUTE_NUMBER)
         return value if isinstance(value, int) else number
     raise invalid(field, f"{field} must be a string, a number or a boolean, not "
                          f"{type_name(value)}.")
