@@ -16,6 +16,7 @@ from service.api.ingest import MAX_IDEMPOTENCY_KEY
 from service.core.feedback import MAX_VARIANTS
 from service.core.model import EVENT_TYPES
 from service.core.parameters import PARAMETERS
+from service.requests.admin import MAX_VARIANT_WEIGHT
 from service.requests.events import MAX_RECOMMENDATION_ID
 from service.requests.records import MAX_LIST, MAX_RECORD_BYTES
 from service.requests.rules import MAX_FILTER_VALUES
@@ -375,7 +376,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                            "properties": {
                                                "weight": {"type": "number",
                                                           "exclusiveMinimum": 0,
-                                                          "maximum": 1e6, "default": 1},
+                                                          "maximum": MAX_VARIANT_WEIGHT,
+                                                          "default": 1},
                                                "params": model_params()}}}}},
                         "example": {"variants": {
                             "A": {"weight": 1, "params": {}},

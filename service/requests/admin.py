@@ -33,7 +33,8 @@ def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:
         if not 0 < len(name) <= MAX_VARIANT_NAME:
             raise invalid(where, f"A variant's name must be 1 to {MAX_VARIANT_NAME} characters.")
         fields = json_object(value, where, ("weight", "params"))
-        weight = finite_number(fields.get("weight", 1), where + ".weight", low=0, high=1e6)
+        weight = finite_number(fields.get("weight", 1), where + ".weight", low=0,
+                               high=MAX_VARIANT_WEIGHT)
         if weight <= 0:
             raise invalid(where + ".weight", f"{where}.weight must be above 0.")
         values = _param_values(fields.get("params", {}), where + ".params", settings)
@@ -42,6 +43,7 @@ def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:
 
 
 MAX_VARIANT_NAME = 64
+MAX_VARIANT_WEIGHT = 1e6
 
 
 def _param_values(raw: Any, field: str, settings: Settings) -> dict[str, Value]:
