@@ -612,13 +612,15 @@ async def test_a_follow_loop_stops_when_its_redis_call_turns_the_cancellation_in
     class FakeStore:
         class feedback:
             current = staticmethod(call_that_converts_cancellation)
-        model_version = staticmethod(call_that_converts_cancellation)
+
+        class model:
+            version = staticmethod(call_that_converts_cancellation)
 
     task = asyncio.create_task(
         follow_feedback(Recorder(), FakeStore(), MinuteTally(), every=0.01)  # type: ignore[arg-type]
         if loop == "feedback" else
         follow_model(Recorder(), FakeStore(), every=0.01))  # type: ignore[arg-type]
-    await entered.wait()
+    await asyncio.wait_for(entered.wait(), 5.0)  # the loop reached its Redis call
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=1.0)
     assert done, "the loop swallowed its cancellation"
