@@ -168,7 +168,7 @@ async def test_a_journalled_batch_is_replayed_once_when_an_append_fails(
 
     monkeypatch.setattr(Ingestion, "append_live", second_append_fails)
     assert await store.ingestion.ingest(events) == []  # accepted: it is in the journal
-    monkeypatch.setattr(Store, "_append_live", original)
+    monkeypatch.setattr(Ingestion, "append_live", original)
     journalled = [await store.redis.hlen(store.keys.journal(p))
                   for p in range(settings.partitions)]
     assert sum(journalled) == 1
