@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from service.api.recommend import Recommender
 from service.core.model import Event
 from service.settings import Settings
-from service.store import state as store_module
+from service.store import journal as journal_module
 from service.store.keyspace import GROUP
 from service.store.state import Store
 from tests.helpers import (
@@ -176,7 +176,7 @@ async def test_a_journalled_batch_is_replayed_once_when_an_append_fails(
     before = await store.stats()  # ...but it is accepted, and pending
     assert before["events_accepted"] == 40 and before["pending"] == 40
 
-    monkeypatch.setattr(store_module, "JOURNAL_GRACE", 0.0)
+    monkeypatch.setattr(journal_module, "JOURNAL_GRACE", 0.0)
     monkeypatch.setattr(consumer, "TRIM_EVERY", 0.05)
     stats = await drain(settings)
     assert stats["events_accepted"] == stats["events_processed"] == 40

@@ -55,9 +55,10 @@ from service.settings import Settings
 from service.store import series, transport, tuning
 from service.store.backends import connect, open_backend
 from service.store.feedback import Feedback
+from service.store.journal import Journal
 from service.store.keyspace import GROUP, Keys
 from service.store.scripts import Scripts
-from service.store.state import Store, ensure_groups
+from service.store.state import ensure_groups
 from workers.commit import Call, CommitAssembler, Group, shard_hex
 
 log = logging.getLogger("sessionrec.worker")
@@ -117,7 +118,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.scripts = Scripts(client)
         self.backend = open_backend(settings.replace(read_cache_mb=0), client)
-        self._journal: Store | None = None
+        self.journal = Journal(settings, self.backend, self.keys, self.scripts)
         self.commits = CommitAssembler(self.keys, settings)
         self.redeliveries_explained: dict[int, int] = {}
         """Per partition: redeliveries since the last success that an outage or a conflict
@@ -245,21 +246,14 @@ class Worker:
     async def trim(self) -> None:
         """Trim every partition stream, sweep a step of every item shard (``sweep``); on a
         cluster, also finish the journalled batches of the partitions this worker holds (see
-        ``Store.ingest``)."""
+        ``service/store/journal.py``)."""
         for p in range(self.settings.partitions):
             await self.scripts.trim(self.keys.stream(p))
         await self.sweep()
         if self.backend.one_slot_scripts:
             for p in list(self.owned):
-                if replayed := await self.journal().replay_journal(p):
+                if replayed := await self.journal.replay(p):
                     log.warning("partition %d: replayed %d journalled batches", p, replayed)
-
-    def journal(self) -> Store:
-        """The store's view of the cluster journal (built when first needed: only workers on a
-        cluster replay journalled batches)."""
-        if self._journal is None:
-            self._journal = Store(self.settings.replace(read_cache_mb=0), self.redis)
-        return self._journal
 
     async def sweep(self) -> int:
         """One step over every item shard: items whose neighbour index expired (no event for

@@ -2,7 +2,7 @@
 shared operations of ``ops.lua`` spliced in where a script says ``--[[ops]]``, registered once
 per client, and called through one typed method here that knows its KEYS and ARGV. No caller
 reads a file or lays out a script's arguments, except the two whose arguments are assembled
-by a builder: ``ingest`` (``Store._append_live``) and ``commit``/``apply``
+by a builder: ``ingest`` (``Journal.append``) and ``commit``/``apply``
 (``workers/commit.py``), sent packed on the hot path's transport.
 
 Scripts run by EVALSHA (redis-py's ``Script`` falls back to EVAL after a restart or a failover
@@ -39,7 +39,7 @@ class Scripts:
             name: client.register_script(lua(name)) for name in NAMES}
         self.ingest = self.registered["ingest"]
         """API: an event batch onto its partition's stream and live sessions, idempotently
-        (KEYS and ARGV laid out by ``Store._append_live``)."""
+        (KEYS and ARGV laid out by ``Journal.append``)."""
         self.commit = self.registered["commit"]
         """Worker: a batch's effects, watermark and XACK at once (``workers/commit.py``)."""
         self.answer = self.registered["answer"]

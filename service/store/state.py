@@ -35,25 +35,22 @@ from service.core.layout import (
     session_hash,
     shard_of,
 )
-from service.core.model import TYPE_RATING, Event
+from service.core.model import Event
 from service.core.modelparams import ModelRecord
 from service.core.rules import CatalogueIndex
-from service.core.stream import encode, number, pack_events, unpack_events
+from service.core.stream import encode, pack_events, unpack_events
 from service.failures import UNAVAILABLE, Backlogged, Refused
 from service.settings import Settings
 from service.store.backends import open_backend
 from service.store.caches import FrequencyCache, NameCache
 from service.store.feedback import Feedback
+from service.store.journal import Journal
 from service.store.keyspace import GROUP, Keys
 from service.store.mirror import CATALOGUE_MAX_AGE, CHANGE_LOG_CAP, CatalogueMirror
 from service.store.readcache import ReadCache
 from service.store.scripts import Scripts
 
 log = logging.getLogger("sessionrec.store")
-
-JOURNAL_GRACE = 10.0
-"""Seconds a journalled batch is left to the API process that wrote it before a worker
-replays it."""
 
 JOURNAL_CAP = 10_000
 """Most batches a partition's journal holds. Entries stay only while appends fail; past this
@@ -133,6 +130,7 @@ class Store:
         self._history_prefixes = [p.encode() for p in self.keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in self.keys.index_prefixes()]
         self.scripts = Scripts(self.redis)
+        self.journal = Journal(settings, self.backend, self.keys, self.scripts)
         self.mirror = CatalogueMirror(self.redis, self.keys)
         self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions,
                                  self.backend, settings.feedback_mb,
@@ -177,7 +175,7 @@ class Store:
         batch spanning partitions is first journalled whole in one atomic write (from then on it
         is durable, so it will be accepted), then appended partition by partition under a token
         that makes each append idempotent, and the journal entry is deleted. When an append
-        fails, the workers replay the entry (``replay_journal``) and the answer is still 202.
+        fails, the workers replay the entry (``Journal.replay``) and the answer is still 202.
         """
         if not self.backend.one_slot_scripts:
             return await self._append_live(events, "", once)
@@ -219,60 +217,12 @@ class Store:
 
     async def _append_live(self, events: Sequence[Event], token: str,
                            once: Once | None = None) -> list[str]:
-        """One ingest script call (one slot on a cluster unless ``events`` share a partition)."""
-        p = self._partition(events[0])
-        keys: list[str] = [self.keys.batch_tokens(p), self._once_key(p, once)]
-        args: list[Any] = [token, int(time.time() * 1000), self.settings.live_ttl * 1000,
-                           self.settings.live_cap, once.record if once else ""]
-        for ev in events:
-            s = session_hash(ev.session_id)
-            p = partition_of(s, self.settings.partitions)
-            keys += [self.keys.stream(p), self.keys.live_items(s), self.keys.live_ratings(s),
-                     self.keys.live_registry(p)]
-            args += [ev.session_id, ev.item_id, number(ev.timestamp), ev.type,
-                     "" if ev.rating is None else number(ev.rating),
-                     number(TYPE_RATING[ev.type]), s.hex(), ev.recommendation_id or ""]
-        ids = await self.backend.run_script(self.scripts.ingest, keys, args)
+        """One ingest script call (``Journal.append``)."""
+        once_key = self._once_key(self._partition(events[0]), once)
+        ids = await self.journal.append(events, token, once_key, once.record if once else "")
         if ids and ids[0] == b"replay":
             raise Replayed(ids[1].decode())
         return [i.decode() for i in ids]
-
-    async def replay_journal(self, p: int, min_age: float | None = None) -> int:
-        """Finish the journalled batches of partition ``p`` older than ``min_age`` seconds
-        (default ``JOURNAL_GRACE``): an API process died or lost a node between the journal
-        write and the appends. Returns how many were replayed; the tokens make a replay of an
-        already appended part a no-op."""
-        journal = self.keys.journal(p)
-        entries = cast(dict[bytes, bytes], await self.redis.hgetall(journal))
-        grace = JOURNAL_GRACE if min_age is None else min_age  # read now: tests shorten it
-        cutoff = (time.time() - grace) * 1000
-        replayed = 0
-        for token, value in entries.items():
-            stamp, _, payload = value.partition(b"|")
-            try:
-                if int(stamp) > cutoff:
-                    continue
-                events = unpack_events(payload)
-            except (ValueError, IndexError) as exc:
-                # never written so by ingest: set aside, or every worker would fail on it
-                log.error("partition %d: journal entry %r is unreadable (%s): dead-lettered",
-                          p, token, exc)
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.xadd(self.keys.dead(p), {"id": b"journal:" + token,
-                                                  "reason": f"unreadable journal entry: {exc}",
-                                                  "fields": value},
-                              maxlen=self.settings.dead_letter_cap, approximate=True)
-                    pipe.hdel(journal, token)
-                    await pipe.execute()
-                continue
-            groups: dict[int, list[Event]] = {}
-            for ev in events:
-                groups.setdefault(self._partition(ev), []).append(ev)
-            for group in groups.values():
-                await self._append_live(group, token.decode())
-            await self.redis.hdel(journal, token)
-            replayed += 1
-        return replayed
 
     async def _journalled_not_appended(self) -> int:
         """Events of journalled batches that have not reached their partition stream yet (the
