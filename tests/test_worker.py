@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -314,17 +315,54 @@ async def test_a_partition_given_back_stops_even_if_its_cancellation_is_lost(
     s = settings.replace(partitions=4)
     worker = Worker(s, worker_id="a")
     await ensure_groups(worker.redis, worker.keys)
-    await worker.balance()
-    tasks = {p: part.task for p, part in worker.owned.items() if part.task}
+    await worker.leases.balance()
+    tasks = {p: part.task for p, part in worker.leases.owned.items() if part.task}
     assert len(tasks) == 4
     await worker.redis.zadd(worker.keys.workers(), {"b": int(time.time() * 1000)})
     started = time.monotonic()
-    await asyncio.wait_for(worker.balance(), 5)  # a second worker: the fair share is 2
+    await asyncio.wait_for(worker.leases.balance(), 5)  # a second worker: the fair share is 2
     assert time.monotonic() - started < 3
-    assert len(worker.owned) == 2
-    given_back = [task for p, task in tasks.items() if p not in worker.owned]
+    assert len(worker.leases.owned) == 2
+    given_back = [task for p, task in tasks.items() if p not in worker.leases.owned]
     done, _ = await asyncio.wait(given_back, timeout=3)
     assert len(done) == 2
+    worker.stop()
+    await worker.shutdown()
+    await worker.redis.aclose()
+
+
+async def test_a_partition_loop_that_dies_is_logged_with_its_traceback(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A loop that raises (a bug, not an outage) says so at ERROR, with its traceback, when it
+    dies (it once only appeared as 'task ended' at INFO at the next balance); the next balance
+    starts it again."""
+    original = PartitionLoop.read
+    failed: list[int] = []
+
+    async def read_failing_once(self: PartitionLoop, part: Partition,
+                                backlog: bool) -> list[Entry]:
+        if not failed:
+            failed.append(part.p)
+            raise RuntimeError("a bug in the loop (test)")
+        return await original(self, part, backlog)
+
+    monkeypatch.setattr(PartitionLoop, "read", read_failing_once)
+    worker = Worker(settings.replace(partitions=1), worker_id="dies")
+    await ensure_groups(worker.redis, worker.keys)
+    with caplog.at_level(logging.INFO, "sessionrec.worker"):
+        await worker.leases.balance()
+        died = worker.partitions[0].task
+        assert died is not None
+        await asyncio.wait([died], timeout=5)
+        await asyncio.sleep(0)  # its done callbacks run on the loop's next turn
+        [error] = [r for r in caplog.records if r.name == "sessionrec.worker"
+                   and r.levelname == "ERROR"]
+        assert "partition 0" in error.getMessage()
+        assert error.exc_info is not None and error.exc_info[0] is RuntimeError
+        await worker.leases.balance()
+    again = worker.partitions[0].task
+    assert again is not None and again is not died and not again.done()
     worker.stop()
     await worker.shutdown()
     await worker.redis.aclose()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import socket
 import time
@@ -43,6 +42,7 @@ from service.store.scripts import Scripts
 from service.store.state import ensure_groups
 from workers.batch import Batches
 from workers.entries import Conflict, Entry
+from workers.leases import Leases
 from workers.loop import PartitionLoop
 from workers.partition import Partition
 
@@ -77,7 +77,8 @@ class Worker:
         self.batches = Batches(settings, client, self.keys, self.scripts, self.backend, feedback)
         self.partitions = [Partition(p) for p in range(settings.partitions)]
         self.loop = PartitionLoop(self.batches, self.stopping, self.regroup)
-        self.owned: dict[int, Partition] = {}
+        self.leases = Leases(settings, client, self.keys, self.scripts, self.id,
+                             self.partitions, self.loop.run)
         self.journal = Journal(settings, self.backend, self.keys, self.scripts)
         self.sweep_cursors: dict[int, bytes] = {}
 
@@ -99,7 +100,7 @@ class Worker:
                 if not grouped:
                     await ensure_groups(self.redis, self.keys)
                     grouped = True
-                await self.balance()
+                await self.leases.balance()
                 # a tuning run is a process of its own: none can share an embedded Redis
                 if self.backend.other_processes and \
                         time.monotonic() - last_tune_check > self.auto_tune_every:
@@ -137,58 +138,7 @@ class Worker:
 
     async def shutdown(self) -> None:
         """Let the partitions' loops finish, and give their leases back."""
-        tasks = [part.task for part in self.owned.values() if part.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(*UNAVAILABLE):
-            for p in list(self.owned):
-                await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
-                                         "release")
-        self.owned.clear()
-
-    # --- partition leases -----------------------------------------------------------------
-    async def balance(self) -> None:
-        """Renew leases, take free partitions up to a fair share, give back any excess."""
-        now_ms = int(time.time() * 1000)
-        registry = self.keys.workers()
-        await self.redis.zadd(registry, {self.id: now_ms})
-        await self.redis.zremrangebyscore(registry, "-inf", now_ms - self.settings.lease_ms)
-        alive = max(int(await self.redis.zcard(registry)), 1)
-        share = math.ceil(self.settings.partitions / alive)
-        for p, part in list(self.owned.items()):
-            held = await self.scripts.lease(self.keys.lease(p), self.id,
-                                            self.settings.lease_ms, "renew")
-            if not held or part.task is None or part.task.done():
-                log.info("worker %s, partition %d: %s", self.id, p,
-                         "task ended" if held else "lease lost")
-                self._drop(p)
-        for p in range(self.settings.partitions):
-            if len(self.owned) >= share:
-                break
-            if p in self.owned:
-                continue
-            if await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
-                                        "take"):
-                log.info("worker %s, partition %d: lease taken", self.id, p)
-                part = self.owned[p] = self.partitions[p]
-                part.task = asyncio.create_task(self.loop.run(part))
-        while len(self.owned) > share:
-            p = max(self.owned)
-            task = self._drop(p)
-            # bounded: a cancellation swallowed inside the Redis client must not stall the
-            # lease renewals (the loop also ends by itself once p is no longer its own)
-            if task is not None:
-                await asyncio.wait([task], timeout=1.0)
-            await self.scripts.lease(self.keys.lease(p), self.id, self.settings.lease_ms,
-                                     "release")
-            log.info("worker %s, partition %d: lease given back (fair share %d)", self.id, p,
-                     share)
-
-    def _drop(self, p: int) -> asyncio.Task[None] | None:
-        part = self.owned.pop(p)
-        task, part.task = part.task, None  # before the cancel: see ``PartitionLoop.run``
-        if task is not None:
-            task.cancel()
-        return task
+        await self.leases.release_all()
 
     async def trim(self) -> None:
         """Trim every partition stream, sweep a step of every item shard (``sweep``); on a
@@ -198,7 +148,7 @@ class Worker:
             await self.scripts.trim(self.keys.stream(p))
         await self.sweep()
         if self.backend.one_slot_scripts:
-            for p in list(self.owned):
+            for p in list(self.leases.owned):
                 if replayed := await self.journal.replay(p):
                     log.warning("partition %d: replayed %d journalled batches", p, replayed)
 
