@@ -200,11 +200,11 @@ async def test_stream_is_trimmed_only_below_what_the_group_acknowledged(
     # a consumer takes 10 entries and does not acknowledge them
     await r.xreadgroup(GROUP, "someone", {stream: ">"}, count=10)
     worker = Worker(s1, client=r, worker_id="trimmer")
-    await worker.trim()
+    await worker.housekeeping.trim()
     assert await r.xlen(stream) == 100  # nothing acknowledged: nothing trimmed
     first_ids = [i for i, _ in await r.xrange(stream, count=10)]
     await r.xack(stream, GROUP, *first_ids[:5])
-    await worker.trim()
+    await worker.housekeeping.trim()
     assert await r.xlen(stream) == 95
     assert (await r.xrange(stream, count=1))[0][0] == first_ids[5]
     await store.close()

@@ -30,18 +30,16 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from service.core.layout import ITEM_SHARDS
 from service.failures import UNAVAILABLE
 from service.settings import Settings
-from service.store import series, tuning
 from service.store.backends import connect, open_backend
 from service.store.feedback import Feedback
-from service.store.journal import Journal
 from service.store.keyspace import Keys
 from service.store.scripts import Scripts
 from service.store.state import ensure_groups
 from workers.batch import Batches
 from workers.entries import Conflict, Entry
+from workers.housekeeping import Housekeeping
 from workers.leases import Leases
 from workers.loop import PartitionLoop
 from workers.partition import Partition
@@ -51,13 +49,15 @@ __all__ = ["AUTO_TUNE_CHECK", "TRIM_EVERY", "Conflict", "Entry", "Worker"]
 log = logging.getLogger("sessionrec.worker")
 
 TRIM_EVERY = 5.0
-SWEEP_STEP = 500
-"""Fields of an item shard's names that one sweep step looks at (HSCAN's COUNT)."""
+"""Seconds between a worker's housekeeping rounds (trim, sweep, journal replay)."""
 AUTO_TUNE_CHECK = 30.0
 """Seconds between a worker's checks whether an automatic tuning run is due (``--auto-tune``)."""
 
 
 class Worker:
+    """One worker process' consumer: its leases (``leases.py``), the loops of the partitions
+    it holds (``loop.py``) applying their batches (``batch.py``), and its housekeeping
+    (``housekeeping.py``)."""
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None,
                  worker_id: str | None = None) -> None:
@@ -79,8 +79,8 @@ class Worker:
         self.loop = PartitionLoop(self.batches, self.stopping, self.regroup)
         self.leases = Leases(settings, client, self.keys, self.scripts, self.id,
                              self.partitions, self.loop.run)
-        self.journal = Journal(settings, self.backend, self.keys, self.scripts)
-        self.sweep_cursors: dict[int, bytes] = {}
+        self.housekeeping = Housekeeping(settings, client, self.keys, self.scripts,
+                                         self.backend, self.leases, self.batches.minutes)
 
     @property
     def applied(self) -> int:
@@ -105,11 +105,11 @@ class Worker:
                 if self.backend.other_processes and \
                         time.monotonic() - last_tune_check > self.auto_tune_every:
                     last_tune_check = time.monotonic()
-                    await self.check_tuning()
+                    await self.housekeeping.check_tuning()
                 if time.monotonic() - last_trim > TRIM_EVERY:
-                    await self.trim()
+                    await self.housekeeping.trim()
                     last_trim = time.monotonic()
-                await self.add_minutes()
+                await self.housekeeping.add_minutes()
                 delay = 0.1
                 wait = self.settings.lease_ms / 3000
             except UNAVAILABLE as exc:
@@ -122,61 +122,9 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def check_tuning(self) -> None:
-        """Take back the tuning lease from a run that finished but still holds it, then (with
-        ``--auto-tune``) start an automatic run if one is due (``store/tuning.py``)."""
-        finished = await tuning.reclaim_lease(self.redis, self.scripts, self.keys,
-                                              self.settings)
-        if finished is not None:
-            log.warning("worker %s: took the tuning lease back from run %s, which finished "
-                        "but still held it", self.id, finished)
-        if self.settings.auto_tune:
-            run_id = await tuning.start_if_due(self.redis, self.scripts, self.keys,
-                                               self.settings)
-            if run_id is not None:
-                log.info("worker %s: automatic tuning run %s started", self.id, run_id)
-
     async def shutdown(self) -> None:
         """Let the partitions' loops finish, and give their leases back."""
         await self.leases.release_all()
-
-    async def trim(self) -> None:
-        """Trim every partition stream, sweep a step of every item shard (``sweep``); on a
-        cluster, also finish the journalled batches of the partitions this worker holds (see
-        ``service/store/journal.py``)."""
-        for p in range(self.settings.partitions):
-            await self.scripts.trim(self.keys.stream(p))
-        await self.sweep()
-        if self.backend.one_slot_scripts:
-            for p in list(self.leases.owned):
-                if replayed := await self.journal.replay(p):
-                    log.warning("partition %d: replayed %d journalled batches", p, replayed)
-
-    async def sweep(self) -> int:
-        """One step over every item shard: items whose neighbour index expired (no event for
-        ``history_ttl``) lose their names, frequencies and trending entries too. Several
-        workers sweeping at once do the same deletes twice, harmlessly. Returns how many
-        items went."""
-        k = self.keys
-        removed = 0
-        for shard in range(ITEM_SHARDS):
-            cursor, gone = await self.scripts.sweep(
-                k.names(shard), k.doc_freq(shard), self.sweep_cursors.get(shard, b"0"),
-                SWEEP_STEP, k.index_prefix(shard))
-            self.sweep_cursors[shard] = cursor
-            if gone:
-                await self.redis.zrem(k.trend(), *gone)
-                removed += len(gone)
-        return removed
-
-    async def add_minutes(self) -> None:
-        """This worker's per-minute tally into Redis (the dashboard's series)."""
-        minutes = self.batches.minutes.take()
-        try:
-            await series.add(self.redis, self.keys, minutes)
-        except UNAVAILABLE:
-            self.batches.minutes.give_back(minutes)
-            raise
 
     async def regroup(self) -> None:
         """After Redis lost its data: the consumer groups again (from the start of each new
