@@ -237,7 +237,7 @@ class Store:
                 try:
                     events = unpack_events(value.partition(b"|")[2])
                 except (ValueError, IndexError):
-                    continue  # unreadable: a worker dead-letters it (replay_journal)
+                    continue  # unreadable: a worker dead-letters it (Journal.replay)
                 groups = Counter(self._partition(ev) for ev in events)
                 parts += [(p, token, n) for p, n in groups.items()]
         if not parts:
