@@ -32,7 +32,9 @@ from tests.helpers import (
 )
 from tests.test_worker import click_log, spawn_worker
 from workers import consumer
+from workers.batch import Batches
 from workers.consumer import Worker
+from workers.partition import Partition
 
 
 def on(url: str, namespace: str) -> Settings:
@@ -99,17 +101,17 @@ async def test_slot_effects_are_applied_once_when_the_partition_commit_is_lost(
     await ingest(settings, events)
 
     lost = 0
-    original = Worker._commit
+    original = Batches.send_commit
 
-    async def crash_before_partition_commit(self: Worker, p: int, keys: list[str],
+    async def crash_before_partition_commit(self: Batches, part: Partition, keys: list[str],
                                             args: list[Any], read_ahead: bool) -> Any:
         nonlocal lost
         if lost < 6:
             lost += 1
             raise ConnectionError("worker died before the partition commit")
-        return await original(self, p, keys, args, read_ahead)
+        return await original(self, part, keys, args, read_ahead)
 
-    monkeypatch.setattr(Worker, "_commit", crash_before_partition_commit)
+    monkeypatch.setattr(Batches, "send_commit", crash_before_partition_commit)
     stats = await drain(settings)
     assert lost == 6
     assert stats["events_processed"] == stats["events_accepted"] == 1200
@@ -136,11 +138,11 @@ async def test_a_batch_read_past_the_in_flight_mark_is_cut_there(cluster_url: st
     ids = [mid.decode() for mid, _ in reply[0][1]]
     await r.set(store.keys.inflight(0), ids[99])
     worker = Worker(settings, worker_id="w")
-    first = await worker.read(0, backlog=True)
+    first = await worker.loop.read(worker.partitions[0], backlog=True)
     assert len(first) == 300
     await worker.process(0, first)
     assert (await r.get(store.keys.watermark(0))).decode() == ids[99]
-    assert 0 in worker.cut_at_inflight
+    assert worker.partitions[0].cut_at_inflight
     await worker.redis.aclose()
     stats = await drain(settings)
     assert stats["events_processed"] == 300

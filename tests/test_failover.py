@@ -26,6 +26,7 @@ from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import assert_same_state, drain, ingest, snapshot, wait_drained
 from workers.consumer import Worker
+from workers.housekeeping import Housekeeping
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,11 @@ def owner_of(cluster: RedisClusterProcess, key: str) -> int:
 async def test_killing_a_master_fails_over_and_the_service_carries_on(
         six_nodes: RedisClusterProcess, standalone_url: str, aiohttp_client: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    async def keep_every_entry(self: Worker) -> None:
+    async def keep_every_entry(self: Housekeeping) -> None:
         """The streams are what the final state is compared with: no trimming (the first trim
         runs at start, and removing acknowledged entries is what it is for)."""
 
-    monkeypatch.setattr(Worker, "trim", keep_every_entry)
+    monkeypatch.setattr(Housekeeping, "trim", keep_every_entry)
     settings = Settings(redis_url=six_nodes.url, namespace=f"f{os.getpid()}", partitions=8,
                         block_ms=20, lease_ms=2000)
     client: Client = await aiohttp_client(create_app(settings))

@@ -39,7 +39,7 @@ async def test_per_item_state_goes_after_history_ttl_without_events(
     await asyncio.sleep(1.2)
     worker = Worker(s)
     for _ in range(3):  # HSCAN may need a step or two per shard
-        await worker.sweep()
+        await worker.housekeeping.sweep()
     assert (await store.stats.read())["items"] == 0
     assert await r.zcard(store.keys.trend()) == 0
     assert [await r.hlen(store.keys.doc_freq(n)) for n in range(64)] == [0] * 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -28,7 +29,10 @@ from tests.helpers import (
     stream_arrivals,
     wait_drained,
 )
+from workers.batch import Batches
 from workers.consumer import Conflict, Entry, Worker
+from workers.loop import PartitionLoop
+from workers.partition import Partition
 
 
 def click_log(n_events: int, seed: int = 7) -> list[Event]:
@@ -196,11 +200,11 @@ async def test_stream_is_trimmed_only_below_what_the_group_acknowledged(
     # a consumer takes 10 entries and does not acknowledge them
     await r.xreadgroup(GROUP, "someone", {stream: ">"}, count=10)
     worker = Worker(s1, client=r, worker_id="trimmer")
-    await worker.trim()
+    await worker.housekeeping.trim()
     assert await r.xlen(stream) == 100  # nothing acknowledged: nothing trimmed
     first_ids = [i for i, _ in await r.xrange(stream, count=10)]
     await r.xack(stream, GROUP, *first_ids[:5])
-    await worker.trim()
+    await worker.housekeeping.trim()
     assert await r.xlen(stream) == 95
     assert (await r.xrange(stream, count=1))[0][0] == first_ids[5]
     await store.close()
@@ -282,7 +286,8 @@ async def test_a_stale_reader_cannot_make_the_watermark_skip_entries(settings: S
     stale = await r.xreadgroup(GROUP, consumer, {stream: ">"}, count=10)  # the old holder
     assert len(stale[0][1]) == 10
     worker = Worker(s, client=r, worker_id="new-holder")
-    newer = await worker.read(0, backlog=False)  # the new holder's batch: entries 11-20
+    # the new holder's batch: entries 11-20
+    newer = await worker.loop.read(worker.partitions[0], backlog=False)
     assert newer[0].id == (await r.xrange(stream, count=11))[10][0].decode()
     with pytest.raises(Conflict):
         await worker.process(0, newer)
@@ -297,31 +302,69 @@ async def test_a_partition_given_back_stops_even_if_its_cancellation_is_lost(
     """asyncio.timeout inside the Redis client can turn a cancellation into a TimeoutError.
     The worker must still stop reading a partition it gave back, and keep renewing the others
     (it once waited forever here: its leases expired and two workers read one partition)."""
-    original = Worker.read
+    original = PartitionLoop.read
 
-    async def read_losing_cancellation(self: Worker, p: int, backlog: bool) -> list[Entry]:
+    async def read_losing_cancellation(self: PartitionLoop, part: Partition,
+                                       backlog: bool) -> list[Entry]:
         try:
-            return await original(self, p, backlog)
+            return await original(self, part, backlog)
         except asyncio.CancelledError:
             raise TimeoutError("cancellation lost inside the client") from None
 
-    monkeypatch.setattr(Worker, "read", read_losing_cancellation)
+    monkeypatch.setattr(PartitionLoop, "read", read_losing_cancellation)
     s = settings.replace(partitions=4)
     worker = Worker(s, worker_id="a")
     await ensure_groups(worker.redis, worker.keys)
-    await worker.balance()
-    tasks = dict(worker.owned)
+    await worker.leases.balance()
+    tasks = {p: part.task for p, part in worker.leases.owned.items() if part.task}
     assert len(tasks) == 4
     await worker.redis.zadd(worker.keys.workers(), {"b": int(time.time() * 1000)})
     started = time.monotonic()
-    await asyncio.wait_for(worker.balance(), 5)  # a second worker: the fair share is 2
+    await asyncio.wait_for(worker.leases.balance(), 5)  # a second worker: the fair share is 2
     assert time.monotonic() - started < 3
-    assert len(worker.owned) == 2
-    given_back = [task for p, task in tasks.items() if p not in worker.owned]
+    assert len(worker.leases.owned) == 2
+    given_back = [task for p, task in tasks.items() if p not in worker.leases.owned]
     done, _ = await asyncio.wait(given_back, timeout=3)
     assert len(done) == 2
     worker.stop()
-    await worker._shutdown()
+    await worker.shutdown()
+    await worker.redis.aclose()
+
+
+async def test_a_partition_loop_that_dies_is_logged_with_its_traceback(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A loop that raises (a bug, not an outage) says so at ERROR, with its traceback, when it
+    dies (it once only appeared as 'task ended' at INFO at the next balance); the next balance
+    starts it again."""
+    original = PartitionLoop.read
+    failed: list[int] = []
+
+    async def read_failing_once(self: PartitionLoop, part: Partition,
+                                backlog: bool) -> list[Entry]:
+        if not failed:
+            failed.append(part.p)
+            raise RuntimeError("a bug in the loop (test)")
+        return await original(self, part, backlog)
+
+    monkeypatch.setattr(PartitionLoop, "read", read_failing_once)
+    worker = Worker(settings.replace(partitions=1), worker_id="dies")
+    await ensure_groups(worker.redis, worker.keys)
+    with caplog.at_level(logging.INFO, "sessionrec.worker"):
+        await worker.leases.balance()
+        died = worker.partitions[0].task
+        assert died is not None
+        await asyncio.wait([died], timeout=5)
+        await asyncio.sleep(0)  # its done callbacks run on the loop's next turn
+        [error] = [r for r in caplog.records if r.name == "sessionrec.worker"
+                   and r.levelname == "ERROR"]
+        assert "partition 0" in error.getMessage()
+        assert error.exc_info is not None and error.exc_info[0] is RuntimeError
+        await worker.leases.balance()
+    again = worker.partitions[0].task
+    assert again is not None and again is not died and not again.done()
+    worker.stop()
+    await worker.shutdown()
     await worker.redis.aclose()
 
 
@@ -335,29 +378,29 @@ async def test_batches_read_behind_commits_survive_failed_commits(
     events = click_log(2000, seed=11)
     clean = await clean_reference(s, events)
     await ingest(s, events)
-    original_commit, original_read = Worker._commit, Worker.read
+    original_commit, original_read = Batches.send_commit, PartitionLoop.read
     calls = {"ahead": 0, "reads": 0, "batches": 0}
 
-    async def commit(self: Worker, p: int, keys: list[str], args: list[Any],
+    async def commit(self: Batches, part: Partition, keys: list[str], args: list[Any],
                      read_ahead: bool) -> Any:
-        reply = await original_commit(self, p, keys, args, read_ahead)
+        reply = await original_commit(self, part, keys, args, read_ahead)
         calls["batches"] += 1
         if read_ahead:
             calls["ahead"] += 1
             if calls["ahead"] in (3, 9):
-                raise Conflict(p, "the commit's answer was lost (test)")
+                raise Conflict(part.p, "the commit's answer was lost (test)")
             if calls["ahead"] == 6:
                 raise ConnectionError("the connection dropped after the commit (test)")
         return reply
 
-    async def read(self: Worker, p: int, backlog: bool) -> list[Entry]:
-        got = await original_read(self, p, backlog)
+    async def read(self: PartitionLoop, part: Partition, backlog: bool) -> list[Entry]:
+        got = await original_read(self, part, backlog)
         # the batches a read brought: an idle worker's empty reads, as many as the drain is
         # slow, say nothing of where batches came from
         calls["reads"] += bool(got)
         return got
-    monkeypatch.setattr(Worker, "_commit", commit)
-    monkeypatch.setattr(Worker, "read", read)
+    monkeypatch.setattr(Batches, "send_commit", commit)
+    monkeypatch.setattr(PartitionLoop, "read", read)
     stats = await drain(s)
     assert stats["events_processed"] == stats["events_accepted"] == 2000
     store = Store(s)
