@@ -468,6 +468,75 @@ async def test_one_client_address_weighs_at_most_its_share_of_a_reports_answers(
     assert 3 < answers <= 8 + 3 and 3 < sessions <= 8 + 3, report["variants"]
 
 
+async def test_the_answers_of_one_loop_turn_are_recorded_in_one_call_per_partition(
+        settings: Settings) -> None:
+    """A call per answer cost the request path a round trip each: the answers gathered in one
+    turn of the event loop go together, one script call per partition, and each still gets
+    its own outcome (here the client's share: two a partition)."""
+    from service.core.layout import partition_of, session_hash
+
+    store = Store(settings.replace(feedback_client_answers=8))  # 4 partitions: 2 each
+    await store.prepare()
+    calls: list[int] = []
+    run_script = store.backend.run_script
+
+    async def counted(script: Any, keys: list[str], args: list[Any]) -> Any:
+        calls.append(len(keys))
+        return await run_script(script, keys, args)
+    store.backend.run_script = counted  # type: ignore[method-assign]
+    sessions = [f"turn{n}" for n in range(40)]
+    listed = b"".join(item_hash(f"i{n}") for n in range(3))
+    recorded = await asyncio.gather(*(
+        store.feedback.record_answer(s, n.to_bytes(12, "big"), listed, time.time(), "1.2.3.4")
+        for n, s in enumerate(sessions)))
+    partitions = {partition_of(session_hash(s), settings.partitions) for s in sessions}
+    assert len(calls) == len(partitions) and sum(calls) == 2 * len(partitions) + 2 * 40
+    assert sum(recorded) == 2 * len(partitions)
+    for p in partitions:  # the first two of each partition, in the order they asked
+        mine = [ok for s, ok in zip(sessions, recorded, strict=True)
+                if partition_of(session_hash(s), settings.partitions) == p]
+        assert mine[:2] == [True, True] and not any(mine[2:])
+    await store.close()
+
+
+async def test_an_answers_record_lists_the_hashes_of_the_ids_it_shows(
+        settings: Settings) -> None:
+    """The record lists the answer's items by the hashes the answer found them by (session
+    rows, trending fill, a filter's fill, similar items, /popular), not by hashing the ids
+    again: they must be the same hashes, in the same order."""
+    from service import kernel
+    from service.answers.recommender import Asker, Recommender
+    from service.core.catalog import Record
+    from service.core.layout import ITEM_PERSON
+    from service.core.rules import Filter, Rules
+
+    await ingest(settings, learned_log())
+    await drain(settings)
+    store = Store(settings)
+    await store.items.put([Record(f"i{n}", categories=("c",)) for n in range(0, 40, 2)])
+    recorded: list[bytes] = []
+    record = store.feedback.record_answer
+
+    async def capture(session_id: str, nonce: bytes, item_hashes: bytes, issued: float,
+                      client: str) -> bool:
+        recorded.append(item_hashes)
+        return await record(session_id, nonce, item_hashes, issued, client)
+    store.feedback.record_answer = capture  # type: ignore[method-assign]
+    recommender = Recommender(store, settings)
+    visitor = Asker("visitor", "1.2.3.4")
+    answers = [await recommender.recommend([("i1", 1.0, 1.0)], 40, False, visitor),
+               await recommender.recommend([], 10, False, visitor),
+               await recommender.recommend([("i1", 1.0, 1.0)], 15, False, visitor,
+                                           Rules(filter=Filter(categories=("c",)))),
+               await recommender.similar("i1", 10, asker=visitor),
+               await recommender.popular(10, asker=visitor)]
+    assert len(recorded) == len(answers)
+    for answer, hashes in zip(answers, recorded, strict=True):
+        ids = [row["id"] for row in answer.recommendations]
+        assert ids and hashes == kernel.hashes(ids, ITEM_PERSON)
+    await store.close()
+
+
 async def _keys_of(store: Store, p: int) -> list[bytes]:
     keys: list[bytes] = []
     async for key in store.redis.scan_iter(match=f"{store.keys.ns}:{{p{p}}}:ans:*", count=1000):

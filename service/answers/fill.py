@@ -52,8 +52,10 @@ def trending_members(head: Sequence[tuple[bytes, float]], leader: float
 
 
 def fill(members: Iterable[tuple[str, int, float]], k: int, skip: set[int],
-          cap: CategoryCap | None, ceiling: float, explain: bool) -> list[dict[str, Any]]:
-    """The first ``k`` members not in ``skip`` that the cap allows, as answer rows."""
+         cap: CategoryCap | None, ceiling: float, explain: bool,
+         hashes: list[int] | None = None) -> list[dict[str, Any]]:
+    """The first ``k`` members not in ``skip`` that the cap allows, as answer rows; their
+    hashes appended to ``hashes`` (what the answer's record lists, hashed once)."""
     rows: list[dict[str, Any]] = []
     for name, h, share in members:
         if h in skip or (cap is not None and not cap.take(h)):
@@ -63,6 +65,8 @@ def fill(members: Iterable[tuple[str, int, float]], k: int, skip: set[int],
             row["because"] = []
             row["source"] = "trending"
         rows.append(row)
+        if hashes is not None:
+            hashes.append(h)
         if len(rows) == k:
             break
     return rows

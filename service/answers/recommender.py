@@ -49,6 +49,9 @@ class Answer:
     message: str
     recommendation_id: str = ""
     variant: str | None = None  # the experiment variant that scored it
+    listed: bytes = b""
+    """The rows' item hashes (8 bytes each, in order), as the answer found them: its record
+    lists them without hashing the ids again."""
 
     def body(self) -> dict[str, Any]:
         body = {"recommendations": self.recommendations, "message": self.message,
@@ -114,8 +117,8 @@ class Recommender:
         now = time.time()
         rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant, now)
         if session_id is not None and answer.recommendations:
-            shown = answer.recommendations[:FEEDBACK_POSITIONS]
-            listed = kernel.hashes([row["id"] for row in shown], ITEM_PERSON)
+            listed = answer.listed[:8 * FEEDBACK_POSITIONS] if answer.listed else kernel.hashes(
+                [row["id"] for row in answer.recommendations[:FEEDBACK_POSITIONS]], ITEM_PERSON)
             if await self.store.feedback.record_answer(session_id, nonce, listed, now,
                                                        asker.client):
                 if name is not None:  # an experiment's answers and sessions: those recorded
@@ -123,7 +126,7 @@ class Recommender:
                     self.tally.count(serial, variant, session_id)
             else:
                 self.unrecorded += 1
-        return dataclasses.replace(answer, variant=name, recommendation_id=rid)
+        return Answer(answer.recommendations, answer.message, rid, name)
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, asker: Asker = NOBODY,
@@ -161,9 +164,10 @@ class Recommender:
     async def popular(self, k: int, rules: Rules = NO_RULES, asker: Asker = NOBODY) -> Answer:
         hidden = await self.store.reads.hidden_items()
         excluded = np.concatenate((hidden, item_hashes(rules.exclude)))
-        rows = await self._trending(k, rules, excluded, 1.0)
-        return await self._stamped(Answer(rows, worded(MSG_TRENDING, len(rows), k, rules)),
-                                   asker)
+        hashes: list[int] = []
+        rows = await self._trending(k, rules, excluded, 1.0, hashes)
+        return await self._stamped(Answer(rows, worded(MSG_TRENDING, len(rows), k, rules),
+                                          listed=_listed(hashes)), asker)
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, rules: Rules, *,
@@ -224,27 +228,31 @@ class Recommender:
         if rules.explain:
             reasons = explain.because(query, histories, similarity, params, best)
             lookup = named or {}
-            for row, hashes in zip(found, reasons, strict=True):
-                row["because"] = [lookup[h] for h in hashes if h in lookup]
+            for row, behind in zip(found, reasons, strict=True):
+                row["because"] = [lookup[h] for h in behind if h in lookup]
                 row["source"] = "session"
+        listed = best.astype("<u8").tobytes()
         if not fill_with_trending:
             return Answer(found, worded(MSG_SIMILAR if found else MSG_NO_SIMILAR, len(found),
-                                        k, rules, MSG_FEWER_SIMILAR))
+                                        k, rules, MSG_FEWER_SIMILAR), listed=listed)
         if len(found) >= k:
-            return Answer(found, MSG_SESSION)
+            return Answer(found, MSG_SESSION, listed=listed)
         # only now the trending head: sessions with neighbours rarely need it
         floor = float(found[-1]["score"]) if found else 1.0
+        filled: list[int] = []
         filler = await self._trending(k - len(found), rules, np.concatenate((exclude, best)),
-                                      floor, cap, catalogue)
+                                      floor, filled, cap, catalogue)
         message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
-        return Answer(found + filler, worded(message, len(found) + len(filler), k, rules))
+        return Answer(found + filler, worded(message, len(found) + len(filler), k, rules),
+                      listed=listed + _listed(filled))
 
     async def _trending(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
-                        cap: CategoryCap | None = None, catalogue: CatalogueIndex | None = None
-                        ) -> list[dict[str, Any]]:
+                        hashes: list[int], cap: CategoryCap | None = None,
+                        catalogue: CatalogueIndex | None = None) -> list[dict[str, Any]]:
         """Up to ``k`` trending items within the rules and none of ``taken`` (hashes), scored
-        into (0, ceiling] relative to the first one. ``cap`` and ``catalogue``: the answer's own
-        so far (None: the fill is the whole answer, as for /popular)."""
+        into (0, ceiling] relative to the first one; their hashes in ``hashes``. ``cap`` and
+        ``catalogue``: the answer's own so far (None: the fill is the whole answer, as for
+        /popular)."""
         if rules.needs_catalogue and cap is None:
             catalogue = await self.store.items.index()
             cap = CategoryCap(rules.max_per_category, catalogue.first_category)
@@ -258,7 +266,7 @@ class Recommender:
             # read shared by every filter: a new filter costs no Redis read)
             snapshot = await self.store.reads.trending_snapshot()
             return fill(catalogue.fill_order(rules.filter, snapshot.members), k, skip, cap,
-                         ceiling, rules.explain)
+                        ceiling, rules.explain, hashes)
         # what is skipped (hidden and unavailable items, the request's exclusions) is mostly
         # not trending: read a little past k first, deeper only when skipped items were there
         # (a read of one member per unavailable item cost every answer tens of milliseconds)
@@ -269,7 +277,9 @@ class Recommender:
             if cap is not None:
                 cap.counts = dict(counts)
             leader = head[0][1] if head else 0.0
-            rows = fill(trending_members(head, leader), k, skip, cap, ceiling, rules.explain)
+            hashes.clear()
+            rows = fill(trending_members(head, leader), k, skip, cap, ceiling, rules.explain,
+                        hashes)
             if len(rows) == k:
                 return rows
             if cap is not None:
@@ -283,7 +293,12 @@ class Recommender:
         cap.counts = dict(counts)
         members = (await self.store.reads.trending_snapshot()).members
         top = members[0][2] if members else 0.0
+        hashes.clear()
         return fill(((name, h, math.pow(2.0, min(score - top, 0.0)))
-                      for name, h, score in members), k, skip, cap, ceiling, rules.explain)
+                     for name, h, score in members), k, skip, cap, ceiling, rules.explain,
+                    hashes)
 
 
+def _listed(hashes: list[int]) -> bytes:
+    """Item hashes as an answer's record lists them (8 bytes each, little-endian)."""
+    return np.array(hashes, dtype="<u8").tobytes() if hashes else b""

@@ -23,6 +23,7 @@ is no identity: the publishable key is in every page, so every visitor shares it
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -208,7 +209,10 @@ def client_address(request: web.Request, proxies: tuple[Network, ...]) -> str:
     return _group(peer)
 
 
+@functools.lru_cache(maxsize=4096)
 def _group(address: str) -> str:
+    """The client an address counts as (cached: every request with a session asks, and
+    parsing an address costs more than the rest of the check)."""
     found = ip_of(address)
     if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is None:
         return str(ipaddress.IPv6Network((found, 64), strict=False))

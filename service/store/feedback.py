@@ -11,6 +11,7 @@ each tallies its own and adds them every second (``Tally``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -60,6 +61,11 @@ class ExperimentConflict(Exception):
         self.running = running
 
 
+PendingAnswer = tuple[str, str, bytes, int, int, "asyncio.Future[int]"]
+"""An answer waiting for the next flush: its record's key, the client's counter, the record,
+its charge, the client's share, and the future its request awaits."""
+
+
 class Feedback:
     def __init__(self, client: aioredis.Redis, scripts: Scripts, keys: Keys,
                  partitions: int, backend: Backend | None = None, budget_mb: int = 0,
@@ -73,6 +79,9 @@ class Feedback:
         self.hour_budget = budget_mb * (1 << 20) // (partitions * BUDGET_HOURS)
         """Bytes of answer records one partition may take in one hour."""
         self.client_share = -(-client_answers // partitions)
+        self._pending: dict[tuple[int, int], list[PendingAnswer]] = {}
+        self._flush_due = False
+        self._sending: set[asyncio.Future[None]] = set()
         """Answers one client address may have recorded per partition and hour."""
 
     async def record_answer(self, session_id: str, nonce: bytes, item_hashes: bytes,
@@ -80,19 +89,54 @@ class Feedback:
         """Record what an answer given to ``session_id`` (at ``issued``, for the client address
         ``client``; empty: a client with no share to take) listed (``item_hashes``, 8 bytes
         each), for its feedback to be counted against. False when the client's share or the
-        partition's budget of this hour is spent: then its feedback counts nowhere."""
+        partition's budget of this hour is spent: then its feedback counts nowhere.
+
+        The answers of one turn of the event loop go to Redis together, one script call per
+        partition and hour (a call per answer cost the request path a round trip each); each
+        request still waits for its own record, so the session's events that may follow at
+        once find it."""
         assert self.backend is not None, "answers are recorded by serve processes"
         session = session_hash(session_id)
         record = answer_record(item_hashes)
         hour = hour_of(issued)
         p = partition_of(session, self.partitions)
-        keys = [self.keys.answer(p, nonce), self.keys.answer_budget(p, hour),
-                self.keys.answers_flooded(p, hour), self.keys.client_answers(p, hour, client)]
-        recorded = await self.backend.run_script(
-            self.scripts.answer, keys,
-            [record, FEEDBACK_WINDOW + 3600, self.hour_budget, record_charge(record), 7200,
-             self.client_share if client else UNLIMITED])
-        return int(recorded) == 1
+        recorded: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault((p, hour), []).append(
+            (self.keys.answer(p, nonce), self.keys.client_answers(p, hour, client), record,
+             record_charge(record), self.client_share if client else UNLIMITED, recorded))
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await recorded == 1
+
+    def _flush(self) -> None:
+        """Send the gathered answers, one call per partition and hour."""
+        self._flush_due = False
+        pending, self._pending = self._pending, {}
+        for (p, hour), answers in pending.items():
+            task = asyncio.ensure_future(self._send(p, hour, answers))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, p: int, hour: int, answers: list[PendingAnswer]) -> None:
+        assert self.backend is not None
+        keys = [self.keys.answer_budget(p, hour), self.keys.answers_flooded(p, hour)]
+        args: list[Any] = [FEEDBACK_WINDOW + 3600, self.hour_budget, 7200]
+        for record_key, client_key, record, charge, share, _ in answers:
+            keys += [record_key, client_key]
+            args += [record, charge, share]
+        try:
+            replies = await self.backend.run_script(self.scripts.answer, keys, args)
+        except BaseException as exc:  # each request answers for its own record
+            for *_, waiting in answers:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (*_, waiting), reply in zip(answers, replies, strict=True):
+            if not waiting.done():
+                waiting.set_result(int(reply))
 
     async def ends(self, serials: Iterable[int]) -> dict[int, float | None]:
         """Each experiment's end (Unix seconds), None while it runs; serials Redis does not

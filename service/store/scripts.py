@@ -43,8 +43,9 @@ class Scripts:
         self.commit = self.registered["commit"]
         """Worker: a batch's effects, watermark and XACK at once (``workers/commit.py``)."""
         self.answer = self.registered["answer"]
-        """API: an answer's record, within the partition's hourly budget
-        (``Feedback.record_answer``, on the hot path's transport)."""
+        """API: the answers of one loop turn in one partition and hour, each within the client's
+        share and the partition's hourly budget (``Feedback.record_answer``, on the hot
+        path's transport)."""
         self.apply = self.registered["apply"]
         """Worker, on a cluster: one other slot's share of a batch (``workers/commit.py``)."""
 
