@@ -265,8 +265,8 @@ class Recommender:
             # the filter's items in trending order, from the process' trending snapshot (one
             # read shared by every filter: a new filter costs no Redis read)
             snapshot = await self.store.reads.trending_snapshot()
-            return fill(catalogue.fill_order(rules.filter, snapshot.members), k, skip, cap,
-                        ceiling, rules.explain, hashes)
+            return fill(catalogue.fill_order(rules.filter, snapshot.members, snapshot.score_of),
+                        k, skip, cap, ceiling, rules.explain, hashes)
         # what is skipped (hidden and unavailable items, the request's exclusions) is mostly
         # not trending: read a little past k first, deeper only when skipped items were there
         # (a read of one member per unavailable item cost every answer tens of milliseconds)

@@ -18,8 +18,9 @@ client sending distinct filters costs neither memory nor a pass over the catalog
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -208,7 +209,7 @@ class CatalogueIndex:
         row = self.row_of.get(item)
         return row is not None and self._holds(rule, row)
 
-    def _holds(self, rule: Filter, row: int) -> bool:
+    def _holds(self, rule: Filter | Ordered, row: int) -> bool:
         if not self.available[row]:
             return False
         if rule.price_min is not None or rule.price_max is not None:
@@ -217,7 +218,11 @@ class CatalogueIndex:
                     or (rule.price_max is not None and price > rule.price_max):
                 return False
         keys = self.row_keys[row]
-        return all(not accepted.isdisjoint(keys) for accepted in rule.any_of)
+        # a loop, not all() over a generator: this runs thousands of times a request
+        for accepted in rule.any_of:  # noqa: SIM110
+            if accepted.isdisjoint(keys):
+                return False
+        return True
 
     def admits(self, rule: Filter, items: U64) -> npt.NDArray[np.bool_]:
         """Whether each item satisfies ``rule``: a test per item (a request's candidates), so
@@ -226,7 +231,8 @@ class CatalogueIndex:
         return np.fromiter((False if row is None else holds(rule, row)
                             for row in map(row_of.get, items.tolist())), bool, len(items))
 
-    def fill_order(self, rule: Filter, trending: Sequence[tuple[str, int, float]]
+    def fill_order(self, rule: Filter, trending: Sequence[tuple[str, int, float]],
+                   score_of: Mapping[int, float] | None = None
                    ) -> Iterator[tuple[str, int, float]]:
         """The items ``rule`` admits, for a trending fill: those among ``trending`` (id, hash,
         log2 score; best first) by their score, then others, as (id, hash, share of the first
@@ -234,15 +240,21 @@ class CatalogueIndex:
         source (the union of one condition's posting sets) is that small, every admitted item
         is found and ordered; otherwise the trending items are walked, then the source, until
         the caller has taken enough or the tests are spent."""
-        source = self._smallest_source(rule)
+        source, test = self._plan(rule)
         if sum(len(rows) for rows in source) <= FILL_TESTS:
-            rows = {row for rows in source for row in rows if self._holds(rule, row)}
-            score_of = {h: score for _, h, score in trending}
-            ranked = sorted((-score_of.get(self.hashes[r], -math.inf), self.hashes[r], r)
-                            for r in rows)
-            top = -ranked[0][0] if ranked else -math.inf
+            # every candidate ordered by trending score first (a lookup each), then tested in
+            # that order: the caller stops after the few it takes, so few are tested
+            if score_of is None:
+                score_of = {h: score for _, h, score in trending}
+            hashes = self.hashes
+            ranked = sorted((-score_of.get(hashes[r], -math.inf), hashes[r], r)
+                            for r in {row for rows in source for row in rows})
+            top = -math.inf
             for minus_score, h, row in ranked:
-                yield self.ids[row], h, _share(-minus_score, top)
+                if self._holds(test, row):
+                    if top == -math.inf:
+                        top = -minus_score
+                    yield self.ids[row], h, _share(-minus_score, top)
             return
         tests = 0
         given: set[int] = set()
@@ -252,7 +264,7 @@ class CatalogueIndex:
                 break
             tests += 1
             found = self.row_of.get(h)
-            if found is not None and self._holds(rule, found):
+            if found is not None and self._holds(test, found):
                 if top == -math.inf:
                     top = score
                 given.add(found)
@@ -262,7 +274,7 @@ class CatalogueIndex:
                 if tests >= FILL_TESTS:
                     return
                 tests += 1
-                if row not in given and self._holds(rule, row):
+                if row not in given and self._holds(test, row):
                     given.add(row)
                     yield self.ids[row], self.hashes[row], 0.0
 
@@ -285,19 +297,33 @@ class CatalogueIndex:
         end = int(np.searchsorted(prices, math.inf if high is None else high, "right"))
         return (_Rows(rows, start, end), self.unsorted)
 
-    def _smallest_source(self, rule: Filter) -> tuple[Collection[int], ...]:
-        """The posting sets of the condition with the fewest rows (every row when the filter
-        has only a price range)."""
-        best: tuple[Collection[int], ...] | None = None
+    def _plan(self, rule: Filter) -> tuple[tuple[Collection[int], ...], Ordered]:
+        """Where a fill looks (the posting sets, or the price order's slice, of the condition
+        with the fewest rows; every row when there is none) and the filter's test with its
+        most selective conditions first, so that most rows fail at the first."""
         empty: set[int] = set()
-        conditions: list[tuple[Collection[int], ...]] = [
-            tuple(self.postings.get(key, empty) for key in accepted) for accepted in rule.any_of]
+        sized = sorted(((sum(len(self.postings.get(key, empty)) for key in accepted), n)
+                        for n, accepted in enumerate(rule.any_of)))
+        test = Ordered(rule.price_min, rule.price_max,
+                       tuple(rule.any_of[n] for _, n in sized))
+        best: tuple[Collection[int], ...] = (range(len(self.hashes)),)
+        size = len(self.hashes)
+        if sized:
+            size, n = sized[0]
+            best = tuple(self.postings.get(key, empty) for key in rule.any_of[n])
         if rule.price_min is not None or rule.price_max is not None:
-            conditions.append(self._priced(rule.price_min, rule.price_max))
-        for sets in conditions:
-            if best is None or sum(map(len, sets)) < sum(map(len, best)):
-                best = sets
-        return best if best is not None else (range(len(self.hashes)),)
+            priced = self._priced(rule.price_min, rule.price_max)
+            if sum(map(len, priced)) < size:
+                best = priced
+        return best, test
+
+
+class Ordered(NamedTuple):
+    """A filter's test in the order a fill runs it (``CatalogueIndex._plan``)."""
+
+    price_min: float | None
+    price_max: float | None
+    any_of: tuple[frozenset[str], ...]
 
 
 FILL_TESTS = 2048

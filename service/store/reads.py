@@ -35,6 +35,7 @@ TRENDING_SNAPSHOT_AGE = 10.0
 class TrendingSnapshot:
     made: float  # time.monotonic() of the read
     members: list[tuple[str, int, float]]  # (item id, its hash, log2 trending score), best first
+    score_of: dict[int, float]  # item hash -> log2 trending score
 
 
 
@@ -50,7 +51,7 @@ class Reads:
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
         self._hidden_read: asyncio.Future[scoring.U64] | None = None
-        self._trending = TrendingSnapshot(-math.inf, [])
+        self._trending = TrendingSnapshot(-math.inf, [], {})
         self._trending_read: asyncio.Future[TrendingSnapshot] | None = None
         self._history_prefixes = [p.encode() for p in keys.history_prefixes()]
         self._index_prefixes = [p.encode() for p in keys.index_prefixes()]
@@ -112,8 +113,9 @@ class Reads:
         names = [member.decode("utf-8", "surrogatepass") for member, _ in head]
         hashes = np.frombuffer(kernel.hashes(names, ITEM_PERSON), "<u8").tolist() \
             if names else []
-        self._trending = TrendingSnapshot(time.monotonic(), list(zip(
-            names, hashes, (score for _, score in head), strict=True)))
+        members = list(zip(names, hashes, (score for _, score in head), strict=True))
+        self._trending = TrendingSnapshot(time.monotonic(), members,
+                                          {h: score for _, h, score in members})
         return self._trending
 
     async def read(self, command: bytes, args: list[bytes | str | int]) -> Any:
