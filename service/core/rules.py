@@ -326,7 +326,7 @@ class Ordered(NamedTuple):
     any_of: tuple[frozenset[str], ...]
 
 
-FILL_TESTS = 2048
+FILL_TESTS = 1024
 """Records a request's trending fill tests at most under a filter (each a few dictionary
 lookups): the bound that keeps a filter's cost off the catalogue's size. A filter whose
 conditions each admit more items than this, but together few, may find fewer than k; the
