@@ -195,8 +195,7 @@ class Recommender:
                 candidates, scores = scoring.score(query, histories, similarity, params)
         if rule is not None:
             assert catalogue is not None
-            kept = catalogue.admits(rule, candidates)
-            candidates, scores = candidates[kept], scores[kept]
+            candidates, scores = catalogue.keep(rule, candidates, scores)
         df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.store.reads.hidden_items()

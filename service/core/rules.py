@@ -18,6 +18,7 @@ client sending distinct filters costs neither memory nor a pass over the catalog
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -25,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from service import kernel
 from service.core.catalog import AttributeValue, Record
 
 U64 = npt.NDArray[np.uint64]
@@ -149,12 +151,17 @@ class CatalogueIndex:
     since are kept aside in ``unsorted`` (tested as they come) until they are many."""
     unsorted: list[int] = field(default_factory=list)
     dead: int = 0
+    _small: OrderedDict[Filter, SmallFilter] = field(default_factory=OrderedDict)
+    _small_bytes: int = 0
 
     def __len__(self) -> int:
         return len(self.row_of)
 
     def put(self, item: int, record: Record | None) -> None:
         """An item's record (``None``: deleted)."""
+        if self._small:
+            self._small.clear()
+            self._small_bytes = 0
         old = self.row_of.pop(item, None)
         if old is not None:
             self._drop(old)
@@ -227,9 +234,26 @@ class CatalogueIndex:
     def admits(self, rule: Filter, items: U64) -> npt.NDArray[np.bool_]:
         """Whether each item satisfies ``rule``: a test per item (a request's candidates), so
         the cost follows the answer, not the catalogue."""
+        small = self._small_filter(rule)
+        if small is not None:
+            found, _ = kernel.lookup(small.keys, small.values,
+                                     np.ascontiguousarray(items, np.uint64))
+            return np.frombuffer(found, np.float64) > 0
         row_of, holds = self.row_of, self._holds
         return np.fromiter((False if row is None else holds(rule, row)
                             for row in map(row_of.get, items.tolist())), bool, len(items))
+
+    def keep(self, rule: Filter, items: U64, scores: F64) -> tuple[U64, F64]:
+        """The items ``rule`` admits, with their scores, in their order (a small filter's in
+        one kernel call: a request's few hundred candidates, most dropped)."""
+        small = self._small_filter(rule)
+        if small is None:
+            kept = self.admits(rule, items)
+            return items[kept], scores[kept]
+        chosen, their = kernel.select(small.keys, small.values,
+                                      np.ascontiguousarray(items, np.uint64),
+                                      np.ascontiguousarray(scores, np.float64), True)
+        return np.frombuffer(chosen, np.uint64), np.frombuffer(their, np.float64)
 
     def fill_order(self, rule: Filter, trending: Sequence[tuple[str, int, float]],
                    score_of: Mapping[int, float] | None = None
@@ -240,22 +264,19 @@ class CatalogueIndex:
         source (the union of one condition's posting sets) is that small, every admitted item
         is found and ordered; otherwise the trending items are walked, then the source, until
         the caller has taken enough or the tests are spent."""
-        source, test = self._plan(rule)
-        if sum(len(rows) for rows in source) <= FILL_TESTS:
-            # every candidate ordered by trending score first (a lookup each), then tested in
-            # that order: the caller stops after the few it takes, so few are tested
+        small = self._small_filter(rule)
+        if small is not None:
             if score_of is None:
                 score_of = {h: score for _, h, score in trending}
-            hashes = self.hashes
-            ranked = sorted((-score_of.get(hashes[r], -math.inf), hashes[r], r)
-                            for r in {row for rows in source for row in rows})
-            top = -math.inf
-            for minus_score, h, row in ranked:
-                if self._holds(test, row):
-                    if top == -math.inf:
-                        top = -minus_score
-                    yield self.ids[row], h, _share(-minus_score, top)
+            if small.order is None or small.scores is not score_of:
+                ranked = sorted((-score_of.get(h, -math.inf), h, name)
+                                for name, h in zip(small.ids, small.hashes, strict=True))
+                top = -ranked[0][0] if ranked else -math.inf
+                small.order = [(name, h, _share(-minus, top)) for minus, h, name in ranked]
+                small.scores = score_of
+            yield from small.order
             return
+        source, test = self._plan(rule)
         tests = 0
         given: set[int] = set()
         top = -math.inf
@@ -277,6 +298,28 @@ class CatalogueIndex:
                 if row not in given and self._holds(test, row):
                     given.add(row)
                     yield self.ids[row], self.hashes[row], 0.0
+
+    def _small_filter(self, rule: Filter) -> SmallFilter | None:
+        """The items a filter admits when its smallest source is small (``FILL_TESTS`` rows at
+        most; None otherwise): found by testing that source, kept until the catalogue changes
+        within ``SMALL_FILTERS_BYTES`` (least recently used out), so the few filters a shop
+        sends on every request (one per category page) cost a table probe, and a client
+        sending distinct filters costs the bounded test each, never more memory."""
+        found = self._small.get(rule)
+        if found is not None:
+            self._small.move_to_end(rule)
+            return found
+        source, test = self._plan(rule)
+        if sum(len(rows) for rows in source) > FILL_TESTS:
+            return None
+        rows = [r for r in {row for rows in source for row in rows} if self._holds(test, r)]
+        found = SmallFilter([self.ids[r] for r in rows], [self.hashes[r] for r in rows])
+        self._small[rule] = found
+        self._small_bytes += found.cost
+        while self._small_bytes > SMALL_FILTERS_BYTES:
+            _, dropped = self._small.popitem(last=False)
+            self._small_bytes -= dropped.cost
+        return found
 
     def sort_prices(self) -> None:
         """Sort the price order now (the mirror does it off the event loop after a whole read;
@@ -331,6 +374,36 @@ FILL_TESTS = 1024
 lookups): the bound that keeps a filter's cost off the catalogue's size. A filter whose
 conditions each admit more items than this, but together few, may find fewer than k; the
 answer says so."""
+
+
+SMALL_FILTERS_BYTES = 32 << 20
+"""What a process keeps of small filters' admitted items, counted from above
+(``SmallFilter.cost``)."""
+
+
+class SmallFilter:
+    """A small filter's admitted items: their ids and hashes, the hashes as a table the kernel
+    probes (a request asks about all its candidates at once), and their trending order for
+    the snapshot of scores it was made with."""
+
+    __slots__ = ("cost", "hashes", "ids", "keys", "order", "scores", "values")
+
+    def __init__(self, ids: list[str], hashes: list[int]) -> None:
+        self.ids = ids
+        self.hashes = hashes
+        capacity = 8
+        while capacity < 2 * len(hashes):  # at most half full: short probes
+            capacity *= 2
+        self.keys = np.zeros(capacity, np.uint64)
+        self.values = np.full(capacity, np.nan)
+        if hashes:
+            kernel.insert(self.keys, self.values, np.array(hashes, np.uint64),
+                          np.ones(len(hashes)))
+        self.order: list[tuple[str, int, float]] | None = None
+        self.scores: Mapping[int, float] | None = None
+        # two lists of references (the ids are the index's own strings, not copies), the
+        # order's tuples and floats, the table's 16 bytes a slot, the rest
+        self.cost = len(hashes) * (2 * 8 + 8 + 150) + 16 * capacity + 1024
 
 
 RESORT_AFTER = 50_000
