@@ -10,6 +10,7 @@ it back to reading the catalogue whole. A process that never sees a rule never r
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any, cast
 
@@ -124,6 +125,11 @@ class CatalogueMirror:
         # leaves the interpreter free: requests go on with the previous copy meanwhile)
         await asyncio.to_thread(index.sort_prices)
         self.index = index
+        # out of the collector's sight, as everything loaded at a start (runtime.tune_gc): a
+        # copy of a million records is millions of containers, and each full collection
+        # walked them all, holding the event loop for hundreds of milliseconds. They hold no
+        # cycles, so references free them when a later whole read replaces this copy.
+        gc.freeze()
         self.version = int(last[0][1][b"v"]) if last else 0
         self.last_entry = last[0][0] if last else b"0-0"
         self.full_reads += 1
