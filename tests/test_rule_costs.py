@@ -27,6 +27,18 @@ pytestmark = pytest.mark.kernel
 RECORDS = 20_000
 
 
+def trending_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The depth of every read of the trending set from now on, as the process makes them."""
+    depths: list[int] = []
+    head = Reads.trending_head
+
+    async def recording(self: Reads, n: int) -> list[tuple[bytes, float]]:
+        depths.append(n)
+        return await head(self, n)
+    monkeypatch.setattr(Reads, "trending_head", recording)
+    return depths
+
+
 def catalogue(n: int) -> list[Record]:
     return [Record(f"r{i}", None, (f"cat{i % 50}", f"dept{i % 7}"), True, 1.0 + i % 997,
                    (f"tag{i % 30}",), {"color": f"c{i % 12}", "size": i % 9})
@@ -128,13 +140,7 @@ async def test_max_per_category_reads_no_deeper_than_it_would_without(
                                                 enumerate(items)})
     await store.close()
     client = await aiohttp_client(create_app(settings))
-    depths: list[int] = []
-    head = Reads.trending_head
-
-    async def recording(self: Reads, n: int) -> list[tuple[bytes, float]]:
-        depths.append(n)
-        return await head(self, n)
-    monkeypatch.setattr(Reads, "trending_head", recording)
+    depths = trending_reads(monkeypatch)
     for _ in range(2):
         reply = await client.get("/popular?k=60&max_per_category=1")
         assert reply.status == 200
@@ -159,13 +165,7 @@ async def test_unavailable_items_cost_an_answer_no_deeper_read(
                                                 enumerate(trending)})
     await store.close()
     client = await aiohttp_client(create_app(settings))
-    depths: list[int] = []
-    head = Reads.trending_head
-
-    async def recording(self: Reads, n: int) -> list[tuple[bytes, float]]:
-        depths.append(n)
-        return await head(self, n)
-    monkeypatch.setattr(Reads, "trending_head", recording)
+    depths = trending_reads(monkeypatch)
     reply = await client.get("/popular?k=10&" + "&".join(f"exclude=t{n}" for n in range(30)))
     assert [r["id"] for r in (await reply.json())["recommendations"]] == \
         [f"t{n}" for n in range(30, 40)]

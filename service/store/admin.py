@@ -14,17 +14,15 @@ from service.core.layout import (
 from service.settings import Settings
 from service.store.backends import Backend
 from service.store.keyspace import Keys
+from service.store.part import Part
 from service.store.reads import Reads
 from service.store.scripts import Scripts
 
 
-class Admin:
+class Admin(Part):
     def __init__(self, settings: Settings, backend: Backend, scripts: Scripts, keys: Keys,
                  reads: Reads) -> None:
-        self.settings = settings
-        self.redis = backend.client
-        self.scripts = scripts
-        self.keys = keys
+        super().__init__(settings, backend, scripts, keys)
         self.reads = reads
 
     async def hide(self, item_id: str, hidden: bool) -> None:

@@ -17,17 +17,15 @@ from service.settings import Settings
 from service.store.backends import Backend
 from service.store.keyspace import Keys
 from service.store.mirror import CHANGE_LOG_CAP, CatalogueMirror
+from service.store.part import Part
 from service.store.reads import Reads
 from service.store.scripts import Scripts
 
 
-class Catalogue:
+class Catalogue(Part):
     def __init__(self, settings: Settings, backend: Backend, scripts: Scripts, keys: Keys,
                  reads: Reads) -> None:
-        self.settings = settings
-        self.redis = backend.client
-        self.scripts = scripts
-        self.keys = keys
+        super().__init__(settings, backend, scripts, keys)
         self.reads = reads
         self.mirror = CatalogueMirror(self.redis, keys)
 

@@ -20,10 +20,7 @@ from service.core.layout import (
 from service.core.model import TYPE_RATING, Event
 from service.core.stream import encode, number, pack_events, unpack_events
 from service.failures import UNAVAILABLE, Backlogged
-from service.settings import Settings
-from service.store.backends import Backend
-from service.store.keyspace import Keys
-from service.store.scripts import Scripts
+from service.store.part import Part
 
 log = logging.getLogger("sessionrec.store")
 
@@ -60,16 +57,7 @@ class LiveInteraction:
     rating: float
 
 
-
-class Ingestion:
-    def __init__(self, settings: Settings, backend: Backend, scripts: Scripts,
-                 keys: Keys) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.redis = backend.client
-        self.scripts = scripts
-        self.keys = keys
-
+class Ingestion(Part):
     async def ingest(self, events: Sequence[Event], once: IdempotencyKey | None = None
                      ) -> list[str]:
         """Append events to their partition streams and their sessions' live interactions, all

@@ -8,30 +8,17 @@ from collections.abc import Callable
 from typing import cast
 
 from service.core.modelparams import ModelRecord
-from service.settings import Settings
-from service.store.backends import Backend
-from service.store.keyspace import Keys
-from service.store.scripts import Scripts
+from service.store.part import Part
 
 MODEL_WRITE_TRIES = 20
 """Attempts at a model record change while other writers keep writing first."""
-
 
 
 class ModelContention(Exception):
     """The model record kept changing under a write (answered 503: retry)."""
 
 
-
-class ModelRecords:
-    def __init__(self, settings: Settings, backend: Backend, scripts: Scripts,
-                 keys: Keys) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.redis = backend.client
-        self.scripts = scripts
-        self.keys = keys
-
+class ModelRecords(Part):
     async def record(self) -> ModelRecord:
         """The scoring parameters' shared record (version 0: never written)."""
         fields = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.model()))

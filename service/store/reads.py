@@ -25,6 +25,7 @@ from service.store.backends import Backend
 from service.store.caches import FrequencyCache, NameCache
 from service.store.keyspace import Keys
 from service.store.mirror import CATALOGUE_MAX_AGE
+from service.store.part import Part
 from service.store.scripts import Scripts
 
 TRENDING_SNAPSHOT = 4096
@@ -38,15 +39,10 @@ class TrendingSnapshot:
     score_of: dict[int, float]  # item hash -> log2 trending score
 
 
-
-class Reads:
+class Reads(Part):
     def __init__(self, settings: Settings, backend: Backend, scripts: Scripts,
                  keys: Keys) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.redis = backend.client
-        self.scripts = scripts
-        self.keys = keys
+        super().__init__(settings, backend, scripts, keys)
         self.names = NameCache()
         self.frequencies = FrequencyCache()
         self._hidden: tuple[float, scoring.U64] = (-1.0, np.zeros(0, np.uint64))
