@@ -3,7 +3,7 @@
 Every field has a default, an env variable named after it (``SESSIONREC_`` + upper-case name)
 and, for the commands that use it, a ``--flag`` of the same name with dashes. Precedence:
 flag > environment > default. The README's configuration table is generated from this module
-(``python -m service.settings``), so the two cannot drift.
+(``python -m service.offline.settingsdoc``), so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -382,41 +382,3 @@ assert sorted(n for names in SECTIONS.values() for n in names) == \
     sorted(f.name for f in fields(Settings)), "every setting in exactly one section"
 SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 FIELDS = {f.name: f for f in fields(Settings)}
-
-MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "position_decay",
-                    "sequence_weight", "before_weight", "idf_weight", "repeat_weight",
-                    "index_cap", "history_cap", "trend_half_life")
-"""The settings that shape the model (docs/ACCURACY.md lists them)."""
-
-
-def markdown_table(names: Sequence[str] | None = None) -> str:
-    """Every setting (by section, a row naming each) or the ``names`` given, in order."""
-    rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
-    by_name = {f.name: f for f in fields(Settings)}
-    groups = [(section, list(members)) for section, members in SECTIONS.items()] \
-        if names is None else [("", list(names))]
-    for section, members in groups:
-        if section:
-            rows.append(f"| **{section}** | | | |")
-        for name in members:
-            f = by_name[name]
-            flag = "--" + f.name.replace("_", "-")
-            rows.append(f"| `{flag}` | `{ENV_PREFIX}{f.name.upper()}` | `{f.default}` | "
-                        f"{f.metadata['doc']} |")
-    return "\n".join(rows)
-
-
-def update_tables(readme: str, accuracy: str) -> None:
-    """Replace the settings tables in the README and docs/ACCURACY.md with current ones."""
-    for path, names in ((readme, None), (accuracy, MODEL_PARAMETERS)):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        start = text.index("| setting | env | default | meaning |")
-        end = text.index("\n\n", start)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text[:start] + markdown_table(names) + text[end:])
-
-
-if __name__ == "__main__":
-    # python -m service.settings: refresh the tables in README.md and docs/ACCURACY.md
-    update_tables("README.md", "docs/ACCURACY.md")

@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from service.api.openapi import api_page
+from service.api.pages import api_page
 from service.api.routes import ROUTES
 from service.offline.redisproc import free_port
-from service.settings import MODEL_PARAMETERS, Settings, markdown_table
+from service.offline.settingsdoc import MODEL_PARAMETERS, markdown_table
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -16,7 +16,8 @@ import pytest
 from service.api.app import create_app
 from service.api.context import STORE
 from service.core.catalog import Record
-from service.core.rules import FILL_TESTS, SMALL_FILTERS_BYTES, CatalogueIndex, Filter
+from service.core.catalogueindex import FILL_TESTS, SMALL_FILTERS_BYTES, CatalogueIndex
+from service.core.rules import Filter
 from service.requests import rules as request_rules
 from service.settings import Settings
 from service.store.reads import TRENDING_SNAPSHOT, Reads
@@ -45,7 +46,7 @@ def catalogue(n: int) -> list[Record]:
             for i in range(n)]
 
 
-async def test_distinct_filters_keep_nothing_per_filter_and_test_a_bounded_number_of_records(
+async def test_distinct_filters_keep_a_bounded_memory_and_test_a_bounded_number_of_records(
         aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each new filter computed and cached the whole set of items it admits (O(catalogue) time
     on the event loop, and a megabyte per filter here; gigabytes at a million records). Now a

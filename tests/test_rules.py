@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from service.api.app import create_app
 from service.core.catalog import Record
+from service.core.catalogueindex import CatalogueIndex
 from service.core.layout import item_hash
-from service.core.rules import CatalogueIndex, Filter
+from service.core.rules import Filter
 from service.settings import Settings
 from tests.conftest import Client
 from tests.helpers import drain

@@ -33,10 +33,11 @@ from service.answers.fill import (
     worded,
 )
 from service.core import explain, scoring
+from service.core.catalogueindex import CatalogueIndex
 from service.core.feedback import FEEDBACK_POSITIONS, Experiment, recommendation_id
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.modelparams import ModelRecord
-from service.core.rules import NO_RULES, CatalogueIndex, CategoryCap, Rules
+from service.core.rules import NO_RULES, CategoryCap, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
 from service.store.feedback import Tally

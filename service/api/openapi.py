@@ -4,36 +4,16 @@ key each needs come from the route table (``routes.ROUTES``); this module descri
 
 from __future__ import annotations
 
-import html
-import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from service.api import access
 from service.api.context import Route
 from service.api.ingest import MAX_IDEMPOTENCY_KEY
-from service.core.feedback import MAX_VARIANTS
-from service.core.model import EVENT_TYPES
 from service.core.parameters import PARAMETERS
-from service.requests.admin import MAX_VARIANT_WEIGHT
-from service.requests.events import MAX_RECOMMENDATION_ID
-from service.requests.records import MAX_LIST, MAX_RECORD_BYTES
-from service.requests.rules import MAX_FILTER_VALUES
-from service.requests.values import (
-    INT_ID_RANGE,
-    MAX_ATTRIBUTE_NUMBER,
-    MAX_EXCLUDE,
-    MAX_PRICE,
-    MAX_RATING,
-    MAX_TEXT,
-    MAX_TIMESTAMP,
-)
+from service.requests import schemas
+from service.requests.values import MAX_EXCLUDE
 from service.settings import Settings
-
-INT_ID = {"type": "integer", "minimum": INT_ID_RANGE[0], "maximum": INT_ID_RANGE[1]}
-ATTRIBUTE_NUMBER = {"type": "number", "minimum": -MAX_ATTRIBUTE_NUMBER,
-                    "maximum": MAX_ATTRIBUTE_NUMBER}
 
 
 def _error() -> dict[str, Any]:
@@ -70,36 +50,6 @@ def _rules(s: Settings) -> list[dict[str, Any]]:
          "schema": {"type": "boolean", "default": False}}]
 
 
-def _filter_schema(s: Settings) -> dict[str, Any]:
-    name = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
-    names = {"type": "array", "minItems": 1, "maxItems": MAX_FILTER_VALUES,
-             "items": name}
-    scalar = {"oneOf": [{"type": "string", "maxLength": MAX_TEXT},
-                        ATTRIBUTE_NUMBER,
-                        {"type": "boolean"}]}
-    return {
-        "type": "object", "additionalProperties": False,
-        "description": "Every condition given must hold; an item without a catalogue record "
-                       "fails any filter. A contradiction (price.min above price.max) is a "
-                       "400.",
-        "properties": {
-            "categories": {**names, "description": "Any of these categories."},
-            "tags": {**names, "description": "Any of these tags."},
-            "price": {"type": "object", "additionalProperties": False, "minProperties": 1,
-                      "properties": {"min": {"type": "number", "minimum": 0,
-                                             "maximum": MAX_PRICE},
-                                     "max": {"type": "number", "minimum": 0,
-                                             "maximum": MAX_PRICE}}},
-            "attributes": {"type": "object", "minProperties": 1,
-                           "maxProperties": MAX_FILTER_VALUES,
-                           "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
-                           "description": "Each attribute equal to the value, or to one of "
-                                          "the values.",
-                           "additionalProperties": {"oneOf": [scalar, {
-                               "type": "array", "minItems": 1,
-                               "maxItems": MAX_FILTER_VALUES, "items": scalar}]}}}}
-
-
 def _k(s: Settings) -> dict[str, Any]:
     return {"name": "k", "in": "query", "required": False,
             "description": "Number of recommendations.",
@@ -109,7 +59,7 @@ def _k(s: Settings) -> dict[str, Any]:
 def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
     """The document for ``routes``: every documented route has exactly one operation here (a
     route without one, or an operation without its route, is an error)."""
-    ident = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
+    ident = schemas.identifier(s)
     errors = {"400": _error(), "401": _error(), "403": _error(), "413": _error(),
               "429": _error(), "503": _error()}
     admin_errors = {"400": _error(), "401": _error(), "403": _error(), "503": _error()}
@@ -130,76 +80,12 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                                    flag: {"type": "boolean"}}),
                               **admin_errors}}
     item_path = {"name": "item_id", "in": "path", "required": True, "schema": ident}
-    exclude_ids = {"type": "array", "maxItems": MAX_EXCLUDE,
-                   "items": {"oneOf": [ident, INT_ID]},
-                   "description": "Item ids never to return; k still holds whenever k other "
-                                  "items exist."}
     record = {"description": "The record", "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Item"}}}}
-    short = {"type": "string", "minLength": 1, "maxLength": s.max_id_length}
-    item = {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "id": {"oneOf": [ident, INT_ID],
-                   "description": "Optional in PUT (the path names the item)."},
-            "name": {"type": "string", "maxLength": MAX_TEXT},
-            "categories": {"type": "array", "maxItems": MAX_LIST, "items": short,
-                           "description": "The first is the item's category for "
-                                          "max_per_category."},
-            "available": {"type": "boolean", "default": True},
-            "price": {"type": "number", "minimum": 0, "maximum": MAX_PRICE},
-            "tags": {"type": "array", "maxItems": MAX_LIST, "items": short},
-            "attributes": {"type": "object", "maxProperties": MAX_LIST,
-                           "propertyNames": short,
-                           "additionalProperties": {"oneOf": [
-                               {"type": "string", "maxLength": MAX_TEXT},
-                               ATTRIBUTE_NUMBER,
-                               {"type": "boolean"}]}},
-        },
-        "description": f"At most {MAX_RECORD_BYTES} bytes as JSON.",
-    }
-    event = {
-        "type": "object", "additionalProperties": False,
-        "required": ["session_id", "item_id"],
-        "properties": {
-            "session_id": ident,
-            "item_id": {"oneOf": [ident, INT_ID],
-                        "description": "Stored as a string."},
-            # the bound moves with the clock: this document's maximum is the one in force now
-            "timestamp": {"type": "number", "minimum": 0,
-                          "maximum": math.floor(time.time() + s.max_clock_skew),
-                          "description": "Unix seconds; default: time of receipt. At most "
-                                         f"{s.max_clock_skew:g} s ahead of the server's "
-                                         "clock (400 beyond)."},
-            "type": {"type": "string", "enum": list(EVENT_TYPES), "default": "view"},
-            "rating": {"type": ["number", "null"], "minimum": -MAX_RATING, "maximum": MAX_RATING,
-                       "description": "Finite; default (or null): implied by type."},
-            "recommendation_id": {
-                "type": ["string", "null"], "minLength": 1,
-                "maxLength": MAX_RECOMMENDATION_ID, "pattern": "^[A-Za-z0-9_-]+$",
-                "description": "The answer the event acts on: a click, add_to_cart or "
-                               "purchase is attributed to it (and to its variant); required "
-                               "with type impression (an item shown in that answer's list, "
-                               "never learned as interest)."},
-        },
-        "if": {"required": ["type"], "properties": {"type": {"const": "impression"}}},
-        "then": {"required": ["recommendation_id"],
-                 "properties": {"recommendation_id": {"type": "string"}}},
-    }
-    def model_params(minimum: int = 0) -> dict[str, Any]:
-        properties: dict[str, Any] = {}
-        for name, limit in PARAMETERS.items():
-            high = min(limit.high, s.index_cap) if name == "index_cap" else limit.high
-            properties[name] = {"type": "integer" if limit.integer else "number",
-                                "minimum": limit.low, "maximum": high,
-                                "description": limit.meaning}
-        return {"type": "object", "additionalProperties": False, "minProperties": minimum,
-                "properties": properties}
-
     model = {"description": "The model record", "content": {"application/json": {"schema": {
         "type": "object", "required": ["version", "params", "pinned", "tuned_at", "tuning"],
         "properties": {"version": {"type": "integer", "description": "0: never written"},
-                       "params": model_params(), "pinned": {"type": "array", "items": {
+                       "params": schemas.model_params(s), "pinned": {"type": "array", "items": {
                            "type": "string", "enum": list(PARAMETERS)}},
                        "tuned_at": {"type": ["number", "null"]},
                        "tuning": {"type": "object", "required": ["state", "auto", "last_run"],
@@ -259,13 +145,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                            "maxLength": MAX_IDEMPOTENCY_KEY,
                                            "pattern": "^[!-~]+$"}}],
                 "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"oneOf": [
-                        {"$ref": "#/components/schemas/Event"},
-                        {"type": "object", "additionalProperties": False,
-                         "required": ["events"],
-                         "properties": {"events": {
-                             "type": "array", "minItems": 1, "maxItems": s.max_batch,
-                             "items": {"$ref": "#/components/schemas/Event"}}}}]}}}},
+                    "application/json": {"schema": schemas.events_body(s)}}},
                 "responses": {"409": _error(), "202": {"description": "Accepted", "content": {
                     "application/json": {"schema": {
                         "type": "object", "required": ["accepted"],
@@ -320,12 +200,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                   **admin_errors}}},
             "/items": {"post": {
                 "summary": "Store many catalogue records (all or none are valid)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "additionalProperties": False, "required": ["items"],
-                    "properties": {"items": {
-                        "type": "array", "minItems": 1, "maxItems": s.max_batch,
-                        "items": {"allOf": [{"$ref": "#/components/schemas/Item"},
-                                            {"required": ["id"]}]}}}}}}},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": schemas.items_body(s)}}},
                 "responses": {"200": done("Stored", {"stored": {"type": "integer"}}),
                               **admin_errors}}},
             "/model": {"get": {
@@ -339,10 +215,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                "parameters (tuning never changes them), false unpins them; "
                                "without it their pins stay as they are.",
                 "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"type": "object", "additionalProperties": False,
-                               "required": ["params"],
-                               "properties": {"params": model_params(minimum=1),
-                                              "pin": {"type": "boolean"}}},
+                    "schema": schemas.model_change_body(s),
                     "example": {"params": {"neighbours": 100, "position_decay": 0.5},
                                 "pin": True}}}},
                 "responses": {"200": model, **admin_errors}}},
@@ -367,18 +240,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                    "is 409.",
                     "parameters": [experiment_path],
                     "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"type": "object", "additionalProperties": False,
-                                   "required": ["variants"], "properties": {"variants": {
-                                       "type": "object", "minProperties": 2,
-                                       "maxProperties": MAX_VARIANTS,
-                                       "additionalProperties": {
-                                           "type": "object", "additionalProperties": False,
-                                           "properties": {
-                                               "weight": {"type": "number",
-                                                          "exclusiveMinimum": 0,
-                                                          "maximum": MAX_VARIANT_WEIGHT,
-                                                          "default": 1},
-                                               "params": model_params()}}}}},
+                        "schema": schemas.experiment_body(s),
                         "example": {"variants": {
                             "A": {"weight": 1, "params": {}},
                             "B": {"weight": 1, "params": {"position_decay": 1.0}}}}}}},
@@ -450,40 +312,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                       "Prometheus sends); /metrics needs a secret key once "
                                       "keys are configured."},
         }, "schemas": {
-            "RecommendRequest": {
-                "type": "object", "additionalProperties": False,
-                "required": ["user_interactions"],
-                "properties": {
-                    "user_interactions": {
-                        "type": "object", "maxProperties": s.max_interactions,
-                        "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
-                        "description": "Keyed by item id; may be empty (then trending items).",
-                        "additionalProperties": {
-                            "type": "object", "additionalProperties": False,
-                            "properties": {
-                                "timestamp": {"type": "number", "minimum": 0,
-                                              "maximum": MAX_TIMESTAMP,
-                                              "description": "Unix seconds; default now."},
-                                "rating": {"type": "number", "minimum": -MAX_RATING,
-                                           "maximum": MAX_RATING,
-                                           "description": "Finite; default 1 (a view)."}}}},
-                    "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
-                    "session_id": {**ident, "description": "The visitor's session: scored "
-                                   "with its experiment variant while one runs (the answer "
-                                   "says which), and never matched with itself."},
-                    "recommend_seen": {"type": "boolean", "default": False},
-                    "exclude": exclude_ids,
-                    "filter": {"$ref": "#/components/schemas/Filter"},
-                    "max_per_category": {
-                        "type": "integer", "minimum": 1, "maximum": s.max_k,
-                        "description": "At most this many items of one category (an item's "
-                                       "first; items without one are not capped)."},
-                    "explain": {"type": "boolean", "default": False,
-                                "description": "Add because and source to every "
-                                               "recommendation."}}},
-            "Filter": _filter_schema(s),
-            "Event": event,
-            "Item": item,
+            "RecommendRequest": schemas.recommend_body(s),
+            "Filter": schemas.filter_schema(s),
+            "Event": schemas.event(s),
+            "Item": schemas.item(s),
             "Recommendations": {
                 "type": "object",
                 "required": ["recommendations", "message", "recommendation_id"],
@@ -522,51 +354,3 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                    "field": {"type": ["string", "null"]}}}}},
         }},
     }
-
-
-ACCESS_TEXT = {
-    access.PUBLIC: "A publishable or a secret key, once a publishable key is configured "
-                   "(open until then)",
-    access.OPERATOR: "A secret key, once any key is configured (open until then)",
-    access.ADMIN: "A secret key (disabled while none is configured)",
-    access.OPEN: "Open",
-}
-"""Which routes need which key, as the README's Access table says (service/api/access.py)."""
-
-
-def api_page(s: Settings, routes: Sequence[Route]) -> str:
-    doc = openapi_document(s, routes)
-    rows = []
-    for path, methods in doc["paths"].items():
-        for method, op in methods.items():
-            rows.append(f"<tr><td><code>{method.upper()}</code></td>"
-                        f"<td><code>{html.escape(path)}</code></td>"
-                        f"<td>{html.escape(op['summary'])}"
-                        f"{'<br><small>' + html.escape(op['description']) + '</small>' if 'description' in op else ''}"  # noqa: E501
-                        "</td></tr>")
-    access = "".join(
-        f"<tr><td>{html.escape(who)}</td><td>"
-        + ", ".join(sorted({f"<code>{html.escape(r.path)}</code>" for r in routes
-                            if r.access == level and r.documented}))
-        + "</td></tr>" for level, who in ACCESS_TEXT.items())
-    assert set(ACCESS_TEXT) >= {r.access for r in routes}, "every access level explained"
-    example = ('curl -s localhost:8000/iid_recommend -H "Content-Type: application/json" -d '
-               "'{\"user_interactions\": {\"89898\": {\"timestamp\": 1704060026, "
-               "\"rating\": 4.5}}, \"k\": 10, \"recommend_seen\": true}'")
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>sessionrec API</title><meta name="viewport" content="width=device-width,initial-scale=1">
-<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
-table{{border-collapse:collapse;width:100%}}td{{border-top:1px solid #ddd;padding:.4rem;
-vertical-align:top}}pre{{background:#f4f4f4;padding:1rem;overflow:auto}}</style></head><body>
-<h1>sessionrec API</h1><p>{html.escape(doc['info']['description'])}</p>
-<p>Machine-readable: <a href="/openapi.json">/openapi.json</a>. Try the
-<a href="/demo">demo shop</a>.</p>
-<table>{''.join(rows)}</table>
-<h2>Keys</h2><p>Send a key as <code>X-API-Key</code> or <code>Authorization: Bearer KEY</code>
-(a publishable key may also travel as <code>?key=</code>, for sendBeacon).</p>
-<table>{access}</table>
-<h2>Example</h2><pre>{html.escape(example)}</pre>
-<h2>Errors</h2><p>Every error is JSON:
-<code>{{"error": {{"code": "...", "message": "...", "field": "..."}}}}</code>; 400 invalid input,
-413 body too large, 404 unknown route, 405 wrong method, 503 Redis unreachable.</p>
-</body></html>"""

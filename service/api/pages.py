@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import re
+from collections.abc import Sequence
 from importlib import resources
 
 from aiohttp import web
 
-from service.api.context import ROUTE_TABLE, SETTINGS, Handler, json_response
-from service.api.openapi import api_page, openapi_document
+from service.api import access
+from service.api.context import ROUTE_TABLE, SETTINGS, Handler, Route, json_response
+from service.api.openapi import openapi_document
+from service.settings import Settings
 
 
 def inline_sources(page: bytes, tag: bytes) -> list[str]:
@@ -76,3 +80,51 @@ def static(path: str, content_type: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type=content_type, headers=headers)
     return handler
+
+
+ACCESS_TEXT = {
+    access.PUBLIC: "A publishable or a secret key, once a publishable key is configured "
+                   "(open until then)",
+    access.OPERATOR: "A secret key, once any key is configured (open until then)",
+    access.ADMIN: "A secret key (disabled while none is configured)",
+    access.OPEN: "Open",
+}
+"""Which routes need which key, as the README's Access table says (service/api/access.py)."""
+
+
+def api_page(s: Settings, routes: Sequence[Route]) -> str:
+    doc = openapi_document(s, routes)
+    rows = []
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            rows.append(f"<tr><td><code>{method.upper()}</code></td>"
+                        f"<td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op['summary'])}"
+                        f"{'<br><small>' + html.escape(op['description']) + '</small>' if 'description' in op else ''}"  # noqa: E501
+                        "</td></tr>")
+    keys = "".join(
+        f"<tr><td>{html.escape(who)}</td><td>"
+        + ", ".join(sorted({f"<code>{html.escape(r.path)}</code>" for r in routes
+                            if r.access == level and r.documented}))
+        + "</td></tr>" for level, who in ACCESS_TEXT.items())
+    assert set(ACCESS_TEXT) >= {r.access for r in routes}, "every access level explained"
+    example = ('curl -s localhost:8000/iid_recommend -H "Content-Type: application/json" -d '
+               "'{\"user_interactions\": {\"89898\": {\"timestamp\": 1704060026, "
+               "\"rating\": 4.5}}, \"k\": 10, \"recommend_seen\": true}'")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>sessionrec API</title><meta name="viewport" content="width=device-width,initial-scale=1">
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;width:100%}}td{{border-top:1px solid #ddd;padding:.4rem;
+vertical-align:top}}pre{{background:#f4f4f4;padding:1rem;overflow:auto}}</style></head><body>
+<h1>sessionrec API</h1><p>{html.escape(doc['info']['description'])}</p>
+<p>Machine-readable: <a href="/openapi.json">/openapi.json</a>. Try the
+<a href="/demo">demo shop</a>.</p>
+<table>{''.join(rows)}</table>
+<h2>Keys</h2><p>Send a key as <code>X-API-Key</code> or <code>Authorization: Bearer KEY</code>
+(a publishable key may also travel as <code>?key=</code>, for sendBeacon).</p>
+<table>{keys}</table>
+<h2>Example</h2><pre>{html.escape(example)}</pre>
+<h2>Errors</h2><p>Every error is JSON:
+<code>{{"error": {{"code": "...", "message": "...", "field": "..."}}}}</code>; 400 invalid input,
+413 body too large, 404 unknown route, 405 wrong method, 503 Redis unreachable.</p>
+</body></html>"""

@@ -4,15 +4,14 @@ hand-made and random cases).
 
 It runs when the extension was not built (a machine without a C compiler) or when
 ``SESSIONREC_KERNEL=reference`` asks for it. The scoring stages are vectorised and sum in the
-kernel's order; the tables and the RESP packing are plain loops, correct but much slower per
-request than the compiled versions: the price is in the README.
+kernel's order; the tables and the RESP packing (``reference_tables``, ``reference_resp``:
+``native/tables.c`` and ``native/resp.c``) are plain loops, correct but much slower per request
+than the compiled versions: the price is in the README.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,40 +19,26 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
+from service.kernel.reference_resp import mget, pack
+from service.kernel.reference_tables import (
+    F64,
+    U64,
+    Buffer,
+    _f64,
+    _u64,
+    first_absent,
+    insert,
+    lookup,
+    objects_get,
+    objects_pop,
+    objects_put,
+    reseed,
+    select,
+)
 
-Buffer = bytes | npt.NDArray[Any]
-U64 = npt.NDArray[np.uint64]
-F64 = npt.NDArray[np.float64]
-
-_MASK = (1 << 64) - 1
-_salt = 0
-
-
-def reseed() -> None:
-    """A new salt for the tables' slot hashing (a forked process's own, not its parent's)."""
-    global _salt
-    _salt = int.from_bytes(os.urandom(8), "little") or 1
-
-
-reseed()
-
-
-def _mix(key: int) -> int:
-    """The tables' slot hash: the salt, then murmur3's fmix64 (no id can be chosen to collide)."""
-    key ^= _salt
-    key ^= key >> 33
-    key = (key * 0xFF51AFD7ED558CCD) & _MASK
-    key ^= key >> 33
-    key = (key * 0xC4CEB9FE1A85EC53) & _MASK
-    return key ^ (key >> 33)
-
-
-def _u64(buffer: Buffer) -> U64:
-    return np.frombuffer(buffer, dtype="<u8").astype(np.uint64)
-
-
-def _f64(buffer: Buffer) -> F64:
-    return np.frombuffer(buffer, dtype=np.float64)
+__all__ = ["candidates", "entry_weights", "first_absent", "hashes", "insert", "lookup", "mget",
+           "neighbours", "objects_get", "objects_pop", "objects_put", "pack", "query", "rank",
+           "relative", "reseed", "score", "select"]
 
 
 def _blobs(blobs: Iterable[bytes | None]) -> list[bytes]:
@@ -63,6 +48,7 @@ def _blobs(blobs: Iterable[bytes | None]) -> list[bytes]:
             raise TypeError("blobs must hold bytes or None")
         out.append(blob or b"")
     return out
+
 
 
 # --- scoring stages ------------------------------------------------------------------------
@@ -263,207 +249,3 @@ def hashes(ids: Sequence[str], person: bytes) -> bytes:
     surrogates as they are), concatenated."""
     return b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
                                     person=person).digest() for i in ids)
-
-
-# --- the frequency table: u64 keys, f64 values, NaN marks an empty slot ----------------------
-
-def _table_mask(table_keys: Buffer, table_values: Buffer) -> int:
-    n = len(table_keys)
-    if n == 0 or n & (n - 1) or len(table_values) != n:
-        raise ValueError("a table is two arrays of the same power-of-2 size")
-    return n - 1
-
-
-def lookup(table_keys: Buffer, table_values: Buffer, items: Buffer) -> tuple[bytes, bytes]:
-    """Each item's value (0 when absent) and the absent items."""
-    keys, values = np.asarray(table_keys), np.asarray(table_values)
-    mask = _table_mask(keys, values)
-    found = []
-    absent = []
-    for item in _u64(items).tolist():
-        at = _mix(item) & mask
-        while not math.isnan(values[at]) and int(keys[at]) != item:
-            at = (at + 1) & mask
-        if math.isnan(values[at]):
-            found.append(0.0)
-            absent.append(item)
-        else:
-            found.append(float(values[at]))
-    return (np.array(found, np.float64).tobytes(), np.array(absent, np.uint64).tobytes())
-
-
-def insert(table_keys: Buffer, table_values: Buffer, items: Buffer, values: Buffer) -> int:
-    """Set each item's value in place; returns how many were new."""
-    keys, slots = np.asarray(table_keys), np.asarray(table_values)
-    mask = _table_mask(keys, slots)
-    new_items, new_values = _u64(items), _f64(values)
-    if len(new_values) != len(new_items):
-        raise ValueError("one value per item")
-    used = int(np.count_nonzero(~np.isnan(slots)))
-    added = 0
-    for item, value in zip(new_items.tolist(), new_values.tolist(), strict=True):
-        if math.isnan(value):
-            raise ValueError("values must not be NaN")
-        at = _mix(item) & mask
-        while not math.isnan(slots[at]) and int(keys[at]) != item:
-            at = (at + 1) & mask
-        if math.isnan(slots[at]):
-            if used + 1 > mask:  # keep one slot empty, or probes would never end
-                raise ValueError("the table is full")
-            used += 1
-            added += 1
-            keys[at] = item
-        slots[at] = value
-    return added
-
-
-def select(table_keys: Buffer, table_values: Buffer, items: Buffer, values: Buffer,
-           inside: bool) -> tuple[bytes, bytes]:
-    """The items (with their values, one per item) that are in the table when ``inside``, or
-    that are not otherwise, in their order."""
-    keys, slots = np.asarray(table_keys), np.asarray(table_values)
-    mask = _table_mask(keys, slots)
-    wanted, their_values = _u64(items), _f64(values)
-    if len(their_values) != len(wanted):
-        raise ValueError("one value per item")
-    kept: list[int] = []
-    kept_values: list[float] = []
-    for item, value in zip(wanted.tolist(), their_values.tolist(), strict=True):
-        at = _mix(item) & mask
-        while not math.isnan(slots[at]) and int(keys[at]) != item:
-            at = (at + 1) & mask
-        if (not math.isnan(slots[at])) == inside:
-            kept.append(item)
-            kept_values.append(value)
-    return (np.array(kept, np.uint64).tobytes(), np.array(kept_values, np.float64).tobytes())
-
-
-def first_absent(items: Buffer, taken: Buffer, k: int) -> bytes:
-    """The positions (u32) of the first ``k`` items (fewer when the items run out) that are not
-    among ``taken``."""
-    skip = set(_u64(taken).tolist())
-    out: list[int] = []
-    for position, item in enumerate(_u64(items).tolist()):
-        if len(out) >= k:
-            break
-        if item not in skip:
-            out.append(position)
-    return np.array(out, np.uint32).tobytes()
-
-
-# --- object tables: u64 keys (0 marks an empty slot), a list of objects ----------------------
-
-def _objects_mask(table_keys: Buffer, table_slots: list[Any]) -> int:
-    n = len(table_keys)
-    if n == 0 or n & (n - 1) or len(table_slots) != n:
-        raise ValueError("an object table is a u64 buffer and a list of the same power-of-2 size")
-    return n - 1
-
-
-def _objects_find(keys: U64, mask: int, key: int) -> int:
-    """The slot holding key, else the empty slot ending its probe run; -1 when full."""
-    at = _mix(key) & mask
-    for _ in range(mask + 1):
-        here = int(keys[at])
-        if here == 0 or here == key:
-            return at
-        at = (at + 1) & mask
-    return -1
-
-
-def _objects_at(keys: U64, mask: int, key: int) -> int:
-    if key == 0:
-        return -1
-    at = _objects_find(keys, mask, key)
-    return at if at >= 0 and int(keys[at]) == key else -1
-
-
-def objects_get(table_keys: Buffer, table_slots: list[Any], hashes: Buffer) -> list[Any]:
-    """Each hash's object, None where absent (hash 0 is never present)."""
-    keys = np.asarray(table_keys)
-    mask = _objects_mask(keys, table_slots)
-    out = []
-    for h in _u64(hashes).tolist():
-        at = _objects_at(keys, mask, h)
-        out.append(table_slots[at] if at >= 0 else None)
-    return out
-
-
-def objects_put(table_keys: Buffer, table_slots: list[Any], hash: int, value: Any) -> Any:
-    """The value replaced, or None if the hash is new."""
-    keys = np.asarray(table_keys)
-    mask = _objects_mask(keys, table_slots)
-    if hash == 0:
-        raise ValueError("hash 0 marks an empty slot")
-    at = _objects_find(keys, mask, hash)
-    if at < 0:
-        raise ValueError("the table is full")
-    old = None
-    if int(keys[at]) == 0:
-        keys[at] = hash
-    else:
-        old = table_slots[at]
-    table_slots[at] = value
-    return old
-
-
-def objects_pop(table_keys: Buffer, table_slots: list[Any], hash: int) -> Any:
-    """The value removed, or None if absent; later entries of the probe run shift back into
-    the hole, so no tombstone is needed."""
-    keys = np.asarray(table_keys)
-    mask = _objects_mask(keys, table_slots)
-    at = _objects_at(keys, mask, hash)
-    if at < 0:
-        return None
-    old = table_slots[at]
-    hole = j = at
-    while True:
-        j = (j + 1) & mask
-        if int(keys[j]) == 0:
-            break
-        home = _mix(int(keys[j])) & mask
-        # the entry at j may move to the hole unless its home lies cyclically in (hole, j]
-        stays = (hole < home <= j) if hole <= j else (home > hole or home <= j)
-        if stays:
-            continue
-        keys[hole] = keys[j]
-        table_slots[hole] = table_slots[j]
-        hole = j
-    keys[hole] = 0
-    table_slots[hole] = None
-    return old
-
-
-# --- RESP packing ----------------------------------------------------------------------------
-
-def _bulk(arg: bytes | str | int | float) -> bytes:
-    if isinstance(arg, bytes):
-        data = arg
-    elif isinstance(arg, str):
-        data = arg.encode("utf-8", "surrogatepass")
-    elif isinstance(arg, float):
-        data = repr(arg).encode()
-    elif isinstance(arg, int):
-        data = str(arg).encode()
-    else:
-        raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def pack(command: bytes, args: Sequence[bytes | str | int | float]) -> bytes:
-    """The command as a RESP array of bulk strings: bytes as they are, str as UTF-8 (lone
-    surrogates kept), int as str(), float as repr()."""
-    return b"*%d\r\n" % (len(args) + 1) + _bulk(command) + b"".join(map(_bulk, args))
-
-
-def mget(hashes: Buffer, prefixes: list[bytes]) -> bytes:
-    """MGET of ``prefixes[h % len(prefixes)] + hex(h)`` for each little-endian u64 hash h."""
-    if not prefixes:
-        raise ValueError("no prefixes")
-    if any(not isinstance(p, bytes) for p in prefixes):
-        raise TypeError("prefixes must be bytes")
-    raw = np.ascontiguousarray(np.frombuffer(hashes, dtype="<u8")).tobytes() \
-        if not isinstance(hashes, bytes) else hashes
-    keys = [prefixes[int.from_bytes(raw[o:o + 8], "little") % len(prefixes)]
-            + raw[o:o + 8].hex().encode() for o in range(0, len(raw) - len(raw) % 8, 8)]
-    return pack(b"MGET", keys)

@@ -15,12 +15,16 @@ from service.requests.values import (
 )
 from service.settings import Settings
 
-
 # --- experiments ----------------------------------------------------------------------------
+EXPERIMENT_FIELDS = ("variants",)
+VARIANT_FIELDS = ("weight", "params")
+MODEL_CHANGE_FIELDS = ("params", "pin")
+
+
 def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:
     """``PUT /admin/experiments/{name}``: the variants, in the order given (the first is what
     the report compares the others with)."""
-    obj = json_object(body, "", ("variants",))
+    obj = json_object(body, "", EXPERIMENT_FIELDS)
     raw = obj.get("variants")
     if not isinstance(raw, dict) or not 2 <= len(raw) <= MAX_VARIANTS:
         raise invalid("variants", "variants must be an object of 2 to "
@@ -32,7 +36,7 @@ def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:
         where = f"variants.{name}"
         if not 0 < len(name) <= MAX_VARIANT_NAME:
             raise invalid(where, f"A variant's name must be 1 to {MAX_VARIANT_NAME} characters.")
-        fields = json_object(value, where, ("weight", "params"))
+        fields = json_object(value, where, VARIANT_FIELDS)
         weight = finite_number(fields.get("weight", 1), where + ".weight", low=0,
                                high=MAX_VARIANT_WEIGHT)
         if weight <= 0:
@@ -72,7 +76,7 @@ def _param_values(raw: Any, field: str, settings: Settings) -> dict[str, Value]:
 def model_change(body: Any, settings: Settings) -> tuple[dict[str, Value], bool | None]:
     """``PUT /admin/model``: the parameter values to set, and whether to pin them (None: their
     pins unchanged)."""
-    obj = json_object(body, "", ("params", "pin"))
+    obj = json_object(body, "", MODEL_CHANGE_FIELDS)
     if "params" not in obj:
         raise invalid("params", 'params is required: an object of parameter values, for '
                                 'example {"neighbours": 100}.')

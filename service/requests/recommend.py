@@ -40,15 +40,16 @@ class RecommendRequest:
 
 
 
-_INTERACTION = ("timestamp", "rating")
-_FIELDS = frozenset(_INTERACTION)
+INTERACTION_FIELDS = ("timestamp", "rating")
+RECOMMEND_FIELDS = ("user_interactions", "k", "recommend_seen", "session_id", *RULE_FIELDS)
+_FIELDS = frozenset(INTERACTION_FIELDS)
 _PLAIN = (int, float)  # exact types: a bool is not a number here
 
 
 def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> Interaction:
     where = f"user_interactions.{item_id}"
     identifier(item_id, where, settings)
-    fields = json_object(value, where, _INTERACTION)
+    fields = json_object(value, where, INTERACTION_FIELDS)
     ts = timestamp(fields["timestamp"], where + ".timestamp") if "timestamp" in fields else now
     rate = rating(fields["rating"], where + ".rating") if "rating" in fields else 1.0
     return Interaction(item_id, ts, rate)
@@ -56,8 +57,7 @@ def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> In
 
 def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
     """The seed's POST /iid_recommend body."""
-    obj = json_object(body, "", ("user_interactions", "k", "recommend_seen", "session_id",
-                             *RULE_FIELDS))
+    obj = json_object(body, "", RECOMMEND_FIELDS)
     if "user_interactions" not in obj:
         raise invalid("user_interactions",
                       "user_interactions is required: an object keyed by item id ({} for none).")

@@ -27,6 +27,7 @@ from service.settings import Settings
 # --- rules -----------------------------------------------------------------------------------
 RULE_FIELDS = ("exclude", "filter", "max_per_category", "explain")
 FILTER_FIELDS = ("categories", "tags", "price", "attributes")
+PRICE_FIELDS = ("min", "max")
 MAX_FILTER_VALUES = 100  # categories, tags, attributes or one attribute's values in a filter
 MAX_ATTRIBUTE_VALUES = 1000
 """Attribute values in one filter, all attributes together: 100 attributes of 100 values each
@@ -124,7 +125,7 @@ def rule_filter(value: Any, field: str, settings: Settings) -> Filter:
     low = high = None
     if "price" in obj:
         where = f"{field}.price"
-        price = json_object(obj["price"], where, ("min", "max"))
+        price = json_object(obj["price"], where, PRICE_FIELDS)
         if not price:
             raise invalid(where, f"{where} needs min, max or both.")
         if "min" in price:

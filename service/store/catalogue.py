@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from service.core.catalog import Record
 from service.core.catalog import decode as decode_record
 from service.core.catalog import encode as encode_record
+from service.core.catalogueindex import CatalogueIndex
 from service.core.layout import (
     item_hash,
     shard_of,
 )
-from service.core.rules import CatalogueIndex
 from service.settings import Settings
 from service.store.backends import Backend
 from service.store.keyspace import Keys

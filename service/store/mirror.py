@@ -17,8 +17,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from service.core.catalog import decode as decode_record
+from service.core.catalogueindex import CatalogueIndex
 from service.core.layout import HASH_BYTES, ITEM_SHARDS, shard_of
-from service.core.rules import CatalogueIndex
 from service.store.keyspace import Keys
 
 CHANGE_LOG_CAP = 10_000
