@@ -192,6 +192,8 @@ class Settings:
                               metadata=_parameter("idf_weight"))
     repeat_weight: float = field(default=default_float("repeat_weight"),
                                  metadata=_parameter("repeat_weight"))
+    neighbour_half_life: float = field(default=default_float("neighbour_half_life"),
+                                       metadata=_parameter("neighbour_half_life"))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
@@ -370,7 +372,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                        "max_id_length", "max_k"),
     "Live sessions": ("live_ttl", "live_cap"),
     "Learned state": ("history_ttl", "history_cap", "index_cap", "trend_half_life"),
-    "Scoring": ("query_items", "sample_sessions", "neighbours", "sequence_weight",
+    "Scoring": ("query_items", "sample_sessions", "neighbours", "neighbour_half_life",
+                "sequence_weight",
                 "before_weight", "position_decay", "idf_weight", "repeat_weight"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),

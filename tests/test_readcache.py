@@ -396,7 +396,7 @@ def test_one_kernel_call_over_the_cache_equals_the_steps_it_replaces() -> None:
     assert cache.candidates(scoring.build_query([], [], [], scoring.Params()), scoring.Params(),
                             None) is None
     assert kernel.candidates(b"", b"", np.zeros(8, np.uint64), [None] * 8,
-                              np.zeros(8, np.uint64), [None] * 8, 1, 1, 0, False, 1, 0.0,
+                              np.zeros(8, np.uint64), [None] * 8, 1, 1, 0, False, 1, 0.0, 0.0,
                               0.0) == (b"", b"", 0)
 
 

@@ -29,7 +29,8 @@ def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
 NONE = np.zeros(0, np.uint64)
 
 P = Params(query_items=20, sample_sessions=500, neighbours=100, sequence_weight=0.0,
-           before_weight=0.0, position_decay=1.0, idf_weight=0.0, repeat_weight=0.0)
+           before_weight=0.0, position_decay=1.0, idf_weight=0.0, repeat_weight=0.0,
+           neighbour_half_life=0.0)
 """Every parameter pinned: the hand-computed answers below must not follow the defaults."""
 
 
@@ -80,6 +81,23 @@ def test_an_index_counts_its_newest_index_cap_entries() -> None:
     assert {int(s) for s in sessions} == {u64(session_hash(f"s{t}")) for t in (6, 7, 8, 9)}
     none, _ = scoring.neighbours(q, [blob], Params(20, 500, 100, 0.0, index_cap=0))
     assert len(none) == 0
+
+
+def test_a_neighbours_similarity_halves_per_half_life_of_age() -> None:
+    """Against the newest candidate (n2): n3 (3 s older) and n1 (8 s) lose 2^(-3/5) and
+    2^(-8/5); off (0), the older neighbour that shares more ranks first."""
+    q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], P)
+    blobs = [index((5, "n1"), (15, "n2")), index((7, "n1"), (12, "n3"))]
+    off = dict(zip(*scoring.neighbours(q, blobs, P), strict=True))
+    assert off == pytest.approx({u64(session_hash("n1")): 1.5, u64(session_hash("n2")): 0.5,
+                                 u64(session_hash("n3")): 1.0})
+    decayed = Params(position_decay=1.0, neighbour_half_life=5.0)
+    sessions, sims = scoring.neighbours(q, blobs, decayed)
+    got = dict(zip(sessions.tolist(), sims.tolist(), strict=True))
+    assert got == pytest.approx({u64(session_hash("n1")): 1.5 * 2 ** -(8 / 5),
+                                 u64(session_hash("n2")): 0.5,
+                                 u64(session_hash("n3")): 1.0 * 2 ** -(3 / 5)})
+    assert int(sessions[0]) == u64(session_hash("n3"))
 
 
 def test_sample_keeps_most_recent_candidates_and_excludes_self() -> None:
@@ -224,6 +242,7 @@ def random_case(rng: np.random.Generator) -> tuple[list[bytes], list[float], lis
                     position_decay=float(rng.choice([0.0, 1.0, 2.0])),
                     idf_weight=float(rng.choice([0.0, 1.0, 2.0])),
                     repeat_weight=float(rng.choice([0.0, 2.0])),
+                    neighbour_half_life=float(rng.choice([0.0, 0.7, 20.0])),
                     index_cap=int(rng.integers(1, 30)))  # windows that cut some blobs
     return items, times, ratings, index_blobs, histories, params
 
@@ -309,7 +328,7 @@ def test_the_kernel_takes_blobs_from_any_iterable_and_refuses_other_types() -> N
         assert kernel.score(q.items, q.weights, (b[:] for b in blobs), sims, 1.5,
                              1.0) == from_list
     index_blobs = [index((5, "n1"), (6, "n2"))]
-    assert kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False, 500) == \
-        kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False, 500)
+    assert kernel.neighbours(q.weights, iter(index_blobs), 10, 10, 0, False, 500, 0.0) == \
+        kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False, 500, 0.0)
     with pytest.raises(TypeError, match="bytes or None"):
         kernel.score(q.items, q.weights, ["not bytes"], np.array([1.0]), 1.5, 1.0)  # type: ignore[list-item]

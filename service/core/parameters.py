@@ -58,6 +58,11 @@ PARAMETERS: dict[str, Parameter] = {
                                "With recommend_seen, boost for items of the session itself "
                                "(times their recency weight), relative to the best "
                                "neighbourhood score."),
+    "neighbour_half_life": Parameter(
+        0.0, False, 0, 1e10,
+        "Seconds after which a candidate neighbour session's similarity halves, by the age of "
+        "its latest shared event against the newest candidate's (0: no decay). Older "
+        "sessions weigh less where tastes move."),
     "index_cap": Parameter(500, True, 1, 1_000_000,
                            "Most recent sessions indexed per item (neighbours per item); serve "
                            "reads the newest this many of each index: set it alike for both."),

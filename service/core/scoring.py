@@ -5,7 +5,9 @@ Steps 1 and 2 are each fed by one Redis round trip:
 1. ``neighbours``: the indexes of the session's most recent items list the sessions that touched
    each item most recently. A candidate session's similarity is the sum of the weights of the
    query items it shares (weights favour recent positions and higher ratings). Of the
-   ``sample_sessions`` most recent candidates, the ``neighbours`` most similar are kept.
+   ``sample_sessions`` most recent candidates, the ``neighbours`` most similar are kept; with
+   ``neighbour_half_life``, a candidate's similarity first halves per half-life its latest
+   shared event is older than the newest candidate's (V-STAN's neighbour recency, in time).
 2. ``score``: every item of a neighbour's history scores the neighbour's similarity. Inside
    each neighbour, the *anchor* is the most recent session item it contains; an item at
    distance d after the anchor earns ``sequence_weight / d`` times more (the sequential,
@@ -51,6 +53,7 @@ class Params:
     position_decay: float = default_float("position_decay")
     idf_weight: float = default_float("idf_weight")
     repeat_weight: float = default_float("repeat_weight")
+    neighbour_half_life: float = default_float("neighbour_half_life")
     index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
 
     @classmethod
@@ -98,7 +101,8 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
     """Neighbour sessions and their similarities, most similar first."""
     sessions, similarity = kernel.neighbours(
         query.weights, index_blobs, params.sample_sessions, params.neighbours,
-        exclude_session or 0, exclude_session is not None, params.index_cap)
+        exclude_session or 0, exclude_session is not None, params.index_cap,
+        params.neighbour_half_life)
     return np.frombuffer(sessions, np.uint64), np.frombuffer(similarity, np.float64)
 
 

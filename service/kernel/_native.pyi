@@ -13,14 +13,14 @@ def query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequenc
           query_items: int, position_decay: float) -> tuple[bytes, bytes, bytes]: ...
 def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sessions: int,
                neighbours: int, exclude: int, has_exclude: bool,
-               cap: int) -> tuple[bytes, bytes]: ...
+               cap: int, half_life: float) -> tuple[bytes, bytes]: ...
 def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[bytes | None],
           similarity: Buffer, sequence_weight: float, before_weight: float
           ) -> tuple[bytes, bytes]: ...
 def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
                index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
                sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool, cap: int,
-               sequence_weight: float, before_weight: float
+               half_life: float, sequence_weight: float, before_weight: float
                ) -> tuple[bytes, bytes, int] | None: ...
 def rank(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
          idf_weight: float, query_items: Buffer, query_weights: Buffer, repeat_weight: float,

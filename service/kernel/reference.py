@@ -12,6 +12,7 @@ than the compiled versions: the price is in the README.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -74,10 +75,12 @@ def query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequenc
 
 
 def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sessions: int,
-               neighbours: int, exclude: int, has_exclude: bool, cap: int
-               ) -> tuple[bytes, bytes]:
+               neighbours: int, exclude: int, has_exclude: bool, cap: int,
+               half_life: float) -> tuple[bytes, bytes]:
     """Sessions sharing the query's items, most similar first: similarity sums the weights of
-    the shared items; of the ``sample_sessions`` most recent, the ``neighbours`` best."""
+    the shared items; of the ``sample_sessions`` most recent, the ``neighbours`` best, each
+    similarity first halved per ``half_life`` seconds its latest shared entry is older than
+    the newest one's (when positive)."""
     query_weights = _f64(weights)
     blobs = [newest_entries(b, cap) for b in _blobs(index_blobs)]
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // ENTRY_BYTES
@@ -102,6 +105,11 @@ def neighbours(weights: Buffer, index_blobs: Iterable[bytes | None], sample_sess
     if len(sessions) > sample_sessions:  # the most recent (ties: the smaller hash)
         recent = np.lexsort((sessions, -latest))[:max(sample_sessions, 0)]
         sessions, similarity, latest = sessions[recent], similarity[recent], latest[recent]
+    if half_life > 0 and len(sessions):
+        newest = int(latest.max())
+        # math.exp2 per candidate: the C library's exp2, as the compiled kernel calls it
+        similarity = similarity * np.array(
+            [math.exp2(-(float(newest - t) / 1e6) / half_life) for t in latest.tolist()])
     # most similar first; among equals the most recent, then the smaller hash (deterministic)
     order = np.lexsort((sessions, -latest, -similarity))[:max(neighbours, 0)]
     return sessions[order].tobytes(), similarity[order].astype(np.float64).tobytes()
@@ -216,7 +224,7 @@ def rank(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
 def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
                index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
                sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool,
-               cap: int, sequence_weight: float, before_weight: float
+               cap: int, half_life: float, sequence_weight: float, before_weight: float
                ) -> tuple[bytes, bytes, int] | None:
     """``neighbours`` then ``score`` on blobs read from the read cache's object tables; None
     when one of them is not there (the caller reads Redis instead)."""
@@ -227,7 +235,7 @@ def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
     if any(not isinstance(blob, bytes) for blob in indexes):
         return None
     sessions, sims = _neighbours(query_weights, indexes, sample_sessions, neighbours, exclude,
-                                 has_exclude, cap)
+                                 has_exclude, cap, half_life)
     histories = objects_get(history_keys, history_slots, _u64(sessions))
     if any(not isinstance(blob, bytes) for blob in histories):
         return None

@@ -9,7 +9,8 @@ from dataclasses import fields
 
 from service.settings import ENV_PREFIX, SECTIONS, Settings
 
-MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "position_decay",
+MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "neighbour_half_life",
+                    "position_decay",
                     "sequence_weight", "before_weight", "idf_weight", "repeat_weight",
                     "index_cap", "history_cap", "trend_half_life")
 """The settings that shape the model (docs/ACCURACY.md lists them)."""

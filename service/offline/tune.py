@@ -32,6 +32,8 @@ GRID: dict[str, Sequence[float]] = {
     "before_weight": (0.0, 0.5, 1.0, 2.0, 3.0),
     "position_decay": (0.5, 1.0, 2.0),
     "sample_sessions": (250, 500, 1000),
+    # off, a day, a week, 30 and 120 days
+    "neighbour_half_life": (0.0, 86_400.0, 604_800.0, 2_592_000.0, 10_368_000.0),
     "index_cap": (250, 500, 1000),
 }
 

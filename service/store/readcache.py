@@ -171,7 +171,8 @@ class ReadCache:
             query.items, query.weights, self.indexes.keys, self.indexes.slots,
             self.histories.keys, self.histories.slots, params.sample_sessions,
             params.neighbours, exclude_session or 0, exclude_session is not None,
-            params.index_cap, params.sequence_weight, params.before_weight)
+            params.index_cap, params.neighbour_half_life, params.sequence_weight,
+            params.before_weight)
         if got is None:
             return None
         candidates, scores, found = got

@@ -113,16 +113,16 @@ DEFINE_SORT(sort_by_recency, Candidate, MORE_RECENT)
 DEFINE_SORT(sort_by_similarity, Candidate, MORE_SIMILAR)
 
 PyDoc_STRVAR(neighbours_doc,
-"neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude, cap)\n"
-"-> (sessions u64 bytes, similarities f64 bytes): scoring.neighbours' counterpart (each\n"
-"index counts its newest cap entries).");
+"neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude, cap,\n"
+"           half_life) -> (sessions u64 bytes, similarities f64 bytes): scoring.neighbours'\n"
+"counterpart (each index counts its newest cap entries).");
 
 /* The neighbours of a query over its index blobs: *out (malloc'd, the caller frees it) holds
  * the *n most similar, most similar first. -1 with an exception set on failure. */
 static int neighbours_core(const double *w, const Blob *blobs, Py_ssize_t count,
                            Py_ssize_t entries, Py_ssize_t sample, Py_ssize_t keep,
                            uint64_t exclude, int has_exclude, Py_ssize_t cap,
-                           Candidate **out, Py_ssize_t *n_out) {
+                           double half_life, Candidate **out, Py_ssize_t *n_out) {
     Map map = {0};
     Candidate *cands = NULL;
     if (map_init(&map, entries) < 0) {
@@ -159,6 +159,15 @@ static int neighbours_core(const double *w, const Blob *blobs, Py_ssize_t count,
         sort_by_recency(cands, n);
         n = sample;
     }
+    if (half_life > 0 && n > 0) {
+        /* similarity halves per half-life of age against the newest candidate (time keys
+         * are microseconds) */
+        int64_t newest = cands[0].latest;
+        for (Py_ssize_t i = 1; i < n; i++)
+            if (cands[i].latest > newest) newest = cands[i].latest;
+        for (Py_ssize_t i = 0; i < n; i++)
+            cands[i].similarity *= exp2(-((double)(newest - cands[i].latest) / 1e6) / half_life);
+    }
     sort_by_similarity(cands, n);
     if (n > keep) n = keep;
     *out = cands;
@@ -172,8 +181,9 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
     Py_ssize_t sample, keep, cap;
     unsigned long long exclude;
     int has_exclude;
-    if (!PyArg_ParseTuple(args, "y*OnnKpn", &weights, &seq, &sample, &keep, &exclude,
-                          &has_exclude, &cap))
+    double half_life;
+    if (!PyArg_ParseTuple(args, "y*OnnKpnd", &weights, &seq, &sample, &keep, &exclude,
+                          &has_exclude, &cap, &half_life))
         return NULL;
     Py_ssize_t count, entries, n;
     PyObject *held = NULL;
@@ -186,7 +196,7 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
         goto done;
     }
     if (neighbours_core(weights.buf, blobs, count, entries, sample, keep, exclude, has_exclude,
-                        cap, &cands, &n) < 0)
+                        cap, half_life, &cands, &n) < 0)
         goto done;
     uint64_t *sessions;
     double *sims;
@@ -553,8 +563,8 @@ static PyObject *relative(PyObject *self, PyObject *args) {
 /* --- neighbours and score over the read cache ---------------------------------------------- */
 PyDoc_STRVAR(candidates_doc,
 "candidates(query_items, query_weights, index_keys, index_slots, history_keys, history_slots,\n"
-"           sample_sessions, neighbours, exclude, has_exclude, cap, sequence_weight,\n"
-"           before_weight) -> (candidates u64 bytes, scores f64 bytes, neighbours found), or\n"
+"           sample_sessions, neighbours, exclude, has_exclude, cap, half_life,\n"
+"           sequence_weight, before_weight) -> (candidates u64 bytes, scores f64 bytes, neighbours found), or\n"
 "None when an index or a history is not in its object table: neighbours() then score(),\n"
 "reading the blobs straight from the read cache's tables (see objects_get).");
 
@@ -580,10 +590,10 @@ static PyObject *candidates(PyObject *self, PyObject *args) {
     Py_ssize_t sample, keep, cap;
     unsigned long long exclude;
     int has_exclude;
-    double seq_w, before_w;
-    if (!PyArg_ParseTuple(args, "y*y*y*O!y*O!nnKpndd", &qitems, &qweights, &ikeys,
+    double half_life, seq_w, before_w;
+    if (!PyArg_ParseTuple(args, "y*y*y*O!y*O!nnKpnddd", &qitems, &qweights, &ikeys,
                           &PyList_Type, &islots, &hkeys, &PyList_Type, &hslots, &sample, &keep,
-                          &exclude, &has_exclude, &cap, &seq_w, &before_w))
+                          &exclude, &has_exclude, &cap, &half_life, &seq_w, &before_w))
         return NULL;
     PyObject *result = NULL, *pair = NULL;
     Blob *indexes = NULL, *histories = NULL;
@@ -606,7 +616,7 @@ static PyObject *candidates(PyObject *self, PyObject *args) {
         entries += indexes[i].len;
     }
     if (neighbours_core(qweights.buf, indexes, nq, entries, sample, keep, exclude, has_exclude,
-                        cap, &cands, &n) < 0)
+                        cap, half_life, &cands, &n) < 0)
         goto done;
     if (!(histories = malloc(sizeof(Blob) * (n ? n : 1))) ||
         !(sims = malloc(sizeof(double) * (n ? n : 1)))) {
