@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,7 +40,7 @@ def test_seed_request_parses_in_order() -> None:
 
 def test_integral_numbers_are_integers() -> None:
     assert recommend_request({"user_interactions": {}, "k": 7.0}, S, NOW).k == 7
-    ev = event_batch({"session_id": "s", "item_id": 275776.0}, S, NOW)[0]
+    ev = event_batch(orjson.dumps({"session_id": "s", "item_id": 275776.0}), S, NOW)[0]
     assert ev.item_id == "275776"
 
 
@@ -75,11 +77,11 @@ def test_recommend_request_rejections_name_the_field(body: Any, field: str) -> N
 
 
 def test_events_single_and_batch() -> None:
-    one = event_batch({"session_id": "s", "item_id": 42}, S, NOW)
+    one = event_batch(orjson.dumps({"session_id": "s", "item_id": 42}), S, NOW)
     assert one[0].item_id == "42" and one[0].timestamp == NOW and one[0].type == "view"
-    batch = event_batch({"events": [
+    batch = event_batch(orjson.dumps({"events": [
         {"session_id": "s", "item_id": "a", "type": "purchase", "rating": 2, "timestamp": 5},
-        {"session_id": "s", "item_id": "b"}]}, S, NOW)
+        {"session_id": "s", "item_id": "b"}]}), S, NOW)
     assert [(e.item_id, e.type, e.rating, e.timestamp) for e in batch] == [
         ("a", "purchase", 2.0, 5.0), ("b", "view", None, NOW)]
 
@@ -98,10 +100,21 @@ def test_events_single_and_batch() -> None:
     ({"events": []}, "events"),
     ({"events": {}}, "events"),
     ({"events": [{"session_id": "s", "item_id": "a"}] * 3}, "events"),
-    ({"events": [], "extra": 1}, "extra"),
+    ({"events": [{"session_id": "s", "item_id": "a"}], "extra": 1}, "extra"),
+    ({"events": [{"session_id": "s", "item_id": "a"}], "session_id": "s"}, "session_id"),
+    ({"events": [{"session_id": "s", "item_id": "a", "color": 1}]}, "events[0].color"),
+    ({"events": [{"session_id": "s"}]}, "events[0].item_id"),
+    ({"session_id": "s", "item_id": "a", "timestamp": NOW + 3600}, "timestamp"),
+    ({"session_id": "s", "item_id": "a", "timestamp": None}, "timestamp"),
+    ({"session_id": "s", "item_id": "a", "rating": 1e300}, "rating"),
+    ({"session_id": "s", "item_id": "a", "type": "impression"}, "recommendation_id"),
+    ({"session_id": "s", "item_id": "a", "recommendation_id": "no spaces"},
+     "recommendation_id"),
+    ({"session_id": "s", "item_id": "x" * 257}, "item_id"),
+    ([{"session_id": "s", "item_id": "a"}], "body"),
 ])
 def test_event_rejections_name_the_field(body: Any, field: str) -> None:
-    assert rejected(event_batch, body, S, NOW).field == field
+    assert rejected(event_batch, json.dumps(body).encode(), S, NOW).field == field
 
 
 def test_json_errors() -> None:

@@ -52,6 +52,11 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON, whatever the content type (sendBeacon posts text/plain)."""
+    return parse_json(await read_body(request))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body's bytes, within ``max_body_bytes``."""
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -62,7 +67,7 @@ async def read_json(request: web.Request) -> Any:
         # (whose failures are OSErrors too, answered 503 and logged as outages)
         raise ApiError(400, "incomplete_body", "The connection closed before the body was "
                        "complete.", "body") from None
-    return parse_json(body)
+    return body
 
 
 def k_of(request: web.Request) -> int:

@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from service.api import access
-from service.api.context import METRICS, SETTINGS, STORE, json_response, read_json
+from service.api.context import METRICS, SETTINGS, STORE, json_response, read_body
 from service.api.errors import ApiError
 from service.requests.events import event_batch
 from service.requests.jsonutil import dumps
@@ -20,13 +20,14 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 async def post_events(request: web.Request) -> web.Response:
-    events = event_batch(await read_json(request), request.app[SETTINGS], time.time())
-    once = _once(request, await request.read(), len(events))
+    body = await read_body(request)
+    events = event_batch(body, request.app[SETTINGS], time.time())
+    once = _once(request, body, len(events))
     try:
         await request.app[STORE].ingestion.ingest(events, once)
     except Replayed as replayed:
-        accepted, _, body = replayed.record.partition("|")
-        if once is None or body != once.record.partition("|")[2]:
+        accepted, _, digest = replayed.record.partition("|")
+        if once is None or digest != once.record.partition("|")[2]:
             raise ApiError(409, "idempotency_key_reused",
                            f"This {IDEMPOTENCY_HEADER} was used within the last day for a "
                            "request with another body; use a new key for a new batch.",

@@ -20,7 +20,11 @@ from service.requests.admin import (
     MODEL_CHANGE_FIELDS,
     VARIANT_FIELDS,
 )
-from service.requests.events import EVENT_FIELDS, MAX_RECOMMENDATION_ID
+from service.requests.events import (
+    EVENT_FIELDS,
+    MAX_RECOMMENDATION_ID,
+    RECOMMENDATION_ID_PATTERN,
+)
 from service.requests.recommend import INTERACTION_FIELDS, RECOMMEND_FIELDS
 from service.requests.records import ITEM_FIELDS, MAX_LIST, MAX_RECORD_BYTES
 from service.requests.rules import FILTER_FIELDS, MAX_FILTER_VALUES, PRICE_FIELDS
@@ -129,7 +133,7 @@ def event(s: Settings) -> Schema:
                    "description": "Finite; default (or null): implied by type."},
         "recommendation_id": {
             "type": ["string", "null"], "minLength": 1, "maxLength": MAX_RECOMMENDATION_ID,
-            "pattern": "^[A-Za-z0-9_-]+$",
+            "pattern": RECOMMENDATION_ID_PATTERN,
             "description": "The answer the event acts on: a click, add_to_cart or purchase "
                            "is attributed to it (and to its variant); required with type "
                            "impression (an item shown in that answer's list, never learned "
