@@ -156,6 +156,19 @@ async def test_text_plain_body_is_accepted(client: Client) -> None:
     assert (await (await client.get("/stats")).json())["events_accepted"] == 1
 
 
+async def test_a_body_its_content_encoding_does_not_decode_is_a_400(client: Client) -> None:
+    """Red team: a corrupt gzip body (or a valid one with bytes after it) was a 500."""
+    import gzip
+
+    for body in (b"\x1f\x8b garbage", gzip.compress(b'{"session_id": "s", "item_id": 1}')
+                 + b"garbage"):
+        resp = await client.post("/events", data=body, headers={
+            "Content-Type": "application/json", "Content-Encoding": "gzip", "Connection": "close"})
+        assert resp.status == 400, await resp.text()
+        check_error(await resp.json(), "invalid_body", "body")
+    assert (await (await client.get("/stats")).json())["events_accepted"] == 0
+
+
 async def test_batch_is_all_or_nothing(client: Client) -> None:
     events = [{"session_id": "s", "item_id": str(n)} for n in range(5)]
     events.append({"session_id": "s", "item_id": "x", "rating": "high"})

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from service.api import access
 from service.api.errors import ApiError
@@ -67,6 +68,11 @@ async def read_body(request: web.Request) -> bytes:
         # (whose failures are OSErrors too, answered 503 and logged as outages)
         raise ApiError(400, "incomplete_body", "The connection closed before the body was "
                        "complete.", "body") from None
+    except RequestPayloadError:
+        # a body its Content-Encoding does not decode (corrupt gzip, trailing bytes): the
+        # client's, as a truncated one is
+        raise ApiError(400, "invalid_body", "The body does not decode as its Content-Encoding "
+                       "says.", "body") from None
     return body
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from service.core.model import EVENT_TYPES, IMPRESSION, Event
+from service.requests.jsonutil import loads
 from service.requests.values import (
     INT_ID_RANGE,
     MAX_RATING,
@@ -29,7 +30,11 @@ from service.settings import Settings
 EVENT_FIELDS = ("session_id", "item_id", "timestamp", "type", "rating", "recommendation_id")
 BATCH_FIELD = "events"
 MAX_RECOMMENDATION_ID = 64
-RECOMMENDATION_ID_PATTERN = "^[A-Za-z0-9_-]+$"
+_ID_CHARS = "A-Za-z0-9_-"
+RECOMMENDATION_ID_PATTERN = f"^[{_ID_CHARS}]+$"
+"""The JSON Schema's (ECMA-262: ``$`` is the end of the text)."""
+_RECOMMENDATION_ID_RE = f"^[{_ID_CHARS}]+\\Z"
+"""The decoder's: Python's ``$`` also matches before a final newline."""
 UNSET = msgspec.UNSET
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
@@ -49,21 +54,23 @@ def _types(max_id_length: int, max_batch: int) -> _Types:
     timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMESTAMP)]
     rating = Annotated[float, msgspec.Meta(ge=-MAX_RATING, le=MAX_RATING)]
     answer = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RECOMMENDATION_ID,
-                                         pattern=RECOMMENDATION_ID_PATTERN)]
+                                         pattern=_RECOMMENDATION_ID_RE)]
 
     # built with defstruct: the limits are the settings', known only here
     item = ident | int | float
-    fields: list[tuple[str, Any, Any]] = [
-        ("timestamp", timestamp | msgspec.UnsetType, UNSET),
-        ("type", EventType, "view"),
-        ("rating", rating | None, None),
-        ("recommendation_id", answer | None, None)]
+    kinds: list[tuple[str, Any, Any]] = [
+        ("timestamp", timestamp, UNSET), ("type", EventType, "view"),
+        ("rating", rating | None, None), ("recommendation_id", answer | None, None)]
     batch_event = msgspec.defstruct(
-        "BatchEvent", [("session_id", ident), ("item_id", item), *fields],
+        "BatchEvent", [("session_id", ident), ("item_id", item),
+                       *[(name, kind | msgspec.UnsetType if default is UNSET else kind, default)
+                         for name, kind, default in kinds]],
         forbid_unknown_fields=True)
+    # in the envelope every event field is UNSET when absent: beside "events" none may be given
     envelope = msgspec.defstruct(
         "Envelope", [("session_id", ident | msgspec.UnsetType, UNSET),
-                     ("item_id", item | msgspec.UnsetType, UNSET), *fields,
+                     ("item_id", item | msgspec.UnsetType, UNSET),
+                     *[(name, kind | msgspec.UnsetType, UNSET) for name, kind, _ in kinds],
                      (BATCH_FIELD, Annotated[list[batch_event],  # type: ignore[valid-type]
                                              msgspec.Meta(min_length=1, max_length=max_batch)]
                       | msgspec.UnsetType, UNSET)],
@@ -79,7 +86,7 @@ def event_batch(body: bytes, settings: Settings, now: float) -> list[Event]:
     try:
         got = _types(settings.max_id_length, settings.max_batch).envelope.decode(body)
     except msgspec.ValidationError as exc:
-        raise refusal(str(exc)) from None
+        raise refusal(str(exc), body) from None
     except msgspec.DecodeError as exc:
         raise Invalid("body", f"The body is not valid JSON ({exc}).", "invalid_json") from None
     skew = settings.max_clock_skew
@@ -89,15 +96,9 @@ def event_batch(body: bytes, settings: Settings, now: float) -> list[Event]:
                 raise invalid(required, f"{required} is required.")
         return [_event(got, "", now, skew)]
     for name in EVENT_FIELDS:
-        if name in got.__struct_fields__ and _given(got, name):
+        if getattr(got, name) is not UNSET:
             raise invalid(name, f"Unknown field {name!r} beside events; allowed: events.")
     return [_event(ev, f"events[{n}].", now, skew) for n, ev in enumerate(got.events)]
-
-
-def _given(got: Any, name: str) -> bool:
-    value = getattr(got, name)
-    return value is not UNSET and not (name == "type" and value == "view") \
-        and not (name in ("rating", "recommendation_id") and value is None)
 
 
 def _event(ev: Any, prefix: str, now: float, skew: float) -> Event:
@@ -112,14 +113,15 @@ def _event(ev: Any, prefix: str, now: float, skew: float) -> Event:
         raise invalid(field, f"{field} is {ts - now:.0f} s ahead of the server's clock; events "
                              f"may be at most {skew:g} s in the future. Send Unix seconds, or "
                              "leave timestamp out to use the time of receipt.")
-    rid = ev.recommendation_id
-    if ev.type == IMPRESSION and rid is None:
+    rid = ev.recommendation_id if ev.recommendation_id is not UNSET else None
+    kind = ev.type if ev.type is not UNSET else "view"
+    if kind == IMPRESSION and rid is None:
         field = prefix + "recommendation_id"
         raise invalid(field, f"{field} is required with type impression: the "
                              "recommendation_id of the answer whose list showed the item.")
     rating = ev.rating
-    return Event(ev.session_id, item, float(ts), ev.type,
-                 None if rating is None else float(rating), rid)
+    return Event(ev.session_id, item, float(ts), kind,
+                 None if rating is None or rating is UNSET else float(rating), rid)
 
 
 def _integer_id(value: int | float, field: str) -> str:
@@ -137,32 +139,64 @@ def _integer_id(value: int | float, field: str) -> str:
     return str(value)
 
 
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
-_NAMED = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<name>[^`]*)`")
+_PATH = re.compile(r"\$(?:\.[a-z_]+|\[\d+\])*")
+"""A path msgspec writes: field names (ours, never the client's) and indexes."""
+_LONGEST_NAME = 200  # an unknown key is quoted back at most this long
 
 
-def refusal(message: str) -> Invalid:
+def refusal(message: str, body: bytes) -> Invalid:
     """msgspec's refusal as an ``Invalid`` naming the field as the API spells it
-    (``events[3].item_id``; the body itself: ``body``)."""
-    parts = _AT.match(message)
-    assert parts is not None  # the pattern matches any text
-    what, path = parts["what"], (parts["path"] or "$")
+    (``events[3].item_id``; the body itself: ``body``). The path is taken from the end of the
+    message, where msgspec writes it, and only if it is one msgspec could write; an unknown or
+    missing field is found in the body itself, since its name is the client's text and may
+    hold anything, the message's quoting included."""
+    what, sep, tail = message.rpartition(" - at `")
+    path = tail[:-1] if sep and tail.endswith("`") else ""
+    if not sep or not _PATH.fullmatch(path):
+        what, path = message, "$"
+    if what.startswith(("Object contains unknown field", "Object missing required field")):
+        return _structural(body)
     field = path.removeprefix("$").removeprefix(".")
-    named = _NAMED.match(what)
-    if named:
-        field = f"{field}.{named['name']}" if field else named["name"]
-        if what.startswith("Object missing"):
-            return invalid(field, f"{field} is required.")
-        allowed = ", ".join(EVENT_FIELDS) + (f", or {BATCH_FIELD} alone" if "." not in field
-                                             and "[" not in field else "")
-        return invalid(field, f"Unknown field {named['name']!r}; allowed: {allowed}.")
     if what.startswith("Invalid enum value"):
         return invalid(field, f"{field} must be one of {', '.join(EVENT_TYPES)}.")
+    if "matching regex" in what:  # the recommendation id's alphabet
+        return invalid(field, f"{field} must be the recommendation_id of an answer, as given "
+                              "(letters, digits, - and _).")
     for kind, word in _JSON_WORDS.items():
         what = what.replace(kind, word)
     if not field:
         return invalid("body", f"The body must be a JSON object ({what}).")
     return invalid(field, f"{field}: {what}.")
+
+
+def _structural(body: bytes) -> Invalid:
+    """The unknown or missing field of a body the decoder refused for one (a parse of the
+    refused body only: the accepted ones never come here)."""
+    value = loads(body)
+    found = _object_fault(value, "", (*EVENT_FIELDS, BATCH_FIELD), ("session_id", "item_id"))
+    if found is None and isinstance(value.get(BATCH_FIELD), list):
+        for n, entry in enumerate(value[BATCH_FIELD]):
+            if isinstance(entry, dict):
+                found = _object_fault(entry, f"{BATCH_FIELD}[{n}].", EVENT_FIELDS,
+                                      ("session_id", "item_id"))
+                if found is not None:
+                    break
+    return found or invalid("body", "The body is not an event or a batch of events.")
+
+
+def _object_fault(value: dict[str, Any], prefix: str, allowed: tuple[str, ...],
+                  required: tuple[str, ...]) -> Invalid | None:
+    for key in value:
+        if key not in allowed:
+            name = key if len(key) <= _LONGEST_NAME else key[:_LONGEST_NAME] + "…"
+            listed = ", ".join(a for a in allowed if a != BATCH_FIELD) + \
+                (f", or {BATCH_FIELD} alone" if BATCH_FIELD in allowed else "")
+            return invalid(prefix + name, f"Unknown field {name!r}; allowed: {listed}.")
+    if prefix or BATCH_FIELD not in value:
+        for name in required:
+            if name not in value:
+                return invalid(prefix + name, f"{prefix}{name} is required.")
+    return None
 
 
 _JSON_WORDS = {"`str`": "a string", "`int`": "an integer", "`float`": "a number",
