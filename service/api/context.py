@@ -70,9 +70,12 @@ async def read_body(request: web.Request) -> bytes:
                        "complete.", "body") from None
     except RequestPayloadError:
         # a body its Content-Encoding does not decode (corrupt gzip, trailing bytes): the
-        # client's, as a truncated one is
+        # client's, as a truncated one is. What is left of it is not read (aiohttp would try
+        # after the answer, and log the same failure as an unhandled exception each time) and
+        # the connection closes after the answer, its framing lost.
+        request.content.feed_eof()
         raise ApiError(400, "invalid_body", "The body does not decode as its Content-Encoding "
-                       "says.", "body") from None
+                       "says.", "body", close=True) from None
     return body
 
 
