@@ -118,6 +118,8 @@ def test_events_single_and_batch() -> None:
      "recommendation_id"),
     ({"session_id`": 1}, "session_id`"),
     ({"x` - at `$.events[0].item_id": 1}, "x` - at `$.events[0].item_id"),
+    # the hostile sweep: an unknown field ahead of a NaN (the decoder stops at the field)
+    ({"zz": 1, "session_id": float("nan")}, "body"),
     ({"events": [{"session_id": "s", "item_id": "a"}], "type": "view"}, "type"),
     ({"events": [{"session_id": "s", "item_id": "a"}], "rating": None}, "rating"),
     ({"events": [{"session_id": "s", "item_id": "a"}], "recommendation_id": None},

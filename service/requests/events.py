@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from service.core.model import EVENT_TYPES, IMPRESSION, Event
-from service.requests.jsonutil import loads
+from service.requests.jsonutil import JSONDecodeError, loads
 from service.requests.values import (
     INT_ID_RANGE,
     MAX_RATING,
@@ -172,7 +172,12 @@ def refusal(message: str, body: bytes) -> Invalid:
 def _structural(body: bytes) -> Invalid:
     """The unknown or missing field of a body the decoder refused for one (a parse of the
     refused body only: the accepted ones never come here)."""
-    value = loads(body)
+    try:
+        value = loads(body)
+    except JSONDecodeError as exc:  # the decoder stopped at the field, before the bad JSON
+        return Invalid("body", f"The body is not valid JSON ({exc}).", "invalid_json")
+    if not isinstance(value, dict):
+        return invalid("body", "The body is not an event or a batch of events.")
     found = _object_fault(value, "", (*EVENT_FIELDS, BATCH_FIELD), ("session_id", "item_id"))
     if found is None and isinstance(value.get(BATCH_FIELD), list):
         for n, entry in enumerate(value[BATCH_FIELD]):
