@@ -119,7 +119,13 @@ def test_events_single_and_batch() -> None:
     ({"session_id`": 1}, "session_id`"),
     ({"x` - at `$.events[0].item_id": 1}, "x` - at `$.events[0].item_id"),
     # the hostile sweep: an unknown field ahead of a NaN (the decoder stops at the field)
-    ({"zz": 1, "session_id": float("nan")}, "body"),
+    ({"zz": 1, "session_id": float("nan")}, "zz"),
+    # the second red team: a valid number past a double's range after the field the decoder
+    # stopped at was answered "not valid JSON"; a key given twice moved the fault elsewhere
+    ({"session_id": "s", "item_id": "i", "zz": 1, "rating": 10**400}, "zz"),
+    ({"events": [{"session_id": "s"}, {"session_id": "s", "item_id": "i", "rating": 10**400}]},
+     "events[0].item_id"),
+    ({"events": [{"session_id": "s", "item_id": "i", "bogus": 1}], "zz": 1}, "events[0].bogus"),
     ({"events": [{"session_id": "s", "item_id": "a"}], "type": "view"}, "type"),
     ({"events": [{"session_id": "s", "item_id": "a"}], "rating": None}, "rating"),
     ({"events": [{"session_id": "s", "item_id": "a"}], "recommendation_id": None},
@@ -185,3 +191,4 @@ def test_a_refused_megabyte_costs_about_what_reading_it_does() -> None:
             refused = rejected(event_batch, body, S, NOW)
         assert (time.perf_counter() - started) / 5 < 0.02
         assert len(refused.field) <= 201 and len(refused.message) < 1000
+

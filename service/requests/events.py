@@ -154,9 +154,17 @@ def refusal(message: str, body: bytes) -> Invalid:
     path = tail[:-1] if sep and tail.endswith("`") else ""
     if not sep or not _PATH.fullmatch(path):
         what, path = message, "$"
-    if what.startswith(("Object contains unknown field", "Object missing required field")):
-        return _structural(body)
     field = path.removeprefix("$").removeprefix(".")
+    if what.startswith(_MISSING):  # the name is ours
+        name = what[len(_MISSING):-1]
+        where = f"{field}.{name}" if field else name
+        return invalid(where, f"{where} is required.")
+    if what.startswith(_UNKNOWN):
+        if not field and what.count("`") == 2:  # a key of the body's own, quoted as it is
+            return _unknown("", what[len(_UNKNOWN):-1])
+        # inside an event, or a key holding backticks: msgspec quotes the client's key as it
+        # is, so a key can spell a path ("x` - at `$.events[0]") and the message cannot say
+        return _structural(body)
     if what.startswith("Invalid enum value"):
         return invalid(field, f"{field} must be one of {', '.join(EVENT_TYPES)}.")
     if "matching regex" in what:  # the recommendation id's alphabet
@@ -169,39 +177,37 @@ def refusal(message: str, body: bytes) -> Invalid:
     return invalid(field, f"{field}: {what}.")
 
 
+_MISSING = "Object missing required field `"
+_UNKNOWN = "Object contains unknown field `"
+
+
+def _unknown(where: str, key: str) -> Invalid:
+    """An unknown field ``key`` in the object at ``where`` (the body: "")."""
+    name = key if len(key) <= _LONGEST_NAME else key[:_LONGEST_NAME] + "…"
+    batch = BATCH_FIELD if not where else ""
+    listed = ", ".join(EVENT_FIELDS) + (f", or {batch} alone" if batch else "")
+    return invalid(f"{where}.{name}" if where else name,
+                   f"Unknown field {name!r}; allowed: {listed}.")
+
+
 def _structural(body: bytes) -> Invalid:
-    """The unknown or missing field of a body the decoder refused for one (a parse of the
-    refused body only: the accepted ones never come here)."""
+    """The unknown field msgspec's message cannot place, found by walking the parsed body in
+    its order (orjson's parse, the cheapest: a key given twice counts once here, so such a
+    body may be answered naming the body instead)."""
     try:
         value = loads(body)
-    except JSONDecodeError as exc:  # the decoder stopped at the field, before the bad JSON
-        return Invalid("body", f"The body is not valid JSON ({exc}).", "invalid_json")
-    if not isinstance(value, dict):
-        return invalid("body", "The body is not an event or a batch of events.")
-    found = _object_fault(value, "", (*EVENT_FIELDS, BATCH_FIELD), ("session_id", "item_id"))
-    if found is None and isinstance(value.get(BATCH_FIELD), list):
-        for n, entry in enumerate(value[BATCH_FIELD]):
-            if isinstance(entry, dict):
-                found = _object_fault(entry, f"{BATCH_FIELD}[{n}].", EVENT_FIELDS,
-                                      ("session_id", "item_id"))
-                if found is not None:
-                    break
-    return found or invalid("body", "The body is not an event or a batch of events.")
-
-
-def _object_fault(value: dict[str, Any], prefix: str, allowed: tuple[str, ...],
-                  required: tuple[str, ...]) -> Invalid | None:
-    for key in value:
-        if key not in allowed:
-            name = key if len(key) <= _LONGEST_NAME else key[:_LONGEST_NAME] + "…"
-            listed = ", ".join(a for a in allowed if a != BATCH_FIELD) + \
-                (f", or {BATCH_FIELD} alone" if BATCH_FIELD in allowed else "")
-            return invalid(prefix + name, f"Unknown field {name!r}; allowed: {listed}.")
-    if prefix or BATCH_FIELD not in value:
-        for name in required:
-            if name not in value:
-                return invalid(prefix + name, f"{prefix}{name} is required.")
-    return None
+    except JSONDecodeError:  # a number past a double's range after the field, say
+        return invalid("body", "The body holds a field no event has.")
+    if isinstance(value, dict):
+        for key, inside in value.items():  # in the body's order, as the decoder reads it
+            if key not in EVENT_FIELDS and key != BATCH_FIELD:
+                return _unknown("", key)
+            if key == BATCH_FIELD and isinstance(inside, list):
+                for n, entry in enumerate(inside):
+                    for name in entry if isinstance(entry, dict) else ():
+                        if name not in EVENT_FIELDS:
+                            return _unknown(f"{BATCH_FIELD}[{n}]", name)
+    return invalid("body", "The body holds a field no event has.")
 
 
 _JSON_WORDS = {"`str`": "a string", "`int`": "an integer", "`float`": "a number",
