@@ -1,6 +1,6 @@
 """The body of ``POST /events``: one event or a batch.
 
-The body's shape and limits are one msgspec definition (``_Types``): it decodes and checks a
+The body's shape and limits are one msgspec definition (``_decoder``): it decodes and checks a
 batch in C, several times faster than walking the parsed JSON in Python (the most frequent
 public body, and a batch holds up to ``max_batch`` events), and a refusal still names the
 field (``events[3].item_id``). What msgspec cannot state is checked after it: an integer id's
@@ -10,7 +10,6 @@ range, a timestamp against the server's clock, an impression's answer.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -19,11 +18,13 @@ import msgspec
 from service.core.model import EVENT_TYPES, IMPRESSION, Event
 from service.requests.jsonutil import JSONDecodeError, loads
 from service.requests.values import (
-    INT_ID_RANGE,
     MAX_RATING,
     MAX_TIMESTAMP,
     Invalid,
+    identifier,
     invalid,
+    not_json,
+    require_body,
 )
 from service.settings import Settings
 
@@ -39,17 +40,10 @@ UNSET = msgspec.UNSET
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
-@dataclass(frozen=True)
-class _Types:
-    """The body's types for one set of limits: a batch's events (``session_id`` and ``item_id``
-    required) and the envelope, which is either one event or ``{"events": [...]}``."""
-
-    envelope: msgspec.json.Decoder[Any]
-    event: type
-
-
 @lru_cache(maxsize=8)
-def _types(max_id_length: int, max_batch: int) -> _Types:
+def _decoder(max_id_length: int, max_batch: int) -> msgspec.json.Decoder[Any]:
+    """The body's decoder for one set of limits: the envelope, which is one event or
+    ``{"events": [...]}``, a batch's events with ``session_id`` and ``item_id`` required."""
     ident = Annotated[str, msgspec.Meta(min_length=1, max_length=max_id_length)]
     timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMESTAMP)]
     rating = Annotated[float, msgspec.Meta(ge=-MAX_RATING, le=MAX_RATING)]
@@ -76,36 +70,35 @@ def _types(max_id_length: int, max_batch: int) -> _Types:
                       | msgspec.UnsetType, UNSET)],
         forbid_unknown_fields=True)
     assert tuple(batch_event.__struct_fields__) == EVENT_FIELDS
-    return _Types(msgspec.json.Decoder(envelope), batch_event)
+    return msgspec.json.Decoder(envelope)
 
 
 def event_batch(body: bytes, settings: Settings, now: float) -> list[Event]:
     """One event object, or ``{"events": [...]}``; a batch is valid only if every event is."""
-    if not body.strip():
-        raise Invalid("body", "The request body is empty: send a JSON object.", "invalid_json")
+    require_body(body)
     try:
-        got = _types(settings.max_id_length, settings.max_batch).envelope.decode(body)
+        got = _decoder(settings.max_id_length, settings.max_batch).decode(body)
     except msgspec.ValidationError as exc:
         raise refusal(str(exc), body) from None
     except msgspec.DecodeError as exc:
-        raise Invalid("body", f"The body is not valid JSON ({exc}).", "invalid_json") from None
-    skew = settings.max_clock_skew
+        raise not_json(exc) from None
     if got.events is UNSET:
         for required in ("session_id", "item_id"):
             if getattr(got, required) is UNSET:
                 raise invalid(required, f"{required} is required.")
-        return [_event(got, "", now, skew)]
+        return [_event(got, "", settings, now)]
     for name in EVENT_FIELDS:
         if getattr(got, name) is not UNSET:
             raise invalid(name, f"Unknown field {name!r} beside events; allowed: events.")
-    return [_event(ev, f"events[{n}].", now, skew) for n, ev in enumerate(got.events)]
+    return [_event(ev, f"events[{n}].", settings, now) for n, ev in enumerate(got.events)]
 
 
-def _event(ev: Any, prefix: str, now: float, skew: float) -> Event:
+def _event(ev: Any, prefix: str, settings: Settings, now: float) -> Event:
     item = ev.item_id
-    if type(item) is not str:
-        item = _integer_id(item, prefix + "item_id")
+    if type(item) is not str:  # a JSON number: its range, and 275776.0 as 275776
+        item = identifier(item, prefix + "item_id", settings, allow_int=True)
     ts = ev.timestamp
+    skew = settings.max_clock_skew
     if ts is UNSET:
         ts = now
     elif ts > now + skew:
@@ -124,21 +117,6 @@ def _event(ev: Any, prefix: str, now: float, skew: float) -> Event:
                  None if rating is None or rating is UNSET else float(rating), rid)
 
 
-def _integer_id(value: int | float, field: str) -> str:
-    """An id sent as a JSON number: a whole number that fits in 64 bits (275776.0 is the
-    integer 275776: exact up to 2^53), stored as its decimal string."""
-    if isinstance(value, bool):
-        raise invalid(field, f"{field} must be a string or an integer, not a boolean.")
-    if isinstance(value, float):
-        if not value.is_integer() or abs(value) > 2**53:
-            raise invalid(field, f"{field} must be a string or an integer, not a number.")
-        value = int(value)
-    if not INT_ID_RANGE[0] <= value <= INT_ID_RANGE[1]:
-        raise invalid(field, f"{field} as an integer must fit in 64 bits; send larger ids as "
-                             "strings.")
-    return str(value)
-
-
 _PATH = re.compile(r"\$(?:\.[a-z_]+|\[\d+\])*")
 """A path msgspec writes: field names (ours, never the client's) and indexes."""
 _LONGEST_NAME = 200  # an unknown key is quoted back at most this long
@@ -147,9 +125,9 @@ _LONGEST_NAME = 200  # an unknown key is quoted back at most this long
 def refusal(message: str, body: bytes) -> Invalid:
     """msgspec's refusal as an ``Invalid`` naming the field as the API spells it
     (``events[3].item_id``; the body itself: ``body``). The path is taken from the end of the
-    message, where msgspec writes it, and only if it is one msgspec could write; an unknown or
-    missing field is found in the body itself, since its name is the client's text and may
-    hold anything, the message's quoting included."""
+    message, where msgspec writes it, and only if it is one msgspec could write; an unknown
+    key the message cannot place (msgspec quotes the client's text as it is) is found in the
+    body itself."""
     what, sep, tail = message.rpartition(" - at `")
     path = tail[:-1] if sep and tail.endswith("`") else ""
     if not sep or not _PATH.fullmatch(path):

@@ -34,12 +34,20 @@ MAX_PRICE = 1e12
 
 
 def parse_json(body: bytes) -> Any:
-    if not body.strip():
-        raise Invalid("body", "The request body is empty: send a JSON object.", "invalid_json")
+    require_body(body)
     try:
         return loads(body)
     except JSONDecodeError as exc:
-        raise Invalid("body", f"The body is not valid JSON ({exc}).", "invalid_json") from None
+        raise not_json(exc) from None
+
+
+def require_body(body: bytes) -> None:
+    if not body.strip():
+        raise Invalid("body", "The request body is empty: send a JSON object.", "invalid_json")
+
+
+def not_json(exc: Exception) -> Invalid:
+    return Invalid("body", f"The body is not valid JSON ({exc}).", "invalid_json")
 
 
 def is_number(value: Any) -> bool:

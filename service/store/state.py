@@ -57,7 +57,7 @@ class Store:
         self.items = Catalogue(settings, self.backend, self.scripts, self.keys, self.reads)
         self.admin = Admin(settings, self.backend, self.scripts, self.keys, self.reads)
         self.model = ModelRecords(settings, self.backend, self.scripts, self.keys)
-        self.stats = Statistics(settings, self.backend, self.keys, self.journal)
+        self.stats = Statistics(settings, self.backend, self.scripts, self.keys, self.journal)
         self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions,
                                  self.backend, settings.feedback_mb,
                                  settings.feedback_client_answers)

@@ -14,15 +14,14 @@ from service.settings import Settings
 from service.store.backends import Backend
 from service.store.ingestion import Journal
 from service.store.keyspace import Keys
+from service.store.part import Part
+from service.store.scripts import Scripts
 
 
-class Statistics:
-    def __init__(self, settings: Settings, backend: Backend, keys: Keys,
+class Statistics(Part):
+    def __init__(self, settings: Settings, backend: Backend, scripts: Scripts, keys: Keys,
                  journal: Journal) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.redis = backend.client
-        self.keys = keys
+        super().__init__(settings, backend, scripts, keys)
         self.journal = journal
 
     async def read(self) -> dict[str, int]:
