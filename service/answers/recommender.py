@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 
 from service import kernel
+from service.answers import placements as placed
 from service.answers.fill import (
     MSG_BOTH,
     MSG_FEWER_SIMILAR,
@@ -37,6 +38,7 @@ from service.core.catalogueindex import CatalogueIndex
 from service.core.feedback import FEEDBACK_POSITIONS, Experiment, recommendation_id
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.modelparams import ModelRecord
+from service.core.placements import Placement
 from service.core.rules import NO_RULES, CategoryCap, Rules
 from service.core.scoring import Params, Query
 from service.settings import Settings
@@ -53,12 +55,15 @@ class Answer:
     listed: bytes = b""
     """The rows' item hashes (8 bytes each, in order), as the answer found them: its record
     lists them without hashing the ids again."""
+    placement: str | None = None  # the placement it answered for
 
     def body(self) -> dict[str, Any]:
         body = {"recommendations": self.recommendations, "message": self.message,
                 "recommendation_id": self.recommendation_id}
         if self.variant is not None:
             body["variant"] = self.variant
+        if self.placement is not None:
+            body["placement"] = self.placement
         return body
 
 
@@ -90,6 +95,9 @@ class Recommender:
         """Answers and sessions per variant, added to Redis every second (``follow_model``)."""
         self.unrecorded = 0
         """Answers whose record the hour's budget refused (``--feedback-mb``; /metrics)."""
+        self.placements: dict[str, Placement] = {}
+        self.placement_params: dict[str, Params] = {}
+        """The parameters of each placement that sets some, over the shared record's."""
         self.use(ModelRecord())
 
     def use(self, record: ModelRecord) -> None:
@@ -100,6 +108,15 @@ class Recommender:
         cap = self.params.index_cap
         self.similar_params = Params(1, cap, cap, 0.0, index_cap=cap)
         self.use_experiment(self.signing_key, self.experiment)
+        self.use_placements(self.placements)
+
+    def use_placements(self, placements: dict[str, Placement]) -> None:
+        """Answer requests naming a placement with these (``service/api/placements.py``
+        follows them)."""
+        self.placements = placements
+        self.placement_params = {
+            name: dataclasses.replace(self.params, **cast(dict[str, Any], dict(p.params)))
+            for name, p in placements.items() if p.params}
 
     def use_experiment(self, signing_key: bytes, experiment: Experiment | None) -> None:
         """Sign answers with ``signing_key``; score sessions with their variant's parameters
@@ -110,8 +127,8 @@ class Recommender:
             dataclasses.replace(self.params, **cast(dict[str, Any], dict(v.params)))
             for v in experiment.variants]
 
-    async def _stamped(self, answer: Answer, asker: Asker, serial: int = 0, variant: int = 0,
-                       name: str | None = None) -> Answer:
+    async def stamped(self, answer: Answer, asker: Asker, serial: int = 0, variant: int = 0,
+                       name: str | None = None, placement: Placement | None = None) -> Answer:
         """The answer with its id; given to a session, its list recorded first, so that the
         session's impressions and clicks, which may follow at once, find it."""
         session_id = asker.session_id
@@ -127,18 +144,32 @@ class Recommender:
                     self.tally.count(serial, variant, session_id)
             else:
                 self.unrecorded += 1
-        return Answer(answer.recommendations, answer.message, rid, name)
+        return Answer(answer.recommendations, answer.message, rid, name,
+                      placement=None if placement is None else placement.name)
+
+    def scoring_params(self, asker: Asker, placement: Placement | None
+                       ) -> tuple[Params, int, int, str | None]:
+        """The parameters a session's request is scored with (the placement's, the variant's
+        of a running experiment over them), and the experiment's serial, variant index and
+        variant name (0, 0, None: no experiment)."""
+        session_id = asker.session_id
+        params = self.params if placement is None else \
+            self.placement_params.get(placement.name, self.params)
+        experiment = self.experiment
+        if session_id is None or experiment is None:
+            return params, 0, 0, None
+        variant = experiment.assign(session_id)
+        chosen = experiment.variants[variant]
+        params = self.variant_params[variant] if params is self.params else \
+            dataclasses.replace(params, **cast(dict[str, Any], dict(chosen.params)))
+        return params, experiment.serial, variant, chosen.name
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, asker: Asker = NOBODY,
-                        rules: Rules = NO_RULES) -> Answer:
+                        rules: Rules = NO_RULES, placement: Placement | None = None
+                        ) -> Answer:
         session_id = asker.session_id
-        params, serial, variant, name = self.params, 0, 0, None
-        experiment = self.experiment
-        if session_id is not None and experiment is not None:
-            variant = experiment.assign(session_id)
-            serial, name = experiment.serial, experiment.variants[variant].name
-            params = self.variant_params[variant]
+        params, serial, variant, name = self.scoring_params(asker, placement)
         hashes = [item_hash(item) for item, _, _ in interactions]
         query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                     [r for _, _, r in interactions], params)
@@ -150,34 +181,58 @@ class Recommender:
         named = {int.from_bytes(h, "little"): item
                  for h, (item, _, _) in zip(hashes, interactions, strict=True)} \
             if recommend_seen or rules.explain else None
-        answer = await self._answer(query, k, seen, params, exclude_session, rules,
-                                    fill_with_trending=True, named=named)
-        return await self._stamped(answer, asker, serial, variant, name)
+        answer = await self.with_placement(lambda k, r, prior: self._answer(
+            query, k, seen, params, exclude_session, r, fill_with_trending=True, named=named,
+            placement=placement, prior=prior), k, rules, placement)
+        return await self.stamped(answer, asker, serial, variant, name, placement)
 
     async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES,
-                      asker: Asker = NOBODY) -> Answer:
+                      asker: Asker = NOBODY, placement: Placement | None = None) -> Answer:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
-        return await self._stamped(await self._answer(
-            query, k, query.seen, self.similar_params, None, rules, fill_with_trending=False,
-            named={int.from_bytes(h, "little"): item_id}), asker)
+        named = {int.from_bytes(h, "little"): item_id}
+        return await self.stamped(await self.with_placement(lambda k, r, prior: self._answer(
+            query, k, query.seen, self.similar_params, None, r, fill_with_trending=False,
+            named=named, placement=placement, prior=prior), k, rules, placement), asker,
+            placement=placement)
 
-    async def popular(self, k: int, rules: Rules = NO_RULES, asker: Asker = NOBODY) -> Answer:
-        hidden = await self.store.reads.hidden_items()
-        excluded = np.concatenate((hidden, item_hashes(rules.exclude)))
-        hashes: list[int] = []
-        rows = await self._trending(k, rules, excluded, 1.0, hashes)
-        return await self._stamped(Answer(rows, worded(MSG_TRENDING, len(rows), k, rules),
-                                          listed=_listed(hashes)), asker)
+    async def popular(self, k: int, rules: Rules = NO_RULES, asker: Asker = NOBODY,
+                      placement: Placement | None = None) -> Answer:
+        async def produce(k: int, rules: Rules, prior: bytes) -> Answer:
+            hidden = await self.store.reads.hidden_items()
+            excluded = np.concatenate((hidden, item_hashes(rules.exclude)))
+            hashes: list[int] = []
+            cap = catalogue = None
+            if prior and rules.max_per_category is not None:
+                catalogue = await self.store.items.index()
+                cap = CategoryCap(rules.max_per_category, catalogue.first_category)
+                for h in np.frombuffer(prior, placed.LE_U64).tolist():
+                    cap.take(h)
+            rows = await self._trending(k, rules, excluded, 1.0, hashes, cap, catalogue,
+                                        placement)
+            return Answer(rows, worded(MSG_TRENDING, len(rows), k, rules),
+                          listed=_listed(hashes))
+        return await self.stamped(await self.with_placement(produce, k, rules, placement), asker,
+                                   placement=placement)
+
+    async def with_placement(self, produce: placed.Produce, k: int, rules: Rules,
+                      placement: Placement | None) -> Answer:
+        """The answer ``produce`` gives, with the placement's promotion if it has one."""
+        if placement is None or placement.promote is None:
+            return cast(Answer, await produce(k, rules, b""))
+        return cast(Answer, await placed.promoted(produce, k, rules, placement.promote))
 
     async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, rules: Rules, *,
-                      fill_with_trending: bool, named: dict[int, str] | None = None
+                      fill_with_trending: bool, named: dict[int, str] | None = None,
+                      placement: Placement | None = None, prior: bytes = b""
                       ) -> Answer:
         """``seen``: the session's items, not to return (None: they may be); the request's
         exclusions and filter and the hidden items are left out before the k best are chosen,
         and the trending fill skips them too, so k holds whenever k eligible items exist."""
-        catalogue = await self.store.items.index() if rules.needs_catalogue else None
+        boosts = () if placement is None else placement.boosts
+        catalogue = await self.store.items.index() \
+            if rules.needs_catalogue or boosts or prior else None
         rule = rules.filter if catalogue is not None else None
         cached = None if rules.explain else \
             self.store.backend.cached_candidates(query, params, exclude_session)
@@ -197,6 +252,9 @@ class Recommender:
         if rule is not None:
             assert catalogue is not None
             candidates, scores = catalogue.keep(rule, candidates, scores)
+        if boosts:
+            assert catalogue is not None
+            scores = scores * placed.factors(catalogue, boosts, candidates)
         df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
             else (np.zeros(0), 0.0)
         hidden = await self.store.reads.hidden_items()
@@ -213,6 +271,8 @@ class Recommender:
                                          len(candidates) + len(query.seen) if capped else k)
         cap = CategoryCap(rules.max_per_category,
                           catalogue.first_category if catalogue is not None else {})
+        for h in np.frombuffer(prior, placed.LE_U64).tolist():  # listed ahead of this answer
+            cap.take(h)
         if capped:
             keep: list[int] = []
             for n, h in enumerate(best.tolist()):
@@ -231,6 +291,9 @@ class Recommender:
             for row, behind in zip(found, reasons, strict=True):
                 row["because"] = [lookup[h] for h in behind if h in lookup]
                 row["source"] = "session"
+            if boosts:
+                assert catalogue is not None
+                placed.mark_boosts(found, placed.factors(catalogue, boosts, best))
         listed = best.astype("<u8").tobytes()
         if not fill_with_trending:
             return Answer(found, worded(MSG_SIMILAR if found else MSG_NO_SIMILAR, len(found),
@@ -241,14 +304,39 @@ class Recommender:
         floor = float(found[-1]["score"]) if found else 1.0
         filled: list[int] = []
         filler = await self._trending(k - len(found), rules, np.concatenate((exclude, best)),
-                                      floor, filled, cap, catalogue)
+                                      floor, filled, cap, catalogue, placement)
         message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
         return Answer(found + filler, worded(message, len(found) + len(filler), k, rules),
                       listed=listed + _listed(filled))
 
     async def _trending(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
                         hashes: list[int], cap: CategoryCap | None = None,
-                        catalogue: CatalogueIndex | None = None) -> list[dict[str, Any]]:
+                        catalogue: CatalogueIndex | None = None,
+                        placement: Placement | None = None) -> list[dict[str, Any]]:
+        """``_fill``, reordered by the placement's boosts: from a deeper read (``BOOST_DEPTH``
+        times ``k``), so that a boosted item from further down trending can rise into it."""
+        if placement is None or not placement.boosts or k <= 0:
+            return await self._fill(k, rules, taken, ceiling, hashes, cap, catalogue)
+        if catalogue is None:
+            catalogue = await self.store.items.index()
+        deeper: list[int] = []
+        before = None if cap is None else dict(cap.counts)
+        rows = await self._fill(BOOST_DEPTH * k, rules, taken, ceiling, deeper, cap, catalogue)
+        found = placed.factors(catalogue, placement.boosts, np.array(deeper, np.uint64))
+        rows, chosen = placed.reorder(rows, deeper, found, k)
+        if rules.explain:
+            placed.mark_boosts(rows, placed.factors(catalogue, placement.boosts,
+                                                    np.array(chosen, np.uint64)))
+        hashes.extend(chosen)
+        if cap is not None and before is not None:  # it counted the deeper read: recount
+            cap.counts = before
+            for h in chosen:
+                cap.take(h)
+        return rows
+
+    async def _fill(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
+                    hashes: list[int], cap: CategoryCap | None = None,
+                    catalogue: CatalogueIndex | None = None) -> list[dict[str, Any]]:
         """Up to ``k`` trending items within the rules and none of ``taken`` (hashes), scored
         into (0, ceiling] relative to the first one; their hashes in ``hashes``. ``cap`` and
         ``catalogue``: the answer's own so far (None: the fill is the whole answer, as for
@@ -297,6 +385,11 @@ class Recommender:
         return fill(((name, h, math.pow(2.0, min(score - top, 0.0)))
                      for name, h, score in members), k, skip, cap, ceiling, rules.explain,
                     hashes)
+
+
+BOOST_DEPTH = 4
+"""How much deeper than its ``k`` a boosted trending fill reads: a boost reorders the trending
+items near the head, within what a fill may read anyway."""
 
 
 def _listed(hashes: list[int]) -> bytes:

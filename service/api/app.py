@@ -25,6 +25,7 @@ from service.api.experiments import follow_feedback
 from service.api.metrics import CacheSeries, Metrics
 from service.api.middleware import boundary
 from service.api.parameters import follow_model
+from service.api.placements import follow_placements, parsed
 from service.api.recommend import RECOMMENDER
 from service.api.routes import ROUTES, router_path
 from service.failures import UNAVAILABLE
@@ -70,11 +71,15 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             await app[STORE].prepare()
             app[RECOMMENDER].use(await app[STORE].model.record())
             app[RECOMMENDER].use_experiment(*await app[STORE].feedback.current())
+            app[RECOMMENDER].use_placements(parsed((await app[STORE].placements.all())[1],
+                                                   settings))
         except UNAVAILABLE as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
         background = [asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE])),
                       asyncio.create_task(follow_feedback(app[RECOMMENDER], app[STORE],
                                                           app[METRICS].minutes)),
+                      asyncio.create_task(follow_placements(app[RECOMMENDER], app[STORE],
+                                                            settings)),
                       asyncio.create_task(_warm(app[STORE]))]
         yield
         for task in background:

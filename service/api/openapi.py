@@ -10,59 +10,25 @@ from typing import Any
 from service.api import access
 from service.api.context import Route
 from service.api.ingest import MAX_IDEMPOTENCY_KEY
+from service.api.openapiparts import (
+    answer_response,
+    answer_schema,
+    error_response,
+    k_parameter,
+    placement_parameter,
+    rule_parameters,
+)
 from service.core.parameters import PARAMETERS
 from service.requests import schemas
-from service.requests.values import MAX_EXCLUDE
 from service.settings import Settings
-
-
-def _error() -> dict[str, Any]:
-    return {"description": "Error", "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
-def _answer(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Recommendations"}}}}
-
-
-def _exclude(s: Settings) -> dict[str, Any]:
-    return {"name": "exclude", "in": "query", "required": False, "style": "form",
-            "explode": True, "description": "An item id never to return (repeatable).",
-            "schema": {"type": "array", "maxItems": MAX_EXCLUDE,
-                       "items": {"type": "string", "minLength": 1,
-                                 "maxLength": s.max_id_length}}}
-
-
-def _rules(s: Settings) -> list[dict[str, Any]]:
-    """The rules of the GET list endpoints (the body's fields of POST /iid_recommend)."""
-    return [
-        _exclude(s),
-        {"name": "filter", "in": "query", "required": False,
-         "description": "A Filter as URL-encoded JSON: only items whose catalogue record "
-                        "satisfies every condition given.",
-         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Filter"}}}},
-        {"name": "max_per_category", "in": "query", "required": False,
-         "description": "At most this many items of one category (an item's first).",
-         "schema": {"type": "integer", "minimum": 1, "maximum": s.max_k}},
-        {"name": "explain", "in": "query", "required": False,
-         "description": "Add because and source to every recommendation.",
-         "schema": {"type": "boolean", "default": False}}]
-
-
-def _k(s: Settings) -> dict[str, Any]:
-    return {"name": "k", "in": "query", "required": False,
-            "description": "Number of recommendations.",
-            "schema": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10}}
 
 
 def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
     """The document for ``routes``: every documented route has exactly one operation here (a
     route without one, or an operation without its route, is an error)."""
     ident = schemas.identifier(s)
-    errors = {"400": _error(), "401": _error(), "403": _error(), "413": _error(),
-              "429": _error(), "503": _error()}
-    admin_errors = {"400": _error(), "401": _error(), "403": _error(), "503": _error()}
+    errors = {code: error_response() for code in ("400", "401", "403", "413", "429", "503")}
+    admin_errors = {code: error_response() for code in ("400", "401", "403", "503")}
     security: dict[str, list[dict[str, list[str]]]] = {
         access.PUBLIC: [{"apiKey": []}, {"bearer": []}, {"apiKeyQuery": []}, {}],
         access.ADMIN: [{"apiKey": []}, {"bearer": []}, {}],
@@ -96,6 +62,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                       "auto": {"type": "boolean"},
                                       "last_run": {"type": ["object", "null"]}}}}}}}}
     experiment_path = {"name": "name", "in": "path", "required": True, "schema": ident}
+    placement_path = {"name": "name", "in": "path", "required": True,
+                      "schema": schemas.placement_name(s)}
+    placement = {"description": "The placement", "content": {"application/json": {
+        "schema": {"type": "object", "required": ["name", "strategy"]}}}}
     count = {"type": "integer", "minimum": 0}
     variant_report = {"type": "object", "properties": {
         "weight": {"type": "number"}, "params": {"type": "object"},
@@ -131,7 +101,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                         "89898": {"timestamp": 1704060026, "rating": 4.5},
                         "22898": {"timestamp": 1704060026, "rating": 4.5}},
                         "k": 10, "recommend_seen": True}}}},
-                "responses": {"200": _answer("Recommendations"), **errors}}},
+                "responses": {"200": answer_response("Recommendations"), **errors}}},
             "/events": {"post": {
                 "summary": "Accept one event or a batch (all or nothing)",
                 "description": "Answered 202 only once the events are stored in Redis. A body "
@@ -146,7 +116,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                            "pattern": "^[!-~]+$"}}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": schemas.events_body(s)}}},
-                "responses": {"409": _error(), "202": {"description": "Accepted", "content": {
+                "responses": {"409": error_response(), "202": {
+                    "description": "Accepted", "content": {
                     "application/json": {"schema": {
                         "type": "object", "required": ["accepted"],
                         "properties": {"accepted": {"type": "integer"}}}}}}, **errors}}},
@@ -154,20 +125,58 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "summary": "Recommend from a session's live interactions stored in Redis",
                 "parameters": [
                     {"name": "session_id", "in": "path", "required": True, "schema": ident},
-                    _k(s), *_rules(s),
+                    k_parameter(s), *rule_parameters(s), placement_parameter(s, "session"),
                     {"name": "recommend_seen", "in": "query", "required": False,
                      "schema": {"type": "boolean", "default": False}}],
-                "responses": {"200": _answer("Recommendations"), **errors}}},
+                "responses": {"200": answer_response("Recommendations"), **errors}}},
             "/items/{item_id}/similar": {"get": {
                 "summary": "Items most co-visited with one item (never the item itself)",
                 "parameters": [
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
-                    _k(s), *_rules(s)],
-                "responses": {"200": _answer("Similar items"), **errors}}},
+                    k_parameter(s), *rule_parameters(s), placement_parameter(s, "similar")],
+                "responses": {"200": answer_response("Similar items"), **errors}}},
             "/popular": {"get": {
                 "summary": "Trending items (time-decayed popularity)",
-                "parameters": [_k(s), *_rules(s)],
-                "responses": {"200": _answer("Trending items"), **errors}}},
+                "parameters": [k_parameter(s), *rule_parameters(s),
+                               placement_parameter(s, "popular")],
+                "responses": {"200": answer_response("Trending items"), **errors}}},
+            "/rerank": {"post": {
+                "summary": "Order a given list (a category page, search results) for the "
+                           "session",
+                "description": "Items the session's neighbourhood scores come first, by "
+                               "score; then those other sessions hold, by how many; then the "
+                               "rest in their given order. The answer is the given items "
+                               "minus those the rules leave out (and hidden or unavailable "
+                               "ones), at most k.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": schemas.rerank_body(s),
+                    "example": {"user_interactions": {"89898": {}}, "items": ["1", "2", "3"],
+                                "session_id": "s-1"}}}},
+                "responses": {"200": answer_response("The items, ordered"), **errors}}},
+            "/admin/placements": {"get": {
+                "summary": "Every placement",
+                "responses": {"200": done("The placements", {"placements": {
+                    "type": "array", "items": {"type": "object"}}}), **admin_errors}}},
+            "/admin/placements/{name}": {
+                "put": {
+                    "summary": "Create or replace a placement (every serve process follows "
+                               "within a second)",
+                    "parameters": [placement_path],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": schemas.placement_body(s),
+                        "example": {"strategy": "session", "k": 4,
+                                    "rules": {"max_per_category": 2},
+                                    "boosts": [{"filter": {"tags": ["sale"]},
+                                                "factor": 1.5}],
+                                    "promote": {"filter": {"tags": ["house-brand"]},
+                                                "slots": 1}}}}},
+                    "responses": {"200": placement, "409": error_response(), **admin_errors}},
+                "get": {"summary": "A placement", "parameters": [placement_path],
+                        "responses": {"200": placement, "404": error_response(), **admin_errors}},
+                "delete": {"summary": "Delete a placement", "parameters": [placement_path],
+                           "responses": {"200": done("Done", {"name": {"type": "string"},
+                                                              "deleted": {"type": "boolean"}}),
+                                         "404": error_response(), **admin_errors}}},
             "/admin/items/{item_id}/hide": {
                 "post": item_admin("Hide an item: it is never recommended (within 1 s)",
                                    "hidden"),
@@ -191,7 +200,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                         "schema": {"$ref": "#/components/schemas/Item"}}}},
                     "responses": {"200": record, **admin_errors}},
                 "get": {"summary": "An item's catalogue record", "parameters": [item_path],
-                        "responses": {"200": record, "404": _error(), **admin_errors}},
+                        "responses": {"200": record, "404": error_response(), **admin_errors}},
                 "delete": {
                     "summary": "Remove an item's catalogue record (its learned state stays)",
                     "parameters": [item_path],
@@ -207,7 +216,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "/model": {"get": {
                 "summary": "The scoring parameters in force: the shared record's version and "
                            "values over this process' flags",
-                "responses": {"200": model, "503": _error()}}},
+                "responses": {"200": model, "503": error_response()}}},
             "/admin/model": {"put": {
                 "summary": "Set scoring parameters for every serve process (within a "
                            "second, no restart)",
@@ -228,7 +237,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                "the run's id, or the running run's; GET /model reports it "
                                "(tuning.state, tuning.last_run).",
                 "responses": {"202": done("Started", {"run": {"type": "string"}}),
-                              "409": _error(), **admin_errors}}},
+                              "409": error_response(), **admin_errors}}},
             "/admin/experiments/{name}": {
                 "put": {
                     "summary": "Start an experiment (one runs at a time)",
@@ -244,15 +253,15 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                         "example": {"variants": {
                             "A": {"weight": 1, "params": {}},
                             "B": {"weight": 1, "params": {"position_decay": 1.0}}}}}}},
-                    "responses": {"200": experiment_report, "409": _error(),
+                    "responses": {"200": experiment_report, "409": error_response(),
                                   **admin_errors}},
                 "get": {"summary": "An experiment's report (running or ended)",
                         "parameters": [experiment_path],
-                        "responses": {"200": experiment_report, "404": _error(),
+                        "responses": {"200": experiment_report, "404": error_response(),
                                       **admin_errors}},
                 "delete": {"summary": "End the running experiment (its report stays)",
                            "parameters": [experiment_path],
-                           "responses": {"200": experiment_report, "404": _error(),
+                           "responses": {"200": experiment_report, "404": error_response(),
                                          **admin_errors}}},
             "/admin/dashboard/data": {"get": {
                 "summary": "What the dashboard plots: the last hour per minute, the model, the "
@@ -269,16 +278,16 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "responses": {"200": {"description": "HTML"}}}},
             "/stats": {"get": {"summary": "Counters of the pipeline", "responses": {
                 "200": {"description": "Counters", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": _error()}}},
+                    "schema": {"$ref": "#/components/schemas/Stats"}}}}, "503": error_response()}}},
             "/healthz": {"get": {"summary": "The process is alive",
                                  "responses": {"200": {"description": "Alive"}}}},
             "/readyz": {"get": {"summary": "Redis is reachable",
                                 "responses": {"200": {"description": "Ready"},
-                                              "503": _error()}}},
+                                              "503": error_response()}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (a secret key once keys are "
                                             "configured)",
                                  "responses": {"200": {"description": "Text format"},
-                                               "401": _error(), "403": _error()}}},
+                                               "401": error_response(), "403": error_response()}}},
             "/sdk.js": {"get": {"summary": "The browser SDK",
                                 "responses": {"200": {"description": "JavaScript"}}}},
             "/demo": {"get": {"summary": "A demo shop using the SDK",
@@ -316,30 +325,7 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
             "Filter": schemas.filter_schema(s),
             "Event": schemas.event(s),
             "Item": schemas.item(s),
-            "Recommendations": {
-                "type": "object",
-                "required": ["recommendations", "message", "recommendation_id"],
-                "properties": {
-                    "recommendation_id": {
-                        "type": "string", "description": "Unique per answer: send it with "
-                        "the impressions and clicks of its items."},
-                    "variant": {"type": "string", "description": "The experiment variant "
-                                "that scored the answer (a request with a session id, while "
-                                "an experiment runs)."},
-                    "recommendations": {"type": "array", "items": {
-                        "type": "object", "required": ["id", "score"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "score": {"type": "number", "minimum": 0, "maximum": 1},
-                            "because": {"type": "array", "maxItems": 3,
-                                        "items": {"type": "string"},
-                                        "description": "With explain: the request's items "
-                                                       "that contributed most (empty for "
-                                                       "trending items)."},
-                            "source": {"type": "string", "enum": ["session", "trending"],
-                                       "description": "With explain: where the item came "
-                                                      "from."}}}},
-                    "message": {"type": "string"}}},
+            "Recommendations": answer_schema(),
             "Stats": {"type": "object", "properties": {
                 name: {"type": "integer"} for name in (
                     "events_accepted", "events_processed", "events_dead", "events_unlisted",

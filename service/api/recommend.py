@@ -7,7 +7,8 @@ import time
 
 from aiohttp import web
 
-from service.answers.recommender import Asker, Recommender
+from service.answers.recommender import Answer, Asker, Recommender
+from service.answers.rerank import rerank
 from service.api.access import client_address, is_secret
 from service.api.context import (
     API_KEYS,
@@ -18,21 +19,78 @@ from service.api.context import (
     path_id,
     read_json,
 )
+from service.core.placements import Placement, overlay
 from service.core.rules import Rules
+from service.requests.placements import placement_name
 from service.requests.recommend import recommend_request
-from service.requests.rules import query_rules
-from service.requests.values import identifier, query_bool
+from service.requests.rerank import rerank_request
+from service.requests.rules import RULE_FIELDS, query_rules
+from service.requests.values import Invalid, identifier, query_bool
 
 RECOMMENDER = web.AppKey("recommender", Recommender)
+
+
+ASKED = ("session", "similar", "popular")
+"""The strategies POST /iid_recommend answers a placement with (a rerank placement orders a
+given list: POST /rerank)."""
+
+
+def _placement(request: web.Request, name: str | None, strategies: tuple[str, ...]
+               ) -> Placement | None:
+    """The placement a request names (None: it names none), if this route answers its
+    strategy."""
+    if name is None:
+        return None
+    found = request.app[RECOMMENDER].placements.get(name)
+    if found is None:
+        raise Invalid("placement", f"No placement is named {name!r} (GET /admin/placements "
+                                   "lists them).")
+    if found.strategy not in strategies:
+        raise Invalid("placement", f"Placement {name!r} answers with strategy "
+                                   f"{found.strategy!r}, which this route does not; it "
+                                   f"answers {', '.join(strategies)}.")
+    return found
+
+
+def _k(k: int, given: frozenset[str] | set[str], placement: Placement | None) -> int:
+    return k if "k" in given or placement is None or placement.k is None else placement.k
 
 
 async def iid_recommend(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     req = recommend_request(await read_json(request), settings, time.time())
-    answer = await request.app[RECOMMENDER].recommend(req.interactions, req.k,
-                                                      req.recommend_seen,
-                                                      _asker(request, req.session_id),
-                                                      req.rules)
+    placement = _placement(request, req.placement, ASKED)
+    k = _k(req.k, req.given, placement)
+    rules = overlay(placement, req.rules, req.given)
+    asker = _asker(request, req.session_id)
+    recommender = request.app[RECOMMENDER]
+    answer: Answer
+    if placement is not None and placement.strategy == "similar":
+        if not req.interactions:
+            raise Invalid("user_interactions", f"Placement {placement.name!r} answers items "
+                                               "like the page's item: user_interactions must "
+                                               "name it (the last one given).")
+        answer = await recommender.similar(req.interactions[-1].item_id, k, rules, asker,
+                                           placement)
+    elif placement is not None and placement.strategy == "popular":
+        answer = await recommender.popular(k, rules, asker, placement)
+    else:
+        answer = await recommender.recommend(req.interactions, k, req.recommend_seen, asker,
+                                             rules, placement)
+    return json_response(answer.body())
+
+
+async def post_rerank(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    req = rerank_request(await read_json(request), settings, time.time())
+    placement = _placement(request, req.placement, ("rerank",))
+    interactions = [(x.item_id, x.timestamp, x.rating) for x in req.interactions] \
+        if req.interactions is not None else [
+            (x.item_id, x.timestamp, x.rating)
+            for x in await request.app[STORE].ingestion.live_session(req.session_id or "")]
+    answer = await rerank(request.app[RECOMMENDER], interactions, req.items,
+                          _k(req.k, req.given, placement), _asker(request, req.session_id),
+                          overlay(placement, req.rules, req.given), placement)
     return json_response(answer.body())
 
 
@@ -44,34 +102,43 @@ def _asker(request: web.Request, session_id: str | None) -> Asker:
     return Asker(session_id, client_address(request, request.app[SETTINGS].trusted_networks))
 
 
-def _rules(request: web.Request) -> Rules:
-    """The GET endpoints' rules, from the query."""
-    return query_rules(request.query, request.app[SETTINGS])
+def _queried_placement(request: web.Request, strategy: str
+                       ) -> tuple[Placement | None, int, Rules]:
+    """A GET list endpoint's placement (``placement=``, of this endpoint's strategy), its
+    ``k`` and its rules, the query's own fields over the placement's."""
+    raw = request.query.get("placement")
+    placement = _placement(request, None if raw is None else placement_name(
+        raw, "placement", request.app[SETTINGS]), (strategy,))
+    given = {name for name in ("k", *RULE_FIELDS) if name in request.query}
+    rules = query_rules(request.query, request.app[SETTINGS])
+    return placement, _k(k_of(request), given, placement), overlay(placement, rules,
+                                                                 frozenset(given))
 
 
 async def session_recommendations(request: web.Request) -> web.Response:
     session_id = path_id(request, "session_id")
-    k = k_of(request)
+    placement, k, rules = _queried_placement(request, "session")
     seen = query_bool(request.query.get("recommend_seen"), "recommend_seen",
                                  default=False)
-    rules = _rules(request)
     live = await request.app[STORE].ingestion.live_session(session_id)
     answer = await request.app[RECOMMENDER].recommend(
         [(x.item_id, x.timestamp, x.rating) for x in live], k, seen,
-        _asker(request, session_id), rules)
+        _asker(request, session_id), rules, placement)
     return json_response(answer.body())
 
 
 async def similar(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
-    answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _rules(request),
-                                                    _queried(request))
+    placement, k, rules = _queried_placement(request, "similar")
+    answer = await request.app[RECOMMENDER].similar(item_id, k, rules, _queried(request),
+                                                    placement)
     return json_response(answer.body())
 
 
 async def popular(request: web.Request) -> web.Response:
+    placement, k, rules = _queried_placement(request, "popular")
     return json_response((await request.app[RECOMMENDER].popular(
-        k_of(request), _rules(request), _queried(request))).body())
+        k, rules, _queried(request), placement)).body())
 
 
 def _queried(request: web.Request) -> Asker:

@@ -236,7 +236,8 @@ class CatalogueIndex:
         assert self.by_price is not None
         prices, rows = self.by_price
         start = int(np.searchsorted(prices, -math.inf if low is None else low, "left"))
-        end = int(np.searchsorted(prices, math.inf if high is None else high, "right"))
+        end = max(start, int(np.searchsorted(prices, math.inf if high is None else high,
+                                             "right")))  # a conjunction may empty the range
         return (_Rows(rows, start, end), self.unsorted)
 
     def _plan(self, rule: Filter) -> tuple[tuple[Collection[int], ...], Ordered]:

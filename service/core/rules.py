@@ -43,6 +43,9 @@ class Filter:
     price_min: float | None = None
     price_max: float | None = None
     attributes: tuple[tuple[str, tuple[AttributeValue, ...]], ...] = ()
+    also: Filter | None = None
+    """Another filter that must hold too (``conjunction``: a promotion within a request's
+    filter); its price range is already folded into this one's."""
 
     any_of: tuple[frozenset[str], ...] = field(init=False, repr=False, compare=False)
     """The posting keys of each condition but price: a record holds a condition when it is
@@ -55,6 +58,8 @@ class Filter:
             any_of.append(frozenset("c\0" + c for c in self.categories))
         if self.tags is not None:
             any_of.append(frozenset("t\0" + t for t in self.tags))
+        if self.also is not None:
+            any_of.extend(self.also.any_of)
         object.__setattr__(self, "any_of", tuple(any_of))
 
     def holds(self, record: Record | None) -> bool:
@@ -79,7 +84,17 @@ class Filter:
             if attribute_key(name, record.attributes[name]) not in {
                     attribute_key(name, v) for v in values}:
                 return False
-        return True
+        return self.also is None or self.also.holds(record)
+
+
+def conjunction(first: Filter | None, second: Filter) -> Filter:
+    """A filter that holds where both do."""
+    if first is None:
+        return second
+    lows = [p for p in (first.price_min, second.price_min) if p is not None]
+    highs = [p for p in (first.price_max, second.price_max) if p is not None]
+    return Filter(first.categories, first.tags, max(lows) if lows else None,
+                  min(highs) if highs else None, first.attributes, second)
 
 
 @dataclass(frozen=True, slots=True)

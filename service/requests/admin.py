@@ -41,7 +41,7 @@ def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:
                                high=MAX_VARIANT_WEIGHT)
         if weight <= 0:
             raise invalid(where + ".weight", f"{where}.weight must be above 0.")
-        values = _param_values(fields.get("params", {}), where + ".params", settings)
+        values = param_values(fields.get("params", {}), where + ".params", settings)
         variants.append(Variant(name, weight, values))
     return tuple(variants)
 
@@ -50,7 +50,7 @@ MAX_VARIANT_NAME = 64
 MAX_VARIANT_WEIGHT = 1e6
 
 
-def _param_values(raw: Any, field: str, settings: Settings) -> dict[str, Value]:
+def param_values(raw: Any, field: str, settings: Settings) -> dict[str, Value]:
     """Model parameter values, each checked against its limits."""
     if not isinstance(raw, dict):
         raise invalid(field, f"{field} must be an object of parameter values, not "
@@ -84,7 +84,7 @@ def model_change(body: Any, settings: Settings) -> tuple[dict[str, Value], bool 
     if not isinstance(raw, dict) or not raw:
         raise invalid("params", "params must be an object naming at least one parameter, "
                                 f"not {type_name(raw) if not isinstance(raw, dict) else '{}'}.")
-    values = _param_values(raw, "params", settings)
+    values = param_values(raw, "params", settings)
     pin = obj.get("pin")
     if pin is not None and not isinstance(pin, bool):
         raise invalid("pin", f"pin must be true or false, not {type_name(pin)}.")

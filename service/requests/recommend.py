@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from service.core.rules import NO_RULES, Rules
+from service.requests.placements import placement_name
 from service.requests.rules import RULE_FIELDS, rules
 from service.requests.values import (
     MAX_RATING,
@@ -37,11 +38,15 @@ class RecommendRequest:
     recommend_seen: bool
     session_id: str | None = None  # the visitor's session: its experiment variant, if any
     rules: Rules = NO_RULES
+    placement: str | None = None
+    given: frozenset[str] = frozenset()
+    """The fields the body gave: those override the placement's."""
 
 
 
 INTERACTION_FIELDS = ("timestamp", "rating")
-RECOMMEND_FIELDS = ("user_interactions", "k", "recommend_seen", "session_id", *RULE_FIELDS)
+RECOMMEND_FIELDS = ("user_interactions", "k", "recommend_seen", "session_id", "placement",
+                    *RULE_FIELDS)
 _FIELDS = frozenset(INTERACTION_FIELDS)
 _PLAIN = (int, float)  # exact types: a bool is not a number here
 
@@ -55,9 +60,8 @@ def _interaction(item_id: str, value: Any, settings: Settings, now: float) -> In
     return Interaction(item_id, ts, rate)
 
 
-def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
-    """The seed's POST /iid_recommend body."""
-    obj = json_object(body, "", RECOMMEND_FIELDS)
+def interactions_of(obj: dict[str, Any], settings: Settings, now: float) -> list[Interaction]:
+    """``user_interactions`` (required): the seed's interactions, in the order given."""
     if "user_interactions" not in obj:
         raise invalid("user_interactions",
                       "user_interactions is required: an object keyed by item id ({} for none).")
@@ -83,10 +87,27 @@ def recommend_request(body: Any, settings: Settings, now: float) -> RecommendReq
                 interactions.append(Interaction(item_id, float(ts), float(rate)))
                 continue
         interactions.append(_interaction(item_id, value, settings, now))
+    return interactions
+
+
+def session_of(obj: dict[str, Any], settings: Settings) -> str | None:
+    return identifier(obj["session_id"], "session_id", settings) \
+        if obj.get("session_id") is not None else None
+
+
+def placement_of(obj: dict[str, Any], settings: Settings) -> str | None:
+    return placement_name(obj["placement"], "placement", settings) \
+        if obj.get("placement") is not None else None
+
+
+def recommend_request(body: Any, settings: Settings, now: float) -> RecommendRequest:
+    """The seed's POST /iid_recommend body."""
+    obj = json_object(body, "", RECOMMEND_FIELDS)
+    interactions = interactions_of(obj, settings, now)
     k = integer(obj.get("k", 10), "k", low=1, high=settings.max_k)
     seen = obj.get("recommend_seen", False)
     if not isinstance(seen, bool):
         raise invalid("recommend_seen", "recommend_seen must be true or false.")
-    session = identifier(obj["session_id"], "session_id", settings) \
-        if obj.get("session_id") is not None else None
-    return RecommendRequest(interactions, k, seen, session, rules(obj, settings))
+    return RecommendRequest(interactions, k, seen, session_of(obj, settings),
+                            rules(obj, settings), placement_of(obj, settings),
+                            frozenset(obj))

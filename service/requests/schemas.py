@@ -14,6 +14,12 @@ from typing import Any
 from service.core.feedback import MAX_VARIANTS
 from service.core.model import EVENT_TYPES
 from service.core.parameters import PARAMETERS
+from service.core.placements import (
+    MAX_BOOST_FACTOR,
+    MAX_BOOSTS,
+    MAX_PLACEMENT_NAME,
+    STRATEGIES,
+)
 from service.requests.admin import (
     EXPERIMENT_FIELDS,
     MAX_VARIANT_WEIGHT,
@@ -25,9 +31,11 @@ from service.requests.events import (
     MAX_RECOMMENDATION_ID,
     RECOMMENDATION_ID_PATTERN,
 )
+from service.requests.placements import BOOST_FIELDS, PLACEMENT_FIELDS, PROMOTE_FIELDS
 from service.requests.recommend import INTERACTION_FIELDS, RECOMMEND_FIELDS
 from service.requests.records import ITEM_FIELDS, MAX_LIST, MAX_RECORD_BYTES
-from service.requests.rules import FILTER_FIELDS, MAX_FILTER_VALUES, PRICE_FIELDS
+from service.requests.rerank import MAX_RERANK_ITEMS, RERANK_FIELDS
+from service.requests.rules import FILTER_FIELDS, MAX_FILTER_VALUES, PRICE_FIELDS, RULE_FIELDS
 from service.requests.values import (
     INT_ID_RANGE,
     MAX_ATTRIBUTE_NUMBER,
@@ -90,23 +98,13 @@ def filter_schema(s: Settings) -> Schema:
                     "fails any filter. A contradiction (price.min above price.max) is a 400.")
 
 
-def recommend_body(s: Settings) -> Schema:
-    interaction = _object(INTERACTION_FIELDS, {
-        "timestamp": {"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP,
-                      "description": "Unix seconds; default now."},
-        "rating": {"type": "number", "minimum": -MAX_RATING, "maximum": MAX_RATING,
-                   "description": "Finite; default 1 (a view)."}})
-    return _object(RECOMMEND_FIELDS, {
-        "user_interactions": {
-            "type": "object", "maxProperties": s.max_interactions,
-            "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
-            "description": "Keyed by item id; may be empty (then trending items).",
-            "additionalProperties": interaction},
-        "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
-        "recommend_seen": {"type": "boolean", "default": False},
-        "session_id": {**identifier(s), "description": "The visitor's session: scored with "
-                       "its experiment variant while one runs (the answer says which), and "
-                       "never matched with itself."},
+def placement_name(s: Settings) -> Schema:
+    return {"type": "string", "minLength": 1,
+            "maxLength": min(s.max_id_length, MAX_PLACEMENT_NAME)}
+
+
+def _rule_properties(s: Settings) -> Schema:
+    return {
         "exclude": exclude_ids(s),
         "filter": {"$ref": "#/components/schemas/Filter"},
         "max_per_category": {
@@ -114,8 +112,74 @@ def recommend_body(s: Settings) -> Schema:
             "description": "At most this many items of one category (an item's first; items "
                            "without one are not capped)."},
         "explain": {"type": "boolean", "default": False,
-                    "description": "Add because and source to every recommendation."}},
+                    "description": "Add because and source to every recommendation."}}
+
+
+def _interactions(s: Settings) -> Schema:
+    interaction = _object(INTERACTION_FIELDS, {
+        "timestamp": {"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP,
+                      "description": "Unix seconds; default now."},
+        "rating": {"type": "number", "minimum": -MAX_RATING, "maximum": MAX_RATING,
+                   "description": "Finite; default 1 (a view)."}})
+    return {"type": "object", "maxProperties": s.max_interactions,
+            "propertyNames": {"minLength": 1, "maxLength": s.max_id_length},
+            "description": "Keyed by item id; may be empty (then trending items).",
+            "additionalProperties": interaction}
+
+
+def _session_id(s: Settings) -> Schema:
+    return {**identifier(s), "description": "The visitor's session: scored with its "
+            "experiment variant while one runs (the answer says which), and never matched "
+            "with itself."}
+
+
+def _placement_field(s: Settings) -> Schema:
+    return {**placement_name(s), "description": "A placement (PUT /admin/placements/{name}): "
+            "its fields are the defaults the request's own override."}
+
+
+def recommend_body(s: Settings) -> Schema:
+    return _object(RECOMMEND_FIELDS, {
+        "user_interactions": _interactions(s),
+        "k": {"type": "integer", "minimum": 1, "maximum": s.max_k, "default": 10},
+        "recommend_seen": {"type": "boolean", "default": False},
+        "session_id": _session_id(s),
+        "placement": _placement_field(s),
+        **_rule_properties(s)},
         required=["user_interactions"])
+
+
+def rerank_body(s: Settings) -> Schema:
+    return _object(RERANK_FIELDS, {
+        "user_interactions": _interactions(s),
+        "session_id": {**_session_id(s), "description": "The visitor's session; without "
+                       "user_interactions, its live interactions are read."},
+        "items": {"type": "array", "minItems": 1, "maxItems": MAX_RERANK_ITEMS,
+                  "uniqueItems": True, "items": identifier(s),
+                  "description": "The items to order, each once."},
+        "k": {"type": "integer", "minimum": 1, "maximum": MAX_RERANK_ITEMS,
+              "description": "At most this many (default: every item given)."},
+        "placement": _placement_field(s),
+        **_rule_properties(s)},
+        required=["items"], anyOf=[{"required": ["user_interactions"]},
+                                   {"required": ["session_id"]}])
+
+
+def placement_body(s: Settings) -> Schema:
+    filter_ref = {"$ref": "#/components/schemas/Filter"}
+    return _object(PLACEMENT_FIELDS, {
+        "strategy": {"type": "string", "enum": list(STRATEGIES)},
+        "k": {"type": "integer", "minimum": 1, "maximum": s.max_k},
+        "rules": _object(RULE_FIELDS, _rule_properties(s)),
+        "boosts": {"type": "array", "maxItems": MAX_BOOSTS, "items": _object(BOOST_FIELDS, {
+            "filter": filter_ref,
+            "factor": {"type": "number", "minimum": 1 / MAX_BOOST_FACTOR,
+                       "maximum": MAX_BOOST_FACTOR}}, required=list(BOOST_FIELDS))},
+        "promote": {"oneOf": [{"type": "null"}, _object(PROMOTE_FIELDS, {
+            "filter": filter_ref,
+            "slots": {"type": "integer", "minimum": 1, "maximum": s.max_k}},
+            required=list(PROMOTE_FIELDS))]},
+        "params": model_params(s)}, required=["strategy"])
 
 
 def event(s: Settings) -> Schema:

@@ -247,6 +247,14 @@ class Keys:
         memory, whatever session ids clients invent)."""
         return f"{self.ns}:{{g}}:experiment:{serial}:{variant}:sessions"
 
+    def placements(self) -> str:
+        """Hash name -> JSON: the placements (``core/placements.py``, ``lua/placement.lua``)."""
+        return f"{self.ns}:{{g}}:placements"
+
+    def placements_version(self) -> str:
+        """Counter: each change of a placement takes the next (what serve processes poll)."""
+        return f"{self.ns}:{{g}}:placements:version"
+
     def minute(self, minute: int) -> str:
         """Hash: one minute's counts and histograms for the dashboard
         (``core/series.py``); expires after a day."""

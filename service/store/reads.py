@@ -135,9 +135,12 @@ class Reads(Part):
         """Several commands in one round trip."""
         return await self.backend.commands(commands)
 
-    async def doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
+    async def doc_freq(self, items: scoring.U64, learned_only: bool = False
+                       ) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one
-        pipelined round trip)."""
+        pipelined round trip). ``learned_only``: the items are a client's (a list to rerank),
+        so only those some session holds are cached; invented ids would otherwise grow the
+        cache without bound until its next clearing."""
         values, wanted = self.frequencies.lookup(items)
         if len(wanted) or self.frequencies.sessions is None:
             shards = wanted % np.uint64(ITEM_SHARDS)
@@ -151,6 +154,8 @@ class Reads(Part):
             replies = await self.commands(commands)
             self.frequencies.sessions = float(replies.pop(0) or 0)
             got = np.array([float(v or 0) for reply in replies for v in reply])
+            if learned_only:
+                order, got = order[got > 0], got[got > 0]
             self.frequencies.add(order, got)
             values, _ = self.frequencies.lookup(items)
         return values, self.frequencies.sessions or 0.0

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from redis.commands.core import AsyncScript
 
 NAMES = ("ingest", "append", "journal", "scrub", "ratelimit", "catalog", "model", "experiment",
-         "answer", "commit",
+         "placement", "answer", "commit",
          "intent", "apply", "trim", "sweep", "lease")
 
 
@@ -100,6 +100,14 @@ class Scripts:
         done, current = await self.registered["experiment"](
             keys=[running, experiments, ends], args=[action, name, body, serial, ended_ms])
         return bool(done), current.decode() if isinstance(current, bytes) else str(current)
+
+    async def placement(self, placements: str, version: str,
+                        action: Literal["put", "delete"], name: str, body: str = "",
+                        limit: int = 0) -> int:
+        """Put (``body``: its JSON) or delete a placement: the placements' new version, 0 when
+        a new one would pass ``limit``, -1 when the one to delete does not exist."""
+        return int(await self.registered["placement"](
+            keys=[placements, version], args=[action, name, body, limit]))
 
     # --- worker ------------------------------------------------------------------------------
     async def lease(self, key: str, worker: str, lease_ms: int,

@@ -19,6 +19,7 @@ from service.store.feedback import Feedback
 from service.store.ingestion import Ingestion, Journal
 from service.store.keyspace import GROUP, Keys
 from service.store.modelrecord import ModelRecords
+from service.store.placements import Placements
 from service.store.readcache import ReadCache
 from service.store.reads import Reads
 from service.store.scripts import Scripts
@@ -57,6 +58,7 @@ class Store:
         self.items = Catalogue(settings, self.backend, self.scripts, self.keys, self.reads)
         self.admin = Admin(settings, self.backend, self.scripts, self.keys, self.reads)
         self.model = ModelRecords(settings, self.backend, self.scripts, self.keys)
+        self.placements = Placements(settings, self.backend, self.scripts, self.keys)
         self.stats = Statistics(settings, self.backend, self.scripts, self.keys, self.journal)
         self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions,
                                  self.backend, settings.feedback_mb,

@@ -1,0 +1,103 @@
+"""Placements over HTTP (``PUT/GET/DELETE /admin/placements/{name}``,
+``GET /admin/placements``) and each serve process following them: a change answers every
+process' next requests within ``PLACEMENT_POLL`` seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from service.answers.recommender import Recommender
+from service.api.context import SETTINGS, STORE, json_response, read_json
+from service.api.errors import ApiError
+from service.api.recommend import RECOMMENDER
+from service.core.placements import MAX_PLACEMENTS, Placement
+from service.failures import UNAVAILABLE, stop_if_cancelled
+from service.requests.jsonutil import dumps, loads
+from service.requests.placements import placement, placement_name
+from service.requests.values import Invalid
+from service.settings import Settings
+from service.store.placements import TooManyPlacements
+from service.store.state import Store
+
+log = logging.getLogger("sessionrec.api")
+
+PLACEMENT_POLL = 0.5
+"""Seconds between two reads of the placements' version: a change is followed within it."""
+
+
+def parsed(raw: dict[str, bytes], settings: Settings) -> dict[str, Placement]:
+    """The placements as Redis holds them, parsed. One that no longer parses (the process'
+    limits were lowered since it was put) is left out, and logged: its requests are refused
+    as naming no placement, which says what to fix, rather than answered in another way."""
+    out: dict[str, Placement] = {}
+    for name, body in raw.items():
+        try:
+            out[name] = placement(name, loads(body), settings)
+        except (Invalid, ValueError) as exc:
+            log.warning("placement %r left out: %s", name, exc)
+    return out
+
+
+async def follow_placements(recommender: Recommender, store: Store, settings: Settings,
+                            every: float = PLACEMENT_POLL) -> None:
+    """Poll the placements' version and read them all when it moved (a version that went
+    back, a Redis that came back empty, is followed too)."""
+    seen = -1
+    while True:
+        try:
+            if await store.placements.version() != seen:
+                seen, raw = await store.placements.all()
+                recommender.use_placements(parsed(raw, settings))
+        except UNAVAILABLE as exc:
+            log.debug("placements not read (%s); next try in %s s", exc, every)
+        stop_if_cancelled()
+        await asyncio.sleep(every)
+
+
+def _body(found: Placement) -> dict[str, object]:
+    return {"name": found.name, **found.source}
+
+
+async def put_placement(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    name = placement_name(request.match_info["name"], "name", settings)
+    found = placement(name, await read_json(request), settings)
+    store = request.app[STORE]
+    try:
+        await store.placements.put(name, dumps(found.source).decode())
+    except TooManyPlacements:
+        raise ApiError(409, "conflict", f"There are {MAX_PLACEMENTS} placements already, the "
+                       "limit; delete one first.", field="name") from None
+    recommender = request.app[RECOMMENDER]
+    recommender.use_placements({**recommender.placements, name: found})  # the others poll
+    return json_response(_body(found))
+
+
+async def get_placement(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    name = placement_name(request.match_info["name"], "name", settings)
+    raw = await request.app[STORE].placements.get(name)
+    if raw is None:
+        raise ApiError(404, "not_found", f"No placement is named {name!r}.")
+    return json_response({"name": name, **loads(raw)})
+
+
+async def delete_placement(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    name = placement_name(request.match_info["name"], "name", settings)
+    if not await request.app[STORE].placements.delete(name):
+        raise ApiError(404, "not_found", f"No placement is named {name!r}.")
+    recommender = request.app[RECOMMENDER]
+    recommender.use_placements({n: p for n, p in recommender.placements.items() if n != name})
+    return json_response({"name": name, "deleted": True})
+
+
+async def list_placements(request: web.Request) -> web.Response:
+    _, raw = await request.app[STORE].placements.all()
+    return json_response({"placements": [{"name": name, **loads(body)}
+                                         for name, body in sorted(raw.items())]})
+
+
