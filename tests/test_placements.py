@@ -6,6 +6,9 @@ exactly the given items (minus the rules' exclusions), and every bad field a 400
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import os
 import time
 from typing import Any
 
@@ -16,6 +19,13 @@ from service.api.app import create_app
 from service.api.recommend import RECOMMENDER
 from service.core.catalog import Record
 from service.core.catalogueindex import CatalogueIndex
+from service.core.feedback import (
+    ID_LENGTH,
+    NO_PLACEMENT,
+    attribution,
+    placement_code,
+    recommendation_id,
+)
 from service.core.layout import item_hash
 from service.core.placements import MAX_PLACEMENTS
 from service.core.rules import Filter, conjunction
@@ -87,7 +97,8 @@ async def test_put_get_list_and_delete(client: Client) -> None:
             "promote": {"filter": {"categories": ["hats"]}, "slots": 1},
             "params": {"neighbours": 50}}
     assert await put(client, "home", body) == {"name": "home", **body}
-    assert await (await client.get("/admin/placements/home")).json() == {"name": "home", **body}
+    got = await (await client.get("/admin/placements/home")).json()
+    assert got.pop("report")["answers"] == 0 and got == {"name": "home", **body}
     await put(client, "cart", {"strategy": "popular"})
     listed = await (await client.get("/admin/placements")).json()
     assert [p["name"] for p in listed["placements"]] == ["cart", "home"]
@@ -389,3 +400,82 @@ def test_a_conjunction_holds_where_both_filters_do() -> None:
     empty = conjunction(Filter(price_min=5.0), Filter(price_max=4.0))
     assert not index.admits(empty, np.array(hashes, np.uint64)).any()
     assert conjunction(None, second) is second
+
+
+async def test_feedback_is_counted_per_placement(client: Client, settings: Settings) -> None:
+    """Impressions and clicks count toward the placement of the answer they act on, and only
+    it; answers are counted per placement; /metrics and the dashboard show them."""
+    await learned(client, settings)
+    await put(client, "home", {"strategy": "session", "k": 4})
+    await put(client, "category", {"strategy": "rerank"})
+    home = await ask(client, {"user_interactions": SEED, "placement": "home",
+                              "session_id": "v1"})
+    ranked = await ask(client, {"user_interactions": SEED, "placement": "category",
+                                "items": ["p7", "p8", "p9"], "session_id": "v1"}, "/rerank")
+    plain = await ask(client, {"user_interactions": SEED, "session_id": "v1"})
+    events = []
+    for answer, clicked in ((home, 1), (ranked, 2), (plain, 1)):
+        rid = answer["recommendation_id"]
+        events += [{"session_id": "v1", "item_id": item, "type": "impression",
+                    "recommendation_id": rid} for item in ids(answer)]
+        events += [{"session_id": "v1", "item_id": item, "type": "click",
+                    "recommendation_id": rid} for item in ids(answer)[:clicked]]
+    # again: counted once per (answer, item, kind)
+    assert (await client.post("/events", json={"events": events + events})).status == 202
+    await drain(settings)
+    report = (await (await client.get("/admin/placements/home")).json())["report"]
+    assert report["answers"] == 1
+    assert (report["impressions"], report["clicks"], report["ctr"]) == (4, 1, 0.25)
+    listed = {p["name"]: p["report"] for p in
+              (await (await client.get("/admin/placements")).json())["placements"]}
+    assert (listed["category"]["impressions"], listed["category"]["clicks"]) == (3, 2)
+    assert listed["home"] == report
+    stats = await (await client.get("/stats")).json()
+    assert (stats["impressions"], stats["attributed_clicks"]) == (4 + 3 + len(ids(plain)), 4)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'sessionrec_placement_impressions{placement="category"} 3.0' in metrics
+    assert 'sessionrec_placement_answers{placement="home"} 1.0' in metrics
+    data = await (await client.get("/admin/dashboard/data")).json()
+    assert [(p["name"], p["strategy"], p["clicks"]) for p in data["placements"]] == [
+        ("category", "rerank", 2), ("home", "session", 1)]
+
+
+async def test_an_experiment_may_run_within_one_placement(client: Client,
+                                                          settings: Settings) -> None:
+    await learned(client, settings)
+    await put(client, "home", {"strategy": "session"})
+    await put(client, "other", {"strategy": "session"})
+    two = {"variants": {"A": {"params": {}}, "B": {"params": {"neighbours": 5}}}}
+    refused = await client.put("/admin/experiments/x", json={**two, "placement": "nowhere"})
+    assert refused.status == 400 and (await refused.json())["error"]["field"] == "placement"
+    started = await client.put("/admin/experiments/x", json={**two, "placement": "home"})
+    assert started.status == 200 and (await started.json())["placement"] == "home"
+    for n in range(5):
+        body = {"user_interactions": SEED, "session_id": f"v{n}"}
+        assert "variant" in await ask(client, {**body, "placement": "home"})
+        assert "variant" not in await ask(client, {**body, "placement": "other"})
+        assert "variant" not in await ask(client, body)
+    again = await client.put("/admin/experiments/x", json=two)  # another placement: not it
+    assert again.status == 409
+
+
+def test_ids_carry_their_placement_and_earlier_ids_still_verify() -> None:
+    key = os.urandom(32)
+    code = placement_code("home")
+    rid, nonce = recommendation_id(key, "s", 3, 1, 1000.0, code)
+    assert len(rid) == ID_LENGTH
+    found = attribution(key, rid, "s")
+    assert found is not None and (found.nonce, found.placement) == (nonce, code)
+    assert attribution(key, rid, "t") is None
+    plain, _ = recommendation_id(key, "s", 0, 0, 1000.0)
+    assert attribution(key, plain, "s").placement == NO_PLACEMENT  # type: ignore[union-attr]
+    # an id of version 2 (no placement), as answers gave before
+    payload = bytes((2, 1)) + b"n" * 8 + (3).to_bytes(4, "little") + bytes((1,)) \
+        + (1000).to_bytes(4, "little")
+    tag = hashlib.blake2b(payload + b"s", key=key, digest_size=8).digest()
+    old = base64.urlsafe_b64encode(payload + tag).decode()
+    earlier = attribution(key, old, "s")
+    assert earlier is not None and (earlier.nonce, earlier.experiment, earlier.placement) == (
+        b"n" * 8, 3, NO_PLACEMENT)
+    assert attribution(key, old[:-1] + ("A" if old[-1] != "A" else "B"), "s") is None
+    assert placement_code("home") != placement_code("cart") != NO_PLACEMENT

@@ -10,8 +10,8 @@ only for item ids not yet in this process' name cache.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -28,14 +28,17 @@ from service.answers.fill import (
     MSG_SESSION,
     MSG_SIMILAR,
     MSG_TRENDING,
-    fill,
     item_hashes,
-    trending_members,
     worded,
 )
+from service.answers.trending import trending
 from service.core import explain, scoring
-from service.core.catalogueindex import CatalogueIndex
-from service.core.feedback import FEEDBACK_POSITIONS, Experiment, recommendation_id
+from service.core.feedback import (
+    FEEDBACK_POSITIONS,
+    NO_PLACEMENT,
+    Experiment,
+    recommendation_id,
+)
 from service.core.layout import ITEM_PERSON, item_hash, session_hash
 from service.core.modelparams import ModelRecord
 from service.core.placements import Placement
@@ -96,6 +99,8 @@ class Recommender:
         self.unrecorded = 0
         """Answers whose record the hour's budget refused (``--feedback-mb``; /metrics)."""
         self.placements: dict[str, Placement] = {}
+        self.placement_answers: Counter[bytes] = Counter()
+        """Answers per placement (by code), added to Redis every second."""
         self.placement_params: dict[str, Params] = {}
         """The parameters of each placement that sets some, over the shared record's."""
         self.use(ModelRecord())
@@ -133,7 +138,11 @@ class Recommender:
         session's impressions and clicks, which may follow at once, find it."""
         session_id = asker.session_id
         now = time.time()
-        rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant, now)
+        code = NO_PLACEMENT
+        if placement is not None:
+            code = placement.code
+            self.placement_answers[code] += 1
+        rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant, now, code)
         if session_id is not None and answer.recommendations:
             listed = answer.listed[:8 * FEEDBACK_POSITIONS] if answer.listed else kernel.hashes(
                 [row["id"] for row in answer.recommendations[:FEEDBACK_POSITIONS]], ITEM_PERSON)
@@ -156,7 +165,8 @@ class Recommender:
         params = self.params if placement is None else \
             self.placement_params.get(placement.name, self.params)
         experiment = self.experiment
-        if session_id is None or experiment is None:
+        if session_id is None or experiment is None or (experiment.placement is not None and (
+                placement is None or placement.name != experiment.placement)):
             return params, 0, 0, None
         variant = experiment.assign(session_id)
         chosen = experiment.variants[variant]
@@ -208,7 +218,7 @@ class Recommender:
                 cap = CategoryCap(rules.max_per_category, catalogue.first_category)
                 for h in np.frombuffer(prior, placed.LE_U64).tolist():
                     cap.take(h)
-            rows = await self._trending(k, rules, excluded, 1.0, hashes, cap, catalogue,
+            rows = await trending(self.store, k, rules, excluded, 1.0, hashes, cap, catalogue,
                                         placement)
             return Answer(rows, worded(MSG_TRENDING, len(rows), k, rules),
                           listed=_listed(hashes))
@@ -303,93 +313,11 @@ class Recommender:
         # only now the trending head: sessions with neighbours rarely need it
         floor = float(found[-1]["score"]) if found else 1.0
         filled: list[int] = []
-        filler = await self._trending(k - len(found), rules, np.concatenate((exclude, best)),
+        filler = await trending(self.store, k - len(found), rules, np.concatenate((exclude, best)),
                                       floor, filled, cap, catalogue, placement)
         message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
         return Answer(found + filler, worded(message, len(found) + len(filler), k, rules),
                       listed=listed + _listed(filled))
-
-    async def _trending(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
-                        hashes: list[int], cap: CategoryCap | None = None,
-                        catalogue: CatalogueIndex | None = None,
-                        placement: Placement | None = None) -> list[dict[str, Any]]:
-        """``_fill``, reordered by the placement's boosts: from a deeper read (``BOOST_DEPTH``
-        times ``k``), so that a boosted item from further down trending can rise into it."""
-        if placement is None or not placement.boosts or k <= 0:
-            return await self._fill(k, rules, taken, ceiling, hashes, cap, catalogue)
-        if catalogue is None:
-            catalogue = await self.store.items.index()
-        deeper: list[int] = []
-        before = None if cap is None else dict(cap.counts)
-        rows = await self._fill(BOOST_DEPTH * k, rules, taken, ceiling, deeper, cap, catalogue)
-        found = placed.factors(catalogue, placement.boosts, np.array(deeper, np.uint64))
-        rows, chosen = placed.reorder(rows, deeper, found, k)
-        if rules.explain:
-            placed.mark_boosts(rows, placed.factors(catalogue, placement.boosts,
-                                                    np.array(chosen, np.uint64)))
-        hashes.extend(chosen)
-        if cap is not None and before is not None:  # it counted the deeper read: recount
-            cap.counts = before
-            for h in chosen:
-                cap.take(h)
-        return rows
-
-    async def _fill(self, k: int, rules: Rules, taken: scoring.U64, ceiling: float,
-                    hashes: list[int], cap: CategoryCap | None = None,
-                    catalogue: CatalogueIndex | None = None) -> list[dict[str, Any]]:
-        """Up to ``k`` trending items within the rules and none of ``taken`` (hashes), scored
-        into (0, ceiling] relative to the first one; their hashes in ``hashes``. ``cap`` and
-        ``catalogue``: the answer's own so far (None: the fill is the whole answer, as for
-        /popular)."""
-        if rules.needs_catalogue and cap is None:
-            catalogue = await self.store.items.index()
-            cap = CategoryCap(rules.max_per_category, catalogue.first_category)
-        if k <= 0:
-            return []
-        if cap is not None and cap.limit is None:
-            cap = None
-        skip = set(taken.tolist())
-        if rules.filter is not None and catalogue is not None:
-            # the filter's items in trending order, from the process' trending snapshot (one
-            # read shared by every filter: a new filter costs no Redis read)
-            snapshot = await self.store.reads.trending_snapshot()
-            return fill(catalogue.fill_order(rules.filter, snapshot.members, snapshot.score_of),
-                        k, skip, cap, ceiling, rules.explain, hashes)
-        # what is skipped (hidden and unavailable items, the request's exclusions) is mostly
-        # not trending: read a little past k first, deeper only when skipped items were there
-        # (a read of one member per unavailable item cost every answer tens of milliseconds)
-        depth = k + min(len(skip), 4 * k + 64)
-        counts = dict(cap.counts) if cap is not None else {}
-        while True:
-            head = await self.store.reads.trending_head(depth)
-            if cap is not None:
-                cap.counts = dict(counts)
-            leader = head[0][1] if head else 0.0
-            hashes.clear()
-            rows = fill(trending_members(head, leader), k, skip, cap, ceiling, rules.explain,
-                        hashes)
-            if len(rows) == k:
-                return rows
-            if cap is not None:
-                break
-            if len(head) < depth or depth >= k + len(skip):
-                return rows  # the whole set read, or read past every skipped item
-            depth = min(depth * 4, k + len(skip))
-        # the cap skipped items: deeper from the process' trending snapshot, not from Redis (a
-        # read that grew with the set, a few categories among many trending items, blocked
-        # Redis for every client); past its 4,096 items the answer says it has fewer than k
-        cap.counts = dict(counts)
-        members = (await self.store.reads.trending_snapshot()).members
-        top = members[0][2] if members else 0.0
-        hashes.clear()
-        return fill(((name, h, math.pow(2.0, min(score - top, 0.0)))
-                     for name, h, score in members), k, skip, cap, ceiling, rules.explain,
-                    hashes)
-
-
-BOOST_DEPTH = 4
-"""How much deeper than its ``k`` a boosted trending fill reads: a boost reorders the trending
-items near the head, within what a fill may read anyway."""
 
 
 def _listed(hashes: list[int]) -> bytes:

@@ -12,6 +12,7 @@ from aiohttp import web
 from service.api.context import SETTINGS, STORE, json_response
 from service.api.experiments import flush, report
 from service.api.parameters import model_body
+from service.api.placements import placement_reports
 from service.api.recommend import RECOMMENDER
 from service.core.series import minute_figures, minute_of
 from service.store import series, tuning
@@ -38,4 +39,8 @@ async def dashboard_data(request: web.Request) -> web.Response:
         # scores are log2 of decayed counts: relative to the first, as /popular shows them
         "trending": [{"id": member.decode("utf-8", "replace"), "score": 2.0 ** (score - top)}
                      for member, score in head],
+        "placements": [{"name": name, "strategy": recommender.placements[name].strategy,
+                        **figures}
+                       for name, figures in (await placement_reports(recommender,
+                                                                     store)).items()],
         "stats": await store.stats.read()})

@@ -21,11 +21,13 @@ from service.api.context import (
     read_json,
 )
 from service.api.errors import ApiError
+from service.api.placements import flush_placements
 from service.api.recommend import RECOMMENDER
 from service.core.feedback import Experiment, comparisons, variant_report
 from service.core.series import MinuteTally
 from service.failures import UNAVAILABLE, stop_if_cancelled
-from service.requests.admin import experiment_variants
+from service.requests.admin import experiment_placement, experiment_variants
+from service.requests.values import Invalid
 from service.store import series
 from service.store.feedback import ExperimentConflict
 from service.store.state import Store
@@ -46,6 +48,7 @@ async def report(store: Store, experiment: Experiment) -> dict[str, Any]:
     return {"name": experiment.name,
             "state": "running" if experiment.ended_at is None else "ended",
             "started_at": experiment.started_at, "ended_at": experiment.ended_at,
+            "placement": experiment.placement,
             "variants": variants,
             "comparisons": comparisons(names, [variants[n] for n in names])}
 
@@ -53,10 +56,16 @@ async def report(store: Store, experiment: Experiment) -> dict[str, Any]:
 async def put_experiment(request: web.Request) -> web.Response:
     name = path_id(request, "name")
     settings = request.app[SETTINGS]
-    variants = experiment_variants(await read_json(request), settings)
+    body = await read_json(request)
+    variants = experiment_variants(body, settings)
+    placement = experiment_placement(body, settings)
     store = request.app[STORE]
+    if placement is not None and await store.placements.get(placement) is None:
+        raise Invalid("placement", f"No placement is named {placement!r}: put it first "
+                                   "(PUT /admin/placements/{name}).")
     try:
-        started = await store.feedback.start(Experiment(name, 0, variants, time.time()))
+        started = await store.feedback.start(Experiment(name, 0, variants, time.time(),
+                                                        placement=placement))
     except ExperimentConflict as exc:
         raise ApiError(409, "conflict",
                        f"Experiment {exc.running.name!r} is running, with other variants; one "
@@ -108,6 +117,7 @@ async def follow_feedback(recommender: Recommender, store: Store, minutes: Minut
             if key != recommender.signing_key or experiment != recommender.experiment:
                 recommender.use_experiment(key, experiment)
             await flush(recommender, store)
+            await flush_placements(recommender, store)
             taken = minutes.take()
             try:
                 await series.add(store.redis, store.keys, taken)

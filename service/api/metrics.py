@@ -108,6 +108,19 @@ class Metrics:
         self.ctr = Gauge("sessionrec_experiment_ctr",
                          "Clicked impressions / impressions of the running experiment, by "
                          "variant", labels, registry=self.registry)
+        by_placement = ["placement"]
+        self.placement_answers = Gauge("sessionrec_placement_answers",
+                                       "Answers given for each placement (every process)",
+                                       by_placement, registry=self.registry)
+        self.placement_impressions = Gauge("sessionrec_placement_impressions",
+                                           "Impressions of each placement's answers",
+                                           by_placement, registry=self.registry)
+        self.placement_clicks = Gauge("sessionrec_placement_attributed_clicks",
+                                      "Clicks attributed to each placement's answers",
+                                      by_placement, registry=self.registry)
+        self.placement_ctr = Gauge("sessionrec_placement_ctr",
+                                   "Clicked impressions / impressions of each placement",
+                                   by_placement, registry=self.registry)
         self.unrecorded = Gauge("sessionrec_answers_unrecorded",
                                 "Answers of this process whose record the hour's share of "
                                 "--feedback-mb refused: their feedback counts nowhere",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from typing import Any
 
 from aiohttp import web
 
@@ -13,11 +15,12 @@ from service.answers.recommender import Recommender
 from service.api.context import SETTINGS, STORE, json_response, read_json
 from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER
+from service.core.feedback import placement_code, placement_report
 from service.core.placements import MAX_PLACEMENTS, Placement
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.requests.jsonutil import dumps, loads
-from service.requests.placements import placement, placement_name
-from service.requests.values import Invalid
+from service.requests.placements import placement
+from service.requests.values import Invalid, placement_name
 from service.settings import Settings
 from service.store.placements import TooManyPlacements
 from service.store.state import Store
@@ -61,6 +64,27 @@ def _body(found: Placement) -> dict[str, object]:
     return {"name": found.name, **found.source}
 
 
+async def placement_reports(recommender: Recommender, store: Store
+                            ) -> dict[str, dict[str, Any]]:
+    """Each placement this process follows: its answers (every process', as of their last
+    flush, and this one's until now) and the feedback counted on them."""
+    await flush_placements(recommender, store)
+    names = sorted(recommender.placements)
+    counts = await store.feedback.placement_counts(
+        [recommender.placements[n].code for n in names])
+    return {name: placement_report(c) for name, c in zip(names, counts, strict=True)}
+
+
+async def flush_placements(recommender: Recommender, store: Store) -> None:
+    """This process' answers per placement into Redis (``follow_feedback`` every second)."""
+    answers, recommender.placement_answers = recommender.placement_answers, Counter()
+    try:
+        await store.feedback.add_placement_answers(answers)
+    except UNAVAILABLE:
+        recommender.placement_answers.update(answers)
+        raise
+
+
 async def put_placement(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     name = placement_name(request.match_info["name"], "name", settings)
@@ -77,12 +101,18 @@ async def put_placement(request: web.Request) -> web.Response:
 
 
 async def get_placement(request: web.Request) -> web.Response:
+    """The placement and its report: answers, impressions, clicks, CTR with its interval,
+    add to carts and purchases of its answers."""
     settings = request.app[SETTINGS]
     name = placement_name(request.match_info["name"], "name", settings)
-    raw = await request.app[STORE].placements.get(name)
+    store = request.app[STORE]
+    raw = await store.placements.get(name)
     if raw is None:
         raise ApiError(404, "not_found", f"No placement is named {name!r}.")
-    return json_response({"name": name, **loads(raw)})
+    recommender = request.app[RECOMMENDER]
+    await flush_placements(recommender, store)
+    counts = await store.feedback.placement_counts([placement_code(name)])
+    return json_response({"name": name, **loads(raw), "report": placement_report(counts[0])})
 
 
 async def delete_placement(request: web.Request) -> web.Response:
@@ -96,8 +126,13 @@ async def delete_placement(request: web.Request) -> web.Response:
 
 
 async def list_placements(request: web.Request) -> web.Response:
-    _, raw = await request.app[STORE].placements.all()
-    return json_response({"placements": [{"name": name, **loads(body)}
-                                         for name, body in sorted(raw.items())]})
+    store = request.app[STORE]
+    _, raw = await store.placements.all()
+    names = sorted(raw)
+    await flush_placements(request.app[RECOMMENDER], store)
+    counts = await store.feedback.placement_counts([placement_code(n) for n in names])
+    return json_response({"placements": [
+        {"name": name, **loads(raw[name]), "report": placement_report(c)}
+        for name, c in zip(names, counts, strict=True)]})
 
 

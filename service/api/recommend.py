@@ -21,11 +21,10 @@ from service.api.context import (
 )
 from service.core.placements import Placement, overlay
 from service.core.rules import Rules
-from service.requests.placements import placement_name
 from service.requests.recommend import recommend_request
 from service.requests.rerank import rerank_request
 from service.requests.rules import RULE_FIELDS, query_rules
-from service.requests.values import Invalid, identifier, query_bool
+from service.requests.values import Invalid, identifier, placement_name, query_bool
 
 RECOMMENDER = web.AppKey("recommender", Recommender)
 

@@ -13,6 +13,7 @@ from service.api.context import (
     json_response,
 )
 from service.api.errors import ApiError
+from service.api.placements import placement_reports
 from service.api.recommend import RECOMMENDER
 from service.core.feedback import variant_report
 from service.failures import UNAVAILABLE
@@ -55,6 +56,14 @@ async def metrics(request: web.Request) -> web.Response:
                 m.impressions.labels(*labels).set(report["impressions"])
                 m.clicks.labels(*labels).set(report["clicks"])
                 m.ctr.labels(*labels).set(report["ctr"] or 0.0)
+        for series in (m.placement_answers, m.placement_impressions, m.placement_clicks,
+                       m.placement_ctr):
+            series.clear()  # only the placements there are
+        for name, report in (await placement_reports(recommender, request.app[STORE])).items():
+            m.placement_answers.labels(name).set(report["answers"])
+            m.placement_impressions.labels(name).set(report["impressions"])
+            m.placement_clicks.labels(name).set(report["clicks"])
+            m.placement_ctr.labels(name).set(report["ctr"] or 0.0)
     except UNAVAILABLE:
         pass  # the request series are still worth scraping while Redis is away
     return web.Response(body=generate_latest(m.registry),

@@ -33,14 +33,32 @@ from typing import Any, NamedTuple
 from service.core.layout import HASH_BYTES, item_hash
 from service.core.parameters import Value
 
-ID_VERSION = 2
+ID_VERSION = 3
+"""Version 3 carries the answer's placement; version 2 ids (without one), issued before it,
+still verify until their window ends."""
 BOUND = 1
 """The id's flag: the answer was given to a session (its request named one), and the tag covers
 that session's id, so only events of that session verify."""
-_PAYLOAD = 19  # version (1), flags (1), nonce (8), experiment serial (4), variant (1), issued (4)
+PLACEMENT_CODE = 6
+"""Bytes of a placement name's hash an id carries (all zero: no placement). Among the at most
+100 placements of a namespace, two share a code with odds of about 1 in 10^10."""
+_PAYLOAD_V2 = 19  # version (1), flags (1), nonce (8), experiment serial (4), variant (1),
+# issued (4)
+_PAYLOAD = _PAYLOAD_V2 + PLACEMENT_CODE  # then the placement's code
 _TAG = 8
-ID_LENGTH = 36  # 27 bytes in base64 without padding: one spelling per id
+ID_LENGTH = 44  # 33 bytes in base64 without padding: one spelling per id
+ID_LENGTH_V2 = 36
 KEY_BYTES = 32
+NO_PLACEMENT = bytes(PLACEMENT_CODE)
+
+
+def placement_code(name: str | None) -> bytes:
+    """What an id carries of its answer's placement, and what its counts are kept under."""
+    if name is None:
+        return NO_PLACEMENT
+    code = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=PLACEMENT_CODE,
+                           person=b"placement").digest()
+    return code if code != NO_PLACEMENT else b"\x01" + code[1:]
 
 FEEDBACK_WINDOW = 86_400
 """Seconds after an answer during which events carrying its id count: an honest visitor acts on
@@ -70,6 +88,7 @@ class Attribution:
     variant: int
     issued: int
     bound: bool
+    placement: bytes = NO_PLACEMENT  # the placement's code (``placement_code``)
 
 
 def _tag(key: bytes, payload: bytes, session_id: str | None) -> bytes:
@@ -79,14 +98,15 @@ def _tag(key: bytes, payload: bytes, session_id: str | None) -> bytes:
 
 
 def recommendation_id(key: bytes, session_id: str | None = None, experiment: int = 0,
-                      variant: int = 0, now: float | None = None) -> tuple[str, bytes]:
+                      variant: int = 0, now: float | None = None,
+                      placement: bytes = NO_PLACEMENT) -> tuple[str, bytes]:
     """A fresh id for one answer, signed with ``key`` (and bound to ``session_id`` when the
     request named one), and its nonce (64 random bits: unique per answer)."""
     nonce = os.urandom(8)
     issued = int(time.time() if now is None else now)
     payload = bytes((ID_VERSION, BOUND if session_id is not None else 0)) + nonce \
         + experiment.to_bytes(4, "little") + bytes((variant,)) \
-        + issued.to_bytes(4, "little")
+        + issued.to_bytes(4, "little") + placement
     tag = _tag(key, payload, session_id)
     return base64.urlsafe_b64encode(payload + tag).decode(), nonce
 
@@ -95,23 +115,26 @@ def attribution(key: bytes, rid: str, session_id: str | None = None) -> Attribut
     """The id's answer, experiment and variant, or None when ``key`` did not sign it (made up,
     mangled, signed before Redis lost the key) or, for an id given to a session, when
     ``session_id`` is not that session."""
-    if len(rid) != ID_LENGTH:
+    if len(rid) not in (ID_LENGTH, ID_LENGTH_V2):
         return None
     try:
         raw = base64.urlsafe_b64decode(rid)
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != _PAYLOAD + _TAG or raw[0] != ID_VERSION or raw[1] & ~BOUND \
+    size = _PAYLOAD if len(rid) == ID_LENGTH else _PAYLOAD_V2
+    if len(raw) != size + _TAG or raw[0] != (ID_VERSION if size == _PAYLOAD else 2) \
+            or raw[1] & ~BOUND \
             or base64.urlsafe_b64encode(raw).decode() != rid:  # one spelling per id
         return None
-    payload, tag = raw[:_PAYLOAD], raw[_PAYLOAD:]
+    payload, tag = raw[:size], raw[size:]
     bound = bool(payload[1] & BOUND)
     if bound and session_id is None:
         return None
     if not hmac.compare_digest(tag, _tag(key, payload, session_id if bound else None)):
         return None
     return Attribution(payload[2:10], int.from_bytes(payload[10:14], "little"), payload[14],
-                       int.from_bytes(payload[15:19], "little"), bound)
+                       int.from_bytes(payload[15:19], "little"), bound,
+                       payload[_PAYLOAD_V2:] or NO_PLACEMENT)
 
 
 # --- experiments ------------------------------------------------------------------------------
@@ -136,6 +159,8 @@ class Experiment:
     variants: tuple[Variant, ...]
     started_at: float
     ended_at: float | None = None
+    placement: str | None = None
+    """The placement whose requests it scores (None: every request with a session id)."""
 
     def assign(self, session_id: str) -> int:
         """The variant of a session: a hash of (experiment, session id) placed on the
@@ -157,7 +182,7 @@ class Experiment:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "serial": self.serial, "started_at": self.started_at,
-                "ended_at": self.ended_at,
+                "ended_at": self.ended_at, "placement": self.placement,
                 "variants": [{"name": v.name, "weight": v.weight, "params": dict(v.params)}
                              for v in self.variants]}
 
@@ -167,7 +192,8 @@ class Experiment:
                    tuple(Variant(v["name"], float(v["weight"]), dict(v["params"]))
                          for v in raw["variants"]),
                    float(raw["started_at"]),
-                   None if raw.get("ended_at") is None else float(raw["ended_at"]))
+                   None if raw.get("ended_at") is None else float(raw["ended_at"]),
+                   raw.get("placement"))
 
 
 # --- counting -----------------------------------------------------------------------------------
@@ -216,6 +242,12 @@ def counter_field(serial: int, variant: int, kind: str) -> str:
 
 def answers_field(serial: int, variant: int) -> str:
     return f"x:{serial}:{variant}:answers"
+
+
+def placement_field(code: bytes, kind: str) -> str:
+    """A placement's count's field in a partition's counters hash (``kind``: one of
+    ``COUNTED``), or in the global hash of answers per placement (``answers``)."""
+    return f"pl:{code.hex()}:{kind}"
 
 
 class Claim(NamedTuple):
@@ -297,6 +329,10 @@ def tally(found: Sequence[Claim], records: Mapping[bytes, bytes | None],
         total = TOTALS.get(claim.kind)
         if total is not None:
             out.add(total)
+        if answer.placement != NO_PLACEMENT:
+            out.add(placement_field(answer.placement, claim.kind))
+            if bit & SHOWN_AND_CLICKED and flags[at] & SHOWN_AND_CLICKED == SHOWN_AND_CLICKED:
+                out.add(placement_field(answer.placement, CLICKED_IMPRESSION))
         if answer.experiment and answer.experiment in ends:
             end = ends[answer.experiment]
             if end is None or claim.arrival < end:
@@ -360,6 +396,14 @@ def variant_report(counts: Mapping[str, int], sessions: int) -> dict[str, Any]:
             "ctr_interval": [low, high] if impressions else None,
             "add_to_cart": counts.get("add_to_cart", 0),
             "purchases": counts.get("purchase", 0)}
+
+
+def placement_report(counts: Mapping[str, int]) -> dict[str, Any]:
+    """A placement's figures: as a variant's, without sessions (a placement's answers are
+    counted whoever asks)."""
+    report = variant_report(counts, 0)
+    del report["sessions"]
+    return report
 
 
 def comparisons(names: Sequence[str], reports: Sequence[Mapping[str, Any]]

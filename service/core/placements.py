@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.core.feedback import placement_code
 from service.core.parameters import Value
 from service.core.rules import Filter, Rules
 
@@ -63,6 +64,11 @@ class Placement:
     promote: Promote | None = None
     params: Mapping[str, Value] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
+    code: bytes = field(init=False, repr=False, compare=False)
+    """What its answers' ids carry, and what its counts are kept under."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", placement_code(self.name))
 
     @property
     def needs_catalogue(self) -> bool:

@@ -11,14 +11,22 @@ from service.requests.values import (
     finite_number,
     invalid,
     json_object,
+    placement_name,
     type_name,
 )
 from service.settings import Settings
 
 # --- experiments ----------------------------------------------------------------------------
-EXPERIMENT_FIELDS = ("variants",)
+EXPERIMENT_FIELDS = ("variants", "placement")
 VARIANT_FIELDS = ("weight", "params")
 MODEL_CHANGE_FIELDS = ("params", "pin")
+
+
+def experiment_placement(body: Any, settings: Settings) -> str | None:
+    """``PUT /admin/experiments/{name}``'s ``placement``: the one whose requests it scores
+    (None: every request with a session id). ``experiment_variants`` checked the body."""
+    raw = body.get("placement")
+    return None if raw is None else placement_name(raw, "placement", settings)
 
 
 def experiment_variants(body: Any, settings: Settings) -> tuple[Variant, ...]:

@@ -8,7 +8,6 @@ from typing import Any
 from service.core.placements import (
     MAX_BOOST_FACTOR,
     MAX_BOOSTS,
-    MAX_PLACEMENT_NAME,
     STRATEGIES,
     Boost,
     Placement,
@@ -20,7 +19,6 @@ from service.requests.rules import RULE_FIELDS, rule_filter, rules
 from service.requests.values import (
     Invalid,
     finite_number,
-    identifier,
     integer,
     invalid,
     json_object,
@@ -33,14 +31,6 @@ BOOST_FIELDS = ("filter", "factor")
 PROMOTE_FIELDS = ("filter", "slots")
 MAX_PLACEMENT_BYTES = 64 << 10
 """A placement's JSON, at most: every serve process keeps every placement parsed."""
-
-
-def placement_name(value: Any, field: str, settings: Settings) -> str:
-    name = identifier(value, field, settings)
-    if len(name) > MAX_PLACEMENT_NAME:
-        raise invalid(field, f"{field} is {len(name)} characters long; a placement's name "
-                             f"is at most {MAX_PLACEMENT_NAME}.")
-    return name
 
 
 def _prefixed(prefix: str, exc: Invalid) -> Invalid:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from service.core.rules import NO_RULES, Rules
-from service.requests.placements import placement_name
 from service.requests.rules import RULE_FIELDS, rules
 from service.requests.values import (
     MAX_RATING,
@@ -16,6 +15,7 @@ from service.requests.values import (
     integer,
     invalid,
     json_object,
+    placement_name,
     rating,
     timestamp,
     type_name,

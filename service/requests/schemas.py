@@ -262,4 +262,8 @@ def experiment_body(s: Settings) -> Schema:
         "params": model_params(s)})
     return _object(EXPERIMENT_FIELDS, {"variants": {
         "type": "object", "minProperties": 2, "maxProperties": MAX_VARIANTS,
-        "additionalProperties": variant}}, required=["variants"])
+        "additionalProperties": variant},
+        "placement": {"oneOf": [{"type": "null"}, {
+            **placement_name(s), "description": "Score only the requests naming this "
+            "placement (an existing one); others are untouched."}]}},
+        required=["variants"])

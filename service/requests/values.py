@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from service.core.placements import MAX_PLACEMENT_NAME
 from service.requests.jsonutil import JSONDecodeError, loads
 from service.settings import Settings
 
@@ -213,3 +214,11 @@ def attribute_value(value: Any, field: str) -> str | int | float | bool:
         return value if isinstance(value, int) else number
     raise invalid(field, f"{field} must be a string, a number or a boolean, not "
                          f"{type_name(value)}.")
+
+
+def placement_name(value: Any, field: str, settings: Settings) -> str:
+    name = identifier(value, field, settings)
+    if len(name) > MAX_PLACEMENT_NAME:
+        raise invalid(field, f"{field} is {len(name)} characters long; a placement's name "
+                             f"is at most {MAX_PLACEMENT_NAME}.")
+    return name

@@ -12,9 +12,10 @@ each tallies its own and adds them every second (``Tally``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
@@ -28,6 +29,7 @@ from service.core.feedback import (
     counter_field,
     hour_of,
     new_key,
+    placement_field,
 )
 from service.core.layout import partition_of, session_hash
 from service.store.keyspace import Keys
@@ -174,18 +176,17 @@ class Feedback:
         same experiment sent again; ExperimentConflict when another runs."""
         running = (await self.current())[1]
         if running is not None:
-            if running.name == experiment.name and running.variants == experiment.variants:
+            if _same(running, experiment):
                 return running
             raise ExperimentConflict(running)
         serial = int(await self.client.incr(self.keys.experiment_serial()))
-        started = Experiment(experiment.name, serial, experiment.variants,
-                             experiment.started_at)
+        started = dataclasses.replace(experiment, serial=serial, ended_at=None)
         done, current = await self.scripts.experiment(
             self.keys.experiment(), self.keys.experiments(), self.keys.experiment_ends(),
             "start", started.name, json.dumps(started.to_json()), serial)
         if not done:  # another start got in between
             other = Experiment.from_json(json.loads(current))
-            if other.name == experiment.name and other.variants == experiment.variants:
+            if _same(other, experiment):
                 return other
             raise ExperimentConflict(other)
         return started
@@ -196,8 +197,7 @@ class Feedback:
         running = (await self.current())[1]
         if running is None or running.name != name:
             return None
-        ended = Experiment(running.name, running.serial, running.variants,
-                           running.started_at, now)
+        ended = dataclasses.replace(running, ended_at=now)
         done, _ = await self.scripts.experiment(
             self.keys.experiment(), self.keys.experiments(), self.keys.experiment_ends(), "end",
             name, json.dumps(ended.to_json()), running.serial, int(now * 1000))
@@ -229,6 +229,37 @@ class Feedback:
             totals[v]["sessions"] = int(value)
         return totals
 
+    async def placement_counts(self, codes: Sequence[bytes]) -> list[dict[str, int]]:
+        """Per placement (by code): answers and each kind of attributed event, summed over
+        partitions."""
+        fields = [placement_field(code, kind) for code in codes for kind in COUNTED]
+        if not fields:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.hmget(self.keys.counters(p), fields)
+            pipe.hmget(self.keys.placement_answers(),
+                       [placement_field(code, "answers") for code in codes])
+            replies: list[Any] = await pipe.execute()
+        totals: list[dict[str, int]] = [dict.fromkeys((*COUNTED, "answers"), 0)
+                                        for _ in codes]
+        for reply in replies[:self.partitions]:
+            for at, value in enumerate(reply):
+                if value is not None:
+                    totals[at // len(COUNTED)][COUNTED[at % len(COUNTED)]] += int(value)
+        for n, value in enumerate(replies[self.partitions]):
+            totals[n]["answers"] = int(value or 0)
+        return totals
+
+    async def add_placement_answers(self, answers: Counter[bytes]) -> None:
+        """A serve process' answers per placement (by code) since its last call."""
+        if answers:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for code, n in answers.items():
+                    pipe.hincrby(self.keys.placement_answers(), placement_field(code, "answers"),
+                                 n)
+                await pipe.execute()
+
     async def add(self, answers: Counter[tuple[int, int]],
                   sessions: dict[tuple[int, int], set[str]]) -> None:
         """A serve process' tally of answers and sessions since its last call."""
@@ -241,6 +272,12 @@ class Feedback:
                 if ids:
                     pipe.pfadd(self.keys.experiment_sessions(serial, variant), *ids)
             await pipe.execute()
+
+
+def _same(running: Experiment, sent: Experiment) -> bool:
+    """Whether ``sent`` is the running experiment sent again (a no-op)."""
+    return (running.name, running.variants, running.placement) == \
+        (sent.name, sent.variants, sent.placement)
 
 
 class Tally:

@@ -255,6 +255,11 @@ class Keys:
         """Counter: each change of a placement takes the next (what serve processes poll)."""
         return f"{self.ns}:{{g}}:placements:version"
 
+    def placement_answers(self) -> str:
+        """Hash ``pl:<code>:answers`` -> answers given for the placement (serve processes add
+        to it every second)."""
+        return f"{self.ns}:{{g}}:placement:answers"
+
     def minute(self, minute: int) -> str:
         """Hash: one minute's counts and histograms for the dashboard
         (``core/series.py``); expires after a day."""
