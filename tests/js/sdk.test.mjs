@@ -103,7 +103,7 @@ test("recommend posts the stored interactions in the seed's request", async () =
   assert.equal(answer.message, "m");
   const call = sent.find((c) => c.url === "/iid_recommend");
   const body = JSON.parse(call.options.body);
-  assert.deepEqual(Object.keys(body), ["user_interactions", "k", "recommend_seen", "session_id"]);
+  assert.deepEqual(Object.keys(body), ["user_interactions", "k", "session_id", "recommend_seen"]);
   assert.equal(body.session_id, sdk.sessionId()); // its experiment variant, if one runs
   assert.equal(body.k, 4);
   assert.equal(body.recommend_seen, true);
@@ -362,4 +362,36 @@ test("an API error rejects render and reaches onError, JSON or not", async () =>
   globalThis.fetch = async () => ({ ok: true, status: 200, headers: { get: () => null },
                                     json: async () => ({}) });
   await assert.rejects(sdk.render("#recs"), (e) => e.status === 200);
+});
+
+test("a placement comes from init or from the call; without k the placement's holds", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, placement: "home", flushInterval: 5 });
+  await sdk.recommend();
+  await sdk.recommend({ placement: "cart", k: 3 });
+  const bodies = sent.filter((c) => c.url === "/iid_recommend")
+    .map((c) => JSON.parse(c.options.body));
+  assert.equal(bodies[0].placement, "home");
+  assert.ok(!("k" in bodies[0])); // the placement's k, or the server's default
+  assert.equal(bodies[1].placement, "cart");
+  assert.equal(bodies[1].k, 3);
+});
+
+test("rerank posts the given items, ids as strings, with the rules and the session", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, exclude: ["x"], flushInterval: 5 });
+  sdk.track("a", "click");
+  await sdk.rerank(["b", 7, "c"], { placement: "category" });
+  await sdk.recommend({ items: ["d"] }); // render({items}) reranks as well
+  const calls = sent.filter((c) => c.url === "/rerank").map((c) => JSON.parse(c.options.body));
+  assert.deepEqual(calls[0].items, ["b", "7", "c"]);
+  assert.equal(calls[0].placement, "category");
+  assert.deepEqual(calls[0].exclude, ["x"]);
+  assert.equal(calls[0].session_id, sdk.sessionId());
+  assert.equal(calls[0].user_interactions.a.rating, 3);
+  assert.ok(!("recommend_seen" in calls[0]));
+  assert.deepEqual(calls[1].items, ["d"]);
+  await new Promise((r) => setTimeout(r, 30));
 });

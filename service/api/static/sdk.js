@@ -17,7 +17,8 @@
   var STORE_KEY = "sessionrec:interactions", SESSION_KEY = "sessionrec:session",
       QUEUE_KEY = "sessionrec:queue";
   var cfg = {
-    endpoint: "", key: null, k: 10, recommendSeen: false, autoTrack: true, exclude: null,
+    endpoint: "", key: null, k: null, placement: null, recommendSeen: false, autoTrack: true,
+    exclude: null,
     filter: null, maxPerCategory: null, explain: false, container: null, template: null,
     onRender: null, onError: null,
     maxInteractions: 50, flushInterval: 2000, batchSize: 50, consent: true, maxQueued: 500,
@@ -203,11 +204,15 @@
     }, 50);
   }
 
-  function recommend(options) {
-    options = options || {};
-    var body = { user_interactions: interactions(), k: options.k || cfg.k,
-                 recommend_seen: options.recommendSeen != null ? options.recommendSeen
-                                                                : cfg.recommendSeen };
+  /* The body both questions share: the visitor's interactions, k and the placement (a
+   * placement's k and rules are the defaults: only what the page sets is sent), the rules,
+   * the session id. */
+  function question(options) {
+    var body = { user_interactions: interactions() };
+    var k = options.k || cfg.k;
+    if (k) body.k = k;
+    var placement = options.placement || cfg.placement;
+    if (placement) body.placement = String(placement);
     // the rules: each per call, else init's. exclude: item ids never to show (the cart, what
     // the page lists already); filter: {categories, tags, price: {min, max}, attributes};
     // maxPerCategory: at most this many of one category; explain: add because and source
@@ -221,7 +226,27 @@
     var explain = options.explain !== undefined ? options.explain : cfg.explain;
     if (explain) body.explain = true;
     if (cfg.consent) body.session_id = sessionId();
-    return global.fetch(cfg.endpoint + "/iid_recommend", {
+    return body;
+  }
+
+  function recommend(options) {
+    options = options || {};
+    if (options.items) return rerank(options.items, options);
+    var body = question(options);
+    body.recommend_seen = options.recommendSeen != null ? options.recommendSeen
+                                                         : cfg.recommendSeen;
+    return ask("/iid_recommend", body);
+  }
+
+  // the given items (a category page, search results) in their order for this visitor
+  function rerank(items, options) {
+    var body = question(options || {});
+    body.items = items.map(String);
+    return ask("/rerank", body);
+  }
+
+  function ask(path, body) {
+    return global.fetch(cfg.endpoint + path, {
       method: "POST", headers: headers(true), body: JSON.stringify(body)
     }).then(function (r) {
       learnClock(r);
@@ -368,7 +393,8 @@
     }
   }
 
-  var api = { init: init, configure: configure, track: track, recommend: recommend, render: render, flush: flush,
+  var api = { init: init, configure: configure, track: track, recommend: recommend,
+              rerank: rerank, render: render, flush: flush,
               interactions: interactions, sessionId: sessionId, setConsent: setConsent,
               _addInteraction: addInteraction };
   global.sessionrec = api;
