@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from service import kernel
 from service.answers import placements as placed
-from service.answers.fill import item_hashes, six_decimals
+from service.answers.fill import NO_ITEMS, item_hashes
 from service.answers.recommender import NOBODY, Answer, Asker, Recommender
 from service.core import explain, scoring
 from service.core.catalogueindex import CatalogueIndex
@@ -40,6 +42,25 @@ class Ordered:
     sources: list[str]
     because: list[list[str]]
     factors: list[float] | None = None  # each item's boost, when the placement has boosts
+
+
+class Positions:
+    """Where each of the given items stands in the list (1-based; 0: not given), as an
+    open-addressing table the kernel probes: a request's few hundred candidates are looked up
+    in one call, not one set test each."""
+
+    def __init__(self, hashes: scoring.U64) -> None:
+        capacity = 8
+        while capacity < 2 * len(hashes):
+            capacity *= 2
+        self.keys = np.zeros(capacity, np.uint64)
+        self.values = np.full(capacity, np.nan)
+        kernel.insert(self.keys, self.values, hashes, np.arange(1, len(hashes) + 1,
+                                                                dtype=np.float64))
+
+    def of(self, items: scoring.U64) -> npt.NDArray[np.int64]:
+        found, _ = kernel.lookup(self.keys, self.values, np.ascontiguousarray(items, np.uint64))
+        return np.frombuffer(found, np.float64).astype(np.int64)
 
 
 async def rerank(recommender: Recommender, interactions: Sequence[tuple[str, float, float]],
@@ -73,75 +94,93 @@ async def _ordered(recommender: Recommender, interactions: Sequence[tuple[str, f
                    catalogue: CatalogueIndex | None, placement: Placement | None) -> Ordered:
     store = recommender.store
     given = item_hashes(items)
-    keep = ~np.isin(given, np.concatenate((await store.reads.hidden_items(),
-                                           item_hashes(rules.exclude))))
+    at = Positions(given)
+    keep = np.ones(len(given) + 1, bool)  # by position; [0]: not given
+    keep[at.of(np.concatenate((await store.reads.hidden_items(),
+                               item_hashes(rules.exclude))))] = False
+    keep[0] = False
     if rules.filter is not None:
         assert catalogue is not None
-        keep &= catalogue.admits(rules.filter, given)
-    ids = [item for item, kept in zip(items, keep.tolist(), strict=True) if kept]
-    given = given[keep]
+        keep[1:] &= catalogue.admits(rules.filter, given)
     hashes = [item_hash(item) for item, _, _ in interactions]
     query = scoring.build_query(hashes, [ts for _, ts, _ in interactions],
                                 [r for _, _, r in interactions], params)
     exclude_session = int.from_bytes(session_hash(asker.session_id), "little") \
         if asker.session_id is not None else None
-    index_blobs = await store.reads.indexes(query.items) if len(query.items) else []
-    sessions, similarity = scoring.neighbours(query, index_blobs, params, exclude_session) \
-        if len(query.items) else (np.zeros(0, np.uint64), np.zeros(0))
-    histories = await store.reads.histories(sessions) if len(sessions) else []
-    candidates, raw = scoring.score(query, histories, similarity, params) if len(sessions) \
-        else (np.zeros(0, np.uint64), np.zeros(0))
-    wanted = np.isin(candidates, given)
+    histories: list[bytes | None] = []
+    similarity = np.zeros(0)
+    cached = None if rules.explain or not len(query.items) else \
+        store.backend.cached_candidates(query, params, exclude_session)
+    if cached is not None:
+        candidates, raw = cached
+    elif len(query.items):
+        sessions, similarity = scoring.neighbours(
+            query, await store.reads.indexes(query.items), params, exclude_session)
+        histories = await store.reads.histories(sessions) if len(sessions) else []
+        candidates, raw = scoring.score(query, histories, similarity, params) \
+            if len(sessions) else (NO_ITEMS, np.zeros(0))
+    else:
+        candidates, raw = NO_ITEMS, np.zeros(0)
+    wanted = keep[at.of(candidates)]
     candidates, raw = candidates[wanted], raw[wanted]
     df, n_sessions = await store.reads.doc_freq(candidates) if params.idf_weight \
         else (np.zeros(0), 0.0)
     # every other item is excluded from the ranking: the given ones the session scores (and
     # its own items among them, with their repeat weight) are what it ranks
-    others = query.seen[~np.isin(query.seen, given)]
+    others = query.seen[~keep[at.of(query.seen)]]
     best, best_scores = scoring.rank(candidates, raw, df, n_sessions, query, params, True,
                                      others, len(candidates) + len(query.seen))
-    scored = np.isin(best, given)
-    best, best_scores = best[scored], best_scores[scored]
-    rest_at = ~np.isin(given, best)
-    rest = given[rest_at]
-    held, _ = await store.reads.doc_freq(rest, learned_only=True)
+    best_at = at.of(best)
+    scored = keep[best_at]
+    best, best_scores, best_at = best[scored], best_scores[scored], best_at[scored]
+    unscored = keep.copy()
+    unscored[best_at] = False
+    rest_at = np.flatnonzero(unscored[1:])  # 0-based, in their given order
+    held, _ = await store.reads.doc_freq(given[rest_at], learned_only=True)
     floor = float(best_scores[-1] / best_scores[0]) if len(best) else 1.0
     top = float(held.max()) if len(held) else 0.0
     popular = np.argsort(-held, kind="stable")
     popular = popular[held[popular] > 0]
     unknown = np.flatnonzero(held <= 0)
-    order = np.concatenate((best, rest[popular], rest[unknown]))
-    scores = (best_scores / best_scores[0]).tolist() if len(best) else []
-    scores += (floor * POPULAR_SHARE * held[popular] / top).tolist() if top else []
-    scores += [0.0] * len(unknown)
+    index = np.concatenate((best_at - 1, rest_at[popular], rest_at[unknown]))
+    scores = np.concatenate((best_scores / best_scores[0] if len(best) else np.zeros(0),
+                             floor * POPULAR_SHARE * held[popular] / top if top
+                             else np.zeros(0), np.zeros(len(unknown))))
     sources = ["session"] * len(best) + ["popular"] * len(popular) + ["unknown"] * len(unknown)
+    order = given[index]
+    found = None
     boosts = () if placement is None else placement.boosts
     if boosts:
         assert catalogue is not None
         found = placed.factors(catalogue, boosts, order)
-        boosted = placed.within(np.array(scores) * found, 1.0)
+        boosted = placed.within(scores * found, 1.0)
         known = len(best) + len(popular)  # the unknown stay last, in their given order
-        resort = np.argsort(-boosted[:known], kind="stable")
-        index = np.concatenate((resort, np.arange(known, len(order))))
-        order, found = order[index], found[index]
-        scores = boosted[index].tolist()
-        sources = [sources[n] for n in index.tolist()]
-    name_of = dict(zip(given.tolist(), ids, strict=True))
-    because: list[list[str]] = [[] for _ in range(len(order))]
-    if rules.explain and len(best):
+        resort = np.concatenate((np.argsort(-boosted[:known], kind="stable"),
+                                 np.arange(known, len(order))))
+        order, found, scores, index = order[resort], found[resort], boosted[resort], \
+            index[resort]
+        sources = [sources[n] for n in resort.tolist()]
+    because: list[list[str]] = []
+    if rules.explain:
         lookup = {int.from_bytes(h, "little"): item for h, (item, _, _)
                   in zip(hashes, interactions, strict=True)}
-        reasons = explain.because(query, histories, similarity, params, order)
+        reasons = explain.because(query, histories, similarity, params, order) \
+            if len(best) else [[] for _ in range(len(order))]
         because = [[lookup[h] for h in behind if h in lookup] for behind in reasons]
-    return Ordered([name_of[h] for h in order.tolist()], order,
-                   [six_decimals(s) for s in scores], sources, because,
-                   found.tolist() if boosts else None)
+    return Ordered([items[n] for n in index.tolist()], order,
+                   (np.rint(scores * 1e6) / 1e6).tolist(), sources, because,
+                   None if found is None else found.tolist())
 
 
 def _taken(ordered: Ordered, k: int, rules: Rules, prior: bytes,
            catalogue: CatalogueIndex | None) -> Answer:
     """The first ``k`` of the order that ``rules`` (a promotion's filter among them) and the
     category cap allow."""
+    if not (rules.exclude or rules.filter or rules.max_per_category or rules.explain
+            or prior):  # the common case: the first k as they stand
+        return Answer([{"id": i, "score": v} for i, v in zip(ordered.ids[:k],
+                                                            ordered.scores[:k], strict=True)],
+                      MSG_RERANK, listed=ordered.hashes[:k].astype(placed.LE_U64).tobytes())
     allowed = ~np.isin(ordered.hashes, item_hashes(rules.exclude))
     if rules.filter is not None:
         assert catalogue is not None

@@ -45,11 +45,12 @@ def rerank_request(body: Any, settings: Settings, now: float) -> RerankRequest:
     items = identifiers(obj["items"], "items", settings, limit=MAX_RERANK_ITEMS)
     if not items:
         raise invalid("items", f"items must hold 1 to {MAX_RERANK_ITEMS} item ids.")
-    first: dict[str, int] = {}
-    for n, item in enumerate(items):
-        if first.setdefault(item, n) != n:
-            raise invalid(f"items[{n}]", f"items[{n}] repeats items[{first[item]}] ({item!r}): "
-                                         "each item is given once.")
+    if len(set(items)) != len(items):
+        first: dict[str, int] = {}
+        for n, item in enumerate(items):
+            if first.setdefault(item, n) != n:
+                raise invalid(f"items[{n}]", f"items[{n}] repeats items[{first[item]}] "
+                                             f"({item!r}): each item is given once.")
     k = integer(obj["k"], "k", low=1, high=MAX_RERANK_ITEMS) if "k" in obj else len(items)
     return RerankRequest(interactions, items, k, session, rules(obj, settings),
                          placement_of(obj, settings), frozenset(obj))

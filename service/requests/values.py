@@ -166,9 +166,14 @@ def identifiers(value: Any, field: str, settings: Settings, *, limit: int,
         raise invalid(field, f"{field} must be an array of strings, not {type_name(value)}.")
     if len(value) > limit:
         raise invalid(field, f"{field} has {len(value)} entries; the limit is {limit}.")
-    longest = settings.max_id_length
-    if all(type(v) is str and 0 < len(v) <= longest for v in value):
-        return tuple(value)  # the common case; anything else names the entry and the fix
+    # the common case, in C-level passes over the list; anything else names the entry and
+    # the fix
+    if value and set(map(type, value)) == {str}:
+        lengths = list(map(len, value))
+        if min(lengths) > 0 and max(lengths) <= settings.max_id_length:
+            return tuple(value)
+    elif not value:
+        return ()
     return tuple(identifier(v, f"{field}[{n}]", settings, allow_int=allow_int)
                  for n, v in enumerate(value))
 
