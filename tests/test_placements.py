@@ -148,10 +148,13 @@ async def test_a_bad_field_is_a_400_naming_it(client: Client, body: dict[str, An
 async def test_a_request_naming_an_unknown_or_unfit_placement_is_a_400(client: Client) -> None:
     found = await ask(client, {"user_interactions": SEED, "placement": "nowhere"}, status=400)
     assert found["error"]["field"] == "placement"
+    unknown = found["error"]["message"]
     await put(client, "category", {"strategy": "rerank"})
     found = await ask(client, {"user_interactions": SEED, "placement": "category"},
                       status=400)
-    assert found["error"]["field"] == "placement" and "rerank" in found["error"]["message"]
+    assert found["error"]["field"] == "placement"
+    # the same refusal as for a name never put: a page learns no placement's strategy
+    assert found["error"]["message"] == unknown.replace("'nowhere'", "'category'")
     await put(client, "home", {"strategy": "session"})
     found = await ask(client, {"user_interactions": SEED, "items": ["p1"],
                                "placement": "home"}, "/rerank", status=400)
@@ -479,3 +482,45 @@ def test_ids_carry_their_placement_and_earlier_ids_still_verify() -> None:
         b"n" * 8, 3, NO_PLACEMENT)
     assert attribution(key, old[:-1] + ("A" if old[-1] != "A" else "B"), "s") is None
     assert placement_code("home") != placement_code("cart") != NO_PLACEMENT
+
+
+async def test_a_placement_created_again_counts_afresh(client: Client,
+                                                      settings: Settings) -> None:
+    """Deleted and created again under the same name, a placement's report starts at zero,
+    and what the answers of its former self were shown and clicked counts toward neither."""
+    await learned(client, settings)
+    await put(client, "home", {"strategy": "session", "k": 3})
+    before = await ask(client, {"user_interactions": SEED, "placement": "home",
+                                "session_id": "v1"})
+    events = [{"session_id": "v1", "item_id": item, "type": kind,
+               "recommendation_id": before["recommendation_id"]}
+              for item in ids(before) for kind in ("impression", "click")]
+    assert (await client.post("/events", json={"events": events[:2]})).status == 202
+    await drain(settings)
+    report = (await (await client.get("/admin/placements/home")).json())["report"]
+    assert (report["answers"], report["impressions"], report["clicks"]) == (1, 1, 1)
+    await put(client, "home", {"strategy": "session", "k": 4})  # replaced: counts go on
+    assert (await (await client.get("/admin/placements/home")).json())["report"] == report
+    assert (await client.delete("/admin/placements/home")).status == 200
+    await put(client, "home", {"strategy": "session", "k": 3})
+    assert (await client.post("/events", json={"events": events[2:]})).status == 202
+    await drain(settings)
+    fresh = (await (await client.get("/admin/placements/home")).json())["report"]
+    assert (fresh["answers"], fresh["impressions"], fresh["clicks"]) == (0, 0, 0)
+    await ask(client, {"user_interactions": SEED, "placement": "home", "session_id": "v2"})
+    listed = (await (await client.get("/admin/placements")).json())["placements"]
+    assert listed[0]["report"]["answers"] == 1
+
+
+async def test_an_experiment_runs_only_within_a_placement_it_can_change(
+        client: Client) -> None:
+    """Variants differ in scoring parameters: a popular or similar placement's answers do not
+    depend on them, so an experiment within one is refused rather than assigning nothing."""
+    two = {"variants": {"A": {"params": {}}, "B": {"params": {"neighbours": 5}}}}
+    for strategy in ("popular", "similar"):
+        await put(client, strategy, {"strategy": strategy})
+        refused = await client.put("/admin/experiments/x", json={**two, "placement": strategy})
+        assert refused.status == 400 and (await refused.json())["error"]["field"] == "placement"
+    await put(client, "category", {"strategy": "rerank"})
+    assert (await client.put("/admin/experiments/x", json={
+        **two, "placement": "category"})).status == 200

@@ -24,9 +24,11 @@ from service.api.errors import ApiError
 from service.api.placements import flush_placements
 from service.api.recommend import RECOMMENDER
 from service.core.feedback import Experiment, comparisons, variant_report
+from service.core.placements import SCORED
 from service.core.series import MinuteTally
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.requests.admin import experiment_placement, experiment_variants
+from service.requests.jsonutil import loads
 from service.requests.values import Invalid
 from service.store import series
 from service.store.feedback import ExperimentConflict
@@ -60,9 +62,16 @@ async def put_experiment(request: web.Request) -> web.Response:
     variants = experiment_variants(body, settings)
     placement = experiment_placement(body, settings)
     store = request.app[STORE]
-    if placement is not None and await store.placements.get(placement) is None:
-        raise Invalid("placement", f"No placement is named {placement!r}: put it first "
-                                   "(PUT /admin/placements/{name}).")
+    if placement is not None:
+        found = await store.placements.get(placement)
+        if found is None:
+            raise Invalid("placement", f"No placement is named {placement!r}: put it first "
+                                       "(PUT /admin/placements/{name}).")
+        strategy = loads(found[0]).get("strategy")
+        if strategy not in SCORED:
+            raise Invalid("placement", f"Placement {placement!r} answers with strategy "
+                                       f"{strategy!r}, which scoring parameters do not change; "
+                                       f"an experiment runs within one of {', '.join(SCORED)}.")
     try:
         started = await store.feedback.start(Experiment(name, 0, variants, time.time(),
                                                         placement=placement))

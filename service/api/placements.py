@@ -31,14 +31,14 @@ PLACEMENT_POLL = 0.5
 """Seconds between two reads of the placements' version: a change is followed within it."""
 
 
-def parsed(raw: dict[str, bytes], settings: Settings) -> dict[str, Placement]:
+def parsed(raw: dict[str, tuple[bytes, int]], settings: Settings) -> dict[str, Placement]:
     """The placements as Redis holds them, parsed. One that no longer parses (the process'
     limits were lowered since it was put) is left out, and logged: its requests are refused
     as naming no placement, which says what to fix, rather than answered in another way."""
     out: dict[str, Placement] = {}
-    for name, body in raw.items():
+    for name, (body, serial) in raw.items():
         try:
-            out[name] = placement(name, loads(body), settings)
+            out[name] = placement(name, loads(body), settings, serial)
         except (Invalid, ValueError) as exc:
             log.warning("placement %r left out: %s", name, exc)
     return out
@@ -95,9 +95,15 @@ async def put_placement(request: web.Request) -> web.Response:
     except TooManyPlacements:
         raise ApiError(409, "conflict", f"There are {MAX_PLACEMENTS} placements already, the "
                        "limit; delete one first.", field="name") from None
-    recommender = request.app[RECOMMENDER]
-    recommender.use_placements({**recommender.placements, name: found})  # the others poll
+    await _reread(request)
     return json_response(_body(found))
+
+
+async def _reread(request: web.Request) -> None:
+    """This process follows a change at once (with the serial Redis gave), the others at
+    their next poll."""
+    _, raw = await request.app[STORE].placements.all()
+    request.app[RECOMMENDER].use_placements(parsed(raw, request.app[SETTINGS]))
 
 
 async def get_placement(request: web.Request) -> web.Response:
@@ -106,12 +112,12 @@ async def get_placement(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     name = placement_name(request.match_info["name"], "name", settings)
     store = request.app[STORE]
-    raw = await store.placements.get(name)
-    if raw is None:
+    found = await store.placements.get(name)
+    if found is None:
         raise ApiError(404, "not_found", f"No placement is named {name!r}.")
-    recommender = request.app[RECOMMENDER]
-    await flush_placements(recommender, store)
-    counts = await store.feedback.placement_counts([placement_code(name)])
+    raw, serial = found
+    await flush_placements(request.app[RECOMMENDER], store)
+    counts = await store.feedback.placement_counts([placement_code(name, serial)])
     return json_response({"name": name, **loads(raw), "report": placement_report(counts[0])})
 
 
@@ -120,8 +126,7 @@ async def delete_placement(request: web.Request) -> web.Response:
     name = placement_name(request.match_info["name"], "name", settings)
     if not await request.app[STORE].placements.delete(name):
         raise ApiError(404, "not_found", f"No placement is named {name!r}.")
-    recommender = request.app[RECOMMENDER]
-    recommender.use_placements({n: p for n, p in recommender.placements.items() if n != name})
+    await _reread(request)
     return json_response({"name": name, "deleted": True})
 
 
@@ -130,9 +135,10 @@ async def list_placements(request: web.Request) -> web.Response:
     _, raw = await store.placements.all()
     names = sorted(raw)
     await flush_placements(request.app[RECOMMENDER], store)
-    counts = await store.feedback.placement_counts([placement_code(n) for n in names])
+    counts = await store.feedback.placement_counts([placement_code(n, raw[n][1])
+                                                    for n in names])
     return json_response({"placements": [
-        {"name": name, **loads(raw[name]), "report": placement_report(c)}
+        {"name": name, **loads(raw[name][0]), "report": placement_report(c)}
         for name, c in zip(names, counts, strict=True)]})
 
 

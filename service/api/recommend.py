@@ -41,13 +41,11 @@ def _placement(request: web.Request, name: str | None, strategies: tuple[str, ..
     if name is None:
         return None
     found = request.app[RECOMMENDER].placements.get(name)
-    if found is None:
-        raise Invalid("placement", f"No placement is named {name!r} (GET /admin/placements "
-                                   "lists them).")
-    if found.strategy not in strategies:
-        raise Invalid("placement", f"Placement {name!r} answers with strategy "
-                                   f"{found.strategy!r}, which this route does not; it "
-                                   f"answers {', '.join(strategies)}.")
+    if found is None or found.strategy not in strategies:
+        # one answer for both: a page learns no placement's strategy from its refusals
+        raise Invalid("placement", f"No placement named {name!r} answers this route (it "
+                                   f"answers placements of strategy {', '.join(strategies)}; "
+                                   "GET /admin/placements lists them).")
     return found
 
 

@@ -52,12 +52,14 @@ KEY_BYTES = 32
 NO_PLACEMENT = bytes(PLACEMENT_CODE)
 
 
-def placement_code(name: str | None) -> bytes:
-    """What an id carries of its answer's placement, and what its counts are kept under."""
+def placement_code(name: str | None, serial: int = 0) -> bytes:
+    """What an id carries of its answer's placement, and what its counts are kept under: the
+    placement as created (``serial``), so that one deleted and created again counts afresh,
+    and the ids its former self gave count toward neither."""
     if name is None:
         return NO_PLACEMENT
-    code = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=PLACEMENT_CODE,
-                           person=b"placement").digest()
+    code = hashlib.blake2b(f"{serial}\0{name}".encode("utf-8", "surrogatepass"),
+                           digest_size=PLACEMENT_CODE, person=b"placement").digest()
     return code if code != NO_PLACEMENT else b"\x01" + code[1:]
 
 FEEDBACK_WINDOW = 86_400

@@ -23,6 +23,10 @@ STRATEGIES = ("session", "similar", "bought_together", "rerank", "popular")
 page's item, items carted with the cart's, the given list ordered for the session
 (POST /rerank), what is trending."""
 
+SCORED = ("session", "rerank")
+"""The strategies whose answers the scoring parameters change: what an experiment's variants
+may differ in (an experiment within a placement of another strategy would assign nothing)."""
+
 SOURCES = ("session", "trending", "popular", "unknown")
 """What ``explain`` says an answer's item came from: the session's neighbourhood, the trending
 fill; in a reranked list, other sessions' counts or nothing the model knows."""
@@ -64,11 +68,13 @@ class Placement:
     promote: Promote | None = None
     params: Mapping[str, Value] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
+    serial: int = 0
+    """The serial it was created with (``store/placements.py``)."""
     code: bytes = field(init=False, repr=False, compare=False)
     """What its answers' ids carry, and what its counts are kept under."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "code", placement_code(self.name))
+        object.__setattr__(self, "code", placement_code(self.name, self.serial))
 
     @property
     def needs_catalogue(self) -> bool:

@@ -37,8 +37,9 @@ def _prefixed(prefix: str, exc: Invalid) -> Invalid:
     return Invalid(f"{prefix}.{exc.field}", exc.message, exc.code)
 
 
-def placement(name: str, body: Any, settings: Settings) -> Placement:
-    """The placement ``name`` as ``body`` sets it: every field checked, unknown ones refused."""
+def placement(name: str, body: Any, settings: Settings, serial: int = 0) -> Placement:
+    """The placement ``name`` as ``body`` sets it: every field checked, unknown ones refused
+    (``serial``: the one it was created with, once stored)."""
     obj = json_object(body, "", PLACEMENT_FIELDS)
     if len(dumps(obj)) > MAX_PLACEMENT_BYTES:
         raise invalid("body", f"A placement is at most {MAX_PLACEMENT_BYTES} bytes of JSON.")
@@ -59,7 +60,7 @@ def placement(name: str, body: Any, settings: Settings) -> Placement:
     promote = _promote(obj["promote"], settings) if obj.get("promote") is not None else None
     params = param_values(obj.get("params", {}), "params", settings)
     return Placement(name, strategy, k, placed_rules, frozenset(given_rules), boosts, promote,
-                     params, obj)
+                     params, obj, serial)
 
 
 def _boosts(value: Any, settings: Settings) -> tuple[Boost, ...]:

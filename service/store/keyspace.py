@@ -251,6 +251,15 @@ class Keys:
         """Hash name -> JSON: the placements (``core/placements.py``, ``lua/placement.lua``)."""
         return f"{self.ns}:{{g}}:placements"
 
+    def placement_serials(self) -> str:
+        """Hash name -> the serial a placement was created with (what its counts are kept
+        under: a placement deleted and created again counts afresh)."""
+        return f"{self.ns}:{{g}}:placements:serials"
+
+    def placement_serial(self) -> str:
+        """Counter: each placement created takes the next serial."""
+        return f"{self.ns}:{{g}}:placements:serial"
+
     def placements_version(self) -> str:
         """Counter: each change of a placement takes the next (what serve processes poll)."""
         return f"{self.ns}:{{g}}:placements:version"

@@ -101,13 +101,14 @@ class Scripts:
             keys=[running, experiments, ends], args=[action, name, body, serial, ended_ms])
         return bool(done), current.decode() if isinstance(current, bytes) else str(current)
 
-    async def placement(self, placements: str, version: str,
+    async def placement(self, placements: str, version: str, serials: str, serial: str,
                         action: Literal["put", "delete"], name: str, body: str = "",
                         limit: int = 0) -> int:
         """Put (``body``: its JSON) or delete a placement: the placements' new version, 0 when
         a new one would pass ``limit``, -1 when the one to delete does not exist."""
         return int(await self.registered["placement"](
-            keys=[placements, version], args=[action, name, body, limit]))
+            keys=[placements, version, serials, serial],
+            args=[action, name, body, limit]))
 
     # --- worker ------------------------------------------------------------------------------
     async def lease(self, key: str, worker: str, lease_ms: int,
