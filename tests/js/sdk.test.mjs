@@ -395,3 +395,14 @@ test("rerank posts the given items, ids as strings, with the rules and the sessi
   assert.deepEqual(calls[1].items, ["d"]);
   await new Promise((r) => setTimeout(r, 30));
 });
+
+test("a call may send other interactions than the visitor's: a cart's items", async () => {
+  const { sent } = fakeBrowser();
+  const sdk = loadSdk();
+  sdk.init({ endpoint: "", autoTrack: false, flushInterval: 5 });
+  sdk.track("viewed", "view");
+  await sdk.recommend({ placement: "cart", interactions: { "c-1": {}, "c-2": {} } });
+  const body = JSON.parse(sent.find((c) => c.url === "/iid_recommend").options.body);
+  assert.deepEqual(Object.keys(body.user_interactions), ["c-1", "c-2"]);
+  await new Promise((r) => setTimeout(r, 30));
+});

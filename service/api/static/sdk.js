@@ -208,7 +208,9 @@
    * placement's k and rules are the defaults: only what the page sets is sent), the rules,
    * the session id. */
   function question(options) {
-    var body = { user_interactions: interactions() };
+    // interactions: the seed's shape, {itemId: {timestamp, rating}}; by default the visitor's
+    // (a cart's items, for a bought_together placement)
+    var body = { user_interactions: options.interactions || interactions() };
     var k = options.k || cfg.k;
     if (k) body.k = k;
     var placement = options.placement || cfg.placement;
