@@ -159,7 +159,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                      "schema": {"type": "boolean", "default": False}}],
                 "responses": {"200": _answer("Recommendations"), **errors}}},
             "/items/{item_id}/similar": {"get": {
-                "summary": "Items most co-visited with one item (never the item itself)",
+                "summary": "Items most co-visited with one item (never the item itself); "
+                           "fewer than k, completed from its catalogue record",
                 "parameters": [
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
                     _k(s), *_rules(s)],
@@ -336,9 +337,13 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                                         "description": "With explain: the request's items "
                                                        "that contributed most (empty for "
                                                        "trending items)."},
-                            "source": {"type": "string", "enum": ["session", "trending"],
+                            "source": {"type": "string",
+                                       "enum": ["session", "trending", "record", "new"],
                                        "description": "With explain: where the item came "
-                                                      "from."}}}},
+                                                      "from (record: similar completed "
+                                                      "from the item's catalogue record). "
+                                                      "new (always shown): a new item in "
+                                                      "a placement's explore slots."}}}},
                     "message": {"type": "string"}}},
             "Stats": {"type": "object", "properties": {
                 name: {"type": "integer"} for name in (
