@@ -327,3 +327,37 @@ async def test_cold_start_costs_what_the_answer_needs_not_what_a_category_holds(
             assert 0 < fitted[0] <= EXPLORE_TESTS, fitted
     finally:
         await store.close()
+
+
+def test_the_arrival_order_and_the_price_band_follow_puts_replacements_and_deletions() -> None:
+    """Rows put after the arrival order was sorted are found (newest first), a replaced or
+    deleted record's old row never is, and the price band gives the nearest rows first."""
+    index = coldstart_index()
+    index.sort_arrivals()
+    index.sort_prices()
+    late = int.from_bytes(item_hash("late"), "little")
+    index.put(late, Record("late", categories=("a",), price=50.4), 500.0)
+    moved = int.from_bytes(item_hash("i10"), "little")
+    index.put(moved, Record("i10", categories=("b",), price=1.0), 10.0)  # replaced
+    index.put(int.from_bytes(item_hash("i20"), "little"), None)  # deleted
+    recent, order = index.arrivals(15.0)
+    rows = [r for r in (*reversed(recent), *order) if index.seen[r] >= 15.0]
+    assert [index.ids[r] for r in rows][:3] == ["late", "i99", "i98"]
+    assert "i20" not in [index.ids[r] for r in rows]
+    found = coldstart.fresh(index, {"c\0a": 2}, 15.0, None, set())
+    assert {index.ids[r] for r, _ in found} == {"late"} | {f"i{n}" for n in range(15, 100)
+                                                          if n != 20}
+    assert all(fit == 2 for _, fit in found)
+    near = [index.ids[r] for r in index.priced_near(50.0, 45.0, 55.0, 4)]
+    assert near[:4] == ["i50", "i49", "i51", "i48"] and near[4:] == ["late"]
+    assert all(45.0 <= index.prices[index.row_of[int.from_bytes(item_hash(i), "little")]]
+               <= 55.0 for i in near)
+
+
+def coldstart_index() -> Any:
+    from service.core.catalogueindex import CatalogueIndex
+    index = CatalogueIndex()
+    for n in range(100):
+        index.put(int.from_bytes(item_hash(f"i{n}"), "little"),
+                  Record(f"i{n}", categories=("a",), price=float(n)), float(n))
+    return index

@@ -264,9 +264,10 @@ class CatalogueIndex:
         band = self._priced(low, high)[0]
         assert isinstance(band, _Rows) and self.by_price is not None
         start, end = band._start, band._end
-        middle = int(np.searchsorted(self.by_price[0][start:end], price, "left")) + start
+        prices = self.by_price[0]
+        middle = int(np.searchsorted(prices[start:end], price, "left")) + start
         near = sorted(range(max(start, middle - n), min(end, middle + n)),
-                      key=lambda at: (abs(at - middle + 0.5), at))[:n]
+                      key=lambda at: (abs(float(prices[at]) - price), at))[:n]
         found = [int(band._rows[at]) for at in near]
         return found + [r for r in self.unsorted[-n:] if low <= self.prices[r] <= high]
 
