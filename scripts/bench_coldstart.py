@@ -23,7 +23,7 @@ Two arms, the same visitors (the same seed) on a private redis-server, one names
 
 - **today**: no exploration, ``similar`` from behaviour only (the answer before cold start);
 - **cold start**: the session list explores (share ``--share``, ``--max-age-days``; through
-  ``recommend``'s ``finish``) and ``similar`` completes from the record.
+  ``explore`` on the ``recommend`` answer) and ``similar`` completes from the record.
 
 A warm-up day over the old items only (not measured) comes first. Reported, over the new items
 that arrived with a whole day left in the run: the share shown at least once in their first
@@ -39,7 +39,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.answers import explore as explore_answers  # noqa: E402
 from service.answers import recommender as recommender_module  # noqa: E402
-from service.answers.recommender import Answer, Recommender  # noqa: E402
+from service.answers.recommender import Recommender  # noqa: E402
 from service.core.catalog import Record  # noqa: E402
 from service.core.model import Event  # noqa: E402
 from service.core.rules import NO_RULES  # noqa: E402
@@ -174,10 +173,12 @@ async def visit(recommender: Recommender, shop: Shop, tally: Tally | None, sessi
     for _ in range(rng.randint(2, 8)):
         seen.append((current, t, 1.0))
         events.append(Event(session, current, t))
-        finish = partial(_explore, recommender, [i for i, _, _ in seen], args, t) \
-            if cold else None
         similar = await recommender.similar(current, args.k)
-        listed = await recommender.recommend(seen, args.k, False, finish=finish)
+        listed = await recommender.recommend(seen, args.k, False)
+        if cold:
+            listed = await explore_answers.explore(
+                recommender, listed, [i for i, _, _ in seen], args.k, args.share,
+                args.max_age_days, NO_RULES, now=t)
         rows = [r for pair in zip(similar.recommendations, listed.recommendations,
                                   strict=False) for r in pair]
         longer = similar.recommendations if len(similar.recommendations) > \
@@ -204,12 +205,6 @@ async def visit(recommender: Recommender, shop: Shop, tally: Tally | None, sessi
         else:
             current = rng.choices(items, [shop.weight[i] for i in items])[0]
         t += rng.uniform(20, 90)
-
-
-async def _explore(recommender: Recommender, items: list[str], args: argparse.Namespace,
-                   now: float, answer: Answer) -> Answer:
-    return await explore_answers.explore(recommender, answer, items, args.k, args.share,
-                                         args.max_age_days, NO_RULES, now=now)
 
 
 def report(name: str, tally: Tally) -> str:

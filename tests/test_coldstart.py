@@ -214,11 +214,8 @@ async def test_explore_brings_a_new_item_that_fits_the_session_marked_new(
         wide = await explored(plain, share=0.5)
         assert [r["id"] for r in wide.recommendations if r.get("source") == "new"] == \
             ["new-shoe"]
-        # through recommend's last step, the answer recorded with its new row
-        stamped = await recommender.recommend(SESSION, 10, False, rules=rules,
-                                              finish=explored)
-        assert stamped.recommendations[-1]["id"] == "new-shoe"
-        assert stamped.recommendation_id
+        # an answer already stamped keeps its id
+        assert answer.recommendation_id == plain.recommendation_id != ""
     finally:
         await store.close()
 

@@ -19,25 +19,51 @@ import dataclasses
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from service import kernel
 from service.answers.fill import item_hashes
-from service.answers.recommender import Answer, Recommender
 from service.core import coldstart
 from service.core.layout import ITEM_PERSON
 from service.core.rules import CategoryCap, Rules
+from service.store.state import Store
+
+
+class Asking(Protocol):
+    """What ``explore`` needs of the ``Recommender``: its store. (This module imports no
+    ``answers.recommender``, so that the recommender may call it.)"""
+
+    @property
+    def store(self) -> Store: ...
+
+
+class Listing(Protocol):
+    """What ``explore`` needs of an ``Answer`` (a dataclass, replaced with its new rows)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def recommendations(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def listed(self) -> bytes: ...
+
+
+A = TypeVar("A", bound=Listing)
 
 SOURCE = "new"
 MSG_EXPLORED = "The last {n} shown are new items in the session's categories."
 DAY = 86_400.0
 
 
-async def explore(recommender: Recommender, answer: Answer, session_items: Sequence[str],
+async def explore(recommender: Asking, answer: A, session_items: Sequence[str],
                   k: int, share: float, max_age_days: float, rules: Rules, *,
-                  now: float | None = None, rng: random.Random | None = None) -> Answer:
+                  now: float | None = None, rng: random.Random | None = None) -> A:
     """``answer`` with up to ``explore_slots(share, k)`` of its last slots given to new items
     that fit the categories of ``session_items`` (ids, oldest first). ``now``: the time new
     items are counted from (default: this process' clock); ``rng``: the tie-breaks' source

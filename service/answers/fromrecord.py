@@ -11,8 +11,8 @@ import numpy as np
 
 from service.answers.fill import item_hashes, six_decimals, worded
 from service.core import coldstart
-from service.core.layout import item_hash
 from service.core.rules import CategoryCap, Rules
+from service.core.scoring import U64
 from service.store.state import Store
 
 MSG_RECORD = ("Items sharing this item's catalogue record (categories, tags, attributes, "
@@ -25,15 +25,17 @@ MSG_FEWER_RECORD = ("{found} co-visited or alike items satisfy the request's rul
 SOURCE = "record"  # explain's "source" of a row found from the record
 
 
-async def from_record(store: Store, rows: list[dict[str, Any]], listed: bytes, item_id: str,
-                      k: int, rules: Rules) -> tuple[list[dict[str, Any]], bytes, str] | None:
-    """``rows`` (the co-visited answer, its hashes ``listed``) completed to ``k`` from the
-    record of ``item_id``, with the answer's new message; None when the record adds nothing
-    (no record, nothing alike within the rules)."""
-    if len(rows) >= k:
+async def from_record(store: Store, rows: list[dict[str, Any]], listed: bytes, item: U64,
+                      k: int, rules: Rules, cap: CategoryCap
+                      ) -> tuple[list[dict[str, Any]], str, bytes] | None:
+    """``rows`` (the co-visited answer for the item ``item``, its hash alone; their hashes
+    ``listed``; ``cap`` the answer's ``max_per_category`` so far) completed to ``k`` from
+    the item's record: the rows, the answer's message and the rows' hashes. None when the
+    record adds nothing (no record, nothing alike within the rules)."""
+    if len(rows) >= k or len(item) != 1:
         return None
     index = await store.items.index()
-    own = int.from_bytes(item_hash(item_id), "little")
+    own = int(item[0])
     if own not in index.row_of:
         return None
     snapshot = await store.reads.trending_snapshot()
@@ -43,9 +45,6 @@ async def from_record(store: Store, rows: list[dict[str, Any]], listed: bytes, i
     before: list[int] = np.frombuffer(listed, "<u8").tolist()
     skip = {own, *before, *(await store.reads.hidden_items()).tolist(),
             *item_hashes(rules.exclude).tolist()}
-    cap = CategoryCap(rules.max_per_category, index.first_category)
-    for h in before:
-        cap.take(h)
     ceiling = float(rows[-1]["score"]) if rows else 1.0
     added: list[dict[str, Any]] = []
     hashes: list[int] = []
@@ -66,4 +65,4 @@ async def from_record(store: Store, rows: list[dict[str, Any]], listed: bytes, i
         return None
     message = worded(MSG_SIMILAR_RECORD if rows else MSG_RECORD, len(rows) + len(added), k,
                      rules, MSG_FEWER_RECORD)
-    return rows + added, listed + np.array(hashes, dtype="<u8").tobytes(), message
+    return rows + added, message, listed + np.array(hashes, dtype="<u8").tobytes()

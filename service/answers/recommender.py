@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -132,11 +132,7 @@ class Recommender:
 
     async def recommend(self, interactions: Sequence[tuple[str, float, float]], k: int,
                         recommend_seen: bool, asker: Asker = NOBODY,
-                        rules: Rules = NO_RULES,
-                        finish: Callable[[Answer], Awaitable[Answer]] | None = None) -> Answer:
-        """The session's next items. ``finish``: a last step on the answer before it is
-        stamped and recorded (a placement's ``explore``, ``answers/explore.py``), so that
-        feedback on the rows it adds counts."""
+                        rules: Rules = NO_RULES) -> Answer:
         session_id = asker.session_id
         params, serial, variant, name = self.params, 0, 0, None
         experiment = self.experiment
@@ -157,25 +153,15 @@ class Recommender:
             if recommend_seen or rules.explain else None
         answer = await self._answer(query, k, seen, params, exclude_session, rules,
                                     fill_with_trending=True, named=named)
-        if finish is not None:
-            answer = await finish(answer)
         return await self._stamped(answer, asker, serial, variant, name)
 
     async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES,
                       asker: Asker = NOBODY) -> Answer:
-        """The items most co-visited with ``item_id``; fewer than k, completed from its
-        catalogue record (``answers/fromrecord.py``)."""
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
-        answer = await self._answer(
+        return await self._stamped(await self._answer(
             query, k, query.seen, self.similar_params, None, rules, fill_with_trending=False,
-            named={int.from_bytes(h, "little"): item_id})
-        completed = await from_record(self.store, answer.recommendations, answer.listed,
-                                      item_id, k, rules)
-        if completed is not None:
-            rows, listed, message = completed
-            answer = Answer(rows, message, listed=listed)
-        return await self._stamped(answer, asker)
+            named={int.from_bytes(h, "little"): item_id}), asker)
 
     async def popular(self, k: int, rules: Rules = NO_RULES, asker: Asker = NOBODY) -> Answer:
         hidden = await self.store.reads.hidden_items()
@@ -247,7 +233,11 @@ class Recommender:
                 row["because"] = [lookup[h] for h in behind if h in lookup]
                 row["source"] = "session"
         listed = best.astype("<u8").tobytes()
-        if not fill_with_trending:
+        if not fill_with_trending:  # similar: fewer than k, completed from the record
+            completed = await from_record(self.store, found, listed, query.items, k, rules, cap)
+            if completed is not None:
+                rows, message, listed = completed
+                return Answer(rows, message, listed=listed)
             return Answer(found, worded(MSG_SIMILAR if found else MSG_NO_SIMILAR, len(found),
                                         k, rules, MSG_FEWER_SIMILAR), listed=listed)
         if len(found) >= k:
