@@ -95,7 +95,8 @@ async def applied(store: Store) -> None:
 
 
 async def run_arm(url: str, name: str, cold: bool, args: argparse.Namespace) -> Tally:
-    settings = Settings(redis_url=url, namespace=f"bench-{name}", partitions=4, block_ms=20)
+    settings = Settings(redis_url=url, namespace=f"bench-{name}", partitions=4, block_ms=20,
+                        read_cache_mb=0)  # what the worker applied, read at once
     store = Store(settings)
     await store.prepare()
     recommender = Recommender(store, settings)
@@ -109,6 +110,7 @@ async def run_arm(url: str, name: str, cold: bool, args: argparse.Namespace) -> 
         names["from_record"] = no_record
     rng = random.Random(args.seed)  # the shop: the same items in both arms
     visitors = random.Random(args.seed + 1)  # the visitors: the same until answers differ
+    ties = random.Random(args.seed + 2)  # explore's tie-breaks
     shop = Shop()
     tally = Tally(arrived=shop.arrived)
     start = time.time() - (args.days + 2) * DAY
@@ -149,10 +151,13 @@ async def run_arm(url: str, name: str, cold: bool, args: argparse.Namespace) -> 
                 session = f"h{hour}-v{visitor}"
                 t = now + visitors.uniform(0, HOUR - 600)
                 await visit(recommender, shop, tally if measured else None, session, c, t,
-                            cold, args, visitors, events)
+                            cold, args, visitors, events, ties)
             await store.ingestion.ingest(events)
             await applied(store)
             store.reads.frequencies.clear()  # the hour's frequencies (the cache lives 5 min)
+            # the hour's trending snapshot (a serve process re-reads it every 10 s of its own
+            # clock, which here is a few simulated hours)
+            await store.reads._read_trending_now()
     finally:
         names["from_record"] = original
         worker.stop()
@@ -164,7 +169,7 @@ async def run_arm(url: str, name: str, cold: bool, args: argparse.Namespace) -> 
 
 async def visit(recommender: Recommender, shop: Shop, tally: Tally | None, session: str,
                 category: str, t: float, cold: bool, args: argparse.Namespace,
-                rng: random.Random, events: list[Event]) -> None:
+                rng: random.Random, events: list[Event], ties: random.Random) -> None:
     items = shop.by_category[category]
     current = rng.choices(items, [shop.weight[i] for i in items])[0]
     seen: list[tuple[str, float, float]] = []
@@ -178,7 +183,7 @@ async def visit(recommender: Recommender, shop: Shop, tally: Tally | None, sessi
         if cold:
             listed = await explore_answers.explore(
                 recommender, listed, [i for i, _, _ in seen], args.k, args.share,
-                args.max_age_days, NO_RULES, now=t)
+                args.max_age_days, NO_RULES, now=t, rng=ties)
         rows = [r for pair in zip(similar.recommendations, listed.recommendations,
                                   strict=False) for r in pair]
         longer = similar.recommendations if len(similar.recommendations) > \
