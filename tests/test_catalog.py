@@ -18,6 +18,7 @@ import pytest
 from service.api.app import create_app
 from service.api.context import STORE
 from service.core.catalog import Record
+from service.core.catalog import encode as encode_record
 from service.core.layout import item_hash, shard_of
 from service.demo import sample_catalogue
 from service.offline import catalog
@@ -458,7 +459,8 @@ async def test_catalog_only_mode_learns_catalogue_items_only(client: Client,
     r: Any = store.redis
     for item in ("a", "b"):  # what the catalogue will write (PUT /items/{id})
         h = item_hash(item)
-        await r.hset(store.keys.catalog(int.from_bytes(h, "little") % 64), h.hex(), b"{}")
+        await r.hset(store.keys.catalog(int.from_bytes(h, "little") % 64), h.hex(),
+                     encode_record(Record(item)))
     events = [{"session_id": f"s{n}", "item_id": i} for n in range(5)
               for i in ("a", "b", f"invented-{n}")]
     assert (await client.post("/events", json={"events": events})).status == 202

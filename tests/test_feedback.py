@@ -29,18 +29,15 @@ from service.core.feedback import (
     answer_record,
     attribution,
     claim,
-    comparisons,
     counter_field,
     hour_of,
     new_key,
     recommendation_id,
     tally,
-    two_proportion_p,
-    variant_report,
-    wilson,
 )
 from service.core.layout import item_hash
 from service.core.model import Event
+from service.core.reports import comparisons, two_proportion_p, variant_report, wilson
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client

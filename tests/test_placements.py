@@ -30,6 +30,7 @@ from service.core.layout import item_hash
 from service.core.placements import MAX_PLACEMENTS
 from service.core.rules import Filter, conjunction
 from service.settings import Settings
+from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import drain
 
@@ -524,3 +525,49 @@ async def test_an_experiment_runs_only_within_a_placement_it_can_change(
     await put(client, "category", {"strategy": "rerank"})
     assert (await client.put("/admin/experiments/x", json={
         **two, "placement": "category"})).status == 200
+
+
+async def test_a_placements_explore_share_brings_new_items_that_fit_the_session(
+        client: Client, settings: Settings) -> None:
+    store = Store(settings)
+    try:  # the shop's items were put a month ago (a replaced record keeps its first-seen)
+        await store.items.put([Record(item, categories=("shoes" if n < 10 else "hats",))
+                               for n, item in enumerate(ITEMS)], now=time.time() - 30 * 86400)
+    finally:
+        await store.close()
+    await learned(client, settings)
+    assert (await client.put("/items/fresh-shoe", json={"categories": ["shoes"]})).status == 200
+    assert (await client.put("/items/fresh-hat", json={"categories": ["hats"]})).status == 200
+    await put(client, "home", {"strategy": "session", "k": 4,
+                               "explore": {"share": 0.25, "max_age_days": 7}})
+    answer = await ask(client, {"user_interactions": SEED, "placement": "home",
+                                "session_id": "v1"})
+    rows = answer["recommendations"]
+    assert len(rows) == 4 and rows[-1]["id"] == "fresh-shoe"
+    assert rows[-1]["source"] == "new" and "fresh-hat" not in ids(answer)
+    plain = await ask(client, {"user_interactions": SEED, "k": 4})
+    assert ids(answer)[:3] == ids(plain)[:3]
+    # its impressions and clicks count: the answer's record lists the new item
+    rid = answer["recommendation_id"]
+    assert (await client.post("/events", json={"events": [
+        {"session_id": "v1", "item_id": "fresh-shoe", "type": kind, "recommendation_id": rid}
+        for kind in ("impression", "click")]})).status == 202
+    await drain(settings)
+    report = (await (await client.get("/admin/placements/home")).json())["report"]
+    assert (report["impressions"], report["clicks"]) == (1, 1)
+    excluded = await ask(client, {"user_interactions": SEED, "placement": "home",
+                                  "exclude": ["fresh-shoe"]})
+    assert "fresh-shoe" not in ids(excluded) and len(ids(excluded)) == 4
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"strategy": "rerank", "explore": {"share": 0.1}}, "explore"),
+    ({"strategy": "session", "explore": {"share": 2}}, "explore.share"),
+    ({"strategy": "session", "explore": {"max_age_days": 0}}, "explore.max_age_days"),
+    ({"strategy": "session", "explore": {"days": 1}}, "explore.days"),
+    ({"strategy": "session", "explore": []}, "explore"),
+])
+async def test_a_bad_explore_is_a_400_naming_it(client: Client, body: dict[str, Any],
+                                                field: str) -> None:
+    found = await put(client, "bad", body, status=400)
+    assert found["error"]["field"] == field

@@ -20,6 +20,7 @@ import numpy as np
 
 from service import kernel
 from service.answers import placements as placed
+from service.answers.explore import explore
 from service.answers.fill import (
     MSG_BOTH,
     MSG_FEWER_SIMILAR,
@@ -31,6 +32,7 @@ from service.answers.fill import (
     item_hashes,
     worded,
 )
+from service.answers.fromrecord import from_record
 from service.answers.trending import trending
 from service.core import explain, scoring
 from service.core.feedback import (
@@ -194,6 +196,11 @@ class Recommender:
         answer = await self.with_placement(lambda k, r, prior: self._answer(
             query, k, seen, params, exclude_session, r, fill_with_trending=True, named=named,
             placement=placement, prior=prior), k, rules, placement)
+        if placement is not None and placement.explore is not None:  # before the answer is
+            # stamped: its record lists the new items, so their feedback counts
+            answer = await explore(self, answer, [i for i, _, _ in interactions], k,
+                                   placement.explore.share, placement.explore.max_age_days,
+                                   rules)
         return await self.stamped(answer, asker, serial, variant, name, placement)
 
     async def similar(self, item_id: str, k: int, rules: Rules = NO_RULES,
@@ -305,7 +312,11 @@ class Recommender:
                 assert catalogue is not None
                 placed.mark_boosts(found, placed.factors(catalogue, boosts, best))
         listed = best.astype("<u8").tobytes()
-        if not fill_with_trending:
+        if not fill_with_trending:  # similar: fewer than k, completed from the record
+            completed = await from_record(self.store, found, listed, query.items, k, rules, cap)
+            if completed is not None:
+                rows, message, listed = completed
+                return Answer(rows, message, listed=listed)
             return Answer(found, worded(MSG_SIMILAR if found else MSG_NO_SIMILAR, len(found),
                                         k, rules, MSG_FEWER_SIMILAR), listed=listed)
         if len(found) >= k:

@@ -23,8 +23,9 @@ from service.api.context import (
 from service.api.errors import ApiError
 from service.api.placements import flush_placements
 from service.api.recommend import RECOMMENDER
-from service.core.feedback import Experiment, comparisons, variant_report
+from service.core.feedback import Experiment
 from service.core.placements import SCORED
+from service.core.reports import comparisons, variant_report
 from service.core.series import MinuteTally
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.requests.admin import experiment_placement, experiment_variants

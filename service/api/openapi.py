@@ -130,7 +130,8 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                      "schema": {"type": "boolean", "default": False}}],
                 "responses": {"200": answer_response("Recommendations"), **errors}}},
             "/items/{item_id}/similar": {"get": {
-                "summary": "Items most co-visited with one item (never the item itself)",
+                "summary": "Items most co-visited with one item (never the item itself); "
+                           "fewer than k, completed from its catalogue record",
                 "parameters": [
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
                     k_parameter(s), *rule_parameters(s), placement_parameter(s, "similar")],

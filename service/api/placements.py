@@ -15,8 +15,9 @@ from service.answers.recommender import Recommender
 from service.api.context import SETTINGS, STORE, json_response, read_json
 from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER
-from service.core.feedback import placement_code, placement_report
+from service.core.feedback import placement_code
 from service.core.placements import MAX_PLACEMENTS, Placement
+from service.core.reports import placement_report
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.requests.jsonutil import dumps, loads
 from service.requests.placements import placement

@@ -15,7 +15,7 @@ from service.api.context import (
 from service.api.errors import ApiError
 from service.api.placements import placement_reports
 from service.api.recommend import RECOMMENDER
-from service.core.feedback import variant_report
+from service.core.reports import variant_report
 from service.failures import UNAVAILABLE
 
 

@@ -42,6 +42,7 @@ class CatalogueIndex:
     ids: list[str] = field(default_factory=list)
     prices: list[float] = field(default_factory=list)
     available: list[bool] = field(default_factory=list)
+    seen: list[float] = field(default_factory=list)  # first seen (Unix seconds; NaN: unknown)
     row_keys: list[tuple[str, ...]] = field(default_factory=list)  # what a row is posted under
     postings: dict[str, set[int]] = field(default_factory=dict)
     first_category: dict[int, str | None] = field(default_factory=dict)  # by item hash
@@ -49,6 +50,10 @@ class CatalogueIndex:
     """Prices ascending and their rows, sorted when a price range first needs them; rows put
     since are kept aside in ``unsorted`` (tested as they come) until they are many."""
     unsorted: list[int] = field(default_factory=list)
+    by_arrival: tuple[F64, npt.NDArray[np.int64]] | None = None
+    """Minus the first-seen times ascending (the newest first) and their rows, sorted as the
+    price order is; rows put since are kept aside in ``arrived``."""
+    arrived: list[int] = field(default_factory=list)
     dead: int = 0
     _small: OrderedDict[Filter, SmallFilter] = field(default_factory=OrderedDict)
     _small_bytes: int = 0
@@ -56,8 +61,8 @@ class CatalogueIndex:
     def __len__(self) -> int:
         return len(self.row_of)
 
-    def put(self, item: int, record: Record | None) -> None:
-        """An item's record (``None``: deleted)."""
+    def put(self, item: int, record: Record | None, seen: float = math.nan) -> None:
+        """An item's record (``None``: deleted) and when it first appeared (``seen``)."""
         if self._small:
             self._small.clear()
             self._small_bytes = 0
@@ -73,6 +78,7 @@ class CatalogueIndex:
         self.ids.append(record.item_id)
         self.prices.append(record.price if record.price is not None else math.nan)
         self.available.append(record.available)
+        self.seen.append(seen)
         self.first_category[item] = record.categories[0] if record.categories else None
         keys = _posting_keys(record)
         self.row_keys.append(keys)
@@ -80,6 +86,8 @@ class CatalogueIndex:
             self.postings.setdefault(key, set()).add(row)
         if self.by_price is not None and record.price is not None:
             self.unsorted.append(row)
+        if self.by_arrival is not None and not math.isnan(seen):
+            self.arrived.append(row)
         if self.dead > max(1024, len(self.row_of)):
             self._compact()
 
@@ -87,6 +95,7 @@ class CatalogueIndex:
         self.dead += 1
         self.available[row] = False
         self.prices[row] = math.nan
+        self.seen[row] = math.nan
         for key in self.row_keys[row]:
             rows = self.postings[key]
             rows.discard(row)
@@ -101,6 +110,7 @@ class CatalogueIndex:
         self.ids = [self.ids[old] for _, old in live]
         self.prices = [self.prices[old] for _, old in live]
         self.available = [self.available[old] for _, old in live]
+        self.seen = [self.seen[old] for _, old in live]
         self.row_keys = [self.row_keys[old] for _, old in live]
         self.row_of = {item: remap[old] for item, old in live}
         self.postings = {key: {remap[r] for r in rows if r in remap}
@@ -108,6 +118,7 @@ class CatalogueIndex:
         self.postings = {key: rows for key, rows in self.postings.items() if rows}
         self.dead = 0
         self.by_price, self.unsorted = None, []
+        self.by_arrival, self.arrived = None, []
 
     def holds(self, rule: Filter, item: int) -> bool:
         """Whether the item's record is available and satisfies ``rule`` (``Filter.holds`` on
@@ -226,6 +237,39 @@ class CatalogueIndex:
         prices = np.array(self.prices, dtype=np.float64)
         order = np.argsort(prices, kind="stable")
         self.by_price, self.unsorted = (prices[order], order), []
+
+    def sort_arrivals(self) -> None:
+        """Sort the arrival order now (as ``sort_prices``)."""
+        minus = -np.array(self.seen, dtype=np.float64)
+        order = np.argsort(minus, kind="stable")
+        self.by_arrival, self.arrived = (minus[order], order), []
+
+    def arrivals(self, since: float) -> tuple[list[int], Collection[int]]:
+        """The rows that may have first appeared at or after ``since``: those put since the
+        arrival order was sorted (the newest last: walk it backwards), and the order's slice
+        (the newest first). A row's own ``seen`` decides: a replaced record's old row stays
+        in the order until the next sort, dead (its time NaN)."""
+        if self.by_arrival is None or \
+                len(self.arrived) > max(RESORT_AFTER, len(self.hashes) // 4):
+            self.sort_arrivals()
+        assert self.by_arrival is not None
+        minus, rows = self.by_arrival
+        end = int(np.searchsorted(minus, -since, "right"))
+        return self.arrived, _Rows(rows, 0, end)
+
+    def priced_near(self, price: float, low: float, high: float, n: int) -> list[int]:
+        """Rows priced within [low, high]: at most ``n`` of the price order, the nearest to
+        ``price`` first, then those of the last ``n`` rows put since it was sorted (a bisection
+        and 2n rows: a price band's cost whatever the catalogue's size)."""
+        band = self._priced(low, high)[0]
+        assert isinstance(band, _Rows) and self.by_price is not None
+        start, end = band._start, band._end
+        prices = self.by_price[0]
+        middle = int(np.searchsorted(prices[start:end], price, "left")) + start
+        near = sorted(range(max(start, middle - n), min(end, middle + n)),
+                      key=lambda at: (abs(float(prices[at]) - price), at))[:n]
+        found = [int(band._rows[at]) for at in near]
+        return found + [r for r in self.unsorted[-n:] if low <= self.prices[r] <= high]
 
     def _priced(self, low: float | None, high: float | None) -> tuple[Collection[int], ...]:
         """The rows whose price may lie in [low, high]: a slice of the price order (a bisection)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.core.coldstart import Explore
 from service.core.feedback import placement_code
 from service.core.parameters import Value
 from service.core.rules import Filter, Rules
@@ -27,9 +28,11 @@ SCORED = ("session", "rerank")
 """The strategies whose answers the scoring parameters change: what an experiment's variants
 may differ in (an experiment within a placement of another strategy would assign nothing)."""
 
-SOURCES = ("session", "trending", "popular", "unknown")
+SOURCES = ("session", "trending", "popular", "unknown", "record", "new")
 """What ``explain`` says an answer's item came from: the session's neighbourhood, the trending
-fill; in a reranked list, other sessions' counts or nothing the model knows."""
+fill; in a reranked list, other sessions' counts or nothing the model knows; ``similar``
+completed from the item's catalogue record; a new item in a placement's explore slots (said
+with or without ``explain``)."""
 
 MAX_PLACEMENTS = 100
 """Placements one namespace holds: a shop has a handful of places on its pages, and every serve
@@ -69,6 +72,8 @@ class Placement:
     params: Mapping[str, Value] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
     serial: int = 0
+    explore: Explore | None = None
+    """The share of a ``session`` placement's answer reserved for new items."""
     """The serial it was created with (``store/placements.py``)."""
     code: bytes = field(init=False, repr=False, compare=False)
     """What its answers' ids carry, and what its counts are kept under."""

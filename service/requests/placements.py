@@ -14,6 +14,7 @@ from service.core.placements import (
     Promote,
 )
 from service.requests.admin import param_values
+from service.requests.explore import explore_config
 from service.requests.jsonutil import dumps
 from service.requests.rules import RULE_FIELDS, rule_filter, rules
 from service.requests.values import (
@@ -26,7 +27,7 @@ from service.requests.values import (
 )
 from service.settings import Settings
 
-PLACEMENT_FIELDS = ("strategy", "k", "rules", "boosts", "promote", "params")
+PLACEMENT_FIELDS = ("strategy", "k", "rules", "boosts", "promote", "params", "explore")
 BOOST_FIELDS = ("filter", "factor")
 PROMOTE_FIELDS = ("filter", "slots")
 MAX_PLACEMENT_BYTES = 64 << 10
@@ -59,8 +60,14 @@ def placement(name: str, body: Any, settings: Settings, serial: int = 0) -> Plac
     boosts = _boosts(obj.get("boosts", []), settings)
     promote = _promote(obj["promote"], settings) if obj.get("promote") is not None else None
     params = param_values(obj.get("params", {}), "params", settings)
+    explore = None
+    if obj.get("explore") is not None:
+        if strategy != "session":
+            raise invalid("explore", "explore reserves slots of a session placement's answer "
+                                     f"for new items; a {strategy} placement has none to give.")
+        explore = explore_config(obj["explore"], "explore")
     return Placement(name, strategy, k, placed_rules, frozenset(given_rules), boosts, promote,
-                     params, obj, serial)
+                     params, obj, serial, explore)
 
 
 def _boosts(value: Any, settings: Settings) -> tuple[Boost, ...]:

@@ -31,6 +31,7 @@ from service.requests.events import (
     MAX_RECOMMENDATION_ID,
     RECOMMENDATION_ID_PATTERN,
 )
+from service.requests.explore import EXPLORE_SCHEMA
 from service.requests.placements import BOOST_FIELDS, PLACEMENT_FIELDS, PROMOTE_FIELDS
 from service.requests.recommend import INTERACTION_FIELDS, RECOMMEND_FIELDS
 from service.requests.records import ITEM_FIELDS, MAX_LIST, MAX_RECORD_BYTES
@@ -179,7 +180,8 @@ def placement_body(s: Settings) -> Schema:
             "filter": filter_ref,
             "slots": {"type": "integer", "minimum": 1, "maximum": s.max_k}},
             required=list(PROMOTE_FIELDS))]},
-        "params": model_params(s)}, required=["strategy"])
+        "params": model_params(s),
+        "explore": {"oneOf": [{"type": "null"}, EXPLORE_SCHEMA]}}, required=["strategy"])
 
 
 def event(s: Settings) -> Schema:

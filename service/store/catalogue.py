@@ -3,6 +3,8 @@ that serve processes follow) and this process' copy of them, for rules."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 
 from service.core.catalog import Record
@@ -29,9 +31,13 @@ class Catalogue(Part):
         self.reads = reads
         self.mirror = CatalogueMirror(self.redis, keys)
 
-    async def put(self, records: Sequence[Record]) -> None:
+    async def put(self, records: Sequence[Record], now: float | None = None) -> None:
         """Store records, each replacing the item's earlier one: one hash field per item in its
-        shard's catalogue hash (one write per shard touched, all shards in one round trip)."""
+        shard's catalogue hash (one write per shard touched, all shards in one round trip).
+        An item's first-seen time (``Keys.catalog_seen``) is set to ``now`` (this process'
+        clock; offline tools replaying a log pass theirs) unless it has one: a replaced
+        record keeps it."""
+        stamp = repr(time.time() if now is None else float(now))
         by_shard: dict[int, dict[str, bytes]] = {}
         availability: dict[str, bool] = {}  # the last record of an item wins, as in the hash
         for record in records:
@@ -42,6 +48,9 @@ class Catalogue(Part):
         back = [h for h, available in availability.items() if available]
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard, fields in by_shard.items():
+                seen = self.keys.catalog_seen(shard)  # first: a record never lacks its time
+                for hexed in fields:
+                    pipe.hsetnx(seen, hexed, stamp)
                 pipe.hset(self.keys.catalog(shard), mapping=fields)  # type: ignore[arg-type]
             if gone:
                 pipe.sadd(self.keys.unavailable(), *gone)
@@ -58,13 +67,23 @@ class Catalogue(Part):
             self.keys.catalog(shard_of(h)), h.hex())
         return decode_record(raw) if raw is not None else None
 
+    async def first_seen(self, item_id: str) -> float | None:
+        """When the item's record first appeared (None: it has no record, or one stored before
+        first-seen times were kept)."""
+        h = item_hash(item_id)
+        raw: bytes | None = await self.redis.hget(  # type: ignore[assignment]
+            self.keys.catalog_seen(shard_of(h)), h.hex())
+        seen = float(raw) if raw is not None else math.nan
+        return seen if math.isfinite(seen) else None
+
     async def delete(self, item_id: str) -> bool:
         """Remove an item's record (its learned state stays); False if it had none."""
         h = item_hash(item_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hdel(self.keys.catalog(shard_of(h)), h.hex())
+            pipe.hdel(self.keys.catalog_seen(shard_of(h)), h.hex())  # gone with the record
             pipe.srem(self.keys.unavailable(), h.hex())  # no record: available again
-            deleted, _ = await pipe.execute()
+            deleted, _, _ = await pipe.execute()
         if deleted:
             await self._changed([h])
         self.reads.forget_hidden()

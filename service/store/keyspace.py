@@ -166,6 +166,12 @@ class Keys:
         which are all that ``catalog_only`` mode learns."""
         return self._i(shard) + ":catalog"
 
+    def catalog_seen(self, shard: int) -> str:
+        """Hash item hash (hex) -> when its catalogue record first appeared (Unix seconds, the
+        writing serve process' clock): set by the first write, kept when a record replaces
+        the item's earlier one, removed with the record. The same slot as ``catalog``."""
+        return self._i(shard) + ":catalog:seen"
+
     def doc_freq(self, shard: int) -> str:
         return self._i(shard) + ":df"
 

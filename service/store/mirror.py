@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import time
 from typing import Any, cast
 
@@ -103,12 +104,16 @@ class CatalogueMirror:
             by_shard.setdefault(shard_of(h), []).append(h)
         async with self.client.pipeline(transaction=False) as pipe:
             for shard, hashes in by_shard.items():
-                pipe.hmget(self.keys.catalog(shard), [h.hex() for h in hashes])
+                fields = [h.hex() for h in hashes]
+                pipe.hmget(self.keys.catalog(shard), fields)
+                pipe.hmget(self.keys.catalog_seen(shard), fields)
             replies: list[Any] = await pipe.execute()
-        for hashes, values in zip(by_shard.values(), replies, strict=True):
-            for h, raw in zip(hashes, values, strict=True):
+        for n, hashes in enumerate(by_shard.values()):
+            values, seen = replies[2 * n], replies[2 * n + 1]
+            for h, raw, first in zip(hashes, values, seen, strict=True):
                 self.index.put(int.from_bytes(h, "little"),
-                               decode_record(raw) if raw is not None else None)
+                               decode_record(raw) if raw is not None else None,
+                               _seconds(first))
 
     async def _read_whole(self) -> None:
         """Every record. The log's last entry is read first: changes made during the read
@@ -117,13 +122,18 @@ class CatalogueMirror:
                                                            b"-", count=1))
         index = CatalogueIndex()
         for shard in range(ITEM_SHARDS):
+            # the shard's first-seen times before its records: a record written between the
+            # two reads has no time here (never new) until the next sync applies it again
+            seen = {field: _seconds(raw) async for field, raw in self.client.hscan_iter(
+                self.keys.catalog_seen(shard), count=APPLY_AT_ONCE)}
             async for field, raw in self.client.hscan_iter(self.keys.catalog(shard),
                                                            count=APPLY_AT_ONCE):
                 index.put(int.from_bytes(bytes.fromhex(field.decode()), "little"),
-                          decode_record(raw))
-        # the price order, in a thread while the index is this read's alone (numpy's sort
-        # leaves the interpreter free: requests go on with the previous copy meanwhile)
+                          decode_record(raw), seen.get(field, math.nan))
+        # the price and arrival orders, in a thread while the index is this read's alone
+        # (numpy's sort leaves the interpreter free: requests go on with the previous copy)
         await asyncio.to_thread(index.sort_prices)
+        await asyncio.to_thread(index.sort_arrivals)
         self.index = index
         # out of the collector's sight, as everything loaded at a start (runtime.tune_gc): a
         # copy of a million records is millions of containers, and each full collection
@@ -133,3 +143,11 @@ class CatalogueMirror:
         self.version = int(last[0][1][b"v"]) if last else 0
         self.last_entry = last[0][0] if last else b"0-0"
         self.full_reads += 1
+
+
+def _seconds(raw: bytes | None) -> float:
+    """A first-seen time as stored (NaN: none)."""
+    try:
+        return float(raw) if raw is not None else math.nan
+    except ValueError:
+        return math.nan
