@@ -204,45 +204,37 @@
     }, 50);
   }
 
-  /* The body both questions share: the visitor's interactions, k and the placement (a
-   * placement's k and rules are the defaults: only what the page sets is sent), the rules,
-   * the session id. */
-  function question(options) {
-    // interactions: the seed's shape, {itemId: {timestamp, rating}}; by default the visitor's
-    // (a cart's items, for a bought_together placement)
-    var body = { user_interactions: options.interactions || interactions() };
-    var k = options.k || cfg.k;
+  // what both questions send: only what the page sets (a placement's k and rules hold
+  // otherwise); interactions: the visitor's unless given (a cart's, in the seed's shape)
+  function question(o) {
+    var body = { user_interactions: o.interactions || interactions() };
+    var k = o.k || cfg.k, placement = o.placement || cfg.placement;
     if (k) body.k = k;
-    var placement = options.placement || cfg.placement;
     if (placement) body.placement = String(placement);
-    // the rules: each per call, else init's. exclude: item ids never to show (the cart, what
-    // the page lists already); filter: {categories, tags, price: {min, max}, attributes};
-    // maxPerCategory: at most this many of one category; explain: add because and source
-    var exclude = options.exclude || cfg.exclude;
+    // the rules, each per call else init's: exclude (item ids never to show), filter
+    // ({categories, tags, price: {min, max}, attributes}), maxPerCategory, explain
+    var exclude = o.exclude || cfg.exclude;
     if (exclude && exclude.length) body.exclude = exclude.map(String);
-    var filter = options.filter !== undefined ? options.filter : cfg.filter;
+    var filter = o.filter !== undefined ? o.filter : cfg.filter;
     if (filter) body.filter = filter;
-    var most = options.maxPerCategory !== undefined ? options.maxPerCategory
-                                                     : cfg.maxPerCategory;
+    var most = o.maxPerCategory !== undefined ? o.maxPerCategory : cfg.maxPerCategory;
     if (most) body.max_per_category = most;
-    var explain = options.explain !== undefined ? options.explain : cfg.explain;
-    if (explain) body.explain = true;
+    if (o.explain !== undefined ? o.explain : cfg.explain) body.explain = true;
     if (cfg.consent) body.session_id = sessionId();
     return body;
   }
 
-  function recommend(options) {
-    options = options || {};
-    if (options.items) return rerank(options.items, options);
-    var body = question(options);
-    body.recommend_seen = options.recommendSeen != null ? options.recommendSeen
-                                                         : cfg.recommendSeen;
+  function recommend(o) {
+    o = o || {};
+    if (o.items) return rerank(o.items, o);
+    var body = question(o);
+    body.recommend_seen = o.recommendSeen != null ? o.recommendSeen : cfg.recommendSeen;
     return ask("/iid_recommend", body);
   }
 
-  // the given items (a category page, search results) in their order for this visitor
-  function rerank(items, options) {
-    var body = question(options || {});
+  // the page's own list (a category page, search results) in its order for this visitor
+  function rerank(items, o) {
+    var body = question(o || {});
     body.items = items.map(String);
     return ask("/rerank", body);
   }
