@@ -164,6 +164,14 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
                     _k(s), *_rules(s)],
                 "responses": {"200": _answer("Similar items"), **errors}}},
+            "/items/{item_id}/bought-together": {"get": {
+                "summary": "Items added to cart or bought in the same sessions as one item, "
+                           "completed with similar items when carts are too few (the message "
+                           "says so; with explain, each row's source)",
+                "parameters": [
+                    {"name": "item_id", "in": "path", "required": True, "schema": ident},
+                    _k(s), *_rules(s)],
+                "responses": {"200": _answer("Items bought together"), **errors}}},
             "/popular": {"get": {
                 "summary": "Trending items (time-decayed popularity)",
                 "parameters": [_k(s), *_rules(s)],

@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from service.answers import together
 from service.answers.recommender import Asker, Recommender
 from service.api.access import client_address, is_secret
 from service.api.context import (
@@ -66,6 +67,14 @@ async def similar(request: web.Request) -> web.Response:
     item_id = path_id(request, "item_id")
     answer = await request.app[RECOMMENDER].similar(item_id, k_of(request), _rules(request),
                                                     _queried(request))
+    return json_response(answer.body())
+
+
+async def bought_together(request: web.Request) -> web.Response:
+    """The items carted with one item (a cart of one: ``answers/together.py``)."""
+    answer = await together.bought_together(request.app[RECOMMENDER],
+                                            [path_id(request, "item_id")], k_of(request),
+                                            _rules(request), _queried(request))
     return json_response(answer.body())
 
 
