@@ -153,18 +153,27 @@ def test_co_carted_spreads_each_sessions_evidence_over_its_other_items() -> None
     assert contributors.tolist() == [3, 3]
     plain = carts.co_carted(cart, blobs, overlap, masks, spread=False)[1]
     assert plain.tolist() == [4.0, 3.0]
+    # thin evidence: an item fewer than MIN_SUPPORT sessions carted is left out
+    assert carts.MIN_SUPPORT == 2
+    thin = carts.co_carted(cart, [cart_of("a", "b"), cart_of("a", "b", "c")], overlap[:2],
+                           masks[:2])[0]
+    assert thin.tolist() == [int.from_bytes(item_hash("b"), "little")]
 
 
 def test_one_session_weighs_at_most_its_overlap_however_much_it_carts() -> None:
     """A crafted session carting its target beside many items moves each of their answers by
-    a share of one session; two honest sessions carting a pair outweigh it everywhere."""
+    a share of one session (and alone, by nothing: thin evidence); two honest sessions carting
+    a pair outweigh it everywhere."""
     cart = u64(item_hash("a"))
     crafted = cart_of("a", "target", *(f"x{n}" for n in range(CART_CAP - 2)))
     honest = cart_of("a", "b")
     items, scores, _ = carts.co_carted(cart, [crafted, honest, honest], np.ones(3),
-                                       np.ones(3, np.uint64))
+                                       np.ones(3, np.uint64), min_support=1)
     assert sum(scores[items != u64(item_hash("b"))[0]]) == pytest.approx(1.0 * 19 / 19)
     assert items[0] == u64(item_hash("b"))[0] and scores[0] == 2.0
+    # and alone, a session puts nothing in the answer at all
+    alone = carts.co_carted(cart, [crafted, honest, honest], np.ones(3), np.ones(3, np.uint64))
+    assert alone[0].tolist() == [u64(item_hash("b"))[0]]
 
 
 def test_cart_query_keeps_the_newest_distinct_items() -> None:
@@ -337,5 +346,43 @@ async def test_workers_and_restarts_learn_carts_as_one_clean_pass(settings: Sett
         assert sum(":ch:" in key for key in got) == 250
         assert sum(":cx:" in key for key in got) == 40
         assert_same_state(got, await snapshot(store.redis, clean.namespace, 8))
+    finally:
+        await store.close()
+
+
+async def test_a_crowd_of_crafted_carts_weighs_no_more_than_honest_ones(
+        shop: Client, settings: Settings) -> None:
+    """Three honest sessions cart each of ten items x<n> with its companion b<n>. Twenty
+    crafted sessions each cart all ten and a target, and cart the target again and again: the
+    target reaches every x<n>'s answer, but below b<n>: outweighing three honest carts of each
+    pair would take three crafted sessions per item (30, not 20). Counted whole, each crafted
+    session would weigh 1 in all ten answers, and the target would lead them all."""
+    events: list[dict[str, Any]] = []
+    t = 1_000.0
+    for n in range(10):
+        for h in range(3):
+            for item in (f"x{n}", f"b{n}"):
+                t += 1
+                events.append({"session_id": f"honest{n}-{h}", "item_id": item,
+                               "timestamp": t, "type": "add_to_cart"})
+    for c in range(20):
+        for item in [f"x{n}" for n in range(10)] + ["target"] * 30:
+            t += 1
+            events.append({"session_id": f"crafted{c}", "item_id": item, "timestamp": t,
+                           "type": "add_to_cart"})
+    for start in range(0, len(events), 500):
+        assert (await shop.post("/events", json={"events": events[start:start + 500]})
+                ).status == 202
+    await drain(settings)
+    for n in range(10):
+        rows = (await ask(shop, f"x{n}", k=11))["recommendations"]
+        assert rows[0] == {"id": f"b{n}", "score": 1.0}
+        # 20 crafted sessions x 1/10 each, against 3 honest sessions x 1
+        assert {"id": "target", "score": 0.666667} in rows
+    store = Store(settings)
+    try:  # the target carted 30 times by a session is in its cart once
+        r: Any = store.redis
+        cart = split_entries(await r.get(store.keys.cart(session_hash("crafted0"))))
+        assert len(cart) == 11
     finally:
         await store.close()
