@@ -93,8 +93,8 @@ async def answer(recommender: Recommender, cart: Sequence[str], k: int,
     filler: list[dict[str, Any]] = []
     if len(rows) < k and ids:
         filler, filled = await _similar(recommender, ids[-1], k - len(rows), rules,
-                                        skip | set(best.tolist()), cap,
-                                        float(rows[-1]["score"]) if rows else 1.0)
+                                        skip | set(best.tolist()), len(query) + len(rows),
+                                        cap, float(rows[-1]["score"]) if rows else 1.0)
         listed += filled
     message = (MSG_TOGETHER if not filler else MSG_TOGETHER_SIMILAR) if rows \
         else MSG_ONLY_SIMILAR if filler else MSG_NOTHING
@@ -103,12 +103,14 @@ async def answer(recommender: Recommender, cart: Sequence[str], k: int,
 
 
 async def _similar(recommender: Recommender, anchor: str, k: int, rules: Rules,
-                   skip: set[int], cap: CategoryCap, ceiling: float
+                   skip: set[int], taken: int, cap: CategoryCap, ceiling: float
                    ) -> tuple[list[dict[str, Any]], bytes]:
     """Up to ``k`` of ``anchor``'s neighbours (the similar answer, within the rules) that are
     none of ``skip`` and that the answer's ``cap`` allows, scored into (0, ceiling]; and their
-    hashes as the answer's record lists them."""
-    depth = k + len(skip) + (FILL_DEPTH * k if cap.limit is not None else 0)
+    hashes as the answer's record lists them. ``taken``: how many of ``skip`` the similar
+    answer may list (the cart's items and the answer's rows: it leaves out the hidden and
+    excluded items itself)."""
+    depth = k + taken + (FILL_DEPTH * k if cap.limit is not None else 0)
     query = scoring.build_query([item_hash(anchor)], [0.0], [1.0], recommender.similar_params)
     similar = await recommender._answer(
         query, depth, query.seen, recommender.similar_params, None,
