@@ -182,8 +182,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "delete": item_admin("Unhide an item", "hidden")},
             "/admin/items/{item_id}": {"delete": {
                 **item_admin("Forget an item's learned state", "forgotten"),
-                "description": "Deletes its neighbour index, frequency and trending score "
-                               "and scrubs it from the histories its index lists."}},
+                "description": "Deletes its neighbour and cart indexes, frequency and "
+                               "trending score and scrubs it from the histories and carts "
+                               "those indexes list (histories_scrubbed counts the "
+                               "histories)."}},
             "/admin/sessions/{session_id}": {"delete": {
                 "summary": "Reset a session: its live interactions and learned history",
                 "parameters": [{"name": "session_id", "in": "path", "required": True,

@@ -33,7 +33,7 @@ class Admin(Part):
     async def forget_item(self, item_id: str) -> int:
         """Delete an item's learned state: its neighbour and cart indexes, frequency and
         trending score, and its entries in the histories and carts of the sessions those
-        indexes list. Returns how many histories (carts included) were scrubbed. (Histories
+        indexes list. Returns how many histories (carts not counted) were scrubbed. (Histories
         older than the index reaches expire on their own; hide the item too if it must never
         come back.) Each partition's histories are scrubbed
         in one step with its admin epoch bumped, so a worker batch that read them before
@@ -46,12 +46,15 @@ class Admin(Part):
         for session in index_sessions(blob):
             by_partition.setdefault(partition_of(session, self.settings.partitions),
                                     []).append(self.keys.history(session))
+        carts: dict[int, list[str]] = {}
         for session in dict.fromkeys(index_sessions(carted)):  # carts: the same entries
-            by_partition.setdefault(partition_of(session, self.settings.partitions),
-                                    []).append(self.keys.cart(session))
+            carts.setdefault(partition_of(session, self.settings.partitions),
+                             []).append(self.keys.cart(session))
         scrubbed = 0
         for p, keys in by_partition.items():
             scrubbed += await self.scripts.scrub(self.keys.epoch(p), keys, h)
+        for p, keys in carts.items():  # not counted: the answer says histories
+            await self.scripts.scrub(self.keys.epoch(p), keys, h)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(index_key, cart_index_key)
             pipe.hdel(self.keys.doc_freq(shard_of(h)), h.hex())
