@@ -197,7 +197,8 @@ async def shop(aiohttp_client: Any, settings: Settings) -> Client:
 
 def cart_log() -> list[dict[str, Any]]:
     """Carts: a with b (6 sessions), a with c (3), a alone (2); d and e only co-visited with a
-    (views), f with d in carts: bought-together of a is b, c; similar adds d, e."""
+    (views), f with d in carts: bought-together of a is b, c; similar adds d, e. g with h
+    (2 sessions: just enough evidence)."""
     events: list[dict[str, Any]] = []
     t = 1_000.0
 
@@ -217,6 +218,8 @@ def cart_log() -> list[dict[str, Any]]:
     for n in range(8):
         session(f"ad{n}", ("a", "view"), ("d", "view"), ("e", "view"))
     session("df", ("d", "add_to_cart"), ("f", "add_to_cart"))
+    for n in range(2):
+        session(f"gh{n}", ("g", "add_to_cart"), ("h", "add_to_cart"))
     return events
 
 
@@ -260,6 +263,11 @@ async def test_bought_together_answers_from_carts_and_says_when_similar_complete
     assert "a" in ids(only) and only["message"] == together.MSG_ONLY_SIMILAR
     none = await ask(shop, "nope", k=3)
     assert ids(none) == [] and none["message"] == together.MSG_NOTHING
+    # the asking session's own cart is no evidence: without gh0's, h is thin (similar's)
+    assert (await ask(shop, "g", k=1))["message"] == together.MSG_TOGETHER
+    asked = await ask(shop, "g", k=1, session_id="gh0", explain="true")
+    assert asked["recommendations"][0]["source"] == "similar"
+    assert asked["message"] == together.MSG_ONLY_SIMILAR
     # a cart of several items (the placement's strategy): the items carted with most of them
     store = Store(settings)
     try:

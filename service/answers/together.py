@@ -25,7 +25,7 @@ from service import kernel
 from service.answers.fill import item_hashes, worded
 from service.answers.recommender import NOBODY, Answer, Asker, Recommender
 from service.core import carts, scoring
-from service.core.layout import item_hash
+from service.core.layout import item_hash, session_hash
 from service.core.rules import NO_RULES, CategoryCap, Rules
 
 MSG_TOGETHER = "Items added to cart or bought in the same sessions as these."
@@ -44,13 +44,16 @@ neighbours (plus those it must skip) under the answer's cap."""
 
 async def bought_together(recommender: Recommender, cart: Sequence[str], k: int,
                           rules: Rules = NO_RULES, asker: Asker = NOBODY) -> Answer:
-    """The answer for ``cart`` (item ids, oldest first), stamped for ``asker``."""
-    return await recommender._stamped(await answer(recommender, cart, k, rules), asker)
+    """The answer for ``cart`` (item ids, oldest first), stamped for ``asker`` (whose own
+    session's cart is no evidence for its answer)."""
+    return await recommender._stamped(
+        await answer(recommender, cart, k, rules, asker.session_id), asker)
 
 
 async def answer(recommender: Recommender, cart: Sequence[str], k: int,
-                 rules: Rules = NO_RULES) -> Answer:
-    """The answer before its id (what the evaluation compares)."""
+                 rules: Rules = NO_RULES, session_id: str | None = None) -> Answer:
+    """The answer before its id (what the evaluation compares); ``session_id``: the asking
+    session, left out of the evidence."""
     store = recommender.store
     query = carts.cart_query([item_hash(item) for item in cart])
     named = {int.from_bytes(h, "little"): item for item, h in
@@ -62,7 +65,9 @@ async def answer(recommender: Recommender, cart: Sequence[str], k: int,
         np.zeros(0, np.uint64)
     if query:
         blobs = await store.reads.mget(store.keys.cart_indexes(cart_hashes))
-        sessions, overlap, masks = carts.cart_sessions(blobs, recommender.params.index_cap)
+        sessions, overlap, masks = carts.cart_sessions(
+            blobs, recommender.params.index_cap, exclude_session=None if session_id is None
+            else int.from_bytes(session_hash(session_id), "little"))
         if len(sessions):
             candidates, scores, contributors = carts.co_carted(
                 cart_hashes, await store.reads.mget(store.keys.carts(sessions)), overlap, masks)
