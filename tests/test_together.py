@@ -54,18 +54,18 @@ def fold(events: list[Event], batch: int, cap: int = 100) -> dict[str, object]:
     return {"carts": stored, "cart_index": index}
 
 
-def test_a_cart_keeps_distinct_carted_items_at_their_latest_time() -> None:
+def test_a_cart_keeps_distinct_carted_items_at_their_first_time() -> None:
     evs = [Event("s", "a", 10.0, "add_to_cart"), Event("s", "v", 11.0, "view"),
-           Event("s", "b", 12.0, "purchase"), Event("s", "a", 13.0, "add_to_cart"),
+           Event("s", "b", 12.0, "purchase"), Event("s", "a", 13.0, "purchase"),
            Event("s", "b", 9.0, "add_to_cart")]
     fx = apply_events({}, evs, 10)
     s = session_hash("s")
     a, b = item_hash("a"), item_hash("b")
-    # views never reach the cart; a repeated item moves to the end, at its latest time
-    assert split_entries(fx.carts[s]) == [(a, time_key(13.0)), (b, time_key(12.0))]
+    # views never reach the cart; a repeated item moves to the end, at its first time, and
+    # changes no index entry
+    assert split_entries(fx.carts[s]) == [(a, time_key(10.0)), (b, time_key(12.0))]
     assert fx.cart_index == [(a, b"", index_entry(time_key(10.0), s)),
-                             (b, b"", index_entry(time_key(12.0), s)),
-                             (a, index_entry(time_key(10.0), s), index_entry(time_key(13.0), s))]
+                             (b, b"", index_entry(time_key(12.0), s))]
     # every event still reaches the history and the neighbour index as before
     assert len(split_entries(fx.histories[s])) == 5
     assert not apply_events({}, [Event("t", "x", 1.0)], 10).carts

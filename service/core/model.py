@@ -15,12 +15,13 @@ State (all of it derived from the event stream, and independent of how sessions 
 * **trending**: per item ``log2(sum of weight * 2^(t / half_life))`` over its events, an
   order-free way to keep exponentially decayed popularity without ever overflowing;
 * per session, its **cart**: the last ``CART_CAP`` distinct items it added to cart or
-  purchased, each with the latest time it did (the history's 16-byte entries, oldest first);
-  per item, its **cart index**: the ``index_cap`` sessions that carted it most recently, entries
-  and trim rule exactly as the neighbour index's (so order-free and exactly-once the same way).
-  A session carting an item again moves it to the cart's end; the bought-together answer
-  (``service/core/carts.py``) counts each session once per item, so repeating events in one
-  session weighs nothing more;
+  purchased, each with the time it first did while kept (the history's 16-byte entries);
+  per item, its **cart index**: the ``index_cap`` sessions that carted it most recently (by
+  that first time), entries and trim rule as the neighbour index's (so order-free and
+  exactly-once the same way; an entry is never replaced, only added). A session carting an
+  item again (the purchase after the add_to_cart) moves it to the cart's end and changes no
+  index: no op; the bought-together answer (``service/core/carts.py``) counts each session
+  once per item, so repeating events in one session weighs nothing more;
 * per partition, its sessions' **arrivals**: when the server accepted each session's first
   event (its stream entry's id, in ms), kept for the newest ``arrivals_kept`` sessions. Event
   timestamps are the client's (capped at arrival plus the allowed skew, freely backdated);
@@ -205,14 +206,13 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event], history
 
 def _add_to_cart(cart: dict[bytes, int], item: bytes, tkey: int, session: bytes,
                  cart_index: list[IndexChange]) -> None:
-    """One cart event: the item moves to the cart's end at its latest time (the cart keeps
-    its newest ``CART_CAP`` distinct items), and the session's entry in the item's cart index
-    moves to that time, as the neighbour index's does."""
+    """One cart event: the item moves to the cart's end (the cart keeps its newest
+    ``CART_CAP`` distinct items) with the time it was first carted while kept; only an item new
+    to the cart adds the session's entry to its cart index (a purchase after its add_to_cart
+    costs the commit nothing)."""
     previous = cart.pop(item, None)
     if previous is None:
         cart_index.append((item, b"", index_entry(tkey, session)))
-    elif tkey > previous:
-        cart_index.append((item, index_entry(previous, session), index_entry(tkey, session)))
     else:
         tkey = previous
     cart[item] = tkey
