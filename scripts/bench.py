@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.core.layout import ENTRY_BYTES  # noqa: E402
+from service.core.model import Event  # noqa: E402
 from service.offline import clicklog  # noqa: E402
 from service.offline.evaluate import align_times, static_cases  # noqa: E402
 from service.offline.loader import bulk_store, load  # noqa: E402
@@ -457,12 +459,28 @@ async def _redis_cpu(store: Store) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+CART_SHARE = 0.0
+"""``--cart-share``: the share of the log's views the worker benchmark sends as add_to_cart
+instead (chosen by a hash of session and item, so every run and every checkout sends the same
+log): what learning carts costs the worker."""
+
+
+def carting(events: list[Event], share: float) -> list[Event]:
+    """``events`` with ``share`` of them (by a hash of session and item) typed add_to_cart."""
+    if share <= 0:
+        return events
+    bound = share * 2**32
+    return [ev._replace(type="add_to_cart")
+            if zlib.crc32(f"{ev.session_id}\x00{ev.item_id}".encode()) < bound else ev
+            for ev in events]
+
+
 async def _drain_worker(settings: Settings, data: Path) -> tuple[int, float, float, float]:
     train = clicklog.read(data / "train.tsv")
     # the poll waits behind the worker's commits: a timeout here would only end the benchmark
     store = Store(settings.replace(redis_timeout=30.0))
     await store.prepare()
-    events = list(train.events())
+    events = carting(list(train.events()), CART_SHARE)
     for start in range(0, len(events), 20000):
         await store.ingestion.append(events[start:start + 20000])
     n = len(events)
@@ -1050,10 +1068,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
+    parser.add_argument("--cart-share", type=float, default=0.0,
+                        help="worker: this share of the log's views sent as add_to_cart")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="versus: another checkout (the code before a change) with its "
                              "kernel built in place (python setup.py build_ext --inplace)")
     args = parser.parse_args()
+    global CART_SHARE
+    CART_SHARE = args.cart_share
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
               "flood", "silent", "rules", "catalog", "tune", "tuneload", "experiment") \
         if args.what == "all" else (args.what,)

@@ -237,7 +237,7 @@ async def test_three_workers_one_killed_end_in_the_single_node_clean_state(
         await reference.close()
         await store.close()
     kinds = Counter(k.decode().split(":")[2] for k in await _keys(cluster_url, ns))
-    assert kinds["x"] > 100 and kinds["h"] > 100
+    assert kinds["x"] > 100 and kinds["h"] > 100 and kinds["cx"] > 100 and kinds["ch"] > 100
 
 
 async def _keys(url: str, ns: str) -> list[bytes]:

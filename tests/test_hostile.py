@@ -85,7 +85,8 @@ async def test_raw_bytes_never_5xx(client: Client, raw: bytes, path: str) -> Non
 @SWEEP
 @given(ident=st.text(min_size=1, max_size=300), k=st.text(max_size=8),
        seen=st.text(max_size=6), route=st.sampled_from(
-           ["/items/{}/similar", "/sessions/{}/recommendations", "/popular"]))
+           ["/items/{}/similar", "/items/{}/bought-together", "/sessions/{}/recommendations",
+            "/popular"]))
 async def test_get_routes_never_5xx(client: Client, ident: str, k: str, seen: str,
                                     route: str) -> None:
     path = route.format(quote(ident, safe="")) + f"?k={quote(k)}&recommend_seen={quote(seen)}"

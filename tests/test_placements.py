@@ -571,3 +571,31 @@ async def test_a_bad_explore_is_a_400_naming_it(client: Client, body: dict[str, 
                                                 field: str) -> None:
     found = await put(client, "bad", body, status=400)
     assert found["error"]["field"] == field
+
+
+async def test_a_cart_placement_answers_what_goes_with_the_cart(
+        client: Client, settings: Settings) -> None:
+    """A bought_together placement takes the request's interactions as the cart, through
+    POST /iid_recommend and GET /items/{id}/bought-together alike."""
+    await learned(client, settings)
+    carts = [{"session_id": f"c{s}", "item_id": item, "type": "add_to_cart",
+              "timestamp": 5000 + s * 10 + n}
+             for s in range(6) for n, item in enumerate(("p10", "p11" if s % 2 else "p12"))]
+    assert (await client.post("/events", json={"events": carts})).status == 202
+    await drain(settings)
+    await put(client, "cart", {"strategy": "bought_together", "k": 3,
+                               "rules": {"explain": True}})
+    asked = await ask(client, {"user_interactions": {"p10": {}}, "placement": "cart",
+                               "session_id": "v1"})
+    assert asked["placement"] == "cart" and len(asked["recommendations"]) == 3, asked
+    assert set(ids(asked)[:2]) == {"p11", "p12"}
+    assert [r["source"] for r in asked["recommendations"][:2]] == ["bought_together"] * 2
+    direct = await (await client.get("/items/p10/bought-together?placement=cart")).json()
+    assert ids(direct) == ids(asked) and direct["placement"] == "cart"
+    refused = await client.get("/items/p10/bought-together?placement=nowhere")
+    assert refused.status == 400 and (await refused.json())["error"]["field"] == "placement"
+    for name, value in (("boosts", [{"filter": {"tags": ["sale"]}, "factor": 2}]),
+                        ("promote", {"filter": {"tags": ["sale"]}, "slots": 1})):
+        found = await put(client, "bad", {"strategy": "bought_together", name: value},
+                          status=400)
+        assert found["error"]["field"] == name

@@ -34,6 +34,7 @@ from service.core.model import (
     Event,
     apply_events,
     arrival_of,
+    carting_sessions,
     no_later_than,
     sessions_of,
 )
@@ -74,6 +75,8 @@ class Fenced:
     histories: dict[bytes, bytes]
     records: dict[bytes, bytes | None]
     flooded: set[int]
+    carts: dict[bytes, bytes]
+    """The stored carts of the sessions with cart events in the batch."""
 
 
 @dataclass(slots=True)
@@ -193,23 +196,27 @@ class Batches:
     async def fence(self, part: Partition, entries: Sequence[Entry],
                     decoded: Sequence[Decoded], claimed: dict[str, Claim]) -> Fenced:
         k, p = self.keys, part.p
-        sessions = sessions_of([ev for ev in decoded if isinstance(ev, Event)])
+        events = [ev for ev in decoded if isinstance(ev, Event)]
+        sessions = sessions_of(events)
+        carting = carting_sessions(events)
         answers = list({c.answer.nonce: None for c in claimed.values()})
         hours = sorted({hour_of(c.answer.issued) for c in claimed.values()})
-        # the watermark, the histories, the answers' records and their hours' flood marks
-        # share the partition's slot: one round trip
+        # the watermark, the histories, the answers' records, their hours' flood marks and the
+        # carts share the partition's slot: one round trip
         reply: list[bytes | None] = await self.redis.mget(  # type: ignore[assignment]
             [k.watermark(p), k.inflight(p), k.epoch(p)] + [k.history(s) for s in sessions]
             + [k.answer(p, nonce) for nonce in answers]
-            + [k.answers_flooded(p, hour) for hour in hours])
+            + [k.answers_flooded(p, hour) for hour in hours] + [k.cart(s) for s in carting])
         mark = reply[0].decode() if reply[0] else ""
         epoch = reply[2].decode() if reply[2] else ""
         histories = {s: b for s, b in zip(sessions, reply[3:3 + len(sessions)], strict=True)
                      if b}
         at = 3 + len(sessions)
         records = dict(zip(answers, reply[at:at + len(answers)], strict=True))
-        flooded = {hour for hour, mark_ in zip(hours, reply[at + len(answers):], strict=True)
+        at += len(answers)
+        flooded = {hour for hour, mark_ in zip(hours, reply[at:at + len(hours)], strict=True)
                    if mark_ is not None}
+        carts = {s: b for s, b in zip(carting, reply[at + len(hours):], strict=True) if b}
         held, part.cut_at = part.cut_at, None
         if reply[1] is not None or held is not None:
             # a batch's effects reached some slots and not the partition (cluster): batches end
@@ -230,7 +237,8 @@ class Batches:
             while start < len(fresh) and id_tuple(fresh[start][0].id) <= floor:
                 start += 1
             fresh = fresh[start:]
-        return Fenced(entries, fresh, mark, epoch, reply[1], histories, records, flooded)
+        return Fenced(entries, fresh, mark, epoch, reply[1], histories, records, flooded,
+                      carts)
 
     # --- step 3: effects --------------------------------------------------------------------
     async def effects(self, p: int, fenced: Fenced, claimed: dict[str, Claim]) -> Prepared:
@@ -262,7 +270,7 @@ class Batches:
                     and (not unlisted or ev.item_id in listed)]
             events, arrived = [events[n] for n in kept], [arrived[n] for n in kept]
         effects = apply_events(fenced.histories, events, self.settings.history_cap,
-                               lambda n: arrival_of(arrived[n]))
+                               lambda n: arrival_of(arrived[n]), fenced.carts)
         new_mark = fresh[-1][0].id if fresh else mark
         first_fresh = fresh[0][0].id if fresh else ""
         commit = self.commits.commit_call(

@@ -79,6 +79,7 @@ class CommitAssembler:
         self.keys = keys
         self.settings = settings
         self.index_prefixes = [keys.index_prefix(n) for n in range(ITEM_SHARDS)]
+        self.cart_prefixes = [keys.cart_index_prefix(n) for n in range(ITEM_SHARDS)]
         self.doc_freq_keys = [keys.doc_freq(n) for n in range(ITEM_SHARDS)]
         self.name_keys = [keys.names(n) for n in range(ITEM_SHARDS)]
         self.named = NameSet(max_age=min(600.0, settings.history_ttl / 4))
@@ -106,7 +107,8 @@ class CommitAssembler:
     def add_ops(self, p: int, fx: Effects, commit: Call, elsewhere: dict[Group, Call] | None,
                 new_mark: str, first_fresh: str = "") -> None:
         """The batch's effects as ops, appended to the call of the slot they land in: the
-        partition's own (histories), an item shard's (indexes, frequencies, names) or the
+        partition's own (histories, carts), an item shard's (neighbour and cart indexes,
+        frequencies, names) or the
         global one. Without ``elsewhere`` (every key reachable from one script) every op goes
         into ``commit``; with it, ``elsewhere`` collects one apply call per other slot."""
         k, s = self.keys, self.settings
@@ -130,8 +132,17 @@ class CommitAssembler:
             if elsewhere is not None:
                 call = call_for(shard)
             call.args += ("X", call.ref(index_prefix[shard] + hexed), old, new)
+        # cart indexes: the neighbour index's op, cap and limit (order-free the same way)
+        cart_prefix = self.cart_prefixes
+        for item, old, new in fx.cart_index:
+            shard, hexed = shard_hex(item)
+            if elsewhere is not None:
+                call = call_for(shard)
+            call.args += ("X", call.ref(cart_prefix[shard] + hexed), old, new)
         for session, blob in fx.histories.items():
             commit.args += ("H", commit.ref(k.history(session)), blob)
+        for session, blob in fx.carts.items():
+            commit.args += ("H", commit.ref(k.cart(session)), blob)
         if fx.arrivals:  # the partition's own slot: committed with the watermark
             commit.args += ("A", commit.ref(k.arrivals(p)), arrivals_kept(s.partitions),
                             len(fx.arrivals))

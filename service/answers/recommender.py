@@ -193,7 +193,7 @@ class Recommender:
         named = {int.from_bytes(h, "little"): item
                  for h, (item, _, _) in zip(hashes, interactions, strict=True)} \
             if recommend_seen or rules.explain else None
-        answer = await self.with_placement(lambda k, r, prior: self._answer(
+        answer = await self.with_placement(lambda k, r, prior: self.answer(
             query, k, seen, params, exclude_session, r, fill_with_trending=True, named=named,
             placement=placement, prior=prior), k, rules, placement)
         if placement is not None and placement.explore is not None:  # before the answer is
@@ -208,7 +208,7 @@ class Recommender:
         h = item_hash(item_id)
         query = scoring.build_query([h], [0.0], [1.0], self.similar_params)
         named = {int.from_bytes(h, "little"): item_id}
-        return await self.stamped(await self.with_placement(lambda k, r, prior: self._answer(
+        return await self.stamped(await self.with_placement(lambda k, r, prior: self.answer(
             query, k, query.seen, self.similar_params, None, r, fill_with_trending=False,
             named=named, placement=placement, prior=prior), k, rules, placement), asker,
             placement=placement)
@@ -239,7 +239,7 @@ class Recommender:
             return cast(Answer, await produce(k, rules, b""))
         return cast(Answer, await placed.promoted(produce, k, rules, placement.promote))
 
-    async def _answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
+    async def answer(self, query: Query, k: int, seen: scoring.U64 | None, params: Params,
                       exclude_session: int | None, rules: Rules, *,
                       fill_with_trending: bool, named: dict[int, str] | None = None,
                       placement: Placement | None = None, prior: bytes = b""

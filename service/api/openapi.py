@@ -136,6 +136,15 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                     {"name": "item_id", "in": "path", "required": True, "schema": ident},
                     k_parameter(s), *rule_parameters(s), placement_parameter(s, "similar")],
                 "responses": {"200": answer_response("Similar items"), **errors}}},
+            "/items/{item_id}/bought-together": {"get": {
+                "summary": "Items added to cart or bought in the same sessions as one item, "
+                           "completed with similar items when carts are too few (the message "
+                           "says so; with explain, each row's source)",
+                "parameters": [
+                    {"name": "item_id", "in": "path", "required": True, "schema": ident},
+                    k_parameter(s), *rule_parameters(s),
+                    placement_parameter(s, "bought_together")],
+                "responses": {"200": answer_response("Items bought together"), **errors}}},
             "/popular": {"get": {
                 "summary": "Trending items (time-decayed popularity)",
                 "parameters": [k_parameter(s), *rule_parameters(s),
@@ -184,8 +193,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                 "delete": item_admin("Unhide an item", "hidden")},
             "/admin/items/{item_id}": {"delete": {
                 **item_admin("Forget an item's learned state", "forgotten"),
-                "description": "Deletes its neighbour index, frequency and trending score "
-                               "and scrubs it from the histories its index lists."}},
+                "description": "Deletes its neighbour and cart indexes, frequency and "
+                               "trending score and scrubs it from the histories and carts "
+                               "those indexes list (histories_scrubbed counts the "
+                               "histories)."}},
             "/admin/sessions/{session_id}": {"delete": {
                 "summary": "Reset a session: its live interactions and learned history",
                 "parameters": [{"name": "session_id", "in": "path", "required": True,

@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from service.answers import together
 from service.answers.recommender import Answer, Asker, Recommender
 from service.answers.rerank import rerank
 from service.api.access import client_address, is_secret
@@ -29,7 +30,7 @@ from service.requests.values import Invalid, identifier, placement_name, query_b
 RECOMMENDER = web.AppKey("recommender", Recommender)
 
 
-ASKED = ("session", "similar", "popular")
+ASKED = ("session", "similar", "popular", "bought_together")
 """The strategies POST /iid_recommend answers a placement with (a rerank placement orders a
 given list: POST /rerank)."""
 
@@ -71,6 +72,10 @@ async def iid_recommend(request: web.Request) -> web.Response:
                                            placement)
     elif placement is not None and placement.strategy == "popular":
         answer = await recommender.popular(k, rules, asker, placement)
+    elif placement is not None and placement.strategy == "bought_together":
+        cart = sorted(req.interactions, key=lambda x: x.timestamp)  # oldest first (stable)
+        answer = await together.bought_together(recommender, [x.item_id for x in cart], k,
+                                                rules, asker, placement)
     else:
         answer = await recommender.recommend(req.interactions, k, req.recommend_seen, asker,
                                              rules, placement)
@@ -129,6 +134,15 @@ async def similar(request: web.Request) -> web.Response:
     placement, k, rules = _queried_placement(request, "similar")
     answer = await request.app[RECOMMENDER].similar(item_id, k, rules, _queried(request),
                                                     placement)
+    return json_response(answer.body())
+
+
+async def bought_together(request: web.Request) -> web.Response:
+    """The items carted with one item (a cart of one: ``answers/together.py``)."""
+    item_id = path_id(request, "item_id")
+    placement, k, rules = _queried_placement(request, "bought_together")
+    answer = await together.bought_together(request.app[RECOMMENDER], [item_id], k, rules,
+                                            _queried(request), placement)
     return json_response(answer.body())
 
 

@@ -20,7 +20,7 @@ from service.api import (
 from service.api.access import ADMIN, OPERATOR, PUBLIC
 from service.api.context import Route
 
-NOT_SIMILAR = "(?s:.+)(?<!/similar)"
+NOT_SIMILAR = "(?s:.+)(?<!/similar)(?<!/bought-together)"
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/iid_recommend", recommend.iid_recommend, PUBLIC),
@@ -28,14 +28,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/sessions/{session_id}/recommendations", recommend.session_recommendations,
           PUBLIC),
     Route("GET", "/items/{item_id}/similar", recommend.similar, PUBLIC),
+    Route("GET", "/items/{item_id}/bought-together", recommend.bought_together, PUBLIC),
     Route("GET", "/popular", recommend.popular, PUBLIC),
     Route("POST", "/rerank", recommend.post_rerank, PUBLIC),
     Route("POST", "/admin/items/{item_id}/hide", admin.hide_item, ADMIN),
     Route("DELETE", "/admin/items/{item_id}/hide", admin.hide_item, ADMIN),
     Route("DELETE", "/admin/items/{item_id}", admin.forget_item, ADMIN),
     Route("DELETE", "/admin/sessions/{session_id}", admin.reset_session, ADMIN),
-    # a path ending in /similar is the similar route's, whatever the method: a record of an id
-    # ending so goes in through POST /items
+    # a path ending in /similar or /bought-together is that route's, whatever the method: a
+    # record of an id ending so goes in through POST /items
     Route("PUT", "/items/{item_id}", catalog.put_item, ADMIN, id_pattern=NOT_SIMILAR),
     Route("GET", "/items/{item_id}", catalog.get_item, ADMIN, id_pattern=NOT_SIMILAR),
     Route("DELETE", "/items/{item_id}", catalog.delete_item, ADMIN, id_pattern=NOT_SIMILAR),

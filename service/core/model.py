@@ -14,6 +14,14 @@ State (all of it derived from the event stream, and independent of how sessions 
 * per item, its **document frequency** (sessions that contain it) and its original id;
 * **trending**: per item ``log2(sum of weight * 2^(t / half_life))`` over its events, an
   order-free way to keep exponentially decayed popularity without ever overflowing;
+* per session, its **cart**: the last ``CART_CAP`` distinct items it added to cart or
+  purchased, each with the time it first did while kept (the history's 16-byte entries);
+  per item, its **cart index**: the ``index_cap`` sessions that carted it most recently (by
+  that first time), entries and trim rule as the neighbour index's (so order-free and
+  exactly-once the same way; an entry is never replaced, only added). A session carting an
+  item again (the purchase after the add_to_cart) moves it to the cart's end and changes no
+  index: no op; the bought-together answer (``service/core/carts.py``) counts each session
+  once per item, so repeating events in one session weighs nothing more;
 * per partition, its sessions' **arrivals**: when the server accepted each session's first
   event (its stream entry's id, in ms), kept for the newest ``arrivals_kept`` sessions. Event
   timestamps are the client's (capped at arrival plus the allowed skew, freely backdated);
@@ -44,6 +52,11 @@ from service.core.layout import (
 )
 
 LEARNED_TYPES = ("view", "click", "add_to_cart", "purchase")
+CART_TYPES = frozenset(("add_to_cart", "purchase"))
+"""The events that also reach the session's cart and the item's cart index."""
+CART_CAP = 20
+"""Most distinct items a session's cart keeps (the newest): what one session, honest or
+crafted, can add to the bought-together evidence at most."""
 IMPRESSION = "impression"
 EVENT_TYPES = (*LEARNED_TYPES, IMPRESSION)
 """An impression says an item was shown in an answer's list: not interest, so it never
@@ -111,6 +124,10 @@ class Effects:
     applied: int = 0
     arrivals: dict[bytes, int] = field(default_factory=dict)
     """Sessions without a kept history before this batch, and when each arrived (ms)."""
+    carts: dict[bytes, bytes] = field(default_factory=dict)
+    """The new cart of each session with cart events in the batch."""
+    cart_index: list[IndexChange] = field(default_factory=list)
+    """Cart index changes, as ``index``'s."""
 
     @property
     def new_sessions(self) -> int:
@@ -119,7 +136,8 @@ class Effects:
 
 
 def apply_events(histories: dict[bytes, bytes], events: Iterable[Event], history_cap: int,
-                 arrived: Callable[[int], int] | None = None) -> Effects:
+                 arrived: Callable[[int], int] | None = None,
+                 carts: dict[bytes, bytes] | None = None) -> Effects:
     """Fold events (in stream order) into effects, given the sessions' current histories.
 
     ``histories`` maps session hash to its stored blob (missing means new session); it is not
@@ -127,6 +145,8 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event], history
     it; an item new to the session's kept history counts once toward its document frequency.
     ``arrived(n)``: when ``events[n]`` reached the server, in ms (the worker: its stream
     entry's id); without it, the event's own time (a loaded log's clock is its operator's).
+    ``carts``: the stored carts of the sessions with cart events (missing: none yet); the
+    worker reads them with the histories, at the same fence.
     (The loop is the worker's and the loader's hottest: locals bound once, plain tuples.)
     """
     fx = Effects()
@@ -135,6 +155,10 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event], history
     # per session: its kept history, and per item the latest time in it (so an event costs a
     # dict lookup, not a scan of the history)
     current: dict[bytes, tuple[list[tuple[bytes, int]], dict[bytes, int]]] = {}
+    # per session with cart events: its cart, item -> latest time, oldest first
+    in_cart: dict[bytes, dict[bytes, int]] = {}
+    stored_carts = carts or {}
+    cart_index = fx.cart_index
     applied = 0
     for n, ev in enumerate(events):
         if ev[3] == IMPRESSION:
@@ -167,10 +191,33 @@ def apply_events(histories: dict[bytes, bytes], events: Iterable[Event], history
             names[i] = item_id
         trend.append((item_id, ts, 1.0))  # an interaction of any type counts once
         applied += 1
+        if ev[3] in CART_TYPES:
+            cart = in_cart.get(s)
+            if cart is None:
+                cart = in_cart[s] = dict(split_entries(stored_carts.get(s, b"")))
+            _add_to_cart(cart, i, tkey, s, cart_index)
     fx.applied = applied
     for s, (hist, _) in current.items():
         fx.histories[s] = history_blob(hist)
+    for s, cart in in_cart.items():
+        fx.carts[s] = history_blob(cart.items())
     return fx
+
+
+def _add_to_cart(cart: dict[bytes, int], item: bytes, tkey: int, session: bytes,
+                 cart_index: list[IndexChange]) -> None:
+    """One cart event: the item moves to the cart's end (the cart keeps its newest
+    ``CART_CAP`` distinct items) with the time it was first carted while kept; only an item new
+    to the cart adds the session's entry to its cart index (a purchase after its add_to_cart
+    costs the commit nothing)."""
+    previous = cart.pop(item, None)
+    if previous is None:
+        cart_index.append((item, b"", index_entry(tkey, session)))
+    else:
+        tkey = previous
+    cart[item] = tkey
+    if len(cart) > CART_CAP:
+        del cart[next(iter(cart))]
 
 
 def _latest(history: list[tuple[bytes, int]]) -> dict[bytes, int]:
@@ -200,3 +247,10 @@ def trending(trend: Iterable[tuple[str, float, float]], half_life: float) -> dic
 def sessions_of(events: Sequence[Event]) -> list[bytes]:
     """Distinct session hashes of a batch, in first-seen order (whose histories to read)."""
     return list(dict.fromkeys(session_hash(ev.session_id) for ev in events))
+
+
+def carting_sessions(events: Sequence[Event]) -> list[bytes]:
+    """Distinct session hashes of a batch's cart events, first-seen order (whose carts to
+    read)."""
+    return list(dict.fromkeys(session_hash(ev.session_id) for ev in events
+                              if ev.type in CART_TYPES))

@@ -2,9 +2,9 @@
 
 It leaves exactly the state the workers would leave after streaming the same events: each
 session's events go through the same pure update rule (``service.core.model.apply_events``), and
-the per-item structures, which are order-free, are built in bulk with numpy instead of being
-spliced entry by entry. Trending scores are summed in log space per item; they equal the
-streamed ones within float rounding (the stream's own sum order depends on interleaving).
+the per-item structures, which are order-free (neighbour and cart indexes), are built in bulk
+instead of being spliced entry by entry. Trending scores are summed in log space per item; they
+equal the streamed ones within float rounding (the stream's own sum order depends on interleaving).
 Sessions' arrivals are the one difference: streamed, a session arrives when the server accepted
 its first event; loaded, when the log's own clock says (the same sessions, other times).
 """
@@ -82,6 +82,7 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
     events = [no_later_than(ev, ceiling) for ev in events]
     fx = apply_events({}, counted(events, "learning", len(events), "events"), s.history_cap)
     indexes = build_indexes(fx.index, s.index_cap)
+    cart_indexes = build_indexes(fx.cart_index, s.index_cap)
     trend = trending(fx.trend, s.trend_half_life)
     ttl = s.history_ttl * 1000
     commands: list[Callable[[Pipeline], object]] = []
@@ -89,6 +90,10 @@ async def load(store: Store, events: Iterable[Event]) -> LoadReport:
         commands.append(partial(_set, keys.history(sess), blob, ttl))
     for item, blob in indexes.items():
         commands.append(partial(_set, keys.index(item), blob, ttl))
+    for sess, blob in fx.carts.items():
+        commands.append(partial(_set, keys.cart(sess), blob, ttl))
+    for item, blob in cart_indexes.items():
+        commands.append(partial(_set, keys.cart_index(item), blob, ttl))
     for item, name in fx.names.items():
         commands.append(partial(_hsetnx, keys.names(shard_of(item)), item.hex(), name))
     for item, count in fx.doc_freq.items():

@@ -9,8 +9,9 @@ from typing import Any
 from service.core.layout import newest_entries
 
 INDEX = "x"
+CART_INDEX = "cx"
 ARRIVALS = "arrivals"
-LEARNED = {"h", INDEX, "names", "df", "trend", "meta", ARRIVALS}
+LEARNED = {"h", INDEX, "ch", CART_INDEX, "names", "df", "trend", "meta", ARRIVALS}
 """Key kinds that make up the learned state (what the model reads). Stream bookkeeping,
 leases, watermarks and live sessions are not learned state."""
 
@@ -18,7 +19,7 @@ leases, watermarks and live sessions are not learned state."""
 async def learned_state(client: Any, namespace: str, index_cap: int,
                         arrival_times: bool = False) -> dict[str, Any]:
     """Every learned key of the namespace (name without the namespace) and its value; of a
-    neighbour index, what counts: its newest ``index_cap`` entries (the worker trims lazily,
+    neighbour or cart index, what counts: its newest ``index_cap`` entries (the worker trims lazily,
     so two runs that agree can differ in the older entries still waiting for a trim). Of the
     arrivals, which sessions, and with ``arrival_times`` when each arrived: the same events
     sent twice (or loaded) arrive at other times, so only runs over the same stream entries
@@ -33,7 +34,8 @@ async def learned_state(client: Any, namespace: str, index_cap: int,
         kind = (await client.type(raw)).decode()
         if kind == "string":
             value = await client.get(raw)
-            state[short] = newest_entries(value, index_cap) if part == INDEX else value
+            state[short] = newest_entries(value, index_cap) \
+                if part in (INDEX, CART_INDEX) else value
         elif kind == "hash":
             state[short] = await client.hgetall(raw)
         elif kind == "zset":

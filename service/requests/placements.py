@@ -60,6 +60,11 @@ def placement(name: str, body: Any, settings: Settings, serial: int = 0) -> Plac
     boosts = _boosts(obj.get("boosts", []), settings)
     promote = _promote(obj["promote"], settings) if obj.get("promote") is not None else None
     params = param_values(obj.get("params", {}), "params", settings)
+    if strategy == "bought_together":
+        for field in ("boosts", "promote", "params"):
+            if obj.get(field):
+                raise invalid(field, "A bought_together placement answers from carts alone: "
+                                     f"{field} applies to the other strategies.")
     explore = None
     if obj.get("explore") is not None:
         if strategy != "session":

@@ -31,38 +31,47 @@ class Admin(Part):
         self.reads.forget_hidden()
 
     async def forget_item(self, item_id: str) -> int:
-        """Delete an item's learned state: its neighbour index, frequency and trending score,
-        and its entries in the histories of the sessions its index lists. Returns how many
-        histories were scrubbed. (Histories older than the index reaches expire on their own;
-        hide the item too if it must never come back.) Each partition's histories are scrubbed
+        """Delete an item's learned state: its neighbour and cart indexes, frequency and
+        trending score, and its entries in the histories and carts of the sessions those
+        indexes list. Returns how many histories (carts not counted) were scrubbed. (Histories
+        older than the index reaches expire on their own; hide the item too if it must never
+        come back.) Each partition's histories are scrubbed
         in one step with its admin epoch bumped, so a worker batch that read them before
         cannot write the item back."""
         h = item_hash(item_id)
-        index_key = self.keys.index(h)
+        index_key, cart_index_key = self.keys.index(h), self.keys.cart_index(h)
         blob: bytes = await self.redis.get(index_key) or b""  # type: ignore[assignment]
+        carted: bytes = await self.redis.get(cart_index_key) or b""  # type: ignore[assignment]
         by_partition: dict[int, list[str]] = {}
         for session in index_sessions(blob):
             by_partition.setdefault(partition_of(session, self.settings.partitions),
                                     []).append(self.keys.history(session))
+        carts: dict[int, list[str]] = {}
+        for session in dict.fromkeys(index_sessions(carted)):  # carts: the same entries
+            carts.setdefault(partition_of(session, self.settings.partitions),
+                             []).append(self.keys.cart(session))
         scrubbed = 0
         for p, keys in by_partition.items():
             scrubbed += await self.scripts.scrub(self.keys.epoch(p), keys, h)
+        for p, keys in carts.items():  # not counted: the answer says histories
+            await self.scripts.scrub(self.keys.epoch(p), keys, h)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(index_key)
+            pipe.delete(index_key, cart_index_key)
             pipe.hdel(self.keys.doc_freq(shard_of(h)), h.hex())
             pipe.zrem(self.keys.trend(), item_id)
             await pipe.execute()
         return scrubbed
 
     async def reset_session(self, session_id: str) -> None:
-        """Forget a visitor's session: live interactions, learned history and arrival (with
-        the partition's admin epoch bumped in the same transaction, so a worker batch that
-        read the history before cannot write it back)."""
+        """Forget a visitor's session: live interactions, learned history, cart and arrival
+        (with the partition's admin epoch bumped in the same transaction, so a worker batch
+        that read the history before cannot write it back)."""
         s = session_hash(session_id)
         p = partition_of(s, self.settings.partitions)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(self.keys.epoch(p))
-            pipe.delete(self.keys.live_items(s), self.keys.live_ratings(s), self.keys.history(s))
+            pipe.delete(self.keys.live_items(s), self.keys.live_ratings(s), self.keys.history(s),
+                        self.keys.cart(s))
             pipe.zrem(self.keys.live_registry(p), s.hex())
             pipe.zrem(self.keys.arrivals(p), s)
             await pipe.execute()

@@ -12,7 +12,7 @@ Why it looks like this
   sessions hashed to that partition (their live interactions and learned histories), so the
   ingest script, the worker's read of a batch's histories and its commit (effects, watermark and
   XACK) each stay in one slot. ``{iN}``: item shard N of ITEM_SHARDS, holding the per-item
-  neighbour index, names and document frequencies. ``{g}``: the few global keys.
+  neighbour and cart indexes, names and document frequencies. ``{g}``: the few global keys.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from service.core.layout import ITEM_SHARDS, partition_of, shard_of
 
 HISTORY = ":h:"
 """Marks a learned session history key (``history`` and the vectorised ``histories``)."""
+CART = ":ch:"
+"""Marks a session's cart key (``cart`` and ``carts``)."""
 
 GROUP = "workers"
 """The consumer group every worker reads each partition stream through."""
@@ -122,6 +124,15 @@ class Keys:
     def history(self, session: bytes) -> str:
         return f"{self._p(partition_of(session, self.partitions))}{HISTORY}{session.hex()}"
 
+    def cart(self, session: bytes) -> str:
+        """A session's cart: its last distinct add_to_cart/purchase items
+        (``core/model.py``), beside its history (the worker reads both at its fence)."""
+        return f"{self._p(partition_of(session, self.partitions))}{CART}{session.hex()}"
+
+    def carts(self, sessions: npt.NDArray[np.uint64]) -> list[str]:
+        """``cart`` for many session hashes (as little-endian u64) at once."""
+        return _by_hash(sessions, [self._p(p) + CART for p in range(self.partitions)])
+
     def arrivals(self, p: int) -> str:
         """Zset session hash (8 bytes) -> when its first event reached the server (ms): the
         partition's newest ``arrivals_kept`` sessions, what self-tuning orders by."""
@@ -157,6 +168,18 @@ class Keys:
     def indexes(self, items: npt.NDArray[np.uint64]) -> list[str]:
         """``index`` for many item hashes (as little-endian u64) at once."""
         return _by_hash(items, self.index_prefixes())
+
+    def cart_index_prefix(self, shard: int) -> str:
+        """An item's cart index (the sessions that carted it most recently, entries as the
+        neighbour index's) is this plus the item hash in hex."""
+        return f"{self._i(shard)}:cx:"
+
+    def cart_index(self, item: bytes) -> str:
+        return self.cart_index_prefix(shard_of(item)) + item.hex()
+
+    def cart_indexes(self, items: npt.NDArray[np.uint64]) -> list[str]:
+        """``cart_index`` for many item hashes (as little-endian u64) at once."""
+        return _by_hash(items, [self.cart_index_prefix(n) for n in range(ITEM_SHARDS)])
 
     def names(self, shard: int) -> str:
         return self._i(shard) + ":names"
