@@ -1,5 +1,7 @@
-"""Screenshot of the demo shop after a few clicks, on its Outdoors category page (a filter, and
-"because you viewed ..." under each recommendation), for the docs.
+"""Screenshot of the demo shop after a few clicks and a tent in the cart, on its Outdoors
+category page: the category's products ordered for the visitor (the category placement),
+"because you viewed ..." under each recommendation, what goes with the cart, and the
+new-items shelf and the promoted house brand below, for the docs.
 
     python scripts/screenshot_demo.py docs/demo.png
 
@@ -55,13 +57,17 @@ async def main(out: str) -> None:
 async def screenshot(api: str, out: str) -> None:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
-        page = await browser.new_page(viewport={"width": 1280, "height": 860})
+        page = await browser.new_page(viewport={"width": 1280, "height": 1100})
         await page.goto(f"{api}/demo")
         await page.wait_for_selector("#recs .card")
         for item in ("1017", "1018"):  # Two-person tent, then Sleeping bag
             await page.click(f'#catalogue .card[data-item-id="{item}"] .name')
             await page.wait_for_timeout(400)
+        await page.click('#catalogue .card[data-item-id="1017"] button')  # the tent to cart
+        await page.wait_for_selector("#cart-recs .card")
         await page.click('#filters button:text-is("Outdoors")')
+        await page.wait_for_function(
+            "() => document.getElementById('order-note').textContent.startsWith('Ordered')")
         await page.wait_for_timeout(600)
         await page.evaluate("window.scrollTo(0, 0)")
         await page.wait_for_timeout(200)

@@ -25,7 +25,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
 
 from service.api.app import create_app
-from service.demo import sample_catalogue, sample_events
+from service.demo import put_placements, sample_catalogue, sample_events
 from service.offline.redisproc import free_port
 from service.settings import Settings
 from service.store.state import Store
@@ -131,6 +131,7 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     await store.prepare()
     await store.ingestion.append(sample_events(time.time()))
     await store.items.put(sample_catalogue())
+    await put_placements(store, settings)
     worker = Worker(settings, worker_id="browser-tests")
     worker_task = asyncio.create_task(worker.run())
     await wait_drained(store)
@@ -251,6 +252,51 @@ async def test_demo_shop_learns_from_clicks(stack: Stack, browser: Browser) -> N
     assert counted["events_accepted"] - counted["impressions"] == before + 2
     assert counted["impressions"] > 0
     assert await page.evaluate("window.violations") == []  # under its policy
+    assert errors == []
+
+
+async def test_the_demo_shops_placements_cart_category_new_items_and_promotion(
+        stack: Stack, browser: Browser) -> None:
+    """Each place of the demo shop is a placement: a new product that fits what the visitor
+    looks at reaches the "New in" shelf, the house brand is promoted in "More you may like",
+    the cart gets what goes with it (learned from other carts), and a category page lists its
+    products ordered for the visitor."""
+    catalogue = {r.item_id: r for r in sample_catalogue()}
+    page = await browser.new_page()
+    errors = console_errors(page)
+    await record_policy_violations(page)
+    await page.goto(stack.api + "/demo")
+    await page.wait_for_selector("#recs .card")
+    assert await page.is_hidden("#cart-box") and await page.is_hidden("#new")
+    await page.click('#catalogue .card[data-item-id="1001"] .name')  # Espresso machine
+    # new in: the coffee product that arrived today (no event yet), marked new
+    await page.wait_for_selector('#new .card[data-item-id="1049"] .badge.new', timeout=10_000)
+    shelf = await page.eval_on_selector_all("#new [data-item-id]",
+                                            "es => es.map(e => e.dataset.itemId)")
+    assert "1049" in shelf and "1001" not in shelf
+    # more you may like: its first place promoted, a house-brand product
+    await page.wait_for_selector("#more .card .badge:text-is('promoted')", timeout=10_000)
+    first = await page.get_attribute("#more .card", "data-item-id")
+    assert first is not None and "house-brand" in catalogue[first].tags
+    # the cart: what goes with it comes from other carts (the espresso bundle)
+    await page.click('#catalogue .card[data-item-id="1001"] button')  # add to cart
+    await page.wait_for_selector("#cart-recs .card", timeout=10_000)
+    assert "Espresso machine" in (await page.text_content("#cart") or "")
+    goes = await page.eval_on_selector_all("#cart-recs [data-item-id]",
+                                           "es => es.map(e => e.dataset.itemId)")
+    assert {"1007", "1006"} & set(goes[:2]) and "1001" not in goes
+    assert "carts" in (await page.text_content("#cart-message") or "").lower()
+    # a category page: its products, all of them, ordered for this visitor
+    await page.click('#filters button:text-is("Coffee")')
+    await page.wait_for_function(
+        "() => document.getElementById('order-note').textContent.startsWith('Ordered for you:')",
+        timeout=10_000)
+    listed = await page.eval_on_selector_all("#catalogue > .card",
+                                             "es => es.map(e => e.dataset.itemId)")
+    coffee = [i for i, r in catalogue.items() if r.categories[0] == "Coffee"]
+    assert sorted(listed) == sorted(coffee) and listed != coffee  # reordered, none lost
+    assert listed[0] in ("1001", "1002")  # what the visitor looked at, or went with it
+    assert await page.evaluate("window.violations") == []
     assert errors == []
 
 

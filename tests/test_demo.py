@@ -25,7 +25,9 @@ async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
     task = asyncio.create_task(worker.run())
     try:
         applied = await asyncio.wait_for(load_sample(store), 60)
-        assert applied == 6892
+        assert applied == 8338
+        placed = await store.placements.all()
+        assert set(placed[1]) == {"home", "more", "category", "cart", "new"}
         # an espresso machine
         answer = await Recommender(store, settings).recommend([("1001", 1.0, 1.0)], 5, False)
         assert answer.recommendations[0]["id"] == "1002"  # Burr grinder, planted with it

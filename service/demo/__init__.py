@@ -14,12 +14,14 @@ import json
 import signal
 import time
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
 
 from service.api.app import create_app
 from service.core.catalog import Record
 from service.core.model import Event
+from service.requests.placements import placement
 from service.runtime import install_uvloop
 from service.settings import Settings
 from service.store.backends import MEMORY_URL
@@ -38,13 +40,36 @@ def sample_catalogue() -> list[Record]:
     """The sample shop's products as catalogue records (the page reads the same file)."""
     rows = json.loads(resources.files("service").joinpath("demo/catalogue.json")
                       .read_text("utf-8"))
-    return [Record(str(r["id"]), r["name"], (r["category"],), price=r["price"]) for r in rows]
+    return [Record(str(r["id"]), r["name"], (r["category"],), price=r["price"],
+                   tags=tuple(r.get("tags", ()))) for r in rows]
+
+
+PLACEMENTS: dict[str, dict[str, Any]] = {
+    "home": {"strategy": "session", "k": 6,
+             "rules": {"max_per_category": 2, "explain": True}},
+    "more": {"strategy": "session", "k": 5, "rules": {"explain": True},
+             "promote": {"filter": {"tags": ["house-brand"]}, "slots": 1}},
+    "category": {"strategy": "rerank", "rules": {"explain": True}},
+    "cart": {"strategy": "bought_together", "k": 4, "rules": {"explain": True}},
+    "new": {"strategy": "session", "k": 4, "rules": {"explain": True},
+            "explore": {"share": 1.0, "max_age_days": 7}},
+}
+"""The sample shop's places (README, "Placements"): the visitor's picks, more of them with the
+house brand promoted, a category page ordered for the visitor, what goes with the cart, and a
+shelf of new products that fit what the visitor looks at."""
+
+
+async def put_placements(store: Store, settings: Settings) -> None:
+    for name, body in PLACEMENTS.items():
+        placement(name, body, settings)  # the demo's own are valid as any operator's
+        await store.placements.put(name, json.dumps(body))
 
 
 async def load_sample(store: Store) -> int:
-    """Store the sample catalogue, replay the sample log through the stream and wait until
-    the worker applied it all."""
+    """Store the sample catalogue and placements, replay the sample log through the stream
+    and wait until the worker applied it all."""
     await store.items.put(sample_catalogue())
+    await put_placements(store, store.settings)
     stats = await store.stats.read()
     if stats["events_accepted"] == 0:
         await store.ingestion.append(sample_events(time.time()))
