@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -161,3 +162,18 @@ def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
 def shown(answer: Answer) -> tuple[list[dict[str, Any]], str, str | None]:
     """What an answer shows, without its recommendation id (unique per answer)."""
     return answer.recommendations, answer.message, answer.variant
+
+
+def interleaved(events: list[Event], rnd: random.Random) -> list[Event]:
+    """``events`` with the sessions interleaved at random (as partitions, workers and crashes
+    may), each session's own events in their order."""
+    queues: dict[str, list[Event]] = {}
+    for ev in events:
+        queues.setdefault(ev.session_id, []).append(ev)
+    shuffled = []
+    while queues:
+        s = rnd.choice(sorted(queues))
+        shuffled.append(queues[s].pop(0))
+        if not queues[s]:
+            del queues[s]
+    return shuffled

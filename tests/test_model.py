@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from service.core.layout import index_entry, item_hash, session_hash, split_entries, time_key
 from service.core.model import Event, apply_events
+from tests.helpers import interleaved
 
 
 def fold(events: list[Event], cap: int = 100) -> dict[str, object]:
@@ -84,14 +85,4 @@ def test_interleaving_sessions_changes_nothing(raw: list[tuple[int, int, int]],
     """Sessions may be interleaved arbitrarily (different partitions, workers, crashes): as
     long as each session's own events keep their order, the learned state is the same."""
     events = [Event(f"s{s}", f"i{i}", float(t)) for s, i, t in raw]
-    by_session: dict[str, list[Event]] = {}
-    for ev in events:
-        by_session.setdefault(ev.session_id, []).append(ev)
-    queues = {s: list(evs) for s, evs in by_session.items()}
-    shuffled = []
-    while queues:
-        s = rnd.choice(sorted(queues))
-        shuffled.append(queues[s].pop(0))
-        if not queues[s]:
-            del queues[s]
-    assert fold(shuffled, cap=4) == fold(events, cap=4)
+    assert fold(interleaved(events, rnd), cap=4) == fold(events, cap=4)

@@ -33,7 +33,14 @@ from service.core.model import CART_CAP, Event, apply_events
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
-from tests.helpers import assert_same_state, clean_reference, drain, ingest, snapshot
+from tests.helpers import (
+    assert_same_state,
+    clean_reference,
+    drain,
+    ingest,
+    interleaved,
+    snapshot,
+)
 
 # --- the update rule ---------------------------------------------------------------------------
 
@@ -94,16 +101,7 @@ def test_carts_are_order_free_across_sessions_and_batches(
     """Sessions interleaved arbitrarily and batches cut anywhere (workers, crashes): the same
     carts and cart indexes as one pass."""
     events = [Event(f"s{s}", f"i{i}", float(t), kind) for s, i, t, kind in raw]
-    queues: dict[str, list[Event]] = {}
-    for ev in events:
-        queues.setdefault(ev.session_id, []).append(ev)
-    shuffled = []
-    while queues:
-        s = rnd.choice(sorted(queues))
-        shuffled.append(queues[s].pop(0))
-        if not queues[s]:
-            del queues[s]
-    assert fold(shuffled, batch) == fold(events, len(events))
+    assert fold(interleaved(events, rnd), batch) == fold(events, len(events))
 
 
 # --- scoring -----------------------------------------------------------------------------------

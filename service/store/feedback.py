@@ -206,43 +206,37 @@ class Feedback:
     async def counts(self, experiment: Experiment) -> list[dict[str, int]]:
         """Per variant: answers and each kind of attributed event, summed over partitions."""
         n = len(experiment.variants)
-        fields = [counter_field(experiment.serial, v, kind) for v in range(n)
-                  for kind in COUNTED]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for p in range(self.partitions):
-                pipe.hmget(self.keys.counters(p), fields)
-            pipe.hmget(self.keys.experiment_answers(),
-                       [answers_field(experiment.serial, v) for v in range(n)])
-            replies: list[Any] = await pipe.execute()
+        totals = await self._summed(
+            [[counter_field(experiment.serial, v, kind) for kind in COUNTED] for v in range(n)],
+            self.keys.experiment_answers(),
+            [answers_field(experiment.serial, v) for v in range(n)])
         # PFCOUNT one key at a time: redis-py's cluster pipeline refuses it
-        replies += [await self.client.pfcount(self.keys.experiment_sessions(experiment.serial, v))
-                    for v in range(n)]
-        totals: list[dict[str, int]] = [dict.fromkeys((*COUNTED, "answers", "sessions"), 0)
-                                        for _ in range(n)]
-        for reply in replies[:self.partitions]:
-            for at, value in enumerate(reply):
-                if value is not None:
-                    totals[at // len(COUNTED)][COUNTED[at % len(COUNTED)]] += int(value)
-        for v, value in enumerate(replies[self.partitions]):
-            totals[v]["answers"] = int(value or 0)
-        for v, value in enumerate(replies[self.partitions + 1:]):
-            totals[v]["sessions"] = int(value)
+        for v, counted in enumerate(totals):
+            counted["sessions"] = int(await self.client.pfcount(
+                self.keys.experiment_sessions(experiment.serial, v)))
         return totals
 
     async def placement_counts(self, codes: Sequence[bytes]) -> list[dict[str, int]]:
         """Per placement (by code): answers and each kind of attributed event, summed over
         partitions."""
-        fields = [placement_field(code, kind) for code in codes for kind in COUNTED]
-        if not fields:
+        if not codes:
             return []
+        return await self._summed(
+            [[placement_field(code, kind) for kind in COUNTED] for code in codes],
+            self.keys.placement_answers(), [placement_field(code, "answers") for code in codes])
+
+    async def _summed(self, fields: list[list[str]], answers: str, answer_fields: list[str]
+                      ) -> list[dict[str, int]]:
+        """For each group of counter fields (one per kind of ``COUNTED``), the counts summed
+        over the partitions' counters, and its answers (``answer_fields`` of ``answers``)."""
+        flat = [field for group in fields for field in group]
         async with self.client.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
-                pipe.hmget(self.keys.counters(p), fields)
-            pipe.hmget(self.keys.placement_answers(),
-                       [placement_field(code, "answers") for code in codes])
+                pipe.hmget(self.keys.counters(p), flat)
+            pipe.hmget(answers, answer_fields)
             replies: list[Any] = await pipe.execute()
         totals: list[dict[str, int]] = [dict.fromkeys((*COUNTED, "answers"), 0)
-                                        for _ in codes]
+                                        for _ in fields]
         for reply in replies[:self.partitions]:
             for at, value in enumerate(reply):
                 if value is not None:
