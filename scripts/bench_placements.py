@@ -4,7 +4,8 @@
   ids; the placement is a ``session`` one with nothing but its name, so the difference is the
   placement's own work: its lookup, its rules' overlay, its count), rounds alternating;
 * ``POST /rerank`` of 200 items (a category page) per process: each body a test prefix and
-  200 items drawn from the training log, seeded.
+  200 items drawn from the training log, seeded; with a session id per body (the SDK's: its
+  answer's record is written for feedback) and without.
 
     python scripts/bench_placements.py --data ../shared/datasets/diginetica-srgnn \\
         [--rounds 5] [--seconds 8]
@@ -72,25 +73,33 @@ def run(settings: Settings, data: Path, seconds: int, rounds: int, items: int
     placed_script = wrk_script(placed(sdk, "bench"), "/iid_recommend", SECRET)
     catalogue = sorted(set(clicklog.read(data / "train.tsv").items.tolist()))
     rerank_script = wrk_script(rerank_bodies(sdk, catalogue, items, 7), "/rerank", SECRET)
+    anonymous_script = wrk_script(rerank_bodies(bodies(data), catalogue, items, 7), "/rerank",
+                                  SECRET)
     plain: list[float] = []
     named: list[float] = []
     reranks: list[float] = []
+    anonymous: list[float] = []
     with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": SECRET}) as api:
         _admin(api, "PUT", "/admin/placements/bench", {"strategy": "session"})
-        for script in (plain_script, placed_script, rerank_script):
+        for script in (plain_script, placed_script, rerank_script, anonymous_script):
             wrk(api, script, 2)  # warm the caches
         for n in range(rounds):
             pair = [(plain, plain_script), (named, placed_script)]
             for figures, script in (pair if n % 2 == 0 else pair[::-1]):
                 figures.append(wrk(api, script, seconds)["rps"])
             reranks.append(wrk(api, rerank_script, seconds)["rps"])
+            anonymous.append(wrk(api, anonymous_script, seconds)["rps"])
     ratios = [p / q for p, q in zip(named, plain, strict=True)]
     return {"req/s without a placement (SDK bodies)": median(plain),
             "req/s naming a placement": median(named),
             "ratio (placement / none), median of the rounds' ratios": median(ratios),
             "the rounds' ratios": " ".join(f"{r:.3f}" for r in ratios),
-            f"POST /rerank of {items} items, req/s (1 process)": median(reranks),
+            f"POST /rerank of {items} items with session ids (the SDK's: each answer "
+            "recorded for feedback), req/s (1 process)": median(reranks),
             "rerank rounds": " ".join(f"{r:.0f}" for r in reranks),
+            f"POST /rerank of {items} items without session ids, req/s (1 process)":
+                median(anonymous),
+            "rounds without session ids": " ".join(f"{r:.0f}" for r in anonymous),
             "rounds": rounds, "seconds per round": seconds}
 
 
