@@ -30,6 +30,7 @@ from service.core.layout import (
     time_key,
 )
 from service.core.model import CART_CAP, Event, apply_events
+from service.core.rules import Rules
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
@@ -273,6 +274,23 @@ async def test_bought_together_answers_from_carts_and_says_when_similar_complete
         answer = await together.bought_together(recommender, ["c", "a"], 3)
         assert answer.recommendations[0]["id"] == "b"
         assert answer.recommendation_id
+    finally:
+        await store.close()
+
+
+async def test_no_item_of_the_cart_comes_back_however_long_the_cart(
+        shop: Client, settings: Settings) -> None:
+    """The query reads the cart's newest items only; the answer leaves out all of them (an
+    older cart item came back, from carts and from the similar completion: red team)."""
+    await learned(shop, settings)
+    store = Store(settings)
+    try:
+        recommender = Recommender(store, settings)
+        cart = ["b", *(f"unknown-{n}" for n in range(carts.CART_QUERY)), "a"]
+        answer = await together.bought_together(recommender, cart, 6, Rules(explain=True))
+        got = [row["id"] for row in answer.recommendations]
+        assert got and not set(got) & set(cart)
+        assert "c" in got  # what goes with a, b itself left out
     finally:
         await store.close()
 

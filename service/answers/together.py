@@ -77,8 +77,10 @@ async def answer(recommender: Recommender, cart: Sequence[str], k: int,
     catalogue = await store.items.index() if rules.needs_catalogue else None
     cap = CategoryCap(rules.max_per_category,
                       catalogue.first_category if catalogue is not None else {})
+    # the whole cart, not only the newest items its query reads: nothing the shopper has is
+    # offered back
     skip = set(np.concatenate((await store.reads.hidden_items(), item_hashes(rules.exclude),
-                               cart_hashes)).tolist())
+                               item_hashes(list(cart)))).tolist())
     admitted = catalogue.admits(rules.filter, candidates) \
         if catalogue is not None and rules.filter is not None else None
     picked: list[int] = []
