@@ -16,8 +16,6 @@ from service.core.placements import Boost, Promote
 from service.core.rules import Rules, conjunction
 from service.core.scoring import F64, U64
 
-LE_U64 = np.dtype("<u8")
-
 
 def factors(catalogue: CatalogueIndex, boosts: tuple[Boost, ...], items: U64) -> F64:
     """Each item's factor: the product of those of the boosts whose filters it matches (one

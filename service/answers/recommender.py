@@ -22,6 +22,7 @@ from service import kernel
 from service.answers import placements as placed
 from service.answers.explore import explore
 from service.answers.fill import (
+    LE_U64,
     MSG_BOTH,
     MSG_FEWER_SIMILAR,
     MSG_NO_SIMILAR,
@@ -135,7 +136,7 @@ class Recommender:
             for v in experiment.variants]
 
     async def stamped(self, answer: Answer, asker: Asker, serial: int = 0, variant: int = 0,
-                       name: str | None = None, placement: Placement | None = None) -> Answer:
+                      name: str | None = None, placement: Placement | None = None) -> Answer:
         """The answer with its id; given to a session, its list recorded first, so that the
         session's impressions and clicks, which may follow at once, find it."""
         session_id = asker.session_id
@@ -223,17 +224,17 @@ class Recommender:
             if prior and rules.max_per_category is not None:
                 catalogue = await self.store.items.index()
                 cap = CategoryCap(rules.max_per_category, catalogue.first_category)
-                for h in np.frombuffer(prior, placed.LE_U64).tolist():
+                for h in np.frombuffer(prior, LE_U64).tolist():
                     cap.take(h)
             rows = await trending(self.store, k, rules, excluded, 1.0, hashes, cap, catalogue,
-                                        placement)
+                                  placement)
             return Answer(rows, worded(MSG_TRENDING, len(rows), k, rules),
                           listed=_listed(hashes))
-        return await self.stamped(await self.with_placement(produce, k, rules, placement), asker,
-                                   placement=placement)
+        return await self.stamped(await self.with_placement(produce, k, rules, placement),
+                                  asker, placement=placement)
 
     async def with_placement(self, produce: placed.Produce, k: int, rules: Rules,
-                      placement: Placement | None) -> Answer:
+                             placement: Placement | None) -> Answer:
         """The answer ``produce`` gives, with the placement's promotion if it has one."""
         if placement is None or placement.promote is None:
             return cast(Answer, await produce(k, rules, b""))
@@ -288,7 +289,7 @@ class Recommender:
                                          len(candidates) + len(query.seen) if capped else k)
         cap = CategoryCap(rules.max_per_category,
                           catalogue.first_category if catalogue is not None else {})
-        for h in np.frombuffer(prior, placed.LE_U64).tolist():  # listed ahead of this answer
+        for h in np.frombuffer(prior, LE_U64).tolist():  # listed ahead of this answer
             cap.take(h)
         if capped:
             keep: list[int] = []
@@ -324,8 +325,9 @@ class Recommender:
         # only now the trending head: sessions with neighbours rarely need it
         floor = float(found[-1]["score"]) if found else 1.0
         filled: list[int] = []
-        filler = await trending(self.store, k - len(found), rules, np.concatenate((exclude, best)),
-                                      floor, filled, cap, catalogue, placement)
+        filler = await trending(self.store, k - len(found), rules,
+                                np.concatenate((exclude, best)), floor, filled, cap, catalogue,
+                                placement)
         message = MSG_POPULAR if not found else MSG_BOTH if filler else MSG_SESSION
         return Answer(found + filler, worded(message, len(found) + len(filler), k, rules),
                       listed=listed + _listed(filled))

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from service import kernel
 from service.answers import placements as placed
-from service.answers.fill import NO_ITEMS, item_hashes
+from service.answers.fill import LE_U64, NO_ITEMS, item_hashes
 from service.answers.recommender import NOBODY, Answer, Asker, Recommender
 from service.core import explain, scoring
 from service.core.catalogueindex import CatalogueIndex
@@ -180,14 +180,14 @@ def _taken(ordered: Ordered, k: int, rules: Rules, prior: bytes,
             or prior):  # the common case: the first k as they stand
         return Answer([{"id": i, "score": v} for i, v in zip(ordered.ids[:k],
                                                             ordered.scores[:k], strict=True)],
-                      MSG_RERANK, listed=ordered.hashes[:k].astype(placed.LE_U64).tobytes())
+                      MSG_RERANK, listed=ordered.hashes[:k].astype(LE_U64).tobytes())
     allowed = ~np.isin(ordered.hashes, item_hashes(rules.exclude))
     if rules.filter is not None:
         assert catalogue is not None
         allowed &= catalogue.admits(rules.filter, ordered.hashes)
     cap = CategoryCap(rules.max_per_category,
                       catalogue.first_category if catalogue is not None else {})
-    for h in np.frombuffer(prior, placed.LE_U64).tolist():
+    for h in np.frombuffer(prior, LE_U64).tolist():
         cap.take(h)
     rows: list[dict[str, Any]] = []
     listed: list[int] = []
@@ -205,5 +205,5 @@ def _taken(ordered: Ordered, k: int, rules: Rules, prior: bytes,
         listed.append(h)
         if len(rows) == k:
             break
-    return Answer(rows, MSG_RERANK, listed=np.array(listed, placed.LE_U64).tobytes())
+    return Answer(rows, MSG_RERANK, listed=np.array(listed, LE_U64).tobytes())
 

@@ -95,12 +95,3 @@ def overlay(placement: Placement | None, rules: Rules, given: frozenset[str]) ->
     return dataclasses.replace(base, **{name: getattr(rules, name)
                                         for name in ("exclude", "filter", "max_per_category",
                                                      "explain") if name in given})
-
-
-def boost_factors(boosts: tuple[Boost, ...], matches: list[Any]) -> Any:
-    """Each item's factor: the product of the factors of the boosts it matches (``matches``:
-    one boolean array per boost, over the same items)."""
-    total: Any = 1.0
-    for boost, matched in zip(boosts, matches, strict=True):
-        total = total * ((matched * (boost.factor - 1.0)) + 1.0)
-    return total
