@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -252,3 +253,123 @@ def test_each_process_salts_its_tables_differently() -> None:
     runs = {subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True).stdout for _ in range(3)}
     assert len(runs) == 3
+
+
+def _arranged(impl: Any, positions: list[int], scores: list[float], keep: list[bool],
+              held: list[float]) -> tuple[list[int], list[float], int, int]:
+    index, values, scored, popular = impl.arrange(
+        np.array(positions, np.int64), np.array(scores, np.float64),
+        np.array([False, *keep], np.uint8), np.array(held, np.float64), 0.5)
+    return (np.frombuffer(index, np.int64).tolist(), np.frombuffer(values, np.float64).tolist(),
+            scored, popular)
+
+
+@IMPLEMENTATIONS
+def test_arrange_puts_scored_then_held_then_unknown_items(impl: Any) -> None:
+    """Five given items: the session ranks the 4th (score 8) and the 2nd (score 2) and an item
+    not given (0); the rules leave out the 5th; the 1st is held by 3 sessions, the 3rd by none."""
+    assert _arranged(impl, [4, 0, 2], [8.0, 6.0, 2.0], [True, True, True, True, False],
+                     [3.0, 9.0, 0.0, 1.0, 7.0]) == (
+        [3, 1, 0, 2], [1.0, 0.25, 0.5 * 0.25 * 3.0 / 3.0, 0.0], 2, 1)
+    # nothing scored: the held items from 1 down (at half of it), ties in their given order
+    assert _arranged(impl, [], [], [True] * 4, [2.0, 0.0, 4.0, 2.0]) == (
+        [2, 0, 3, 1], [0.5, 0.25, 0.25, 0.0], 0, 3)
+    with pytest.raises(ValueError):
+        _arranged(impl, [6], [1.0], [True] * 5, [0.0] * 5)
+    with pytest.raises(ValueError):
+        _arranged(impl, [1], [1.0], [True] * 4, [0.0] * 5)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(0, 60))
+def test_arrange_compiled_equals_reference(impl: Any, data: st.DataObject, n: int) -> None:
+    places = data.draw(st.lists(st.integers(1, n), unique=True, max_size=n)) if n else []
+    positions = places + data.draw(st.lists(st.just(0), max_size=3))
+    data.draw(st.randoms()).shuffle(positions)
+    scores = sorted(data.draw(st.lists(st.floats(0.01, 100), min_size=len(positions),
+                                       max_size=len(positions))), reverse=True)
+    keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    held = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 5.0, 1e6]), min_size=n,
+                              max_size=n))
+    got = _arranged(impl, positions, scores, keep, held)
+    assert got == _arranged(reference, positions, scores, keep, held)
+    index = got[0]
+    assert sorted(index) == [p for p in range(n) if keep[p]]  # each kept item, once
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(0, 40), k=st.integers(-1, 50))
+def test_rows_compiled_equals_reference(impl: Any, data: st.DataObject, n: int, k: int
+                                        ) -> None:
+    ids = [f"item-{m}" for m in range(n)]
+    index = data.draw(st.permutations(range(n)))
+    scores = data.draw(st.lists(st.floats(-1e9, 1e9) | st.sampled_from([0.1234565, 2.5e-7]),
+                                min_size=n, max_size=n))
+    args = (ids, np.array(index, np.int64), np.array(scores, np.float64), k)
+    rows = impl.rows(*args)
+    assert rows == reference.rows(*args)
+    assert [r["id"] for r in rows] == [ids[m] for m in index][:max(k, 0)]
+    assert all(abs(r["score"] - s) <= 5e-7 + 1e-15 * abs(s)  # 6 decimals
+               for r, s in zip(rows, scores, strict=False))
+    with pytest.raises(IndexError):
+        impl.rows(ids, np.array([n], np.int64), np.array([1.0]), 1)
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.text(max_size=12) | st.integers() | st.none(), max_size=30),
+       longest=st.integers(1, 12))
+def test_checked_hashes_are_the_hashes_of_a_valid_list_and_none_otherwise(
+        impl: Any, ids: list[Any], longest: int) -> None:
+    got = impl.checked_hashes(ids, ITEM_PERSON, longest)
+    valid = all(type(i) is str and 0 < len(i) <= longest for i in ids) \
+        and len(set(ids)) == len(ids)
+    assert got == (b"".join(map(item_hash, ids)) if valid else None)
+    assert got == reference.checked_hashes(ids, ITEM_PERSON, longest)
+
+
+def test_a_rerank_list_whose_ids_hash_alike_is_refused_naming_the_second() -> None:
+    """Two ids whose 64-bit hashes collide are one item to the store: the list is refused
+    naming the later one, as a repeat is (such a pair has to be searched for)."""
+    from service.requests.rerank import rerank_request
+    from service.requests.values import Invalid
+    from service.settings import Settings
+
+    def colliding(ids: Any, person: bytes, *rest: Any) -> Any:
+        if rest:
+            return None  # the compiled pass refuses, as it would on a collision
+        return b"".join(b"\1" * 8 if i in ("b", "c") else item_hash(i) for i in ids)
+
+    before = (kernel.checked_hashes, kernel.hashes)
+    kernel.checked_hashes, kernel.hashes = colliding, colliding  # type: ignore[assignment]
+    try:
+        with pytest.raises(Invalid) as refused:
+            rerank_request({"user_interactions": {}, "items": ["a", "b", "c"]}, Settings(), 0.0)
+    finally:
+        kernel.checked_hashes, kernel.hashes = before
+    assert refused.value.field == "items[2]" and "same item" in refused.value.message
+
+
+@IMPLEMENTATIONS
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(0, 30), k=st.integers(-1, 40))
+def test_rows_json_is_the_rows_encoded(impl: Any, data: st.DataObject, n: int, k: int) -> None:
+    """The rows written as JSON: any text as an id (quotes, backslashes, control characters,
+    any plane), any score; the decoded array is ``rows``' exactly, and both implementations
+    write the same bytes. A lone surrogate or an unwritable score: None."""
+    ids = data.draw(st.lists(st.text(st.characters(codec="utf-8"), min_size=1, max_size=12),
+                             min_size=n, max_size=n))
+    index = np.array(data.draw(st.permutations(range(n))), np.int64)
+    scores = np.array(data.draw(st.lists(
+        st.floats(-1e9, 1e9) | st.sampled_from([0.0, -0.0, 1.0, 0.1234565, 2.5e-7, 1e-6]),
+        min_size=n, max_size=n)), np.float64)
+    written = impl.rows_json(ids, index, scores, k)
+    assert written == reference.rows_json(ids, index, scores, k)
+    assert written is not None and orjson.loads(written) == impl.rows(ids, index, scores, k)
+    if n:
+        assert impl.rows_json([*ids[:-1], "\ud800"], index, scores, k) is None or k <= int(
+            np.flatnonzero(index == n - 1)[0])
+        assert impl.rows_json(ids, index, np.full(n, np.inf), max(k, 1)) is None
+        assert impl.rows_json(ids, index, np.full(n, 1e12), max(k, 1)) is None

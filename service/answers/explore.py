@@ -47,6 +47,8 @@ class Listing(Protocol):
     @property
     def recommendations(self) -> list[dict[str, Any]]: ...
 
+    def rows(self) -> list[dict[str, Any]]: ...
+
     @property
     def message(self) -> str: ...
 
@@ -78,7 +80,7 @@ async def explore(recommender: Asking, answer: A, session_items: Sequence[str],
     categories = coldstart.session_categories(index, session)
     if not categories:
         return answer
-    rows = answer.recommendations
+    rows = answer.rows()
     listed: list[int] = (np.frombuffer(answer.listed, "<u8").tolist() if answer.listed else
                          np.frombuffer(kernel.hashes([r["id"] for r in rows], ITEM_PERSON),
                                        "<u8").tolist() if rows else [])
@@ -118,6 +120,6 @@ async def explore(recommender: Asking, answer: A, session_items: Sequence[str],
         added.append(new)
     taken = listed[:len(kept)] + [index.hashes[row] for row in chosen]
     return dataclasses.replace(
-        answer, recommendations=kept + added,
+        answer, recommendations=kept + added, encoded=None,
         message=f"{answer.message} {MSG_EXPLORED.format(n=len(added))}",
         listed=np.array(taken, dtype="<u8").tobytes())

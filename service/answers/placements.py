@@ -66,13 +66,14 @@ async def promoted(produce: Produce, k: int, rules: Rules, promote: Promote) -> 
     the ``k`` answered as without it. ``explain`` marks the promoted rows."""
     first = await produce(min(promote.slots, k), dataclasses.replace(
         rules, filter=conjunction(rules.filter, promote.filter)), b"")
-    taken = [row["id"] for row in first.recommendations]
+    promoted_rows = first.rows()
+    taken = [row["id"] for row in promoted_rows]
     if rules.explain:
-        for row in first.recommendations:
+        for row in promoted_rows:
             row["promoted"] = True
     if len(taken) >= k:
-        return first
+        return dataclasses.replace(first, recommendations=promoted_rows, encoded=None)
     rest = await produce(k - len(taken), dataclasses.replace(
         rules, exclude=rules.exclude + tuple(taken)), first.listed)
-    return dataclasses.replace(rest, recommendations=first.recommendations
-                               + rest.recommendations, listed=first.listed + rest.listed)
+    return dataclasses.replace(rest, recommendations=promoted_rows + rest.rows(),
+                               listed=first.listed + rest.listed, encoded=None)

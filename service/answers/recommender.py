@@ -47,6 +47,7 @@ from service.core.modelparams import ModelRecord
 from service.core.placements import Placement
 from service.core.rules import NO_RULES, CategoryCap, Rules
 from service.core.scoring import Params, Query
+from service.requests.jsonutil import fragment, loads
 from service.settings import Settings
 from service.store.feedback import Tally
 from service.store.state import Store
@@ -62,9 +63,20 @@ class Answer:
     """The rows' item hashes (8 bytes each, in order), as the answer found them: its record
     lists them without hashing the ids again."""
     placement: str | None = None  # the placement it answered for
+    encoded: bytes | None = None
+    """The rows already written as a JSON array, by the kernel (a long reranked list: as dicts
+    and encoded they cost more than the rest of its answer); ``recommendations`` is then
+    empty: ``rows()`` reads either."""
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.recommendations if self.encoded is None else loads(self.encoded)
+
+    def empty(self) -> bool:
+        return not self.recommendations and self.encoded in (None, b"[]")
 
     def body(self) -> dict[str, Any]:
-        body = {"recommendations": self.recommendations, "message": self.message,
+        rows = self.recommendations if self.encoded is None else fragment(self.encoded)
+        body = {"recommendations": rows, "message": self.message,
                 "recommendation_id": self.recommendation_id}
         if self.variant is not None:
             body["variant"] = self.variant
@@ -146,9 +158,9 @@ class Recommender:
             code = placement.code
             self.placement_answers[code] += 1
         rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant, now, code)
-        if session_id is not None and answer.recommendations:
+        if session_id is not None and not answer.empty():
             listed = answer.listed[:8 * FEEDBACK_POSITIONS] if answer.listed else kernel.hashes(
-                [row["id"] for row in answer.recommendations[:FEEDBACK_POSITIONS]], ITEM_PERSON)
+                [row["id"] for row in answer.rows()[:FEEDBACK_POSITIONS]], ITEM_PERSON)
             if await self.store.feedback.record_answer(session_id, nonce, listed, now,
                                                        asker.client):
                 if name is not None:  # an experiment's answers and sessions: those recorded
@@ -157,7 +169,8 @@ class Recommender:
             else:
                 self.unrecorded += 1
         return Answer(answer.recommendations, answer.message, rid, name,
-                      placement=None if placement is None else placement.name)
+                      placement=None if placement is None else placement.name,
+                      encoded=answer.encoded)
 
     def scoring_params(self, asker: Asker, placement: Placement | None
                        ) -> tuple[Params, int, int, str | None]:

@@ -34,14 +34,19 @@ gives, in proportion to how many sessions hold them."""
 
 @dataclasses.dataclass(slots=True)
 class Ordered:
-    """The given items in their order for the session, with their scores and sources."""
+    """The given items in their order for the session, with their scores (unrounded)."""
 
-    ids: list[str]
-    hashes: scoring.U64
-    scores: list[float]
-    sources: list[str]
+    items: Sequence[str]  # as given
+    index: npt.NDArray[np.int64]  # the order, as indexes into ``items``
+    hashes: scoring.U64  # the order's
+    scores: scoring.F64
+    sources: list[str]  # each one's source, for explain (empty without it)
     because: list[list[str]]
     factors: list[float] | None = None  # each item's boost, when the placement has boosts
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.items[n] for n in self.index.tolist()]
 
 
 class Positions:
@@ -65,20 +70,23 @@ class Positions:
 
 async def rerank(recommender: Recommender, interactions: Sequence[tuple[str, float, float]],
                  items: Sequence[str], k: int, asker: Asker = NOBODY,
-                 rules: Rules = NO_RULES, placement: Placement | None = None) -> Answer:
-    """``items`` (distinct) ordered for the session of ``interactions``, at most ``k``."""
+                 rules: Rules = NO_RULES, placement: Placement | None = None,
+                 hashes: bytes | None = None) -> Answer:
+    """``items`` (distinct; ``hashes``: theirs, when the request has them already) ordered for
+    the session of ``interactions``, at most ``k``."""
     store = recommender.store
     params, serial, variant, name = recommender.scoring_params(asker, placement)
     catalogue = await store.items.index() if rules.needs_catalogue or (
         placement is not None and placement.needs_catalogue) else None
-    ordered = await _ordered(recommender, interactions, items, params, asker, rules,
+    given = np.frombuffer(hashes, LE_U64) if hashes is not None else item_hashes(items)
+    ordered = await _ordered(recommender, interactions, items, given, params, asker, rules,
                              catalogue, placement)
 
     async def produce(k: int, rules: Rules, prior: bytes) -> Answer:
         return _taken(ordered, k, rules, prior, catalogue)
 
     answer = await recommender.with_placement(produce, k, rules, placement)
-    left = len(items) - len(ordered.ids)
+    left = len(items) - len(ordered.index)
     message = MSG_RERANK if not left else MSG_RERANK + " " + MSG_RERANK_FEWER.format(
         left=left, rules=", ".join(_given(rules)) or "hidden or unavailable items")
     return await recommender.stamped(dataclasses.replace(answer, message=message), asker,
@@ -90,10 +98,10 @@ def _given(rules: Rules) -> list[str]:
 
 
 async def _ordered(recommender: Recommender, interactions: Sequence[tuple[str, float, float]],
-                   items: Sequence[str], params: scoring.Params, asker: Asker, rules: Rules,
-                   catalogue: CatalogueIndex | None, placement: Placement | None) -> Ordered:
+                   items: Sequence[str], given: scoring.U64, params: scoring.Params,
+                   asker: Asker, rules: Rules, catalogue: CatalogueIndex | None,
+                   placement: Placement | None) -> Ordered:
     store = recommender.store
-    given = item_hashes(items)
     at = Positions(given)
     keep = np.ones(len(given) + 1, bool)  # by position; [0]: not given
     keep[at.of(np.concatenate((await store.reads.hidden_items(),
@@ -121,32 +129,25 @@ async def _ordered(recommender: Recommender, interactions: Sequence[tuple[str, f
             if len(sessions) else (NO_ITEMS, np.zeros(0))
     else:
         candidates, raw = NO_ITEMS, np.zeros(0)
-    wanted = keep[at.of(candidates)]
-    candidates, raw = candidates[wanted], raw[wanted]
-    df, n_sessions = await store.reads.doc_freq(candidates) if params.idf_weight \
-        else (np.zeros(0), 0.0)
+    where = at.of(candidates)
+    wanted = keep[where]
+    candidates, raw, where = candidates[wanted], raw[wanted], where[wanted]
+    # one read for the whole list: the scored items' frequencies weigh their scores, the
+    # others' order them (only learned items are cached: the ids are a client's)
+    held, n_sessions = await store.reads.doc_freq(given, learned_only=True)
+    df = held[where - 1] if params.idf_weight else np.zeros(0)
     # every other item is excluded from the ranking: the given ones the session scores (and
     # its own items among them, with their repeat weight) are what it ranks
     others = query.seen[~keep[at.of(query.seen)]]
     best, best_scores = scoring.rank(candidates, raw, df, n_sessions, query, params, True,
                                      others, len(candidates) + len(query.seen))
-    best_at = at.of(best)
-    scored = keep[best_at]
-    best, best_scores, best_at = best[scored], best_scores[scored], best_at[scored]
-    unscored = keep.copy()
-    unscored[best_at] = False
-    rest_at = np.flatnonzero(unscored[1:])  # 0-based, in their given order
-    held, _ = await store.reads.doc_freq(given[rest_at], learned_only=True)
-    floor = float(best_scores[-1] / best_scores[0]) if len(best) else 1.0
-    top = float(held.max()) if len(held) else 0.0
-    popular = np.argsort(-held, kind="stable")
-    popular = popular[held[popular] > 0]
-    unknown = np.flatnonzero(held <= 0)
-    index = np.concatenate((best_at - 1, rest_at[popular], rest_at[unknown]))
-    scores = np.concatenate((best_scores / best_scores[0] if len(best) else np.zeros(0),
-                             floor * POPULAR_SHARE * held[popular] / top if top
-                             else np.zeros(0), np.zeros(len(unknown))))
-    sources = ["session"] * len(best) + ["popular"] * len(popular) + ["unknown"] * len(unknown)
+    index_bytes, score_bytes, n_scored, n_popular = kernel.arrange(
+        np.ascontiguousarray(at.of(best)), best_scores, keep.view(np.uint8), held,
+        POPULAR_SHARE)
+    index = np.frombuffer(index_bytes, np.int64)
+    scores = np.frombuffer(score_bytes, np.float64)
+    sources = (["session"] * n_scored + ["popular"] * n_popular
+               + ["unknown"] * (len(index) - n_scored - n_popular)) if rules.explain else []
     order = given[index]
     found = None
     boosts = () if placement is None else placement.boosts
@@ -154,21 +155,20 @@ async def _ordered(recommender: Recommender, interactions: Sequence[tuple[str, f
         assert catalogue is not None
         found = placed.factors(catalogue, boosts, order)
         boosted = placed.within(scores * found, 1.0)
-        known = len(best) + len(popular)  # the unknown stay last, in their given order
+        known = n_scored + n_popular  # the unknown stay last, in their given order
         resort = np.concatenate((np.argsort(-boosted[:known], kind="stable"),
                                  np.arange(known, len(order))))
         order, found, scores, index = order[resort], found[resort], boosted[resort], \
             index[resort]
-        sources = [sources[n] for n in resort.tolist()]
+        sources = [sources[n] for n in resort.tolist()] if sources else sources
     because: list[list[str]] = []
     if rules.explain:
         lookup = {int.from_bytes(h, "little"): item for h, (item, _, _)
                   in zip(hashes, interactions, strict=True)}
         reasons = explain.because(query, histories, similarity, params, order) \
-            if len(best) else [[] for _ in range(len(order))]
+            if n_scored else [[] for _ in range(len(order))]
         because = [[lookup[h] for h in behind if h in lookup] for behind in reasons]
-    return Ordered([items[n] for n in index.tolist()], order,
-                   (np.rint(scores * 1e6) / 1e6).tolist(), sources, because,
+    return Ordered(items, index, order, scores, sources, because,
                    None if found is None else found.tolist())
 
 
@@ -178,9 +178,12 @@ def _taken(ordered: Ordered, k: int, rules: Rules, prior: bytes,
     category cap allow."""
     if not (rules.exclude or rules.filter or rules.max_per_category or rules.explain
             or prior):  # the common case: the first k as they stand
-        return Answer([{"id": i, "score": v} for i, v in zip(ordered.ids[:k],
-                                                            ordered.scores[:k], strict=True)],
-                      MSG_RERANK, listed=ordered.hashes[:k].astype(LE_U64).tobytes())
+        first = ordered.hashes[:k].astype(LE_U64).tobytes()
+        encoded = kernel.rows_json(ordered.items, ordered.index, ordered.scores, k)
+        if encoded is not None:
+            return Answer([], MSG_RERANK, listed=first, encoded=encoded)
+        return Answer(kernel.rows(ordered.items, ordered.index, ordered.scores, k), MSG_RERANK,
+                      listed=first)
     allowed = ~np.isin(ordered.hashes, item_hashes(rules.exclude))
     if rules.filter is not None:
         assert catalogue is not None
@@ -192,10 +195,11 @@ def _taken(ordered: Ordered, k: int, rules: Rules, prior: bytes,
     rows: list[dict[str, Any]] = []
     listed: list[int] = []
     factors = ordered.factors
+    ids, scores = ordered.ids, (np.rint(ordered.scores * 1e6) / 1e6).tolist()
     for n, (h, ok) in enumerate(zip(ordered.hashes.tolist(), allowed.tolist(), strict=True)):
         if not ok or not cap.take(h):
             continue
-        row: dict[str, Any] = {"id": ordered.ids[n], "score": ordered.scores[n]}
+        row: dict[str, Any] = {"id": ids[n], "score": scores[n]}
         if rules.explain:
             row["because"] = ordered.because[n]
             row["source"] = ordered.sources[n]

@@ -92,7 +92,7 @@ async def post_rerank(request: web.Request) -> web.Response:
             for x in await request.app[STORE].ingestion.live_session(req.session_id or "")]
     answer = await rerank(request.app[RECOMMENDER], interactions, req.items,
                           _k(req.k, req.given, placement), _asker(request, req.session_id),
-                          overlay(placement, req.rules, req.given), placement)
+                          overlay(placement, req.rules, req.given), placement, req.hashes)
     return json_response(answer.body())
 
 

@@ -51,6 +51,7 @@ def use(name: str) -> None:
     """Route every kernel function to ``native`` or ``reference`` (tests switch both ways)."""
     global NAME, reseed, query, neighbours, score, candidates, rank, relative, hashes
     global lookup, insert, select, first_absent, objects_get, objects_put, objects_pop, mget, pack
+    global arrange, rows, rows_json, checked_hashes
     impl = native if name == "native" else reference
     if impl is None:
         raise ImportError("service.kernel._native is not built")
@@ -61,6 +62,8 @@ def use(name: str) -> None:
     lookup, insert, mget, pack = impl.lookup, impl.insert, impl.mget, impl.pack
     select, first_absent = impl.select, impl.first_absent
     objects_get, objects_put, objects_pop = impl.objects_get, impl.objects_put, impl.objects_pop
+    arrange, rows, rows_json = impl.arrange, impl.rows, impl.rows_json
+    checked_hashes = impl.checked_hashes
 
 
 NAME = "reference"
@@ -81,9 +84,13 @@ objects_put = reference.objects_put
 objects_pop = reference.objects_pop
 mget = reference.mget
 pack = reference.pack
+arrange = reference.arrange
+rows = reference.rows
+rows_json = reference.rows_json
+checked_hashes = reference.checked_hashes
 use(_chosen())
 
 FUNCTIONS = ("reseed", "query", "neighbours", "score", "candidates", "rank", "relative",
              "hashes", "lookup", "insert", "select", "first_absent", "objects_get", "objects_put",
-             "objects_pop", "mget", "pack")
+             "objects_pop", "mget", "pack", "arrange", "rows", "rows_json", "checked_hashes")
 """Every function of the kernel: each has a compiled and a reference implementation."""

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
+from service.kernel.reference_rerank import arrange, rows, rows_json
 from service.kernel.reference_resp import mget, pack
 from service.kernel.reference_tables import (
     F64,
@@ -37,9 +38,10 @@ from service.kernel.reference_tables import (
     select,
 )
 
-__all__ = ["candidates", "entry_weights", "first_absent", "hashes", "insert", "lookup", "mget",
-           "neighbours", "objects_get", "objects_pop", "objects_put", "pack", "query", "rank",
-           "relative", "reseed", "score", "select"]
+__all__ = ["arrange", "candidates", "checked_hashes", "entry_weights", "first_absent", "hashes",
+           "insert", "lookup", "mget", "neighbours", "objects_get", "objects_pop", "objects_put",
+           "pack", "query", "rank", "relative", "reseed", "rows", "rows_json", "score",
+           "select"]
 
 
 def _blobs(blobs: Iterable[bytes | None]) -> list[bytes]:
@@ -257,3 +259,15 @@ def hashes(ids: Sequence[str], person: bytes) -> bytes:
     surrogates as they are), concatenated."""
     return b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=HASH_BYTES,
                                     person=person).digest() for i in ids)
+
+
+def checked_hashes(ids: Sequence[Any], person: bytes, max_length: int) -> bytes | None:
+    """``hashes(ids, person)`` when every id is a str of 1 to ``max_length`` characters and no
+    two hash alike (so none repeats); None otherwise (the caller's slower path names the
+    entry)."""
+    if not all(type(i) is str and 0 < len(i) <= max_length for i in ids):
+        return None
+    digests = hashes(ids, person)
+    if len({digests[n:n + HASH_BYTES] for n in range(0, len(digests), HASH_BYTES)}) != len(ids):
+        return None
+    return digests

@@ -182,7 +182,7 @@ class ServedModel:
             return [r["id"] for r in answer["recommendations"]]
         got = await self.recommender.recommend(
             [(i, v["timestamp"], 1.0) for i, v in interactions.items()], k, True)
-        return [r["id"] for r in got.recommendations]
+        return [r["id"] for r in got.rows()]
 
     async def observe(self, event: Event) -> None:
         if self.worker is None:
@@ -201,7 +201,7 @@ class ServedModel:
         live = await self.store.ingestion.live_session(case.session)
         got = await self.recommender.recommend(
             [(x.item_id, x.timestamp, x.rating) for x in live], k, True, Asker(case.session))
-        return [r["id"] for r in got.recommendations]
+        return [r["id"] for r in got.rows()]
 
     async def close(self) -> None:
         if self.worker is not None and self.worker_task is not None:

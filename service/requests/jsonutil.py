@@ -23,6 +23,11 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(_printable(value), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def fragment(encoded: bytes) -> Any:
+    """JSON already written (valid, UTF-8), embedded as it is where ``dumps`` meets it."""
+    return orjson.Fragment(encoded)
+
+
 def printable(text: str) -> str:
     """``text`` with any lone surrogate replaced by U+FFFD."""
     return LONE_SURROGATE.sub("\ufffd", text)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service import kernel
+from service.core.layout import ITEM_PERSON
 from service.core.rules import Rules
 from service.requests.recommend import (
     Interaction,
@@ -25,6 +27,7 @@ RERANK_FIELDS = ("user_interactions", "session_id", "items", "k", "placement", *
 class RerankRequest:
     interactions: list[Interaction] | None  # None: the live session of ``session_id``
     items: tuple[str, ...]
+    hashes: bytes  # the items', in their order
     k: int
     session_id: str | None
     rules: Rules
@@ -42,15 +45,36 @@ def rerank_request(body: Any, settings: Settings, now: float) -> RerankRequest:
     if "items" not in obj:
         raise invalid("items", f"items is required: an array of 1 to {MAX_RERANK_ITEMS} item "
                                "ids to order.")
-    items = identifiers(obj["items"], "items", settings, limit=MAX_RERANK_ITEMS)
+    given = obj["items"]
+    # the common case in one compiled pass (types, lengths, hashes, repeats); anything else
+    # takes the path that names the entry
+    hashes = kernel.checked_hashes(given, ITEM_PERSON, settings.max_id_length) \
+        if type(given) is list and 0 < len(given) <= MAX_RERANK_ITEMS else None
+    items = tuple(given) if hashes is not None else _items(given, settings)
+    k = integer(obj["k"], "k", low=1, high=MAX_RERANK_ITEMS) if "k" in obj else len(items)
+    return RerankRequest(interactions, items,
+                         hashes if hashes is not None else kernel.hashes(items, ITEM_PERSON),
+                         k, session, rules(obj, settings), placement_of(obj, settings),
+                         frozenset(obj))
+
+
+def _items(given: Any, settings: Settings) -> tuple[str, ...]:
+    """``items`` checked entry by entry, the first problem named: a list the compiled pass
+    refused (or that the pure kernel checks the same way)."""
+    items = identifiers(given, "items", settings, limit=MAX_RERANK_ITEMS)
     if not items:
         raise invalid("items", f"items must hold 1 to {MAX_RERANK_ITEMS} item ids.")
-    if len(set(items)) != len(items):
-        first: dict[str, int] = {}
-        for n, item in enumerate(items):
-            if first.setdefault(item, n) != n:
-                raise invalid(f"items[{n}]", f"items[{n}] repeats items[{first[item]}] "
-                                             f"({item!r}): each item is given once.")
-    k = integer(obj["k"], "k", low=1, high=MAX_RERANK_ITEMS) if "k" in obj else len(items)
-    return RerankRequest(interactions, items, k, session, rules(obj, settings),
-                         placement_of(obj, settings), frozenset(obj))
+    first: dict[str, int] = {}
+    for n, item in enumerate(items):
+        if first.setdefault(item, n) != n:
+            raise invalid(f"items[{n}]", f"items[{n}] repeats items[{first[item]}] "
+                                         f"({item!r}): each item is given once.")
+    digests = kernel.hashes(items, ITEM_PERSON)
+    hashed: dict[bytes, int] = {}
+    for n in range(len(items)):
+        at = hashed.setdefault(digests[8 * n:8 * n + 8], n)
+        if at != n:  # two ids whose hashes collide: one item to the store
+            raise invalid(f"items[{n}]", f"items[{n}] ({items[n]!r}) and items[{at}] "
+                                         f"({items[at]!r}) are the same item to the store; "
+                                         "give one of them.")
+    return items

@@ -1,8 +1,8 @@
 /* Id hashing: BLAKE2b (RFC 7693) with an 8-byte digest and a personalisation, as
- * service/core/layout.py defines it with hashlib. A request's exclusion list and its session
- * items are hashed by one call: hashlib's per-call object cost more than the hash, and a cache
- * of hashes read a cold dictionary entry per id on a busy server. Pure reference:
- * service/kernel/reference.py (hashlib). */
+ * service/core/layout.py defines it with hashlib. A request's ids (a list to rerank, its
+ * exclusions, its session items) are hashed by one call: hashlib's per-call object cost more
+ * than the hash. (A cache of digests did not pay: under load its entries were as cold as
+ * the hash is dear.) Pure reference: service/kernel/reference.py (hashlib). */
 #include "kernel.h"
 
 static const uint64_t iv[8] = {
@@ -41,6 +41,9 @@ static void compress(uint64_t h[8], const unsigned char block[128], uint64_t cou
     v[12] ^= counter;  /* inputs here stay far below 2^64 bytes: the high word is 0 */
     if (last) v[14] = ~v[14];
     for (int i = 0; i < 16; i++) m[i] = le64(block + 8 * i);
+    /* unrolled: each round's message indices become constants and the message words stay
+     * in registers (the table-driven loop reloads them through sigma) */
+#pragma GCC unroll 12
     for (int r = 0; r < 12; r++) {
         const uint8_t *s = sigma[r];
         G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
@@ -131,7 +134,85 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(checked_hashes_doc,
+"checked_hashes(ids, person, max_length) -> u64 bytes or None: hashes(ids, person) when every\n"
+"id is a str of 1 to max_length characters and no two hash alike (none repeats); None\n"
+"otherwise, for the caller's slower path to name the entry.");
+
+/* A client's list in one pass: type, length, digest, and a repeat found by probing a table of
+ * the digests (slots by the salted mix, as every table's: digests are computable by anyone). */
+static PyObject *checked_hashes(PyObject *self, PyObject *args) {
+    PyObject *ids;
+    Py_buffer person;
+    Py_ssize_t longest;
+    if (!PyArg_ParseTuple(args, "Oy*n", &ids, &person, &longest)) return NULL;
+    PyObject *result = NULL, *seq = NULL;
+    uint64_t *table = NULL;
+    unsigned char personal[16] = {0};
+    if (person.len > 16) {
+        PyErr_SetString(PyExc_ValueError, "person is at most 16 bytes");
+        goto done;
+    }
+    memcpy(personal, person.buf, (size_t)person.len);
+    if (!(seq = PySequence_Fast(ids, "ids must be a sequence"))) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), size = 8;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *id = items[i];
+        if (!PyUnicode_CheckExact(id) || PyUnicode_GET_LENGTH(id) < 1 ||
+            PyUnicode_GET_LENGTH(id) > longest)
+            goto refused;
+    }
+    while (size < 2 * n) size *= 2;
+    /* 0 marks an empty slot; a digest of 0 is kept as its own flag */
+    if (!(table = calloc((size_t)size, sizeof(uint64_t)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!(result = PyBytes_FromStringAndSize(NULL, n * 8))) goto done;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    int zero_seen = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(items[i], &len);
+        uint64_t h;
+        if (utf8) {
+            h = blake2b_64((const unsigned char *)utf8, (size_t)len, personal);
+        } else { /* a lone surrogate */
+            PyErr_Clear();
+            PyObject *encoded = PyUnicode_AsEncodedString(items[i], "utf-8", "surrogatepass");
+            if (!encoded) goto failed;
+            h = blake2b_64((const unsigned char *)PyBytes_AS_STRING(encoded),
+                           (size_t)PyBytes_GET_SIZE(encoded), personal);
+            Py_DECREF(encoded);
+        }
+        if (h == 0) {
+            if (zero_seen++) goto refused;
+        } else {
+            Py_ssize_t at = (Py_ssize_t)(mix(h) & (uint64_t)(size - 1));
+            while (table[at] && table[at] != h) at = (at + 1) & (size - 1);
+            if (table[at]) goto refused;
+            table[at] = h;
+        }
+        for (int b = 0; b < 8; b++) out[8 * i + b] = (unsigned char)(h >> (8 * b));
+    }
+    goto done;
+refused:
+    Py_CLEAR(result);
+    Py_INCREF(Py_None);
+    result = Py_None;
+    goto done;
+failed:
+    Py_CLEAR(result);
+done:
+    free(table);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&person);
+    return result;
+}
+
 PyMethodDef kernel_hash_methods[] = {
     {"hashes", hashes, METH_VARARGS, hashes_doc},
+    {"checked_hashes", checked_hashes, METH_VARARGS, checked_hashes_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -123,5 +123,6 @@ extern PyMethodDef kernel_scoring_methods[];
 extern PyMethodDef kernel_table_methods[];
 extern PyMethodDef kernel_resp_methods[];
 extern PyMethodDef kernel_hash_methods[];
+extern PyMethodDef kernel_rerank_methods[];
 
 #endif
