@@ -5,10 +5,12 @@
   placement's own work: its lookup, its rules' overlay, its count), rounds alternating;
 * ``POST /rerank`` of 200 items (a category page) per process: each body a test prefix and
   200 items drawn from the training log, seeded; with a session id per body (the SDK's: its
-  answer's record is written for feedback) and without.
+  answer's record is written for feedback) and without; with ``--against`` a checkout of
+  earlier code (its compiled kernel built in it), its ``POST /rerank`` with session ids too,
+  each of its rounds between two of this code's.
 
     python scripts/bench_placements.py --data ../shared/datasets/diginetica-srgnn \\
-        [--rounds 5] [--seconds 8]
+        [--rounds 5] [--seconds 8] [--against /tmp/before]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import datetime
 import json
 import random
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +69,8 @@ def rerank_bodies(payloads: list[bytes], catalogue: list[str], items: int, seed:
     return out
 
 
-def run(settings: Settings, data: Path, seconds: int, rounds: int, items: int
-        ) -> dict[str, Any]:
+def run(settings: Settings, data: Path, seconds: int, rounds: int, items: int,
+        against: Path | None = None) -> dict[str, Any]:
     sdk = _with_sessions(bodies(data))
     plain_script = wrk_script(sdk, "/iid_recommend", SECRET)
     placed_script = wrk_script(placed(sdk, "bench"), "/iid_recommend", SECRET)
@@ -79,15 +82,27 @@ def run(settings: Settings, data: Path, seconds: int, rounds: int, items: int
     named: list[float] = []
     reranks: list[float] = []
     anonymous: list[float] = []
-    with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": SECRET}) as api:
+    earlier: list[float] = []
+    with ExitStack() as servers:
+        api = servers.enter_context(sessionrec_server(
+            settings, extra={"SESSIONREC_SECRET_KEYS": SECRET}))
+        # the earlier code's server idles beside (it polls the model twice a second) while
+        # this code's is measured, and the other way round
+        before = servers.enter_context(sessionrec_server(
+            settings, extra={"SESSIONREC_SECRET_KEYS": SECRET}, code=against)) if against \
+            else None
         _admin(api, "PUT", "/admin/placements/bench", {"strategy": "session"})
         for script in (plain_script, placed_script, rerank_script, anonymous_script):
             wrk(api, script, 2)  # warm the caches
+        if before is not None:
+            wrk(before, rerank_script, 2)
         for n in range(rounds):
             pair = [(plain, plain_script), (named, placed_script)]
             for figures, script in (pair if n % 2 == 0 else pair[::-1]):
                 figures.append(wrk(api, script, seconds)["rps"])
             reranks.append(wrk(api, rerank_script, seconds)["rps"])
+            if before is not None:
+                earlier.append(wrk(before, rerank_script, seconds)["rps"])
             anonymous.append(wrk(api, anonymous_script, seconds)["rps"])
     ratios = [p / q for p, q in zip(named, plain, strict=True)]
     return {"req/s without a placement (SDK bodies)": median(plain),
@@ -100,6 +115,8 @@ def run(settings: Settings, data: Path, seconds: int, rounds: int, items: int
             f"POST /rerank of {items} items without session ids, req/s (1 process)":
                 median(anonymous),
             "rounds without session ids": " ".join(f"{r:.0f}" for r in anonymous),
+            **({f"POST /rerank with session ids, the code at {against}, req/s": median(earlier),
+                "its rounds": " ".join(f"{r:.0f}" for r in earlier)} if against else {}),
             "rounds": rounds, "seconds per round": seconds}
 
 
@@ -110,11 +127,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--against", type=Path, default=None,
+                        help="a checkout of earlier code, its kernel built: its POST /rerank too")
     args = parser.parse_args()
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         asyncio.run(build_model(settings, args.data))
-        figures = run(settings, args.data, args.seconds, args.rounds, args.items)
+        figures = run(settings, args.data, args.seconds, args.rounds, args.items,
+                      args.against)
     print(f"# {datetime.date.today()}: python scripts/bench_placements.py "
           + " ".join(sys.argv[1:]))
     for name, value in figures.items():
