@@ -448,6 +448,28 @@ async def test_feedback_is_counted_per_placement(client: Client, settings: Setti
         ("category", "rerank", 2), ("home", "session", 1)]
 
 
+async def test_a_placements_answers_count_only_those_recorded(
+        aiohttp_client: Any, client: Client, settings: Settings) -> None:
+    """Answers count toward a placement's report as an experiment's do: recorded ones only.
+    A page cannot raise a placement's count without limit, neither with answers that carry no
+    session nor with sessions past its address's share of recorded answers."""
+    await learned(client, settings)
+    await put(client, "category", {"strategy": "rerank"})
+    page = await shop(aiohttp_client, settings.replace(feedback_client_answers=8), PUBLISHABLE)
+    recommender = page.app[RECOMMENDER]
+    for n in range(30):
+        await ask(page, {"user_interactions": SEED, "placement": "category",
+                         "items": ["p7", "p8"], "session_id": f"v{n}"}, "/rerank")
+    for _ in range(5):
+        await ask(page, {"user_interactions": SEED, "placement": "category",
+                         "items": ["p7", "p8"]}, "/rerank")
+    recorded = 30 - recommender.unrecorded
+    assert 0 < recorded <= 8
+    await recommender.store.feedback.add_placement_answers(recommender.placement_answers)
+    report = (await (await client.get("/admin/placements/category")).json())["report"]
+    assert report["answers"] == recorded
+
+
 async def test_an_experiment_may_run_within_one_placement(client: Client,
                                                           settings: Settings) -> None:
     await learned(client, settings)

@@ -153,19 +153,19 @@ class Recommender:
         session's impressions and clicks, which may follow at once, find it."""
         session_id = asker.session_id
         now = time.time()
-        code = NO_PLACEMENT
-        if placement is not None:
-            code = placement.code
-            self.placement_answers[code] += 1
+        code = NO_PLACEMENT if placement is None else placement.code
         rid, nonce = recommendation_id(self.signing_key, session_id, serial, variant, now, code)
         if session_id is not None and not answer.empty():
             listed = answer.listed[:8 * FEEDBACK_POSITIONS] if answer.listed else kernel.hashes(
                 [row["id"] for row in answer.rows()[:FEEDBACK_POSITIONS]], ITEM_PERSON)
             if await self.store.feedback.record_answer(session_id, nonce, listed, now,
                                                        asker.client):
-                if name is not None:  # an experiment's answers and sessions: those recorded
-                    # only, so one address weighs in the report's counts no more than its share
+                # an experiment's and a placement's answers (and sessions): those recorded
+                # only, so one address weighs in the reports' counts no more than its share
+                if name is not None:
                     self.tally.count(serial, variant, session_id)
+                if placement is not None:
+                    self.placement_answers[code] += 1
             else:
                 self.unrecorded += 1
         return Answer(answer.recommendations, answer.message, rid, name,
