@@ -141,8 +141,8 @@ class Settings:
                       "more than that in an experiment.", commands=API))
     # --- request limits -------------------------------------------------------------------
     max_body_bytes: int = field(
-        default=1 << 20, metadata=_doc("Largest request body accepted (413 above).",
-                                       commands=API))
+        default=1 << 20, metadata=_doc("Largest request body accepted, as sent and as decoded "
+                                       "from gzip or deflate (413 above).", commands=API))
     max_interactions: int = field(
         default=200, metadata=_doc("Most entries in `user_interactions`.", commands=API))
     max_batch: int = field(

@@ -45,11 +45,13 @@ async def _warm(store: Store) -> None:
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
     # long request lines and headers reach the app, which answers them with the JSON error
     # shape, instead of the HTTP parser's plain-text 400: a request line as long as a body
-    # may be (the GET list endpoints' ``exclude`` repeats in the query)
+    # may be (the GET list endpoints' ``exclude`` repeats in the query); bodies reach it as
+    # sent, their content codings undone by ``context.read_body``, which answers any it does
+    # not decode in that shape too
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[boundary],
                           handler_args={"max_line_size": max(settings.max_body_bytes, 1 << 16),
-                                        "max_field_size": 1 << 16})
+                                        "max_field_size": 1 << 16, "auto_decompress": False})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[API_KEYS] = access.ApiKeys.from_settings(settings)

@@ -3,12 +3,12 @@ the route record, and small request and response helpers."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from service.api import access
 from service.api.errors import ApiError
@@ -57,7 +57,7 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The body's bytes, within ``max_body_bytes``."""
+    """The body's bytes, within ``max_body_bytes`` as sent and as decoded."""
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -68,15 +68,56 @@ async def read_body(request: web.Request) -> bytes:
         # (whose failures are OSErrors too, answered 503 and logged as outages)
         raise ApiError(400, "incomplete_body", "The connection closed before the body was "
                        "complete.", "body") from None
-    except RequestPayloadError:
-        # a body its Content-Encoding does not decode (corrupt gzip, trailing bytes): the
-        # client's, as a truncated one is. What is left of it is not read (aiohttp would try
-        # after the answer, and log the same failure as an unhandled exception each time) and
-        # the connection closes after the answer, its framing lost.
-        request.content.feed_eof()
-        raise ApiError(400, "invalid_body", "The body does not decode as its Content-Encoding "
-                       "says.", "body", close=True) from None
+    encodings = request.headers.getall("Content-Encoding", [])
+    return decoded(body, encodings, limit) if encodings else body
+
+
+DECODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""The content codings a body may come in (zlib's window bits for each), besides identity.
+aiohttp's own decoding is off (``app.py``): it answered a coding it could not decode (br,
+zstd without their packages) with a plain-text 400 before any handler and a traceback logged
+at ERROR, and passed codings it did not know as if none."""
+MAX_CODINGS = 2
+
+
+def decoded(body: bytes, encodings: Sequence[str], limit: int) -> bytes:
+    """``body`` with its content codings undone, last applied first, each within ``limit``
+    bytes (a small body cannot inflate into a large one: decompression stops at the limit)."""
+    codings = [c.strip().lower() for value in encodings for c in value.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    unknown = [c for c in codings if c not in DECODED]
+    if unknown or len(codings) > MAX_CODINGS:
+        raise ApiError(415, "unsupported_encoding",
+                       f"The body's Content-Encoding ({', '.join(encodings)}) is not one this "
+                       f"API decodes: send gzip or deflate (at most {MAX_CODINGS}), or none.",
+                       "body")
+    for coding in reversed(codings):
+        body = _inflated(body, DECODED[coding], limit)
     return body
+
+
+def _inflated(body: bytes, window: int, limit: int) -> bytes:
+    try:
+        inflater = zlib.decompressobj(window)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:  # "deflate" is sometimes sent raw, without zlib's header
+        if window != zlib.MAX_WBITS:
+            raise _undecodable() from None
+        try:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            raise _undecodable() from None
+    if len(out) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(out))
+    if not inflater.eof or inflater.unused_data:  # cut short, or bytes after its end
+        raise _undecodable()
+    return out
+
+
+def _undecodable() -> ApiError:
+    return ApiError(400, "invalid_body", "The body does not decode as its Content-Encoding "
+                    "says.", "body")
 
 
 def k_of(request: web.Request) -> int:
