@@ -155,6 +155,18 @@ def test_id_hashes_are_the_layouts(impl: Any, ids: list[str]) -> None:
     assert impl.hashes(tuple(ids), SESSION_PERSON) == b"".join(map(session_hash, ids))
 
 
+def test_many_ids_hash_as_the_layout_says_four_at_a_time_or_one() -> None:
+    """The compiled hashing runs four single-block ids at once (AVX2 lanes, where the CPU has
+    them): lists of every length, ids on both sides of the 128-byte block and lone surrogates
+    between them, give each id its own digest."""
+    ids = [("x" * (n % 140)) + str(n) for n in range(1003)]
+    ids[7], ids[500] = "\ud800", "é" * 64
+    for count in (0, 1, 3, 4, 5, 8, 9, 1003):
+        assert native.hashes(ids[:count], ITEM_PERSON) == b"".join(map(item_hash, ids[:count]))
+    valid = [i for i in ids if "\ud800" not in i]
+    assert native.checked_hashes(valid, ITEM_PERSON, 1000) == b"".join(map(item_hash, valid))
+
+
 def test_hashes_refuses_what_is_not_an_id() -> None:
     for impl in (native, reference):
         with pytest.raises((TypeError, AttributeError)):

@@ -23,6 +23,7 @@ from service.core.catalogueindex import CatalogueIndex
 from service.core.layout import item_hash, session_hash
 from service.core.placements import Placement
 from service.core.rules import NO_RULES, CategoryCap, Rules
+from service.requests.rerank import MAX_RERANK_ITEMS
 
 MSG_RERANK = ("The given items ordered for the session: those its neighbourhood scores, then "
               "those other sessions hold, then the rest in their given order.")
@@ -49,6 +50,10 @@ class Ordered:
         return [self.items[n] for n in self.index.tolist()]
 
 
+PLACES = np.arange(1, MAX_RERANK_ITEMS + 1, dtype=np.float64)
+PLACES.flags.writeable = False
+
+
 class Positions:
     """Where each of the given items stands in the list (1-based; 0: not given), as an
     open-addressing table the kernel probes: a request's few hundred candidates are looked up
@@ -60,8 +65,7 @@ class Positions:
             capacity *= 2
         self.keys = np.zeros(capacity, np.uint64)
         self.values = np.full(capacity, np.nan)
-        kernel.insert(self.keys, self.values, hashes, np.arange(1, len(hashes) + 1,
-                                                                dtype=np.float64))
+        kernel.insert(self.keys, self.values, hashes, PLACES[:len(hashes)])
 
     def of(self, items: scoring.U64) -> npt.NDArray[np.int64]:
         found, _ = kernel.lookup(self.keys, self.values, np.ascontiguousarray(items, np.uint64))
