@@ -60,15 +60,22 @@ def arrange(positions: Buffer, scores: Buffer, keep: Buffer, held: Buffer,
     return index.tobytes(), values.astype(np.float64).tobytes(), len(at), len(popular)
 
 
-def rows(ids: Sequence[str], index: Buffer, scores: Buffer, k: int) -> list[dict[str, Any]]:
-    """The first ``k`` of an order as answer rows: ``{"id": ids[index[n]], "score":
-    scores[n]}``, each score rounded to 6 decimals."""
+def _first(ids: Sequence[str], index: Buffer, scores: Buffer, k: int
+           ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The first ``k`` indexes and scores of an order, checked against ``ids``."""
     at, values = _i64(index), _f64(scores)
     if len(at) != len(values):
         raise ValueError("one score per index")
     at, values = at[:max(k, 0)], values[:max(k, 0)]
     if len(at) and (at.min() < 0 or at.max() >= len(ids)):
         raise IndexError("an index outside ids")
+    return at, values
+
+
+def rows(ids: Sequence[str], index: Buffer, scores: Buffer, k: int) -> list[dict[str, Any]]:
+    """The first ``k`` of an order as answer rows: ``{"id": ids[index[n]], "score":
+    scores[n]}``, each score rounded to 6 decimals."""
+    at, values = _first(ids, index, scores, k)
     rounded = np.rint(values * SCORE_DIGITS) / SCORE_DIGITS
     return [{"id": ids[n], "score": v} for n, v in zip(at.tolist(), rounded.tolist(),
                                                        strict=True)]
@@ -103,12 +110,7 @@ def _json_score(value: float) -> str | None:
 def rows_json(ids: Sequence[str], index: Buffer, scores: Buffer, k: int) -> bytes | None:
     """``rows(ids, index, scores, k)`` written as a JSON array, or None when an id holds a lone
     surrogate or a score is too large or not finite (the caller writes those another way)."""
-    at, values = _i64(index), _f64(scores)
-    if len(at) != len(values):
-        raise ValueError("one score per index")
-    at, values = at[:max(k, 0)], values[:max(k, 0)]
-    if len(at) and (at.min() < 0 or at.max() >= len(ids)):
-        raise IndexError("an index outside ids")
+    at, values = _first(ids, index, scores, k)
     rows = []
     for n, value in zip(at.tolist(), values.tolist(), strict=True):
         item = ids[n]

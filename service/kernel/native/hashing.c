@@ -32,6 +32,23 @@ static const uint8_t sigma[12][16] = {
         a = a + b + (y); d = ROTR64(d ^ a, 16); c = c + d; b = ROTR64(b ^ c, 63);            \
     } while (0)
 
+/* BLAKE2b's twelve rounds over the work vector v and the message m, scalar words or lanes;
+ * unrolled, so each round's message indices become constants and the message words stay in
+ * registers (the table-driven loop reloads them through sigma) */
+#define ROUNDS(v, m)                                                                         \
+    _Pragma("GCC unroll 12")                                                                 \
+    for (int r = 0; r < 12; r++) {                                                           \
+        const uint8_t *s = sigma[r];                                                         \
+        G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);                                        \
+        G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);                                        \
+        G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);                                       \
+        G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);                                       \
+        G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);                                       \
+        G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);                                     \
+        G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);                                      \
+        G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);                                      \
+    }
+
 static void compress(uint64_t h[8], const unsigned char block[128], uint64_t counter, int last) {
     uint64_t v[16], m[16];
     for (int i = 0; i < 8; i++) {
@@ -41,20 +58,7 @@ static void compress(uint64_t h[8], const unsigned char block[128], uint64_t cou
     v[12] ^= counter;  /* inputs here stay far below 2^64 bytes: the high word is 0 */
     if (last) v[14] = ~v[14];
     for (int i = 0; i < 16; i++) m[i] = le64(block + 8 * i);
-    /* unrolled: each round's message indices become constants and the message words stay
-     * in registers (the table-driven loop reloads them through sigma) */
-#pragma GCC unroll 12
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *s = sigma[r];
-        G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
-        G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
-        G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
-        G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
-        G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
-        G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
-        G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
-        G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
-    }
+    ROUNDS(v, m);
     for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
 }
 
@@ -89,12 +93,7 @@ static uint64_t blake2b_64(const unsigned char *data, size_t len, const unsigned
 #if defined(__GNUC__) && defined(__x86_64__)
 #define HAVE_LANES 1
 typedef uint64_t u64x4 __attribute__((vector_size(32)));
-#define VROT(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
-#define VG(a, b, c, d, x, y)                                                                 \
-    do {                                                                                     \
-        a = a + b + (x); d = VROT(d ^ a, 32); c = c + d; b = VROT(b ^ c, 24);                \
-        a = a + b + (y); d = VROT(d ^ a, 16); c = c + d; b = VROT(b ^ c, 63);                \
-    } while (0)
+/* G and ROTR64 serve the lanes as they are: GCC's vector types take the same operators */
 
 __attribute__((target("avx2"))) static void blake2b_64x4(
         const unsigned char *const data[4], const size_t len[4], const unsigned char *person,
@@ -119,18 +118,7 @@ __attribute__((target("avx2"))) static void blake2b_64x4(
     }
     v[12] ^= (u64x4){len[0], len[1], len[2], len[3]};
     v[14] = ~v[14];  /* each lane's only block is its last */
-#pragma GCC unroll 12
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *s = sigma[r];
-        VG(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
-        VG(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
-        VG(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
-        VG(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
-        VG(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
-        VG(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
-        VG(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
-        VG(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
-    }
+    ROUNDS(v, m);
     u64x4 first = v[0] ^ v[8];
     for (int l = 0; l < 4; l++) out[l] = h[0] ^ first[l];
 }
@@ -203,6 +191,17 @@ PyDoc_STRVAR(hashes_doc,
 "concatenated: hashlib.blake2b(id.encode('utf-8', 'surrogatepass'), digest_size=8,\n"
 "person=person).digest() for each id.");
 
+/* person, zero-padded to 16 bytes; -1 with an exception set when it is longer */
+static int personalisation(const Py_buffer *person, unsigned char out[16]) {
+    if (person->len > 16) {
+        PyErr_SetString(PyExc_ValueError, "person is at most 16 bytes");
+        return -1;
+    }
+    memset(out, 0, 16);
+    memcpy(out, person->buf, (size_t)person->len);
+    return 0;
+}
+
 /* Each id's digest into digests[i] (the UTF-8 of lone surrogates encoded as they are); -1 with
  * an exception set when an id is not a str. The UTF-8 of an id stays valid while the id does:
  * the caller holds the sequence. */
@@ -239,12 +238,8 @@ static PyObject *hashes(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Oy*", &ids, &person)) return NULL;
     PyObject *result = NULL, *seq = NULL;
     uint64_t *digests = NULL;
-    unsigned char personal[16] = {0};
-    if (person.len > 16) {
-        PyErr_SetString(PyExc_ValueError, "person is at most 16 bytes");
-        goto done;
-    }
-    memcpy(personal, person.buf, (size_t)person.len);
+    unsigned char personal[16];
+    if (personalisation(&person, personal) < 0) goto done;
     if (!(seq = PySequence_Fast(ids, "ids must be a sequence of str"))) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (!(digests = malloc(sizeof(uint64_t) * (size_t)(n ? n : 1)))) {
@@ -275,12 +270,8 @@ static PyObject *checked_hashes(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Oy*n", &ids, &person, &longest)) return NULL;
     PyObject *result = NULL, *seq = NULL;
     uint64_t *table = NULL, *digests = NULL;
-    unsigned char personal[16] = {0};
-    if (person.len > 16) {
-        PyErr_SetString(PyExc_ValueError, "person is at most 16 bytes");
-        goto done;
-    }
-    memcpy(personal, person.buf, (size_t)person.len);
+    unsigned char personal[16];
+    if (personalisation(&person, personal) < 0) goto done;
     if (!(seq = PySequence_Fast(ids, "ids must be a sequence"))) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), size = 8;
     PyObject **items = PySequence_Fast_ITEMS(seq);

@@ -96,6 +96,28 @@ done:
     return result;
 }
 
+/* The first k of an order (n of them), checked against ids (as a fast sequence, *seq, which
+ * the caller releases): -1 with an exception set when they do not fit. */
+static int first_k(PyObject *ids, const Py_buffer *index, const Py_buffer *scores,
+                   Py_ssize_t k, PyObject **seq, Py_ssize_t *n) {
+    if (index->len != scores->len) {
+        PyErr_SetString(PyExc_ValueError, "one score per index");
+        return -1;
+    }
+    if (!(*seq = PySequence_Fast(ids, "ids must be a sequence of str"))) return -1;
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(*seq);
+    *n = index->len / 8;
+    if (k < *n) *n = k < 0 ? 0 : k;
+    const int64_t *at = index->buf;
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        if (at[i] < 0 || at[i] >= size) {
+            PyErr_SetString(PyExc_IndexError, "an index outside ids");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(rows_doc,
 "rows(ids, index, scores, k) -> list of {\"id\": ids[index[n]], \"score\": scores[n]} for the\n"
 "first k, each score rounded to 6 decimals (half to even).");
@@ -108,24 +130,13 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     Py_ssize_t k;
     if (!PyArg_ParseTuple(args, "Oy*y*n", &ids, &index, &scores, &k)) return NULL;
     PyObject *result = NULL, *seq = NULL;
-    if (index.len != scores.len) {
-        PyErr_SetString(PyExc_ValueError, "one score per index");
-        goto done;
-    }
+    Py_ssize_t n;
     if (!id_key && !(id_key = PyUnicode_InternFromString("id"))) goto done;
     if (!score_key && !(score_key = PyUnicode_InternFromString("score"))) goto done;
-    if (!(seq = PySequence_Fast(ids, "ids must be a sequence of str"))) goto done;
-    Py_ssize_t size = PySequence_Fast_GET_SIZE(seq), n = index.len / 8;
-    if (k < n) n = k < 0 ? 0 : k;
+    if (first_k(ids, &index, &scores, k, &seq, &n) < 0) goto done;
     const int64_t *at = index.buf;
     const double *values = scores.buf;
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (at[i] < 0 || at[i] >= size) {
-            PyErr_SetString(PyExc_IndexError, "an index outside ids");
-            goto done;
-        }
-    }
     if (!(result = PyList_New(n))) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyDict_New(), *score = PyFloat_FromDouble(rint(values[i] * 1e6) / 1e6);
@@ -187,22 +198,13 @@ static PyObject *rows_json(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Oy*y*n", &ids, &index, &scores, &k)) return NULL;
     PyObject *result = NULL, *seq = NULL;
     char *out = NULL;
-    if (index.len != scores.len) {
-        PyErr_SetString(PyExc_ValueError, "one score per index");
-        goto done;
-    }
-    if (!(seq = PySequence_Fast(ids, "ids must be a sequence of str"))) goto done;
-    Py_ssize_t size = PySequence_Fast_GET_SIZE(seq), n = index.len / 8;
-    if (k < n) n = k < 0 ? 0 : k;
+    Py_ssize_t n;
+    if (first_k(ids, &index, &scores, k, &seq, &n) < 0) goto done;
     const int64_t *at = index.buf;
     const double *values = scores.buf;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     size_t capacity = 2;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (at[i] < 0 || at[i] >= size) {
-            PyErr_SetString(PyExc_IndexError, "an index outside ids");
-            goto done;
-        }
         if (!PyUnicode_Check(items[at[i]])) {
             PyErr_SetString(PyExc_TypeError, "ids must be str");
             goto done;
