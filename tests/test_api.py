@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -207,6 +208,32 @@ async def test_bodies_decode_from_gzip_and_deflate_and_other_codings_are_a_415(
     assert resp.status == 413
     check_error(await resp.json(), "body_too_large", "body")
     assert (await (await client.get("/stats")).json())["events_accepted"] == 7
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n"
+    b"Connection: close\r\n\r\n0\r\n\r\n",
+    b"POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Encoding\x01: gzip\r\nContent-Length: 2\r\n"
+    b"\r\n{}",
+])
+async def test_malformed_http_is_a_400_logged_without_a_traceback(
+        client: Client, caplog: pytest.LogCaptureFixture, request_bytes: bytes) -> None:
+    """Red team: framing aiohttp's parser refuses (before any handler, without a key) was
+    logged at ERROR with an 11-line traceback per request, so anyone could flood the log. It
+    is still aiohttp's 400 (the connection closes: nothing in it can be trusted), logged at
+    INFO in one line."""
+    caplog.set_level(logging.INFO, "aiohttp.server")
+    assert client.server.host is not None and client.server.port is not None
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer[:80]
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert server and all(r.levelno == logging.INFO and not r.exc_info for r in server)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 

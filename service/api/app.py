@@ -23,7 +23,7 @@ from service.api.context import (
 )
 from service.api.experiments import follow_feedback
 from service.api.metrics import CacheSeries, Metrics
-from service.api.middleware import boundary
+from service.api.middleware import SERVER_LOG, boundary
 from service.api.parameters import follow_model
 from service.api.placements import follow_placements, parsed
 from service.api.recommend import RECOMMENDER
@@ -51,7 +51,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app = web.Application(client_max_size=settings.max_body_bytes,
                           middlewares=[boundary],
                           handler_args={"max_line_size": max(settings.max_body_bytes, 1 << 16),
-                                        "max_field_size": 1 << 16, "auto_decompress": False})
+                                        "max_field_size": 1 << 16, "auto_decompress": False,
+                                        "logger": SERVER_LOG})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[API_KEYS] = access.ApiKeys.from_settings(settings)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service.api import access, cors
 from service.api.context import API_KEYS, LIMITER, METRICS, SETTINGS, Handler
@@ -114,3 +116,25 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     else:
         message, field = exc.reason, None
     return ApiError(exc.status, code, message, field, headers).response()
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log with a client's malformed HTTP at INFO, without a traceback.
+
+    Bad framing (a Content-Length beside a chunked Transfer-Encoding, a bad chunk size, a
+    control byte in a header) fails aiohttp's parser before any handler runs: it answers a
+    plain-text 400 and closes the connection (nothing in it can be trusted to name a field),
+    and logs the failure as an exception. Anyone can send it, without a key: logged at ERROR
+    with a traceback it floods the log and hides the bugs ERROR is for. Everything else is
+    logged as aiohttp logs it."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.info("%s: %s", str(msg) % args if args else msg,
+                      " ".join(str(exc_info).split())[:200])
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+SERVER_LOG = ServerLog(logging.getLogger("aiohttp.server"), {})
