@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from service.api.app import create_app
+from service.api.context import STORE
+from service.api.placements import PLACEMENT_POLL
 from service.api.recommend import RECOMMENDER
 from service.core.catalog import Record
 from service.core.catalogueindex import CatalogueIndex
@@ -30,6 +32,7 @@ from service.core.layout import item_hash
 from service.core.placements import MAX_PLACEMENTS
 from service.core.rules import Filter, conjunction
 from service.settings import Settings
+from service.store.placements import Placements
 from service.store.state import Store
 from tests.conftest import Client
 from tests.helpers import drain
@@ -200,6 +203,35 @@ async def test_a_second_serve_process_follows_within_a_second(
         assert time.monotonic() - started < 1.0, "a deletion not followed within a second"
         await asyncio.sleep(0.02)
     assert "home" not in other.app[RECOMMENDER].placements
+
+
+async def test_a_starting_process_reads_the_placements_once(
+        aiohttp_client: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start a process reads the placements, and its follower reads them again only when
+    their version moves (it read them twice, the follower not knowing what start had read)."""
+    first = await shop(aiohttp_client, settings)
+    await put(first, "home", {"strategy": "session", "k": 3})
+    readers: list[Placements] = []
+    read_all = Placements.all
+
+    async def counted(self: Placements) -> tuple[int, dict[str, tuple[bytes, int]]]:
+        readers.append(self)
+        return await read_all(self)
+
+    monkeypatch.setattr(Placements, "all", counted)
+    other = await shop(aiohttp_client, settings)
+
+    def reads() -> int:  # the second process' own reads
+        return sum(reader is other.app[STORE].placements for reader in readers)
+
+    await asyncio.sleep(2.5 * PLACEMENT_POLL)
+    assert reads() == 1 and "home" in other.app[RECOMMENDER].placements
+    await put(first, "home", {"strategy": "session", "k": 4})
+    started = time.monotonic()
+    while other.app[RECOMMENDER].placements["home"].k != 4:
+        assert time.monotonic() - started < 1.0, "a change not followed within a second"
+        await asyncio.sleep(0.02)
+    assert reads() == 2
 
 
 async def test_the_request_fields_override_the_placement_ones(client: Client,

@@ -70,19 +70,20 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             app[LIMITER] = access.RateLimiter(
                 app[STORE].scripts, app[STORE].keys.rate_bucket,
                 settings.rate_limit, settings.rate_burst)
+        placements_seen = -1  # the version read at start: the follower reads again on a change
         try:
             await app[STORE].prepare()
             app[RECOMMENDER].use(await app[STORE].model.record())
             app[RECOMMENDER].use_experiment(*await app[STORE].feedback.current())
-            app[RECOMMENDER].use_placements(parsed((await app[STORE].placements.all())[1],
-                                                   settings))
+            placements_seen, raw = await app[STORE].placements.all()
+            app[RECOMMENDER].use_placements(parsed(raw, settings))
         except UNAVAILABLE as exc:
             log.warning("redis not reachable at start (%s); answering 503 until it is", exc)
         background = [asyncio.create_task(follow_model(app[RECOMMENDER], app[STORE])),
                       asyncio.create_task(follow_feedback(app[RECOMMENDER], app[STORE],
                                                           app[METRICS].minutes)),
                       asyncio.create_task(follow_placements(app[RECOMMENDER], app[STORE],
-                                                            settings)),
+                                                            settings, seen=placements_seen)),
                       asyncio.create_task(_warm(app[STORE]))]
         yield
         for task in background:

@@ -46,10 +46,10 @@ def parsed(raw: dict[str, tuple[bytes, int]], settings: Settings) -> dict[str, P
 
 
 async def follow_placements(recommender: Recommender, store: Store, settings: Settings,
-                            every: float = PLACEMENT_POLL) -> None:
+                            every: float = PLACEMENT_POLL, seen: int = -1) -> None:
     """Poll the placements' version and read them all when it moved (a version that went
-    back, a Redis that came back empty, is followed too)."""
-    seen = -1
+    back, a Redis that came back empty, is followed too); ``seen``: the version read at
+    start, if any."""
     while True:
         try:
             if await store.placements.version() != seen:
