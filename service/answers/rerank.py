@@ -73,18 +73,16 @@ class Positions:
 
 
 async def rerank(recommender: Recommender, interactions: Sequence[tuple[str, float, float]],
-                 items: Sequence[str], k: int, asker: Asker = NOBODY,
-                 rules: Rules = NO_RULES, placement: Placement | None = None,
-                 hashes: bytes | None = None) -> Answer:
-    """``items`` (distinct; ``hashes``: theirs, when the request has them already) ordered for
-    the session of ``interactions``, at most ``k``."""
+                 items: Sequence[str], hashes: bytes, k: int, asker: Asker = NOBODY,
+                 rules: Rules = NO_RULES, placement: Placement | None = None) -> Answer:
+    """``items`` (distinct; ``hashes``: theirs, as the request checked them) ordered for the
+    session of ``interactions``, at most ``k``."""
     store = recommender.store
     params, serial, variant, name = recommender.scoring_params(asker, placement)
     catalogue = await store.items.index() if rules.needs_catalogue or (
         placement is not None and placement.needs_catalogue) else None
-    given = np.frombuffer(hashes, LE_U64) if hashes is not None else item_hashes(items)
-    ordered = await _ordered(recommender, interactions, items, given, params, asker, rules,
-                             catalogue, placement)
+    ordered = await _ordered(recommender, interactions, items, np.frombuffer(hashes, LE_U64),
+                             params, asker, rules, catalogue, placement)
 
     async def produce(k: int, rules: Rules, prior: bytes) -> Answer:
         return _taken(ordered, k, rules, prior, catalogue)

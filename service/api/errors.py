@@ -11,21 +11,17 @@ class ApiError(Exception):
     """An answer for the client: its status, a stable code, what to fix, and which field."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None, *, close: bool = False) -> None:
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.headers = headers or {}
-        self.close = close  # the connection too: its framing cannot be trusted any more
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
     def response(self) -> web.Response:
-        answer = web.Response(status=self.status, body=dumps(self.body()),
-                              content_type="application/json", headers=self.headers)
-        if self.close:
-            answer.force_close()
-        return answer
+        return web.Response(status=self.status, body=dumps(self.body()),
+                            content_type="application/json", headers=self.headers)

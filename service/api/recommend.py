@@ -90,9 +90,9 @@ async def post_rerank(request: web.Request) -> web.Response:
         if req.interactions is not None else [
             (x.item_id, x.timestamp, x.rating)
             for x in await request.app[STORE].ingestion.live_session(req.session_id or "")]
-    answer = await rerank(request.app[RECOMMENDER], interactions, req.items,
+    answer = await rerank(request.app[RECOMMENDER], interactions, req.items, req.hashes,
                           _k(req.k, req.given, placement), _asker(request, req.session_id),
-                          overlay(placement, req.rules, req.given), placement, req.hashes)
+                          overlay(placement, req.rules, req.given), placement)
     return json_response(answer.body())
 
 

@@ -50,17 +50,15 @@ def rerank_request(body: Any, settings: Settings, now: float) -> RerankRequest:
     # takes the path that names the entry
     hashes = kernel.checked_hashes(given, ITEM_PERSON, settings.max_id_length) \
         if type(given) is list and 0 < len(given) <= MAX_RERANK_ITEMS else None
-    items = tuple(given) if hashes is not None else _items(given, settings)
+    items, hashes = (tuple(given), hashes) if hashes is not None else _items(given, settings)
     k = integer(obj["k"], "k", low=1, high=MAX_RERANK_ITEMS) if "k" in obj else len(items)
-    return RerankRequest(interactions, items,
-                         hashes if hashes is not None else kernel.hashes(items, ITEM_PERSON),
-                         k, session, rules(obj, settings), placement_of(obj, settings),
-                         frozenset(obj))
+    return RerankRequest(interactions, items, hashes, k, session, rules(obj, settings),
+                         placement_of(obj, settings), frozenset(obj))
 
 
-def _items(given: Any, settings: Settings) -> tuple[str, ...]:
-    """``items`` checked entry by entry, the first problem named: a list the compiled pass
-    refused (or that the pure kernel checks the same way)."""
+def _items(given: Any, settings: Settings) -> tuple[tuple[str, ...], bytes]:
+    """``items`` checked entry by entry, the first problem named, and their hashes: a list
+    the compiled pass refused (or that the pure kernel checks the same way)."""
     items = identifiers(given, "items", settings, limit=MAX_RERANK_ITEMS)
     if not items:
         raise invalid("items", f"items must hold 1 to {MAX_RERANK_ITEMS} item ids.")
@@ -77,4 +75,4 @@ def _items(given: Any, settings: Settings) -> tuple[str, ...]:
             raise invalid(f"items[{n}]", f"items[{n}] ({items[n]!r}) and items[{at}] "
                                          f"({items[at]!r}) are the same item to the store; "
                                          "give one of them.")
-    return items
+    return items, digests
