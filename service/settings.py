@@ -194,6 +194,16 @@ class Settings:
                                  metadata=_parameter("repeat_weight"))
     neighbour_half_life: float = field(default=default_float("neighbour_half_life"),
                                        metadata=_parameter("neighbour_half_life"))
+    order_score: float = field(default=default_float("order_score"),
+                               metadata=_parameter("order_score"))
+    order_idf: float = field(default=default_float("order_idf"),
+                             metadata=_parameter("order_idf"))
+    order_sessions: float = field(default=default_float("order_sessions"),
+                                  metadata=_parameter("order_sessions"))
+    order_session_weight: float = field(default=default_float("order_session_weight"),
+                                        metadata=_parameter("order_session_weight"))
+    order_last: float = field(default=default_float("order_last"),
+                              metadata=_parameter("order_last"))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
@@ -374,7 +384,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Learned state": ("history_ttl", "history_cap", "index_cap", "trend_half_life"),
     "Scoring": ("query_items", "sample_sessions", "neighbours", "neighbour_half_life",
                 "sequence_weight",
-                "before_weight", "position_decay", "idf_weight", "repeat_weight"),
+                "before_weight", "position_decay", "idf_weight", "repeat_weight", "order_score",
+                "order_idf", "order_sessions", "order_session_weight", "order_last"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
     "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms",

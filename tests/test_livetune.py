@@ -30,7 +30,8 @@ from service.core.modelparams import (
     window_of,
 )
 from service.core.scoring import Params
-from service.offline.livetune import PROMOTION_Z, Holdout, Score, gain, recent_sessions, tune_live
+from service.offline.holdout import Holdout, Score, recent_sessions
+from service.offline.livetune import PROMOTION_Z, gain, tune_live
 from service.settings import Settings
 from service.store.state import Store
 from service.store.tuning import RUN_COMMAND

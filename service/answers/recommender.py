@@ -35,7 +35,7 @@ from service.answers.fill import (
 )
 from service.answers.fromrecord import from_record
 from service.answers.trending import trending
-from service.core import explain, scoring
+from service.core import explain, reorder, scoring
 from service.core.feedback import (
     FEEDBACK_POSITIONS,
     NO_PLACEMENT,
@@ -299,7 +299,12 @@ class Recommender:
         capped = catalogue is not None and rules.max_per_category is not None
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude,
-                                         len(candidates) + len(query.seen) if capped else k)
+                                         len(candidates) + len(query.seen) if capped
+                                         else reorder.depth(params, k))
+        if reorder.active(params):
+            best_df, n_sessions = await self.store.reads.doc_freq(best)
+            best, best_scores = reorder.reorder(best, best_scores, best_df, n_sessions, query,
+                                                params, len(best) if capped else k)
         cap = CategoryCap(rules.max_per_category,
                           catalogue.first_category if catalogue is not None else {})
         for h in np.frombuffer(prior, LE_U64).tolist():  # listed ahead of this answer

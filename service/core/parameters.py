@@ -63,6 +63,21 @@ PARAMETERS: dict[str, Parameter] = {
         "Seconds after which a candidate neighbour session's similarity halves, by the age of "
         "its latest shared event against the newest candidate's (0: no decay). Older "
         "sessions weigh less where tastes move."),
+    # the learned order of the top answers (``core/reorder.py``): a weight per feature, all
+    # 0 (the default) keeping the scores' order; a tuning run fits them
+    "order_score": Parameter(0.0, False, -100, 100,
+                             "Learned order: weight of the log of an answer's score relative "
+                             "to the best (0 for all five: the scores' order)."),
+    "order_idf": Parameter(0.0, False, -100, 100,
+                           "Learned order: weight of log(1 + sessions / sessions with the "
+                           "item)."),
+    "order_sessions": Parameter(0.0, False, -100, 100,
+                                "Learned order: weight of log(1 + sessions with the item)."),
+    "order_session_weight": Parameter(0.0, False, -100, 100,
+                                      "Learned order: weight of the item's weight in the "
+                                      "session (0 when not in it)."),
+    "order_last": Parameter(0.0, False, -100, 100,
+                            "Learned order: weight of being the session's last item."),
     "index_cap": Parameter(500, True, 1, 1_000_000,
                            "Most recent sessions indexed per item (neighbours per item); serve "
                            "reads the newest this many of each index: set it alike for both."),

@@ -54,6 +54,11 @@ class Params:
     idf_weight: float = default_float("idf_weight")
     repeat_weight: float = default_float("repeat_weight")
     neighbour_half_life: float = default_float("neighbour_half_life")
+    order_score: float = default_float("order_score")
+    order_idf: float = default_float("order_idf")
+    order_sessions: float = default_float("order_sessions")
+    order_session_weight: float = default_float("order_session_weight")
+    order_last: float = default_float("order_last")
     index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
 
     @classmethod

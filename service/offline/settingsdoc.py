@@ -12,6 +12,8 @@ from service.settings import ENV_PREFIX, SECTIONS, Settings
 MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "neighbour_half_life",
                     "position_decay",
                     "sequence_weight", "before_weight", "idf_weight", "repeat_weight",
+                    "order_score", "order_idf", "order_sessions", "order_session_weight",
+                    "order_last",
                     "index_cap", "history_cap", "trend_half_life")
 """The settings that shape the model (docs/ACCURACY.md lists them)."""
 

@@ -1,0 +1,124 @@
+"""Fitting the learned order of the top answers (``service/core/reorder.py``) on a tuning
+run's holdout: the next click of each holdout prefix is the label, its ``DEPTH`` best answers
+in the served order the choices, and the weights those of a conditional logit (a softmax over
+one prediction's answers, with weights shared by all) at its maximum likelihood.
+
+The objective is convex, so the fit ends at the same weights whatever it starts from and
+needs no learning rate: Newton steps with a backtracking line search reach it in a few
+iterations. Features are standardised for the fit, with a small ridge penalty that keeps a
+feature no holdout answer varies in at weight 0; the weights are returned per unit of each
+raw feature (what ``reorder`` multiplies), clipped to the parameters' limits.
+
+The holdout is the run's, so the fit inherits its honesty (``livetune``: a prediction sees
+only what was learned before its session started) and its defences: the fitted weights are
+one more candidate, promoted like any other only by a gain on the judging half that holds in
+every arrival slice.
+
+Pure: ``livetune`` gathers the examples from its holdout. Offline tool: the serving path
+never imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from service.core import reorder
+from service.core.parameters import PARAMETERS
+from service.core.scoring import F64, Params
+
+RIDGE = 1e-2
+"""Penalty on the standardised weights, per prediction: it keeps a feature constant over
+the holdout at 0 and is small against a real feature's pull."""
+
+STEPS = 50
+TOLERANCE = 1e-9
+"""A Newton step that lowers the mean loss by less than this ends the fit."""
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Per prediction whose next click is among its answers: the answers' features (one row
+    each, ``reorder.FEATURES`` columns) and the row of the click."""
+
+    rows: Sequence[F64]
+    targets: Sequence[int]
+
+
+def unordered(params: Params) -> Params:
+    """``params`` with every learned order weight 0: the served order."""
+    return dataclasses.replace(params, **cast(dict[str, Any],
+                                              dict.fromkeys(reorder.FEATURES, 0.0)))
+
+
+def fit(found: Examples) -> F64 | None:
+    """The learned order's weights (per unit of each raw feature) that maximise the
+    likelihood of the clicks among their predictions' answers, within the parameters'
+    limits; None without a prediction to learn from."""
+    weights = maximum_likelihood(found)
+    if weights is None:
+        return None
+    for n, name in enumerate(reorder.FEATURES):
+        weights[n] = min(max(weights[n], PARAMETERS[name].low), PARAMETERS[name].high)
+    return weights
+
+
+def maximum_likelihood(found: Examples, ridge: float = RIDGE, steps: int = STEPS
+                       ) -> F64 | None:
+    """``fit`` for any columns (a study's extra features too), the weights unbounded."""
+    if not found.rows:
+        return None
+    raw = np.concatenate(found.rows)
+    mean = raw.mean(axis=0)
+    scale = raw.std(axis=0)
+    scale[scale == 0] = 1.0
+    x = (raw - mean) / scale
+    sizes = np.fromiter((len(r) for r in found.rows), np.int64, len(found.rows))
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    chosen = x[starts + np.asarray(found.targets, np.int64)]
+    n, width = len(sizes), x.shape[1]
+
+    def loss(w: F64) -> float:
+        z = x @ w
+        top = np.maximum.reduceat(z, starts)
+        total = np.add.reduceat(np.exp(z - top[owner]), starts)
+        return float(np.mean(np.log(total) + top) - np.mean(chosen @ w)
+                     + 0.5 * ridge * (w @ w))
+
+    w = np.zeros(width)
+    current = loss(w)
+    for _ in range(steps):
+        z = x @ w
+        e = np.exp(z - np.maximum.reduceat(z, starts)[owner])
+        p = e / np.add.reduceat(e, starts)[owner]
+        px = x * p[:, None]
+        expected = np.add.reduceat(px, starts)  # per prediction, the features' expectation
+        gradient = (expected.sum(axis=0) - chosen.sum(axis=0)) / n + ridge * w
+        hessian = (x.T @ px - expected.T @ expected) / n + ridge * np.eye(width)
+        step = np.linalg.solve(hessian, gradient)
+        t, slope = 1.0, float(gradient @ step)
+        while True:
+            tried = loss(w - t * step)
+            if tried <= current - 1e-4 * t * slope or t < 1e-6:
+                break
+            t /= 2
+        if tried > current:
+            break
+        w, improved = w - t * step, current - tried
+        current = tried
+        if improved < TOLERANCE:
+            break
+    weights: F64 = (w / scale).astype(np.float64)
+    return weights
+
+
+def with_weights(params: Params, weights: F64) -> Params:
+    """``params`` with the learned order's ``weights`` (rounded to 6 decimals, as a record
+    keeps them readable)."""
+    return dataclasses.replace(params, **cast(dict[str, Any], {
+        name: round(float(w), 6) for name, w in zip(reorder.FEATURES, weights, strict=True)}))

@@ -1,0 +1,228 @@
+"""A tuning run's holdout (``livetune``): the sessions that arrived last, and their
+predictions scored as the state stood when each session started.
+
+The holdout follows what the server saw, not what clients claim (docs/THREATS.md):
+sessions are ordered by when their first event was accepted, never by the events' timestamps
+(which a client backdates at will), and one arrival window gives at most a
+``HOLDOUT_WINDOWS``-th of the holdout, so a burst one client sends is a small part of it.
+
+The holdout is honest. Each holdout session's prefixes predict its next item (HR@20 and
+MRR@20, as ``sessionrec eval``), scored only with what was learned before the session
+started: a neighbour index counts only entries older than the session's first event (the
+session itself excluded), and a neighbour's history only its events before that moment. So
+no holdout session is predicted from itself, from a session that began after it, or from a
+neighbour's later clicks. Item frequencies (idf, and the learned order's session counts) are
+today's: a global count, not one session's future. Trending completes answers whatever the
+parameters, so the runs compare the session-based part of the answer, the part the
+parameters decide.
+
+Offline tool: the serving path never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.core import reorder, scoring
+from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
+from service.core.modelparams import HOLDOUT_WINDOWS
+from service.core.scoring import Params
+from service.offline import fitorder
+from service.store import tuning
+from service.store.state import Store
+
+HOLDOUT_SESSIONS = 3000
+"""Most recently arrived sessions (of two events or more) a run holds out."""
+
+HOLDOUT_PREDICTIONS = 12_000
+"""At most this many predictions (prefixes) in the holdout: the newest sessions are taken
+until their prefixes reach it. A run's time grows with its predictions, not its sessions, and
+a shop whose sessions run to dozens of clicks would otherwise hold out ten times DIGINETICA's
+and search for hours."""
+
+K = 20
+
+
+@dataclass(frozen=True, slots=True)
+class HoldoutSession:
+    session: int
+    items: list[bytes]  # item hashes, oldest first
+    times: list[float]  # seconds
+    start: int  # time key of its first event: what its neighbours must precede
+    arrival: float  # ms: when the server accepted its first event
+    window: int  # its arrival window (``core.modelparams.window_of``)
+
+    @property
+    def predictions(self) -> int:
+        return len(self.items) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One holdout prediction as the served order ranks it."""
+
+    query: scoring.Query
+    best: scoring.U64
+    values: scoring.F64
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    hr_at_20: float
+    mrr_at_20: float
+    each: npt.NDArray[np.float64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    """Each prediction's hit plus reciprocal rank, in the holdout's order (for the pairing)."""
+
+    @property
+    def objective(self) -> float:
+        """HR alone rewards long tails, MRR alone the head: the sum, as ``sessionrec tune``."""
+        return self.hr_at_20 + self.mrr_at_20
+
+
+
+async def recent_sessions(store: Store, wanted: int = HOLDOUT_SESSIONS,
+                          predictions: int = HOLDOUT_PREDICTIONS, seed: int | None = None
+                          ) -> list[HoldoutSession]:
+    """The sessions that arrived last (the server's clock, never the events' timestamps),
+    among those with two events or more: arrival windows newest first, each giving at most a
+    ``HOLDOUT_WINDOWS``-th of ``wanted`` sessions and of ``predictions`` prefixes, drawn at
+    random within it (``seed``: the same draw for the same window), until the holdout holds
+    ``wanted`` sessions or ``predictions`` prefixes. Oldest first."""
+    per_window = -(-wanted // HOLDOUT_WINDOWS), -(-predictions // HOLDOUT_WINDOWS)
+    seed = secrets.randbits(64) if seed is None else seed
+    out: list[HoldoutSession] = []
+    held = 0
+    async for window, low, high in tuning.arrival_windows(store.redis, store.keys):
+        arrived = await tuning.arrived_in(store.redis, store.keys, low, high)
+        order = np.random.default_rng([seed, window]).permutation(len(arrived))
+        taken, taken_predictions = 0, 0
+        for at in range(0, len(order), 500):
+            chunk = [arrived[n] for n in order[at:at + 500].tolist()]
+            sessions = np.array([int.from_bytes(s, "little") for s, _ in chunk], np.uint64)
+            for (session, arrival), blob in zip(chunk, await store.reads.histories(sessions),
+                                                strict=True):
+                if blob is None or len(blob) < 2 * ENTRY_BYTES:
+                    continue
+                entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
+                                        HISTORY_DTYPE)
+                found = HoldoutSession(int.from_bytes(session, "little"),
+                                       [int(i).to_bytes(8, "little") for i in entries["i"]],
+                                       (entries["t"] / 1e6).tolist(), int(entries["t"][0]),
+                                       arrival, window)
+                out.append(found)
+                taken, taken_predictions = taken + 1, taken_predictions + found.predictions
+                held += found.predictions
+                if len(out) >= wanted or held >= predictions:
+                    return sorted(out, key=lambda h: (h.arrival, h.session))
+                if taken >= per_window[0] or taken_predictions >= per_window[1]:
+                    break
+            else:
+                continue
+            break
+    return sorted(out, key=lambda h: (h.arrival, h.session))
+
+
+
+def before(blob: bytes | None, start: int, dtype: np.dtype[Any]) -> bytes | None:
+    """The entries of an index or a history blob older than ``start``, in their order (a
+    mask, not a cut: the run must not depend on a blob being in time order to be honest)."""
+    if not blob:
+        return blob
+    entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], dtype)
+    return entries[entries["t"] < start].tobytes()
+
+
+class Holdout:
+    """The holdout sessions and what scoring them reads, read once and kept for the run."""
+
+    def __init__(self, store: Store, sessions: Sequence[HoldoutSession]) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.indexes: dict[bytes, bytes | None] = {}
+        self.histories: dict[int, bytes | None] = {}
+
+    @property
+    def predictions(self) -> int:
+        return sum(len(s.items) - 1 for s in self.sessions)
+
+    async def load_indexes(self) -> None:
+        items = sorted({i for s in self.sessions for i in s.items} - set(self.indexes))
+        for start in range(0, len(items), 1000):
+            chunk = items[start:start + 1000]
+            blobs = await self.store.reads.indexes(scoring.as_u64(chunk))
+            self.indexes.update(zip(chunk, blobs, strict=True))
+
+    async def _histories(self, sessions: scoring.U64) -> list[bytes | None]:
+        missing = [s for s in sessions.tolist() if s not in self.histories]
+        if missing:
+            wanted = np.array(missing, np.uint64)
+            blobs = await self.store.reads.histories(wanted)
+            self.histories.update(zip(missing, blobs, strict=True))
+        return [self.histories[s] for s in sessions.tolist()]
+
+    async def ranked(self, params: Params, k: int = K) -> AsyncIterator[Ranked]:
+        """Every prefix of every holdout session, scored by ``params`` before any learned
+        order: its query, the ``k`` best answers and their scores (none without neighbours),
+        and the next item."""
+        for held in self.sessions:
+            await asyncio.sleep(0)  # the lease's renewals run between sessions
+            for cut in range(1, len(held.items)):
+                query = scoring.build_query(held.items[:cut], held.times[:cut], [1.0] * cut,
+                                            params)
+                blobs = [before(self.indexes.get(scoring.to_hash(i)), held.start,
+                                INDEX_DTYPE) for i in query.items.tolist()]
+                sessions, similarity = scoring.neighbours(query, blobs, params, held.session)
+                target = int.from_bytes(held.items[cut], "little")
+                if not len(sessions):
+                    yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target)
+                    continue
+                histories = [before(h, held.start, HISTORY_DTYPE)
+                             for h in await self._histories(sessions)]
+                candidates, scores = scoring.score(query, histories, similarity, params)
+                df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
+                    else (np.zeros(0), 0.0)
+                best, values = scoring.rank(candidates, scores, df, n_sessions, query, params,
+                                            True, np.zeros(0, np.uint64), k)
+                yield Ranked(query, best, values, target)
+
+    async def examples(self, params: Params) -> fitorder.Examples:
+        """The predictions as the served order of ``params`` (any learned order left out)
+        ranks them, with their answers' features: what ``fitorder.fit`` learns from. A
+        prediction whose next click is not among its ``reorder.DEPTH`` answers teaches no
+        order, and is left out."""
+        rows: list[scoring.F64] = []
+        targets: list[int] = []
+        async for got in self.ranked(fitorder.unordered(params), reorder.DEPTH):
+            at = np.flatnonzero(got.best == np.uint64(got.target))
+            if len(at):
+                df, sessions = await self.store.reads.doc_freq(got.best)
+                rows.append(reorder.features(got.best, got.values, df, sessions, got.query))
+                targets.append(int(at[0]))
+        return fitorder.Examples(rows, targets)
+
+    async def score(self, params: Params) -> Score:
+        """HR@20 and MRR@20 of ``params`` over every prefix of every holdout session."""
+        ranks: list[int] = []
+        async for got in self.ranked(params, reorder.depth(params, K)):
+            best = got.best
+            if reorder.active(params) and len(best):
+                df, n_sessions = await self.store.reads.doc_freq(best)
+                best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, params, K)
+            found = np.flatnonzero(best[:K] == np.uint64(got.target))
+            ranks.append(int(found[0]) + 1 if len(found) else 0)
+        r = np.asarray(ranks)
+        hit = r > 0
+        reciprocal = np.where(hit, 1.0 / np.maximum(r, 1), 0.0)
+        return Score(float(hit.mean()) if len(r) else 0.0,
+                     float(reciprocal.mean()) if len(r) else 0.0,
+                     hit.astype(np.float64) + reciprocal)

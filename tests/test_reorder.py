@@ -1,0 +1,203 @@
+"""The learned order of the top answers: its features and ordering (pure), its fit (a convex
+conditional logit: deterministic, honest about constant features, bounded by the limits),
+serving it once the record holds weights, and a tuning run that fits and promotes it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.core import reorder
+from service.core.scoring import Params, Query
+from service.offline import fitorder
+from service.offline.holdout import Holdout, recent_sessions
+from service.offline.livetune import SEARCHED, tune_live
+from service.settings import Settings
+from service.store.state import Store
+from tests.conftest import Client
+from tests.test_livetune import HOUR, T0, learn, shop  # noqa: F401  (fixture)
+
+U = np.uint64
+
+
+def query(items: list[int], weights: list[float]) -> Query:
+    return Query(np.array(items, U), np.array(weights), np.array(items, U))
+
+
+def test_the_features_of_each_answer() -> None:
+    best = np.array([7, 3, 9], U)
+    values = np.array([2.0, 1.0, 0.5])
+    got = reorder.features(best, values, np.array([10.0, 0.0, 100.0]), 1000.0,
+                           query([3, 7], [0.25, 1.0]))
+    assert got.shape == (3, len(reorder.FEATURES))
+    np.testing.assert_allclose(got[:, 0], np.log([1.0, 0.5, 0.25]))  # score / best
+    np.testing.assert_allclose(got[:, 1], np.log1p(1000.0 / np.array([10.0, 1.0, 100.0])))
+    np.testing.assert_allclose(got[:, 2], np.log1p([10.0, 0.0, 100.0]))
+    np.testing.assert_allclose(got[:, 3], [1.0, 0.25, 0.0])  # its weight in the session
+    np.testing.assert_allclose(got[:, 4], [1.0, 0.0, 0.0])  # 7 is the session's last item
+
+
+def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -> None:
+    best = np.array([1, 2, 3, 4], U)
+    values = np.array([4.0, 3.0, 2.0, 1.0])
+    df = np.array([5.0, 50.0, 500.0, 50.0])
+    q = query([9], [1.0])
+    kept, scores = reorder.reorder(best, values, df, 1e4, q, Params(), 3)
+    assert kept.tolist() == [1, 2, 3] and scores.tolist() == [4.0, 3.0, 2.0]
+    assert reorder.depth(Params(), 20) == 20
+    popular = Params(order_sessions=1.0)
+    assert reorder.depth(popular, 20) == reorder.DEPTH
+    kept, scores = reorder.reorder(best, values, df, 1e4, q, popular, 4)
+    assert kept.tolist() == [3, 2, 4, 1]  # by sessions; 2 and 4 tie: the served order
+    assert scores[0] == 1.0 and np.all(np.diff(scores) <= 0)
+    np.testing.assert_allclose(scores[1], 51 / 501)  # exp of the log difference
+
+
+def test_answers_past_the_depth_follow_in_the_served_order_below_the_ordered_ones() -> None:
+    n = reorder.DEPTH + 5
+    best = np.arange(1, n + 1, dtype=U)
+    values = np.linspace(2.0, 1.0, n)
+    df = np.arange(n, dtype=np.float64)  # the last of the head is the most popular
+    kept, scores = reorder.reorder(best, values, df, 1e6, query([999], [1.0]),
+                                   Params(order_sessions=1.0), n)
+    assert kept[0] == reorder.DEPTH and kept[reorder.DEPTH:].tolist() == \
+        best[reorder.DEPTH:].tolist()
+    assert np.all(np.diff(scores) <= 0) and scores[-1] > 0
+
+
+def synthetic(seed: int, predictions: int = 400, answers: int = 30) -> fitorder.Examples:
+    """Clicks that follow the answers' popularity as much as their score: a conditional
+    logit with weight 1 on each, and none on the rest (the last item is never shown)."""
+    rng = np.random.default_rng(seed)
+    rows, targets = [], []
+    for _ in range(predictions):
+        x = np.zeros((answers, len(reorder.FEATURES)))
+        x[:, 0] = -np.sort(rng.exponential(1.0, answers))  # log score, best first
+        x[:, 1] = rng.uniform(1, 8, answers)  # idf: noise
+        x[:, 2] = rng.uniform(0, 6, answers)  # log sessions
+        x[:, 3] = np.where(rng.random(answers) < 0.1, rng.random(answers), 0.0)
+        z = x[:, 0] + x[:, 2]
+        p = np.exp(z - z.max())
+        rows.append(x)
+        targets.append(int(rng.choice(answers, p=p / p.sum())))
+    return fitorder.Examples(rows, targets)
+
+
+def test_the_fit_recovers_the_weights_that_made_the_clicks() -> None:
+    weights = fitorder.fit(synthetic(1))
+    assert weights is not None
+    names = dict(zip(reorder.FEATURES, weights.tolist(), strict=True))
+    assert names["order_score"] == pytest.approx(1.0, abs=0.25)
+    assert names["order_sessions"] == pytest.approx(1.0, abs=0.25)
+    assert abs(names["order_idf"]) < 0.2
+    assert names["order_last"] == 0.0  # never varies: the ridge keeps it at 0
+    # convex: the same weights from any start, so the same examples give the same fit
+    again = fitorder.fit(synthetic(1))
+    assert again is not None and np.array_equal(weights, again)
+
+
+def test_the_fitted_order_finds_more_clicks_than_the_served_one() -> None:
+    weights = fitorder.fit(synthetic(2))
+    assert weights is not None
+    held = synthetic(3)
+
+    def rank(order: np.ndarray[Any, Any], target: int) -> int:
+        return int(np.flatnonzero(order == target)[0])
+
+    served = [y for y in held.targets]  # the rows are in the served order
+    fitted = [rank(np.argsort(-(x @ weights), kind="stable"), y)
+              for x, y in zip(held.rows, held.targets, strict=True)]
+    assert np.mean(1 / (np.array(fitted) + 1)) > 1.2 * np.mean(1 / (np.array(served) + 1))
+
+
+def test_the_fit_stays_within_the_limits_and_needs_examples() -> None:
+    assert fitorder.fit(fitorder.Examples([], [])) is None
+    # the click is always the answer with the most sessions: separable, weights unbounded
+    # but for the ridge and the limits
+    rows = [np.column_stack([np.zeros(3), np.zeros(3), np.array([0.0, 0.001, 0.002]),
+                             np.zeros(3), np.zeros(3)]) for _ in range(50)]
+    weights = fitorder.fit(fitorder.Examples(rows, [2] * 50))
+    assert weights is not None and weights[2] == 100.0  # order_sessions' upper limit
+
+
+async def test_weights_in_the_record_order_every_process_answers(
+        shop: Client, settings: Settings) -> None:  # noqa: F811
+    """x is followed by a in more sessions than by b, but b is in many more sessions: the
+    served order puts a first; a weight on sessions, set by hand, puts b first."""
+    await learn(settings, [(f"xa{n}", T0 + 10 * n, ["x", "a"]) for n in range(6)]
+                + [(f"xb{n}", T0 + 100 + 10 * n, ["x", "b"]) for n in range(3)]
+                + [(f"b{n}", T0 + 200 + 10 * n, ["b", f"w{n}"]) for n in range(30)])
+    body = {"user_interactions": {"x": {"timestamp": T0 + 1000}}, "k": 2}
+
+    async def order() -> list[str]:
+        resp = await shop.post("/iid_recommend", json=body)
+        assert resp.status == 200
+        return [r["id"] for r in (await resp.json())["recommendations"]]
+
+    assert await order() == ["a", "b"]
+    resp = await shop.put("/admin/model", json={"params": {"order_sessions": 2.0}})
+    assert resp.status == 200
+    assert await order() == ["b", "a"]
+    model = await (await shop.get("/model")).json()
+    assert model["params"]["order_sessions"] == 2.0 and model["params"]["order_last"] == 0.0
+    bad = await shop.put("/admin/model", json={"params": {"order_idf": 1000}})
+    assert bad.status == 400 and "order_idf" in (await bad.json())["error"]["field"]
+
+
+async def test_a_run_fits_the_order_and_promotes_it(shop: Client,  # noqa: F811
+                                                    settings: Settings) -> None:
+    """After x, a co-occurs with x in as many sessions as b, but b is in many more sessions,
+    and the newest sessions (the holdout, one an hour) go x -> b. With every grid parameter
+    pinned, only the learned order can rank b higher: the run fits it and promotes it."""
+    learned = [(f"xa{n}", T0 + 100 * n, ["x", "a"]) for n in range(20)]
+    learned += [(f"xb{n}", T0 + HOUR + 100 * n, ["x", "b"]) for n in range(20)]
+    learned += [(f"bw{n}", T0 + 2 * HOUR + 100 * n, ["b", f"w{n}"]) for n in range(40)]
+    await learn(settings, learned + [(f"new{n}", T0 + (3 + n) * HOUR, ["x", "b"])
+                                     for n in range(8)])
+    base = Params.from_settings(settings)
+    pins = {name: getattr(base, name) for name in SEARCHED}
+    assert (await shop.put("/admin/model", json={"params": pins, "pin": True})).status == 200
+    store = Store(settings)
+    try:
+        run = await tune_live(store, base, trigger="cli", holdout_sessions=8)
+    finally:
+        await store.close()
+    assert run["promoted"] is True, run
+    best = run["best"]["params"]
+    assert best["order_sessions"] > 0 or best["order_idf"] < 0
+    assert run["best"]["mrr_at_20"] > run["current"]["mrr_at_20"]
+    model = await (await shop.get("/model")).json()
+    assert {n: model["params"][n] for n in reorder.FEATURES} == \
+        {n: best[n] for n in reorder.FEATURES}
+    # pinned, the order is left as it is
+    assert (await shop.put("/admin/model", json={"params": {"order_last": 0.0},
+                                                 "pin": True})).status == 200
+    store = Store(settings)
+    try:
+        again = await tune_live(store, dataclasses.replace(base), trigger="cli",
+                                holdout_sessions=8)
+    finally:
+        await store.close()
+    assert {n: again["best"]["params"][n] for n in reorder.FEATURES} == \
+        {n: best[n] if n != "order_last" else 0.0 for n in reorder.FEATURES}
+
+
+async def test_the_fit_learns_only_from_what_preceded_each_session(
+        shop: Client, settings: Settings) -> None:  # noqa: F811
+    """H and F both go a -> z, F after H: H's prediction may not see F (nor itself), so it
+    has no answer to learn an order from; F's sees H, and its click is among its answers."""
+    await learn(settings, [("H", T0 + 3000, ["a", "z"]), ("F", T0 + 4000, ["a", "z"])])
+    store = Store(settings)
+    try:
+        holdout = Holdout(store, await recent_sessions(store, 2))
+        await holdout.load_indexes()
+        found = await holdout.examples(Params(order_sessions=5.0))  # the order left out
+    finally:
+        await store.close()
+    assert len(found.rows) == len(found.targets) == 1
+    # F's answers: a (the session's own, first by the repeat boost), then z (H's next click)
+    assert found.targets == [1] and found.rows[0].shape == (2, len(reorder.FEATURES))
+    assert found.rows[0][:, 4].tolist() == [1.0, 0.0]  # a is the session's last item
