@@ -17,15 +17,14 @@ A signal the product does not have is computed here from the same state:
 * **distance exponent**: ``1 + sequence_weight / d^a`` in place of ``/ d``;
 * **neighbour length**: a neighbour's similarity over its history's length^b;
 * **similarity exponent**: a neighbour's similarity^g;
-* **re-ranker**: a linear softmax model over the top 100 answers, fitted on the validation
-  predictions (next-click labels) and applied to the test's. Its features are those a
-  request has or a live tuning run can measure honestly: the score relative to the best (log),
-  idf, log of the item's session count, the item's weight in the session (0 when not in it),
-  whether it is the session's last item;
+* **learned order**: the product's learned order (``service/core/reorder.py``: its features, its
+  depth, its fit in ``service/offline/fitorder.py``), fitted on the validation predictions
+  (next-click labels) and applied to the test's, where a live tuning run fits it on its
+  holdout;
 * **re-ranker with recent popularity**: the same plus the item's trending score (log2 of its
-  decayed event count, a day's half-life) against the best candidate's and the log's best. A
-  live tuning run cannot measure it honestly: today's trending counts the holdout sessions'
-  own later clicks.
+  decayed event count, a day's half-life, against the log's best; within one prediction's
+  answers any other reference is the same feature). A live tuning run cannot measure it
+  honestly: today's trending counts the holdout sessions' own later clicks.
 
     python scripts/ablation.py --data ../shared/datasets/diginetica-srgnn --out dig.md
     python scripts/ablation.py --data ../shared/datasets/yoochoose1_64-srgnn \
@@ -51,7 +50,7 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.core import scoring  # noqa: E402
+from service.core import reorder, scoring  # noqa: E402
 from service.core.layout import (  # noqa: E402
     ENTRY_BYTES,
     HISTORY_DTYPE,
@@ -59,15 +58,14 @@ from service.core.layout import (  # noqa: E402
     item_hash,
 )
 from service.core.model import apply_events, trending  # noqa: E402
-from service.core.scoring import F64, U64, Params, Query  # noqa: E402
+from service.core.scoring import F64, U64, Candidates, Params, Query  # noqa: E402
 from service.kernel import reference  # noqa: E402
-from service.offline import clicklog  # noqa: E402
+from service.offline import clicklog, fitorder  # noqa: E402
 from service.offline.evaluate import align_times, static_cases  # noqa: E402
 from service.offline.loader import build_indexes  # noqa: E402
 from service.offline.tune import split_validation  # noqa: E402
 
 K = 20
-DEPTH = 100  # answers the re-ranker reorders
 STEPS = 10  # places after an item its sequential rules count
 Case = tuple[list[bytes], list[float], int]  # the prefix's item hashes, times, the target
 Predict = Callable[[Case], U64]
@@ -186,64 +184,59 @@ class Model:
     def query(self, case: Case) -> Query:
         return scoring.build_query(case[0], case[1], [1.0] * len(case[0]), self.params)
 
-    def candidates(self, query: Query) -> tuple[U64, F64]:
+    def candidates(self, query: Query) -> tuple[U64, F64, Candidates]:
         blobs = [self.state.indexes.get(_b(i)) for i in query.items.tolist()]
         sessions, similarity = scoring.neighbours(query, blobs, self.params, None)
-        if not len(sessions):
-            candidates, scores = np.zeros(0, np.uint64), np.zeros(0)
-        else:
+        found = scoring.NO_CANDIDATES
+        if len(sessions):
             histories = [self.state.histories.get(_b(s)) for s in sessions.tolist()]
-            candidates, scores = (scoring.score(query, histories, similarity, self.params)
-                                  if self.shape.plain else
-                                  shaped_score(query, histories, similarity, self.params,
-                                               self.shape))
+            found = scoring.score(query, histories, similarity, self.params)
+        candidates, scores = found.items, found.scores
+        if len(sessions) and not self.shape.plain:
+            candidates, scores = shaped_score(query, histories, similarity, self.params,
+                                              self.shape)
         if self.rules_weight and len(query.items):
-            found = [self.rules[i] for i in query.items[-self.rules_items:].tolist()
+            rules = [self.rules[i] for i in query.items[-self.rules_items:].tolist()
                      if i in self.rules]
-            if found:
-                ruled = np.concatenate([s for _, s in found])
+            if rules:
+                ruled = np.concatenate([s for _, s in rules])
                 top = scores.max() if len(scores) else 1.0
-                merged, inverse = np.unique(np.concatenate([candidates, *[i for i, _ in found]]),
+                merged, inverse = np.unique(np.concatenate([candidates, *[i for i, _ in rules]]),
                                             return_inverse=True)
                 values = np.concatenate((scores / top, self.rules_weight * ruled / ruled.max()))
                 candidates = merged
                 scores = np.bincount(inverse, weights=values,
                                      minlength=len(merged)).astype(np.float64)
-        return candidates, scores
+        return candidates, scores, found
 
-    def ranked(self, case: Case, k: int = K) -> tuple[Query, U64, F64]:
+    def ranked(self, case: Case, k: int = K) -> tuple[Query, U64, F64, Candidates]:
         query = self.query(case)
-        candidates, scores = self.candidates(query)
+        candidates, scores, found = self.candidates(query)
         df = self.state.df(candidates) if self.params.idf_weight else np.zeros(0)
         best, values = scoring.rank(candidates, scores, df, float(self.state.sessions), query,
                                     self.params, True, np.zeros(0, np.uint64), k)
-        return query, best, values
+        return query, best, values, found
 
     def predict(self, case: Case) -> U64:
         return self.ranked(case)[1]
 
 
-HONEST = ("log score / best", "idf", "log sessions", "weight in session", "last item")
-POPULARITY = ("trend - best candidate's", "trend - log's best")
+POPULARITY = ("trend",)
 
 
 def features(model: Model, case: Case, popularity: bool) -> tuple[F64, U64] | None:
-    """The top ``DEPTH`` answers' features (one row each) and the answers."""
-    query, best, values = model.ranked(case, DEPTH)
+    """The top ``DEPTH`` answers' features (one row each: the product's, then the recent
+    popularity's when asked) and the answers."""
+    query, best, values, found = model.ranked(case, reorder.DEPTH)
     if not len(best) or values[0] <= 0:
         return None
     state = model.state
-    df = state.df(best)
-    weight_of = dict(zip(query.items.tolist(), query.weights.tolist(), strict=True))
-    columns = [np.log(np.maximum(values / values[0], 1e-9)),
-               np.log1p(max(state.sessions, 1) / np.maximum(df, 1.0)), np.log1p(df),
-               np.array([weight_of.get(i, 0.0) for i in best.tolist()]),
-               (best == np.uint64(query.last or 0)).astype(np.float64)]
+    rows = reorder.features(best, values, state.df(best), float(state.sessions), query, found)
     if popularity:
         top = max(state.trend.values())
         trend = np.array([state.trend.get(i, top - 60.0) for i in best.tolist()])
-        columns += [trend - trend.max(), trend - top]
-    return np.column_stack(columns), best
+        rows = np.column_stack([rows, trend - top])
+    return rows, best
 
 
 Labelled = list[tuple[F64, int]]  # features, the target's row (-1: not among them)
@@ -265,34 +258,18 @@ def labelled(model: Model, cases: Sequence[Case], popularity: bool) -> Labelled:
 @dataclass(frozen=True)
 class Reranker:
     weights: F64
-    mean: F64
-    scale: F64
 
     def order(self, rows: F64) -> npt.NDArray[np.int64]:
-        return np.argsort(-(((rows - self.mean) / self.scale) @ self.weights), kind="stable")
+        return np.argsort(-(rows @ self.weights), kind="stable")
 
 
-def fit(data: Labelled, l2: float = 1e-3, steps: int = 300, rate: float = 0.05) -> Reranker:
-    """Softmax regression over each prediction's answers, the next click its label (Adam)."""
-    kept = [(rows, y) for rows, y in data if y >= 0]
-    stacked = np.concatenate([rows for rows, _ in kept])
-    mean, scale = stacked.mean(0), stacked.std(0) + 1e-9
-    x = (stacked - mean) / scale
-    sizes = np.array([len(rows) for rows, _ in kept])
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    owner = np.repeat(np.arange(len(kept)), sizes)
-    target = starts + np.array([y for _, y in kept])
-    w = np.zeros(x.shape[1])
-    w[0] = 1.0  # the served order
-    m, v = np.zeros_like(w), np.zeros_like(w)
-    for t in range(1, steps + 1):
-        z = x @ w
-        e = np.exp(z - np.maximum.reduceat(z, starts)[owner])
-        p = e / np.add.reduceat(e, starts)[owner]
-        g = (x.T @ p - x[target].sum(0)) / len(kept) + l2 * w
-        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
-        w = w - rate * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
-    return Reranker(w, mean, scale)
+def fit(data: Labelled) -> Reranker:
+    """The product's fit (``fitorder``), unbounded (a study's extra columns have no limits)."""
+    found = fitorder.Examples([rows for rows, y in data if y >= 0],
+                              [y for _, y in data if y >= 0])
+    weights = fitorder.maximum_likelihood(found)
+    assert weights is not None
+    return Reranker(weights)
 
 
 def measure(predict: Predict, cases: Sequence[Case]) -> tuple[float, float]:
@@ -380,7 +357,7 @@ def study(data: Path, params: Params, signals: Sequence[str], say: Callable[[str
     for signal, popularity in (("rerank", False), ("popularity", True)):
         if signal not in signals:
             continue
-        names = HONEST + (POPULARITY if popularity else ())
+        names = reorder.FEATURES + (POPULARITY if popularity else ())
         valid_data = labelled(base_of(valid_state), valid_cases, popularity)
         # its validation figure: fitted on one half, measured on the other
         half = fit(valid_data[0::2])
@@ -391,8 +368,7 @@ def study(data: Path, params: Params, signals: Sequence[str], say: Callable[[str
         label = "re-ranker" + (" with recent popularity" if popularity else "")
         rows.append(Row(label, f"{len(names)} features, fitted on validation",
                         valid_got, test_got))
-        fitted[label] = dict(zip(names, (reranker.weights / reranker.scale).round(3).tolist(),
-                                 strict=True))
+        fitted[label] = dict(zip(names, reranker.weights.round(3).tolist(), strict=True))
         say(f"{label}: validation (other half) {valid_got} against "
             f"{measure_reranked(valid_data[1::2], None)}, test {test_got}")
     return rows, fitted

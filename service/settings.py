@@ -204,6 +204,7 @@ class Settings:
                                         metadata=_parameter("order_session_weight"))
     order_last: float = field(default=default_float("order_last"),
                               metadata=_parameter("order_last"))
+    order_age: float = field(default=default_float("order_age"), metadata=_parameter("order_age"))
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
@@ -385,7 +386,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Scoring": ("query_items", "sample_sessions", "neighbours", "neighbour_half_life",
                 "sequence_weight",
                 "before_weight", "position_decay", "idf_weight", "repeat_weight", "order_score",
-                "order_idf", "order_sessions", "order_session_weight", "order_last"),
+                "order_idf", "order_sessions", "order_session_weight", "order_last",
+                "order_age"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
     "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms",

@@ -378,6 +378,7 @@ def test_one_kernel_call_over_the_cache_equals_the_steps_it_replaces() -> None:
         got = cache.candidates(query, params, exclude)
         assert got is not None
         assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+        assert got[2].tolist() == want[2].tolist()
         assert cache.hits == len(query.items) + len(found)
         answered += len(want[0]) > 0
         # one blob missing: no answer, nothing counted
@@ -397,7 +398,7 @@ def test_one_kernel_call_over_the_cache_equals_the_steps_it_replaces() -> None:
                             None) is None
     assert kernel.candidates(b"", b"", np.zeros(8, np.uint64), [None] * 8,
                               np.zeros(8, np.uint64), [None] * 8, 1, 1, 0, False, 1, 0.0, 0.0,
-                              0.0) == (b"", b"", 0)
+                              0.0) == (b"", b"", b"", 0)
 
 
 async def test_a_redis_that_refuses_tracking_is_read_uncached() -> None:

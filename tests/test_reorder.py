@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.core import reorder
-from service.core.scoring import Params, Query
+from service.core.scoring import NO_CANDIDATES, Candidates, Params, Query
 from service.offline import fitorder
 from service.offline.holdout import Holdout, recent_sessions
 from service.offline.livetune import SEARCHED, tune_live
@@ -27,17 +27,26 @@ def query(items: list[int], weights: list[float]) -> Query:
     return Query(np.array(items, U), np.array(weights), np.array(items, U))
 
 
+DAY = reorder.DAY_KEYS
+
+
 def test_the_features_of_each_answer() -> None:
     best = np.array([7, 3, 9], U)
     values = np.array([2.0, 1.0, 0.5])
+    # 9 was last touched by a neighbour 2 days before the newest neighbour event, 3 (one of
+    # the session's own items, as 7) never
+    found = Candidates(np.array([9, 11], U), np.array([1.0, 1.0]),
+                       np.array([8 * DAY, 10 * DAY], np.int64))
     got = reorder.features(best, values, np.array([10.0, 0.0, 100.0]), 1000.0,
-                           query([3, 7], [0.25, 1.0]))
+                           query([3, 7], [0.25, 1.0]), found)
     assert got.shape == (3, len(reorder.FEATURES))
     np.testing.assert_allclose(got[:, 0], np.log([1.0, 0.5, 0.25]))  # score / best
     np.testing.assert_allclose(got[:, 1], np.log1p(1000.0 / np.array([10.0, 1.0, 100.0])))
     np.testing.assert_allclose(got[:, 2], np.log1p([10.0, 0.0, 100.0]))
     np.testing.assert_allclose(got[:, 3], [1.0, 0.25, 0.0])  # its weight in the session
     np.testing.assert_allclose(got[:, 4], [1.0, 0.0, 0.0])  # 7 is the session's last item
+    np.testing.assert_allclose(got[:, 5], np.log1p([reorder.AGE_CAP, reorder.AGE_CAP, 2.0]))
+    assert reorder.ages(NO_CANDIDATES, best).tolist() == [reorder.AGE_CAP] * 3
 
 
 def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -> None:
@@ -45,12 +54,12 @@ def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -
     values = np.array([4.0, 3.0, 2.0, 1.0])
     df = np.array([5.0, 50.0, 500.0, 50.0])
     q = query([9], [1.0])
-    kept, scores = reorder.reorder(best, values, df, 1e4, q, Params(), 3)
+    kept, scores = reorder.reorder(best, values, df, 1e4, q, NO_CANDIDATES, Params(), 3)
     assert kept.tolist() == [1, 2, 3] and scores.tolist() == [4.0, 3.0, 2.0]
     assert reorder.depth(Params(), 20) == 20
     popular = Params(order_sessions=1.0)
     assert reorder.depth(popular, 20) == reorder.DEPTH
-    kept, scores = reorder.reorder(best, values, df, 1e4, q, popular, 4)
+    kept, scores = reorder.reorder(best, values, df, 1e4, q, NO_CANDIDATES, popular, 4)
     assert kept.tolist() == [3, 2, 4, 1]  # by sessions; 2 and 4 tie: the served order
     assert scores[0] == 1.0 and np.all(np.diff(scores) <= 0)
     np.testing.assert_allclose(scores[1], 51 / 501)  # exp of the log difference
@@ -61,7 +70,7 @@ def test_answers_past_the_depth_follow_in_the_served_order_below_the_ordered_one
     best = np.arange(1, n + 1, dtype=U)
     values = np.linspace(2.0, 1.0, n)
     df = np.arange(n, dtype=np.float64)  # the last of the head is the most popular
-    kept, scores = reorder.reorder(best, values, df, 1e6, query([999], [1.0]),
+    kept, scores = reorder.reorder(best, values, df, 1e6, query([999], [1.0]), NO_CANDIDATES,
                                    Params(order_sessions=1.0), n)
     assert kept[0] == reorder.DEPTH and kept[reorder.DEPTH:].tolist() == \
         best[reorder.DEPTH:].tolist()
@@ -93,7 +102,8 @@ def test_the_fit_recovers_the_weights_that_made_the_clicks() -> None:
     assert names["order_score"] == pytest.approx(1.0, abs=0.25)
     assert names["order_sessions"] == pytest.approx(1.0, abs=0.25)
     assert abs(names["order_idf"]) < 0.2
-    assert names["order_last"] == 0.0  # never varies: the ridge keeps it at 0
+    assert names["order_last"] == names["order_age"] == 0.0  # never vary: the ridge keeps
+    # them at 0
     # convex: the same weights from any start, so the same examples give the same fit
     again = fitorder.fit(synthetic(1))
     assert again is not None and np.array_equal(weights, again)
@@ -118,7 +128,7 @@ def test_the_fit_stays_within_the_limits_and_needs_examples() -> None:
     # the click is always the answer with the most sessions: separable, weights unbounded
     # but for the ridge and the limits
     rows = [np.column_stack([np.zeros(3), np.zeros(3), np.array([0.0, 0.001, 0.002]),
-                             np.zeros(3), np.zeros(3)]) for _ in range(50)]
+                             np.zeros(3), np.zeros(3), np.zeros(3)]) for _ in range(50)]
     weights = fitorder.fit(fitorder.Examples(rows, [2] * 50))
     assert weights is not None and weights[2] == 100.0  # order_sessions' upper limit
 

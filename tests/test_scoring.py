@@ -110,7 +110,7 @@ def test_sample_keeps_most_recent_candidates_and_excludes_self() -> None:
 
 def test_items_score_by_neighbour_similarity_once_per_neighbour() -> None:
     q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
-    items, scores = scoring.score(q, [history("a", "x", "x", "y"), history("a", "x"), None],
+    items, scores, _ = scoring.score(q, [history("a", "x", "x", "y"), history("a", "x"), None],
                                   np.array([2.0, 1.0, 5.0]), P)
     got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
     assert got == pytest.approx({u64(item_hash("a")): 3.0, u64(item_hash("x")): 3.0,
@@ -120,7 +120,7 @@ def test_items_score_by_neighbour_similarity_once_per_neighbour() -> None:
 def test_sequence_weight_boosts_what_follows_the_last_item() -> None:
     q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
     seq = Params(20, 500, 100, sequence_weight=1.0, before_weight=0.0)
-    items, scores = scoring.score(q, [history("y", "a", "x", "z")], np.array([1.0]), seq)
+    items, scores, _ = scoring.score(q, [history("y", "a", "x", "z")], np.array([1.0]), seq)
     got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
     assert got[u64(item_hash("x"))] == pytest.approx(2.0)  # distance 1: 1 + 1/1
     assert got[u64(item_hash("z"))] == pytest.approx(1.5)  # distance 2: 1 + 1/2
@@ -152,7 +152,7 @@ def test_anchor_is_the_most_recent_session_item_the_neighbour_contains() -> None
     # session a -> b; the neighbour lacks b, so its anchor is a: x follows a at distance 1
     q = scoring.build_query([item_hash("a"), item_hash("b")], [1.0, 2.0], [1.0, 1.0], P)
     seq = Params(20, 500, 100, sequence_weight=1.0, before_weight=0.5)
-    items, scores = scoring.score(q, [history("w", "a", "x")], np.array([1.0]), seq)
+    items, scores, _ = scoring.score(q, [history("w", "a", "x")], np.array([1.0]), seq)
     got = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
     assert got[u64(item_hash("x"))] == pytest.approx(2.0)
     assert got[u64(item_hash("w"))] == pytest.approx(1.5)  # before, distance 1: 1 + 0.5
@@ -273,9 +273,16 @@ def test_the_kernel_equals_the_reference_on_random_cases(implementation: str) ->
         (cs, cw), (rs, rw) = both("neighbours", query, blobs, params, exclude)
         assert list(cs) == list(rs) and list(cw) == list(rw)
         sims = rng.random(len(histories)) * 3
-        (ci, cv), (ri, rv) = both("score", query, histories, sims, params)
+        (ci, cv, ct), (ri, rv, rt) = both("score", query, histories, sims, params)
         order = np.argsort(ci)
         assert list(ci[order]) == list(ri) and list(cv[order]) == list(rv)
+        assert list(ct[order]) == list(rt)  # each candidate's latest time
+        wanted = np.concatenate((ri[::3], query.seen))  # some candidates, some not
+        kernel.use("native")
+        compiled = kernel.gather(ci, ct, wanted)
+        kernel.use("reference")
+        assert kernel.gather(ci, ct, wanted) == compiled
+        kernel.use("native")
         df = rng.integers(0, 5, len(ri)).astype(np.float64)
         exclusion = np.concatenate((query.seen[:2], ri[:3]))
         for repeats in (False, True):
@@ -332,3 +339,21 @@ def test_the_kernel_takes_blobs_from_any_iterable_and_refuses_other_types() -> N
         kernel.neighbours(q.weights, index_blobs, 10, 10, 0, False, 500, 0.0)
     with pytest.raises(TypeError, match="bytes or None"):
         kernel.score(q.items, q.weights, ["not bytes"], np.array([1.0]), 1.5, 1.0)  # type: ignore[list-item]
+
+
+def test_score_gives_each_candidate_the_latest_time_a_neighbour_touched_it() -> None:
+    q = scoring.build_query([item_hash("a")], [1.0], [1.0], P)
+    older = np.array([(u64(item_hash(i)), t) for i, t in (("a", 10), ("x", 11), ("y", 12))],
+                     dtype=[("i", "<u8"), ("t", ">i8")]).tobytes()
+    newer = np.array([(u64(item_hash(i)), t) for i, t in (("x", 30), ("a", 31))],
+                     dtype=[("i", "<u8"), ("t", ">i8")]).tobytes()
+    found = scoring.score(q, [older, newer], np.array([1.0, 1.0]), P)
+    latest = dict(zip(found.items.tolist(), found.latest.tolist(), strict=True))
+    assert latest == {u64(item_hash("a")): 31, u64(item_hash("x")): 30,
+                      u64(item_hash("y")): 12}
+    # gather: by key, a key not among them 0, repeated keys their first value
+    keys = np.array([5, 7, 5], np.uint64)
+    got = kernel.gather(keys, np.array([50, 70, 99], np.int64), np.array([7, 5, 6], np.uint64))
+    assert np.frombuffer(got, np.int64).tolist() == [70, 50, 0]
+    with pytest.raises(ValueError, match="one value per key"):
+        kernel.gather(keys, np.array([1], np.int64), keys)

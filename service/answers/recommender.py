@@ -269,17 +269,17 @@ class Recommender:
             self.store.backend.cached_candidates(query, params, exclude_session)
         histories: list[bytes | None] = []
         similarity = np.zeros(0)
+        scored = scoring.NO_CANDIDATES
         if cached is not None:
-            candidates, scores = cached
+            scored = cached
         else:
             index_blobs = await self.store.reads.indexes(query.items)
             sessions, similarity = scoring.neighbours(query, index_blobs, params,
                                                       exclude_session)
-            candidates = np.zeros(0, np.uint64)
-            scores = np.zeros(0)
             if len(sessions):
                 histories = await self.store.reads.histories(sessions)
-                candidates, scores = scoring.score(query, histories, similarity, params)
+                scored = scoring.score(query, histories, similarity, params)
+        candidates, scores = scored.items, scored.scores
         if rule is not None:
             assert catalogue is not None
             candidates, scores = catalogue.keep(rule, candidates, scores)
@@ -304,7 +304,7 @@ class Recommender:
         if reorder.active(params):
             best_df, n_sessions = await self.store.reads.doc_freq(best)
             best, best_scores = reorder.reorder(best, best_scores, best_df, n_sessions, query,
-                                                params, len(best) if capped else k)
+                                                scored, params, len(best) if capped else k)
         cap = CategoryCap(rules.max_per_category,
                           catalogue.first_category if catalogue is not None else {})
         for h in np.frombuffer(prior, LE_U64).tolist():  # listed ahead of this answer

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from service import kernel
 from service.answers import placements as placed
-from service.answers.fill import LE_U64, NO_ITEMS, item_hashes
+from service.answers.fill import LE_U64, item_hashes
 from service.answers.recommender import NOBODY, Answer, Asker, Recommender
 from service.core import explain, scoring
 from service.core.catalogueindex import CatalogueIndex
@@ -122,15 +122,15 @@ async def _ordered(recommender: Recommender, interactions: Sequence[tuple[str, f
     cached = None if rules.explain or not len(query.items) else \
         store.backend.cached_candidates(query, params, exclude_session)
     if cached is not None:
-        candidates, raw = cached
+        candidates, raw, _ = cached
     elif len(query.items):
         sessions, similarity = scoring.neighbours(
             query, await store.reads.indexes(query.items), params, exclude_session)
         histories = await store.reads.histories(sessions) if len(sessions) else []
-        candidates, raw = scoring.score(query, histories, similarity, params) \
-            if len(sessions) else (NO_ITEMS, np.zeros(0))
+        candidates, raw, _ = scoring.score(query, histories, similarity, params) \
+            if len(sessions) else scoring.NO_CANDIDATES
     else:
-        candidates, raw = NO_ITEMS, np.zeros(0)
+        candidates, raw, _ = scoring.NO_CANDIDATES
     where = at.of(candidates)
     wanted = keep[where]
     candidates, raw, where = candidates[wanted], raw[wanted], where[wanted]

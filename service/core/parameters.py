@@ -78,6 +78,9 @@ PARAMETERS: dict[str, Parameter] = {
                                       "session (0 when not in it)."),
     "order_last": Parameter(0.0, False, -100, 100,
                             "Learned order: weight of being the session's last item."),
+    "order_age": Parameter(0.0, False, -100, 100,
+                           "Learned order: weight of log(1 + days since a neighbour session "
+                           "last touched the item)."),
     "index_cap": Parameter(500, True, 1, 1_000_000,
                            "Most recent sessions indexed per item (neighbours per item); serve "
                            "reads the newest this many of each index: set it alike for both."),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,7 @@ from service.settings import Settings
 
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class Params:
     order_sessions: float = default_float("order_sessions")
     order_session_weight: float = default_float("order_session_weight")
     order_last: float = default_float("order_last")
+    order_age: float = default_float("order_age")
     index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
 
     @classmethod
@@ -111,12 +114,25 @@ def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params
     return np.frombuffer(sessions, np.uint64), np.frombuffer(similarity, np.float64)
 
 
+class Candidates(NamedTuple):
+    """The score stage's answer: candidate items (in an order of the kernel's choosing),
+    their raw scores, and each one's newest time key in the neighbours' histories (when a
+    neighbour last touched it: the learned order's age)."""
+
+    items: U64
+    scores: F64
+    latest: I64
+
+
 def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
-          params: Params) -> tuple[U64, F64]:
-    """Candidate items and their raw scores (in an order of the kernel's choosing)."""
-    items, totals = kernel.score(query.items, query.weights, history_blobs, similarity,
-                                 params.sequence_weight, params.before_weight)
-    return np.frombuffer(items, np.uint64), np.frombuffer(totals, np.float64)
+          params: Params) -> Candidates:
+    items, totals, latest = kernel.score(query.items, query.weights, history_blobs, similarity,
+                                         params.sequence_weight, params.before_weight)
+    return Candidates(np.frombuffer(items, np.uint64), np.frombuffer(totals, np.float64),
+                      np.frombuffer(latest, np.int64))
+
+
+NO_CANDIDATES = Candidates(np.zeros(0, np.uint64), np.zeros(0), np.zeros(0, np.int64))
 
 
 def rank(candidates: U64, scores: F64, doc_freq: F64, sessions: float, query: Query,

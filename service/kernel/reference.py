@@ -38,7 +38,8 @@ from service.kernel.reference_tables import (
     select,
 )
 
-__all__ = ["arrange", "candidates", "checked_hashes", "entry_weights", "first_absent", "hashes",
+__all__ = ["arrange", "candidates", "checked_hashes", "entry_weights", "first_absent", "gather",
+           "hashes",
            "insert", "lookup", "mget", "neighbours", "objects_get", "objects_pop", "objects_put",
            "pack", "query", "rank", "relative", "reseed", "rows", "rows_json", "score",
            "select"]
@@ -122,15 +123,17 @@ _neighbours = neighbours  # for candidates(), whose argument of that name shadow
 
 def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[bytes | None],
           similarity: Buffer, sequence_weight: float, before_weight: float
-          ) -> tuple[bytes, bytes]:
+          ) -> tuple[bytes, bytes, bytes]:
     """Every item of a neighbour's history scores the neighbour's similarity, once per
     neighbour (its best occurrence), times ``1 + sequence_weight / d`` d places after the
     neighbour's anchor (its highest-weighted session item, latest) or ``1 + before_weight / d``
-    d places before it -> (candidates ascending, scores)."""
-    items, owner, weight = entry_weights(query_items, query_weights, history_blobs, similarity,
+    d places before it -> (candidates ascending, scores, each one's newest time key in the
+    histories)."""
+    blobs = _blobs(history_blobs)
+    items, owner, weight = entry_weights(query_items, query_weights, blobs, similarity,
                                          sequence_weight, before_weight)
     if not len(items):
-        return b"", b""
+        return b"", b"", b""
     # an item counts once per neighbour: keep its best-weighted occurrence. Items get dense
     # ids, so (neighbour, item) is one exact int64 key: one sort instead of a 3-key lexsort.
     candidates, item_id = np.unique(items, return_inverse=True)
@@ -140,7 +143,23 @@ def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[by
     starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1])))
     best = np.maximum.reduceat(weight[order], starts)
     totals = np.bincount(item_id[order[starts]], weights=best, minlength=len(candidates))
-    return candidates.tobytes(), totals.astype(np.float64).tobytes()
+    times = np.frombuffer(b"".join(b[:len(b) - len(b) % ENTRY_BYTES] for b in blobs),
+                          HISTORY_DTYPE)["t"].astype(np.int64)
+    latest = np.full(len(candidates), np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(latest, item_id, times)
+    return candidates.tobytes(), totals.astype(np.float64).tobytes(), latest.tobytes()
+
+
+def gather(keys: Buffer, values: Buffer, wanted: Buffer) -> bytes:
+    """The value of each wanted key (the first of its equals in ``keys``), 0 for a key not in
+    ``keys``."""
+    k, v, w = _u64(keys), np.frombuffer(values, np.int64), _u64(wanted)
+    if len(v) != len(k):
+        raise ValueError("one value per key")
+    first: dict[int, int] = {}
+    for key, value in zip(k.tolist(), v.tolist(), strict=True):
+        first.setdefault(key, value)
+    return np.array([first.get(x, 0) for x in w.tolist()], np.int64).tobytes()
 
 
 def entry_weights(query_items: Buffer, query_weights: Buffer,
@@ -227,7 +246,7 @@ def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
                index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
                sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool,
                cap: int, half_life: float, sequence_weight: float, before_weight: float
-               ) -> tuple[bytes, bytes, int] | None:
+               ) -> tuple[bytes, bytes, bytes, int] | None:
     """``neighbours`` then ``score`` on blobs read from the read cache's object tables; None
     when one of them is not there (the caller reads Redis instead)."""
     q_items = _u64(query_items)
@@ -241,9 +260,9 @@ def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
     histories = objects_get(history_keys, history_slots, _u64(sessions))
     if any(not isinstance(blob, bytes) for blob in histories):
         return None
-    found, totals = score(query_items, query_weights, histories, sims, sequence_weight,
-                          before_weight)
-    return found, totals, len(sessions) // 8
+    found, totals, latest = score(query_items, query_weights, histories, sims, sequence_weight,
+                                  before_weight)
+    return found, totals, latest, len(sessions) // 8
 
 
 def relative(scores: Buffer) -> list[float]:

@@ -73,6 +73,7 @@ class Ranked:
     best: scoring.U64
     values: scoring.F64
     target: int
+    found: scoring.Candidates  # what the answers were ranked from
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,16 +185,17 @@ class Holdout:
                 sessions, similarity = scoring.neighbours(query, blobs, params, held.session)
                 target = int.from_bytes(held.items[cut], "little")
                 if not len(sessions):
-                    yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target)
+                    yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target,
+                                 scoring.NO_CANDIDATES)
                     continue
                 histories = [before(h, held.start, HISTORY_DTYPE)
                              for h in await self._histories(sessions)]
-                candidates, scores = scoring.score(query, histories, similarity, params)
-                df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
-                    else (np.zeros(0), 0.0)
-                best, values = scoring.rank(candidates, scores, df, n_sessions, query, params,
-                                            True, np.zeros(0, np.uint64), k)
-                yield Ranked(query, best, values, target)
+                found = scoring.score(query, histories, similarity, params)
+                df, n_sessions = await self.store.reads.doc_freq(found.items) \
+                    if params.idf_weight else (np.zeros(0), 0.0)
+                best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,
+                                            params, True, np.zeros(0, np.uint64), k)
+                yield Ranked(query, best, values, target, found)
 
     async def examples(self, params: Params) -> fitorder.Examples:
         """The predictions as the served order of ``params`` (any learned order left out)
@@ -206,7 +208,8 @@ class Holdout:
             at = np.flatnonzero(got.best == np.uint64(got.target))
             if len(at):
                 df, sessions = await self.store.reads.doc_freq(got.best)
-                rows.append(reorder.features(got.best, got.values, df, sessions, got.query))
+                rows.append(reorder.features(got.best, got.values, df, sessions, got.query,
+                                             got.found))
                 targets.append(int(at[0]))
         return fitorder.Examples(rows, targets)
 
@@ -217,7 +220,8 @@ class Holdout:
             best = got.best
             if reorder.active(params) and len(best):
                 df, n_sessions = await self.store.reads.doc_freq(best)
-                best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, params, K)
+                best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, got.found,
+                                          params, K)
             found = np.flatnonzero(best[:K] == np.uint64(got.target))
             ranks.append(int(found[0]) + 1 if len(found) else 0)
         r = np.asarray(ranks)

@@ -34,7 +34,7 @@ from redis.exceptions import (
 )
 
 from service import kernel
-from service.core.scoring import F64, U64, Params, Query
+from service.core.scoring import U64, Candidates, Params, Query
 from service.failures import UNAVAILABLE, Refused
 from service.settings import Settings
 from service.store import transport
@@ -150,7 +150,7 @@ class Backend:
         return await self.mget(keys)
 
     def cached_candidates(self, query: Query, params: Params, exclude_session: int | None
-                          ) -> tuple[U64, F64] | None:
+                          ) -> Candidates | None:
         """Neighbours and scores straight from the read cache when it holds every blob; None
         sends the request through the reads."""
         return None
@@ -240,7 +240,7 @@ class Standalone(Backend):
         return await self.cache.read(table, hashes, link.execute)
 
     def cached_candidates(self, query: Query, params: Params, exclude_session: int | None
-                          ) -> tuple[U64, F64] | None:
+                          ) -> Candidates | None:
         link = self.tracked
         if self.cache is None or link is None or link.connection is None:
             return None

@@ -159,7 +159,7 @@ class ReadCache:
         return found
 
     def candidates(self, query: scoring.Query, params: scoring.Params,
-                   exclude_session: int | None) -> tuple[scoring.U64, scoring.F64] | None:
+                   exclude_session: int | None) -> scoring.Candidates | None:
         """``scoring.neighbours`` then ``scoring.score`` in one kernel call on the cached
         blobs, when the cache holds every one of them and its connection was heard from
         lately; None otherwise (``read`` then fetches what is missing, or PINGs first).
@@ -175,9 +175,11 @@ class ReadCache:
             params.before_weight)
         if got is None:
             return None
-        candidates, scores, found = got
+        candidates, scores, latest, found = got
         self.hits += len(query.items) + found
-        return np.frombuffer(candidates, np.uint64), np.frombuffer(scores, np.float64)
+        return scoring.Candidates(np.frombuffer(candidates, np.uint64),
+                                  np.frombuffer(scores, np.float64),
+                                  np.frombuffer(latest, np.int64))
 
     async def _alive(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
         """One PING for every read that finds the connection unheard from (shared)."""

@@ -54,6 +54,17 @@ static Py_ssize_t map_id(Map *m, uint64_t key) {
     }
 }
 
+/* The dense id of key, or -1 when it was never added. */
+static Py_ssize_t map_find(const Map *m, uint64_t key) {
+    Py_ssize_t at = (Py_ssize_t)mix(key) & m->mask;
+    for (;;) {
+        int32_t id = m->slots[at];
+        if (id < 0) return -1;
+        if (m->keys[id] == key) return id;
+        at = (at + 1) & m->mask;
+    }
+}
+
 /* --- argument helpers ---------------------------------------------------------------------- */
 typedef struct { const char *data; Py_ssize_t len; } Blob;
 
@@ -218,8 +229,9 @@ typedef struct { uint64_t item; double weight; } Scored;
 
 PyDoc_STRVAR(score_doc,
 "score(query_items, query_weights, history_blobs, similarity, sequence_weight,\n"
-"      before_weight) -> (candidates u64 bytes, scores f64 bytes), candidates in the order\n"
-"first met: scoring.score's counterpart (which returns them ascending).");
+"      before_weight) -> (candidates u64 bytes, scores f64 bytes, latest i64 bytes),\n"
+"candidates in the order first met: scoring.score's counterpart (which returns them\n"
+"ascending); latest: each candidate's newest time key in the histories.");
 
 /* Candidates and their scores over the neighbours' history blobs (sim: one similarity per
  * blob), as a (u64 bytes, f64 bytes) pair; NULL with an exception set on failure. */
@@ -229,9 +241,11 @@ static PyObject *score_core(const uint64_t *q, const double *qw, Py_ssize_t nq,
     PyObject *result = NULL;
     Map map = {0};
     double *total = NULL, *best = NULL;
+    int64_t *latest = NULL;
     Py_ssize_t *owner = NULL;
     if (map_init(&map, entries) < 0 || !(total = malloc(sizeof(double) * (entries + 1))) ||
         !(best = malloc(sizeof(double) * (entries + 1))) ||
+        !(latest = malloc(sizeof(int64_t) * (entries + 1))) ||
         !(owner = malloc(sizeof(Py_ssize_t) * (entries + 1)))) {
         PyErr_NoMemory();
         goto done;
@@ -272,12 +286,17 @@ static PyObject *score_core(const uint64_t *q, const double *qw, Py_ssize_t nq,
                 }
                 w = w * (1.0 + after_term + before_term);
             }
+            int64_t t = be64(base + e * ENTRY + 8);
             Py_ssize_t before = map.size, id = map_id(&map, item);
             if (id == before) {
                 total[id] = 0.0;
                 owner[id] = b;
                 best[id] = w;
-            } else if (owner[id] != b) {
+                latest[id] = t;
+                continue;
+            }
+            if (t > latest[id]) latest[id] = t;
+            if (owner[id] != b) {
                 /* an item counts once per neighbour: its best occurrence, summed in
                    neighbour order (as np.bincount over the sorted pairs) */
                 total[id] += best[id];
@@ -291,14 +310,25 @@ static PyObject *score_core(const uint64_t *q, const double *qw, Py_ssize_t nq,
     Py_ssize_t n = map.size;
     uint64_t *items;
     double *scores;
-    if (!(result = pair_new(n, &items, &scores))) goto done;
+    PyObject *pair = pair_new(n, &items, &scores);
+    PyObject *times = pair ? PyBytes_FromStringAndSize(NULL, n * 8) : NULL;
+    if (!times) {
+        Py_XDECREF(pair);
+        goto done;
+    }
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(times);
     for (Py_ssize_t i = 0; i < n; i++) {
         items[i] = map.keys[i];
         scores[i] = total[i] + best[i];
+        out[i] = latest[i];
     }
+    result = PyTuple_Pack(3, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), times);
+    Py_DECREF(pair);
+    Py_DECREF(times);
 done:
     free(total);
     free(best);
+    free(latest);
     free(owner);
     if (map.slots) map_free(&map);
     return result;
@@ -564,7 +594,8 @@ static PyObject *relative(PyObject *self, PyObject *args) {
 PyDoc_STRVAR(candidates_doc,
 "candidates(query_items, query_weights, index_keys, index_slots, history_keys, history_slots,\n"
 "           sample_sessions, neighbours, exclude, has_exclude, cap, half_life,\n"
-"           sequence_weight, before_weight) -> (candidates u64 bytes, scores f64 bytes, neighbours found), or\n"
+"           sequence_weight, before_weight) -> (candidates u64 bytes, scores f64 bytes,\n"
+"           latest i64 bytes, neighbours found), or\n"
 "None when an index or a history is not in its object table: neighbours() then score(),\n"
 "reading the blobs straight from the read cache's tables (see objects_get).");
 
@@ -631,7 +662,8 @@ static PyObject *candidates(PyObject *self, PyObject *args) {
     }
     if (!(pair = score_core(q, qweights.buf, nq, histories, n, entries, sims, seq_w, before_w)))
         goto done;
-    result = Py_BuildValue("OOn", PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), n);
+    result = Py_BuildValue("OOOn", PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
+                           PyTuple_GET_ITEM(pair, 2), n);
     goto done;
 missing:
     result = Py_NewRef(Py_None);
@@ -648,7 +680,55 @@ done:
     return result;
 }
 
+/* --- gather: a value per wanted key ------------------------------------------------------- */
+PyDoc_STRVAR(gather_doc,
+"gather(keys u64, values i64, wanted u64) -> i64 bytes: the value of each wanted key (the\n"
+"first of its equals in keys), 0 for a key not in keys.");
+
+static PyObject *gather(PyObject *self, PyObject *args) {
+    Py_buffer keys, values, wanted;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &keys, &values, &wanted)) return NULL;
+    PyObject *result = NULL;
+    Map map = {0};
+    Py_ssize_t n = keys.len / 8, m = wanted.len / 8;
+    if (values.len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "one value per key");
+        goto done;
+    }
+    if (map_init(&map, n) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *k = keys.buf, *w = wanted.buf;
+    const int64_t *v = values.buf;
+    /* map ids are first-seen, so a repeated key keeps its first value */
+    int64_t *first = malloc(sizeof(int64_t) * (n ? n : 1));
+    if (!first) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t before = map.size, id = map_id(&map, k[i]);
+        if (id == before) first[id] = v[i];
+    }
+    if ((result = PyBytes_FromStringAndSize(NULL, m * 8))) {
+        int64_t *out = (int64_t *)PyBytes_AS_STRING(result);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            Py_ssize_t id = map_find(&map, w[i]);
+            out[i] = id < 0 ? 0 : first[id];
+        }
+    }
+    free(first);
+done:
+    if (map.slots) map_free(&map);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&wanted);
+    return result;
+}
+
 PyMethodDef kernel_scoring_methods[] = {
+    {"gather", gather, METH_VARARGS, gather_doc},
     {"query", query, METH_VARARGS, query_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"score", score, METH_VARARGS, score_doc},
