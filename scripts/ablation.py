@@ -21,7 +21,7 @@ A signal the product does not have is computed here from the same state:
   depth, its fit in ``service/offline/fitorder.py``), fitted on the validation predictions
   (next-click labels) and applied to the test's, where a live tuning run fits it on its
   holdout;
-* **re-ranker with recent popularity**: the same plus the item's trending score (log2 of its
+* **learned order with recent popularity**: the same plus the item's trending score (log2 of its
   decayed event count, a day's half-life, against the log's best; within one prediction's
   answers any other reference is the same feature). A live tuning run cannot measure it
   honestly: today's trending counts the holdout sessions' own later clicks.
@@ -365,7 +365,7 @@ def study(data: Path, params: Params, signals: Sequence[str], say: Callable[[str
         reranker = fit(valid_data)
         test_got = measure_reranked(labelled(base_of(test_state), test_cases, popularity),
                                     reranker)
-        label = "re-ranker" + (" with recent popularity" if popularity else "")
+        label = "learned order" + (" with recent popularity" if popularity else "")
         rows.append(Row(label, f"{len(names)} features, fitted on validation",
                         valid_got, test_got))
         fitted[label] = dict(zip(names, reranker.weights.round(3).tolist(), strict=True))

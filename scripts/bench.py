@@ -3,7 +3,7 @@
     python scripts/bench.py all --data ../shared/datasets/diginetica-srgnn \
         --append /tmp/bench-run.md
     python scripts/bench.py api|live|latency|session20|worker|load|ingest|freshness|scaling|memory\
-        |flood|silent|rules|catalog|tune|tuneload|experiment --data DIR
+        |flood|silent|rules|catalog|tune|tuneload|experiment|order --data DIR
     python scripts/bench.py versus --baseline ../old-checkout --data DIR
 
 Every figure starts its own redis-server and servers on loopback ports. Request bodies are
@@ -969,6 +969,38 @@ def bench_experiment(settings: Settings, data: Path, seconds: int, rounds: int
             "rounds": rounds, "seconds per round": seconds}
 
 
+ORDER = {"order_score": 1.163, "order_idf": 0.015, "order_sessions": -0.040,
+         "order_session_weight": -0.886, "order_last": -0.770, "order_age": -0.119}
+"""A learned order (what a tuning run on DIGINETICA's state fitted), for ``bench_order``."""
+
+
+def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate: float
+                ) -> dict[str, Any]:
+    """The same requests with a learned order in force and without, alternating in one run
+    (``PUT /admin/model`` between rounds), then the open-loop latency at ``rate`` with it."""
+    script = wrk_script(bodies(data), "/iid_recommend", EXPERIMENT_SECRET)
+    off = dict.fromkeys(ORDER, 0.0)
+    plain: list[float] = []
+    ordered: list[float] = []
+    with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": EXPERIMENT_SECRET}) as api:
+        wrk(api, script, 2)  # warm the caches
+        for n in range(rounds):
+            pair = [(plain, off), (ordered, ORDER)]
+            for figures, weights in (pair if n % 2 == 0 else pair[::-1]):
+                _admin(api, "PUT", "/admin/model", {"params": weights})
+                figures.append(wrk(api, script, seconds)["rps"])
+        # a server started now reads the order from the record
+        _admin(api, "PUT", "/admin/model", {"params": ORDER})
+        latency = bench_latency(settings, data, rate, seconds, rounds)
+        _admin(api, "PUT", "/admin/model", {"params": off})
+    return {"req/s, served order": median(plain), "req/s, learned order": median(ordered),
+            "ratio (learned / served), median of the rounds' ratios": median(
+                [o / p for o, p in zip(ordered, plain, strict=True)]),
+            f"learned order at {rate:.0f} req/s: p50 ms": latency["p50 ms"],
+            f"learned order at {rate:.0f} req/s: p99 ms": latency["p99 ms"],
+            "rounds": rounds, "seconds per round": seconds}
+
+
 def bench_catalog(settings: Settings, records: int = 100_000) -> dict[str, Any]:
     """``sessionrec catalog`` on a JSON lines file of ``records`` records, as a user runs it
     (a fresh process: start-up included)."""
@@ -1061,7 +1093,7 @@ def main() -> None:
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
                                          "silent", "rules", "catalog", "tune", "tuneload",
-                                         "experiment", "versus", "all"))
+                                         "experiment", "order", "versus", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -1077,7 +1109,7 @@ def main() -> None:
     global CART_SHARE
     CART_SHARE = args.cart_share
     chosen = ("load", "api", "live", "latency", "session20", "worker", "ingest", "freshness",
-              "flood", "silent", "rules", "catalog", "tune", "tuneload", "experiment") \
+              "flood", "silent", "rules", "catalog", "tune", "tuneload", "experiment", "order") \
         if args.what == "all" else (args.what,)
     if args.append:
         command = "python scripts/bench.py " + " ".join(sys.argv[1:])
@@ -1087,7 +1119,7 @@ def main() -> None:
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules",
-                          "tune", "tuneload", "experiment", "versus"}:
+                          "tune", "tuneload", "experiment", "order", "versus"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -1135,6 +1167,10 @@ def main() -> None:
                 figures = bench_experiment(settings, args.data, args.seconds, args.rounds)
                 title = ("POST /iid_recommend with a session id, an experiment running against "
                          "none, wrk -t1 -c32")
+            elif what == "order":
+                figures = bench_order(settings, args.data, args.seconds, args.rounds, args.rate)
+                title = ("POST /iid_recommend with a learned order in force against none, "
+                         "wrk -t1 -c32; then open loop")
             elif what == "versus":
                 if args.baseline is None:
                     parser.error("versus needs --baseline DIR")

@@ -46,7 +46,8 @@ def test_the_features_of_each_answer() -> None:
     np.testing.assert_allclose(got[:, 3], [1.0, 0.25, 0.0])  # its weight in the session
     np.testing.assert_allclose(got[:, 4], [1.0, 0.0, 0.0])  # 7 is the session's last item
     np.testing.assert_allclose(got[:, 5], np.log1p([reorder.AGE_CAP, reorder.AGE_CAP, 2.0]))
-    assert reorder.ages(NO_CANDIDATES, best).tolist() == [reorder.AGE_CAP] * 3
+    assert reorder.features(best, values, np.ones(3), 1.0, query([3], [1.0]),
+                            NO_CANDIDATES)[:, 5].tolist() == [np.log1p(reorder.AGE_CAP)] * 3
 
 
 def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -> None:

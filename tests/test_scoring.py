@@ -357,3 +357,55 @@ def test_score_gives_each_candidate_the_latest_time_a_neighbour_touched_it() -> 
     assert np.frombuffer(got, np.int64).tolist() == [70, 50, 0]
     with pytest.raises(ValueError, match="one value per key"):
         kernel.gather(keys, np.array([1], np.int64), keys)
+
+
+def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
+    """``kernel.reorder`` compiled and its reference: the same answers in the same order, the
+    same scores (to the last bits numpy's and the C library's logs may differ in)."""
+    from service.kernel import _native, reference_reorder
+
+    rng = np.random.default_rng(11)
+    compared = 0
+    for case in range(300):
+        n = int(rng.integers(0, 140))
+        best = rng.choice(np.arange(1, 400, dtype=np.uint64), n, replace=False)
+        values = np.sort(rng.random(n) * 5)[::-1].copy()
+        if case % 7 == 0 and n:
+            values[-(n // 3):] = 0.0  # scores floored before their log
+        df = rng.integers(0, 60, n).astype(np.float64)
+        q_items = rng.choice(np.arange(1, 400, dtype=np.uint64), int(rng.integers(0, 6)),
+                             replace=False)
+        q_weights = rng.random(len(q_items))
+        found = rng.choice(np.arange(1, 500, dtype=np.uint64), int(rng.integers(0, 300)),
+                           replace=False)
+        latest = rng.integers(0, 3, len(found)) * rng.integers(1, 10**15, len(found))
+        weights = rng.normal(0, 1, 6) * (rng.random(6) < 0.8)
+        depth, k = int(rng.integers(0, 120)), int(rng.integers(0, 150))
+        args = (best, values, df, float(rng.integers(0, 1000)), q_items, q_weights, found,
+                latest.astype(np.int64), weights, depth, k)
+        got_items, got_scores = _native.reorder(*args)
+        want_items, want_scores = reference_reorder.reorder(*args)
+        assert got_items == want_items
+        np.testing.assert_allclose(np.frombuffer(got_scores), np.frombuffer(want_scores),
+                                   rtol=1e-12)
+        compared += len(got_items) // 8
+        assert _native.gather(found, latest.astype(np.int64), best) == \
+            reference_reorder.gather(found, latest.astype(np.int64), best)
+    assert compared > 3000
+    with pytest.raises(ValueError, match="6 weights"):
+        _native.reorder(best, values, df, 1.0, q_items, q_weights, found,
+                        latest.astype(np.int64), weights[:5], 10, 10)
+
+
+def test_the_compiled_order_keeps_the_references_constants() -> None:
+    import re
+    from pathlib import Path
+
+    from service.kernel import reference_reorder
+
+    source = (Path(__file__).parent.parent / "service/kernel/native/reorder.c").read_text()
+    defined = dict(re.findall(r"#define (\w+) (\S+)\n", source))
+    assert float(defined["WIDTH"]) == reference_reorder.WIDTH
+    assert float(defined["AGE_CAP"]) == reference_reorder.AGE_CAP
+    assert float(defined["DAY_KEYS"]) == reference_reorder.DAY_KEYS
+    assert float(defined["SCORE_FLOOR"]) == reference_reorder.SCORE_FLOOR

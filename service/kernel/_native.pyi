@@ -18,6 +18,10 @@ def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[by
           similarity: Buffer, sequence_weight: float, before_weight: float
           ) -> tuple[bytes, bytes, bytes]: ...
 def gather(keys: Buffer, values: Buffer, wanted: Buffer) -> bytes: ...
+def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
+            query_items: Buffer, query_weights: Buffer, found_items: Buffer,
+            found_latest: Buffer, weights: Buffer, depth: int, k: int
+            ) -> tuple[bytes, bytes]: ...
 def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
                index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
                sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool, cap: int,

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
+from service.kernel.reference_reorder import gather, reorder
 from service.kernel.reference_rerank import arrange, rows, rows_json
 from service.kernel.reference_resp import mget, pack
 from service.kernel.reference_tables import (
@@ -41,8 +42,8 @@ from service.kernel.reference_tables import (
 __all__ = ["arrange", "candidates", "checked_hashes", "entry_weights", "first_absent", "gather",
            "hashes",
            "insert", "lookup", "mget", "neighbours", "objects_get", "objects_pop", "objects_put",
-           "pack", "query", "rank", "relative", "reseed", "rows", "rows_json", "score",
-           "select"]
+           "pack", "query", "rank", "relative", "reorder", "reseed", "rows", "rows_json",
+           "score", "select"]
 
 
 def _blobs(blobs: Iterable[bytes | None]) -> list[bytes]:
@@ -149,17 +150,6 @@ def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[by
     np.maximum.at(latest, item_id, times)
     return candidates.tobytes(), totals.astype(np.float64).tobytes(), latest.tobytes()
 
-
-def gather(keys: Buffer, values: Buffer, wanted: Buffer) -> bytes:
-    """The value of each wanted key (the first of its equals in ``keys``), 0 for a key not in
-    ``keys``."""
-    k, v, w = _u64(keys), np.frombuffer(values, np.int64), _u64(wanted)
-    if len(v) != len(k):
-        raise ValueError("one value per key")
-    first: dict[int, int] = {}
-    for key, value in zip(k.tolist(), v.tolist(), strict=True):
-        first.setdefault(key, value)
-    return np.array([first.get(x, 0) for x in w.tolist()], np.int64).tobytes()
 
 
 def entry_weights(query_items: Buffer, query_weights: Buffer,

@@ -124,5 +124,6 @@ extern PyMethodDef kernel_table_methods[];
 extern PyMethodDef kernel_resp_methods[];
 extern PyMethodDef kernel_hash_methods[];
 extern PyMethodDef kernel_rerank_methods[];
+extern PyMethodDef kernel_reorder_methods[];
 
 #endif

@@ -54,17 +54,6 @@ static Py_ssize_t map_id(Map *m, uint64_t key) {
     }
 }
 
-/* The dense id of key, or -1 when it was never added. */
-static Py_ssize_t map_find(const Map *m, uint64_t key) {
-    Py_ssize_t at = (Py_ssize_t)mix(key) & m->mask;
-    for (;;) {
-        int32_t id = m->slots[at];
-        if (id < 0) return -1;
-        if (m->keys[id] == key) return id;
-        at = (at + 1) & m->mask;
-    }
-}
-
 /* --- argument helpers ---------------------------------------------------------------------- */
 typedef struct { const char *data; Py_ssize_t len; } Blob;
 
@@ -680,55 +669,7 @@ done:
     return result;
 }
 
-/* --- gather: a value per wanted key ------------------------------------------------------- */
-PyDoc_STRVAR(gather_doc,
-"gather(keys u64, values i64, wanted u64) -> i64 bytes: the value of each wanted key (the\n"
-"first of its equals in keys), 0 for a key not in keys.");
-
-static PyObject *gather(PyObject *self, PyObject *args) {
-    Py_buffer keys, values, wanted;
-    if (!PyArg_ParseTuple(args, "y*y*y*", &keys, &values, &wanted)) return NULL;
-    PyObject *result = NULL;
-    Map map = {0};
-    Py_ssize_t n = keys.len / 8, m = wanted.len / 8;
-    if (values.len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "one value per key");
-        goto done;
-    }
-    if (map_init(&map, n) < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    const uint64_t *k = keys.buf, *w = wanted.buf;
-    const int64_t *v = values.buf;
-    /* map ids are first-seen, so a repeated key keeps its first value */
-    int64_t *first = malloc(sizeof(int64_t) * (n ? n : 1));
-    if (!first) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t before = map.size, id = map_id(&map, k[i]);
-        if (id == before) first[id] = v[i];
-    }
-    if ((result = PyBytes_FromStringAndSize(NULL, m * 8))) {
-        int64_t *out = (int64_t *)PyBytes_AS_STRING(result);
-        for (Py_ssize_t i = 0; i < m; i++) {
-            Py_ssize_t id = map_find(&map, w[i]);
-            out[i] = id < 0 ? 0 : first[id];
-        }
-    }
-    free(first);
-done:
-    if (map.slots) map_free(&map);
-    PyBuffer_Release(&keys);
-    PyBuffer_Release(&values);
-    PyBuffer_Release(&wanted);
-    return result;
-}
-
 PyMethodDef kernel_scoring_methods[] = {
-    {"gather", gather, METH_VARARGS, gather_doc},
     {"query", query, METH_VARARGS, query_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"score", score, METH_VARARGS, score_doc},

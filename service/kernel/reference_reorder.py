@@ -1,0 +1,111 @@
+"""The pure reference of the learned order (``native/reorder.c``): each answer's features and
+the answers ordered by their weights (``service/core/reorder.py`` gives them their types and
+says what each feature is for). Vectorised numpy; the compiled version saves the thirty-odd
+array calls that cost a request more than their arithmetic.
+
+Each value is summed feature by feature, left to right, as the compiled version sums it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from service.kernel.reference_tables import F64, U64, Buffer, _f64, _u64
+
+WIDTH = 6
+"""Features per answer: score, idf, sessions, session weight, last item, age."""
+
+SCORE_FLOOR = 1e-9
+"""An answer's relative score is floored before its log (a score of 0 is never ranked)."""
+
+AGE_CAP = 365.0
+"""Days: the age of an answer no neighbour touched (one of the session's own items), and the
+most any age counts."""
+
+DAY_KEYS = 86_400 * 1_000_000  # time keys are microseconds
+
+
+def _i64(buffer: Buffer) -> npt.NDArray[np.int64]:
+    return np.frombuffer(buffer, dtype=np.int64)
+
+
+def gather(keys: Buffer, values: Buffer, wanted: Buffer) -> bytes:
+    """The value of each wanted key (the first of its equals in ``keys``), 0 for a key not in
+    ``keys``."""
+    k, v, w = _u64(keys), _i64(values), _u64(wanted)
+    if len(v) != len(k):
+        raise ValueError("one value per key")
+    first: dict[int, int] = {}
+    for key, value in zip(k.tolist(), v.tolist(), strict=True):
+        first.setdefault(key, value)
+    return np.array([first.get(x, 0) for x in w.tolist()], np.int64).tobytes()
+
+
+def ages(found_items: Buffer, found_latest: Buffer, best: Buffer) -> F64:
+    """Days since a neighbour last touched each of ``best`` (``found_*``: the candidates and
+    their newest times in the neighbours' histories), against the newest of those times,
+    within ``AGE_CAP``; ``AGE_CAP`` for an answer none touched."""
+    answers, latest_all = _u64(best), _i64(found_latest)
+    if not len(latest_all):
+        return np.full(len(answers), AGE_CAP)
+    latest = _i64(gather(found_items, found_latest, best))
+    days = (int(latest_all.max()) - latest) / DAY_KEYS
+    return np.where(latest > 0, np.clip(days, 0.0, AGE_CAP), AGE_CAP)
+
+
+def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
+             query_items: Buffer, query_weights: Buffer, found_items: Buffer,
+             found_latest: Buffer) -> F64:
+    """One row per answer (``best``, scored ``values``, best first; ``doc_freq`` one per
+    answer), ``WIDTH`` columns: log(score / best score), log(1 + sessions / df),
+    log(1 + df), the answer's weight in the query (0 when not in it), 1 for the query's last
+    item, log(1 + ``ages``)."""
+    answers, scores, df = _u64(best), _f64(values), np.maximum(_f64(doc_freq), 0.0)
+    q_items, q_weights = _u64(query_items), _f64(query_weights)
+    n = len(answers)
+    out = np.zeros((n, WIDTH), np.float64)
+    if not n:
+        return out
+    top = scores[0] if scores[0] > 0 else 1.0
+    out[:, 0] = np.log(np.maximum(scores / top, SCORE_FLOOR))
+    out[:, 1] = np.log1p(max(sessions, 1.0) / np.maximum(df, 1.0))
+    out[:, 2] = np.log1p(df)
+    if len(q_items):
+        weight_of = dict(zip(q_items.tolist(), q_weights.tolist(), strict=True))
+        out[:, 3] = [weight_of.get(a, 0.0) for a in answers.tolist()]
+        out[:, 4] = (answers == q_items[-1]).astype(np.float64)
+    out[:, 5] = np.log1p(ages(found_items, found_latest, best))
+    return out
+
+
+def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
+            query_items: Buffer, query_weights: Buffer, found_items: Buffer,
+            found_latest: Buffer, weights: Buffer, depth: int, k: int) -> tuple[bytes, bytes]:
+    """The ``k`` first answers: the ``depth`` first ordered by ``features`` times ``weights``
+    (summed left to right), ties in the given order, each scored ``exp(its value - the
+    first's)``; any further answers after them in the given order, their values scaled
+    below the last ordered one."""
+    answers, scores, w = _u64(best), _f64(values), _f64(weights)
+    if len(w) != WIDTH or len(_f64(doc_freq)) != len(answers) or len(scores) != len(answers):
+        raise ValueError("one score and one frequency per answer, and 6 weights")
+    head = min(len(answers), max(depth, 0))
+    if not head or k <= 0:
+        return b"", b""
+    rows = features(answers[:head], scores[:head], _f64(doc_freq)[:head], sessions,
+                    query_items, query_weights, found_items, found_latest)
+    value = rows[:, 0] * w[0]
+    for j in range(1, WIDTH):
+        value = value + rows[:, j] * w[j]
+    order = np.argsort(-value, kind="stable")
+    scored = np.exp(value[order] - value[order[0]])
+    items = answers[order]
+    if head < len(answers) and k > head:
+        rest = scores[head:k]
+        tail = rest / scores[head - 1] * scored[-1] if scores[head - 1] > 0 \
+            else np.zeros(len(rest))
+        items, scored = np.concatenate((items, answers[head:k])), np.concatenate((scored, tail))
+    return items[:k].tobytes(), scored[:k].tobytes()
+
+
+__all__ = ["U64", "ages", "features", "gather", "reorder"]
