@@ -10,7 +10,7 @@ starts is waited for; then a run is started by hand (``POST /admin/tune``), as a
 would. Accuracy on the test sessions is measured again with the parameters in force.
 
     python scripts/tune_attack.py --data ../shared/datasets/diginetica-srgnn \\
-        [--train-sessions 12000] [--attack-events 6000] [--limit 20000]
+        [--train-sessions 12000] [--attack-events 6000] [--limit 20000] [--log-ends-now]
 
 Starts its own redis-server. Prints the runs' records and the figures before and after.
 """
@@ -140,6 +140,9 @@ async def main(args: argparse.Namespace, url: str) -> None:
                         publishable_keys=PUBLIC, tune_min_interval=0.0)
     data = Path(args.data)
     train = last_sessions(clicklog.read(data / "train.tsv"), args.train_sessions)
+    if args.log_ends_now:  # a live shop's traffic: its newest sessions an hour old
+        train = clicklog.ClickLog(train.sessions, train.items,
+                                  train.times + (time.time() - 3600 - train.times.max()))
     test = align_times(train, clicklog.read(data / "test.tsv"))
     store = bulk_store(settings)
     await store.prepare()
@@ -200,6 +203,10 @@ if __name__ == "__main__":
     parser.add_argument("--wait", type=float, default=90.0,
                         help="seconds to wait for an automatic run after the attack")
     parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--log-ends-now", action="store_true",
+                        help="move the log's clock so that its last session is an hour old, as "
+                             "a live shop's traffic is (by default it keeps its own, years "
+                             "before the crafted sessions, which neighbour recency then favours)")
     arguments = parser.parse_args()
     with RedisProcess() as redis_url:
         asyncio.run(main(arguments, redis_url))
