@@ -260,7 +260,12 @@ class Settings:
             raise ValueError("namespace: use 1-32 letters, digits, '_', '-' or '.'")
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            if f.name in PARAMETERS and PARAMETERS[f.name].low < 0:
+                # a learned order's weight may be negative: its limits are its definition's
+                checked = PARAMETERS[f.name].check(value)
+                if isinstance(checked, str):
+                    raise ValueError(f"{f.name}: {checked}")
+            elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{f.name}: must not be negative")
         if self.partitions < 1:
             raise ValueError("partitions: must be at least 1")

@@ -212,3 +212,14 @@ async def test_the_fit_learns_only_from_what_preceded_each_session(
     # F's answers: a (the session's own, first by the repeat boost), then z (H's next click)
     assert found.targets == [1] and found.rows[0].shape == (2, len(reorder.FEATURES))
     assert found.rows[0][:, 4].tolist() == [1.0, 0.0]  # a is the session's last item
+
+
+def test_a_learned_weight_may_be_negative_in_flags_and_environment_too() -> None:
+    """What a run promotes (order_idf -0.12 on a real log) a flag or the environment may
+    set as well (the settings refused every negative number before), within its limits."""
+    assert Settings(order_idf=-0.125, order_last=-2.0).order_idf == -0.125
+    with pytest.raises(ValueError, match="order_idf: must be between -100 and 100"):
+        Settings(order_idf=-1000.0)
+    with pytest.raises(ValueError, match="idf_weight: must not be negative"):
+        Settings(idf_weight=-1.0)
+    assert Params.from_settings(Settings(order_age=-0.5)).order_age == -0.5
