@@ -13,8 +13,8 @@ import pytest
 from service.core import reorder
 from service.core.scoring import NO_CANDIDATES, Candidates, Params, Query
 from service.offline import fitorder
-from service.offline.holdout import Holdout, Score, recent_sessions
-from service.offline.livetune import SEARCHED, keeps_order, tune_live
+from service.offline.holdout import Holdout, recent_sessions
+from service.offline.livetune import SEARCHED, tune_live
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
@@ -223,11 +223,3 @@ def test_a_learned_weight_may_be_negative_in_flags_and_environment_too() -> None
     with pytest.raises(ValueError, match="idf_weight: must not be negative"):
         Settings(idf_weight=-1.0)
     assert Params.from_settings(Settings(order_age=-0.5)).order_age == -0.5
-
-
-def test_a_fitted_order_that_trades_recall_for_rank_is_not_kept() -> None:
-    served = Score(0.40, 0.15)
-    assert keeps_order(Score(0.40, 0.17), served)  # clicks moved up, none lost
-    assert keeps_order(Score(0.41, 0.15), served)
-    assert not keeps_order(Score(0.39, 0.17), served)  # a better sum, but recall paid for it
-    assert not keeps_order(Score(0.40, 0.15), served)  # no better

@@ -150,21 +150,11 @@ class Search:
             ordered = None if weights is None else fitorder.with_weights(best, weights)
             if ordered is not None and ordered != best:
                 got = await score(ordered)
-                if keeps_order(got, best_score):
+                if got.objective > best_score.objective + 1e-9:
                     best, best_score = ordered, got
                     self.log(f"search half: better learned order -> HR@20 {got.hr_at_20:.4f}, "
                              f"MRR@20 {got.mrr_at_20:.4f}")
         return best
-
-
-def keeps_order(ordered: Score, served: Score) -> bool:
-    """Whether the fitted learned order beats the served order of the same parameters on
-    the half searched: a better objective, and neither HR@20 nor MRR@20 lower. Its fit
-    maximises the likelihood of the next click, which rewards moving clicks up inside the
-    top 20 and may pay for it with clicks that fall out of them: a trade the objective's
-    sum can hide, and a shop's recall must not make."""
-    return (ordered.objective > served.objective + 1e-9
-            and ordered.hr_at_20 >= served.hr_at_20 and ordered.mrr_at_20 >= served.mrr_at_20)
 
 
 def changed_values(current: Params, best: Params) -> dict[str, Value]:
