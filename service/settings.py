@@ -42,6 +42,12 @@ def _parameter(name: str) -> dict[str, Any]:
     return _doc(PARAMETERS[name].meaning, commands=SCORING)
 
 
+def _scoring(name: str) -> Any:
+    """A scoring parameter's field: its default and meaning from its one definition."""
+    default = default_int(name) if PARAMETERS[name].integer else default_float(name)
+    return field(default=default, metadata=_parameter(name))
+
+
 ALL = COMMANDS
 API = ("serve", "demo")
 """The HTTP API's settings: ``serve``, and ``demo``, which runs it."""
@@ -177,34 +183,21 @@ class Settings:
         metadata=_doc("Half-life in seconds of the trending (popularity) score.",
                       commands=LEARNING))
     # --- scoring (each defined once, in core/parameters.py) --------------------------------
-    query_items: int = field(default=default_int("query_items"),
-                             metadata=_parameter("query_items"))
-    sample_sessions: int = field(default=default_int("sample_sessions"),
-                                 metadata=_parameter("sample_sessions"))
-    neighbours: int = field(default=default_int("neighbours"), metadata=_parameter("neighbours"))
-    sequence_weight: float = field(default=default_float("sequence_weight"),
-                                   metadata=_parameter("sequence_weight"))
-    before_weight: float = field(default=default_float("before_weight"),
-                                 metadata=_parameter("before_weight"))
-    position_decay: float = field(default=default_float("position_decay"),
-                                  metadata=_parameter("position_decay"))
-    idf_weight: float = field(default=default_float("idf_weight"),
-                              metadata=_parameter("idf_weight"))
-    repeat_weight: float = field(default=default_float("repeat_weight"),
-                                 metadata=_parameter("repeat_weight"))
-    neighbour_half_life: float = field(default=default_float("neighbour_half_life"),
-                                       metadata=_parameter("neighbour_half_life"))
-    order_score: float = field(default=default_float("order_score"),
-                               metadata=_parameter("order_score"))
-    order_idf: float = field(default=default_float("order_idf"),
-                             metadata=_parameter("order_idf"))
-    order_sessions: float = field(default=default_float("order_sessions"),
-                                  metadata=_parameter("order_sessions"))
-    order_session_weight: float = field(default=default_float("order_session_weight"),
-                                        metadata=_parameter("order_session_weight"))
-    order_last: float = field(default=default_float("order_last"),
-                              metadata=_parameter("order_last"))
-    order_age: float = field(default=default_float("order_age"), metadata=_parameter("order_age"))
+    query_items: int = _scoring("query_items")
+    sample_sessions: int = _scoring("sample_sessions")
+    neighbours: int = _scoring("neighbours")
+    sequence_weight: float = _scoring("sequence_weight")
+    before_weight: float = _scoring("before_weight")
+    position_decay: float = _scoring("position_decay")
+    idf_weight: float = _scoring("idf_weight")
+    repeat_weight: float = _scoring("repeat_weight")
+    neighbour_half_life: float = _scoring("neighbour_half_life")
+    order_score: float = _scoring("order_score")
+    order_idf: float = _scoring("order_idf")
+    order_sessions: float = _scoring("order_sessions")
+    order_session_weight: float = _scoring("order_session_weight")
+    order_last: float = _scoring("order_last")
+    order_age: float = _scoring("order_age")
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
