@@ -33,10 +33,10 @@ import numpy as np
 from service import kernel
 from service.core.scoring import F64, U64, Candidates, Params, Query
 from service.kernel import reference_reorder
-from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS, SCORE_FLOOR
+from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
 
-__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "SCORE_FLOOR", "active", "depth",
-           "features", "reorder", "weights_of"]
+__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "active", "depth", "features",
+           "reorder", "weights_of"]
 
 FEATURES = ("order_score", "order_idf", "order_sessions", "order_session_weight", "order_last",
             "order_age")

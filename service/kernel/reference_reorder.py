@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from service.kernel.reference_tables import F64, U64, Buffer, _f64, _u64
+from service.kernel.reference_tables import F64, Buffer, _f64, _u64
 
 WIDTH = 6
 """Features per answer: score, idf, sessions, session weight, last item, age."""
@@ -108,4 +108,4 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     return items[:k].tobytes(), scored[:k].tobytes()
 
 
-__all__ = ["U64", "ages", "features", "gather", "reorder"]
+__all__ = ["ages", "features", "gather", "reorder"]
