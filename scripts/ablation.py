@@ -21,6 +21,9 @@ A signal the product does not have is computed here from the same state:
   depth, its fit in ``service/offline/fitorder.py``), fitted on the validation predictions
   (next-click labels) and applied to the test's, where a live tuning run fits it on its
   holdout;
+* **learned order with the sequence model**: the same with its seventh feature, the sequence
+  model's score (``service/core/sequence.py``) trained by the product's trainer
+  (``sequencefit``, as a first run trains it) on the sessions the state learned;
 * **learned order with recent popularity**: the same plus the item's trending score (log2 of its
   decayed event count, a day's half-life, against the log's best; within one prediction's
   answers any other reference is the same feature). A live tuning run cannot measure it
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -59,8 +63,9 @@ from service.core.layout import (  # noqa: E402
 )
 from service.core.model import apply_events, trending  # noqa: E402
 from service.core.scoring import F64, U64, Candidates, Params, Query  # noqa: E402
+from service.core.sequence import SequenceModel  # noqa: E402
 from service.kernel import reference  # noqa: E402
-from service.offline import clicklog, fitorder  # noqa: E402
+from service.offline import clicklog, fitorder, sequencefit, sequencerun  # noqa: E402
 from service.offline.evaluate import align_times, static_cases  # noqa: E402
 from service.offline.loader import build_indexes  # noqa: E402
 from service.offline.tune import split_validation  # noqa: E402
@@ -95,6 +100,15 @@ class State:
 
 def _b(value: int) -> bytes:
     return int(value).to_bytes(8, "little")
+
+
+def sequence_model(log: clicklog.ClickLog) -> SequenceModel:
+    """The sequence model a first run trains on ``log``'s sessions."""
+    bounds = log.session_bounds().tolist()
+    hashed = np.array([int.from_bytes(item_hash(i), "little") for i in log.items.tolist()],
+                      np.uint64)
+    found = sequencefit.examples([hashed[a:b] for a, b in itertools.pairwise(bounds)])
+    return sequencefit.train(found, None, None, sequencerun.FIRST_EPOCHS).model({})
 
 
 def cases_of(log: clicklog.ClickLog) -> list[Case]:
@@ -177,8 +191,8 @@ class Model:
 
     def __init__(self, state: State, params: Params, shape: Shape = Shape(),
                  rules: Rules | None = None, rules_weight: float = 0.0,
-                 rules_items: int = 1) -> None:
-        self.state, self.params, self.shape = state, params, shape
+                 rules_items: int = 1, sequence: SequenceModel | None = None) -> None:
+        self.state, self.params, self.shape, self.sequence = state, params, shape, sequence
         self.rules, self.rules_weight, self.rules_items = rules or {}, rules_weight, rules_items
 
     def query(self, case: Case) -> Query:
@@ -231,7 +245,8 @@ def features(model: Model, case: Case, popularity: bool) -> tuple[F64, U64] | No
     if not len(best) or values[0] <= 0:
         return None
     state = model.state
-    rows = reorder.features(best, values, state.df(best), float(state.sessions), query, found)
+    rows = reorder.features(best, values, state.df(best), float(state.sessions), query, found,
+                            reorder.sequence_values(model.sequence, query, best))
     if popularity:
         top = max(state.trend.values())
         trend = np.array([state.trend.get(i, top - 60.0) for i in best.tolist()])
@@ -354,19 +369,29 @@ def study(data: Path, params: Params, signals: Sequence[str], say: Callable[[str
         grid("similarity exponent", [(f"g = {g:g}", {"shape": Shape(similarity_exponent=g)})
                                      for g in (0.5, 2.0)])
     fitted: dict[str, Any] = {}
-    for signal, popularity in (("rerank", False), ("popularity", True)):
+    models: dict[str, SequenceModel | None] = {"valid": None, "test": None}
+    if "sequence" in signals:
+        started = time.perf_counter()
+        models = {"valid": sequence_model(fit_log), "test": sequence_model(train)}
+        say(f"sequence models trained in {time.perf_counter() - started:.0f} s")
+    for signal, popularity in (("rerank", False), ("sequence", False), ("popularity", True)):
         if signal not in signals:
             continue
         names = reorder.FEATURES + (POPULARITY if popularity else ())
-        valid_data = labelled(base_of(valid_state), valid_cases, popularity)
+        use = signal != "rerank"  # the sequence model with popularity too, when trained
+        valid_data = labelled(base_of(valid_state, sequence=models["valid"] if use else None),
+                              valid_cases, popularity)
         # its validation figure: fitted on one half, measured on the other
         half = fit(valid_data[0::2])
         valid_got = measure_reranked(valid_data[1::2], half)
         reranker = fit(valid_data)
-        test_got = measure_reranked(labelled(base_of(test_state), test_cases, popularity),
-                                    reranker)
-        label = "learned order" + (" with recent popularity" if popularity else "")
-        rows.append(Row(label, f"{len(names)} features, fitted on validation",
+        test_got = measure_reranked(labelled(base_of(test_state, sequence=models["test"]
+                                                     if use else None), test_cases,
+                                             popularity), reranker)
+        label = "learned order" + (" with recent popularity" if popularity else
+                                   " with the sequence model" if signal == "sequence" else "")
+        width = len(names) - (signal == "rerank")  # the sequence feature is 0 without it
+        rows.append(Row(label, f"{width} features, fitted on validation",
                         valid_got, test_got))
         fitted[label] = dict(zip(names, reranker.weights.round(3).tolist(), strict=True))
         say(f"{label}: validation (other half) {valid_got} against "
@@ -391,8 +416,8 @@ def main() -> None:
                         help="a folder with train.tsv and test.tsv (SR-GNN split)")
     parser.add_argument("--params", default="{}",
                         help="JSON: the served parameters to start from (default: defaults)")
-    parser.add_argument("--signals", default="rules,shape,rerank,popularity",
-                        help="comma-separated: rules, shape, rerank, popularity")
+    parser.add_argument("--signals", default="rules,shape,rerank,sequence,popularity",
+                        help="comma-separated: rules, shape, rerank, sequence, popularity")
     parser.add_argument("--out", type=Path, default=None, help="write the table here too")
     args = parser.parse_args()
     params = dataclasses.replace(Params(), **json.loads(args.params))

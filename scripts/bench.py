@@ -39,7 +39,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.core.layout import ENTRY_BYTES  # noqa: E402
 from service.core.model import Event  # noqa: E402
+from service.core.modelparams import MODEL_POLL  # noqa: E402
 from service.offline import clicklog  # noqa: E402
 from service.offline.evaluate import align_times, static_cases  # noqa: E402
 from service.offline.loader import bulk_store, load  # noqa: E402
@@ -58,6 +59,7 @@ from service.offline.redisproc import RedisProcess, free_port  # noqa: E402
 from service.runtime import tune_gc  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.store.state import Store  # noqa: E402
+from service.store.tuning import ONE_CORE  # noqa: E402
 from workers.consumer import Worker  # noqa: E402
 
 BARE = ROOT / "scripts" / "bare_server.py"
@@ -969,17 +971,23 @@ def bench_experiment(settings: Settings, data: Path, seconds: int, rounds: int
             "rounds": rounds, "seconds per round": seconds}
 
 
-ORDER = {"order_score": 1.163, "order_idf": 0.015, "order_sessions": -0.040,
-         "order_session_weight": -0.886, "order_last": -0.770, "order_age": -0.119}
+ORDER = {"order_score": 0.869, "order_idf": 0.041, "order_sessions": 0.005,
+         "order_session_weight": 1.149, "order_last": -2.003, "order_age": -0.124,
+         "order_sequence": 0.102}
 """A learned order (what a tuning run on DIGINETICA's state fitted), for ``bench_order``."""
 
 
 def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate: float
                 ) -> dict[str, Any]:
-    """The same requests with a learned order in force and without, alternating in one run
-    (``PUT /admin/model`` between rounds), then the open-loop latency at ``rate`` with it."""
+    """The same requests with a learned order in force (its sequence model trained first, as
+    a worker's first run does) and without, alternating in one run (``PUT /admin/model``
+    between rounds), then the open-loop latency at ``rate`` with it."""
     script = wrk_script(bodies(data), "/iid_recommend", EXPERIMENT_SECRET)
     off = dict.fromkeys(ORDER, 0.0)
+    trained = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                              "sequence", "--apply"], capture_output=True, text=True,
+                             env={**os.environ, **settings.to_env()}, check=True)
+    print(f"sequence model: {trained.stdout.strip()}", file=sys.stderr)
     plain: list[float] = []
     ordered: list[float] = []
     with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": EXPERIMENT_SECRET}) as api:
@@ -1021,6 +1029,60 @@ def bench_catalog(settings: Settings, records: int = 100_000) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     os.unlink(f.name)
     return {"records": records, "seconds": elapsed, "records/s": records / elapsed}
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (a supervisor's serve processes)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        each = todo.pop()
+        with suppress(OSError):
+            status = Path(f"/proc/{each}/status").read_text()
+            total += int(status.split("VmRSS:")[1].split()[0]) / 1024
+            children = Path(f"/proc/{each}/task/{each}/children").read_text().split()
+            todo += [int(c) for c in children]
+    return total
+
+
+def bench_sequence(settings: Settings) -> dict[str, Any]:
+    """The sequence model's first run on the DIGINETICA state (``sessionrec sequence --apply``
+    as a worker starts it: one BLAS thread), what it adds to Redis, and what it adds to a
+    serve process that follows it."""
+    async def used() -> tuple[int, int]:
+        store = Store(settings)
+        r: Any = store.redis
+        try:
+            return int((await r.info("memory"))["used_memory"]), \
+                int(await r.memory_usage(store.keys.sequence(), samples=0) or 0)
+        finally:
+            await store.close()
+
+    env = {**os.environ, **settings.to_env(), **ONE_CORE}
+    before, _ = asyncio.run(used())
+    port = free_port()
+    serve = {"SESSIONREC_REDIS_URL": settings.redis_url, "SESSIONREC_NAMESPACE": settings.namespace,
+             "SESSIONREC_PORT": str(port), "SESSIONREC_PROCESSES": "1", "PYTHONPATH": str(ROOT)}
+    with process([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve"], serve,
+                 port, cwd=ROOT) as server:
+        pid = server.pid
+        rss_before = _rss_mib(pid)
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                              "sequence", "--apply"], env=env, check=True, capture_output=True,
+                             text=True)
+        elapsed = time.perf_counter() - started
+        time.sleep(3 * MODEL_POLL)  # the serve process follows the new version
+        rss_after = _rss_mib(pid)
+    after, stored = asyncio.run(used())
+    run = json.loads(out.stdout)
+    return {"seconds (process, start to exit)": elapsed,
+            "sessions / predictions / items": f"{run['sessions']} / {run['predictions']} / "
+                                              f"{run['items']}",
+            "Redis used_memory added (MiB)": (after - before) / 2**20,
+            "the model's hash (MEMORY USAGE, MiB)": stored / 2**20,
+            "serve process RSS before / after it follows the model (MiB)":
+                f"{rss_before:.0f} / {rss_after:.0f}"}
 
 
 def bench_tune(settings: Settings) -> dict[str, Any]:
@@ -1093,7 +1155,7 @@ def main() -> None:
     parser.add_argument("what", choices=("api", "live", "latency", "session20", "worker", "load",
                                          "ingest", "freshness", "scaling", "memory", "flood",
                                          "silent", "rules", "catalog", "tune", "tuneload",
-                                         "experiment", "order", "versus", "all"))
+                                         "experiment", "order", "versus", "sequence", "all"))
     parser.add_argument("--data", type=Path, required=True,
                         help="folder with the SR-GNN DIGINETICA train.tsv and test.tsv")
     parser.add_argument("--seconds", type=int, default=10)
@@ -1119,7 +1181,7 @@ def main() -> None:
     with RedisProcess() as url:
         settings = Settings(redis_url=url, namespace="bench")
         if set(chosen) & {"api", "live", "latency", "session20", "scaling", "flood", "rules",
-                          "tune", "tuneload", "experiment", "order", "versus"}:
+                          "tune", "tuneload", "experiment", "order", "versus", "sequence"}:
             asyncio.run(build_model(settings, args.data))
         for what in chosen:
             if what == "scaling":
@@ -1167,6 +1229,10 @@ def main() -> None:
                 figures = bench_experiment(settings, args.data, args.seconds, args.rounds)
                 title = ("POST /iid_recommend with a session id, an experiment running against "
                          "none, wrk -t1 -c32")
+            elif what == "sequence":
+                figures = bench_sequence(settings)
+                title = ("The sequence model's first run on DIGINETICA's state, and what it adds "
+                         "to Redis and a serve process")
             elif what == "order":
                 figures = bench_order(settings, args.data, args.seconds, args.rounds, args.rate)
                 title = ("POST /iid_recommend with a learned order in force against none, "

@@ -148,8 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated parameters to search (default: all)")
     offline.add_argument("--out", default="tuned.env", action=Noted,
                          help="env file to write")
+    sequence = command(
+        "sequence", "train the sequence model on the live state now (workers do it every "
+                    "--sequence-refresh seconds)",
+        "Train the sequence model (the learned order's order_sequence feature) on the sessions "
+        "the workers learned, resuming the stored model over the sessions that arrived since "
+        "its last run, and store it for every serve process.")
+    sequence.add_argument("--apply", action="store_true", required=True,
+                          help="train on the learned state in Redis and store the model")
+    sequence.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     for name, sub in (("serve", serve), ("worker", worker), ("demo", demo), ("load", loader),
-                      ("catalog", importer), ("eval", evaluate), ("tune", tuner)):
+                      ("catalog", importer), ("eval", evaluate), ("tune", tuner),
+                      ("sequence", sequence)):
         add_arguments(sub, name, SHOWN_DEFAULTS.get(name))
     return parser
 
@@ -191,12 +201,13 @@ def dispatch(args: argparse.Namespace) -> int:
         from service.demo import run_demo
 
         return run_demo(settings_of(args))
-    if args.command in ("load", "catalog", "eval", "tune"):
+    if args.command in ("load", "catalog", "eval", "tune", "sequence"):
         from service.offline import commands as offline
 
         command: Callable[[argparse.Namespace], int] = {
             "load": offline.load_command, "catalog": offline.catalog_command,
-            "eval": offline.eval_command, "tune": offline.tune_command}[args.command]
+            "eval": offline.eval_command, "tune": offline.tune_command,
+            "sequence": offline.sequence_command}[args.command]
         return command(args)
     if args.command == "serve":
         return runtime.serve(settings_of(args))

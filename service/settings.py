@@ -28,7 +28,7 @@ def mask_password(url: str) -> str:
     return re.sub(r"(?<=://)([^/@]*?):([^/@]*)@", lambda m: f"{m.group(1)}:***@", url)
 
 
-COMMANDS = ("serve", "worker", "demo", "load", "catalog", "eval", "tune")
+COMMANDS = ("serve", "worker", "demo", "load", "catalog", "eval", "tune", "sequence")
 """The console script's commands (``service.cli``): each setting names those that read it."""
 
 
@@ -198,6 +198,7 @@ class Settings:
     order_session_weight: float = _scoring("order_session_weight")
     order_last: float = _scoring("order_last")
     order_age: float = _scoring("order_age")
+    order_sequence: float = _scoring("order_sequence")
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))
@@ -240,13 +241,19 @@ class Settings:
         default=30_000,
         metadata=_doc("The tuning lease (one run at a time), renewed every third of it while "
                       "a run lives: a run killed midway holds it this long at most.",
-                      commands=("serve", "worker", "demo", "tune")))
+                      commands=("serve", "worker", "demo", "tune", "sequence")))
     tune_deadline: float = field(
         default=3600.0,
         metadata=_doc("Seconds a tuning run may take: past them it stops unpromoted, "
                       "releases the lease and exits, whatever it was waiting for (runs that "
                       "workers and POST /admin/tune start read it from the environment).",
-                      commands=("tune",)))
+                      commands=("tune", "sequence")))
+    sequence_refresh: float = field(
+        default=300.0,
+        metadata=_doc("Seconds between sequence model runs (`sessionrec sequence --apply`, "
+                      "a process of its own at a lowered priority, one at a time), each over "
+                      "the sessions that arrived since the last; 0: none (order_sequence "
+                      "then orders nothing).", commands=WORKER))
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):
@@ -313,11 +320,9 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _bool(raw: str) -> bool:
-    if raw.lower() in TRUE:
-        return True
-    if raw.lower() in FALSE:
-        return False
-    raise ValueError(raw)
+    if raw.lower() not in TRUE + FALSE:
+        raise ValueError(raw)
+    return raw.lower() in TRUE
 
 
 def _kind(type_name: Any) -> Any:
@@ -381,15 +386,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                        "max_id_length", "max_k"),
     "Live sessions": ("live_ttl", "live_cap"),
     "Learned state": ("history_ttl", "history_cap", "index_cap", "trend_half_life"),
-    "Scoring": ("query_items", "sample_sessions", "neighbours", "neighbour_half_life",
-                "sequence_weight",
-                "before_weight", "position_decay", "idf_weight", "repeat_weight", "order_score",
-                "order_idf", "order_sessions", "order_session_weight", "order_last",
-                "order_age"),
+    "Scoring": tuple(name for name in PARAMETERS if name != "index_cap"),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
     "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms",
-               "tune_deadline"),
+               "tune_deadline", "sequence_refresh"),
 }
 """The settings by concern: the README's table and ``--help`` are grouped so."""
 assert sorted(n for names in SECTIONS.values() for n in names) == \

@@ -167,6 +167,7 @@ def offline_reads(url: str, namespace: str, tmp_path: Path) -> dict[str, set[str
                   "--out", str(tmp_path / "tuned.env"), *redis, "--namespace",
                   namespace + "-t"],
                  ["tune", "--apply", *redis]],  # on the state load left
+        "sequence": [["sequence", "--apply", *redis]],
     }
     reads: dict[str, set[str]] = {}
     for command, argvs in runs.items():
@@ -306,6 +307,7 @@ OWN_FLAGS = {
              "--models", "--limit", "--no-http", "--self-tune", "--out", "--title"},
     "tune": {"--train", "--apply", "--format", "--columns", "--delimiter", "--valid-fraction",
              "--limit", "--params", "--out"},
+    "sequence": {"--apply"},
 }
 
 

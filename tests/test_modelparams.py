@@ -86,7 +86,8 @@ async def test_a_change_is_versioned_pinned_and_read_back(aiohttp_client: Any,
     client = await shop(aiohttp_client, shop_settings)
     first = await (await client.get("/model")).json()
     assert first == {"version": 0, "params": dataclasses.asdict(
-        Params.from_settings(shop_settings)), "pinned": [], "tuned_at": None, "tuning": {
+        Params.from_settings(shop_settings)), "pinned": [], "tuned_at": None,
+        "sequence": None, "tuning": {
             "state": "idle", "run": None, "auto": shop_settings.auto_tune, "last_run": None}}
     resp = await client.put("/admin/model", json={"params": {"neighbours": 50,
                                                              "idf_weight": 0}, "pin": True})

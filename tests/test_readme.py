@@ -73,6 +73,7 @@ HELD_TO = {
     "sessionrec tune --train": "on the generated train.tsv, without a URL: exit 0 and "
                                "tuned.env written",
     "sessionrec tune --apply": "on the state load left: exit 0",
+    "sessionrec sequence --apply": "on the state load left: exit 0",
 }
 """What each README command is held to here (no Docker, no network, a private Redis)."""
 
@@ -148,8 +149,8 @@ def test_every_readme_command_runs_as_the_readme_says(standalone_url: str,
             done = run(command, SESSIONREC_REDIS_URL=None if private else standalone_url,
                        SESSIONREC_NAMESPACE=f"readme{os.getpid()}-bootstrap")
             assert done.returncode == 0, (command, done.stderr)
-            assert "writing to" in done.stderr.splitlines()[0] or "tuning on" in \
-                done.stderr.splitlines()[0], done.stderr
+            assert re.search(r"writing to|tuning on|training on",
+                             done.stderr.splitlines()[0]), done.stderr
         assert (tmp_path / "report.md").exists() and (tmp_path / "tuned.env").exists()
     finally:
         for proc in started.values():

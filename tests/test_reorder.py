@@ -129,7 +129,7 @@ def test_the_fit_stays_within_the_limits_and_needs_examples() -> None:
     # the click is always the answer with the most sessions: separable, weights unbounded
     # but for the ridge and the limits
     rows = [np.column_stack([np.zeros(3), np.zeros(3), np.array([0.0, 0.001, 0.002]),
-                             np.zeros(3), np.zeros(3), np.zeros(3)]) for _ in range(50)]
+                             *[np.zeros(3)] * (len(reorder.FEATURES) - 3)]) for _ in range(50)]
     weights = fitorder.fit(fitorder.Examples(rows, [2] * 50))
     assert weights is not None and weights[2] == 100.0  # order_sessions' upper limit
 

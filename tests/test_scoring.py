@@ -379,10 +379,12 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         found = rng.choice(np.arange(1, 500, dtype=np.uint64), int(rng.integers(0, 300)),
                            replace=False)
         latest = rng.integers(0, 3, len(found)) * rng.integers(1, 10**15, len(found))
-        weights = rng.normal(0, 1, 6) * (rng.random(6) < 0.8)
+        weights = rng.normal(0, 1, 7) * (rng.random(7) < 0.8)
+        # the sequence model's values: none (no model), fewer than the answers, or one each
+        sequence = -rng.random(int(rng.choice([0, max(n - 5, 0), n]))) * 8
         depth, k = int(rng.integers(0, 120)), int(rng.integers(0, 150))
         args = (best, values, df, float(rng.integers(0, 1000)), q_items, q_weights, found,
-                latest.astype(np.int64), weights, depth, k)
+                latest.astype(np.int64), sequence, weights, depth, k)
         got_items, got_scores = _native.reorder(*args)
         want_items, want_scores = reference_reorder.reorder(*args)
         assert got_items == want_items
@@ -392,9 +394,9 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         assert _native.gather(found, latest.astype(np.int64), best) == \
             reference_reorder.gather(found, latest.astype(np.int64), best)
     assert compared > 3000
-    with pytest.raises(ValueError, match="6 weights"):
+    with pytest.raises(ValueError, match="7 weights"):
         _native.reorder(best, values, df, 1.0, q_items, q_weights, found,
-                        latest.astype(np.int64), weights[:5], 10, 10)
+                        latest.astype(np.int64), np.zeros(0), weights[:6], 10, 10)
 
 
 def test_the_compiled_order_keeps_the_references_constants() -> None:

@@ -106,6 +106,7 @@ class Worker:
                         time.monotonic() - last_tune_check > self.auto_tune_every:
                     last_tune_check = time.monotonic()
                     await self.housekeeping.check_tuning()
+                    await self.housekeeping.check_sequence()
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     await self.housekeeping.trim()
                     last_trim = time.monotonic()

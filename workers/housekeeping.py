@@ -12,7 +12,7 @@ from service.core.layout import ITEM_SHARDS
 from service.core.series import MinuteTally
 from service.failures import UNAVAILABLE
 from service.settings import Settings
-from service.store import series, tuning
+from service.store import sequence, series, tuning
 from service.store.backends import Backend
 from service.store.ingestion import Ingestion, Journal
 from service.store.keyspace import Keys
@@ -89,6 +89,12 @@ class Housekeeping:
                                                self.settings)
             if run_id is not None:
                 log.info("worker %s: automatic tuning run %s started", worker, run_id)
+
+    async def check_sequence(self) -> None:
+        """Start a sequence model run if one is due (``store/sequence.py``)."""
+        run_id = await sequence.start_if_due(self.redis, self.scripts, self.keys, self.settings)
+        if run_id is not None:
+            log.info("worker %s: sequence model run %s started", self.leases.id, run_id)
 
     async def add_minutes(self) -> None:
         """This worker's per-minute tally into Redis (the dashboard's series); kept for the

@@ -47,6 +47,7 @@ from service.core.modelparams import ModelRecord
 from service.core.placements import Placement
 from service.core.rules import NO_RULES, CategoryCap, Rules
 from service.core.scoring import Params, Query
+from service.core.sequence import SequenceModel
 from service.requests.jsonutil import fragment, loads
 from service.settings import Settings
 from service.store.feedback import Tally
@@ -118,6 +119,10 @@ class Recommender:
         """Answers per placement (by code), added to Redis every second."""
         self.placement_params: dict[str, Params] = {}
         """The parameters of each placement that sets some, over the shared record's."""
+        self.sequence: SequenceModel | None = None
+        """The sequence model the learned order reads (``order_sequence``), once one is
+        trained: ``service/api/parameters.py`` follows the stored one."""
+        self.sequence_version = 0
         self.use(ModelRecord())
 
     def use(self, record: ModelRecord) -> None:
@@ -303,8 +308,11 @@ class Recommender:
                                          else reorder.depth(params, k))
         if reorder.active(params):
             best_df, n_sessions = await self.store.reads.doc_freq(best)
+            sequence = reorder.sequence_values(self.sequence, query, best) \
+                if params.order_sequence else reorder.NO_VALUES
             best, best_scores = reorder.reorder(best, best_scores, best_df, n_sessions, query,
-                                                scored, params, len(best) if capped else k)
+                                                scored, params, len(best) if capped else k,
+                                                sequence)
         cap = CategoryCap(rules.max_per_category,
                           catalogue.first_category if catalogue is not None else {})
         for h in np.frombuffer(prior, LE_U64).tolist():  # listed ahead of this answer

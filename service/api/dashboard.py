@@ -34,7 +34,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
         "minutes": [minute_figures(minute, counts) for minute, counts in minutes],
         "model": model_body(record, record.params(recommender.base),
                             await tuning.running(store.redis, store.keys),
-                            request.app[SETTINGS].auto_tune),
+                            request.app[SETTINGS].auto_tune, await store.sequence.facts()),
         "experiment": await report(store, experiment) if experiment is not None else None,
         # scores are log2 of decayed counts: relative to the first, as /popular shows them
         "trending": [{"id": member.decode("utf-8", "replace"), "score": 2.0 ** (score - top)}

@@ -54,6 +54,10 @@ def openapi_document(s: Settings, routes: Sequence[Route]) -> dict[str, Any]:
                        "params": schemas.model_params(s), "pinned": {"type": "array", "items": {
                            "type": "string", "enum": list(PARAMETERS)}},
                        "tuned_at": {"type": ["number", "null"]},
+                       "sequence": {"type": ["object", "null"],
+                                    "description": "The sequence model's last run: when, on "
+                                                   "how many sessions and predictions, how "
+                                                   "many items it knows (null: none yet)"},
                        "tuning": {"type": "object", "required": ["state", "auto", "last_run"],
                                   "properties": {
                                       "state": {"type": "string",

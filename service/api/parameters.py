@@ -18,6 +18,7 @@ from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER
 from service.core.modelparams import MODEL_POLL, ModelRecord
 from service.core.scoring import Params
+from service.core.sequence import SequenceModel
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.requests.admin import model_change
 from service.store import tuning
@@ -27,12 +28,27 @@ from service.store.state import Store
 log = logging.getLogger("sessionrec.api")
 
 
+async def follow_sequence(recommender: Recommender, store: Store) -> None:
+    """Read the stored sequence model and score with it (none stored, or one this release
+    cannot read: none, and the learned order's sequence feature is 0)."""
+    version, blob = await store.sequence.model()
+    model = None
+    if blob:
+        try:
+            model = await asyncio.to_thread(SequenceModel.from_bytes, blob)
+        except (ValueError, KeyError) as exc:
+            log.warning("sequence model version %d not read (%s): scoring without it",
+                        version, exc)
+    recommender.sequence, recommender.sequence_version = model, version
 
 
-def model_body(record: ModelRecord, params: Params, running: str | None, auto: bool
-               ) -> dict[str, Any]:
+
+
+def model_body(record: ModelRecord, params: Params, running: str | None, auto: bool,
+               sequence: dict[str, Any] | None) -> dict[str, Any]:
+    """``sequence``: what the stored sequence model's run says of it (None: none trained)."""
     return {"version": record.version, "params": dataclasses.asdict(params),
-            "pinned": list(record.pinned), "tuned_at": record.tuned_at,
+            "pinned": list(record.pinned), "tuned_at": record.tuned_at, "sequence": sequence,
             "tuning": {"state": "running" if running else "idle", "run": running,
                        "auto": auto,
                        "last_run": json.loads(record.last_run) if record.last_run else None}}
@@ -47,7 +63,8 @@ async def get_model(request: web.Request) -> web.Response:
     store = request.app[STORE]
     record = await store.model.record()
     return json_response(model_body(record, record.params(request.app[RECOMMENDER].base),
-                                    await _running(store), request.app[SETTINGS].auto_tune))
+                                    await _running(store), request.app[SETTINGS].auto_tune,
+                                    await store.sequence.facts()))
 
 
 async def start_tuning(request: web.Request) -> web.Response:
@@ -77,18 +94,23 @@ async def put_model(request: web.Request) -> web.Response:
                                     "it again.") from None
     recommender = request.app[RECOMMENDER]
     recommender.use(record)  # this process at once; the others at their next poll
-    return json_response(model_body(record, recommender.params, await _running(
-        request.app[STORE]), request.app[SETTINGS].auto_tune))
+    store = request.app[STORE]
+    return json_response(model_body(record, recommender.params, await _running(store),
+                                    request.app[SETTINGS].auto_tune,
+                                    await store.sequence.facts()))
 
 
 async def follow_model(recommender: Recommender, store: Store,
                        every: float = MODEL_POLL) -> None:
     """Poll the record's version and score with a new one as soon as it is seen (a version
-    that went back, a Redis that came back empty, is followed too)."""
+    that went back, a Redis that came back empty, is followed too); the same for the
+    sequence model, read whole only when its version moves and decoded off the event loop."""
     while True:
         try:
             if await store.model.version() != recommender.record.version:
                 recommender.use(await store.model.record())
+            if await store.sequence.version() != recommender.sequence_version:
+                await follow_sequence(recommender, store)
         except UNAVAILABLE as exc:
             log.debug("model record not read (%s); next try in %s s", exc, every)
         stop_if_cancelled()  # whatever a Redis call under way did with the cancellation

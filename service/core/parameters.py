@@ -67,7 +67,7 @@ PARAMETERS: dict[str, Parameter] = {
     # 0 (the default) keeping the scores' order; a tuning run fits them
     "order_score": Parameter(0.0, False, -100, 100,
                              "Learned order: weight of the log of an answer's score relative "
-                             "to the best (0 for all five: the scores' order)."),
+                             "to the best (0 for all seven: the scores' order)."),
     "order_idf": Parameter(0.0, False, -100, 100,
                            "Learned order: weight of log(1 + sessions / sessions with the "
                            "item)."),
@@ -81,6 +81,9 @@ PARAMETERS: dict[str, Parameter] = {
     "order_age": Parameter(0.0, False, -100, 100,
                            "Learned order: weight of log(1 + days since a neighbour session "
                            "last touched the item)."),
+    "order_sequence": Parameter(0.0, False, -100, 100,
+                                "Learned order: weight of the sequence model's score of the "
+                                "item, against the best answer's (0 without a model)."),
     "index_cap": Parameter(500, True, 1, 1_000_000,
                            "Most recent sessions indexed per item (neighbours per item); serve "
                            "reads the newest this many of each index: set it alike for both."),

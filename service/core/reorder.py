@@ -14,7 +14,10 @@ again by ``sum(weight * feature)``, each feature a column of ``features``:
 * ``order_last``: 1 for the session's last item;
 * ``order_age``: ``log(1 + days)`` since a neighbour session last touched the item, against
   the newest event in the neighbours' histories (``AGE_CAP`` when none did): what the
-  neighbourhood clicked lately, where tastes and stock move.
+  neighbourhood clicked lately, where tastes and stock move;
+* ``order_sequence``: the sequence model's score of the answer after the session's items,
+  against the best answer's (``core/sequence.py``; 0 for every answer while no model is
+  trained): what follows what across all sessions, not only the neighbours.
 
 The features' arithmetic is the kernel's (``service/kernel/reference_reorder.py``, compiled
 in ``native/reorder.c``): a request orders its answers in one compiled call.
@@ -32,19 +35,24 @@ import numpy as np
 
 from service import kernel
 from service.core.scoring import F64, U64, Candidates, Params, Query
+from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
 
-__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "active", "depth", "features",
-           "reorder", "weights_of"]
+__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "active", "depth",
+           "features", "reorder", "sequence_values", "weights_of"]
 
 FEATURES = ("order_score", "order_idf", "order_sessions", "order_session_weight", "order_last",
-            "order_age")
+            "order_age", "order_sequence")
 """The order's features, by the name of the parameter that weighs each."""
 
 DEPTH = 100
 """The answers ordered again: the served order's top, where nearly every next click it
 finds lies (beyond it a weight could only promote what the neighbourhood barely saw)."""
+
+NO_VALUES: F64 = np.zeros(0)
+"""No sequence model: its feature is 0 for every answer."""
+
 
 def weights_of(params: Params) -> F64:
     return np.array([getattr(params, name) for name in FEATURES], np.float64)
@@ -61,16 +69,27 @@ def depth(params: Params, k: int) -> int:
 
 
 def features(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query,
-             found: Candidates) -> F64:
+             found: Candidates, sequence: F64 = NO_VALUES) -> F64:
     """One row per answer (``best``, scored ``values``, best first; ``doc_freq`` one per
-    answer; ``found`` what they were ranked from), one column per ``FEATURES``: what a
-    tuning run fits the weights on (the kernel computes the same inside ``reorder``)."""
+    answer; ``found`` what they were ranked from; ``sequence`` the sequence model's values,
+    ``sequence_values``), one column per ``FEATURES``: what a tuning run fits the weights on
+    (the kernel computes the same inside ``reorder``)."""
     return reference_reorder.features(best, values, doc_freq, sessions, query.items,
-                                      query.weights, found.items, found.latest)
+                                      query.weights, found.items, found.latest,
+                                      np.ascontiguousarray(sequence, np.float64))
+
+
+def sequence_values(model: SequenceModel | None, query: Query, best: U64) -> F64:
+    """The sequence model's values of the first ``DEPTH`` answers to ``query`` (none without a
+    model: the feature is 0 for all)."""
+    if model is None or not len(best):
+        return NO_VALUES
+    return model.values(query.items, best[:DEPTH])
 
 
 def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query,
-            found: Candidates, params: Params, k: int) -> tuple[U64, F64]:
+            found: Candidates, params: Params, k: int, sequence: F64 = NO_VALUES
+            ) -> tuple[U64, F64]:
     """The ``k`` first answers: the ``DEPTH`` first (of ``best``, scored ``values``, best
     first; ``doc_freq`` one per answer) ordered by the learned model, each scored
     ``exp(its value - the first's)`` so the first scores 1 as a relative score does, ties in
@@ -80,5 +99,6 @@ def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query
         return best[:k], values[:k]
     items, scores = kernel.reorder(best, values, np.ascontiguousarray(doc_freq, np.float64),
                                    sessions, query.items, query.weights, found.items,
-                                   found.latest, weights_of(params), DEPTH, k)
+                                   found.latest, np.ascontiguousarray(sequence, np.float64),
+                                   weights_of(params), DEPTH, k)
     return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)

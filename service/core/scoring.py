@@ -62,6 +62,7 @@ class Params:
     order_session_weight: float = default_float("order_session_weight")
     order_last: float = default_float("order_last")
     order_age: float = default_float("order_age")
+    order_sequence: float = default_float("order_sequence")
     index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
 
     @classmethod

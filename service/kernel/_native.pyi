@@ -20,7 +20,7 @@ def score(query_items: Buffer, query_weights: Buffer, history_blobs: Iterable[by
 def gather(keys: Buffer, values: Buffer, wanted: Buffer) -> bytes: ...
 def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, found_items: Buffer,
-            found_latest: Buffer, weights: Buffer, depth: int, k: int
+            found_latest: Buffer, sequence: Buffer, weights: Buffer, depth: int, k: int
             ) -> tuple[bytes, bytes]: ...
 def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
                index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],

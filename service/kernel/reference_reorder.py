@@ -13,8 +13,8 @@ import numpy.typing as npt
 
 from service.kernel.reference_tables import F64, Buffer, _f64, _u64
 
-WIDTH = 6
-"""Features per answer: score, idf, sessions, session weight, last item, age."""
+WIDTH = 7
+"""Features per answer: score, idf, sessions, session weight, last item, age, sequence."""
 
 SCORE_FLOOR = 1e-9
 """An answer's relative score is floored before its log (a score of 0 is never ranked)."""
@@ -56,11 +56,12 @@ def ages(found_items: Buffer, found_latest: Buffer, best: Buffer) -> F64:
 
 def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
              query_items: Buffer, query_weights: Buffer, found_items: Buffer,
-             found_latest: Buffer) -> F64:
+             found_latest: Buffer, sequence: Buffer) -> F64:
     """One row per answer (``best``, scored ``values``, best first; ``doc_freq`` one per
     answer), ``WIDTH`` columns: log(score / best score), log(1 + sessions / df),
     log(1 + df), the answer's weight in the query (0 when not in it), 1 for the query's last
-    item, log(1 + ``ages``)."""
+    item, log(1 + ``ages``), the sequence model's value (``sequence``, one per answer from
+    the first; 0 past its end: no model, no value)."""
     answers, scores, df = _u64(best), _f64(values), np.maximum(_f64(doc_freq), 0.0)
     q_items, q_weights = _u64(query_items), _f64(query_weights)
     n = len(answers)
@@ -76,24 +77,27 @@ def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
         out[:, 3] = [weight_of.get(a, 0.0) for a in answers.tolist()]
         out[:, 4] = (answers == q_items[-1]).astype(np.float64)
     out[:, 5] = np.log1p(ages(found_items, found_latest, best))
+    given = _f64(sequence)[:n]
+    out[:len(given), 6] = given
     return out
 
 
 def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, found_items: Buffer,
-            found_latest: Buffer, weights: Buffer, depth: int, k: int) -> tuple[bytes, bytes]:
+            found_latest: Buffer, sequence: Buffer, weights: Buffer, depth: int, k: int
+            ) -> tuple[bytes, bytes]:
     """The ``k`` first answers: the ``depth`` first ordered by ``features`` times ``weights``
     (summed left to right), ties in the given order, each scored ``exp(its value - the
     first's)``; any further answers after them in the given order, their values scaled
     below the last ordered one."""
     answers, scores, w = _u64(best), _f64(values), _f64(weights)
     if len(w) != WIDTH or len(_f64(doc_freq)) != len(answers) or len(scores) != len(answers):
-        raise ValueError("one score and one frequency per answer, and 6 weights")
+        raise ValueError("one score and one frequency per answer, and 7 weights")
     head = min(len(answers), max(depth, 0))
     if not head or k <= 0:
         return b"", b""
     rows = features(answers[:head], scores[:head], _f64(doc_freq)[:head], sessions,
-                    query_items, query_weights, found_items, found_latest)
+                    query_items, query_weights, found_items, found_latest, sequence)
     value = rows[:, 0] * w[0]
     for j in range(1, WIDTH):
         value = value + rows[:, j] * w[j]

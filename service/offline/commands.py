@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -19,19 +17,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.failures import UNAVAILABLE, Refused, stop_if_cancelled
+from service.failures import Refused
 from service.offline import catalog, clicklog
 from service.offline.clicklog import ClickLog
+from service.offline.evalreport import chart, report
 from service.offline.evaluate import (
     Result,
     align_times,
-    chart,
     evaluate,
-    report,
     static_cases,
     summarise,
 )
-from service.offline.loader import BULK_TIMEOUT, bulk_store, load, refuse_unless_empty
+from service.offline.leased import run_leased
+from service.offline.loader import bulk_store, load, refuse_unless_empty
 from service.offline.redisproc import RedisProcess
 from service.settings import Settings, from_args
 from service.store.backends import MEMORY_URL
@@ -178,127 +176,31 @@ def with_redis(settings: Settings, args: argparse.Namespace,
     return asyncio.run(main(settings))
 
 
-def renewal_period(settings: Settings) -> float:
-    """Seconds between a run's lease renewals (a third of the lease), and what each last step
-    of a run gets (its tasks to end once told to, the lease's release, the store's close, then
-    the process' exit): a task that swallows its cancellation (redis-py can turn one into a
-    connection error) is not waited on longer, and the process is gone before its lease could
-    lapse."""
-    return settings.tune_lease_ms / 3000
-
-
 def live_tune_command(args: argparse.Namespace) -> int:
-    """``sessionrec tune --apply``: one run on the live state, under the tuning lease, at a
-    lowered priority (serving and learning keep the CPU they need). Whatever the run waits
-    for, it ends by ``tune_deadline``: the lease released, the process gone."""
-    settings = from_args(args)
-    if settings.redis_url.startswith(MEMORY_URL):
-        print("tune --apply needs a Redis (the embedded default lives in one process)",
-              file=sys.stderr)
-        return 2
-    with contextlib.suppress(OSError):
-        os.nice(10)
-    import uuid
-    run_id = args.run_id or uuid.uuid4().hex[:12]
-    code = [1]
-    # the last resort, should even the event loop never come back: the process ends, and
-    # its lease lapses within tune_lease_ms
-    exits = [exit_after(settings.tune_deadline + 6 * renewal_period(settings), code)]
-    try:
-        code[0] = asyncio.run(run_under_lease(settings, run_id, args.trigger, code, exits))
-        return code[0]
-    finally:
-        for timer in exits:  # the event loop came back: the caller ends the process
-            timer.cancel()
-
-
-def exit_after(seconds: float, code: list[int]) -> threading.Timer:
-    """A daemon timer that ends the process with ``code[0]`` after ``seconds``."""
-    timer = threading.Timer(seconds, lambda: os._exit(code[0]))
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
-async def run_under_lease(settings: Settings, run_id: str, trigger: str, code: list[int],
-                          exits: list[threading.Timer]) -> int:
-    """The run (``tune_live``) as a task beside the keeper of its lease, both stopped by the
-    deadline; then the lease released and the store closed, each bounded. Once this returns
-    (or raises), the event loop has a ``renewal_period`` to shut down (a task that swallows
-    its cancellation would hold ``asyncio.run`` for good) before ``exits`` ends the
-    process."""
-    import json
-
+    """``sessionrec tune --apply``: one run on the live state, under the tuning lease
+    (``leased.run_leased``)."""
     from service.core.scoring import Params
     from service.offline.livetune import tune_live
 
-    # an offline process: a slow reply on a busy Redis is waited for, not a failed run
-    store = Store(settings.replace(redis_timeout=max(settings.redis_timeout, BULK_TIMEOUT)))
-    lease = store.keys.tune_lease()
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        # an API process that started this run took the lease in its name already
-        if not await asyncio.wait_for(store.scripts.lease(lease, run_id, settings.tune_lease_ms,
-                                                          "take"), settings.tune_deadline):
-            print(f"a tuning run is running already: {await store.redis.get(lease)!r}",
-                  file=sys.stderr)
-            return 1
-        work = asyncio.create_task(tune_live(store, Params.from_settings(settings),
-                                             trigger=trigger, run_id=run_id,
-                                             say=lambda line: print(line, file=sys.stderr)))
-        keeper = asyncio.create_task(keep_lease(store, run_id, settings, stop, work))
-        tasks = [work, keeper]
-        # the keeper ends first only when the lease is no longer the run's
-        await asyncio.wait(tasks, timeout=settings.tune_deadline,
-                           return_when=asyncio.FIRST_COMPLETED)
-        if not work.done() or work.cancelled():
-            why = "the tuning lease is no longer its own" if keeper.done() else \
-                f"past its deadline ({settings.tune_deadline:g} s)"
-            print(f"run {run_id}: {why}: stopped, nothing promoted", file=sys.stderr)
-            code[0] = 3
-            return 3
-        print(json.dumps(work.result()))
-        code[0] = 0
-        return 0
-    finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=renewal_period(settings))
-        with contextlib.suppress(*UNAVAILABLE):
-            await asyncio.wait_for(store.scripts.lease(lease, run_id, settings.tune_lease_ms,
-                                                       "release"), renewal_period(settings))
-        with contextlib.suppress(*UNAVAILABLE):
-            await asyncio.wait_for(store.close(), renewal_period(settings))
-        sys.stdout.flush()  # the record printed reaches its reader even if the exit is forced
-        exits.append(exit_after(renewal_period(settings), code))
+    settings = from_args(args)
+
+    def work(store: Store, run_id: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        return tune_live(store, Params.from_settings(settings), trigger=args.trigger,
+                         run_id=run_id, say=lambda line: print(line, file=sys.stderr))
+    return run_leased(settings, args.run_id, "tune", work)
 
 
-async def keep_lease(store: Store, run_id: str, settings: Settings, stop: asyncio.Event,
-                     work: asyncio.Task[Any]) -> None:
-    """Renew the run's lease every third of it until ``stop`` is set. A renewal that finds
-    the lease no longer the run's (a worker took it back, or it lapsed and another run took
-    it) stops the run. ``stop`` ends the loop even if a cancellation was lost in a Redis call
-    (redis-py can turn one into a connection error, which the loop outlives)."""
-    every = renewal_period(settings)
-    lease = store.keys.tune_lease()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
-        if stop.is_set():
-            return
-        try:
-            held = await asyncio.wait_for(store.scripts.lease(
-                lease, run_id, settings.tune_lease_ms, "renew"), every)
-        except UNAVAILABLE as exc:  # the next renewal, a third later, may do
-            stop_if_cancelled()
-            print(f"tuning lease not renewed: {exc}", file=sys.stderr)
-            continue
-        if not held:
-            work.cancel()
-            return
+def sequence_command(args: argparse.Namespace) -> int:
+    """``sessionrec sequence --apply``: one sequence model run on the live state, under its
+    lease (``leased.run_leased``)."""
+    from service.offline.sequencerun import fit_live
+
+    settings = from_args(args)
+    say("sequence", f"training on {where(settings)}")
+
+    def work(store: Store, run_id: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        return fit_live(store, run_id, say=lambda line: print(line, file=sys.stderr))
+    return run_leased(settings, args.run_id, "sequence", work)
 
 
 async def _holdout_candidates(settings: Settings, enough: int = 2) -> int:

@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -41,6 +40,7 @@ from service.offline.loader import load
 from service.offline.progress import bar, counted
 from service.offline.redisproc import free_port
 from service.settings import Settings
+from service.store import sequence
 from service.store.state import Store
 from workers.consumer import Worker
 
@@ -217,7 +217,8 @@ class ServedModel:
 
 class SelfTunedModel(ServedModel):
     """sessionrec as a new user runs it: the training log loaded (``sessionrec load``, the
-    way to bring a shop's history in), one tuning run started with POST /admin/tune and
+    way to bring a shop's history in), the sequence model's first run (what a worker starts
+    once sessions arrived) waited for, one tuning run started with POST /admin/tune and
     followed with GET /model to its end, then every prediction with POST /iid_recommend.
     (A log sent with POST /events arrives within minutes, one client's burst: a run would
     hold it out as such and promote nothing. Loaded, its sessions arrived when its clock
@@ -240,6 +241,7 @@ class SelfTunedModel(ServedModel):
         await web.TCPSite(self.runner, "127.0.0.1", port).start()
         self.base = f"http://127.0.0.1:{port}"
         self.session = aiohttp.ClientSession(headers={"X-API-Key": self.SECRET})
+        await self._first_sequence_run()
         run_id = (await self._post("/admin/tune", None, 202))["run"]
         while True:
             model = await self._get("/model")
@@ -251,10 +253,29 @@ class SelfTunedModel(ServedModel):
         best = last["best"]
         print(f"tuning run {run_id}: {last['finished_at'] - last['started_at']:.0f} s, "
               f"{last['predictions']} holdout predictions, {last['candidates']} candidates; "
-              + (f"promoted {best['params']}" if last["promoted"] else "nothing promoted"),
+              + (f"promoted {best['params']}" if last["promoted"] else
+                 f"nothing promoted ({last['held_back']})")
+              + f"; judging half HR@20/MRR@20 {last['current']} -> {best}",
               file=sys.stderr)
         # the serving process follows the record within a second
         await asyncio.sleep(2 * MODEL_POLL)
+
+    async def _first_sequence_run(self) -> None:
+        """Start the sequence model's run as a worker would, and wait for it to end (its
+        lease released); say what it stored."""
+        store = self.store
+        run_id = await sequence.start_if_due(store.redis, store.scripts, store.keys,
+                                             self.settings)
+        if run_id is None:
+            return
+        started = time.monotonic()
+        while await store.redis.exists(store.keys.sequence_lease()):
+            await asyncio.sleep(1.0)
+        facts = (await self._get("/model"))["sequence"]
+        print(f"sequence run {run_id}: {time.monotonic() - started:.0f} s, "
+              + (f"{facts['predictions']} predictions, {facts['items']} items"
+                 if facts and facts.get("id") == run_id else "nothing stored"),
+              file=sys.stderr)
 
     async def _post(self, path: str, body: Any, status: int) -> Any:
         assert self.session is not None
@@ -322,37 +343,6 @@ def align_times(train: ClickLog, test: ClickLog) -> ClickLog:
     if gap < 0:
         return test
     return ClickLog(test.sessions, test.items, test.times + gap + 3600.0)
-
-
-def report(results: dict[str, dict[str, float]], title: str) -> str:
-    names = list(next(iter(results.values())))
-    lines = [f"### {title}", "", "| model | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
-    for model, values in results.items():
-        cells = [f"{values[n]:.4f}" if "ms" not in n else f"{values[n]:.2f}" for n in names]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def chart(curves: dict[str, tuple[Any, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, (hr, mrr) in curves.items():
-        left.plot(CUTOFFS, hr, marker=".", label=name)
-        right.plot(CUTOFFS, mrr, marker=".", label=name)
-    left.set(title="HR@k", xlabel="k", xticks=range(0, 21, 5))
-    right.set(title="MRR@k", xlabel="k", xticks=range(0, 21, 5))
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    right.legend(loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train_popularity(train: ClickLog) -> Counter[str]:

@@ -35,6 +35,7 @@ from service.core import reorder, scoring
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
 from service.core.modelparams import HOLDOUT_WINDOWS
 from service.core.scoring import Params
+from service.core.sequence import SequenceModel
 from service.offline import fitorder
 from service.store import tuning
 from service.store.state import Store
@@ -151,6 +152,10 @@ class Holdout:
         self.sessions = sessions
         self.indexes: dict[bytes, bytes | None] = {}
         self.histories: dict[int, bytes | None] = {}
+        self.sequence: SequenceModel | None = None
+        """The sequence model its predictions read (``order_sequence``): one trained only on
+        events older than every holdout session (``sequencerun.fit_before``), never the
+        stored one, which has seen them."""
 
     @property
     def predictions(self) -> int:
@@ -208,8 +213,9 @@ class Holdout:
             at = np.flatnonzero(got.best == np.uint64(got.target))
             if len(at):
                 df, sessions = await self.store.reads.doc_freq(got.best)
-                rows.append(reorder.features(got.best, got.values, df, sessions, got.query,
-                                             got.found))
+                rows.append(reorder.features(
+                    got.best, got.values, df, sessions, got.query, got.found,
+                    reorder.sequence_values(self.sequence, got.query, got.best)))
                 targets.append(int(at[0]))
         return fitorder.Examples(rows, targets)
 
@@ -220,8 +226,10 @@ class Holdout:
             best = got.best
             if reorder.active(params) and len(best):
                 df, n_sessions = await self.store.reads.doc_freq(best)
+                sequence = reorder.sequence_values(self.sequence, got.query, best) \
+                    if params.order_sequence else reorder.NO_VALUES
                 best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, got.found,
-                                          params, K)
+                                          params, K, sequence)
             found = np.flatnonzero(best[:K] == np.uint64(got.target))
             ranks.append(int(found[0]) + 1 if len(found) else 0)
         r = np.asarray(ranks)

@@ -31,7 +31,7 @@ from service.core import reorder
 from service.core.modelparams import HOLDOUT_SLICES, ModelRecord
 from service.core.parameters import PARAMETERS, Value
 from service.core.scoring import Params
-from service.offline import fitorder
+from service.offline import fitorder, sequencerun
 from service.offline.holdout import (
     HOLDOUT_SESSIONS,
     Holdout,
@@ -202,6 +202,14 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     searched, judged = Holdout(store, held[0::2]), Holdout(store, held[1::2])
     await searched.load_indexes()
     await judged.load_indexes()
+    fits_order = not set(reorder.FEATURES) & set(record.pinned)
+    if held and (fits_order or record.params(base).order_sequence):
+        # the learned order's sequence feature, read from a model that never saw the holdout
+        model = await sequencerun.fit_before(store, min(h.start for h in held))
+        searched.sequence = judged.sequence = model
+        run["sequence"] = None if model is None else model.facts
+        say(f"run {run_id}: sequence model trained on the events before the holdout: "
+            f"{run['sequence']}")
     say(f"run {run_id}: {len(held)} holdout sessions in two halves: the search half "
         f"({searched.predictions} predictions) finds the best candidate, the judging half "
         f"({judged.predictions}) compares it with the parameters in force")

@@ -243,6 +243,16 @@ class Keys:
         """The tuning lease: the running run's id while one runs (one at a time)."""
         return f"{self.ns}:{{g}}:tune:lease"
 
+    def sequence(self) -> str:
+        """Hash: the sequence model (``core/sequence.py``): ``version`` (a counter serve
+        processes poll), ``model`` (its stored form), ``sums`` (its trainer's optimiser
+        state) and ``facts`` (JSON: what its run says of it), written as one step."""
+        return f"{self.ns}:{{g}}:sequence"
+
+    def sequence_lease(self) -> str:
+        """The sequence model's lease: the id of the run training it (one at a time)."""
+        return f"{self.ns}:{{g}}:sequence:lease"
+
     def feedback_key(self) -> str:
         """The key recommendation ids are signed with (``core/feedback.py``): written once by
         whichever process needs it first, read by every serve process and worker."""

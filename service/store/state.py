@@ -23,6 +23,7 @@ from service.store.placements import Placements
 from service.store.readcache import ReadCache
 from service.store.reads import Reads
 from service.store.scripts import Scripts
+from service.store.sequence import SequenceModels
 from service.store.statistics import Statistics
 
 
@@ -58,6 +59,7 @@ class Store:
         self.items = Catalogue(settings, self.backend, self.scripts, self.keys, self.reads)
         self.admin = Admin(settings, self.backend, self.scripts, self.keys, self.reads)
         self.model = ModelRecords(settings, self.backend, self.scripts, self.keys)
+        self.sequence = SequenceModels(settings, self.backend, self.scripts, self.keys)
         self.placements = Placements(settings, self.backend, self.scripts, self.keys)
         self.stats = Statistics(settings, self.backend, self.scripts, self.keys, self.journal)
         self.feedback = Feedback(self.redis, self.scripts, self.keys, settings.partitions,

@@ -41,6 +41,10 @@ in its place. ``-P`` leaves it out: only the installed package is imported (a no
 an editable one through its finder, a user install; ``PYTHONPATH`` is the operator's and
 still counts; ``-I`` would lose user installs)."""
 
+ONE_CORE = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""A run's matrix products on one thread: beside serving and learning a run takes one core
+at a lowered priority, never every core's BLAS threads spinning against theirs."""
+
 _REAPERS: set[asyncio.Task[int]] = set()
 """One task per started process, waiting for it to end (no zombies)."""
 
@@ -55,16 +59,24 @@ async def start_run(client: aioredis.Redis, scripts: Scripts, keys: Keys, settin
                     trigger: str) -> tuple[str | None, bool]:
     """The run's id and True when this call started it; the running run's id (None if it
     ended meanwhile) and False when one holds the lease."""
+    return await start_process(client, scripts, keys.tune_lease(), settings,
+                               ("tune", "--apply", "--trigger", trigger))
+
+
+async def start_process(client: aioredis.Redis, scripts: Scripts, lease: str,
+                        settings: Settings, command: tuple[str, ...]
+                        ) -> tuple[str | None, bool]:
+    """``sessionrec COMMAND --run-id ID`` started under ``lease`` in the new run's name: its
+    id and True; or the holder's id (None if it ended meanwhile) and False."""
     run_id = uuid.uuid4().hex[:12]
-    lease = keys.tune_lease()
     # in the run's name before its process starts: callers meanwhile see it running
     if not await scripts.lease(lease, run_id, settings.tune_lease_ms, "take"):
-        return await running(client, keys), False
+        holder = await client.get(lease)
+        return (holder.decode() if isinstance(holder, bytes) else holder), False
     try:
         process = await asyncio.create_subprocess_exec(
-            *RUN_COMMAND, "--log-level", "WARNING", "tune", "--apply",
-            "--run-id", run_id, "--trigger", trigger,
-            env={**os.environ, **settings.to_env()},
+            *RUN_COMMAND, "--log-level", "WARNING", *command, "--run-id", run_id,
+            env={**os.environ, **settings.to_env(), **ONE_CORE},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     except OSError:
         await scripts.lease(lease, run_id, settings.tune_lease_ms, "release")
@@ -155,6 +167,14 @@ async def arrival_windows(client: aioredis.Redis, keys: Keys, since_ms: float | 
         low = floor if since_ms is not None and since_ms >= start else str(start)
         yield window, low, ceiling
         ceiling = f"({start}"
+
+
+async def newest_arrival(client: aioredis.Redis, keys: Keys) -> float | None:
+    """When the newest session arrived (ms), over every partition; None: none did."""
+    newest = [score for reply in await _each_partition(
+        client, keys, "ZREVRANGEBYSCORE", "+inf", "-inf", "WITHSCORES", "LIMIT", 0, 1)
+        for _, score in _pairs(reply)]
+    return max(newest) if newest else None
 
 
 async def arrived_in(client: aioredis.Redis, keys: Keys, low: str, high: str

@@ -4,7 +4,7 @@
  * constants these are (tests/test_architecture.py holds them equal). */
 #include "kernel.h"
 
-#define WIDTH 6
+#define WIDTH 7
 #define SCORE_FLOOR 1e-9
 #define AGE_CAP 365.0
 #define DAY_KEYS 86400000000.0
@@ -92,24 +92,26 @@ DEFINE_SORT(sort_valued, Valued, VALUED_BEFORE)
 
 PyDoc_STRVAR(reorder_doc,
 "reorder(best, values, doc_freq, sessions, query_items, query_weights, found_items,\n"
-"        found_latest, weights, depth, k) -> (items u64 bytes, scores f64 bytes):\n"
+"        found_latest, sequence, weights, depth, k) -> (items u64 bytes, scores f64 bytes):\n"
 "reference_reorder.reorder's counterpart.");
 
 static PyObject *reorder(PyObject *self, PyObject *args) {
-    Py_buffer best, values, df, qitems, qweights, fitems, flatest, weights;
+    Py_buffer best, values, df, qitems, qweights, fitems, flatest, sequence, weights;
     double sessions;
     Py_ssize_t depth, k;
-    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*nn", &best, &values, &df, &sessions,
-                          &qitems, &qweights, &fitems, &flatest, &weights, &depth, &k))
+    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*nn", &best, &values, &df, &sessions,
+                          &qitems, &qweights, &fitems, &flatest, &sequence, &weights, &depth,
+                          &k))
         return NULL;
     PyObject *result = NULL;
     Table table = {0};
     Valued *order = NULL;
     Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8;
+    Py_ssize_t ns = sequence.len / 8;
     if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WIDTH ||
         qweights.len / 8 != nq || flatest.len / 8 != nf) {
         PyErr_SetString(PyExc_ValueError,
-                        "one score and one frequency per answer, and 6 weights");
+                        "one score and one frequency per answer, and 7 weights");
         goto done;
     }
     Py_ssize_t head = n < depth ? n : (depth > 0 ? depth : 0);
@@ -120,6 +122,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     const uint64_t *a = best.buf, *q = qitems.buf;
     const double *v = values.buf, *d = df.buf, *qw = qweights.buf, *w = weights.buf;
     const int64_t *latest = flatest.buf;
+    const double *seq = sequence.buf;
     int64_t newest = 0;
     for (Py_ssize_t i = 0; i < nf; i++)
         if (i == 0 || latest[i] > newest) newest = latest[i];
@@ -153,6 +156,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
             }
         }
         f[5] = log1p(age);
+        f[6] = i < ns ? seq[i] : 0.0;
         double sum = f[0] * w[0];  /* left to right, as the reference sums */
         for (int j = 1; j < WIDTH; j++) sum = sum + f[j] * w[j];
         order[i].value = sum;
@@ -192,6 +196,7 @@ done:
     PyBuffer_Release(&qweights);
     PyBuffer_Release(&fitems);
     PyBuffer_Release(&flatest);
+    PyBuffer_Release(&sequence);
     PyBuffer_Release(&weights);
     return result;
 }
