@@ -94,6 +94,9 @@ def test_the_stored_form_round_trips_and_refuses_anything_else() -> None:
         SequenceModel.from_bytes(b"not a model")
     with pytest.raises(ValueError):
         SequenceModel.from_bytes(model.to_bytes()[:-4])
+    for header in (b'{"rows": [1]}', b'{"rows": 0, "dimensions": 1, "window": 1}', b'[1]'):
+        with pytest.raises(ValueError):
+            SequenceModel.from_bytes(b"SRSQ1" + len(header).to_bytes(4, "little") + header)
 
 
 def test_a_resumed_trainer_keeps_what_it_knew_and_adds_new_items() -> None:
@@ -183,6 +186,31 @@ async def test_a_run_stores_a_model_every_serve_process_follows(
     assert described["id"] == "run1" and described["items"] == 6
     await asyncio.sleep(2.5)  # the serve process' poll
     assert (await order())[0] == "c"
+
+
+async def test_a_model_that_cannot_be_read_leaves_answers_to_the_neighbourhood(
+        shop: Client, settings: Settings) -> None:  # noqa: F811
+    """A stored model this release cannot read (another release's, damaged) is none: the
+    serve process keeps answering, the sequence feature 0, and reads the next one."""
+    await learn(settings, chain("s", T0, 10))
+    body = {"user_interactions": {"x": {"timestamp": T0 + 99 * HOUR}}, "k": 3}
+    plain = await (await shop.post("/iid_recommend", json=body)).json()
+    assert (await shop.put("/admin/model", json={"params": {"order_score": 1.0,
+                                                           "order_sequence": 3.0}})).status \
+        == 200
+    store = Store(settings)
+    try:
+        await store.redis.hset(store.keys.sequence(), mapping={"model": b"SRSQ1\xff\xff",
+                                                               "version": 7})
+        await asyncio.sleep(2.5)
+        resp = await shop.post("/iid_recommend", json=body)
+        assert resp.status == 200
+        assert [r["id"] for r in (await resp.json())["recommendations"]] == \
+            [r["id"] for r in plain["recommendations"]]
+        await sequencerun.fit_live(store, "next")
+        assert await store.sequence.version() == 8
+    finally:
+        await store.close()
 
 
 async def test_a_run_resumes_over_what_arrived_since(settings: Settings) -> None:

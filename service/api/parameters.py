@@ -36,7 +36,7 @@ async def follow_sequence(recommender: Recommender, store: Store) -> None:
     if blob:
         try:
             model = await asyncio.to_thread(SequenceModel.from_bytes, blob)
-        except (ValueError, KeyError) as exc:
+        except ValueError as exc:
             log.warning("sequence model version %d not read (%s): scoring without it",
                         version, exc)
     recommender.sequence, recommender.sequence_version = model, version

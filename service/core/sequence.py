@@ -103,13 +103,22 @@ class SequenceModel:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> SequenceModel:
-        """The model ``to_bytes`` wrote; ValueError for anything else."""
+        """The model ``to_bytes`` wrote; ValueError for anything else (another release's)."""
+        try:
+            return cls._from_bytes(blob)
+        except (KeyError, TypeError, IndexError, struct.error) as exc:
+            raise ValueError(f"not a sequence model: {exc!r}") from None
+
+    @classmethod
+    def _from_bytes(cls, blob: bytes) -> SequenceModel:
         if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 4:
             raise ValueError("not a sequence model")
         (size,) = struct.unpack_from("<I", blob, len(MAGIC))
         start = len(MAGIC) + 4
         header = json.loads(blob[start:start + size])
         rows, d, window = int(header["rows"]), int(header["dimensions"]), int(header["window"])
+        if rows < 1 or d < 1 or window < 1:
+            raise ValueError("a sequence model of no size")
         shapes = ((rows, d), (rows, d), (rows, d), (rows,), (window,))
         at = start + size
         items = np.frombuffer(blob, "<u8", rows - 1, at).astype(np.uint64)

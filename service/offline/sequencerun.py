@@ -90,8 +90,9 @@ async def fit_live(store: Store, run_id: str, say: Callable[[str], None] = lambd
     newest sessions; stored. What the run says of the model (its ``facts``)."""
     started = time.time()
     previous, sums = await store.sequence.training_state()
-    since = previous.facts.get("arrived_until") if previous is not None else None
-    since_ms = float(since) - ARRIVAL_WINDOW * 1000 if isinstance(since, int | float) else None
+    learned = previous.facts.get("arrived_until") if previous is not None else None
+    until = float(learned) if isinstance(learned, int | float) else None
+    since_ms = until - ARRIVAL_WINDOW * 1000 if until is not None else None
     seed = int(started)
     found_sessions, newest = await sessions(store, most=MOST_PREDICTIONS, since_ms=since_ms,
                                             seed=seed)
@@ -106,8 +107,7 @@ async def fit_live(store: Store, run_id: str, say: Callable[[str], None] = lambd
     facts.update({"trained_at": time.time(), "seconds": round(time.time() - started, 1),
                   "epochs": epochs, "resumed": previous is not None,
                   "items": len(trainer.items),
-                  "arrived_until": max(newest, float(since) if since_ms is not None
-                                       and isinstance(since, int | float) else 0.0)})
+                  "arrived_until": max(newest, until or 0.0)})
     version = await store.sequence.save(trainer.model(facts), trainer.sums)
     say(f"sequence run {run_id}: version {version}, {facts}")
     return {**facts, "stored": True, "version": version}

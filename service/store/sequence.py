@@ -64,7 +64,7 @@ class SequenceModels(Part):
                                                                      ["model", "sums"]))
         try:
             model = SequenceModel.from_bytes(blob) if blob else None
-        except (ValueError, KeyError):
+        except ValueError:
             return None, None
         if model is None or not sums or len(sums) != 16 * (model.size + 1):
             return model, None
