@@ -151,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     sequence = command(
         "sequence", "train the sequence model on the live state now (workers do it every "
                     "--sequence-refresh seconds)",
-        "Train the sequence model (the learned order's order_sequence feature) on the sessions "
-        "the workers learned, resuming the stored model over the sessions that arrived since "
-        "its last run, and store it for every serve process.")
+        "Train the sequence model (the learned order's order_sequence feature) on the newest "
+        "sessions the workers learned, resuming the stored model if there is one, and store "
+        "it for every serve process.")
     sequence.add_argument("--apply", action="store_true", required=True,
                           help="train on the learned state in Redis and store the model")
     sequence.add_argument("--run-id", default=None, help=argparse.SUPPRESS)

@@ -251,9 +251,9 @@ class Settings:
     sequence_refresh: float = field(
         default=300.0,
         metadata=_doc("Seconds between sequence model runs (`sessionrec sequence --apply`, "
-                      "a process of its own at a lowered priority, one at a time), each over "
-                      "the sessions that arrived since the last; 0: none (order_sequence "
-                      "then orders nothing).", commands=WORKER))
+                      "a process of its own at a lowered priority, one at a time) while new "
+                      "sessions arrive; 0: none (order_sequence then orders nothing).",
+                      commands=WORKER))
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.namespace):

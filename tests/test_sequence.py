@@ -13,14 +13,16 @@ import pytest
 
 from service.core import reorder
 from service.core.layout import item_hash
+from service.core.model import Event
 from service.core.scoring import Params, Query
 from service.core.sequence import WINDOW, SequenceModel, run_due
 from service.offline import sequencefit, sequencerun
+from service.offline.livetune import tune_live
 from service.settings import Settings
 from service.store.state import Store
 from service.store.tuning import RUN_COMMAND
 from tests.conftest import Client
-from tests.helpers import running_workers
+from tests.helpers import drain, running_workers
 from tests.test_livetune import HOUR, T0, learn, shop  # noqa: F401  (fixture)
 
 U = np.uint64
@@ -181,7 +183,8 @@ async def test_a_run_stores_a_model_every_serve_process_follows(
         facts = await sequencerun.fit_live(store, "run1")
     finally:
         await store.close()
-    assert facts["stored"] is True and facts["sessions"] == 60 and facts["epochs"] == 3
+    # the w sessions arrived within one hour: that hour gives at most its share
+    assert facts["stored"] is True and facts["sessions"] == 31 and facts["epochs"] == 3
     described = (await (await shop.get("/model")).json())["sequence"]
     assert described["id"] == "run1" and described["items"] == 6
     await asyncio.sleep(2.5)  # the serve process' poll
@@ -224,26 +227,45 @@ async def test_a_run_resumes_over_what_arrived_since(settings: Settings) -> None
     finally:
         await store.close()
     assert first["epochs"] == 3 and first["sessions"] == 10
-    # the window before the last model's newest arrival, and the new one's: not the rest
+    # one pass over the newest sessions, read as a fresh run reads them: 11 hours hold
+    # sessions, so the newest (5 sessions of one prediction) gives no more than another
+    # (one session of three): 3 of its 5
     assert second["resumed"] is True and second["epochs"] == 1
-    assert second["sessions"] == 6 and second["version"] == 2
+    assert second["sessions"] == 13 and second["version"] == 2
+    assert "arrived_until" not in second
     assert model is not None and sums is not None and model.rows_of(hashes("new"))[0] > 0
 
 
+def test_the_share_cap_is_a_water_level() -> None:
+    cap = sequencerun.share_cap
+    assert cap([]) == 0 and cap([0, 0]) == 0
+    assert cap([5] * 30) == 5  # every window whole: each is a 30th
+    # one window of 10,000 among 30 of 5: it may give no more than a 24th of the total
+    level = cap([10_000] + [5] * 30)
+    assert level * 24 <= level + 150 and (level + 1) * 24 > level + 1 + 150
+    assert cap([100, 3, 7]) == 3  # fewer than 24 windows: at most the smallest's
+    assert cap([5] * 30, most=60) == 2  # and the total within ``most``
+
+
 async def test_one_arrival_window_gives_at_most_its_share(settings: Settings) -> None:
-    """A burst of 200 sessions within one hour among 20 honest ones an hour each: read for
-    at most 48 predictions, the burst's window gives at most 2 of them (1/24), the honest
-    windows the rest."""
-    burst = [(f"burst{n}", T0 + 30 * HOUR + n, ["p", "q"]) for n in range(200)]
-    honest = [(f"h{n}", T0 + n * HOUR, ["x", "a"]) for n in range(20)]
+    """A burst of 400 sessions of 40 clicks within one hour (the red team's: 97 % of a
+    resumed run's predictions, 62 % of a fresh one's, before the share was a share) among 30
+    honest hours: it gives at most a 24th of a run, fresh or resumed, and the honest hours
+    all they hold."""
+    burst = [(f"burst{n}", T0 + 40 * HOUR + n, ["p", "q"] * 20) for n in range(400)]
+    honest = [(f"h{n}-{k}", T0 + n * HOUR + 60 * k, ["x", "a", "b"])
+              for n in range(30) for k in range(3)]
     await learn(settings, honest + burst)
     store = Store(settings)
     try:
-        found, _ = await sequencerun.sessions(store, most=48)
+        for most in (sequencerun.MOST_PREDICTIONS, sequencerun.REFRESH_PREDICTIONS):
+            found, _ = await sequencerun.sessions(store, most=most)
+            crafted = sum(len(s) - 1 for s in found if int(s[0]) == h("p"))
+            total = sum(len(s) - 1 for s in found)
+            assert 24 * crafted <= total
+            assert total - crafted == 90 * 2  # every honest session
     finally:
         await store.close()
-    crafted = sum(int(s[0]) == h("p") for s in found)
-    assert crafted <= 2 and len(found) - crafted == 20
 
 
 async def test_a_tuning_runs_model_sees_nothing_from_its_holdout_on(
@@ -260,6 +282,28 @@ async def test_a_tuning_runs_model_sees_nothing_from_its_holdout_on(
     assert model is not None and everything is not None
     assert model.rows_of(hashes("planted"))[0] == 0
     assert everything.rows_of(hashes("planted"))[0] > 0
+
+
+async def test_backdated_sessions_do_not_empty_a_tuning_runs_model(
+        settings: Settings) -> None:
+    """Sessions dated 1970 that arrive now enter the holdout (the newest arrivals) with the
+    earliest starts of all: the run's own sequence model still learns from the honest
+    sessions before its cut (a quantile of the starts, not the first), and the backdated
+    sessions read no model."""
+    await learn(settings, chain("s", T0, 40))
+    store = Store(settings)
+    try:
+        events = [Event(f"old{n}", item, float(k)) for n in range(3)
+                  for k, item in enumerate(["x", "a"])]
+        await store.ingestion.ingest(events)
+        await drain(settings)
+        run = await tune_live(store, Params.from_settings(settings), trigger="cli",
+                              holdout_sessions=12, seed=1)
+    finally:
+        await store.close()
+    assert run["holdout_sessions"] == 12
+    assert run["sequence"] is not None and run["sequence"]["predictions"] > 0
+    assert run["sequence"]["holdout_sessions"] < 12
 
 
 async def test_workers_start_a_run_when_one_is_due(settings: Settings) -> None:

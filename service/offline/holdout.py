@@ -75,6 +75,7 @@ class Ranked:
     values: scoring.F64
     target: int
     found: scoring.Candidates  # what the answers were ranked from
+    start: int  # its session's first event's time key
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +155,11 @@ class Holdout:
         self.histories: dict[int, bytes | None] = {}
         self.sequence: SequenceModel | None = None
         """The sequence model its predictions read (``order_sequence``): one trained only on
-        events older than every holdout session (``sequencerun.fit_before``), never the
-        stored one, which has seen them."""
+        events older than ``sequence_from`` (``sequencerun.fit_before``), never the stored
+        one, which has seen them; a session that started before that reads none (its
+        feature is 0 for every candidate alike), so no prediction reads a model that saw
+        its session or a later event."""
+        self.sequence_from = 0
 
     @property
     def predictions(self) -> int:
@@ -191,7 +195,7 @@ class Holdout:
                 target = int.from_bytes(held.items[cut], "little")
                 if not len(sessions):
                     yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target,
-                                 scoring.NO_CANDIDATES)
+                                 scoring.NO_CANDIDATES, held.start)
                     continue
                 histories = [before(h, held.start, HISTORY_DTYPE)
                              for h in await self._histories(sessions)]
@@ -200,7 +204,7 @@ class Holdout:
                     if params.idf_weight else (np.zeros(0), 0.0)
                 best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,
                                             params, True, np.zeros(0, np.uint64), k)
-                yield Ranked(query, best, values, target, found)
+                yield Ranked(query, best, values, target, found, held.start)
 
     async def examples(self, params: Params) -> fitorder.Examples:
         """The predictions as the served order of ``params`` (any learned order left out)
@@ -213,11 +217,16 @@ class Holdout:
             at = np.flatnonzero(got.best == np.uint64(got.target))
             if len(at):
                 df, sessions = await self.store.reads.doc_freq(got.best)
-                rows.append(reorder.features(
-                    got.best, got.values, df, sessions, got.query, got.found,
-                    reorder.sequence_values(self.sequence, got.query, got.best)))
+                rows.append(reorder.features(got.best, got.values, df, sessions, got.query,
+                                             got.found, self._sequence(got, got.best)))
                 targets.append(int(at[0]))
         return fitorder.Examples(rows, targets)
+
+    def _sequence(self, got: Ranked, best: scoring.U64) -> scoring.F64:
+        """The sequence model's values of a prediction's answers, if it may read it."""
+        if got.start < self.sequence_from:
+            return reorder.NO_VALUES
+        return reorder.sequence_values(self.sequence, got.query, best)
 
     async def score(self, params: Params) -> Score:
         """HR@20 and MRR@20 of ``params`` over every prefix of every holdout session."""
@@ -226,8 +235,8 @@ class Holdout:
             best = got.best
             if reorder.active(params) and len(best):
                 df, n_sessions = await self.store.reads.doc_freq(best)
-                sequence = reorder.sequence_values(self.sequence, got.query, best) \
-                    if params.order_sequence else reorder.NO_VALUES
+                sequence = self._sequence(got, best) if params.order_sequence \
+                    else reorder.NO_VALUES
                 best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, got.found,
                                           params, K, sequence)
             found = np.flatnonzero(best[:K] == np.uint64(got.target))

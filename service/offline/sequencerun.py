@@ -17,98 +17,137 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE
-from service.core.modelparams import ARRIVAL_WINDOW, HOLDOUT_WINDOWS
+from service.core.modelparams import HOLDOUT_WINDOWS
 from service.core.sequence import U64, SequenceModel
 from service.offline import sequencefit
 from service.store import tuning
 from service.store.state import Store
 
 MOST_PREDICTIONS = 1_000_000
-"""Next-click examples a run learns from at most: its time and memory grow with them."""
+"""Next-click examples a fresh run learns from at most: its time and memory grow with them."""
+
+REFRESH_PREDICTIONS = 250_000
+"""The same for a run that resumes the stored model: one pass over the newest sessions, read
+as a fresh run reads them (so that no hour weighs more in an update than in a fresh model)."""
 
 TUNING_PREDICTIONS = 500_000
 """The same for a tuning run's own model, trained afresh inside the run's time."""
 
 WINDOW_SHARE = HOLDOUT_WINDOWS
-"""One arrival window gives at most this fraction (1 / it) of a run's predictions."""
+"""No arrival window gives more than 1 / this of a run's predictions (1 / the number of
+windows read, while fewer than this many hold sessions)."""
 
 FIRST_EPOCHS = 3
-"""Passes over the sessions of a model trained afresh; one resumes a stored model over the
-sessions that arrived since."""
+"""Passes over the sessions of a model trained afresh; one resumes a stored model."""
 
 CHUNK = 1000
 
 
-async def sessions(store: Store, *, most: int, since_ms: float | None = None,
-                   before: int | None = None, seed: int = 0) -> tuple[list[U64], float]:
-    """The item sequences (oldest first) of the sessions that arrived after ``since_ms``,
-    newest windows first, until they hold ``most`` predictions; with ``before`` (a time key),
-    only each session's events older than it. And the newest arrival read (ms)."""
+def share_cap(counts: Sequence[int], share: int = WINDOW_SHARE, most: int | None = None
+              ) -> int:
+    """The most predictions any one window may give so that none gives more than
+    ``1 / share`` of the total each gives under it (``1 / len(counts)`` when fewer than
+    ``share`` windows hold any: then at most the smallest's), and the total stays within
+    ``most``: the largest ``c`` with ``share * c <= sum(min(n, c))`` (a water level; the sum
+    is concave in ``c``, so the levels that satisfy it are an interval from 0)."""
+    held = sorted((n for n in counts if n > 0), reverse=True)
+    if not held:
+        return 0
+    share = min(share, len(held))
+    low, high = 0, held[0]
+    while low < high:  # the largest level that satisfies both bounds
+        level = (low + high + 1) // 2
+        total = sum(min(n, level) for n in held)
+        if share * level <= total and (most is None or total <= most):
+            low = level
+        else:
+            high = level - 1
+    return low
+
+
+async def sessions(store: Store, *, most: int, before: int | None = None, seed: int = 0
+                   ) -> tuple[list[U64], float]:
+    """The item sequences (oldest first) of the newest sessions, by arrival window newest
+    first, each window's in a random order, read until they hold ``most`` predictions at
+    ``most / WINDOW_SHARE`` a window; then each window keeps its sessions up to the
+    ``share_cap`` level (a session that does not fit is skipped), so that no window gives
+    more than its share of the run. With ``before`` (a time key), only each session's events
+    older than it count. And the newest arrival read (ms)."""
     per_window = -(-most // WINDOW_SHARE)
-    found: list[U64] = []
+    windows: list[list[U64]] = []
     held, newest = 0, 0.0
-    async for window, low, high in tuning.arrival_windows(store.redis, store.keys, since_ms):
+    async for window, low, high in tuning.arrival_windows(store.redis, store.keys):
         arrived = await tuning.arrived_in(store.redis, store.keys, low, high)
         newest = max([newest] + [ms for _, ms in arrived])
         order = np.random.default_rng([seed, window]).permutation(len(arrived))
+        read: list[U64] = []
         taken = 0
         for at in range(0, len(order), CHUNK):
             chunk = np.array([int.from_bytes(arrived[n][0], "little")
                               for n in order[at:at + CHUNK].tolist()], np.uint64)
             for blob in await store.reads.histories(chunk):
-                if not blob or len(blob) < 2 * ENTRY_BYTES:
-                    continue
-                entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
-                                        HISTORY_DTYPE)
-                if before is not None:
-                    entries = entries[entries["t"] < before]
-                if len(entries) < 2:
-                    continue
-                entries = entries[np.argsort(entries["t"], kind="stable")]
-                found.append(entries["i"].astype(np.uint64))
-                taken += len(entries) - 1
-                held += len(entries) - 1
-                if held >= most or taken >= per_window:
-                    break
-            if held >= most or taken >= per_window:
+                items = _items(blob, before)
+                if items is not None and taken + len(items) - 1 <= per_window:
+                    read.append(items)
+                    taken += len(items) - 1
+            if taken >= per_window:
                 break
+        windows.append(read)
+        held += taken
         if held >= most:
             break
         await asyncio.sleep(0)
+    level = share_cap([sum(len(s) - 1 for s in read) for read in windows], most=most)
+    found: list[U64] = []
+    for read in windows:
+        taken = 0
+        for items in read:
+            if taken + len(items) - 1 <= level:
+                found.append(items)
+                taken += len(items) - 1
     return found, newest
+
+
+def _items(blob: bytes | None, before: int | None) -> U64 | None:
+    """A history's items in time order (only its events older than ``before``, if given);
+    None when fewer than two: no prediction."""
+    if not blob or len(blob) < 2 * ENTRY_BYTES:
+        return None
+    entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], HISTORY_DTYPE)
+    if before is not None:
+        entries = entries[entries["t"] < before]
+    if len(entries) < 2:
+        return None
+    return entries[np.argsort(entries["t"], kind="stable")]["i"].astype(np.uint64)
 
 
 async def fit_live(store: Store, run_id: str, say: Callable[[str], None] = lambda _: None
                    ) -> dict[str, object]:
-    """One run: the stored model resumed over the sessions that arrived since its run (the
-    window before included: sessions still clicking), or a model trained afresh over the
-    newest sessions; stored. What the run says of the model (its ``facts``)."""
+    """One run: the stored model resumed for one pass over the newest sessions, or a model
+    trained afresh over more of them; stored. What the run says of the model (its public
+    ``facts``)."""
     started = time.time()
     previous, sums = await store.sequence.training_state()
-    learned = previous.facts.get("arrived_until") if previous is not None else None
-    until = float(learned) if isinstance(learned, int | float) else None
-    since_ms = until - ARRIVAL_WINDOW * 1000 if until is not None else None
     seed = int(started)
-    found_sessions, newest = await sessions(store, most=MOST_PREDICTIONS, since_ms=since_ms,
-                                            seed=seed)
+    most = REFRESH_PREDICTIONS if previous is not None else MOST_PREDICTIONS
+    found_sessions, newest = await sessions(store, most=most, seed=seed)
     found = sequencefit.examples(found_sessions)
     facts: dict[str, object] = {"id": run_id, "started_at": started,
                                 "sessions": len(found_sessions), "predictions": len(found)}
     if not len(found):
-        say(f"sequence run {run_id}: no new sessions of two events or more")
+        say(f"sequence run {run_id}: no sessions of two events or more")
         return {**facts, "stored": False}
     epochs = 1 if previous is not None else FIRST_EPOCHS
     trainer = await asyncio.to_thread(sequencefit.train, found, previous, sums, epochs, seed)
     facts.update({"trained_at": time.time(), "seconds": round(time.time() - started, 1),
                   "epochs": epochs, "resumed": previous is not None,
-                  "items": len(trainer.items),
-                  "arrived_until": max(newest, until or 0.0)})
-    version = await store.sequence.save(trainer.model(facts), trainer.sums)
+                  "items": len(trainer.items)})
+    version = await store.sequence.save(trainer.model(facts), trainer.sums, newest)
     say(f"sequence run {run_id}: version {version}, {facts}")
     return {**facts, "stored": True, "version": version}
 
@@ -122,5 +161,4 @@ async def fit_before(store: Store, before: int, seed: int = 0) -> SequenceModel 
     if not len(found):
         return None
     trainer = await asyncio.to_thread(sequencefit.train, found, None, None, FIRST_EPOCHS, seed)
-    return trainer.model({"sessions": len(found_sessions), "predictions": len(found),
-                          "before": before})
+    return trainer.model({"sessions": len(found_sessions), "predictions": len(found)})

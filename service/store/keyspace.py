@@ -246,7 +246,9 @@ class Keys:
     def sequence(self) -> str:
         """Hash: the sequence model (``core/sequence.py``): ``version`` (a counter serve
         processes poll), ``model`` (its stored form), ``sums`` (its trainer's optimiser
-        state) and ``facts`` (JSON: what its run says of it), written as one step."""
+        state), ``facts`` (JSON: what its run says of it, public) and ``arrived_until`` (the
+        newest arrival its run read, ms), written as one step; ``started`` (when a worker
+        last started a run)."""
         return f"{self.ns}:{{g}}:sequence"
 
     def sequence_lease(self) -> str:

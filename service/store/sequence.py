@@ -25,13 +25,11 @@ async def start_if_due(client: aioredis.Redis, scripts: Scripts, keys: Keys,
     lease. The new run's id, if this call started one."""
     if settings.sequence_refresh <= 0:
         return None
-    started, facts = await client.hmget(keys.sequence(), ["started", "facts"])
-    until = json.loads(facts).get("arrived_until") if facts else None
+    started, until = await client.hmget(keys.sequence(), ["started", "arrived_until"])
     newest = await tuning.newest_arrival(client, keys)
     now = time.time()
-    if not run_due(float(started) if started else None,
-                   float(until) if isinstance(until, int | float) else None, newest, now,
-                   settings.sequence_refresh):
+    if not run_due(float(started) if started else None, float(until) if until else None,
+                   newest, now, settings.sequence_refresh):
         return None
     run_id, began = await tuning.start_process(client, scripts, keys.sequence_lease(),
                                                settings, ("sequence", "--apply"))
@@ -70,13 +68,15 @@ class SequenceModels(Part):
             return model, None
         return model, np.frombuffer(sums, "<f4").reshape(4, -1).astype(np.float32)
 
-    async def save(self, model: SequenceModel, sums: F32) -> int:
-        """Store ``model`` and its trainer's sums as one step; the new version."""
+    async def save(self, model: SequenceModel, sums: F32, arrived_until: float) -> int:
+        """Store ``model``, its trainer's sums and the newest arrival it read (ms: kept for
+        the workers' check, out of the public facts) as one step; the new version."""
         key = self.keys.sequence()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"model": model.to_bytes(),
                                     "sums": np.ascontiguousarray(sums, "<f4").tobytes(),
-                                    "facts": json.dumps(model.facts)})
+                                    "facts": json.dumps(model.facts),
+                                    "arrived_until": arrived_until})
             pipe.hincrby(key, "version", 1)
             replies = await pipe.execute()
         return int(replies[-1])
