@@ -80,16 +80,16 @@ class SequenceModel:
         """The learned order's feature for each answer to a session (its items oldest first):
         the answer's score minus the best answer's, so at most 0. An answer the model never
         learned takes the lowest known answer's value; every value is 0 when the model knows
-        no answer or none of the session's items (then the feature orders nothing)."""
-        window = self.rows_of(np.asarray(session, np.uint64)[::-1][:WINDOW])
-        rows = self.rows_of(answers)
+        no answer or none of the session's items (then the feature orders nothing). One
+        lookup for both lists and no einsum: it runs on every request the feature orders."""
+        recent = np.asarray(session, np.uint64)[::-1][:WINDOW]
+        rows = self.rows_of(np.concatenate((recent, np.asarray(answers, np.uint64))))
+        window, rows = rows[:len(recent)], rows[len(recent):]
         known = rows > 0
         if not known.any() or not window.any():
             return np.zeros(len(answers))
-        padded = np.zeros((1, WINDOW), np.int64)
-        padded[0, :len(window)] = window
-        state = self.state(padded)[0].astype(np.float64)
-        score = self.outputs[rows].astype(np.float64) @ state + self.bias[rows]
+        state = self.positions[:len(window)] @ self.inputs[window] + self.last[window[0]]
+        score = (self.outputs[rows] @ state + self.bias[rows]).astype(np.float64)
         score = np.where(known, score, score[known].min())
         return np.asarray(score - score.max(), np.float64)
 

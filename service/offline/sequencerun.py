@@ -4,11 +4,11 @@ Redis, the model trained (``sequencefit``) off the event loop, stored whole for 
 processes to follow. Also the tuning run's own model, trained only on what preceded its
 holdout.
 
-What a run learns from is public traffic, so it is read the way the holdout reads it: by
-arrival window (the server's clock), newest first, each window giving at most a
-``WINDOW_SHARE``-th of a run's predictions, drawn at random within it. A burst one client
-sends within an hour is at most that share of what the model learns from; honest windows
-before and after it keep the rest.
+What a run learns from is public traffic, so it is read by arrival window (the server's
+clock, never the events' timestamps), newest first, drawn at random within each window, and
+no window gives more than a ``WINDOW_SHARE``-th of what the run learns from (``share_cap``).
+A burst one client sends within an hour is at most that share, however many sessions and
+clicks it holds; honest windows before and after it keep the rest.
 
 Offline tool: the serving path never imports it.
 """
@@ -154,8 +154,9 @@ async def fit_live(store: Store, run_id: str, say: Callable[[str], None] = lambd
 
 async def fit_before(store: Store, before: int, seed: int = 0) -> SequenceModel | None:
     """A model trained afresh on the events older than ``before`` (a time key) of the newest
-    sessions: a tuning run's, which must not see its holdout's sessions nor any later event.
-    None when they hold no prediction."""
+    sessions: a tuning run's, which its holdout sessions that started at ``before`` or later
+    read (none of their events, nor any later one, is in it). None when they hold no
+    prediction."""
     found_sessions, _ = await sessions(store, most=TUNING_PREDICTIONS, before=before, seed=seed)
     found = sequencefit.examples(found_sessions)
     if not len(found):
