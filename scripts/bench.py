@@ -990,11 +990,13 @@ def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate:
     print(f"sequence model: {trained.stdout.strip()}", file=sys.stderr)
     plain: list[float] = []
     ordered: list[float] = []
+    unsequenced: list[float] = []  # the order without the sequence model's weight
     with sessionrec_server(settings, extra={"SESSIONREC_SECRET_KEYS": EXPERIMENT_SECRET}) as api:
         wrk(api, script, 2)  # warm the caches
         for n in range(rounds):
-            pair = [(plain, off), (ordered, ORDER)]
-            for figures, weights in (pair if n % 2 == 0 else pair[::-1]):
+            arms = [(plain, off), (ordered, ORDER),
+                    (unsequenced, {**ORDER, "order_sequence": 0.0})]
+            for figures, weights in (arms if n % 2 == 0 else arms[::-1]):
                 _admin(api, "PUT", "/admin/model", {"params": weights})
                 figures.append(wrk(api, script, seconds)["rps"])
         # a server started now reads the order from the record
@@ -1004,6 +1006,9 @@ def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate:
     return {"req/s, served order": median(plain), "req/s, learned order": median(ordered),
             "ratio (learned / served), median of the rounds' ratios": median(
                 [o / p for o, p in zip(ordered, plain, strict=True)]),
+            "req/s, learned order without the sequence model's weight": median(unsequenced),
+            "ratio (that / served)": median(
+                [o / p for o, p in zip(unsequenced, plain, strict=True)]),
             f"learned order at {rate:.0f} req/s: p50 ms": latency["p50 ms"],
             f"learned order at {rate:.0f} req/s: p99 ms": latency["p99 ms"],
             "rounds": rounds, "seconds per round": seconds}
