@@ -51,7 +51,12 @@ _REAPERS: set[asyncio.Task[int]] = set()
 
 async def running(client: aioredis.Redis, keys: Keys) -> str | None:
     """The id of the run holding the tuning lease, if one does."""
-    holder = await client.get(keys.tune_lease())
+    return await holder_of(client, keys.tune_lease())
+
+
+async def holder_of(client: aioredis.Redis, lease: str) -> str | None:
+    """The id of the run holding ``lease``, if one does."""
+    holder = await client.get(lease)
     return holder.decode() if isinstance(holder, bytes) else holder
 
 
@@ -71,8 +76,7 @@ async def start_process(client: aioredis.Redis, scripts: Scripts, lease: str,
     run_id = uuid.uuid4().hex[:12]
     # in the run's name before its process starts: callers meanwhile see it running
     if not await scripts.lease(lease, run_id, settings.tune_lease_ms, "take"):
-        holder = await client.get(lease)
-        return (holder.decode() if isinstance(holder, bytes) else holder), False
+        return await holder_of(client, lease), False
     try:
         process = await asyncio.create_subprocess_exec(
             *RUN_COMMAND, "--log-level", "WARNING", *command, "--run-id", run_id,
