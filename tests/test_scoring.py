@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from service import kernel
 from service.core import scoring
 from service.core.layout import history_blob, index_entry, item_hash, session_hash, time_key
 from service.core.scoring import Params
+from service.core.sequence import SequenceModel
 
 pytestmark = pytest.mark.kernel  # ./dev test runs these on both kernels
 
@@ -411,3 +413,87 @@ def test_the_compiled_order_keeps_the_references_constants() -> None:
     assert float(defined["AGE_CAP"]) == reference_reorder.AGE_CAP
     assert float(defined["DAY_KEYS"]) == reference_reorder.DAY_KEYS
     assert float(defined["SCORE_FLOOR"]) == reference_reorder.SCORE_FLOOR
+
+
+def _random_sequence_model(rng: np.random.Generator, n: int, d: int, crowded: bool
+                           ) -> SequenceModel:
+    """``crowded``: every key shares its top bits, the ids an attacker grinds into one range
+    of the directory."""
+    keys = rng.integers(1, 2**63, n, dtype=np.uint64) * np.uint64(2)
+    if crowded:
+        keys = (keys >> np.uint64(20)) | np.uint64(0xABCD << 48)
+    items = np.unique(keys)
+
+    def rows() -> npt.NDArray[np.float32]:
+        out = rng.normal(0, 0.3, (len(items) + 1, d)).astype(np.float32)
+        out[0] = 0.0
+        return out
+
+    return SequenceModel(items, rows(), rows(), rows(),
+                         rng.normal(0, 1, len(items) + 1).astype(np.float32),
+                         rng.random(int(rng.integers(1, 12))).astype(np.float32))
+
+
+def test_the_sequence_values_equal_their_reference_on_random_cases() -> None:
+    """``kernel.sequence_values`` compiled and its reference: the same values, on models of
+    every size (none learned included), sessions longer and shorter than the window, answers
+    learned or not, and keys crowded into one range of the directory."""
+    from service.kernel import _native, reference_sequence
+
+    rng = np.random.default_rng(12)
+    compared = 0
+    for case in range(200):
+        model = _random_sequence_model(rng, int(rng.integers(0, 300)), int(rng.integers(1, 70)),
+                                       crowded=case % 5 == 0)
+        unknown = rng.integers(1, 2**63, 20, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        pool = np.concatenate((model.items, unknown))
+        session = rng.choice(pool, int(rng.integers(0, 15)))
+        answers = rng.choice(pool, int(rng.integers(0, 120)))
+        table, directory, codes = model.serving
+        args = (table, directory, codes, model.inputs, model.last, model.positions, session,
+                answers)
+        got = np.frombuffer(_native.sequence_values(*args))
+        want = np.frombuffer(reference_sequence.sequence_values(*args))
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+        compared += int((got != 0).sum())
+    assert compared > 3000
+    for implementation in (_native.sequence_values, reference_sequence.sequence_values):
+        with pytest.raises(ValueError, match="directory"):
+            implementation(table, directory[:-1], codes, model.inputs, model.last,
+                           model.positions, session, answers)
+        with pytest.raises(ValueError, match="one size"):
+            implementation(table, directory, codes[:-1], model.inputs, model.last,
+                           model.positions, session, answers)
+
+
+def test_the_serving_layout_keeps_the_models_values() -> None:
+    """The coded outputs are within half a step of the model's (a 254th of the row's
+    largest), so the values serving reads are the float model's to a small fraction of
+    their spread."""
+    rng = np.random.default_rng(13)
+    model = _random_sequence_model(rng, 2000, 64, crowded=False)
+    table, _, codes = model.serving
+    step = table["scale"][:, None]
+    assert np.all(np.abs(codes * step - model.outputs[1:]) <= step / 2 + 1e-7)
+    for _ in range(20):
+        session, answers = rng.choice(model.items, 6), rng.choice(model.items, 100)
+        got = model.values(session, answers)
+        window = model.rows_of(session[::-1][:len(model.positions)])
+        state = model.positions[:len(window)] @ model.inputs[window] + model.last[window[0]]
+        rows = model.rows_of(answers)
+        exact = model.outputs[rows] @ state + model.bias[rows]
+        exact = exact - exact.max()
+        assert np.abs(got - exact).max() < 0.01 * (exact.max() - exact.min())
+
+
+def test_the_compiled_sequence_values_keep_the_references_constants() -> None:
+    import re
+    from pathlib import Path
+
+    from service.kernel import reference_sequence
+
+    source = (Path(__file__).parent.parent / "service/kernel/native/sequence.c").read_text()
+    defined = dict(re.findall(r"#define (\w+) (\S+)\n", source))
+    assert int(defined["DIRECTORY_SHIFT"]) == reference_sequence.DIRECTORY_SHIFT
+    assert re.search(r"uint64_t key;\s+float scale;\s+float bias;", source)
+    assert reference_sequence.TABLE.names == ("key", "scale", "bias")

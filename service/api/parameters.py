@@ -28,6 +28,13 @@ from service.store.state import Store
 log = logging.getLogger("sessionrec.api")
 
 
+def _decoded(blob: bytes) -> SequenceModel:
+    """The stored model with its serving layout built, off the event loop."""
+    model = SequenceModel.from_bytes(blob)
+    model.serving  # noqa: B018 (built here, not in the first request that reads it)
+    return model
+
+
 async def follow_sequence(recommender: Recommender, store: Store) -> None:
     """Read the stored sequence model and score with it (none stored, or one this release
     cannot read: none, and the learned order's sequence feature is 0)."""
@@ -35,7 +42,7 @@ async def follow_sequence(recommender: Recommender, store: Store) -> None:
     model = None
     if blob:
         try:
-            model = await asyncio.to_thread(SequenceModel.from_bytes, blob)
+            model = await asyncio.to_thread(_decoded, blob)
         except ValueError as exc:
             log.warning("sequence model version %d not read (%s): scoring without it",
                         version, exc)

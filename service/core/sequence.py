@@ -24,10 +24,14 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from service import kernel
+from service.kernel import reference_sequence
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -76,22 +80,23 @@ class SequenceModel:
         return np.asarray(np.einsum("bw,bwd->bd", weights, self.inputs[windows])
                           + self.last[windows[:, 0]], np.float32)
 
+    @cached_property
+    def serving(self) -> reference_sequence.Layout:
+        """The layout requests read the model through (``reference_sequence.layout``): built
+        once per model, where it is decoded, not in the first request."""
+        return reference_sequence.layout(self.items, self.outputs, self.bias)
+
     def values(self, session: U64, answers: U64) -> F64:
         """The learned order's feature for each answer to a session (its items oldest first):
         the answer's score minus the best answer's, so at most 0. An answer the model never
         learned takes the lowest known answer's value; every value is 0 when the model knows
-        no answer or none of the session's items (then the feature orders nothing). One
-        lookup for both lists and no einsum: it runs on every request the feature orders."""
-        recent = np.asarray(session, np.uint64)[::-1][:WINDOW]
-        rows = self.rows_of(np.concatenate((recent, np.asarray(answers, np.uint64))))
-        window, rows = rows[:len(recent)], rows[len(recent):]
-        known = rows > 0
-        if not known.any() or not window.any():
-            return np.zeros(len(answers))
-        state = self.positions[:len(window)] @ self.inputs[window] + self.last[window[0]]
-        score = (self.outputs[rows] @ state + self.bias[rows]).astype(np.float64)
-        score = np.where(known, score, score[known].min())
-        return np.asarray(score - score.max(), np.float64)
+        no answer or none of the session's items (then the feature orders nothing). The
+        kernel's (``sequence_values``): it runs on every request the feature orders."""
+        table, directory, codes = self.serving
+        return np.frombuffer(kernel.sequence_values(
+            table, directory, codes, self.inputs, self.last, self.positions,
+            np.ascontiguousarray(session, np.uint64), np.ascontiguousarray(answers, np.uint64)),
+            np.float64)
 
     def to_bytes(self) -> bytes:
         header = json.dumps({"rows": len(self.items) + 1, "dimensions": self.inputs.shape[1],

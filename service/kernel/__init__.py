@@ -51,7 +51,7 @@ def use(name: str) -> None:
     """Route every kernel function to ``native`` or ``reference`` (tests switch both ways)."""
     global NAME, reseed, query, neighbours, score, candidates, rank, relative, hashes
     global lookup, insert, select, first_absent, objects_get, objects_put, objects_pop, mget, pack
-    global arrange, rows, rows_json, checked_hashes, gather, reorder
+    global arrange, rows, rows_json, checked_hashes, gather, reorder, sequence_values
     impl = native if name == "native" else reference
     if impl is None:
         raise ImportError("service.kernel._native is not built")
@@ -64,7 +64,7 @@ def use(name: str) -> None:
     objects_get, objects_put, objects_pop = impl.objects_get, impl.objects_put, impl.objects_pop
     arrange, rows, rows_json = impl.arrange, impl.rows, impl.rows_json
     checked_hashes = impl.checked_hashes
-    gather, reorder = impl.gather, impl.reorder
+    gather, reorder, sequence_values = impl.gather, impl.reorder, impl.sequence_values
 
 
 NAME = "reference"
@@ -91,10 +91,11 @@ rows_json = reference.rows_json
 checked_hashes = reference.checked_hashes
 gather = reference.gather
 reorder = reference.reorder
+sequence_values = reference.sequence_values
 use(_chosen())
 
 FUNCTIONS = ("reseed", "query", "neighbours", "score", "candidates", "rank", "relative",
              "hashes", "lookup", "insert", "select", "first_absent", "objects_get", "objects_put",
              "objects_pop", "mget", "pack", "arrange", "rows", "rows_json", "checked_hashes",
-             "gather", "reorder")
+             "gather", "reorder", "sequence_values")
 """Every function of the kernel: each has a compiled and a reference implementation."""

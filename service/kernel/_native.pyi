@@ -22,6 +22,9 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, found_items: Buffer,
             found_latest: Buffer, sequence: Buffer, weights: Buffer, depth: int, k: int
             ) -> tuple[bytes, bytes]: ...
+def sequence_values(table: Buffer, directory: Buffer, codes: Buffer, inputs: Buffer,
+                    last: Buffer, positions: Buffer, session: Buffer, answers: Buffer
+                    ) -> bytes: ...
 def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,
                index_slots: list[Any], history_keys: Buffer, history_slots: list[Any],
                sample_sessions: int, neighbours: int, exclude: int, has_exclude: bool, cap: int,

@@ -23,6 +23,7 @@ from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DT
 from service.kernel.reference_reorder import gather, reorder
 from service.kernel.reference_rerank import arrange, rows, rows_json
 from service.kernel.reference_resp import mget, pack
+from service.kernel.reference_sequence import sequence_values
 from service.kernel.reference_tables import (
     F64,
     U64,
@@ -43,7 +44,7 @@ __all__ = ["arrange", "candidates", "checked_hashes", "entry_weights", "first_ab
            "hashes",
            "insert", "lookup", "mget", "neighbours", "objects_get", "objects_pop", "objects_put",
            "pack", "query", "rank", "relative", "reorder", "reseed", "rows", "rows_json",
-           "score", "select"]
+           "score", "select", "sequence_values"]
 
 
 def _blobs(blobs: Iterable[bytes | None]) -> list[bytes]:

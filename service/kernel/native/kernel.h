@@ -125,5 +125,6 @@ extern PyMethodDef kernel_resp_methods[];
 extern PyMethodDef kernel_hash_methods[];
 extern PyMethodDef kernel_rerank_methods[];
 extern PyMethodDef kernel_reorder_methods[];
+extern PyMethodDef kernel_sequence_methods[];
 
 #endif

@@ -1,5 +1,6 @@
 /* The extension module service.kernel._native: the salt, reseed() and the method tables of
- * scoring.c, tables.c, resp.c, hashing.c, rerank.c and reorder.c. Imported only through service/kernel/__init__.py. */
+ * scoring.c, tables.c, resp.c, hashing.c, rerank.c, reorder.c and sequence.c. Imported only
+ * through service/kernel/__init__.py. */
 #include "kernel.h"
 
 uint64_t kernel_salt;
@@ -40,7 +41,8 @@ PyMODINIT_FUNC PyInit__native(void) {
               PyModule_AddFunctions(m, kernel_resp_methods) < 0 ||
               PyModule_AddFunctions(m, kernel_hash_methods) < 0 ||
               PyModule_AddFunctions(m, kernel_rerank_methods) < 0 ||
-              PyModule_AddFunctions(m, kernel_reorder_methods) < 0)) {
+              PyModule_AddFunctions(m, kernel_reorder_methods) < 0 ||
+              PyModule_AddFunctions(m, kernel_sequence_methods) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,0 +1,141 @@
+/* The sequence model's values of a session's answers (service/core/sequence.py), read in the
+ * request through the serving layout service/kernel/reference_sequence.py describes (its pure
+ * reference, whose constants these are: tests/test_scoring.py holds them equal). What a call
+ * costs is the cache lines it waits for, so each stage asks for every line it will need
+ * before it reads any, and their reads overlap. */
+#include "kernel.h"
+
+#define DIRECTORY_SHIFT 48
+
+typedef struct {
+    uint64_t key;
+    float scale;
+    float bias;
+} Record;
+
+/* The record of key (-1: not learned). The directory gives the range of records sharing the
+ * key's top bits; indexes are clamped to the table, so a wrong directory gives wrong rows,
+ * never a read outside it. The range is searched by halves: ids are chosen by clients, and
+ * however many an attacker grinds into one range, a lookup costs no more than a search of
+ * the whole table. */
+static Py_ssize_t record_of(const Record *table, Py_ssize_t n, const uint32_t *directory,
+                            uint64_t key) {
+    uint64_t bucket = key >> DIRECTORY_SHIFT;
+    Py_ssize_t lo = directory[bucket], hi = directory[bucket + 1];
+    if (lo > n) lo = n;
+    if (hi > n) hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (table[mid].key < key) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < n && table[lo].key == key ? lo : -1;
+}
+
+static void prefetch_bytes(const void *start, Py_ssize_t size) {
+    const char *at = start;
+    for (Py_ssize_t offset = 0; offset < size; offset += 64) __builtin_prefetch(at + offset);
+    __builtin_prefetch(at + size - 1);
+}
+
+PyDoc_STRVAR(sequence_values_doc,
+"sequence_values(table, directory u32, codes i8, inputs f32, last f32, positions f32,\n"
+"                session u64, answers u64) -> f64 bytes:\n"
+"reference_sequence.sequence_values's counterpart.");
+
+static PyObject *sequence_values(PyObject *self, PyObject *args) {
+    Py_buffer table, directory, codes, inputs, last, positions, session, answers;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*", &table, &directory, &codes, &inputs,
+                          &last, &positions, &session, &answers))
+        return NULL;
+    PyObject *result = NULL;
+    double *state = NULL;
+    Py_ssize_t *at = NULL;
+    Py_ssize_t n = table.len / (Py_ssize_t)sizeof(Record), width = positions.len / 4;
+    Py_ssize_t d = inputs.len / 4 / (n + 1), ns = session.len / 8, m = answers.len / 8;
+    if (table.len % (Py_ssize_t)sizeof(Record) || d < 1 || inputs.len != (n + 1) * d * 4 ||
+        last.len != inputs.len || codes.len != n * d || width < 1 ||
+        directory.len != ((Py_ssize_t)1 << (64 - DIRECTORY_SHIFT)) * 4 + 4) {
+        PyErr_SetString(PyExc_ValueError, "a model's arrays of one size, and its directory");
+        goto done;
+    }
+    if (!(result = PyBytes_FromStringAndSize(NULL, m * 8))) goto done;
+    double *out = (double *)PyBytes_AS_STRING(result);
+    for (Py_ssize_t j = 0; j < m; j++) out[j] = 0.0;
+    if (!m) goto done;
+    if (!(state = calloc(d, sizeof(double))) || !(at = malloc(sizeof(Py_ssize_t) * m))) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const Record *records = table.buf;
+    const uint64_t *s = session.buf, *a = answers.buf;
+    const uint32_t *dir = directory.buf;
+    const float *in = inputs.buf, *lst = last.buf, *p = positions.buf;
+    const int8_t *coded = codes.buf;
+    Py_ssize_t recent = ns < width ? ns : width;
+    /* the lookups in stages: every key's directory entry, then its first record */
+    for (Py_ssize_t j = 0; j < m; j++) __builtin_prefetch(dir + (a[j] >> DIRECTORY_SHIFT));
+    for (Py_ssize_t i = 0; i < recent; i++)
+        __builtin_prefetch(dir + (s[ns - 1 - i] >> DIRECTORY_SHIFT));
+    for (Py_ssize_t j = 0; j < m; j++) {
+        uint32_t first = dir[a[j] >> DIRECTORY_SHIFT];
+        if (first < n) __builtin_prefetch(records + first);
+    }
+    int known = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        at[j] = record_of(records, n, dir, a[j]);
+        if (at[j] >= 0) {
+            known = 1;
+            prefetch_bytes(coded + at[j] * d, d);
+        }
+    }
+    /* the state: the newest items' input vectors by position, then the last item's vector */
+    Py_ssize_t newest = 0;
+    int seen = 0;
+    for (Py_ssize_t i = 0; i < recent; i++) {
+        Py_ssize_t row = record_of(records, n, dir, s[ns - 1 - i]) + 1;
+        if (i == 0) newest = row;
+        if (!row) continue;
+        seen = 1;
+        const float *x = in + row * d;
+        for (Py_ssize_t t = 0; t < d; t++) state[t] += (double)p[i] * x[t];
+    }
+    if (!known || !seen) goto done;
+    const float *x = lst + newest * d;
+    for (Py_ssize_t t = 0; t < d; t++) state[t] += x[t];
+    double lowest = 0.0, highest = 0.0;
+    int any = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if (at[j] < 0) continue;
+        const int8_t *y = coded + at[j] * d;
+        double dot[4] = {0.0, 0.0, 0.0, 0.0};  /* four sums: no add waits on the last */
+        Py_ssize_t t = 0;
+        for (; t + 4 <= d; t += 4)
+            for (int u = 0; u < 4; u++) dot[u] += y[t + u] * state[t + u];
+        for (; t < d; t++) dot[0] += y[t] * state[t];
+        const Record *r = records + at[j];
+        out[j] = (double)r->scale * ((dot[0] + dot[1]) + (dot[2] + dot[3])) + r->bias;
+        if (!any || out[j] < lowest) lowest = out[j];
+        if (!any || out[j] > highest) highest = out[j];
+        any = 1;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) out[j] = (at[j] >= 0 ? out[j] : lowest) - highest;
+done:
+    free(state);
+    free(at);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&directory);
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&inputs);
+    PyBuffer_Release(&last);
+    PyBuffer_Release(&positions);
+    PyBuffer_Release(&session);
+    PyBuffer_Release(&answers);
+    return result;
+}
+
+PyMethodDef kernel_sequence_methods[] = {
+    {"sequence_values", sequence_values, METH_VARARGS, sequence_values_doc},
+    {NULL, NULL, 0, NULL},
+};
