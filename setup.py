@@ -9,5 +9,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("service.kernel._native", sorted(glob("service/kernel/native/*.c")),
                              depends=["service/kernel/native/kernel.h"], optional=True,
-                             extra_compile_args=["-O2", "-Wall", "-Wextra",
-                                                 "-Wno-unused-parameter"])])
+                             # no fused multiply-adds: the compiled arithmetic stays the
+                             # reference's, operation for operation, on every processor
+                             extra_compile_args=["-O2", "-ffp-contract=off", "-Wall",
+                                                 "-Wextra", "-Wno-unused-parameter"])])

@@ -495,5 +495,6 @@ def test_the_compiled_sequence_values_keep_the_references_constants() -> None:
     source = (Path(__file__).parent.parent / "service/kernel/native/sequence.c").read_text()
     defined = dict(re.findall(r"#define (\w+) (\S+)\n", source))
     assert int(defined["DIRECTORY_SHIFT"]) == reference_sequence.DIRECTORY_SHIFT
+    assert int(defined["STATE_RANGE"]) == reference_sequence.STATE_RANGE
     assert re.search(r"uint64_t key;\s+float scale;\s+float bias;", source)
     assert reference_sequence.TABLE.names == ("key", "scale", "bias")

@@ -55,7 +55,19 @@ NO_VALUES: F64 = np.zeros(0)
 
 
 def weights_of(params: Params) -> F64:
-    return np.array([getattr(params, name) for name in FEATURES], np.float64)
+    """The order's weights, one per ``FEATURES``: read-only, and the same array again while
+    the same ``params`` object asks (a serving process scores every request under the one
+    it follows; a hash of all the parameters would cost more than building the array)."""
+    global _last
+    if _last[0] is params:
+        return _last[1]
+    weights = np.array([getattr(params, name) for name in FEATURES], np.float64)
+    weights.setflags(write=False)
+    _last = (params, weights)
+    return weights
+
+
+_last: tuple[Params | None, F64] = (None, np.zeros(len(FEATURES)))
 
 
 def active(params: Params) -> bool:

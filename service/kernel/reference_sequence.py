@@ -10,7 +10,8 @@ as 64 signed bytes times that scale (one cache line, not four). The whole of it 
 few MiB, which a serving process's cache keeps warm between requests; the input vectors (ten
 rows a request) stay as the model has them. The bytes round the outputs to a 254th of each
 row's largest value: far below what moves the learned order, which sums this feature with
-six others, and a tuning run fits its weight on the same values serving computes.
+six others, and a tuning run fits its weight on the same values serving computes. The
+session's state is rounded alike, to 16 bits (``STATE_RANGE``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ TABLE = np.dtype({"names": ["key", "scale", "bias"], "formats": ["<u8", "<f4", "
 
 CODE_RANGE = 127
 """An output vector's largest component is coded as this many steps."""
+
+STATE_RANGE = 32767
+"""A session's state is read in steps of its largest component over this many, so that an
+answer's product with it is exact integer arithmetic (64 x 127 x 32767 stays within 32
+bits), which the compiled version runs sixteen lanes at a time."""
 
 
 class Layout(NamedTuple):
@@ -89,11 +95,18 @@ def sequence_values(table: Buffer, directory: Buffer, codes: Buffer, inputs: Buf
     if not known.any() or not window.any():
         return out.tobytes()
     x = _f32(inputs).reshape(rows_n, d)
-    state = p[:len(window)].astype(np.float64) @ x[window].astype(np.float64)
+    state = np.zeros(d)
+    for weight, row in zip(p[:len(window)].tolist(), window.tolist(), strict=True):
+        if row:  # one item at a time, newest first, as the compiled version sums
+            state = state + weight * x[row].astype(np.float64)
     state = state + _f32(last).reshape(rows_n, d)[window[0]]
+    peak = float(np.abs(state).max())
+    step = peak / STATE_RANGE if peak > 0 else 1.0
+    steps = np.rint(state / step).astype(np.int32)
     at = np.maximum(rows - 1, 0)
-    coded = np.frombuffer(codes, np.int8).reshape(rows_n - 1, d)[at].astype(np.float64)
-    score = records["scale"][at].astype(np.float64) * (coded @ state) + records["bias"][at]
+    coded = np.frombuffer(codes, np.int8).reshape(rows_n - 1, d)[at].astype(np.int32)
+    score = (records["scale"][at].astype(np.float64) * step * (coded @ steps).astype(np.float64)
+             + records["bias"][at].astype(np.float64))
     score = np.where(known, score, score[known].min())
     values: F64 = score - score[known].max()
     return values.tobytes()
@@ -107,4 +120,5 @@ def _rows(keys: npt.NDArray[np.uint64], wanted: npt.NDArray[np.uint64]
     return np.where(keys[at] == wanted, at + 1, 0).astype(np.int64)
 
 
-__all__ = ["CODE_RANGE", "DIRECTORY_SHIFT", "TABLE", "Layout", "layout", "sequence_values"]
+__all__ = ["CODE_RANGE", "DIRECTORY_SHIFT", "STATE_RANGE", "TABLE", "Layout", "layout",
+           "sequence_values"]

@@ -17,9 +17,10 @@ typedef struct {
     Py_ssize_t mask;
 } Table;
 
-static int table_fill(Table *t, const uint64_t *keys, const int64_t *values, Py_ssize_t n) {
+static int table_fill(Table *t, const uint64_t *keys, const int64_t *values, Py_ssize_t n,
+                      Py_ssize_t spread) {
     Py_ssize_t size = 16;
-    while (size < 2 * n) size <<= 1;
+    while (size < spread * n) size <<= 1;
     t->keys = malloc(sizeof(uint64_t) * size);
     t->values = malloc(sizeof(int64_t) * size);
     t->used = calloc(size, 1);
@@ -66,7 +67,7 @@ static PyObject *gather(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one value per key");
         goto done;
     }
-    if (table_fill(&table, keys.buf, values.buf, n) < 0) {
+    if (table_fill(&table, keys.buf, values.buf, n, 2) < 0) {
         PyErr_NoMemory();
         goto done;
     }
@@ -106,6 +107,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Table table = {0};
     Valued *order = NULL;
+    int64_t *touched = NULL, *first = NULL;
     Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8;
     Py_ssize_t ns = sequence.len / 8;
     if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WIDTH ||
@@ -123,16 +125,29 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     const double *v = values.buf, *d = df.buf, *qw = qweights.buf, *w = weights.buf;
     const int64_t *latest = flatest.buf;
     const double *seq = sequence.buf;
-    int64_t newest = 0;
-    for (Py_ssize_t i = 0; i < nf; i++)
-        if (i == 0 || latest[i] > newest) newest = latest[i];
-    if (nf && table_fill(&table, fitems.buf, latest, nf) < 0) {
+    if (!(order = malloc(sizeof(Valued) * head)) || !(touched = malloc(sizeof(int64_t) * head)) ||
+        !(first = malloc(sizeof(int64_t) * head))) {
         PyErr_NoMemory();
         goto done;
     }
-    if (!(order = malloc(sizeof(Valued) * head))) {
+    /* each answer's time in the candidates (the first of its equals there), by one pass over
+     * them against a table of the answers: the answers are a hundred, the candidates often
+     * thousands, and a table of those would be filled afresh for every request; a sparse
+     * one, since nearly every candidate is not an answer and should see an empty slot first */
+    for (Py_ssize_t i = 0; i < head; i++) {
+        first[i] = i + 1;
+        touched[i] = -1;  /* not among the candidates */
+    }
+    if (table_fill(&table, a, first, head, 8) < 0) {
         PyErr_NoMemory();
         goto done;
+    }
+    const uint64_t *found = fitems.buf;
+    int64_t newest = 0;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        if (i == 0 || latest[i] > newest) newest = latest[i];
+        int64_t at = table_get(&table, found[i]);
+        if (at && touched[at - 1] < 0) touched[at - 1] = latest[i];
     }
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
     for (Py_ssize_t i = 0; i < head; i++) {
@@ -148,12 +163,10 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
             }
         f[4] = nq && a[i] == q[nq - 1] ? 1.0 : 0.0;
         double age = AGE_CAP;
-        if (nf) {
-            int64_t t = table_get(&table, a[i]);
-            if (t > 0) {
-                age = (double)(newest - t) / DAY_KEYS;
-                age = age < 0.0 ? 0.0 : (age > AGE_CAP ? AGE_CAP : age);
-            }
+        int64_t t = touched[table_get(&table, a[i]) - 1];  /* an answer's equals share its time */
+        if (t > 0) {
+            age = (double)(newest - t) / DAY_KEYS;
+            age = age < 0.0 ? 0.0 : (age > AGE_CAP ? AGE_CAP : age);
         }
         f[5] = log1p(age);
         f[6] = i < ns ? seq[i] : 0.0;
@@ -187,8 +200,10 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Py_XDECREF(ib);
     Py_XDECREF(sb);
 done:
-    if (nf) table_free(&table);
+    table_free(&table);
     free(order);
+    free(touched);
+    free(first);
     PyBuffer_Release(&best);
     PyBuffer_Release(&values);
     PyBuffer_Release(&df);

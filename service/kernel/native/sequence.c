@@ -2,10 +2,12 @@
  * request through the serving layout service/kernel/reference_sequence.py describes (its pure
  * reference, whose constants these are: tests/test_scoring.py holds them equal). What a call
  * costs is the cache lines it waits for, so each stage asks for every line it will need
- * before it reads any, and their reads overlap. */
+ * before it reads any, and their reads overlap; and the answers' products, which are integer
+ * arithmetic in that layout, sixteen lanes at a time. */
 #include "kernel.h"
 
 #define DIRECTORY_SHIFT 48
+#define STATE_RANGE 32767
 
 typedef struct {
     uint64_t key;
@@ -50,6 +52,7 @@ static PyObject *sequence_values(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     double *state = NULL;
+    int16_t *steps = NULL;
     Py_ssize_t *at = NULL;
     Py_ssize_t n = table.len / (Py_ssize_t)sizeof(Record), width = positions.len / 4;
     Py_ssize_t d = inputs.len / 4 / (n + 1), ns = session.len / 8, m = answers.len / 8;
@@ -63,7 +66,8 @@ static PyObject *sequence_values(PyObject *self, PyObject *args) {
     double *out = (double *)PyBytes_AS_STRING(result);
     for (Py_ssize_t j = 0; j < m; j++) out[j] = 0.0;
     if (!m) goto done;
-    if (!(state = calloc(d, sizeof(double))) || !(at = malloc(sizeof(Py_ssize_t) * m))) {
+    if (!(state = calloc(d, sizeof(double))) || !(steps = malloc(sizeof(int16_t) * d)) ||
+        !(at = malloc(sizeof(Py_ssize_t) * m))) {
         Py_CLEAR(result);
         PyErr_NoMemory();
         goto done;
@@ -104,18 +108,26 @@ static PyObject *sequence_values(PyObject *self, PyObject *args) {
     if (!known || !seen) goto done;
     const float *x = lst + newest * d;
     for (Py_ssize_t t = 0; t < d; t++) state[t] += x[t];
+    /* the state in 16-bit steps of its largest component, so that each answer's product is
+     * exact integer arithmetic, sixteen lanes at a time */
+    double peak = 0.0;
+    for (Py_ssize_t t = 0; t < d; t++) peak = fabs(state[t]) > peak ? fabs(state[t]) : peak;
+    double step = peak > 0.0 ? peak / STATE_RANGE : 1.0;
+    for (Py_ssize_t t = 0; t < d; t++) steps[t] = (int16_t)lrint(state[t] / step);
     double lowest = 0.0, highest = 0.0;
     int any = 0;
     for (Py_ssize_t j = 0; j < m; j++) {
         if (at[j] < 0) continue;
         const int8_t *y = coded + at[j] * d;
-        double dot[4] = {0.0, 0.0, 0.0, 0.0};  /* four sums: no add waits on the last */
+        int32_t lanes[16] = {0};
         Py_ssize_t t = 0;
-        for (; t + 4 <= d; t += 4)
-            for (int u = 0; u < 4; u++) dot[u] += y[t + u] * state[t + u];
-        for (; t < d; t++) dot[0] += y[t] * state[t];
+        for (; t + 16 <= d; t += 16)
+            for (int u = 0; u < 16; u++) lanes[u] += (int32_t)y[t + u] * steps[t + u];
+        int32_t dot = 0;
+        for (int u = 0; u < 16; u++) dot += lanes[u];
+        for (; t < d; t++) dot += (int32_t)y[t] * steps[t];
         const Record *r = records + at[j];
-        out[j] = (double)r->scale * ((dot[0] + dot[1]) + (dot[2] + dot[3])) + r->bias;
+        out[j] = (double)r->scale * step * (double)dot + (double)r->bias;
         if (!any || out[j] < lowest) lowest = out[j];
         if (!any || out[j] > highest) highest = out[j];
         any = 1;
@@ -123,6 +135,7 @@ static PyObject *sequence_values(PyObject *self, PyObject *args) {
     for (Py_ssize_t j = 0; j < m; j++) out[j] = (at[j] >= 0 ? out[j] : lowest) - highest;
 done:
     free(state);
+    free(steps);
     free(at);
     PyBuffer_Release(&table);
     PyBuffer_Release(&directory);
