@@ -239,14 +239,16 @@ POPULARITY = ("trend",)
 
 
 def features(model: Model, case: Case, popularity: bool) -> tuple[F64, U64] | None:
-    """The top ``DEPTH`` answers' features (one row each: the product's, then the recent
-    popularity's when asked) and the answers."""
+    """The top ``DEPTH`` answers' features (one row each: the product's and their products,
+    then the recent popularity's when asked) and the answers."""
     query, best, values, found = model.ranked(case, reorder.DEPTH)
     if not len(best) or values[0] <= 0:
         return None
     state = model.state
-    rows = reorder.features(best, values, state.df(best), float(state.sessions), query, found,
-                            reorder.sequence_values(model.sequence, query, best))
+    rows = fitorder.with_pairs(reorder.features(best, values, state.df(best),
+                                                float(state.sessions), query, found,
+                                                reorder.sequence_values(model.sequence, query,
+                                                                        best)))
     if popularity:
         top = max(state.trend.values())
         trend = np.array([state.trend.get(i, top - 60.0) for i in best.tolist()])
@@ -377,7 +379,7 @@ def study(data: Path, params: Params, signals: Sequence[str], say: Callable[[str
     for signal, popularity in (("rerank", False), ("sequence", False), ("popularity", True)):
         if signal not in signals:
             continue
-        names = reorder.FEATURES + (POPULARITY if popularity else ())
+        names = reorder.WEIGHTS + (POPULARITY if popularity else ())
         use = signal != "rerank"  # the sequence model with popularity too, when trained
         valid_data = labelled(base_of(valid_state, sequence=models["valid"] if use else None),
                               valid_cases, popularity)
@@ -390,9 +392,8 @@ def study(data: Path, params: Params, signals: Sequence[str], say: Callable[[str
                                              popularity), reranker)
         label = "learned order" + (" with recent popularity" if popularity else
                                    " with the sequence model" if signal == "sequence" else "")
-        width = len(names) - (signal == "rerank")  # the sequence feature is 0 without it
-        rows.append(Row(label, f"{width} features, fitted on validation",
-                        valid_got, test_got))
+        rows.append(Row(label, f"{len(names)} weights (features and their products), "
+                        "fitted on validation", valid_got, test_got))
         fitted[label] = dict(zip(names, reranker.weights.round(3).tolist(), strict=True))
         say(f"{label}: validation (other half) {valid_got} against "
             f"{measure_reranked(valid_data[1::2], None)}, test {test_got}")

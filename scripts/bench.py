@@ -981,7 +981,8 @@ def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate:
                 ) -> dict[str, Any]:
     """The same requests with a learned order in force (its sequence model trained first, as
     a worker's first run does) and without, alternating in one run (``PUT /admin/model``
-    between rounds), then the open-loop latency at ``rate`` with it."""
+    between rounds), then the open-loop latency at ``rate`` with it and without, alternating
+    too."""
     script = wrk_script(bodies(data), "/iid_recommend", EXPERIMENT_SECRET)
     off = dict.fromkeys(ORDER, 0.0)
     trained = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
@@ -999,9 +1000,18 @@ def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate:
             for figures, weights in (arms if n % 2 == 0 else arms[::-1]):
                 _admin(api, "PUT", "/admin/model", {"params": weights})
                 figures.append(wrk(api, script, seconds)["rps"])
-        # a server started now reads the order from the record
-        _admin(api, "PUT", "/admin/model", {"params": ORDER})
-        latency = bench_latency(settings, data, rate, seconds, rounds)
+        # open loop, with the order and without, alternating: the served order's p99 in the
+        # same sitting says how much of the order's is the machine's that day (a server
+        # started now reads the parameters from the record)
+        p99s: dict[str, list[float]] = {"served": [], "learned": []}
+        p50s: dict[str, list[float]] = {"served": [], "learned": []}
+        for n in range(rounds):
+            named = [("served", off), ("learned", ORDER)]
+            for name, weights in (named if n % 2 == 0 else named[::-1]):
+                _admin(api, "PUT", "/admin/model", {"params": weights})
+                got = bench_latency(settings, data, rate, seconds, 1)
+                p99s[name].append(got["p99 ms"])
+                p50s[name].append(got["p50 ms"])
         _admin(api, "PUT", "/admin/model", {"params": off})
     return {"req/s, served order": median(plain), "req/s, learned order": median(ordered),
             "ratio (learned / served), median of the rounds' ratios": median(
@@ -1009,8 +1019,10 @@ def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate:
             "req/s, learned order without the sequence model's weight": median(unsequenced),
             "ratio (that / served)": median(
                 [o / p for o, p in zip(unsequenced, plain, strict=True)]),
-            f"learned order at {rate:.0f} req/s: p50 ms": latency["p50 ms"],
-            f"learned order at {rate:.0f} req/s: p99 ms": latency["p99 ms"],
+            f"learned order at {rate:.0f} req/s: p50 ms": median(p50s["learned"]),
+            f"learned order at {rate:.0f} req/s: p99 ms": median(p99s["learned"]),
+            f"served order at {rate:.0f} req/s: p50 ms": median(p50s["served"]),
+            f"served order at {rate:.0f} req/s: p99 ms": median(p99s["served"]),
             "rounds": rounds, "seconds per round": seconds}
 
 

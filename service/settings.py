@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from service.core.parameters import PARAMETERS, default_float, default_int
+from service.core.parameters import ORDER_PAIR_NAMES, PARAMETERS, default_float, default_int
 
 ENV_PREFIX = "SESSIONREC_"
 
@@ -386,7 +386,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                        "max_id_length", "max_k"),
     "Live sessions": ("live_ttl", "live_cap"),
     "Learned state": ("history_ttl", "history_cap", "index_cap", "trend_half_life"),
-    "Scoring": tuple(name for name in PARAMETERS if name != "index_cap"),
+    "Scoring": tuple(name for name in PARAMETERS
+                     if name != "index_cap" and name not in ORDER_PAIR_NAMES),
     "Worker": ("batch_size", "block_ms", "max_deliveries", "dead_letter_cap", "catalog_only",
                "lease_ms"),
     "Tuning": ("auto_tune", "tune_min_sessions", "tune_min_interval", "tune_lease_ms",

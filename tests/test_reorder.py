@@ -78,9 +78,11 @@ def test_answers_past_the_depth_follow_in_the_served_order_below_the_ordered_one
     assert np.all(np.diff(scores) <= 0) and scores[-1] > 0
 
 
-def synthetic(seed: int, predictions: int = 400, answers: int = 30) -> fitorder.Examples:
+def synthetic(seed: int, predictions: int = 400, answers: int = 30, product: float = 0.0
+              ) -> fitorder.Examples:
     """Clicks that follow the answers' popularity as much as their score: a conditional
-    logit with weight 1 on each, and none on the rest (the last item is never shown)."""
+    logit with weight 1 on each, and none on the rest (the last item is never shown);
+    ``product``: the weight of the sequence feature times the popularity too."""
     rng = np.random.default_rng(seed)
     rows, targets = [], []
     for _ in range(predictions):
@@ -89,24 +91,38 @@ def synthetic(seed: int, predictions: int = 400, answers: int = 30) -> fitorder.
         x[:, 1] = rng.uniform(1, 8, answers)  # idf: noise
         x[:, 2] = rng.uniform(0, 6, answers)  # log sessions
         x[:, 3] = np.where(rng.random(answers) < 0.1, rng.random(answers), 0.0)
-        z = x[:, 0] + x[:, 2]
+        if product:
+            x[:, 6] = -rng.exponential(1.0, answers)  # the sequence model's value
+        z = x[:, 0] + x[:, 2] + product * x[:, 2] * x[:, 6]
         p = np.exp(z - z.max())
         rows.append(x)
         targets.append(int(rng.choice(answers, p=p / p.sum())))
     return fitorder.Examples(rows, targets)
 
 
-def test_the_fit_recovers_the_weights_that_made_the_clicks() -> None:
-    weights = fitorder.fit(synthetic(1))
+def reciprocal(held: fitorder.Examples, scores: list[np.ndarray[Any, Any]]) -> float:
+    """The mean reciprocal rank of the held clicks under ``scores`` (one array per
+    prediction)."""
+    return float(np.mean([1 / (1 + int(np.sum(z > z[y])))
+                          for z, y in zip(scores, held.targets, strict=True)]))
+
+
+def test_the_fit_orders_as_the_weights_that_made_the_clicks() -> None:
+    """Fitted, the order ranks held clicks as well as the model that made them. The weights
+    themselves are not that model's: a feature and its square or product with another are
+    near one another, and the ridge spreads an effect over such columns."""
+    weights = fitorder.fit(synthetic(1, 2000))
     assert weights is not None
-    names = dict(zip(reorder.FEATURES, weights.tolist(), strict=True))
-    assert names["order_score"] == pytest.approx(1.0, abs=0.25)
-    assert names["order_sessions"] == pytest.approx(1.0, abs=0.25)
-    assert abs(names["order_idf"]) < 0.2
-    assert names["order_last"] == names["order_age"] == 0.0  # never vary: the ridge keeps
-    # them at 0
+    held = synthetic(6, 1000)
+    truth = reciprocal(held, [x[:, 0] + x[:, 2] for x in held.rows])
+    assert reciprocal(held, [fitorder.with_pairs(x) @ weights for x in held.rows]) > \
+        0.97 * truth
+    names = dict(zip(reorder.WEIGHTS, weights.tolist(), strict=True))
+    assert names["order_score"] > 0.3 and names["order_sessions"] > 0.3
+    # never vary: the ridge keeps them and every product with them at 0
+    assert all(names[name] == 0.0 for name in reorder.WEIGHTS if "last" in name or "age" in name)
     # convex: the same weights from any start, so the same examples give the same fit
-    again = fitorder.fit(synthetic(1))
+    again = fitorder.fit(synthetic(1, 2000))
     assert again is not None and np.array_equal(weights, again)
 
 
@@ -119,9 +135,46 @@ def test_the_fitted_order_finds_more_clicks_than_the_served_one() -> None:
         return int(np.flatnonzero(order == target)[0])
 
     served = [y for y in held.targets]  # the rows are in the served order
-    fitted = [rank(np.argsort(-(x @ weights), kind="stable"), y)
+    fitted = [rank(np.argsort(-(fitorder.with_pairs(x) @ weights), kind="stable"), y)
               for x, y in zip(held.rows, held.targets, strict=True)]
     assert np.mean(1 / (np.array(fitted) + 1)) > 1.2 * np.mean(1 / (np.array(served) + 1))
+
+
+def test_the_fit_finds_how_much_one_feature_counts_by_another() -> None:
+    """Clicks where the sequence model's value counts by the item's popularity: the fit
+    weighs that product most of all products, and orders held clicks better than one
+    weight per feature can, nearly as well as the model that made them."""
+    weights = fitorder.fit(synthetic(4, 2000, product=1.0))
+    assert weights is not None
+    pairs = dict(zip(reorder.WEIGHTS[len(reorder.FEATURES):],
+                     weights[len(reorder.FEATURES):].tolist(), strict=True))
+    assert max(pairs, key=lambda name: abs(pairs[name])) == "order_sessions_x_sequence"
+    assert pairs["order_sessions_x_sequence"] > 0.3
+    linear = fitorder.maximum_likelihood(synthetic(4, 2000, product=1.0))
+    assert linear is not None
+    held = synthetic(5, 1000, product=1.0)
+    quadratic = reciprocal(held, [fitorder.with_pairs(x) @ weights for x in held.rows])
+    assert quadratic > reciprocal(held, [x @ linear for x in held.rows]) + 0.003
+    assert quadratic > 0.99 * reciprocal(held, [x[:, 0] + x[:, 2] + x[:, 2] * x[:, 6]
+                                                for x in held.rows])  # the clicks' model
+
+
+def test_the_order_weighs_the_products_of_features() -> None:
+    """A pair weight alone reorders the answers by the product of its two features, in
+    the compiled kernel as in the reference (the test suite runs both)."""
+    n = 120
+    best = np.arange(1, n + 1, dtype=U)
+    values = np.linspace(1.0, 0.5, n)
+    df = np.linspace(1.0, 50.0, n)  # later answers held by more sessions
+    sequence = -np.abs(np.sin(np.arange(reorder.DEPTH)))  # the sequence model's values
+    q = query([999], [1.0])
+    plain, _ = reorder.reorder(best, values, df, 1000.0, q, NO_CANDIDATES,
+                               Params(order_sessions=1.0), 10, sequence)
+    paired, _ = reorder.reorder(best, values, df, 1000.0, q, NO_CANDIDATES,
+                                Params(order_sessions_x_sequence=-1.0), 10, sequence)
+    product = np.log1p(df[:reorder.DEPTH]) * sequence[:reorder.DEPTH]
+    assert paired.tolist() == best[np.argsort(product, kind="stable")[:10]].tolist()
+    assert paired.tolist() != plain.tolist()
 
 
 def test_the_fit_stays_within_the_limits_and_needs_examples() -> None:

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from service import kernel
-from service.core import scoring
+from service.core import reorder, scoring
 from service.core.layout import history_blob, index_entry, item_hash, session_hash, time_key
 from service.core.scoring import Params
 from service.core.sequence import SequenceModel
@@ -381,12 +381,15 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         found = rng.choice(np.arange(1, 500, dtype=np.uint64), int(rng.integers(0, 300)),
                            replace=False)
         latest = rng.integers(0, 3, len(found)) * rng.integers(1, 10**15, len(found))
-        weights = rng.normal(0, 1, 7) * (rng.random(7) < 0.8)
+        # products of two features: none, the product's own, or a random few
+        pairs = [np.zeros(0, np.int64), reorder.PAIRS,
+                 rng.integers(0, 7, 2 * int(rng.integers(1, 9)))][case % 3]
+        weights = rng.normal(0, 1, 7 + len(pairs) // 2) * (rng.random(7 + len(pairs) // 2) < 0.8)
         # the sequence model's values: none (no model), fewer than the answers, or one each
         sequence = -rng.random(int(rng.choice([0, max(n - 5, 0), n]))) * 8
         depth, k = int(rng.integers(0, 120)), int(rng.integers(0, 150))
         args = (best, values, df, float(rng.integers(0, 1000)), q_items, q_weights, found,
-                latest.astype(np.int64), sequence, weights, depth, k)
+                latest.astype(np.int64), sequence, weights, pairs, depth, k)
         got_items, got_scores = _native.reorder(*args)
         want_items, want_scores = reference_reorder.reorder(*args)
         assert got_items == want_items
@@ -396,9 +399,15 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         assert _native.gather(found, latest.astype(np.int64), best) == \
             reference_reorder.gather(found, latest.astype(np.int64), best)
     assert compared > 3000
-    with pytest.raises(ValueError, match="7 weights"):
-        _native.reorder(best, values, df, 1.0, q_items, q_weights, found,
-                        latest.astype(np.int64), np.zeros(0), weights[:6], 10, 10)
+    for implementation in (_native.reorder, reference_reorder.reorder):
+        with pytest.raises(ValueError, match="7 weights"):
+            implementation(best, values, df, 1.0, q_items, q_weights, found,
+                           latest.astype(np.int64), np.zeros(0), np.zeros(6), np.zeros(0),
+                           10, 10)
+        with pytest.raises(ValueError, match="one per pair"):  # a column no feature has
+            implementation(best, values, df, 1.0, q_items, q_weights, found,
+                           latest.astype(np.int64), np.zeros(0), np.zeros(8),
+                           np.array([0, 7]), 10, 10)
 
 
 def test_the_compiled_order_keeps_the_references_constants() -> None:

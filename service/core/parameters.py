@@ -89,7 +89,37 @@ PARAMETERS: dict[str, Parameter] = {
                            "reads the newest this many of each index: set it alike for both."),
 }
 """Every parameter the model record can set, which are the fields of ``scoring.Params`` and
-what ``sessionrec tune`` searches."""
+what ``sessionrec tune`` searches (with ``ORDER_PAIRS``' weights, added below)."""
+
+ORDER_FEATURES = ("order_score", "order_idf", "order_sessions", "order_session_weight",
+                  "order_last", "order_age", "order_sequence")
+"""The learned order's features, by the parameter that weighs each (``core/reorder.py``
+computes them)."""
+
+BINARY_FEATURES = ("order_last",)
+"""Features that are 0 or 1: their square is themselves, so it has no weight of its own."""
+
+ORDER_PAIRS = tuple((i, k) for i in range(len(ORDER_FEATURES))
+                    for k in range(i, len(ORDER_FEATURES))
+                    if not (i == k and ORDER_FEATURES[i] in BINARY_FEATURES))
+"""The products of two features (a feature with itself: its square) the learned order weighs
+too: how much one feature counts depends on another (the sequence model's score on how many
+sessions hold the item, the neighbourhood's score on its idf), which one weight per feature
+cannot say. A tuning run fits their weights with the features' own."""
+
+
+def pair_name(i: int, k: int) -> str:
+    """``order_<first>_x_<second>``: the weight of the product of features ``i`` and ``k``."""
+    return f"{ORDER_FEATURES[i]}_x_{ORDER_FEATURES[k].removeprefix('order_')}"
+
+
+ORDER_PAIR_NAMES = tuple(pair_name(i, k) for i, k in ORDER_PAIRS)
+PARAMETERS.update({
+    pair_name(i, k): Parameter(
+        0.0, False, -100, 100,
+        f"Learned order: weight of the product of the {ORDER_FEATURES[i]} and "
+        f"{ORDER_FEATURES[k]} features (set by tuning runs or PUT /admin/model).")
+    for i, k in ORDER_PAIRS})
 
 
 def default_int(name: str) -> int:

@@ -1,5 +1,5 @@
-"""The learned order of the top answers, free of I/O: a linear model over features every
-request already has, whose weights are scoring parameters (``order_*``) that a tuning run
+"""The learned order of the top answers, free of I/O: a model over features every request
+already has, whose weights are scoring parameters (``order_*``) that a tuning run
 fits from the next clicks of its holdout (``service/offline/fitorder.py``).
 
 The neighbourhood's score ranks the candidates; what it leaves out is how much a next click
@@ -19,6 +19,12 @@ again by ``sum(weight * feature)``, each feature a column of ``features``:
   against the best answer's (``core/sequence.py``; 0 for every answer while no model is
   trained): what follows what across all sessions, not only the neighbours.
 
+and by ``sum(weight * feature * other feature)`` over ``PAIRS``, the products of two of them
+(``parameters.ORDER_PAIRS``): a model quadratic in the features, still linear in its
+weights, so the fit stays convex. How much the sequence model's score should count depends
+on how many sessions hold the item, how much the neighbourhood's score on its idf; one
+weight per feature cannot say so.
+
 The features' arithmetic is the kernel's (``service/kernel/reference_reorder.py``, compiled
 in ``native/reorder.c``): a request orders its answers in one compiled call.
 
@@ -34,17 +40,37 @@ from __future__ import annotations
 import numpy as np
 
 from service import kernel
+from service.core.parameters import ORDER_FEATURES, ORDER_PAIR_NAMES, ORDER_PAIRS
 from service.core.scoring import F64, U64, Candidates, Params, Query
 from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
 
-__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "active", "depth",
-           "features", "reorder", "sequence_values", "weights_of"]
+__all__ = [
+    "AGE_CAP",
+    "DAY_KEYS",
+    "DEPTH",
+    "FEATURES",
+    "NO_VALUES",
+    "PAIRS",
+    "WEIGHTS",
+    "active",
+    "depth",
+    "features",
+    "reorder",
+    "sequence_values",
+    "weights_of",
+]
 
-FEATURES = ("order_score", "order_idf", "order_sessions", "order_session_weight", "order_last",
-            "order_age", "order_sequence")
+FEATURES = ORDER_FEATURES
 """The order's features, by the name of the parameter that weighs each."""
+
+WEIGHTS = ORDER_FEATURES + ORDER_PAIR_NAMES
+"""Every weight of the order: one per feature, then one per product of two features
+(``PAIRS``)."""
+
+PAIRS = np.array(ORDER_PAIRS, np.int64).reshape(-1)
+"""The products' features, two columns each, as the kernel reads them."""
 
 DEPTH = 100
 """The answers ordered again: the served order's top, where nearly every next click it
@@ -55,24 +81,24 @@ NO_VALUES: F64 = np.zeros(0)
 
 
 def weights_of(params: Params) -> F64:
-    """The order's weights, one per ``FEATURES``: read-only, and the same array again while
+    """The order's weights, one per ``WEIGHTS``: read-only, and the same array again while
     the same ``params`` object asks (a serving process scores every request under the one
     it follows; a hash of all the parameters would cost more than building the array)."""
     global _last
     if _last[0] is params:
         return _last[1]
-    weights = np.array([getattr(params, name) for name in FEATURES], np.float64)
+    weights = np.array([getattr(params, name) for name in WEIGHTS], np.float64)
     weights.setflags(write=False)
     _last = (params, weights)
     return weights
 
 
-_last: tuple[Params | None, F64] = (None, np.zeros(len(FEATURES)))
+_last: tuple[Params | None, F64] = (None, np.zeros(len(WEIGHTS)))
 
 
 def active(params: Params) -> bool:
     """Whether ``params`` order the answers again (any weight not 0)."""
-    return any(getattr(params, name) for name in FEATURES)
+    return any(getattr(params, name) for name in WEIGHTS)
 
 
 def depth(params: Params, k: int) -> int:
@@ -112,5 +138,5 @@ def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query
     items, scores = kernel.reorder(best, values, np.ascontiguousarray(doc_freq, np.float64),
                                    sessions, query.items, query.weights, found.items,
                                    found.latest, np.ascontiguousarray(sequence, np.float64),
-                                   weights_of(params), DEPTH, k)
+                                   weights_of(params), PAIRS, DEPTH, k)
     return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import kernel
-from service.core.parameters import default_float, default_int
+from service.core.parameters import ORDER_PAIR_NAMES, default_float, default_int
 from service.settings import Settings
 
 U64 = npt.NDArray[np.uint64]
@@ -64,10 +64,43 @@ class Params:
     order_age: float = default_float("order_age")
     order_sequence: float = default_float("order_sequence")
     index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
+    # the learned order's weights of products of two features (parameters.ORDER_PAIRS):
+    # fitted by tuning runs, set by the model record, no flag of their own
+    order_score_x_score: float = default_float("order_score_x_score")
+    order_score_x_idf: float = default_float("order_score_x_idf")
+    order_score_x_sessions: float = default_float("order_score_x_sessions")
+    order_score_x_session_weight: float = default_float("order_score_x_session_weight")
+    order_score_x_last: float = default_float("order_score_x_last")
+    order_score_x_age: float = default_float("order_score_x_age")
+    order_score_x_sequence: float = default_float("order_score_x_sequence")
+    order_idf_x_idf: float = default_float("order_idf_x_idf")
+    order_idf_x_sessions: float = default_float("order_idf_x_sessions")
+    order_idf_x_session_weight: float = default_float("order_idf_x_session_weight")
+    order_idf_x_last: float = default_float("order_idf_x_last")
+    order_idf_x_age: float = default_float("order_idf_x_age")
+    order_idf_x_sequence: float = default_float("order_idf_x_sequence")
+    order_sessions_x_sessions: float = default_float("order_sessions_x_sessions")
+    order_sessions_x_session_weight: float = default_float("order_sessions_x_session_weight")
+    order_sessions_x_last: float = default_float("order_sessions_x_last")
+    order_sessions_x_age: float = default_float("order_sessions_x_age")
+    order_sessions_x_sequence: float = default_float("order_sessions_x_sequence")
+    order_session_weight_x_session_weight: float = default_float(
+        "order_session_weight_x_session_weight")
+    order_session_weight_x_last: float = default_float("order_session_weight_x_last")
+    order_session_weight_x_age: float = default_float("order_session_weight_x_age")
+    order_session_weight_x_sequence: float = default_float("order_session_weight_x_sequence")
+    order_last_x_age: float = default_float("order_last_x_age")
+    order_last_x_sequence: float = default_float("order_last_x_sequence")
+    order_age_x_age: float = default_float("order_age_x_age")
+    order_age_x_sequence: float = default_float("order_age_x_sequence")
+    order_sequence_x_sequence: float = default_float("order_sequence_x_sequence")
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:
-        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)})
+        """The flags' and environment's parameters (the order's pair weights have none:
+        they start at their defaults)."""
+        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)
+                      if f.name not in ORDER_PAIR_NAMES})
 
 
 @dataclass(frozen=True, slots=True)

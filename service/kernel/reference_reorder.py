@@ -84,15 +84,19 @@ def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
 
 def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, found_items: Buffer,
-            found_latest: Buffer, sequence: Buffer, weights: Buffer, depth: int, k: int
-            ) -> tuple[bytes, bytes]:
-    """The ``k`` first answers: the ``depth`` first ordered by ``features`` times ``weights``
-    (summed left to right), ties in the given order, each scored ``exp(its value - the
-    first's)``; any further answers after them in the given order, their values scaled
-    below the last ordered one."""
+            found_latest: Buffer, sequence: Buffer, weights: Buffer, pairs: Buffer, depth: int,
+            k: int) -> tuple[bytes, bytes]:
+    """The ``k`` first answers: the ``depth`` first ordered by ``features`` times the first
+    ``WIDTH`` ``weights``, then each product of two features (``pairs``: their columns, two
+    per product) times the next weight (summed left to right), ties in the given order,
+    each scored ``exp(its value - the first's)``; any further answers after them in the
+    given order, their values scaled below the last ordered one."""
     answers, scores, w = _u64(best), _f64(values), _f64(weights)
-    if len(w) != WIDTH or len(_f64(doc_freq)) != len(answers) or len(scores) != len(answers):
-        raise ValueError("one score and one frequency per answer, and 7 weights")
+    both = np.frombuffer(pairs, np.int64)
+    if (len(both) % 2 or len(w) != WIDTH + len(both) // 2 or len(_f64(doc_freq)) != len(answers)
+            or len(scores) != len(answers) or not np.all((both >= 0) & (both < WIDTH))):
+        raise ValueError("one score and one frequency per answer, 7 weights and one per pair "
+                         "of features")
     head = min(len(answers), max(depth, 0))
     if not head or k <= 0:
         return b"", b""
@@ -101,6 +105,8 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     value = rows[:, 0] * w[0]
     for j in range(1, WIDTH):
         value = value + rows[:, j] * w[j]
+    for p in range(len(both) // 2):
+        value = value + rows[:, both[2 * p]] * rows[:, both[2 * p + 1]] * w[WIDTH + p]
     order = np.argsort(-value, kind="stable")
     scored = np.exp(value[order] - value[order[0]])
     items = answers[order]

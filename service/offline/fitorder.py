@@ -5,7 +5,8 @@ one prediction's answers, with weights shared by all) at its maximum likelihood.
 
 The objective is convex, so the fit ends at the same weights whatever it starts from and
 needs no learning rate: Newton steps with a backtracking line search reach it in a few
-iterations. Features are standardised for the fit, with a small ridge penalty that keeps a
+iterations. The columns are the features and their products (``with_pairs``), standardised
+for the fit, with a small ridge penalty that keeps a
 feature no holdout answer varies in at weight 0; the weights are returned per unit of each
 raw feature (what ``reorder`` multiplies), clipped to the parameters' limits.
 
@@ -52,17 +53,25 @@ class Examples:
 def unordered(params: Params) -> Params:
     """``params`` with every learned order weight 0: the served order."""
     return dataclasses.replace(params, **cast(dict[str, Any],
-                                              dict.fromkeys(reorder.FEATURES, 0.0)))
+                                              dict.fromkeys(reorder.WEIGHTS, 0.0)))
+
+
+def with_pairs(rows: F64) -> F64:
+    """``rows`` (one per answer, a column per feature) and the products ``reorder.PAIRS``
+    weighs, in ``reorder.WEIGHTS``' order."""
+    pairs = reorder.PAIRS.reshape(-1, 2)
+    return np.column_stack([rows, rows[:, pairs[:, 0]] * rows[:, pairs[:, 1]]])
 
 
 def fit(found: Examples) -> F64 | None:
-    """The learned order's weights (per unit of each raw feature) that maximise the
-    likelihood of the clicks among their predictions' answers, within the parameters'
-    limits; None without a prediction to learn from."""
-    weights = maximum_likelihood(found)
+    """The learned order's weights (per unit of each raw feature and product of two) that
+    maximise the likelihood of the clicks among their predictions' answers, within the
+    parameters' limits; None without a prediction to learn from."""
+    weights = maximum_likelihood(Examples([with_pairs(rows) for rows in found.rows],
+                                          found.targets))
     if weights is None:
         return None
-    for n, name in enumerate(reorder.FEATURES):
+    for n, name in enumerate(reorder.WEIGHTS):
         weights[n] = min(max(weights[n], PARAMETERS[name].low), PARAMETERS[name].high)
     return weights
 
@@ -121,4 +130,4 @@ def with_weights(params: Params, weights: F64) -> Params:
     """``params`` with the learned order's ``weights`` (rounded to 6 decimals, as a record
     keeps them readable)."""
     return dataclasses.replace(params, **cast(dict[str, Any], {
-        name: round(float(w), 6) for name, w in zip(reorder.FEATURES, weights, strict=True)}))
+        name: round(float(w), 6) for name, w in zip(reorder.WEIGHTS, weights, strict=True)}))

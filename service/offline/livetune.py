@@ -144,7 +144,7 @@ class Search:
                                      f"{got.hr_at_20:.4f}, MRR@20 {got.mrr_at_20:.4f}")
             if not improved:
                 break
-        if not set(reorder.FEATURES) & set(self.pinned):
+        if not set(reorder.WEIGHTS) & set(self.pinned):
             # the learned order, fitted on this half for the best served order found
             weights = fitorder.fit(await self.holdout.examples(best))
             ordered = None if weights is None else fitorder.with_weights(best, weights)
@@ -215,7 +215,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     searched, judged = Holdout(store, held[0::2]), Holdout(store, held[1::2])
     await searched.load_indexes()
     await judged.load_indexes()
-    fits_order = not set(reorder.FEATURES) & set(record.pinned)
+    fits_order = not set(reorder.WEIGHTS) & set(record.pinned)
     if held and (fits_order or record.params(base).order_sequence):
         # the learned order's sequence feature, read from a model trained before the cut
         cut = sequence_cut([h.start for h in held])

@@ -93,16 +93,17 @@ DEFINE_SORT(sort_valued, Valued, VALUED_BEFORE)
 
 PyDoc_STRVAR(reorder_doc,
 "reorder(best, values, doc_freq, sessions, query_items, query_weights, found_items,\n"
-"        found_latest, sequence, weights, depth, k) -> (items u64 bytes, scores f64 bytes):\n"
+"        found_latest, sequence, weights, pairs, depth, k) -> (items u64 bytes, scores f64\n"
+"        bytes):\n"
 "reference_reorder.reorder's counterpart.");
 
 static PyObject *reorder(PyObject *self, PyObject *args) {
-    Py_buffer best, values, df, qitems, qweights, fitems, flatest, sequence, weights;
+    Py_buffer best, values, df, qitems, qweights, fitems, flatest, sequence, weights, pairs;
     double sessions;
     Py_ssize_t depth, k;
-    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*nn", &best, &values, &df, &sessions,
-                          &qitems, &qweights, &fitems, &flatest, &sequence, &weights, &depth,
-                          &k))
+    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*y*nn", &best, &values, &df, &sessions,
+                          &qitems, &qweights, &fitems, &flatest, &sequence, &weights, &pairs,
+                          &depth, &k))
         return NULL;
     PyObject *result = NULL;
     Table table = {0};
@@ -110,10 +111,16 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     int64_t *touched = NULL, *first = NULL;
     Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8;
     Py_ssize_t ns = sequence.len / 8;
-    if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WIDTH ||
-        qweights.len / 8 != nq || flatest.len / 8 != nf) {
+    Py_ssize_t np_ = pairs.len / 16;
+    const int64_t *both = pairs.buf;
+    int pairs_ok = pairs.len % 16 == 0;
+    for (Py_ssize_t p = 0; pairs_ok && p < 2 * np_; p++)
+        pairs_ok = both[p] >= 0 && both[p] < WIDTH;
+    if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WIDTH + np_ ||
+        qweights.len / 8 != nq || flatest.len / 8 != nf || !pairs_ok) {
         PyErr_SetString(PyExc_ValueError,
-                        "one score and one frequency per answer, and 7 weights");
+                        "one score and one frequency per answer, 7 weights and one per pair "
+                        "of features");
         goto done;
     }
     Py_ssize_t head = n < depth ? n : (depth > 0 ? depth : 0);
@@ -172,6 +179,8 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         f[6] = i < ns ? seq[i] : 0.0;
         double sum = f[0] * w[0];  /* left to right, as the reference sums */
         for (int j = 1; j < WIDTH; j++) sum = sum + f[j] * w[j];
+        for (Py_ssize_t p = 0; p < np_; p++)
+            sum = sum + f[both[2 * p]] * f[both[2 * p + 1]] * w[WIDTH + p];
         order[i].value = sum;
         order[i].at = i;
     }
@@ -213,6 +222,7 @@ done:
     PyBuffer_Release(&flatest);
     PyBuffer_Release(&sequence);
     PyBuffer_Release(&weights);
+    PyBuffer_Release(&pairs);
     return result;
 }
 
