@@ -5,7 +5,7 @@ serving it once the record holds weights, and a tuning run that fits and promote
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -13,8 +13,8 @@ import pytest
 from service.core import reorder
 from service.core.scoring import NO_CANDIDATES, Candidates, Params, Query
 from service.offline import fitorder
-from service.offline.holdout import Holdout, recent_sessions
-from service.offline.livetune import SEARCHED, tune_live
+from service.offline.holdout import Holdout, Score, recent_sessions
+from service.offline.livetune import SEARCHED, Search, tune_live
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
@@ -276,3 +276,34 @@ def test_a_learned_weight_may_be_negative_in_flags_and_environment_too() -> None
     with pytest.raises(ValueError, match="idf_weight: must not be negative"):
         Settings(idf_weight=-1.0)
     assert Params.from_settings(Settings(order_age=-0.5)).order_age == -0.5
+
+
+class StudiedHoldout:
+    """A holdout whose scores are a formula of the parameters: without a learned order the
+    best ``query_items`` is 20; with one, 3 (what the order corrects, the neighbourhood need
+    not). Its examples make the fit weigh the score feature."""
+
+    def __init__(self) -> None:
+        self.scored: list[Params] = []
+
+    async def score(self, params: Params) -> Score:
+        self.scored.append(params)
+        ordered = reorder.active(params)
+        best = 3 if ordered else 20
+        value = 0.5 + (0.3 if ordered else 0.0) - 0.01 * abs(params.query_items - best)
+        return Score(value, value / 2)
+
+    async def examples(self, params: Params) -> fitorder.Examples:
+        return synthetic(7, 200)
+
+
+async def test_a_run_searches_the_grid_again_under_the_learned_order() -> None:
+    """The neighbourhood's best parameters under the order are searched for again with the
+    order's weights held: the run ends with the order and the query size best under it,
+    not the one best without it."""
+    holdout = StudiedHoldout()
+    search = Search(cast(Holdout, holdout), pinned=(), log=lambda line: None)
+    best = await search.run(Params())
+    assert reorder.active(best) and best.order_score > 0
+    assert best.query_items == 3
+    assert any(p.query_items == 20 and not reorder.active(p) for p in holdout.scored)

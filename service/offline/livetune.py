@@ -106,7 +106,9 @@ def slice_gains(best: Score, current: Score, sessions: Sequence[HoldoutSession]
 class Search:
     """Coordinate ascent from the parameters in force over each unpinned parameter's grid,
     as ``sessionrec tune`` searches a log (the same grid); then the learned order's weights
-    fitted for the best of them (``fitorder``), kept when they score better."""
+    fitted for the best of them (``fitorder``), kept when they score better, and then one
+    more pass over the grid with those weights held (the order fitted again when it moved
+    anything)."""
 
     holdout: Holdout
     pinned: Sequence[str]
@@ -126,10 +128,12 @@ class Search:
 
         best, best_score = current, await score(current)
         names = [n for n in SEARCHED if n not in self.pinned]
-        for round_ in range(1, self.rounds + 1):
+
+        async def ascend(label: str) -> bool:
+            """One pass over each name's grid from ``best``; whether it found better."""
+            nonlocal best, best_score
             improved = False
-            with bar(f"search half, round {round_}", sum(len(GRID[n]) for n in names),
-                     "candidates") as shown:
+            with bar(label, sum(len(GRID[n]) for n in names), "candidates") as shown:
                 for name in names:
                     for value in GRID[name]:
                         checked = PARAMETERS[name].check(value)
@@ -142,18 +146,32 @@ class Search:
                             best, best_score, improved = candidate, got, True
                             self.log(f"search half: better {name}={checked} -> HR@20 "
                                      f"{got.hr_at_20:.4f}, MRR@20 {got.mrr_at_20:.4f}")
-            if not improved:
-                break
-        if not set(reorder.WEIGHTS) & set(self.pinned):
-            # the learned order, fitted on this half for the best served order found
+            return improved
+
+        async def fit_order() -> bool:
+            """The learned order fitted for ``best``'s served order; whether it was better."""
+            nonlocal best, best_score
             weights = fitorder.fit(await self.holdout.examples(best))
             ordered = None if weights is None else fitorder.with_weights(best, weights)
-            if ordered is not None and ordered != best:
-                got = await score(ordered)
-                if got.objective > best_score.objective + 1e-9:
-                    best, best_score = ordered, got
-                    self.log(f"search half: better learned order -> HR@20 {got.hr_at_20:.4f}, "
-                             f"MRR@20 {got.mrr_at_20:.4f}")
+            if ordered is None or ordered == best:
+                return False
+            got = await score(ordered)
+            if got.objective <= best_score.objective + 1e-9:
+                return False
+            best, best_score = ordered, got
+            self.log(f"search half: better learned order -> HR@20 {got.hr_at_20:.4f}, "
+                     f"MRR@20 {got.mrr_at_20:.4f}")
+            return True
+
+        for round_ in range(1, self.rounds + 1):
+            if not await ascend(f"search half, round {round_}"):
+                break
+        # the neighbourhood's best parameters under the order may not be those without it
+        # (what the order corrects, the grid need not): one more pass with the order's
+        # weights held, and the order fitted again for what it found
+        if (not set(reorder.WEIGHTS) & set(self.pinned) and await fit_order()
+                and await ascend("search half, with the learned order")):
+            await fit_order()
         return best
 
 
