@@ -46,21 +46,8 @@ from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
 
-__all__ = [
-    "AGE_CAP",
-    "DAY_KEYS",
-    "DEPTH",
-    "FEATURES",
-    "NO_VALUES",
-    "PAIRS",
-    "WEIGHTS",
-    "active",
-    "depth",
-    "features",
-    "reorder",
-    "sequence_values",
-    "weights_of",
-]
+__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "PAIRS", "WEIGHTS", "active",
+           "depth", "features", "reorder", "sequence_values", "weights_of"]
 
 FEATURES = ORDER_FEATURES
 """The order's features, by the name of the parameter that weighs each."""

@@ -67,11 +67,7 @@ class SequenceModel:
 
     def rows_of(self, hashes: U64) -> I64:
         """Each item's row (0: not learned)."""
-        hashes = np.asarray(hashes, np.uint64)
-        if not len(self.items) or not len(hashes):
-            return np.zeros(len(hashes), np.int64)
-        at = np.minimum(np.searchsorted(self.items, hashes), len(self.items) - 1)
-        return np.where(self.items[at] == hashes, at + 1, 0).astype(np.int64)
+        return reference_sequence.rows_of(self.items, hashes)
 
     def state(self, windows: I64) -> F32:
         """Each session's state: ``windows`` holds one row per session, its items' rows

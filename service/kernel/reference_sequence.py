@@ -90,7 +90,7 @@ def sequence_values(table: Buffer, directory: Buffer, codes: Buffer, inputs: Buf
         raise ValueError("a model's arrays of one size, and its directory")
     out = np.zeros(len(given))
     recent = _u64(session)[::-1][:len(p)]
-    window, rows = _rows(keys, recent), _rows(keys, given)
+    window, rows = rows_of(keys, recent), rows_of(keys, given)
     known = rows > 0
     if not known.any() or not window.any():
         return out.tobytes()
@@ -112,8 +112,11 @@ def sequence_values(table: Buffer, directory: Buffer, codes: Buffer, inputs: Buf
     return values.tobytes()
 
 
-def _rows(keys: npt.NDArray[np.uint64], wanted: npt.NDArray[np.uint64]
-          ) -> npt.NDArray[np.int64]:
+def rows_of(keys: npt.NDArray[np.uint64], wanted: npt.NDArray[np.uint64]
+            ) -> npt.NDArray[np.int64]:
+    """Each wanted key's row among the sorted ``keys`` (``keys[j]``'s is ``j + 1``; 0: not
+    among them)."""
+    wanted = np.asarray(wanted, np.uint64)
     if not len(keys) or not len(wanted):
         return np.zeros(len(wanted), np.int64)
     at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
@@ -121,4 +124,4 @@ def _rows(keys: npt.NDArray[np.uint64], wanted: npt.NDArray[np.uint64]
 
 
 __all__ = ["CODE_RANGE", "DIRECTORY_SHIFT", "STATE_RANGE", "TABLE", "Layout", "layout",
-           "sequence_values"]
+           "rows_of", "sequence_values"]
