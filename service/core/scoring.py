@@ -124,6 +124,17 @@ def to_hash(value: int) -> bytes:
     return int(value).to_bytes(8, "little")
 
 
+def query_settings(params: Params) -> tuple[int, float]:
+    """What ``build_query`` reads of the parameters (a tuning run keeps what they found)."""
+    return params.query_items, params.position_decay
+
+
+def neighbour_settings(params: Params) -> tuple[int, int, int, float]:
+    """What ``neighbours`` reads of the parameters."""
+    return (params.sample_sessions, params.neighbours, params.index_cap,
+            params.neighbour_half_life)
+
+
 def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: Sequence[float],
                 params: Params) -> Query:
     """Order the session by time (stable for equal times) and weight its positions.
@@ -132,8 +143,8 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
     relative to the session's highest rating (non-positive ratings weigh nothing: no evidence
     of interest).
     """
-    items, weights, everything = kernel.query(hashes, timestamps, ratings, params.query_items,
-                                              params.position_decay)
+    items, weights, everything = kernel.query(hashes, timestamps, ratings,
+                                              *query_settings(params))
     return Query(np.frombuffer(items, np.uint64), np.frombuffer(weights, np.float64),
                  np.frombuffer(everything, np.uint64))
 
@@ -141,10 +152,10 @@ def build_query(hashes: Sequence[bytes], timestamps: Sequence[float], ratings: S
 def neighbours(query: Query, index_blobs: Sequence[bytes | None], params: Params,
                exclude_session: int | None = None) -> tuple[U64, F64]:
     """Neighbour sessions and their similarities, most similar first."""
+    sample_sessions, most, cap, half_life = neighbour_settings(params)
     sessions, similarity = kernel.neighbours(
-        query.weights, index_blobs, params.sample_sessions, params.neighbours,
-        exclude_session or 0, exclude_session is not None, params.index_cap,
-        params.neighbour_half_life)
+        query.weights, index_blobs, sample_sessions, most, exclude_session or 0,
+        exclude_session is not None, cap, half_life)
     return np.frombuffer(sessions, np.uint64), np.frombuffer(similarity, np.float64)
 
 

@@ -22,8 +22,10 @@ Offline tool: the serving path never imports it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +52,11 @@ a shop whose sessions run to dozens of clicks would otherwise hold out ten times
 and search for hours."""
 
 K = 20
+
+NEIGHBOURHOODS_KEPT = 3
+"""A holdout keeps its predictions' neighbourhoods for this many settings of the neighbour
+search (the best so far's among them, which a search asks for most, while it tries
+others): a few hundred bytes of pointers per prediction each, the histories shared."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +143,45 @@ async def recent_sessions(store: Store, wanted: int = HOLDOUT_SESSIONS,
 
 
 
-def before(blob: bytes | None, start: int, dtype: np.dtype[Any]) -> bytes | None:
-    """The entries of an index or a history blob older than ``start``, in their order (a
-    mask, not a cut: the run must not depend on a blob being in time order to be honest)."""
-    if not blob:
-        return blob
-    entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], dtype)
-    return entries[entries["t"] < start].tobytes()
+class Timeline:
+    """An index or a history blob whose entries older than a moment (``before``) a run asks
+    for every prediction of every candidate: the time keys are read once. In a blob whose
+    times never decrease (the usual case: entries are appended as they arrive) those entries
+    are a prefix, found by bisection; any other blob is masked, not cut, so that the run does
+    not depend on a blob being in time order to be honest. Either way the entries keep their
+    order."""
+
+    __slots__ = ("_blob", "_entries", "_in_order", "_times")
+
+    def __init__(self, blob: bytes | None, dtype: np.dtype[Any]) -> None:
+        self._blob = blob[:len(blob) - len(blob) % ENTRY_BYTES] if blob else blob
+        self._entries = np.frombuffer(self._blob or b"", dtype)
+        self._times = self._entries["t"].astype(np.int64)
+        # a list: bisecting a few entries in Python costs a tenth of a numpy call, and a
+        # run asks hundreds of millions of times
+        self._in_order: list[int] | None = self._times.tolist() \
+            if bool(np.all(self._times[1:] >= self._times[:-1])) else None
+
+    def before(self, start: int) -> bytes | None:
+        """The entries older than ``start``, in the blob's order."""
+        if not self._blob:
+            return self._blob
+        if self._in_order is None:
+            return self._entries[self._times < np.int64(start)].tobytes()
+        if self._in_order[-1] < start:
+            return self._blob
+        return self._blob[:bisect.bisect_left(self._in_order, start) * ENTRY_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbourhood:
+    """What scoring a holdout prediction reads before its items are scored: its query, its
+    neighbours' similarities and their histories as the session started (none: no
+    neighbours)."""
+
+    query: scoring.Query
+    similarity: scoring.F64
+    histories: list[bytes | None]
 
 
 class Holdout:
@@ -151,8 +190,8 @@ class Holdout:
     def __init__(self, store: Store, sessions: Sequence[HoldoutSession]) -> None:
         self.store = store
         self.sessions = sessions
-        self.indexes: dict[bytes, bytes | None] = {}
-        self.histories: dict[int, bytes | None] = {}
+        self.indexes: dict[bytes, Timeline] = {}
+        self.histories: dict[int, Timeline] = {}
         self.sequence: SequenceModel | None = None
         """The sequence model its predictions read (``order_sequence``): one trained only on
         events older than ``sequence_from`` (``sequencerun.fit_before``), never the stored
@@ -160,6 +199,8 @@ class Holdout:
         feature is 0 for every candidate alike), so no prediction reads a model that saw
         its session or a later event."""
         self.sequence_from = 0
+        self._neighbourhoods: OrderedDict[tuple[float, ...], list[Neighbourhood]] = \
+            OrderedDict()
 
     @property
     def predictions(self) -> int:
@@ -170,41 +211,68 @@ class Holdout:
         for start in range(0, len(items), 1000):
             chunk = items[start:start + 1000]
             blobs = await self.store.reads.indexes(scoring.as_u64(chunk))
-            self.indexes.update(zip(chunk, blobs, strict=True))
+            self.indexes.update((item, Timeline(blob, INDEX_DTYPE))
+                                for item, blob in zip(chunk, blobs, strict=True))
 
-    async def _histories(self, sessions: scoring.U64) -> list[bytes | None]:
-        missing = [s for s in sessions.tolist() if s not in self.histories]
+    async def _histories(self, sessions: scoring.U64, start: int) -> list[bytes | None]:
+        """The sessions' histories before ``start`` (read once per run)."""
+        wanted = sessions.tolist()
+        missing = [s for s in wanted if s not in self.histories]
         if missing:
-            wanted = np.array(missing, np.uint64)
-            blobs = await self.store.reads.histories(wanted)
-            self.histories.update(zip(missing, blobs, strict=True))
-        return [self.histories[s] for s in sessions.tolist()]
+            blobs = await self.store.reads.histories(np.array(missing, np.uint64))
+            self.histories.update((session, Timeline(blob, HISTORY_DTYPE))
+                                  for session, blob in zip(missing, blobs, strict=True))
+        return [self.histories[s].before(start) for s in wanted]
+
+    def _index_before(self, item: bytes, start: int) -> bytes | None:
+        timeline = self.indexes.get(item)
+        return None if timeline is None else timeline.before(start)
+
+    async def _neighbourhood(self, held: HoldoutSession, cut: int, params: Params
+                             ) -> Neighbourhood:
+        """A prediction's query, neighbours and their histories, as ``held`` started."""
+        query = scoring.build_query(held.items[:cut], held.times[:cut], [1.0] * cut, params)
+        blobs = [self._index_before(scoring.to_hash(i), held.start)
+                 for i in query.items.tolist()]
+        sessions, similarity = scoring.neighbours(query, blobs, params, held.session)
+        histories = await self._histories(sessions, held.start) if len(sessions) else []
+        return Neighbourhood(query, similarity, histories)
 
     async def ranked(self, params: Params, k: int = K) -> AsyncIterator[Ranked]:
         """Every prefix of every holdout session, scored by ``params`` before any learned
         order: its query, the ``k`` best answers and their scores (none without neighbours),
-        and the next item."""
+        and the next item. The neighbourhoods of the last few settings that find them are
+        kept: most candidates of a search differ from the best so far only in how the
+        neighbours' items are scored."""
+        key = scoring.query_settings(params) + scoring.neighbour_settings(params)
+        kept = self._neighbourhoods.get(key)
+        found_now: list[Neighbourhood] = []
+        at = 0
         for held in self.sessions:
             await asyncio.sleep(0)  # the lease's renewals run between sessions
             for cut in range(1, len(held.items)):
-                query = scoring.build_query(held.items[:cut], held.times[:cut], [1.0] * cut,
-                                            params)
-                blobs = [before(self.indexes.get(scoring.to_hash(i)), held.start,
-                                INDEX_DTYPE) for i in query.items.tolist()]
-                sessions, similarity = scoring.neighbours(query, blobs, params, held.session)
-                target = int.from_bytes(held.items[cut], "little")
-                if not len(sessions):
+                if kept is None:
+                    hood = await self._neighbourhood(held, cut, params)
+                    found_now.append(hood)
+                else:
+                    hood = kept[at]
+                at += 1
+                query, target = hood.query, int.from_bytes(held.items[cut], "little")
+                if not hood.histories:
                     yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target,
                                  scoring.NO_CANDIDATES, held.start)
                     continue
-                histories = [before(h, held.start, HISTORY_DTYPE)
-                             for h in await self._histories(sessions)]
-                found = scoring.score(query, histories, similarity, params)
+                found = scoring.score(query, hood.histories, hood.similarity, params)
                 df, n_sessions = await self.store.reads.doc_freq(found.items) \
                     if params.idf_weight else (np.zeros(0), 0.0)
                 best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,
                                             params, True, np.zeros(0, np.uint64), k)
                 yield Ranked(query, best, values, target, found, held.start)
+        # kept only once whole: a run that stopped midway left a partial list
+        self._neighbourhoods[key] = kept if kept is not None else found_now
+        self._neighbourhoods.move_to_end(key)
+        while len(self._neighbourhoods) > NEIGHBOURHOODS_KEPT:
+            self._neighbourhoods.popitem(last=False)
 
     async def examples(self, params: Params) -> fitorder.Examples:
         """The predictions as the served order of ``params`` (any learned order left out)

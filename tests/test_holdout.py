@@ -1,0 +1,102 @@
+"""A tuning run's holdout reads each index and history once and asks it, for every
+prediction of every candidate, for the entries older than the prediction's session: the
+answer must be exactly the mask of the blob's entries by time, whatever the blob's order.
+What it keeps between candidates never changes a candidate's score (against a real
+Redis)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
+from service.core.model import Event
+from service.core.scoring import Params
+from service.offline.holdout import Holdout, Timeline, recent_sessions
+from service.offline.livetune import SEARCHED
+from service.settings import Settings
+from service.store.state import Store
+from tests.helpers import arrive
+
+
+def masked(blob: bytes | None, start: int, dtype: np.dtype) -> bytes | None:
+    """What a holdout prediction may read of a blob: its entries older than ``start``, in
+    the blob's order (a trailing partial entry dropped)."""
+    if not blob:
+        return blob
+    entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], dtype)
+    return entries[entries["t"] < start].tobytes()
+
+
+@pytest.mark.parametrize("dtype", [INDEX_DTYPE, HISTORY_DTYPE], ids=["index", "history"])
+def test_a_timeline_answers_the_mask_of_its_blob_by_time(dtype: np.dtype) -> None:
+    rng = np.random.default_rng(7)
+    for case in range(400):
+        n = int(rng.integers(0, 40))
+        entries = np.zeros(n, dtype)
+        times = rng.integers(-5, 60, n)
+        if case % 2:  # appended as they arrived: the prefix path
+            times.sort()
+        entries["t"] = times
+        other = "s" if dtype is INDEX_DTYPE else "i"
+        entries[other] = rng.integers(0, 2**63, n, dtype=np.uint64)
+        blob = entries.tobytes() + bytes(int(rng.integers(0, 3)) * 5)  # a torn tail
+        timeline = Timeline(blob, dtype)
+        for start in (-10, -5, 0, 1, 30, 59, 60, 100, *rng.integers(-6, 61, 5).tolist()):
+            assert timeline.before(start) == masked(blob, start, dtype), (case, start)
+
+
+def test_a_timeline_of_nothing_answers_nothing() -> None:
+    assert Timeline(None, INDEX_DTYPE).before(10) is None
+    assert Timeline(b"", INDEX_DTYPE).before(10) == b""
+
+
+HOUR = 3600.0
+T0 = 472_222 * HOUR
+
+
+def many_sessions() -> list[Event]:
+    """Two hundred sessions over a day, on forty items with a few popular ones: enough
+    neighbours that each setting of the neighbour search ranks some predictions
+    differently."""
+    rng = np.random.default_rng(3)
+    events = []
+    for n in range(200):
+        start = T0 + n * 400.0
+        length = int(rng.integers(2, 7))
+        items = rng.choice(40, length, p=np.arange(40, 0, -1) / 820).tolist()
+        events += [Event(f"s{n}", f"i{item}", start + 30 * m) for m, item in enumerate(items)]
+    return events
+
+
+SEARCHED_VALUES = {"idf_weight": 2.0, "repeat_weight": 1.0, "neighbours": 3,
+                   "query_items": 1, "sequence_weight": 5.0, "before_weight": 3.0,
+                   "position_decay": 4.0, "sample_sessions": 4,
+                   "neighbour_half_life": 3600.0}
+
+
+async def test_a_holdout_scores_each_candidate_as_a_fresh_one_would(
+        settings: Settings) -> None:
+    """The neighbourhoods a holdout keeps between candidates are those of the same neighbour
+    search only: a candidate scored after others scores what it scores alone, for a change
+    in each parameter a run searches (each of which changes the score here)."""
+    await arrive(settings, many_sessions())
+    store = Store(settings)
+    try:
+        held = await recent_sessions(store, 60, seed=1)
+        warm = Holdout(store, held)
+        await warm.load_indexes()
+        base = await warm.score(Params())
+        assert set(SEARCHED_VALUES) == set(SEARCHED)
+        for name, value in SEARCHED_VALUES.items():
+            candidate = dataclasses.replace(Params(), **{name: value})
+            cold = Holdout(store, held)
+            await cold.load_indexes()
+            alone = await cold.score(candidate)
+            assert not np.array_equal(alone.each, base.each), name
+            assert np.array_equal((await warm.score(candidate)).each, alone.each), name
+            assert np.array_equal((await warm.score(Params())).each, base.each), name
+    finally:
+        await store.close()
