@@ -7,6 +7,7 @@ Redis)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,6 +49,28 @@ def test_a_timeline_answers_the_mask_of_its_blob_by_time(dtype: np.dtype) -> Non
             assert timeline.before(start) == masked(blob, start, dtype), (case, start)
 
 
+def test_an_index_timeline_keeps_only_sessions_that_arrived_before() -> None:
+    """An index's entries count for sessions that arrived before the holdout session did
+    (one whose arrival is not kept arrived before every kept one), besides their times."""
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n = int(rng.integers(1, 30))
+        entries = np.zeros(n, INDEX_DTYPE)
+        times = rng.integers(0, 50, n)
+        if case % 2:
+            times.sort()
+        entries["t"] = times
+        entries["s"] = rng.integers(1, 12, n).astype(np.uint64)  # sessions recur
+        arrivals = {s: float(rng.integers(0, 100)) for s in range(1, 12) if rng.random() < 0.8}
+        timeline = Timeline(entries.tobytes(), INDEX_DTYPE, arrivals)
+        for start, arrival in [(25, 50.0), (25, 50.0), (60, 101.0), (60, 0.0), (0, 50.0),
+                               *zip(rng.integers(0, 55, 4).tolist(),
+                                    rng.integers(0, 105, 4).astype(float).tolist())]:
+            arrived = np.array([arrivals.get(int(s), -np.inf) for s in entries["s"]])
+            wanted = entries[(entries["t"] < start) & (arrived < arrival)].tobytes()
+            assert timeline.before(start, arrival) == wanted, (case, start, arrival)
+
+
 def test_a_timeline_of_nothing_answers_nothing() -> None:
     assert Timeline(None, INDEX_DTYPE).before(10) is None
     assert Timeline(b"", INDEX_DTYPE).before(10) == b""
@@ -71,7 +94,7 @@ def many_sessions() -> list[Event]:
     return events
 
 
-SEARCHED_VALUES = {"idf_weight": 2.0, "repeat_weight": 1.0, "neighbours": 3,
+SEARCHED_VALUES: dict[str, Any] = {"idf_weight": 2.0, "repeat_weight": 1.0, "neighbours": 3,
                    "query_items": 1, "sequence_weight": 5.0, "before_weight": 3.0,
                    "position_decay": 4.0, "sample_sessions": 4,
                    "neighbour_half_life": 3600.0}

@@ -76,7 +76,9 @@ async def shop(aiohttp_client: Any, settings: Settings) -> Client:
 async def test_the_holdout_sees_only_sessions_that_started_before(
         shop: Client, settings: Settings) -> None:
     """H and F both go a -> z, F after H. H's prefix may use neither F (later) nor itself:
-    a miss. F's may use H: a hit. A session E dated before H makes H's a hit too."""
+    a miss. F's may use H: a hit. A session E sent after both, backdated before H, is not
+    H's neighbour either: it reached the server after H (a burst so sent would be every
+    holdout session's neighbour, in every arrival slice)."""
     await learn(settings, [("H", T0 + 3000, ["a", "z"]), ("F", T0 + 4000, ["a", "z"])])
     store = Store(settings)
     try:
@@ -89,14 +91,28 @@ async def test_the_holdout_sees_only_sessions_that_started_before(
         # F's hit is second: as in `sessionrec eval`, seen items may come back, and a comes
         # back first (repeat_weight)
         assert (got.hr_at_20, got.mrr_at_20) == (0.5, 0.25)
-        # E is sent now, backdated: it precedes H by its timestamp (H's neighbour), but it
-        # arrived last, so the holdout takes it instead of H
+        # E is sent now, backdated: it precedes H by its timestamp, but arrived after H and
+        # F; it arrived last, so the holdout takes it instead of H
         await post(shop, settings, [("E", T0 + 1000, ["a", "z"])])
         again = Holdout(store, held)
         await again.load_indexes()
-        assert (await again.score(Params())).hr_at_20 == 1.0
+        assert (await again.score(Params())).hr_at_20 == 0.5
         assert [h.session for h in await recent_sessions(store, 2)] == [
             int.from_bytes(session_hash(s), "little") for s in ("F", "E")]
+    finally:
+        await store.close()
+
+
+async def test_the_holdout_sees_a_session_that_arrived_and_started_before(
+        settings: Settings) -> None:
+    """D arrived before H and is dated before it: H's neighbour, so H's prefix is a hit."""
+    await learn(settings, [("D", T0 + 1000, ["a", "z"]), ("H", T0 + 3000, ["a", "z"]),
+                           ("F", T0 + 4000, ["a", "z"])])
+    store = Store(settings)
+    try:
+        holdout = Holdout(store, await recent_sessions(store, 2))
+        await holdout.load_indexes()
+        assert (await holdout.score(Params())).hr_at_20 == 1.0
     finally:
         await store.close()
 

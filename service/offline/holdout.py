@@ -8,13 +8,15 @@ sessions are ordered by when their first event was accepted, never by the events
 
 The holdout is honest. Each holdout session's prefixes predict its next item (HR@20 and
 MRR@20, as ``sessionrec eval``), scored only with what was learned before the session
-started: a neighbour index counts only entries older than the session's first event (the
-session itself excluded), and a neighbour's history only its events before that moment. So
-no holdout session is predicted from itself, from a session that began after it, or from a
-neighbour's later clicks. Item frequencies (idf, and the learned order's session counts) are
-today's: a global count, not one session's future. Trending completes answers whatever the
-parameters, so the runs compare the session-based part of the answer, the part the
-parameters decide.
+started: a neighbour index counts only entries older than the session's first event, of
+sessions that reached the server before it did (the session itself excluded), and a
+neighbour's history only its events before that moment. So no holdout session is predicted
+from itself, from a session that began or arrived after it, or from a neighbour's later
+clicks; nor from a burst sent after it with backdated timestamps, which would otherwise
+be every holdout session's neighbour and weigh in every arrival slice. Item frequencies
+(idf, and the learned order's session counts) are today's: a global count, not one
+session's future. Trending completes answers whatever the parameters, so the runs compare
+the session-based part of the answer, the part the parameters decide.
 
 Offline tool: the serving path never imports it.
 """
@@ -24,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
+import math
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +59,8 @@ K = 20
 NEIGHBOURHOODS_KEPT = 3
 """A holdout keeps its predictions' neighbourhoods for this many settings of the neighbour
 search (the best so far's among them, which a search asks for most, while it tries
-others): a few hundred bytes of pointers per prediction each, the histories shared."""
+others): the query, the neighbours and their similarities, a few kilobytes per prediction
+each (their histories are the holdout's, read once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,39 +153,71 @@ class Timeline:
     times never decrease (the usual case: entries are appended as they arrive) those entries
     are a prefix, found by bisection; any other blob is masked, not cut, so that the run does
     not depend on a blob being in time order to be honest. Either way the entries keep their
-    order."""
+    order.
 
-    __slots__ = ("_blob", "_entries", "_in_order", "_times")
+    An index's entries count, besides, only for sessions that reached the server before the
+    holdout session did (``arrivals``: their arrival, ms; a session whose arrival is not kept
+    arrived before every kept one). Timestamps are the client's: a burst sent after the
+    holdout sessions, backdated, would otherwise be every holdout session's neighbour, and
+    reach every arrival slice a promotion must gain in."""
 
-    def __init__(self, blob: bytes | None, dtype: np.dtype[Any]) -> None:
+    __slots__ = ("_arrived", "_blob", "_entries", "_in_order", "_memo", "_newest", "_times")
+
+    def __init__(self, blob: bytes | None, dtype: np.dtype[Any],
+                 arrivals: Mapping[int, float] | None = None) -> None:
         self._blob = blob[:len(blob) - len(blob) % ENTRY_BYTES] if blob else blob
-        self._entries = np.frombuffer(self._blob or b"", dtype)
-        self._times = self._entries["t"].astype(np.int64)
+        entries = np.frombuffer(self._blob or b"", dtype)
+        times = entries["t"].astype(np.int64)
+        in_order = bool(np.all(times[1:] >= times[:-1]))
         # a list: bisecting a few entries in Python costs a tenth of a numpy call, and a
         # run asks hundreds of millions of times
-        self._in_order: list[int] | None = self._times.tolist() \
-            if bool(np.all(self._times[1:] >= self._times[:-1])) else None
+        self._in_order: list[int] | None = times.tolist() if in_order else None
+        self._arrived: npt.NDArray[np.float64] | None = None
+        self._newest: list[float] = []  # the newest arrival among the first n + 1 entries
+        if arrivals is not None and len(entries):
+            self._arrived = np.array([arrivals.get(s, -math.inf)
+                                      for s in entries["s"].tolist()], np.float64)
+            self._newest = np.maximum.accumulate(self._arrived).tolist()
+        # the entries themselves only where a mask needs them
+        keep = self._arrived is not None or not in_order
+        self._entries = entries if keep else None
+        self._times = times if keep else None
+        self._memo: tuple[int, float, bytes] | None = None
 
-    def before(self, start: int) -> bytes | None:
-        """The entries older than ``start``, in the blob's order."""
+    def before(self, start: int, arrival: float = math.inf) -> bytes | None:
+        """The entries older than ``start`` (of sessions that arrived before ``arrival``,
+        for an index), in the blob's order."""
         if not self._blob:
             return self._blob
-        if self._in_order is None:
-            return self._entries[self._times < np.int64(start)].tobytes()
-        if self._in_order[-1] < start:
-            return self._blob
-        return self._blob[:bisect.bisect_left(self._in_order, start) * ENTRY_BYTES]
+        if self._in_order is not None:
+            at = len(self._in_order) if self._in_order[-1] < start else \
+                bisect.bisect_left(self._in_order, start)
+            if at == 0 or self._arrived is None or self._newest[at - 1] < arrival:
+                return self._blob if at == len(self._in_order) else \
+                    self._blob[:at * ENTRY_BYTES]
+        # a mask: kept for the last moment asked (a holdout session's predictions ask for
+        # the same one in turn), so that a run pays it once per session and blob
+        if self._memo is not None and self._memo[:2] == (start, arrival):
+            return self._memo[2]
+        assert self._entries is not None and self._times is not None
+        keep = self._times < start
+        if self._arrived is not None:
+            keep &= self._arrived < arrival
+        got = self._entries[keep].tobytes()
+        self._memo = (start, arrival, got)
+        return got
 
 
 @dataclass(frozen=True, slots=True)
 class Neighbourhood:
-    """What scoring a holdout prediction reads before its items are scored: its query, its
-    neighbours' similarities and their histories as the session started (none: no
-    neighbours)."""
+    """What scoring a holdout prediction finds before its items are scored: its query, its
+    neighbour sessions and their similarities (none: no neighbours). Their histories are
+    the holdout's, asked again at each use: copies of them kept per prediction would grow
+    with the neighbours' lengths, which clients choose."""
 
     query: scoring.Query
+    sessions: scoring.U64
     similarity: scoring.F64
-    histories: list[bytes | None]
 
 
 class Holdout:
@@ -207,36 +243,44 @@ class Holdout:
         return sum(len(s.items) - 1 for s in self.sessions)
 
     async def load_indexes(self) -> None:
+        """The indexes of the holdout's items, with when their entries' sessions arrived."""
         items = sorted({i for s in self.sessions for i in s.items} - set(self.indexes))
+        blobs: list[bytes | None] = []
         for start in range(0, len(items), 1000):
-            chunk = items[start:start + 1000]
-            blobs = await self.store.reads.indexes(scoring.as_u64(chunk))
-            self.indexes.update((item, Timeline(blob, INDEX_DTYPE))
-                                for item, blob in zip(chunk, blobs, strict=True))
+            blobs += await self.store.reads.indexes(scoring.as_u64(items[start:start + 1000]))
+        sessions = sorted({int(s) for blob in blobs if blob
+                           for s in np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
+                                                  INDEX_DTYPE)["s"].tolist()})
+        found = await tuning.arrivals_of(self.store.redis, self.store.keys,
+                                         [scoring.to_hash(s) for s in sessions])
+        arrivals = {s: ms for s, ms in zip(sessions, found, strict=True) if ms is not None}
+        self.indexes.update((item, Timeline(blob, INDEX_DTYPE, arrivals))
+                            for item, blob in zip(items, blobs, strict=True))
 
-    async def _histories(self, sessions: scoring.U64, start: int) -> list[bytes | None]:
-        """The sessions' histories before ``start`` (read once per run)."""
-        wanted = sessions.tolist()
-        missing = [s for s in wanted if s not in self.histories]
+    async def _load_histories(self, sessions: scoring.U64) -> None:
+        """The sessions' histories, read once per run."""
+        missing = [s for s in sessions.tolist() if s not in self.histories]
         if missing:
             blobs = await self.store.reads.histories(np.array(missing, np.uint64))
             self.histories.update((session, Timeline(blob, HISTORY_DTYPE))
                                   for session, blob in zip(missing, blobs, strict=True))
-        return [self.histories[s].before(start) for s in wanted]
 
-    def _index_before(self, item: bytes, start: int) -> bytes | None:
+    def _histories(self, sessions: scoring.U64, start: int) -> list[bytes | None]:
+        """The (loaded) sessions' histories before ``start``."""
+        return [self.histories[s].before(start) for s in sessions.tolist()]
+
+    def _index_before(self, item: bytes, held: HoldoutSession) -> bytes | None:
         timeline = self.indexes.get(item)
-        return None if timeline is None else timeline.before(start)
+        return None if timeline is None else timeline.before(held.start, held.arrival)
 
     async def _neighbourhood(self, held: HoldoutSession, cut: int, params: Params
                              ) -> Neighbourhood:
         """A prediction's query, neighbours and their histories, as ``held`` started."""
         query = scoring.build_query(held.items[:cut], held.times[:cut], [1.0] * cut, params)
-        blobs = [self._index_before(scoring.to_hash(i), held.start)
-                 for i in query.items.tolist()]
+        blobs = [self._index_before(scoring.to_hash(i), held) for i in query.items.tolist()]
         sessions, similarity = scoring.neighbours(query, blobs, params, held.session)
-        histories = await self._histories(sessions, held.start) if len(sessions) else []
-        return Neighbourhood(query, similarity, histories)
+        await self._load_histories(sessions)
+        return Neighbourhood(query, sessions, similarity)
 
     async def ranked(self, params: Params, k: int = K) -> AsyncIterator[Ranked]:
         """Every prefix of every holdout session, scored by ``params`` before any learned
@@ -258,11 +302,12 @@ class Holdout:
                     hood = kept[at]
                 at += 1
                 query, target = hood.query, int.from_bytes(held.items[cut], "little")
-                if not hood.histories:
+                if not len(hood.sessions):
                     yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target,
                                  scoring.NO_CANDIDATES, held.start)
                     continue
-                found = scoring.score(query, hood.histories, hood.similarity, params)
+                found = scoring.score(query, self._histories(hood.sessions, held.start),
+                                      hood.similarity, params)
                 df, n_sessions = await self.store.reads.doc_freq(found.items) \
                     if params.idf_weight else (np.zeros(0), 0.0)
                 best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,

@@ -15,11 +15,12 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from service.core.layout import partition_of
 from service.core.modelparams import (
     ARRIVAL_WINDOW,
     HOLDOUT_SLICES,
@@ -44,6 +45,9 @@ still counts; ``-I`` would lose user installs)."""
 ONE_CORE = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """A run's matrix products on one thread: beside serving and learning a run takes one core
 at a lowered priority, never every core's BLAS threads spinning against theirs."""
+
+ARRIVALS_CHUNK = 5000
+"""Sessions whose arrivals one round trip asks for."""
 
 _REAPERS: set[asyncio.Task[int]] = set()
 """One task per started process, waiting for it to end (no zombies)."""
@@ -201,4 +205,27 @@ async def arrived_since(client: aioredis.Redis, keys: Keys, since_ms: float | No
         out[window] = sum(int(n) for n in counts)
         if sum(min(n, per_window) for n in out.values()) >= enough:
             break
+    return out
+
+
+async def arrivals_of(client: aioredis.Redis, keys: Keys, sessions: Sequence[bytes]
+                      ) -> list[float | None]:
+    """When each session (hash) arrived (ms); None for one whose arrival is not kept (it
+    arrived before every kept one). One ZMSCORE per partition and chunk, in one round trip
+    per chunk."""
+    out: list[float | None] = []
+    for at in range(0, len(sessions), ARRIVALS_CHUNK):
+        chunk = sessions[at:at + ARRIVALS_CHUNK]
+        by_partition: dict[int, list[int]] = {}
+        for n, session in enumerate(chunk):
+            by_partition.setdefault(partition_of(session, keys.partitions), []).append(n)
+        found: list[float | None] = [None] * len(chunk)
+        async with client.pipeline(transaction=False) as pipe:
+            for p, members in by_partition.items():
+                pipe.execute_command("ZMSCORE", keys.arrivals(p), *[chunk[n] for n in members])
+            replies = await pipe.execute()
+        for members, scores in zip(by_partition.values(), replies, strict=True):
+            for n, score in zip(members, scores, strict=True):
+                found[n] = None if score is None else float(score)
+        out += found
     return out
