@@ -65,7 +65,7 @@ def test_an_index_timeline_keeps_only_sessions_that_arrived_before() -> None:
         timeline = Timeline(entries.tobytes(), INDEX_DTYPE, arrivals)
         for start, arrival in [(25, 50.0), (25, 50.0), (60, 101.0), (60, 0.0), (0, 50.0),
                                *zip(rng.integers(0, 55, 4).tolist(),
-                                    rng.integers(0, 105, 4).astype(float).tolist())]:
+                                    rng.integers(0, 105, 4).astype(float).tolist(), strict=True)]:
             arrived = np.array([arrivals.get(int(s), -np.inf) for s in entries["s"]])
             wanted = entries[(entries["t"] < start) & (arrived < arrival)].tobytes()
             assert timeline.before(start, arrival) == wanted, (case, start, arrival)

@@ -4,7 +4,9 @@ serving it once the record holds weights, and a tuning run that fits and promote
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any, cast
 
 import numpy as np
@@ -307,3 +309,33 @@ async def test_a_run_searches_the_grid_again_under_the_learned_order() -> None:
     assert reorder.active(best) and best.order_score > 0
     assert best.query_items == 3
     assert any(p.query_items == 20 and not reorder.active(p) for p in holdout.scored)
+
+
+async def test_the_order_fit_leaves_the_event_loop_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's lease is renewed by a task of its event loop: the order's fit, seconds of
+    arithmetic, must not hold the loop (a run so starved lost its lease and all its work)."""
+    fit = fitorder.fit
+
+    def slow_fit(found: fitorder.Examples) -> Any:
+        time.sleep(0.6)
+        return fit(found)
+
+    monkeypatch.setattr(fitorder, "fit", slow_fit)
+    ticks = 0
+
+    async def renewals() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    ticker = asyncio.create_task(renewals())
+    started = time.monotonic()
+    try:
+        await Search(cast(Holdout, StudiedHoldout()), pinned=(), log=lambda line: None).run(
+            Params())
+    finally:
+        ticker.cancel()
+    elapsed = time.monotonic() - started
+    assert elapsed >= 1.2  # two fits
+    assert ticks >= elapsed / 0.05 * 0.5

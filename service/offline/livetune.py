@@ -15,6 +15,7 @@ tune --apply`` as a process of its own).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -151,7 +152,8 @@ class Search:
         async def fit_order() -> bool:
             """The learned order fitted for ``best``'s served order; whether it was better."""
             nonlocal best, best_score
-            weights = fitorder.fit(await self.holdout.examples(best))
+            # in a thread: the fit takes seconds, in which the lease's renewals must run
+            weights = await asyncio.to_thread(fitorder.fit, await self.holdout.examples(best))
             ordered = None if weights is None else fitorder.with_weights(best, weights)
             if ordered is None or ordered == best:
                 return False
