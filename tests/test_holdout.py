@@ -19,7 +19,9 @@ from service.offline.holdout import Holdout, Timeline, recent_sessions
 from service.offline.livetune import SEARCHED
 from service.settings import Settings
 from service.store.state import Store
+from tests.conftest import Client
 from tests.helpers import arrive
+from tests.test_livetune import post, shop  # noqa: F401  (a fixture)
 
 
 def masked(blob: bytes | None, start: int, dtype: np.dtype) -> bytes | None:
@@ -121,5 +123,32 @@ async def test_a_holdout_scores_each_candidate_as_a_fresh_one_would(
             assert not np.array_equal(alone.each, base.each), name
             assert np.array_equal((await warm.score(candidate)).each, alone.each), name
             assert np.array_equal((await warm.score(Params())).each, base.each), name
+    finally:
+        await store.close()
+
+
+async def test_a_burst_sent_after_the_holdout_changes_none_of_its_scores(
+        shop: Client, settings: Settings) -> None:  # noqa: F811
+    """Sessions sent after the holdout's, backdated before them and holding its popular
+    items, are no holdout session's neighbours, and add nothing to the item frequencies the
+    holdout reads: every prediction scores as before, under idf and the order's session
+    counts alike (a burst so sent moved every arrival slice, red team)."""
+    await arrive(settings, many_sessions())
+    store = Store(settings)
+    params = Params(idf_weight=2.0, order_idf=1.0, order_sessions=-1.0, order_score=1.0)
+    try:
+        held = await recent_sessions(store, 60, seed=1)
+        before = Holdout(store, held)
+        await before.load_indexes()
+        scored = await before.score(params)
+        await post(shop, settings, [(f"burst{n}", T0 - HOUR, ["i0", "i1", "i2", "i3", f"x{n}"])
+                                    for n in range(300)])
+        fresh = Store(settings)  # its frequency cache empty: today's counts
+        try:
+            after = Holdout(fresh, held)
+            await after.load_indexes()
+            assert np.array_equal((await after.score(params)).each, scored.each)
+        finally:
+            await fresh.close()
     finally:
         await store.close()

@@ -105,12 +105,16 @@ async def test_the_holdout_sees_only_sessions_that_started_before(
 
 async def test_the_holdout_sees_a_session_that_arrived_and_started_before(
         settings: Settings) -> None:
-    """D arrived before H and is dated before it: H's neighbour, so H's prefix is a hit."""
-    await learn(settings, [("D", T0 + 1000, ["a", "z"]), ("H", T0 + 3000, ["a", "z"]),
+    """D arrived before H and is dated before it: H's neighbour, so H's prefix is a hit.
+    (D an hour before H: the holdout of two takes one session an arrival window, H and F.)"""
+    await learn(settings, [("D", T0 - 2000, ["a", "z"]), ("H", T0 + 3000, ["a", "z"]),
                            ("F", T0 + 4000, ["a", "z"])])
     store = Store(settings)
     try:
-        holdout = Holdout(store, await recent_sessions(store, 2))
+        held = await recent_sessions(store, 2)
+        assert [h.session for h in held] == [
+            int.from_bytes(session_hash(s), "little") for s in ("H", "F")]
+        holdout = Holdout(store, held)
         await holdout.load_indexes()
         assert (await holdout.score(Params())).hr_at_20 == 1.0
     finally:

@@ -14,9 +14,12 @@ neighbour's history only its events before that moment. So no holdout session is
 from itself, from a session that began or arrived after it, or from a neighbour's later
 clicks; nor from a burst sent after it with backdated timestamps, which would otherwise
 be every holdout session's neighbour and weigh in every arrival slice. Item frequencies
-(idf, and the learned order's session counts) are today's: a global count, not one
-session's future. Trending completes answers whatever the parameters, so the runs compare
-the session-based part of the answer, the part the parameters decide.
+(idf, and the learned order's session counts) are as they stood before the holdout's first
+session arrived: today's, less what every session that arrived since added (a burst of
+sessions holding popular items, sent in or after the holdout's span, would otherwise move
+every prediction's idf, in every slice). Trending completes answers whatever the
+parameters, so the runs compare the session-based part of the answer, the part the
+parameters decide.
 
 Offline tool: the serving path never imports it.
 """
@@ -237,13 +240,18 @@ class Holdout:
         self.sequence_from = 0
         self._neighbourhoods: OrderedDict[tuple[float, ...], list[Neighbourhood]] = \
             OrderedDict()
+        self._late_items = np.zeros(0, np.uint64)
+        self._late_counts = np.zeros(0)
+        self._late_sessions = 0
 
     @property
     def predictions(self) -> int:
         return sum(len(s.items) - 1 for s in self.sessions)
 
     async def load_indexes(self) -> None:
-        """The indexes of the holdout's items, with when their entries' sessions arrived."""
+        """The indexes of the holdout's items, with when their entries' sessions arrived,
+        and what the sessions arrived since the holdout's first added to item
+        frequencies."""
         items = sorted({i for s in self.sessions for i in s.items} - set(self.indexes))
         blobs: list[bytes | None] = []
         for start in range(0, len(items), 1000):
@@ -256,6 +264,43 @@ class Holdout:
         arrivals = {s: ms for s, ms in zip(sessions, found, strict=True) if ms is not None}
         self.indexes.update((item, Timeline(blob, INDEX_DTYPE, arrivals))
                             for item, blob in zip(items, blobs, strict=True))
+        await self._load_late()
+
+    async def _load_late(self) -> None:
+        """What the sessions that arrived from the holdout's first on added to the item
+        frequencies: the holdout reads them as they stood before it (``_doc_freq``). A burst
+        sent during or after the holdout's span, of sessions all holding popular items,
+        would otherwise move every prediction's idf and session counts, in every arrival
+        slice, as it moved no neighbourhood."""
+        if not self.sessions:
+            return
+        oldest = min(held.arrival for held in self.sessions)
+        arrived = await tuning.arrived_in(self.store.redis, self.store.keys, repr(oldest),
+                                          "+inf")
+        counts: dict[int, int] = {}
+        for at in range(0, len(arrived), 500):
+            chunk = np.array([int.from_bytes(s, "little") for s, _ in arrived[at:at + 500]],
+                             np.uint64)
+            for blob in await self.store.reads.histories(chunk):
+                if blob:
+                    items = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
+                                          HISTORY_DTYPE)["i"]
+                    for item in np.unique(items).tolist():
+                        counts[item] = counts.get(item, 0) + 1
+        self._late_items = np.array(sorted(counts), np.uint64)
+        self._late_counts = np.array([counts[i] for i in self._late_items.tolist()],
+                                     np.float64)
+        self._late_sessions = len(arrived)
+
+    async def _doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
+        """Sessions holding each item, and sessions in all, as they stood before the
+        holdout's first session arrived (``_load_late``)."""
+        df, sessions = await self.store.reads.doc_freq(items)
+        if not len(self._late_items) or not len(items):
+            return df, max(sessions - self._late_sessions, 0.0)
+        at = np.minimum(np.searchsorted(self._late_items, items), len(self._late_items) - 1)
+        late = np.where(self._late_items[at] == items, self._late_counts[at], 0.0)
+        return np.maximum(df - late, 0.0), max(sessions - self._late_sessions, 0.0)
 
     async def _load_histories(self, sessions: scoring.U64) -> None:
         """The sessions' histories, read once per run."""
@@ -308,7 +353,7 @@ class Holdout:
                     continue
                 found = scoring.score(query, self._histories(hood.sessions, held.start),
                                       hood.similarity, params)
-                df, n_sessions = await self.store.reads.doc_freq(found.items) \
+                df, n_sessions = await self._doc_freq(found.items) \
                     if params.idf_weight else (np.zeros(0), 0.0)
                 best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,
                                             params, True, np.zeros(0, np.uint64), k)
@@ -329,7 +374,7 @@ class Holdout:
         async for got in self.ranked(fitorder.unordered(params), reorder.DEPTH):
             at = np.flatnonzero(got.best == np.uint64(got.target))
             if len(at):
-                df, sessions = await self.store.reads.doc_freq(got.best)
+                df, sessions = await self._doc_freq(got.best)
                 rows.append(reorder.features(got.best, got.values, df, sessions, got.query,
                                              got.found, self._sequence(got, got.best)))
                 targets.append(int(at[0]))
@@ -347,7 +392,7 @@ class Holdout:
         async for got in self.ranked(params, reorder.depth(params, K)):
             best = got.best
             if reorder.active(params) and len(best):
-                df, n_sessions = await self.store.reads.doc_freq(best)
+                df, n_sessions = await self._doc_freq(best)
                 sequence = self._sequence(got, best) if params.order_sequence \
                     else reorder.NO_VALUES
                 best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, got.found,
