@@ -15,8 +15,9 @@ import pytest
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
 from service.core.model import Event
 from service.core.scoring import Params
-from service.offline.holdout import Holdout, Timeline, recent_sessions
+from service.offline.holdout import Holdout, recent_sessions
 from service.offline.livetune import SEARCHED
+from service.offline.timeline import Timeline
 from service.settings import Settings
 from service.store.state import Store
 from tests.conftest import Client
