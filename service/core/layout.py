@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 HASH_BYTES = 8
 ENTRY_BYTES = 16
@@ -80,6 +82,13 @@ def index_limit(cap: int) -> int:
     """Most entries a stored index holds: its cap plus the slack the worker's in-place appends
     may add before a trim (the scripts are given this number, never the rule)."""
     return cap + max(16, cap // 4)
+
+
+def entries_of(blob: bytes | None, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """A blob's whole entries as ``dtype``'s records (``INDEX_DTYPE`` or ``HISTORY_DTYPE``),
+    without copying; a torn last entry left out, none for no blob."""
+    blob = blob or b""
+    return np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], dtype)
 
 
 def newest_entries(blob: bytes, cap: int) -> bytes:

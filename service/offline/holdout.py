@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core import reorder, scoring
-from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
+from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE, entries_of
 from service.core.modelparams import HOLDOUT_WINDOWS
 from service.core.scoring import Params
 from service.core.sequence import SequenceModel
@@ -128,8 +128,7 @@ async def recent_sessions(store: Store, wanted: int = HOLDOUT_SESSIONS,
                                                 strict=True):
                 if blob is None or len(blob) < 2 * ENTRY_BYTES:
                     continue
-                entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
-                                        HISTORY_DTYPE)
+                entries = entries_of(blob, HISTORY_DTYPE)
                 found = HoldoutSession(int.from_bytes(session, "little"),
                                        [int(i).to_bytes(8, "little") for i in entries["i"]],
                                        (entries["t"] / 1e6).tolist(), int(entries["t"][0]),
@@ -193,9 +192,8 @@ class Holdout:
         blobs: list[bytes | None] = []
         for start in range(0, len(items), 1000):
             blobs += await self.store.reads.indexes(scoring.as_u64(items[start:start + 1000]))
-        sessions = sorted({int(s) for blob in blobs if blob
-                           for s in np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
-                                                  INDEX_DTYPE)["s"].tolist()})
+        sessions = sorted({s for blob in blobs
+                           for s in entries_of(blob, INDEX_DTYPE)["s"].tolist()})
         found = await tuning.arrivals_of(self.store.redis, self.store.keys,
                                          [scoring.to_hash(s) for s in sessions])
         arrivals = {s: ms for s, ms in zip(sessions, found, strict=True) if ms is not None}
@@ -214,19 +212,14 @@ class Holdout:
         oldest = min(held.arrival for held in self.sessions)
         arrived = await tuning.arrived_in(self.store.redis, self.store.keys, repr(oldest),
                                           "+inf")
-        counts: dict[int, int] = {}
+        distinct: list[scoring.U64] = [np.zeros(0, np.uint64)]  # each session's items, once
         for at in range(0, len(arrived), 500):
             chunk = np.array([int.from_bytes(s, "little") for s, _ in arrived[at:at + 500]],
                              np.uint64)
-            for blob in await self.store.reads.histories(chunk):
-                if blob:
-                    items = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES],
-                                          HISTORY_DTYPE)["i"]
-                    for item in np.unique(items).tolist():
-                        counts[item] = counts.get(item, 0) + 1
-        self._late_items = np.array(sorted(counts), np.uint64)
-        self._late_counts = np.array([counts[i] for i in self._late_items.tolist()],
-                                     np.float64)
+            distinct += [np.unique(entries_of(blob, HISTORY_DTYPE)["i"]).astype(np.uint64)
+                         for blob in await self.store.reads.histories(chunk)]
+        items, counts = np.unique(np.concatenate(distinct), return_counts=True)
+        self._late_items, self._late_counts = items, counts.astype(np.float64)
         self._late_sessions = len(arrived)
 
     async def _doc_freq(self, items: scoring.U64) -> tuple[scoring.F64, float]:
@@ -295,8 +288,8 @@ class Holdout:
                 best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,
                                             params, True, np.zeros(0, np.uint64), k)
                 yield Ranked(query, best, values, target, found, held.start)
-        # kept only once whole: a run that stopped midway left a partial list
-        self._neighbourhoods[key] = kept if kept is not None else found_now
+        if kept is None:  # kept only once whole: a run that stopped midway left a partial list
+            self._neighbourhoods[key] = found_now
         self._neighbourhoods.move_to_end(key)
         while len(self._neighbourhoods) > NEIGHBOURHOODS_KEPT:
             self._neighbourhoods.popitem(last=False)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE
+from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, entries_of
 from service.core.modelparams import HOLDOUT_WINDOWS
 from service.core.sequence import U64, SequenceModel
 from service.offline import sequencefit
@@ -118,7 +118,7 @@ def _items(blob: bytes | None, before: int | None) -> U64 | None:
     None when fewer than two: no prediction."""
     if not blob or len(blob) < 2 * ENTRY_BYTES:
         return None
-    entries = np.frombuffer(blob[:len(blob) - len(blob) % ENTRY_BYTES], HISTORY_DTYPE)
+    entries = entries_of(blob, HISTORY_DTYPE)
     if before is not None:
         entries = entries[entries["t"] < before]
     if len(entries) < 2:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.core.layout import ENTRY_BYTES
+from service.core.layout import ENTRY_BYTES, entries_of
 
 
 class Timeline:
@@ -36,8 +36,8 @@ class Timeline:
 
     def __init__(self, blob: bytes | None, dtype: np.dtype[Any],
                  arrivals: Mapping[int, float] | None = None) -> None:
-        self._blob = blob[:len(blob) - len(blob) % ENTRY_BYTES] if blob else blob
-        entries = np.frombuffer(self._blob or b"", dtype)
+        entries = entries_of(blob, dtype)
+        self._blob = blob[:len(entries) * ENTRY_BYTES] if blob else blob
         times = entries["t"].astype(np.int64)
         in_order = bool(np.all(times[1:] >= times[:-1]))
         # a list: bisecting a few entries in Python costs a tenth of a numpy call, and a
