@@ -125,8 +125,7 @@ class Settings:
                       commands=("serve", "worker", "demo", "load")))
     redis_timeout: float = field(
         default=0.5,
-        metadata=_doc("Seconds to wait for Redis before answering 503.", commands=ALL),
-    )
+        metadata=_doc("Seconds to wait for Redis before answering 503.", commands=ALL))
     read_cache_mb: int = field(
         default=256,
         metadata=_doc("Megabytes of learned histories and neighbour indexes each serve process "
@@ -199,6 +198,7 @@ class Settings:
     order_last: float = _scoring("order_last")
     order_age: float = _scoring("order_age")
     order_sequence: float = _scoring("order_sequence")
+    order_seen: float = _scoring("order_seen")
     # --- worker -----------------------------------------------------------------------------
     batch_size: int = field(default=500, metadata=_doc("Stream entries read per batch.",
                                                        commands=WORKER))

@@ -48,8 +48,27 @@ def test_the_features_of_each_answer() -> None:
     np.testing.assert_allclose(got[:, 3], [1.0, 0.25, 0.0])  # its weight in the session
     np.testing.assert_allclose(got[:, 4], [1.0, 0.0, 0.0])  # 7 is the session's last item
     np.testing.assert_allclose(got[:, 5], np.log1p([reorder.AGE_CAP, reorder.AGE_CAP, 2.0]))
+    assert got[:, 7].tolist() == [1.0, 1.0, 0.0]  # 7 and 3 are the session's items
     assert reorder.features(best, values, np.ones(3), 1.0, query([3], [1.0]),
                             NO_CANDIDATES)[:, 5].tolist() == [np.log1p(reorder.AGE_CAP)] * 3
+
+
+def test_the_seen_feature_marks_every_session_item_not_only_the_querys() -> None:
+    """An item of the session older than the query's newest items has no weight in the
+    query; the seen feature says the session held it, and a weight on it orders by it."""
+    best = np.array([5, 6, 7, 8], U)
+    values = np.array([4.0, 3.0, 2.0, 1.0])
+    # the session: 8 and 6, long ago; the query holds only its newest two
+    session = Query(np.array([2, 3], U), np.array([0.5, 1.0]), np.array([8, 6, 2, 3], U))
+    got = reorder.features(best, values, np.ones(4), 10.0, session, NO_CANDIDATES)
+    assert got[:, 3].tolist() == [0.0] * 4  # none of them weighs in the query
+    assert got[:, reorder.FEATURES.index("order_seen")].tolist() == [0.0, 1.0, 0.0, 1.0]
+    kept, _ = reorder.reorder(best, values, np.ones(4), 10.0, session, NO_CANDIDATES,
+                              Params(order_score=1.0, order_seen=2.0), 4)
+    assert kept.tolist() == [6, 8, 5, 7]
+    kept, _ = reorder.reorder(best, values, np.ones(4), 10.0, session, NO_CANDIDATES,
+                              Params(order_score=1.0), 4)
+    assert kept.tolist() == [5, 6, 7, 8]
 
 
 def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -> None:
@@ -211,6 +230,32 @@ async def test_weights_in_the_record_order_every_process_answers(
     assert model["params"]["order_sessions"] == 2.0 and model["params"]["order_last"] == 0.0
     bad = await shop.put("/admin/model", json={"params": {"order_idf": 1000}})
     assert bad.status == 400 and "order_idf" in (await bad.json())["error"]["field"]
+
+
+async def test_an_earlier_session_item_moves_only_the_senders_answer(
+        shop: Client, settings: Settings) -> None:  # noqa: F811
+    """After x, d follows in more sessions than c. A visitor whose live session held c before
+    x (the query weighs x alone) gets c first under a weight on the seen feature; another
+    whose session did not hold c keeps d first: the feature is the sender's own session,
+    kept nowhere."""
+    await learn(settings, [(f"xd{n}", T0 + 10 * n, ["x", "d"]) for n in range(4)]
+                + [(f"xc{n}", T0 + 100 + 10 * n, ["x", "c"]) for n in range(2)])
+    resp = await shop.put("/admin/model", json={"params": {
+        "query_items": 1, "order_score": 1.0, "order_seen": 2.0}})
+    assert resp.status == 200
+
+    async def order(session: str, items: list[str]) -> list[str]:
+        events = [{"session_id": session, "item_id": item, "timestamp": T0 + 1000 + n}
+                  for n, item in enumerate(items)]
+        assert (await shop.post("/events", json={"events": events})).status == 202
+        resp = await shop.get(f"/sessions/{session}/recommendations?k=5&recommend_seen=true")
+        assert resp.status == 200
+        return [r["id"] for r in (await resp.json())["recommendations"] if r["id"] in "cd"]
+
+    assert await order("S", ["c", "x"]) == ["c", "d"]
+    assert await order("T", ["y", "x"]) == ["d", "c"]
+    resp = await shop.put("/admin/model", json={"params": {"order_seen": 0.0}})
+    assert await order("U", ["c", "x"]) == ["d", "c"]
 
 
 async def test_a_run_fits_the_order_and_promotes_it(shop: Client,  # noqa: F811

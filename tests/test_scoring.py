@@ -367,6 +367,7 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
     from service.kernel import _native, reference_reorder
 
     rng = np.random.default_rng(11)
+    width = reference_reorder.WIDTH
     compared = 0
     for case in range(300):
         n = int(rng.integers(0, 140))
@@ -378,17 +379,22 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         q_items = rng.choice(np.arange(1, 400, dtype=np.uint64), int(rng.integers(0, 6)),
                              replace=False)
         q_weights = rng.random(len(q_items))
+        # the session's every item, repeats included: none, or up to max_interactions
+        seen = rng.choice(np.concatenate((q_items, best[:20], np.arange(1, 400, dtype=np.uint64)
+                                          )) if n else np.arange(1, 400, dtype=np.uint64),
+                          int(rng.integers(1, 200)) if case % 4 else 0)
         found = rng.choice(np.arange(1, 500, dtype=np.uint64), int(rng.integers(0, 300)),
                            replace=False)
         latest = rng.integers(0, 3, len(found)) * rng.integers(1, 10**15, len(found))
         # products of two features: none, the product's own, or a random few
         pairs = [np.zeros(0, np.int64), reorder.PAIRS,
-                 rng.integers(0, 7, 2 * int(rng.integers(1, 9)))][case % 3]
-        weights = rng.normal(0, 1, 7 + len(pairs) // 2) * (rng.random(7 + len(pairs) // 2) < 0.8)
+                 rng.integers(0, width, 2 * int(rng.integers(1, 9)))][case % 3]
+        weights = rng.normal(0, 1, width + len(pairs) // 2) * \
+            (rng.random(width + len(pairs) // 2) < 0.8)
         # the sequence model's values: none (no model), fewer than the answers, or one each
         sequence = -rng.random(int(rng.choice([0, max(n - 5, 0), n]))) * 8
         depth, k = int(rng.integers(0, 120)), int(rng.integers(0, 150))
-        args = (best, values, df, float(rng.integers(0, 1000)), q_items, q_weights, found,
+        args = (best, values, df, float(rng.integers(0, 1000)), q_items, q_weights, seen, found,
                 latest.astype(np.int64), sequence, weights, pairs, depth, k)
         got_items, got_scores = _native.reorder(*args)
         want_items, want_scores = reference_reorder.reorder(*args)
@@ -400,14 +406,14 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
             reference_reorder.gather(found, latest.astype(np.int64), best)
     assert compared > 3000
     for implementation in (_native.reorder, reference_reorder.reorder):
-        with pytest.raises(ValueError, match="7 weights"):
-            implementation(best, values, df, 1.0, q_items, q_weights, found,
-                           latest.astype(np.int64), np.zeros(0), np.zeros(6), np.zeros(0),
-                           10, 10)
+        with pytest.raises(ValueError, match=f"{width} weights"):
+            implementation(best, values, df, 1.0, q_items, q_weights, seen, found,
+                           latest.astype(np.int64), np.zeros(0), np.zeros(width - 1),
+                           np.zeros(0), 10, 10)
         with pytest.raises(ValueError, match="one per pair"):  # a column no feature has
-            implementation(best, values, df, 1.0, q_items, q_weights, found,
-                           latest.astype(np.int64), np.zeros(0), np.zeros(8),
-                           np.array([0, 7]), 10, 10)
+            implementation(best, values, df, 1.0, q_items, q_weights, seen, found,
+                           latest.astype(np.int64), np.zeros(0), np.zeros(width + 1),
+                           np.array([0, width]), 10, 10)
 
 
 def test_the_compiled_order_keeps_the_references_constants() -> None:

@@ -67,7 +67,7 @@ PARAMETERS: dict[str, Parameter] = {
     # 0 (the default) keeping the scores' order; a tuning run fits them
     "order_score": Parameter(0.0, False, -100, 100,
                              "Learned order: weight of the log of an answer's score relative "
-                             "to the best (0 for all seven: the scores' order)."),
+                             "to the best (0 for all eight: the scores' order)."),
     "order_idf": Parameter(0.0, False, -100, 100,
                            "Learned order: weight of log(1 + sessions / sessions with the "
                            "item)."),
@@ -84,6 +84,9 @@ PARAMETERS: dict[str, Parameter] = {
     "order_sequence": Parameter(0.0, False, -100, 100,
                                 "Learned order: weight of the sequence model's score of the "
                                 "item, against the best answer's (0 without a model)."),
+    "order_seen": Parameter(0.0, False, -100, 100,
+                            "Learned order: weight of being one of the session's items, "
+                            "any of them (not only those the query weighs)."),
     "index_cap": Parameter(500, True, 1, 1_000_000,
                            "Most recent sessions indexed per item (neighbours per item); serve "
                            "reads the newest this many of each index: set it alike for both."),
@@ -92,11 +95,11 @@ PARAMETERS: dict[str, Parameter] = {
 what ``sessionrec tune`` searches (with ``ORDER_PAIRS``' weights, added below)."""
 
 ORDER_FEATURES = ("order_score", "order_idf", "order_sessions", "order_session_weight",
-                  "order_last", "order_age", "order_sequence")
+                  "order_last", "order_age", "order_sequence", "order_seen")
 """The learned order's features, by the parameter that weighs each (``core/reorder.py``
 computes them)."""
 
-BINARY_FEATURES = ("order_last",)
+BINARY_FEATURES = ("order_last", "order_seen")
 """Features that are 0 or 1: their square is themselves, so it has no weight of its own."""
 
 ORDER_PAIRS = tuple((i, k) for i in range(len(ORDER_FEATURES))

@@ -17,7 +17,10 @@ again by ``sum(weight * feature)``, each feature a column of ``features``:
   neighbourhood clicked lately, where tastes and stock move;
 * ``order_sequence``: the sequence model's score of the answer after the session's items,
   against the best answer's (``core/sequence.py``; 0 for every answer while no model is
-  trained): what follows what across all sessions, not only the neighbours.
+  trained): what follows what across all sessions, not only the neighbours;
+* ``order_seen``: 1 for any of the session's items: the query weighs only its newest
+  ``query_items``, so without it an item the visitor looked at earlier in the session looks
+  like one never seen (a session holds an item once, as the API takes it: keyed by item).
 
 and by ``sum(weight * feature * other feature)`` over ``PAIRS``, the products of two of them
 (``parameters.ORDER_PAIRS``): a model quadratic in the features, still linear in its
@@ -100,7 +103,7 @@ def features(best: U64, values: F64, doc_freq: F64, sessions: float, query: Quer
     ``sequence_values``), one column per ``FEATURES``: what a tuning run fits the weights on
     (the kernel computes the same inside ``reorder``)."""
     return reference_reorder.features(best, values, doc_freq, sessions, query.items,
-                                      query.weights, found.items, found.latest,
+                                      query.weights, query.seen, found.items, found.latest,
                                       np.ascontiguousarray(sequence, np.float64))
 
 
@@ -123,7 +126,8 @@ def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query
     if not active(params) or not len(best):
         return best[:k], values[:k]
     items, scores = kernel.reorder(best, values, np.ascontiguousarray(doc_freq, np.float64),
-                                   sessions, query.items, query.weights, found.items,
-                                   found.latest, np.ascontiguousarray(sequence, np.float64),
+                                   sessions, query.items, query.weights, query.seen,
+                                   found.items, found.latest,
+                                   np.ascontiguousarray(sequence, np.float64),
                                    weights_of(params), PAIRS, DEPTH, k)
     return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)

@@ -63,6 +63,7 @@ class Params:
     order_last: float = default_float("order_last")
     order_age: float = default_float("order_age")
     order_sequence: float = default_float("order_sequence")
+    order_seen: float = default_float("order_seen")
     index_cap: int = default_int("index_cap")  # an index counts its newest entries (layout)
     # the learned order's weights of products of two features (parameters.ORDER_PAIRS):
     # fitted by tuning runs, set by the model record, no flag of their own
@@ -94,6 +95,13 @@ class Params:
     order_age_x_age: float = default_float("order_age_x_age")
     order_age_x_sequence: float = default_float("order_age_x_sequence")
     order_sequence_x_sequence: float = default_float("order_sequence_x_sequence")
+    order_score_x_seen: float = default_float("order_score_x_seen")
+    order_idf_x_seen: float = default_float("order_idf_x_seen")
+    order_sessions_x_seen: float = default_float("order_sessions_x_seen")
+    order_session_weight_x_seen: float = default_float("order_session_weight_x_seen")
+    order_last_x_seen: float = default_float("order_last_x_seen")
+    order_age_x_seen: float = default_float("order_age_x_seen")
+    order_sequence_x_seen: float = default_float("order_sequence_x_seen")
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:

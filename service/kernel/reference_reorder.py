@@ -13,8 +13,9 @@ import numpy.typing as npt
 
 from service.kernel.reference_tables import F64, Buffer, _f64, _u64
 
-WIDTH = 7
-"""Features per answer: score, idf, sessions, session weight, last item, age, sequence."""
+WIDTH = 8
+"""Features per answer: score, idf, sessions, session weight, last item, age, sequence,
+seen."""
 
 SCORE_FLOOR = 1e-9
 """An answer's relative score is floored before its log (a score of 0 is never ranked)."""
@@ -55,13 +56,14 @@ def ages(found_items: Buffer, found_latest: Buffer, best: Buffer) -> F64:
 
 
 def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
-             query_items: Buffer, query_weights: Buffer, found_items: Buffer,
+             query_items: Buffer, query_weights: Buffer, seen: Buffer, found_items: Buffer,
              found_latest: Buffer, sequence: Buffer) -> F64:
     """One row per answer (``best``, scored ``values``, best first; ``doc_freq`` one per
     answer), ``WIDTH`` columns: log(score / best score), log(1 + sessions / df),
     log(1 + df), the answer's weight in the query (0 when not in it), 1 for the query's last
     item, log(1 + ``ages``), the sequence model's value (``sequence``, one per answer from
-    the first; 0 past its end: no model, no value)."""
+    the first; 0 past its end: no model, no value), 1 for an answer in ``seen`` (every item
+    of the session)."""
     answers, scores, df = _u64(best), _f64(values), np.maximum(_f64(doc_freq), 0.0)
     q_items, q_weights = _u64(query_items), _f64(query_weights)
     n = len(answers)
@@ -79,11 +81,12 @@ def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     out[:, 5] = np.log1p(ages(found_items, found_latest, best))
     given = _f64(sequence)[:n]
     out[:len(given), 6] = given
+    out[:, 7] = np.isin(answers, _u64(seen)).astype(np.float64)
     return out
 
 
 def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
-            query_items: Buffer, query_weights: Buffer, found_items: Buffer,
+            query_items: Buffer, query_weights: Buffer, seen: Buffer, found_items: Buffer,
             found_latest: Buffer, sequence: Buffer, weights: Buffer, pairs: Buffer, depth: int,
             k: int) -> tuple[bytes, bytes]:
     """The ``k`` first answers: the ``depth`` first ordered by ``features`` times the first
@@ -95,13 +98,13 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     both = np.frombuffer(pairs, np.int64)
     if (len(both) % 2 or len(w) != WIDTH + len(both) // 2 or len(_f64(doc_freq)) != len(answers)
             or len(scores) != len(answers) or not np.all((both >= 0) & (both < WIDTH))):
-        raise ValueError("one score and one frequency per answer, 7 weights and one per pair "
-                         "of features")
+        raise ValueError(f"one score and one frequency per answer, {WIDTH} weights and one "
+                         "per pair of features")
     head = min(len(answers), max(depth, 0))
     if not head or k <= 0:
         return b"", b""
     rows = features(answers[:head], scores[:head], _f64(doc_freq)[:head], sessions,
-                    query_items, query_weights, found_items, found_latest, sequence)
+                    query_items, query_weights, seen, found_items, found_latest, sequence)
     value = rows[:, 0] * w[0]
     for j in range(1, WIDTH):
         value = value + rows[:, j] * w[j]

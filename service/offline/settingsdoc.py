@@ -13,7 +13,7 @@ MODEL_PARAMETERS = ("query_items", "sample_sessions", "neighbours", "neighbour_h
                     "position_decay",
                     "sequence_weight", "before_weight", "idf_weight", "repeat_weight",
                     "order_score", "order_idf", "order_sessions", "order_session_weight",
-                    "order_last", "order_age", "order_sequence",
+                    "order_last", "order_age", "order_sequence", "order_seen",
                     "index_cap", "history_cap", "trend_half_life")
 """The settings that shape the model (docs/ACCURACY.md lists them)."""
 

@@ -4,7 +4,7 @@
  * constants these are (tests/test_architecture.py holds them equal). */
 #include "kernel.h"
 
-#define WIDTH 7
+#define WIDTH 8
 #define SCORE_FLOOR 1e-9
 #define AGE_CAP 365.0
 #define DAY_KEYS 86400000000.0
@@ -92,24 +92,25 @@ typedef struct { double value; Py_ssize_t at; } Valued;
 DEFINE_SORT(sort_valued, Valued, VALUED_BEFORE)
 
 PyDoc_STRVAR(reorder_doc,
-"reorder(best, values, doc_freq, sessions, query_items, query_weights, found_items,\n"
+"reorder(best, values, doc_freq, sessions, query_items, query_weights, seen, found_items,\n"
 "        found_latest, sequence, weights, pairs, depth, k) -> (items u64 bytes, scores f64\n"
 "        bytes):\n"
 "reference_reorder.reorder's counterpart.");
 
 static PyObject *reorder(PyObject *self, PyObject *args) {
-    Py_buffer best, values, df, qitems, qweights, fitems, flatest, sequence, weights, pairs;
+    Py_buffer best, values, df, qitems, qweights, seen, fitems, flatest, sequence, weights, pairs;
     double sessions;
     Py_ssize_t depth, k;
-    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*y*nn", &best, &values, &df, &sessions,
-                          &qitems, &qweights, &fitems, &flatest, &sequence, &weights, &pairs,
-                          &depth, &k))
+    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*y*y*nn", &best, &values, &df, &sessions,
+                          &qitems, &qweights, &seen, &fitems, &flatest, &sequence, &weights,
+                          &pairs, &depth, &k))
         return NULL;
     PyObject *result = NULL;
     Table table = {0};
     Valued *order = NULL;
     int64_t *touched = NULL, *first = NULL;
-    Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8;
+    unsigned char *in_session = NULL;
+    Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8, nseen = seen.len / 8;
     Py_ssize_t ns = sequence.len / 8;
     Py_ssize_t np_ = pairs.len / 16;
     const int64_t *both = pairs.buf;
@@ -118,9 +119,9 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         pairs_ok = both[p] >= 0 && both[p] < WIDTH;
     if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WIDTH + np_ ||
         qweights.len / 8 != nq || flatest.len / 8 != nf || !pairs_ok) {
-        PyErr_SetString(PyExc_ValueError,
-                        "one score and one frequency per answer, 7 weights and one per pair "
-                        "of features");
+        PyErr_Format(PyExc_ValueError,
+                     "one score and one frequency per answer, %d weights and one per pair "
+                     "of features", WIDTH);
         goto done;
     }
     Py_ssize_t head = n < depth ? n : (depth > 0 ? depth : 0);
@@ -133,7 +134,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     const int64_t *latest = flatest.buf;
     const double *seq = sequence.buf;
     if (!(order = malloc(sizeof(Valued) * head)) || !(touched = malloc(sizeof(int64_t) * head)) ||
-        !(first = malloc(sizeof(int64_t) * head))) {
+        !(first = malloc(sizeof(int64_t) * head)) || !(in_session = calloc(head, 1))) {
         PyErr_NoMemory();
         goto done;
     }
@@ -156,6 +157,13 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         int64_t at = table_get(&table, found[i]);
         if (at && touched[at - 1] < 0) touched[at - 1] = latest[i];
     }
+    /* which answers the session holds, by one pass over its items (at most the request's
+     * max_interactions) against the same table */
+    const uint64_t *session = seen.buf;
+    for (Py_ssize_t i = 0; i < nseen; i++) {
+        int64_t at = table_get(&table, session[i]);
+        if (at) in_session[at - 1] = 1;
+    }
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
     for (Py_ssize_t i = 0; i < head; i++) {
         double f[WIDTH] = {0};
@@ -170,13 +178,15 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
             }
         f[4] = nq && a[i] == q[nq - 1] ? 1.0 : 0.0;
         double age = AGE_CAP;
-        int64_t t = touched[table_get(&table, a[i]) - 1];  /* an answer's equals share its time */
+        int64_t own = table_get(&table, a[i]) - 1;  /* an answer's equals share its entry */
+        int64_t t = touched[own];
         if (t > 0) {
             age = (double)(newest - t) / DAY_KEYS;
             age = age < 0.0 ? 0.0 : (age > AGE_CAP ? AGE_CAP : age);
         }
         f[5] = log1p(age);
         f[6] = i < ns ? seq[i] : 0.0;
+        f[7] = in_session[own] ? 1.0 : 0.0;
         double sum = f[0] * w[0];  /* left to right, as the reference sums */
         for (int j = 1; j < WIDTH; j++) sum = sum + f[j] * w[j];
         for (Py_ssize_t p = 0; p < np_; p++)
@@ -213,11 +223,13 @@ done:
     free(order);
     free(touched);
     free(first);
+    free(in_session);
     PyBuffer_Release(&best);
     PyBuffer_Release(&values);
     PyBuffer_Release(&df);
     PyBuffer_Release(&qitems);
     PyBuffer_Release(&qweights);
+    PyBuffer_Release(&seen);
     PyBuffer_Release(&fitems);
     PyBuffer_Release(&flatest);
     PyBuffer_Release(&sequence);
