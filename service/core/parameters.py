@@ -102,9 +102,14 @@ computes them)."""
 BINARY_FEATURES = ("order_last", "order_seen")
 """Features that are 0 or 1: their square is themselves, so it has no weight of its own."""
 
+SAME_PRODUCTS = (("order_session_weight", "order_seen"), ("order_last", "order_seen"))
+"""Pairs whose product is their first feature: it is 0 but for the session's own items, where
+``order_seen`` is 1. A weight of its own would only split the first's with it."""
+
 ORDER_PAIRS = tuple((i, k) for i in range(len(ORDER_FEATURES))
                     for k in range(i, len(ORDER_FEATURES))
-                    if not (i == k and ORDER_FEATURES[i] in BINARY_FEATURES))
+                    if not (i == k and ORDER_FEATURES[i] in BINARY_FEATURES)
+                    and (ORDER_FEATURES[i], ORDER_FEATURES[k]) not in SAME_PRODUCTS)
 """The products of two features (a feature with itself: its square) the learned order weighs
 too: how much one feature counts depends on another (the sequence model's score on how many
 sessions hold the item, the neighbourhood's score on its idf), which one weight per feature

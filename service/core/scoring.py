@@ -98,8 +98,6 @@ class Params:
     order_score_x_seen: float = default_float("order_score_x_seen")
     order_idf_x_seen: float = default_float("order_idf_x_seen")
     order_sessions_x_seen: float = default_float("order_sessions_x_seen")
-    order_session_weight_x_seen: float = default_float("order_session_weight_x_seen")
-    order_last_x_seen: float = default_float("order_last_x_seen")
     order_age_x_seen: float = default_float("order_age_x_seen")
     order_sequence_x_seen: float = default_float("order_sequence_x_seen")
 
