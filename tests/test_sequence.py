@@ -189,6 +189,13 @@ async def test_a_run_stores_a_model_every_serve_process_follows(
     assert described["id"] == "run1" and described["items"] == 6
     await asyncio.sleep(2.5)  # the serve process' poll
     assert (await order())[0] == "c"
+    # a weight on a product of the feature alone reads the model too: the square of a value
+    # against the best's puts the answers the model likes least first (read as 0, the
+    # scores' order would stay, c first)
+    resp = await shop.put("/admin/model", json={"params": {
+        "order_sequence": 0.0, "order_sequence_x_sequence": 10.0}})
+    assert resp.status == 200
+    assert (await order())[0] != "c"
 
 
 async def test_a_model_that_cannot_be_read_leaves_answers_to_the_neighbourhood(

@@ -309,7 +309,7 @@ class Recommender:
         if reorder.active(params):
             best_df, n_sessions = await self.store.reads.doc_freq(best)
             sequence = reorder.sequence_values(self.sequence, query, best) \
-                if params.order_sequence else reorder.NO_VALUES
+                if reorder.reads_sequence(params) else reorder.NO_VALUES
             best, best_scores = reorder.reorder(best, best_scores, best_df, n_sessions, query,
                                                 scored, params, len(best) if capped else k,
                                                 sequence)

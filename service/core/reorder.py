@@ -49,8 +49,9 @@ from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
 
-__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "PAIRS", "WEIGHTS", "active",
-           "depth", "features", "reorder", "sequence_values", "weights_of"]
+__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "PAIRS", "SEQUENCE_WEIGHTS",
+           "WEIGHTS", "active", "depth", "features", "reads_sequence", "reorder",
+           "sequence_values", "weights_of"]
 
 FEATURES = ORDER_FEATURES
 """The order's features, by the name of the parameter that weighs each."""
@@ -89,6 +90,16 @@ _last: tuple[Params | None, F64] = (None, np.zeros(len(WEIGHTS)))
 def active(params: Params) -> bool:
     """Whether ``params`` order the answers again (any weight not 0)."""
     return any(getattr(params, name) for name in WEIGHTS)
+
+
+SEQUENCE_WEIGHTS = tuple(name for name in WEIGHTS if "sequence" in name)
+"""The weights that read the sequence feature: its own and its products'."""
+
+
+def reads_sequence(params: Params) -> bool:
+    """Whether ``params``' order reads the sequence model (a weight of its own or of one of
+    its products not 0)."""
+    return any(getattr(params, name) for name in SEQUENCE_WEIGHTS)
 
 
 def depth(params: Params, k: int) -> int:

@@ -323,7 +323,7 @@ class Holdout:
             best = got.best
             if reorder.active(params) and len(best):
                 df, n_sessions = await self._doc_freq(best)
-                sequence = self._sequence(got, best) if params.order_sequence \
+                sequence = self._sequence(got, best) if reorder.reads_sequence(params) \
                     else reorder.NO_VALUES
                 best, _ = reorder.reorder(best, got.values, df, n_sessions, got.query, got.found,
                                           params, K, sequence)

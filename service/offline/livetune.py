@@ -236,7 +236,7 @@ async def tune_live(store: Store, base: Params, *, trigger: str, run_id: str | N
     await searched.load_indexes()
     await judged.load_indexes()
     fits_order = not set(reorder.WEIGHTS) & set(record.pinned)
-    if held and (fits_order or record.params(base).order_sequence):
+    if held and (fits_order or reorder.reads_sequence(record.params(base))):
         # the learned order's sequence feature, read from a model trained before the cut
         cut = sequence_cut([h.start for h in held])
         model = await sequencerun.fit_before(store, cut)
