@@ -41,7 +41,7 @@ def test_the_features_of_each_answer() -> None:
                        np.array([8 * DAY, 10 * DAY], np.int64))
     got = reorder.features(best, values, np.array([10.0, 0.0, 100.0]), 1000.0,
                            query([3, 7], [0.25, 1.0]), found)
-    assert got.shape == (3, len(reorder.FEATURES))
+    assert got.shape == (3, len(reorder.COLUMNS))
     np.testing.assert_allclose(got[:, 0], np.log([1.0, 0.5, 0.25]))  # score / best
     np.testing.assert_allclose(got[:, 1], np.log1p(1000.0 / np.array([10.0, 1.0, 100.0])))
     np.testing.assert_allclose(got[:, 2], np.log1p([10.0, 0.0, 100.0]))
@@ -49,6 +49,7 @@ def test_the_features_of_each_answer() -> None:
     np.testing.assert_allclose(got[:, 4], [1.0, 0.0, 0.0])  # 7 is the session's last item
     np.testing.assert_allclose(got[:, 5], np.log1p([reorder.AGE_CAP, reorder.AGE_CAP, 2.0]))
     assert got[:, 7].tolist() == [1.0, 1.0, 0.0]  # 7 and 3 are the session's items
+    assert got[:, 8].tolist() == [np.log(2.0)] * 3  # two items: the session's length
     assert reorder.features(best, values, np.ones(3), 1.0, query([3], [1.0]),
                             NO_CANDIDATES)[:, 5].tolist() == [np.log1p(reorder.AGE_CAP)] * 3
 
@@ -69,6 +70,29 @@ def test_the_seen_feature_marks_every_session_item_not_only_the_querys() -> None
     kept, _ = reorder.reorder(best, values, np.ones(4), 10.0, session, NO_CANDIDATES,
                               Params(order_score=1.0), 4)
     assert kept.tolist() == [5, 6, 7, 8]
+
+
+def test_the_length_feature_counts_the_sessions_distinct_items_and_weighs_in_products() -> None:
+    """The session's length is log of its distinct items (a holdout's learned session may
+    repeat one; a served one never does), the same for every answer: a product weight with
+    it orders a long session's answers by the other feature and leaves a one-item session's
+    in the served order (log 1 = 0)."""
+    best = np.array([5, 6, 7], U)
+    values = np.array([3.0, 2.0, 1.0])
+    df = np.array([1.0, 10.0, 100.0])
+    repeated = Query(np.array([2, 3], U), np.array([0.5, 1.0]), np.array([2, 3, 2, 3, 3, 4], U))
+    got = reorder.features(best, values, df, 1e3, repeated, NO_CANDIDATES)
+    assert got[:, reorder.COLUMNS.index("order_length")].tolist() == [np.log(3.0)] * 3
+    assert reorder.features(best, values, df, 1e3, Query(np.zeros(0, U), np.zeros(0),
+                                                          np.zeros(0, U)), NO_CANDIDATES
+                            )[:, 8].tolist() == [0.0] * 3  # no session: length 0
+    weights = Params(order_sessions_x_length=1.0)
+    long, _ = reorder.reorder(best, values, df, 1e3, repeated, NO_CANDIDATES, weights, 3)
+    assert long.tolist() == [7, 6, 5]  # by sessions
+    one = Query(np.array([2], U), np.array([1.0]), np.array([2, 2], U))
+    short, _ = reorder.reorder(best, values, df, 1e3, one, NO_CANDIDATES, weights, 3)
+    assert short.tolist() == [5, 6, 7]  # length 0: every value 0, ties in the served order
+    assert "order_length" not in reorder.WEIGHTS  # alone it would order nothing
 
 
 def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -> None:
@@ -107,7 +131,7 @@ def synthetic(seed: int, predictions: int = 400, answers: int = 30, product: flo
     rng = np.random.default_rng(seed)
     rows, targets = [], []
     for _ in range(predictions):
-        x = np.zeros((answers, len(reorder.FEATURES)))
+        x = np.zeros((answers, len(reorder.COLUMNS)))
         x[:, 0] = -np.sort(rng.exponential(1.0, answers))  # log score, best first
         x[:, 1] = rng.uniform(1, 8, answers)  # idf: noise
         x[:, 2] = rng.uniform(0, 6, answers)  # log sessions
@@ -203,7 +227,7 @@ def test_the_fit_stays_within_the_limits_and_needs_examples() -> None:
     # the click is always the answer with the most sessions: separable, weights unbounded
     # but for the ridge and the limits
     rows = [np.column_stack([np.zeros(3), np.zeros(3), np.array([0.0, 0.001, 0.002]),
-                             *[np.zeros(3)] * (len(reorder.FEATURES) - 3)]) for _ in range(50)]
+                             *[np.zeros(3)] * (len(reorder.COLUMNS) - 3)]) for _ in range(50)]
     weights = fitorder.fit(fitorder.Examples(rows, [2] * 50))
     assert weights is not None and weights[2] == 100.0  # order_sessions' upper limit
 
@@ -310,7 +334,7 @@ async def test_the_fit_learns_only_from_what_preceded_each_session(
         await store.close()
     assert len(found.rows) == len(found.targets) == 1
     # F's answers: a (the session's own, first by the repeat boost), then z (H's next click)
-    assert found.targets == [1] and found.rows[0].shape == (2, len(reorder.FEATURES))
+    assert found.targets == [1] and found.rows[0].shape == (2, len(reorder.COLUMNS))
     assert found.rows[0][:, 4].tolist() == [1.0, 0.0]  # a is the session's last item
 
 

@@ -367,7 +367,7 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
     from service.kernel import _native, reference_reorder
 
     rng = np.random.default_rng(11)
-    width = reference_reorder.WIDTH
+    width, weighed = reference_reorder.WIDTH, reference_reorder.WEIGHED
     compared = 0
     for case in range(300):
         n = int(rng.integers(0, 140))
@@ -389,8 +389,8 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         # products of two features: none, the product's own, or a random few
         pairs = [np.zeros(0, np.int64), reorder.PAIRS,
                  rng.integers(0, width, 2 * int(rng.integers(1, 9)))][case % 3]
-        weights = rng.normal(0, 1, width + len(pairs) // 2) * \
-            (rng.random(width + len(pairs) // 2) < 0.8)
+        weights = rng.normal(0, 1, weighed + len(pairs) // 2) * \
+            (rng.random(weighed + len(pairs) // 2) < 0.8)
         # the sequence model's values: none (no model), fewer than the answers, or one each
         sequence = -rng.random(int(rng.choice([0, max(n - 5, 0), n]))) * 8
         depth, k = int(rng.integers(0, 120)), int(rng.integers(0, 150))
@@ -406,13 +406,13 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
             reference_reorder.gather(found, latest.astype(np.int64), best)
     assert compared > 3000
     for implementation in (_native.reorder, reference_reorder.reorder):
-        with pytest.raises(ValueError, match=f"{width} weights"):
+        with pytest.raises(ValueError, match=f"{weighed} weights"):
             implementation(best, values, df, 1.0, q_items, q_weights, seen, found,
-                           latest.astype(np.int64), np.zeros(0), np.zeros(width - 1),
+                           latest.astype(np.int64), np.zeros(0), np.zeros(weighed - 1),
                            np.zeros(0), 10, 10)
         with pytest.raises(ValueError, match="one per pair"):  # a column no feature has
             implementation(best, values, df, 1.0, q_items, q_weights, seen, found,
-                           latest.astype(np.int64), np.zeros(0), np.zeros(width + 1),
+                           latest.astype(np.int64), np.zeros(0), np.zeros(weighed + 1),
                            np.array([0, width]), 10, 10)
 
 
@@ -425,6 +425,7 @@ def test_the_compiled_order_keeps_the_references_constants() -> None:
     source = (Path(__file__).parent.parent / "service/kernel/native/reorder.c").read_text()
     defined = dict(re.findall(r"#define (\w+) (\S+)\n", source))
     assert float(defined["WIDTH"]) == reference_reorder.WIDTH
+    assert float(defined["WEIGHED"]) == reference_reorder.WEIGHED
     assert float(defined["AGE_CAP"]) == reference_reorder.AGE_CAP
     assert float(defined["DAY_KEYS"]) == reference_reorder.DAY_KEYS
     assert float(defined["SCORE_FLOOR"]) == reference_reorder.SCORE_FLOOR

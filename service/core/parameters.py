@@ -106,27 +106,38 @@ SAME_PRODUCTS = (("order_session_weight", "order_seen"), ("order_last", "order_s
 """Pairs whose product is their first feature: it is 0 but for the session's own items, where
 ``order_seen`` is 1. A weight of its own would only split the first's with it."""
 
+SESSION_FEATURES = ("order_length",)
+"""Features of the request, the same for each of its answers: alone they order nothing, so
+they have no weight of their own, only their products with each answer feature. The
+session's length (``log`` of its distinct items): how far a long session's visitor follows
+the neighbourhood, the sequence model or their own items is not how far a first click's does."""
+
+ORDER_COLUMNS = ORDER_FEATURES + SESSION_FEATURES
+"""Every column the learned order computes per answer: the answer features, then the
+session's."""
+
 ORDER_PAIRS = tuple((i, k) for i in range(len(ORDER_FEATURES))
-                    for k in range(i, len(ORDER_FEATURES))
+                    for k in range(i, len(ORDER_COLUMNS))
                     if not (i == k and ORDER_FEATURES[i] in BINARY_FEATURES)
-                    and (ORDER_FEATURES[i], ORDER_FEATURES[k]) not in SAME_PRODUCTS)
-"""The products of two features (a feature with itself: its square) the learned order weighs
+                    and (ORDER_COLUMNS[i], ORDER_COLUMNS[k]) not in SAME_PRODUCTS)
+"""The products of two columns (a feature with itself: its square) the learned order weighs
 too: how much one feature counts depends on another (the sequence model's score on how many
-sessions hold the item, the neighbourhood's score on its idf), which one weight per feature
-cannot say. A tuning run fits their weights with the features' own."""
+sessions hold the item, the neighbourhood's score on its idf, any of them on the session's
+length), which one weight per feature cannot say. A tuning run fits their weights with the
+features' own."""
 
 
 def pair_name(i: int, k: int) -> str:
-    """``order_<first>_x_<second>``: the weight of the product of features ``i`` and ``k``."""
-    return f"{ORDER_FEATURES[i]}_x_{ORDER_FEATURES[k].removeprefix('order_')}"
+    """``order_<first>_x_<second>``: the weight of the product of columns ``i`` and ``k``."""
+    return f"{ORDER_COLUMNS[i]}_x_{ORDER_COLUMNS[k].removeprefix('order_')}"
 
 
 ORDER_PAIR_NAMES = tuple(pair_name(i, k) for i, k in ORDER_PAIRS)
 PARAMETERS.update({
     pair_name(i, k): Parameter(
         0.0, False, -100, 100,
-        f"Learned order: weight of the product of the {ORDER_FEATURES[i]} and "
-        f"{ORDER_FEATURES[k]} features (set by tuning runs or PUT /admin/model).")
+        f"Learned order: weight of the product of the {ORDER_COLUMNS[i]} and "
+        f"{ORDER_COLUMNS[k]} features (set by tuning runs or PUT /admin/model).")
     for i, k in ORDER_PAIRS})
 
 

@@ -20,7 +20,14 @@ again by ``sum(weight * feature)``, each feature a column of ``features``:
   trained): what follows what across all sessions, not only the neighbours;
 * ``order_seen``: 1 for any of the session's items: the query weighs only its newest
   ``query_items``, so without it an item the visitor looked at earlier in the session looks
-  like one never seen (a session holds an item once, as the API takes it: keyed by item).
+  like one never seen (a session holds an item once, as the API takes it: keyed by item);
+
+and one feature of the request, the same for each of its answers, weighed only in its
+products with those (``parameters.SESSION_FEATURES``):
+
+* ``order_length``: ``log`` of the session's distinct items: a long session's next click
+  follows the neighbourhood, the sequence model and the visitor's own items in other
+  measure than a first click's.
 
 and by ``sum(weight * feature * other feature)`` over ``PAIRS``, the products of two of them
 (``parameters.ORDER_PAIRS``): a model quadratic in the features, still linear in its
@@ -43,25 +50,28 @@ from __future__ import annotations
 import numpy as np
 
 from service import kernel
-from service.core.parameters import ORDER_FEATURES, ORDER_PAIR_NAMES, ORDER_PAIRS
+from service.core.parameters import ORDER_COLUMNS, ORDER_FEATURES, ORDER_PAIR_NAMES, ORDER_PAIRS
 from service.core.scoring import F64, U64, Candidates, Params, Query
 from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
 
-__all__ = ["AGE_CAP", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "PAIRS", "SEQUENCE_WEIGHTS",
-           "WEIGHTS", "active", "depth", "features", "reads_sequence", "reorder",
-           "sequence_values", "weights_of"]
+__all__ = ["AGE_CAP", "COLUMNS", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "PAIRS",
+           "SEQUENCE_WEIGHTS", "WEIGHTS", "active", "depth", "features", "reads_sequence",
+           "reorder", "sequence_values", "weights_of"]
 
 FEATURES = ORDER_FEATURES
-"""The order's features, by the name of the parameter that weighs each."""
+"""The order's answer features, by the name of the parameter that weighs each."""
+
+COLUMNS = ORDER_COLUMNS
+"""Every column ``features`` gives: ``FEATURES``, then the session's (no weight alone)."""
 
 WEIGHTS = ORDER_FEATURES + ORDER_PAIR_NAMES
 """Every weight of the order: one per feature, then one per product of two features
 (``PAIRS``)."""
 
 PAIRS = np.array(ORDER_PAIRS, np.int64).reshape(-1)
-"""The products' features, two columns each, as the kernel reads them."""
+"""The products' columns, two each, as the kernel reads them."""
 
 DEPTH = 100
 """The answers ordered again: the served order's top, where nearly every next click it
@@ -111,7 +121,7 @@ def features(best: U64, values: F64, doc_freq: F64, sessions: float, query: Quer
              found: Candidates, sequence: F64 = NO_VALUES) -> F64:
     """One row per answer (``best``, scored ``values``, best first; ``doc_freq`` one per
     answer; ``found`` what they were ranked from; ``sequence`` the sequence model's values,
-    ``sequence_values``), one column per ``FEATURES``: what a tuning run fits the weights on
+    ``sequence_values``), one column per ``COLUMNS``: what a tuning run fits the weights on
     (the kernel computes the same inside ``reorder``)."""
     return reference_reorder.features(best, values, doc_freq, sessions, query.items,
                                       query.weights, query.seen, found.items, found.latest,

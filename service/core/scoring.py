@@ -100,6 +100,14 @@ class Params:
     order_sessions_x_seen: float = default_float("order_sessions_x_seen")
     order_age_x_seen: float = default_float("order_age_x_seen")
     order_sequence_x_seen: float = default_float("order_sequence_x_seen")
+    order_score_x_length: float = default_float("order_score_x_length")
+    order_idf_x_length: float = default_float("order_idf_x_length")
+    order_sessions_x_length: float = default_float("order_sessions_x_length")
+    order_session_weight_x_length: float = default_float("order_session_weight_x_length")
+    order_last_x_length: float = default_float("order_last_x_length")
+    order_age_x_length: float = default_float("order_age_x_length")
+    order_sequence_x_length: float = default_float("order_sequence_x_length")
+    order_seen_x_length: float = default_float("order_seen_x_length")
 
     @classmethod
     def from_settings(cls, s: Settings) -> Params:

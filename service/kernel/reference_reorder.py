@@ -13,9 +13,13 @@ import numpy.typing as npt
 
 from service.kernel.reference_tables import F64, Buffer, _f64, _u64
 
-WIDTH = 8
+WIDTH = 9
 """Features per answer: score, idf, sessions, session weight, last item, age, sequence,
-seen."""
+seen, and the session's length (the same for every answer)."""
+
+WEIGHED = 8
+"""The first columns, each weighed alone too; the rest (the session's) only in products: a
+value the same for every answer orders nothing."""
 
 SCORE_FLOOR = 1e-9
 """An answer's relative score is floored before its log (a score of 0 is never ranked)."""
@@ -63,7 +67,7 @@ def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     log(1 + df), the answer's weight in the query (0 when not in it), 1 for the query's last
     item, log(1 + ``ages``), the sequence model's value (``sequence``, one per answer from
     the first; 0 past its end: no model, no value), 1 for an answer in ``seen`` (every item
-    of the session)."""
+    of the session), log of the number of distinct items in ``seen`` (0 for none)."""
     answers, scores, df = _u64(best), _f64(values), np.maximum(_f64(doc_freq), 0.0)
     q_items, q_weights = _u64(query_items), _f64(query_weights)
     n = len(answers)
@@ -81,7 +85,9 @@ def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     out[:, 5] = np.log1p(ages(found_items, found_latest, best))
     given = _f64(sequence)[:n]
     out[:len(given), 6] = given
-    out[:, 7] = np.isin(answers, _u64(seen)).astype(np.float64)
+    session = _u64(seen)
+    out[:, 7] = np.isin(answers, session).astype(np.float64)
+    out[:, 8] = np.log(max(len(np.unique(session)), 1))
     return out
 
 
@@ -89,16 +95,17 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, seen: Buffer, found_items: Buffer,
             found_latest: Buffer, sequence: Buffer, weights: Buffer, pairs: Buffer, depth: int,
             k: int) -> tuple[bytes, bytes]:
-    """The ``k`` first answers: the ``depth`` first ordered by ``features`` times the first
-    ``WIDTH`` ``weights``, then each product of two features (``pairs``: their columns, two
-    per product) times the next weight (summed left to right), ties in the given order,
-    each scored ``exp(its value - the first's)``; any further answers after them in the
-    given order, their values scaled below the last ordered one."""
+    """The ``k`` first answers: the ``depth`` first ordered by ``features``' first
+    ``WEIGHED`` columns times the first ``WEIGHED`` ``weights``, then each product of two
+    columns (``pairs``: two per product) times the next weight (summed left to right), ties
+    in the given order, each scored ``exp(its value - the first's)``; any further answers
+    after them in the given order, their values scaled below the last ordered one."""
     answers, scores, w = _u64(best), _f64(values), _f64(weights)
     both = np.frombuffer(pairs, np.int64)
-    if (len(both) % 2 or len(w) != WIDTH + len(both) // 2 or len(_f64(doc_freq)) != len(answers)
+    if (len(both) % 2 or len(w) != WEIGHED + len(both) // 2
+            or len(_f64(doc_freq)) != len(answers)
             or len(scores) != len(answers) or not np.all((both >= 0) & (both < WIDTH))):
-        raise ValueError(f"one score and one frequency per answer, {WIDTH} weights and one "
+        raise ValueError(f"one score and one frequency per answer, {WEIGHED} weights and one "
                          "per pair of features")
     head = min(len(answers), max(depth, 0))
     if not head or k <= 0:
@@ -106,10 +113,10 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     rows = features(answers[:head], scores[:head], _f64(doc_freq)[:head], sessions,
                     query_items, query_weights, seen, found_items, found_latest, sequence)
     value = rows[:, 0] * w[0]
-    for j in range(1, WIDTH):
+    for j in range(1, WEIGHED):
         value = value + rows[:, j] * w[j]
     for p in range(len(both) // 2):
-        value = value + rows[:, both[2 * p]] * rows[:, both[2 * p + 1]] * w[WIDTH + p]
+        value = value + rows[:, both[2 * p]] * rows[:, both[2 * p + 1]] * w[WEIGHED + p]
     order = np.argsort(-value, kind="stable")
     scored = np.exp(value[order] - value[order[0]])
     items = answers[order]

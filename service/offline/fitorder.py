@@ -44,7 +44,7 @@ TOLERANCE = 1e-9
 @dataclass(frozen=True)
 class Examples:
     """Per prediction whose next click is among its answers: the answers' features (one row
-    each, ``reorder.FEATURES`` columns) and the row of the click."""
+    each, ``reorder.COLUMNS``) and the row of the click."""
 
     rows: Sequence[F64]
     targets: Sequence[int]
@@ -57,10 +57,12 @@ def unordered(params: Params) -> Params:
 
 
 def with_pairs(rows: F64) -> F64:
-    """``rows`` (one per answer, a column per feature) and the products ``reorder.PAIRS``
-    weighs, in ``reorder.WEIGHTS``' order."""
+    """The columns ``reorder.WEIGHTS`` weighs, in its order, of ``rows`` (one per answer, one
+    column per ``reorder.COLUMNS``): the answer features, then the products ``reorder.PAIRS``
+    names."""
     pairs = reorder.PAIRS.reshape(-1, 2)
-    return np.column_stack([rows, rows[:, pairs[:, 0]] * rows[:, pairs[:, 1]]])
+    return np.column_stack([rows[:, :len(reorder.FEATURES)],
+                            rows[:, pairs[:, 0]] * rows[:, pairs[:, 1]]])
 
 
 def fit(found: Examples) -> F64 | None:

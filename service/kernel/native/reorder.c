@@ -4,7 +4,8 @@
  * constants these are (tests/test_architecture.py holds them equal). */
 #include "kernel.h"
 
-#define WIDTH 8
+#define WIDTH 9
+#define WEIGHED 8
 #define SCORE_FLOOR 1e-9
 #define AGE_CAP 365.0
 #define DAY_KEYS 86400000000.0
@@ -51,6 +52,27 @@ static void table_free(Table *t) {
     free(t->keys);
     free(t->values);
     free(t->used);
+}
+
+/* how many distinct keys (-1: out of memory) */
+static Py_ssize_t count_distinct(const uint64_t *keys, Py_ssize_t n) {
+    Py_ssize_t size = 16, distinct = 0;
+    while (size < 2 * n) size <<= 1;
+    uint64_t *slots = malloc(sizeof(uint64_t) * size);
+    unsigned char *used = calloc(size, 1);
+    if (!slots || !used) distinct = -1;
+    for (Py_ssize_t i = 0; distinct >= 0 && i < n; i++) {
+        Py_ssize_t at = (Py_ssize_t)mix(keys[i]) & (size - 1);
+        while (used[at] && slots[at] != keys[i]) at = (at + 1) & (size - 1);
+        if (!used[at]) {
+            used[at] = 1;
+            slots[at] = keys[i];
+            distinct++;
+        }
+    }
+    free(slots);
+    free(used);
+    return distinct;
 }
 
 PyDoc_STRVAR(gather_doc,
@@ -117,11 +139,11 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     int pairs_ok = pairs.len % 16 == 0;
     for (Py_ssize_t p = 0; pairs_ok && p < 2 * np_; p++)
         pairs_ok = both[p] >= 0 && both[p] < WIDTH;
-    if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WIDTH + np_ ||
+    if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WEIGHED + np_ ||
         qweights.len / 8 != nq || flatest.len / 8 != nf || !pairs_ok) {
         PyErr_Format(PyExc_ValueError,
                      "one score and one frequency per answer, %d weights and one per pair "
-                     "of features", WIDTH);
+                     "of features", WEIGHED);
         goto done;
     }
     Py_ssize_t head = n < depth ? n : (depth > 0 ? depth : 0);
@@ -164,6 +186,13 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         int64_t at = table_get(&table, session[i]);
         if (at) in_session[at - 1] = 1;
     }
+    /* the session's length: its distinct items (a holdout's sessions repeat some) */
+    Py_ssize_t distinct = count_distinct(session, nseen);
+    if (distinct < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double length = log(distinct > 1 ? (double)distinct : 1.0);
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
     for (Py_ssize_t i = 0; i < head; i++) {
         double f[WIDTH] = {0};
@@ -187,10 +216,11 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         f[5] = log1p(age);
         f[6] = i < ns ? seq[i] : 0.0;
         f[7] = in_session[own] ? 1.0 : 0.0;
+        f[8] = length;
         double sum = f[0] * w[0];  /* left to right, as the reference sums */
-        for (int j = 1; j < WIDTH; j++) sum = sum + f[j] * w[j];
+        for (int j = 1; j < WEIGHED; j++) sum = sum + f[j] * w[j];
         for (Py_ssize_t p = 0; p < np_; p++)
-            sum = sum + f[both[2 * p]] * f[both[2 * p + 1]] * w[WIDTH + p];
+            sum = sum + f[both[2 * p]] * f[both[2 * p + 1]] * w[WEIGHED + p];
         order[i].value = sum;
         order[i].at = i;
     }
