@@ -282,6 +282,33 @@ async def test_an_earlier_session_item_moves_only_the_senders_answer(
     assert await order("U", ["c", "x"]) == ["d", "c"]
 
 
+async def test_the_sessions_length_orders_only_the_senders_answer(
+        shop: Client, settings: Settings) -> None:  # noqa: F811
+    """After x, d follows in more sessions than c. Under a weight on the product of the score
+    and the session's length, a visitor five items into their session gets the order turned
+    (c first); another, at their first click, keeps the served order, before and after: the
+    length is the sender's own session's, kept nowhere."""
+    await learn(settings, [(f"xd{n}", T0 + 10 * n, ["x", "d"]) for n in range(4)]
+                + [(f"xc{n}", T0 + 100 + 10 * n, ["x", "c"]) for n in range(2)])
+    resp = await shop.put("/admin/model", json={"params": {
+        "query_items": 1, "order_score": 1.0, "order_score_x_length": -3.0}})
+    assert resp.status == 200
+
+    async def order(session: str, items: list[str]) -> list[str]:
+        events = [{"session_id": session, "item_id": item, "timestamp": T0 + 1000 + n}
+                  for n, item in enumerate(items)]
+        assert (await shop.post("/events", json={"events": events})).status == 202
+        resp = await shop.get(f"/sessions/{session}/recommendations?k=5")
+        assert resp.status == 200
+        return [r["id"] for r in (await resp.json())["recommendations"] if r["id"] in "cd"]
+
+    assert await order("F", ["x"]) == ["d", "c"]
+    assert await order("L", ["p1", "p2", "p3", "p4", "x"]) == ["c", "d"]
+    assert await order("G", ["x"]) == ["d", "c"]
+    resp = await shop.put("/admin/model", json={"params": {"order_score_x_length": 0.0}})
+    assert await order("M", ["p1", "p2", "p3", "p4", "x"]) == ["d", "c"]
+
+
 async def test_a_run_fits_the_order_and_promotes_it(shop: Client,  # noqa: F811
                                                     settings: Settings) -> None:
     """After x, a co-occurs with x in as many sessions as b, but b is in many more sessions,
