@@ -973,9 +973,12 @@ def bench_experiment(settings: Settings, data: Path, seconds: int, rounds: int
 
 ORDER = {"order_score": 0.869, "order_idf": 0.041, "order_sessions": 0.005,
          "order_session_weight": 1.149, "order_last": -2.003, "order_age": -0.124,
-         "order_sequence": 0.102, "order_seen": -0.670}
-"""A learned order (what tuning runs on DIGINETICA's state fitted: ``order_seen`` by a later
-run than the others), for ``bench_order``."""
+         "order_sequence": 0.102, "order_seen": -0.670, "order_session_weight_x_length": 0.577,
+         "order_last_x_length": -0.405, "order_seen_x_length": -0.405}
+"""A learned order (what tuning runs on DIGINETICA's state fitted: ``order_seen`` and the
+products with the session's length by later runs than the others), for ``bench_order``: the
+kernel computes every feature and product whatever their weights, so the cost is the
+whole order's."""
 
 
 def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate: float
