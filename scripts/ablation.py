@@ -72,7 +72,7 @@ from service.offline.tune import split_validation  # noqa: E402
 
 K = 20
 STEPS = 10  # places after an item its sequential rules count
-Case = tuple[list[bytes], list[float], int]  # the prefix's item hashes, times, the target
+Case = tuple[list[bytes], list[float], int, int]  # item hashes, times, target, session
 Predict = Callable[[Case], U64]
 
 
@@ -113,7 +113,8 @@ def sequence_model(log: clicklog.ClickLog) -> SequenceModel:
 
 def cases_of(log: clicklog.ClickLog) -> list[Case]:
     return [([item_hash(i) for i in c.prefix], c.times,
-             int.from_bytes(item_hash(c.target), "little")) for c in static_cases(log)]
+             int.from_bytes(item_hash(c.target), "little"),
+             int.from_bytes(item_hash(c.session), "little")) for c in static_cases(log)]
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ def features(model: Model, case: Case, popularity: bool) -> tuple[F64, U64] | No
     return rows, best
 
 
-Labelled = list[tuple[F64, int]]  # features, the target's row (-1: not among them)
+Labelled = list[tuple[F64, int, int]]  # features, the target's row (-1: none), session
 
 
 def labelled(model: Model, cases: Sequence[Case], popularity: bool) -> Labelled:
@@ -264,11 +265,11 @@ def labelled(model: Model, cases: Sequence[Case], popularity: bool) -> Labelled:
     for case in cases:
         got = features(model, case, popularity)
         if got is None:
-            out.append((np.zeros((0, 0)), -1))
+            out.append((np.zeros((0, 0)), -1, case[3]))
             continue
         rows, best = got
         at = np.flatnonzero(best == np.uint64(case[2]))
-        out.append((rows, int(at[0]) if len(at) else -1))
+        out.append((rows, int(at[0]) if len(at) else -1, case[3]))
     return out
 
 
@@ -281,9 +282,11 @@ class Reranker:
 
 
 def fit(data: Labelled) -> Reranker:
-    """The product's fit (``fitorder``), unbounded (a study's extra columns have no limits)."""
-    found = fitorder.Examples([rows for rows, y in data if y >= 0],
-                              [y for _, y in data if y >= 0])
+    """The product's fit (``fitorder``, a session's weight bounded as a run bounds it),
+    unbounded (a study's extra columns have no limits)."""
+    found = fitorder.Examples([rows for rows, y, _ in data if y >= 0],
+                              [y for _, y, _ in data if y >= 0],
+                              [session for _, y, session in data if y >= 0])
     weights = fitorder.maximum_likelihood(found)
     assert weights is not None
     return Reranker(weights)
@@ -301,7 +304,7 @@ def measure(predict: Predict, cases: Sequence[Case]) -> tuple[float, float]:
 
 def measure_reranked(data: Labelled, reranker: Reranker | None) -> tuple[float, float]:
     hits, reciprocal = 0, 0.0
-    for rows, y in data:
+    for rows, y, _ in data:
         if y < 0:
             continue
         rank = y if reranker is None else int(np.flatnonzero(reranker.order(rows) == y)[0])

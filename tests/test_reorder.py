@@ -93,6 +93,12 @@ def test_the_length_feature_counts_the_sessions_distinct_items_and_weighs_in_pro
     short, _ = reorder.reorder(best, values, df, 1e3, one, NO_CANDIDATES, weights, 3)
     assert short.tolist() == [5, 6, 7]  # length 0: every value 0, ties in the served order
     assert "order_length" not in reorder.WEIGHTS  # alone it would order nothing
+    # a session counts at most LENGTH_CAP distinct items: a crafted long session's length
+    # lies where honest sessions' do
+    many = np.arange(100, 100 + 3 * reorder.LENGTH_CAP, dtype=U)
+    capped = Query(many[-2:], np.array([0.5, 1.0]), np.concatenate((many, many)))
+    assert reorder.features(best, values, df, 1e3, capped, NO_CANDIDATES)[:, 8].tolist() == \
+        [np.log(reorder.LENGTH_CAP)] * 3
 
 
 def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -> None:
@@ -230,6 +236,63 @@ def test_the_fit_stays_within_the_limits_and_needs_examples() -> None:
                              *[np.zeros(3)] * (len(reorder.COLUMNS) - 3)]) for _ in range(50)]
     weights = fitorder.fit(fitorder.Examples(rows, [2] * 50))
     assert weights is not None and weights[2] == 100.0  # order_sessions' upper limit
+
+
+def test_a_session_weighs_in_the_fit_as_ten_predictions_at_most() -> None:
+    """One session's 99 copies of a prediction pull the fit exactly as ten copies, each a
+    session of its own, do: each weighs SESSION_PREDICTIONS / 99. Unbounded (no sessions
+    given), the 99 pull harder."""
+    honest = synthetic(7, 1000)
+    crafted = synthetic(9, 1).rows[0]
+    last = len(crafted) - 1  # the served order's last answer, always clicked
+
+    def fitted(copies: int, sessions: list[int] | None) -> np.ndarray[Any, Any]:
+        got = fitorder.fit(fitorder.Examples(
+            list(honest.rows) + [crafted] * copies, list(honest.targets) + [last] * copies,
+            sessions))
+        assert got is not None
+        return got
+
+    own = list(range(1000))
+    assert fitorder.SESSION_PREDICTIONS == 10
+    bounded = fitted(99, own + [5000] * 99)
+    np.testing.assert_allclose(bounded, fitted(10, own + list(range(5000, 5010))), atol=1e-6)
+    assert not np.allclose(fitted(99, None), bounded, atol=1e-3)
+
+
+def test_crafted_long_sessions_pull_the_lengths_weights_a_little() -> None:
+    """Six crafted sessions of 99 predictions each at the capped length, whose click is always
+    the served order's last answer (what no honest session does), among 3,000 honest
+    predictions whose sessions' lengths are drawn as real ones run (a few reach the cap):
+    with each session's weight bounded, the length's weights move a third of what they
+    move unbounded (red team: such sessions turned two of them against every honest run)."""
+    at = reorder.COLUMNS.index("order_length")
+    honest = synthetic(7, 3000)
+    rng = np.random.default_rng(7)
+    rows, sessions, session, left, length = [], [], 0, 0, 1
+    for x in honest.rows:
+        if left == 0:
+            session, length = session + 1, int(min(1 + rng.geometric(0.3), 30))
+            left = max(length - 1, 1)
+        x = x.copy()
+        x[:, at] = np.log(min(length, reorder.LENGTH_CAP))
+        rows.append(x)
+        sessions.append(session)
+        left -= 1
+    crafted = []
+    for x in synthetic(9, 6 * 99).rows:
+        x = x.copy()
+        x[:, at] = np.log(reorder.LENGTH_CAP)
+        crafted.append(x)
+    clicks = list(honest.targets) + [len(x) - 1 for x in crafted]
+    owners = sessions + [10**6 + n // 99 for n in range(len(crafted))]
+    alone = fitorder.fit(fitorder.Examples(rows, list(honest.targets), sessions))
+    unbounded = fitorder.fit(fitorder.Examples(rows + crafted, clicks, None))
+    bounded = fitorder.fit(fitorder.Examples(rows + crafted, clicks, owners))
+    assert alone is not None and unbounded is not None and bounded is not None
+    lengths = [n for n, name in enumerate(reorder.WEIGHTS) if name.endswith("_x_length")]
+    moved = np.abs(bounded - alone)[lengths].max()
+    assert moved < 0.4 * np.abs(unbounded - alone)[lengths].max()
 
 
 async def test_weights_in_the_record_order_every_process_answers(

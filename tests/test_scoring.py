@@ -426,9 +426,10 @@ def test_the_compiled_order_keeps_the_references_constants() -> None:
     defined = dict(re.findall(r"#define (\w+) (\S+)\n", source))
     assert float(defined["WIDTH"]) == reference_reorder.WIDTH
     assert float(defined["WEIGHED"]) == reference_reorder.WEIGHED
+    assert float(defined["LENGTH_CAP"]) == reference_reorder.LENGTH_CAP
     # the kernels' columns are the parameters' (core/parameters.py names them)
-    assert (reference_reorder.WIDTH, reference_reorder.WEIGHED) == \
-        (len(reorder.COLUMNS), len(reorder.FEATURES))
+    assert (len(reorder.COLUMNS), len(reorder.FEATURES)) == \
+        (reference_reorder.WIDTH, reference_reorder.WEIGHED)
     assert float(defined["AGE_CAP"]) == reference_reorder.AGE_CAP
     assert float(defined["DAY_KEYS"]) == reference_reorder.DAY_KEYS
     assert float(defined["SCORE_FLOOR"]) == reference_reorder.SCORE_FLOOR

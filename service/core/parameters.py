@@ -109,8 +109,9 @@ SAME_PRODUCTS = (("order_session_weight", "order_seen"), ("order_last", "order_s
 SESSION_FEATURES = ("order_length",)
 """Features of the request, the same for each of its answers: alone they order nothing, so
 they have no weight of their own, only their products with each answer feature. The
-session's length (``log`` of its distinct items): how far a long session's visitor follows
-the neighbourhood, the sequence model or their own items is not how far a first click's does."""
+session's length (``log`` of its distinct items, capped: ``reorder.LENGTH_CAP``): how far a
+long session's visitor follows the neighbourhood, the sequence model or their own items is
+not how far a first click's does."""
 
 ORDER_COLUMNS = ORDER_FEATURES + SESSION_FEATURES
 """Every column the learned order computes per answer: the answer features, then the

@@ -25,9 +25,9 @@ again by ``sum(weight * feature)``, each feature a column of ``features``:
 and one feature of the request, the same for each of its answers, weighed only in its
 products with those (``parameters.SESSION_FEATURES``):
 
-* ``order_length``: ``log`` of the session's distinct items: a long session's next click
-  follows the neighbourhood, the sequence model and the visitor's own items in other
-  measure than a first click's.
+* ``order_length``: ``log`` of the session's distinct items, at most ``LENGTH_CAP``: a long
+  session's next click follows the neighbourhood, the sequence model and the visitor's own
+  items in other measure than a first click's.
 
 and by ``sum(weight * feature * other feature)`` over ``PAIRS``, the products of two of them
 (``parameters.ORDER_PAIRS``): a model quadratic in the features, still linear in its
@@ -54,11 +54,11 @@ from service.core.parameters import ORDER_COLUMNS, ORDER_FEATURES, ORDER_PAIR_NA
 from service.core.scoring import F64, U64, Candidates, Params, Query
 from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
-from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS
+from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS, LENGTH_CAP
 
-__all__ = ["AGE_CAP", "COLUMNS", "DAY_KEYS", "DEPTH", "FEATURES", "NO_VALUES", "PAIRS",
-           "SEQUENCE_WEIGHTS", "WEIGHTS", "active", "depth", "features", "reads_sequence",
-           "reorder", "sequence_values", "weights_of"]
+__all__ = ["AGE_CAP", "COLUMNS", "DAY_KEYS", "DEPTH", "FEATURES", "LENGTH_CAP", "NO_VALUES",
+           "PAIRS", "SEQUENCE_WEIGHTS", "WEIGHTS", "active", "depth", "features",
+           "reads_sequence", "reorder", "sequence_values", "weights_of"]
 
 FEATURES = ORDER_FEATURES
 """The order's answer features, by the name of the parameter that weighs each."""

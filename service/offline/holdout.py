@@ -88,6 +88,7 @@ class Ranked:
     target: int
     found: scoring.Candidates  # what the answers were ranked from
     start: int  # its session's first event's time key
+    session: int  # its session (the fit bounds a session's weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,7 @@ class Holdout:
                 query, target = hood.query, int.from_bytes(held.items[cut], "little")
                 if not len(hood.sessions):
                     yield Ranked(query, np.zeros(0, np.uint64), np.zeros(0), target,
-                                 scoring.NO_CANDIDATES, held.start)
+                                 scoring.NO_CANDIDATES, held.start, held.session)
                     continue
                 found = scoring.score(query, self._histories(hood.sessions, held.start),
                                       hood.similarity, params)
@@ -287,7 +288,7 @@ class Holdout:
                     if params.idf_weight else (np.zeros(0), 0.0)
                 best, values = scoring.rank(found.items, found.scores, df, n_sessions, query,
                                             params, True, np.zeros(0, np.uint64), k)
-                yield Ranked(query, best, values, target, found, held.start)
+                yield Ranked(query, best, values, target, found, held.start, held.session)
         if kept is None:  # kept only once whole: a run that stopped midway left a partial list
             self._neighbourhoods[key] = found_now
         self._neighbourhoods.move_to_end(key)
@@ -301,6 +302,7 @@ class Holdout:
         order, and is left out."""
         rows: list[scoring.F64] = []
         targets: list[int] = []
+        owners: list[int] = []
         async for got in self.ranked(fitorder.unordered(params), reorder.DEPTH):
             at = np.flatnonzero(got.best == np.uint64(got.target))
             if len(at):
@@ -308,7 +310,8 @@ class Holdout:
                 rows.append(reorder.features(got.best, got.values, df, sessions, got.query,
                                              got.found, self._sequence(got, got.best)))
                 targets.append(int(at[0]))
-        return fitorder.Examples(rows, targets)
+                owners.append(got.session)
+        return fitorder.Examples(rows, targets, owners)
 
     def _sequence(self, got: Ranked, best: scoring.U64) -> scoring.F64:
         """The sequence model's values of a prediction's answers, if it may read it."""

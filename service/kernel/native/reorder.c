@@ -6,6 +6,7 @@
 
 #define WIDTH 9
 #define WEIGHED 8
+#define LENGTH_CAP 10
 #define SCORE_FLOOR 1e-9
 #define AGE_CAP 365.0
 #define DAY_KEYS 86400000000.0
@@ -54,14 +55,14 @@ static void table_free(Table *t) {
     free(t->used);
 }
 
-/* how many distinct keys (-1: out of memory) */
-static Py_ssize_t count_distinct(const uint64_t *keys, Py_ssize_t n) {
-    Py_ssize_t size = 16, distinct = 0;
-    while (size < 2 * n) size <<= 1;
+/* how many distinct keys, counting no further than most (-1: out of memory) */
+static Py_ssize_t count_distinct(const uint64_t *keys, Py_ssize_t n, Py_ssize_t most) {
+    Py_ssize_t size = 16, distinct = 0, room = n < most ? n : most;
+    while (size < 2 * room) size <<= 1;
     uint64_t *slots = malloc(sizeof(uint64_t) * size);
     unsigned char *used = calloc(size, 1);
     if (!slots || !used) distinct = -1;
-    for (Py_ssize_t i = 0; distinct >= 0 && i < n; i++) {
+    for (Py_ssize_t i = 0; distinct >= 0 && distinct < most && i < n; i++) {
         Py_ssize_t at = (Py_ssize_t)mix(keys[i]) & (size - 1);
         while (used[at] && slots[at] != keys[i]) at = (at + 1) & (size - 1);
         if (!used[at]) {
@@ -186,8 +187,9 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         int64_t at = table_get(&table, session[i]);
         if (at) in_session[at - 1] = 1;
     }
-    /* the session's length: its distinct items (a holdout's sessions repeat some) */
-    Py_ssize_t distinct = count_distinct(session, nseen);
+    /* the session's length: its distinct items (a holdout's sessions repeat some), at most
+     * LENGTH_CAP */
+    Py_ssize_t distinct = count_distinct(session, nseen, LENGTH_CAP);
     if (distinct < 0) {
         PyErr_NoMemory();
         goto done;
