@@ -319,30 +319,36 @@ async def test_weights_in_the_record_order_every_process_answers(
     assert bad.status == 400 and "order_idf" in (await bad.json())["error"]["field"]
 
 
+async def learn_d_after_x_more_than_c(settings: Settings) -> None:
+    await learn(settings, [(f"xd{n}", T0 + 10 * n, ["x", "d"]) for n in range(4)]
+                + [(f"xc{n}", T0 + 100 + 10 * n, ["x", "c"]) for n in range(2)])
+
+
+async def c_and_d(client: Client, session: str, items: list[str], query: str = "") -> list[str]:
+    """c and d as the live session ``session``, after ``items``, is answered."""
+    events = [{"session_id": session, "item_id": item, "timestamp": T0 + 1000 + n}
+              for n, item in enumerate(items)]
+    assert (await client.post("/events", json={"events": events})).status == 202
+    resp = await client.get(f"/sessions/{session}/recommendations?k=5{query}")
+    assert resp.status == 200
+    return [r["id"] for r in (await resp.json())["recommendations"] if r["id"] in "cd"]
+
+
 async def test_an_earlier_session_item_moves_only_the_senders_answer(
         shop: Client, settings: Settings) -> None:  # noqa: F811
     """After x, d follows in more sessions than c. A visitor whose live session held c before
     x (the query weighs x alone) gets c first under a weight on the seen feature; another
     whose session did not hold c keeps d first: the feature is the sender's own session,
     kept nowhere."""
-    await learn(settings, [(f"xd{n}", T0 + 10 * n, ["x", "d"]) for n in range(4)]
-                + [(f"xc{n}", T0 + 100 + 10 * n, ["x", "c"]) for n in range(2)])
+    await learn_d_after_x_more_than_c(settings)
     resp = await shop.put("/admin/model", json={"params": {
         "query_items": 1, "order_score": 1.0, "order_seen": 2.0}})
     assert resp.status == 200
-
-    async def order(session: str, items: list[str]) -> list[str]:
-        events = [{"session_id": session, "item_id": item, "timestamp": T0 + 1000 + n}
-                  for n, item in enumerate(items)]
-        assert (await shop.post("/events", json={"events": events})).status == 202
-        resp = await shop.get(f"/sessions/{session}/recommendations?k=5&recommend_seen=true")
-        assert resp.status == 200
-        return [r["id"] for r in (await resp.json())["recommendations"] if r["id"] in "cd"]
-
-    assert await order("S", ["c", "x"]) == ["c", "d"]
-    assert await order("T", ["y", "x"]) == ["d", "c"]
+    seen = "&recommend_seen=true"
+    assert await c_and_d(shop, "S", ["c", "x"], seen) == ["c", "d"]
+    assert await c_and_d(shop, "T", ["y", "x"], seen) == ["d", "c"]
     resp = await shop.put("/admin/model", json={"params": {"order_seen": 0.0}})
-    assert await order("U", ["c", "x"]) == ["d", "c"]
+    assert await c_and_d(shop, "U", ["c", "x"], seen) == ["d", "c"]
 
 
 async def test_the_sessions_length_orders_only_the_senders_answer(
@@ -351,25 +357,15 @@ async def test_the_sessions_length_orders_only_the_senders_answer(
     and the session's length, a visitor five items into their session gets the order turned
     (c first); another, at their first click, keeps the served order, before and after: the
     length is the sender's own session's, kept nowhere."""
-    await learn(settings, [(f"xd{n}", T0 + 10 * n, ["x", "d"]) for n in range(4)]
-                + [(f"xc{n}", T0 + 100 + 10 * n, ["x", "c"]) for n in range(2)])
+    await learn_d_after_x_more_than_c(settings)
     resp = await shop.put("/admin/model", json={"params": {
         "query_items": 1, "order_score": 1.0, "order_score_x_length": -3.0}})
     assert resp.status == 200
-
-    async def order(session: str, items: list[str]) -> list[str]:
-        events = [{"session_id": session, "item_id": item, "timestamp": T0 + 1000 + n}
-                  for n, item in enumerate(items)]
-        assert (await shop.post("/events", json={"events": events})).status == 202
-        resp = await shop.get(f"/sessions/{session}/recommendations?k=5")
-        assert resp.status == 200
-        return [r["id"] for r in (await resp.json())["recommendations"] if r["id"] in "cd"]
-
-    assert await order("F", ["x"]) == ["d", "c"]
-    assert await order("L", ["p1", "p2", "p3", "p4", "x"]) == ["c", "d"]
-    assert await order("G", ["x"]) == ["d", "c"]
+    assert await c_and_d(shop, "F", ["x"]) == ["d", "c"]
+    assert await c_and_d(shop, "L", ["p1", "p2", "p3", "p4", "x"]) == ["c", "d"]
+    assert await c_and_d(shop, "G", ["x"]) == ["d", "c"]
     resp = await shop.put("/admin/model", json={"params": {"order_score_x_length": 0.0}})
-    assert await order("M", ["p1", "p2", "p3", "p4", "x"]) == ["d", "c"]
+    assert await c_and_d(shop, "M", ["p1", "p2", "p3", "p4", "x"]) == ["d", "c"]
 
 
 async def test_a_run_fits_the_order_and_promotes_it(shop: Client,  # noqa: F811
