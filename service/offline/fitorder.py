@@ -134,10 +134,10 @@ def maximum_likelihood(found: Examples, ridge: float = RIDGE, steps: int = STEPS
         z = x @ w
         e = np.exp(z - np.maximum.reduceat(z, starts)[owner])
         p = e / np.add.reduceat(e, starts)[owner]
-        px = x * p[:, None]
-        expected = np.add.reduceat(px, starts)  # per prediction, the features' expectation
-        gradient = share @ (expected - chosen) + ridge * w
-        hessian = (x.T @ (px * share[owner][:, None]) - (expected * share[:, None]).T @ expected
+        weighted = x * (p * share[owner])[:, None]  # one array the size of x, as unweighted
+        expected = np.add.reduceat(weighted, starts)  # the features' expectation, times share
+        gradient = expected.sum(axis=0) - share @ chosen + ridge * w
+        hessian = (x.T @ weighted - expected.T @ (expected / share[:, None])
                    + ridge * np.eye(width))
         step = np.linalg.solve(hessian, gradient)
         t, slope = 1.0, float(gradient @ step)
