@@ -21,9 +21,8 @@ LENGTH_CAP = 10
 """The session's length counts at most this many distinct items. Sessions longer than that
 are few, and a crafted one's length would otherwise lie where no honest session's does: a
 tuning run's fit could then bend the length's weights to a few such sessions at no cost to
-any other (red team: six sessions of a hundred clicks turned two of them). Capped, they
-share their value with every honest session of ten items or more (no loss on DIGINETICA,
-YOOCHOOSE 1/64 or the drifting log)."""
+any other. Capped, they share their value with every honest session of ten items or
+more."""
 
 WEIGHED = 8
 """The first columns, each weighed alone too; the rest (the session's) only in products: a

@@ -16,9 +16,8 @@ one more candidate, promoted like any other only by a gain on the judging half t
 every arrival slice. One defence is the fit's own: a session weighs in it at most as much as
 ``SESSION_PREDICTIONS`` predictions. A few crafted sessions of a hundred clicks each stay
 within an hour's share of the holdout's predictions, yet their extreme values (a session's
-length above all) gave them the pull of hundreds of honest predictions on the weights
-that multiply those values (red team: six such sessions turned the products with the
-session's length, against every honest run's).
+length above all) would give them the pull of hundreds of honest predictions on the weights
+that multiply those values.
 
 Pure: ``livetune`` gathers the examples from its holdout. Offline tool: the serving path
 never imports it.
@@ -43,8 +42,8 @@ the holdout at 0 and is small against a real feature's pull."""
 
 SESSION_PREDICTIONS = 10
 """A session's predictions weigh ``min(1, SESSION_PREDICTIONS / its predictions)`` each in
-the fit: as many as ten predictions at most, where most sessions have fewer (no loss on
-DIGINETICA, YOOCHOOSE 1/64 or the drifting log's sessions of 24 clicks)."""
+the fit: as many as ten predictions at most, where most sessions have fewer, so honest
+sessions keep nearly their whole say."""
 
 STEPS = 50
 TOLERANCE = 1e-9

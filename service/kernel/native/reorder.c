@@ -55,24 +55,24 @@ static void table_free(Table *t) {
     free(t->used);
 }
 
-/* how many distinct keys, counting no further than most (-1: out of memory) */
-static Py_ssize_t count_distinct(const uint64_t *keys, Py_ssize_t n, Py_ssize_t most) {
-    Py_ssize_t size = 16, distinct = 0, room = n < most ? n : most;
-    while (size < 2 * room) size <<= 1;
-    uint64_t *slots = malloc(sizeof(uint64_t) * size);
-    unsigned char *used = calloc(size, 1);
-    if (!slots || !used) distinct = -1;
-    for (Py_ssize_t i = 0; distinct >= 0 && distinct < most && i < n; i++) {
-        Py_ssize_t at = (Py_ssize_t)mix(keys[i]) & (size - 1);
-        while (used[at] && slots[at] != keys[i]) at = (at + 1) & (size - 1);
+/* how many distinct keys, counting no further than LENGTH_CAP: a table on the stack, at most
+ * half full, since at most LENGTH_CAP keys go in */
+#define DISTINCT_SLOTS 32
+_Static_assert(DISTINCT_SLOTS >= 2 * LENGTH_CAP && (DISTINCT_SLOTS & (DISTINCT_SLOTS - 1)) == 0,
+               "a power of two, at most half full");
+static Py_ssize_t count_distinct(const uint64_t *keys, Py_ssize_t n) {
+    uint64_t slots[DISTINCT_SLOTS];
+    unsigned char used[DISTINCT_SLOTS] = {0};
+    Py_ssize_t distinct = 0;
+    for (Py_ssize_t i = 0; distinct < LENGTH_CAP && i < n; i++) {
+        Py_ssize_t at = (Py_ssize_t)mix(keys[i]) & (DISTINCT_SLOTS - 1);
+        while (used[at] && slots[at] != keys[i]) at = (at + 1) & (DISTINCT_SLOTS - 1);
         if (!used[at]) {
             used[at] = 1;
             slots[at] = keys[i];
             distinct++;
         }
     }
-    free(slots);
-    free(used);
     return distinct;
 }
 
@@ -189,11 +189,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     }
     /* the session's length: its distinct items (a holdout's sessions repeat some), at most
      * LENGTH_CAP */
-    Py_ssize_t distinct = count_distinct(session, nseen, LENGTH_CAP);
-    if (distinct < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    Py_ssize_t distinct = count_distinct(session, nseen);
     double length = log(distinct > 1 ? (double)distinct : 1.0);
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
     for (Py_ssize_t i = 0; i < head; i++) {
