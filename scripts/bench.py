@@ -207,13 +207,19 @@ def bench_api(settings: Settings, data: Path, seconds: int, rounds: int) -> dict
             "rounds": rounds, "seconds per round": seconds}
 
 
-def bench_versus(settings: Settings, data: Path, seconds: int, rounds: int, baseline: Path
-                 ) -> dict[str, Any]:
+def bench_versus(settings: Settings, data: Path, seconds: int, rounds: int, baseline: Path,
+                 order: bool = False) -> dict[str, Any]:
     """This checkout's request path against another checkout's (``--baseline``, the code
     before a change, its kernel built in place), in one sitting: the same Redis state and
     bodies, rounds alternating. Each body twice: as the seed sends it, and as the SDK does,
-    with a session id of its own (its answer then records what it listed)."""
+    with a session id of its own (its answer then records what it listed). ``order``: this
+    checkout serves with ``ORDER`` and its sequence model in force, as a shop that tuning
+    has tuned does (the record's values; a baseline from before the learned order ignores
+    names it does not know)."""
     out: dict[str, Any] = {}
+    if order:
+        train_sequence(settings)
+        asyncio.run(set_record(settings, ORDER))
     for label, payloads in (("seed bodies", bodies(data)),
                             ("SDK bodies (session ids)", _with_sessions(bodies(data)))):
         script = wrk_script(payloads, "/iid_recommend")
@@ -232,7 +238,27 @@ def bench_versus(settings: Settings, data: Path, seconds: int, rounds: int, base
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
         out[f"{label}: ratio, median of the rounds' ratios"] = median(ratios)
         out[f"{label}: the rounds' ratios"] = " ".join(f"{r:.3f}" for r in ratios)
-    return {**out, "baseline": str(baseline), "rounds": rounds, "seconds per round": seconds}
+    if order:
+        asyncio.run(set_record(settings, dict.fromkeys(ORDER, 0.0)))
+    return {**out, "baseline": str(baseline), "this checkout's order": order,
+            "rounds": rounds, "seconds per round": seconds}
+
+
+async def set_record(settings: Settings, values: dict[str, float]) -> None:
+    """The shared model record with ``values`` set (what ``PUT /admin/model`` writes)."""
+    store = Store(settings)
+    try:
+        await store.model.update(lambda record: record.updated(values, None))
+    finally:
+        await store.close()
+
+
+def train_sequence(settings: Settings) -> None:
+    """The sequence model trained on the state, as a worker's first run does."""
+    trained = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
+                              "sequence", "--apply"], capture_output=True, text=True,
+                             env={**os.environ, **settings.to_env()}, check=True)
+    print(f"sequence model: {trained.stdout.strip()}", file=sys.stderr)
 
 
 def read_cache(api: str) -> dict[str, float]:
@@ -989,10 +1015,7 @@ def bench_order(settings: Settings, data: Path, seconds: int, rounds: int, rate:
     too."""
     script = wrk_script(bodies(data), "/iid_recommend", EXPERIMENT_SECRET)
     off = dict.fromkeys(ORDER, 0.0)
-    trained = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING",
-                              "sequence", "--apply"], capture_output=True, text=True,
-                             env={**os.environ, **settings.to_env()}, check=True)
-    print(f"sequence model: {trained.stdout.strip()}", file=sys.stderr)
+    train_sequence(settings)
     plain: list[float] = []
     ordered: list[float] = []
     unsequenced: list[float] = []  # the order without the sequence model's weight
@@ -1185,6 +1208,8 @@ def main() -> None:
     parser.add_argument("--append", type=Path, default=None, help="append results to this file")
     parser.add_argument("--cart-share", type=float, default=0.0,
                         help="worker: this share of the log's views sent as add_to_cart")
+    parser.add_argument("--order", action="store_true",
+                        help="versus: this checkout serves with a learned order in force")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="versus: another checkout (the code before a change) with its "
                              "kernel built in place (python setup.py build_ext --inplace)")
@@ -1262,8 +1287,10 @@ def main() -> None:
                 if args.baseline is None:
                     parser.error("versus needs --baseline DIR")
                 figures = bench_versus(settings, args.data, args.seconds, args.rounds,
-                                       args.baseline.resolve())
-                title = "POST /iid_recommend, this checkout against the baseline, wrk -t1 -c32"
+                                       args.baseline.resolve(), args.order)
+                title = ("POST /iid_recommend, this checkout"
+                         + (" with the learned order" if args.order else "")
+                         + " against the baseline, wrk -t1 -c32")
             elif what == "tuneload":
                 figures = bench_tune_under_load(settings, args.data, args.seconds)
                 title = "the service while a tuning run is in progress (DIGINETICA state)"

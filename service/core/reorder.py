@@ -47,6 +47,8 @@ clicks; docs/ACCURACY.md measures what it would add).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from service import kernel
@@ -81,25 +83,38 @@ NO_VALUES: F64 = np.zeros(0)
 """No sequence model: its feature is 0 for every answer."""
 
 
-def weights_of(params: Params) -> F64:
-    """The order's weights, one per ``WEIGHTS``: read-only, and the same array again while
-    the same ``params`` object asks (a serving process scores every request under the one
-    it follows; a hash of all the parameters would cost more than building the array)."""
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """What a request needs of ``params``' order: built once per ``params`` object."""
+
+    params: Params | None
+    weights: F64
+    active: bool
+    reads_sequence: bool
+
+
+def _order_of(params: Params) -> _Order:
+    """The same ``_Order`` again while the same ``params`` object asks (a serving process
+    scores every request under the one it follows; a hash of all the parameters, or a
+    ``getattr`` of each weight per request, would cost more than the order's own work)."""
     global _last
-    if _last[0] is params:
-        return _last[1]
+    if _last.params is params:
+        return _last
     weights = np.array([getattr(params, name) for name in WEIGHTS], np.float64)
     weights.setflags(write=False)
-    _last = (params, weights)
-    return weights
+    sequence = np.array([name in SEQUENCE_WEIGHTS for name in WEIGHTS])
+    _last = _Order(params, weights, bool(weights.any()), bool(weights[sequence].any()))
+    return _last
 
 
-_last: tuple[Params | None, F64] = (None, np.zeros(len(WEIGHTS)))
+def weights_of(params: Params) -> F64:
+    """The order's weights, one per ``WEIGHTS`` (read-only)."""
+    return _order_of(params).weights
 
 
 def active(params: Params) -> bool:
     """Whether ``params`` order the answers again (any weight not 0)."""
-    return any(getattr(params, name) for name in WEIGHTS)
+    return _order_of(params).active
 
 
 SEQUENCE_WEIGHTS = tuple(name for name in WEIGHTS if "sequence" in name)
@@ -109,7 +124,10 @@ SEQUENCE_WEIGHTS = tuple(name for name in WEIGHTS if "sequence" in name)
 def reads_sequence(params: Params) -> bool:
     """Whether ``params``' order reads the sequence model (a weight of its own or of one of
     its products not 0)."""
-    return any(getattr(params, name) for name in SEQUENCE_WEIGHTS)
+    return _order_of(params).reads_sequence
+
+
+_last = _Order(None, np.zeros(len(WEIGHTS)), False, False)
 
 
 def depth(params: Params, k: int) -> int:
