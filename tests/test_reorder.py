@@ -117,6 +117,26 @@ def test_no_weight_keeps_the_served_order_and_a_weight_orders_by_its_feature() -
     np.testing.assert_allclose(scores[1], 51 / 501)  # exp of the log difference
 
 
+def test_whether_an_order_is_in_force_follows_each_parameters_object() -> None:
+    """Worked out once per parameters object: requests under an experiment's variants, a
+    placement's and the record's alternate, and a tuning run scores a hundred candidates;
+    each is answered for itself, never with another's weights."""
+    plain, ordered, sequenced = (Params(), Params(order_sessions=1.0),
+                                 Params(order_idf_x_sequence=0.5))
+    for _ in range(2):
+        for params, active, sequence in ((plain, False, False), (ordered, True, False),
+                                         (sequenced, True, True)):
+            assert (reorder.active(params), reorder.reads_sequence(params)) == \
+                (active, sequence)
+            assert reorder.weights_of(params).tolist() == [
+                float(getattr(params, name)) for name in reorder.WEIGHTS]
+    many = [Params(order_last=float(n)) for n in range(3 * reorder.KNOWN_ORDERS)]
+    assert [reorder.active(p) for p in many] == [n > 0 for n in range(len(many))]
+    assert [reorder.weights_of(p)[reorder.WEIGHTS.index("order_last")] for p in many] == \
+        list(range(len(many)))
+    assert reorder.active(ordered) and not reorder.active(plain)
+
+
 def test_answers_past_the_depth_follow_in_the_served_order_below_the_ordered_ones() -> None:
     n = reorder.DEPTH + 5
     best = np.arange(1, n + 1, dtype=U)

@@ -58,8 +58,8 @@ from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS, LENGTH_CAP
 
-__all__ = ["AGE_CAP", "COLUMNS", "DAY_KEYS", "DEPTH", "FEATURES", "LENGTH_CAP", "NO_VALUES",
-           "PAIRS", "SEQUENCE_WEIGHTS", "WEIGHTS", "active", "depth", "features",
+__all__ = ["AGE_CAP", "COLUMNS", "DAY_KEYS", "DEPTH", "FEATURES", "KNOWN_ORDERS", "LENGTH_CAP",
+           "NO_VALUES", "PAIRS", "SEQUENCE_WEIGHTS", "WEIGHTS", "active", "depth", "features",
            "reads_sequence", "reorder", "sequence_values", "weights_of"]
 
 FEATURES = ORDER_FEATURES
@@ -87,24 +87,29 @@ NO_VALUES: F64 = np.zeros(0)
 class _Order:
     """What a request needs of ``params``' order: built once per ``params`` object."""
 
-    params: Params | None
+    params: Params
     weights: F64
     active: bool
     reads_sequence: bool
 
 
 def _order_of(params: Params) -> _Order:
-    """The same ``_Order`` again while the same ``params`` object asks (a serving process
-    scores every request under the one it follows; a hash of all the parameters, or a
-    ``getattr`` of each weight per request, would cost more than the order's own work)."""
-    global _last
-    if _last.params is params:
-        return _last
+    """The same ``_Order`` again while the same ``params`` object asks: a serving process
+    scores every request under the few it follows (the record's, an experiment's variants, the
+    placements'), and a hash of all the parameters, or a ``getattr`` of each weight per
+    request, would cost more than the order's own work. Keyed by identity, each entry holding
+    its object (so no other can take its id); a tuning run's many candidates clear it."""
+    known = _known.get(id(params))
+    if known is not None and known.params is params:
+        return known
     weights = np.array([getattr(params, name) for name in WEIGHTS], np.float64)
     weights.setflags(write=False)
     sequence = np.array([name in SEQUENCE_WEIGHTS for name in WEIGHTS])
-    _last = _Order(params, weights, bool(weights.any()), bool(weights[sequence].any()))
-    return _last
+    if len(_known) >= KNOWN_ORDERS:
+        _known.clear()
+    order = _known[id(params)] = _Order(params, weights, bool(weights.any()),
+                                        bool(weights[sequence].any()))
+    return order
 
 
 def weights_of(params: Params) -> F64:
@@ -127,7 +132,8 @@ def reads_sequence(params: Params) -> bool:
     return _order_of(params).reads_sequence
 
 
-_last = _Order(None, np.zeros(len(WEIGHTS)), False, False)
+KNOWN_ORDERS = 16
+_known: dict[int, _Order] = {}
 
 
 def depth(params: Params, k: int) -> int:
