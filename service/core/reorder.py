@@ -104,11 +104,10 @@ def _order_of(params: Params) -> _Order:
         return known
     weights = np.array([getattr(params, name) for name in WEIGHTS], np.float64)
     weights.setflags(write=False)
-    sequence = np.array([name in SEQUENCE_WEIGHTS for name in WEIGHTS])
     if len(_known) >= KNOWN_ORDERS:
         _known.clear()
     order = _known[id(params)] = _Order(params, weights, bool(weights.any()),
-                                        bool(weights[sequence].any()))
+                                        bool(weights[_SEQUENCE_MASK].any()))
     return order
 
 
@@ -132,6 +131,7 @@ def reads_sequence(params: Params) -> bool:
     return _order_of(params).reads_sequence
 
 
+_SEQUENCE_MASK = np.array([name in SEQUENCE_WEIGHTS for name in WEIGHTS])
 KNOWN_ORDERS = 16
 _known: dict[int, _Order] = {}
 
