@@ -140,6 +140,30 @@ def test_the_cache_is_off_where_nothing_tracks_it(standalone_url: str) -> None:
     assert Store(base.replace(redis_url="memory://")).cache is None
 
 
+async def test_a_standalone_read_names_no_key_in_python(standalone_url: str,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The kernel packs a standalone server's MGET and the read cache keys by hash: the key
+    strings of a request's couple of hundred neighbours would cost more than its scoring, so
+    neither path builds them (the cluster's does: it routes each key by name)."""
+    for cache_mb in (0, 64):
+        store = Store(Settings(redis_url=standalone_url, namespace=f"rc{next(_names)}",
+                               read_cache_mb=cache_mb))
+        await store.redis.set(store.keys.history(session_hash("s")), b"n" * 16)
+        await store.redis.set(store.keys.index(item_hash("i")), b"i" * 16)
+        with monkeypatch.context() as patched:
+            for name in ("histories", "indexes"):
+                patched.setattr(type(store.keys), name, _no_key_strings)
+            found = await store.reads.histories(hashes("s", "t"))
+            assert [blob or b"" for blob in found] == [b"n" * 16, b""]
+            assert await store.reads.indexes(hashes("i", of=item_hash)) == [b"i" * 16]
+        await store.close()
+
+
+def _no_key_strings(*args: Any) -> list[str]:
+    raise AssertionError("a standalone read built its keys' strings")
+
+
 async def test_the_cluster_reads_without_the_cache(cluster_url: str) -> None:
     store = Store(Settings(redis_url=cluster_url, namespace=f"rc{next(_names)}"))
     assert store.cache is None

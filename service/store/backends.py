@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import redis.asyncio as aioredis
@@ -143,11 +144,14 @@ class Backend:
         pipe.execute_command("MGET", *keys)
         return [list(range(len(keys)))]
 
-    async def blobs(self, hashes: U64, prefixes: list[bytes], keys: list[str],
+    async def blobs(self, hashes: U64, prefixes: list[bytes], keys: Callable[[], list[str]],
                     table: str) -> list[bytes | None]:
-        """The histories or indexes (``table``) behind ``hashes``, whose keys are ``keys``
-        (or, packed by the kernel, ``prefixes`` plus the hash in hex)."""
-        return await self.mget(keys)
+        """The histories or indexes (``table``) behind ``hashes``, whose keys ``keys()`` names
+        (or, packed by the kernel, ``prefixes`` plus the hash in hex): named only by a backend
+        that reads them as strings, since a request's couple of hundred key strings cost more
+        than its scoring where the kernel packs the command or the read cache holds the
+        blobs."""
+        return await self.mget(keys())
 
     def cached_candidates(self, query: Query, params: Params, exclude_session: int | None
                           ) -> Candidates | None:
@@ -210,7 +214,7 @@ class Standalone(Backend):
         reply: list[bytes | None] = await self.lane.execute(transport.pack(b"MGET", keys))
         return reply
 
-    async def blobs(self, hashes: U64, prefixes: list[bytes], keys: list[str],
+    async def blobs(self, hashes: U64, prefixes: list[bytes], keys: Callable[[], list[str]],
                     table: str) -> list[bytes | None]:
         """Through the read cache when there is one; else one MGET packed by the kernel (two
         hundred keys are two hundred Python strings otherwise)."""

@@ -8,6 +8,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -124,12 +125,12 @@ class Reads(Part):
     async def histories(self, sessions: scoring.U64) -> list[bytes | None]:
         """The neighbours' histories."""
         return await self.backend.blobs(sessions, self._history_prefixes,
-                                        self.keys.histories(sessions), "histories")
+                                        partial(self.keys.histories, sessions), "histories")
 
     async def indexes(self, items: scoring.U64) -> list[bytes | None]:
         """The neighbour indexes of the session's items."""
-        return await self.backend.blobs(items, self._index_prefixes, self.keys.indexes(items),
-                                        "indexes")
+        return await self.backend.blobs(items, self._index_prefixes,
+                                        partial(self.keys.indexes, items), "indexes")
 
     async def commands(self, commands: list[tuple[bytes, list[bytes | str]]]) -> list[Any]:
         """Several commands in one round trip."""
