@@ -114,6 +114,30 @@ typedef struct { double value; Py_ssize_t at; } Valued;
 #define VALUED_BEFORE(a, b) ((a).value > (b).value || ((a).value == (b).value && (a).at < (b).at))
 DEFINE_SORT(sort_valued, Valued, VALUED_BEFORE)
 
+/* The kept first of order[0..n) in VALUED_BEFORE's order, moved to its front: a request keeps
+ * twenty of its hundred answers, and placing each answer among the twenty best so far costs
+ * less than ordering all hundred (the rest are left in no order). */
+static void first_valued(Valued *order, Py_ssize_t n, Py_ssize_t kept) {
+    if (kept * 4 >= n) {
+        sort_valued(order, n);
+        return;
+    }
+    sort_valued(order, kept);
+    for (Py_ssize_t i = kept; i < n; i++) {
+        if (!VALUED_BEFORE(order[i], order[kept - 1])) continue;
+        Valued x = order[i];
+        order[i] = order[kept - 1];
+        Py_ssize_t j = kept - 1;
+        for (; j > 0 && VALUED_BEFORE(x, order[j - 1]); j--) order[j] = order[j - 1];
+        order[j] = x;
+    }
+}
+
+/* each answer's features, one column per feature: the sums over them below run along a
+ * column, answer after answer, where the compiler can take two answers at a time (each
+ * answer's sum still added left to right) */
+#define STACK_ANSWERS 128
+
 PyDoc_STRVAR(reorder_doc,
 "reorder(best, values, doc_freq, sessions, query_items, query_weights, seen, found_items,\n"
 "        found_latest, sequence, weights, pairs, depth, k) -> (items u64 bytes, scores f64\n"
@@ -130,9 +154,12 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Table table = {0};
-    Valued *order = NULL;
-    int64_t *touched = NULL, *first = NULL;
-    unsigned char *in_session = NULL;
+    Valued order_on_stack[STACK_ANSWERS], *order = order_on_stack;
+    int64_t touched_on_stack[STACK_ANSWERS], first_on_stack[STACK_ANSWERS];
+    int64_t *touched = touched_on_stack, *first = first_on_stack;
+    unsigned char in_session_on_stack[STACK_ANSWERS], *in_session = in_session_on_stack;
+    double columns_on_stack[WIDTH * STACK_ANSWERS], *columns = columns_on_stack;
+    double sums_on_stack[STACK_ANSWERS], *sums = sums_on_stack;
     Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8, nseen = seen.len / 8;
     Py_ssize_t ns = sequence.len / 8;
     Py_ssize_t np_ = pairs.len / 16;
@@ -156,8 +183,12 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     const double *v = values.buf, *d = df.buf, *qw = qweights.buf, *w = weights.buf;
     const int64_t *latest = flatest.buf;
     const double *seq = sequence.buf;
-    if (!(order = malloc(sizeof(Valued) * head)) || !(touched = malloc(sizeof(int64_t) * head)) ||
-        !(first = malloc(sizeof(int64_t) * head)) || !(in_session = calloc(head, 1))) {
+    if (head > STACK_ANSWERS &&
+        (!(order = malloc(sizeof(Valued) * head)) ||
+         !(touched = malloc(sizeof(int64_t) * head)) ||
+         !(first = malloc(sizeof(int64_t) * head)) || !(in_session = malloc(head)) ||
+         !(columns = malloc(sizeof(double) * WIDTH * head)) ||
+         !(sums = malloc(sizeof(double) * head)))) {
         PyErr_NoMemory();
         goto done;
     }
@@ -168,6 +199,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < head; i++) {
         first[i] = i + 1;
         touched[i] = -1;  /* not among the candidates */
+        in_session[i] = 0;
     }
     if (table_fill(&table, a, first, head, 8) < 0) {
         PyErr_NoMemory();
@@ -192,18 +224,20 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Py_ssize_t distinct = count_distinct(session, nseen);
     double length = log(distinct > 1 ? (double)distinct : 1.0);
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
+    double *f[WIDTH];
+    for (int j = 0; j < WIDTH; j++) f[j] = columns + j * head;
     for (Py_ssize_t i = 0; i < head; i++) {
-        double f[WIDTH] = {0};
         double ratio = v[i] / top, held = d[i] > 0 ? d[i] : 0.0;
-        f[0] = log(ratio > SCORE_FLOOR ? ratio : SCORE_FLOOR);
-        f[1] = log1p(many / (held > 1.0 ? held : 1.0));
-        f[2] = log1p(held);
+        f[0][i] = log(ratio > SCORE_FLOOR ? ratio : SCORE_FLOOR);
+        f[1][i] = log1p(many / (held > 1.0 ? held : 1.0));
+        f[2][i] = log1p(held);
+        f[3][i] = 0.0;
         for (Py_ssize_t j = 0; j < nq; j++)
             if (q[j] == a[i]) {
-                f[3] = qw[j];
+                f[3][i] = qw[j];
                 break;
             }
-        f[4] = nq && a[i] == q[nq - 1] ? 1.0 : 0.0;
+        f[4][i] = nq && a[i] == q[nq - 1] ? 1.0 : 0.0;
         double age = AGE_CAP;
         int64_t own = table_get(&table, a[i]) - 1;  /* an answer's equals share its entry */
         int64_t t = touched[own];
@@ -211,20 +245,34 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
             age = (double)(newest - t) / DAY_KEYS;
             age = age < 0.0 ? 0.0 : (age > AGE_CAP ? AGE_CAP : age);
         }
-        f[5] = log1p(age);
-        f[6] = i < ns ? seq[i] : 0.0;
-        f[7] = in_session[own] ? 1.0 : 0.0;
-        f[8] = length;
-        double sum = f[0] * w[0];  /* left to right, as the reference sums */
-        for (int j = 1; j < WEIGHED; j++) sum = sum + f[j] * w[j];
-        for (Py_ssize_t p = 0; p < np_; p++)
-            sum = sum + f[both[2 * p]] * f[both[2 * p + 1]] * w[WEIGHED + p];
-        order[i].value = sum;
-        order[i].at = i;
+        f[5][i] = log1p(age);
+        f[6][i] = i < ns ? seq[i] : 0.0;
+        f[7][i] = in_session[own] ? 1.0 : 0.0;
+        f[8][i] = length;
     }
-    sort_valued(order, head);
+    /* each answer's value, left to right as the reference sums: the first weight's product,
+     * then each weight's, then each pair's (a weight of 0 adds 0 and is skipped) */
+    for (Py_ssize_t i = 0; i < head; i++) sums[i] = f[0][i] * w[0];
+    for (int j = 1; j < WEIGHED; j++) {
+        const double wj = w[j], *column = f[j];
+        if (wj == 0.0) continue;
+        for (Py_ssize_t i = 0; i < head; i++) sums[i] = sums[i] + column[i] * wj;
+    }
+    for (Py_ssize_t p = 0; p < np_; p++) {
+        const double wp = w[WEIGHED + p], *left = f[both[2 * p]], *right = f[both[2 * p + 1]];
+        if (wp == 0.0) continue;
+        for (Py_ssize_t i = 0; i < head; i++) sums[i] = sums[i] + left[i] * right[i] * wp;
+    }
+    double lowest = sums[0];
+    for (Py_ssize_t i = 0; i < head; i++) {
+        order[i].value = sums[i];
+        order[i].at = i;
+        if (sums[i] < lowest) lowest = sums[i];
+    }
+    Py_ssize_t kept = k < head ? k : head;
+    first_valued(order, head, kept);
     Py_ssize_t tail = head < n && k > head ? (k < n ? k : n) - head : 0;
-    Py_ssize_t out_n = (k < head ? k : head) + tail;
+    Py_ssize_t out_n = kept + tail;
     uint64_t *items;
     double *scores;
     PyObject *ib = PyBytes_FromStringAndSize(NULL, out_n * 8);
@@ -232,12 +280,11 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     if (ib && sb) {
         items = (uint64_t *)PyBytes_AS_STRING(ib);
         scores = (double *)PyBytes_AS_STRING(sb);
-        Py_ssize_t kept = k < head ? k : head;
         for (Py_ssize_t i = 0; i < kept; i++) {
             items[i] = a[order[i].at];
             scores[i] = exp(order[i].value - order[0].value);
         }
-        double last = exp(order[head - 1].value - order[0].value);
+        double last = exp(lowest - order[0].value);
         for (Py_ssize_t i = 0; i < tail; i++) {
             items[kept + i] = a[head + i];
             scores[kept + i] = v[head - 1] > 0 ? v[head + i] / v[head - 1] * last : 0.0;
@@ -248,10 +295,12 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Py_XDECREF(sb);
 done:
     table_free(&table);
-    free(order);
-    free(touched);
-    free(first);
-    free(in_session);
+    if (order != order_on_stack) free(order);
+    if (touched != touched_on_stack) free(touched);
+    if (first != first_on_stack) free(first);
+    if (in_session != in_session_on_stack) free(in_session);
+    if (columns != columns_on_stack) free(columns);
+    if (sums != sums_on_stack) free(sums);
     PyBuffer_Release(&best);
     PyBuffer_Release(&values);
     PyBuffer_Release(&df);
