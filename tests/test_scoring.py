@@ -296,6 +296,32 @@ def test_the_kernel_equals_the_reference_on_random_cases(implementation: str) ->
     assert compared > 2000  # the cases were not all empty
 
 
+def test_the_neighbours_of_a_long_query_equal_the_references() -> None:
+    """Thousands of candidate sessions, of which the compiled kernel orders only those it
+    keeps (the sample's most recent, then the most similar): the same neighbours in the same
+    order as the reference, which sorts them all; times tie often, so the sessions' hashes
+    decide."""
+    from service.core.layout import index_entry as i_entry
+
+    rng = np.random.default_rng(23)
+    for case in range(12):
+        sessions = int(rng.integers(300, 4000))
+        blobs: list[bytes | None] = [b"".join(sorted(
+            i_entry(time_key(float(t)), session_hash(f"s{int(s)}"))
+            for t, s in zip(rng.integers(0, [5, 200, 10**6][case % 3], 600),
+                            rng.integers(0, sessions, 600), strict=True)))
+            for _ in range(int(rng.integers(2, 12)))]
+        items = [item_hash(f"i{n}") for n in range(len(blobs))]
+        params = Params(query_items=len(items), sample_sessions=int(rng.integers(50, 1500)),
+                        neighbours=int(rng.integers(10, 400)), index_cap=600,
+                        neighbour_half_life=float(rng.choice([0.0, 20.0])))
+        query = scoring.build_query(items, [float(t) for t in range(len(items))],
+                                    [1.0] * len(items), params)
+        (cs, cw), (rs, rw) = both("neighbours", query, blobs, params, None)
+        assert len(cs) == min(params.neighbours, params.sample_sessions)
+        assert list(cs) == list(rs) and list(cw) == list(rw)
+
+
 def test_frequency_table_finds_what_was_added_and_grows() -> None:
     from service.store.caches import FrequencyCache
 

@@ -111,6 +111,8 @@ typedef struct { uint64_t session; double similarity; int64_t latest; } Candidat
      ((a).similarity == (b).similarity && MORE_RECENT(a, b)))
 DEFINE_SORT(sort_by_recency, Candidate, MORE_RECENT)
 DEFINE_SORT(sort_by_similarity, Candidate, MORE_SIMILAR)
+DEFINE_SELECT(select_by_recency, Candidate, MORE_RECENT, sort_by_recency)
+DEFINE_SELECT(select_by_similarity, Candidate, MORE_SIMILAR, sort_by_similarity)
 
 PyDoc_STRVAR(neighbours_doc,
 "neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude, cap,\n"
@@ -155,8 +157,8 @@ static int neighbours_core(const double *w, const Blob *blobs, Py_ssize_t count,
     for (Py_ssize_t i = 0; i < map.size; i++)
         if (!(has_exclude && cands[i].session == exclude)) cands[n++] = cands[i];
     map_free(&map);
-    if (n > sample) {
-        sort_by_recency(cands, n);
+    if (n > sample) {  /* the sample most recent, in no order: the next sort orders them */
+        select_by_recency(cands, n, sample);
         n = sample;
     }
     if (half_life > 0 && n > 0) {
@@ -168,8 +170,11 @@ static int neighbours_core(const double *w, const Blob *blobs, Py_ssize_t count,
         for (Py_ssize_t i = 0; i < n; i++)
             cands[i].similarity *= exp2(-((double)(newest - cands[i].latest) / 1e6) / half_life);
     }
+    if (n > keep) {  /* only the kept are ordered */
+        select_by_similarity(cands, n, keep);
+        n = keep;
+    }
     sort_by_similarity(cands, n);
-    if (n > keep) n = keep;
     *out = cands;
     *n_out = n;
     return 0;
