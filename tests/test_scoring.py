@@ -3,6 +3,7 @@ stage (the compiled kernel and its pure reference), then the two compared on ran
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,9 +288,9 @@ def test_the_kernel_equals_the_reference_on_random_cases(implementation: str) ->
         kernel.use("native")
         df = rng.integers(0, 5, len(ri)).astype(np.float64)
         exclusion = np.concatenate((query.seen[:2], ri[:3]))
-        for repeats in (False, True):
+        for repeats, k in itertools.product((False, True), (20, 35, 100)):
             (bi, bv), (ti, tv) = both("rank", ri, rv, df, 50.0, query, params,
-                                      repeats, exclusion, 20)
+                                      repeats, exclusion, k)
             assert list(bi) == list(ti)
             np.testing.assert_allclose(bv, tv, rtol=1e-12)
         compared += len(ri)
@@ -320,6 +321,15 @@ def test_the_neighbours_of_a_long_query_equal_the_references() -> None:
         (cs, cw), (rs, rw) = both("neighbours", query, blobs, params, None)
         assert len(cs) == min(params.neighbours, params.sample_sessions)
         assert list(cs) == list(rs) and list(cw) == list(rw)
+        # the learned order's hundred best of hundreds of candidates, scores tied in places:
+        # the compiled rank selects them, the reference sorts all
+        found = np.unique(rng.integers(1, 2**63, int(rng.integers(200, 3000)), np.uint64))
+        scores = np.round(rng.random(len(found)) * 20) / 4
+        exclusion = np.concatenate((found[::7], rng.choice(found, 40)))
+        (bi, bv), (ti, tv) = both("rank", found, scores, rng.integers(0, 9, len(found)).astype(
+            np.float64), 500.0, query, params, case % 2 == 0, exclusion, 100)
+        assert len(bi) == 100 and list(bi) == list(ti)
+        np.testing.assert_allclose(bv, tv, rtol=1e-12)
 
 
 def test_frequency_table_finds_what_was_added_and_grows() -> None:
@@ -404,7 +414,8 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
         df = rng.integers(0, 60, n).astype(np.float64)
         q_items = rng.choice(np.arange(1, 400, dtype=np.uint64), int(rng.integers(0, 6)),
                              replace=False)
-        q_weights = rng.random(len(q_items))
+        # a query weight is a rating's: 0 and below too
+        q_weights = rng.random(len(q_items)) * rng.choice([1.0, 1.0, 0.0, -1.0], len(q_items))
         # the session's every item, repeats included: none, or up to max_interactions
         seen = rng.choice(np.concatenate((q_items, best[:20], np.arange(1, 400, dtype=np.uint64)
                                           )) if n else np.arange(1, 400, dtype=np.uint64),

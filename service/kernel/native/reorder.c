@@ -19,8 +19,9 @@ typedef struct {
     Py_ssize_t mask;
 } Table;
 
+/* owner (NULL: not wanted): each key's value in the table, its first equal's */
 static int table_fill(Table *t, const uint64_t *keys, const int64_t *values, Py_ssize_t n,
-                      Py_ssize_t spread) {
+                      Py_ssize_t spread, int64_t *owner) {
     Py_ssize_t size = 16;
     while (size < spread * n) size <<= 1;
     t->keys = malloc(sizeof(uint64_t) * size);
@@ -36,6 +37,7 @@ static int table_fill(Table *t, const uint64_t *keys, const int64_t *values, Py_
             t->keys[at] = keys[i];
             t->values[at] = values[i];
         }
+        if (owner) owner[i] = t->values[at];
     }
     return 0;
 }
@@ -90,7 +92,7 @@ static PyObject *gather(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one value per key");
         goto done;
     }
-    if (table_fill(&table, keys.buf, values.buf, n, 2) < 0) {
+    if (table_fill(&table, keys.buf, values.buf, n, 2, NULL) < 0) {
         PyErr_NoMemory();
         goto done;
     }
@@ -156,7 +158,9 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Table table = {0};
     Valued order_on_stack[STACK_ANSWERS], *order = order_on_stack;
     int64_t touched_on_stack[STACK_ANSWERS], first_on_stack[STACK_ANSWERS];
+    int64_t owner_on_stack[STACK_ANSWERS], *owner = owner_on_stack;
     int64_t *touched = touched_on_stack, *first = first_on_stack;
+    double asked_on_stack[STACK_ANSWERS], *asked = asked_on_stack;
     unsigned char in_session_on_stack[STACK_ANSWERS], *in_session = in_session_on_stack;
     double columns_on_stack[WIDTH * STACK_ANSWERS], *columns = columns_on_stack;
     double sums_on_stack[STACK_ANSWERS], *sums = sums_on_stack;
@@ -187,6 +191,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         (!(order = malloc(sizeof(Valued) * head)) ||
          !(touched = malloc(sizeof(int64_t) * head)) ||
          !(first = malloc(sizeof(int64_t) * head)) || !(in_session = malloc(head)) ||
+         !(owner = malloc(sizeof(int64_t) * head)) || !(asked = malloc(sizeof(double) * head)) ||
          !(columns = malloc(sizeof(double) * WIDTH * head)) ||
          !(sums = malloc(sizeof(double) * head)))) {
         PyErr_NoMemory();
@@ -200,8 +205,9 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         first[i] = i + 1;
         touched[i] = -1;  /* not among the candidates */
         in_session[i] = 0;
+        asked[i] = NAN;  /* not in the query */
     }
-    if (table_fill(&table, a, first, head, 8) < 0) {
+    if (table_fill(&table, a, first, head, 8, owner) < 0) {
         PyErr_NoMemory();
         goto done;
     }
@@ -219,6 +225,12 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         int64_t at = table_get(&table, session[i]);
         if (at) in_session[at - 1] = 1;
     }
+    /* each answer's weight in the query: its first equal's there, by one pass over the
+     * query's items (at most the request's query_items) against the same table */
+    for (Py_ssize_t j = 0; j < nq; j++) {
+        int64_t at = table_get(&table, q[j]);
+        if (at && isnan(asked[at - 1])) asked[at - 1] = qw[j];
+    }
     /* the session's length: its distinct items (a holdout's sessions repeat some), at most
      * LENGTH_CAP */
     Py_ssize_t distinct = count_distinct(session, nseen);
@@ -231,15 +243,10 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         f[0][i] = log(ratio > SCORE_FLOOR ? ratio : SCORE_FLOOR);
         f[1][i] = log1p(many / (held > 1.0 ? held : 1.0));
         f[2][i] = log1p(held);
-        f[3][i] = 0.0;
-        for (Py_ssize_t j = 0; j < nq; j++)
-            if (q[j] == a[i]) {
-                f[3][i] = qw[j];
-                break;
-            }
+        int64_t own = owner[i] - 1;  /* an answer's equals share its entry */
+        f[3][i] = isnan(asked[own]) ? 0.0 : asked[own];
         f[4][i] = nq && a[i] == q[nq - 1] ? 1.0 : 0.0;
         double age = AGE_CAP;
-        int64_t own = table_get(&table, a[i]) - 1;  /* an answer's equals share its entry */
         int64_t t = touched[own];
         if (t > 0) {
             age = (double)(newest - t) / DAY_KEYS;
@@ -299,6 +306,8 @@ done:
     if (touched != touched_on_stack) free(touched);
     if (first != first_on_stack) free(first);
     if (in_session != in_session_on_stack) free(in_session);
+    if (owner != owner_on_stack) free(owner);
+    if (asked != asked_on_stack) free(asked);
     if (columns != columns_on_stack) free(columns);
     if (sums != sums_on_stack) free(sums);
     PyBuffer_Release(&best);
