@@ -135,9 +135,8 @@ static void first_valued(Valued *order, Py_ssize_t n, Py_ssize_t kept) {
     }
 }
 
-/* each answer's features, one column per feature: the sums over them below run along a
- * column, answer after answer, where the compiler can take two answers at a time (each
- * answer's sum still added left to right) */
+/* answers whose buffers a call keeps on its stack (the order's DEPTH is within it): a
+ * request allocates nothing for them */
 #define STACK_ANSWERS 128
 
 PyDoc_STRVAR(reorder_doc,
@@ -236,6 +235,9 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Py_ssize_t distinct = count_distinct(session, nseen);
     double length = log(distinct > 1 ? (double)distinct : 1.0);
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
+    /* each answer's features, one column per feature: the sums over them below run along a
+     * column, answer after answer, where the compiler can take two answers at a time (each
+     * answer's sum still added left to right) */
     double *f[WIDTH];
     for (int j = 0; j < WIDTH; j++) f[j] = columns + j * head;
     for (Py_ssize_t i = 0; i < head; i++) {
