@@ -63,22 +63,27 @@ static inline int64_t be64(const unsigned char *p) {
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
+    /* a[0..j] (j returned) before a[j+1..n), both sides non-empty (n > 16), pivot the    \
+     * median of three */                                                                    \
+    static Py_ssize_t name##_partition(T *a, Py_ssize_t n) {                                 \
+        Py_ssize_t mid = n / 2, last = n - 1;                                                \
+        if (less(a[mid], a[0])) { T t = a[mid]; a[mid] = a[0]; a[0] = t; }                   \
+        if (less(a[last], a[0])) { T t = a[last]; a[last] = a[0]; a[0] = t; }                \
+        if (less(a[last], a[mid])) { T t = a[last]; a[last] = a[mid]; a[mid] = t; }          \
+        T pivot = a[mid];                                                                    \
+        Py_ssize_t i = 0, j = last;                                                          \
+        for (;;) {                                                                           \
+            while (less(a[i], pivot)) i++;                                                   \
+            while (less(pivot, a[j])) j--;                                                   \
+            if (i >= j) return j;                                                            \
+            T t = a[i]; a[i] = a[j]; a[j] = t;                                               \
+            i++; j--;                                                                        \
+        }                                                                                    \
+    }                                                                                        \
     static void name##_intro(T *a, Py_ssize_t n, int depth) {                                \
         while (n > 16) {                                                                     \
             if (depth-- == 0) { name##_heap(a, n); return; }                                 \
-            Py_ssize_t mid = n / 2, last = n - 1;                                            \
-            if (less(a[mid], a[0])) { T t = a[mid]; a[mid] = a[0]; a[0] = t; }               \
-            if (less(a[last], a[0])) { T t = a[last]; a[last] = a[0]; a[0] = t; }            \
-            if (less(a[last], a[mid])) { T t = a[last]; a[last] = a[mid]; a[mid] = t; }      \
-            T pivot = a[mid];                                                                \
-            Py_ssize_t i = 0, j = last;                                                      \
-            for (;;) {                                                                       \
-                while (less(a[i], pivot)) i++;                                               \
-                while (less(pivot, a[j])) j--;                                               \
-                if (i >= j) break;                                                           \
-                T t = a[i]; a[i] = a[j]; a[j] = t;                                           \
-                i++; j--;                                                                    \
-            }                                                                                \
+            Py_ssize_t j = name##_partition(a, n);                                           \
             /* recurse into the smaller side, loop on the larger: O(log n) stack */          \
             if (j + 1 < n - j - 1) { name##_intro(a, j + 1, depth); a += j + 1; n -= j + 1; } \
             else { name##_intro(a + j + 1, n - j - 1, depth); n = j + 1; }                   \
@@ -96,31 +101,18 @@ static inline int64_t be64(const unsigned char *p) {
         name##_intro(a, n, depth);                                                           \
     }
 
-/* DEFINE_SELECT(name, T, less, sorter) defines name(T *a, Py_ssize_t n, Py_ssize_t k), which
- * moves the k first of a (by less, a strict total order) to its front, in no order: a caller
- * that keeps the first five hundred of thousands, or orders only those it keeps, need not
- * order the rest. Partitions as DEFINE_SORT does; past the same depth, or on a short range, it
- * orders the range with sorter (DEFINE_SORT's, for the same less), so no input costs more
- * than a sort. */
-#define DEFINE_SELECT(name, T, less, sorter)                                                 \
+/* DEFINE_SELECT(name, T, sorter) defines name(T *a, Py_ssize_t n, Py_ssize_t k), which moves
+ * the k first of a (in the order of DEFINE_SORT(sorter, T, less)) to its front, in no order: a
+ * caller that keeps the first five hundred of thousands, or orders only those it keeps, need
+ * not order the rest. It partitions as the sort does; past the same depth, or on a short
+ * range, it sorts the range, so no input costs more than a sort. */
+#define DEFINE_SELECT(name, T, sorter)                                                       \
     static void name(T *a, Py_ssize_t n, Py_ssize_t k) {                                     \
         int depth = 0;                                                                       \
         for (Py_ssize_t m = n; m > 1; m >>= 1) depth += 2;                                   \
         while (k > 0 && k < n) {                                                             \
             if (n <= 16 || depth-- == 0) { sorter(a, n); return; }                           \
-            Py_ssize_t mid = n / 2, last = n - 1;                                            \
-            if (less(a[mid], a[0])) { T t = a[mid]; a[mid] = a[0]; a[0] = t; }               \
-            if (less(a[last], a[0])) { T t = a[last]; a[last] = a[0]; a[0] = t; }            \
-            if (less(a[last], a[mid])) { T t = a[last]; a[last] = a[mid]; a[mid] = t; }      \
-            T pivot = a[mid];                                                                \
-            Py_ssize_t i = 0, j = last;                                                      \
-            for (;;) {                                                                       \
-                while (less(a[i], pivot)) i++;                                               \
-                while (less(pivot, a[j])) j--;                                               \
-                if (i >= j) break;                                                           \
-                T t = a[i]; a[i] = a[j]; a[j] = t;                                           \
-                i++; j--;                                                                    \
-            }                                                                                \
+            Py_ssize_t j = sorter##_partition(a, n);                                         \
             /* a[0..j] come before a[j+1..n): go on in the side that holds the k-th */       \
             if (k <= j + 1) n = j + 1;                                                       \
             else { a += j + 1; n -= j + 1; k -= j + 1; }                                     \

@@ -111,8 +111,8 @@ typedef struct { uint64_t session; double similarity; int64_t latest; } Candidat
      ((a).similarity == (b).similarity && MORE_RECENT(a, b)))
 DEFINE_SORT(sort_by_recency, Candidate, MORE_RECENT)
 DEFINE_SORT(sort_by_similarity, Candidate, MORE_SIMILAR)
-DEFINE_SELECT(select_by_recency, Candidate, MORE_RECENT, sort_by_recency)
-DEFINE_SELECT(select_by_similarity, Candidate, MORE_SIMILAR, sort_by_similarity)
+DEFINE_SELECT(select_by_recency, Candidate, sort_by_recency)
+DEFINE_SELECT(select_by_similarity, Candidate, sort_by_similarity)
 
 PyDoc_STRVAR(neighbours_doc,
 "neighbours(weights, index_blobs, sample_sessions, neighbours, exclude, has_exclude, cap,\n"
