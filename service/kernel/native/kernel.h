@@ -36,6 +36,14 @@ static inline int64_t be64(const unsigned char *p) {
     return (int64_t)v;
 }
 
+/* How many partitions a sort or a selection of n makes before it falls back to an order no
+ * input can slow (twice log2 n): a choice of pivots an attacker's ids defeat costs no more. */
+static inline int partition_depth(Py_ssize_t n) {
+    int depth = 0;
+    for (Py_ssize_t m = n; m > 1; m >>= 1) depth += 2;
+    return depth;
+}
+
 /* --- an inlined introsort: qsort's comparator call per comparison cost more than the
  * scoring arithmetic. DEFINE_SORT(name, T, less) defines name(T *a, Py_ssize_t n) ordering by
  * less(x, y), a strict total order (every caller breaks ties by a unique hash). */
@@ -95,11 +103,7 @@ static inline int64_t be64(const unsigned char *p) {
             a[j] = x;                                                                        \
         }                                                                                    \
     }                                                                                        \
-    static void name(T *a, Py_ssize_t n) {                                                   \
-        int depth = 0;                                                                       \
-        for (Py_ssize_t m = n; m > 1; m >>= 1) depth += 2;                                   \
-        name##_intro(a, n, depth);                                                           \
-    }
+    static void name(T *a, Py_ssize_t n) { name##_intro(a, n, partition_depth(n)); }
 
 /* DEFINE_SELECT(name, T, sorter) defines name(T *a, Py_ssize_t n, Py_ssize_t k), which moves
  * the k first of a (in the order of DEFINE_SORT(sorter, T, less)) to its front, in no order: a
@@ -108,8 +112,7 @@ static inline int64_t be64(const unsigned char *p) {
  * range, it sorts the range, so no input costs more than a sort. */
 #define DEFINE_SELECT(name, T, sorter)                                                       \
     static void name(T *a, Py_ssize_t n, Py_ssize_t k) {                                     \
-        int depth = 0;                                                                       \
-        for (Py_ssize_t m = n; m > 1; m >>= 1) depth += 2;                                   \
+        int depth = partition_depth(n);                                                      \
         while (k > 0 && k < n) {                                                             \
             if (n <= 16 || depth-- == 0) { sorter(a, n); return; }                           \
             Py_ssize_t j = sorter##_partition(a, n);                                         \
