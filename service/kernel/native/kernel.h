@@ -122,6 +122,15 @@ static inline int partition_depth(Py_ssize_t n) {
         }                                                                                    \
     }
 
+/* log(1 + x) for x >= 0, within a few units in the last place of log1p's: the C library's
+ * log1p costs several times its log, and rank takes one per candidate, the learned order
+ * three per answer. Where 1 + x rounds, x / (u - 1) corrects the rounding (Goldberg's
+ * formula); where it rounds to 1, log1p(x) is x to the last bit. */
+static inline double log_1p(double x) {
+    double u = 1.0 + x;
+    return u == 1.0 ? x : log(u) * (x / (u - 1.0));
+}
+
 /* --- slot hashing, salted per process -------------------------------------------------------
  * Every table here is keyed by item and session hashes, and those are public: BLAKE2b of ids a
  * client chooses. Unsalted, an attacker could grind ids whose hashes share a home slot and

@@ -17,18 +17,36 @@ typedef struct {
     int64_t *values;
     unsigned char *used;
     Py_ssize_t mask;
+    int on_heap;
 } Table;
 
-/* owner (NULL: not wanted): each key's value in the table, its first equal's */
-static int table_fill(Table *t, const uint64_t *keys, const int64_t *values, Py_ssize_t n,
-                      Py_ssize_t spread, int64_t *owner) {
+/* slots a table may take from its caller's stack: the order's answers (DEPTH, within
+ * STACK_ANSWERS) at its spread, so a request's table costs no allocation */
+#define STACK_SLOTS 1024
+typedef struct {
+    uint64_t keys[STACK_SLOTS];
+    int64_t values[STACK_SLOTS];
+    unsigned char used[STACK_SLOTS];
+} TableSpace;
+
+/* space (NULL: none) the table's slots if they fit; owner (NULL: not wanted): each key's
+ * value in the table, its first equal's */
+static int table_fill(Table *t, TableSpace *space, const uint64_t *keys, const int64_t *values,
+                      Py_ssize_t n, Py_ssize_t spread, int64_t *owner) {
     Py_ssize_t size = 16;
     while (size < spread * n) size <<= 1;
-    t->keys = malloc(sizeof(uint64_t) * size);
-    t->values = malloc(sizeof(int64_t) * size);
-    t->used = calloc(size, 1);
     t->mask = size - 1;
-    if (!t->keys || !t->values || !t->used) return -1;
+    if (space && size <= STACK_SLOTS) {
+        t->keys = space->keys;
+        t->values = space->values;
+        t->used = memset(space->used, 0, size);
+    } else {
+        t->on_heap = 1;
+        t->keys = malloc(sizeof(uint64_t) * size);
+        t->values = malloc(sizeof(int64_t) * size);
+        t->used = calloc(size, 1);
+        if (!t->keys || !t->values || !t->used) return -1;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t at = (Py_ssize_t)mix(keys[i]) & t->mask;
         while (t->used[at] && t->keys[at] != keys[i]) at = (at + 1) & t->mask;
@@ -52,6 +70,7 @@ static int64_t table_get(const Table *t, uint64_t key) {
 }
 
 static void table_free(Table *t) {
+    if (!t->on_heap) return;
     free(t->keys);
     free(t->values);
     free(t->used);
@@ -92,7 +111,7 @@ static PyObject *gather(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one value per key");
         goto done;
     }
-    if (table_fill(&table, keys.buf, values.buf, n, 2, NULL) < 0) {
+    if (table_fill(&table, NULL, keys.buf, values.buf, n, 2, NULL) < 0) {
         PyErr_NoMemory();
         goto done;
     }
@@ -138,6 +157,9 @@ static void first_valued(Valued *order, Py_ssize_t n, Py_ssize_t kept) {
 /* answers whose buffers a call keeps on its stack (the order's DEPTH is within it): a
  * request allocates nothing for them */
 #define STACK_ANSWERS 128
+/* the answers' table: sparse, since nearly every key looked up in it is not an answer */
+#define ANSWERS_SPREAD 8
+_Static_assert(STACK_SLOTS >= ANSWERS_SPREAD * STACK_ANSWERS, "the answers' table fits");
 
 PyDoc_STRVAR(reorder_doc,
 "reorder(best, values, doc_freq, sessions, query_items, query_weights, seen, found_items,\n"
@@ -155,6 +177,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Table table = {0};
+    TableSpace space;
     Valued order_on_stack[STACK_ANSWERS], *order = order_on_stack;
     int64_t touched_on_stack[STACK_ANSWERS], first_on_stack[STACK_ANSWERS];
     int64_t owner_on_stack[STACK_ANSWERS], *owner = owner_on_stack;
@@ -206,7 +229,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         in_session[i] = 0;
         asked[i] = NAN;  /* not in the query */
     }
-    if (table_fill(&table, a, first, head, 8, owner) < 0) {
+    if (table_fill(&table, &space, a, first, head, ANSWERS_SPREAD, owner) < 0) {
         PyErr_NoMemory();
         goto done;
     }
@@ -235,6 +258,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Py_ssize_t distinct = count_distinct(session, nseen);
     double length = log(distinct > 1 ? (double)distinct : 1.0);
     double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
+    const double oldest = log_1p(AGE_CAP);  /* an answer no neighbour touched */
     /* each answer's features, one column per feature: the sums over them below run along a
      * column, answer after answer, where the compiler can take two answers at a time (each
      * answer's sum still added left to right) */
@@ -243,18 +267,18 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < head; i++) {
         double ratio = v[i] / top, held = d[i] > 0 ? d[i] : 0.0;
         f[0][i] = log(ratio > SCORE_FLOOR ? ratio : SCORE_FLOOR);
-        f[1][i] = log1p(many / (held > 1.0 ? held : 1.0));
-        f[2][i] = log1p(held);
+        f[1][i] = log_1p(many / (held > 1.0 ? held : 1.0));
+        f[2][i] = log_1p(held);
         int64_t own = owner[i] - 1;  /* an answer's equals share its entry */
         f[3][i] = isnan(asked[own]) ? 0.0 : asked[own];
         f[4][i] = nq && a[i] == q[nq - 1] ? 1.0 : 0.0;
-        double age = AGE_CAP;
         int64_t t = touched[own];
         if (t > 0) {
-            age = (double)(newest - t) / DAY_KEYS;
-            age = age < 0.0 ? 0.0 : (age > AGE_CAP ? AGE_CAP : age);
+            double age = (double)(newest - t) / DAY_KEYS;
+            f[5][i] = log_1p(age < 0.0 ? 0.0 : (age > AGE_CAP ? AGE_CAP : age));
+        } else {
+            f[5][i] = oldest;
         }
-        f[5][i] = log1p(age);
         f[6][i] = i < ns ? seq[i] : 0.0;
         f[7][i] = in_session[own] ? 1.0 : 0.0;
         f[8][i] = length;

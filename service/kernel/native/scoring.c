@@ -409,7 +409,7 @@ static PyObject *rank(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < nc; i++) {
         double v = s[i];
         if (idf_w != 0.0) {
-            double idf = log1p(n_sessions / (df[i] > 1.0 ? df[i] : 1.0));
+            double idf = log_1p(n_sessions / (df[i] > 1.0 ? df[i] : 1.0));
             v = v * (idf_w == 1.0 ? idf : pow(idf, idf_w));  /* pow(x, 1) is x exactly */
         }
         all[n].item = c[i];
