@@ -40,6 +40,19 @@ def test_name_cache_is_bounded_in_bytes_whatever_the_ids_length() -> None:
     assert cache.get(99_999) == long_id + "99999"
 
 
+def test_name_cache_reads_many_as_it_reads_one() -> None:
+    """``get_many`` (an answer's names at once) answers each key as ``get`` does: a young hit,
+    an old hit (promoted, so it outlives the next turn of generations), or None."""
+    cache = NameCache(capacity_bytes=4 * (sys.getsizeof("old") + NameCache.PER_NAME_OVERHEAD))
+    cache.put(1, "old")
+    cache.put(2, "old")  # the young generation is full: the next put turns it old
+    cache.put(3, "new")
+    assert 1 in cache._old and 3 in cache._young
+    assert cache.get_many([3, 1, 9, 3]) == ["new", "old", None, "new"]
+    assert 1 in cache._young and 2 not in cache._young
+    assert cache.get_many([]) == []
+
+
 async def test_invented_ids_never_enter_the_name_cache(client: Client) -> None:
     store = client.app[STORE]
     ids: dict[str, dict[str, Any]] = {f"invented-{n}": {} for n in range(200)}

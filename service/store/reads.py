@@ -165,14 +165,16 @@ class Reads(Part):
                          ) -> list[str]:
         """The ids behind item hashes: the request's own (``named``), the cache, then Redis."""
         numbers: list[int] = hashes.tolist()
-        get = self.names.get
-        found = [get(h) for h in numbers]
+        found = self.names.get_many(numbers)
+        if None not in found:
+            return found  # type: ignore[return-value]
         if named:
             found = [name if name is not None else named.get(h)
                      for h, name in zip(numbers, found, strict=True)]
         missing = [h for h, name in zip(numbers, found, strict=True) if name is None]
         if not missing:
             return found  # type: ignore[return-value]
+        get = self.names.get
         commands: list[tuple[bytes, list[bytes | str]]] = []
         for h in missing:
             raw = scoring.to_hash(h)
