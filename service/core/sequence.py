@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import kernel
-from service.kernel import reference_sequence
+from service.kernel import pages, reference_sequence
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -79,8 +79,10 @@ class SequenceModel:
     @cached_property
     def serving(self) -> reference_sequence.Layout:
         """The layout requests read the model through (``reference_sequence.layout``): built
-        once per model, where it is decoded, not in the first request."""
-        return reference_sequence.layout(self.items, self.outputs, self.bias)
+        once per model, where it is decoded, not in the first request; on huge pages, since a
+        request reads a hundred answers' records and codes at scattered rows."""
+        return reference_sequence.Layout(*pages.on_huge_pages(
+            reference_sequence.layout(self.items, self.outputs, self.bias)))
 
     def values(self, session: U64, answers: U64) -> F64:
         """The learned order's feature for each answer to a session (its items oldest first):
@@ -124,15 +126,15 @@ class SequenceModel:
         at = start + size
         items = np.frombuffer(blob, "<u8", rows - 1, at).astype(np.uint64)
         at += 8 * (rows - 1)
-        arrays: list[F32] = []
+        stored: list[F32] = []
         for shape in shapes:
             count = int(np.prod(shape))
-            arrays.append(np.frombuffer(blob, "<f4", count, at).reshape(shape)
-                          .astype(np.float32))
+            stored.append(np.frombuffer(blob, "<f4", count, at).reshape(shape))
             at += 4 * count
         if at != len(blob):
             raise ValueError("a sequence model of the wrong length")
-        inputs, last, outputs, bias, positions = arrays
+        # a request reads the input vectors of its session's items at scattered rows
+        inputs, last, outputs, bias, positions = pages.on_huge_pages(stored)
         return cls(items, inputs, last, outputs, bias, positions, dict(header["facts"]))
 
 
