@@ -1,4 +1,5 @@
-"""The sequence model's arrays on huge pages: the same values, advised to the kernel."""
+"""Arrays on huge pages (the sequence model's, the frequency table's): the same values, advised
+to the kernel."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy.typing as npt
 from service.core.sequence import SequenceModel
 from service.kernel import reference_sequence
 from service.kernel.pages import HUGE_PAGE, LINE, on_huge_pages
+from service.store.caches import FrequencyCache
 
 
 def _advised_huge(array: npt.NDArray[Any]) -> bool:
@@ -73,3 +75,18 @@ def test_a_decoded_model_and_its_serving_layout_are_on_huge_pages() -> None:
     session, answers = items[:5], np.concatenate((items[10:30], [np.uint64(12345)]))
     np.testing.assert_array_equal(decoded.values(session, answers),
                                   model.values(session, answers))
+
+
+def test_the_frequency_table_moves_onto_huge_pages_as_it_grows() -> None:
+    """A request probes a few hundred of its slots, scattered: once the table spans half a
+    huge page it is on them, its frequencies kept across the moves."""
+    cache = FrequencyCache()
+    assert not _advised_huge(cache.keys)  # a small table stays where numpy put it
+    items = np.arange(1, 40_001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for part in np.array_split(np.arange(len(items)), 8):
+        cache.add(items[part], part.astype(np.float64) + 1)
+    assert cache.keys.nbytes + cache.values.nbytes >= HUGE_PAGE // 2
+    assert _advised_huge(cache.keys) and _advised_huge(cache.values)
+    values, missing = cache.lookup(np.concatenate((items[::997], [np.uint64(5)])))
+    assert values.tolist() == [*(np.arange(0, 40_000, 997) + 1.0).tolist(), 0.0]
+    assert missing.tolist() == [5]

@@ -9,6 +9,7 @@ import numpy as np
 
 from service import kernel
 from service.core import scoring
+from service.kernel import pages
 
 
 class NameCache:
@@ -72,11 +73,20 @@ class FrequencyCache:
         self.clear()
 
     def clear(self) -> None:
-        self.keys = np.zeros(self.initial, np.uint64)
-        self.values = np.full(self.initial, np.nan)
+        self.keys, self.values = self._empty(self.initial)
         self.size = 0
         self.sessions: float | None = None
         self.since = time.monotonic()
+
+    @staticmethod
+    def _empty(capacity: int) -> tuple[scoring.U64, scoring.F64]:
+        """An empty table (keys 0, values NaN). On huge pages once it spans half of one: a
+        request probes a few hundred slots scattered over it."""
+        keys, values = np.zeros(capacity, np.uint64), np.full(capacity, np.nan)
+        if keys.nbytes + values.nbytes < pages.HUGE_PAGE // 2:
+            return keys, values
+        keys, values = pages.on_huge_pages((keys, values))
+        return keys, values
 
     def lookup(self, items: scoring.U64) -> tuple[scoring.F64, scoring.U64]:
         """Each item's frequency (0 if unknown) and the unknown items."""
@@ -92,8 +102,7 @@ class FrequencyCache:
             while (self.size + len(items)) * 2 > capacity:
                 capacity *= 2
             keys, vals = self.keys[old], self.values[old]
-            self.keys = np.zeros(capacity, np.uint64)
-            self.values = np.full(capacity, np.nan)
+            self.keys, self.values = self._empty(capacity)
             kernel.insert(self.keys, self.values, keys, vals)
         self.size += kernel.insert(self.keys, self.values,
                                     np.ascontiguousarray(items, np.uint64),
