@@ -589,3 +589,26 @@ def test_the_compiled_sequence_values_keep_the_references_constants() -> None:
     assert int(defined["STATE_RANGE"]) == reference_sequence.STATE_RANGE
     assert re.search(r"uint64_t key;\s+float scale;\s+float bias;", source)
     assert reference_sequence.TABLE.names == ("key", "scale", "bias")
+
+
+def test_the_frequencies_known_without_a_round_trip_are_those_of_a_lookup() -> None:
+    """``FrequencyCache.known`` (a request's frequencies with no coroutine and no Redis) gives
+    the lookup's values when the table holds every item and the sessions' count, and None,
+    sending the request to Redis, when one item is missing, no count was read yet, or the
+    table is past its age (whose next lookup clears it)."""
+    from service.store.caches import FrequencyCache
+
+    cache = FrequencyCache(ttl=60.0)
+    items = np.array([5, 9, 11], np.uint64)
+    cache.add(items, np.array([3.0, 0.0, 7.0]))
+    assert cache.known(items) is None  # the sessions' count not read yet
+    cache.sessions = 40.0
+    got = cache.known(items[::-1].copy())
+    assert got is not None and np.frombuffer(got).tolist() == [7.0, 0.0, 3.0]
+    assert np.frombuffer(got).tolist() == cache.lookup(items[::-1].copy())[0].tolist()
+    assert cache.known(np.zeros(0, np.uint64)) == b""
+    assert cache.known(np.array([5, 12], np.uint64)) is None  # 12 unknown
+    cache.since -= 61.0
+    assert cache.known(items) is None  # aged: Redis is asked, and the table cleared
+    cache.lookup(items)
+    assert cache.size == 0

@@ -346,3 +346,40 @@ def test_the_command_refuses_the_embedded_store_and_runs_on_a_redis(
     assert empty.returncode == 0, empty.stderr
     assert '"stored": false' in empty.stdout
     assert sys.executable in RUN_COMMAND
+
+
+def test_the_served_order_answers_as_the_order_and_sequence_values_do() -> None:
+    """``reorder.served`` (what a request runs: the frequencies as the cache's bytes, the
+    sequence values handed on as the kernel gives them) orders every answer as
+    ``reorder.reorder`` over ``reorder.sequence_values`` does: with and without a model,
+    under weights that read its values and weights that do not, past the depth and short of
+    it."""
+    from service.core.scoring import Candidates
+
+    rng = np.random.default_rng(9)
+    model = sequencefit.train(sequencefit.examples(chain_sessions(300, rng)), None, None,
+                              epochs=1).model({})
+    compared = 0
+    for case in range(60):
+        n = int(rng.integers(0, 130))
+        best = rng.choice(np.arange(1, 60, dtype=U), min(n, 59), replace=False)
+        best = np.concatenate((best, np.arange(100, 100 + n - len(best), dtype=U)))
+        values = np.sort(rng.random(len(best)) * 4)[::-1].copy()
+        df = rng.integers(0, 50, len(best)).astype(np.float64)
+        items = rng.choice(np.arange(1, 45, dtype=U), int(rng.integers(1, 6)), replace=False)
+        q = Query(items, rng.random(len(items)), items)
+        found = Candidates(best[::2].copy(), np.ones(len(best[::2])),
+                           rng.integers(1, 10**12, len(best[::2])).astype(np.int64))
+        params = Params(order_score=1.0, order_last=-0.5) if case % 3 == 0 else \
+            Params(order_sequence=0.7, order_score_x_sequence=0.2, order_idf=0.1)
+        k = int(rng.integers(1, 40))
+        with_model = None if case % 4 == 0 else model
+        want = reorder.reorder(best, values, df, 900.0, q, found, params, k,
+                               reorder.sequence_values(with_model, q, best)
+                               if reorder.reads_sequence(params) else reorder.NO_VALUES)
+        got = reorder.served(reorder.order_of(params), with_model, best, values, df.tobytes(),
+                             900.0, q, found, k)
+        assert got[0].tolist() == want[0].tolist()
+        assert got[1].tolist() == want[1].tolist()
+        compared += len(got[0])
+    assert compared > 500

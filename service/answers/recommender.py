@@ -291,8 +291,9 @@ class Recommender:
         if boosts:
             assert catalogue is not None
             scores = scores * placed.factors(catalogue, boosts, candidates)
-        df, n_sessions = await self.store.reads.doc_freq(candidates) if params.idf_weight \
-            else (np.zeros(0), 0.0)
+        reads = self.store.reads
+        df, n_sessions = (reads.known_doc_freq(candidates) or await reads.doc_freq(candidates)) \
+            if params.idf_weight else (b"", 0.0)
         hidden = await self.store.reads.hidden_items()
         requested = item_hashes(rules.exclude)
         exclude = np.concatenate((hidden, requested) if seen is None
@@ -302,17 +303,16 @@ class Recommender:
             exclude = np.concatenate((exclude, query.seen[~catalogue.admits(rule,
                                                                               query.seen)]))
         capped = catalogue is not None and rules.max_per_category is not None
+        order = reorder.order_of(params)
         best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
                                          seen is None, exclude,
                                          len(candidates) + len(query.seen) if capped
-                                         else reorder.depth(params, k))
-        if reorder.active(params):
-            best_df, n_sessions = await self.store.reads.doc_freq(best)
-            sequence = reorder.sequence_values(self.sequence, query, best) \
-                if reorder.reads_sequence(params) else reorder.NO_VALUES
-            best, best_scores = reorder.reorder(best, best_scores, best_df, n_sessions, query,
-                                                scored, params, len(best) if capped else k,
-                                                sequence)
+                                         else order.depth(k))
+        if order.active:
+            best_df, n_sessions = reads.known_doc_freq(best) or await reads.doc_freq(best)
+            best, best_scores = reorder.served(order, self.sequence, best, best_scores, best_df,
+                                               n_sessions, query, scored,
+                                               len(best) if capped else k)
         cap = CategoryCap(rules.max_per_category,
                           catalogue.first_category if catalogue is not None else {})
         for h in np.frombuffer(prior, LE_U64).tolist():  # listed ahead of this answer

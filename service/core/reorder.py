@@ -57,10 +57,12 @@ from service.core.scoring import F64, U64, Candidates, Params, Query
 from service.core.sequence import SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS, LENGTH_CAP
+from service.kernel.reference_tables import Buffer
 
 __all__ = ["AGE_CAP", "COLUMNS", "DAY_KEYS", "DEPTH", "FEATURES", "KNOWN_ORDERS", "LENGTH_CAP",
-           "NO_VALUES", "PAIRS", "SEQUENCE_WEIGHTS", "WEIGHTS", "active", "depth", "features",
-           "reads_sequence", "reorder", "sequence_values", "weights_of"]
+           "NO_VALUES", "PAIRS", "SEQUENCE_WEIGHTS", "WEIGHTS", "Order", "active", "depth",
+           "features", "order_of", "reads_sequence", "reorder", "sequence_values", "served",
+           "weights_of"]
 
 FEATURES = ORDER_FEATURES
 """The order's answer features, by the name of the parameter that weighs each."""
@@ -84,7 +86,7 @@ NO_VALUES: F64 = np.zeros(0)
 
 
 @dataclass(frozen=True, slots=True)
-class _Order:
+class Order:
     """What a request needs of ``params``' order: built once per ``params`` object."""
 
     params: Params
@@ -92,9 +94,13 @@ class _Order:
     active: bool
     reads_sequence: bool
 
+    def depth(self, k: int) -> int:
+        """How many answers to rank before the order cuts them to ``k``."""
+        return max(k, DEPTH) if self.active else k
 
-def _order_of(params: Params) -> _Order:
-    """The same ``_Order`` again while the same ``params`` object asks: a serving process
+
+def order_of(params: Params) -> Order:
+    """The same ``Order`` again while the same ``params`` object asks: a serving process
     scores every request under the few it follows (the record's, an experiment's variants, the
     placements'), and a hash of all the parameters, or a ``getattr`` of each weight per
     request, would cost more than the order's own work. Keyed by identity, each entry holding
@@ -106,19 +112,19 @@ def _order_of(params: Params) -> _Order:
     weights.setflags(write=False)
     if len(_known) >= KNOWN_ORDERS:
         _known.clear()
-    order = _known[id(params)] = _Order(params, weights, bool(weights.any()),
-                                        bool(weights[_SEQUENCE_MASK].any()))
+    order = _known[id(params)] = Order(params, weights, bool(weights.any()),
+                                       bool(weights[_SEQUENCE_MASK].any()))
     return order
 
 
 def weights_of(params: Params) -> F64:
     """The order's weights, one per ``WEIGHTS`` (read-only)."""
-    return _order_of(params).weights
+    return order_of(params).weights
 
 
 def active(params: Params) -> bool:
     """Whether ``params`` order the answers again (any weight not 0)."""
-    return _order_of(params).active
+    return order_of(params).active
 
 
 SEQUENCE_WEIGHTS = tuple(name for name in WEIGHTS if "sequence" in name)
@@ -128,17 +134,17 @@ SEQUENCE_WEIGHTS = tuple(name for name in WEIGHTS if "sequence" in name)
 def reads_sequence(params: Params) -> bool:
     """Whether ``params``' order reads the sequence model (a weight of its own or of one of
     its products not 0)."""
-    return _order_of(params).reads_sequence
+    return order_of(params).reads_sequence
 
 
 _SEQUENCE_MASK = np.array([name in SEQUENCE_WEIGHTS for name in WEIGHTS])
 KNOWN_ORDERS = 16
-_known: dict[int, _Order] = {}
+_known: dict[int, Order] = {}
 
 
 def depth(params: Params, k: int) -> int:
     """How many answers to rank before ``reorder`` cuts them to ``k``."""
-    return max(k, DEPTH) if active(params) else k
+    return order_of(params).depth(k)
 
 
 def features(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query,
@@ -175,4 +181,20 @@ def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query
                                    found.items, found.latest,
                                    np.ascontiguousarray(sequence, np.float64),
                                    weights_of(params), PAIRS, DEPTH, k)
+    return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)
+
+
+def served(order: Order, model: SequenceModel | None, best: U64, values: F64,
+           doc_freq: Buffer, sessions: float, query: Query, found: Candidates, k: int
+           ) -> tuple[U64, F64]:
+    """``reorder`` with ``sequence_values`` as a serving request runs them, ``order`` being
+    ``order_of(params)`` and ``order.active``: the same answers, in two kernel calls and no
+    more. A request's arrays are contiguous already and its frequencies come as the cache
+    holds them, so nothing is copied or wrapped between the calls; the wrappers' frames and
+    conversions cost a request more than the model's values do."""
+    sequence = model.packed_values(query.items, best[:DEPTH]) \
+        if order.reads_sequence and model is not None and len(best) else b""
+    items, scores = kernel.reorder(best, values, doc_freq, sessions, query.items, query.weights,
+                                   query.seen, found.items, found.latest, sequence,
+                                   order.weights, PAIRS, DEPTH, k)
     return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)

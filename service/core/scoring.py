@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from service import kernel
 from service.core.parameters import ORDER_PAIR_NAMES, default_float, default_int
+from service.kernel.reference_tables import Buffer
 from service.settings import Settings
 
 U64 = npt.NDArray[np.uint64]
@@ -194,7 +195,7 @@ def score(query: Query, history_blobs: Sequence[bytes | None], similarity: F64,
 NO_CANDIDATES = Candidates(np.zeros(0, np.uint64), np.zeros(0), np.zeros(0, np.int64))
 
 
-def rank(candidates: U64, scores: F64, doc_freq: F64, sessions: float, query: Query,
+def rank(candidates: U64, scores: F64, doc_freq: Buffer, sessions: float, query: Query,
          params: Params, repeats: bool, exclude: U64, k: int) -> tuple[U64, F64]:
     """Steps 3 and 4, then the k best (``doc_freq`` one per candidate): idf, the session's own
     items when ``repeats``, minus ``exclude``."""

@@ -90,11 +90,16 @@ class SequenceModel:
         learned takes the lowest known answer's value; every value is 0 when the model knows
         no answer or none of the session's items (then the feature orders nothing). The
         kernel's (``sequence_values``): it runs on every request the feature orders."""
+        return np.frombuffer(self.packed_values(np.ascontiguousarray(session, np.uint64),
+                                                np.ascontiguousarray(answers, np.uint64)),
+                             np.float64)
+
+    def packed_values(self, session: U64, answers: U64) -> bytes:
+        """``values`` as the kernel gives them (float64 bytes), for arrays already contiguous
+        (a request's are): what ``reorder.served`` hands on to the order's kernel as it is."""
         table, directory, codes = self.serving
-        return np.frombuffer(kernel.sequence_values(
-            table, directory, codes, self.inputs, self.last, self.positions,
-            np.ascontiguousarray(session, np.uint64), np.ascontiguousarray(answers, np.uint64)),
-            np.float64)
+        return kernel.sequence_values(table, directory, codes, self.inputs, self.last,
+                                      self.positions, session, answers)
 
     def to_bytes(self) -> bytes:
         header = json.dumps({"rows": len(self.items) + 1, "dimensions": self.inputs.shape[1],

@@ -95,6 +95,15 @@ class FrequencyCache:
         values, missing = kernel.lookup(self.keys, self.values, items)
         return np.frombuffer(values, np.float64), np.frombuffer(missing, np.uint64)
 
+    def known(self, items: scoring.U64) -> bytes | None:
+        """Each item's frequency as the kernel gives them (float64 bytes) when the table holds
+        every one and the sessions' count, else None: what a request reads with no round
+        trip, the common case, without ``lookup``'s arrays."""
+        if self.sessions is None or time.monotonic() - self.since > self.ttl:
+            return None  # ``lookup`` clears a table past its age
+        values, missing = kernel.lookup(self.keys, self.values, items)
+        return None if missing else values
+
     def add(self, items: scoring.U64, values: scoring.F64) -> None:
         if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
             old = ~np.isnan(self.values)

@@ -136,6 +136,13 @@ class Reads(Part):
         """Several commands in one round trip."""
         return await self.backend.commands(commands)
 
+    def known_doc_freq(self, items: scoring.U64) -> tuple[bytes, float] | None:
+        """``doc_freq`` of ``items`` when the cache holds them all (as float64 bytes), else None
+        (then ``doc_freq`` reads the rest): a request's frequencies nearly always are, and
+        awaiting a coroutine for them cost more than the lookup."""
+        values = self.frequencies.known(items)
+        return None if values is None else (values, self.frequencies.sessions or 0.0)
+
     async def doc_freq(self, items: scoring.U64, learned_only: bool = False
                        ) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one
