@@ -351,12 +351,24 @@ async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
     return latencies
 
 
-def _open_loop_child(url: str, payload_file: str, rate: float, seconds: float) -> None:
+def _open_loop_child(url: str, payload_file: str, rate: float, seconds: float,
+                     out_file: str) -> None:
     import uvloop
 
     payloads = [line.encode() for line in Path(payload_file).read_text().splitlines()]
     lat = uvloop.run(open_loop(url, payloads, rate, seconds))
-    print(json.dumps(lat))
+    Path(out_file).write_text(json.dumps(lat))
+
+
+def open_loop_ms(url: str, payload_file: str, rate: float, seconds: float) -> Any:
+    """Each request's latency in ms, ``open_loop`` in a process of its own (so that the
+    client's event loop does not share a core's time slices with this one's). Through a file:
+    the child's stdout may carry more than its result (a library's warning split one run's
+    list)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, __file__, "_open_loop", url, payload_file, str(rate),
+                        str(seconds), out.name], capture_output=True, check=True)
+        return np.array(json.loads(Path(out.name).read_text())) * 1000
 
 
 def bench_latency(settings: Settings, data: Path, rate: float, seconds: float, rounds: int
@@ -367,10 +379,7 @@ def bench_latency(settings: Settings, data: Path, rate: float, seconds: float, r
     p99s, p50s, p90s = [], [], []
     with sessionrec_server(settings) as api:
         for r in range(rounds + 1):
-            out = subprocess.run([sys.executable, __file__, "_open_loop", api + "/iid_recommend",
-                                  f.name, str(rate), str(seconds)], capture_output=True,
-                                 text=True, check=True).stdout
-            lat = np.array(json.loads(out)) * 1000
+            lat = open_loop_ms(api + "/iid_recommend", f.name, rate, seconds)
             if r == 0:
                 continue  # warm-up round
             p50s.append(float(np.percentile(lat, 50)))
@@ -930,13 +939,9 @@ def bench_rules(settings: Settings, data: Path, seconds: int, rounds: int, rate:
                 figures.append(wrk(api, script, seconds)["rps"])
         for r in range(rounds + 1):
             for name in (("none", "rules") if r % 2 == 0 else ("rules", "none")):
-                out = subprocess.run([sys.executable, __file__, "_open_loop",
-                                      api + "/iid_recommend", files[name], str(rate),
-                                      str(seconds)], capture_output=True, text=True,
-                                     check=True).stdout
+                lat = open_loop_ms(api + "/iid_recommend", files[name], rate, seconds)
                 if r:  # the first round warms up
-                    p99s[name].append(float(np.percentile(np.array(json.loads(out)) * 1000,
-                                                          99)))
+                    p99s[name].append(float(np.percentile(lat, 99)))
         stats = json.loads(urllib.request.urlopen(api + "/stats").read())
     return {"catalogue records": len(catalogue), "categories": CATEGORIES,
             "req/s without rules": median(without), "req/s with rules": median(with_rules),
@@ -1183,10 +1188,7 @@ def bench_tune_under_load(settings: Settings, data: Path, seconds: float) -> dic
                                 "tune", "--apply"], env=env, stdout=subprocess.PIPE, text=True)
         time.sleep(5)  # past the holdout's reading: the search is what runs for minutes
         fresh = np.array(asyncio.run(_freshness(api, 200, 500.0))) * 1000
-        out = subprocess.run([sys.executable, __file__, "_open_loop", api + "/iid_recommend",
-                              f.name, "500", str(seconds)], capture_output=True, text=True,
-                             check=True).stdout
-        lat = np.array(json.loads(out)) * 1000
+        lat = open_loop_ms(api + "/iid_recommend", f.name, 500, seconds)
         in_progress = run.poll() is None
         stdout, _ = run.communicate(timeout=900)
         elapsed = time.perf_counter() - started
@@ -1207,7 +1209,8 @@ def table(title: str, figures: dict[str, Any]) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_open_loop":
-        _open_loop_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        _open_loop_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]),
+                         sys.argv[6])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "_flood":
         _flood_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
