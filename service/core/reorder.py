@@ -190,8 +190,8 @@ def served(order: Order, model: SequenceModel | None, best: U64, values: F64,
     """``reorder`` with ``sequence_values`` as a serving request runs them, ``order`` being
     ``order_of(params)`` and ``order.active``: the same answers, in two kernel calls and no
     more. A request's arrays are contiguous already and its frequencies come as the cache
-    holds them, so nothing is copied or wrapped between the calls; the wrappers' frames and
-    conversions cost a request more than the model's values do."""
+    holds them, so nothing is copied or wrapped between the calls: the general functions'
+    frames and conversions cost each request about as much as one of the kernels."""
     sequence = model.packed_values(query.items, best[:DEPTH]) \
         if order.reads_sequence and model is not None and len(best) else b""
     items, scores = kernel.reorder(best, values, doc_freq, sessions, query.items, query.weights,
