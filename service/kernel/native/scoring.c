@@ -508,7 +508,8 @@ static PyObject *query(PyObject *self, PyObject *args) {
     if (!(fast = PySequence_Fast(hashes, "hashes must be a sequence of 8-byte hashes")))
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), m = 0;
-    uint64_t *seen = malloc(sizeof(uint64_t) * (n + 1)), *items = malloc(sizeof(uint64_t) * (n + 1));
+    uint64_t *seen = malloc(sizeof(uint64_t) * (n + 1));
+    uint64_t *items = malloc(sizeof(uint64_t) * (n + 1));
     double *times = malloc(sizeof(double) * (n + 1)), *rates = malloc(sizeof(double) * (n + 1));
     double *weights = malloc(sizeof(double) * (n + 1));
     Moment *order = malloc(sizeof(Moment) * (n + 1));
