@@ -266,6 +266,7 @@ class Recommender:
         """``seen``: the session's items, not to return (None: they may be); the request's
         exclusions and filter and the hidden items are left out before the k best are chosen,
         and the trending fill skips them too, so k holds whenever k eligible items exist."""
+        reads = self.store.reads
         boosts = () if placement is None else placement.boosts
         catalogue = await self.store.items.index() \
             if rules.needs_catalogue or boosts or prior else None
@@ -278,11 +279,11 @@ class Recommender:
         if cached is not None:
             scored = cached
         else:
-            index_blobs = await self.store.reads.indexes(query.items)
+            index_blobs = await reads.indexes(query.items)
             sessions, similarity = scoring.neighbours(query, index_blobs, params,
                                                       exclude_session)
             if len(sessions):
-                histories = await self.store.reads.histories(sessions)
+                histories = await reads.histories(sessions)
                 scored = scoring.score(query, histories, similarity, params)
         candidates, scores = scored.items, scored.scores
         if rule is not None:
@@ -291,10 +292,9 @@ class Recommender:
         if boosts:
             assert catalogue is not None
             scores = scores * placed.factors(catalogue, boosts, candidates)
-        reads = self.store.reads
         df, n_sessions = (reads.known_doc_freq(candidates) or await reads.doc_freq(candidates)) \
             if params.idf_weight else (b"", 0.0)
-        hidden = await self.store.reads.hidden_items()
+        hidden = await reads.hidden_items()
         requested = item_hashes(rules.exclude)
         exclude = np.concatenate((hidden, requested) if seen is None
                                  else (seen, hidden, requested))
@@ -325,7 +325,7 @@ class Recommender:
                     if len(keep) == k:
                         break
             best, best_scores = best[keep], best_scores[keep]
-        names = await self.store.reads.item_names(best, named)
+        names = await reads.item_names(best, named)
         found: list[dict[str, Any]] = [
             {"id": name, "score": sc}
             for name, sc in zip(names, kernel.relative(best_scores), strict=True)]

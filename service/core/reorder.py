@@ -176,12 +176,8 @@ def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query
     Unchanged (cut to ``k``) when no weight is set."""
     if not active(params) or not len(best):
         return best[:k], values[:k]
-    items, scores = kernel.reorder(best, values, np.ascontiguousarray(doc_freq, np.float64),
-                                   sessions, query.items, query.weights, query.seen,
-                                   found.items, found.latest,
-                                   np.ascontiguousarray(sequence, np.float64),
-                                   weights_of(params), PAIRS, DEPTH, k)
-    return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)
+    return _ordered(best, values, np.ascontiguousarray(doc_freq, np.float64), sessions, query,
+                    found, np.ascontiguousarray(sequence, np.float64), weights_of(params), k)
 
 
 def served(order: Order, model: SequenceModel | None, best: U64, values: F64,
@@ -194,7 +190,13 @@ def served(order: Order, model: SequenceModel | None, best: U64, values: F64,
     frames and conversions cost each request about as much as one of the kernels."""
     sequence = model.packed_values(query.items, best[:DEPTH]) \
         if order.reads_sequence and model is not None and len(best) else b""
+    return _ordered(best, values, doc_freq, sessions, query, found, sequence, order.weights, k)
+
+
+def _ordered(best: U64, values: F64, doc_freq: Buffer, sessions: float, query: Query,
+             found: Candidates, sequence: Buffer, weights: F64, k: int) -> tuple[U64, F64]:
+    """The order's kernel over contiguous arguments (``reorder`` and ``served``)."""
     items, scores = kernel.reorder(best, values, doc_freq, sessions, query.items, query.weights,
-                                   query.seen, found.items, found.latest, sequence,
-                                   order.weights, PAIRS, DEPTH, k)
+                                   query.seen, found.items, found.latest, sequence, weights,
+                                   PAIRS, DEPTH, k)
     return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)

@@ -90,7 +90,7 @@ class FrequencyCache:
 
     def lookup(self, items: scoring.U64) -> tuple[scoring.F64, scoring.U64]:
         """Each item's frequency (0 if unknown) and the unknown items."""
-        if time.monotonic() - self.since > self.ttl:
+        if self._aged():
             self.clear()
         values, missing = kernel.lookup(self.keys, self.values, items)
         return np.frombuffer(values, np.float64), np.frombuffer(missing, np.uint64)
@@ -99,10 +99,13 @@ class FrequencyCache:
         """Each item's frequency as the kernel gives them (float64 bytes) when the table holds
         every one and the sessions' count, else None: what a request reads with no round
         trip, the common case, without ``lookup``'s arrays."""
-        if self.sessions is None or time.monotonic() - self.since > self.ttl:
+        if self.sessions is None or self._aged():
             return None  # ``lookup`` clears a table past its age
         values, missing = kernel.lookup(self.keys, self.values, items)
         return None if missing else values
+
+    def _aged(self) -> bool:
+        return time.monotonic() - self.since > self.ttl
 
     def add(self, items: scoring.U64, values: scoring.F64) -> None:
         if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
