@@ -453,6 +453,76 @@ def test_the_learned_order_equals_its_reference_on_random_cases() -> None:
                            np.array([0, width]), 10, 10)
 
 
+def test_the_one_call_order_equals_its_reference_on_random_cases() -> None:
+    """``kernel.ranked`` compiled and its reference: rank, each answer's frequency (its
+    candidate's when given one per candidate, else the table's, None when the table has
+    none), the sequence values and the order give the same answers and scores; and both
+    refuse the same malformed calls."""
+    from service.kernel import _native, reference, reference_reorder
+    from service.offline import sequencefit
+
+    rng = np.random.default_rng(23)
+    sessions = [rng.choice(np.arange(1, 80, dtype=np.uint64), int(rng.integers(2, 8)))
+                for _ in range(200)]
+    model: SequenceModel = sequencefit.train(sequencefit.examples(sessions), None, None,
+                                             epochs=1).model({})
+    known = np.arange(1, 300, dtype=np.uint64)
+    counts = rng.integers(0, 90, len(known)).astype(np.float64)
+    tables = {}  # each implementation's own: their slots are salted apart
+    for module in (_native, reference):
+        keys, values = np.zeros(1024, np.uint64), np.full(1024, np.nan)
+        module.insert(keys, values, known, counts)
+        tables[module.__name__] = keys, values
+    weighed = reference_reorder.WEIGHED
+    outcomes = {"answers": 0, "none": 0}
+    for case in range(300):
+        nc = int(rng.integers(0, 250))
+        cands = rng.choice(np.arange(1, 400, dtype=np.uint64), nc, replace=False)
+        scores = rng.random(nc) * rng.choice([1.0, 1.0, 0.0], nc)
+        idf = float(rng.choice([0.0, 1.0, 2.0]))
+        df = rng.integers(0, 60, nc).astype(np.float64) if idf or case % 2 else np.zeros(0)
+        q = rng.choice(np.arange(1, 400, dtype=np.uint64), int(rng.integers(0, 6)),
+                       replace=False)
+        qw = rng.random(len(q))
+        exclude = rng.choice(np.arange(1, 400, dtype=np.uint64), int(rng.integers(0, 40)))
+        found = cands[: nc // 2 + 1].copy() if nc else np.zeros(0, np.uint64)
+        latest = rng.integers(0, 10**15, len(found)).astype(np.int64)
+        seen = np.concatenate((q, rng.choice(np.arange(1, 400, dtype=np.uint64), 3)))
+        arrays = model.kernel_arrays if case % 3 else reorder.NO_MODEL
+        weights = rng.normal(0, 1, weighed + len(reorder.PAIRS) // 2)
+        depth, k = int(rng.choice([0, 5, 100, 160])), int(rng.integers(0, 60))
+        head: tuple[Any, ...] = (cands, scores, df, float(rng.integers(0, 1000)), idf, q, qw,
+                                 float(rng.choice([0.0, 0.5])), exclude)
+        tail: tuple[Any, ...] = (seen, found, latest, *arrays, weights, reorder.PAIRS, depth, k)
+        native_args: tuple[Any, ...] = (*head, *tables[_native.__name__], *tail)
+        reference_args: tuple[Any, ...] = (*head, *tables[reference.__name__], *tail)
+        got, want = _native.ranked(*native_args), reference.ranked(*reference_args)
+        if want is None:
+            assert got is None
+            outcomes["none"] += 1
+            continue
+        assert got is not None
+        assert got[0] == want[0]
+        np.testing.assert_allclose(np.frombuffer(got[1]), np.frombuffer(want[1]), rtol=1e-12)
+        outcomes["answers"] += len(got[0]) // 8
+    assert outcomes["answers"] > 2000 and outcomes["none"] > 10
+    base: tuple[Any, ...] = (cands, scores, df, 1.0, 1.0, q, qw, 0.0, exclude, keys, values,
+                             seen, found, latest, *reorder.NO_MODEL)
+    no_pairs = np.zeros(0, np.int64)
+    few_weights: tuple[Any, ...] = (*base, np.zeros(weighed - 1), no_pairs, 10, 10)
+    odd_table: tuple[Any, ...] = (*base[:9], keys[:3], values[:3], *base[11:],
+                                  np.zeros(weighed), no_pairs, 10, 10)
+    short_df: tuple[Any, ...] = (*base[:2], df[:-1] if len(df) else np.zeros(1), *base[3:],
+                                 np.zeros(weighed), no_pairs, 10, 10)
+    for implementation in (_native.ranked, reference.ranked):
+        with pytest.raises(ValueError, match=f"{weighed} weights"):
+            implementation(*few_weights)
+        with pytest.raises(ValueError, match="power-of-2"):
+            implementation(*odd_table)
+        with pytest.raises(ValueError, match="one frequency per candidate"):
+            implementation(*short_df)
+
+
 def test_the_compiled_logs_hold_to_log1p_at_every_scale() -> None:
     """The kernel takes log(1 + x) through log, correcting the rounding of 1 + x: on its own
     it is off by up to half a unit of 1 + x, which at an age of a microsecond is a

@@ -383,3 +383,53 @@ def test_the_served_order_answers_as_the_order_and_sequence_values_do() -> None:
         assert got[1].tolist() == want[1].tolist()
         compared += len(got[0])
     assert compared > 500
+
+
+def test_the_one_call_order_answers_as_rank_then_the_served_order() -> None:
+    """``reorder.ranked`` (what a request runs when its frequencies are cached) gives the
+    answers ``scoring.rank`` to the order's depth, the table's frequencies and
+    ``reorder.served`` give, with and without a model and the idf, repeats on and off; and
+    None when an answer's frequency is not in the table (the request then reads it)."""
+    from service.core import scoring
+    from service.core.scoring import Candidates
+    from service.store.caches import FrequencyCache
+
+    rng = np.random.default_rng(12)
+    model = sequencefit.train(sequencefit.examples(chain_sessions(300, rng)), None, None,
+                              epochs=1).model({})
+    frequencies = FrequencyCache()
+    frequencies.add(np.arange(1, 200, dtype=U), rng.integers(1, 70, 199).astype(np.float64))
+    frequencies.sessions = 5000.0
+    table = frequencies.table()
+    assert table is not None
+    compared = refused = 0
+    for case in range(80):
+        candidates = rng.choice(np.arange(1, 200, dtype=U), int(rng.integers(1, 180)),
+                                replace=False)
+        scores = rng.random(len(candidates)) * 3
+        items = rng.choice(np.arange(1, 60, dtype=U), int(rng.integers(1, 6)), replace=False)
+        if case % 5 == 0:  # a session item no session holds yet: not in the table
+            items = np.append(items, U(260))
+        q = Query(items, rng.random(len(items)), items)
+        found = Candidates(candidates, scores, rng.integers(1, 10**12, len(candidates)))
+        params = Params(idf_weight=float(case % 2), repeat_weight=0.5 * (case % 3 != 1),
+                        order_score=1.0, order_idf=0.3, order_sequence=0.7 * (case % 4 != 0),
+                        order_score_x_sequence=0.2)
+        order, k = reorder.order_of(params), int(rng.integers(1, 40))
+        exclude = rng.choice(np.arange(1, 200, dtype=U), 5)
+        df = (frequencies.known(candidates) or b"") if params.idf_weight else b""
+        got = reorder.ranked(order, model, candidates, scores, df, table, q, params, True,
+                             exclude, found, k)
+        best, values = scoring.rank(candidates, scores, df, 5000.0, q, params, True, exclude,
+                                    order.depth(k))
+        best_df = frequencies.known(best)
+        if best_df is None:
+            assert got is None
+            refused += 1
+            continue
+        want = reorder.served(order, model, best, values, best_df, 5000.0, q, found, k)
+        assert got is not None
+        assert got[0].tolist() == want[0].tolist()
+        assert got[1].tolist() == want[1].tolist()
+        compared += len(got[0])
+    assert compared > 500 and refused > 3

@@ -304,11 +304,18 @@ class Recommender:
                                                                               query.seen)]))
         capped = catalogue is not None and rules.max_per_category is not None
         order = reorder.order_of(params)
-        best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
-                                         seen is None, exclude,
-                                         len(candidates) + len(query.seen) if capped
-                                         else order.depth(k))
-        if order.active:
+        table = reads.frequency_table() if order.active and not capped else None
+        found_order = None if table is None else reorder.ranked(
+            order, self.sequence, candidates, scores, df, table, query, params, seen is None,
+            exclude, scored, k)
+        if found_order is not None:
+            best, best_scores = found_order
+        else:
+            best, best_scores = scoring.rank(candidates, scores, df, n_sessions, query, params,
+                                             seen is None, exclude,
+                                             len(candidates) + len(query.seen) if capped
+                                             else order.depth(k))
+        if order.active and found_order is None:
             best_df, n_sessions = reads.known_doc_freq(best) or await reads.doc_freq(best)
             best, best_scores = reorder.served(order, self.sequence, best, best_scores, best_df,
                                                n_sessions, query, scored,

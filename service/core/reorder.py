@@ -54,7 +54,7 @@ import numpy as np
 from service import kernel
 from service.core.parameters import ORDER_COLUMNS, ORDER_FEATURES, ORDER_PAIR_NAMES, ORDER_PAIRS
 from service.core.scoring import F64, U64, Candidates, Params, Query
-from service.core.sequence import SequenceModel
+from service.core.sequence import ModelArrays, SequenceModel
 from service.kernel import reference_reorder
 from service.kernel.reference_reorder import AGE_CAP, DAY_KEYS, LENGTH_CAP
 from service.kernel.reference_tables import Buffer
@@ -200,3 +200,27 @@ def _ordered(best: U64, values: F64, doc_freq: Buffer, sessions: float, query: Q
                                    query.seen, found.items, found.latest, sequence, weights,
                                    PAIRS, DEPTH, k)
     return np.frombuffer(items, np.uint64), np.frombuffer(scores, np.float64)
+
+
+NO_MODEL: ModelArrays = (b"", b"", b"", b"", b"", b"")
+"""``kernel.ranked``'s model arguments when the order reads no sequence values."""
+
+
+def ranked(order: Order, model: SequenceModel | None, candidates: U64, scores: F64,
+           doc_freq: Buffer, table: tuple[U64, F64, float], query: Query, params: Params,
+           repeats: bool, exclude: U64, found: Candidates, k: int) -> tuple[U64, F64] | None:
+    """``scoring.rank`` to ``order.depth(k)`` and then ``served``, in one kernel call: the
+    answers' frequencies are their candidates' (``doc_freq``, when the idf reads them) or the
+    frequency ``table``'s (its keys, values and sessions' count); None when the table lacks
+    one (the caller ranks and reads them apart). The same answers as the two steps give (a
+    request's answers and values no longer cross into Python between its kernels, where
+    each crossing cost about what a kernel did)."""
+    keys, values, sessions = table
+    arrays = model.kernel_arrays if order.reads_sequence and model is not None else NO_MODEL
+    got = kernel.ranked(candidates, scores, doc_freq, sessions, params.idf_weight, query.items,
+                        query.weights, params.repeat_weight if repeats else 0.0,
+                        np.ascontiguousarray(exclude, np.uint64), keys, values, query.seen,
+                        found.items, found.latest, *arrays, order.weights, PAIRS, DEPTH, k)
+    if got is None:
+        return None
+    return np.frombuffer(got[0], np.uint64), np.frombuffer(got[1], np.float64)

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from service import kernel
 from service.kernel import pages, reference_sequence
+from service.kernel.reference_tables import Buffer
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -46,6 +47,9 @@ DIMENSIONS = 64
 """The vectors' length."""
 
 MAGIC = b"SRSQ1"
+
+ModelArrays = tuple[Buffer, Buffer, Buffer, Buffer, Buffer, Buffer]
+"""What ``kernel.ranked`` reads of a model (``SequenceModel.kernel_arrays``)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ class SequenceModel:
         request reads a hundred answers' records and codes at scattered rows."""
         return reference_sequence.Layout(*pages.on_huge_pages(
             reference_sequence.layout(self.items, self.outputs, self.bias)))
+
+    @cached_property
+    def kernel_arrays(self) -> ModelArrays:
+        """What ``kernel.ranked`` reads of the model, in its order: the serving layout, then
+        the input, last-item and position weights."""
+        return (*self.serving, self.inputs, self.last, self.positions)
 
     def values(self, session: U64, answers: U64) -> F64:
         """The learned order's feature for each answer to a session (its items oldest first):

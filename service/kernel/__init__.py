@@ -51,7 +51,7 @@ def use(name: str) -> None:
     """Route every kernel function to ``native`` or ``reference`` (tests switch both ways)."""
     global NAME, reseed, query, neighbours, score, candidates, rank, relative, hashes
     global lookup, insert, select, first_absent, objects_get, objects_put, objects_pop, mget, pack
-    global arrange, rows, rows_json, checked_hashes, gather, reorder, sequence_values
+    global arrange, rows, rows_json, checked_hashes, gather, reorder, sequence_values, ranked
     impl = native if name == "native" else reference
     if impl is None:
         raise ImportError("service.kernel._native is not built")
@@ -65,6 +65,7 @@ def use(name: str) -> None:
     arrange, rows, rows_json = impl.arrange, impl.rows, impl.rows_json
     checked_hashes = impl.checked_hashes
     gather, reorder, sequence_values = impl.gather, impl.reorder, impl.sequence_values
+    ranked = impl.ranked
 
 
 NAME = "reference"
@@ -92,10 +93,11 @@ checked_hashes = reference.checked_hashes
 gather = reference.gather
 reorder = reference.reorder
 sequence_values = reference.sequence_values
+ranked = reference.ranked
 use(_chosen())
 
 FUNCTIONS = ("reseed", "query", "neighbours", "score", "candidates", "rank", "relative",
              "hashes", "lookup", "insert", "select", "first_absent", "objects_get", "objects_put",
              "objects_pop", "mget", "pack", "arrange", "rows", "rows_json", "checked_hashes",
-             "gather", "reorder", "sequence_values")
+             "gather", "reorder", "sequence_values", "ranked")
 """Every function of the kernel: each has a compiled and a reference implementation."""

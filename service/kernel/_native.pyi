@@ -22,6 +22,13 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, seen: Buffer, found_items: Buffer,
             found_latest: Buffer, sequence: Buffer, weights: Buffer, pairs: Buffer, depth: int,
             k: int) -> tuple[bytes, bytes]: ...
+def ranked(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
+           idf_weight: float, query_items: Buffer, query_weights: Buffer, repeat_weight: float,
+           exclude: Buffer, table_keys: Buffer, table_values: Buffer, seen: Buffer,
+           found_items: Buffer, found_latest: Buffer, model_table: Buffer,
+           model_directory: Buffer, model_codes: Buffer, model_inputs: Buffer,
+           model_last: Buffer, model_positions: Buffer, weights: Buffer, pairs: Buffer,
+           depth: int, k: int) -> tuple[bytes, bytes] | None: ...
 def sequence_values(table: Buffer, directory: Buffer, codes: Buffer, inputs: Buffer,
                     last: Buffer, positions: Buffer, session: Buffer, answers: Buffer
                     ) -> bytes: ...

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
-from service.kernel.reference_reorder import gather, reorder
+from service.kernel.reference_reorder import WEIGHED, WIDTH, gather, reorder
 from service.kernel.reference_rerank import arrange, rows, rows_json
 from service.kernel.reference_resp import mget, pack
 from service.kernel.reference_sequence import sequence_values
@@ -29,6 +29,7 @@ from service.kernel.reference_tables import (
     U64,
     Buffer,
     _f64,
+    _table_mask,
     _u64,
     first_absent,
     insert,
@@ -43,7 +44,8 @@ from service.kernel.reference_tables import (
 __all__ = ["arrange", "candidates", "checked_hashes", "entry_weights", "first_absent", "gather",
            "hashes",
            "insert", "lookup", "mget", "neighbours", "objects_get", "objects_pop", "objects_put",
-           "pack", "query", "rank", "relative", "reorder", "reseed", "rows", "rows_json",
+           "pack", "query", "rank", "ranked", "relative", "reorder", "reseed", "rows",
+           "rows_json",
            "score", "select", "sequence_values"]
 
 
@@ -231,6 +233,57 @@ def rank(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
     items, values = items[keep], values[keep]
     order = np.lexsort((items, -values))[:max(k, 0)]
     return items[order].tobytes(), values[order].tobytes()
+
+
+def _nbytes(buffer: Buffer) -> int:
+    return buffer.nbytes if isinstance(buffer, np.ndarray) else len(buffer)
+
+
+def ranked(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float,
+           idf_weight: float, query_items: Buffer, query_weights: Buffer, repeat_weight: float,
+           exclude: Buffer, table_keys: Buffer, table_values: Buffer, seen: Buffer,
+           found_items: Buffer, found_latest: Buffer, model_table: Buffer,
+           model_directory: Buffer, model_codes: Buffer, model_inputs: Buffer,
+           model_last: Buffer, model_positions: Buffer, weights: Buffer, pairs: Buffer,
+           depth: int, k: int) -> tuple[bytes, bytes] | None:
+    """A request's learned order in one call: ``rank``'s ``max(k, depth)`` best, each one's
+    frequency (its candidate's in ``doc_freq`` when that holds one per candidate, which are
+    distinct as ``score`` gives them; else the table's: None when the table holds none), the
+    sequence model's values of the first ``depth`` (none when ``model_table`` is empty), then
+    ``reorder`` (``sessions`` is both steps' count)."""
+    items = _u64(candidates)
+    has_df = len(_f64(doc_freq)) == len(items)
+    if (len(_f64(scores)) != len(items) or (idf_weight and not has_df)
+            or len(_f64(query_weights)) != len(_u64(query_items))
+            or len(_u64(found_latest)) != len(_u64(found_items))):
+        raise ValueError("one score and one frequency per candidate")
+    _table_mask(np.asarray(table_keys), np.asarray(table_values))
+    both = np.frombuffer(pairs, np.int64)
+    if _nbytes(pairs) % 16 or len(_f64(weights)) != WEIGHED + len(both) // 2 \
+            or not np.all((both >= 0) & (both < WIDTH)):
+        raise ValueError(f"one score and one frequency per answer, {WEIGHED} weights and one "
+                         "per pair of features")
+    k = max(k, 0)
+    best, values = rank(candidates, scores, doc_freq, sessions, idf_weight, query_items,
+                        query_weights, repeat_weight, exclude, max(k, depth))
+    answers = _u64(best)
+    freq = np.zeros(len(answers))
+    position = {item: n for n, item in reversed(list(enumerate(items.tolist())))} \
+        if has_df else {}
+    from_candidates = np.array([h in position for h in answers.tolist()], bool)
+    if has_df:
+        freq[from_candidates] = _f64(doc_freq)[[position[h] for h in
+                                                answers[from_candidates].tolist()]]
+    table, missing = lookup(table_keys, table_values, answers[~from_candidates])
+    if missing:
+        return None
+    freq[~from_candidates] = _f64(table)
+    sequence = sequence_values(model_table, model_directory, model_codes, model_inputs,
+                               model_last, model_positions, query_items,
+                               answers[:max(min(len(answers), depth), 0)]) \
+        if _nbytes(model_table) else b""
+    return reorder(best, values, freq, sessions, query_items, query_weights, seen, found_items,
+                   found_latest, sequence, weights, pairs, depth, k)
 
 
 def candidates(query_items: Buffer, query_weights: Buffer, index_keys: Buffer,

@@ -104,6 +104,14 @@ class FrequencyCache:
         values, missing = kernel.lookup(self.keys, self.values, items)
         return None if missing else values
 
+    def table(self) -> tuple[scoring.U64, scoring.F64, float] | None:
+        """The table's two arrays and the sessions' count, for a kernel that looks items up
+        itself (``kernel.ranked``), or None when it has no count or is past its age (then
+        ``lookup`` clears it)."""
+        if self.sessions is None or self._aged():
+            return None
+        return self.keys, self.values, self.sessions
+
     def _aged(self) -> bool:
         return time.monotonic() - self.since > self.ttl
 

@@ -143,6 +143,10 @@ class Reads(Part):
         values = self.frequencies.known(items)
         return None if values is None else (values, self.frequencies.sessions or 0.0)
 
+    def frequency_table(self) -> tuple[scoring.U64, scoring.F64, float] | None:
+        """The frequency cache's table and sessions' count (``FrequencyCache.table``)."""
+        return self.frequencies.table()
+
     async def doc_freq(self, items: scoring.U64, learned_only: bool = False
                        ) -> tuple[scoring.F64, float]:
         """Sessions containing each item, and sessions in all (cached; misses cost one

@@ -154,6 +154,26 @@ void kernel_reseed_salt(void);
 int objects_args(Py_buffer *keys, PyObject *slots, Py_ssize_t *mask);
 Py_ssize_t objects_at(const uint64_t *k, Py_ssize_t mask, uint64_t key);
 
+/* rank's k best (scoring.c), each with the index of its candidate (-1: none), for the
+ * learned order's one call (reorder.c) */
+typedef struct { uint64_t item; double weight; Py_ssize_t at; } Scored;
+Py_ssize_t rank_best(const uint64_t *c, const double *s, const double *df, Py_ssize_t nc,
+                     double sessions, double idf_w, const uint64_t *q, const double *qw,
+                     Py_ssize_t nq, double repeat_w, const uint64_t *ex, Py_ssize_t ne,
+                     Py_ssize_t k, Scored *best);
+
+/* the frequency table's value of key (tables.c): 0 and *absent set when it holds none */
+double frequency_of(const uint64_t *keys, const double *values, Py_ssize_t mask, uint64_t key,
+                    int *absent);
+
+/* the sequence model's values of the answers (sequence.c), into out (m of them): 0, or -1
+ * with an exception set (a model's arrays of different sizes, or no memory) */
+typedef struct {
+    Py_buffer table, directory, codes, inputs, last, positions;
+} SequenceModel;
+int sequence_into(const SequenceModel *model, const uint64_t *session, Py_ssize_t ns,
+                  const uint64_t *answers, Py_ssize_t m, double *out);
+
 extern PyMethodDef kernel_scoring_methods[];
 extern PyMethodDef kernel_table_methods[];
 extern PyMethodDef kernel_resp_methods[];

@@ -161,21 +161,57 @@ static void first_valued(Valued *order, Py_ssize_t n, Py_ssize_t kept) {
 #define ANSWERS_SPREAD 8
 _Static_assert(STACK_SLOTS >= ANSWERS_SPREAD * STACK_ANSWERS, "the answers' table fits");
 
-PyDoc_STRVAR(reorder_doc,
-"reorder(best, values, doc_freq, sessions, query_items, query_weights, seen, found_items,\n"
-"        found_latest, sequence, weights, pairs, depth, k) -> (items u64 bytes, scores f64\n"
-"        bytes):\n"
-"reference_reorder.reorder's counterpart.");
-
-static PyObject *reorder(PyObject *self, PyObject *args) {
-    Py_buffer best, values, df, qitems, qweights, seen, fitems, flatest, sequence, weights, pairs;
+/* One call's arguments, as reorder's docstring names them (pairs: two column indexes each). */
+typedef struct {
+    const uint64_t *best;
+    const double *values, *df;
+    Py_ssize_t n;
     double sessions;
+    const uint64_t *q;
+    const double *qw;
+    Py_ssize_t nq;
+    const uint64_t *seen;
+    Py_ssize_t nseen;
+    const uint64_t *found;
+    const int64_t *latest;
+    Py_ssize_t nf;
+    const double *seq;
+    Py_ssize_t ns;
+    const double *w;
+    const int64_t *pairs;
+    Py_ssize_t np_;
     Py_ssize_t depth, k;
-    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*y*y*nn", &best, &values, &df, &sessions,
-                          &qitems, &qweights, &seen, &fitems, &flatest, &sequence, &weights,
-                          &pairs, &depth, &k))
-        return NULL;
-    PyObject *result = NULL;
+} Ordering;
+
+/* How many answers an ordering gives: its first min(k, depth) ordered, then the rest up to k
+ * in the served order. */
+static Py_ssize_t ordering_size(Py_ssize_t n, Py_ssize_t depth, Py_ssize_t k) {
+    Py_ssize_t head = n < depth ? n : (depth > 0 ? depth : 0);
+    if (head == 0 || k <= 0) return 0;
+    Py_ssize_t kept = k < head ? k : head;
+    Py_ssize_t tail = head < n && k > head ? (k < n ? k : n) - head : 0;
+    return kept + tail;
+}
+
+/* The weights' and pairs' sizes, as both entry points check them: 0, or -1 with ValueError. */
+static int ordering_checks(Py_ssize_t weights_len, const Py_buffer *pairs) {
+    Py_ssize_t np_ = pairs->len / 16;
+    const int64_t *both = pairs->buf;
+    int pairs_ok = pairs->len % 16 == 0;
+    for (Py_ssize_t p = 0; pairs_ok && p < 2 * np_; p++)
+        pairs_ok = both[p] >= 0 && both[p] < WIDTH;
+    if (weights_len / 8 != WEIGHED + np_ || !pairs_ok) {
+        PyErr_Format(PyExc_ValueError,
+                     "one score and one frequency per answer, %d weights and one per pair "
+                     "of features", WEIGHED);
+        return -1;
+    }
+    return 0;
+}
+
+/* The ordering's ordering_size answers into items and scores: 0, or -1 with MemoryError. */
+static int ordering_into(const Ordering *o, uint64_t *items, double *scores) {
+    int status = -1;
     Table table = {0};
     TableSpace space;
     Valued order_on_stack[STACK_ANSWERS], *order = order_on_stack;
@@ -186,29 +222,15 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     unsigned char in_session_on_stack[STACK_ANSWERS], *in_session = in_session_on_stack;
     double columns_on_stack[WIDTH * STACK_ANSWERS], *columns = columns_on_stack;
     double sums_on_stack[STACK_ANSWERS], *sums = sums_on_stack;
-    Py_ssize_t n = best.len / 8, nq = qitems.len / 8, nf = fitems.len / 8, nseen = seen.len / 8;
-    Py_ssize_t ns = sequence.len / 8;
-    Py_ssize_t np_ = pairs.len / 16;
-    const int64_t *both = pairs.buf;
-    int pairs_ok = pairs.len % 16 == 0;
-    for (Py_ssize_t p = 0; pairs_ok && p < 2 * np_; p++)
-        pairs_ok = both[p] >= 0 && both[p] < WIDTH;
-    if (values.len / 8 != n || df.len / 8 != n || weights.len / 8 != WEIGHED + np_ ||
-        qweights.len / 8 != nq || flatest.len / 8 != nf || !pairs_ok) {
-        PyErr_Format(PyExc_ValueError,
-                     "one score and one frequency per answer, %d weights and one per pair "
-                     "of features", WEIGHED);
-        goto done;
-    }
+    Py_ssize_t n = o->n, nq = o->nq, nf = o->nf, nseen = o->nseen, ns = o->ns, np_ = o->np_;
+    Py_ssize_t depth = o->depth, k = o->k;
+    const int64_t *both = o->pairs;
     Py_ssize_t head = n < depth ? n : (depth > 0 ? depth : 0);
-    if (head == 0 || k <= 0) {
-        result = Py_BuildValue("(y#y#)", "", (Py_ssize_t)0, "", (Py_ssize_t)0);
-        goto done;
-    }
-    const uint64_t *a = best.buf, *q = qitems.buf;
-    const double *v = values.buf, *d = df.buf, *qw = qweights.buf, *w = weights.buf;
-    const int64_t *latest = flatest.buf;
-    const double *seq = sequence.buf;
+    if (head == 0 || k <= 0) return 0;
+    const uint64_t *a = o->best, *q = o->q;
+    const double *v = o->values, *d = o->df, *qw = o->qw, *w = o->w;
+    const int64_t *latest = o->latest;
+    const double *seq = o->seq;
     if (head > STACK_ANSWERS &&
         (!(order = malloc(sizeof(Valued) * head)) ||
          !(touched = malloc(sizeof(int64_t) * head)) ||
@@ -233,7 +255,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    const uint64_t *found = fitems.buf;
+    const uint64_t *found = o->found;
     int64_t newest = 0;
     for (Py_ssize_t i = 0; i < nf; i++) {
         if (i == 0 || latest[i] > newest) newest = latest[i];
@@ -242,7 +264,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     }
     /* which answers the session holds, by one pass over its items (at most the request's
      * max_interactions) against the same table */
-    const uint64_t *session = seen.buf;
+    const uint64_t *session = o->seen;
     for (Py_ssize_t i = 0; i < nseen; i++) {
         int64_t at = table_get(&table, session[i]);
         if (at) in_session[at - 1] = 1;
@@ -257,7 +279,7 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
      * LENGTH_CAP */
     Py_ssize_t distinct = count_distinct(session, nseen);
     double length = log(distinct > 1 ? (double)distinct : 1.0);
-    double top = v[0] > 0 ? v[0] : 1.0, many = sessions > 1.0 ? sessions : 1.0;
+    double top = v[0] > 0 ? v[0] : 1.0, many = o->sessions > 1.0 ? o->sessions : 1.0;
     const double oldest = log_1p(AGE_CAP);  /* an answer no neighbour touched */
     /* each answer's features, one column per feature: the sums over them below run along a
      * column, answer after answer, where the compiler can take two answers at a time (each
@@ -305,27 +327,16 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
     Py_ssize_t kept = k < head ? k : head;
     first_valued(order, head, kept);
     Py_ssize_t tail = head < n && k > head ? (k < n ? k : n) - head : 0;
-    Py_ssize_t out_n = kept + tail;
-    uint64_t *items;
-    double *scores;
-    PyObject *ib = PyBytes_FromStringAndSize(NULL, out_n * 8);
-    PyObject *sb = PyBytes_FromStringAndSize(NULL, out_n * 8);
-    if (ib && sb) {
-        items = (uint64_t *)PyBytes_AS_STRING(ib);
-        scores = (double *)PyBytes_AS_STRING(sb);
-        for (Py_ssize_t i = 0; i < kept; i++) {
-            items[i] = a[order[i].at];
-            scores[i] = exp(order[i].value - order[0].value);
-        }
-        double last = exp(lowest - order[0].value);
-        for (Py_ssize_t i = 0; i < tail; i++) {
-            items[kept + i] = a[head + i];
-            scores[kept + i] = v[head - 1] > 0 ? v[head + i] / v[head - 1] * last : 0.0;
-        }
-        result = PyTuple_Pack(2, ib, sb);
+    for (Py_ssize_t i = 0; i < kept; i++) {
+        items[i] = a[order[i].at];
+        scores[i] = exp(order[i].value - order[0].value);
     }
-    Py_XDECREF(ib);
-    Py_XDECREF(sb);
+    double last = exp(lowest - order[0].value);
+    for (Py_ssize_t i = 0; i < tail; i++) {
+        items[kept + i] = a[head + i];
+        scores[kept + i] = v[head - 1] > 0 ? v[head + i] / v[head - 1] * last : 0.0;
+    }
+    status = 0;
 done:
     table_free(&table);
     if (order != order_on_stack) free(order);
@@ -336,6 +347,53 @@ done:
     if (asked != asked_on_stack) free(asked);
     if (columns != columns_on_stack) free(columns);
     if (sums != sums_on_stack) free(sums);
+    return status;
+}
+
+/* The ordering's answers as (items u64 bytes, scores f64 bytes), or NULL with an exception. */
+static PyObject *ordering_pair(const Ordering *o) {
+    Py_ssize_t out_n = ordering_size(o->n, o->depth, o->k);
+    PyObject *ib = PyBytes_FromStringAndSize(NULL, out_n * 8);
+    PyObject *sb = PyBytes_FromStringAndSize(NULL, out_n * 8);
+    PyObject *result = NULL;
+    if (ib && sb && ordering_into(o, (uint64_t *)PyBytes_AS_STRING(ib),
+                                  (double *)PyBytes_AS_STRING(sb)) == 0)
+        result = PyTuple_Pack(2, ib, sb);
+    Py_XDECREF(ib);
+    Py_XDECREF(sb);
+    return result;
+}
+
+PyDoc_STRVAR(reorder_doc,
+"reorder(best, values, doc_freq, sessions, query_items, query_weights, seen, found_items,\n"
+"        found_latest, sequence, weights, pairs, depth, k) -> (items u64 bytes, scores f64\n"
+"        bytes):\n"
+"reference_reorder.reorder's counterpart.");
+
+static PyObject *reorder(PyObject *self, PyObject *args) {
+    Py_buffer best, values, df, qitems, qweights, seen, fitems, flatest, sequence, weights, pairs;
+    double sessions;
+    Py_ssize_t depth, k;
+    if (!PyArg_ParseTuple(args, "y*y*y*dy*y*y*y*y*y*y*y*nn", &best, &values, &df, &sessions,
+                          &qitems, &qweights, &seen, &fitems, &flatest, &sequence, &weights,
+                          &pairs, &depth, &k))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = best.len / 8;
+    if (ordering_checks(weights.len, &pairs) < 0) goto done;
+    if (values.len / 8 != n || df.len / 8 != n || qweights.len / 8 != qitems.len / 8 ||
+        flatest.len / 8 != fitems.len / 8) {
+        PyErr_Format(PyExc_ValueError,
+                     "one score and one frequency per answer, %d weights and one per pair "
+                     "of features", WEIGHED);
+        goto done;
+    }
+    Ordering o = {best.buf, values.buf, df.buf, n, sessions, qitems.buf, qweights.buf,
+                  qitems.len / 8, seen.buf, seen.len / 8, fitems.buf, flatest.buf,
+                  fitems.len / 8, sequence.buf, sequence.len / 8, weights.buf, pairs.buf,
+                  pairs.len / 16, depth, k};
+    result = ordering_pair(&o);
+done:
     PyBuffer_Release(&best);
     PyBuffer_Release(&values);
     PyBuffer_Release(&df);
@@ -350,8 +408,115 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(ranked_doc,
+"ranked(candidates, scores, doc_freq, sessions, idf_weight, query_items, query_weights,\n"
+"       repeat_weight, exclude, table_keys, table_values, seen, found_items, found_latest,\n"
+"       model_table, model_directory, model_codes, model_inputs, model_last,\n"
+"       model_positions, weights, pairs, depth, k) -> (items u64 bytes, scores f64 bytes)\n"
+"       or None: reference_reorder.ranked's counterpart.");
+
+/* rank, each answer's frequency, the sequence model's values and reorder in one call: a
+ * request's answers and their values stay in C between the steps, where handing them to
+ * Python and back cost each step about what its arithmetic did. */
+static PyObject *ranked(PyObject *self, PyObject *args) {
+    Py_buffer cands, scores, dfs, qitems, qweights, excl, tkeys, tvalues, seen, fitems, flatest;
+    Py_buffer weights, pairs;
+    SequenceModel model;
+    double sessions, idf_w, repeat_w;
+    Py_ssize_t depth, k;
+    if (!PyArg_ParseTuple(args, "y*y*y*ddy*y*dy*y*y*y*y*y*y*y*y*y*y*y*y*y*nn", &cands, &scores,
+                          &dfs, &sessions, &idf_w, &qitems, &qweights, &repeat_w, &excl,
+                          &tkeys, &tvalues, &seen, &fitems, &flatest, &model.table,
+                          &model.directory, &model.codes, &model.inputs, &model.last,
+                          &model.positions, &weights, &pairs, &depth, &k))
+        return NULL;
+    PyObject *result = NULL;
+    Scored *best = NULL;
+    uint64_t *items = NULL;
+    double *values = NULL, *freq = NULL, *seq = NULL;
+    Py_ssize_t nc = cands.len / 8, nt = tkeys.len / 8;
+    int has_df = dfs.len == cands.len;
+    if (scores.len != cands.len || (idf_w != 0.0 && !has_df) ||
+        qweights.len / 8 != qitems.len / 8 || flatest.len / 8 != fitems.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "one score and one frequency per candidate");
+        goto done;
+    }
+    if (nt == 0 || (nt & (nt - 1)) || tvalues.len != tkeys.len) {
+        PyErr_SetString(PyExc_ValueError, "a table is two arrays of the same power-of-2 size");
+        goto done;
+    }
+    if (ordering_checks(weights.len, &pairs) < 0) goto done;
+    if (k < 0) k = 0;
+    Py_ssize_t wanted = k > depth ? k : depth;  /* what the order reads, or k past it */
+    if (!(best = malloc(sizeof(Scored) * (wanted + 1))) ||
+        !(items = malloc(sizeof(uint64_t) * (wanted + 1))) ||
+        !(values = malloc(sizeof(double) * (wanted + 1))) ||
+        !(freq = malloc(sizeof(double) * (wanted + 1))) ||
+        !(seq = malloc(sizeof(double) * (wanted + 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t n = rank_best(cands.buf, scores.buf, dfs.buf, nc, sessions, idf_w, qitems.buf,
+                             qweights.buf, qitems.len / 8, repeat_w, excl.buf, excl.len / 8,
+                             wanted, best);
+    if (n < 0) goto done;
+    /* each answer's frequency: its candidate's, else the table's; None when the table has
+     * none (the caller reads it first) */
+    const double *df = dfs.buf;
+    const uint64_t *tk = tkeys.buf;
+    const double *tv = tvalues.buf;
+    int absent = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        items[i] = best[i].item;
+        values[i] = best[i].weight;
+        freq[i] = has_df && best[i].at >= 0 ? df[best[i].at]
+                                            : frequency_of(tk, tv, nt - 1, best[i].item, &absent);
+    }
+    if (absent) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    Py_ssize_t ns = 0;
+    if (model.table.len) {
+        ns = n < depth ? n : (depth > 0 ? depth : 0);
+        if (sequence_into(&model, qitems.buf, qitems.len / 8, items, ns, seq) < 0) goto done;
+    }
+    Ordering o = {items, values, freq, n, sessions, qitems.buf, qweights.buf, qitems.len / 8,
+                  seen.buf, seen.len / 8, fitems.buf, flatest.buf, fitems.len / 8, seq, ns,
+                  weights.buf, pairs.buf, pairs.len / 16, depth, k};
+    result = ordering_pair(&o);
+done:
+    free(best);
+    free(items);
+    free(values);
+    free(freq);
+    free(seq);
+    PyBuffer_Release(&cands);
+    PyBuffer_Release(&scores);
+    PyBuffer_Release(&dfs);
+    PyBuffer_Release(&qitems);
+    PyBuffer_Release(&qweights);
+    PyBuffer_Release(&excl);
+    PyBuffer_Release(&tkeys);
+    PyBuffer_Release(&tvalues);
+    PyBuffer_Release(&seen);
+    PyBuffer_Release(&fitems);
+    PyBuffer_Release(&flatest);
+    PyBuffer_Release(&model.table);
+    PyBuffer_Release(&model.directory);
+    PyBuffer_Release(&model.codes);
+    PyBuffer_Release(&model.inputs);
+    PyBuffer_Release(&model.last);
+    PyBuffer_Release(&model.positions);
+    PyBuffer_Release(&weights);
+    PyBuffer_Release(&pairs);
+    return result;
+}
+
 PyMethodDef kernel_reorder_methods[] = {
     {"gather", gather, METH_VARARGS, gather_doc},
     {"reorder", reorder, METH_VARARGS, reorder_doc},
+    {"ranked", ranked, METH_VARARGS, ranked_doc},
     {NULL, NULL, 0, NULL},
 };

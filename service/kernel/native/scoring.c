@@ -219,7 +219,6 @@ done:
 }
 
 /* --- score --------------------------------------------------------------------------------- */
-typedef struct { uint64_t item; double weight; } Scored;
 
 PyDoc_STRVAR(score_doc,
 "score(query_items, query_weights, history_blobs, similarity, sequence_weight,\n"
@@ -382,29 +381,21 @@ PyDoc_STRVAR(rank_doc,
 "     repeat_weight, exclude, k) -> (items u64 bytes, scores f64 bytes), best first:\n"
 "scoring.rank's counterpart (repeat_weight 0 adds no repeats).");
 
-static PyObject *rank(PyObject *self, PyObject *args) {
-    Py_buffer cands, scores, dfs, qitems, qweights, excl;
-    double sessions, idf_w, repeat_w;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "y*y*y*ddy*y*dy*n", &cands, &scores, &dfs, &sessions, &idf_w,
-                          &qitems, &qweights, &repeat_w, &excl, &k))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t nc = cands.len / 8, nq = qitems.len / 8, ne = excl.len / 8, n = 0, kept = 0;
+/* rank's k best into best (k + 1 entries), each with its candidate's index (-1: a session
+ * item no candidate equals): how many were kept, or -1 with MemoryError set. */
+Py_ssize_t rank_best(const uint64_t *c, const double *s, const double *df, Py_ssize_t nc,
+                     double sessions, double idf_w, const uint64_t *q, const double *qw,
+                     Py_ssize_t nq, double repeat_w, const uint64_t *ex, Py_ssize_t ne,
+                     Py_ssize_t k, Scored *best) {
+    Py_ssize_t n = 0, kept = 0;
     if (k < 0) k = 0;
     Scored *all = malloc(sizeof(Scored) * (nc + nq + 1));
-    Scored *best = malloc(sizeof(Scored) * (k + 1));
     uint64_t *sorted = NULL;  /* a long exclusion list (many hidden items), for bisection */
-    if (!all || !best || (ne > 32 && !(sorted = malloc(sizeof(uint64_t) * ne)))) {
+    if (!all || (ne > 32 && !(sorted = malloc(sizeof(uint64_t) * ne)))) {
+        free(all);
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
-    if (scores.len != cands.len || (idf_w != 0.0 && dfs.len != cands.len)) {
-        PyErr_SetString(PyExc_ValueError, "one score and one frequency per candidate");
-        goto done;
-    }
-    const uint64_t *c = cands.buf, *q = qitems.buf, *ex = excl.buf;
-    const double *s = scores.buf, *df = dfs.buf, *qw = qweights.buf;
     double top = 0.0, n_sessions = sessions > 1.0 ? sessions : 1.0;
     for (Py_ssize_t i = 0; i < nc; i++) {
         double v = s[i];
@@ -413,6 +404,7 @@ static PyObject *rank(PyObject *self, PyObject *args) {
             v = v * (idf_w == 1.0 ? idf : pow(idf, idf_w));  /* pow(x, 1) is x exactly */
         }
         all[n].item = c[i];
+        all[n].at = i;
         all[n++].weight = v;
         if (i == 0 || v > top) top = v;
     }
@@ -427,6 +419,7 @@ static PyObject *rank(PyObject *self, PyObject *args) {
                 all[at].weight = all[at].weight + repeat_w * qw[j];
             } else {
                 all[n].item = q[j];
+                all[n].at = -1;
                 all[n++].weight = repeat_w * qw[j];
             }
         }
@@ -450,9 +443,35 @@ static PyObject *rank(PyObject *self, PyObject *args) {
         }
         best[at] = x;
     }
+    free(all);
+    free(sorted);
+    return kept;
+}
+
+static PyObject *rank(PyObject *self, PyObject *args) {
+    Py_buffer cands, scores, dfs, qitems, qweights, excl;
+    double sessions, idf_w, repeat_w;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "y*y*y*ddy*y*dy*n", &cands, &scores, &dfs, &sessions, &idf_w,
+                          &qitems, &qweights, &repeat_w, &excl, &k))
+        return NULL;
+    PyObject *result = NULL;
+    if (k < 0) k = 0;
+    Scored *best = malloc(sizeof(Scored) * (k + 1));
+    if (!best) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (scores.len != cands.len || (idf_w != 0.0 && dfs.len != cands.len)) {
+        PyErr_SetString(PyExc_ValueError, "one score and one frequency per candidate");
+        goto done;
+    }
+    Py_ssize_t kept = rank_best(cands.buf, scores.buf, dfs.buf, cands.len / 8, sessions, idf_w,
+                                qitems.buf, qweights.buf, qitems.len / 8, repeat_w, excl.buf,
+                                excl.len / 8, k, best);
     uint64_t *items;
     double *values;
-    if (!(result = pair_new(kept, &items, &values))) goto done;
+    if (kept < 0 || !(result = pair_new(kept, &items, &values))) goto done;
     for (Py_ssize_t i = 0; i < kept; i++) {
         items[i] = best[i].item;
         values[i] = best[i].weight;
@@ -464,9 +483,7 @@ done:
     PyBuffer_Release(&qitems);
     PyBuffer_Release(&qweights);
     PyBuffer_Release(&excl);
-    free(all);
     free(best);
-    free(sorted);
     return result;
 }
 

@@ -45,38 +45,34 @@ PyDoc_STRVAR(sequence_values_doc,
 "                session u64, answers u64) -> f64 bytes:\n"
 "reference_sequence.sequence_values's counterpart.");
 
-static PyObject *sequence_values(PyObject *self, PyObject *args) {
-    Py_buffer table, directory, codes, inputs, last, positions, session, answers;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*", &table, &directory, &codes, &inputs,
-                          &last, &positions, &session, &answers))
-        return NULL;
-    PyObject *result = NULL;
+int sequence_into(const SequenceModel *model, const uint64_t *s, Py_ssize_t ns,
+                  const uint64_t *a, Py_ssize_t m, double *out) {
+    Py_ssize_t n = model->table.len / (Py_ssize_t)sizeof(Record);
+    Py_ssize_t width = model->positions.len / 4;
+    Py_ssize_t d = model->inputs.len / 4 / (n + 1);
+    if (model->table.len % (Py_ssize_t)sizeof(Record) || d < 1 ||
+        model->inputs.len != (n + 1) * d * 4 || model->last.len != model->inputs.len ||
+        model->codes.len != n * d || width < 1 ||
+        model->directory.len != ((Py_ssize_t)1 << (64 - DIRECTORY_SHIFT)) * 4 + 4) {
+        PyErr_SetString(PyExc_ValueError, "a model's arrays of one size, and its directory");
+        return -1;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) out[j] = 0.0;
+    if (!m) return 0;
+    int status = -1;
     double *state = NULL;
     int16_t *steps = NULL;
     Py_ssize_t *at = NULL;
-    Py_ssize_t n = table.len / (Py_ssize_t)sizeof(Record), width = positions.len / 4;
-    Py_ssize_t d = inputs.len / 4 / (n + 1), ns = session.len / 8, m = answers.len / 8;
-    if (table.len % (Py_ssize_t)sizeof(Record) || d < 1 || inputs.len != (n + 1) * d * 4 ||
-        last.len != inputs.len || codes.len != n * d || width < 1 ||
-        directory.len != ((Py_ssize_t)1 << (64 - DIRECTORY_SHIFT)) * 4 + 4) {
-        PyErr_SetString(PyExc_ValueError, "a model's arrays of one size, and its directory");
-        goto done;
-    }
-    if (!(result = PyBytes_FromStringAndSize(NULL, m * 8))) goto done;
-    double *out = (double *)PyBytes_AS_STRING(result);
-    for (Py_ssize_t j = 0; j < m; j++) out[j] = 0.0;
-    if (!m) goto done;
     if (!(state = calloc(d, sizeof(double))) || !(steps = malloc(sizeof(int16_t) * d)) ||
         !(at = malloc(sizeof(Py_ssize_t) * m))) {
-        Py_CLEAR(result);
         PyErr_NoMemory();
         goto done;
     }
-    const Record *records = table.buf;
-    const uint64_t *s = session.buf, *a = answers.buf;
-    const uint32_t *dir = directory.buf;
-    const float *in = inputs.buf, *lst = last.buf, *p = positions.buf;
-    const int8_t *coded = codes.buf;
+    status = 0;
+    const Record *records = model->table.buf;
+    const uint32_t *dir = model->directory.buf;
+    const float *in = model->inputs.buf, *lst = model->last.buf, *p = model->positions.buf;
+    const int8_t *coded = model->codes.buf;
     Py_ssize_t recent = ns < width ? ns : width;
     /* the lookups in stages: every key's directory entry, then its first record */
     for (Py_ssize_t j = 0; j < m; j++) __builtin_prefetch(dir + (a[j] >> DIRECTORY_SHIFT));
@@ -137,12 +133,27 @@ done:
     free(state);
     free(steps);
     free(at);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&directory);
-    PyBuffer_Release(&codes);
-    PyBuffer_Release(&inputs);
-    PyBuffer_Release(&last);
-    PyBuffer_Release(&positions);
+    return status;
+}
+
+static PyObject *sequence_values(PyObject *self, PyObject *args) {
+    SequenceModel model;
+    Py_buffer session, answers;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*", &model.table, &model.directory,
+                          &model.codes, &model.inputs, &model.last, &model.positions, &session,
+                          &answers))
+        return NULL;
+    Py_ssize_t m = answers.len / 8;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, m * 8);
+    if (result && sequence_into(&model, session.buf, session.len / 8, answers.buf, m,
+                                (double *)PyBytes_AS_STRING(result)) < 0)
+        Py_CLEAR(result);
+    PyBuffer_Release(&model.table);
+    PyBuffer_Release(&model.directory);
+    PyBuffer_Release(&model.codes);
+    PyBuffer_Release(&model.inputs);
+    PyBuffer_Release(&model.last);
+    PyBuffer_Release(&model.positions);
     PyBuffer_Release(&session);
     PyBuffer_Release(&answers);
     return result;

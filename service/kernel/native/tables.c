@@ -21,6 +21,17 @@ static int table_args(Py_buffer *keys, Py_buffer *values, Py_ssize_t *mask) {
     return 0;
 }
 
+double frequency_of(const uint64_t *keys, const double *values, Py_ssize_t mask, uint64_t key,
+                    int *absent) {
+    Py_ssize_t at = slot_of(key, mask);
+    while (!isnan(values[at]) && keys[at] != key) at = (at + 1) & mask;
+    if (isnan(values[at])) {
+        *absent = 1;
+        return 0.0;
+    }
+    return values[at];
+}
+
 PyDoc_STRVAR(lookup_doc,
 "lookup(table_keys, table_values, items) -> (values f64 bytes, missing u64 bytes):\n"
 "each item's value (0 when absent) and the absent items.");
