@@ -52,8 +52,17 @@ static PyObject *lookup(PyObject *self, PyObject *args) {
     }
     const uint64_t *k = keys.buf, *it = items.buf;
     const double *v = values.buf;
+    /* every item's home slot asked for before any is read: the table spans megabytes, a
+     * request's items are scattered over it, and their reads overlap when asked together */
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t at = slot_of(it[i], mask);
+        __builtin_prefetch(v + at);
+        __builtin_prefetch(k + at);
+        absent[i] = (uint64_t)at;  /* each home slot, until the absent overwrite it: at most
+                                    * one per item, each after its own slot was read */
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = (Py_ssize_t)absent[i];
         while (!isnan(v[at]) && k[at] != it[i]) at = (at + 1) & mask;
         if (isnan(v[at])) {
             out[i] = 0.0;
