@@ -184,10 +184,9 @@ async def visit(recommender: Recommender, shop: Shop, tally: Tally | None, sessi
             listed = await explore_answers.explore(
                 recommender, listed, [i for i, _, _ in seen], args.k, args.share,
                 args.max_age_days, NO_RULES, now=t, rng=ties)
-        rows = [r for pair in zip(similar.recommendations, listed.recommendations,
-                                  strict=False) for r in pair]
-        longer = similar.recommendations if len(similar.recommendations) > \
-            len(listed.recommendations) else listed.recommendations
+        similar_rows, listed_rows = similar.rows(), listed.rows()
+        rows = [r for pair in zip(similar_rows, listed_rows, strict=False) for r in pair]
+        longer = similar_rows if len(similar_rows) > len(listed_rows) else listed_rows
         rows += longer[len(rows) // 2:]
         if tally is not None:
             for r in rows:

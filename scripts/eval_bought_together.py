@@ -113,11 +113,10 @@ async def evaluate(data: Path, share: float, limit: int, spread: bool) -> dict[s
             rows = answered.recommendations
             from_carts = [r["id"] for r in rows if r["source"] == "bought_together"]
             completed += len(from_carts) < max(KS)
-            similar = [r["id"] for r in (await recommender.similar(cart[-1], max(KS)))
-                       .recommendations]
+            similar = [r["id"] for r in (await recommender.similar(cart[-1], max(KS))).rows()]
             session = [r["id"] for r in (await recommender.recommend(
                 [(item, 1_500_000_000.0 + n, 4.0) for n, item in enumerate(cart)], max(KS),
-                False)).recommendations]
+                False)).rows()]
             for name, listed in (("bought_together", [r["id"] for r in rows]),
                                  ("bought_together (carts only)", from_carts),
                                  ("similar (co-occurrence)", similar),

@@ -91,7 +91,7 @@ async def accuracy(store: Store, settings: Settings, test: ClickLog, limit: int 
     for case in static_cases(test, limit):
         got = await recommender.recommend([(i, t, 1.0) for i, t in zip(case.prefix, case.times,
                                                                         strict=True)], 20, True)
-        ids = [r["id"] for r in got.recommendations]
+        ids = [r["id"] for r in got.rows()]
         ranks.append(ids.index(case.target) + 1 if case.target in ids else 0)
     r = np.asarray(ranks)
     hit = r > 0

@@ -161,7 +161,7 @@ def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 def shown(answer: Answer) -> tuple[list[dict[str, Any]], str, str | None]:
     """What an answer shows, without its recommendation id (unique per answer)."""
-    return answer.recommendations, answer.message, answer.variant
+    return answer.rows(), answer.message, answer.variant
 
 
 def interleaved(events: list[Event], rnd: random.Random) -> list[Event]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from service.api.app import create_app
 from service.api.context import STORE
 from service.core.feedback import ID_LENGTH
 from service.core.model import Event
+from service.core.rules import NO_RULES
 from service.requests.jsonutil import dumps
 from service.settings import Settings
 from service.store.state import Store
@@ -470,3 +472,40 @@ async def test_item_ids_a_producer_wrote_as_invalid_utf8_never_break_answers(
     for body in bodies:
         assert (await client.post("/iid_recommend", json=body)).status == 200
     assert (await client.get(f"/sessions/{session}/recommendations")).status == 200
+
+
+async def test_a_full_session_answer_reads_as_its_rows_and_survives_an_unwritable_id(
+        client: Client, settings: Settings) -> None:
+    """A session's answer of k rows of its own is written as JSON by the kernel: the same
+    ids, and scores relative to the first rounded to 6 decimals, as the rows the answer
+    holds; an id the kernel cannot write (a lone surrogate Redis gave as a name) is written
+    the other way, with U+FFFD, and the answer is still 200."""
+    import numpy as np
+
+    from service import kernel
+    from service.answers.recommender import Recommender
+    from service.core.layout import item_hash
+
+    store = client.app[STORE]
+    events = [Event(f"s{s}", f"i{(s + n) % 30}", 1_700_000_000 + 60 * s + n, "view")
+              for s in range(60) for n in range(6)]
+    await store.ingestion.append(events)
+    await drain(settings)
+    recommender = Recommender(store, settings)
+    answer = await recommender.recommend([("i3", 1_700_009_000.0, 1.0)], 5, False)
+    assert answer.encoded is not None and not answer.recommendations
+    rows = answer.rows()
+    assert len(rows) == 5 and rows[0]["score"] == 1.0
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    plain = await recommender.recommend([("i3", 1_700_009_000.0, 1.0)], 5, False,
+                                        rules=dataclasses.replace(NO_RULES, explain=True))
+    assert [(r["id"], r["score"]) for r in plain.rows()] == \
+        [(r["id"], r["score"]) for r in rows]  # explained: the rows as dicts
+    store.reads.names.put(int.from_bytes(item_hash(rows[0]["id"]), "little"), "bad\ud800")
+    assert kernel.rows_json(["bad\ud800"], np.zeros(1, np.int64), np.ones(1), 1) is None
+    response = await client.post("/iid_recommend", json={
+        "user_interactions": {"i3": {"timestamp": 1_700_009_000}}, "k": 5})
+    assert response.status == 200
+    body = await response.json()
+    assert [r["id"] for r in body["recommendations"]] == \
+        ["bad\ufffd"] + [r["id"] for r in rows[1:]]

@@ -7,6 +7,9 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
+from service import kernel
 from service.api.context import STORE
 from service.core.layout import item_hash
 from service.settings import Settings
@@ -38,6 +41,12 @@ def test_name_cache_is_bounded_in_bytes_whatever_the_ids_length() -> None:
                                                  *cache._old.values()))
     assert held <= 8 << 20
     assert cache.get(99_999) == long_id + "99999"
+    # an answer the kernel writes keeps each name's UTF-8 beside it (getsizeof counts it
+    # then): within the bound too
+    young = list(cache._young.values())
+    assert kernel.rows_json(young, np.arange(len(young), dtype=np.int64),
+                            np.ones(len(young)), len(young)) is not None
+    assert sum(sys.getsizeof(name) for name in young) <= cache._young_bytes
 
 
 def test_name_cache_reads_many_as_it_reads_one() -> None:

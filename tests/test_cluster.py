@@ -79,7 +79,7 @@ async def test_cluster_state_and_answers_equal_standalone(standalone_url: str,
         for items in (["i1"], ["i2", "i7"], ["i3", "i5", "i11"], ["nope"]):
             query = [(item, 1_700_000_000.0 + n, 1.0) for n, item in enumerate(items)]
             want = await ra.recommend(query, 10, False)
-            assert want.recommendations
+            assert want.rows()
             assert shown(await rb.recommend(query, 10, False)) == shown(want)
         assert shown(await rb.similar("i4", 5)) == shown(await ra.similar("i4", 5))
         assert shown(await rb.popular(5)) == shown(await ra.popular(5))

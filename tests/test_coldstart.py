@@ -184,18 +184,18 @@ async def test_explore_brings_a_new_item_that_fits_the_session_marked_new(
         items = [item for item, _, _ in SESSION]
         rules = Rules(exclude=("new-excluded",))
         plain = await recommender.recommend(SESSION, 10, False, rules=rules)
-        assert len(plain.recommendations) == 10
+        assert len(plain.rows()) == 10
 
         async def explored(answer: Answer, k: int = 10, share: float = 0.1,
                            age: float = 7.0, rules: Rules = rules) -> Answer:
             return await explore_answers.explore(recommender, answer, items, k, share, age,
                                                  rules, now=now, rng=random.Random(1))
         answer = await explored(plain)
-        rows = answer.recommendations
+        rows = answer.rows()
         assert len(rows) == 10
-        assert rows[:9] == plain.recommendations[:9]
+        assert rows[:9] == plain.rows()[:9]
         assert rows[9]["id"] == "new-shoe" and rows[9]["source"] == "new"
-        assert rows[9]["score"] == plain.recommendations[9]["score"]
+        assert rows[9]["score"] == plain.rows()[9]["score"]
         assert "new items" in answer.message
         assert answer.listed == b"".join(item_hash(r["id"]) for r in rows)
         # the new hat fits no category of the session; too old, unavailable, excluded, seen
@@ -212,7 +212,7 @@ async def test_explore_brings_a_new_item_that_fits_the_session_marked_new(
         assert await explored(plain, age=0.5) is plain
         # a larger share takes more slots only when more new items fit
         wide = await explored(plain, share=0.5)
-        assert [r["id"] for r in wide.recommendations if r.get("source") == "new"] == \
+        assert [r["id"] for r in wide.rows() if r.get("source") == "new"] == \
             ["new-shoe"]
         # an answer already stamped keeps its id
         assert answer.recommendation_id == plain.recommendation_id != ""
@@ -232,16 +232,16 @@ async def test_explore_keeps_max_per_category_and_k_for_short_answers(
                                                capped, now=now)
         index = await store.items.index()
         firsts = [index.first_category.get(int.from_bytes(item_hash(r["id"]), "little"))
-                  for r in answer.recommendations]
+                  for r in answer.rows()]
         assert all(firsts.count(c) <= 2 for c in set(firsts) if c is not None)
-        assert len(answer.recommendations) <= 5
+        assert len(answer.rows()) <= 5
         # a short answer: the new item is appended, k kept
-        short = Answer(plain.recommendations[:2], plain.message, listed=plain.listed[:16])
+        short = Answer(plain.rows()[:2], plain.message, listed=plain.listed[:16])
         grown = await explore_answers.explore(recommender, short, items, 5, 0.2, 7.0,
                                               Rules(), now=now)
-        assert [r.get("source") for r in grown.recommendations] == [
-            *(r.get("source") for r in short.recommendations), "new"]
-        scores = [r["score"] for r in grown.recommendations]
+        assert [r.get("source") for r in grown.rows()] == [
+            *(r.get("source") for r in short.rows()), "new"]
+        scores = [r["score"] for r in grown.rows()]
         assert scores == sorted(scores, reverse=True)
         # no session items, no category: unchanged
         assert await explore_answers.explore(recommender, plain, [], 5, 0.2, 7.0, Rules(),
@@ -313,14 +313,14 @@ async def test_cold_start_costs_what_the_answer_needs_not_what_a_category_holds(
         for n in range(3):
             scored[0] = 0
             answer = await recommender.similar(f"r{n}", 10)
-            assert len(answer.recommendations) == 10
+            assert len(answer.rows()) == 10
             assert 0 < scored[0] <= RECORD_TESTS, scored
         base = Answer([], "none")
         for n in range(3):
             fitted[0] = 0
             answer = await explore_answers.explore(recommender, base, [f"r{n}"], 10, 0.3, 7.0,
                                                    Rules(), now=now)
-            assert [r["source"] for r in answer.recommendations] == ["new"] * 3
+            assert [r["source"] for r in answer.rows()] == ["new"] * 3
             assert 0 < fitted[0] <= EXPLORE_TESTS, fitted
     finally:
         await store.close()

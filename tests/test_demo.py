@@ -30,19 +30,19 @@ async def test_embedded_store_runs_the_real_scripts_and_learns() -> None:
         assert set(placed[1]) == {"home", "more", "category", "cart", "new"}
         # an espresso machine
         answer = await Recommender(store, settings).recommend([("1001", 1.0, 1.0)], 5, False)
-        assert answer.recommendations[0]["id"] == "1002"  # Burr grinder, planted with it
+        assert answer.rows()[0]["id"] == "1002"  # Burr grinder, planted with it
         # trending, and a category page's rules, on the embedded server too (its sorted set
         # replies come paired, as the cluster client's do)
         recommender = Recommender(store, settings)
         popular = await recommender.popular(5)
-        assert len(popular.recommendations) == 5
+        assert len(popular.rows()) == 5
         tea = await recommender.recommend(
             [("1001", 1.0, 1.0)], 4, False,
             rules=Rules(filter=Filter(categories=("Tea",)), explain=True))
         categories = {r.item_id: r.categories[0] for r in sample_catalogue()}
-        assert [categories[r["id"]] for r in tea.recommendations] == ["Tea"] * 4
+        assert [categories[r["id"]] for r in tea.rows()] == ["Tea"] * 4
         assert all((r["source"] == "trending" and r["because"] == [])
-                   or r["because"] == ["1001"] for r in tea.recommendations)
+                   or r["because"] == ["1001"] for r in tea.rows())
         await store.ingestion.ingest([Event("visitor", "1017", 1.0, "click")])
         live = await store.ingestion.live_session("visitor")
         assert [x.item_id for x in live] == ["1017"]

@@ -529,7 +529,7 @@ async def test_an_answers_record_lists_the_hashes_of_the_ids_it_shows(
                await recommender.popular(10, asker=visitor)]
     assert len(recorded) == len(answers)
     for answer, hashes in zip(answers, recorded, strict=True):
-        ids = [row["id"] for row in answer.recommendations]
+        ids = [row["id"] for row in answer.rows()]
         assert ids and hashes == kernel.hashes(ids, ITEM_PERSON)
     await store.close()
 

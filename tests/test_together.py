@@ -272,7 +272,7 @@ async def test_bought_together_answers_from_carts_and_says_when_similar_complete
     try:
         recommender = Recommender(store, settings)
         answer = await together.bought_together(recommender, ["c", "a"], 3)
-        assert answer.recommendations[0]["id"] == "b"
+        assert answer.rows()[0]["id"] == "b"
         assert answer.recommendation_id
     finally:
         await store.close()
@@ -288,7 +288,7 @@ async def test_no_item_of_the_cart_comes_back_however_long_the_cart(
         recommender = Recommender(store, settings)
         cart = ["b", *(f"unknown-{n}" for n in range(carts.CART_QUERY)), "a"]
         answer = await together.bought_together(recommender, cart, 6, Rules(explain=True))
-        got = [row["id"] for row in answer.recommendations]
+        got = [row["id"] for row in answer.rows()]
         assert got and not set(got) & set(cart)
         assert "c" in got  # what goes with a, b itself left out
     finally:

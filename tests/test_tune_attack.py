@@ -92,7 +92,7 @@ async def accuracy(store: Store, settings: Settings, test: list[Event]) -> tuple
         for cut in range(1, len(events)):
             got = await recommender.recommend(
                 [(ev.item_id, ev.timestamp, 1.0) for ev in events[:cut]], 20, True)
-            ids = [r["id"] for r in got.recommendations]
+            ids = [r["id"] for r in got.rows()]
             target = events[cut].item_id
             ranks.append(ids.index(target) + 1 if target in ids else 0)
     r = np.asarray(ranks)

@@ -32,6 +32,15 @@ NO_ITEMS: scoring.U64 = np.zeros(0, np.uint64)
 LE_U64 = np.dtype("<u8")  # hashes are little-endian; a dtype object, not a string to parse
 
 
+_ROW_ORDER = np.arange(1024, dtype=np.int64).tobytes()
+
+
+def row_order(n: int) -> bytes:
+    """Positions 0..n-1 as int64 bytes: ``kernel.rows_json``'s index for rows in their given
+    order (a slice of one constant for the lengths answers have)."""
+    return _ROW_ORDER[:8 * n] if n <= 1024 else np.arange(n, dtype=np.int64).tobytes()
+
+
 def item_hashes(item_ids: Sequence[str]) -> scoring.U64:
     """Item hashes as u64 (read-only: they are only compared)."""
     if not item_ids:

@@ -31,6 +31,7 @@ from service.answers.fill import (
     MSG_SIMILAR,
     MSG_TRENDING,
     item_hashes,
+    row_order,
     worded,
 )
 from service.answers.fromrecord import from_record
@@ -333,6 +334,14 @@ class Recommender:
                         break
             best, best_scores = best[keep], best_scores[keep]
         names = await reads.item_names(best, named)
+        listed = best.astype("<u8").tobytes()
+        if fill_with_trending and not rules.explain and len(names) >= k:
+            # the common answer, k rows of the session's own: written as JSON by the kernel,
+            # not as k dicts for the encoder to walk (None: an id it cannot write)
+            encoded = kernel.rows_json(names, row_order(len(names)),
+                                       best_scores / best_scores[0], k)
+            if encoded is not None:
+                return Answer([], MSG_SESSION, listed=listed, encoded=encoded)
         found: list[dict[str, Any]] = [
             {"id": name, "score": sc}
             for name, sc in zip(names, kernel.relative(best_scores), strict=True)]
@@ -345,7 +354,6 @@ class Recommender:
             if boosts:
                 assert catalogue is not None
                 placed.mark_boosts(found, placed.factors(catalogue, boosts, best))
-        listed = best.astype("<u8").tobytes()
         if not fill_with_trending:  # similar: fewer than k, completed from the record
             completed = await from_record(self.store, found, listed, query.items, k, rules, cap)
             if completed is not None:

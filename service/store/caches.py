@@ -55,7 +55,10 @@ class NameCache:
             self._young = {}
             self._young_bytes = 0
         self._young[key] = name
-        self._young_bytes += sys.getsizeof(name) + self.PER_NAME_OVERHEAD
+        # a name the kernel writes into an answer keeps its UTF-8 beside it (at most 4 bytes a
+        # character; an ASCII name is its own UTF-8)
+        utf8 = 0 if name.isascii() else 4 * len(name) + 1
+        self._young_bytes += sys.getsizeof(name) + utf8 + self.PER_NAME_OVERHEAD
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old)
