@@ -490,7 +490,7 @@ def test_the_one_call_order_equals_its_reference_on_random_cases() -> None:
         seen = np.concatenate((q, rng.choice(np.arange(1, 400, dtype=np.uint64), 3)))
         arrays = model.kernel_arrays if case % 3 else reorder.NO_MODEL
         weights = rng.normal(0, 1, weighed + len(reorder.PAIRS) // 2)
-        depth, k = int(rng.choice([0, 5, 100, 160])), int(rng.integers(0, 60))
+        depth, k = int(rng.choice([-3, 0, 5, 100, 160])), int(rng.integers(-2, 60))
         head: tuple[Any, ...] = (cands, scores, df, float(rng.integers(0, 1000)), idf, q, qw,
                                  float(rng.choice([0.0, 0.5])), exclude)
         tail: tuple[Any, ...] = (seen, found, latest, *arrays, weights, reorder.PAIRS, depth, k)

@@ -462,7 +462,8 @@ static PyObject *ranked(PyObject *self, PyObject *args) {
     }
     if (ordering_checks(weights.len, &pairs) < 0) goto done;
     if (k < 0) k = 0;
-    Py_ssize_t wanted = k > depth ? k : depth;  /* what the order reads, or k past it */
+    Py_ssize_t wanted = k > depth ? k : (depth > 0 ? depth : 0);  /* what the order reads, or
+                                                                * k past it */
     if (!(best = malloc(sizeof(Scored) * (wanted + 1))) ||
         !(items = malloc(sizeof(uint64_t) * (wanted + 1))) ||
         !(values = malloc(sizeof(double) * (wanted + 1))) ||
