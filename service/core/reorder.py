@@ -183,11 +183,11 @@ def reorder(best: U64, values: F64, doc_freq: F64, sessions: float, query: Query
 def served(order: Order, model: SequenceModel | None, best: U64, values: F64,
            doc_freq: Buffer, sessions: float, query: Query, found: Candidates, k: int
            ) -> tuple[U64, F64]:
-    """``reorder`` with ``sequence_values`` as a serving request runs them, ``order`` being
-    ``order_of(params)`` and ``order.active``: the same answers, in two kernel calls and no
-    more. A request's arrays are contiguous already and its frequencies come as the cache
-    holds them, so nothing is copied or wrapped between the calls: the general functions'
-    frames and conversions cost each request about as much as one of the kernels."""
+    """``reorder`` with ``sequence_values`` as a serving request runs them when it ranks
+    apart (``ranked`` could not: a category cap, or a frequency to read first), ``order``
+    being ``order_of(params)`` and ``order.active``: the same answers, in two kernel calls.
+    A request's arrays are contiguous already and its frequencies come as the cache holds
+    them, so nothing is copied or wrapped between the calls."""
     sequence = model.packed_values(query.items, best[:DEPTH]) \
         if order.reads_sequence and model is not None and len(best) else b""
     return _ordered(best, values, doc_freq, sessions, query, found, sequence, order.weights, k)
