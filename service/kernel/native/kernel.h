@@ -173,6 +173,7 @@ typedef struct {
 } SequenceModel;
 int sequence_into(const SequenceModel *model, const uint64_t *session, Py_ssize_t ns,
                   const uint64_t *answers, Py_ssize_t m, double *out);
+void sequence_model_release(SequenceModel *model);
 
 extern PyMethodDef kernel_scoring_methods[];
 extern PyMethodDef kernel_table_methods[];

@@ -428,7 +428,7 @@ PyDoc_STRVAR(ranked_doc,
 "       repeat_weight, exclude, table_keys, table_values, seen, found_items, found_latest,\n"
 "       model_table, model_directory, model_codes, model_inputs, model_last,\n"
 "       model_positions, weights, pairs, depth, k) -> (items u64 bytes, scores f64 bytes)\n"
-"       or None: reference_reorder.ranked's counterpart.");
+"       or None: reference.ranked's counterpart.");
 
 /* rank, each answer's frequency, the sequence model's values and reorder in one call: a
  * request's answers and their values stay in C between the steps, where handing them to
@@ -519,12 +519,7 @@ done:
     PyBuffer_Release(&seen);
     PyBuffer_Release(&fitems);
     PyBuffer_Release(&flatest);
-    PyBuffer_Release(&model.table);
-    PyBuffer_Release(&model.directory);
-    PyBuffer_Release(&model.codes);
-    PyBuffer_Release(&model.inputs);
-    PyBuffer_Release(&model.last);
-    PyBuffer_Release(&model.positions);
+    sequence_model_release(&model);
     PyBuffer_Release(&weights);
     PyBuffer_Release(&pairs);
     return result;

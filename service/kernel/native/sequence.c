@@ -136,6 +136,15 @@ done:
     return status;
 }
 
+void sequence_model_release(SequenceModel *model) {
+    PyBuffer_Release(&model->table);
+    PyBuffer_Release(&model->directory);
+    PyBuffer_Release(&model->codes);
+    PyBuffer_Release(&model->inputs);
+    PyBuffer_Release(&model->last);
+    PyBuffer_Release(&model->positions);
+}
+
 static PyObject *sequence_values(PyObject *self, PyObject *args) {
     SequenceModel model;
     Py_buffer session, answers;
@@ -148,12 +157,7 @@ static PyObject *sequence_values(PyObject *self, PyObject *args) {
     if (result && sequence_into(&model, session.buf, session.len / 8, answers.buf, m,
                                 (double *)PyBytes_AS_STRING(result)) < 0)
         Py_CLEAR(result);
-    PyBuffer_Release(&model.table);
-    PyBuffer_Release(&model.directory);
-    PyBuffer_Release(&model.codes);
-    PyBuffer_Release(&model.inputs);
-    PyBuffer_Release(&model.last);
-    PyBuffer_Release(&model.positions);
+    sequence_model_release(&model);
     PyBuffer_Release(&session);
     PyBuffer_Release(&answers);
     return result;
