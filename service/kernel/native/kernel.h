@@ -154,6 +154,11 @@ void kernel_reseed_salt(void);
 int objects_args(Py_buffer *keys, PyObject *slots, Py_ssize_t *mask);
 Py_ssize_t objects_at(const uint64_t *k, Py_ssize_t mask, uint64_t key);
 
+/* Release the n buffers a call parsed ("y*" arguments), as its last step. */
+static inline void release_buffers(Py_buffer *const *views, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(views[i]);
+}
+
 /* rank's k best (scoring.c), each with the index of its candidate (-1: none), for the
  * learned order's one call (reorder.c) */
 typedef struct { uint64_t item; double weight; Py_ssize_t at; } Scored;

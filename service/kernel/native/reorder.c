@@ -409,17 +409,8 @@ static PyObject *reorder(PyObject *self, PyObject *args) {
                   pairs.len / 16, depth, k};
     result = ordering_pair(&o);
 done:
-    PyBuffer_Release(&best);
-    PyBuffer_Release(&values);
-    PyBuffer_Release(&df);
-    PyBuffer_Release(&qitems);
-    PyBuffer_Release(&qweights);
-    PyBuffer_Release(&seen);
-    PyBuffer_Release(&fitems);
-    PyBuffer_Release(&flatest);
-    PyBuffer_Release(&sequence);
-    PyBuffer_Release(&weights);
-    PyBuffer_Release(&pairs);
+    release_buffers((Py_buffer *[]){&best, &values, &df, &qitems, &qweights, &seen, &fitems,
+                                    &flatest, &sequence, &weights, &pairs}, 11);
     return result;
 }
 
@@ -508,20 +499,9 @@ done:
     free(values);
     free(freq);
     free(seq);
-    PyBuffer_Release(&cands);
-    PyBuffer_Release(&scores);
-    PyBuffer_Release(&dfs);
-    PyBuffer_Release(&qitems);
-    PyBuffer_Release(&qweights);
-    PyBuffer_Release(&excl);
-    PyBuffer_Release(&tkeys);
-    PyBuffer_Release(&tvalues);
-    PyBuffer_Release(&seen);
-    PyBuffer_Release(&fitems);
-    PyBuffer_Release(&flatest);
+    release_buffers((Py_buffer *[]){&cands, &scores, &dfs, &qitems, &qweights, &excl, &tkeys,
+                                    &tvalues, &seen, &fitems, &flatest, &weights, &pairs}, 13);
     sequence_model_release(&model);
-    PyBuffer_Release(&weights);
-    PyBuffer_Release(&pairs);
     return result;
 }
 

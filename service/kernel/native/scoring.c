@@ -477,12 +477,7 @@ static PyObject *rank(PyObject *self, PyObject *args) {
         values[i] = best[i].weight;
     }
 done:
-    PyBuffer_Release(&cands);
-    PyBuffer_Release(&scores);
-    PyBuffer_Release(&dfs);
-    PyBuffer_Release(&qitems);
-    PyBuffer_Release(&qweights);
-    PyBuffer_Release(&excl);
+    release_buffers((Py_buffer *[]){&cands, &scores, &dfs, &qitems, &qweights, &excl}, 6);
     free(best);
     return result;
 }
