@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.layout import ENTRY_BYTES, HASH_BYTES, HISTORY_DTYPE, INDEX_DTYPE, newest_entries
-from service.kernel.reference_reorder import WEIGHED, WIDTH, gather, reorder
+from service.kernel.reference_reorder import checked_pairs, gather, reorder
 from service.kernel.reference_rerank import arrange, rows, rows_json
 from service.kernel.reference_resp import mget, pack
 from service.kernel.reference_sequence import sequence_values
@@ -258,11 +258,7 @@ def ranked(candidates: Buffer, scores: Buffer, doc_freq: Buffer, sessions: float
             or len(_u64(found_latest)) != len(_u64(found_items))):
         raise ValueError("one score and one frequency per candidate")
     _table_mask(np.asarray(table_keys), np.asarray(table_values))
-    both = np.frombuffer(pairs, np.int64)
-    if _nbytes(pairs) % 16 or len(_f64(weights)) != WEIGHED + len(both) // 2 \
-            or not np.all((both >= 0) & (both < WIDTH)):
-        raise ValueError(f"one score and one frequency per answer, {WEIGHED} weights and one "
-                         "per pair of features")
+    checked_pairs(weights, pairs)
     k = max(k, 0)
     best, values = rank(candidates, scores, doc_freq, sessions, idf_weight, query_items,
                         query_weights, repeat_weight, exclude, max(k, depth))

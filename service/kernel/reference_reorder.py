@@ -99,6 +99,17 @@ def features(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     return out
 
 
+def checked_pairs(weights: Buffer, pairs: Buffer) -> npt.NDArray[np.int64]:
+    """The products' column pairs, two indexes each, once ``weights`` holds one weight per
+    feature weighed alone and one per pair, and every index names a column."""
+    both = np.frombuffer(pairs, np.int64)
+    if (len(both) % 2 or len(_f64(weights)) != WEIGHED + len(both) // 2
+            or not np.all((both >= 0) & (both < WIDTH))):
+        raise ValueError(f"one score and one frequency per answer, {WEIGHED} weights and one "
+                         "per pair of features")
+    return both
+
+
 def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
             query_items: Buffer, query_weights: Buffer, seen: Buffer, found_items: Buffer,
             found_latest: Buffer, sequence: Buffer, weights: Buffer, pairs: Buffer, depth: int,
@@ -109,10 +120,8 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     in the given order, each scored ``exp(its value - the first's)``; any further answers
     after them in the given order, their values scaled below the last ordered one."""
     answers, scores, w = _u64(best), _f64(values), _f64(weights)
-    both = np.frombuffer(pairs, np.int64)
-    if (len(both) % 2 or len(w) != WEIGHED + len(both) // 2
-            or len(_f64(doc_freq)) != len(answers)
-            or len(scores) != len(answers) or not np.all((both >= 0) & (both < WIDTH))):
+    both = checked_pairs(weights, pairs)
+    if len(_f64(doc_freq)) != len(answers) or len(scores) != len(answers):
         raise ValueError(f"one score and one frequency per answer, {WEIGHED} weights and one "
                          "per pair of features")
     head = min(len(answers), max(depth, 0))
@@ -136,4 +145,4 @@ def reorder(best: Buffer, values: Buffer, doc_freq: Buffer, sessions: float,
     return items[:k].tobytes(), scored[:k].tobytes()
 
 
-__all__ = ["ages", "features", "gather", "reorder"]
+__all__ = ["ages", "checked_pairs", "features", "gather", "reorder"]

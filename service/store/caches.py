@@ -102,7 +102,7 @@ class FrequencyCache:
         """Each item's frequency as the kernel gives them (float64 bytes) when the table holds
         every one and the sessions' count, else None: what a request reads with no round
         trip, the common case, without ``lookup``'s arrays."""
-        if self.sessions is None or self._aged():
+        if not self._ready():
             return None  # ``lookup`` clears a table past its age
         values, missing = kernel.lookup(self.keys, self.values, items)
         return None if missing else values
@@ -111,12 +111,17 @@ class FrequencyCache:
         """The table's two arrays and the sessions' count, for a kernel that looks items up
         itself (``kernel.ranked``), or None when it has no count or is past its age (then
         ``lookup`` clears it)."""
-        if self.sessions is None or self._aged():
+        if not self._ready():
             return None
+        assert self.sessions is not None
         return self.keys, self.values, self.sessions
 
     def _aged(self) -> bool:
         return time.monotonic() - self.since > self.ttl
+
+    def _ready(self) -> bool:
+        """The table may answer without Redis: it has the sessions' count and is in age."""
+        return self.sessions is not None and not self._aged()
 
     def add(self, items: scoring.U64, values: scoring.F64) -> None:
         if (self.size + len(items)) * 2 > len(self.keys):  # at most half full: short probes
