@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from service.api.app import create_app
 from service.demo import put_placements, sample_catalogue, sample_events
-from service.offline.redisproc import free_port
 from service.settings import Settings
 from service.store.state import Store
 from tests.helpers import wait_drained
@@ -52,10 +52,18 @@ class Stack:
     store: Store
 
 
-async def _serve(app: web.Application, port: int) -> web.AppRunner:
+def _bound() -> tuple[socket.socket, str]:
+    """A socket bound to a free loopback port, and its URL: held from the start, so no other
+    process can take the port between choosing it and serving on it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def _serve(app: web.Application, sock: socket.socket) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.SockSite(runner, sock).start()
     return runner
 
 
@@ -134,15 +142,14 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     await put_placements(store, settings)
     worker = Worker(settings, worker_id="browser-tests")
     worker_task = asyncio.create_task(worker.run())
-    await wait_drained(store)
-    api, allowed, other = (f"http://127.0.0.1:{free_port()}" for _ in range(3))
-    runners = [
-        await _serve(create_app(settings.replace(cors_origins=allowed), store),
-                     int(api.rsplit(":", 1)[1])),
-        await _serve(_page_app(api), int(allowed.rsplit(":", 1)[1])),
-        await _serve(_page_app(api), int(other.rsplit(":", 1)[1])),
-    ]
-    try:
+    (api_sock, api), (allowed_sock, allowed), (other_sock, other) = (_bound() for _ in range(3))
+    runners: list[web.AppRunner] = []
+    try:  # whatever fails from here, the worker stops: left running, it logs into later tests
+        await wait_drained(store)
+        runners.append(await _serve(create_app(settings.replace(cors_origins=allowed), store),
+                                    api_sock))
+        runners.append(await _serve(_page_app(api), allowed_sock))
+        runners.append(await _serve(_page_app(api), other_sock))
         yield Stack(api, allowed, other, store)
     finally:
         for runner in runners:
@@ -436,10 +443,9 @@ async def test_the_dashboard_renders_every_chart_with_data(stack: Stack,
     every chart has data; no console error. It is served with its policy (no framing; its
     own script and style, uPlot and data from its origin only), and nothing breaks it."""
     secret = "sk_test_dashboard"
-    port = free_port()
-    admin = f"http://127.0.0.1:{port}"
+    sock, admin = _bound()
     runner = await _serve(create_app(stack.store.settings.replace(secret_keys=secret),
-                                     stack.store), port)
+                                     stack.store), sock)
     try:
         async with aiohttp.ClientSession(headers={"X-API-Key": secret}) as http:
             async with http.put(admin + "/admin/experiments/look", json={"variants": {
@@ -613,10 +619,9 @@ async def test_the_demo_shop_says_when_the_api_refuses(stack: Stack, browser: Br
     """A server that wants a key the page does not send (401), and a proxy's error page (502,
     no JSON): the demo says so where the list would be, never "Loading…" for good; and
     recovers at the next answer."""
-    port = free_port()
-    keyed = f"http://127.0.0.1:{port}"
+    sock, keyed = _bound()
     runner = await _serve(create_app(stack.store.settings.replace(publishable_keys="pk_demo"),
-                                     stack.store), port)
+                                     stack.store), sock)
     try:
         page = await browser.new_page()
         await page.goto(keyed + "/demo")
