@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from service.core import reorder
 from service.core.scoring import NO_CANDIDATES, Candidates, Params, Query
-from service.offline import fitorder
+from service.offline import fitorder, livetune
 from service.offline.holdout import Holdout, Score, recent_sessions
 from service.offline.livetune import SEARCHED, Search, tune_live
 from service.settings import Settings
@@ -209,6 +210,65 @@ def test_the_fitted_order_finds_more_clicks_than_the_served_one() -> None:
     fitted = [rank(np.argsort(-(fitorder.with_pairs(x) @ weights), kind="stable"), y)
               for x, y in zip(held.rows, held.targets, strict=True)]
     assert np.mean(1 / (np.array(fitted) + 1)) > 1.2 * np.mean(1 / (np.array(served) + 1))
+
+
+def owned(found: fitorder.Examples) -> fitorder.Examples:
+    """``found`` with each prediction a session of its own (0, 1, ...)."""
+    return fitorder.Examples(found.rows, found.targets, list(range(len(found.targets))))
+
+
+def noise(seed: int, predictions: int) -> fitorder.Examples:
+    """``synthetic``'s answers, clicked at random: nothing in them tells the click."""
+    rng = np.random.default_rng(seed)
+    found = synthetic(seed, predictions)
+    return fitorder.Examples(found.rows, [int(rng.integers(0, len(rows)))
+                                          for rows in found.rows])
+
+
+def in_sample(found: fitorder.Examples, predictions: int) -> float:
+    """HR@20 + MRR@20 of an order fitted on ``found`` and scored on it."""
+    weights = fitorder.fit(found)
+    assert weights is not None
+    total = 0.0
+    for rows, y in zip(found.rows, found.targets, strict=True):
+        order = np.argsort(-(fitorder.with_pairs(rows) @ weights), kind="stable")
+        rank = int(np.flatnonzero(order == y)[0])
+        total += (1 + 1 / (rank + 1)) if rank < 20 else 0.0
+    return total / predictions
+
+
+def test_a_cross_fitted_order_is_scored_on_predictions_it_did_not_learn_from() -> None:
+    """Clicks at random: an order fitted on them and scored on them finds order in the
+    noise; cross-fitted, each fold ordered by what the other taught, it is worth no more
+    than the served order (less: what it learned by heart misleads it). Where the clicks
+    follow the features, it is worth nearly what the fit scores in sample. Misses
+    (``predictions`` beyond the examples) count as 0."""
+    random, real = noise(11, 120), synthetic(12, 400)
+    folds_random = [n % 2 for n in range(120)]
+    served = sum((1 + 1 / (y + 1)) for y in random.targets if y < 20) / 120
+    crossed = fitorder.cross_fitted(random, folds_random, 120, 20)
+    assert in_sample(random, 120) > crossed + 0.05
+    assert crossed < served + 0.02
+    real_crossed = fitorder.cross_fitted(real, [n % 2 for n in range(400)], 400, 20)
+    assert real_crossed > fitorder.cross_fitted(
+        fitorder.Examples(real.rows, real.targets), [n % 2 for n in range(400)], 400, 20) - 1e-12
+    assert in_sample(real, 400) - 0.05 < real_crossed
+    assert fitorder.cross_fitted(real, [n % 2 for n in range(400)], 800, 20) == \
+        pytest.approx(real_crossed / 2)
+    # each fold by the other's weights, ties in the served order: by hand
+    folds = [n % 2 for n in range(400)]
+    by_hand = 0.0
+    for part in (0, 1):
+        weights = fitorder.fit(fitorder.Examples(
+            [r for r, f in zip(real.rows, folds, strict=True) if f != part],
+            [y for y, f in zip(real.targets, folds, strict=True) if f != part]))
+        assert weights is not None
+        for rows, y, f in zip(real.rows, real.targets, folds, strict=True):
+            if f == part:
+                order = np.argsort(-(fitorder.with_pairs(rows) @ weights), kind="stable")
+                rank = int(np.flatnonzero(order == y)[0])
+                by_hand += (1 + 1 / (rank + 1)) if rank < 20 else 0.0
+    assert real_crossed == pytest.approx(by_hand / 400)
 
 
 def test_the_fit_finds_how_much_one_feature_counts_by_another() -> None:
@@ -462,6 +522,8 @@ class StudiedHoldout:
 
     def __init__(self) -> None:
         self.scored: list[Params] = []
+        self.predictions = 200
+        self.sessions = [SimpleNamespace(session=n) for n in range(self.predictions)]
 
     async def score(self, params: Params) -> Score:
         self.scored.append(params)
@@ -471,7 +533,38 @@ class StudiedHoldout:
         return Score(value, value / 2)
 
     async def examples(self, params: Params) -> fitorder.Examples:
-        return synthetic(7, 200)
+        return owned(synthetic(7, 200))
+
+
+class FlatteringHoldout(StudiedHoldout):
+    """The same scores, but only under ``query_items`` 5 do its clicks follow the answers'
+    features: under any other value an order fitted on them and scored on them (which the
+    scores stand for) is flattered, the random clicks' order learned by heart."""
+
+    async def examples(self, params: Params) -> fitorder.Examples:
+        return owned(synthetic(7, 200) if params.query_items == 5 else
+                     noise(8 + params.query_items, 200))
+
+
+async def test_the_query_size_is_settled_by_orders_scored_where_they_did_not_learn() -> None:
+    """The search half's scores make ``query_items`` 3 the best under the order; orders
+    cross-fitted for each value say 5, whose order alone learns what generalises: the run
+    keeps 5, with the order fitted for it on the whole search half, and records each
+    value's cross-fitted worth."""
+    holdout = FlatteringHoldout()
+    search = Search(cast(Holdout, holdout), pinned=(), log=lambda line: None)
+    best = await search.run(Params())
+    assert best.query_items == 5
+    weights = fitorder.fit(owned(synthetic(7, 200)))
+    assert weights is not None
+    assert best == fitorder.with_weights(dataclasses.replace(best, query_items=5), weights)
+    worth = search.cross_fitted["query_items"]
+    assert set(worth) == {"2", "3", "5", "10", "20"}
+    assert max(worth, key=lambda v: worth[v]) == "5"
+    # pinned, the value stays the search's
+    pinned = await Search(cast(Holdout, FlatteringHoldout()), pinned=("query_items",),
+                          log=lambda line: None).run(Params(query_items=3))
+    assert pinned.query_items == 3
 
 
 async def test_a_run_searches_the_grid_again_under_the_learned_order() -> None:
@@ -496,6 +589,7 @@ async def test_the_order_fit_leaves_the_event_loop_free(monkeypatch: pytest.Monk
         return fit(found)
 
     monkeypatch.setattr(fitorder, "fit", slow_fit)
+    monkeypatch.setattr(livetune, "CROSS_FITTED", ())  # its ten fits would only slow this
     ticks = 0
 
     async def renewals() -> None:

@@ -155,6 +155,35 @@ def maximum_likelihood(found: Examples, ridge: float = RIDGE, steps: int = STEPS
     return weights
 
 
+def cross_fitted(found: Examples, folds: Sequence[int], predictions: int, k: int) -> float:
+    """HR@k + MRR@k of a fitted order on predictions it did not learn from: the examples
+    (one per prediction whose click is among its answers; ``predictions`` counts the others
+    too, as misses) fall in two ``folds`` (0 or 1, one per example), and each fold is ordered
+    by the weights ``fit`` finds on the other (the served order where the other has none). A
+    fit scored on its own examples is flattered, the more the more weights it has, so a
+    choice between parameters each with its own order fitted needs this estimate."""
+    fold = np.asarray(folds, np.int64)
+    total = 0.0
+    for part in (0, 1):
+        learn = np.flatnonzero(fold != part).tolist()
+        weights = fit(Examples([found.rows[n] for n in learn],
+                               [found.targets[n] for n in learn],
+                               None if found.sessions is None else
+                               [found.sessions[n] for n in learn]))
+        for n in np.flatnonzero(fold == part).tolist():
+            rows, target = found.rows[n], found.targets[n]
+            if weights is None:
+                rank = target
+            else:
+                values = with_pairs(rows) @ weights
+                # ties stay in the served order, as the order's kernel keeps them
+                rank = int(np.count_nonzero(values > values[target])
+                           + np.count_nonzero(values[:target] == values[target]))
+            if rank < k:
+                total += 1.0 + 1.0 / (rank + 1)
+    return total / max(predictions, 1)
+
+
 def with_weights(params: Params, weights: F64) -> Params:
     """``params`` with the learned order's ``weights`` (rounded to 6 decimals, as a record
     keeps them readable)."""
