@@ -15,6 +15,7 @@ import pytest
 from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
 from service.core.model import Event
 from service.core.scoring import Params
+from service.offline import sequencerun
 from service.offline.holdout import Holdout, recent_sessions
 from service.offline.livetune import SEARCHED
 from service.offline.timeline import Timeline
@@ -153,3 +154,33 @@ async def test_a_burst_sent_after_the_holdout_changes_none_of_its_scores(
             await fresh.close()
     finally:
         await store.close()
+
+
+async def test_an_order_is_fitted_only_on_predictions_that_read_the_runs_model(
+        settings: Settings) -> None:
+    """With the run's sequence model set, the order's examples are the predictions of the
+    sessions that started at its cut or later, those that read it: serving reads the model
+    on every request, and an order fitted with predictions that lack its values weighs them
+    too little. Without a model, every session teaches."""
+    await arrive(settings, many_sessions())
+    store = Store(settings)
+    try:
+        held = await recent_sessions(store, 60, seed=1)
+        holdout = Holdout(store, held)
+        await holdout.load_indexes()
+        every = await holdout.examples(Params())
+        starts = sorted(h.start for h in held)
+        cut = starts[len(starts) // 2]
+        model = await sequencerun.fit_before(store, cut)
+        assert model is not None
+        holdout.sequence, holdout.sequence_from = model, cut
+        late = await holdout.examples(Params())
+    finally:
+        await store.close()
+    start_of = {h.session: h.start for h in held}
+    assert every.sessions is not None and late.sessions is not None
+    assert {start_of[s] < cut for s in every.sessions} == {True, False}
+    assert late.sessions and all(start_of[s] >= cut for s in late.sessions)
+    assert set(late.sessions) == {s for s in every.sessions if start_of[s] >= cut}
+    assert holdout.fitted_predictions == sum(len(h.items) - 1 for h in held if h.start >= cut)
+    assert holdout.fitted_predictions < holdout.predictions

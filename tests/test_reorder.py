@@ -522,7 +522,7 @@ class StudiedHoldout:
 
     def __init__(self) -> None:
         self.scored: list[Params] = []
-        self.predictions = 200
+        self.predictions = self.fitted_predictions = 200
         self.sessions = [SimpleNamespace(session=n) for n in range(self.predictions)]
 
     async def score(self, params: Params) -> Score:

@@ -199,7 +199,7 @@ class Search:
             found[value] = await self.holdout.examples(candidate)
             folds = [fold_of[int(s)] for s in found[value].sessions or ()]
             worth[value] = await asyncio.to_thread(fitorder.cross_fitted, found[value], folds,
-                                                   self.holdout.predictions, K)
+                                                   self.holdout.fitted_predictions, K)
         self.cross_fitted[name] = {str(v): round(w, 6) for v, w in worth.items()}
         chosen = max(worth, key=lambda v: (worth[v], v == current))
         self.log(f"search half, cross-fitted orders by {name}: "
