@@ -255,7 +255,8 @@ class SelfTunedModel(ServedModel):
               f"{last['predictions']} holdout predictions, {last['candidates']} candidates; "
               + (f"promoted {best['params']}" if last["promoted"] else
                  f"nothing promoted ({last['held_back']})")
-              + f"; judging half HR@20/MRR@20 {last['current']} -> {best}",
+              + f"; judging half HR@20/MRR@20 {last['current']} -> {best}"
+              + f"; cross-fitted on the search half: {last.get('cross_fitted') or 'none'}",
               file=sys.stderr)
         # the serving process follows the record within a second
         await asyncio.sleep(2 * MODEL_POLL)
