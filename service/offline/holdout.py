@@ -309,9 +309,7 @@ class Holdout:
         order, and is left out; so is one that may not read the run's sequence model (its
         session started before the model's cut) while there is one. Serving reads the model
         on every request: an order fitted with a share of predictions that lack its values
-        learns to do without them, and weighs them too little where they are there (a
-        quarter without them cost the held-out YOOCHOOSE 1/64 fit half its sequence
-        weights)."""
+        learns to do without them, and weighs them too little where they are there."""
         rows: list[scoring.F64] = []
         targets: list[int] = []
         owners: list[int] = []
