@@ -225,16 +225,19 @@ def noise(seed: int, predictions: int) -> fitorder.Examples:
                                           for rows in found.rows])
 
 
+def worth(rows: np.ndarray[Any, Any], click: int, weights: np.ndarray[Any, Any]) -> float:
+    """HR@20 + MRR@20 of one prediction ordered by ``weights`` (ties in the served order)."""
+    order = np.argsort(-(fitorder.with_pairs(rows) @ weights), kind="stable")
+    rank = int(np.flatnonzero(order == click)[0])
+    return (1 + 1 / (rank + 1)) if rank < 20 else 0.0
+
+
 def in_sample(found: fitorder.Examples, predictions: int) -> float:
     """HR@20 + MRR@20 of an order fitted on ``found`` and scored on it."""
     weights = fitorder.fit(found)
     assert weights is not None
-    total = 0.0
-    for rows, y in zip(found.rows, found.targets, strict=True):
-        order = np.argsort(-(fitorder.with_pairs(rows) @ weights), kind="stable")
-        rank = int(np.flatnonzero(order == y)[0])
-        total += (1 + 1 / (rank + 1)) if rank < 20 else 0.0
-    return total / predictions
+    return sum(worth(rows, y, weights)
+               for rows, y in zip(found.rows, found.targets, strict=True)) / predictions
 
 
 def test_a_cross_fitted_order_is_scored_on_predictions_it_did_not_learn_from() -> None:
@@ -244,30 +247,25 @@ def test_a_cross_fitted_order_is_scored_on_predictions_it_did_not_learn_from() -
     follow the features, it is worth nearly what the fit scores in sample. Misses
     (``predictions`` beyond the examples) count as 0."""
     random, real = noise(11, 120), synthetic(12, 400)
-    folds_random = [n % 2 for n in range(120)]
+    folds = [n % 2 for n in range(400)]
     served = sum((1 + 1 / (y + 1)) for y in random.targets if y < 20) / 120
-    crossed = fitorder.cross_fitted(random, folds_random, 120, 20)
+    crossed = fitorder.cross_fitted(random, folds[:120], 120, 20)
     assert in_sample(random, 120) > crossed + 0.05
     assert crossed < served + 0.02
-    real_crossed = fitorder.cross_fitted(real, [n % 2 for n in range(400)], 400, 20)
+    real_crossed = fitorder.cross_fitted(real, folds, 400, 20)
     assert real_crossed > fitorder.cross_fitted(
-        fitorder.Examples(real.rows, real.targets), [n % 2 for n in range(400)], 400, 20) - 1e-12
+        fitorder.Examples(real.rows, real.targets), folds, 400, 20) - 1e-12
     assert in_sample(real, 400) - 0.05 < real_crossed
-    assert fitorder.cross_fitted(real, [n % 2 for n in range(400)], 800, 20) == \
-        pytest.approx(real_crossed / 2)
+    assert fitorder.cross_fitted(real, folds, 800, 20) == pytest.approx(real_crossed / 2)
     # each fold by the other's weights, ties in the served order: by hand
-    folds = [n % 2 for n in range(400)]
     by_hand = 0.0
     for part in (0, 1):
         weights = fitorder.fit(fitorder.Examples(
             [r for r, f in zip(real.rows, folds, strict=True) if f != part],
             [y for y, f in zip(real.targets, folds, strict=True) if f != part]))
         assert weights is not None
-        for rows, y, f in zip(real.rows, real.targets, folds, strict=True):
-            if f == part:
-                order = np.argsort(-(fitorder.with_pairs(rows) @ weights), kind="stable")
-                rank = int(np.flatnonzero(order == y)[0])
-                by_hand += (1 + 1 / (rank + 1)) if rank < 20 else 0.0
+        by_hand += sum(worth(rows, y, weights) for rows, y, f in
+                       zip(real.rows, real.targets, folds, strict=True) if f == part)
     assert real_crossed == pytest.approx(by_hand / 400)
 
 
@@ -558,9 +556,9 @@ async def test_the_query_size_is_settled_by_orders_scored_where_they_did_not_lea
     weights = fitorder.fit(owned(synthetic(7, 200)))
     assert weights is not None
     assert best == fitorder.with_weights(dataclasses.replace(best, query_items=5), weights)
-    worth = search.cross_fitted["query_items"]
-    assert set(worth) == {"2", "3", "5", "10", "20"}
-    assert max(worth, key=lambda v: worth[v]) == "5"
+    worths = search.cross_fitted["query_items"]
+    assert set(worths) == {"2", "3", "5", "10", "20"}
+    assert max(worths, key=lambda v: worths[v]) == "5"
     # pinned, the value stays the search's
     pinned = await Search(cast(Holdout, FlatteringHoldout()), pinned=("query_items",),
                           log=lambda line: None).run(Params(query_items=3))

@@ -189,8 +189,12 @@ class Holdout:
     def fitted_predictions(self) -> int:
         """The predictions an order is fitted on (``examples``), those whose click is not
         among their answers included."""
-        return sum(len(s.items) - 1 for s in self.sessions
-                   if self.sequence is None or s.start >= self.sequence_from)
+        return sum(len(s.items) - 1 for s in self.sessions if self._teaches_order(s.start))
+
+    def _teaches_order(self, start: int) -> bool:
+        """Whether a session that started at ``start`` teaches the order (``examples``): it
+        reads the run's sequence model, or the run has none."""
+        return self.sequence is None or start >= self.sequence_from
 
     async def load_indexes(self) -> None:
         """The indexes of the holdout's items, with when their entries' sessions arrived,
@@ -314,7 +318,7 @@ class Holdout:
         targets: list[int] = []
         owners: list[int] = []
         async for got in self.ranked(fitorder.unordered(params), reorder.DEPTH):
-            if self.sequence is not None and got.start < self.sequence_from:
+            if not self._teaches_order(got.start):
                 continue
             at = np.flatnonzero(got.best == np.uint64(got.target))
             if len(at):
