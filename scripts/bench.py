@@ -60,7 +60,6 @@ from service.offline.redisproc import RedisProcess, free_port  # noqa: E402
 from service.runtime import tune_gc  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.store.state import Store  # noqa: E402
-from service.store.tuning import ONE_CORE  # noqa: E402
 from workers.consumer import Worker  # noqa: E402
 
 BARE = ROOT / "scripts" / "bare_server.py"
@@ -1128,7 +1127,7 @@ def bench_sequence(settings: Settings) -> dict[str, Any]:
         finally:
             await store.close()
 
-    env = {**os.environ, **settings.to_env(), **ONE_CORE}
+    env = {**os.environ, **settings.to_env()}
     before, _ = asyncio.run(used())
     port = free_port()
     serve = {"SESSIONREC_REDIS_URL": settings.redis_url, "SESSIONREC_NAMESPACE": settings.namespace,

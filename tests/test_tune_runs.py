@@ -192,3 +192,37 @@ async def test_a_run_never_imports_code_from_the_working_directory(
         assert not ran.exists()
     finally:
         await store.close()
+
+
+THREADS_PROBE = """
+import json
+import numpy
+import threadpoolctl
+import service.offline.sequencerun as sequencerun
+def threads():
+    return sorted({pool["num_threads"] for pool in threadpoolctl.threadpool_info()})
+async def probe(store, run_id, say=None):
+    return {"id": run_id, "threads": threads()}
+sequencerun.fit_live = probe
+print(json.dumps({"outside": threads()}))
+"""
+
+
+async def test_a_run_started_by_hand_computes_on_one_thread(settings: Settings) -> None:
+    """An operator's ``sessionrec sequence --apply`` on a serving host, in an environment that
+    gives numpy's BLAS two threads: the run's matrix products take one, as a worker's runs do,
+    and the process' own setting is what it was outside the run. Before, only a worker's
+    environment held a run to one thread: a run by hand took every core's."""
+    await a_little_learned(settings)
+    code = (f"{THREADS_PROBE}\nimport sys\nfrom service.cli import main\n"
+            "code = main(sys.argv[1:])\nprint(json.dumps({'after': threads()}))\nsys.exit(code)")
+    environment = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "2"}
+    done = await asyncio.to_thread(
+        subprocess.run, [*RUN_COMMAND[:2], "-c", code, "--log-level", "WARNING", "sequence",
+                         "--apply", "--run-id", "by-hand"],
+        env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outside, record, after = map(json.loads, done.stdout.splitlines())
+    assert outside == {"outside": [2]}  # the probe sees the BLAS it limits
+    assert record == {"id": "by-hand", "threads": [1]}
+    assert after == {"after": [2]}

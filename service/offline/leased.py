@@ -1,8 +1,9 @@
 """A background run in a process of its own under a lease (one at a time per namespace): a
 tuning run (``sessionrec tune --apply``) or a sequence model run (``sessionrec sequence
---apply``). The process lowers its priority (serving and learning keep the CPU they need),
-renews its lease every third of it while the work runs, and ends by ``tune_deadline``
-whatever the work waits for: the lease released, the process gone.
+--apply``). The process lowers its priority and computes on one thread (serving and learning
+keep the CPU they need, whether a worker started the run or an operator did by hand), renews
+its lease every third of it while the work runs, and ends by ``tune_deadline`` whatever the
+work waits for: the lease released, the process gone.
 
 Offline tool: the serving path never imports it.
 """
@@ -19,6 +20,8 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
+from threadpoolctl import threadpool_limits
+
 from service.failures import UNAVAILABLE, stop_if_cancelled
 from service.offline.loader import BULK_TIMEOUT
 from service.settings import Settings
@@ -27,6 +30,9 @@ from service.store.keyspace import Keys
 from service.store.state import Store
 
 Kind = Literal["tune", "sequence"]
+ONE_THREAD = 1
+"""Threads a run's matrix products use (BLAS, OpenMP): a run takes at most one core beside
+serving and learning."""
 Work = Callable[[Store, str], Coroutine[Any, Any, dict[str, Any]]]
 
 
@@ -44,9 +50,10 @@ def renewal_period(settings: Settings) -> float:
 
 
 def run_leased(settings: Settings, run_id: str | None, kind: Kind, work: Work) -> int:
-    """One run of ``work`` under the ``kind`` lease, at a lowered priority; its exit code (0:
-    done, its record printed; 1: another run holds the lease; 2: no Redis to run on; 3:
-    stopped by its deadline or the loss of its lease)."""
+    """One run of ``work`` under the ``kind`` lease, at a lowered priority and on
+    ``ONE_THREAD`` (the matrix products' own threads would each take a core from serving, at
+    whatever priority); its exit code (0: done, its record printed; 1: another run holds the
+    lease; 2: no Redis to run on; 3: stopped by its deadline or the loss of its lease)."""
     if settings.redis_url.startswith(MEMORY_URL):
         print(f"{kind} --apply needs a Redis (the embedded default lives in one process)",
               file=sys.stderr)
@@ -59,7 +66,8 @@ def run_leased(settings: Settings, run_id: str | None, kind: Kind, work: Work) -
     # its lease lapses within tune_lease_ms
     exits = [exit_after(settings.tune_deadline + 6 * renewal_period(settings), code)]
     try:
-        code[0] = asyncio.run(run_under_lease(settings, run_id, kind, work, code, exits))
+        with threadpool_limits(limits=ONE_THREAD):
+            code[0] = asyncio.run(run_under_lease(settings, run_id, kind, work, code, exits))
         return code[0]
     finally:
         for timer in exits:  # the event loop came back: the caller ends the process

@@ -42,10 +42,6 @@ in its place. ``-P`` leaves it out: only the installed package is imported (a no
 an editable one through its finder, a user install; ``PYTHONPATH`` is the operator's and
 still counts; ``-I`` would lose user installs)."""
 
-ONE_CORE = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-"""A run's matrix products on one thread: beside serving and learning a run takes one core
-at a lowered priority, never every core's BLAS threads spinning against theirs."""
-
 ARRIVALS_CHUNK = 5000
 """Sessions whose arrivals one round trip asks for."""
 
@@ -84,7 +80,7 @@ async def start_process(client: aioredis.Redis, scripts: Scripts, lease: str,
     try:
         process = await asyncio.create_subprocess_exec(
             *RUN_COMMAND, "--log-level", "WARNING", *command, "--run-id", run_id,
-            env={**os.environ, **settings.to_env(), **ONE_CORE},
+            env={**os.environ, **settings.to_env()},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     except OSError:
         await scripts.lease(lease, run_id, settings.tune_lease_ms, "release")
