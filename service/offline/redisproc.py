@@ -16,27 +16,40 @@ import redis
 
 from service.failures import Refused
 
+CLUSTER_PORTS = (20000, 22700)
+"""Where a cluster node's port is drawn from (its bus port 10000 above it: 30000-32700)."""
+
+LISTEN_PORTS = (22700, 30000)
+"""Where any other listener's port is drawn from: like the cluster's, below Linux's ephemeral
+range (32768 and up), from which every client socket takes its local port. A port found free
+there can be taken by any connection between the check and the server's bind; here only
+another listener could take it."""
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, from ``LISTEN_PORTS``."""
+    return _drawn(LISTEN_PORTS, 0, "a free port")
 
 
 def free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too, both below Linux's ephemeral
-    range (32768 and up): a client socket picking the bus port between this check and the
-    node's start would make the node fail to start."""
+    """A free port whose cluster bus port (+10000) is free too, from ``CLUSTER_PORTS``: a
+    client socket picking the bus port between this check and the node's start would make
+    the node fail to start."""
+    return _drawn(CLUSTER_PORTS, 10000, "a free port pair for a cluster node")
+
+
+def _drawn(ports: tuple[int, int], bus: int, what: str) -> int:
+    """A random port of the range ``ports`` that binds, and whose ``+ bus`` binds too."""
     for _ in range(1000):
-        port = random.randrange(20000, 22700)
+        port = random.randrange(*ports)
         try:
-            for candidate in (port, port + 10000):
+            for candidate in {port, port + bus}:
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", candidate))
         except OSError:
             continue
         return port
-    raise RuntimeError("no free port pair for a cluster node")
+    raise RuntimeError(f"no {what}")
 
 
 def command(port: int, *args: str) -> Any:
