@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import time
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from service.answers.recommender import Recommender
 from service.api.app import create_app
-from service.api.parameters import follow_model
+from service.api.parameters import PUBLIC_RUN, follow_model
 from service.api.recommend import RECOMMENDER
 from service.core.modelparams import ModelRecord
 from service.core.parameters import PARAMETERS
@@ -133,6 +134,42 @@ async def test_the_model_is_changed_only_with_the_secret_key(aiohttp_client: Any
     refused = await closed.put("/admin/model", json={"params": {"neighbours": 5}})
     assert refused.status == 403 and (await refused.json())["error"]["code"] == "admin_disabled"
     assert (await (await public.get("/model")).json())["version"] == 0
+
+
+A_RUN = {"id": "r1", "trigger": "auto", "started_at": 1000.0, "finished_at": 1100.0,
+         "sessions_learned": 5000, "holdout_sessions": 3000, "predictions": 12000,
+         "candidates": 105, "promoted": False, "sequence": {"sessions": 900},
+         "held_back": "the gain in slice 3 is not above 0",
+         "current": {"hr_at_20": 0.61, "mrr_at_20": 0.25},
+         "best": {"hr_at_20": 0.62, "mrr_at_20": 0.26, "params": {"query_items": 10}},
+         "gain": {"per_prediction": 0.004, "standard_error": 0.002},
+         "slices": [{"from": 1.0, "to": 2.0, "predictions": 3000, "gain": -0.01}],
+         "cross_fitted": {"query_items": {"5": 0.912, "10": 0.917}}}
+
+
+async def test_a_runs_scores_are_shown_to_a_secret_key_only(aiohttp_client: Any,
+                                                            shop_settings: Settings) -> None:
+    """The red team's finding: with the publishable key, every run's scores, slice gains, best
+    candidate and cross-fitted worths were a free score of how far crafted sessions moved the
+    search (and the newest slice's end, where the holdout stops). A page's key sees that a run
+    happened, its size and whether it promoted; the operator's sees the whole record."""
+    keyed = shop_settings.replace(publishable_keys="pk_test_model")
+    store = Store(keyed)
+    try:
+        await store.model.update(lambda r: dataclasses.replace(r, last_run=json.dumps(A_RUN)))
+    finally:
+        await store.close()
+    app = create_app(keyed)
+    public: Client = await aiohttp_client(app, headers={"X-API-Key": "pk_test_model"})
+    shown = (await (await public.get("/model")).json())["tuning"]["last_run"]
+    assert shown == {name: A_RUN[name] for name in PUBLIC_RUN}
+    assert not {"best", "current", "gain", "slices", "cross_fitted", "held_back"} & set(shown)
+    operator = await (await public.get("/model", headers={"X-API-Key": SECRET})).json()
+    assert operator["tuning"]["last_run"] == A_RUN
+    # a server with no keys at all serves no page a stranger could read it from
+    open_app = create_app(keyed.replace(publishable_keys="", secret_keys=""))
+    anyone: Client = await aiohttp_client(open_app)
+    assert (await (await anyone.get("/model")).json())["tuning"]["last_run"] == A_RUN
 
 
 async def test_concurrent_changes_are_all_kept(aiohttp_client: Any,

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from service.answers.recommender import Recommender
-from service.api.context import SETTINGS, STORE, json_response, read_json
+from service.api.access import is_secret
+from service.api.context import API_KEYS, SETTINGS, STORE, json_response, read_json
 from service.api.errors import ApiError
 from service.api.recommend import RECOMMENDER
 from service.core.modelparams import MODEL_POLL, ModelRecord
@@ -26,6 +27,14 @@ from service.store.modelrecord import ModelContention
 from service.store.state import Store
 
 log = logging.getLogger("sessionrec.api")
+
+PUBLIC_RUN = ("id", "trigger", "started_at", "finished_at", "sessions_learned",
+              "holdout_sessions", "predictions", "candidates", "promoted", "sequence")
+"""What the last tuning run's record shows a request without a secret key (the publishable
+key is in every shop page): that a run happened, its size and whether it promoted. Never its
+scores, gains, slices, best candidate or cross-fitted worths: after each run they would tell
+a client who sends crafted sessions how far it moved the search, and the newest slice's end
+where the holdout stops."""
 
 
 def _decoded(blob: bytes) -> SequenceModel:
@@ -66,12 +75,18 @@ async def _running(store: Store) -> str | None:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """The record as Redis holds it now, over this process' flags."""
+    """The record as Redis holds it now, over this process' flags; the last run's record
+    whole for a secret key (or a server with no keys), its ``PUBLIC_RUN`` part otherwise."""
     store = request.app[STORE]
     record = await store.model.record()
-    return json_response(model_body(record, record.params(request.app[RECOMMENDER].base),
-                                    await _running(store), request.app[SETTINGS].auto_tune,
-                                    await store.sequence.facts()))
+    body = model_body(record, record.params(request.app[RECOMMENDER].base),
+                      await _running(store), request.app[SETTINGS].auto_tune,
+                      await store.sequence.facts())
+    keys = request.app[API_KEYS]
+    last = body["tuning"]["last_run"]
+    if last is not None and keys.enabled and not is_secret(request, keys):
+        body["tuning"]["last_run"] = {name: last[name] for name in PUBLIC_RUN if name in last}
+    return json_response(body)
 
 
 async def start_tuning(request: web.Request) -> web.Response:
