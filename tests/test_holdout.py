@@ -7,6 +7,8 @@ Redis)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from service.core.layout import ENTRY_BYTES, HISTORY_DTYPE, INDEX_DTYPE
 from service.core.model import Event
 from service.core.scoring import Params
 from service.offline import sequencerun
-from service.offline.holdout import Holdout, recent_sessions
+from service.offline.holdout import Holdout, HoldoutSession, recent_sessions
 from service.offline.livetune import SEARCHED
 from service.offline.timeline import Timeline
 from service.settings import Settings
@@ -104,29 +106,40 @@ SEARCHED_VALUES: dict[str, Any] = {"idf_weight": 2.0, "repeat_weight": 1.0, "nei
                    "neighbour_half_life": 3600.0}
 
 
+async def loaded(store: Store, held: Sequence[HoldoutSession]) -> Holdout:
+    holdout = Holdout(store, held)
+    await holdout.load_indexes()
+    return holdout
+
+
+@asynccontextmanager
+async def held_out(settings: Settings
+                   ) -> AsyncIterator[tuple[Store, list[HoldoutSession], Holdout]]:
+    """``many_sessions`` arrived, and a holdout of 60 of them (the same draw every time) on a
+    store closed afterwards."""
+    await arrive(settings, many_sessions())
+    store = Store(settings)
+    try:
+        held = await recent_sessions(store, 60, seed=1)
+        yield store, held, await loaded(store, held)
+    finally:
+        await store.close()
+
+
 async def test_a_holdout_scores_each_candidate_as_a_fresh_one_would(
         settings: Settings) -> None:
     """The neighbourhoods a holdout keeps between candidates are those of the same neighbour
     search only: a candidate scored after others scores what it scores alone, for a change
     in each parameter a run searches (each of which changes the score here)."""
-    await arrive(settings, many_sessions())
-    store = Store(settings)
-    try:
-        held = await recent_sessions(store, 60, seed=1)
-        warm = Holdout(store, held)
-        await warm.load_indexes()
+    async with held_out(settings) as (store, held, warm):
         base = await warm.score(Params())
         assert set(SEARCHED_VALUES) == set(SEARCHED)
         for name, value in SEARCHED_VALUES.items():
             candidate = dataclasses.replace(Params(), **{name: value})
-            cold = Holdout(store, held)
-            await cold.load_indexes()
-            alone = await cold.score(candidate)
+            alone = await (await loaded(store, held)).score(candidate)
             assert not np.array_equal(alone.each, base.each), name
             assert np.array_equal((await warm.score(candidate)).each, alone.each), name
             assert np.array_equal((await warm.score(Params())).each, base.each), name
-    finally:
-        await store.close()
 
 
 async def test_a_burst_sent_after_the_holdout_changes_none_of_its_scores(
@@ -135,25 +148,17 @@ async def test_a_burst_sent_after_the_holdout_changes_none_of_its_scores(
     items, are no holdout session's neighbours, and add nothing to the item frequencies the
     holdout reads: every prediction scores as before, under idf and the order's session
     counts alike (a burst so sent moved every arrival slice, red team)."""
-    await arrive(settings, many_sessions())
-    store = Store(settings)
     params = Params(idf_weight=2.0, order_idf=1.0, order_sessions=-1.0, order_score=1.0)
-    try:
-        held = await recent_sessions(store, 60, seed=1)
-        before = Holdout(store, held)
-        await before.load_indexes()
+    async with held_out(settings) as (_, held, before):
         scored = await before.score(params)
         await post(shop, settings, [(f"burst{n}", T0 - HOUR, ["i0", "i1", "i2", "i3", f"x{n}"])
                                     for n in range(300)])
         fresh = Store(settings)  # its frequency cache empty: today's counts
         try:
-            after = Holdout(fresh, held)
-            await after.load_indexes()
+            after = await loaded(fresh, held)
             assert np.array_equal((await after.score(params)).each, scored.each)
         finally:
             await fresh.close()
-    finally:
-        await store.close()
 
 
 async def test_an_order_is_fitted_only_on_predictions_that_read_the_runs_model(
@@ -162,12 +167,7 @@ async def test_an_order_is_fitted_only_on_predictions_that_read_the_runs_model(
     sessions that started at its cut or later, those that read it: serving reads the model
     on every request, and an order fitted with predictions that lack its values weighs them
     too little. Without a model, every session teaches."""
-    await arrive(settings, many_sessions())
-    store = Store(settings)
-    try:
-        held = await recent_sessions(store, 60, seed=1)
-        holdout = Holdout(store, held)
-        await holdout.load_indexes()
+    async with held_out(settings) as (store, held, holdout):
         every = await holdout.examples(Params())
         starts = sorted(h.start for h in held)
         cut = starts[len(starts) // 2]
@@ -175,8 +175,6 @@ async def test_an_order_is_fitted_only_on_predictions_that_read_the_runs_model(
         assert model is not None
         holdout.sequence, holdout.sequence_from = model, cut
         late = await holdout.examples(Params())
-    finally:
-        await store.close()
     start_of = {h.session: h.start for h in held}
     assert every.sessions is not None and late.sessions is not None
     assert {start_of[s] < cut for s in every.sessions} == {True, False}
